@@ -1,0 +1,35 @@
+//! The backfill job model: everything a run means, with no I/O.
+//!
+//! # Layout
+//!
+//! - [`spec`]: the job spec file (TOML) — targets, groups, guards, rules — parsed
+//!   and validated into typed values; a bad spec is rejected with the field named.
+//! - [`rules`]: the document rewrite (JSON Patch style operations over JSON
+//!   Pointers) and the row-level evaluation that decides changed / unchanged /
+//!   skipped / error for one row.
+//! - [`guards`]: the checks that skip a whole group (blank, placeholder prefix,
+//!   missing page) or a single row.
+//! - [`plan`]: the run's plan as the coordinator records it in the ledger.
+//! - [`message`]: shard tasks and shard results as they travel through the queue.
+//! - [`tally`]: the counts a shard emits and their merge (associative and
+//!   commutative), the `Summary:` line and the per-group report.
+//! - [`run`]: modes, scopes and run states.
+//!
+//! The database and the broker live in other crates; this one is unit-tested
+//! without either.
+
+pub mod guards;
+pub mod message;
+pub mod plan;
+pub mod report;
+pub mod rules;
+pub mod run;
+pub mod spec;
+pub mod tally;
+
+pub use message::{ShardResult, ShardTask};
+pub use plan::{GroupStatus, Plan, PlannedGroup};
+pub use rules::{evaluate_row, RowInput, RowOutcome};
+pub use run::{Mode, RunState, Scope};
+pub use spec::{JobSpec, KeyType, SpecError};
+pub use tally::{Counts, GroupTally, Tally};

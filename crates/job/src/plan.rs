@@ -1,0 +1,407 @@
+//! The plan of a run: which groups are in scope and why some are skipped,
+//! and the streaming cut of reference rows into distinct target rows and
+//! shards. The coordinator feeds it what the spec's SQL returns and records
+//! the result in the ledger; the mappers and the reducer only read it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::run::Scope;
+use crate::spec::JobSpec;
+use crate::tally::Tally;
+
+/// Whether a group goes ahead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", content = "reason", rename_all = "kebab-case")]
+pub enum GroupStatus {
+    Eligible,
+    /// A guard failed; its reason.
+    Skipped(String),
+    /// The key was asked for but the groups query does not know it.
+    Unknown,
+}
+
+/// One group of the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedGroup {
+    pub key: String,
+    pub label: Option<String>,
+    pub params: Map<String, Value>,
+    #[serde(flatten)]
+    pub status: GroupStatus,
+}
+
+impl PlannedGroup {
+    pub fn reason(&self) -> Option<&str> {
+        match &self.status {
+            GroupStatus::Eligible => None,
+            GroupStatus::Skipped(r) => Some(r),
+            GroupStatus::Unknown => Some("unknown key"),
+        }
+    }
+}
+
+/// One row the groups query returned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupRow {
+    pub key: String,
+    pub label: Option<String>,
+    pub params: Map<String, Value>,
+}
+
+impl GroupRow {
+    /// Builds a group row from the query's columns as a JSON object
+    /// (`key`, `label`, and parameters).
+    pub fn from_object(mut obj: Map<String, Value>) -> Result<GroupRow, String> {
+        let key = match obj.remove("key") {
+            Some(Value::String(s)) => s,
+            Some(Value::Number(n)) => n.to_string(),
+            Some(Value::Null) | None => {
+                return Err("the groups query must return a non-null `key` column".into())
+            }
+            Some(other) => return Err(format!("group `key` must be text, got {other}")),
+        };
+        let label = match obj.remove("label") {
+            Some(Value::String(s)) => Some(s),
+            Some(Value::Null) | None => None,
+            Some(other) => Some(other.to_string()),
+        };
+        Ok(GroupRow {
+            key,
+            label,
+            params: obj,
+        })
+    }
+}
+
+/// Decides each group's status: requested keys the query does not know are
+/// unknown; the rest pass or fail the spec's guards. Groups come out in
+/// key order, unknown ones included.
+pub fn evaluate_groups(spec: &JobSpec, scope: &Scope, rows: Vec<GroupRow>) -> Vec<PlannedGroup> {
+    let guards = spec
+        .groups
+        .as_ref()
+        .map(|g| g.guards.as_slice())
+        .unwrap_or(&[]);
+    let mut out: Vec<PlannedGroup> = Vec::new();
+    for row in rows {
+        if out.iter().any(|g| g.key == row.key) {
+            continue; // the query returned a key twice; the first wins
+        }
+        if let Scope::Groups(keys) = scope {
+            if !keys.contains(&row.key) {
+                continue;
+            }
+        }
+        let failed = guards
+            .iter()
+            .find(|g| !g.check.passes(row.params.get(&g.param)));
+        out.push(PlannedGroup {
+            key: row.key,
+            label: row.label,
+            params: row.params,
+            status: match failed {
+                Some(g) => GroupStatus::Skipped(g.reason.clone()),
+                None => GroupStatus::Eligible,
+            },
+        });
+    }
+    if let Scope::Groups(keys) = scope {
+        for k in keys {
+            if !out.iter().any(|g| &g.key == k) {
+                out.push(PlannedGroup {
+                    key: k.clone(),
+                    label: None,
+                    params: Map::new(),
+                    status: GroupStatus::Unknown,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out
+}
+
+/// The plan as the ledger keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub groups: Vec<PlannedGroup>,
+    pub targets: Vec<PlannedTarget>,
+    pub shards_total: u32,
+    /// What the plan itself counted: skipped references and rows of skipped groups.
+    pub tally: Tally,
+}
+
+impl Plan {
+    pub fn group(&self, key: &str) -> Option<&PlannedGroup> {
+        self.groups.iter().find(|g| g.key == key)
+    }
+    pub fn groups_processed(&self) -> u64 {
+        self.groups
+            .iter()
+            .filter(|g| g.status == GroupStatus::Eligible)
+            .count() as u64
+    }
+    pub fn groups_skipped(&self) -> u64 {
+        self.groups.len() as u64 - self.groups_processed()
+    }
+}
+
+/// Rows and shards planned for one target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedTarget {
+    pub name: String,
+    pub rows: u64,
+    pub shards: u32,
+}
+
+/// A reference row from a target query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefRow {
+    /// The target row's key; `None` for a reference with no row.
+    pub key: Option<String>,
+    pub group: Option<String>,
+    pub refs: u64,
+    pub skip: Option<String>,
+}
+
+/// A distinct target row to send to a mapper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub key: String,
+    pub group: String,
+    pub refs: u64,
+}
+
+/// Folds reference rows, sorted by key, into distinct items: a row referenced
+/// many times is sent once with the sum of its references. Skipped references
+/// are counted in the plan's tally. Keeps only the current key in memory.
+#[derive(Debug)]
+pub struct ItemAccumulator {
+    target: String,
+    default_group: String,
+    pending: Option<(Item, Option<String>)>,
+}
+
+impl ItemAccumulator {
+    /// `default_group` names the group of rows in jobs without groups.
+    pub fn new(target: &str, default_group: &str) -> Self {
+        ItemAccumulator {
+            target: target.to_string(),
+            default_group: default_group.to_string(),
+            pending: None,
+        }
+    }
+
+    /// Takes the next reference row (rows must come sorted by key, NULL keys
+    /// anywhere). Returns an item when a key is complete.
+    pub fn push(&mut self, row: RefRow, tally: &mut Tally) -> Option<Item> {
+        let group = row.group.unwrap_or_else(|| self.default_group.clone());
+        if let Some(reason) = row.skip {
+            tally.record_skipped_refs(&group, &reason, row.refs);
+            return None;
+        }
+        let Some(key) = row.key else {
+            tally.record_skipped_refs(&group, "no row", row.refs);
+            return None;
+        };
+        match &mut self.pending {
+            Some((item, conflict)) if item.key == key => {
+                item.refs += row.refs;
+                if item.group != group {
+                    let (a, b) = if item.group < group {
+                        (item.group.clone(), group)
+                    } else {
+                        (group, item.group.clone())
+                    };
+                    *conflict = Some(format!(
+                        "referenced by two groups, {a} and {b}; not rewritten"
+                    ));
+                }
+                None
+            }
+            _ => {
+                let done = self.finish_pending(tally);
+                self.pending = Some((
+                    Item {
+                        key,
+                        group,
+                        refs: row.refs,
+                    },
+                    None,
+                ));
+                done
+            }
+        }
+    }
+
+    /// Flushes the last key.
+    pub fn finish(mut self, tally: &mut Tally) -> Option<Item> {
+        self.finish_pending(tally)
+    }
+
+    fn finish_pending(&mut self, tally: &mut Tally) -> Option<Item> {
+        match self.pending.take() {
+            None => None,
+            Some((item, None)) => Some(item),
+            Some((item, Some(msg))) => {
+                tally.record_planned_error(&self.target, &item.group, &item.key, &msg);
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SPEC: &str = r#"
+name = "titles"
+[groups]
+noun = "program"
+query = "SELECT 1"
+[[groups.guards]]
+param = "page_id"
+check = "present"
+reason = "no program page"
+[[groups.guards]]
+param = "title"
+check = "not_blank"
+reason = "empty live title"
+[[groups.guards]]
+param = "title"
+check = "not_prefix"
+prefix = "PLACEHOLDER - "
+reason = "placeholder live title"
+[[targets]]
+name = "revisions"
+table = "wagtailcore_revision"
+key = "id"
+key_type = "integer"
+columns = ["content"]
+query = "SELECT 1"
+[[targets.rules]]
+op = "set"
+path = "/product_name"
+param = "title"
+"#;
+
+    fn row(key: &str, params: Value) -> GroupRow {
+        GroupRow {
+            key: key.into(),
+            label: Some(format!("Label {key}")),
+            params: params.as_object().cloned().unwrap(),
+        }
+    }
+
+    #[test]
+    fn groups_are_guarded_and_unknown_keys_reported() {
+        let spec = JobSpec::parse(SPEC).unwrap();
+        let rows = vec![
+            row("P1", json!({"page_id": 1, "title": "Data"})),
+            row("P2", json!({"page_id": 2, "title": "PLACEHOLDER - x"})),
+            row("P3", json!({"page_id": 3, "title": ""})),
+            row("P4", json!({"page_id": null, "title": null})),
+        ];
+        let all = evaluate_groups(&spec, &Scope::All, rows.clone());
+        let st: Vec<_> = all.iter().map(|g| (g.key.as_str(), g.reason())).collect();
+        assert_eq!(
+            st,
+            vec![
+                ("P1", None),
+                ("P2", Some("placeholder live title")),
+                ("P3", Some("empty live title")),
+                ("P4", Some("no program page")),
+            ]
+        );
+        let some = evaluate_groups(
+            &spec,
+            &Scope::Groups(vec!["P1".into(), "NOPE".into()]),
+            rows,
+        );
+        assert_eq!(some.len(), 2);
+        assert_eq!(some[0].key, "NOPE");
+        assert_eq!(some[0].status, GroupStatus::Unknown);
+        assert_eq!(some[1].status, GroupStatus::Eligible);
+        let plan = Plan {
+            groups: some,
+            ..Plan::default()
+        };
+        assert_eq!(plan.groups_processed(), 1);
+        assert_eq!(plan.groups_skipped(), 1);
+    }
+
+    #[test]
+    fn group_row_from_object() {
+        let g = GroupRow::from_object(
+            json!({"key": 7, "label": "L", "t": "x"})
+                .as_object()
+                .cloned()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(g.key, "7");
+        assert_eq!(g.params.len(), 1);
+        assert!(
+            GroupRow::from_object(json!({"label": "L"}).as_object().cloned().unwrap()).is_err()
+        );
+    }
+
+    fn r(key: Option<&str>, group: &str, refs: u64, skip: Option<&str>) -> RefRow {
+        RefRow {
+            key: key.map(Into::into),
+            group: Some(group.into()),
+            refs,
+            skip: skip.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn accumulator_dedups_shared_rows_and_counts_skipped_refs() {
+        let mut tally = Tally::default();
+        let mut acc = ItemAccumulator::new("revisions", "revisions");
+        let rows = vec![
+            r(Some("1"), "P", 1, None),
+            r(Some("1"), "P", 1, None),
+            r(Some("1"), "P", 1, None),
+            r(Some("2"), "P", 1, None),
+            r(Some("3"), "P", 1, Some("revoked")),
+            r(Some("4"), "P", 1, None),
+            r(Some("4"), "Q", 1, None),
+            r(None, "P", 2, Some("no revision")),
+            r(Some("5"), "Q", 1, None),
+        ];
+        let mut items: Vec<Item> = rows
+            .into_iter()
+            .filter_map(|x| acc.push(x, &mut tally))
+            .collect();
+        items.extend(acc.finish(&mut tally));
+        assert_eq!(
+            items,
+            vec![
+                Item {
+                    key: "1".into(),
+                    group: "P".into(),
+                    refs: 3
+                },
+                Item {
+                    key: "2".into(),
+                    group: "P".into(),
+                    refs: 1
+                },
+                Item {
+                    key: "5".into(),
+                    group: "Q".into(),
+                    refs: 1
+                },
+            ]
+        );
+        assert_eq!(tally.refs_skipped, 3);
+        assert_eq!(tally.groups["P"].refs_skipped["revoked"], 1);
+        assert_eq!(tally.groups["P"].refs_skipped["no revision"], 2);
+        assert_eq!(tally.counts.errors, 1, "row 4 is claimed by two groups");
+        assert!(tally.errors.kept["revisions/4"].contains("P and Q"));
+    }
+}

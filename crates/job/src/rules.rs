@@ -1,0 +1,509 @@
+//! Rules: how one row's JSON documents are rewritten, and the evaluation that
+//! decides what happens to the row.
+//!
+//! Operations are JSON Patch style over JSON Pointers and are applied with the
+//! `json-patch` crate (RFC 6902 semantics): `set` becomes `add`/`replace`
+//! operations (creating missing parent objects, so a revision that predates a
+//! field gains it), `remove` becomes `remove` when the path exists. Both are
+//! idempotent: applying the rules to their own output changes nothing, which is
+//! why a second run reports `changed=0`.
+
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+use crate::spec::TargetSpec;
+
+/// Where a `set` takes its value from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValueSource {
+    /// A literal written in the spec.
+    Literal(Value),
+    /// A parameter of the row: a column of its group or of its target row.
+    Param(String),
+    /// A value inside one of the row's documents (this column or another).
+    Pointer { column: String, path: String },
+}
+
+/// One operation on one column.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Set { path: String, value: ValueSource },
+    Remove { path: String },
+}
+
+/// A rule of a target: an operation on one of its written columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub column: String,
+    pub op: Op,
+}
+
+/// One row as the mapper read it.
+#[derive(Debug, Clone)]
+pub struct RowInput<'a> {
+    pub key: &'a str,
+    /// Raw JSON text per column (written and read-only); `None` is SQL NULL.
+    pub columns: &'a BTreeMap<String, Option<String>>,
+    /// The row's parameters (its group's parameters).
+    pub params: &'a Map<String, Value>,
+}
+
+/// What happens to a row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowOutcome {
+    /// The rules are already applied.
+    Unchanged,
+    /// The new text of each written column whose document changed.
+    Changed(BTreeMap<String, String>),
+    /// A row guard failed.
+    Skipped(String),
+    /// The row cannot be processed (invalid JSON, a rule met the wrong type).
+    Error(String),
+}
+
+/// A row's outcome and the value the report shows as its current value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowEvaluation {
+    pub outcome: RowOutcome,
+    pub current: Option<String>,
+}
+
+/// How the report prints a value: strings bare, absence marked, others as JSON.
+pub fn display_value(v: Option<&Value>) -> String {
+    match v {
+        None => "(absent)".to_string(),
+        Some(Value::Null) => "(null)".to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Evaluates the target's guards and rules on one row.
+///
+/// `current` names the (column, pointer) whose original value the report
+/// shows, when the spec asks for one.
+pub fn evaluate_row(
+    target: &TargetSpec,
+    row: &RowInput<'_>,
+    current: Option<(&str, &str)>,
+) -> RowEvaluation {
+    let mut docs: BTreeMap<&str, Value> = BTreeMap::new();
+    for col in target.all_columns() {
+        let doc = match row.columns.get(col) {
+            None => {
+                return RowEvaluation {
+                    outcome: RowOutcome::Error(format!("column `{col}` was not read")),
+                    current: None,
+                }
+            }
+            Some(None) => Value::Null,
+            Some(Some(text)) => match serde_json::from_str::<Value>(text) {
+                Ok(v) => v,
+                Err(e) => {
+                    return RowEvaluation {
+                        outcome: RowOutcome::Error(format!(
+                            "column `{col}` is not valid JSON: {e}"
+                        )),
+                        current: None,
+                    }
+                }
+            },
+        };
+        docs.insert(col.as_str(), doc);
+    }
+
+    let current =
+        current.map(|(col, path)| display_value(docs.get(col).and_then(|d| d.pointer(path))));
+
+    for g in &target.guards {
+        let v = docs.get(g.column.as_str()).and_then(|d| d.pointer(&g.path));
+        if !g.check.passes(v) {
+            return RowEvaluation {
+                outcome: RowOutcome::Skipped(g.reason.clone()),
+                current,
+            };
+        }
+    }
+
+    let originals = docs.clone();
+    for (i, rule) in target.rules.iter().enumerate() {
+        if let Err(e) = apply_rule(rule, &mut docs, row.params) {
+            return RowEvaluation {
+                outcome: RowOutcome::Error(format!("rule {i} ({}): {e}", rule.column)),
+                current,
+            };
+        }
+    }
+
+    let mut changed = BTreeMap::new();
+    for col in &target.columns {
+        let (Some(before), Some(after)) = (originals.get(col.as_str()), docs.get(col.as_str()))
+        else {
+            continue;
+        };
+        if before != after {
+            changed.insert(col.clone(), after.to_string());
+        }
+    }
+    RowEvaluation {
+        outcome: if changed.is_empty() {
+            RowOutcome::Unchanged
+        } else {
+            RowOutcome::Changed(changed)
+        },
+        current,
+    }
+}
+
+fn apply_rule(
+    rule: &Rule,
+    docs: &mut BTreeMap<&str, Value>,
+    params: &Map<String, Value>,
+) -> Result<(), String> {
+    match &rule.op {
+        Op::Set { path, value } => {
+            let value = match value {
+                ValueSource::Literal(v) => v.clone(),
+                ValueSource::Param(p) => params
+                    .get(p)
+                    .cloned()
+                    .ok_or_else(|| format!("parameter `{p}` is not provided by the query"))?,
+                ValueSource::Pointer { column, path: from } => docs
+                    .get(column.as_str())
+                    .and_then(|d| d.pointer(from))
+                    .cloned()
+                    .ok_or_else(|| format!("source `{column}{from}` is absent"))?,
+            };
+            let doc = docs
+                .get_mut(rule.column.as_str())
+                .ok_or_else(|| format!("column `{}` was not read", rule.column))?;
+            set(doc, path, value)
+        }
+        Op::Remove { path } => {
+            let doc = docs
+                .get_mut(rule.column.as_str())
+                .ok_or_else(|| format!("column `{}` was not read", rule.column))?;
+            remove(doc, path)
+        }
+    }
+}
+
+fn pointer_buf(p: &str) -> Result<json_patch::jsonptr::PointerBuf, String> {
+    json_patch::jsonptr::PointerBuf::parse(p).map_err(|e| format!("bad pointer `{p}`: {e}"))
+}
+
+/// Sets `value` at `path`, creating missing parent objects (a null document
+/// becomes an object). Fails when a parent exists but is not a container.
+pub fn set(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {
+    if path.is_empty() {
+        *doc = value;
+        return Ok(());
+    }
+    if doc.is_null() {
+        *doc = Value::Object(Map::new());
+    }
+    let mut ops = Vec::new();
+    // Walk the parents; each missing one is added as an empty object.
+    let tokens: Vec<&str> = path[1..].split('/').collect();
+    let mut prefix = String::new();
+    let mut missing = false;
+    for tok in &tokens[..tokens.len() - 1] {
+        prefix.push('/');
+        prefix.push_str(tok);
+        if missing || doc.pointer(&prefix).is_none() {
+            missing = true;
+            ops.push(PatchOperation::Add(AddOperation {
+                path: pointer_buf(&prefix)?,
+                value: Value::Object(Map::new()),
+            }));
+        } else if let Some(Value::Null) = doc.pointer(&prefix) {
+            ops.push(PatchOperation::Replace(ReplaceOperation {
+                path: pointer_buf(&prefix)?,
+                value: Value::Object(Map::new()),
+            }));
+        }
+    }
+    let exists = !missing && doc.pointer(path).is_some();
+    if exists {
+        if doc.pointer(path) == Some(&value) {
+            return Ok(());
+        }
+        ops.push(PatchOperation::Replace(ReplaceOperation {
+            path: pointer_buf(path)?,
+            value,
+        }));
+    } else {
+        ops.push(PatchOperation::Add(AddOperation {
+            path: pointer_buf(path)?,
+            value,
+        }));
+    }
+    json_patch::patch(doc, &Patch(ops)).map_err(|e| format!("cannot set `{path}`: {e}"))
+}
+
+/// Removes `path` when it exists; a missing path is already removed.
+pub fn remove(doc: &mut Value, path: &str) -> Result<(), String> {
+    if doc.pointer(path).is_none() {
+        return Ok(());
+    }
+    let ops = vec![PatchOperation::Remove(RemoveOperation {
+        path: pointer_buf(path)?,
+    })];
+    json_patch::patch(doc, &Patch(ops)).map_err(|e| format!("cannot remove `{path}`: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::JobSpec;
+    use serde_json::json;
+
+    fn spec(rules: &str, extra_cols: &str) -> JobSpec {
+        JobSpec::parse(&format!(
+            r#"
+name = "t"
+[[targets]]
+name = "rows"
+table = "t"
+key = "id"
+key_type = "text"
+columns = ["doc"]
+{extra_cols}
+query = "SELECT 1"
+{rules}
+"#
+        ))
+        .unwrap()
+    }
+
+    fn run(spec: &JobSpec, cols: &[(&str, Option<&str>)], params: Value) -> RowOutcome {
+        let columns: BTreeMap<String, Option<String>> = cols
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+            .collect();
+        let params = params.as_object().cloned().unwrap_or_default();
+        evaluate_row(
+            &spec.targets[0],
+            &RowInput {
+                key: "k",
+                columns: &columns,
+                params: &params,
+            },
+            None,
+        )
+        .outcome
+    }
+
+    const SET_TITLE: &str =
+        "[[targets.rules]]\nop = \"set\"\npath = \"/product_name\"\nparam = \"title\"\n";
+
+    #[test]
+    fn set_from_param_changes_then_is_idempotent() {
+        let s = spec(SET_TITLE, "");
+        let out = run(
+            &s,
+            &[("doc", Some(r#"{"product_name":"Old","b":1}"#))],
+            json!({"title":"New"}),
+        );
+        let RowOutcome::Changed(cols) = out else {
+            panic!("{out:?}")
+        };
+        let new = &cols["doc"];
+        assert_eq!(
+            new, r#"{"product_name":"New","b":1}"#,
+            "key order and other keys kept"
+        );
+        let again = run(&s, &[("doc", Some(new))], json!({"title":"New"}));
+        assert_eq!(again, RowOutcome::Unchanged);
+    }
+
+    #[test]
+    fn set_adds_a_missing_key() {
+        let s = spec(SET_TITLE, "");
+        let out = run(
+            &s,
+            &[("doc", Some(r#"{"title":"x"}"#))],
+            json!({"title":"New"}),
+        );
+        assert_eq!(
+            out,
+            RowOutcome::Changed(BTreeMap::from([(
+                "doc".into(),
+                r#"{"title":"x","product_name":"New"}"#.into()
+            )]))
+        );
+    }
+
+    #[test]
+    fn other_keys_keep_their_exact_text() {
+        // Numbers keep their written form (arbitrary precision) and strings
+        // holding JSON (Wagtail StreamFields) are untouched.
+        let s = spec(SET_TITLE, "");
+        let doc = r#"{"CEUs":"11.29","n":1.10,"big":12345678901234567890,"body":"[{\"type\": \"x\"}]","product_name":"Old"}"#;
+        let RowOutcome::Changed(cols) = run(&s, &[("doc", Some(doc))], json!({"title":"New"}))
+        else {
+            panic!()
+        };
+        assert_eq!(cols["doc"], doc.replace("\"Old\"", "\"New\""));
+    }
+
+    #[test]
+    fn missing_param_is_an_error() {
+        let s = spec(SET_TITLE, "");
+        let out = run(&s, &[("doc", Some("{}"))], json!({}));
+        assert!(matches!(out, RowOutcome::Error(m) if m.contains("title")));
+    }
+
+    #[test]
+    fn invalid_json_is_an_error_naming_the_column() {
+        let s = spec(SET_TITLE, "");
+        let out = run(&s, &[("doc", Some("{not json"))], json!({"title":"x"}));
+        assert!(matches!(out, RowOutcome::Error(m) if m.contains("`doc` is not valid JSON")));
+    }
+
+    #[test]
+    fn wrong_type_parent_is_an_error() {
+        let s = spec(
+            "[[targets.rules]]\nop = \"set\"\npath = \"/a/b\"\nvalue = 1\n",
+            "",
+        );
+        let out = run(&s, &[("doc", Some(r#"{"a":"string"}"#))], json!({}));
+        assert!(matches!(out, RowOutcome::Error(_)), "{out:?}");
+    }
+
+    #[test]
+    fn set_creates_parents_and_null_roots() {
+        let mut d = Value::Null;
+        set(&mut d, "/collection_dict/nodes", json!([1])).unwrap();
+        assert_eq!(d, json!({"collection_dict":{"nodes":[1]}}));
+        let mut d = json!({"collection_dict": null});
+        set(&mut d, "/collection_dict/nodes", json!([])).unwrap();
+        assert_eq!(d, json!({"collection_dict":{"nodes":[]}}));
+        let mut d = json!({"a":[{"x":1}]});
+        set(&mut d, "/a/0/x", json!(2)).unwrap();
+        assert_eq!(
+            d,
+            json!({"a":[{"x":2}]}),
+            "array index replaces, never inserts"
+        );
+        let mut d = json!({"a":1});
+        set(&mut d, "", json!({})).unwrap();
+        assert_eq!(d, json!({}));
+    }
+
+    #[test]
+    fn copy_from_another_column_and_within_document() {
+        let s = spec(
+            "[[targets.rules]]\nop = \"set\"\npath = \"/nodes\"\nfrom_column = \"nodes\"\n",
+            "read_columns = [\"nodes\"]",
+        );
+        let out = run(
+            &s,
+            &[
+                ("doc", None),
+                ("nodes", Some(r#"[{"exploration_id":"e1"}]"#)),
+            ],
+            json!({}),
+        );
+        assert_eq!(
+            out,
+            RowOutcome::Changed(BTreeMap::from([(
+                "doc".into(),
+                r#"{"nodes":[{"exploration_id":"e1"}]}"#.into()
+            )]))
+        );
+        let s = spec("[[targets.rules]]\nop = \"set\"\npath = \"/collection_dict/nodes\"\nfrom = \"/nodes\"\n", "");
+        let out = run(
+            &s,
+            &[("doc", Some(r#"{"nodes":[1,2],"title":"c"}"#))],
+            json!({}),
+        );
+        let RowOutcome::Changed(c) = out else {
+            panic!()
+        };
+        assert_eq!(
+            c["doc"],
+            r#"{"nodes":[1,2],"title":"c","collection_dict":{"nodes":[1,2]}}"#
+        );
+        let out = run(&s, &[("doc", Some(r#"{"title":"c"}"#))], json!({}));
+        assert!(matches!(out, RowOutcome::Error(m) if m.contains("/nodes")));
+    }
+
+    #[test]
+    fn remove_is_idempotent() {
+        let s = spec("[[targets.rules]]\nop = \"remove\"\npath = \"/old\"\n", "");
+        let out = run(&s, &[("doc", Some(r#"{"old":1,"keep":2}"#))], json!({}));
+        assert_eq!(
+            out,
+            RowOutcome::Changed(BTreeMap::from([("doc".into(), r#"{"keep":2}"#.into())]))
+        );
+        assert_eq!(
+            run(&s, &[("doc", Some(r#"{"keep":2}"#))], json!({})),
+            RowOutcome::Unchanged
+        );
+    }
+
+    #[test]
+    fn row_guard_skips_with_reason() {
+        let s = spec(
+            "[[targets.guards]]\ncolumn = \"doc\"\npath = \"/collection_dict/nodes\"\ncheck = \"present\"\nreason = \"not migrated yet\"\n[[targets.rules]]\nop = \"set\"\npath = \"/nodes\"\nvalue = {}\n",
+            "",
+        );
+        assert_eq!(
+            run(&s, &[("doc", Some(r#"{"nodes":[1]}"#))], json!({})),
+            RowOutcome::Skipped("not migrated yet".into())
+        );
+        let out = run(
+            &s,
+            &[(
+                "doc",
+                Some(r#"{"nodes":[1],"collection_dict":{"nodes":[1]}}"#),
+            )],
+            json!({}),
+        );
+        assert!(matches!(out, RowOutcome::Changed(_)));
+    }
+
+    #[test]
+    fn current_value_is_reported_before_the_change() {
+        let s = spec(SET_TITLE, "");
+        let columns = BTreeMap::from([(
+            "doc".to_string(),
+            Some(r#"{"product_name":"Old"}"#.to_string()),
+        )]);
+        let params = json!({"title":"New"}).as_object().cloned().unwrap();
+        let ev = evaluate_row(
+            &s.targets[0],
+            &RowInput {
+                key: "1",
+                columns: &columns,
+                params: &params,
+            },
+            Some(("doc", "/product_name")),
+        );
+        assert_eq!(ev.current.as_deref(), Some("Old"));
+        let columns = BTreeMap::from([("doc".to_string(), Some("{}".to_string()))]);
+        let ev = evaluate_row(
+            &s.targets[0],
+            &RowInput {
+                key: "1",
+                columns: &columns,
+                params: &params,
+            },
+            Some(("doc", "/product_name")),
+        );
+        assert_eq!(ev.current.as_deref(), Some("(absent)"));
+    }
+
+    #[test]
+    fn unchanged_when_only_json_whitespace_differs() {
+        let s = spec(SET_TITLE, "");
+        let out = run(
+            &s,
+            &[("doc", Some("{ \"product_name\" :  \"New\" }"))],
+            json!({"title":"New"}),
+        );
+        assert_eq!(out, RowOutcome::Unchanged);
+    }
+}

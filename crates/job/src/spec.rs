@@ -1,0 +1,923 @@
+//! The job spec: a TOML file that says which rows to rewrite and how.
+//!
+//! A job is data, not code. The spec names one or more *targets* (a table, its
+//! key column, the JSON columns the rules may write and read, and the SQL that
+//! finds the rows), optional *groups* (the unit the report speaks of, e.g.
+//! programs, with guards that skip a whole group), and *rules* that rewrite a
+//! document. Parsing is strict: unknown fields are refused, and every semantic
+//! check names the field it is about (`targets[0].rules[1].path`).
+//!
+//! SQL in the spec is run as written with values bound as parameters; user
+//! input (group keys) is never spliced into it. Table and column names are
+//! validated as identifiers and always quoted when the store builds SQL.
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+
+use crate::guards::Check;
+use crate::rules::{Op, Rule, ValueSource};
+
+/// Default number of rows a shard holds when the spec does not say.
+pub const DEFAULT_SHARD_SIZE: u32 = 500;
+/// Upper bound on rows per shard: a shard is one transaction, keep it short.
+pub const MAX_SHARD_SIZE: u32 = 50_000;
+
+/// A bad spec: the field it is about and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+impl SpecError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        SpecError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The SQL dialects the store speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Sqlite,
+}
+
+impl Dialect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "postgres",
+            Dialect::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// SQL text, either one statement for every dialect or one per dialect.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum SqlText {
+    Any(String),
+    PerDialect {
+        postgres: Option<String>,
+        sqlite: Option<String>,
+    },
+}
+
+impl SqlText {
+    /// The statement for `dialect`, or an error naming the field.
+    pub fn for_dialect(&self, field: &str, dialect: Dialect) -> Result<&str, SpecError> {
+        let sql = match (self, dialect) {
+            (SqlText::Any(s), _) => Some(s.as_str()),
+            (SqlText::PerDialect { postgres, .. }, Dialect::Postgres) => postgres.as_deref(),
+            (SqlText::PerDialect { sqlite, .. }, Dialect::Sqlite) => sqlite.as_deref(),
+        };
+        sql.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+            SpecError::new(
+                field,
+                format!("no SQL for the {} back end", dialect.as_str()),
+            )
+        })
+    }
+
+    fn validate(&self, field: &str) -> Result<(), SpecError> {
+        match self {
+            SqlText::Any(s) if s.trim().is_empty() => Err(SpecError::new(field, "is empty")),
+            SqlText::PerDialect {
+                postgres: None,
+                sqlite: None,
+            } => Err(SpecError::new(
+                field,
+                "give the SQL as a string, or as { postgres = \"...\", sqlite = \"...\" }",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// How a target's key column is typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyType {
+    Integer,
+    Text,
+}
+
+// ---- the file as written -------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    name: String,
+    #[serde(default)]
+    description: String,
+    shard_size: Option<u32>,
+    groups: Option<RawGroups>,
+    #[serde(default)]
+    targets: Vec<RawTarget>,
+    report: Option<RawReport>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroups {
+    #[serde(default = "default_group_noun")]
+    noun: String,
+    query: SqlText,
+    #[serde(default)]
+    guards: Vec<RawGuard>,
+}
+
+fn default_group_noun() -> String {
+    "group".to_string()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuard {
+    param: Option<String>,
+    column: Option<String>,
+    path: Option<String>,
+    check: String,
+    prefix: Option<String>,
+    reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    name: String,
+    table: String,
+    key: String,
+    key_type: KeyType,
+    columns: Vec<String>,
+    #[serde(default)]
+    read_columns: Vec<String>,
+    query: SqlText,
+    #[serde(default)]
+    guards: Vec<RawGuard>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    column: Option<String>,
+    op: String,
+    path: String,
+    value: Option<toml::Value>,
+    param: Option<String>,
+    from: Option<String>,
+    from_column: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReport {
+    #[serde(default = "default_row_noun")]
+    row_noun: String,
+    #[serde(default = "default_ref_noun")]
+    ref_noun: String,
+    current: Option<RawCurrent>,
+    target_param: Option<String>,
+}
+
+fn default_row_noun() -> String {
+    "row".to_string()
+}
+fn default_ref_noun() -> String {
+    "reference".to_string()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCurrent {
+    target: String,
+    column: String,
+    path: String,
+}
+
+// ---- the validated spec --------------------------------------------------
+
+/// A validated job spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    pub name: String,
+    pub description: String,
+    pub shard_size: u32,
+    pub groups: Option<GroupsSpec>,
+    pub targets: Vec<TargetSpec>,
+    pub report: ReportSpec,
+    /// The file's text as given; the ledger keeps it so mappers use the run's spec.
+    pub source: String,
+    /// SHA-256 of `source`, hex.
+    pub hash: String,
+}
+
+/// How the job finds its groups and which of them it skips.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupsSpec {
+    pub noun: String,
+    /// Returns `key`, `label` and parameter columns; `$1`/`?1` is a JSON array
+    /// of the requested keys, or NULL for `--all`.
+    pub query: SqlText,
+    pub guards: Vec<GroupGuard>,
+}
+
+/// A check on a group parameter that skips the whole group when it fails.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupGuard {
+    pub param: String,
+    pub check: Check,
+    pub reason: String,
+}
+
+/// A check on a row's document that skips the row when it fails.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowGuard {
+    pub column: String,
+    pub path: String,
+    pub check: Check,
+    pub reason: String,
+}
+
+/// One table the job rewrites.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetSpec {
+    pub name: String,
+    pub table: String,
+    pub key: String,
+    pub key_type: KeyType,
+    /// JSON columns the rules write. Nothing else is ever written.
+    pub columns: Vec<String>,
+    /// JSON columns the rules and guards only read.
+    pub read_columns: Vec<String>,
+    /// Returns `key` (NULL for a reference with no row), and when the job has
+    /// groups, `group`; optionally `refs` (references the row stands for) and
+    /// `skip` (a reason to skip the reference). `$1`/`?1` is a JSON array of
+    /// the group keys that passed the guards (NULL for jobs without groups).
+    pub query: SqlText,
+    pub guards: Vec<RowGuard>,
+    pub rules: Vec<Rule>,
+}
+
+impl TargetSpec {
+    /// Every JSON column fetched for a row: written ones first, then read-only.
+    pub fn all_columns(&self) -> impl Iterator<Item = &String> {
+        self.columns.iter().chain(self.read_columns.iter())
+    }
+}
+
+/// What the report shows per group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportSpec {
+    pub row_noun: String,
+    pub ref_noun: String,
+    pub current: Option<CurrentValue>,
+    pub target_param: Option<String>,
+}
+
+/// Where the report reads a row's current value from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CurrentValue {
+    pub target: String,
+    pub column: String,
+    pub path: String,
+}
+
+impl JobSpec {
+    /// Parses and validates a spec from TOML text.
+    pub fn parse(text: &str) -> Result<JobSpec, SpecError> {
+        let raw: RawSpec = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            // toml names unknown/missing fields in its message; keep its span too.
+            let field = field_from_toml_error(&msg);
+            let line = e
+                .span()
+                .map(|s| format!(" (line {})", line_of(text, s.start)))
+                .unwrap_or_default();
+            SpecError::new(field, format!("{msg}{line}"))
+        })?;
+        let hash = hex(&Sha256::digest(text.as_bytes()));
+        validate(raw, text.to_string(), hash)
+    }
+
+    pub fn target(&self, name: &str) -> Option<&TargetSpec> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+
+    pub fn group_noun(&self) -> &str {
+        self.groups
+            .as_ref()
+            .map(|g| g.noun.as_str())
+            .unwrap_or("target")
+    }
+}
+
+fn field_from_toml_error(msg: &str) -> String {
+    for marker in ["unknown field `", "missing field `"] {
+        if let Some(rest) = msg.split(marker).nth(1) {
+            if let Some(name) = rest.split('`').next() {
+                return name.to_string();
+            }
+        }
+    }
+    "(file)".to_string()
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map(|s| s.matches('\n').count() + 1)
+        .unwrap_or(1)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A table or column name: letters, digits and underscores, optionally
+/// schema-qualified (`public.wagtailcore_revision`). Mixed case is fine
+/// (`"CEUs"`): the store always quotes.
+pub fn is_identifier(s: &str) -> bool {
+    let part_ok = |p: &str| {
+        let mut chars = p.chars();
+        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && p.len() <= 63
+    };
+    let parts: Vec<&str> = s.split('.').collect();
+    (1..=2).contains(&parts.len()) && parts.iter().all(|p| part_ok(p))
+}
+
+/// Quotes a validated identifier for SQL (`schema.table` → `"schema"."table"`).
+pub fn quote_ident(s: &str) -> String {
+    s.split('.')
+        .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Checks a JSON Pointer (RFC 6901): empty (the whole document) or `/`-led,
+/// with `~` only as `~0` or `~1`.
+pub fn validate_pointer(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Ok(());
+    }
+    if !p.starts_with('/') {
+        return Err(format!(
+            "`{p}` is not a JSON Pointer: it must be empty or start with `/`"
+        ));
+    }
+    let bytes = p.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'~' && !matches!(bytes.get(i + 1), Some(b'0') | Some(b'1')) {
+            return Err(format!(
+                "`{p}` is not a JSON Pointer: `~` must be followed by 0 or 1"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_job_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && s.len() <= 100
+}
+
+fn toml_to_json(v: toml::Value) -> serde_json::Value {
+    match v {
+        toml::Value::String(s) => serde_json::Value::String(s),
+        toml::Value::Integer(i) => serde_json::Value::from(i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null),
+        toml::Value::Boolean(b) => serde_json::Value::Bool(b),
+        toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+        toml::Value::Array(a) => {
+            serde_json::Value::Array(a.into_iter().map(toml_to_json).collect())
+        }
+        toml::Value::Table(t) => {
+            serde_json::Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+        }
+    }
+}
+
+fn parse_check(field: &str, check: &str, prefix: Option<String>) -> Result<Check, SpecError> {
+    match (check, prefix) {
+        ("present", None) => Ok(Check::Present),
+        ("not_blank", None) => Ok(Check::NotBlank),
+        ("not_prefix", Some(p)) if !p.is_empty() => Ok(Check::NotPrefix(p)),
+        ("not_prefix", _) => Err(SpecError::new(
+            format!("{field}.prefix"),
+            "check `not_prefix` needs a non-empty `prefix`",
+        )),
+        ("present" | "not_blank", Some(_)) => Err(SpecError::new(
+            format!("{field}.prefix"),
+            format!("`prefix` only goes with check `not_prefix`, not `{check}`"),
+        )),
+        (other, _) => Err(SpecError::new(
+            format!("{field}.check"),
+            format!("unknown check `{other}` (expected present, not_blank or not_prefix)"),
+        )),
+    }
+}
+
+fn default_reason(check: &Check, what: &str) -> String {
+    match check {
+        Check::Present => format!("{what} missing"),
+        Check::NotBlank => format!("{what} blank"),
+        Check::NotPrefix(p) => format!("{what} starts with {p:?}"),
+    }
+}
+
+fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecError> {
+    if !is_job_name(&raw.name) {
+        return Err(SpecError::new(
+            "name",
+            format!(
+                "`{}` is not a job name: use letters, digits, `-` and `_`",
+                raw.name
+            ),
+        ));
+    }
+    let shard_size = raw.shard_size.unwrap_or(DEFAULT_SHARD_SIZE);
+    if shard_size == 0 || shard_size > MAX_SHARD_SIZE {
+        return Err(SpecError::new(
+            "shard_size",
+            format!("must be between 1 and {MAX_SHARD_SIZE}, got {shard_size}"),
+        ));
+    }
+
+    let groups = match raw.groups {
+        None => None,
+        Some(g) => {
+            g.query.validate("groups.query")?;
+            let mut guards = Vec::new();
+            for (i, rg) in g.guards.into_iter().enumerate() {
+                let field = format!("groups.guards[{i}]");
+                if rg.column.is_some() || rg.path.is_some() {
+                    return Err(SpecError::new(
+                        field,
+                        "a group guard checks a group parameter: give `param`, not `column`/`path`",
+                    ));
+                }
+                let param = rg
+                    .param
+                    .filter(|p| !p.is_empty())
+                    .ok_or_else(|| SpecError::new(format!("{field}.param"), "is required"))?;
+                let check = parse_check(&field, &rg.check, rg.prefix)?;
+                let reason = rg.reason.unwrap_or_else(|| default_reason(&check, &param));
+                guards.push(GroupGuard {
+                    param,
+                    check,
+                    reason,
+                });
+            }
+            Some(GroupsSpec {
+                noun: g.noun,
+                query: g.query,
+                guards,
+            })
+        }
+    };
+
+    if raw.targets.is_empty() {
+        return Err(SpecError::new(
+            "targets",
+            "a job needs at least one [[targets]] table",
+        ));
+    }
+    let mut names = BTreeSet::new();
+    let mut targets = Vec::new();
+    for (ti, t) in raw.targets.into_iter().enumerate() {
+        let tf = format!("targets[{ti}]");
+        if !is_job_name(&t.name) {
+            return Err(SpecError::new(
+                format!("{tf}.name"),
+                format!(
+                    "`{}` is not a valid name: use letters, digits, `-` and `_`",
+                    t.name
+                ),
+            ));
+        }
+        if !names.insert(t.name.clone()) {
+            return Err(SpecError::new(
+                format!("{tf}.name"),
+                format!("target name `{}` is used twice", t.name),
+            ));
+        }
+        for (what, v) in [("table", &t.table), ("key", &t.key)] {
+            if !is_identifier(v) {
+                return Err(SpecError::new(
+                    format!("{tf}.{what}"),
+                    format!("`{v}` is not a table/column identifier"),
+                ));
+            }
+        }
+        if t.columns.is_empty() {
+            return Err(SpecError::new(
+                format!("{tf}.columns"),
+                "name at least one JSON column the rules write",
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (list, cols) in [("columns", &t.columns), ("read_columns", &t.read_columns)] {
+            for (ci, c) in cols.iter().enumerate() {
+                if !is_identifier(c) || c.contains('.') {
+                    return Err(SpecError::new(
+                        format!("{tf}.{list}[{ci}]"),
+                        format!("`{c}` is not a column name"),
+                    ));
+                }
+                if c == &t.key {
+                    return Err(SpecError::new(
+                        format!("{tf}.{list}[{ci}]"),
+                        format!("`{c}` is the key column; it is never rewritten"),
+                    ));
+                }
+                if !seen.insert(c.clone()) {
+                    return Err(SpecError::new(
+                        format!("{tf}.{list}[{ci}]"),
+                        format!("column `{c}` is listed twice"),
+                    ));
+                }
+            }
+        }
+        t.query.validate(&format!("{tf}.query"))?;
+
+        let known_column = |c: &str| t.columns.iter().chain(&t.read_columns).any(|x| x == c);
+
+        let mut guards = Vec::new();
+        for (gi, rg) in t.guards.into_iter().enumerate() {
+            let field = format!("{tf}.guards[{gi}]");
+            if rg.param.is_some() {
+                return Err(SpecError::new(
+                    field,
+                    "a row guard checks a document: give `column` and `path`, not `param`",
+                ));
+            }
+            let column = rg.column.unwrap_or_else(|| t.columns[0].clone());
+            if !known_column(&column) {
+                return Err(SpecError::new(
+                    format!("{field}.column"),
+                    format!("`{column}` is not in this target's columns or read_columns"),
+                ));
+            }
+            let path = rg
+                .path
+                .ok_or_else(|| SpecError::new(format!("{field}.path"), "is required"))?;
+            validate_pointer(&path).map_err(|m| SpecError::new(format!("{field}.path"), m))?;
+            let check = parse_check(&field, &rg.check, rg.prefix)?;
+            let reason = rg
+                .reason
+                .unwrap_or_else(|| default_reason(&check, &format!("{column}{path}")));
+            guards.push(RowGuard {
+                column,
+                path,
+                check,
+                reason,
+            });
+        }
+
+        if t.rules.is_empty() {
+            return Err(SpecError::new(
+                format!("{tf}.rules"),
+                "a target needs at least one [[targets.rules]] rule",
+            ));
+        }
+        let mut rules = Vec::new();
+        for (ri, r) in t.rules.into_iter().enumerate() {
+            let field = format!("{tf}.rules[{ri}]");
+            let column = r.column.unwrap_or_else(|| t.columns[0].clone());
+            if !t.columns.contains(&column) {
+                return Err(SpecError::new(
+                    format!("{field}.column"),
+                    format!("`{column}` is not one of this target's written `columns`"),
+                ));
+            }
+            validate_pointer(&r.path).map_err(|m| SpecError::new(format!("{field}.path"), m))?;
+            if r.path.split('/').any(|tok| tok == "-") {
+                return Err(SpecError::new(
+                    format!("{field}.path"),
+                    "`-` (append) is not allowed: it would add again on every run",
+                ));
+            }
+            let op = match r.op.as_str() {
+                "set" => {
+                    let sources = [
+                        r.value.is_some(),
+                        r.param.is_some(),
+                        r.from.is_some() || r.from_column.is_some(),
+                    ];
+                    if sources.iter().filter(|s| **s).count() != 1 {
+                        return Err(SpecError::new(
+                            field,
+                            "op `set` takes exactly one value source: `value`, `param`, or `from`/`from_column`",
+                        ));
+                    }
+                    let value = if let Some(v) = r.value {
+                        ValueSource::Literal(toml_to_json(v))
+                    } else if let Some(p) = r.param {
+                        if p.is_empty() {
+                            return Err(SpecError::new(format!("{field}.param"), "is empty"));
+                        }
+                        ValueSource::Param(p)
+                    } else {
+                        let from = r.from.unwrap_or_default();
+                        validate_pointer(&from)
+                            .map_err(|m| SpecError::new(format!("{field}.from"), m))?;
+                        let col = r.from_column.unwrap_or_else(|| column.clone());
+                        if !known_column(&col) {
+                            return Err(SpecError::new(
+                                format!("{field}.from_column"),
+                                format!("`{col}` is not in this target's columns or read_columns"),
+                            ));
+                        }
+                        if col == column && from.is_empty() {
+                            return Err(SpecError::new(
+                                format!("{field}.from"),
+                                "copying a document onto itself: give a `from` pointer",
+                            ));
+                        }
+                        ValueSource::Pointer {
+                            column: col,
+                            path: from,
+                        }
+                    };
+                    Op::Set {
+                        path: r.path,
+                        value,
+                    }
+                }
+                "remove" => {
+                    if r.value.is_some()
+                        || r.param.is_some()
+                        || r.from.is_some()
+                        || r.from_column.is_some()
+                    {
+                        return Err(SpecError::new(field, "op `remove` takes no value source"));
+                    }
+                    if r.path.is_empty() {
+                        return Err(SpecError::new(
+                            format!("{field}.path"),
+                            "cannot remove the whole document; use op `set` with path \"\" and a value",
+                        ));
+                    }
+                    Op::Remove { path: r.path }
+                }
+                other => {
+                    return Err(SpecError::new(
+                        format!("{field}.op"),
+                        format!("unknown op `{other}` (expected set or remove)"),
+                    ))
+                }
+            };
+            rules.push(Rule { column, op });
+        }
+
+        targets.push(TargetSpec {
+            name: t.name,
+            table: t.table,
+            key: t.key,
+            key_type: t.key_type,
+            columns: t.columns,
+            read_columns: t.read_columns,
+            query: t.query,
+            guards,
+            rules,
+        });
+    }
+
+    let report = match raw.report {
+        None => ReportSpec {
+            row_noun: default_row_noun(),
+            ref_noun: default_ref_noun(),
+            current: None,
+            target_param: None,
+        },
+        Some(r) => {
+            let current = match r.current {
+                None => None,
+                Some(c) => {
+                    let Some(t) = targets.iter().find(|t| t.name == c.target) else {
+                        return Err(SpecError::new(
+                            "report.current.target",
+                            format!("no target named `{}`", c.target),
+                        ));
+                    };
+                    if !t.all_columns().any(|x| x == &c.column) {
+                        return Err(SpecError::new(
+                            "report.current.column",
+                            format!("`{}` is not a column of target `{}`", c.column, t.name),
+                        ));
+                    }
+                    validate_pointer(&c.path)
+                        .map_err(|m| SpecError::new("report.current.path", m))?;
+                    Some(CurrentValue {
+                        target: c.target,
+                        column: c.column,
+                        path: c.path,
+                    })
+                }
+            };
+            if r.target_param.is_some() && groups.is_none() {
+                return Err(SpecError::new(
+                    "report.target_param",
+                    "a target value is a group parameter, and this job has no [groups]",
+                ));
+            }
+            ReportSpec {
+                row_noun: r.row_noun,
+                ref_noun: r.ref_noun,
+                current,
+                target_param: r.target_param,
+            }
+        }
+    };
+
+    Ok(JobSpec {
+        name: raw.name,
+        description: raw.description,
+        shard_size,
+        groups,
+        targets,
+        report,
+        source,
+        hash,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const MINIMAL: &str = r#"
+name = "demo"
+[[targets]]
+name = "revisions"
+table = "wagtailcore_revision"
+key = "id"
+key_type = "integer"
+columns = ["content"]
+query = "SELECT id AS key FROM wagtailcore_revision"
+[[targets.rules]]
+op = "set"
+path = "/product_name"
+value = "x"
+"#;
+
+    fn err(text: &str) -> SpecError {
+        JobSpec::parse(text).expect_err("spec should be refused")
+    }
+
+    #[test]
+    fn minimal_spec_parses_with_defaults() {
+        let s = JobSpec::parse(MINIMAL).unwrap();
+        assert_eq!(s.name, "demo");
+        assert_eq!(s.shard_size, DEFAULT_SHARD_SIZE);
+        assert_eq!(s.targets[0].rules[0].column, "content");
+        assert_eq!(s.hash.len(), 64);
+        assert!(s.groups.is_none());
+        assert_eq!(s.group_noun(), "target");
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = err(&MINIMAL.replace("key_type", "colour = 1\nkey_type"));
+        assert_eq!(e.field, "colour");
+        assert!(e.message.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let e = err(&MINIMAL.replace("table = \"wagtailcore_revision\"\n", ""));
+        assert_eq!(e.field, "table");
+    }
+
+    #[test]
+    fn bad_identifiers_are_refused() {
+        let e = err(&MINIMAL.replace(
+            "table = \"wagtailcore_revision\"",
+            "table = \"x; DROP TABLE y\"",
+        ));
+        assert_eq!(e.field, "targets[0].table");
+        let e = err(&MINIMAL.replace("columns = [\"content\"]", "columns = [\"id\"]"));
+        assert_eq!(e.field, "targets[0].columns[0]");
+        let e = err(&MINIMAL.replace("columns = [\"content\"]", "columns = []"));
+        assert_eq!(e.field, "targets[0].columns");
+    }
+
+    #[test]
+    fn identifiers_allow_mixed_case_and_schema() {
+        assert!(is_identifier("CEUs"));
+        assert!(is_identifier("public.wagtailcore_revision"));
+        assert!(!is_identifier("a.b.c"));
+        assert!(!is_identifier("1abc"));
+        assert!(!is_identifier("a-b"));
+        assert_eq!(quote_ident("public.CEUs"), "\"public\".\"CEUs\"");
+    }
+
+    #[test]
+    fn rule_errors_name_the_rule() {
+        let e = err(&MINIMAL.replace("path = \"/product_name\"", "path = \"product_name\""));
+        assert_eq!(e.field, "targets[0].rules[0].path");
+        let e = err(&MINIMAL.replace("op = \"set\"", "op = \"frobnicate\""));
+        assert_eq!(e.field, "targets[0].rules[0].op");
+        let e = err(&MINIMAL.replace("value = \"x\"", "value = \"x\"\nparam = \"t\""));
+        assert_eq!(e.field, "targets[0].rules[0]");
+        let e = err(&MINIMAL.replace("value = \"x\"", ""));
+        assert_eq!(e.field, "targets[0].rules[0]");
+        let e = err(&MINIMAL.replace("path = \"/product_name\"", "path = \"/list/-\""));
+        assert_eq!(e.field, "targets[0].rules[0].path");
+        let e = err(&MINIMAL.replace("op = \"set\"", "column = \"other\"\nop = \"set\""));
+        assert_eq!(e.field, "targets[0].rules[0].column");
+        let e = err(&MINIMAL.replace("value = \"x\"", "from = \"/a\"\nfrom_column = \"nope\""));
+        assert_eq!(e.field, "targets[0].rules[0].from_column");
+    }
+
+    #[test]
+    fn remove_takes_no_value_and_not_root() {
+        let e = err(&MINIMAL.replace("op = \"set\"", "op = \"remove\""));
+        assert_eq!(e.field, "targets[0].rules[0]");
+        let e = err(&MINIMAL
+            .replace("op = \"set\"", "op = \"remove\"")
+            .replace("value = \"x\"", "")
+            .replace("path = \"/product_name\"", "path = \"\""));
+        assert_eq!(e.field, "targets[0].rules[0].path");
+    }
+
+    #[test]
+    fn guards_are_checked() {
+        let with_groups = format!(
+            "{}\n[groups]\nquery = \"SELECT 1\"\n[[groups.guards]]\nparam = \"t\"\ncheck = \"not_prefix\"\n",
+            MINIMAL
+        );
+        let e = err(&with_groups);
+        assert_eq!(e.field, "groups.guards[0].prefix");
+        let ok = with_groups.replace(
+            "check = \"not_prefix\"",
+            "check = \"not_prefix\"\nprefix = \"PLACEHOLDER - \"",
+        );
+        let s = JobSpec::parse(&ok).unwrap();
+        let g = s.groups.unwrap();
+        assert_eq!(g.guards[0].check, Check::NotPrefix("PLACEHOLDER - ".into()));
+        assert!(g.guards[0].reason.contains("PLACEHOLDER"));
+        let e = err(&with_groups.replace("check = \"not_prefix\"", "check = \"shiny\""));
+        assert_eq!(e.field, "groups.guards[0].check");
+    }
+
+    #[test]
+    fn shard_size_is_bounded() {
+        let e = err(&format!("shard_size = 0\n{MINIMAL}"));
+        assert_eq!(e.field, "shard_size");
+        let s = JobSpec::parse(&format!("shard_size = 7\n{MINIMAL}")).unwrap();
+        assert_eq!(s.shard_size, 7);
+    }
+
+    #[test]
+    fn per_dialect_sql() {
+        let text = MINIMAL.replace(
+            "query = \"SELECT id AS key FROM wagtailcore_revision\"",
+            "query = { postgres = \"SELECT 1\" }",
+        );
+        let s = JobSpec::parse(&text).unwrap();
+        let q = &s.targets[0].query;
+        assert_eq!(q.for_dialect("q", Dialect::Postgres).unwrap(), "SELECT 1");
+        let e = q
+            .for_dialect("targets[0].query", Dialect::Sqlite)
+            .unwrap_err();
+        assert_eq!(e.field, "targets[0].query");
+        assert!(e.message.contains("sqlite"));
+    }
+
+    #[test]
+    fn report_refers_to_real_targets() {
+        let text = format!("{MINIMAL}\n[report]\ncurrent = {{ target = \"nope\", column = \"content\", path = \"/a\" }}\n");
+        assert_eq!(err(&text).field, "report.current.target");
+        let text = format!("{MINIMAL}\n[report]\ntarget_param = \"t\"\n");
+        assert_eq!(err(&text).field, "report.target_param");
+    }
+
+    #[test]
+    fn duplicate_target_names_refused() {
+        let twice = format!(
+            "{MINIMAL}{}",
+            &MINIMAL[MINIMAL.find("[[targets]]").unwrap()..]
+        );
+        assert_eq!(err(&twice).field, "targets[1].name");
+    }
+
+    #[test]
+    fn pointers() {
+        assert!(validate_pointer("").is_ok());
+        assert!(validate_pointer("/a~0b/~1c").is_ok());
+        assert!(validate_pointer("/a~2").is_err());
+        assert!(validate_pointer("a").is_err());
+    }
+}

@@ -1,0 +1,449 @@
+//! Counts and their merge: what a shard emits and what the reducer folds.
+//!
+//! Every structure here merges associatively and commutatively, so the
+//! reducer may fold shard results in any order and any grouping and reach the
+//! same summary. The capped collections (sample values, error keys) keep the
+//! smallest keys and count the rest, which preserves both properties: a key
+//! among the smallest of the whole is among the smallest of every part.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::rules::RowOutcome;
+
+/// How many distinct current values the report keeps per group.
+pub const VALUE_CAP: usize = 20;
+/// How many error and conflict keys the report keeps per run.
+pub const ISSUE_CAP: usize = 100;
+
+/// Row counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub processed: u64,
+    pub changed: u64,
+    pub unchanged: u64,
+    pub skipped: u64,
+    pub conflicts: u64,
+    pub errors: u64,
+}
+
+impl Counts {
+    pub fn merge(&mut self, o: &Counts) {
+        self.processed += o.processed;
+        self.changed += o.changed;
+        self.unchanged += o.unchanged;
+        self.skipped += o.skipped;
+        self.conflicts += o.conflicts;
+        self.errors += o.errors;
+    }
+}
+
+/// Counts per string key, keeping the `cap` smallest keys and a count of the rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CappedCounts {
+    pub kept: BTreeMap<String, u64>,
+    /// Occurrences of values beyond the cap.
+    pub other: u64,
+}
+
+impl CappedCounts {
+    pub fn add(&mut self, key: &str, n: u64, cap: usize) {
+        *self.kept.entry(key.to_string()).or_default() += n;
+        self.truncate(cap);
+    }
+    pub fn merge(&mut self, o: &CappedCounts, cap: usize) {
+        for (k, n) in &o.kept {
+            *self.kept.entry(k.clone()).or_default() += n;
+        }
+        self.other += o.other;
+        self.truncate(cap);
+    }
+    fn truncate(&mut self, cap: usize) {
+        while self.kept.len() > cap {
+            if let Some((_, n)) = self.kept.pop_last() {
+                self.other += n;
+            }
+        }
+    }
+    pub fn distinct_kept(&self) -> usize {
+        self.kept.len()
+    }
+}
+
+/// A row that could not be written: its target, key and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issues {
+    /// `target/key` → message, the smallest `ISSUE_CAP` keys.
+    pub kept: BTreeMap<String, String>,
+    pub other: u64,
+}
+
+impl Issues {
+    pub fn add(&mut self, target: &str, key: &str, message: &str) {
+        let k = format!("{target}/{key}");
+        match self.kept.get(&k) {
+            // A duplicate keeps the smaller message so merge stays commutative.
+            Some(m) if m.as_str() <= message => {}
+            _ => {
+                self.kept.insert(k, message.to_string());
+            }
+        }
+        self.truncate();
+    }
+    pub fn merge(&mut self, o: &Issues) {
+        for (k, m) in &o.kept {
+            match self.kept.get(k) {
+                Some(existing) if existing <= m => {}
+                _ => {
+                    self.kept.insert(k.clone(), m.clone());
+                }
+            }
+        }
+        self.other += o.other;
+        self.truncate();
+    }
+    fn truncate(&mut self) {
+        while self.kept.len() > ISSUE_CAP {
+            if self.kept.pop_last().is_some() {
+                self.other += 1;
+            }
+        }
+    }
+    pub fn total(&self) -> u64 {
+        self.kept.len() as u64 + self.other
+    }
+}
+
+/// Counts of one group (a program), or of one target for jobs without groups.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupTally {
+    pub counts: Counts,
+    /// References (e.g. certificates) behind the rows processed.
+    pub refs: u64,
+    /// References behind rows that changed (or would change, in a dry run).
+    pub refs_affected: u64,
+    /// References skipped, by reason (revoked, no revision).
+    pub refs_skipped: BTreeMap<String, u64>,
+    /// Rows skipped, by reason.
+    pub skipped_by_reason: BTreeMap<String, u64>,
+    /// The rows' current values before the run, with how many rows hold each.
+    pub current: CappedCounts,
+}
+
+impl GroupTally {
+    pub fn merge(&mut self, o: &GroupTally) {
+        self.counts.merge(&o.counts);
+        self.refs += o.refs;
+        self.refs_affected += o.refs_affected;
+        merge_map(&mut self.refs_skipped, &o.refs_skipped);
+        merge_map(&mut self.skipped_by_reason, &o.skipped_by_reason);
+        self.current.merge(&o.current, VALUE_CAP);
+    }
+}
+
+fn merge_map(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
+    for (k, n) in from {
+        *into.entry(k.clone()).or_default() += n;
+    }
+}
+
+/// Everything a shard reports, and everything the reducer folds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    pub counts: Counts,
+    pub skipped_by_reason: BTreeMap<String, u64>,
+    pub refs_affected: u64,
+    pub refs_skipped: u64,
+    pub groups: BTreeMap<String, GroupTally>,
+    pub targets: BTreeMap<String, Counts>,
+    pub errors: Issues,
+    pub conflicts: Issues,
+}
+
+/// A row's outcome as the tally records it; conflicts are only known after
+/// the compare-and-set write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recorded<'a> {
+    Changed,
+    Unchanged,
+    Skipped(&'a str),
+    Conflict,
+    Error(&'a str),
+}
+
+impl<'a> From<&'a RowOutcome> for Recorded<'a> {
+    fn from(o: &'a RowOutcome) -> Self {
+        match o {
+            RowOutcome::Changed(_) => Recorded::Changed,
+            RowOutcome::Unchanged => Recorded::Unchanged,
+            RowOutcome::Skipped(r) => Recorded::Skipped(r),
+            RowOutcome::Error(m) => Recorded::Error(m),
+        }
+    }
+}
+
+impl Tally {
+    /// Folds `o` into `self`.
+    pub fn merge(&mut self, o: &Tally) {
+        self.counts.merge(&o.counts);
+        merge_map(&mut self.skipped_by_reason, &o.skipped_by_reason);
+        self.refs_affected += o.refs_affected;
+        self.refs_skipped += o.refs_skipped;
+        for (k, g) in &o.groups {
+            self.groups.entry(k.clone()).or_default().merge(g);
+        }
+        for (k, c) in &o.targets {
+            self.targets.entry(k.clone()).or_default().merge(c);
+        }
+        self.errors.merge(&o.errors);
+        self.conflicts.merge(&o.conflicts);
+    }
+
+    /// Records one processed row.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_row(
+        &mut self,
+        target: &str,
+        group: &str,
+        key: &str,
+        refs: u64,
+        outcome: Recorded<'_>,
+        current: Option<&str>,
+    ) {
+        let mut c = Counts {
+            processed: 1,
+            ..Counts::default()
+        };
+        let g = self.groups.entry(group.to_string()).or_default();
+        g.refs += refs;
+        match outcome {
+            Recorded::Changed => {
+                c.changed = 1;
+                g.refs_affected += refs;
+                self.refs_affected += refs;
+            }
+            Recorded::Unchanged => c.unchanged = 1,
+            Recorded::Skipped(reason) => {
+                c.skipped = 1;
+                *g.skipped_by_reason.entry(reason.to_string()).or_default() += 1;
+                *self
+                    .skipped_by_reason
+                    .entry(reason.to_string())
+                    .or_default() += 1;
+            }
+            Recorded::Conflict => {
+                c.conflicts = 1;
+                self.conflicts
+                    .add(target, key, "changed since it was read; left as it is");
+            }
+            Recorded::Error(m) => {
+                c.errors = 1;
+                self.errors.add(target, key, m);
+            }
+        }
+        if let Some(v) = current {
+            g.current.add(v, 1, VALUE_CAP);
+        }
+        g.counts.merge(&c);
+        self.counts.merge(&c);
+        self.targets
+            .entry(target.to_string())
+            .or_default()
+            .merge(&c);
+    }
+
+    /// Records rows the plan skipped without reading them (their group was
+    /// skipped), so they appear in the skipped counts by reason.
+    pub fn record_planned_skip(
+        &mut self,
+        target: &str,
+        group: &str,
+        rows: u64,
+        refs: u64,
+        reason: &str,
+    ) {
+        let c = Counts {
+            skipped: rows,
+            ..Counts::default()
+        };
+        let g = self.groups.entry(group.to_string()).or_default();
+        g.counts.merge(&c);
+        *g.skipped_by_reason.entry(reason.to_string()).or_default() += rows;
+        g.refs += refs;
+        *self
+            .skipped_by_reason
+            .entry(reason.to_string())
+            .or_default() += rows;
+        self.counts.merge(&c);
+        self.targets
+            .entry(target.to_string())
+            .or_default()
+            .merge(&c);
+    }
+
+    /// Records references skipped at planning (a revoked certificate, one
+    /// with no revision): they point at no row to rewrite.
+    pub fn record_skipped_refs(&mut self, group: &str, reason: &str, refs: u64) {
+        let g = self.groups.entry(group.to_string()).or_default();
+        *g.refs_skipped.entry(reason.to_string()).or_default() += refs;
+        self.refs_skipped += refs;
+    }
+
+    /// Records a planned row the plan could not send (for instance one
+    /// referenced by two groups with different targets).
+    pub fn record_planned_error(&mut self, target: &str, group: &str, key: &str, message: &str) {
+        let c = Counts {
+            processed: 1,
+            errors: 1,
+            ..Counts::default()
+        };
+        self.groups
+            .entry(group.to_string())
+            .or_default()
+            .counts
+            .merge(&c);
+        self.counts.merge(&c);
+        self.targets
+            .entry(target.to_string())
+            .or_default()
+            .merge(&c);
+        self.errors.add(target, key, message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(seed: u64) -> Tally {
+        let mut t = Tally::default();
+        for i in 0..(seed % 7 + 3) {
+            let key = format!("{}", seed * 100 + i);
+            let group = format!("G{}", (seed + i) % 3);
+            let outcome = match (seed + i) % 5 {
+                0 => Recorded::Changed,
+                1 => Recorded::Unchanged,
+                2 => Recorded::Skipped("guard"),
+                3 => Recorded::Conflict,
+                _ => Recorded::Error("bad"),
+            };
+            let cur = format!("title {}", (seed * 7 + i) % 30);
+            t.record_row("revisions", &group, &key, i % 3 + 1, outcome, Some(&cur));
+        }
+        t.record_skipped_refs("G0", "revoked", seed % 4);
+        t
+    }
+
+    fn fold(parts: &[Tally]) -> Tally {
+        let mut acc = Tally::default();
+        for p in parts {
+            acc.merge(p);
+        }
+        acc
+    }
+
+    #[test]
+    fn merge_is_commutative() {
+        for a in 0..20 {
+            for b in 0..20 {
+                let (x, y) = (sample(a), sample(b));
+                let mut xy = x.clone();
+                xy.merge(&y);
+                let mut yx = y.clone();
+                yx.merge(&x);
+                assert_eq!(xy, yx, "a={a} b={b}");
+            }
+        }
+    }
+
+    #[test]
+    fn merge_is_associative() {
+        for a in 0..12 {
+            for b in 0..12 {
+                for c in 0..6 {
+                    let (x, y, z) = (sample(a), sample(b), sample(c));
+                    let mut left = x.clone();
+                    left.merge(&y);
+                    left.merge(&z);
+                    let mut yz = y.clone();
+                    yz.merge(&z);
+                    let mut right = x.clone();
+                    right.merge(&yz);
+                    assert_eq!(left, right);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fold_order_does_not_matter_with_caps() {
+        // Enough distinct values and issues to overflow both caps.
+        let parts: Vec<Tally> = (0..60).map(sample).collect();
+        let forward = fold(&parts);
+        let mut rev = parts.clone();
+        rev.reverse();
+        assert_eq!(forward, fold(&rev));
+        let mut shuffled = parts.clone();
+        shuffled.rotate_left(17);
+        shuffled.swap(3, 40);
+        assert_eq!(forward, fold(&shuffled));
+        // Nothing is lost to the caps: totals still add up.
+        let total_rows: u64 = forward.counts.processed;
+        let per_group: u64 = forward
+            .groups
+            .values()
+            .map(|g| g.current.kept.values().sum::<u64>() + g.current.other)
+            .sum();
+        assert_eq!(total_rows, per_group);
+        assert_eq!(forward.errors.total(), forward.counts.errors);
+        assert_eq!(forward.conflicts.total(), forward.counts.conflicts);
+        assert!(forward.errors.kept.len() <= ISSUE_CAP);
+    }
+
+    #[test]
+    fn empty_is_identity() {
+        let x = sample(5);
+        let mut y = Tally::default();
+        y.merge(&x);
+        assert_eq!(x, y);
+        let mut z = x.clone();
+        z.merge(&Tally::default());
+        assert_eq!(x, z);
+    }
+
+    #[test]
+    fn record_row_counts_each_outcome() {
+        let mut t = Tally::default();
+        t.record_row("r", "P", "1", 3, Recorded::Changed, Some("Old"));
+        t.record_row("r", "P", "2", 1, Recorded::Unchanged, Some("New"));
+        t.record_row("r", "P", "3", 1, Recorded::Skipped("why"), None);
+        t.record_row("r", "P", "4", 1, Recorded::Conflict, None);
+        t.record_row("r", "P", "5", 1, Recorded::Error("boom"), None);
+        assert_eq!(
+            t.counts,
+            Counts {
+                processed: 5,
+                changed: 1,
+                unchanged: 1,
+                skipped: 1,
+                conflicts: 1,
+                errors: 1
+            }
+        );
+        assert_eq!(t.refs_affected, 3);
+        let g = &t.groups["P"];
+        assert_eq!(g.refs, 7);
+        assert_eq!(g.current.kept["Old"], 1);
+        assert_eq!(t.errors.kept["r/5"], "boom");
+        assert!(t.conflicts.kept.contains_key("r/4"));
+        assert_eq!(t.targets["r"].processed, 5);
+    }
+
+    #[test]
+    fn serde_round_trip() {
+        let t = sample(9);
+        let s = serde_json::to_string(&t).unwrap();
+        let back: Tally = serde_json::from_str(&s).unwrap();
+        assert_eq!(t, back);
+    }
+}

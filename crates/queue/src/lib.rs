@@ -1,0 +1,278 @@
+//! The broker edge: RabbitMQ topology, publishing with confirms, consuming
+//! with explicit acks.
+//!
+//! Two durable quorum queues per deployment, named from a prefix
+//! (`BACKFILL_QUEUE_PREFIX`, default `backfill`): `<prefix>.tasks` carries
+//! shard tasks to mappers, `<prefix>.results` carries shard results to
+//! reducers. Messages are persistent and every publish waits for the
+//! broker's confirm, so a task or result the publisher moved on from is on
+//! disk at the broker. Consumers ack only after their effect is durable.
+
+use backfill_job::{ShardResult, ShardTask};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+
+pub use lapin::message::Delivery;
+pub use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+
+/// Errors of the broker edge.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("cannot connect to RabbitMQ at {url}: {source}. Is it running? (start it with `rabbitmq-server -detached`, or set AMQP_URL)")]
+    Connect {
+        url: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("{what}: {source}")]
+    Amqp {
+        what: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("the broker refused (nacked) a message published to {0}")]
+    Nacked(String),
+}
+
+fn amqp(what: impl Into<String>) -> impl FnOnce(lapin::Error) -> QueueError {
+    let what = what.into();
+    move |source| QueueError::Amqp { what, source }
+}
+
+/// Hides the password of a URL.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// The queue names of one deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueNames {
+    pub tasks: String,
+    pub results: String,
+}
+
+impl QueueNames {
+    pub fn with_prefix(prefix: &str) -> QueueNames {
+        QueueNames {
+            tasks: format!("{prefix}.tasks"),
+            results: format!("{prefix}.results"),
+        }
+    }
+}
+
+/// A connection to RabbitMQ with the topology declared.
+pub struct Broker {
+    conn: Connection,
+    pub names: QueueNames,
+}
+
+impl Broker {
+    /// Connects and declares the queues (idempotent).
+    pub async fn connect(url: &str, names: QueueNames) -> Result<Broker, QueueError> {
+        let props = ConnectionProperties::default().with_connection_name("backfill".into());
+        let conn = Connection::connect(url, props)
+            .await
+            .map_err(|source| QueueError::Connect {
+                url: redact_url(url),
+                source,
+            })?;
+        let broker = Broker { conn, names };
+        let ch = broker.channel().await?;
+        for q in [&broker.names.tasks, &broker.names.results] {
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+            ch.queue_declare(
+                q.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await
+            .map_err(amqp(format!("declare queue {q}")))?;
+        }
+        let _ = ch.close(200, "declared".into()).await;
+        Ok(broker)
+    }
+
+    async fn channel(&self) -> Result<Channel, QueueError> {
+        self.conn
+            .create_channel()
+            .await
+            .map_err(amqp("open a channel"))
+    }
+
+    /// A channel in confirm mode for publishing.
+    pub async fn publisher(&self) -> Result<Publisher, QueueError> {
+        let channel = self.channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(amqp("enable publisher confirms"))?;
+        Ok(Publisher {
+            channel,
+            names: self.names.clone(),
+        })
+    }
+
+    /// Consumes `queue` with at most `prefetch` unacknowledged deliveries.
+    pub async fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<(Channel, Consumer), QueueError> {
+        let channel = self.channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(amqp("set prefetch"))?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp(format!("consume {queue}")))?;
+        Ok((channel, consumer))
+    }
+
+    /// Number of ready messages in a queue.
+    pub async fn depth(&self, queue: &str) -> Result<u32, QueueError> {
+        let ch = self.channel().await?;
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp(format!("inspect queue {queue}")))?;
+        let _ = ch.close(200, "inspected".into()).await;
+        Ok(q.message_count())
+    }
+
+    /// Deletes this deployment's queues (tests and teardown).
+    pub async fn delete_queues(&self) -> Result<(), QueueError> {
+        let ch = self.channel().await?;
+        for q in [&self.names.tasks, &self.names.results] {
+            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .map_err(amqp(format!("delete queue {q}")))?;
+        }
+        Ok(())
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.conn.status().connected()
+    }
+
+    pub async fn close(&self) {
+        let _ = self.conn.close(200, "bye".into()).await;
+    }
+}
+
+/// Publishes persistent messages and waits for each confirm.
+pub struct Publisher {
+    channel: Channel,
+    names: QueueNames,
+}
+
+impl Publisher {
+    async fn publish(&self, queue: &str, payload: &[u8]) -> Result<(), QueueError> {
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                payload,
+                props,
+            )
+            .await
+            .map_err(amqp(format!("publish to {queue}")))?
+            .await
+            .map_err(amqp(format!("confirm of a publish to {queue}")))?;
+        if confirm.is_ack() && confirm.take_message().is_none() {
+            Ok(())
+        } else {
+            Err(QueueError::Nacked(queue.to_string()))
+        }
+    }
+
+    pub async fn publish_task(&self, task: &ShardTask) -> Result<(), QueueError> {
+        self.publish(&self.names.tasks, &task.encode()).await
+    }
+
+    pub async fn publish_result(&self, result: &ShardResult) -> Result<(), QueueError> {
+        self.publish(&self.names.results, &result.encode()).await
+    }
+
+    /// Publishes raw bytes to the task queue (for tests of malformed input).
+    pub async fn publish_raw_task(&self, payload: &[u8]) -> Result<(), QueueError> {
+        self.publish(&self.names.tasks, payload).await
+    }
+
+    /// Publishes raw bytes to the result queue (for tests of duplicates).
+    pub async fn publish_raw_result(&self, payload: &[u8]) -> Result<(), QueueError> {
+        self.publish(&self.names.results, payload).await
+    }
+}
+
+/// A name for this worker in logs and the ledger: host and process id.
+pub fn worker_name(role: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("{role}@{host}:{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_redaction() {
+        let n = QueueNames::with_prefix("bf");
+        assert_eq!(n.tasks, "bf.tasks");
+        assert_eq!(n.results, "bf.results");
+        assert_eq!(
+            redact_url("amqp://u:p@h:5672/%2f"),
+            "amqp://u:***@h:5672/%2f"
+        );
+    }
+}

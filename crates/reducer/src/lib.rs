@@ -1,0 +1,122 @@
+//! The reducer role: fold shard results into run summaries.
+//!
+//! Each result is folded once: the ledger marks the shard reduced in the same
+//! transaction that merges its counts into the run (see
+//! `backfill_store::ledger`), so a duplicate delivery or a restarted reducer
+//! never counts a shard twice. When the last shard is folded the run gets its
+//! final state and `Summary:` line. Any number of reducers may run.
+
+use backfill_job::ShardResult;
+use backfill_queue::{BasicAckOptions, BasicNackOptions, BasicRejectOptions, Broker, QueueNames};
+use backfill_store::{Reduced, Store, StoreError};
+use futures::StreamExt;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// Folds one result; the step function tests drive directly.
+pub async fn process_result(store: &Store, result: &ShardResult) -> Result<Reduced, StoreError> {
+    let r = store.reduce(result).await?;
+    match &r {
+        Reduced::Counted => {}
+        Reduced::Finished(summary) => info!(run = %result.run_id, "{summary}"),
+        Reduced::Duplicate => {
+            info!(run = %result.run_id, shard = result.shard_no, "duplicate result ignored")
+        }
+        Reduced::UnknownShard => {
+            warn!(run = %result.run_id, shard = result.shard_no, "result for a shard the ledger does not know; ignored")
+        }
+        Reduced::NotCommitted => {
+            warn!(run = %result.run_id, shard = result.shard_no, "result for a shard the ledger does not show committed; ignored")
+        }
+    }
+    Ok(r)
+}
+
+/// How a reducer runs.
+#[derive(Debug, Clone)]
+pub struct ReducerConfig {
+    pub amqp_url: String,
+    pub queues: QueueNames,
+    pub worker: String,
+}
+
+/// Consumes results until `shutdown`, reconnecting with backoff.
+pub async fn run(
+    store: Store,
+    cfg: ReducerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), StoreError> {
+    let mut backoff = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        match consume(&store, &cfg, &shutdown).await {
+            Ok(()) => break,
+            Err(e) => {
+                warn!(error = %e, "reducer lost the broker; reconnecting in {:?}", backoff);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    info!(worker = %cfg.worker, "reducer stopped");
+    Ok(())
+}
+
+async fn consume(
+    store: &Store,
+    cfg: &ReducerConfig,
+    shutdown: &CancellationToken,
+) -> Result<(), backfill_queue::QueueError> {
+    let broker = Broker::connect(&cfg.amqp_url, cfg.queues.clone()).await?;
+    let (_channel, mut consumer) = broker.consume(&cfg.queues.results, 64, &cfg.worker).await?;
+    info!(worker = %cfg.worker, queue = %cfg.queues.results, "reducer consuming");
+    let outcome = loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            d = consumer.next() => d,
+        };
+        let d = match next {
+            None => {
+                break Err(backfill_queue::QueueError::Nacked(
+                    "consumer cancelled by the broker".into(),
+                ))
+            }
+            Some(Err(e)) => {
+                break Err(backfill_queue::QueueError::Amqp {
+                    what: "receive a result".into(),
+                    source: e,
+                })
+            }
+            Some(Ok(d)) => d,
+        };
+        let result = match ShardResult::decode(&d.data) {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "dropping a result message that cannot be read");
+                let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
+                continue;
+            }
+        };
+        match process_result(store, &result).await {
+            Ok(_) => {
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+            }
+            Err(e) => {
+                warn!(error = %e, run = %result.run_id, shard = result.shard_no, "could not fold the result; it goes back to the queue");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = d
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        }
+    };
+    broker.close().await;
+    outcome
+}

@@ -1,0 +1,348 @@
+//! The run ledger: what was planned, what each shard did, what was folded.
+//!
+//! Tables (created on connect, idempotently, under an advisory lock):
+//! - `backfill_run`: one row per run — job, spec text and hash, mode, scope,
+//!   plan, the fold of the shard results so far, state and summary.
+//! - `backfill_shard`: one row per shard — its rows, whether its task was
+//!   published, whether a mapper committed it (with its result), whether the
+//!   reducer folded it. The reducer's dedup state lives here, so it survives
+//!   a restart of the reducer.
+//! - `backfill_item`: the distinct target rows of each shard, with their group
+//!   and reference count. Messages carry only (run, shard).
+//! - `backfill_before_image`: in commit mode, each written column's value as it
+//!   was, written in the same transaction as the row.
+
+use backfill_job::report::{summary_line, RunView};
+use backfill_job::{JobSpec, Mode, Plan, RunState, ShardResult, Tally};
+use sqlx::{PgPool, Row};
+
+use crate::{sql, StoreError};
+
+/// Ledger DDL, applied in order; each statement is idempotent.
+const LEDGER_DDL: &[&str] = &[
+    r#"CREATE TABLE IF NOT EXISTS backfill_run (
+        run_id text PRIMARY KEY,
+        job_name text NOT NULL,
+        spec_text text NOT NULL,
+        spec_hash text NOT NULL,
+        mode text NOT NULL,
+        scope jsonb NOT NULL,
+        state text NOT NULL,
+        plan jsonb NOT NULL,
+        shards_total integer NOT NULL,
+        shards_reduced integer NOT NULL DEFAULT 0,
+        tally jsonb NOT NULL,
+        summary text,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        finished_at timestamptz
+    )"#,
+    r#"CREATE TABLE IF NOT EXISTS backfill_shard (
+        run_id text NOT NULL REFERENCES backfill_run (run_id) ON DELETE CASCADE,
+        shard_no integer NOT NULL,
+        target text NOT NULL,
+        first_key text NOT NULL,
+        last_key text NOT NULL,
+        rows integer NOT NULL,
+        state text NOT NULL DEFAULT 'pending',
+        published_at timestamptz,
+        worker text,
+        deliveries integer NOT NULL DEFAULT 0,
+        failures integer NOT NULL DEFAULT 0,
+        last_error text,
+        result jsonb,
+        finished_at timestamptz,
+        reduced_at timestamptz,
+        PRIMARY KEY (run_id, shard_no)
+    )"#,
+    r#"CREATE TABLE IF NOT EXISTS backfill_item (
+        run_id text NOT NULL,
+        shard_no integer NOT NULL,
+        item_no integer NOT NULL,
+        key text NOT NULL,
+        key_int bigint,
+        group_key text NOT NULL,
+        refs bigint NOT NULL,
+        PRIMARY KEY (run_id, shard_no, item_no)
+    )"#,
+    r#"CREATE TABLE IF NOT EXISTS backfill_before_image (
+        run_id text NOT NULL,
+        shard_no integer NOT NULL,
+        target text NOT NULL,
+        key text NOT NULL,
+        column_name text NOT NULL,
+        before text,
+        written_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (run_id, target, key, column_name)
+    )"#,
+];
+
+/// Creates the ledger tables when missing. Serialized across processes by an
+/// advisory lock so that many workers starting at once do not race.
+pub(crate) async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await.map_err(sql("begin ledger migration"))?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('backfill ledger migration'))")
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("lock ledger migration"))?;
+    for ddl in LEDGER_DDL {
+        sqlx::query(ddl)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("create ledger tables"))?;
+    }
+    tx.commit().await.map_err(sql("commit ledger migration"))?;
+    Ok(())
+}
+
+/// A run as the ledger holds it.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub spec: JobSpec,
+    pub mode: Mode,
+    pub scope: String,
+    pub state: RunState,
+    pub plan: Plan,
+    pub shards_total: u32,
+    pub shards_reduced: u32,
+    pub tally: Tally,
+    pub summary: Option<String>,
+}
+
+impl RunRecord {
+    pub fn view(&self) -> RunView<'_> {
+        RunView {
+            run_id: &self.run_id,
+            spec: &self.spec,
+            mode: self.mode,
+            scope: &self.scope,
+            plan: &self.plan,
+            tally: &self.tally,
+        }
+    }
+}
+
+/// A shard as the ledger holds it.
+#[derive(Debug, Clone)]
+pub struct ShardRecord {
+    pub shard_no: u32,
+    pub target: String,
+    pub first_key: String,
+    pub last_key: String,
+    pub rows: u32,
+    pub state: String,
+    pub published: bool,
+    pub reduced: bool,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    what: &str,
+    v: serde_json::Value,
+) -> Result<T, StoreError> {
+    serde_json::from_value(v)
+        .map_err(|e| StoreError::Data(format!("ledger {what} is unreadable: {e}")))
+}
+
+impl crate::Store {
+    /// Reads a run; `None` when the ledger has no such run.
+    pub async fn load_run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT run_id, spec_text, mode, scope, state, plan, shards_total, shards_reduced, tally, summary
+             FROM backfill_run WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(sql("read run"))?;
+        let Some(row) = row else { return Ok(None) };
+        let spec_text: String = row.get("spec_text");
+        let spec = JobSpec::parse(&spec_text)?;
+        let mode: String = row.get("mode");
+        let state: String = row.get("state");
+        let scope: backfill_job::Scope = decode("scope", row.get("scope"))?;
+        Ok(Some(RunRecord {
+            run_id: row.get("run_id"),
+            spec,
+            mode: mode.parse().map_err(StoreError::Data)?,
+            scope: scope.describe(),
+            state: state.parse().map_err(StoreError::Data)?,
+            plan: decode("plan", row.get("plan"))?,
+            shards_total: row.get::<i32, _>("shards_total") as u32,
+            shards_reduced: row.get::<i32, _>("shards_reduced") as u32,
+            tally: decode("tally", row.get("tally"))?,
+            summary: row.get("summary"),
+        }))
+    }
+
+    /// The most recent runs, newest first.
+    pub async fn recent_runs(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<(String, String, String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT run_id, job_name, mode, state FROM backfill_run ORDER BY created_at DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+        .map_err(sql("list runs"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
+    }
+
+    /// The shards of a run, in order.
+    pub async fn shards(&self, run_id: &str) -> Result<Vec<ShardRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT shard_no, target, first_key, last_key, rows, state,
+                    published_at IS NOT NULL AS published, reduced_at IS NOT NULL AS reduced
+             FROM backfill_shard WHERE run_id = $1 ORDER BY shard_no",
+        )
+        .bind(run_id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(sql("read shards"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ShardRecord {
+                shard_no: r.get::<i32, _>("shard_no") as u32,
+                target: r.get("target"),
+                first_key: r.get("first_key"),
+                last_key: r.get("last_key"),
+                rows: r.get::<i32, _>("rows") as u32,
+                state: r.get("state"),
+                published: r.get("published"),
+                reduced: r.get("reduced"),
+            })
+            .collect())
+    }
+
+    /// Marks shards as published (their task was confirmed by the broker).
+    pub async fn mark_published(&self, run_id: &str, shard_nos: &[i32]) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE backfill_shard SET published_at = now()
+             WHERE run_id = $1 AND shard_no = ANY($2) AND published_at IS NULL",
+        )
+        .bind(run_id)
+        .bind(shard_nos)
+        .execute(self.pool())
+        .await
+        .map_err(sql("mark shards published"))?;
+        Ok(())
+    }
+
+    /// Folds one shard result into its run, once. Returns what happened.
+    ///
+    /// Dedup and fold share one transaction: the shard's `reduced_at` is set
+    /// only if it was unset and the shard is committed, and the run's tally is
+    /// updated under a row lock. A duplicate result changes nothing.
+    pub async fn reduce(&self, result: &ShardResult) -> Result<Reduced, StoreError> {
+        let mut tx = self.pool().begin().await.map_err(sql("begin reduce"))?;
+        let claimed = sqlx::query(
+            "UPDATE backfill_shard SET reduced_at = now()
+             WHERE run_id = $1 AND shard_no = $2 AND reduced_at IS NULL AND state = 'done'
+             RETURNING shard_no",
+        )
+        .bind(&result.run_id)
+        .bind(result.shard_no as i32)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(sql("claim shard result"))?;
+        if claimed.is_none() {
+            let known = sqlx::query("SELECT state, reduced_at IS NOT NULL FROM backfill_shard WHERE run_id = $1 AND shard_no = $2")
+                .bind(&result.run_id)
+                .bind(result.shard_no as i32)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(sql("read shard"))?;
+            tx.rollback().await.map_err(sql("rollback reduce"))?;
+            return Ok(match known {
+                None => Reduced::UnknownShard,
+                Some(r) if r.get::<bool, _>(1) => Reduced::Duplicate,
+                Some(_) => Reduced::NotCommitted,
+            });
+        }
+        let row = sqlx::query(
+            "SELECT spec_text, mode, scope, plan, tally, shards_total, shards_reduced
+             FROM backfill_run WHERE run_id = $1 FOR UPDATE",
+        )
+        .bind(&result.run_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(sql("lock run"))?;
+        let mut tally: Tally = decode("tally", row.get("tally"))?;
+        tally.merge(&result.tally);
+        let total: i32 = row.get("shards_total");
+        let reduced: i32 = row.get::<i32, _>("shards_reduced") + 1;
+        let tally_json =
+            serde_json::to_value(&tally).map_err(|e| StoreError::Data(e.to_string()))?;
+        if reduced < total {
+            sqlx::query(
+                "UPDATE backfill_run SET tally = $2, shards_reduced = $3 WHERE run_id = $1",
+            )
+            .bind(&result.run_id)
+            .bind(&tally_json)
+            .bind(reduced)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("fold shard result"))?;
+            tx.commit().await.map_err(sql("commit reduce"))?;
+            return Ok(Reduced::Counted);
+        }
+        let spec = JobSpec::parse(&row.get::<String, _>("spec_text"))?;
+        let mode: Mode = row
+            .get::<String, _>("mode")
+            .parse()
+            .map_err(StoreError::Data)?;
+        let scope: backfill_job::Scope = decode("scope", row.get("scope"))?;
+        let plan: Plan = decode("plan", row.get("plan"))?;
+        let summary = summary_line(&RunView {
+            run_id: &result.run_id,
+            spec: &spec,
+            mode,
+            scope: &scope.describe(),
+            plan: &plan,
+            tally: &tally,
+        });
+        let state = final_state(&tally);
+        sqlx::query(
+            "UPDATE backfill_run SET tally = $2, shards_reduced = $3, state = $4, summary = $5, finished_at = now()
+             WHERE run_id = $1",
+        )
+        .bind(&result.run_id)
+        .bind(&tally_json)
+        .bind(reduced)
+        .bind(state.as_str())
+        .bind(&summary)
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("finish run"))?;
+        tx.commit().await.map_err(sql("commit reduce"))?;
+        Ok(Reduced::Finished(summary))
+    }
+}
+
+/// A run with row errors ends failed; otherwise done.
+pub fn final_state(tally: &Tally) -> RunState {
+    if tally.counts.errors > 0 {
+        RunState::Failed
+    } else {
+        RunState::Done
+    }
+}
+
+/// What the reducer did with a result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reduced {
+    /// Folded into the run.
+    Counted,
+    /// Folded, and it was the last one: the run's summary line.
+    Finished(String),
+    /// Already folded before (a redelivery): ignored.
+    Duplicate,
+    /// No such shard in the ledger (a forged or stale message): ignored.
+    UnknownShard,
+    /// The ledger does not show the shard committed: ignored.
+    NotCommitted,
+}

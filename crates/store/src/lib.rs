@@ -1,0 +1,183 @@
+//! The database edge: target rows and the run ledger, over sqlx.
+//!
+//! # Layout
+//!
+//! - [`ledger`]: the ledger tables (created and upgraded on connect), run and
+//!   shard records, the reducer's dedup-and-fold step.
+//! - [`planning`]: runs the spec's groups and targets SQL with bound
+//!   parameters, and records a run's plan (run row, items, shards) in one
+//!   transaction.
+//! - [`shard`]: a mapper's two database steps — fetch a shard's rows, then
+//!   commit the compare-and-set writes, before-images and the shard's ledger
+//!   record in ONE transaction.
+//!
+//! PostgreSQL is the back end. Table and column names from a spec are
+//! validated by the job model and always quoted here; values are always bound.
+
+pub mod ledger;
+pub mod planning;
+pub mod shard;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use ledger::Reduced;
+pub use ledger::{RunRecord, ShardRecord};
+pub use planning::NewRun;
+pub use shard::{Committed, EvaluatedRow, FetchedRow, ShardCommit, ShardRows};
+
+/// Errors of the database edge.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot connect to the database at {url}: {source}. Is PostgreSQL running? (start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, or set DATABASE_URL)")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("unsupported database URL {0}: use postgres://")]
+    Scheme(String),
+    #[error("{what}: {source}")]
+    Sql {
+        what: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("{0}")]
+    Spec(#[from] backfill_job::SpecError),
+    #[error("{0}")]
+    Data(String),
+    #[error("run {0} is not in the ledger")]
+    UnknownRun(String),
+}
+
+impl StoreError {
+    /// True when retrying later may succeed (connection lost, server restarting).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Connect { .. } => true,
+            StoreError::Sql { source, .. } => {
+                matches!(
+                    source,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::WorkerCrashed
+                ) || matches!(source, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("57") || c.starts_with("08") || c == "40001" || c == "40P01"))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Wraps a sqlx error with what was being done.
+pub(crate) fn sql(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
+    let what = what.into();
+    move |source| StoreError::Sql { what, source }
+}
+
+/// Hides the password of a URL, for every log line and error message.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// A handle on the database: target tables and ledger.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+    types: TypesCache,
+}
+
+/// Column types per table, looked up once per process.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TypesCache(
+    std::sync::Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<String, std::collections::BTreeMap<String, String>>,
+        >,
+    >,
+);
+
+impl TypesCache {
+    pub(crate) fn get(&self, table: &str) -> Option<std::collections::BTreeMap<String, String>> {
+        self.0.lock().ok().and_then(|m| m.get(table).cloned())
+    }
+    pub(crate) fn put(&self, table: &str, types: std::collections::BTreeMap<String, String>) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(table.to_string(), types);
+        }
+    }
+}
+
+impl Store {
+    /// Connects, and creates or upgrades the ledger tables.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(StoreError::Scheme(redact_url(url)));
+        }
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|source| StoreError::Connect {
+                url: redact_url(url),
+                source,
+            })?
+            .application_name("backfill");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts)
+            .await
+            .map_err(|source| StoreError::Connect {
+                url: redact_url(url),
+                source,
+            })?;
+        let store = Store {
+            pool,
+            types: TypesCache::default(),
+        };
+        ledger::migrate(&store.pool).await?;
+        Ok(store)
+    }
+
+    pub(crate) fn types_cache(&self) -> &TypesCache {
+        &self.types
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+}

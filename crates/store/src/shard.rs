@@ -1,0 +1,445 @@
+//! A mapper's database steps for one shard.
+//!
+//! 1. [`Store::fetch_shard`]: the shard's items joined to their target rows,
+//!    read without locks.
+//! 2. [`Store::commit_shard`]: in ONE transaction — lock the shard's ledger
+//!    row (a shard already done is not applied again), write the changed rows
+//!    with compare-and-set against every JSON column as it was read, record
+//!    the before-images of what was written, and record the shard as done
+//!    with its result. A row that changed since it was read is not written
+//!    and is counted as a conflict.
+
+use backfill_job::spec::quote_ident;
+use backfill_job::tally::Recorded;
+use backfill_job::{KeyType, Mode, RowOutcome, Tally};
+use sqlx::Row;
+use std::collections::{BTreeMap, HashSet};
+
+use crate::{sql, Store, StoreError};
+
+/// A shard's row as read.
+#[derive(Debug, Clone)]
+pub struct FetchedRow {
+    pub key: String,
+    pub group: String,
+    pub refs: u64,
+    /// Each JSON column's text as read (`None` = SQL NULL); `None` when the
+    /// row no longer exists.
+    pub columns: Option<BTreeMap<String, Option<String>>>,
+}
+
+/// The rows of a shard, or the shard's stored result if it is already done.
+#[derive(Debug, Clone)]
+pub enum ShardRows {
+    Pending(Vec<FetchedRow>),
+    Done(Tally),
+}
+
+/// A row with its evaluated outcome, ready to commit.
+#[derive(Debug, Clone)]
+pub struct EvaluatedRow {
+    pub key: String,
+    pub group: String,
+    pub refs: u64,
+    pub outcome: RowOutcome,
+    pub current: Option<String>,
+    /// Every JSON column as read, for the compare-and-set and before-images.
+    pub read: BTreeMap<String, Option<String>>,
+}
+
+/// What to commit for a shard.
+pub struct ShardCommit<'a> {
+    pub run_id: &'a str,
+    pub shard_no: u32,
+    pub target: &'a backfill_job::spec::TargetSpec,
+    pub mode: Mode,
+    pub worker: &'a str,
+    pub rows: Vec<EvaluatedRow>,
+}
+
+/// What committing did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Committed {
+    /// Applied now; the shard's result.
+    Applied(Tally),
+    /// Another delivery already committed this shard; its stored result.
+    AlreadyDone(Tally),
+}
+
+impl Committed {
+    pub fn tally(&self) -> &Tally {
+        match self {
+            Committed::Applied(t) | Committed::AlreadyDone(t) => t,
+        }
+    }
+}
+
+fn key_join(target: &backfill_job::spec::TargetSpec) -> String {
+    let k = quote_ident(&target.key);
+    match target.key_type {
+        KeyType::Integer => format!("t.{k} = i.key_int"),
+        KeyType::Text => format!("t.{k} = i.key"),
+    }
+}
+
+impl Store {
+    /// The state of a shard: `Some(result)` when it is done.
+    pub async fn shard_done(
+        &self,
+        run_id: &str,
+        shard_no: u32,
+    ) -> Result<Option<Tally>, StoreError> {
+        let row = sqlx::query("SELECT result FROM backfill_shard WHERE run_id = $1 AND shard_no = $2 AND state = 'done'")
+            .bind(run_id)
+            .bind(shard_no as i32)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(sql("read shard state"))?;
+        match row {
+            None => Ok(None),
+            Some(r) => {
+                let v: Option<serde_json::Value> = r.get(0);
+                let t = serde_json::from_value(v.unwrap_or_default()).map_err(|e| {
+                    StoreError::Data(format!("stored shard result is unreadable: {e}"))
+                })?;
+                Ok(Some(t))
+            }
+        }
+    }
+
+    /// Reads a shard's items and their target rows.
+    pub async fn fetch_shard(
+        &self,
+        run_id: &str,
+        target: &backfill_job::spec::TargetSpec,
+        shard_no: u32,
+    ) -> Result<ShardRows, StoreError> {
+        if let Some(done) = self.shard_done(run_id, shard_no).await? {
+            return Ok(ShardRows::Done(done));
+        }
+        let cols: Vec<&String> = target.all_columns().collect();
+        let select_cols: String = cols
+            .iter()
+            .map(|c| format!(", t.{}::text", quote_ident(c)))
+            .collect();
+        let q = format!(
+            "SELECT i.key, i.group_key, i.refs, (t.{key} IS NOT NULL) AS found{select_cols}
+             FROM backfill_item i LEFT JOIN {table} t ON {join}
+             WHERE i.run_id = $1 AND i.shard_no = $2 ORDER BY i.item_no",
+            key = quote_ident(&target.key),
+            table = quote_ident(&target.table),
+            join = key_join(target),
+        );
+        let rows = sqlx::query(&q)
+            .bind(run_id)
+            .bind(shard_no as i32)
+            .fetch_all(self.pool())
+            .await
+            .map_err(sql(format!(
+                "read rows of shard {shard_no} from {}",
+                target.table
+            )))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let found: bool = r.get(3);
+            let columns = if found {
+                let mut m = BTreeMap::new();
+                for (i, c) in cols.iter().enumerate() {
+                    m.insert((*c).clone(), r.get::<Option<String>, _>(4 + i));
+                }
+                Some(m)
+            } else {
+                None
+            };
+            out.push(FetchedRow {
+                key: r.get(0),
+                group: r.get(1),
+                refs: r.get::<i64, _>(2).max(0) as u64,
+                columns,
+            });
+        }
+        Ok(ShardRows::Pending(out))
+    }
+
+    /// How a column is typed, to cast written text back to it.
+    async fn column_types(&self, table: &str) -> Result<BTreeMap<String, String>, StoreError> {
+        if let Some(t) = self.types_cache().get(table) {
+            return Ok(t);
+        }
+        let rows = sqlx::query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
+             FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+        )
+        .bind(quote_ident(table))
+        .fetch_all(self.pool())
+        .await
+        .map_err(sql(format!("read the column types of {table}")))?;
+        let m: BTreeMap<String, String> = rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+        self.types_cache().put(table, m.clone());
+        Ok(m)
+    }
+
+    /// Commits a shard: compare-and-set writes, before-images and the shard's
+    /// ledger record in one transaction.
+    pub async fn commit_shard(&self, c: ShardCommit<'_>) -> Result<Committed, StoreError> {
+        let target = c.target;
+        let types = if c.mode.is_commit() {
+            self.column_types(&target.table).await?
+        } else {
+            BTreeMap::new()
+        };
+        let mut tx = self.pool().begin().await.map_err(sql("begin shard"))?;
+        let row = sqlx::query("SELECT state, result FROM backfill_shard WHERE run_id = $1 AND shard_no = $2 FOR UPDATE")
+            .bind(c.run_id)
+            .bind(c.shard_no as i32)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(sql("lock shard"))?;
+        let Some(row) = row else {
+            return Err(StoreError::Data(format!(
+                "shard {} of run {} is not in the ledger",
+                c.shard_no, c.run_id
+            )));
+        };
+        if row.get::<String, _>(0) == "done" {
+            let v: Option<serde_json::Value> = row.get(1);
+            tx.rollback().await.map_err(sql("rollback shard"))?;
+            let t = serde_json::from_value(v.unwrap_or_default())
+                .map_err(|e| StoreError::Data(format!("stored shard result is unreadable: {e}")))?;
+            return Ok(Committed::AlreadyDone(t));
+        }
+
+        let mut written: HashSet<String> = HashSet::new();
+        let to_write: Vec<&EvaluatedRow> = c
+            .rows
+            .iter()
+            .filter(|r| matches!(r.outcome, RowOutcome::Changed(_)))
+            .collect();
+        if c.mode.is_commit() && !to_write.is_empty() {
+            written = write_rows(&mut tx, target, &types, &to_write).await?;
+            // Before-images of what was actually written.
+            let mut keys = Vec::new();
+            let mut cols = Vec::new();
+            let mut befores: Vec<Option<&str>> = Vec::new();
+            for r in &to_write {
+                if !written.contains(&r.key) {
+                    continue;
+                }
+                if let RowOutcome::Changed(new) = &r.outcome {
+                    for col in new.keys() {
+                        keys.push(r.key.as_str());
+                        cols.push(col.as_str());
+                        befores.push(r.read.get(col).and_then(|v| v.as_deref()));
+                    }
+                }
+            }
+            sqlx::query(
+                "INSERT INTO backfill_before_image (run_id, shard_no, target, key, column_name, before)
+                 SELECT $1, $2, $3, * FROM unnest($4::text[], $5::text[], $6::text[])",
+            )
+            .bind(c.run_id)
+            .bind(c.shard_no as i32)
+            .bind(&target.name)
+            .bind(&keys)
+            .bind(&cols)
+            .bind(&befores)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("record before-images"))?;
+        }
+
+        let mut tally = Tally::default();
+        for r in &c.rows {
+            let rec = match &r.outcome {
+                RowOutcome::Changed(_) if c.mode.is_commit() && !written.contains(&r.key) => {
+                    Recorded::Conflict
+                }
+                other => Recorded::from(other),
+            };
+            tally.record_row(
+                &target.name,
+                &r.group,
+                &r.key,
+                r.refs,
+                rec,
+                r.current.as_deref(),
+            );
+        }
+        let result = serde_json::to_value(&tally).map_err(|e| StoreError::Data(e.to_string()))?;
+        sqlx::query(
+            "UPDATE backfill_shard SET state = 'done', result = $3, worker = $4, finished_at = now(),
+                    deliveries = deliveries + 1
+             WHERE run_id = $1 AND shard_no = $2",
+        )
+        .bind(c.run_id)
+        .bind(c.shard_no as i32)
+        .bind(&result)
+        .bind(c.worker)
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("record shard done"))?;
+        tx.commit().await.map_err(sql("commit shard"))?;
+        Ok(Committed::Applied(tally))
+    }
+}
+
+impl Store {
+    /// Records a failed attempt at a shard; returns how many attempts failed.
+    pub async fn shard_attempt_failed(
+        &self,
+        run_id: &str,
+        shard_no: u32,
+        error: &str,
+    ) -> Result<u32, StoreError> {
+        let n: Option<i32> = sqlx::query_scalar(
+            "UPDATE backfill_shard SET failures = failures + 1, last_error = $3
+             WHERE run_id = $1 AND shard_no = $2 AND state <> 'done' RETURNING failures",
+        )
+        .bind(run_id)
+        .bind(shard_no as i32)
+        .bind(error)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(sql("record a failed shard attempt"))?;
+        Ok(n.unwrap_or(0).max(0) as u32)
+    }
+
+    /// Gives up on a shard that failed on every attempt: records it done
+    /// with every row counted as an error carrying `error`, so the run ends
+    /// as failed and lists the rows, instead of waiting for it forever.
+    /// Nothing of the shard was written (its transaction never committed).
+    pub async fn fail_shard(
+        &self,
+        run_id: &str,
+        shard_no: u32,
+        target: &str,
+        error: &str,
+    ) -> Result<Committed, StoreError> {
+        let mut tx = self.pool().begin().await.map_err(sql("begin shard"))?;
+        let row = sqlx::query("SELECT state, result FROM backfill_shard WHERE run_id = $1 AND shard_no = $2 FOR UPDATE")
+            .bind(run_id)
+            .bind(shard_no as i32)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(sql("lock shard"))?
+            .ok_or_else(|| StoreError::Data(format!("shard {shard_no} of run {run_id} is not in the ledger")))?;
+        if row.get::<String, _>(0) == "done" {
+            let v: Option<serde_json::Value> = row.get(1);
+            let t = serde_json::from_value(v.unwrap_or_default())
+                .map_err(|e| StoreError::Data(format!("stored shard result is unreadable: {e}")))?;
+            return Ok(Committed::AlreadyDone(t));
+        }
+        let items = sqlx::query("SELECT key, group_key FROM backfill_item WHERE run_id = $1 AND shard_no = $2 ORDER BY item_no")
+            .bind(run_id)
+            .bind(shard_no as i32)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(sql("read shard items"))?;
+        let mut tally = Tally::default();
+        let msg = format!("shard {shard_no} failed on every attempt: {error}");
+        for r in items {
+            tally.record_planned_error(
+                target,
+                &r.get::<String, _>(1),
+                &r.get::<String, _>(0),
+                &msg,
+            );
+        }
+        let result = serde_json::to_value(&tally).map_err(|e| StoreError::Data(e.to_string()))?;
+        sqlx::query(
+            "UPDATE backfill_shard SET state = 'done', result = $3, worker = 'failed', finished_at = now(), last_error = $4
+             WHERE run_id = $1 AND shard_no = $2",
+        )
+        .bind(run_id)
+        .bind(shard_no as i32)
+        .bind(&result)
+        .bind(error)
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("record shard failed"))?;
+        tx.commit().await.map_err(sql("commit shard"))?;
+        Ok(Committed::Applied(tally))
+    }
+}
+
+/// One UPDATE for the shard's changed rows: every JSON column must still read
+/// as it did (compare-and-set); returns the keys actually written.
+async fn write_rows(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    target: &backfill_job::spec::TargetSpec,
+    types: &BTreeMap<String, String>,
+    rows: &[&EvaluatedRow],
+) -> Result<HashSet<String>, StoreError> {
+    let all_cols: Vec<&String> = target.all_columns().collect();
+    let n_written = target.columns.len();
+    // unnest columns: k, then per column its old text, then per written
+    // column its new text (NULL = leave as is).
+    let mut defs = vec!["k".to_string()];
+    let mut casts = vec!["$1::text[]".to_string()];
+    for i in 0..all_cols.len() {
+        defs.push(format!("o{i}"));
+        casts.push(format!("${}::text[]", casts.len() + 1));
+    }
+    for i in 0..n_written {
+        defs.push(format!("n{i}"));
+        casts.push(format!("${}::text[]", casts.len() + 1));
+    }
+    let sets: Vec<String> = target
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, col)| {
+            let ty = types.get(col).map(String::as_str).unwrap_or("jsonb");
+            let cast = match ty {
+                "jsonb" | "json" => format!("::{ty}"),
+                _ => String::new(),
+            };
+            let q = quote_ident(col);
+            format!("{q} = CASE WHEN v.n{i} IS NULL THEN t.{q} ELSE v.n{i}{cast} END")
+        })
+        .collect();
+    let cas: Vec<String> = all_cols
+        .iter()
+        .enumerate()
+        .map(|(i, col)| format!("t.{}::text IS NOT DISTINCT FROM v.o{i}", quote_ident(col)))
+        .collect();
+    let key = quote_ident(&target.key);
+    let key_cmp = match target.key_type {
+        KeyType::Integer => format!("t.{key} = v.k::bigint"),
+        KeyType::Text => format!("t.{key} = v.k"),
+    };
+    let q = format!(
+        "UPDATE {table} AS t SET {sets} FROM unnest({casts}) AS v({defs})
+         WHERE {key_cmp} AND {cas} RETURNING t.{key}::text",
+        table = quote_ident(&target.table),
+        sets = sets.join(", "),
+        casts = casts.join(", "),
+        defs = defs.join(", "),
+        cas = cas.join(" AND "),
+    );
+    let mut query = sqlx::query(&q);
+    let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+    query = query.bind(keys);
+    for col in &all_cols {
+        let olds: Vec<Option<&str>> = rows
+            .iter()
+            .map(|r| r.read.get(*col).and_then(|v| v.as_deref()))
+            .collect();
+        query = query.bind(olds);
+    }
+    for col in &target.columns {
+        let news: Vec<Option<&str>> = rows
+            .iter()
+            .map(|r| match &r.outcome {
+                RowOutcome::Changed(m) => m.get(col).map(String::as_str),
+                _ => None,
+            })
+            .collect();
+        query = query.bind(news);
+    }
+    let written = query
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(sql(format!("write rows of {}", target.table)))?;
+    Ok(written.into_iter().map(|r| r.get::<String, _>(0)).collect())
+}

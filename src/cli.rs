@@ -1,0 +1,506 @@
+//! Command line: raw flags parsed by clap, validated into typed settings,
+//! then handed to the role libraries.
+//!
+//! Exit codes: 0 the run finished clean; 1 the run finished with row errors,
+//! or a service or runtime failure; 2 bad input (flags, scope, job spec);
+//! 3 the run finished without errors but with conflicts (rows edited
+//! concurrently and left as the application wrote them).
+
+use anyhow::Context;
+use backfill_job::{JobSpec, Mode, RunState, Scope};
+use backfill_queue::{worker_name, Broker};
+use backfill_store::{RunRecord, Store};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::settings::Settings;
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 clean; 1 row errors or a failure; 2 bad input (flags, scope, spec); 3 conflicts.
+Environment: DATABASE_URL, AMQP_URL, BACKFILL_QUEUE_PREFIX, RUST_LOG.";
+
+/// Rewrites the JSON content of revision rows, distributed over RabbitMQ, safely and resumably.
+#[derive(Debug, Parser)]
+#[command(name = "backfill", version, about, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(flatten)]
+    conn: ConnArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct ConnArgs {
+    /// PostgreSQL URL of the database holding the target tables and the ledger.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// RabbitMQ URL.
+    #[arg(long, env = "AMQP_URL", global = true, hide_env_values = true)]
+    amqp_url: Option<String>,
+    /// Prefix of the queue names (`<prefix>.tasks`, `<prefix>.results`).
+    #[arg(long, env = "BACKFILL_QUEUE_PREFIX", global = true)]
+    queue_prefix: Option<String>,
+    /// Optional TOML settings file (database_url, amqp_url, queue_prefix); flags and environment win.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct JobArgs {
+    /// The job spec file (TOML).
+    #[arg(long)]
+    job: PathBuf,
+    /// A group to process (repeatable), e.g. a program's readable id.
+    #[arg(long = "group", value_name = "KEY")]
+    groups: Vec<String>,
+    /// Process every group.
+    #[arg(long)]
+    all: bool,
+    /// Write the changes. Without it the run is a dry run that writes nothing.
+    #[arg(long)]
+    commit: bool,
+    /// Rows per shard (default: the spec's shard_size).
+    #[arg(long)]
+    shard_size: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Plan, map and reduce a run in this process over RabbitMQ; print the report and `Summary:` line.
+    Run {
+        #[command(flatten)]
+        job: JobArgs,
+        /// Mapper tasks to start in this process.
+        #[arg(long, default_value_t = 2)]
+        mappers: u16,
+    },
+    /// Plan a run, record it in the ledger and publish its shard tasks; prints the run id.
+    Coordinator {
+        #[command(flatten)]
+        job: JobArgs,
+        /// Wait until the run is reduced, then print its report and summary.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Worker: take shard tasks, rewrite rows, record them, publish results. Run any number, anywhere.
+    Mapper {
+        /// Shards this process works on at once.
+        #[arg(long, default_value_t = 2)]
+        concurrency: u16,
+    },
+    /// Worker: fold shard results into run summaries.
+    Reducer,
+    /// Show recent runs, or one run's progress and summary.
+    Status {
+        /// A run id; without it, the recent runs.
+        run: Option<String>,
+    },
+    /// Print a run's report from the ledger.
+    Report {
+        /// The run id.
+        run: String,
+    },
+    /// Create a demo database with realistic data and run the certificate-titles job on it:
+    /// dry run, commit, and a second commit that changes nothing.
+    Demo {
+        /// Name of the demo database to (re)create on the server of DATABASE_URL.
+        #[arg(long, default_value = "backfill_demo")]
+        demo_db: String,
+        /// Certificate-page revisions to generate.
+        #[arg(long, default_value_t = 2_000)]
+        revisions: u64,
+        /// Programs to generate.
+        #[arg(long, default_value_t = 40)]
+        programs: u32,
+        /// Mapper tasks.
+        #[arg(long, default_value_t = 2)]
+        mappers: u16,
+    },
+    /// Create a shipped job's demo tables in DATABASE_URL and fill them with generated data.
+    Seed {
+        /// `certificates` (program-certificate-titles) or `collections` (collection-dict jobs).
+        #[arg(long)]
+        dataset: String,
+        /// Certificate-page revisions (certificates dataset).
+        #[arg(long, default_value_t = 10_000)]
+        revisions: u64,
+        /// Programs (certificates dataset).
+        #[arg(long, default_value_t = 100)]
+        programs: u32,
+        /// Collections (collections dataset).
+        #[arg(long, default_value_t = 1_000)]
+        collections: u64,
+        /// Most versions per collection (collections dataset).
+        #[arg(long, default_value_t = 8)]
+        max_versions: u32,
+        /// Random seed; the same seed gives the same data.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+/// An error that is the user's input: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    init_tracing(&cli.command);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() {
+                2
+            } else {
+                1
+            }
+        }
+    }
+}
+
+fn init_tracing(cmd: &Command) {
+    // Worker roles log their progress; one-shot commands keep the terminal for the report.
+    let default = match cmd {
+        Command::Mapper { .. } | Command::Reducer | Command::Coordinator { .. } => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A token cancelled by SIGINT or SIGTERM: workers finish the shard in hand.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = match signal(SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    t.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        info!("shutdown requested: finishing the shards in hand");
+        t.cancel();
+    });
+    token
+}
+
+fn load_spec(path: &Path) -> anyhow::Result<JobSpec> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage(format!("cannot read job spec {}: {e}", path.display())))?;
+    JobSpec::parse(&text).map_err(|e| usage(format!("job spec {}: {e}", path.display())))
+}
+
+fn job_request(job: &JobArgs) -> anyhow::Result<backfill_coordinator::RunRequest> {
+    let spec = load_spec(&job.job)?;
+    let scope = Scope::from_flags(&job.groups, job.all).map_err(|e| usage(e.to_string()))?;
+    if scope != Scope::All && spec.groups.is_none() {
+        return Err(usage(format!(
+            "job `{}` has no groups; run it with --all",
+            spec.name
+        )));
+    }
+    if let Some(n) = job.shard_size {
+        if n == 0 || n > backfill_job::spec::MAX_SHARD_SIZE {
+            return Err(usage(format!(
+                "--shard-size must be between 1 and {}",
+                backfill_job::spec::MAX_SHARD_SIZE
+            )));
+        }
+    }
+    Ok(backfill_coordinator::RunRequest {
+        spec,
+        scope,
+        mode: if job.commit {
+            Mode::Commit
+        } else {
+            Mode::DryRun
+        },
+        shard_size: job.shard_size,
+    })
+}
+
+async fn connect_store(s: &Settings, max: u32) -> anyhow::Result<Store> {
+    Ok(Store::connect(s.database_url.expose(), max).await?)
+}
+
+async fn connect_broker(s: &Settings) -> anyhow::Result<Broker> {
+    Ok(Broker::connect(s.amqp_url.expose(), s.queues()).await?)
+}
+
+pub fn exit_code(rec: &RunRecord) -> i32 {
+    if rec.state == RunState::Failed || rec.tally.counts.errors > 0 {
+        1
+    } else if rec.tally.counts.conflicts > 0 {
+        3
+    } else {
+        0
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let c = &cli.conn;
+    let settings = Settings::resolve(
+        c.database_url.clone(),
+        c.amqp_url.clone(),
+        c.queue_prefix.clone(),
+        c.config.as_deref(),
+    )
+    .map_err(|e| usage(e.to_string()))?;
+    match cli.command {
+        Command::Run { job, mappers } => {
+            let req = job_request(&job)?;
+            if mappers == 0 {
+                return Err(usage("--mappers must be at least 1"));
+            }
+            let rec = run_in_process(&settings, req, mappers).await?;
+            print!("{}", backfill_job::report::render_report(&rec.view()));
+            Ok(exit_code(&rec))
+        }
+        Command::Coordinator { job, wait } => {
+            let req = job_request(&job)?;
+            let store = connect_store(&settings, 4).await?;
+            let broker = connect_broker(&settings).await?;
+            let (run_id, plan) = backfill_coordinator::plan(&store, &req).await?;
+            backfill_coordinator::publish(&store, &broker, &run_id).await?;
+            broker.close().await;
+            println!("{run_id}");
+            eprintln!(
+                "run {run_id} planned: {} shards; watch it with `backfill status {run_id}`",
+                plan.shards_total
+            );
+            if !wait {
+                return Ok(0);
+            }
+            let rec = backfill_coordinator::wait(&store, &run_id, &shutdown_on_signals()).await?;
+            print!("{}", backfill_job::report::render_report(&rec.view()));
+            Ok(exit_code(&rec))
+        }
+        Command::Mapper { concurrency } => {
+            if concurrency == 0 {
+                return Err(usage("--concurrency must be at least 1"));
+            }
+            let store = connect_store(&settings, concurrency as u32 + 2).await?;
+            let cfg = backfill_mapper::MapperConfig {
+                amqp_url: settings.amqp_url.expose().to_string(),
+                queues: settings.queues(),
+                concurrency,
+                worker: worker_name("mapper"),
+            };
+            info!(database = %settings.database_url, amqp = %settings.amqp_url, "mapper starting");
+            backfill_mapper::run(store, cfg, shutdown_on_signals()).await?;
+            Ok(0)
+        }
+        Command::Reducer => {
+            let store = connect_store(&settings, 4).await?;
+            let cfg = backfill_reducer::ReducerConfig {
+                amqp_url: settings.amqp_url.expose().to_string(),
+                queues: settings.queues(),
+                worker: worker_name("reducer"),
+            };
+            info!(database = %settings.database_url, amqp = %settings.amqp_url, "reducer starting");
+            backfill_reducer::run(store, cfg, shutdown_on_signals()).await?;
+            Ok(0)
+        }
+        Command::Status { run } => {
+            let store = connect_store(&settings, 2).await?;
+            match run {
+                None => {
+                    let runs = store.recent_runs(20).await?;
+                    if runs.is_empty() {
+                        println!("no runs in the ledger");
+                    }
+                    for (id, job, mode, state) in runs {
+                        println!("{id}  job={job} mode={mode} state={state}");
+                    }
+                }
+                Some(id) => {
+                    let rec = store
+                        .load_run(&id)
+                        .await?
+                        .ok_or_else(|| usage(format!("run {id} is not in the ledger")))?;
+                    println!(
+                        "run {} job={} mode={} scope={} state={} shards={}/{} reduced",
+                        rec.run_id,
+                        rec.spec.name,
+                        rec.mode,
+                        rec.scope,
+                        rec.state,
+                        rec.shards_reduced,
+                        rec.shards_total
+                    );
+                    if let Some(s) = &rec.summary {
+                        println!("{s}");
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Report { run } => {
+            let store = connect_store(&settings, 2).await?;
+            let rec = store
+                .load_run(&run)
+                .await?
+                .ok_or_else(|| usage(format!("run {run} is not in the ledger")))?;
+            if !rec.state.is_finished() {
+                eprintln!(
+                    "run {run} is still running ({}/{} shards reduced); the report shows what is folded so far",
+                    rec.shards_reduced, rec.shards_total
+                );
+            }
+            print!("{}", backfill_job::report::render_report(&rec.view()));
+            Ok(exit_code(&rec))
+        }
+        Command::Demo {
+            demo_db,
+            revisions,
+            programs,
+            mappers,
+        } => crate::demo::run(&settings, &demo_db, revisions, programs, mappers).await,
+        Command::Seed {
+            dataset,
+            revisions,
+            programs,
+            collections,
+            max_versions,
+            seed,
+        } => {
+            let pool = sqlx::PgPool::connect(settings.database_url.expose())
+                .await
+                .with_context(|| format!("cannot connect to {}", settings.database_url))?;
+            match dataset.as_str() {
+                "certificates" => {
+                    backfill_demo::create_certificate_schema(&pool).await?;
+                    let st = backfill_demo::generate_certificates(
+                        &pool,
+                        &backfill_demo::CertificateParams {
+                            programs,
+                            revisions,
+                            seed,
+                        },
+                    )
+                    .await?;
+                    println!("{st:?}");
+                }
+                "collections" => {
+                    backfill_demo::create_collection_schema(&pool).await?;
+                    let st = backfill_demo::generate_collections(
+                        &pool,
+                        &backfill_demo::CollectionParams {
+                            collections,
+                            max_versions,
+                            seed,
+                        },
+                    )
+                    .await?;
+                    println!("{st:?}");
+                }
+                other => {
+                    return Err(usage(format!(
+                        "unknown dataset `{other}` (certificates or collections)"
+                    )))
+                }
+            }
+            pool.close().await;
+            Ok(0)
+        }
+    }
+}
+
+/// Coordinator, `mappers` mapper tasks and a reducer in this process over
+/// RabbitMQ. Returns the finished run.
+pub async fn run_in_process(
+    settings: &Settings,
+    req: backfill_coordinator::RunRequest,
+    mappers: u16,
+) -> anyhow::Result<RunRecord> {
+    let store = connect_store(settings, mappers as u32 + 4).await?;
+    let broker = connect_broker(settings).await?;
+    let shutdown = shutdown_on_signals();
+    let workers = CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    for i in 0..mappers {
+        let cfg = backfill_mapper::MapperConfig {
+            amqp_url: settings.amqp_url.expose().to_string(),
+            queues: settings.queues(),
+            concurrency: 1,
+            worker: format!("{}#{i}", worker_name("mapper")),
+        };
+        tracker.spawn(backfill_mapper::run(store.clone(), cfg, workers.clone()));
+    }
+    let rcfg = backfill_reducer::ReducerConfig {
+        amqp_url: settings.amqp_url.expose().to_string(),
+        queues: settings.queues(),
+        worker: worker_name("reducer"),
+    };
+    tracker.spawn(backfill_reducer::run(store.clone(), rcfg, workers.clone()));
+    tracker.close();
+
+    let started = Instant::now();
+    let outcome = async {
+        let (run_id, plan) = backfill_coordinator::plan(&store, &req).await?;
+        eprintln!("run {run_id}: {} shards planned", plan.shards_total);
+        backfill_coordinator::publish(&store, &broker, &run_id).await?;
+        let rec = backfill_coordinator::wait(&store, &run_id, &shutdown).await?;
+        Ok::<_, anyhow::Error>(rec)
+    }
+    .await;
+    workers.cancel();
+    if tokio::time::timeout(Duration::from_secs(60), tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("workers did not stop within 60 s");
+    }
+    broker.close().await;
+    let rec = outcome?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "run {} finished in {:.2} s ({:.0} rows/s)",
+        rec.run_id,
+        secs,
+        rec.tally.counts.processed as f64 / secs.max(1e-9)
+    );
+    Ok(rec)
+}

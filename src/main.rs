@@ -1,0 +1,10 @@
+//! The `backfill` binary: one subcommand per role. `main` only calls
+//! [`cli::run`] and maps its result to an exit code.
+
+mod cli;
+mod demo;
+mod settings;
+
+fn main() {
+    std::process::exit(cli::main());
+}

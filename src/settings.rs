@@ -1,0 +1,147 @@
+//! Connection settings in one typed struct, from flags, the environment
+//! (`DATABASE_URL`, `AMQP_URL`, `BACKFILL_QUEUE_PREFIX`) and an optional TOML
+//! file (`--config`), in that order of precedence. Secrets never print: the
+//! URLs are wrapped so `Debug` and `Display` show them redacted.
+
+use serde::Deserialize;
+use std::fmt;
+use std::path::Path;
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const DEFAULT_QUEUE_PREFIX: &str = "backfill";
+
+/// A URL that may hold a password; prints redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: String) -> Self {
+        SecretUrl(url)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&backfill_store::redact_url(&self.0))
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&backfill_store::redact_url(&self.0))
+    }
+}
+
+/// The optional settings file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    database_url: Option<String>,
+    amqp_url: Option<String>,
+    queue_prefix: Option<String>,
+}
+
+/// Where to connect.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: SecretUrl,
+    pub amqp_url: SecretUrl,
+    pub queue_prefix: String,
+}
+
+impl Settings {
+    /// Flags and environment (already merged by clap) win over the file,
+    /// which wins over the defaults.
+    pub fn resolve(
+        database_url: Option<String>,
+        amqp_url: Option<String>,
+        queue_prefix: Option<String>,
+        file: Option<&Path>,
+    ) -> anyhow::Result<Settings> {
+        let file_settings = match file {
+            None => FileSettings::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    anyhow::anyhow!("cannot read settings file {}: {e}", p.display())
+                })?;
+                toml::from_str(&text).map_err(|e| {
+                    anyhow::anyhow!("settings file {}: {}", p.display(), e.message())
+                })?
+            }
+        };
+        let prefix = queue_prefix
+            .or(file_settings.queue_prefix)
+            .unwrap_or_else(|| DEFAULT_QUEUE_PREFIX.to_string());
+        if prefix.is_empty()
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            anyhow::bail!("queue prefix `{prefix}` must be letters, digits, `-`, `_` or `.`");
+        }
+        Ok(Settings {
+            database_url: SecretUrl(
+                database_url
+                    .or(file_settings.database_url)
+                    .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string()),
+            ),
+            amqp_url: SecretUrl(
+                amqp_url
+                    .or(file_settings.amqp_url)
+                    .unwrap_or_else(|| DEFAULT_AMQP_URL.to_string()),
+            ),
+            queue_prefix: prefix,
+        })
+    }
+
+    pub fn queues(&self) -> backfill_queue::QueueNames {
+        backfill_queue::QueueNames::with_prefix(&self.queue_prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let s = Settings::resolve(
+            Some("postgres://u:hunter2@db/x".into()),
+            Some("amqp://w:hunter3@mq/%2f".into()),
+            None,
+            None,
+        )
+        .unwrap();
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            "{shown}"
+        );
+        assert_eq!(s.database_url.expose(), "postgres://u:hunter2@db/x");
+        assert_eq!(s.queue_prefix, "backfill");
+    }
+
+    #[test]
+    fn file_fills_what_flags_leave() {
+        let dir = std::env::temp_dir().join(format!("backfill-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("s.toml");
+        std::fs::write(
+            &p,
+            "database_url = \"postgres://f/db\"\nqueue_prefix = \"q1\"\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(None, Some("amqp://x/%2f".into()), None, Some(&p)).unwrap();
+        assert_eq!(s.database_url.expose(), "postgres://f/db");
+        assert_eq!(s.amqp_url.expose(), "amqp://x/%2f");
+        assert_eq!(s.queue_prefix, "q1");
+        std::fs::write(&p, "colour = 1\n").unwrap();
+        assert!(Settings::resolve(None, None, None, Some(&p)).is_err());
+        assert!(Settings::resolve(None, None, Some("bad prefix".into()), None).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
