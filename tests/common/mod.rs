@@ -11,7 +11,8 @@ use std::process::{Command, Output, Stdio};
 use std::str::FromStr;
 
 pub fn base_db_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 pub fn amqp_url() -> String {
@@ -31,8 +32,12 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub async fn new() -> TestEnv {
-        let admin = PgConnectOptions::from_str(&base_db_url()).expect("DATABASE_URL is not a valid URL");
-        let mut conn = admin.connect().await.unwrap_or_else(|e| panic!("{PG_HINT} ({e})"));
+        let admin =
+            PgConnectOptions::from_str(&base_db_url()).expect("DATABASE_URL is not a valid URL");
+        let mut conn = admin
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("{PG_HINT} ({e})"));
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("bf_test_{}", &id[..16]);
         sqlx::query(&format!("CREATE DATABASE \"{db_name}\""))
@@ -91,8 +96,14 @@ impl TestEnv {
         out
     }
 
-    pub async fn seed_certificates(&self, programs: u32, revisions: u64) -> backfill_demo::CertificateStats {
-        backfill_demo::create_certificate_schema(&self.pool).await.expect("schema");
+    pub async fn seed_certificates(
+        &self,
+        programs: u32,
+        revisions: u64,
+    ) -> backfill_demo::CertificateStats {
+        backfill_demo::create_certificate_schema(&self.pool)
+            .await
+            .expect("schema");
         backfill_demo::generate_certificates(
             &self.pool,
             &backfill_demo::CertificateParams {
@@ -105,8 +116,14 @@ impl TestEnv {
         .expect("generate certificates")
     }
 
-    pub async fn seed_collections(&self, collections: u64, max_versions: u32) -> backfill_demo::CollectionStats {
-        backfill_demo::create_collection_schema(&self.pool).await.expect("schema");
+    pub async fn seed_collections(
+        &self,
+        collections: u64,
+        max_versions: u32,
+    ) -> backfill_demo::CollectionStats {
+        backfill_demo::create_collection_schema(&self.pool)
+            .await
+            .expect("schema");
         backfill_demo::generate_collections(
             &self.pool,
             &backfill_demo::CollectionParams {
@@ -120,7 +137,9 @@ impl TestEnv {
     }
 
     pub async fn store(&self) -> backfill_store::Store {
-        backfill_store::Store::connect(&self.db_url, 6).await.expect("store")
+        backfill_store::Store::connect(&self.db_url, 6)
+            .await
+            .expect("store")
     }
 
     pub async fn scalar_i64(&self, sql: &str) -> i64 {
@@ -154,7 +173,10 @@ impl Drop for TestEnv {
         let pool = self.pool.clone();
         // Clean up on a thread of its own: Drop may run inside a runtime.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
@@ -164,7 +186,8 @@ impl Drop for TestEnv {
                         .execute(&mut conn)
                         .await;
                 }
-                if let Ok(b) = Broker::connect(&amqp_url(), QueueNames::with_prefix(&prefix)).await {
+                if let Ok(b) = Broker::connect(&amqp_url(), QueueNames::with_prefix(&prefix)).await
+                {
                     let _ = b.delete_queues().await;
                     b.close().await;
                 }
@@ -198,7 +221,10 @@ pub fn summary(o: &Output) -> std::collections::BTreeMap<String, String> {
 }
 
 pub fn num(s: &std::collections::BTreeMap<String, String>, k: &str) -> i64 {
-    s.get(k).unwrap_or_else(|| panic!("no {k} in summary {s:?}")).parse().unwrap()
+    s.get(k)
+        .unwrap_or_else(|| panic!("no {k} in summary {s:?}"))
+        .parse()
+        .unwrap()
 }
 
 pub fn job(name: &str) -> String {
