@@ -2,6 +2,8 @@
 //! RabbitMQ: the behaviours the seed PR lists, each checked against the data
 //! (never against the tool's own counts alone).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use backfill_demo::{program_kind, program_readable_id, ProgramKind};

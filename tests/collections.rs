@@ -1,6 +1,8 @@
 //! The versioned-model jobs: migrate `nodes` into `collection_dict.nodes`
 //! on every version without adding one, then clear the old `nodes`.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
