@@ -15,25 +15,47 @@
 //!   as Wagtail stores it.
 //! * `courses_programcertificate`: per program, certificates pointing at revisions of that
 //!   program's certificate page (or NULL).
+//!
+//! The same rows go to PostgreSQL ([`generate_certificates`]) and SQLite
+//! ([`generate_certificates_sqlite`]): everything above, including the revision content
+//! documents, is computed here in Rust; the `postgres` and `sqlite` submodules only store
+//! finished batches, each encoding values the way Django does on that database.
 
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde_json::{Map, Value};
-use sqlx::PgPool;
+use sqlx::{PgPool, SqlitePool};
 use tokio::sync::mpsc;
 
 use crate::util::{
-    django_iso, ensure_empty, json_str, path_step, pipeline, reset_identity, rng_for, send,
-    slugify, uuid_from, year_of, BATCH_BYTES, BATCH_ROWS, MS_2016, MS_DAY, MS_END, MS_YEAR,
+    analyze, compact_json, django_iso, ensure_empty, json_str, path_step, pipeline, rng_for,
+    send, slugify, uuid_from, year_of, Db, BATCH_BYTES, BATCH_ROWS, MS_2016, MS_DAY, MS_END,
+    MS_YEAR,
 };
 use crate::DemoError;
+
+mod postgres;
+mod sqlite;
 
 /// The schema of the certificate-titles job's tables (`sql/certificates.postgres.sql`).
 pub const CERTIFICATES_SCHEMA_SQL: &str = include_str!("../sql/certificates.postgres.sql");
 
+/// The same tables as Django creates them on SQLite (`sql/certificates.sqlite.sql`).
+pub const CERTIFICATES_SQLITE_SCHEMA_SQL: &str =
+    include_str!("../sql/certificates.sqlite.sql");
+
 /// Creates the certificate-titles tables in the connection's current schema.
 pub async fn create_certificate_schema(pool: &PgPool) -> Result<(), DemoError> {
     sqlx::raw_sql(CERTIFICATES_SCHEMA_SQL).execute(pool).await?;
+    Ok(())
+}
+
+/// Creates the certificate-titles tables in a SQLite database, as Django's migrations do
+/// there (see `sql/certificates.sqlite.sql`).
+pub async fn create_certificate_schema_sqlite(pool: &SqlitePool) -> Result<(), DemoError> {
+    sqlx::raw_sql(CERTIFICATES_SQLITE_SCHEMA_SQL)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -292,40 +314,57 @@ pub async fn generate_certificates(
     pool: &PgPool,
     p: &CertificateParams,
 ) -> Result<CertificateStats, DemoError> {
-    ensure_empty(
-        pool,
-        &[
-            "courses_program",
-            "wagtailcore_page",
-            "wagtailcore_revision",
-            "courses_programcertificate",
-            "cms_programpage",
-            "cms_certificatepage",
-        ],
-    )
-    .await?;
-    let ct = content_types(pool).await?;
+    generate(&Db::Postgres(pool.clone()), p).await
+}
+
+/// Fills the (empty) certificate-titles tables of a SQLite database (created with
+/// [`create_certificate_schema_sqlite`]) with the same data set as [`generate_certificates`]
+/// produces for the same parameters: same ids, pages, revision content documents and
+/// certificates, stored as Django stores them on SQLite.
+///
+/// The pool should point at a database file: with `sqlite::memory:` every pooled
+/// connection would see its own empty database.
+pub async fn generate_certificates_sqlite(
+    pool: &SqlitePool,
+    p: &CertificateParams,
+) -> Result<CertificateStats, DemoError> {
+    generate(&Db::Sqlite(pool.clone()), p).await
+}
+
+/// The tables [`generate`] fills, in an order their foreign keys allow.
+const TABLES: &[&str] = &[
+    "courses_program",
+    "wagtailcore_page",
+    "wagtailcore_revision",
+    "courses_programcertificate",
+    "cms_programpage",
+    "cms_certificatepage",
+];
+
+async fn generate(db: &Db, p: &CertificateParams) -> Result<CertificateStats, DemoError> {
+    ensure_empty(db, TABLES).await?;
+    let ct = content_types(db).await?;
     let params = *p;
     let plans = tokio::task::spawn_blocking(move || build_plans(&params))
         .await
         .map_err(|e| DemoError::Task(e.to_string()))??;
     let plans = std::sync::Arc::new(plans);
 
-    insert_programs(pool, &plans).await?;
-    insert_pages(pool, &plans, ct).await?;
+    insert_programs(db, &plans).await?;
+    insert_pages(db, &plans, ct).await?;
 
     let (seed, gen_plans) = (p.seed, std::sync::Arc::clone(&plans));
     let (revisions_total, page_updates) = pipeline(
-        pool,
+        db,
         move |tx| generate_revisions(seed, &gen_plans, ct, tx),
         insert_revisions,
     )
     .await?;
-    update_page_revisions(pool, &page_updates).await?;
+    update_page_revisions(db, &page_updates).await?;
 
     let (seed, gen_plans) = (p.seed, std::sync::Arc::clone(&plans));
     let mut stats = pipeline(
-        pool,
+        db,
         move |tx| generate_certificate_rows(seed, &gen_plans, tx),
         insert_certificate_rows,
     )
@@ -333,84 +372,72 @@ pub async fn generate_certificates(
     stats.programs = plans.len() as u64;
     stats.revisions_total = revisions_total;
 
-    for table in [
-        "courses_program",
-        "wagtailcore_page",
-        "wagtailcore_revision",
-        "courses_programcertificate",
-    ] {
-        reset_identity(pool, table).await?;
+    match db {
+        Db::Postgres(pool) => postgres::finish(pool).await?,
+        // AUTOINCREMENT keeps the largest id ever inserted in sqlite_sequence, explicit
+        // ones included, so new rows continue after the generated ids without a reset.
+        Db::Sqlite(_) => {}
     }
-    sqlx::raw_sql(
-        "ANALYZE django_content_type, courses_program, wagtailcore_page, cms_programpage, \
-         cms_certificatepage, wagtailcore_revision, courses_programcertificate",
+    analyze(
+        db,
+        &[
+            "django_content_type",
+            "courses_program",
+            "wagtailcore_page",
+            "cms_programpage",
+            "cms_certificatepage",
+            "wagtailcore_revision",
+            "courses_programcertificate",
+        ],
     )
-    .execute(pool)
     .await?;
     Ok(stats)
 }
 
-/// Content types as a Django project registers them (so ids look like real ones), returning
-/// the three the data set uses. Existing rows are kept.
-async fn content_types(pool: &PgPool) -> Result<ContentTypes, DemoError> {
-    const ALL: &[(&str, &str)] = &[
-        ("admin", "logentry"),
-        ("auth", "permission"),
-        ("auth", "group"),
-        ("contenttypes", "contenttype"),
-        ("sessions", "session"),
-        ("users", "user"),
-        ("users", "legaladdress"),
-        ("wagtailcore", "page"),
-        ("wagtailcore", "grouppagepermission"),
-        ("wagtailcore", "site"),
-        ("wagtailcore", "locale"),
-        ("wagtailcore", "collection"),
-        ("wagtailcore", "revision"),
-        ("wagtailcore", "workflow"),
-        ("wagtailcore", "task"),
-        ("wagtailcore", "pagelogentry"),
-        ("wagtailcore", "comment"),
-        ("wagtailimages", "image"),
-        ("wagtaildocs", "document"),
-        ("courses", "program"),
-        ("courses", "course"),
-        ("courses", "courserun"),
-        ("courses", "courserunenrollment"),
-        ("courses", "programenrollment"),
-        ("courses", "courseruncertificate"),
-        ("courses", "programcertificate"),
-        ("cms", "homepage"),
-        ("cms", "coursepage"),
-        ("cms", "resourcepage"),
-        ("cms", "signatorypage"),
-        ("cms", "programpage"),
-        ("cms", "certificatepage"),
-    ];
-    let (apps, models): (Vec<&str>, Vec<&str>) = ALL.iter().copied().unzip();
-    sqlx::query(
-        "INSERT INTO django_content_type (app_label, model) \
-         SELECT a, m FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(a, m, n) \
-         ORDER BY n ON CONFLICT (app_label, model) DO NOTHING",
-    )
-    .bind(&apps)
-    .bind(&models)
-    .execute(pool)
-    .await?;
-    let id = |app: &'static str, model: &'static str| async move {
-        sqlx::query_scalar::<_, i32>(
-            "SELECT id FROM django_content_type WHERE app_label = $1 AND model = $2",
-        )
-        .bind(app)
-        .bind(model)
-        .fetch_one(pool)
-        .await
-    };
-    Ok(ContentTypes {
-        page: id("wagtailcore", "page").await?,
-        program_page: id("cms", "programpage").await?,
-        certificate_page: id("cms", "certificatepage").await?,
-    })
+/// Content types as a Django project registers them (so ids look like real ones); the
+/// data set uses three of them.
+const CONTENT_TYPES: &[(&str, &str)] = &[
+    ("admin", "logentry"),
+    ("auth", "permission"),
+    ("auth", "group"),
+    ("contenttypes", "contenttype"),
+    ("sessions", "session"),
+    ("users", "user"),
+    ("users", "legaladdress"),
+    ("wagtailcore", "page"),
+    ("wagtailcore", "grouppagepermission"),
+    ("wagtailcore", "site"),
+    ("wagtailcore", "locale"),
+    ("wagtailcore", "collection"),
+    ("wagtailcore", "revision"),
+    ("wagtailcore", "workflow"),
+    ("wagtailcore", "task"),
+    ("wagtailcore", "pagelogentry"),
+    ("wagtailcore", "comment"),
+    ("wagtailimages", "image"),
+    ("wagtaildocs", "document"),
+    ("courses", "program"),
+    ("courses", "course"),
+    ("courses", "courserun"),
+    ("courses", "courserunenrollment"),
+    ("courses", "programenrollment"),
+    ("courses", "courseruncertificate"),
+    ("courses", "programcertificate"),
+    ("cms", "homepage"),
+    ("cms", "coursepage"),
+    ("cms", "resourcepage"),
+    ("cms", "signatorypage"),
+    ("cms", "programpage"),
+    ("cms", "certificatepage"),
+];
+
+/// Registers [`CONTENT_TYPES`] (existing rows are kept) and returns the three the data set
+/// uses.
+async fn content_types(db: &Db) -> Result<ContentTypes, DemoError> {
+    match db {
+        Db::Postgres(pool) => postgres::content_types(pool).await,
+        Db::Sqlite(pool) => sqlite::content_types(pool).await,
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> DemoError {
@@ -611,29 +638,11 @@ fn build_plans(p: &CertificateParams) -> Result<Vec<Plan>, DemoError> {
     Ok(plans)
 }
 
-async fn insert_programs(pool: &PgPool, plans: &[Plan]) -> Result<(), DemoError> {
-    for chunk in plans.chunks(BATCH_ROWS) {
-        let ids: Vec<i32> = chunk.iter().map(|p| p.id).collect();
-        let created: Vec<i64> = chunk.iter().map(|p| p.created_ms).collect();
-        let updated: Vec<i64> = chunk.iter().map(|p| p.updated_ms).collect();
-        let readable: Vec<&str> = chunk.iter().map(|p| p.readable_id.as_str()).collect();
-        let titles: Vec<&str> = chunk.iter().map(|p| p.title.as_str()).collect();
-        sqlx::query(
-            "INSERT INTO courses_program (id, created_on, updated_on, readable_id, title, live) \
-             SELECT id, timestamptz 'epoch' + c * interval '1 millisecond', \
-                    timestamptz 'epoch' + u * interval '1 millisecond', r, t, true \
-             FROM unnest($1::int4[], $2::int8[], $3::int8[], $4::text[], $5::text[]) \
-                  AS x(id, c, u, r, t)",
-        )
-        .bind(&ids)
-        .bind(&created)
-        .bind(&updated)
-        .bind(&readable)
-        .bind(&titles)
-        .execute(pool)
-        .await?;
+async fn insert_programs(db: &Db, plans: &[Plan]) -> Result<(), DemoError> {
+    match db {
+        Db::Postgres(pool) => postgres::insert_programs(pool, plans).await,
+        Db::Sqlite(pool) => sqlite::insert_programs(pool, plans).await,
     }
-    Ok(())
 }
 
 #[derive(Default)]
@@ -672,38 +681,13 @@ impl PageRows {
         self.owner_id.push(page.owner_id);
         self.translation_key.push(page.translation_key.clone());
     }
+}
 
-    async fn insert(self, pool: &PgPool) -> Result<(), DemoError> {
-        if self.id.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "INSERT INTO wagtailcore_page (id, path, depth, numchild, title, slug, live, \
-                 has_unpublished_changes, url_path, seo_title, show_in_menus, \
-                 search_description, expired, content_type_id, owner_id, locked, draft_title, \
-                 translation_key, locale_id) \
-             SELECT id, path, depth, numchild, title, slug, live, NOT live, url_path, '', \
-                    depth = 3, '', false, ct, owner, false, title, tk::uuid, 1 \
-             FROM unnest($1::int4[], $2::text[], $3::int4[], $4::int4[], $5::text[], \
-                         $6::text[], $7::bool[], $8::text[], $9::int4[], $10::int4[], \
-                         $11::text[]) \
-                  AS x(id, path, depth, numchild, title, slug, live, url_path, ct, owner, tk)",
-        )
-        .bind(&self.id)
-        .bind(&self.path)
-        .bind(&self.depth)
-        .bind(&self.numchild)
-        .bind(&self.title)
-        .bind(&self.slug)
-        .bind(&self.live)
-        .bind(&self.url_path)
-        .bind(&self.content_type_id)
-        .bind(&self.owner_id)
-        .bind(&self.translation_key)
-        .execute(pool)
-        .await?;
-        Ok(())
-    }
+#[derive(Default)]
+struct CmsProgramRows<'a> {
+    id: Vec<i32>,
+    description: Vec<&'a str>,
+    program_id: Vec<i32>,
 }
 
 #[derive(Default)]
@@ -712,13 +696,22 @@ struct CmsCertificateRows<'a> {
     product_name: Vec<&'a str>,
     institute_text: Vec<Option<&'a str>>,
     ceus: Vec<Option<&'a str>>,
-    signatories: Vec<&'a str>,
+    /// The StreamField values as compact JSON documents (see [`compact_json`]).
+    signatories: Vec<String>,
     overrides: Vec<String>,
 }
 
-async fn insert_pages(pool: &PgPool, plans: &[Plan], ct: ContentTypes) -> Result<(), DemoError> {
+/// Page rows and the `cms_*` rows of those pages, stored together.
+#[derive(Default)]
+struct PageBatch<'a> {
+    pages: PageRows,
+    program_pages: CmsProgramRows<'a>,
+    certificate_pages: CmsCertificateRows<'a>,
+}
+
+async fn insert_pages(db: &Db, plans: &[Plan], ct: ContentTypes) -> Result<(), DemoError> {
     let program_pages = plans.iter().filter(|p| p.program_page.is_some()).count();
-    let mut rows = PageRows::default();
+    let mut batch = PageBatch::default();
     let mut seed_rng = rng_for(0, STREAM_PLAN, u64::MAX);
     let root = PageInfo {
         id: 1,
@@ -738,70 +731,61 @@ async fn insert_pages(pool: &PgPool, plans: &[Plan], ct: ContentTypes) -> Result
         translation_key: uuid_from(&mut seed_rng),
         owner_id: None,
     };
-    rows.push(&root, 1, 1, true, ct.page);
-    rows.push(
+    batch.pages.push(&root, 1, 1, true, ct.page);
+    batch.pages.push(
         &home,
         2,
         to_i32(program_pages as u64, "pages")?,
         true,
         ct.page,
     );
-    let mut cms_program = (Vec::new(), Vec::new(), Vec::new());
     for chunk in plans.chunks(BATCH_ROWS / 2) {
-        let mut cms_cert = CmsCertificateRows::default();
         for plan in chunk {
             let Some(page) = &plan.program_page else {
                 continue;
             };
             let cert = plan.certificate_page.as_ref();
-            rows.push(page, 3, i32::from(cert.is_some()), true, ct.program_page);
-            cms_program.0.push(page.id);
-            cms_program.1.push(plan.description.as_str());
-            cms_program.2.push(plan.id);
+            batch
+                .pages
+                .push(page, 3, i32::from(cert.is_some()), true, ct.program_page);
+            batch.program_pages.id.push(page.id);
+            batch
+                .program_pages
+                .description
+                .push(plan.description.as_str());
+            batch.program_pages.program_id.push(plan.id);
             if let Some(cert) = cert {
-                rows.push(&cert.page, 4, 0, cert.live, ct.certificate_page);
-                cms_cert.id.push(cert.page.id);
-                cms_cert.product_name.push(cert.product_name.as_str());
-                cms_cert.institute_text.push(cert.institute_text.as_deref());
-                cms_cert.ceus.push(cert.ceus.as_deref());
-                cms_cert.signatories.push(cert.signatories.as_str());
+                batch
+                    .pages
+                    .push(&cert.page, 4, 0, cert.live, ct.certificate_page);
+                let rows = &mut batch.certificate_pages;
+                rows.id.push(cert.page.id);
+                rows.product_name.push(cert.product_name.as_str());
+                rows.institute_text.push(cert.institute_text.as_deref());
+                rows.ceus.push(cert.ceus.as_deref());
+                rows.signatories.push(compact_json(&cert.signatories));
                 let live: Vec<&str> = cert.overrides[..cert.live_overrides]
                     .iter()
                     .map(|(block, _)| block.as_str())
                     .collect();
-                cms_cert.overrides.push(format!("[{}]", live.join(", ")));
+                rows.overrides
+                    .push(compact_json(&format!("[{}]", live.join(", "))));
             }
         }
-        std::mem::take(&mut rows).insert(pool).await?;
-        sqlx::query(
-            "INSERT INTO cms_programpage (page_ptr_id, description, program_id) \
-             SELECT * FROM unnest($1::int4[], $2::text[], $3::int4[])",
-        )
-        .bind(&cms_program.0)
-        .bind(&cms_program.1)
-        .bind(&cms_program.2)
-        .execute(pool)
-        .await?;
-        cms_program.0.clear();
-        cms_program.1.clear();
-        cms_program.2.clear();
-        sqlx::query(
-            "INSERT INTO cms_certificatepage (page_ptr_id, product_name, institute_text, \
-                 \"CEUs\", partner_logo_placement, signatories, overrides, partner_logo_id) \
-             SELECT id, name, inst, ceus::numeric, NULL, sig::jsonb, ovr::jsonb, NULL \
-             FROM unnest($1::int4[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                         $6::text[]) AS x(id, name, inst, ceus, sig, ovr)",
-        )
-        .bind(&cms_cert.id)
-        .bind(&cms_cert.product_name)
-        .bind(&cms_cert.institute_text)
-        .bind(&cms_cert.ceus)
-        .bind(&cms_cert.signatories)
-        .bind(&cms_cert.overrides)
-        .execute(pool)
-        .await?;
+        store_pages(db, std::mem::take(&mut batch)).await?;
     }
-    rows.insert(pool).await
+    if !batch.pages.id.is_empty() {
+        // No programs at all: only root and home.
+        store_pages(db, batch).await?;
+    }
+    Ok(())
+}
+
+async fn store_pages(db: &Db, batch: PageBatch<'_>) -> Result<(), DemoError> {
+    match db {
+        Db::Postgres(pool) => postgres::insert_pages(pool, batch).await,
+        Db::Sqlite(pool) => sqlite::insert_pages(pool, batch).await,
+    }
 }
 
 /// Creation times of a certificate page's revisions: strictly increasing, spread from
@@ -872,28 +856,11 @@ impl RevisionRows {
     }
 }
 
-async fn insert_revisions(pool: PgPool, rows: RevisionRows) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO wagtailcore_revision (id, created_at, content, approved_go_live_at, \
-             object_id, user_id, content_type_id, base_content_type_id, object_str) \
-         SELECT id, timestamptz 'epoch' + c * interval '1 millisecond', content::jsonb, NULL, \
-                oid, uid, ct, \
-                (SELECT id FROM django_content_type \
-                  WHERE app_label = 'wagtailcore' AND model = 'page'), \
-                ostr \
-         FROM unnest($1::int4[], $2::int8[], $3::text[], $4::text[], $5::int4[], $6::int4[], \
-                     $7::text[]) AS x(id, c, content, oid, uid, ct, ostr)",
-    )
-    .bind(&rows.id)
-    .bind(&rows.created_ms)
-    .bind(&rows.content)
-    .bind(&rows.object_id)
-    .bind(&rows.user_id)
-    .bind(&rows.content_type_id)
-    .bind(&rows.object_str)
-    .execute(&pool)
-    .await?;
-    Ok(())
+async fn insert_revisions(db: Db, rows: RevisionRows) -> Result<(), sqlx::Error> {
+    match db {
+        Db::Postgres(pool) => postgres::insert_revisions(pool, rows).await,
+        Db::Sqlite(pool) => sqlite::insert_revisions(pool, rows).await,
+    }
 }
 
 /// What a page row learns once its revisions exist.
@@ -1145,40 +1112,11 @@ fn escaped_len_of_doc(doc: &Map<String, Value>) -> usize {
     serde_json::to_vec(doc).map(|v| v.len()).unwrap_or(0)
 }
 
-async fn update_page_revisions(
-    pool: &PgPool,
-    updates: &[PageRevisionUpdate],
-) -> Result<(), DemoError> {
-    for chunk in updates.chunks(BATCH_ROWS) {
-        let id: Vec<i32> = chunk.iter().map(|u| u.page_id).collect();
-        let live: Vec<Option<i32>> = chunk.iter().map(|u| u.live_revision_id).collect();
-        let latest: Vec<i32> = chunk.iter().map(|u| u.latest_revision_id).collect();
-        let first: Vec<i64> = chunk.iter().map(|u| u.first_published_ms).collect();
-        let last: Vec<i64> = chunk.iter().map(|u| u.last_published_ms).collect();
-        let latest_at: Vec<i64> = chunk.iter().map(|u| u.latest_revision_ms).collect();
-        sqlx::query(
-            "UPDATE wagtailcore_page p SET \
-                 live_revision_id = u.live, \
-                 latest_revision_id = u.latest, \
-                 has_unpublished_changes = (u.live IS DISTINCT FROM u.latest), \
-                 first_published_at = timestamptz 'epoch' + u.first * interval '1 millisecond', \
-                 last_published_at = timestamptz 'epoch' + u.last * interval '1 millisecond', \
-                 latest_revision_created_at = \
-                     timestamptz 'epoch' + u.latest_at * interval '1 millisecond' \
-             FROM unnest($1::int4[], $2::int4[], $3::int4[], $4::int8[], $5::int8[], \
-                         $6::int8[]) AS u(id, live, latest, first, last, latest_at) \
-             WHERE p.id = u.id",
-        )
-        .bind(&id)
-        .bind(&live)
-        .bind(&latest)
-        .bind(&first)
-        .bind(&last)
-        .bind(&latest_at)
-        .execute(pool)
-        .await?;
+async fn update_page_revisions(db: &Db, updates: &[PageRevisionUpdate]) -> Result<(), DemoError> {
+    match db {
+        Db::Postgres(pool) => postgres::update_page_revisions(pool, updates).await,
+        Db::Sqlite(pool) => sqlite::update_page_revisions(pool, updates).await,
     }
-    Ok(())
 }
 
 #[derive(Default)]
@@ -1193,27 +1131,11 @@ struct CertificateRows {
     program_id: Vec<i32>,
 }
 
-async fn insert_certificate_rows(pool: PgPool, rows: CertificateRows) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO courses_programcertificate (id, created_on, updated_on, user_id, \
-             is_revoked, uuid, issue_date, certificate_page_revision_id, program_id) \
-         SELECT id, timestamptz 'epoch' + i * interval '1 millisecond', \
-                timestamptz 'epoch' + u * interval '1 millisecond', uid, revoked, uuid::uuid, \
-                timestamptz 'epoch' + i * interval '1 millisecond', rev, pid \
-         FROM unnest($1::int4[], $2::int8[], $3::int8[], $4::int4[], $5::bool[], $6::text[], \
-                     $7::int4[], $8::int4[]) AS x(id, i, u, uid, revoked, uuid, rev, pid)",
-    )
-    .bind(&rows.id)
-    .bind(&rows.issued_ms)
-    .bind(&rows.updated_ms)
-    .bind(&rows.user_id)
-    .bind(&rows.revoked)
-    .bind(&rows.uuid)
-    .bind(&rows.revision_id)
-    .bind(&rows.program_id)
-    .execute(&pool)
-    .await?;
-    Ok(())
+async fn insert_certificate_rows(db: Db, rows: CertificateRows) -> Result<(), sqlx::Error> {
+    match db {
+        Db::Postgres(pool) => postgres::insert_certificate_rows(pool, rows).await,
+        Db::Sqlite(pool) => sqlite::insert_certificate_rows(pool, rows).await,
+    }
 }
 
 struct CertificateWriter<'a> {

@@ -1,12 +1,13 @@
 //! Small deterministic helpers shared by the generators: seeded random streams, Django-style
-//! timestamps, UUIDs, slugs, Wagtail tree paths and a bulk-insert pipeline.
+//! timestamps, UUIDs, slugs, Wagtail tree paths, the target database ([`Db`]) and a
+//! bulk-insert pipeline.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sqlx::PgPool;
+use sqlx::{PgPool, SqlitePool};
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinSet;
 
@@ -23,8 +24,34 @@ pub(crate) const MS_YEAR: i64 = 365 * MS_DAY;
 pub(crate) const BATCH_ROWS: usize = 5_000;
 /// Upper bound on the JSON text carried by one batch, to keep memory bounded.
 pub(crate) const BATCH_BYTES: usize = 16 << 20;
-/// Connections inserting batches concurrently while one thread generates the next ones.
+/// PostgreSQL connections inserting batches concurrently while one thread generates the
+/// next ones.
 pub(crate) const INSERT_WORKERS: usize = 2;
+
+/// The database a generator writes into.
+///
+/// Every generator builds its rows once, in Rust, independently of the database (plans,
+/// page tree, revision content, certificates, collections); only the step that stores a
+/// finished batch matches on this enum. That is what makes the SQLite data identical to the
+/// PostgreSQL data for the same parameters: there is a single source of every value, and
+/// the back ends differ only in how a value is encoded (see the `sqlite` submodules).
+#[derive(Clone)]
+pub(crate) enum Db {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+impl Db {
+    /// Connections inserting batches concurrently. SQLite has a single writer per database
+    /// file, so a second inserting connection would only wait for the lock; one writer
+    /// still overlaps with the generating thread.
+    fn insert_workers(&self) -> usize {
+        match self {
+            Db::Postgres(_) => INSERT_WORKERS,
+            Db::Sqlite(_) => 1,
+        }
+    }
+}
 
 fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -123,11 +150,50 @@ pub(crate) fn json_str(s: &str) -> String {
     serde_json::Value::from(s).to_string()
 }
 
+/// `json` re-serialised compactly (serde_json's `,`/`:` separators, key order kept).
+///
+/// The generators write some column values in Python `json.dumps` style because the same
+/// text is embedded, as a string, in revision content. Stored as a column value only the
+/// JSON document matters: PostgreSQL's `jsonb` normalises it anyway, and SQLite keeps the
+/// text as given, so both back ends get the compact form. Text that does not parse is kept
+/// as is (the database then rejects it with a clear error rather than this crate panicking).
+pub(crate) fn compact_json(json: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(json)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| json.to_owned())
+}
+
+/// A timestamp as Django stores a `DateTimeField` in SQLite: `str()` of the naive UTC
+/// datetime, i.e. `2019-03-04 12:34:56.789000` (no fraction when it is zero). SQLite has no
+/// timestamp type; Django parses this text back, and SQLite's date functions accept it.
+pub(crate) fn sqlite_datetime(ms: i64) -> String {
+    let (year, month, day) = civil_from_days(ms.div_euclid(MS_DAY));
+    let in_day = ms.rem_euclid(MS_DAY);
+    let (h, m, s, frac) = (
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1_000 % 60,
+        in_day % 1_000,
+    );
+    if frac == 0 {
+        format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02}")
+    } else {
+        format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02}.{frac:03}000")
+    }
+}
+
+/// A UUID as Django stores a `UUIDField` in SQLite (`char(32)`): 32 lower-case hex digits
+/// without hyphens (`uuid.hex`).
+pub(crate) fn uuid_hex(hyphenated: &str) -> String {
+    hyphenated.chars().filter(|&c| c != '-').collect()
+}
+
 /// Runs `generate` on a blocking thread, sending batches through a bounded channel to
-/// [`INSERT_WORKERS`] tasks that each insert them with `insert` on their own connection.
+/// insert tasks ([`INSERT_WORKERS`] for PostgreSQL, one for SQLite) that each insert them
+/// with `insert` on their own connection.
 /// Memory stays bounded by the channel capacity; the first error stops everything.
 pub(crate) async fn pipeline<B, S, G, F, Fut>(
-    pool: &PgPool,
+    db: &Db,
     generate: G,
     insert: F,
 ) -> Result<S, DemoError>
@@ -135,20 +201,21 @@ where
     B: Send + 'static,
     S: Send + 'static,
     G: FnOnce(&mpsc::Sender<B>) -> Result<S, DemoError> + Send + 'static,
-    F: Fn(PgPool, B) -> Fut + Send + Sync + Copy + 'static,
+    F: Fn(Db, B) -> Fut + Send + Sync + Copy + 'static,
     Fut: Future<Output = Result<(), sqlx::Error>> + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel::<B>(INSERT_WORKERS);
+    let worker_count = db.insert_workers();
+    let (tx, rx) = mpsc::channel::<B>(worker_count);
     let rx = Arc::new(Mutex::new(rx));
     let mut workers = JoinSet::new();
-    for _ in 0..INSERT_WORKERS {
+    for _ in 0..worker_count {
         let rx = Arc::clone(&rx);
-        let pool = pool.clone();
+        let db = db.clone();
         workers.spawn(async move {
             loop {
                 let batch = rx.lock().await.recv().await;
                 match batch {
-                    Some(batch) => insert(pool.clone(), batch).await?,
+                    Some(batch) => insert(db.clone(), batch).await?,
                     None => return Ok::<(), sqlx::Error>(()),
                 }
             }
@@ -197,12 +264,33 @@ pub(crate) async fn reset_identity(pool: &PgPool, table: &str) -> Result<(), Dem
 }
 
 /// Fails with [`DemoError::NotEmpty`] when any of `tables` already holds rows.
-pub(crate) async fn ensure_empty(pool: &PgPool, tables: &[&'static str]) -> Result<(), DemoError> {
+pub(crate) async fn ensure_empty(db: &Db, tables: &[&'static str]) -> Result<(), DemoError> {
     for table in tables {
-        let sql = format!("SELECT EXISTS (SELECT 1 FROM {table})");
-        let (exists,): (bool,) = sqlx::query_as(&sql).fetch_one(pool).await?;
-        if exists {
+        // The same statement in both dialects; only whether a row comes back matters.
+        let sql = format!("SELECT 1 FROM {table} LIMIT 1");
+        let row = match db {
+            Db::Postgres(pool) => sqlx::query(&sql).fetch_optional(pool).await?.is_some(),
+            Db::Sqlite(pool) => sqlx::query(&sql).fetch_optional(pool).await?.is_some(),
+        };
+        if row {
             return Err(DemoError::NotEmpty(table));
+        }
+    }
+    Ok(())
+}
+
+/// Refreshes the planner statistics of `tables` after a bulk load.
+pub(crate) async fn analyze(db: &Db, tables: &[&str]) -> Result<(), DemoError> {
+    match db {
+        Db::Postgres(pool) => {
+            sqlx::raw_sql(&format!("ANALYZE {}", tables.join(", ")))
+                .execute(pool)
+                .await?;
+        }
+        // SQLite's ANALYZE takes one table at a time.
+        Db::Sqlite(pool) => {
+            let sql: String = tables.iter().map(|t| format!("ANALYZE {t};")).collect();
+            sqlx::raw_sql(&sql).execute(pool).await?;
         }
     }
     Ok(())
@@ -219,6 +307,20 @@ mod tests {
         assert_eq!(django_iso(MS_END + 1_234), "2025-06-01T00:00:01.234Z");
         assert_eq!(django_iso(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(year_of(MS_END - 1), 2025);
+    }
+
+    #[test]
+    fn sqlite_encodings() {
+        assert_eq!(sqlite_datetime(MS_2016), "2016-01-01 00:00:00");
+        assert_eq!(sqlite_datetime(MS_END + 1_234), "2025-06-01 00:00:01.234000");
+        assert_eq!(
+            uuid_hex("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f0"),
+            "0f1e2d3c4b5a49788695a4b3c2d1e0f0"
+        );
+        assert_eq!(
+            compact_json(r#"[{"type": "x", "value": {"a": 1}}]"#),
+            r#"[{"type":"x","value":{"a":1}}]"#
+        );
     }
 
     #[test]
