@@ -252,6 +252,118 @@ impl ItemAccumulator {
     }
 }
 
+/// Reads one row of a target query (its columns as a JSON object):
+/// `key`, `group`, optional `refs` and `skip`.
+pub fn parse_ref_row(
+    mut m: Map<String, Value>,
+    field: &str,
+    has_groups: bool,
+) -> Result<RefRow, String> {
+    if !m.contains_key("key") {
+        return Err(format!("{field} must return a `key` column"));
+    }
+    let refs = match m.remove("refs") {
+        None | Some(Value::Null) => 1,
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .ok_or_else(|| format!("{field}: `refs` must be a whole number, got {n}"))?,
+        Some(other) => return Err(format!("{field}: `refs` must be a number, got {other}")),
+    };
+    let text = |v: Option<Value>| match v {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(other) => Some(other.to_string()),
+    };
+    let r = RefRow {
+        key: text(m.remove("key")),
+        group: text(m.remove("group")),
+        refs,
+        skip: text(m.remove("skip")),
+    };
+    if has_groups && r.group.is_none() && r.skip.is_none() && r.key.is_some() {
+        return Err(format!(
+            "{field} must return a `group` column naming each row's group"
+        ));
+    }
+    Ok(r)
+}
+
+/// A shard cut by [`ShardCutter`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CutShard {
+    pub shard_no: u32,
+    pub items: Vec<Item>,
+}
+
+/// Cuts the reference rows of one target (sorted by key) into shards of
+/// distinct items, numbering shards on from `first_shard_no`. Holds at most
+/// one shard in memory.
+#[derive(Debug)]
+pub struct ShardCutter {
+    shard_size: usize,
+    next_shard_no: u32,
+    acc: ItemAccumulator,
+    current: Vec<Item>,
+    planned: PlannedTarget,
+}
+
+impl ShardCutter {
+    pub fn new(target: &str, shard_size: u32, first_shard_no: u32) -> Self {
+        ShardCutter {
+            shard_size: shard_size.max(1) as usize,
+            next_shard_no: first_shard_no,
+            acc: ItemAccumulator::new(target, target),
+            current: Vec::new(),
+            planned: PlannedTarget {
+                name: target.to_string(),
+                ..PlannedTarget::default()
+            },
+        }
+    }
+
+    /// Takes the next reference row; returns a shard when one is full.
+    pub fn push(&mut self, row: RefRow, tally: &mut Tally) -> Option<CutShard> {
+        let item = self.acc.push(row, tally)?;
+        self.current.push(item);
+        if self.current.len() >= self.shard_size {
+            return Some(self.cut());
+        }
+        None
+    }
+
+    /// Flushes the last item and shard; returns the last shard, if any, and
+    /// what was planned for the target.
+    pub fn finish(mut self, tally: &mut Tally) -> (Option<CutShard>, PlannedTarget) {
+        let acc = std::mem::replace(&mut self.acc, ItemAccumulator::new("", ""));
+        if let Some(i) = acc.finish(tally) {
+            self.current.push(i);
+        }
+        let last = if self.current.is_empty() {
+            None
+        } else {
+            Some(self.cut())
+        };
+        (last, self.planned)
+    }
+
+    /// The shard number the next target starts from.
+    pub fn next_shard_no(&self) -> u32 {
+        self.next_shard_no
+    }
+
+    fn cut(&mut self) -> CutShard {
+        let items = std::mem::take(&mut self.current);
+        let shard = CutShard {
+            shard_no: self.next_shard_no,
+            items,
+        };
+        self.next_shard_no += 1;
+        self.planned.rows += shard.items.len() as u64;
+        self.planned.shards += 1;
+        shard
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,6 +468,72 @@ param = "title"
             refs,
             skip: skip.map(Into::into),
         }
+    }
+
+    #[test]
+    fn cutter_numbers_shards_and_counts_rows() {
+        let mut tally = Tally::default();
+        let mut cut = ShardCutter::new("t", 2, 5);
+        let mut shards = Vec::new();
+        for k in ["1", "1", "2", "3", "4", "4", "5"] {
+            shards.extend(cut.push(r(Some(k), "G", 1, None), &mut tally));
+        }
+        let (last, planned) = cut.finish(&mut tally);
+        shards.extend(last);
+        let keys: Vec<Vec<&str>> = shards
+            .iter()
+            .map(|s| s.items.iter().map(|i| i.key.as_str()).collect())
+            .collect();
+        assert_eq!(keys, vec![vec!["1", "2"], vec!["3", "4"], vec!["5"]]);
+        assert_eq!(
+            shards.iter().map(|s| s.shard_no).collect::<Vec<_>>(),
+            vec![5, 6, 7]
+        );
+        assert_eq!(shards[0].items[0].refs, 2);
+        assert_eq!(
+            planned,
+            PlannedTarget {
+                name: "t".into(),
+                rows: 5,
+                shards: 3
+            }
+        );
+        let empty = ShardCutter::new("t", 2, 0);
+        assert_eq!(
+            empty.finish(&mut tally),
+            (
+                None,
+                PlannedTarget {
+                    name: "t".into(),
+                    rows: 0,
+                    shards: 0
+                }
+            )
+        );
+    }
+
+    #[test]
+    fn ref_rows_are_parsed_strictly() {
+        let obj = |v: Value| v.as_object().cloned().unwrap();
+        let r = parse_ref_row(obj(json!({"key": 5, "group": "G", "refs": 3})), "q", true).unwrap();
+        assert_eq!(
+            r,
+            RefRow {
+                key: Some("5".into()),
+                group: Some("G".into()),
+                refs: 3,
+                skip: None
+            }
+        );
+        assert!(parse_ref_row(obj(json!({"id": 5})), "q", false)
+            .unwrap_err()
+            .contains("`key`"));
+        assert!(parse_ref_row(obj(json!({"key": 5})), "q", true)
+            .unwrap_err()
+            .contains("`group`"));
+        assert!(parse_ref_row(obj(json!({"key": 5, "refs": "x"})), "q", false).is_err());
+        let skip = parse_ref_row(obj(json!({"key": null, "skip": "revoked"})), "q", true).unwrap();
+        assert_eq!(skip.skip.as_deref(), Some("revoked"));
     }
 
     #[test]

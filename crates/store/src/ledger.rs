@@ -78,7 +78,7 @@ const LEDGER_DDL: &[&str] = &[
 
 /// Creates the ledger tables when missing. Serialized across processes by an
 /// advisory lock so that many workers starting at once do not race.
-pub(crate) async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+pub(crate) async fn migrate_pg(pool: &PgPool) -> Result<(), StoreError> {
     let mut tx = pool.begin().await.map_err(sql("begin ledger migration"))?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('backfill ledger migration'))")
         .execute(&mut *tx)
@@ -135,7 +135,7 @@ pub struct ShardRecord {
     pub reduced: bool,
 }
 
-fn decode<T: serde::de::DeserializeOwned>(
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     what: &str,
     v: serde_json::Value,
 ) -> Result<T, StoreError> {
@@ -146,32 +146,32 @@ fn decode<T: serde::de::DeserializeOwned>(
 impl crate::Store {
     /// Reads a run; `None` when the ledger has no such run.
     pub async fn load_run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let pool = match &self.backend {
+            crate::Backend::Pg(p) => p,
+            crate::Backend::Lite(l) => return crate::lite::load_run(l, run_id).await,
+        };
         let row = sqlx::query(
             "SELECT run_id, spec_text, mode, scope, state, plan, shards_total, shards_reduced, tally, summary
              FROM backfill_run WHERE run_id = $1",
         )
         .bind(run_id)
-        .fetch_optional(self.pool())
+        .fetch_optional(pool)
         .await
         .map_err(sql("read run"))?;
         let Some(row) = row else { return Ok(None) };
-        let spec_text: String = row.get("spec_text");
-        let spec = JobSpec::parse(&spec_text)?;
-        let mode: String = row.get("mode");
-        let state: String = row.get("state");
-        let scope: backfill_job::Scope = decode("scope", row.get("scope"))?;
-        Ok(Some(RunRecord {
+        run_record(RawRun {
             run_id: row.get("run_id"),
-            spec,
-            mode: mode.parse().map_err(StoreError::Data)?,
-            scope: scope.describe(),
-            state: state.parse().map_err(StoreError::Data)?,
-            plan: decode("plan", row.get("plan"))?,
-            shards_total: row.get::<i32, _>("shards_total") as u32,
-            shards_reduced: row.get::<i32, _>("shards_reduced") as u32,
-            tally: decode("tally", row.get("tally"))?,
+            spec_text: row.get("spec_text"),
+            mode: row.get("mode"),
+            scope: row.get("scope"),
+            state: row.get("state"),
+            plan: row.get("plan"),
+            shards_total: row.get::<i32, _>("shards_total") as i64,
+            shards_reduced: row.get::<i32, _>("shards_reduced") as i64,
+            tally: row.get("tally"),
             summary: row.get("summary"),
-        }))
+        })
+        .map(Some)
     }
 
     /// The most recent runs, newest first.
@@ -179,11 +179,15 @@ impl crate::Store {
         &self,
         limit: i64,
     ) -> Result<Vec<(String, String, String, String)>, StoreError> {
+        let pool = match &self.backend {
+            crate::Backend::Pg(p) => p,
+            crate::Backend::Lite(l) => return crate::lite::recent_runs(l, limit).await,
+        };
         let rows = sqlx::query(
             "SELECT run_id, job_name, mode, state FROM backfill_run ORDER BY created_at DESC LIMIT $1",
         )
         .bind(limit)
-        .fetch_all(self.pool())
+        .fetch_all(pool)
         .await
         .map_err(sql("list runs"))?;
         Ok(rows
@@ -194,13 +198,17 @@ impl crate::Store {
 
     /// The shards of a run, in order.
     pub async fn shards(&self, run_id: &str) -> Result<Vec<ShardRecord>, StoreError> {
+        let pool = match &self.backend {
+            crate::Backend::Pg(p) => p,
+            crate::Backend::Lite(l) => return crate::lite::shards(l, run_id).await,
+        };
         let rows = sqlx::query(
             "SELECT shard_no, target, first_key, last_key, rows, state,
                     published_at IS NOT NULL AS published, reduced_at IS NOT NULL AS reduced
              FROM backfill_shard WHERE run_id = $1 ORDER BY shard_no",
         )
         .bind(run_id)
-        .fetch_all(self.pool())
+        .fetch_all(pool)
         .await
         .map_err(sql("read shards"))?;
         Ok(rows
@@ -220,13 +228,19 @@ impl crate::Store {
 
     /// Marks shards as published (their task was confirmed by the broker).
     pub async fn mark_published(&self, run_id: &str, shard_nos: &[i32]) -> Result<(), StoreError> {
+        let pool = match &self.backend {
+            crate::Backend::Pg(p) => p,
+            crate::Backend::Lite(l) => {
+                return crate::lite::mark_published(l, run_id, shard_nos).await
+            }
+        };
         sqlx::query(
             "UPDATE backfill_shard SET published_at = now()
              WHERE run_id = $1 AND shard_no = ANY($2) AND published_at IS NULL",
         )
         .bind(run_id)
         .bind(shard_nos)
-        .execute(self.pool())
+        .execute(pool)
         .await
         .map_err(sql("mark shards published"))?;
         Ok(())
@@ -238,7 +252,11 @@ impl crate::Store {
     /// only if it was unset and the shard is committed, and the run's tally is
     /// updated under a row lock. A duplicate result changes nothing.
     pub async fn reduce(&self, result: &ShardResult) -> Result<Reduced, StoreError> {
-        let mut tx = self.pool().begin().await.map_err(sql("begin reduce"))?;
+        let pool = match &self.backend {
+            crate::Backend::Pg(p) => p,
+            crate::Backend::Lite(l) => return crate::lite::reduce(l, result).await,
+        };
+        let mut tx = pool.begin().await.map_err(sql("begin reduce"))?;
         let claimed = sqlx::query(
             "UPDATE backfill_shard SET reduced_at = now()
              WHERE run_id = $1 AND shard_no = $2 AND reduced_at IS NULL AND state = 'done'
@@ -271,56 +289,137 @@ impl crate::Store {
         .fetch_one(&mut *tx)
         .await
         .map_err(sql("lock run"))?;
-        let mut tally: Tally = decode("tally", row.get("tally"))?;
-        tally.merge(&result.tally);
-        let total: i32 = row.get("shards_total");
-        let reduced: i32 = row.get::<i32, _>("shards_reduced") + 1;
-        let tally_json =
-            serde_json::to_value(&tally).map_err(|e| StoreError::Data(e.to_string()))?;
-        if reduced < total {
-            sqlx::query(
-                "UPDATE backfill_run SET tally = $2, shards_reduced = $3 WHERE run_id = $1",
-            )
-            .bind(&result.run_id)
-            .bind(&tally_json)
-            .bind(reduced)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("fold shard result"))?;
-            tx.commit().await.map_err(sql("commit reduce"))?;
-            return Ok(Reduced::Counted);
+        let fold = fold_result(
+            &result.run_id,
+            &row.get::<String, _>("spec_text"),
+            &row.get::<String, _>("mode"),
+            row.get("scope"),
+            row.get("plan"),
+            row.get("tally"),
+            row.get::<i32, _>("shards_total") as i64,
+            row.get::<i32, _>("shards_reduced") as i64,
+            result,
+        )?;
+        match &fold.finished {
+            None => {
+                sqlx::query(
+                    "UPDATE backfill_run SET tally = $2, shards_reduced = $3 WHERE run_id = $1",
+                )
+                .bind(&result.run_id)
+                .bind(&fold.tally)
+                .bind(fold.reduced as i32)
+                .execute(&mut *tx)
+                .await
+                .map_err(sql("fold shard result"))?;
+            }
+            Some((state, summary)) => {
+                sqlx::query(
+                    "UPDATE backfill_run SET tally = $2, shards_reduced = $3, state = $4, summary = $5, finished_at = now()
+                     WHERE run_id = $1",
+                )
+                .bind(&result.run_id)
+                .bind(&fold.tally)
+                .bind(fold.reduced as i32)
+                .bind(state.as_str())
+                .bind(summary)
+                .execute(&mut *tx)
+                .await
+                .map_err(sql("finish run"))?;
+            }
         }
-        let spec = JobSpec::parse(&row.get::<String, _>("spec_text"))?;
-        let mode: Mode = row
-            .get::<String, _>("mode")
-            .parse()
-            .map_err(StoreError::Data)?;
-        let scope: backfill_job::Scope = decode("scope", row.get("scope"))?;
-        let plan: Plan = decode("plan", row.get("plan"))?;
-        let summary = summary_line(&RunView {
-            run_id: &result.run_id,
-            spec: &spec,
-            mode,
-            scope: &scope.describe(),
-            plan: &plan,
-            tally: &tally,
-        });
-        let state = final_state(&tally);
-        sqlx::query(
-            "UPDATE backfill_run SET tally = $2, shards_reduced = $3, state = $4, summary = $5, finished_at = now()
-             WHERE run_id = $1",
-        )
-        .bind(&result.run_id)
-        .bind(&tally_json)
-        .bind(reduced)
-        .bind(state.as_str())
-        .bind(&summary)
-        .execute(&mut *tx)
-        .await
-        .map_err(sql("finish run"))?;
         tx.commit().await.map_err(sql("commit reduce"))?;
-        Ok(Reduced::Finished(summary))
+        Ok(fold.into_reduced())
     }
+}
+
+/// A run row as either back end reads it.
+pub(crate) struct RawRun {
+    pub run_id: String,
+    pub spec_text: String,
+    pub mode: String,
+    pub scope: serde_json::Value,
+    pub state: String,
+    pub plan: serde_json::Value,
+    pub shards_total: i64,
+    pub shards_reduced: i64,
+    pub tally: serde_json::Value,
+    pub summary: Option<String>,
+}
+
+pub(crate) fn run_record(raw: RawRun) -> Result<RunRecord, StoreError> {
+    let spec = JobSpec::parse(&raw.spec_text)?;
+    let scope: backfill_job::Scope = decode("scope", raw.scope)?;
+    Ok(RunRecord {
+        run_id: raw.run_id,
+        spec,
+        mode: raw.mode.parse().map_err(StoreError::Data)?,
+        scope: scope.describe(),
+        state: raw.state.parse().map_err(StoreError::Data)?,
+        plan: decode("plan", raw.plan)?,
+        shards_total: raw.shards_total.max(0) as u32,
+        shards_reduced: raw.shards_reduced.max(0) as u32,
+        tally: decode("tally", raw.tally)?,
+        summary: raw.summary,
+    })
+}
+
+/// A run's tally with one more shard folded in, and, when it was the last
+/// shard, the run's final state and summary line.
+pub(crate) struct Fold {
+    pub tally: serde_json::Value,
+    pub reduced: i64,
+    pub finished: Option<(RunState, String)>,
+}
+
+impl Fold {
+    pub(crate) fn into_reduced(self) -> Reduced {
+        match self.finished {
+            None => Reduced::Counted,
+            Some((_, summary)) => Reduced::Finished(summary),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fold_result(
+    run_id: &str,
+    spec_text: &str,
+    mode: &str,
+    scope: serde_json::Value,
+    plan: serde_json::Value,
+    tally: serde_json::Value,
+    shards_total: i64,
+    shards_reduced: i64,
+    result: &ShardResult,
+) -> Result<Fold, StoreError> {
+    let mut tally: Tally = decode("tally", tally)?;
+    tally.merge(&result.tally);
+    let reduced = shards_reduced + 1;
+    let tally_json = serde_json::to_value(&tally).map_err(|e| StoreError::Data(e.to_string()))?;
+    if reduced < shards_total {
+        return Ok(Fold {
+            tally: tally_json,
+            reduced,
+            finished: None,
+        });
+    }
+    let spec = JobSpec::parse(spec_text)?;
+    let mode: Mode = mode.parse().map_err(StoreError::Data)?;
+    let scope: backfill_job::Scope = decode("scope", scope)?;
+    let plan: Plan = decode("plan", plan)?;
+    let summary = summary_line(&RunView {
+        run_id,
+        spec: &spec,
+        mode,
+        scope: &scope.describe(),
+        plan: &plan,
+        tally: &tally,
+    });
+    Ok(Fold {
+        tally: tally_json,
+        reduced,
+        finished: Some((final_state(&tally), summary)),
+    })
 }
 
 /// A run with row errors ends failed; otherwise done.

@@ -11,16 +11,23 @@
 //!   commit the compare-and-set writes, before-images and the shard's ledger
 //!   record in ONE transaction.
 //!
-//! PostgreSQL is the back end. Table and column names from a spec are
-//! validated by the job model and always quoted here; values are always bound.
+//! PostgreSQL is the main back end; SQLite (`lite`, private) serves the
+//! embedded mode with the same operations and the same guarantees, one
+//! writer at a time. Table and column names from a spec are validated by the
+//! job model and always quoted here; values are always bound.
 
 pub mod ledger;
+mod lite;
 pub mod planning;
 pub mod shard;
 
+use backfill_job::spec::Dialect;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use ledger::Reduced;
@@ -31,13 +38,14 @@ pub use shard::{Committed, EvaluatedRow, FetchedRow, ShardCommit, ShardRows};
 /// Errors of the database edge.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot connect to the database at {url}: {source}. Is PostgreSQL running? (start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, or set DATABASE_URL)")]
+    #[error("cannot connect to the database at {url}: {source}. {hint}")]
     Connect {
         url: String,
+        hint: &'static str,
         #[source]
         source: sqlx::Error,
     },
-    #[error("unsupported database URL {0}: use postgres://")]
+    #[error("unsupported database URL {0}: use postgres://… or sqlite://…")]
     Scheme(String),
     #[error("{what}: {source}")]
     Sql {
@@ -92,28 +100,29 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The database behind a store.
+#[derive(Clone, Debug)]
+pub(crate) enum Backend {
+    Pg(PgPool),
+    Lite(SqlitePool),
+}
+
 /// A handle on the database: target tables and ledger.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: PgPool,
+    pub(crate) backend: Backend,
     types: TypesCache,
 }
 
 /// Column types per table, looked up once per process.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct TypesCache(
-    std::sync::Arc<
-        std::sync::Mutex<
-            std::collections::HashMap<String, std::collections::BTreeMap<String, String>>,
-        >,
-    >,
-);
+pub(crate) struct TypesCache(Arc<Mutex<HashMap<String, BTreeMap<String, String>>>>);
 
 impl TypesCache {
-    pub(crate) fn get(&self, table: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    pub(crate) fn get(&self, table: &str) -> Option<BTreeMap<String, String>> {
         self.0.lock().ok().and_then(|m| m.get(table).cloned())
     }
-    pub(crate) fn put(&self, table: &str, types: std::collections::BTreeMap<String, String>) {
+    pub(crate) fn put(&self, table: &str, types: BTreeMap<String, String>) {
         if let Ok(mut m) = self.0.lock() {
             m.insert(table.to_string(), types);
         }
@@ -121,44 +130,78 @@ impl TypesCache {
 }
 
 impl Store {
-    /// Connects, and creates or upgrades the ledger tables.
+    /// Connects to `postgres://…` or `sqlite://…`, and creates or upgrades
+    /// the ledger tables.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(StoreError::Scheme(redact_url(url)));
-        }
-        let opts = PgConnectOptions::from_str(url)
-            .map_err(|source| StoreError::Connect {
-                url: redact_url(url),
-                source,
-            })?
-            .application_name("backfill");
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections.max(2))
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(opts)
-            .await
-            .map_err(|source| StoreError::Connect {
-                url: redact_url(url),
-                source,
-            })?;
-        let store = Store {
-            pool,
-            types: TypesCache::default(),
+        let pg_hint = "Is PostgreSQL running? (start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, or set DATABASE_URL)";
+        let lite_hint = "Check the path; add `?mode=rwc` to the URL to create a new database file.";
+        let connect_err = |source| StoreError::Connect {
+            url: redact_url(url),
+            hint: pg_hint,
+            source,
         };
-        ledger::migrate(&store.pool).await?;
-        Ok(store)
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = PgConnectOptions::from_str(url)
+                .map_err(connect_err)?
+                .application_name("backfill");
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections.max(2))
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(opts)
+                .await
+                .map_err(connect_err)?;
+            ledger::migrate_pg(&pool).await?;
+            Backend::Pg(pool)
+        } else if url.starts_with("sqlite:") {
+            // WAL lets readers go on while one writer commits; the busy
+            // timeout makes concurrent shard commits wait their turn.
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(|source| StoreError::Connect {
+                    url: redact_url(url),
+                    hint: lite_hint,
+                    source,
+                })?
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(60));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections.clamp(2, 8))
+                .acquire_timeout(Duration::from_secs(60))
+                .connect_with(opts)
+                .await
+                .map_err(|source| StoreError::Connect {
+                    url: redact_url(url),
+                    hint: lite_hint,
+                    source,
+                })?;
+            lite::migrate(&pool).await?;
+            Backend::Lite(pool)
+        } else {
+            return Err(StoreError::Scheme(redact_url(url)));
+        };
+        Ok(Store {
+            backend,
+            types: TypesCache::default(),
+        })
+    }
+
+    /// The SQL dialect of the back end.
+    pub fn dialect(&self) -> Dialect {
+        match self.backend {
+            Backend::Pg(_) => Dialect::Postgres,
+            Backend::Lite(_) => Dialect::Sqlite,
+        }
     }
 
     pub(crate) fn types_cache(&self) -> &TypesCache {
         &self.types
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     pub async fn close(&self) {
-        self.pool.close().await;
+        match &self.backend {
+            Backend::Pg(p) => p.close().await,
+            Backend::Lite(p) => p.close().await,
+        }
     }
 }
 

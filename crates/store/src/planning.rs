@@ -2,7 +2,7 @@
 //! in the ledger in one transaction (run row, items, shards), so that the
 //! ledger never holds half a plan.
 
-use backfill_job::plan::{GroupRow, Item, ItemAccumulator, PlannedTarget, RefRow};
+use backfill_job::plan::{parse_ref_row, CutShard, GroupRow, PlannedTarget, ShardCutter};
 use backfill_job::report::{summary_line, RunView};
 use backfill_job::spec::Dialect;
 use backfill_job::{JobSpec, KeyType, Mode, Plan, PlannedGroup, Scope, Tally};
@@ -16,10 +16,13 @@ use crate::{sql, Store, StoreError};
 /// How many items one INSERT carries.
 const ITEM_BATCH: usize = 5_000;
 
-/// Binds `param` as `$1` only when the SQL uses it, so a spec query without
-/// parameters is accepted as written.
-fn uses_param(sql: &str) -> bool {
-    sql.contains("$1")
+/// Binds the parameter only when the SQL uses it (`$1` on PostgreSQL, `?1`
+/// on SQLite), so a spec query without parameters is accepted as written.
+pub(crate) fn uses_param(sql: &str, dialect: Dialect) -> bool {
+    match dialect {
+        Dialect::Postgres => sql.contains("$1"),
+        Dialect::Sqlite => sql.contains("?1"),
+    }
 }
 
 /// What a run is, before it is planned.
@@ -31,7 +34,7 @@ pub struct NewRun<'a> {
     pub shard_size: u32,
 }
 
-fn obj(text: &str, what: &str) -> Result<Map<String, Value>, StoreError> {
+pub(crate) fn obj(text: &str, what: &str) -> Result<Map<String, Value>, StoreError> {
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(m)) => Ok(m),
         _ => Err(StoreError::Data(format!(
@@ -40,12 +43,76 @@ fn obj(text: &str, what: &str) -> Result<Map<String, Value>, StoreError> {
     }
 }
 
-fn opt_text(v: Option<Value>) -> Option<String> {
-    match v {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(other) => Some(other.to_string()),
+/// `$1` of the groups query: the requested keys, or NULL for `--all`.
+pub(crate) fn requested_keys(scope: &Scope) -> Option<String> {
+    match scope {
+        Scope::All => None,
+        Scope::Groups(k) => Some(serde_json::to_string(k).unwrap_or_else(|_| "[]".into())),
     }
+}
+
+/// `$1` of the target queries: the keys of the groups that passed the
+/// guards (NULL for jobs without groups).
+pub(crate) fn eligible_keys(spec: &JobSpec, groups: &[PlannedGroup]) -> Option<String> {
+    let eligible: Vec<&str> = groups
+        .iter()
+        .filter(|g| g.reason().is_none())
+        .map(|g| g.key.as_str())
+        .collect();
+    spec.groups
+        .as_ref()
+        .map(|_| serde_json::to_string(&eligible).unwrap_or_else(|_| "[]".into()))
+}
+
+/// Integer keys as the ledger stores them beside their text.
+pub(crate) fn key_ints(
+    target: &str,
+    key_type: KeyType,
+    shard: &CutShard,
+) -> Result<Vec<Option<i64>>, StoreError> {
+    match key_type {
+        KeyType::Text => Ok(vec![None; shard.items.len()]),
+        KeyType::Integer => shard
+            .items
+            .iter()
+            .map(|i| {
+                i.key.parse::<i64>().map(Some).map_err(|_| {
+                    StoreError::Data(format!(
+                        "target `{target}` has key_type = \"integer\" but its query returned key `{}`",
+                        i.key
+                    ))
+                })
+            })
+            .collect(),
+    }
+}
+
+/// The plan once every target is cut, and the summary when there is
+/// nothing to send (such a run is finished on the spot).
+pub(crate) fn finish_plan(
+    new: &NewRun<'_>,
+    groups: Vec<PlannedGroup>,
+    targets: Vec<PlannedTarget>,
+    shards_total: u32,
+    tally: Tally,
+) -> (Plan, Option<String>) {
+    let plan = Plan {
+        groups,
+        targets,
+        shards_total,
+        tally,
+    };
+    let summary = (shards_total == 0).then(|| {
+        summary_line(&RunView {
+            run_id: new.run_id,
+            spec: new.spec,
+            mode: new.mode,
+            scope: &new.scope.describe(),
+            plan: &plan,
+            tally: &plan.tally,
+        })
+    });
+    (plan, summary)
 }
 
 impl Store {
@@ -56,6 +123,10 @@ impl Store {
         spec: &JobSpec,
         scope: &Scope,
     ) -> Result<Vec<GroupRow>, StoreError> {
+        let pool = match &self.backend {
+            crate::Backend::Pg(p) => p,
+            crate::Backend::Lite(l) => return crate::lite::group_rows(l, spec, scope).await,
+        };
         let Some(groups) = &spec.groups else {
             return Ok(Vec::new());
         };
@@ -63,16 +134,12 @@ impl Store {
             .query
             .for_dialect("groups.query", Dialect::Postgres)?;
         let wrapped = format!("SELECT row_to_json(q)::text FROM ({user_sql}) q");
-        let keys: Option<String> = match scope {
-            Scope::All => None,
-            Scope::Groups(k) => Some(serde_json::to_string(k).unwrap_or_else(|_| "[]".into())),
-        };
         let mut q = sqlx::query(&wrapped);
-        if uses_param(user_sql) {
-            q = q.bind(keys);
+        if uses_param(user_sql, Dialect::Postgres) {
+            q = q.bind(requested_keys(scope));
         }
         let rows = q
-            .fetch_all(self.pool())
+            .fetch_all(pool)
             .await
             .map_err(sql(format!("job `{}`: groups.query failed", spec.name)))?;
         rows.into_iter()
@@ -93,18 +160,13 @@ impl Store {
         new: NewRun<'_>,
         groups: Vec<PlannedGroup>,
     ) -> Result<Plan, StoreError> {
+        let pool = match &self.backend {
+            crate::Backend::Pg(p) => p,
+            crate::Backend::Lite(l) => return crate::lite::create_run(l, new, groups).await,
+        };
         let spec = new.spec;
-        let eligible: Vec<&str> = groups
-            .iter()
-            .filter(|g| g.reason().is_none())
-            .map(|g| g.key.as_str())
-            .collect();
-        let eligible_json: Option<String> = spec
-            .groups
-            .as_ref()
-            .map(|_| serde_json::to_string(&eligible).unwrap_or_else(|_| "[]".into()));
-
-        let mut tx = self.pool().begin().await.map_err(sql("begin plan"))?;
+        let eligible = eligible_keys(spec, &groups);
+        let mut tx = pool.begin().await.map_err(sql("begin plan"))?;
         let empty = serde_json::json!({});
         sqlx::query(
             "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally)
@@ -122,151 +184,68 @@ impl Store {
         .map_err(sql("record run"))?;
 
         let mut tally = Tally::default();
-        let mut shard_no: u32 = 0;
+        let mut next_shard = 0u32;
         let mut targets = Vec::new();
         for (ti, target) in spec.targets.iter().enumerate() {
             let field = format!("targets[{ti}].query");
             let user_sql = target.query.for_dialect(&field, Dialect::Postgres)?;
             let wrapped = format!("SELECT row_to_json(q)::text FROM ({user_sql}) q ORDER BY q.key");
             let mut q = sqlx::query(&wrapped);
-            if uses_param(user_sql) {
-                q = q.bind(eligible_json.clone());
+            if uses_param(user_sql, Dialect::Postgres) {
+                q = q.bind(eligible.clone());
             }
-            let mut stream = q.fetch(self.pool());
-            let mut acc = ItemAccumulator::new(&target.name, &target.name);
-            let mut shard: Vec<Item> = Vec::with_capacity(new.shard_size as usize);
-            let mut planned = PlannedTarget {
-                name: target.name.clone(),
-                ..PlannedTarget::default()
-            };
+            // Streamed on a connection of its own while the plan is written
+            // in the transaction: memory stays bounded by one shard.
+            let mut stream = q.fetch(pool);
+            let mut cutter = ShardCutter::new(&target.name, new.shard_size, next_shard);
             let what = format!("job `{}`: {field} failed", spec.name);
-            loop {
-                let next = stream.try_next().await.map_err(sql(what.clone()))?;
-                let item = match next {
-                    Some(row) => {
-                        let text: String = row.get(0);
-                        let mut m = obj(&text, &field)?;
-                        if !m.contains_key("key") {
-                            return Err(StoreError::Data(format!(
-                                "{field} must return a `key` column"
-                            )));
-                        }
-                        let refs = match m.remove("refs") {
-                            None | Some(Value::Null) => 1,
-                            Some(Value::Number(n)) => n.as_u64().unwrap_or(1),
-                            Some(other) => {
-                                return Err(StoreError::Data(format!(
-                                    "{field}: `refs` must be a number, got {other}"
-                                )))
-                            }
-                        };
-                        let r = RefRow {
-                            key: opt_text(m.remove("key")),
-                            group: opt_text(m.remove("group")),
-                            refs,
-                            skip: opt_text(m.remove("skip")),
-                        };
-                        if spec.groups.is_some()
-                            && r.group.is_none()
-                            && r.skip.is_none()
-                            && r.key.is_some()
-                        {
-                            return Err(StoreError::Data(format!(
-                                "{field} must return a `group` column naming each row's group"
-                            )));
-                        }
-                        acc.push(r, &mut tally)
-                    }
-                    None => {
-                        let last = std::mem::replace(
-                            &mut acc,
-                            ItemAccumulator::new(&target.name, &target.name),
-                        )
-                        .finish(&mut tally);
-                        if let Some(i) = last {
-                            shard.push(i);
-                        }
-                        break;
-                    }
-                };
-                if let Some(i) = item {
-                    shard.push(i);
-                    if shard.len() >= new.shard_size as usize {
-                        write_shard(
-                            &mut tx,
-                            new.run_id,
-                            shard_no,
-                            target.name.as_str(),
-                            target.key_type,
-                            &shard,
-                        )
-                        .await?;
-                        planned.rows += shard.len() as u64;
-                        planned.shards += 1;
-                        shard_no += 1;
-                        shard.clear();
-                    }
+            while let Some(row) = stream.try_next().await.map_err(sql(what.clone()))? {
+                let text: String = row.get(0);
+                let r = parse_ref_row(obj(&text, &field)?, &field, spec.groups.is_some())
+                    .map_err(StoreError::Data)?;
+                if let Some(shard) = cutter.push(r, &mut tally) {
+                    write_shard(&mut tx, new.run_id, &target.name, target.key_type, &shard).await?;
                 }
             }
             drop(stream);
-            if !shard.is_empty() {
-                write_shard(
-                    &mut tx,
-                    new.run_id,
-                    shard_no,
-                    target.name.as_str(),
-                    target.key_type,
-                    &shard,
-                )
-                .await?;
-                planned.rows += shard.len() as u64;
-                planned.shards += 1;
-                shard_no += 1;
+            next_shard = cutter.next_shard_no();
+            let (last, planned) = cutter.finish(&mut tally);
+            if let Some(shard) = last {
+                write_shard(&mut tx, new.run_id, &target.name, target.key_type, &shard).await?;
+                next_shard = shard.shard_no + 1;
             }
             targets.push(planned);
         }
 
-        let plan = Plan {
-            groups,
-            targets,
-            shards_total: shard_no,
-            tally: tally.clone(),
-        };
+        let (plan, summary) = finish_plan(&new, groups, targets, next_shard, tally);
         let plan_json = serde_json::to_value(&plan).map_err(|e| StoreError::Data(e.to_string()))?;
         let tally_json =
-            serde_json::to_value(&tally).map_err(|e| StoreError::Data(e.to_string()))?;
-        if shard_no == 0 {
-            // Nothing to send: the run's summary is the plan's own tally.
-            let scope = new.scope.describe();
-            let summary = summary_line(&RunView {
-                run_id: new.run_id,
-                spec,
-                mode: new.mode,
-                scope: &scope,
-                plan: &plan,
-                tally: &tally,
-            });
-            sqlx::query(
-                "UPDATE backfill_run SET plan = $2, tally = $3, shards_total = 0, state = $4, summary = $5, finished_at = now()
-                 WHERE run_id = $1",
-            )
-            .bind(new.run_id)
-            .bind(&plan_json)
-            .bind(&tally_json)
-            .bind(final_state(&tally).as_str())
-            .bind(&summary)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("finish empty run"))?;
-        } else {
-            sqlx::query("UPDATE backfill_run SET plan = $2, tally = $3, shards_total = $4 WHERE run_id = $1")
+            serde_json::to_value(&plan.tally).map_err(|e| StoreError::Data(e.to_string()))?;
+        match summary {
+            Some(summary) => {
+                sqlx::query(
+                    "UPDATE backfill_run SET plan = $2, tally = $3, shards_total = 0, state = $4, summary = $5, finished_at = now()
+                     WHERE run_id = $1",
+                )
                 .bind(new.run_id)
                 .bind(&plan_json)
                 .bind(&tally_json)
-                .bind(shard_no as i32)
+                .bind(final_state(&plan.tally).as_str())
+                .bind(&summary)
                 .execute(&mut *tx)
                 .await
-                .map_err(sql("record plan"))?;
+                .map_err(sql("finish empty run"))?;
+            }
+            None => {
+                sqlx::query("UPDATE backfill_run SET plan = $2, tally = $3, shards_total = $4 WHERE run_id = $1")
+                    .bind(new.run_id)
+                    .bind(&plan_json)
+                    .bind(&tally_json)
+                    .bind(plan.shards_total as i32)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(sql("record plan"))?;
+            }
         }
         tx.commit().await.map_err(sql("commit plan"))?;
         Ok(plan)
@@ -276,11 +255,11 @@ impl Store {
 async fn write_shard(
     tx: &mut Transaction<'_, Postgres>,
     run_id: &str,
-    shard_no: u32,
     target: &str,
     key_type: KeyType,
-    items: &[Item],
+    shard: &CutShard,
 ) -> Result<(), StoreError> {
+    let items = &shard.items;
     let (Some(first), Some(last)) = (items.first(), items.last()) else {
         return Ok(());
     };
@@ -289,7 +268,7 @@ async fn write_shard(
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(run_id)
-    .bind(shard_no as i32)
+    .bind(shard.shard_no as i32)
     .bind(target)
     .bind(&first.key)
     .bind(&last.key)
@@ -297,24 +276,12 @@ async fn write_shard(
     .execute(&mut **tx)
     .await
     .map_err(sql("record shard"))?;
+    let all_ints = key_ints(target, key_type, shard)?;
     for (batch_no, batch) in items.chunks(ITEM_BATCH).enumerate() {
         let base = batch_no * ITEM_BATCH;
         let item_nos: Vec<i32> = (0..batch.len()).map(|i| (base + i) as i32).collect();
         let keys: Vec<&str> = batch.iter().map(|i| i.key.as_str()).collect();
-        let key_ints: Vec<Option<i64>> = match key_type {
-            KeyType::Text => vec![None; batch.len()],
-            KeyType::Integer => batch
-                .iter()
-                .map(|i| {
-                    i.key.parse::<i64>().map(Some).map_err(|_| {
-                        StoreError::Data(format!(
-                            "target `{target}` has key_type = \"integer\" but its query returned key `{}`",
-                            i.key
-                        ))
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-        };
+        let ints = &all_ints[base..base + batch.len()];
         let groups: Vec<&str> = batch.iter().map(|i| i.group.as_str()).collect();
         let refs: Vec<i64> = batch.iter().map(|i| i.refs as i64).collect();
         sqlx::query(
@@ -322,10 +289,10 @@ async fn write_shard(
              SELECT $1, $2, * FROM unnest($3::int[], $4::text[], $5::int8[], $6::text[], $7::int8[])",
         )
         .bind(run_id)
-        .bind(shard_no as i32)
+        .bind(shard.shard_no as i32)
         .bind(&item_nos)
         .bind(&keys)
-        .bind(&key_ints)
+        .bind(ints)
         .bind(&groups)
         .bind(&refs)
         .execute(&mut **tx)

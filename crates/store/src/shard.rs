@@ -89,10 +89,14 @@ impl Store {
         run_id: &str,
         shard_no: u32,
     ) -> Result<Option<Tally>, StoreError> {
+        let pool = match &self.backend {
+            crate::Backend::Pg(p) => p,
+            crate::Backend::Lite(l) => return crate::lite::shard_done(l, run_id, shard_no).await,
+        };
         let row = sqlx::query("SELECT result FROM backfill_shard WHERE run_id = $1 AND shard_no = $2 AND state = 'done'")
             .bind(run_id)
             .bind(shard_no as i32)
-            .fetch_optional(self.pool())
+            .fetch_optional(pool)
             .await
             .map_err(sql("read shard state"))?;
         match row {
@@ -114,6 +118,12 @@ impl Store {
         target: &backfill_job::spec::TargetSpec,
         shard_no: u32,
     ) -> Result<ShardRows, StoreError> {
+        let pool = match &self.backend {
+            crate::Backend::Pg(p) => p,
+            crate::Backend::Lite(l) => {
+                return crate::lite::fetch_shard(l, run_id, target, shard_no).await
+            }
+        };
         if let Some(done) = self.shard_done(run_id, shard_no).await? {
             return Ok(ShardRows::Done(done));
         }
@@ -133,7 +143,7 @@ impl Store {
         let rows = sqlx::query(&q)
             .bind(run_id)
             .bind(shard_no as i32)
-            .fetch_all(self.pool())
+            .fetch_all(pool)
             .await
             .map_err(sql(format!(
                 "read rows of shard {shard_no} from {}",
@@ -163,6 +173,9 @@ impl Store {
 
     /// How a column is typed, to cast written text back to it.
     async fn column_types(&self, table: &str) -> Result<BTreeMap<String, String>, StoreError> {
+        let crate::Backend::Pg(pool) = &self.backend else {
+            return Ok(BTreeMap::new());
+        };
         if let Some(t) = self.types_cache().get(table) {
             return Ok(t);
         }
@@ -171,7 +184,7 @@ impl Store {
              FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped",
         )
         .bind(quote_ident(table))
-        .fetch_all(self.pool())
+        .fetch_all(pool)
         .await
         .map_err(sql(format!("read the column types of {table}")))?;
         let m: BTreeMap<String, String> = rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
@@ -182,13 +195,17 @@ impl Store {
     /// Commits a shard: compare-and-set writes, before-images and the shard's
     /// ledger record in one transaction.
     pub async fn commit_shard(&self, c: ShardCommit<'_>) -> Result<Committed, StoreError> {
+        let pool = match &self.backend {
+            crate::Backend::Pg(p) => p,
+            crate::Backend::Lite(l) => return crate::lite::commit_shard(l, c).await,
+        };
         let target = c.target;
         let types = if c.mode.is_commit() {
             self.column_types(&target.table).await?
         } else {
             BTreeMap::new()
         };
-        let mut tx = self.pool().begin().await.map_err(sql("begin shard"))?;
+        let mut tx = pool.begin().await.map_err(sql("begin shard"))?;
         let row = sqlx::query("SELECT state, result FROM backfill_shard WHERE run_id = $1 AND shard_no = $2 FOR UPDATE")
             .bind(c.run_id)
             .bind(c.shard_no as i32)
@@ -248,23 +265,7 @@ impl Store {
             .map_err(sql("record before-images"))?;
         }
 
-        let mut tally = Tally::default();
-        for r in &c.rows {
-            let rec = match &r.outcome {
-                RowOutcome::Changed(_) if c.mode.is_commit() && !written.contains(&r.key) => {
-                    Recorded::Conflict
-                }
-                other => Recorded::from(other),
-            };
-            tally.record_row(
-                &target.name,
-                &r.group,
-                &r.key,
-                r.refs,
-                rec,
-                r.current.as_deref(),
-            );
-        }
+        let tally = shard_tally(&target.name, c.mode, &c.rows, &written);
         let result = serde_json::to_value(&tally).map_err(|e| StoreError::Data(e.to_string()))?;
         sqlx::query(
             "UPDATE backfill_shard SET state = 'done', result = $3, worker = $4, finished_at = now(),
@@ -283,6 +284,43 @@ impl Store {
     }
 }
 
+/// A shard's result: each row's outcome, with a change that the
+/// compare-and-set did not write counted as a conflict.
+pub(crate) fn shard_tally(
+    target: &str,
+    mode: Mode,
+    rows: &[EvaluatedRow],
+    written: &HashSet<String>,
+) -> Tally {
+    let mut tally = Tally::default();
+    for r in rows {
+        let rec = match &r.outcome {
+            RowOutcome::Changed(_) if mode.is_commit() && !written.contains(&r.key) => {
+                Recorded::Conflict
+            }
+            other => Recorded::from(other),
+        };
+        tally.record_row(target, &r.group, &r.key, r.refs, rec, r.current.as_deref());
+    }
+    tally
+}
+
+/// The result of a shard given up after failing on every attempt: each of
+/// its rows (key, group) is an error.
+pub(crate) fn failed_tally(
+    target: &str,
+    shard_no: u32,
+    error: &str,
+    items: &[(String, String)],
+) -> Tally {
+    let mut tally = Tally::default();
+    let msg = format!("shard {shard_no} failed on every attempt: {error}");
+    for (key, group) in items {
+        tally.record_planned_error(target, group, key, &msg);
+    }
+    tally
+}
+
 impl Store {
     /// Records a failed attempt at a shard; returns how many attempts failed.
     pub async fn shard_attempt_failed(
@@ -291,6 +329,12 @@ impl Store {
         shard_no: u32,
         error: &str,
     ) -> Result<u32, StoreError> {
+        let pool = match &self.backend {
+            crate::Backend::Pg(p) => p,
+            crate::Backend::Lite(l) => {
+                return crate::lite::shard_attempt_failed(l, run_id, shard_no, error).await
+            }
+        };
         let n: Option<i32> = sqlx::query_scalar(
             "UPDATE backfill_shard SET failures = failures + 1, last_error = $3
              WHERE run_id = $1 AND shard_no = $2 AND state <> 'done' RETURNING failures",
@@ -298,7 +342,7 @@ impl Store {
         .bind(run_id)
         .bind(shard_no as i32)
         .bind(error)
-        .fetch_optional(self.pool())
+        .fetch_optional(pool)
         .await
         .map_err(sql("record a failed shard attempt"))?;
         Ok(n.unwrap_or(0).max(0) as u32)
@@ -315,7 +359,13 @@ impl Store {
         target: &str,
         error: &str,
     ) -> Result<Committed, StoreError> {
-        let mut tx = self.pool().begin().await.map_err(sql("begin shard"))?;
+        let pool = match &self.backend {
+            crate::Backend::Pg(p) => p,
+            crate::Backend::Lite(l) => {
+                return crate::lite::fail_shard(l, run_id, shard_no, target, error).await
+            }
+        };
+        let mut tx = pool.begin().await.map_err(sql("begin shard"))?;
         let row = sqlx::query("SELECT state, result FROM backfill_shard WHERE run_id = $1 AND shard_no = $2 FOR UPDATE")
             .bind(run_id)
             .bind(shard_no as i32)
@@ -335,16 +385,9 @@ impl Store {
             .fetch_all(&mut *tx)
             .await
             .map_err(sql("read shard items"))?;
-        let mut tally = Tally::default();
-        let msg = format!("shard {shard_no} failed on every attempt: {error}");
-        for r in items {
-            tally.record_planned_error(
-                target,
-                &r.get::<String, _>(1),
-                &r.get::<String, _>(0),
-                &msg,
-            );
-        }
+        let items: Vec<(String, String)> =
+            items.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+        let tally = failed_tally(target, shard_no, error, &items);
         let result = serde_json::to_value(&tally).map_err(|e| StoreError::Data(e.to_string()))?;
         sqlx::query(
             "UPDATE backfill_shard SET state = 'done', result = $3, worker = 'failed', finished_at = now(), last_error = $4

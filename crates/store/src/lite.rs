@@ -1,0 +1,737 @@
+//! The SQLite back end of the embedded mode: the same ledger and the same
+//! operations as PostgreSQL, in SQLite's dialect.
+//!
+//! SQLite has one writer at a time. Every write transaction starts with
+//! `BEGIN IMMEDIATE`, so it takes the write lock up front and waits (busy
+//! timeout) instead of failing on a lock upgrade; a shard's compare-and-set
+//! writes, before-images and ledger record still commit together. JSON
+//! columns are text, as Django stores JSONField on SQLite, and the
+//! compare-and-set compares that text exactly as it was read.
+
+use backfill_job::plan::{parse_ref_row, CutShard, GroupRow, ShardCutter};
+use backfill_job::spec::{quote_ident, Dialect, TargetSpec};
+use backfill_job::{KeyType, RowOutcome, Scope, ShardResult, Tally};
+use serde_json::{Map, Value};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Column, Row, SqlitePool, TypeInfo, ValueRef};
+use std::collections::{BTreeMap, HashSet};
+
+use crate::ledger::{
+    decode, final_state, fold_result, run_record, RawRun, Reduced, RunRecord, ShardRecord,
+};
+use crate::planning::{eligible_keys, finish_plan, key_ints, requested_keys, uses_param, NewRun};
+use crate::shard::{failed_tally, shard_tally, Committed, FetchedRow, ShardCommit, ShardRows};
+use crate::{sql, StoreError};
+use backfill_job::{JobSpec, Plan, PlannedGroup};
+
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+const LEDGER_DDL: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS backfill_run (
+        run_id text PRIMARY KEY,
+        job_name text NOT NULL,
+        spec_text text NOT NULL,
+        spec_hash text NOT NULL,
+        mode text NOT NULL,
+        scope text NOT NULL,
+        state text NOT NULL,
+        plan text NOT NULL,
+        shards_total integer NOT NULL,
+        shards_reduced integer NOT NULL DEFAULT 0,
+        tally text NOT NULL,
+        summary text,
+        created_at text NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        finished_at text
+    )",
+    "CREATE TABLE IF NOT EXISTS backfill_shard (
+        run_id text NOT NULL REFERENCES backfill_run (run_id) ON DELETE CASCADE,
+        shard_no integer NOT NULL,
+        target text NOT NULL,
+        first_key text NOT NULL,
+        last_key text NOT NULL,
+        rows integer NOT NULL,
+        state text NOT NULL DEFAULT 'pending',
+        published_at text,
+        worker text,
+        deliveries integer NOT NULL DEFAULT 0,
+        failures integer NOT NULL DEFAULT 0,
+        last_error text,
+        result text,
+        finished_at text,
+        reduced_at text,
+        PRIMARY KEY (run_id, shard_no)
+    )",
+    "CREATE TABLE IF NOT EXISTS backfill_item (
+        run_id text NOT NULL,
+        shard_no integer NOT NULL,
+        item_no integer NOT NULL,
+        key text NOT NULL,
+        key_int integer,
+        group_key text NOT NULL,
+        refs integer NOT NULL,
+        PRIMARY KEY (run_id, shard_no, item_no)
+    )",
+    "CREATE TABLE IF NOT EXISTS backfill_before_image (
+        run_id text NOT NULL,
+        shard_no integer NOT NULL,
+        target text NOT NULL,
+        key text NOT NULL,
+        column_name text NOT NULL,
+        before text,
+        written_at text NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        PRIMARY KEY (run_id, target, key, column_name)
+    )",
+];
+
+fn json_text(v: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Data(e.to_string()))
+}
+
+fn parse_json(what: &str, text: Option<String>) -> Result<Value, StoreError> {
+    match text {
+        None => Ok(Value::Null),
+        Some(t) => serde_json::from_str(&t)
+            .map_err(|e| StoreError::Data(format!("ledger {what} is unreadable: {e}"))),
+    }
+}
+
+async fn begin_write(
+    pool: &SqlitePool,
+    what: &str,
+) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+    pool.begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(sql(format!("begin {what}")))
+}
+
+pub(crate) async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
+    let mut tx = begin_write(pool, "ledger migration").await?;
+    for ddl in LEDGER_DDL {
+        sqlx::query(ddl)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("create ledger tables"))?;
+    }
+    tx.commit().await.map_err(sql("commit ledger migration"))?;
+    Ok(())
+}
+
+/// A row of a spec query as a JSON object, whatever its columns.
+fn row_object(row: &SqliteRow) -> Result<Map<String, Value>, StoreError> {
+    let mut m = Map::new();
+    for (i, col) in row.columns().iter().enumerate() {
+        let raw = row.try_get_raw(i).map_err(sql("read a column"))?;
+        let v = if raw.is_null() {
+            Value::Null
+        } else {
+            match raw.type_info().name() {
+                "INTEGER" | "BOOLEAN" | "INT8" => {
+                    Value::from(row.try_get::<i64, _>(i).map_err(sql("read an integer"))?)
+                }
+                "REAL" => serde_json::Number::from_f64(
+                    row.try_get::<f64, _>(i).map_err(sql("read a number"))?,
+                )
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
+                _ => Value::String(
+                    row.try_get::<String, _>(i)
+                        .map_err(sql("read a text column"))?,
+                ),
+            }
+        };
+        m.insert(col.name().to_string(), v);
+    }
+    Ok(m)
+}
+
+pub(crate) async fn load_run(
+    pool: &SqlitePool,
+    run_id: &str,
+) -> Result<Option<RunRecord>, StoreError> {
+    let row = sqlx::query(
+        "SELECT run_id, spec_text, mode, scope, state, plan, shards_total, shards_reduced, tally, summary
+         FROM backfill_run WHERE run_id = ?1",
+    )
+    .bind(run_id)
+    .fetch_optional(pool)
+    .await
+    .map_err(sql("read run"))?;
+    let Some(row) = row else { return Ok(None) };
+    run_record(RawRun {
+        run_id: row.get("run_id"),
+        spec_text: row.get("spec_text"),
+        mode: row.get("mode"),
+        scope: parse_json("scope", row.get("scope"))?,
+        state: row.get("state"),
+        plan: parse_json("plan", row.get("plan"))?,
+        shards_total: row.get("shards_total"),
+        shards_reduced: row.get("shards_reduced"),
+        tally: parse_json("tally", row.get("tally"))?,
+        summary: row.get("summary"),
+    })
+    .map(Some)
+}
+
+pub(crate) async fn recent_runs(
+    pool: &SqlitePool,
+    limit: i64,
+) -> Result<Vec<(String, String, String, String)>, StoreError> {
+    let rows = sqlx::query("SELECT run_id, job_name, mode, state FROM backfill_run ORDER BY created_at DESC, rowid DESC LIMIT ?1")
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(sql("list runs"))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect())
+}
+
+pub(crate) async fn shards(
+    pool: &SqlitePool,
+    run_id: &str,
+) -> Result<Vec<ShardRecord>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT shard_no, target, first_key, last_key, rows, state,
+                published_at IS NOT NULL AS published, reduced_at IS NOT NULL AS reduced
+         FROM backfill_shard WHERE run_id = ?1 ORDER BY shard_no",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await
+    .map_err(sql("read shards"))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ShardRecord {
+            shard_no: r.get::<i64, _>("shard_no") as u32,
+            target: r.get("target"),
+            first_key: r.get("first_key"),
+            last_key: r.get("last_key"),
+            rows: r.get::<i64, _>("rows") as u32,
+            state: r.get("state"),
+            published: r.get("published"),
+            reduced: r.get("reduced"),
+        })
+        .collect())
+}
+
+pub(crate) async fn mark_published(
+    pool: &SqlitePool,
+    run_id: &str,
+    shard_nos: &[i32],
+) -> Result<(), StoreError> {
+    let mut tx = begin_write(pool, "mark shards published").await?;
+    for n in shard_nos {
+        sqlx::query(&format!(
+            "UPDATE backfill_shard SET published_at = {NOW} WHERE run_id = ?1 AND shard_no = ?2 AND published_at IS NULL"
+        ))
+        .bind(run_id)
+        .bind(n)
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("mark shards published"))?;
+    }
+    tx.commit().await.map_err(sql("commit published shards"))?;
+    Ok(())
+}
+
+pub(crate) async fn reduce(pool: &SqlitePool, result: &ShardResult) -> Result<Reduced, StoreError> {
+    let mut tx = begin_write(pool, "reduce").await?;
+    let claimed = sqlx::query(&format!(
+        "UPDATE backfill_shard SET reduced_at = {NOW}
+         WHERE run_id = ?1 AND shard_no = ?2 AND reduced_at IS NULL AND state = 'done' RETURNING shard_no"
+    ))
+    .bind(&result.run_id)
+    .bind(result.shard_no as i64)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(sql("claim shard result"))?;
+    if claimed.is_none() {
+        let known = sqlx::query("SELECT state, reduced_at IS NOT NULL FROM backfill_shard WHERE run_id = ?1 AND shard_no = ?2")
+            .bind(&result.run_id)
+            .bind(result.shard_no as i64)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(sql("read shard"))?;
+        tx.rollback().await.map_err(sql("rollback reduce"))?;
+        return Ok(match known {
+            None => Reduced::UnknownShard,
+            Some(r) if r.get::<bool, _>(1) => Reduced::Duplicate,
+            Some(_) => Reduced::NotCommitted,
+        });
+    }
+    let row = sqlx::query(
+        "SELECT spec_text, mode, scope, plan, tally, shards_total, shards_reduced FROM backfill_run WHERE run_id = ?1",
+    )
+    .bind(&result.run_id)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(sql("read run"))?;
+    let fold = fold_result(
+        &result.run_id,
+        &row.get::<String, _>("spec_text"),
+        &row.get::<String, _>("mode"),
+        parse_json("scope", row.get("scope"))?,
+        parse_json("plan", row.get("plan"))?,
+        parse_json("tally", row.get("tally"))?,
+        row.get("shards_total"),
+        row.get("shards_reduced"),
+        result,
+    )?;
+    let tally_text = json_text(&fold.tally)?;
+    match &fold.finished {
+        None => {
+            sqlx::query(
+                "UPDATE backfill_run SET tally = ?2, shards_reduced = ?3 WHERE run_id = ?1",
+            )
+            .bind(&result.run_id)
+            .bind(&tally_text)
+            .bind(fold.reduced)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("fold shard result"))?;
+        }
+        Some((state, summary)) => {
+            sqlx::query(&format!(
+                "UPDATE backfill_run SET tally = ?2, shards_reduced = ?3, state = ?4, summary = ?5, finished_at = {NOW}
+                 WHERE run_id = ?1"
+            ))
+            .bind(&result.run_id)
+            .bind(&tally_text)
+            .bind(fold.reduced)
+            .bind(state.as_str())
+            .bind(summary)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("finish run"))?;
+        }
+    }
+    tx.commit().await.map_err(sql("commit reduce"))?;
+    Ok(fold.into_reduced())
+}
+
+pub(crate) async fn group_rows(
+    pool: &SqlitePool,
+    spec: &JobSpec,
+    scope: &Scope,
+) -> Result<Vec<GroupRow>, StoreError> {
+    let Some(groups) = &spec.groups else {
+        return Ok(Vec::new());
+    };
+    let user_sql = groups.query.for_dialect("groups.query", Dialect::Sqlite)?;
+    let mut q = sqlx::query(user_sql);
+    if uses_param(user_sql, Dialect::Sqlite) {
+        q = q.bind(requested_keys(scope));
+    }
+    let rows = q
+        .fetch_all(pool)
+        .await
+        .map_err(sql(format!("job `{}`: groups.query failed", spec.name)))?;
+    rows.iter()
+        .map(|r| {
+            GroupRow::from_object(row_object(r)?)
+                .map_err(|m| StoreError::Data(format!("groups.query: {m}")))
+        })
+        .collect()
+}
+
+pub(crate) async fn create_run(
+    pool: &SqlitePool,
+    new: NewRun<'_>,
+    groups: Vec<PlannedGroup>,
+) -> Result<Plan, StoreError> {
+    let spec = new.spec;
+    let eligible = eligible_keys(spec, &groups);
+    // Read the references first: SQLite serializes writers, and the plan is
+    // written in one transaction afterwards.
+    let mut tx = begin_write(pool, "plan").await?;
+    sqlx::query(
+        "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', '{}', 0, '{}')",
+    )
+    .bind(new.run_id)
+    .bind(&spec.name)
+    .bind(&spec.source)
+    .bind(&spec.hash)
+    .bind(new.mode.as_str())
+    .bind(json_text(new.scope)?)
+    .execute(&mut *tx)
+    .await
+    .map_err(sql("record run"))?;
+
+    let mut tally = Tally::default();
+    let mut next_shard = 0u32;
+    let mut targets = Vec::new();
+    for (ti, target) in spec.targets.iter().enumerate() {
+        let field = format!("targets[{ti}].query");
+        let user_sql = target.query.for_dialect(&field, Dialect::Sqlite)?;
+        let wrapped = format!("SELECT * FROM ({user_sql}) q ORDER BY q.key");
+        let mut q = sqlx::query(&wrapped);
+        if uses_param(user_sql, Dialect::Sqlite) {
+            q = q.bind(eligible.clone());
+        }
+        let rows = q
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(sql(format!("job `{}`: {field} failed", spec.name)))?;
+        let mut cutter = ShardCutter::new(&target.name, new.shard_size, next_shard);
+        let mut cut = Vec::new();
+        for row in &rows {
+            let r = parse_ref_row(row_object(row)?, &field, spec.groups.is_some())
+                .map_err(StoreError::Data)?;
+            cut.extend(cutter.push(r, &mut tally));
+        }
+        drop(rows);
+        next_shard = cutter.next_shard_no();
+        let (last, planned) = cutter.finish(&mut tally);
+        if let Some(shard) = last {
+            next_shard = shard.shard_no + 1;
+            cut.push(shard);
+        }
+        for shard in &cut {
+            write_shard(&mut tx, new.run_id, &target.name, target.key_type, shard).await?;
+        }
+        targets.push(planned);
+    }
+    let (plan, summary) = finish_plan(&new, groups, targets, next_shard, tally);
+    let plan_text = json_text(&plan)?;
+    let tally_text = json_text(&plan.tally)?;
+    match summary {
+        Some(summary) => {
+            sqlx::query(&format!(
+                "UPDATE backfill_run SET plan = ?2, tally = ?3, shards_total = 0, state = ?4, summary = ?5, finished_at = {NOW}
+                 WHERE run_id = ?1"
+            ))
+            .bind(new.run_id)
+            .bind(&plan_text)
+            .bind(&tally_text)
+            .bind(final_state(&plan.tally).as_str())
+            .bind(&summary)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("finish empty run"))?;
+        }
+        None => {
+            sqlx::query("UPDATE backfill_run SET plan = ?2, tally = ?3, shards_total = ?4 WHERE run_id = ?1")
+                .bind(new.run_id)
+                .bind(&plan_text)
+                .bind(&tally_text)
+                .bind(plan.shards_total as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(sql("record plan"))?;
+        }
+    }
+    tx.commit().await.map_err(sql("commit plan"))?;
+    Ok(plan)
+}
+
+async fn write_shard(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    run_id: &str,
+    target: &str,
+    key_type: KeyType,
+    shard: &CutShard,
+) -> Result<(), StoreError> {
+    let (Some(first), Some(last)) = (shard.items.first(), shard.items.last()) else {
+        return Ok(());
+    };
+    sqlx::query(
+        "INSERT INTO backfill_shard (run_id, shard_no, target, first_key, last_key, rows) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .bind(run_id)
+    .bind(shard.shard_no as i64)
+    .bind(target)
+    .bind(&first.key)
+    .bind(&last.key)
+    .bind(shard.items.len() as i64)
+    .execute(&mut **tx)
+    .await
+    .map_err(sql("record shard"))?;
+    let ints = key_ints(target, key_type, shard)?;
+    for (n, (item, key_int)) in shard.items.iter().zip(ints).enumerate() {
+        sqlx::query(
+            "INSERT INTO backfill_item (run_id, shard_no, item_no, key, key_int, group_key, refs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .bind(run_id)
+        .bind(shard.shard_no as i64)
+        .bind(n as i64)
+        .bind(&item.key)
+        .bind(key_int)
+        .bind(&item.group)
+        .bind(item.refs as i64)
+        .execute(&mut **tx)
+        .await
+        .map_err(sql("record shard items"))?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn shard_done(
+    pool: &SqlitePool,
+    run_id: &str,
+    shard_no: u32,
+) -> Result<Option<Tally>, StoreError> {
+    let row = sqlx::query(
+        "SELECT result FROM backfill_shard WHERE run_id = ?1 AND shard_no = ?2 AND state = 'done'",
+    )
+    .bind(run_id)
+    .bind(shard_no as i64)
+    .fetch_optional(pool)
+    .await
+    .map_err(sql("read shard state"))?;
+    match row {
+        None => Ok(None),
+        Some(r) => Ok(Some(decode(
+            "shard result",
+            parse_json("shard result", r.get(0))?,
+        )?)),
+    }
+}
+
+fn key_join(target: &TargetSpec) -> String {
+    let k = quote_ident(&target.key);
+    match target.key_type {
+        KeyType::Integer => format!("t.{k} = i.key_int"),
+        KeyType::Text => format!("t.{k} = i.key"),
+    }
+}
+
+pub(crate) async fn fetch_shard(
+    pool: &SqlitePool,
+    run_id: &str,
+    target: &TargetSpec,
+    shard_no: u32,
+) -> Result<ShardRows, StoreError> {
+    if let Some(done) = shard_done(pool, run_id, shard_no).await? {
+        return Ok(ShardRows::Done(done));
+    }
+    let cols: Vec<&String> = target.all_columns().collect();
+    let select_cols: String = cols
+        .iter()
+        .map(|c| format!(", t.{}", quote_ident(c)))
+        .collect();
+    let q = format!(
+        "SELECT i.key, i.group_key, i.refs, (t.{key} IS NOT NULL) AS found{select_cols}
+         FROM backfill_item i LEFT JOIN {table} t ON {join}
+         WHERE i.run_id = ?1 AND i.shard_no = ?2 ORDER BY i.item_no",
+        key = quote_ident(&target.key),
+        table = quote_ident(&target.table),
+        join = key_join(target),
+    );
+    let rows = sqlx::query(&q)
+        .bind(run_id)
+        .bind(shard_no as i64)
+        .fetch_all(pool)
+        .await
+        .map_err(sql(format!(
+            "read rows of shard {shard_no} from {}",
+            target.table
+        )))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let found: bool = r.get(3);
+        let columns = if found {
+            let mut m = BTreeMap::new();
+            for (i, c) in cols.iter().enumerate() {
+                let v: Option<String> = r
+                    .try_get(4 + i)
+                    .map_err(sql(format!("read column {c} as JSON text")))?;
+                m.insert((*c).clone(), v);
+            }
+            Some(m)
+        } else {
+            None
+        };
+        out.push(FetchedRow {
+            key: r.get(0),
+            group: r.get(1),
+            refs: r.get::<i64, _>(2).max(0) as u64,
+            columns,
+        });
+    }
+    Ok(ShardRows::Pending(out))
+}
+
+/// Locks the shard for this transaction: a no-op write that takes SQLite's
+/// write lock and returns the shard's state.
+async fn lock_shard(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    run_id: &str,
+    shard_no: u32,
+) -> Result<Option<(String, Option<String>)>, StoreError> {
+    let row = sqlx::query("UPDATE backfill_shard SET state = state WHERE run_id = ?1 AND shard_no = ?2 RETURNING state, result")
+        .bind(run_id)
+        .bind(shard_no as i64)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(sql("lock shard"))?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+pub(crate) async fn commit_shard(
+    pool: &SqlitePool,
+    c: ShardCommit<'_>,
+) -> Result<Committed, StoreError> {
+    let target = c.target;
+    let mut tx = begin_write(pool, "shard").await?;
+    let Some((state, result)) = lock_shard(&mut tx, c.run_id, c.shard_no).await? else {
+        return Err(StoreError::Data(format!(
+            "shard {} of run {} is not in the ledger",
+            c.shard_no, c.run_id
+        )));
+    };
+    if state == "done" {
+        tx.rollback().await.map_err(sql("rollback shard"))?;
+        return Ok(Committed::AlreadyDone(decode(
+            "shard result",
+            parse_json("shard result", result)?,
+        )?));
+    }
+    let mut written: HashSet<String> = HashSet::new();
+    if c.mode.is_commit() {
+        let all_cols: Vec<&String> = target.all_columns().collect();
+        for r in &c.rows {
+            let RowOutcome::Changed(new) = &r.outcome else {
+                continue;
+            };
+            // One compare-and-set UPDATE per row: every JSON column must still
+            // hold the text that was read.
+            let sets: Vec<String> = new
+                .keys()
+                .enumerate()
+                .map(|(i, col)| format!("{} = ?{}", quote_ident(col), i + 2))
+                .collect();
+            let base = new.len() + 2;
+            let cas: Vec<String> = all_cols
+                .iter()
+                .enumerate()
+                .map(|(i, col)| format!("{} IS ?{}", quote_ident(col), base + i))
+                .collect();
+            let q = format!(
+                "UPDATE {table} SET {sets} WHERE {key} = ?1 AND {cas}",
+                table = quote_ident(&target.table),
+                sets = sets.join(", "),
+                key = quote_ident(&target.key),
+                cas = cas.join(" AND "),
+            );
+            let mut query = sqlx::query(&q);
+            query =
+                match target.key_type {
+                    KeyType::Integer => query.bind(r.key.parse::<i64>().map_err(|_| {
+                        StoreError::Data(format!("key `{}` is not an integer", r.key))
+                    })?),
+                    KeyType::Text => query.bind(r.key.clone()),
+                };
+            for v in new.values() {
+                query = query.bind(v.clone());
+            }
+            for col in &all_cols {
+                query = query.bind(r.read.get(*col).cloned().flatten());
+            }
+            let done = query
+                .execute(&mut *tx)
+                .await
+                .map_err(sql(format!("write rows of {}", target.table)))?;
+            if done.rows_affected() == 1 {
+                written.insert(r.key.clone());
+                for col in new.keys() {
+                    sqlx::query(
+                        "INSERT INTO backfill_before_image (run_id, shard_no, target, key, column_name, before)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )
+                    .bind(c.run_id)
+                    .bind(c.shard_no as i64)
+                    .bind(&target.name)
+                    .bind(&r.key)
+                    .bind(col)
+                    .bind(r.read.get(col).cloned().flatten())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(sql("record before-images"))?;
+                }
+            }
+        }
+    }
+    let tally = shard_tally(&target.name, c.mode, &c.rows, &written);
+    sqlx::query(&format!(
+        "UPDATE backfill_shard SET state = 'done', result = ?3, worker = ?4, finished_at = {NOW}, deliveries = deliveries + 1
+         WHERE run_id = ?1 AND shard_no = ?2"
+    ))
+    .bind(c.run_id)
+    .bind(c.shard_no as i64)
+    .bind(json_text(&tally)?)
+    .bind(c.worker)
+    .execute(&mut *tx)
+    .await
+    .map_err(sql("record shard done"))?;
+    tx.commit().await.map_err(sql("commit shard"))?;
+    Ok(Committed::Applied(tally))
+}
+
+pub(crate) async fn shard_attempt_failed(
+    pool: &SqlitePool,
+    run_id: &str,
+    shard_no: u32,
+    error: &str,
+) -> Result<u32, StoreError> {
+    let mut tx = begin_write(pool, "record a failed attempt").await?;
+    let n: Option<i64> = sqlx::query_scalar(
+        "UPDATE backfill_shard SET failures = failures + 1, last_error = ?3
+         WHERE run_id = ?1 AND shard_no = ?2 AND state <> 'done' RETURNING failures",
+    )
+    .bind(run_id)
+    .bind(shard_no as i64)
+    .bind(error)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(sql("record a failed shard attempt"))?;
+    tx.commit().await.map_err(sql("commit failed attempt"))?;
+    Ok(n.unwrap_or(0).max(0) as u32)
+}
+
+pub(crate) async fn fail_shard(
+    pool: &SqlitePool,
+    run_id: &str,
+    shard_no: u32,
+    target: &str,
+    error: &str,
+) -> Result<Committed, StoreError> {
+    let mut tx = begin_write(pool, "shard").await?;
+    let Some((state, result)) = lock_shard(&mut tx, run_id, shard_no).await? else {
+        return Err(StoreError::Data(format!(
+            "shard {shard_no} of run {run_id} is not in the ledger"
+        )));
+    };
+    if state == "done" {
+        tx.rollback().await.map_err(sql("rollback shard"))?;
+        return Ok(Committed::AlreadyDone(decode(
+            "shard result",
+            parse_json("shard result", result)?,
+        )?));
+    }
+    let items: Vec<(String, String)> = sqlx::query("SELECT key, group_key FROM backfill_item WHERE run_id = ?1 AND shard_no = ?2 ORDER BY item_no")
+        .bind(run_id)
+        .bind(shard_no as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(sql("read shard items"))?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let tally = failed_tally(target, shard_no, error, &items);
+    sqlx::query(&format!(
+        "UPDATE backfill_shard SET state = 'done', result = ?3, worker = 'failed', finished_at = {NOW}, last_error = ?4
+         WHERE run_id = ?1 AND shard_no = ?2"
+    ))
+    .bind(run_id)
+    .bind(shard_no as i64)
+    .bind(json_text(&tally)?)
+    .bind(error)
+    .execute(&mut *tx)
+    .await
+    .map_err(sql("record shard failed"))?;
+    tx.commit().await.map_err(sql("commit shard"))?;
+    Ok(Committed::Applied(tally))
+}
