@@ -76,6 +76,9 @@ enum Command {
         /// Mapper tasks to start in this process.
         #[arg(long, default_value_t = 2)]
         mappers: u16,
+        /// Embedded mode: all roles over an in-process queue, no RabbitMQ (implied by a sqlite:// URL).
+        #[arg(long)]
+        local: bool,
     },
     /// Plan a run, record it in the ledger and publish its shard tasks; prints the run id.
     Coordinator {
@@ -104,9 +107,16 @@ enum Command {
         run: String,
     },
     /// Create a demo database with realistic data and run the certificate-titles job on it:
-    /// dry run, commit, and a second commit that changes nothing.
+    /// dry run, commit, and a second commit that changes nothing. Embedded (SQLite, no services)
+    /// unless --distributed.
     Demo {
-        /// Name of the demo database to (re)create on the server of DATABASE_URL.
+        /// The SQLite demo file to (re)create [default: backfill-demo.sqlite3 in the temp directory].
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Run on PostgreSQL (DATABASE_URL's server) and RabbitMQ instead of embedded.
+        #[arg(long)]
+        distributed: bool,
+        /// With --distributed: the database to (re)create on the server of DATABASE_URL.
         #[arg(long, default_value = "backfill_demo")]
         demo_db: String,
         /// Certificate-page revisions to generate.
@@ -289,17 +299,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     )
     .map_err(|e| usage(e.to_string()))?;
     match cli.command {
-        Command::Run { job, mappers } => {
+        Command::Run { job, mappers, local } => {
             let req = job_request(&job)?;
             if mappers == 0 {
                 return Err(usage("--mappers must be at least 1"));
             }
-            let rec = run_in_process(&settings, req, mappers).await?;
+            let local = local || settings.is_sqlite();
+            let rec = run_in_process(&settings, req, mappers, local).await?;
             print!("{}", backfill_job::report::render_report(&rec.view()));
             Ok(exit_code(&rec))
         }
         Command::Coordinator { job, wait } => {
             let req = job_request(&job)?;
+            refuse_sqlite(&settings, "coordinator")?;
             let store = connect_store(&settings, 4).await?;
             let broker = connect_broker(&settings).await?;
             let (run_id, plan) = backfill_coordinator::plan(&store, &req).await?;
@@ -318,6 +330,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(exit_code(&rec))
         }
         Command::Mapper { concurrency } => {
+            refuse_sqlite(&settings, "mapper")?;
             if concurrency == 0 {
                 return Err(usage("--concurrency must be at least 1"));
             }
@@ -333,6 +346,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Reducer => {
+            refuse_sqlite(&settings, "reducer")?;
             let store = connect_store(&settings, 4).await?;
             let cfg = backfill_reducer::ReducerConfig {
                 amqp_url: settings.amqp_url.expose().to_string(),
@@ -393,11 +407,29 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(exit_code(&rec))
         }
         Command::Demo {
+            db,
+            distributed,
             demo_db,
             revisions,
             programs,
             mappers,
-        } => crate::demo::run(&settings, &demo_db, revisions, programs, mappers).await,
+        } => {
+            if mappers == 0 {
+                return Err(usage("--mappers must be at least 1"));
+            }
+            crate::demo::run(
+                &settings,
+                crate::demo::DemoArgs {
+                    db,
+                    distributed,
+                    demo_db,
+                    revisions,
+                    programs,
+                    mappers,
+                },
+            )
+            .await
+        }
         Command::Seed {
             dataset,
             revisions,
@@ -448,14 +480,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// Coordinator, `mappers` mapper tasks and a reducer in this process over
-/// RabbitMQ. Returns the finished run.
+/// The distributed roles need a database every host can reach.
+fn refuse_sqlite(settings: &Settings, role: &str) -> anyhow::Result<()> {
+    if settings.is_sqlite() {
+        return Err(usage(format!(
+            "`backfill {role}` runs distributed and needs PostgreSQL; a SQLite database runs embedded: use `backfill run --local`"
+        )));
+    }
+    Ok(())
+}
+
+/// Coordinator, `mappers` mapper tasks and a reducer in this process, over
+/// RabbitMQ or (`local`) the in-process queue. Returns the finished run.
 pub async fn run_in_process(
     settings: &Settings,
     req: backfill_coordinator::RunRequest,
     mappers: u16,
+    local: bool,
 ) -> anyhow::Result<RunRecord> {
     let store = connect_store(settings, mappers as u32 + 4).await?;
+    if local {
+        return run_local(&store, req, mappers).await;
+    }
     let broker = connect_broker(settings).await?;
     let shutdown = shutdown_on_signals();
     let workers = CancellationToken::new();
@@ -495,6 +541,11 @@ pub async fn run_in_process(
     }
     broker.close().await;
     let rec = outcome?;
+    report_speed(&rec, started);
+    Ok(rec)
+}
+
+fn report_speed(rec: &RunRecord, started: Instant) {
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "run {} finished in {:.2} s ({:.0} rows/s)",
@@ -502,5 +553,35 @@ pub async fn run_in_process(
         secs,
         rec.tally.counts.processed as f64 / secs.max(1e-9)
     );
+}
+
+/// The embedded mode: the same coordinator, mappers and reducer over the
+/// in-process queue.
+async fn run_local(store: &Store, req: backfill_coordinator::RunRequest, mappers: u16) -> anyhow::Result<RunRecord> {
+    let queue = backfill_queue::LocalQueue::new();
+    let shutdown = shutdown_on_signals();
+    let workers = CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    for i in 0..mappers {
+        let worker = format!("{}#{i}", worker_name("mapper"));
+        tracker.spawn(backfill_mapper::run_local(store.clone(), queue.clone(), worker, workers.clone()));
+    }
+    tracker.spawn(backfill_reducer::run_local(store.clone(), queue.clone(), workers.clone()));
+    tracker.close();
+    let started = Instant::now();
+    let outcome = async {
+        let (run_id, plan) = backfill_coordinator::plan(store, &req).await?;
+        eprintln!("run {run_id}: {} shards planned (embedded)", plan.shards_total);
+        backfill_coordinator::publish_local(store, &queue, &run_id).await?;
+        let rec = backfill_coordinator::wait(store, &run_id, &shutdown).await?;
+        Ok::<_, anyhow::Error>(rec)
+    }
+    .await;
+    workers.cancel();
+    if tokio::time::timeout(Duration::from_secs(60), tracker.wait()).await.is_err() {
+        warn!("workers did not stop within 60 s");
+    }
+    let rec = outcome?;
+    report_speed(&rec, started);
     Ok(rec)
 }

@@ -1,10 +1,14 @@
 //! `backfill demo`: the certificate-titles job end to end on a generated
-//! database — dry run, commit, and a second commit that changes nothing.
+//! Wagtail-shaped database — dry run, commit, and a second commit that
+//! changes nothing. Embedded by default (a SQLite file, the in-process
+//! queue: no services); `--distributed` runs it on PostgreSQL and RabbitMQ.
 
 use anyhow::Context;
 use backfill_job::{JobSpec, Mode, Scope};
 use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::ConnectOptions;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::settings::{SecretUrl, Settings};
@@ -13,69 +17,67 @@ use crate::settings::{SecretUrl, Settings};
 /// works from any directory.
 pub const CERTIFICATE_JOB: &str = include_str!("../jobs/program-certificate-titles.toml");
 
-pub async fn run(
-    settings: &Settings,
-    demo_db: &str,
-    revisions: u64,
-    programs: u32,
-    mappers: u16,
-) -> anyhow::Result<i32> {
-    if !backfill_job::spec::is_identifier(demo_db) || demo_db.contains('.') {
-        return Err(anyhow::anyhow!(
-            "--demo-db `{demo_db}` is not a plain database name"
-        ));
-    }
-    let admin = PgConnectOptions::from_str(settings.database_url.expose())
-        .with_context(|| format!("bad DATABASE_URL {}", settings.database_url))?;
-    let mut conn = admin.connect().await.with_context(|| {
-        format!(
-            "cannot connect to PostgreSQL at {} (start it, or set DATABASE_URL)",
-            settings.database_url
-        )
-    })?;
-    let quoted = backfill_job::spec::quote_ident(demo_db);
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await
-        .context("drop the old demo database")?;
-    sqlx::query(&format!("CREATE DATABASE {quoted}"))
-        .execute(&mut conn)
-        .await
-        .context("create the demo database")?;
-    drop(conn);
+/// What the demo generates and how it runs.
+pub struct DemoArgs {
+    pub db: Option<PathBuf>,
+    pub distributed: bool,
+    pub demo_db: String,
+    pub revisions: u64,
+    pub programs: u32,
+    pub mappers: u16,
+}
 
-    let demo_opts = admin.clone().database(demo_db);
-    let demo_url = demo_opts.to_url_lossy().to_string();
-    println!("== Generating a Wagtail-shaped demo database `{demo_db}` ({programs} programs, ~{revisions} certificate revisions)");
-    let pool = sqlx::PgPool::connect_with(demo_opts)
-        .await
-        .context("connect to the demo database")?;
-    backfill_demo::create_certificate_schema(&pool).await?;
-    let stats = backfill_demo::generate_certificates(
-        &pool,
-        &backfill_demo::CertificateParams {
-            programs,
-            revisions,
-            seed: 1,
-        },
-    )
-    .await?;
-    pool.close().await;
-    println!("{stats:?}");
+pub fn default_db_path() -> PathBuf {
+    std::env::temp_dir().join("backfill-demo.sqlite3")
+}
 
-    let demo_settings = Settings {
-        database_url: SecretUrl::new(demo_url.clone()),
-        amqp_url: settings.amqp_url.clone(),
-        queue_prefix: format!("{}.demo", settings.queue_prefix),
+pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<i32> {
+    let params = backfill_demo::CertificateParams {
+        programs: args.programs,
+        revisions: args.revisions,
+        seed: 1,
     };
-    let spec =
-        JobSpec::parse(CERTIFICATE_JOB).map_err(|e| anyhow::anyhow!("built-in job spec: {e}"))?;
+    println!(
+        "== Generating a Wagtail-shaped demo database ({} programs, ~{} certificate revisions)",
+        args.programs, args.revisions
+    );
+    let (demo_settings, where_text, look) = if args.distributed {
+        let url = create_pg_demo(settings, &args.demo_db, &params).await?;
+        let shown = backfill_store::redact_url(&url);
+        let look = format!(
+            "psql '{shown}' -c \"SELECT id, content->>'product_name' FROM wagtailcore_revision ORDER BY id LIMIT 5\""
+        );
+        (
+            Settings {
+                database_url: SecretUrl::new(url),
+                amqp_url: settings.amqp_url.clone(),
+                queue_prefix: format!("{}.demo", settings.queue_prefix),
+            },
+            format!("PostgreSQL database `{}`", args.demo_db),
+            look,
+        )
+    } else {
+        let path = args.db.clone().unwrap_or_else(default_db_path);
+        let url = create_sqlite_demo(&path, &params).await?;
+        let look = format!(
+            "sqlite3 {} \"SELECT id, json_extract(content, '$.product_name') FROM wagtailcore_revision ORDER BY id LIMIT 5\"",
+            path.display()
+        );
+        (
+            Settings {
+                database_url: SecretUrl::new(url),
+                amqp_url: settings.amqp_url.clone(),
+                queue_prefix: settings.queue_prefix.clone(),
+            },
+            format!("SQLite file {}", path.display()),
+            look,
+        )
+    };
+
+    let spec = JobSpec::parse(CERTIFICATE_JOB).map_err(|e| anyhow::anyhow!("built-in job spec: {e}"))?;
     let mut last = 0;
     for (title, mode) in [
-        (
-            "Dry run (the default): the report to share with admins; nothing is written",
-            Mode::DryRun,
-        ),
+        ("Dry run (the default): the report to share with admins; nothing is written", Mode::DryRun),
         ("Commit: the same run with --commit", Mode::Commit),
         ("Commit again: already applied, so changed=0", Mode::Commit),
     ] {
@@ -89,17 +91,110 @@ pub async fn run(
                 mode,
                 shard_size: Some(100),
             },
-            mappers,
+            args.mappers,
+            !args.distributed,
         )
         .await?;
         print!("{}", backfill_job::report::render_report(&rec.view()));
         last = crate::cli::exit_code(&rec);
     }
     println!();
-    println!(
-        "The demo database is `{demo_db}`: {}",
-        backfill_store::redact_url(&demo_url)
-    );
-    println!("Look at it with: psql '{}' -c 'SELECT id, content->>'\"'\"'product_name'\"'\"' FROM wagtailcore_revision LIMIT 5'", backfill_store::redact_url(&demo_url));
+    println!("The demo database is the {where_text}.");
+    println!("Look at it with: {look}");
     Ok(last)
+}
+
+/// A fresh SQLite demo file: schema, data, and the URL to reach it.
+async fn create_sqlite_demo(path: &Path, params: &backfill_demo::CertificateParams) -> anyhow::Result<String> {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow::anyhow!("cannot remove the old demo file {}: {e}", Path::new(&p).display())),
+        }
+    }
+    let opts = SqliteConnectOptions::new().filename(path).create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(opts)
+        .await
+        .with_context(|| format!("create the demo database {}", path.display()))?;
+    backfill_demo::create_certificate_schema_sqlite(&pool).await?;
+    let stats = backfill_demo::generate_certificates_sqlite(&pool, params).await?;
+    pool.close().await;
+    println!("{stats:?}");
+    Ok(format!("sqlite://{}", path.display()))
+}
+
+/// A fresh PostgreSQL demo database on the server of DATABASE_URL.
+async fn create_pg_demo(settings: &Settings, demo_db: &str, params: &backfill_demo::CertificateParams) -> anyhow::Result<String> {
+    if !backfill_job::spec::is_identifier(demo_db) || demo_db.contains('.') {
+        return Err(anyhow::anyhow!("--demo-db `{demo_db}` is not a plain database name"));
+    }
+    let admin = PgConnectOptions::from_str(settings.database_url.expose())
+        .with_context(|| format!("bad DATABASE_URL {}", settings.database_url))?;
+    let mut conn = admin.connect().await.with_context(|| {
+        format!(
+            "cannot connect to PostgreSQL at {} (start it, or set DATABASE_URL; without --distributed the demo needs no server)",
+            settings.database_url
+        )
+    })?;
+    let quoted = backfill_job::spec::quote_ident(demo_db);
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .context("drop the old demo database")?;
+    sqlx::query(&format!("CREATE DATABASE {quoted}"))
+        .execute(&mut conn)
+        .await
+        .context("create the demo database")?;
+    drop(conn);
+    let demo_opts = admin.clone().database(demo_db);
+    let pool = sqlx::PgPool::connect_with(demo_opts.clone())
+        .await
+        .context("connect to the demo database")?;
+    backfill_demo::create_certificate_schema(&pool).await?;
+    let stats = backfill_demo::generate_certificates(&pool, params).await?;
+    pool.close().await;
+    println!("{stats:?}");
+    // Rebuild the URL from the server URL so user, password and host carry over.
+    let mut url = url_with_database(settings.database_url.expose(), demo_db);
+    if url.is_empty() {
+        url = demo_opts.to_url_lossy().to_string();
+    }
+    Ok(url)
+}
+
+/// `postgres://u:p@h:5432/old?x` → `postgres://u:p@h:5432/NEW?x`.
+fn url_with_database(url: &str, db: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return String::new();
+    };
+    let (before_query, query) = match rest.split_once('?') {
+        Some((a, q)) => (a, Some(q)),
+        None => (rest, None),
+    };
+    let authority = before_query.split('/').next().unwrap_or(before_query);
+    match query {
+        Some(q) => format!("{scheme}://{authority}/{db}?{q}"),
+        None => format!("{scheme}://{authority}/{db}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_is_swapped_in_urls() {
+        assert_eq!(url_with_database("postgres://u:p@h:5432/postgres", "d"), "postgres://u:p@h:5432/d");
+        assert_eq!(url_with_database("postgres://h", "d"), "postgres://h/d");
+        assert_eq!(url_with_database("postgres://h/x?sslmode=disable", "d"), "postgres://h/d?sslmode=disable");
+    }
+
+    #[test]
+    fn the_built_in_job_parses() {
+        let spec = JobSpec::parse(CERTIFICATE_JOB).unwrap();
+        assert_eq!(spec.name, "program-certificate-titles");
+    }
 }

@@ -98,6 +98,11 @@ impl Settings {
         })
     }
 
+    /// True for the embedded SQLite back end.
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.expose().starts_with("sqlite:")
+    }
+
     pub fn queues(&self) -> backfill_queue::QueueNames {
         backfill_queue::QueueNames::with_prefix(&self.queue_prefix)
     }

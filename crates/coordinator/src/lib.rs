@@ -10,7 +10,7 @@
 use backfill_job::message::MESSAGE_VERSION;
 use backfill_job::plan::evaluate_groups;
 use backfill_job::{JobSpec, Mode, Plan, Scope, ShardTask};
-use backfill_queue::{Broker, QueueError};
+use backfill_queue::{Broker, LocalQueue, QueueError};
 use backfill_store::{NewRun, RunRecord, Store, StoreError};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -77,31 +77,38 @@ pub async fn plan(store: &Store, req: &RunRequest) -> Result<(String, Plan), Coo
     Ok((run_id, plan))
 }
 
-/// Publishes every shard of the run not yet confirmed by the broker.
-/// Returns how many were published now.
-pub async fn publish(
-    store: &Store,
-    broker: &Broker,
-    run_id: &str,
-) -> Result<usize, CoordinatorError> {
-    let shards = store.shards(run_id).await?;
-    let publisher = broker.publisher().await?;
-    let mut done: Vec<i32> = Vec::new();
-    let mut count = 0;
-    for s in shards.iter().filter(|s| !s.published) {
-        let task = ShardTask {
+/// The tasks of every shard of the run not yet published.
+pub async fn pending_tasks(store: &Store, run_id: &str) -> Result<Vec<ShardTask>, CoordinatorError> {
+    Ok(store
+        .shards(run_id)
+        .await?
+        .into_iter()
+        .filter(|s| !s.published)
+        .map(|s| ShardTask {
             v: MESSAGE_VERSION,
             run_id: run_id.to_string(),
             shard_no: s.shard_no,
-            target: s.target.clone(),
-            first_key: s.first_key.clone(),
-            last_key: s.last_key.clone(),
+            target: s.target,
+            first_key: s.first_key,
+            last_key: s.last_key,
             rows: s.rows,
-        };
-        publisher.publish_task(&task).await?;
-        done.push(s.shard_no as i32);
-        count += 1;
-        if done.len() >= 500 {
+        })
+        .collect())
+}
+
+/// How many confirmed publishes are recorded in the ledger at once.
+const MARK_BATCH: usize = 500;
+
+/// Publishes every shard of the run not yet confirmed by the broker, and
+/// records each as published once confirmed. Returns how many were published.
+pub async fn publish(store: &Store, broker: &Broker, run_id: &str) -> Result<usize, CoordinatorError> {
+    let tasks = pending_tasks(store, run_id).await?;
+    let publisher = broker.publisher().await?;
+    let mut done: Vec<i32> = Vec::new();
+    for task in &tasks {
+        publisher.publish_task(task).await?;
+        done.push(task.shard_no as i32);
+        if done.len() >= MARK_BATCH {
             store.mark_published(run_id, &done).await?;
             done.clear();
         }
@@ -109,8 +116,22 @@ pub async fn publish(
     if !done.is_empty() {
         store.mark_published(run_id, &done).await?;
     }
-    info!(run = %run_id, published = count, "shard tasks published");
-    Ok(count)
+    info!(run = %run_id, published = tasks.len(), "shard tasks published");
+    Ok(tasks.len())
+}
+
+/// Sends every unpublished shard of the run to the in-process queue.
+pub async fn publish_local(store: &Store, queue: &LocalQueue, run_id: &str) -> Result<usize, CoordinatorError> {
+    let tasks = pending_tasks(store, run_id).await?;
+    let nos: Vec<i32> = tasks.iter().map(|t| t.shard_no as i32).collect();
+    let n = tasks.len();
+    for task in tasks {
+        queue.send_task(task);
+    }
+    for chunk in nos.chunks(MARK_BATCH) {
+        store.mark_published(run_id, chunk).await?;
+    }
+    Ok(n)
 }
 
 /// Waits until the run is finished (every shard folded), polling the ledger.

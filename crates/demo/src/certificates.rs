@@ -28,9 +28,8 @@ use sqlx::{PgPool, SqlitePool};
 use tokio::sync::mpsc;
 
 use crate::util::{
-    analyze, compact_json, django_iso, ensure_empty, json_str, path_step, pipeline, rng_for,
-    send, slugify, uuid_from, year_of, Db, BATCH_BYTES, BATCH_ROWS, MS_2016, MS_DAY, MS_END,
-    MS_YEAR,
+    analyze, compact_json, django_iso, ensure_empty, json_str, path_step, pipeline, rng_for, send,
+    slugify, uuid_from, year_of, Db, BATCH_BYTES, BATCH_ROWS, MS_2016, MS_DAY, MS_END, MS_YEAR,
 };
 use crate::DemoError;
 
@@ -41,8 +40,7 @@ mod sqlite;
 pub const CERTIFICATES_SCHEMA_SQL: &str = include_str!("../sql/certificates.postgres.sql");
 
 /// The same tables as Django creates them on SQLite (`sql/certificates.sqlite.sql`).
-pub const CERTIFICATES_SQLITE_SCHEMA_SQL: &str =
-    include_str!("../sql/certificates.sqlite.sql");
+pub const CERTIFICATES_SQLITE_SCHEMA_SQL: &str = include_str!("../sql/certificates.sqlite.sql");
 
 /// Creates the certificate-titles tables in the connection's current schema.
 pub async fn create_certificate_schema(pool: &PgPool) -> Result<(), DemoError> {

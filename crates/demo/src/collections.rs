@@ -8,25 +8,44 @@
 //! `title`, `category`, `objective`, `language_code`, `tags`, `schema_version` (3) and
 //! `nodes` (no `collection_dict` key). Version 1 has 1–3 nodes and every later version
 //! appends one node, so node lists only grow.
+//!
+//! The rows (JSON documents included) are built once, here; the `postgres` and `sqlite`
+//! submodules only store finished batches, so both back ends hold the same data.
 
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde_json::{json, Value};
-use sqlx::PgPool;
+use sqlx::{PgPool, SqlitePool};
 use tokio::sync::mpsc;
 
 use crate::util::{
-    ensure_empty, pipeline, rng_for, send, BATCH_BYTES, BATCH_ROWS, MS_2016, MS_DAY, MS_YEAR,
+    analyze, ensure_empty, pipeline, rng_for, send, Db, BATCH_BYTES, BATCH_ROWS, MS_2016, MS_DAY,
+    MS_YEAR,
 };
 use crate::DemoError;
 
+mod postgres;
+mod sqlite;
+
 /// The schema of the collection job's tables (`sql/collections.postgres.sql`).
 pub const COLLECTIONS_SCHEMA_SQL: &str = include_str!("../sql/collections.postgres.sql");
+
+/// The same tables as a Django model would create them on SQLite
+/// (`sql/collections.sqlite.sql`).
+pub const COLLECTIONS_SQLITE_SCHEMA_SQL: &str = include_str!("../sql/collections.sqlite.sql");
 
 /// Creates `collection_models` and `collection_snapshot_contents` in the connection's
 /// current schema.
 pub async fn create_collection_schema(pool: &PgPool) -> Result<(), DemoError> {
     sqlx::raw_sql(COLLECTIONS_SCHEMA_SQL).execute(pool).await?;
+    Ok(())
+}
+
+/// Creates `collection_models` and `collection_snapshot_contents` in a SQLite database.
+pub async fn create_collection_schema_sqlite(pool: &SqlitePool) -> Result<(), DemoError> {
+    sqlx::raw_sql(COLLECTIONS_SQLITE_SCHEMA_SQL)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -156,36 +175,11 @@ struct CollectionRows {
     bytes: usize,
 }
 
-async fn insert_collection_rows(pool: PgPool, rows: CollectionRows) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    if !rows.id.is_empty() {
-        sqlx::query(
-            "INSERT INTO collection_models (id, version, title, category, nodes, \
-                 collection_dict, last_updated) \
-             SELECT id, v, t, c, n::jsonb, NULL, timestamptz 'epoch' + u * interval '1 millisecond' \
-             FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[], \
-                         $6::int8[]) AS x(id, v, t, c, n, u)",
-        )
-        .bind(&rows.id)
-        .bind(&rows.version)
-        .bind(&rows.title)
-        .bind(&rows.category)
-        .bind(&rows.nodes)
-        .bind(&rows.last_updated_ms)
-        .execute(&mut *tx)
-        .await?;
+async fn insert_collection_rows(db: Db, rows: CollectionRows) -> Result<(), sqlx::Error> {
+    match db {
+        Db::Postgres(pool) => postgres::insert_collection_rows(pool, rows).await,
+        Db::Sqlite(pool) => sqlite::insert_collection_rows(pool, rows).await,
     }
-    if !rows.snapshot_id.is_empty() {
-        sqlx::query(
-            "INSERT INTO collection_snapshot_contents (id, content) \
-             SELECT id, c::jsonb FROM unnest($1::text[], $2::text[]) AS x(id, c)",
-        )
-        .bind(&rows.snapshot_id)
-        .bind(&rows.snapshot_content)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await
 }
 
 fn generate_collection_rows(
@@ -277,21 +271,34 @@ pub async fn generate_collections(
     pool: &PgPool,
     p: &CollectionParams,
 ) -> Result<CollectionStats, DemoError> {
+    generate(&Db::Postgres(pool.clone()), p).await
+}
+
+/// Fills the (empty) collection tables of a SQLite database (created with
+/// [`create_collection_schema_sqlite`]) with the same data as [`generate_collections`]
+/// produces for the same parameters. The pool should point at a database file.
+pub async fn generate_collections_sqlite(
+    pool: &SqlitePool,
+    p: &CollectionParams,
+) -> Result<CollectionStats, DemoError> {
+    generate(&Db::Sqlite(pool.clone()), p).await
+}
+
+async fn generate(db: &Db, p: &CollectionParams) -> Result<CollectionStats, DemoError> {
     if p.max_versions == 0 {
         return Err(DemoError::InvalidParams(
             "max_versions must be at least 1".into(),
         ));
     }
-    ensure_empty(pool, &["collection_models", "collection_snapshot_contents"]).await?;
+    const TABLES: &[&str] = &["collection_models", "collection_snapshot_contents"];
+    ensure_empty(db, TABLES).await?;
     let params = *p;
     let stats = pipeline(
-        pool,
+        db,
         move |tx| generate_collection_rows(params, tx),
         insert_collection_rows,
     )
     .await?;
-    sqlx::raw_sql("ANALYZE collection_models, collection_snapshot_contents")
-        .execute(pool)
-        .await?;
+    analyze(db, TABLES).await?;
     Ok(stats)
 }

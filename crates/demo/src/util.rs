@@ -312,7 +312,10 @@ mod tests {
     #[test]
     fn sqlite_encodings() {
         assert_eq!(sqlite_datetime(MS_2016), "2016-01-01 00:00:00");
-        assert_eq!(sqlite_datetime(MS_END + 1_234), "2025-06-01 00:00:01.234000");
+        assert_eq!(
+            sqlite_datetime(MS_END + 1_234),
+            "2025-06-01 00:00:01.234000"
+        );
         assert_eq!(
             uuid_hex("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f0"),
             "0f1e2d3c4b5a49788695a4b3c2d1e0f0"

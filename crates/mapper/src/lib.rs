@@ -16,7 +16,7 @@ use backfill_job::message::MESSAGE_VERSION;
 use backfill_job::rules::evaluate_row;
 use backfill_job::{JobSpec, Mode, RowInput, RowOutcome, ShardResult, ShardTask};
 use backfill_queue::{
-    BasicAckOptions, BasicNackOptions, BasicRejectOptions, Broker, Delivery, QueueNames,
+    BasicAckOptions, BasicNackOptions, BasicRejectOptions, Broker, Delivery, LocalQueue, QueueNames,
 };
 use backfill_store::shard::EvaluatedRow;
 use backfill_store::{Committed, ShardCommit, ShardRows, Store, StoreError};
@@ -270,13 +270,61 @@ async fn consume(
     outcome
 }
 
-async fn handle_delivery(
-    store: &Store,
-    runs: &RunCache,
-    publisher: &backfill_queue::Publisher,
-    worker: &str,
-    d: Delivery,
-) {
+/// What to do with a task after trying it.
+#[derive(Debug)]
+pub enum Disposition {
+    /// The shard is committed (now or before): send this result, then ack.
+    Done(ShardResult),
+    /// Try again later (lost connection, or a failure not yet given up on).
+    Retry(String),
+    /// Never processable (unknown run or target): drop it.
+    Drop(String),
+}
+
+/// Runs a task and decides what becomes of it: a shard that fails for a
+/// reason other than a lost connection is retried up to
+/// [`MAX_SHARD_FAILURES`] times, then given up with its rows reported as
+/// errors, so the run ends instead of waiting forever.
+pub async fn attempt(store: &Store, runs: &RunCache, task: &ShardTask, worker: &str) -> Disposition {
+    match process_task(store, runs, task, worker).await {
+        Ok(result) => Disposition::Done(result),
+        Err(e @ (MapperError::UnknownRun(_) | MapperError::UnknownTarget { .. })) => Disposition::Drop(e.to_string()),
+        Err(e) if e.is_transient() => Disposition::Retry(e.to_string()),
+        Err(e) => {
+            let msg = e.to_string();
+            let failures = match store.shard_attempt_failed(&task.run_id, task.shard_no, &msg).await {
+                Ok(n) => n,
+                Err(e2) => return Disposition::Retry(format!("{msg} (and recording it failed: {e2})")),
+            };
+            if failures < MAX_SHARD_FAILURES {
+                return Disposition::Retry(format!("{msg} (attempt {failures} of {MAX_SHARD_FAILURES})"));
+            }
+            error!(error = %msg, failures, "shard failed on every attempt; its rows are reported as errors");
+            match store.fail_shard(&task.run_id, task.shard_no, &task.target, &msg).await {
+                Ok(committed) => Disposition::Done(ShardResult {
+                    v: MESSAGE_VERSION,
+                    run_id: task.run_id.clone(),
+                    shard_no: task.shard_no,
+                    target: task.target.clone(),
+                    worker: worker.to_string(),
+                    elapsed_ms: 0,
+                    tally: committed.tally().clone(),
+                }),
+                Err(e2) => Disposition::Retry(format!("could not record the failed shard: {e2}")),
+            }
+        }
+    }
+}
+
+fn log_done(result: &ShardResult) {
+    let c = &result.tally.counts;
+    info!(rows = c.processed, changed = c.changed, conflicts = c.conflicts, errors = c.errors, ms = result.elapsed_ms, "shard done");
+}
+
+/// Pause before a task goes back to the queue, so a failing shard does not spin.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+async fn handle_delivery(store: &Store, runs: &RunCache, publisher: &backfill_queue::Publisher, worker: &str, d: Delivery) {
     let task = match ShardTask::decode(&d.data) {
         Ok(t) => t,
         Err(e) => {
@@ -285,66 +333,59 @@ async fn handle_delivery(
             return;
         }
     };
-    let span =
-        info_span!("shard", run = %task.run_id, shard = task.shard_no, target = %task.target);
+    let span = info_span!("shard", run = %task.run_id, shard = task.shard_no, target = %task.target);
     async {
-        match process_task(store, runs, &task, worker).await {
-            Ok(result) => {
+        match attempt(store, runs, &task, worker).await {
+            Disposition::Done(result) => {
                 if let Err(e) = publisher.publish_result(&result).await {
                     // The shard is committed; a redelivery re-sends the result.
                     warn!(error = %e, "could not publish the result; the task goes back to the queue");
                     let _ = d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
                     return;
                 }
-                let c = &result.tally.counts;
-                info!(rows = c.processed, changed = c.changed, conflicts = c.conflicts, errors = c.errors, ms = result.elapsed_ms, "shard done");
+                log_done(&result);
                 let _ = d.acker.ack(BasicAckOptions::default()).await;
             }
-            Err(e @ (MapperError::UnknownRun(_) | MapperError::UnknownTarget { .. })) => {
-                error!(error = %e, "dropping task");
+            Disposition::Drop(why) => {
+                error!(error = %why, "dropping task");
                 let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
             }
-            Err(e) if e.is_transient() => {
-                warn!(error = %e, "shard interrupted; the task goes back to the queue");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            Disposition::Retry(why) => {
+                warn!(error = %why, "shard not done; the task goes back to the queue");
+                tokio::time::sleep(RETRY_DELAY).await;
                 let _ = d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                let failures = store.shard_attempt_failed(&task.run_id, task.shard_no, &msg).await.unwrap_or(0);
-                if failures < MAX_SHARD_FAILURES {
-                    warn!(error = %msg, failures, "shard failed; the task goes back to the queue");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    let _ = d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                    return;
-                }
-                error!(error = %msg, failures, "shard failed on every attempt; its rows are reported as errors");
-                match store.fail_shard(&task.run_id, task.shard_no, &task.target, &msg).await {
-                    Ok(committed) => {
-                        let result = ShardResult {
-                            v: MESSAGE_VERSION,
-                            run_id: task.run_id.clone(),
-                            shard_no: task.shard_no,
-                            target: task.target.clone(),
-                            worker: worker.to_string(),
-                            elapsed_ms: 0,
-                            tally: committed.tally().clone(),
-                        };
-                        if publisher.publish_result(&result).await.is_ok() {
-                            let _ = d.acker.ack(BasicAckOptions::default()).await;
-                        } else {
-                            let _ = d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                        }
-                    }
-                    Err(e2) => {
-                        warn!(error = %e2, "could not record the failed shard; the task goes back to the queue");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        let _ = d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                    }
-                }
             }
         }
     }
     .instrument(span)
     .await
+}
+
+/// The embedded mode's mapper: takes tasks from the in-process queue until
+/// `shutdown`, finishing the shard in hand.
+pub async fn run_local(store: Store, queue: LocalQueue, worker: String, shutdown: CancellationToken) {
+    let runs = RunCache::default();
+    loop {
+        let task = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            t = queue.recv_task() => match t { Some(t) => t, None => break },
+        };
+        let span = info_span!("shard", run = %task.run_id, shard = task.shard_no, target = %task.target);
+        async {
+            match attempt(&store, &runs, &task, &worker).await {
+                Disposition::Done(result) => {
+                    log_done(&result);
+                    queue.send_result(result);
+                }
+                Disposition::Drop(why) => error!(error = %why, "dropping task"),
+                Disposition::Retry(why) => {
+                    warn!(error = %why, "shard not done; trying it again");
+                    tokio::time::sleep(RETRY_DELAY).await;
+                    queue.send_task(task.clone());
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
 }

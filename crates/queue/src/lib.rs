@@ -276,3 +276,57 @@ mod tests {
         );
     }
 }
+
+/// The in-process queue of the embedded mode: the same tasks and results as
+/// RabbitMQ carries, between tasks of one process. Nothing outlives the
+/// process; the ledger does, so an interrupted run can be planned again.
+#[derive(Clone)]
+pub struct LocalQueue {
+    inner: std::sync::Arc<LocalInner>,
+}
+
+struct LocalInner {
+    tasks_tx: tokio::sync::mpsc::UnboundedSender<ShardTask>,
+    tasks_rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<ShardTask>>,
+    results_tx: tokio::sync::mpsc::UnboundedSender<ShardResult>,
+    results_rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<ShardResult>>,
+}
+
+impl Default for LocalQueue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LocalQueue {
+    pub fn new() -> LocalQueue {
+        let (tasks_tx, tasks_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (results_tx, results_rx) = tokio::sync::mpsc::unbounded_channel();
+        LocalQueue {
+            inner: std::sync::Arc::new(LocalInner {
+                tasks_tx,
+                tasks_rx: tokio::sync::Mutex::new(tasks_rx),
+                results_tx,
+                results_rx: tokio::sync::Mutex::new(results_rx),
+            }),
+        }
+    }
+
+    pub fn send_task(&self, task: ShardTask) {
+        // The receiver lives as long as the queue, so sending cannot fail.
+        let _ = self.inner.tasks_tx.send(task);
+    }
+
+    /// The next task; mappers share one receiver.
+    pub async fn recv_task(&self) -> Option<ShardTask> {
+        self.inner.tasks_rx.lock().await.recv().await
+    }
+
+    pub fn send_result(&self, result: ShardResult) {
+        let _ = self.inner.results_tx.send(result);
+    }
+
+    pub async fn recv_result(&self) -> Option<ShardResult> {
+        self.inner.results_rx.lock().await.recv().await
+    }
+}

@@ -120,3 +120,19 @@ async fn consume(
     broker.close().await;
     outcome
 }
+
+/// The embedded mode's reducer: folds results from the in-process queue
+/// until `shutdown`.
+pub async fn run_local(store: Store, queue: backfill_queue::LocalQueue, shutdown: CancellationToken) {
+    loop {
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = queue.recv_result() => match r { Some(r) => r, None => break },
+        };
+        if let Err(e) = process_result(&store, &result).await {
+            warn!(error = %e, run = %result.run_id, shard = result.shard_no, "could not fold the result; trying again");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            queue.send_result(result);
+        }
+    }
+}

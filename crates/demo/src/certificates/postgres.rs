@@ -5,8 +5,7 @@
 use sqlx::PgPool;
 
 use super::{
-    CertificateRows, ContentTypes, PageBatch, PageRevisionUpdate, Plan, RevisionRows,
-    CONTENT_TYPES,
+    CertificateRows, ContentTypes, PageBatch, PageRevisionUpdate, Plan, RevisionRows, CONTENT_TYPES,
 };
 use crate::util::{reset_identity, BATCH_ROWS};
 use crate::DemoError;

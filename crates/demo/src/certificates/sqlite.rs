@@ -13,8 +13,7 @@
 use sqlx::SqlitePool;
 
 use super::{
-    CertificateRows, ContentTypes, PageBatch, PageRevisionUpdate, Plan, RevisionRows,
-    CONTENT_TYPES,
+    CertificateRows, ContentTypes, PageBatch, PageRevisionUpdate, Plan, RevisionRows, CONTENT_TYPES,
 };
 use crate::util::{sqlite_datetime, uuid_hex, BATCH_ROWS};
 use crate::DemoError;
@@ -76,10 +75,7 @@ pub(super) async fn insert_programs(pool: &SqlitePool, plans: &[Plan]) -> Result
 /// `batch` in one transaction. The derived columns (`has_unpublished_changes = NOT live`,
 /// `show_in_menus = depth = 3`, `draft_title = title`) are computed by the same SQL
 /// expressions as on PostgreSQL.
-pub(super) async fn insert_pages(
-    pool: &SqlitePool,
-    batch: PageBatch<'_>,
-) -> Result<(), DemoError> {
+pub(super) async fn insert_pages(pool: &SqlitePool, batch: PageBatch<'_>) -> Result<(), DemoError> {
     let mut tx = pool.begin().await?;
     let pages = &batch.pages;
     for i in 0..pages.id.len() {
