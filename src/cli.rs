@@ -299,7 +299,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     )
     .map_err(|e| usage(e.to_string()))?;
     match cli.command {
-        Command::Run { job, mappers, local } => {
+        Command::Run {
+            job,
+            mappers,
+            local,
+        } => {
             let req = job_request(&job)?;
             if mappers == 0 {
                 return Err(usage("--mappers must be at least 1"));
@@ -557,28 +561,47 @@ fn report_speed(rec: &RunRecord, started: Instant) {
 
 /// The embedded mode: the same coordinator, mappers and reducer over the
 /// in-process queue.
-async fn run_local(store: &Store, req: backfill_coordinator::RunRequest, mappers: u16) -> anyhow::Result<RunRecord> {
+async fn run_local(
+    store: &Store,
+    req: backfill_coordinator::RunRequest,
+    mappers: u16,
+) -> anyhow::Result<RunRecord> {
     let queue = backfill_queue::LocalQueue::new();
     let shutdown = shutdown_on_signals();
     let workers = CancellationToken::new();
     let tracker = tokio_util::task::TaskTracker::new();
     for i in 0..mappers {
         let worker = format!("{}#{i}", worker_name("mapper"));
-        tracker.spawn(backfill_mapper::run_local(store.clone(), queue.clone(), worker, workers.clone()));
+        tracker.spawn(backfill_mapper::run_local(
+            store.clone(),
+            queue.clone(),
+            worker,
+            workers.clone(),
+        ));
     }
-    tracker.spawn(backfill_reducer::run_local(store.clone(), queue.clone(), workers.clone()));
+    tracker.spawn(backfill_reducer::run_local(
+        store.clone(),
+        queue.clone(),
+        workers.clone(),
+    ));
     tracker.close();
     let started = Instant::now();
     let outcome = async {
         let (run_id, plan) = backfill_coordinator::plan(store, &req).await?;
-        eprintln!("run {run_id}: {} shards planned (embedded)", plan.shards_total);
+        eprintln!(
+            "run {run_id}: {} shards planned (embedded)",
+            plan.shards_total
+        );
         backfill_coordinator::publish_local(store, &queue, &run_id).await?;
         let rec = backfill_coordinator::wait(store, &run_id, &shutdown).await?;
         Ok::<_, anyhow::Error>(rec)
     }
     .await;
     workers.cancel();
-    if tokio::time::timeout(Duration::from_secs(60), tracker.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(60), tracker.wait())
+        .await
+        .is_err()
+    {
         warn!("workers did not stop within 60 s");
     }
     let rec = outcome?;

@@ -74,10 +74,14 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<i32> {
         )
     };
 
-    let spec = JobSpec::parse(CERTIFICATE_JOB).map_err(|e| anyhow::anyhow!("built-in job spec: {e}"))?;
+    let spec =
+        JobSpec::parse(CERTIFICATE_JOB).map_err(|e| anyhow::anyhow!("built-in job spec: {e}"))?;
     let mut last = 0;
     for (title, mode) in [
-        ("Dry run (the default): the report to share with admins; nothing is written", Mode::DryRun),
+        (
+            "Dry run (the default): the report to share with admins; nothing is written",
+            Mode::DryRun,
+        ),
         ("Commit: the same run with --commit", Mode::Commit),
         ("Commit again: already applied, so changed=0", Mode::Commit),
     ] {
@@ -105,17 +109,27 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<i32> {
 }
 
 /// A fresh SQLite demo file: schema, data, and the URL to reach it.
-async fn create_sqlite_demo(path: &Path, params: &backfill_demo::CertificateParams) -> anyhow::Result<String> {
+async fn create_sqlite_demo(
+    path: &Path,
+    params: &backfill_demo::CertificateParams,
+) -> anyhow::Result<String> {
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let mut p = path.as_os_str().to_owned();
         p.push(suffix);
         match std::fs::remove_file(&p) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(anyhow::anyhow!("cannot remove the old demo file {}: {e}", Path::new(&p).display())),
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "cannot remove the old demo file {}: {e}",
+                    Path::new(&p).display()
+                ))
+            }
         }
     }
-    let opts = SqliteConnectOptions::new().filename(path).create_if_missing(true);
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true);
     let pool = sqlx::SqlitePool::connect_with(opts)
         .await
         .with_context(|| format!("create the demo database {}", path.display()))?;
@@ -127,9 +141,15 @@ async fn create_sqlite_demo(path: &Path, params: &backfill_demo::CertificatePara
 }
 
 /// A fresh PostgreSQL demo database on the server of DATABASE_URL.
-async fn create_pg_demo(settings: &Settings, demo_db: &str, params: &backfill_demo::CertificateParams) -> anyhow::Result<String> {
+async fn create_pg_demo(
+    settings: &Settings,
+    demo_db: &str,
+    params: &backfill_demo::CertificateParams,
+) -> anyhow::Result<String> {
     if !backfill_job::spec::is_identifier(demo_db) || demo_db.contains('.') {
-        return Err(anyhow::anyhow!("--demo-db `{demo_db}` is not a plain database name"));
+        return Err(anyhow::anyhow!(
+            "--demo-db `{demo_db}` is not a plain database name"
+        ));
     }
     let admin = PgConnectOptions::from_str(settings.database_url.expose())
         .with_context(|| format!("bad DATABASE_URL {}", settings.database_url))?;
@@ -187,9 +207,15 @@ mod tests {
 
     #[test]
     fn database_is_swapped_in_urls() {
-        assert_eq!(url_with_database("postgres://u:p@h:5432/postgres", "d"), "postgres://u:p@h:5432/d");
+        assert_eq!(
+            url_with_database("postgres://u:p@h:5432/postgres", "d"),
+            "postgres://u:p@h:5432/d"
+        );
         assert_eq!(url_with_database("postgres://h", "d"), "postgres://h/d");
-        assert_eq!(url_with_database("postgres://h/x?sslmode=disable", "d"), "postgres://h/d?sslmode=disable");
+        assert_eq!(
+            url_with_database("postgres://h/x?sslmode=disable", "d"),
+            "postgres://h/d?sslmode=disable"
+        );
     }
 
     #[test]

@@ -230,3 +230,4 @@ pub fn num(s: &std::collections::BTreeMap<String, String>, k: &str) -> i64 {
 pub fn job(name: &str) -> String {
     format!("{}/jobs/{name}.toml", env!("CARGO_MANIFEST_DIR"))
 }
+pub mod both;

@@ -78,7 +78,10 @@ pub async fn plan(store: &Store, req: &RunRequest) -> Result<(String, Plan), Coo
 }
 
 /// The tasks of every shard of the run not yet published.
-pub async fn pending_tasks(store: &Store, run_id: &str) -> Result<Vec<ShardTask>, CoordinatorError> {
+pub async fn pending_tasks(
+    store: &Store,
+    run_id: &str,
+) -> Result<Vec<ShardTask>, CoordinatorError> {
     Ok(store
         .shards(run_id)
         .await?
@@ -101,7 +104,11 @@ const MARK_BATCH: usize = 500;
 
 /// Publishes every shard of the run not yet confirmed by the broker, and
 /// records each as published once confirmed. Returns how many were published.
-pub async fn publish(store: &Store, broker: &Broker, run_id: &str) -> Result<usize, CoordinatorError> {
+pub async fn publish(
+    store: &Store,
+    broker: &Broker,
+    run_id: &str,
+) -> Result<usize, CoordinatorError> {
     let tasks = pending_tasks(store, run_id).await?;
     let publisher = broker.publisher().await?;
     let mut done: Vec<i32> = Vec::new();
@@ -121,7 +128,11 @@ pub async fn publish(store: &Store, broker: &Broker, run_id: &str) -> Result<usi
 }
 
 /// Sends every unpublished shard of the run to the in-process queue.
-pub async fn publish_local(store: &Store, queue: &LocalQueue, run_id: &str) -> Result<usize, CoordinatorError> {
+pub async fn publish_local(
+    store: &Store,
+    queue: &LocalQueue,
+    run_id: &str,
+) -> Result<usize, CoordinatorError> {
     let tasks = pending_tasks(store, run_id).await?;
     let nos: Vec<i32> = tasks.iter().map(|t| t.shard_no as i32).collect();
     let n = tasks.len();

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::query_builder::Separated;
+use sqlx::{PgPool, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinSet;
 
@@ -246,6 +247,39 @@ where
         Some(err) => Err(err),
         None => produced,
     }
+}
+
+/// Rows per multi-row SQLite `INSERT` (at most 9 bound values per row, far below SQLite's
+/// 32766 variables per statement).
+pub(crate) const SQLITE_ROWS_PER_INSERT: usize = 200;
+
+/// Inserts rows `0..len` with `INSERT ... VALUES (...), (...)` statements of
+/// [`SQLITE_ROWS_PER_INSERT`] rows: `head` is the statement up to `VALUES`, and
+/// `push_row(row, i)` pushes the values of row `i` (binds or SQL literals).
+///
+/// sqlx runs each SQLite connection on its own thread and hands every statement over a
+/// channel, so one statement per row spends most of its time waking threads; a few hundred
+/// rows per statement remove that. Full chunks share one SQL text, which sqlx prepares once
+/// per connection and then reuses.
+pub(crate) async fn sqlite_insert_rows<'r, F>(
+    conn: &mut SqliteConnection,
+    head: &str,
+    len: usize,
+    mut push_row: F,
+) -> Result<(), sqlx::Error>
+where
+    F: FnMut(&mut Separated<'_, 'r, Sqlite, &'static str>, usize) + Send,
+{
+    let mut start = 0;
+    while start < len {
+        let end = (start + SQLITE_ROWS_PER_INSERT).min(len);
+        let mut query = QueryBuilder::<Sqlite>::new(head);
+        query.push(' ');
+        query.push_values(start..end, |mut row, i| push_row(&mut row, i));
+        query.build().execute(&mut *conn).await?;
+        start = end;
+    }
+    Ok(())
 }
 
 /// Sends `batch` to the insert workers; fails only when they have stopped on an error.

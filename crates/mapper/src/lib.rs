@@ -274,7 +274,7 @@ async fn consume(
 #[derive(Debug)]
 pub enum Disposition {
     /// The shard is committed (now or before): send this result, then ack.
-    Done(ShardResult),
+    Done(Box<ShardResult>),
     /// Try again later (lost connection, or a failure not yet given up on).
     Retry(String),
     /// Never processable (unknown run or target): drop it.
@@ -285,23 +285,40 @@ pub enum Disposition {
 /// reason other than a lost connection is retried up to
 /// [`MAX_SHARD_FAILURES`] times, then given up with its rows reported as
 /// errors, so the run ends instead of waiting forever.
-pub async fn attempt(store: &Store, runs: &RunCache, task: &ShardTask, worker: &str) -> Disposition {
+pub async fn attempt(
+    store: &Store,
+    runs: &RunCache,
+    task: &ShardTask,
+    worker: &str,
+) -> Disposition {
     match process_task(store, runs, task, worker).await {
-        Ok(result) => Disposition::Done(result),
-        Err(e @ (MapperError::UnknownRun(_) | MapperError::UnknownTarget { .. })) => Disposition::Drop(e.to_string()),
+        Ok(result) => Disposition::Done(Box::new(result)),
+        Err(e @ (MapperError::UnknownRun(_) | MapperError::UnknownTarget { .. })) => {
+            Disposition::Drop(e.to_string())
+        }
         Err(e) if e.is_transient() => Disposition::Retry(e.to_string()),
         Err(e) => {
             let msg = e.to_string();
-            let failures = match store.shard_attempt_failed(&task.run_id, task.shard_no, &msg).await {
+            let failures = match store
+                .shard_attempt_failed(&task.run_id, task.shard_no, &msg)
+                .await
+            {
                 Ok(n) => n,
-                Err(e2) => return Disposition::Retry(format!("{msg} (and recording it failed: {e2})")),
+                Err(e2) => {
+                    return Disposition::Retry(format!("{msg} (and recording it failed: {e2})"))
+                }
             };
             if failures < MAX_SHARD_FAILURES {
-                return Disposition::Retry(format!("{msg} (attempt {failures} of {MAX_SHARD_FAILURES})"));
+                return Disposition::Retry(format!(
+                    "{msg} (attempt {failures} of {MAX_SHARD_FAILURES})"
+                ));
             }
             error!(error = %msg, failures, "shard failed on every attempt; its rows are reported as errors");
-            match store.fail_shard(&task.run_id, task.shard_no, &task.target, &msg).await {
-                Ok(committed) => Disposition::Done(ShardResult {
+            match store
+                .fail_shard(&task.run_id, task.shard_no, &task.target, &msg)
+                .await
+            {
+                Ok(committed) => Disposition::Done(Box::new(ShardResult {
                     v: MESSAGE_VERSION,
                     run_id: task.run_id.clone(),
                     shard_no: task.shard_no,
@@ -309,7 +326,7 @@ pub async fn attempt(store: &Store, runs: &RunCache, task: &ShardTask, worker: &
                     worker: worker.to_string(),
                     elapsed_ms: 0,
                     tally: committed.tally().clone(),
-                }),
+                })),
                 Err(e2) => Disposition::Retry(format!("could not record the failed shard: {e2}")),
             }
         }
@@ -318,13 +335,26 @@ pub async fn attempt(store: &Store, runs: &RunCache, task: &ShardTask, worker: &
 
 fn log_done(result: &ShardResult) {
     let c = &result.tally.counts;
-    info!(rows = c.processed, changed = c.changed, conflicts = c.conflicts, errors = c.errors, ms = result.elapsed_ms, "shard done");
+    info!(
+        rows = c.processed,
+        changed = c.changed,
+        conflicts = c.conflicts,
+        errors = c.errors,
+        ms = result.elapsed_ms,
+        "shard done"
+    );
 }
 
 /// Pause before a task goes back to the queue, so a failing shard does not spin.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 
-async fn handle_delivery(store: &Store, runs: &RunCache, publisher: &backfill_queue::Publisher, worker: &str, d: Delivery) {
+async fn handle_delivery(
+    store: &Store,
+    runs: &RunCache,
+    publisher: &backfill_queue::Publisher,
+    worker: &str,
+    d: Delivery,
+) {
     let task = match ShardTask::decode(&d.data) {
         Ok(t) => t,
         Err(e) => {
@@ -333,7 +363,8 @@ async fn handle_delivery(store: &Store, runs: &RunCache, publisher: &backfill_qu
             return;
         }
     };
-    let span = info_span!("shard", run = %task.run_id, shard = task.shard_no, target = %task.target);
+    let span =
+        info_span!("shard", run = %task.run_id, shard = task.shard_no, target = %task.target);
     async {
         match attempt(store, runs, &task, worker).await {
             Disposition::Done(result) => {
@@ -363,19 +394,25 @@ async fn handle_delivery(store: &Store, runs: &RunCache, publisher: &backfill_qu
 
 /// The embedded mode's mapper: takes tasks from the in-process queue until
 /// `shutdown`, finishing the shard in hand.
-pub async fn run_local(store: Store, queue: LocalQueue, worker: String, shutdown: CancellationToken) {
+pub async fn run_local(
+    store: Store,
+    queue: LocalQueue,
+    worker: String,
+    shutdown: CancellationToken,
+) {
     let runs = RunCache::default();
     loop {
         let task = tokio::select! {
             _ = shutdown.cancelled() => break,
             t = queue.recv_task() => match t { Some(t) => t, None => break },
         };
-        let span = info_span!("shard", run = %task.run_id, shard = task.shard_no, target = %task.target);
+        let span =
+            info_span!("shard", run = %task.run_id, shard = task.shard_no, target = %task.target);
         async {
             match attempt(&store, &runs, &task, &worker).await {
                 Disposition::Done(result) => {
                     log_done(&result);
-                    queue.send_result(result);
+                    queue.send_result(*result);
                 }
                 Disposition::Drop(why) => error!(error = %why, "dropping task"),
                 Disposition::Retry(why) => {

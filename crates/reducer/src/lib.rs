@@ -123,7 +123,11 @@ async fn consume(
 
 /// The embedded mode's reducer: folds results from the in-process queue
 /// until `shutdown`.
-pub async fn run_local(store: Store, queue: backfill_queue::LocalQueue, shutdown: CancellationToken) {
+pub async fn run_local(
+    store: Store,
+    queue: backfill_queue::LocalQueue,
+    shutdown: CancellationToken,
+) {
     loop {
         let result = tokio::select! {
             _ = shutdown.cancelled() => break,

@@ -1,0 +1,495 @@
+//! The foundation behaviours on both back ends: PostgreSQL with RabbitMQ,
+//! and SQLite embedded (`run --local`, implied by the sqlite:// URL). The
+//! expected outcome is computed in Rust from the raw tables.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use backfill_demo::program_readable_id;
+use backfill_job::{JobSpec, Mode, RowInput, Scope};
+use common::both::{Backend, CertOracle, Db, BOTH};
+use common::{job, num, stderr, stdout, summary};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificate_titles_dry_run_commit_rerun_on_both_back_ends() {
+    let mut summaries = Vec::new();
+    for b in BOTH {
+        let db = Db::new(b).await;
+        db.seed_certificates(25, 500).await;
+        let oracle = CertOracle::read(&db).await;
+        let (rows, changing, refs) = oracle.expected();
+        assert!(
+            changing > 0 && changing < rows,
+            "{b:?}: stale and current titles both present"
+        );
+
+        // Dry run: reports, writes nothing.
+        let out = db.run(&["run", "--job", &job("program-certificate-titles"), "--all"]);
+        assert_eq!(out.status.code(), Some(0), "{b:?}");
+        let s = summary(&out);
+        assert_eq!(s["mode"], "dry-run");
+        assert_eq!(
+            (
+                num(&s, "processed"),
+                num(&s, "changed"),
+                num(&s, "refs_affected")
+            ),
+            (rows, changing, refs),
+            "{b:?}"
+        );
+        assert_eq!(
+            db.docs("wagtailcore_revision", "id", "content").await,
+            oracle.before,
+            "{b:?}: dry run wrote"
+        );
+
+        // Commit: exactly the targets change, only product_name, once.
+        let out = db.run(&[
+            "run",
+            "--job",
+            &job("program-certificate-titles"),
+            "--all",
+            "--commit",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{b:?}");
+        let s = summary(&out);
+        assert_eq!(
+            (
+                num(&s, "processed"),
+                num(&s, "changed"),
+                num(&s, "refs_affected")
+            ),
+            (rows, changing, refs),
+            "{b:?}"
+        );
+        assert_eq!(num(&s, "conflicts") + num(&s, "errors"), 0);
+        let after = db.docs("wagtailcore_revision", "id", "content").await;
+        oracle.check_after(&after);
+        assert_eq!(oracle.changed_keys(&after).len() as i64, changing);
+        assert_eq!(
+            db.count("backfill_before_image").await,
+            changing,
+            "{b:?}: each changed row written once"
+        );
+        summaries.push(
+            s.iter()
+                .filter(|(k, _)| k.as_str() != "run")
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+
+        // A second commit changes nothing.
+        let out = db.run(&[
+            "run",
+            "--job",
+            &job("program-certificate-titles"),
+            "--all",
+            "--commit",
+        ]);
+        assert_eq!(out.status.code(), Some(0));
+        let s = summary(&out);
+        assert_eq!(
+            (num(&s, "changed"), num(&s, "unchanged")),
+            (0, rows),
+            "{b:?}"
+        );
+        assert_eq!(
+            db.docs("wagtailcore_revision", "id", "content").await,
+            after
+        );
+    }
+    assert_eq!(
+        summaries[0], summaries[1],
+        "both back ends give the same summary on the same data"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scope_flags_and_skips_on_both_back_ends() {
+    for b in BOTH {
+        let db = Db::new(b).await;
+        db.seed_certificates(20, 200).await;
+        let before = db.docs("wagtailcore_revision", "id", "content").await;
+        for args in [vec![], vec!["--all", "--group", "x"]] {
+            let spec = job("program-certificate-titles");
+            let mut a = vec!["run", "--job", spec.as_str(), "--commit"];
+            a.extend(args);
+            let out = db.run(&a);
+            assert_eq!(out.status.code(), Some(2), "{b:?} {a:?}");
+            assert!(stderr(&out).contains("exactly one of --group KEY (repeatable) or --all"));
+        }
+        assert_eq!(
+            db.docs("wagtailcore_revision", "id", "content").await,
+            before
+        );
+
+        let out = db.run(&[
+            "run",
+            "--job",
+            &job("program-certificate-titles"),
+            "--group",
+            &program_readable_id(0),
+            "--group",
+            &program_readable_id(7),
+            "--group",
+            &program_readable_id(8),
+            "--group",
+            &program_readable_id(9),
+            "--group",
+            &program_readable_id(19),
+            "--group",
+            "program-v1:NOPE",
+            "--commit",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{b:?}");
+        let s = summary(&out);
+        assert_eq!(
+            (num(&s, "groups_processed"), num(&s, "groups_skipped")),
+            (1, 5),
+            "{b:?}"
+        );
+        let text = stdout(&out);
+        for reason in [
+            "SKIPPED (live certificate title is still a placeholder)",
+            "SKIPPED (live certificate title is empty)",
+            "SKIPPED (no program page)",
+            "SKIPPED (no live certificate page)",
+            "SKIPPED (unknown key)",
+        ] {
+            assert!(text.contains(reason), "{b:?}: {reason}\n{text}");
+        }
+        assert!(
+            text.contains("certificate is revoked") || text.contains("certificate has no revision")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn row_errors_exit_non_zero_and_the_rest_commits_on_both_back_ends() {
+    for b in BOTH {
+        let db = Db::new(b).await;
+        db.seed_certificates(12, 150).await;
+        let oracle = CertOracle::read(&db).await;
+        let (rows, _, _) = oracle.expected();
+        let bad = oracle.targets.keys().next().unwrap().clone();
+        db.execute(&format!(
+            "UPDATE wagtailcore_revision SET content = '[\"not\", \"an\", \"object\"]' WHERE id = {bad}"
+        ))
+        .await;
+        let out = db.run(&[
+            "run",
+            "--job",
+            &job("program-certificate-titles"),
+            "--all",
+            "--commit",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{b:?}");
+        let s = summary(&out);
+        assert_eq!(num(&s, "errors"), 1);
+        assert_eq!(num(&s, "processed"), rows);
+        assert!(
+            stdout(&out).contains(&format!("revisions/{bad}: rule 0 (content): cannot set")),
+            "{b:?}"
+        );
+        let after = db.docs("wagtailcore_revision", "id", "content").await;
+        assert_eq!(after[&bad], serde_json::json!(["not", "an", "object"]));
+        let others_ok = oracle
+            .targets
+            .iter()
+            .filter(|(k, _)| **k != bad)
+            .all(|(k, (p, _))| {
+                after[k].get("product_name")
+                    == Some(&serde_json::Value::String(oracle.eligible[p].clone()))
+            });
+        assert!(others_ok, "{b:?}: the rest committed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conflicts_and_redelivery_on_both_back_ends() {
+    for b in BOTH {
+        let db = Db::new(b).await;
+        db.seed_certificates(4, 100).await;
+        let store = db.store().await;
+        let spec =
+            JobSpec::parse(&std::fs::read_to_string(job("program-certificate-titles")).unwrap())
+                .unwrap();
+        let program = program_readable_id(0);
+        let (run_id, _) = backfill_coordinator::plan(
+            &store,
+            &backfill_coordinator::RunRequest {
+                spec,
+                scope: Scope::Groups(vec![program.clone()]),
+                mode: Mode::Commit,
+                shard_size: Some(10_000),
+            },
+        )
+        .await
+        .unwrap();
+        let tasks = backfill_coordinator::pending_tasks(&store, &run_id)
+            .await
+            .unwrap();
+        assert_eq!(tasks.len(), 1);
+        let task = &tasks[0];
+        let rec = store.load_run(&run_id).await.unwrap().unwrap();
+        let target = rec.spec.target("revisions").unwrap();
+        let params = rec.plan.group(&program).unwrap().params.clone();
+
+        let backfill_store::ShardRows::Pending(rows) =
+            store.fetch_shard(&run_id, target, 0).await.unwrap()
+        else {
+            panic!("fresh shard")
+        };
+        let evaluated: Vec<backfill_store::EvaluatedRow> = rows
+            .into_iter()
+            .map(|r| {
+                let cols = r.columns.unwrap();
+                let ev = backfill_job::evaluate_row(
+                    target,
+                    &RowInput {
+                        key: &r.key,
+                        columns: &cols,
+                        params: &params,
+                    },
+                    None,
+                );
+                backfill_store::EvaluatedRow {
+                    key: r.key,
+                    group: r.group,
+                    refs: r.refs,
+                    outcome: ev.outcome,
+                    current: ev.current,
+                    read: cols,
+                }
+            })
+            .collect();
+        let victim = evaluated
+            .iter()
+            .find(|r| matches!(r.outcome, backfill_job::RowOutcome::Changed(_)))
+            .unwrap()
+            .key
+            .clone();
+        let edited = r#"{"product_name": "Edited by an admin"}"#;
+        db.execute(&format!(
+            "UPDATE wagtailcore_revision SET content = '{edited}' WHERE id = {victim}"
+        ))
+        .await;
+
+        let committed = store
+            .commit_shard(backfill_store::ShardCommit {
+                run_id: &run_id,
+                shard_no: 0,
+                target,
+                mode: Mode::Commit,
+                worker: "test",
+                rows: evaluated.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(committed.tally().counts.conflicts, 1, "{b:?}");
+        let docs = db.docs("wagtailcore_revision", "id", "content").await;
+        assert_eq!(
+            docs[&victim],
+            serde_json::json!({"product_name": "Edited by an admin"}),
+            "{b:?}: not clobbered"
+        );
+        let images = db.count("backfill_before_image").await;
+        assert_eq!(images as u64, committed.tally().counts.changed);
+
+        // Redelivery: the shard is done; nothing is applied again.
+        let runs = backfill_mapper::RunCache::default();
+        let again = backfill_mapper::process_task(&store, &runs, task, "m2")
+            .await
+            .unwrap();
+        assert_eq!(&again.tally, committed.tally(), "{b:?}");
+        assert_eq!(db.count("backfill_before_image").await, images);
+        assert_eq!(db.docs("wagtailcore_revision", "id", "content").await, docs);
+        let r1 = backfill_reducer::process_result(&store, &again)
+            .await
+            .unwrap();
+        assert!(
+            matches!(r1, backfill_store::Reduced::Finished(_)),
+            "{b:?}: {r1:?}"
+        );
+        let r2 = backfill_reducer::process_result(&store, &again)
+            .await
+            .unwrap();
+        assert_eq!(r2, backfill_store::Reduced::Duplicate, "{b:?}");
+        let rec = store.load_run(&run_id).await.unwrap().unwrap();
+        assert_eq!(rec.tally.counts, committed.tally().counts);
+        store.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn collection_migrate_then_cleanup_on_both_back_ends() {
+    for b in BOTH {
+        let db = Db::new(b).await;
+        db.seed_collections(12, 5).await;
+        let (models, snaps) = (
+            db.count("collection_models").await,
+            db.count("collection_snapshot_contents").await,
+        );
+        let nodes_before = db.docs("collection_models", "id", "nodes").await;
+        let snaps_before = db
+            .docs("collection_snapshot_contents", "id", "content")
+            .await;
+
+        // Cleanup first is refused row by row: nothing is cleared.
+        let out = db.run(&[
+            "run",
+            "--job",
+            &job("collection-nodes-cleanup"),
+            "--all",
+            "--commit",
+        ]);
+        assert_eq!(out.status.code(), Some(0));
+        assert_eq!(num(&summary(&out), "skipped"), models + snaps, "{b:?}");
+        assert_eq!(
+            db.docs("collection_snapshot_contents", "id", "content")
+                .await,
+            snaps_before
+        );
+
+        let out = db.run(&[
+            "run",
+            "--job",
+            &job("collection-dict-migrate"),
+            "--all",
+            "--commit",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{b:?}");
+        assert_eq!(num(&summary(&out), "changed"), models + snaps);
+        let dicts = db.docs("collection_models", "id", "collection_dict").await;
+        for (id, nodes) in &nodes_before {
+            assert_eq!(dicts[id]["nodes"], *nodes, "{b:?}: {id}");
+        }
+        for (id, doc) in db
+            .docs("collection_snapshot_contents", "id", "content")
+            .await
+        {
+            assert_eq!(
+                doc["collection_dict"]["nodes"], snaps_before[&id]["nodes"],
+                "{b:?}: version {id}"
+            );
+            let mut rest = doc.clone();
+            rest.as_object_mut().unwrap().remove("collection_dict");
+            assert_eq!(
+                rest, snaps_before[&id],
+                "{b:?}: version {id} otherwise unchanged"
+            );
+        }
+        assert_eq!(
+            (
+                db.count("collection_models").await,
+                db.count("collection_snapshot_contents").await
+            ),
+            (models, snaps)
+        );
+
+        let out = db.run(&[
+            "run",
+            "--job",
+            &job("collection-nodes-cleanup"),
+            "--all",
+            "--commit",
+        ]);
+        assert_eq!(num(&summary(&out), "changed"), models + snaps, "{b:?}");
+        for (_, nodes) in db.docs("collection_models", "id", "nodes").await {
+            assert_eq!(nodes, serde_json::json!({}));
+        }
+        for (id, doc) in db
+            .docs("collection_snapshot_contents", "id", "content")
+            .await
+        {
+            assert_eq!(doc["nodes"], serde_json::json!({}), "{b:?}: {id}");
+            assert_eq!(doc["collection_dict"]["nodes"], snaps_before[&id]["nodes"]);
+        }
+        let out = db.run(&[
+            "run",
+            "--job",
+            &job("collection-nodes-cleanup"),
+            "--all",
+            "--commit",
+        ]);
+        assert_eq!(num(&summary(&out), "changed"), 0);
+        assert_eq!(
+            (
+                db.count("collection_models").await,
+                db.count("collection_snapshot_contents").await
+            ),
+            (models, snaps)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_refuses_distributed_roles() {
+    let db = Db::new(Backend::Sqlite).await;
+    for role in [
+        vec!["mapper"],
+        vec!["reducer"],
+        vec![
+            "coordinator",
+            "--job",
+            &job("collection-dict-migrate"),
+            "--all",
+        ],
+    ] {
+        let out = db.run(&role);
+        assert_eq!(out.status.code(), Some(2), "{role:?}");
+        assert!(
+            stderr(&out).contains("use `backfill run --local`"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn the_demo_needs_no_services() {
+    let dir = std::env::temp_dir().join(format!("bf-demo-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("demo.sqlite3");
+    // Point both service URLs at closed ports: the embedded demo must not need them.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
+        .args([
+            "demo",
+            "--db",
+            db.to_str().unwrap(),
+            "--revisions",
+            "400",
+            "--programs",
+            "20",
+        ])
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .env("AMQP_URL", "amqp://nobody:x@127.0.0.1:1/%2f")
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    eprintln!("{text}\n{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0));
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("Summary: "))
+        .collect();
+    assert_eq!(lines.len(), 3, "dry run, commit, commit again");
+    assert!(lines[0].starts_with("Summary: mode=dry-run "));
+    assert!(lines[1].starts_with("Summary: mode=commit "));
+    assert!(
+        !lines[1].contains(" changed=0 "),
+        "the first commit changes rows"
+    );
+    assert!(
+        lines[2].contains(" changed=0 "),
+        "the second commit changes nothing"
+    );
+    assert!(text.contains(&format!(
+        "The demo database is the SQLite file {}",
+        db.display()
+    )));
+    assert!(db.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
