@@ -6,7 +6,6 @@
 //! 3 the run finished without errors but with conflicts (rows edited
 //! concurrently and left as the application wrote them).
 
-use anyhow::Context;
 use backfill_job::{JobSpec, Mode, RunState, Scope};
 use backfill_queue::{worker_name, Broker};
 use backfill_store::{RunRecord, Store};
@@ -129,7 +128,7 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         mappers: u16,
     },
-    /// Create a shipped job's demo tables in DATABASE_URL and fill them with generated data.
+    /// Create a shipped job's demo tables in DATABASE_URL (PostgreSQL or SQLite) and fill them with generated data.
     Seed {
         /// `certificates` (program-certificate-titles) or `collections` (collection-dict jobs).
         #[arg(long)]
@@ -441,46 +440,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             collections,
             max_versions,
             seed,
-        } => {
-            let pool = sqlx::PgPool::connect(settings.database_url.expose())
-                .await
-                .with_context(|| format!("cannot connect to {}", settings.database_url))?;
-            match dataset.as_str() {
-                "certificates" => {
-                    backfill_demo::create_certificate_schema(&pool).await?;
-                    let st = backfill_demo::generate_certificates(
-                        &pool,
-                        &backfill_demo::CertificateParams {
-                            programs,
-                            revisions,
-                            seed,
-                        },
-                    )
-                    .await?;
-                    println!("{st:?}");
-                }
-                "collections" => {
-                    backfill_demo::create_collection_schema(&pool).await?;
-                    let st = backfill_demo::generate_collections(
-                        &pool,
-                        &backfill_demo::CollectionParams {
-                            collections,
-                            max_versions,
-                            seed,
-                        },
-                    )
-                    .await?;
-                    println!("{st:?}");
-                }
-                other => {
-                    return Err(usage(format!(
-                        "unknown dataset `{other}` (certificates or collections)"
-                    )))
-                }
-            }
-            pool.close().await;
-            Ok(0)
-        }
+        } => crate::demo::seed(
+            &settings,
+            &dataset,
+            crate::demo::SeedArgs {
+                revisions,
+                programs,
+                collections,
+                max_versions,
+                seed,
+            },
+        )
+        .await
+        .map_err(|e| match e.downcast::<crate::demo::UnknownDataset>() {
+            Ok(u) => usage(u.to_string()),
+            Err(e) => e,
+        }),
     }
 }
 

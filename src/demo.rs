@@ -108,6 +108,80 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<i32> {
     Ok(last)
 }
 
+/// Sizes for `backfill seed`.
+pub struct SeedArgs {
+    pub revisions: u64,
+    pub programs: u32,
+    pub collections: u64,
+    pub max_versions: u32,
+    pub seed: u64,
+}
+
+/// `--dataset` named nothing we ship.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown dataset `{0}` (certificates or collections)")]
+pub struct UnknownDataset(String);
+
+/// `backfill seed`: a shipped job's tables, filled, in DATABASE_URL
+/// (PostgreSQL, or SQLite created when missing).
+pub async fn seed(settings: &Settings, dataset: &str, a: SeedArgs) -> anyhow::Result<i32> {
+    let cert = backfill_demo::CertificateParams {
+        programs: a.programs,
+        revisions: a.revisions,
+        seed: a.seed,
+    };
+    let coll = backfill_demo::CollectionParams {
+        collections: a.collections,
+        max_versions: a.max_versions,
+        seed: a.seed,
+    };
+    if !matches!(dataset, "certificates" | "collections") {
+        return Err(UnknownDataset(dataset.to_string()).into());
+    }
+    let url = settings.database_url.expose();
+    if settings.is_sqlite() {
+        let opts = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("bad DATABASE_URL {}", settings.database_url))?
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(opts)
+            .await
+            .with_context(|| format!("cannot open {}", settings.database_url))?;
+        if dataset == "certificates" {
+            backfill_demo::create_certificate_schema_sqlite(&pool).await?;
+            println!(
+                "{:?}",
+                backfill_demo::generate_certificates_sqlite(&pool, &cert).await?
+            );
+        } else {
+            backfill_demo::create_collection_schema_sqlite(&pool).await?;
+            println!(
+                "{:?}",
+                backfill_demo::generate_collections_sqlite(&pool, &coll).await?
+            );
+        }
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(url)
+            .await
+            .with_context(|| format!("cannot connect to {}", settings.database_url))?;
+        if dataset == "certificates" {
+            backfill_demo::create_certificate_schema(&pool).await?;
+            println!(
+                "{:?}",
+                backfill_demo::generate_certificates(&pool, &cert).await?
+            );
+        } else {
+            backfill_demo::create_collection_schema(&pool).await?;
+            println!(
+                "{:?}",
+                backfill_demo::generate_collections(&pool, &coll).await?
+            );
+        }
+        pool.close().await;
+    }
+    Ok(0)
+}
+
 /// A fresh SQLite demo file: schema, data, and the URL to reach it.
 async fn create_sqlite_demo(
     path: &Path,

@@ -329,7 +329,7 @@ pub async fn generate_certificates_sqlite(
     generate(&Db::Sqlite(pool.clone()), p).await
 }
 
-/// The tables [`generate`] fills, in an order their foreign keys allow.
+/// The tables [`generate`] fills; it refuses to add to any that already holds rows.
 const TABLES: &[&str] = &[
     "courses_program",
     "wagtailcore_page",
