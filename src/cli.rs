@@ -66,6 +66,29 @@ struct JobArgs {
     shard_size: Option<u32>,
 }
 
+/// A job to plan, or a run to resume.
+#[derive(Debug, Args)]
+struct ResumableJobArgs {
+    /// Resume this run: publish again every shard of it not yet done.
+    #[arg(long, value_name = "RUN", conflicts_with_all = ["job", "groups", "all", "commit", "shard_size"])]
+    resume: Option<String>,
+    /// The job spec file (TOML).
+    #[arg(long, required_unless_present = "resume")]
+    job: Option<PathBuf>,
+    /// A group to process (repeatable), e.g. a program's readable id.
+    #[arg(long = "group", value_name = "KEY")]
+    groups: Vec<String>,
+    /// Process every group.
+    #[arg(long)]
+    all: bool,
+    /// Write the changes. Without it the run is a dry run that writes nothing.
+    #[arg(long)]
+    commit: bool,
+    /// Rows per shard (default: the spec's shard_size).
+    #[arg(long)]
+    shard_size: Option<u32>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Plan, map and reduce a run in this process over RabbitMQ; print the report and `Summary:` line.
@@ -80,9 +103,10 @@ enum Command {
         local: bool,
     },
     /// Plan a run, record it in the ledger and publish its shard tasks; prints the run id.
+    /// Rerunning the same command resumes an unfinished run instead of planning another.
     Coordinator {
         #[command(flatten)]
-        job: JobArgs,
+        job: ResumableJobArgs,
         /// Wait until the run is reduced, then print its report and summary.
         #[arg(long)]
         wait: bool,
@@ -308,23 +332,75 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 return Err(usage("--mappers must be at least 1"));
             }
             let local = local || settings.is_sqlite();
-            let rec = run_in_process(&settings, req, mappers, local).await?;
+            let Some(rec) = run_in_process(&settings, req, mappers, local).await? else {
+                return Ok(0);
+            };
             print!("{}", backfill_job::report::render_report(&rec.view()));
             Ok(exit_code(&rec))
         }
         Command::Coordinator { job, wait } => {
-            let req = job_request(&job)?;
             refuse_sqlite(&settings, "coordinator")?;
+            // Validate everything the user gave before touching anything.
+            let req = match &job.resume {
+                Some(_) => None,
+                None => Some(job_request(&JobArgs {
+                    job: job
+                        .job
+                        .clone()
+                        .ok_or_else(|| usage("--job FILE is required"))?,
+                    groups: job.groups.clone(),
+                    all: job.all,
+                    commit: job.commit,
+                    shard_size: job.shard_size,
+                })?),
+            };
             let store = connect_store(&settings, 4).await?;
-            let broker = connect_broker(&settings).await?;
-            let (run_id, plan) = backfill_coordinator::plan(&store, &req).await?;
-            backfill_coordinator::publish(&store, &broker, &run_id).await?;
-            broker.close().await;
-            println!("{run_id}");
-            eprintln!(
-                "run {run_id} planned: {} shards; watch it with `backfill status {run_id}`",
-                plan.shards_total
-            );
+            let (run_id, _lock) = match &job.resume {
+                Some(run_id) => {
+                    let rec = store
+                        .load_run(run_id)
+                        .await?
+                        .ok_or_else(|| usage(format!("run {run_id} is not in the ledger")))?;
+                    let Some(lock) = store.try_lock_job(&rec.spec.name).await? else {
+                        eprintln!("another coordinator is working on job `{}`; not resuming run {run_id} twice", rec.spec.name);
+                        return Ok(0);
+                    };
+                    let tasks = backfill_coordinator::resume_tasks(&store, run_id).await?;
+                    let broker = connect_broker(&settings).await?;
+                    let n = backfill_coordinator::publish_tasks(&store, &broker, run_id, &tasks)
+                        .await?;
+                    broker.close().await;
+                    println!("{run_id}");
+                    eprintln!("run {run_id} resumed: {n} unfinished shards published again");
+                    (run_id.clone(), Some(lock))
+                }
+                None => {
+                    let req = req.ok_or_else(|| usage("--job FILE is required"))?;
+                    let (start, lock) = backfill_coordinator::start(&store, &req).await?;
+                    let run_id = match start {
+                        backfill_coordinator::Start::Busy(msg) => {
+                            eprintln!("{msg}");
+                            return Ok(0);
+                        }
+                        backfill_coordinator::Start::Planned { run_id, plan } => {
+                            eprintln!("run {run_id} planned: {} shards", plan.shards_total);
+                            run_id
+                        }
+                        backfill_coordinator::Start::Resumed { run_id } => {
+                            eprintln!("run {run_id} of the same job, spec and scope was unfinished: resuming it");
+                            run_id
+                        }
+                    };
+                    let broker = connect_broker(&settings).await?;
+                    let n = backfill_coordinator::publish(&store, &broker, &run_id).await?;
+                    broker.close().await;
+                    println!("{run_id}");
+                    eprintln!(
+                        "{n} shard tasks published; watch the run with `backfill status {run_id}`"
+                    );
+                    (run_id, lock)
+                }
+            };
             if !wait {
                 return Ok(0);
             }
@@ -459,6 +535,29 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// Plans a run, or resumes the unfinished run of the same command; `None`
+/// (after saying why) when another run of the job is in progress.
+async fn start_or_resume(
+    store: &Store,
+    req: &backfill_coordinator::RunRequest,
+) -> anyhow::Result<Option<(String, Option<backfill_store::JobLock>)>> {
+    let (start, lock) = backfill_coordinator::start(store, req).await?;
+    match start {
+        backfill_coordinator::Start::Busy(msg) => {
+            eprintln!("{msg}");
+            Ok(None)
+        }
+        backfill_coordinator::Start::Planned { run_id, plan } => {
+            eprintln!("run {run_id}: {} shards planned", plan.shards_total);
+            Ok(Some((run_id, lock)))
+        }
+        backfill_coordinator::Start::Resumed { run_id } => {
+            eprintln!("run {run_id} of the same job, spec and scope was unfinished: resuming it");
+            Ok(Some((run_id, lock)))
+        }
+    }
+}
+
 /// The distributed roles need a database every host can reach.
 fn refuse_sqlite(settings: &Settings, role: &str) -> anyhow::Result<()> {
     if settings.is_sqlite() {
@@ -476,7 +575,7 @@ pub async fn run_in_process(
     req: backfill_coordinator::RunRequest,
     mappers: u16,
     local: bool,
-) -> anyhow::Result<RunRecord> {
+) -> anyhow::Result<Option<RunRecord>> {
     let store = connect_store(settings, mappers as u32 + 4).await?;
     if local {
         return run_local(&store, req, mappers).await;
@@ -504,11 +603,12 @@ pub async fn run_in_process(
 
     let started = Instant::now();
     let outcome = async {
-        let (run_id, plan) = backfill_coordinator::plan(&store, &req).await?;
-        eprintln!("run {run_id}: {} shards planned", plan.shards_total);
+        let Some((run_id, _lock)) = start_or_resume(&store, &req).await? else {
+            return Ok(None);
+        };
         backfill_coordinator::publish(&store, &broker, &run_id).await?;
         let rec = backfill_coordinator::wait(&store, &run_id, &shutdown).await?;
-        Ok::<_, anyhow::Error>(rec)
+        Ok::<_, anyhow::Error>(Some(rec))
     }
     .await;
     workers.cancel();
@@ -519,9 +619,9 @@ pub async fn run_in_process(
         warn!("workers did not stop within 60 s");
     }
     broker.close().await;
-    let rec = outcome?;
+    let Some(rec) = outcome? else { return Ok(None) };
     report_speed(&rec, started);
-    Ok(rec)
+    Ok(Some(rec))
 }
 
 fn report_speed(rec: &RunRecord, started: Instant) {
@@ -540,7 +640,7 @@ async fn run_local(
     store: &Store,
     req: backfill_coordinator::RunRequest,
     mappers: u16,
-) -> anyhow::Result<RunRecord> {
+) -> anyhow::Result<Option<RunRecord>> {
     let queue = backfill_queue::LocalQueue::new();
     let shutdown = shutdown_on_signals();
     let workers = CancellationToken::new();
@@ -562,14 +662,18 @@ async fn run_local(
     tracker.close();
     let started = Instant::now();
     let outcome = async {
-        let (run_id, plan) = backfill_coordinator::plan(store, &req).await?;
-        eprintln!(
-            "run {run_id}: {} shards planned (embedded)",
-            plan.shards_total
-        );
-        backfill_coordinator::publish_local(store, &queue, &run_id).await?;
+        let Some((run_id, _lock)) = start_or_resume(store, &req).await? else {
+            return Ok(None);
+        };
+        // In-process tasks die with their process: send every shard not done.
+        let tasks = backfill_coordinator::resume_tasks(store, &run_id).await?;
+        let nos: Vec<i32> = tasks.iter().map(|t| t.shard_no as i32).collect();
+        for t in tasks {
+            queue.send_task(t);
+        }
+        store.mark_published(&run_id, &nos).await?;
         let rec = backfill_coordinator::wait(store, &run_id, &shutdown).await?;
-        Ok::<_, anyhow::Error>(rec)
+        Ok::<_, anyhow::Error>(Some(rec))
     }
     .await;
     workers.cancel();
@@ -579,7 +683,7 @@ async fn run_local(
     {
         warn!("workers did not stop within 60 s");
     }
-    let rec = outcome?;
+    let Some(rec) = outcome? else { return Ok(None) };
     report_speed(&rec, started);
-    Ok(rec)
+    Ok(Some(rec))
 }

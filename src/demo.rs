@@ -98,7 +98,10 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<i32> {
             args.mappers,
             !args.distributed,
         )
-        .await?;
+        .await?
+        .ok_or_else(|| {
+            anyhow::anyhow!("another run of the demo job is in progress on this database")
+        })?;
         print!("{}", backfill_job::report::render_report(&rec.view()));
         last = crate::cli::exit_code(&rec);
     }

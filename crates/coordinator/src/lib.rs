@@ -10,8 +10,8 @@
 use backfill_job::message::MESSAGE_VERSION;
 use backfill_job::plan::evaluate_groups;
 use backfill_job::{JobSpec, Mode, Plan, Scope, ShardTask};
-use backfill_queue::{Broker, LocalQueue, QueueError};
-use backfill_store::{NewRun, RunRecord, Store, StoreError};
+use backfill_queue::{Broker, QueueError};
+use backfill_store::{JobLock, NewRun, RunRecord, Store, StoreError};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -48,6 +48,92 @@ pub fn new_run_id(job: &str) -> String {
         .unwrap_or(0);
     let short = uuid::Uuid::new_v4().simple().to_string();
     format!("{job}-{secs}-{}", &short[..8])
+}
+
+/// How a coordinator started.
+pub enum Start {
+    /// A new run was planned.
+    Planned { run_id: String, plan: Plan },
+    /// An unfinished run of the same job, spec, scope and mode was found
+    /// (a coordinator died before publishing it all): carry on with it.
+    Resumed { run_id: String },
+    /// Another coordinator holds the job, or a different run of it is in
+    /// progress: nothing was started. The message names the run.
+    Busy(String),
+}
+
+/// Starts work on a job: takes the job's lock, then resumes an unfinished
+/// run of the same command, refuses while a different run of the job is in
+/// progress, or plans a new run. The lock is held until it is dropped.
+pub async fn start(
+    store: &Store,
+    req: &RunRequest,
+) -> Result<(Start, Option<JobLock>), CoordinatorError> {
+    let job = &req.spec.name;
+    let Some(lock) = store.try_lock_job(job).await? else {
+        let active = store.active_runs(job).await?;
+        let which = match active.first() {
+            Some(a) => format!("run {}", a.run_id),
+            None => "a run being planned".to_string(),
+        };
+        return Ok((
+            Start::Busy(format!(
+                "another coordinator is working on job `{job}` ({which}); not starting a second one"
+            )),
+            None,
+        ));
+    };
+    let active = store.active_runs(job).await?;
+    if let Some(same) = active
+        .iter()
+        .find(|a| a.spec_hash == req.spec.hash && a.scope == req.scope && a.mode == req.mode)
+    {
+        info!(run = %same.run_id, published = same.shards_published, total = same.shards_total, "resuming an unfinished run of the same job, spec and scope");
+        return Ok((
+            Start::Resumed {
+                run_id: same.run_id.clone(),
+            },
+            Some(lock),
+        ));
+    }
+    if let Some(other) = active.first() {
+        return Ok((
+            Start::Busy(format!(
+                "run {} of job `{job}` is still in progress ({}/{} shards reduced); not starting another. Watch it with `backfill status {}`",
+                other.run_id, other.shards_reduced, other.shards_total, other.run_id
+            )),
+            None,
+        ));
+    }
+    let (run_id, plan) = plan(store, req).await?;
+    Ok((Start::Planned { run_id, plan }, Some(lock)))
+}
+
+/// Resumes a given run: publishes again every shard not yet done (a
+/// duplicate task is harmless: a done shard is never applied twice).
+pub async fn resume_tasks(store: &Store, run_id: &str) -> Result<Vec<ShardTask>, CoordinatorError> {
+    let rec = store
+        .load_run(run_id)
+        .await?
+        .ok_or_else(|| CoordinatorError::UnknownRun(run_id.to_string()))?;
+    if rec.state.is_finished() {
+        return Ok(Vec::new());
+    }
+    Ok(store
+        .shards(run_id)
+        .await?
+        .into_iter()
+        .filter(|s| s.state == "pending")
+        .map(|s| ShardTask {
+            v: MESSAGE_VERSION,
+            run_id: run_id.to_string(),
+            shard_no: s.shard_no,
+            target: s.target,
+            first_key: s.first_key,
+            last_key: s.last_key,
+            rows: s.rows,
+        })
+        .collect())
 }
 
 /// Plans a run and records it in the ledger. Returns the run id and plan.
@@ -110,9 +196,19 @@ pub async fn publish(
     run_id: &str,
 ) -> Result<usize, CoordinatorError> {
     let tasks = pending_tasks(store, run_id).await?;
+    publish_tasks(store, broker, run_id, &tasks).await
+}
+
+/// Publishes the given tasks with confirms and records them as published.
+pub async fn publish_tasks(
+    store: &Store,
+    broker: &Broker,
+    run_id: &str,
+    tasks: &[ShardTask],
+) -> Result<usize, CoordinatorError> {
     let publisher = broker.publisher().await?;
     let mut done: Vec<i32> = Vec::new();
-    for task in &tasks {
+    for task in tasks {
         publisher.publish_task(task).await?;
         done.push(task.shard_no as i32);
         if done.len() >= MARK_BATCH {
@@ -127,24 +223,6 @@ pub async fn publish(
     Ok(tasks.len())
 }
 
-/// Sends every unpublished shard of the run to the in-process queue.
-pub async fn publish_local(
-    store: &Store,
-    queue: &LocalQueue,
-    run_id: &str,
-) -> Result<usize, CoordinatorError> {
-    let tasks = pending_tasks(store, run_id).await?;
-    let nos: Vec<i32> = tasks.iter().map(|t| t.shard_no as i32).collect();
-    let n = tasks.len();
-    for task in tasks {
-        queue.send_task(task);
-    }
-    for chunk in nos.chunks(MARK_BATCH) {
-        store.mark_published(run_id, chunk).await?;
-    }
-    Ok(n)
-}
-
 /// Waits until the run is finished (every shard folded), polling the ledger.
 pub async fn wait(
     store: &Store,
@@ -153,12 +231,15 @@ pub async fn wait(
 ) -> Result<RunRecord, CoordinatorError> {
     let mut interval = Duration::from_millis(50);
     loop {
-        let rec = store
-            .load_run(run_id)
-            .await?
-            .ok_or_else(|| CoordinatorError::UnknownRun(run_id.to_string()))?;
-        if rec.state.is_finished() {
-            return Ok(rec);
+        match store.load_run(run_id).await {
+            Ok(Some(rec)) if rec.state.is_finished() => return Ok(rec),
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(CoordinatorError::UnknownRun(run_id.to_string())),
+            // The database restarting is no reason to stop waiting.
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "cannot read the run; retrying")
+            }
+            Err(e) => return Err(e.into()),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Err(CoordinatorError::Interrupted(run_id.to_string())),

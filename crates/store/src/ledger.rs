@@ -445,3 +445,109 @@ pub enum Reduced {
     /// The ledger does not show the shard committed: ignored.
     NotCommitted,
 }
+
+/// A run of a job that has not finished.
+#[derive(Debug, Clone)]
+pub struct ActiveRun {
+    pub run_id: String,
+    pub spec_hash: String,
+    pub mode: Mode,
+    pub scope: backfill_job::Scope,
+    pub shards_total: u32,
+    pub shards_published: u32,
+    pub shards_reduced: u32,
+}
+
+/// Held while a coordinator works on a job, so that a second coordinator
+/// of the same job (a scheduled start overlapping a slow run) backs off.
+/// On PostgreSQL it is a session advisory lock on a connection of its own,
+/// released when the lock is dropped (the connection closes) — also when
+/// the process dies.
+pub struct JobLock {
+    _conn: Option<sqlx::PgConnection>,
+}
+
+impl crate::Store {
+    /// Takes the job's lock, or `None` when another coordinator holds it.
+    pub async fn try_lock_job(&self, job: &str) -> Result<Option<JobLock>, StoreError> {
+        let pool = match &self.backend {
+            crate::Backend::Pg(p) => p,
+            // Embedded mode is one process; SQLite's own locking serializes writers.
+            crate::Backend::Lite(_) => return Ok(Some(JobLock { _conn: None })),
+        };
+        let mut conn = pool
+            .acquire()
+            .await
+            .map_err(sql("connect for the job lock"))?
+            .detach();
+        let got: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('backfill job ' || $1))")
+                .bind(job)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(sql("take the job lock"))?;
+        Ok(got.then_some(JobLock { _conn: Some(conn) }))
+    }
+
+    /// The job's runs that have not finished, newest first.
+    pub async fn active_runs(&self, job: &str) -> Result<Vec<ActiveRun>, StoreError> {
+        let q = "SELECT r.run_id, r.spec_hash, r.mode, CAST(r.scope AS text), r.shards_total, r.shards_reduced,
+                        (SELECT count(*) FROM backfill_shard s WHERE s.run_id = r.run_id AND s.published_at IS NOT NULL)
+                 FROM backfill_run r WHERE r.job_name = $1 AND r.state = 'running' ORDER BY r.created_at DESC";
+        let rows = match &self.backend {
+            crate::Backend::Pg(p) => sqlx::query(q)
+                .bind(job)
+                .fetch_all(p)
+                .await
+                .map_err(sql("list active runs"))?
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.get::<String, _>(0),
+                        r.get::<String, _>(1),
+                        r.get::<String, _>(2),
+                        r.get::<String, _>(3),
+                        r.get::<i32, _>(4) as i64,
+                        r.get::<i32, _>(5) as i64,
+                        r.get::<i64, _>(6),
+                    )
+                })
+                .collect::<Vec<_>>(),
+            crate::Backend::Lite(p) => sqlx::query(&q.replace("$1", "?1"))
+                .bind(job)
+                .fetch_all(p)
+                .await
+                .map_err(sql("list active runs"))?
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.get::<String, _>(0),
+                        r.get::<String, _>(1),
+                        r.get::<String, _>(2),
+                        r.get::<String, _>(3),
+                        r.get::<i64, _>(4),
+                        r.get::<i64, _>(5),
+                        r.get::<i64, _>(6),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        };
+        rows.into_iter()
+            .map(
+                |(run_id, spec_hash, mode, scope, total, reduced, published)| {
+                    Ok(ActiveRun {
+                        run_id,
+                        spec_hash,
+                        mode: mode.parse().map_err(StoreError::Data)?,
+                        scope: serde_json::from_str(&scope).map_err(|e| {
+                            StoreError::Data(format!("ledger scope is unreadable: {e}"))
+                        })?,
+                        shards_total: total.max(0) as u32,
+                        shards_published: published.max(0) as u32,
+                        shards_reduced: reduced.max(0) as u32,
+                    })
+                },
+            )
+            .collect()
+    }
+}

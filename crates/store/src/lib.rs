@@ -30,7 +30,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use ledger::Reduced;
+pub use ledger::{ActiveRun, JobLock, Reduced};
 pub use ledger::{RunRecord, ShardRecord};
 pub use planning::NewRun;
 pub use shard::{Committed, EvaluatedRow, FetchedRow, ShardCommit, ShardRows};
