@@ -382,8 +382,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                             eprintln!("{msg}");
                             return Ok(0);
                         }
-                        backfill_coordinator::Start::Planned { run_id, plan } => {
-                            eprintln!("run {run_id} planned: {} shards", plan.shards_total);
+                        backfill_coordinator::Start::Planned { run_id, shards } => {
+                            eprintln!("run {run_id} planned: {shards} shards");
                             run_id
                         }
                         backfill_coordinator::Start::Resumed { run_id } => {
@@ -547,8 +547,8 @@ async fn start_or_resume(
             eprintln!("{msg}");
             Ok(None)
         }
-        backfill_coordinator::Start::Planned { run_id, plan } => {
-            eprintln!("run {run_id}: {} shards planned", plan.shards_total);
+        backfill_coordinator::Start::Planned { run_id, shards } => {
+            eprintln!("run {run_id}: {shards} shards planned");
             Ok(Some((run_id, lock)))
         }
         backfill_coordinator::Start::Resumed { run_id } => {

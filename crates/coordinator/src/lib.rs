@@ -53,7 +53,7 @@ pub fn new_run_id(job: &str) -> String {
 /// How a coordinator started.
 pub enum Start {
     /// A new run was planned.
-    Planned { run_id: String, plan: Plan },
+    Planned { run_id: String, shards: u32 },
     /// An unfinished run of the same job, spec, scope and mode was found
     /// (a coordinator died before publishing it all): carry on with it.
     Resumed { run_id: String },
@@ -106,7 +106,13 @@ pub async fn start(
         ));
     }
     let (run_id, plan) = plan(store, req).await?;
-    Ok((Start::Planned { run_id, plan }, Some(lock)))
+    Ok((
+        Start::Planned {
+            run_id,
+            shards: plan.shards_total,
+        },
+        Some(lock),
+    ))
 }
 
 /// Resumes a given run: publishes again every shard not yet done (a
