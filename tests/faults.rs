@@ -1,0 +1,482 @@
+//! Fault injection against the real services: mapper processes killed with
+//! SIGKILL mid-shard, the reducer killed and restarted, the coordinator
+//! killed while publishing, duplicate deliveries, two coordinators at once.
+//! Each faulty run is compared with the same run without faults on an
+//! identical database: row by row, write by write, summary by summary.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use rand::Rng;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+const COLLECTIONS: u64 = 4_000;
+const VERSIONS: u32 = 10;
+
+struct Fleet<'a> {
+    env: &'a TestEnv,
+    logs: PathBuf,
+    mappers: Vec<Child>,
+    reducer: Option<Child>,
+    spawned: usize,
+}
+
+impl<'a> Fleet<'a> {
+    fn new(env: &'a TestEnv) -> Fleet<'a> {
+        let logs = std::env::temp_dir().join(format!("bf-fleet-{}", env.prefix));
+        std::fs::create_dir_all(&logs).unwrap();
+        Fleet {
+            env,
+            logs,
+            mappers: Vec::new(),
+            reducer: None,
+            spawned: 0,
+        }
+    }
+
+    fn spawn(&mut self, args: &[&str]) -> Child {
+        self.spawned += 1;
+        let log =
+            std::fs::File::create(self.logs.join(format!("{}-{}.log", args[0], self.spawned)))
+                .unwrap();
+        self.env
+            .cmd(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    fn start(&mut self, mappers: usize) {
+        for _ in 0..mappers {
+            let m = self.spawn(&["mapper", "--concurrency", "2"]);
+            self.mappers.push(m);
+        }
+        self.reducer = Some(self.spawn(&["reducer"]));
+    }
+
+    fn kill_mapper(&mut self, i: usize) {
+        let mut m = self.mappers.remove(i);
+        m.kill().unwrap(); // SIGKILL
+        m.wait().unwrap();
+        let fresh = self.spawn(&["mapper", "--concurrency", "2"]);
+        self.mappers.push(fresh);
+    }
+
+    fn kill_reducer(&mut self) {
+        if let Some(mut r) = self.reducer.take() {
+            r.kill().unwrap();
+            r.wait().unwrap();
+        }
+        self.reducer = Some(self.spawn(&["reducer"]));
+    }
+}
+
+impl Drop for Fleet<'_> {
+    fn drop(&mut self) {
+        for c in self.mappers.iter_mut().chain(self.reducer.iter_mut()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.logs);
+        } else {
+            eprintln!("worker logs kept in {}", self.logs.display());
+        }
+    }
+}
+
+/// The summary without the run id.
+fn comparable(s: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    s.iter()
+        .filter(|(k, _)| k.as_str() != "run")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The same job on an identical database, without faults (embedded, one process).
+async fn reference(job_name: &str, shard_size: &str) -> (BTreeMap<String, String>, String, String) {
+    let env = TestEnv::new().await;
+    env.seed_collections(COLLECTIONS, VERSIONS).await;
+    let out = env.run(&[
+        "run",
+        "--local",
+        "--job",
+        &job(job_name),
+        "--all",
+        "--commit",
+        "--shard-size",
+        shard_size,
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    (
+        comparable(&summary(&out)),
+        env.table_md5("collection_models", "id").await,
+        env.table_md5("collection_snapshot_contents", "id").await,
+    )
+}
+
+async fn assert_matches_reference(
+    env: &TestEnv,
+    out_summary: &BTreeMap<String, String>,
+    reference: &(BTreeMap<String, String>, String, String),
+) {
+    assert_eq!(
+        comparable(out_summary),
+        reference.0,
+        "the summary equals the fault-free summary"
+    );
+    assert_eq!(
+        env.table_md5("collection_models", "id").await,
+        reference.1,
+        "current rows equal the fault-free run's"
+    );
+    assert_eq!(
+        env.table_md5("collection_snapshot_contents", "id").await,
+        reference.2,
+        "every version equals the fault-free run's"
+    );
+    let changed = num(out_summary, "changed");
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM backfill_before_image")
+            .await,
+        changed,
+        "each row written exactly once"
+    );
+    let shards = num(out_summary, "shards");
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM backfill_shard WHERE state = 'done' AND deliveries = 1 AND reduced_at IS NOT NULL").await,
+        shards,
+        "each shard committed once and folded once"
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM backfill_run").await,
+        1,
+        "one plan"
+    );
+}
+
+fn wait_child(c: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process did not finish within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn coordinator_output(c: Child) -> std::process::Output {
+    let out = c.wait_with_output().unwrap();
+    eprintln!(
+        "coordinator: exit {:?}\n{}\n{}",
+        out.status.code(),
+        stdout(&out),
+        stderr(&out)
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mappers_killed_mid_shard_lose_nothing_and_write_nothing_twice() {
+    let reference = reference("collection-dict-migrate", "100").await;
+    let env = TestEnv::new().await;
+    env.seed_collections(COLLECTIONS, VERSIONS).await;
+    assert!(num(&reference.0, "processed") >= 20_000);
+    let mut fleet = Fleet::new(&env);
+    fleet.start(3);
+    let mut coord = env
+        .cmd(&[
+            "coordinator",
+            "--job",
+            &job("collection-dict-migrate"),
+            "--all",
+            "--commit",
+            "--wait",
+            "--shard-size",
+            "100",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut kills = 0;
+    let mut rng = rand::thread_rng();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while coord.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the run did not finish");
+        std::thread::sleep(Duration::from_millis(rng.gen_range(150..450)));
+        if kills < 8 && coord.try_wait().unwrap().is_none() {
+            let i = rng.gen_range(0..fleet.mappers.len());
+            fleet.kill_mapper(i);
+            kills += 1;
+        }
+    }
+    let out = coordinator_output(coord);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(kills >= 3, "the faults hit the run ({kills} kills)");
+    assert_matches_reference(&env, &summary(&out), &reference).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reducer_killed_and_restarted_counts_every_shard_once() {
+    let reference = reference("collection-dict-migrate", "50").await;
+    let env = TestEnv::new().await;
+    env.seed_collections(COLLECTIONS, VERSIONS).await;
+    let mut fleet = Fleet::new(&env);
+    fleet.start(2);
+    let mut coord = env
+        .cmd(&[
+            "coordinator",
+            "--job",
+            &job("collection-dict-migrate"),
+            "--all",
+            "--commit",
+            "--wait",
+            "--shard-size",
+            "50",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut kills = 0;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while coord.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the run did not finish");
+        std::thread::sleep(Duration::from_millis(400));
+        if kills < 4 && coord.try_wait().unwrap().is_none() {
+            fleet.kill_reducer();
+            kills += 1;
+        }
+    }
+    let out = coordinator_output(coord);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(kills >= 2, "the reducer was killed mid-run ({kills} kills)");
+    assert_matches_reference(&env, &summary(&out), &reference).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_killed_while_publishing_is_resumed_by_the_same_command() {
+    let reference = reference("collection-dict-migrate", "5").await;
+    let env = TestEnv::new().await;
+    env.seed_collections(COLLECTIONS, VERSIONS).await;
+    let args = [
+        "coordinator",
+        "--job",
+        &job("collection-dict-migrate"),
+        "--all",
+        "--commit",
+        "--wait",
+        "--shard-size",
+        "5",
+    ];
+    let mut first = env
+        .cmd(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once it has published some, but not all, of its shards.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the coordinator never started publishing"
+        );
+        let published = sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM backfill_shard WHERE published_at IS NOT NULL",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap_or(0);
+        if published > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let total = env
+        .scalar_i64("SELECT shards_total::bigint FROM backfill_run")
+        .await;
+    let published = env
+        .scalar_i64("SELECT count(*) FROM backfill_shard WHERE published_at IS NOT NULL")
+        .await;
+    assert!(
+        published < total,
+        "killed mid-publish ({published} of {total})"
+    );
+
+    let mut fleet = Fleet::new(&env);
+    fleet.start(2);
+    let out = env.run(&args);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("was unfinished: resuming it"),
+        "{}",
+        stderr(&out)
+    );
+    assert_matches_reference(&env, &summary(&out), &reference).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicate_tasks_and_results_are_counted_once() {
+    let reference = reference("collection-dict-migrate", "200").await;
+    let env = TestEnv::new().await;
+    env.seed_collections(COLLECTIONS, VERSIONS).await;
+    let mut fleet = Fleet::new(&env);
+    fleet.start(2);
+    let out = env.run(&[
+        "coordinator",
+        "--job",
+        &job("collection-dict-migrate"),
+        "--all",
+        "--commit",
+        "--shard-size",
+        "200",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let run_id = stdout(&out).trim().to_string();
+    // Every task a second time, while the run is going on.
+    let store = env.store().await;
+    let broker = backfill_queue::Broker::connect(&amqp_url(), env.queues())
+        .await
+        .unwrap();
+    let publisher = broker.publisher().await.unwrap();
+    let tasks = backfill_coordinator::pending_tasks(&store, &run_id)
+        .await
+        .unwrap();
+    assert!(tasks.is_empty(), "all published by the coordinator");
+    for s in store.shards(&run_id).await.unwrap() {
+        let t = backfill_job::ShardTask {
+            v: 1,
+            run_id: run_id.clone(),
+            shard_no: s.shard_no,
+            target: s.target,
+            first_key: s.first_key,
+            last_key: s.last_key,
+            rows: s.rows,
+        };
+        publisher.publish_task(&t).await.unwrap();
+    }
+    let rec =
+        backfill_coordinator::wait(&store, &run_id, &tokio_util::sync::CancellationToken::new())
+            .await
+            .unwrap();
+    let first_summary = rec.summary.clone().unwrap();
+    // Every result a second time, after the run finished.
+    let results: Vec<String> =
+        sqlx::query_scalar("SELECT result::text FROM backfill_shard WHERE run_id = $1")
+            .bind(&run_id)
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    for (i, r) in results.iter().enumerate() {
+        let msg = backfill_job::ShardResult {
+            v: 1,
+            run_id: run_id.clone(),
+            shard_no: i as u32,
+            target: "x".into(),
+            worker: "dup".into(),
+            elapsed_ms: 0,
+            tally: serde_json::from_str(r).unwrap(),
+        };
+        publisher.publish_result(&msg).await.unwrap();
+    }
+    // Let the workers drain both queues.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while broker.depth(&env.queues().tasks).await.unwrap()
+        + broker.depth(&env.queues().results).await.unwrap()
+        > 0
+    {
+        assert!(Instant::now() < deadline, "queues did not drain");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = store.load_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(after.summary.as_deref(), Some(first_summary.as_str()));
+    assert_eq!(after.shards_reduced, after.shards_total);
+    let s: BTreeMap<String, String> = first_summary["Summary: ".len()..]
+        .split(' ')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_matches_reference(&env, &s, &reference).await;
+    broker.close().await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_coordinator_for_the_same_job_backs_off_naming_the_active_run() {
+    let env = TestEnv::new().await;
+    env.seed_collections(COLLECTIONS, VERSIONS).await;
+    let mut fleet = Fleet::new(&env);
+    fleet.start(1);
+    let args = [
+        "coordinator",
+        "--job",
+        &job("collection-dict-migrate"),
+        "--all",
+        "--commit",
+        "--wait",
+        "--shard-size",
+        "50",
+    ];
+    let first = env
+        .cmd(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the first has planned its run.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let run_id = loop {
+        assert!(Instant::now() < deadline);
+        if let Ok(id) = sqlx::query_scalar::<_, String>("SELECT run_id FROM backfill_run")
+            .fetch_one(&env.pool)
+            .await
+        {
+            break id;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The scheduled start overlaps: same job, even another scope or mode.
+    for extra in [vec!["--commit"], vec![]] {
+        let j = job("collection-dict-migrate");
+        let mut a = vec!["coordinator", "--job", j.as_str(), "--all"];
+        a.extend(extra);
+        let started = Instant::now();
+        let second = env.run(&a);
+        assert_eq!(second.status.code(), Some(0), "backs off cleanly");
+        assert!(started.elapsed() < Duration::from_secs(20));
+        assert!(
+            stderr(&second).contains(&format!("run {run_id}")),
+            "names the active run: {}",
+            stderr(&second)
+        );
+        assert!(stderr(&second).contains("not starting a second one"));
+        assert!(stdout(&second).is_empty(), "no run id: nothing started");
+    }
+    let out = coordinator_output(first);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM backfill_run").await,
+        1,
+        "only the first run exists"
+    );
+    let status = env.run(&["status", &run_id]);
+    assert!(stdout(&status).contains("state=done"));
+    let mut c = env.cmd(&["status"]).stdout(Stdio::null()).spawn().unwrap();
+    assert!(wait_child(&mut c, Duration::from_secs(30)).success());
+}
