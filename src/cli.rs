@@ -119,6 +119,21 @@ enum Command {
     },
     /// Worker: fold shard results into run summaries.
     Reducer,
+    /// Re-run exactly the rows a finished run quarantined (rule errors, rows of dead-lettered
+    /// shards), once their cause is fixed: a new run, same spec and mode, in this process.
+    Retry {
+        /// The finished run whose quarantined rows to retry.
+        run: String,
+        /// Mapper tasks to start in this process.
+        #[arg(long, default_value_t = 2)]
+        mappers: u16,
+        /// Embedded mode: the in-process queue instead of RabbitMQ (implied by a sqlite:// URL).
+        #[arg(long)]
+        local: bool,
+        /// Rows per shard.
+        #[arg(long, default_value_t = backfill_job::spec::DEFAULT_SHARD_SIZE)]
+        shard_size: u32,
+    },
     /// Show recent runs, or one run's progress and summary.
     Status {
         /// A run id; without it, the recent runs.
@@ -332,7 +347,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 return Err(usage("--mappers must be at least 1"));
             }
             let local = local || settings.is_sqlite();
-            let Some(rec) = run_in_process(&settings, req, mappers, local).await? else {
+            let Some(rec) =
+                run_in_process(&settings, Work::Job(Box::new(req)), mappers, local).await?
+            else {
                 return Ok(0);
             };
             print!("{}", backfill_job::report::render_report(&rec.view()));
@@ -436,6 +453,32 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             backfill_reducer::run(store, cfg, shutdown_on_signals()).await?;
             Ok(0)
         }
+        Command::Retry {
+            run,
+            mappers,
+            local,
+            shard_size,
+        } => {
+            if mappers == 0 {
+                return Err(usage("--mappers must be at least 1"));
+            }
+            if shard_size == 0 || shard_size > backfill_job::spec::MAX_SHARD_SIZE {
+                return Err(usage(format!(
+                    "--shard-size must be between 1 and {}",
+                    backfill_job::spec::MAX_SHARD_SIZE
+                )));
+            }
+            let local = local || settings.is_sqlite();
+            let work = Work::Retry {
+                run_id: run,
+                shard_size,
+            };
+            let Some(rec) = run_in_process(&settings, work, mappers, local).await? else {
+                return Ok(0);
+            };
+            print!("{}", backfill_job::report::render_report(&rec.view()));
+            Ok(exit_code(&rec))
+        }
         Command::Status { run } => {
             let store = connect_store(&settings, 2).await?;
             match run {
@@ -463,6 +506,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                         rec.shards_reduced,
                         rec.shards_total
                     );
+                    for (shard, target, error) in store.dead_shards(&id).await? {
+                        println!("dead-lettered shard {shard} ({target}): {error}");
+                    }
+                    let quarantined = store.quarantined(&id).await?;
+                    if !quarantined.is_empty() {
+                        println!(
+                            "{} rows quarantined; fix their cause, then `backfill retry {id}`",
+                            quarantined.len()
+                        );
+                        for (target, key, error) in quarantined.iter().take(20) {
+                            println!("  {target}/{key}: {error}");
+                        }
+                    }
                     if let Some(s) = &rec.summary {
                         println!("{s}");
                     }
@@ -535,6 +591,52 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// What a run in this process works on.
+pub enum Work {
+    /// A job: plan a new run (or resume the unfinished run of the same command).
+    Job(Box<backfill_coordinator::RunRequest>),
+    /// The quarantined rows of a finished run.
+    Retry { run_id: String, shard_size: u32 },
+}
+
+async fn begin(
+    store: &Store,
+    work: &Work,
+) -> anyhow::Result<Option<(String, Option<backfill_store::JobLock>)>> {
+    match work {
+        Work::Job(req) => start_or_resume(store, req).await,
+        Work::Retry { run_id, shard_size } => {
+            let original = store
+                .load_run(run_id)
+                .await?
+                .ok_or_else(|| usage(format!("run {run_id} is not in the ledger")))?;
+            if !original.state.is_finished() {
+                return Err(usage(format!(
+                    "run {run_id} is still running ({}/{} shards reduced); retry it once it has finished",
+                    original.shards_reduced, original.shards_total
+                )));
+            }
+            let Some(lock) = store.try_lock_job(&original.spec.name).await? else {
+                eprintln!(
+                    "another coordinator is working on job `{}`; try again when it is done",
+                    original.spec.name
+                );
+                return Ok(None);
+            };
+            let new_id = backfill_coordinator::new_run_id(&original.spec.name);
+            let plan = store
+                .create_retry_run(&new_id, &original, *shard_size)
+                .await?;
+            eprintln!(
+                "run {new_id} retries {} quarantined rows of run {run_id} in {} shards",
+                plan.targets.iter().map(|t| t.rows).sum::<u64>(),
+                plan.shards_total
+            );
+            Ok(Some((new_id, Some(lock))))
+        }
+    }
+}
+
 /// Plans a run, or resumes the unfinished run of the same command; `None`
 /// (after saying why) when another run of the job is in progress.
 async fn start_or_resume(
@@ -572,7 +674,7 @@ fn refuse_sqlite(settings: &Settings, role: &str) -> anyhow::Result<()> {
 /// RabbitMQ or (`local`) the in-process queue. Returns the finished run.
 pub async fn run_in_process(
     settings: &Settings,
-    req: backfill_coordinator::RunRequest,
+    req: Work,
     mappers: u16,
     local: bool,
 ) -> anyhow::Result<Option<RunRecord>> {
@@ -603,7 +705,7 @@ pub async fn run_in_process(
 
     let started = Instant::now();
     let outcome = async {
-        let Some((run_id, _lock)) = start_or_resume(&store, &req).await? else {
+        let Some((run_id, _lock)) = begin(&store, &req).await? else {
             return Ok(None);
         };
         backfill_coordinator::publish(&store, &broker, &run_id).await?;
@@ -636,11 +738,7 @@ fn report_speed(rec: &RunRecord, started: Instant) {
 
 /// The embedded mode: the same coordinator, mappers and reducer over the
 /// in-process queue.
-async fn run_local(
-    store: &Store,
-    req: backfill_coordinator::RunRequest,
-    mappers: u16,
-) -> anyhow::Result<Option<RunRecord>> {
+async fn run_local(store: &Store, req: Work, mappers: u16) -> anyhow::Result<Option<RunRecord>> {
     let queue = backfill_queue::LocalQueue::new();
     let shutdown = shutdown_on_signals();
     let workers = CancellationToken::new();
@@ -662,7 +760,7 @@ async fn run_local(
     tracker.close();
     let started = Instant::now();
     let outcome = async {
-        let Some((run_id, _lock)) = start_or_resume(store, &req).await? else {
+        let Some((run_id, _lock)) = begin(store, &req).await? else {
             return Ok(None);
         };
         // In-process tasks die with their process: send every shard not done.

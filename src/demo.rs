@@ -89,12 +89,12 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<i32> {
         println!("== {title}");
         let rec = crate::cli::run_in_process(
             &demo_settings,
-            backfill_coordinator::RunRequest {
+            crate::cli::Work::Job(Box::new(backfill_coordinator::RunRequest {
                 spec: spec.clone(),
                 scope: Scope::All,
                 mode,
                 shard_size: Some(100),
-            },
+            })),
             args.mappers,
             !args.distributed,
         )

@@ -480,3 +480,128 @@ async fn a_second_coordinator_for_the_same_job_backs_off_naming_the_active_run()
     let mut c = env.cmd(&["status"]).stdout(Stdio::null()).spawn().unwrap();
     assert!(wait_child(&mut c, Duration::from_secs(30)).success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_shard_is_dead_lettered_and_poison_rows_quarantined_then_retry_finishes_the_job() {
+    let reference = reference("collection-dict-migrate", "100").await;
+    let env = TestEnv::new().await;
+    env.seed_collections(COLLECTIONS, VERSIONS).await;
+    // The application refuses to update one snapshot: its shard fails on
+    // every attempt.
+    let poison_version = env
+        .scalar_text("SELECT id FROM collection_snapshot_contents ORDER BY id OFFSET 700 LIMIT 1")
+        .await;
+    sqlx::raw_sql(&format!(
+        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.id = '{poison_version}' THEN RAISE EXCEPTION 'version {poison_version} is locked by the application'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER poison BEFORE UPDATE ON collection_snapshot_contents FOR EACH ROW EXECUTE FUNCTION refuse_poison();"
+    ))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    // One current row whose document a rule cannot apply to.
+    let poison_model = env
+        .scalar_text("SELECT id FROM collection_models ORDER BY id OFFSET 10 LIMIT 1")
+        .await;
+    sqlx::query(
+        "UPDATE collection_models SET collection_dict = '\"not an object\"'::jsonb WHERE id = $1",
+    )
+    .bind(&poison_model)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+
+    let mut fleet = Fleet::new(&env);
+    fleet.start(2);
+    let out = env.run(&[
+        "coordinator",
+        "--job",
+        &job("collection-dict-migrate"),
+        "--all",
+        "--commit",
+        "--wait",
+        "--shard-size",
+        "100",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "the run ends, as failed");
+    let run_id = stdout(&out).lines().next().unwrap().to_string();
+    let s = summary(&out);
+    let dead = env
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM backfill_shard WHERE run_id = '{run_id}' AND state = 'dead'"
+        ))
+        .await;
+    assert_eq!(dead, 1, "exactly the poison shard is dead-lettered");
+    let dead_rows = env
+        .scalar_i64(&format!(
+            "SELECT rows::bigint FROM backfill_shard WHERE run_id = '{run_id}' AND state = 'dead'"
+        ))
+        .await;
+    assert_eq!(
+        num(&s, "errors"),
+        dead_rows + 1,
+        "the dead shard's rows and the poison row are errors"
+    );
+    assert_eq!(
+        env.scalar_text("SELECT state FROM backfill_run").await,
+        "failed"
+    );
+    assert!(
+        stdout(&out).contains(&format!(
+            "models/{poison_model}: rule 0 (collection_dict): cannot set"
+        )),
+        "the poison row is reported with its key"
+    );
+    // Nothing of the dead shard was written.
+    let written_of_dead = env
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM backfill_before_image b JOIN backfill_shard s USING (run_id, shard_no)
+             WHERE s.run_id = '{run_id}' AND s.state = 'dead'"
+        ))
+        .await;
+    assert_eq!(written_of_dead, 0);
+    let status = env.run(&["status", &run_id]);
+    let st = stdout(&status);
+    assert!(st.contains("dead-lettered shard"), "{st}");
+    assert!(st.contains("locked by the application"), "{st}");
+    assert!(
+        st.contains(&format!("{} rows quarantined", dead_rows + 1)),
+        "{st}"
+    );
+
+    // Fix the causes, then retry exactly the quarantined rows.
+    sqlx::raw_sql("DROP TRIGGER poison ON collection_snapshot_contents")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE collection_models SET collection_dict = NULL WHERE id = $1")
+        .bind(&poison_model)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let retry = env.run(&["retry", &run_id]);
+    assert_eq!(retry.status.code(), Some(0));
+    let rs = summary(&retry);
+    assert_eq!(
+        num(&rs, "processed"),
+        dead_rows + 1,
+        "exactly the quarantined rows"
+    );
+    assert_eq!(num(&rs, "changed"), dead_rows + 1);
+    // The job's end state is the fault-free one.
+    assert_eq!(env.table_md5("collection_models", "id").await, reference.1);
+    assert_eq!(
+        env.table_md5("collection_snapshot_contents", "id").await,
+        reference.2
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM backfill_before_image")
+            .await,
+        num(&reference.0, "changed"),
+        "every row written once across the run and its retry"
+    );
+    // Nothing left to retry.
+    let again = env.run(&["retry", &run_id]);
+    assert_eq!(again.status.code(), Some(0));
+    assert_eq!(num(&summary(&again), "processed"), 0);
+}

@@ -83,7 +83,7 @@ impl Db {
     /// `backfill ARGS`; a `run` goes through RabbitMQ on PostgreSQL and the
     /// in-process queue on SQLite.
     pub fn run(&self, args: &[&str]) -> Output {
-        let mut c = match self {
+        let c = match self {
             Db::Pg(e) => e.cmd(args),
             Db::Lite(_) => {
                 let mut c = Command::new(env!("CARGO_BIN_EXE_backfill"));
@@ -95,7 +95,7 @@ impl Db {
                 c
             }
         };
-        let out = c.output().unwrap();
+        let out = super::output_within(c, std::time::Duration::from_secs(300));
         eprintln!(
             "[{:?}] $ backfill {}\n--- exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
             self.backend(),

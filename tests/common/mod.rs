@@ -9,6 +9,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 use std::process::{Command, Output, Stdio};
 use std::str::FromStr;
+use std::time::Duration;
 
 pub fn base_db_url() -> String {
     std::env::var("DATABASE_URL")
@@ -83,9 +84,10 @@ impl TestEnv {
         c
     }
 
-    /// Runs `backfill ARGS` to completion.
+    /// Runs `backfill ARGS` to completion (killed, and the test failed, after
+    /// five minutes: a hung run must not hang the suite).
     pub fn run(&self, args: &[&str]) -> Output {
-        let out = self.cmd(args).output().expect("run the backfill binary");
+        let out = output_within(self.cmd(args), Duration::from_secs(300));
         eprintln!(
             "$ backfill {}\n--- exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
             args.join(" "),
@@ -194,6 +196,27 @@ impl Drop for TestEnv {
             });
         })
         .join();
+    }
+}
+
+/// Runs a command to completion within `limit`, or kills it and panics.
+pub fn output_within(mut cmd: Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the backfill binary");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait for the backfill binary"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("`backfill` did not finish within {limit:?}; killed it");
+        }
     }
 }
 

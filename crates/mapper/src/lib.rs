@@ -279,6 +279,9 @@ pub enum Disposition {
     Retry(String),
     /// Never processable (unknown run or target): drop it.
     Drop(String),
+    /// Failed on every attempt: dead-letter it (the reducer then records the
+    /// shard as failed, its rows quarantined, so the run ends).
+    GiveUp(String),
 }
 
 /// Runs a task and decides what becomes of it: a shard that fails for a
@@ -313,24 +316,32 @@ pub async fn attempt(
                     "{msg} (attempt {failures} of {MAX_SHARD_FAILURES})"
                 ));
             }
-            error!(error = %msg, failures, "shard failed on every attempt; its rows are reported as errors");
-            match store
-                .fail_shard(&task.run_id, task.shard_no, &task.target, &msg)
-                .await
-            {
-                Ok(committed) => Disposition::Done(Box::new(ShardResult {
-                    v: MESSAGE_VERSION,
-                    run_id: task.run_id.clone(),
-                    shard_no: task.shard_no,
-                    target: task.target.clone(),
-                    worker: worker.to_string(),
-                    elapsed_ms: 0,
-                    tally: committed.tally().clone(),
-                })),
-                Err(e2) => Disposition::Retry(format!("could not record the failed shard: {e2}")),
-            }
+            error!(error = %msg, failures, "shard failed on every attempt; giving it up");
+            Disposition::GiveUp(msg)
         }
     }
+}
+
+/// Records a shard given up in the ledger (state `dead`, its rows
+/// quarantined as errors) and returns its result for the reducer.
+pub async fn record_dead_shard(
+    store: &Store,
+    task: &ShardTask,
+    worker: &str,
+    error: &str,
+) -> Result<ShardResult, StoreError> {
+    let committed = store
+        .fail_shard(&task.run_id, task.shard_no, &task.target, error)
+        .await?;
+    Ok(ShardResult {
+        v: MESSAGE_VERSION,
+        run_id: task.run_id.clone(),
+        shard_no: task.shard_no,
+        target: task.target.clone(),
+        worker: worker.to_string(),
+        elapsed_ms: 0,
+        tally: committed.tally().clone(),
+    })
 }
 
 fn log_done(result: &ShardResult) {
@@ -381,6 +392,11 @@ async fn handle_delivery(
                 error!(error = %why, "dropping task");
                 let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
             }
+            Disposition::GiveUp(why) => {
+                // To the dead-letter queue; the reducer records it.
+                error!(error = %why, "dead-lettering the shard");
+                let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
+            }
             Disposition::Retry(why) => {
                 warn!(error = %why, "shard not done; the task goes back to the queue");
                 tokio::time::sleep(RETRY_DELAY).await;
@@ -415,6 +431,16 @@ pub async fn run_local(
                     queue.send_result(*result);
                 }
                 Disposition::Drop(why) => error!(error = %why, "dropping task"),
+                Disposition::GiveUp(why) => {
+                    match record_dead_shard(&store, &task, &worker, &why).await {
+                        Ok(result) => queue.send_result(result),
+                        Err(e) => {
+                            warn!(error = %e, "could not record the failed shard; trying again");
+                            tokio::time::sleep(RETRY_DELAY).await;
+                            queue.send_task(task.clone());
+                        }
+                    }
+                }
                 Disposition::Retry(why) => {
                     warn!(error = %why, "shard not done; trying it again");
                     tokio::time::sleep(RETRY_DELAY).await;

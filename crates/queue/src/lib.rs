@@ -1,10 +1,14 @@
 //! The broker edge: RabbitMQ topology, publishing with confirms, consuming
 //! with explicit acks.
 //!
-//! Two durable quorum queues per deployment, named from a prefix
+//! Three durable quorum queues per deployment, named from a prefix
 //! (`BACKFILL_QUEUE_PREFIX`, default `backfill`): `<prefix>.tasks` carries
 //! shard tasks to mappers, `<prefix>.results` carries shard results to
-//! reducers. Messages are persistent and every publish waits for the
+//! reducers, and `<prefix>.dead` receives tasks that failed on every
+//! attempt: a mapper gives up on a shard after a few failures and rejects
+//! it, or the broker dead-letters it after [`DELIVERY_LIMIT`] deliveries
+//! (a shard that kills its worker every time). The reducer records a
+//! dead-lettered shard as failed in the ledger so the run ends. Messages are persistent and every publish waits for the
 //! broker's confirm, so a task or result the publisher moved on from is on
 //! disk at the broker. Consumers ack only after their effect is durable.
 
@@ -57,11 +61,15 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Deliveries of one task before the broker dead-letters it.
+pub const DELIVERY_LIMIT: i64 = 20;
+
 /// The queue names of one deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueNames {
     pub tasks: String,
     pub results: String,
+    pub dead: String,
 }
 
 impl QueueNames {
@@ -69,6 +77,7 @@ impl QueueNames {
         QueueNames {
             tasks: format!("{prefix}.tasks"),
             results: format!("{prefix}.results"),
+            dead: format!("{prefix}.dead"),
         }
     }
 }
@@ -91,12 +100,32 @@ impl Broker {
             })?;
         let broker = Broker { conn, names };
         let ch = broker.channel().await?;
-        for q in [&broker.names.tasks, &broker.names.results] {
+        // The dead queue first: the tasks queue dead-letters into it.
+        for q in [
+            &broker.names.dead,
+            &broker.names.results,
+            &broker.names.tasks,
+        ] {
             let mut args = FieldTable::default();
             args.insert(
                 "x-queue-type".into(),
                 AMQPValue::LongString("quorum".into()),
             );
+            if q == &broker.names.tasks {
+                // Rejected (requeue=false) or over-delivered tasks go to the dead queue.
+                args.insert(
+                    "x-delivery-limit".into(),
+                    AMQPValue::LongLongInt(DELIVERY_LIMIT),
+                );
+                args.insert(
+                    "x-dead-letter-exchange".into(),
+                    AMQPValue::LongString("".into()),
+                );
+                args.insert(
+                    "x-dead-letter-routing-key".into(),
+                    AMQPValue::LongString(broker.names.dead.as_str().into()),
+                );
+            }
             ch.queue_declare(
                 q.as_str().into(),
                 QueueDeclareOptions {
@@ -177,7 +206,7 @@ impl Broker {
     /// Deletes this deployment's queues (tests and teardown).
     pub async fn delete_queues(&self) -> Result<(), QueueError> {
         let ch = self.channel().await?;
-        for q in [&self.names.tasks, &self.names.results] {
+        for q in [&self.names.tasks, &self.names.results, &self.names.dead] {
             ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                 .await
                 .map_err(amqp(format!("delete queue {q}")))?;
@@ -270,6 +299,7 @@ mod tests {
         let n = QueueNames::with_prefix("bf");
         assert_eq!(n.tasks, "bf.tasks");
         assert_eq!(n.results, "bf.results");
+        assert_eq!(n.dead, "bf.dead");
         assert_eq!(
             redact_url("amqp://u:p@h:5672/%2f"),
             "amqp://u:***@h:5672/%2f"

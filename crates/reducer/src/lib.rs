@@ -6,8 +6,10 @@
 //! never counts a shard twice. When the last shard is folded the run gets its
 //! final state and `Summary:` line. Any number of reducers may run.
 
-use backfill_job::ShardResult;
-use backfill_queue::{BasicAckOptions, BasicNackOptions, BasicRejectOptions, Broker, QueueNames};
+use backfill_job::{ShardResult, ShardTask};
+use backfill_queue::{
+    BasicAckOptions, BasicNackOptions, BasicRejectOptions, Broker, QueueNames, DELIVERY_LIMIT,
+};
 use backfill_store::{Reduced, Store, StoreError};
 use futures::StreamExt;
 use std::time::Duration;
@@ -65,6 +67,52 @@ pub async fn run(
     Ok(())
 }
 
+/// Records a dead-lettered shard as failed (its rows quarantined as
+/// errors) and folds that into its run, so the run ends instead of waiting
+/// for a shard nobody can finish.
+pub async fn process_dead_task(
+    store: &Store,
+    task: &ShardTask,
+    worker: &str,
+) -> Result<Reduced, StoreError> {
+    let error = store
+        .shard_last_error(&task.run_id, task.shard_no)
+        .await?
+        .unwrap_or_else(|| format!("delivered {DELIVERY_LIMIT} times without finishing (a worker died on it each time)"));
+    let result = backfill_mapper::record_dead_shard(store, task, worker, &error).await?;
+    warn!(run = %task.run_id, shard = task.shard_no, error = %error, "shard dead-lettered; its rows are reported as errors and quarantined");
+    process_result(store, &result).await
+}
+
+async fn handle_dead(store: &Store, worker: &str, d: backfill_queue::Delivery) {
+    match ShardTask::decode(&d.data) {
+        Err(e) => {
+            error!(error = %e, "dropping a dead-lettered message that cannot be read");
+            let _ = d.acker.ack(BasicAckOptions::default()).await;
+        }
+        Ok(task) => match process_dead_task(store, &task, worker).await {
+            Ok(_) => {
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+            }
+            Err(e @ StoreError::Data(_)) => {
+                error!(error = %e, run = %task.run_id, shard = task.shard_no, "dead-lettered task of an unknown shard; dropped");
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+            }
+            Err(e) => {
+                warn!(error = %e, "could not record a dead-lettered shard; it goes back to the dead queue");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = d
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        },
+    }
+}
+
 async fn consume(
     store: &Store,
     cfg: &ReducerConfig,
@@ -72,10 +120,21 @@ async fn consume(
 ) -> Result<(), backfill_queue::QueueError> {
     let broker = Broker::connect(&cfg.amqp_url, cfg.queues.clone()).await?;
     let (_channel, mut consumer) = broker.consume(&cfg.queues.results, 64, &cfg.worker).await?;
-    info!(worker = %cfg.worker, queue = %cfg.queues.results, "reducer consuming");
+    let (_dead_channel, mut dead) = broker
+        .consume(&cfg.queues.dead, 1, &format!("{}-dead", cfg.worker))
+        .await?;
+    info!(worker = %cfg.worker, queue = %cfg.queues.results, dead = %cfg.queues.dead, "reducer consuming");
     let outcome = loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
+            d = dead.next() => match d {
+                Some(Ok(d)) => {
+                    handle_dead(store, &cfg.worker, d).await;
+                    continue;
+                }
+                Some(Err(e)) => break Err(backfill_queue::QueueError::Amqp { what: "receive a dead task".into(), source: e }),
+                None => break Err(backfill_queue::QueueError::Nacked("consumer cancelled by the broker".into())),
+            },
             d = consumer.next() => d,
         };
         let d = match next {

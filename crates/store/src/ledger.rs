@@ -20,6 +20,20 @@ use crate::{sql, StoreError};
 
 /// Ledger DDL, applied in order; each statement is idempotent.
 const LEDGER_DDL: &[&str] = &[
+    // Rows that could not be rewritten (a rule error, or their shard failed
+    // on every attempt), kept for `backfill retry RUN`.
+    r#"CREATE TABLE IF NOT EXISTS backfill_quarantine (
+        run_id text NOT NULL,
+        shard_no integer NOT NULL,
+        target text NOT NULL,
+        key text NOT NULL,
+        group_key text NOT NULL,
+        refs bigint NOT NULL,
+        error text NOT NULL,
+        retried_by text,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (run_id, target, key)
+    )"#,
     r#"CREATE TABLE IF NOT EXISTS backfill_run (
         run_id text PRIMARY KEY,
         job_name text NOT NULL,
@@ -100,7 +114,9 @@ pub struct RunRecord {
     pub run_id: String,
     pub spec: JobSpec,
     pub mode: Mode,
+    /// The scope as the report prints it.
     pub scope: String,
+    pub scope_value: backfill_job::Scope,
     pub state: RunState,
     pub plan: Plan,
     pub shards_total: u32,
@@ -259,7 +275,7 @@ impl crate::Store {
         let mut tx = pool.begin().await.map_err(sql("begin reduce"))?;
         let claimed = sqlx::query(
             "UPDATE backfill_shard SET reduced_at = now()
-             WHERE run_id = $1 AND shard_no = $2 AND reduced_at IS NULL AND state = 'done'
+             WHERE run_id = $1 AND shard_no = $2 AND reduced_at IS NULL AND state IN ('done', 'dead')
              RETURNING shard_no",
         )
         .bind(&result.run_id)
@@ -354,6 +370,7 @@ pub(crate) fn run_record(raw: RawRun) -> Result<RunRecord, StoreError> {
         spec,
         mode: raw.mode.parse().map_err(StoreError::Data)?,
         scope: scope.describe(),
+        scope_value: scope,
         state: raw.state.parse().map_err(StoreError::Data)?,
         plan: decode("plan", raw.plan)?,
         shards_total: raw.shards_total.max(0) as u32,
@@ -549,5 +566,85 @@ impl crate::Store {
                 },
             )
             .collect()
+    }
+}
+
+impl crate::Store {
+    /// The last error recorded for a shard, if any.
+    pub async fn shard_last_error(
+        &self,
+        run_id: &str,
+        shard_no: u32,
+    ) -> Result<Option<String>, StoreError> {
+        let q = "SELECT last_error FROM backfill_shard WHERE run_id = $1 AND shard_no = $2";
+        let v: Option<Option<String>> = match &self.backend {
+            crate::Backend::Pg(p) => sqlx::query_scalar(q)
+                .bind(run_id)
+                .bind(shard_no as i32)
+                .fetch_optional(p)
+                .await
+                .map_err(sql("read shard error"))?,
+            crate::Backend::Lite(p) => sqlx::query_scalar(&q.replace('$', "?"))
+                .bind(run_id)
+                .bind(shard_no as i64)
+                .fetch_optional(p)
+                .await
+                .map_err(sql("read shard error"))?,
+        };
+        Ok(v.flatten())
+    }
+
+    /// Shards given up (dead-lettered) with their errors.
+    pub async fn dead_shards(
+        &self,
+        run_id: &str,
+    ) -> Result<Vec<(u32, String, String)>, StoreError> {
+        let q = "SELECT shard_no, target, coalesce(last_error, '') FROM backfill_shard WHERE run_id = $1 AND state = 'dead' ORDER BY shard_no";
+        Ok(match &self.backend {
+            crate::Backend::Pg(p) => sqlx::query(q)
+                .bind(run_id)
+                .fetch_all(p)
+                .await
+                .map_err(sql("read dead shards"))?
+                .into_iter()
+                .map(|r| (r.get::<i32, _>(0) as u32, r.get(1), r.get(2)))
+                .collect(),
+            crate::Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
+                .bind(run_id)
+                .fetch_all(p)
+                .await
+                .map_err(sql("read dead shards"))?
+                .into_iter()
+                .map(|r| (r.get::<i64, _>(0) as u32, r.get(1), r.get(2)))
+                .collect(),
+        })
+    }
+
+    /// Quarantined rows of a run not yet retried: (target, key, error).
+    pub async fn quarantined(
+        &self,
+        run_id: &str,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        let q = "SELECT target, key, error FROM backfill_quarantine WHERE run_id = $1 AND retried_by IS NULL ORDER BY target, key";
+        let rows = match &self.backend {
+            crate::Backend::Pg(p) => sqlx::query(q).bind(run_id).fetch_all(p).await,
+            crate::Backend::Lite(p) => {
+                return sqlx::query(&q.replace('$', "?"))
+                    .bind(run_id)
+                    .fetch_all(p)
+                    .await
+                    .map_err(sql("read quarantined rows"))
+                    .map(|rows| {
+                        rows.into_iter()
+                            .map(|r| (r.get(0), r.get(1), r.get(2)))
+                            .collect()
+                    })
+            }
+        }
+        .map_err(sql("read quarantined rows"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
     }
 }

@@ -27,6 +27,18 @@ use backfill_job::{JobSpec, Plan, PlannedGroup};
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
 const LEDGER_DDL: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS backfill_quarantine (
+        run_id text NOT NULL,
+        shard_no integer NOT NULL,
+        target text NOT NULL,
+        key text NOT NULL,
+        group_key text NOT NULL,
+        refs integer NOT NULL,
+        error text NOT NULL,
+        retried_by text,
+        created_at text NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        PRIMARY KEY (run_id, target, key)
+    )",
     "CREATE TABLE IF NOT EXISTS backfill_run (
         run_id text PRIMARY KEY,
         job_name text NOT NULL,
@@ -239,7 +251,7 @@ pub(crate) async fn reduce(pool: &SqlitePool, result: &ShardResult) -> Result<Re
     let mut tx = begin_write(pool, "reduce").await?;
     let claimed = sqlx::query(&format!(
         "UPDATE backfill_shard SET reduced_at = {NOW}
-         WHERE run_id = ?1 AND shard_no = ?2 AND reduced_at IS NULL AND state = 'done' RETURNING shard_no"
+         WHERE run_id = ?1 AND shard_no = ?2 AND reduced_at IS NULL AND state IN ('done', 'dead') RETURNING shard_no"
     ))
     .bind(&result.run_id)
     .bind(result.shard_no as i64)
@@ -474,7 +486,7 @@ pub(crate) async fn shard_done(
     shard_no: u32,
 ) -> Result<Option<Tally>, StoreError> {
     let row = sqlx::query(
-        "SELECT result FROM backfill_shard WHERE run_id = ?1 AND shard_no = ?2 AND state = 'done'",
+        "SELECT result FROM backfill_shard WHERE run_id = ?1 AND shard_no = ?2 AND state IN ('done', 'dead')",
     )
     .bind(run_id)
     .bind(shard_no as i64)
@@ -582,7 +594,7 @@ pub(crate) async fn commit_shard(
             c.shard_no, c.run_id
         )));
     };
-    if state == "done" {
+    if state == "done" || state == "dead" {
         tx.rollback().await.map_err(sql("rollback shard"))?;
         return Ok(Committed::AlreadyDone(decode(
             "shard result",
@@ -655,6 +667,24 @@ pub(crate) async fn commit_shard(
         }
     }
     let tally = shard_tally(&target.name, c.mode, &c.rows, &written);
+    for r in &c.rows {
+        if let RowOutcome::Error(msg) = &r.outcome {
+            sqlx::query(
+                "INSERT INTO backfill_quarantine (run_id, shard_no, target, key, group_key, refs, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .bind(c.run_id)
+            .bind(c.shard_no as i64)
+            .bind(&target.name)
+            .bind(&r.key)
+            .bind(&r.group)
+            .bind(r.refs as i64)
+            .bind(msg)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("quarantine rows"))?;
+        }
+    }
     sqlx::query(&format!(
         "UPDATE backfill_shard SET state = 'done', result = ?3, worker = ?4, finished_at = {NOW}, deliveries = deliveries + 1
          WHERE run_id = ?1 AND shard_no = ?2"
@@ -679,7 +709,7 @@ pub(crate) async fn shard_attempt_failed(
     let mut tx = begin_write(pool, "record a failed attempt").await?;
     let n: Option<i64> = sqlx::query_scalar(
         "UPDATE backfill_shard SET failures = failures + 1, last_error = ?3
-         WHERE run_id = ?1 AND shard_no = ?2 AND state <> 'done' RETURNING failures",
+         WHERE run_id = ?1 AND shard_no = ?2 AND state = 'pending' RETURNING failures",
     )
     .bind(run_id)
     .bind(shard_no as i64)
@@ -704,7 +734,7 @@ pub(crate) async fn fail_shard(
             "shard {shard_no} of run {run_id} is not in the ledger"
         )));
     };
-    if state == "done" {
+    if state == "done" || state == "dead" {
         tx.rollback().await.map_err(sql("rollback shard"))?;
         return Ok(Committed::AlreadyDone(decode(
             "shard result",
@@ -721,8 +751,19 @@ pub(crate) async fn fail_shard(
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let tally = failed_tally(target, shard_no, error, &items);
+    sqlx::query(
+        "INSERT OR IGNORE INTO backfill_quarantine (run_id, shard_no, target, key, group_key, refs, error)
+         SELECT run_id, shard_no, ?3, key, group_key, refs, ?4 FROM backfill_item WHERE run_id = ?1 AND shard_no = ?2",
+    )
+    .bind(run_id)
+    .bind(shard_no as i64)
+    .bind(target)
+    .bind(format!("shard {shard_no} failed on every attempt: {error}"))
+    .execute(&mut *tx)
+    .await
+    .map_err(sql("quarantine rows"))?;
     sqlx::query(&format!(
-        "UPDATE backfill_shard SET state = 'done', result = ?3, worker = 'failed', finished_at = {NOW}, last_error = ?4
+        "UPDATE backfill_shard SET state = 'dead', result = ?3, worker = 'failed', finished_at = {NOW}, last_error = ?4
          WHERE run_id = ?1 AND shard_no = ?2"
     ))
     .bind(run_id)
@@ -734,4 +775,101 @@ pub(crate) async fn fail_shard(
     .map_err(sql("record shard failed"))?;
     tx.commit().await.map_err(sql("commit shard"))?;
     Ok(Committed::Applied(tally))
+}
+
+pub(crate) async fn create_retry_run(
+    pool: &SqlitePool,
+    run_id: &str,
+    original: &RunRecord,
+    shard_size: u32,
+) -> Result<Plan, StoreError> {
+    let spec = &original.spec;
+    let mut tx = begin_write(pool, "retry plan").await?;
+    sqlx::query(
+        "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', '{}', 0, '{}')",
+    )
+    .bind(run_id)
+    .bind(&spec.name)
+    .bind(&spec.source)
+    .bind(&spec.hash)
+    .bind(original.mode.as_str())
+    .bind(json_text(&original.scope_value)?)
+    .execute(&mut *tx)
+    .await
+    .map_err(sql("record retry run"))?;
+    let mut tally = Tally::default();
+    let mut next_shard = 0u32;
+    let mut targets = Vec::new();
+    for target in &spec.targets {
+        let rows = sqlx::query(
+            "SELECT key, group_key, refs FROM backfill_quarantine
+             WHERE run_id = ?1 AND target = ?2 AND retried_by IS NULL ORDER BY key",
+        )
+        .bind(&original.run_id)
+        .bind(&target.name)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(sql("read quarantined rows"))?;
+        let mut cutter = ShardCutter::new(&target.name, shard_size, next_shard);
+        let mut cut = Vec::new();
+        for r in rows {
+            cut.extend(cutter.push(
+                crate::planning::quarantine_ref(r.get(0), r.get(1), r.get(2)),
+                &mut tally,
+            ));
+        }
+        next_shard = cutter.next_shard_no();
+        let (last, planned) = cutter.finish(&mut tally);
+        if let Some(shard) = last {
+            next_shard = shard.shard_no + 1;
+            cut.push(shard);
+        }
+        for shard in &cut {
+            write_shard(&mut tx, run_id, &target.name, target.key_type, shard).await?;
+        }
+        targets.push(planned);
+    }
+    sqlx::query(
+        "UPDATE backfill_quarantine SET retried_by = ?2 WHERE run_id = ?1 AND retried_by IS NULL",
+    )
+    .bind(&original.run_id)
+    .bind(run_id)
+    .execute(&mut *tx)
+    .await
+    .map_err(sql("mark quarantined rows retried"))?;
+    let new = NewRun {
+        run_id,
+        spec,
+        mode: original.mode,
+        scope: &original.scope_value,
+        shard_size,
+    };
+    let (plan, summary) = finish_plan(
+        &new,
+        original.plan.groups.clone(),
+        targets,
+        next_shard,
+        tally,
+    );
+    let state = match &summary {
+        Some(_) => final_state(&plan.tally).as_str(),
+        None => "running",
+    };
+    sqlx::query(&format!(
+        "UPDATE backfill_run SET plan = ?2, tally = ?3, shards_total = ?4, state = ?5, summary = ?6,
+                finished_at = CASE WHEN ?5 = 'running' THEN NULL ELSE {NOW} END
+         WHERE run_id = ?1"
+    ))
+    .bind(run_id)
+    .bind(json_text(&plan)?)
+    .bind(json_text(&plan.tally)?)
+    .bind(plan.shards_total as i64)
+    .bind(state)
+    .bind(&summary)
+    .execute(&mut *tx)
+    .await
+    .map_err(sql("record retry plan"))?;
+    tx.commit().await.map_err(sql("commit retry plan"))?;
+    Ok(plan)
 }

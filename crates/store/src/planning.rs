@@ -2,7 +2,7 @@
 //! in the ledger in one transaction (run row, items, shards), so that the
 //! ledger never holds half a plan.
 
-use backfill_job::plan::{parse_ref_row, CutShard, GroupRow, PlannedTarget, ShardCutter};
+use backfill_job::plan::{parse_ref_row, CutShard, GroupRow, PlannedTarget, RefRow, ShardCutter};
 use backfill_job::report::{summary_line, RunView};
 use backfill_job::spec::Dialect;
 use backfill_job::{JobSpec, KeyType, Mode, Plan, PlannedGroup, Scope, Tally};
@@ -300,4 +300,123 @@ async fn write_shard(
         .map_err(sql("record shard items"))?;
     }
     Ok(())
+}
+
+/// The quarantined rows of one target of a run, as reference rows.
+pub(crate) fn quarantine_ref(key: String, group: String, refs: i64) -> RefRow {
+    RefRow {
+        key: Some(key),
+        group: Some(group),
+        refs: refs.max(0) as u64,
+        skip: None,
+    }
+}
+
+impl Store {
+    /// Plans a retry of a finished run: a new run, same spec, mode and group
+    /// parameters, whose rows are exactly the original run's quarantined rows
+    /// (rule errors and the rows of dead-lettered shards) not yet retried.
+    /// Marks those rows as retried by the new run, in the same transaction.
+    pub async fn create_retry_run(
+        &self,
+        run_id: &str,
+        original: &crate::RunRecord,
+        shard_size: u32,
+    ) -> Result<Plan, StoreError> {
+        let pool = match &self.backend {
+            crate::Backend::Pg(p) => p,
+            crate::Backend::Lite(l) => {
+                return crate::lite::create_retry_run(l, run_id, original, shard_size).await
+            }
+        };
+        let spec = &original.spec;
+        let mut tx = pool.begin().await.map_err(sql("begin retry plan"))?;
+        let empty = serde_json::json!({});
+        sqlx::query(
+            "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally)
+             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, 0, $7)",
+        )
+        .bind(run_id)
+        .bind(&spec.name)
+        .bind(&spec.source)
+        .bind(&spec.hash)
+        .bind(original.mode.as_str())
+        .bind(serde_json::to_value(&original.scope_value).unwrap_or(Value::Null))
+        .bind(&empty)
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("record retry run"))?;
+        let mut tally = Tally::default();
+        let mut next_shard = 0u32;
+        let mut targets = Vec::new();
+        for target in &spec.targets {
+            let rows = sqlx::query(
+                "SELECT key, group_key, refs FROM backfill_quarantine
+                 WHERE run_id = $1 AND target = $2 AND retried_by IS NULL ORDER BY key",
+            )
+            .bind(&original.run_id)
+            .bind(&target.name)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(sql("read quarantined rows"))?;
+            let mut cutter = ShardCutter::new(&target.name, shard_size, next_shard);
+            let mut cut = Vec::new();
+            for r in rows {
+                cut.extend(cutter.push(quarantine_ref(r.get(0), r.get(1), r.get(2)), &mut tally));
+            }
+            next_shard = cutter.next_shard_no();
+            let (last, planned) = cutter.finish(&mut tally);
+            if let Some(shard) = last {
+                next_shard = shard.shard_no + 1;
+                cut.push(shard);
+            }
+            for shard in &cut {
+                write_shard(&mut tx, run_id, &target.name, target.key_type, shard).await?;
+            }
+            targets.push(planned);
+        }
+        sqlx::query("UPDATE backfill_quarantine SET retried_by = $2 WHERE run_id = $1 AND retried_by IS NULL")
+            .bind(&original.run_id)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("mark quarantined rows retried"))?;
+        let new = NewRun {
+            run_id,
+            spec,
+            mode: original.mode,
+            scope: &original.scope_value,
+            shard_size,
+        };
+        let (plan, summary) = finish_plan(
+            &new,
+            original.plan.groups.clone(),
+            targets,
+            next_shard,
+            tally,
+        );
+        let plan_json = serde_json::to_value(&plan).map_err(|e| StoreError::Data(e.to_string()))?;
+        let tally_json =
+            serde_json::to_value(&plan.tally).map_err(|e| StoreError::Data(e.to_string()))?;
+        let state = match &summary {
+            Some(_) => final_state(&plan.tally).as_str(),
+            None => "running",
+        };
+        sqlx::query(
+            "UPDATE backfill_run SET plan = $2, tally = $3, shards_total = $4, state = $5, summary = $6,
+                    finished_at = CASE WHEN $5 = 'running' THEN NULL ELSE now() END
+             WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .bind(&plan_json)
+        .bind(&tally_json)
+        .bind(plan.shards_total as i32)
+        .bind(state)
+        .bind(&summary)
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("record retry plan"))?;
+        tx.commit().await.map_err(sql("commit retry plan"))?;
+        Ok(plan)
+    }
 }

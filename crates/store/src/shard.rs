@@ -93,7 +93,7 @@ impl Store {
             crate::Backend::Pg(p) => p,
             crate::Backend::Lite(l) => return crate::lite::shard_done(l, run_id, shard_no).await,
         };
-        let row = sqlx::query("SELECT result FROM backfill_shard WHERE run_id = $1 AND shard_no = $2 AND state = 'done'")
+        let row = sqlx::query("SELECT result FROM backfill_shard WHERE run_id = $1 AND shard_no = $2 AND state IN ('done', 'dead')")
             .bind(run_id)
             .bind(shard_no as i32)
             .fetch_optional(pool)
@@ -218,7 +218,7 @@ impl Store {
                 c.shard_no, c.run_id
             )));
         };
-        if row.get::<String, _>(0) == "done" {
+        if matches!(row.get::<String, _>(0).as_str(), "done" | "dead") {
             let v: Option<serde_json::Value> = row.get(1);
             tx.rollback().await.map_err(sql("rollback shard"))?;
             let t = serde_json::from_value(v.unwrap_or_default())
@@ -266,6 +266,32 @@ impl Store {
         }
 
         let tally = shard_tally(&target.name, c.mode, &c.rows, &written);
+        let poisoned: Vec<(&str, &str, i64, &str)> = c
+            .rows
+            .iter()
+            .filter_map(|r| match &r.outcome {
+                RowOutcome::Error(m) => {
+                    Some((r.key.as_str(), r.group.as_str(), r.refs as i64, m.as_str()))
+                }
+                _ => None,
+            })
+            .collect();
+        if !poisoned.is_empty() {
+            sqlx::query(
+                "INSERT INTO backfill_quarantine (run_id, shard_no, target, key, group_key, refs, error)
+                 SELECT $1, $2, $3, * FROM unnest($4::text[], $5::text[], $6::int8[], $7::text[])",
+            )
+            .bind(c.run_id)
+            .bind(c.shard_no as i32)
+            .bind(&target.name)
+            .bind(poisoned.iter().map(|p| p.0).collect::<Vec<_>>())
+            .bind(poisoned.iter().map(|p| p.1).collect::<Vec<_>>())
+            .bind(poisoned.iter().map(|p| p.2).collect::<Vec<_>>())
+            .bind(poisoned.iter().map(|p| p.3).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("quarantine rows"))?;
+        }
         let result = serde_json::to_value(&tally).map_err(|e| StoreError::Data(e.to_string()))?;
         sqlx::query(
             "UPDATE backfill_shard SET state = 'done', result = $3, worker = $4, finished_at = now(),
@@ -337,7 +363,7 @@ impl Store {
         };
         let n: Option<i32> = sqlx::query_scalar(
             "UPDATE backfill_shard SET failures = failures + 1, last_error = $3
-             WHERE run_id = $1 AND shard_no = $2 AND state <> 'done' RETURNING failures",
+             WHERE run_id = $1 AND shard_no = $2 AND state = 'pending' RETURNING failures",
         )
         .bind(run_id)
         .bind(shard_no as i32)
@@ -373,7 +399,7 @@ impl Store {
             .await
             .map_err(sql("lock shard"))?
             .ok_or_else(|| StoreError::Data(format!("shard {shard_no} of run {run_id} is not in the ledger")))?;
-        if row.get::<String, _>(0) == "done" {
+        if matches!(row.get::<String, _>(0).as_str(), "done" | "dead") {
             let v: Option<serde_json::Value> = row.get(1);
             let t = serde_json::from_value(v.unwrap_or_default())
                 .map_err(|e| StoreError::Data(format!("stored shard result is unreadable: {e}")))?;
@@ -388,9 +414,21 @@ impl Store {
         let items: Vec<(String, String)> =
             items.into_iter().map(|r| (r.get(0), r.get(1))).collect();
         let tally = failed_tally(target, shard_no, error, &items);
+        sqlx::query(
+            "INSERT INTO backfill_quarantine (run_id, shard_no, target, key, group_key, refs, error)
+             SELECT run_id, shard_no, $3, key, group_key, refs, $4 FROM backfill_item WHERE run_id = $1 AND shard_no = $2
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(run_id)
+        .bind(shard_no as i32)
+        .bind(target)
+        .bind(format!("shard {shard_no} failed on every attempt: {error}"))
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("quarantine rows"))?;
         let result = serde_json::to_value(&tally).map_err(|e| StoreError::Data(e.to_string()))?;
         sqlx::query(
-            "UPDATE backfill_shard SET state = 'done', result = $3, worker = 'failed', finished_at = now(), last_error = $4
+            "UPDATE backfill_shard SET state = 'dead', result = $3, worker = 'failed', finished_at = now(), last_error = $4
              WHERE run_id = $1 AND shard_no = $2",
         )
         .bind(run_id)
