@@ -254,3 +254,4 @@ pub fn job(name: &str) -> String {
     format!("{}/jobs/{name}.toml", env!("CARGO_MANIFEST_DIR"))
 }
 pub mod both;
+pub mod fleet;
