@@ -10,10 +10,10 @@ mod common;
 use common::fleet::*;
 use common::*;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+
 use std::time::{Duration, Instant};
 
-static SERVICES: Mutex<()> = Mutex::new(());
+static SERVICES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn sh(cmd: &str) {
     let st = Command::new("sh").args(["-c", cmd]).status().unwrap();
@@ -82,7 +82,7 @@ async fn run_through(restart: &str, shard_size: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rabbitmq_restart_mid_run_loses_no_task_and_counts_no_result_twice() {
-    let _turn = SERVICES.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = SERVICES.lock().await;
     run_through(
         "rabbitmqctl -q stop_app && sleep 2 && rabbitmqctl -q start_app && rabbitmqctl -q await_startup",
         "50",
@@ -92,7 +92,7 @@ async fn a_rabbitmq_restart_mid_run_loses_no_task_and_counts_no_result_twice() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_postgresql_restart_mid_run_rolls_back_the_shard_in_flight_and_redoes_it() {
-    let _turn = SERVICES.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = SERVICES.lock().await;
     run_through(
         "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | sort -V | tail -n 1) main restart && until pg_isready -q -h 127.0.0.1; do sleep 0.2; done",
         "50",
