@@ -285,6 +285,7 @@ async fn conflicts_and_redelivery_on_both_back_ends() {
                 mode: Mode::Commit,
                 worker: "test",
                 rows: evaluated.clone(),
+                retry: None,
             })
             .await
             .unwrap();
@@ -492,4 +493,122 @@ fn the_demo_needs_no_services() {
     )));
     assert!(db.exists());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_conflict_retry_applies_the_rules_to_the_applications_edit_on_both_back_ends() {
+    for b in BOTH {
+        let db = Db::new(b).await;
+        db.seed_certificates(4, 100).await;
+        let store = db.store().await;
+        let text = std::fs::read_to_string(job("program-certificate-titles")).unwrap();
+        let spec = JobSpec::parse(&format!("on_conflict = \"retry\"\n{text}")).unwrap();
+        let program = program_readable_id(0);
+        let (run_id, _) = backfill_coordinator::plan(
+            &store,
+            &backfill_coordinator::RunRequest {
+                spec,
+                scope: Scope::Groups(vec![program.clone()]),
+                mode: Mode::Commit,
+                shard_size: Some(10_000),
+            },
+        )
+        .await
+        .unwrap();
+        let rec = store.load_run(&run_id).await.unwrap().unwrap();
+        let target = rec.spec.target("revisions").unwrap();
+        let params = rec.plan.group(&program).unwrap().params.clone();
+        let title = params["target_title"].clone();
+        let backfill_store::ShardRows::Pending(rows) =
+            store.fetch_shard(&run_id, target, 0).await.unwrap()
+        else {
+            panic!("fresh shard")
+        };
+        let evaluated: Vec<backfill_store::EvaluatedRow> = rows
+            .into_iter()
+            .map(|r| {
+                let cols = r.columns.unwrap();
+                let ev = backfill_job::evaluate_row(
+                    target,
+                    &RowInput {
+                        key: &r.key,
+                        columns: &cols,
+                        params: &params,
+                    },
+                    None,
+                );
+                backfill_store::EvaluatedRow {
+                    key: r.key,
+                    group: r.group,
+                    refs: r.refs,
+                    outcome: ev.outcome,
+                    current: ev.current,
+                    read: cols,
+                }
+            })
+            .collect();
+        let changing = evaluated
+            .iter()
+            .filter(|r| matches!(r.outcome, backfill_job::RowOutcome::Changed(_)))
+            .count() as u64;
+        let victim = evaluated
+            .iter()
+            .find(|r| matches!(r.outcome, backfill_job::RowOutcome::Changed(_)))
+            .unwrap()
+            .key
+            .clone();
+        // The application edits the row between our read and our write.
+        db.execute(&format!(
+            "UPDATE wagtailcore_revision SET content = '{{\"product_name\": \"Edited by an admin\", \"admin_note\": \"keep me\"}}' WHERE id = {victim}"
+        ))
+        .await;
+        let reevaluate =
+            |group: &str, cols: &std::collections::BTreeMap<String, Option<String>>| {
+                let p = rec.plan.group(group).unwrap().params.clone();
+                backfill_job::evaluate_row(
+                    target,
+                    &RowInput {
+                        key: "",
+                        columns: cols,
+                        params: &p,
+                    },
+                    None,
+                )
+                .outcome
+            };
+        let committed = store
+            .commit_shard(backfill_store::ShardCommit {
+                run_id: &run_id,
+                shard_no: 0,
+                target,
+                mode: Mode::Commit,
+                worker: "test",
+                rows: evaluated,
+                retry: Some(&reevaluate),
+            })
+            .await
+            .unwrap();
+        let t = committed.tally();
+        assert_eq!(
+            (t.counts.conflicts, t.conflicts_retried, t.counts.changed),
+            (0, 1, changing),
+            "{b:?}"
+        );
+        let docs = db.docs("wagtailcore_revision", "id", "content").await;
+        assert_eq!(
+            docs[&victim],
+            serde_json::json!({"product_name": title, "admin_note": "keep me"}),
+            "{b:?}: the rule applied on top of the application's edit"
+        );
+        // The before-image is the application's version, not the stale read.
+        let images = db
+            .rows(&format!(
+                "SELECT before AS c0 FROM backfill_before_image WHERE key = '{victim}'"
+            ))
+            .await;
+        let before: serde_json::Value =
+            serde_json::from_str(images[0][0].as_deref().unwrap()).unwrap();
+        assert_eq!(before["admin_note"], "keep me", "{b:?}");
+        store.close().await;
+    }
 }

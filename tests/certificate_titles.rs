@@ -598,6 +598,7 @@ async fn a_row_edited_after_it_was_read_is_a_conflict_and_not_overwritten() {
             mode: Mode::Commit,
             worker: "test",
             rows: evaluated.clone(),
+            retry: None,
         })
         .await
         .unwrap();

@@ -434,3 +434,126 @@ async fn a_poison_shard_is_dead_lettered_and_poison_rows_quarantined_then_retry_
     assert_eq!(again.status.code(), Some(0));
     assert_eq!(num(&summary(&again), "processed"), 0);
 }
+
+/// Runs the migrate job while "the application" keeps editing versions that
+/// are still to be processed; returns the coordinator's output, the run id
+/// and the versions the application edited.
+async fn run_with_concurrent_edits(
+    env: &TestEnv,
+    spec_path: &str,
+) -> (std::process::Output, std::collections::BTreeSet<String>) {
+    let mut fleet = Fleet::new(env);
+    fleet.start(2);
+    let coord = env
+        .cmd(&[
+            "coordinator",
+            "--job",
+            spec_path,
+            "--all",
+            "--commit",
+            "--wait",
+            "--shard-size",
+            "100",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let app = {
+        let pool = env.pool.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut edited = std::collections::BTreeSet::new();
+            while !stop.is_cancelled() {
+                let ids: Vec<String> = sqlx::query_scalar(
+                    "UPDATE collection_snapshot_contents SET content = jsonb_set(content, '{edited_by_app}', 'true')
+                     WHERE id IN (SELECT i.key FROM backfill_item i JOIN backfill_shard s USING (run_id, shard_no)
+                                  WHERE s.state = 'pending' AND s.target = 'snapshots' ORDER BY random() LIMIT 40)
+                     RETURNING id",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+                edited.extend(ids);
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            edited
+        })
+    };
+    let out = tokio::task::spawn_blocking(move || coordinator_output(coord))
+        .await
+        .unwrap();
+    stop.cancel();
+    let edited = app.await.unwrap();
+    (out, edited)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_edits_are_reported_as_conflicts_and_never_overwritten() {
+    let env = TestEnv::new().await;
+    env.seed_collections(COLLECTIONS, VERSIONS).await;
+    let (out, edited) = run_with_concurrent_edits(&env, &job("collection-dict-migrate")).await;
+    assert_eq!(out.status.code(), Some(3), "conflicts exit 3");
+    let s = summary(&out);
+    let conflicts = num(&s, "conflicts");
+    assert!(conflicts > 0, "the application's edits raced the run");
+    assert!(!edited.is_empty());
+    // No edit of the application was lost.
+    let lost = env
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM collection_snapshot_contents WHERE id IN ({}) AND NOT (content ? 'edited_by_app')",
+            edited.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(",")
+        ))
+        .await;
+    assert_eq!(lost, 0, "no application edit was overwritten");
+    // Exactly the conflicted rows were left as the application wrote them.
+    let unmigrated = env
+        .scalar_i64("SELECT count(*) FROM collection_snapshot_contents WHERE NOT (content ? 'collection_dict')")
+        .await;
+    assert_eq!(unmigrated, conflicts);
+    let reported = stdout(&out);
+    assert!(reported.contains("Conflicts ("), "{reported}");
+    // Every other row is migrated.
+    assert_eq!(num(&s, "changed") + conflicts, num(&s, "processed"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_on_conflict_retry_concurrent_edits_are_kept_and_the_rule_applied_on_top() {
+    let env = TestEnv::new().await;
+    env.seed_collections(COLLECTIONS, VERSIONS).await;
+    let dir = std::env::temp_dir().join(format!("bf-retry-spec-{}", env.prefix));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("migrate-retry.toml");
+    let text = std::fs::read_to_string(job("collection-dict-migrate")).unwrap();
+    std::fs::write(&spec, format!("on_conflict = \"retry\"\n{text}")).unwrap();
+    let (out, edited) = run_with_concurrent_edits(&env, spec.to_str().unwrap()).await;
+    assert_eq!(out.status.code(), Some(0));
+    let s = summary(&out);
+    assert_eq!(num(&s, "conflicts"), 0);
+    assert!(
+        num(&s, "conflicts_retried") > 0,
+        "the application's edits raced the run"
+    );
+    assert!(!edited.is_empty());
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM collection_snapshot_contents WHERE NOT (content ? 'collection_dict')").await,
+        0,
+        "every version migrated"
+    );
+    assert_eq!(
+        env.scalar_i64(&format!(
+            "SELECT count(*) FROM collection_snapshot_contents WHERE id IN ({}) AND NOT (content ? 'edited_by_app')",
+            edited.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(",")
+        ))
+        .await,
+        0,
+        "no application edit was lost"
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM backfill_before_image")
+            .await,
+        num(&s, "changed")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

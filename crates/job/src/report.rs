@@ -24,7 +24,7 @@ pub struct RunView<'a> {
 pub fn summary_line(v: &RunView<'_>) -> String {
     let c = &v.tally.counts;
     format!(
-        "Summary: mode={} shards={} processed={} changed={} unchanged={} skipped={} conflicts={} errors={} groups_processed={} groups_skipped={} refs_affected={} refs_skipped={} run={}",
+        "Summary: mode={} shards={} processed={} changed={} unchanged={} skipped={} conflicts={} errors={} groups_processed={} groups_skipped={} refs_affected={} refs_skipped={} conflicts_retried={} run={}",
         v.mode,
         v.plan.shards_total,
         c.processed,
@@ -37,6 +37,7 @@ pub fn summary_line(v: &RunView<'_>) -> String {
         v.plan.groups_skipped(),
         v.tally.refs_affected,
         v.tally.refs_skipped,
+        v.tally.conflicts_retried,
         v.run_id,
     )
 }
@@ -193,6 +194,14 @@ pub fn render_report(v: &RunView<'_>) -> String {
             let _ = writeln!(out, "  … and {} more", issues.other);
         }
     }
+    if v.tally.conflicts_retried > 0 {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "Conflicts retried: {} rows edited by the application while the run read them were read again and rewritten, keeping the application's edits",
+            v.tally.conflicts_retried
+        );
+    }
     let _ = writeln!(out);
     out.push_str(&summary_line(v));
     out.push('\n');
@@ -291,7 +300,7 @@ target_param = "title"
         let last = text.lines().last().unwrap();
         assert_eq!(
             last,
-            "Summary: mode=dry-run shards=2 processed=2 changed=1 unchanged=1 skipped=0 conflicts=0 errors=0 groups_processed=1 groups_skipped=1 refs_affected=3 refs_skipped=1 run=r1"
+            "Summary: mode=dry-run shards=2 processed=2 changed=1 unchanged=1 skipped=0 conflicts=0 errors=0 groups_processed=1 groups_skipped=1 refs_affected=3 refs_skipped=1 conflicts_retried=0 run=r1"
         );
     }
 }

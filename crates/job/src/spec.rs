@@ -98,6 +98,17 @@ impl SqlText {
     }
 }
 
+/// What happens to a row edited concurrently (its compare-and-set failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnConflict {
+    /// Leave it as the application wrote it and report it as a conflict.
+    #[default]
+    Report,
+    /// Leave the application's edit in place, read the row again under a
+    /// row lock and apply the rules to what the application wrote.
+    Retry,
+}
+
 /// How a target's key column is typed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,6 +126,7 @@ struct RawSpec {
     #[serde(default)]
     description: String,
     shard_size: Option<u32>,
+    on_conflict: Option<String>,
     groups: Option<RawGroups>,
     #[serde(default)]
     targets: Vec<RawTarget>,
@@ -209,6 +221,9 @@ pub struct JobSpec {
     pub name: String,
     pub description: String,
     pub shard_size: u32,
+    /// What a mapper does with a row the application edited between its read
+    /// and its write.
+    pub on_conflict: OnConflict,
     pub groups: Option<GroupsSpec>,
     pub targets: Vec<TargetSpec>,
     pub report: ReportSpec,
@@ -454,6 +469,16 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
         ));
     }
 
+    let on_conflict = match raw.on_conflict.as_deref() {
+        None | Some("report") => OnConflict::Report,
+        Some("retry") => OnConflict::Retry,
+        Some(other) => {
+            return Err(SpecError::new(
+                "on_conflict",
+                format!("unknown value `{other}` (expected report or retry)"),
+            ))
+        }
+    };
     let groups = match raw.groups {
         None => None,
         Some(g) => {
@@ -745,6 +770,7 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
         name: raw.name,
         description: raw.description,
         shard_size,
+        on_conflict,
         groups,
         targets,
         report,
@@ -870,6 +896,20 @@ value = "x"
         assert!(g.guards[0].reason.contains("PLACEHOLDER"));
         let e = err(&with_groups.replace("check = \"not_prefix\"", "check = \"shiny\""));
         assert_eq!(e.field, "groups.guards[0].check");
+    }
+
+    #[test]
+    fn on_conflict_is_report_or_retry() {
+        assert_eq!(
+            JobSpec::parse(MINIMAL).unwrap().on_conflict,
+            OnConflict::Report
+        );
+        let s = JobSpec::parse(&format!("on_conflict = \"retry\"\n{MINIMAL}")).unwrap();
+        assert_eq!(s.on_conflict, OnConflict::Retry);
+        assert_eq!(
+            err(&format!("on_conflict = \"clobber\"\n{MINIMAL}")).field,
+            "on_conflict"
+        );
     }
 
     #[test]

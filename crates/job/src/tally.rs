@@ -158,6 +158,10 @@ pub struct Tally {
     pub targets: BTreeMap<String, Counts>,
     pub errors: Issues,
     pub conflicts: Issues,
+    /// Rows edited concurrently that were read again and rewritten
+    /// (`on_conflict = "retry"`); not counted in `conflicts`.
+    #[serde(default)]
+    pub conflicts_retried: u64,
 }
 
 /// A row's outcome as the tally records it; conflicts are only known after
@@ -197,6 +201,7 @@ impl Tally {
         }
         self.errors.merge(&o.errors);
         self.conflicts.merge(&o.conflicts);
+        self.conflicts_retried += o.conflicts_retried;
     }
 
     /// Records one processed row.

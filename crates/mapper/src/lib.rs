@@ -14,6 +14,7 @@
 
 use backfill_job::message::MESSAGE_VERSION;
 use backfill_job::rules::evaluate_row;
+use backfill_job::spec::OnConflict;
 use backfill_job::{JobSpec, Mode, RowInput, RowOutcome, ShardResult, ShardTask};
 use backfill_queue::{
     BasicAckOptions, BasicNackOptions, BasicRejectOptions, Broker, Delivery, LocalQueue, QueueNames,
@@ -158,6 +159,24 @@ pub async fn process_task(
                     }
                 })
                 .collect();
+            let reevaluate =
+                |group: &str, cols: &std::collections::BTreeMap<String, Option<String>>| {
+                    let params = run.params.get(group).unwrap_or(&empty);
+                    evaluate_row(
+                        target,
+                        &RowInput {
+                            key: "",
+                            columns: cols,
+                            params,
+                        },
+                        None,
+                    )
+                    .outcome
+                };
+            let retry: Option<&backfill_store::shard::Reevaluate<'_>> = match run.spec.on_conflict {
+                OnConflict::Retry => Some(&reevaluate),
+                OnConflict::Report => None,
+            };
             let committed = store
                 .commit_shard(ShardCommit {
                     run_id: &task.run_id,
@@ -166,6 +185,7 @@ pub async fn process_task(
                     mode: run.mode,
                     worker,
                     rows: evaluated,
+                    retry,
                 })
                 .await?;
             if let Committed::AlreadyDone(_) = committed {

@@ -601,73 +601,42 @@ pub(crate) async fn commit_shard(
             parse_json("shard result", result)?,
         )?));
     }
+    let mut rows = c.rows;
     let mut written: HashSet<String> = HashSet::new();
+    let mut retried = 0u64;
     if c.mode.is_commit() {
-        let all_cols: Vec<&String> = target.all_columns().collect();
-        for r in &c.rows {
-            let RowOutcome::Changed(new) = &r.outcome else {
+        for i in 0..rows.len() {
+            if !matches!(rows[i].outcome, RowOutcome::Changed(_)) {
                 continue;
-            };
-            // One compare-and-set UPDATE per row: every JSON column must still
-            // hold the text that was read.
-            let sets: Vec<String> = new
-                .keys()
-                .enumerate()
-                .map(|(i, col)| format!("{} = ?{}", quote_ident(col), i + 2))
-                .collect();
-            let base = new.len() + 2;
-            let cas: Vec<String> = all_cols
-                .iter()
-                .enumerate()
-                .map(|(i, col)| format!("{} IS ?{}", quote_ident(col), base + i))
-                .collect();
-            let q = format!(
-                "UPDATE {table} SET {sets} WHERE {key} = ?1 AND {cas}",
-                table = quote_ident(&target.table),
-                sets = sets.join(", "),
-                key = quote_ident(&target.key),
-                cas = cas.join(" AND "),
-            );
-            let mut query = sqlx::query(&q);
-            query =
-                match target.key_type {
-                    KeyType::Integer => query.bind(r.key.parse::<i64>().map_err(|_| {
-                        StoreError::Data(format!("key `{}` is not an integer", r.key))
-                    })?),
-                    KeyType::Text => query.bind(r.key.clone()),
-                };
-            for v in new.values() {
-                query = query.bind(v.clone());
             }
-            for col in &all_cols {
-                query = query.bind(r.read.get(*col).cloned().flatten());
+            if write_one(&mut tx, c.run_id, c.shard_no, target, &rows[i]).await? {
+                written.insert(rows[i].key.clone());
+                continue;
             }
-            let done = query
-                .execute(&mut *tx)
-                .await
-                .map_err(sql(format!("write rows of {}", target.table)))?;
-            if done.rows_affected() == 1 {
-                written.insert(r.key.clone());
-                for col in new.keys() {
-                    sqlx::query(
-                        "INSERT INTO backfill_before_image (run_id, shard_no, target, key, column_name, before)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )
-                    .bind(c.run_id)
-                    .bind(c.shard_no as i64)
-                    .bind(&target.name)
-                    .bind(&r.key)
-                    .bind(col)
-                    .bind(r.read.get(col).cloned().flatten())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(sql("record before-images"))?;
+            let Some(retry) = c.retry else { continue };
+            // Edited by the application since it was read: read it again
+            // (this transaction holds SQLite's write lock, so it stays put)
+            // and apply the rules to what the application wrote.
+            let r = &mut rows[i];
+            match read_row(&mut tx, target, &r.key).await? {
+                None => r.outcome = RowOutcome::Skipped("row no longer exists".into()),
+                Some(cols) => {
+                    r.outcome = retry(&r.group, &cols);
+                    r.read = cols;
                 }
             }
+            if matches!(rows[i].outcome, RowOutcome::Changed(_)) {
+                if !write_one(&mut tx, c.run_id, c.shard_no, target, &rows[i]).await? {
+                    continue;
+                }
+                written.insert(rows[i].key.clone());
+            }
+            retried += 1;
         }
     }
-    let tally = shard_tally(&target.name, c.mode, &c.rows, &written);
-    for r in &c.rows {
+    let mut tally = shard_tally(&target.name, c.mode, &rows, &written);
+    tally.conflicts_retried = retried;
+    for r in &rows {
         if let RowOutcome::Error(msg) = &r.outcome {
             sqlx::query(
                 "INSERT INTO backfill_quarantine (run_id, shard_no, target, key, group_key, refs, error)
@@ -872,4 +841,113 @@ pub(crate) async fn create_retry_run(
     .map_err(sql("record retry plan"))?;
     tx.commit().await.map_err(sql("commit retry plan"))?;
     Ok(plan)
+}
+
+/// One compare-and-set UPDATE: every JSON column must still hold the text
+/// that was read. Records the before-images when it writes.
+async fn write_one(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    run_id: &str,
+    shard_no: u32,
+    target: &TargetSpec,
+    r: &crate::shard::EvaluatedRow,
+) -> Result<bool, StoreError> {
+    let RowOutcome::Changed(new) = &r.outcome else {
+        return Ok(false);
+    };
+    let all_cols: Vec<&String> = target.all_columns().collect();
+    let sets: Vec<String> = new
+        .keys()
+        .enumerate()
+        .map(|(i, col)| format!("{} = ?{}", quote_ident(col), i + 2))
+        .collect();
+    let base = new.len() + 2;
+    let cas: Vec<String> = all_cols
+        .iter()
+        .enumerate()
+        .map(|(i, col)| format!("{} IS ?{}", quote_ident(col), base + i))
+        .collect();
+    let q = format!(
+        "UPDATE {table} SET {sets} WHERE {key} = ?1 AND {cas}",
+        table = quote_ident(&target.table),
+        sets = sets.join(", "),
+        key = quote_ident(&target.key),
+        cas = cas.join(" AND "),
+    );
+    let mut query = sqlx::query(&q);
+    query = bind_key(query, target, &r.key)?;
+    for v in new.values() {
+        query = query.bind(v.clone());
+    }
+    for col in &all_cols {
+        query = query.bind(r.read.get(*col).cloned().flatten());
+    }
+    let done = query
+        .execute(&mut **tx)
+        .await
+        .map_err(sql(format!("write rows of {}", target.table)))?;
+    if done.rows_affected() != 1 {
+        return Ok(false);
+    }
+    for col in new.keys() {
+        sqlx::query(
+            "INSERT INTO backfill_before_image (run_id, shard_no, target, key, column_name, before)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(run_id)
+        .bind(shard_no as i64)
+        .bind(&target.name)
+        .bind(&r.key)
+        .bind(col)
+        .bind(r.read.get(col).cloned().flatten())
+        .execute(&mut **tx)
+        .await
+        .map_err(sql("record before-images"))?;
+    }
+    Ok(true)
+}
+
+fn bind_key<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    target: &TargetSpec,
+    key: &str,
+) -> Result<sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>, StoreError> {
+    Ok(match target.key_type {
+        KeyType::Integer => query.bind(
+            key.parse::<i64>()
+                .map_err(|_| StoreError::Data(format!("key `{key}` is not an integer")))?,
+        ),
+        KeyType::Text => query.bind(key.to_string()),
+    })
+}
+
+/// A row's JSON columns as they are now; `None` when it is gone.
+async fn read_row(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    target: &TargetSpec,
+    key: &str,
+) -> Result<Option<BTreeMap<String, Option<String>>>, StoreError> {
+    let cols: Vec<&String> = target.all_columns().collect();
+    let list: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
+    let q = format!(
+        "SELECT {} FROM {} WHERE {} = ?1",
+        list.join(", "),
+        quote_ident(&target.table),
+        quote_ident(&target.key)
+    );
+    let row = bind_key(sqlx::query(&q), target, key)?
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(sql(format!("read an edited row of {} again", target.table)))?;
+    Ok(row.map(|r| {
+        cols.iter()
+            .enumerate()
+            .map(|(i, c)| {
+                (
+                    (*c).clone(),
+                    r.try_get::<Option<String>, _>(i).ok().flatten(),
+                )
+            })
+            .collect()
+    }))
 }

@@ -55,7 +55,14 @@ pub struct ShardCommit<'a> {
     pub mode: Mode,
     pub worker: &'a str,
     pub rows: Vec<EvaluatedRow>,
+    /// With `on_conflict = "retry"`: evaluates a row again, given its group
+    /// and its documents as read under a row lock.
+    pub retry: Option<&'a Reevaluate<'a>>,
 }
+
+/// Evaluates a row again (group, documents) after a conflict.
+pub type Reevaluate<'a> =
+    dyn Fn(&str, &BTreeMap<String, Option<String>>) -> RowOutcome + Send + Sync + 'a;
 
 /// What committing did.
 #[derive(Debug, Clone, PartialEq)]
@@ -226,19 +233,54 @@ impl Store {
             return Ok(Committed::AlreadyDone(t));
         }
 
+        let mut rows = c.rows;
         let mut written: HashSet<String> = HashSet::new();
-        let to_write: Vec<&EvaluatedRow> = c
-            .rows
-            .iter()
-            .filter(|r| matches!(r.outcome, RowOutcome::Changed(_)))
-            .collect();
-        if c.mode.is_commit() && !to_write.is_empty() {
-            written = write_rows(&mut tx, target, &types, &to_write).await?;
+        let mut retried = 0u64;
+        if c.mode.is_commit() {
+            let to_write: Vec<&EvaluatedRow> = rows.iter().filter(|r| is_change(r)).collect();
+            if !to_write.is_empty() {
+                written = write_rows(&mut tx, target, &types, &to_write).await?;
+            }
+            if let Some(retry) = c.retry {
+                // Rows the application edited since they were read: read
+                // them again under a row lock and apply the rules to what
+                // the application wrote.
+                let conflicted: Vec<usize> = (0..rows.len())
+                    .filter(|i| is_change(&rows[*i]) && !written.contains(&rows[*i].key))
+                    .collect();
+                if !conflicted.is_empty() {
+                    let keys: Vec<String> =
+                        conflicted.iter().map(|i| rows[*i].key.clone()).collect();
+                    let fresh = read_for_update(&mut tx, target, &keys).await?;
+                    for i in &conflicted {
+                        let r = &mut rows[*i];
+                        match fresh.get(&r.key) {
+                            None => r.outcome = RowOutcome::Skipped("row no longer exists".into()),
+                            Some(cols) => {
+                                r.outcome = retry(&r.group, cols);
+                                r.read = cols.clone();
+                            }
+                        }
+                    }
+                    let again: Vec<&EvaluatedRow> = conflicted
+                        .iter()
+                        .map(|i| &rows[*i])
+                        .filter(|r| is_change(r))
+                        .collect();
+                    if !again.is_empty() {
+                        written.extend(write_rows(&mut tx, target, &types, &again).await?);
+                    }
+                    retried = conflicted
+                        .iter()
+                        .filter(|i| !(is_change(&rows[**i]) && !written.contains(&rows[**i].key)))
+                        .count() as u64;
+                }
+            }
             // Before-images of what was actually written.
             let mut keys = Vec::new();
             let mut cols = Vec::new();
             let mut befores: Vec<Option<&str>> = Vec::new();
-            for r in &to_write {
+            for r in &rows {
                 if !written.contains(&r.key) {
                     continue;
                 }
@@ -250,24 +292,26 @@ impl Store {
                     }
                 }
             }
-            sqlx::query(
-                "INSERT INTO backfill_before_image (run_id, shard_no, target, key, column_name, before)
-                 SELECT $1, $2, $3, * FROM unnest($4::text[], $5::text[], $6::text[])",
-            )
-            .bind(c.run_id)
-            .bind(c.shard_no as i32)
-            .bind(&target.name)
-            .bind(&keys)
-            .bind(&cols)
-            .bind(&befores)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("record before-images"))?;
+            if !keys.is_empty() {
+                sqlx::query(
+                    "INSERT INTO backfill_before_image (run_id, shard_no, target, key, column_name, before)
+                     SELECT $1, $2, $3, * FROM unnest($4::text[], $5::text[], $6::text[])",
+                )
+                .bind(c.run_id)
+                .bind(c.shard_no as i32)
+                .bind(&target.name)
+                .bind(&keys)
+                .bind(&cols)
+                .bind(&befores)
+                .execute(&mut *tx)
+                .await
+                .map_err(sql("record before-images"))?;
+            }
         }
 
-        let tally = shard_tally(&target.name, c.mode, &c.rows, &written);
-        let poisoned: Vec<(&str, &str, i64, &str)> = c
-            .rows
+        let mut tally = shard_tally(&target.name, c.mode, &rows, &written);
+        tally.conflicts_retried = retried;
+        let poisoned: Vec<(&str, &str, i64, &str)> = rows
             .iter()
             .filter_map(|r| match &r.outcome {
                 RowOutcome::Error(m) => {
@@ -308,6 +352,55 @@ impl Store {
         tx.commit().await.map_err(sql("commit shard"))?;
         Ok(Committed::Applied(tally))
     }
+}
+
+fn is_change(r: &EvaluatedRow) -> bool {
+    matches!(r.outcome, RowOutcome::Changed(_))
+}
+
+/// Reads rows again, locking them for the rest of the transaction.
+async fn read_for_update(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    target: &backfill_job::spec::TargetSpec,
+    keys: &[String],
+) -> Result<std::collections::HashMap<String, BTreeMap<String, Option<String>>>, StoreError> {
+    let cols: Vec<&String> = target.all_columns().collect();
+    let select_cols: String = cols
+        .iter()
+        .map(|c| format!(", t.{}::text", quote_ident(c)))
+        .collect();
+    let key = quote_ident(&target.key);
+    let q = format!(
+        "SELECT t.{key}::text{select_cols} FROM {table} t WHERE t.{key} = ANY($1) FOR UPDATE",
+        table = quote_ident(&target.table),
+    );
+    let query = sqlx::query(&q);
+    let query = match target.key_type {
+        KeyType::Integer => query.bind(
+            keys.iter()
+                .map(|k| {
+                    k.parse::<i64>()
+                        .map_err(|_| StoreError::Data(format!("key `{k}` is not an integer")))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        KeyType::Text => query.bind(keys.to_vec()),
+    };
+    let rows = query
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(sql(format!("read edited rows of {} again", target.table)))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let m = cols
+                .iter()
+                .enumerate()
+                .map(|(i, c)| ((*c).clone(), r.get::<Option<String>, _>(1 + i)))
+                .collect();
+            (r.get::<String, _>(0), m)
+        })
+        .collect())
 }
 
 /// A shard's result: each row's outcome, with a change that the
