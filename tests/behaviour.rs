@@ -612,3 +612,98 @@ async fn on_conflict_retry_applies_the_rules_to_the_applications_edit_on_both_ba
         store.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_holding_invalid_json_are_errors_with_their_keys_on_both_back_ends() {
+    for b in BOTH {
+        let db = Db::new(b).await;
+        // A legacy table storing JSON as text, as some applications do.
+        db.execute("CREATE TABLE legacy_docs (id integer PRIMARY KEY, title text NOT NULL, doc text NOT NULL)").await;
+        let mut values = Vec::new();
+        for i in 1..=300 {
+            let doc = match i {
+                17 => "{\"truncated\": ".to_string(),
+                230 => "not json at all".to_string(),
+                _ => format!("{{\"n\": {i}, \"tags\": [\"a\", \"b\"]}}"),
+            };
+            values.push(format!("({i}, 'doc {i}', '{doc}')"));
+        }
+        db.execute(&format!(
+            "INSERT INTO legacy_docs (id, title, doc) VALUES {}",
+            values.join(", ")
+        ))
+        .await;
+        let dir = std::env::temp_dir().join(format!("bf-legacy-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = dir.join("legacy.toml");
+        std::fs::write(
+            &spec,
+            r#"
+name = "legacy-docs-flag"
+shard_size = 40
+[[targets]]
+name = "docs"
+table = "legacy_docs"
+key = "id"
+key_type = "integer"
+columns = ["doc"]
+query = "SELECT id AS key FROM legacy_docs"
+[[targets.rules]]
+op = "set"
+path = "/migrated"
+value = true
+"#,
+        )
+        .unwrap();
+        let titles = "SELECT CAST(id AS text) AS c0, title AS c1 FROM legacy_docs ORDER BY id";
+        let before = db.rows(titles).await;
+        let out = db.run(&["run", "--job", spec.to_str().unwrap(), "--all", "--commit"]);
+        assert_eq!(out.status.code(), Some(1), "{b:?}");
+        let s = summary(&out);
+        assert_eq!(
+            (num(&s, "errors"), num(&s, "changed"), num(&s, "processed")),
+            (2, 298, 300),
+            "{b:?}"
+        );
+        let text = stdout(&out);
+        assert!(
+            text.contains("docs/17: column `doc` is not valid JSON"),
+            "{b:?}: {text}"
+        );
+        assert!(
+            text.contains("docs/230: column `doc` is not valid JSON"),
+            "{b:?}: {text}"
+        );
+        let rows = db
+            .rows("SELECT CAST(id AS text) AS c0, doc AS c1 FROM legacy_docs ORDER BY id")
+            .await;
+        for r in rows {
+            let (id, doc) = (r[0].clone().unwrap(), r[1].clone().unwrap());
+            match id.as_str() {
+                "17" => assert_eq!(doc, "{\"truncated\": "),
+                "230" => assert_eq!(doc, "not json at all"),
+                _ => {
+                    let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
+                    assert_eq!(v["migrated"], true, "{b:?}: row {id}");
+                }
+            }
+        }
+        assert_eq!(
+            db.rows(titles).await,
+            before,
+            "{b:?}: other columns untouched"
+        );
+        let q = db
+            .rows("SELECT key AS c0 FROM backfill_quarantine ORDER BY key")
+            .await
+            .into_iter()
+            .map(|r| r[0].clone().unwrap())
+            .collect::<Vec<_>>();
+        assert_eq!(
+            q,
+            vec!["17".to_string(), "230".to_string()],
+            "{b:?}: quarantined with their keys"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -557,3 +557,60 @@ async fn with_on_conflict_retry_concurrent_edits_are_kept_and_the_rule_applied_o
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_killed_while_publishing_is_resumed_with_resume_run() {
+    let reference = reference("collection-dict-migrate", "10").await;
+    let env = TestEnv::new().await;
+    env.seed_collections(COLLECTIONS, VERSIONS).await;
+    let mut first = env
+        .cmd(&[
+            "coordinator",
+            "--job",
+            &job("collection-dict-migrate"),
+            "--all",
+            "--commit",
+            "--shard-size",
+            "10",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the coordinator never started publishing"
+        );
+        let published = sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM backfill_shard WHERE published_at IS NOT NULL",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap_or(0);
+        if published > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let run_id = env.scalar_text("SELECT run_id FROM backfill_run").await;
+    let total = env
+        .scalar_i64("SELECT shards_total::bigint FROM backfill_run")
+        .await;
+    let published = env
+        .scalar_i64("SELECT count(*) FROM backfill_shard WHERE published_at IS NOT NULL")
+        .await;
+    assert!(
+        published < total,
+        "killed mid-publish ({published} of {total})"
+    );
+    let mut fleet = Fleet::new(&env);
+    fleet.start(2);
+    let out = env.run(&["coordinator", "--resume", &run_id, "--wait"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stdout(&out).lines().next(), Some(run_id.as_str()));
+    assert_matches_reference(&env, &summary(&out), &reference).await;
+}
