@@ -605,19 +605,18 @@ pub(crate) async fn commit_shard(
     let mut written: HashSet<String> = HashSet::new();
     let mut retried = 0u64;
     if c.mode.is_commit() {
-        for i in 0..rows.len() {
-            if !matches!(rows[i].outcome, RowOutcome::Changed(_)) {
+        for r in rows.iter_mut() {
+            if !matches!(r.outcome, RowOutcome::Changed(_)) {
                 continue;
             }
-            if write_one(&mut tx, c.run_id, c.shard_no, target, &rows[i]).await? {
-                written.insert(rows[i].key.clone());
+            if write_one(&mut tx, c.run_id, c.shard_no, target, r).await? {
+                written.insert(r.key.clone());
                 continue;
             }
             let Some(retry) = c.retry else { continue };
             // Edited by the application since it was read: read it again
             // (this transaction holds SQLite's write lock, so it stays put)
             // and apply the rules to what the application wrote.
-            let r = &mut rows[i];
             match read_row(&mut tx, target, &r.key).await? {
                 None => r.outcome = RowOutcome::Skipped("row no longer exists".into()),
                 Some(cols) => {
@@ -625,11 +624,11 @@ pub(crate) async fn commit_shard(
                     r.read = cols;
                 }
             }
-            if matches!(rows[i].outcome, RowOutcome::Changed(_)) {
-                if !write_one(&mut tx, c.run_id, c.shard_no, target, &rows[i]).await? {
+            if matches!(r.outcome, RowOutcome::Changed(_)) {
+                if !write_one(&mut tx, c.run_id, c.shard_no, target, r).await? {
                     continue;
                 }
-                written.insert(rows[i].key.clone());
+                written.insert(r.key.clone());
             }
             retried += 1;
         }

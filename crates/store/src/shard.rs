@@ -272,7 +272,7 @@ impl Store {
                     }
                     retried = conflicted
                         .iter()
-                        .filter(|i| !(is_change(&rows[**i]) && !written.contains(&rows[**i].key)))
+                        .filter(|i| !is_change(&rows[**i]) || written.contains(&rows[**i].key))
                         .count() as u64;
                 }
             }
