@@ -33,13 +33,13 @@ struct Cli {
 
 #[derive(Debug, Args)]
 struct ConnArgs {
-    /// PostgreSQL URL of the database holding the target tables and the ledger.
+    /// Database holding the target tables and the ledger: postgres://… or sqlite://PATH.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
     /// RabbitMQ URL.
     #[arg(long, env = "AMQP_URL", global = true, hide_env_values = true)]
     amqp_url: Option<String>,
-    /// Prefix of the queue names (`<prefix>.tasks`, `<prefix>.results`).
+    /// Prefix of the queue names (`<prefix>.tasks`, `<prefix>.results`, `<prefix>.dead`).
     #[arg(long, env = "BACKFILL_QUEUE_PREFIX", global = true)]
     queue_prefix: Option<String>,
     /// Optional TOML settings file (database_url, amqp_url, queue_prefix); flags and environment win.
@@ -91,7 +91,8 @@ struct ResumableJobArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Plan, map and reduce a run in this process over RabbitMQ; print the report and `Summary:` line.
+    /// Plan, map and reduce a run in this process (over RabbitMQ, or in-process with --local);
+    /// print the report and the `Summary:` line.
     Run {
         #[command(flatten)]
         job: JobArgs,
@@ -134,7 +135,7 @@ enum Command {
         #[arg(long, default_value_t = backfill_job::spec::DEFAULT_SHARD_SIZE)]
         shard_size: u32,
     },
-    /// Show recent runs, or one run's progress and summary.
+    /// Show recent runs, or one run's progress, dead-lettered shards, quarantined rows and summary.
     Status {
         /// A run id; without it, the recent runs.
         run: Option<String>,
