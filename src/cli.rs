@@ -383,11 +383,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                         eprintln!("another coordinator is working on job `{}`; not resuming run {run_id} twice", rec.spec.name);
                         return Ok(0);
                     };
-                    let tasks = backfill_coordinator::resume_tasks(&store, run_id).await?;
-                    let broker = connect_broker(&settings).await?;
-                    let n = backfill_coordinator::publish_tasks(&store, &broker, run_id, &tasks)
-                        .await?;
-                    broker.close().await;
+                    let n = backfill_coordinator::publish_until_done(
+                        &store,
+                        settings.amqp_url.expose(),
+                        &settings.queues(),
+                        run_id,
+                        true,
+                        &shutdown_on_signals(),
+                    )
+                    .await?;
                     println!("{run_id}");
                     eprintln!("run {run_id} resumed: {n} unfinished shards published again");
                     (run_id.clone(), Some(lock))
@@ -409,9 +413,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                             run_id
                         }
                     };
-                    let broker = connect_broker(&settings).await?;
-                    let n = backfill_coordinator::publish(&store, &broker, &run_id).await?;
-                    broker.close().await;
+                    let n = backfill_coordinator::publish_until_done(
+                        &store,
+                        settings.amqp_url.expose(),
+                        &settings.queues(),
+                        &run_id,
+                        false,
+                        &shutdown_on_signals(),
+                    )
+                    .await?;
                     println!("{run_id}");
                     eprintln!(
                         "{n} shard tasks published; watch the run with `backfill status {run_id}`"
@@ -709,7 +719,15 @@ pub async fn run_in_process(
         let Some((run_id, _lock)) = begin(&store, &req).await? else {
             return Ok(None);
         };
-        backfill_coordinator::publish(&store, &broker, &run_id).await?;
+        backfill_coordinator::publish_until_done(
+            &store,
+            settings.amqp_url.expose(),
+            &settings.queues(),
+            &run_id,
+            false,
+            &shutdown,
+        )
+        .await?;
         let rec = backfill_coordinator::wait(&store, &run_id, &shutdown).await?;
         Ok::<_, anyhow::Error>(Some(rec))
     }

@@ -10,7 +10,7 @@
 use backfill_job::message::MESSAGE_VERSION;
 use backfill_job::plan::evaluate_groups;
 use backfill_job::{JobSpec, Mode, Plan, Scope, ShardTask};
-use backfill_queue::{Broker, QueueError};
+use backfill_queue::{Broker, QueueError, QueueNames};
 use backfill_store::{JobLock, NewRun, RunRecord, Store, StoreError};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -227,6 +227,53 @@ pub async fn publish_tasks(
     }
     info!(run = %run_id, published = tasks.len(), "shard tasks published");
     Ok(tasks.len())
+}
+
+/// How long publishing keeps trying while RabbitMQ is unreachable.
+pub const PUBLISH_PATIENCE: Duration = Duration::from_secs(15 * 60);
+
+/// Publishes the run's shards, reconnecting with backoff when the broker
+/// goes away (a restart mid-publish): each attempt publishes what the ledger
+/// does not show published yet (`resume`: every shard not yet done), so
+/// nothing is lost and a duplicate is at worst an idempotent redelivery.
+pub async fn publish_until_done(
+    store: &Store,
+    amqp_url: &str,
+    queues: &QueueNames,
+    run_id: &str,
+    resume: bool,
+    shutdown: &CancellationToken,
+) -> Result<usize, CoordinatorError> {
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(200);
+
+    loop {
+        let attempt = async {
+            let broker = Broker::connect(amqp_url, queues.clone()).await?;
+            let tasks = if resume {
+                resume_tasks(store, run_id).await?
+            } else {
+                pending_tasks(store, run_id).await?
+            };
+            let n = publish_tasks(store, &broker, run_id, &tasks).await;
+            broker.close().await;
+            n
+        };
+        match attempt.await {
+            Ok(n) => return Ok(n),
+            Err(CoordinatorError::Queue(e))
+                if started.elapsed() < PUBLISH_PATIENCE && !shutdown.is_cancelled() =>
+            {
+                tracing::warn!(error = %e, run = %run_id, "publishing interrupted; reconnecting in {:?}", backoff);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(CoordinatorError::Interrupted(run_id.to_string())),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Waits until the run is finished (every shard folded), polling the ledger.
