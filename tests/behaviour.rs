@@ -9,7 +9,7 @@ mod common;
 use backfill_demo::program_readable_id;
 use backfill_job::{JobSpec, Mode, RowInput, Scope};
 use common::both::{Backend, CertOracle, Db, BOTH};
-use common::{job, num, stderr, stdout, summary};
+use common::{job, num, read_and_evaluate, stderr, stdout, summary};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn certificate_titles_dry_run_commit_rerun_on_both_back_ends() {
@@ -237,34 +237,7 @@ async fn conflicts_and_redelivery_on_both_back_ends() {
         let target = rec.spec.target("revisions").unwrap();
         let params = rec.plan.group(&program).unwrap().params.clone();
 
-        let backfill_store::ShardRows::Pending(rows) =
-            store.fetch_shard(&run_id, target, 0).await.unwrap()
-        else {
-            panic!("fresh shard")
-        };
-        let evaluated: Vec<backfill_store::EvaluatedRow> = rows
-            .into_iter()
-            .map(|r| {
-                let cols = r.columns.unwrap();
-                let ev = backfill_job::evaluate_row(
-                    target,
-                    &RowInput {
-                        key: &r.key,
-                        columns: &cols,
-                        params: &params,
-                    },
-                    None,
-                );
-                backfill_store::EvaluatedRow {
-                    key: r.key,
-                    group: r.group,
-                    refs: r.refs,
-                    outcome: ev.outcome,
-                    current: ev.current,
-                    read: cols,
-                }
-            })
-            .collect();
+        let evaluated = read_and_evaluate(&store, &run_id, target, 0, &params).await;
         let victim = evaluated
             .iter()
             .find(|r| matches!(r.outcome, backfill_job::RowOutcome::Changed(_)))
@@ -519,34 +492,7 @@ async fn on_conflict_retry_applies_the_rules_to_the_applications_edit_on_both_ba
         let target = rec.spec.target("revisions").unwrap();
         let params = rec.plan.group(&program).unwrap().params.clone();
         let title = params["target_title"].clone();
-        let backfill_store::ShardRows::Pending(rows) =
-            store.fetch_shard(&run_id, target, 0).await.unwrap()
-        else {
-            panic!("fresh shard")
-        };
-        let evaluated: Vec<backfill_store::EvaluatedRow> = rows
-            .into_iter()
-            .map(|r| {
-                let cols = r.columns.unwrap();
-                let ev = backfill_job::evaluate_row(
-                    target,
-                    &RowInput {
-                        key: &r.key,
-                        columns: &cols,
-                        params: &params,
-                    },
-                    None,
-                );
-                backfill_store::EvaluatedRow {
-                    key: r.key,
-                    group: r.group,
-                    refs: r.refs,
-                    outcome: ev.outcome,
-                    current: ev.current,
-                    read: cols,
-                }
-            })
-            .collect();
+        let evaluated = read_and_evaluate(&store, &run_id, target, 0, &params).await;
         let changing = evaluated
             .iter()
             .filter(|r| matches!(r.outcome, backfill_job::RowOutcome::Changed(_)))

@@ -7,7 +7,7 @@
 mod common;
 
 use backfill_demo::{program_kind, program_readable_id, ProgramKind};
-use backfill_job::{JobSpec, Mode, RowInput, Scope};
+use backfill_job::{JobSpec, Mode, Scope};
 use common::*;
 use std::time::Duration;
 
@@ -544,36 +544,7 @@ async fn a_row_edited_after_it_was_read_is_a_conflict_and_not_overwritten() {
     let params = rec.plan.group(&program).unwrap().params.clone();
 
     // Step 1 of the mapper: read the shard.
-    let backfill_store::ShardRows::Pending(rows) = store
-        .fetch_shard(&run_id, target, task.shard_no)
-        .await
-        .unwrap()
-    else {
-        panic!("fresh shard")
-    };
-    let evaluated: Vec<backfill_store::EvaluatedRow> = rows
-        .into_iter()
-        .map(|r| {
-            let cols = r.columns.unwrap();
-            let ev = backfill_job::evaluate_row(
-                target,
-                &RowInput {
-                    key: &r.key,
-                    columns: &cols,
-                    params: &params,
-                },
-                None,
-            );
-            backfill_store::EvaluatedRow {
-                key: r.key,
-                group: r.group,
-                refs: r.refs,
-                outcome: ev.outcome,
-                current: ev.current,
-                read: cols,
-            }
-        })
-        .collect();
+    let evaluated = read_and_evaluate(&store, &run_id, target, task.shard_no, &params).await;
     let to_change: Vec<&str> = evaluated
         .iter()
         .filter(|r| matches!(r.outcome, backfill_job::RowOutcome::Changed(_)))

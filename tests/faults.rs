@@ -110,38 +110,14 @@ async fn a_coordinator_killed_while_publishing_is_resumed_by_the_same_command() 
         "--shard-size",
         "5",
     ];
-    let mut first = env
+    let first = env
         .cmd(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     // Kill it once it has published some, but not all, of its shards.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "the coordinator never started publishing"
-        );
-        let published = sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM backfill_shard WHERE published_at IS NOT NULL",
-        )
-        .fetch_one(&env.pool)
-        .await
-        .unwrap_or(0);
-        if published > 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    first.kill().unwrap();
-    first.wait().unwrap();
-    let total = env
-        .scalar_i64("SELECT shards_total::bigint FROM backfill_run")
-        .await;
-    let published = env
-        .scalar_i64("SELECT count(*) FROM backfill_shard WHERE published_at IS NOT NULL")
-        .await;
+    let (published, total) = kill_mid_publish(&env, first).await;
     assert!(
         published < total,
         "killed mid-publish ({published} of {total})"
@@ -563,7 +539,7 @@ async fn a_coordinator_killed_while_publishing_is_resumed_with_resume_run() {
     let reference = reference("collection-dict-migrate", "10").await;
     let env = TestEnv::new().await;
     env.seed_collections(COLLECTIONS, VERSIONS).await;
-    let mut first = env
+    let first = env
         .cmd(&[
             "coordinator",
             "--job",
@@ -577,32 +553,8 @@ async fn a_coordinator_killed_while_publishing_is_resumed_with_resume_run() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "the coordinator never started publishing"
-        );
-        let published = sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM backfill_shard WHERE published_at IS NOT NULL",
-        )
-        .fetch_one(&env.pool)
-        .await
-        .unwrap_or(0);
-        if published > 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    first.kill().unwrap();
-    first.wait().unwrap();
+    let (published, total) = kill_mid_publish(&env, first).await;
     let run_id = env.scalar_text("SELECT run_id FROM backfill_run").await;
-    let total = env
-        .scalar_i64("SELECT shards_total::bigint FROM backfill_run")
-        .await;
-    let published = env
-        .scalar_i64("SELECT count(*) FROM backfill_shard WHERE published_at IS NOT NULL")
-        .await;
     assert!(
         published < total,
         "killed mid-publish ({published} of {total})"

@@ -255,3 +255,71 @@ pub fn job(name: &str) -> String {
 }
 pub mod both;
 pub mod fleet;
+
+/// A mapper's first step by hand: a fresh shard's rows, evaluated with the
+/// given group parameters.
+pub async fn read_and_evaluate(
+    store: &backfill_store::Store,
+    run_id: &str,
+    target: &backfill_job::spec::TargetSpec,
+    shard_no: u32,
+    params: &serde_json::Map<String, serde_json::Value>,
+) -> Vec<backfill_store::EvaluatedRow> {
+    let backfill_store::ShardRows::Pending(rows) =
+        store.fetch_shard(run_id, target, shard_no).await.unwrap()
+    else {
+        panic!("expected a fresh shard")
+    };
+    rows.into_iter()
+        .map(|r| {
+            let cols = r.columns.unwrap();
+            let ev = backfill_job::evaluate_row(
+                target,
+                &backfill_job::RowInput {
+                    key: &r.key,
+                    columns: &cols,
+                    params,
+                },
+                None,
+            );
+            backfill_store::EvaluatedRow {
+                key: r.key,
+                group: r.group,
+                refs: r.refs,
+                outcome: ev.outcome,
+                current: ev.current,
+                read: cols,
+            }
+        })
+        .collect()
+}
+
+/// Kills a coordinator (SIGKILL) once it has published some of its shards;
+/// returns (published, total) as the ledger then shows them.
+pub async fn kill_mid_publish(env: &TestEnv, mut coordinator: std::process::Child) -> (i64, i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the coordinator never started publishing"
+        );
+        let published = sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM backfill_shard WHERE published_at IS NOT NULL",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap_or(0);
+        if published > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    coordinator.kill().unwrap();
+    coordinator.wait().unwrap();
+    (
+        env.scalar_i64("SELECT count(*) FROM backfill_shard WHERE published_at IS NOT NULL")
+            .await,
+        env.scalar_i64("SELECT shards_total::bigint FROM backfill_run")
+            .await,
+    )
+}
