@@ -31,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
 
 /// Attempts at a shard that fail for a reason other than a lost connection
-/// before the shard is given up and its rows reported as errors.
+/// before the shard is given up (dead-lettered; its rows reported as errors
+/// and quarantined).
 pub const MAX_SHARD_FAILURES: u32 = 3;
 
 /// Why a task could not be processed.

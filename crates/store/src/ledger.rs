@@ -11,6 +11,11 @@
 //!   and reference count. Messages carry only (run, shard).
 //! - `backfill_before_image`: in commit mode, each written column's value as it
 //!   was, written in the same transaction as the row.
+//! - `backfill_quarantine`: rows that could not be rewritten (a rule error, or
+//!   their shard was dead-lettered) with their error, for `backfill retry`.
+//!
+//! A shard is `pending`, `done` (committed by a mapper) or `dead` (given up
+//! after failing on every attempt).
 
 use backfill_job::report::{summary_line, RunView};
 use backfill_job::{JobSpec, Mode, Plan, RunState, ShardResult, Tally};

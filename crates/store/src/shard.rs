@@ -467,10 +467,11 @@ impl Store {
         Ok(n.unwrap_or(0).max(0) as u32)
     }
 
-    /// Gives up on a shard that failed on every attempt: records it done
-    /// with every row counted as an error carrying `error`, so the run ends
-    /// as failed and lists the rows, instead of waiting for it forever.
-    /// Nothing of the shard was written (its transaction never committed).
+    /// Gives up on a shard that failed on every attempt (dead-lettered):
+    /// records it `dead`, with every row counted as an error carrying
+    /// `error` and quarantined for `backfill retry`, so the run ends as
+    /// failed and lists the rows instead of waiting for it forever. Nothing
+    /// of the shard was written (its transaction never committed).
     pub async fn fail_shard(
         &self,
         run_id: &str,
