@@ -222,7 +222,7 @@ pub fn main() -> i32 {
     match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             if e.downcast_ref::<UsageError>().is_some() {
                 2
             } else {
@@ -230,6 +230,20 @@ pub fn main() -> i32 {
             }
         }
     }
+}
+
+/// The error and its causes, each cause once: library errors already quote
+/// their source in their message, so a cause already in the text is skipped.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
 }
 
 fn init_tracing(cmd: &Command) {
