@@ -249,7 +249,7 @@ async fn consume(
 ) -> Result<(), backfill_queue::QueueError> {
     let broker = Broker::connect(&cfg.amqp_url, cfg.queues.clone()).await?;
     let publisher = Arc::new(broker.publisher().await?);
-    let (_channel, mut consumer) = broker
+    let (channel, mut consumer) = broker
         .consume(&cfg.queues.tasks, cfg.concurrency.max(1), &cfg.worker)
         .await?;
     info!(worker = %cfg.worker, queue = %cfg.queues.tasks, concurrency = cfg.concurrency, "mapper consuming");
@@ -287,6 +287,10 @@ async fn consume(
     };
     // Finish what is in hand: each shard commits, publishes and acks.
     while tasks.join_next().await.is_some() {}
+    // Close the channel first: the server handles everything sent on it
+    // (the last acks) before it confirms the close, so no finished shard's
+    // task is redelivered after a clean stop.
+    let _ = channel.close(200, "mapper stopping".into()).await;
     broker.close().await;
     outcome
 }

@@ -119,8 +119,8 @@ async fn consume(
     shutdown: &CancellationToken,
 ) -> Result<(), backfill_queue::QueueError> {
     let broker = Broker::connect(&cfg.amqp_url, cfg.queues.clone()).await?;
-    let (_channel, mut consumer) = broker.consume(&cfg.queues.results, 64, &cfg.worker).await?;
-    let (_dead_channel, mut dead) = broker
+    let (channel, mut consumer) = broker.consume(&cfg.queues.results, 64, &cfg.worker).await?;
+    let (dead_channel, mut dead) = broker
         .consume(&cfg.queues.dead, 1, &format!("{}-dead", cfg.worker))
         .await?;
     info!(worker = %cfg.worker, queue = %cfg.queues.results, dead = %cfg.queues.dead, "reducer consuming");
@@ -176,6 +176,9 @@ async fn consume(
             }
         }
     };
+    // Close the channels first so the last acks reach the broker.
+    let _ = channel.close(200, "reducer stopping".into()).await;
+    let _ = dead_channel.close(200, "reducer stopping".into()).await;
     broker.close().await;
     outcome
 }
