@@ -24,21 +24,7 @@ async fn mappers_killed_mid_shard_lose_nothing_and_write_nothing_twice() {
     assert!(num(&reference.0, "processed") >= 20_000);
     let mut fleet = Fleet::new(&env);
     fleet.start(3);
-    let mut coord = env
-        .cmd(&[
-            "coordinator",
-            "--job",
-            &job("collection-dict-migrate"),
-            "--all",
-            "--commit",
-            "--wait",
-            "--shard-size",
-            "100",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut coord = spawn_coordinator(&env, &job("collection-dict-migrate"), "100");
     let mut kills = 0;
     let mut rng = rand::thread_rng();
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -64,21 +50,7 @@ async fn a_reducer_killed_and_restarted_counts_every_shard_once() {
     env.seed_collections(COLLECTIONS, VERSIONS).await;
     let mut fleet = Fleet::new(&env);
     fleet.start(2);
-    let mut coord = env
-        .cmd(&[
-            "coordinator",
-            "--job",
-            &job("collection-dict-migrate"),
-            "--all",
-            "--commit",
-            "--wait",
-            "--shard-size",
-            "50",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut coord = spawn_coordinator(&env, &job("collection-dict-migrate"), "50");
     let mut kills = 0;
     let deadline = Instant::now() + Duration::from_secs(240);
     while coord.try_wait().unwrap().is_none() {
@@ -420,21 +392,7 @@ async fn run_with_concurrent_edits(
 ) -> (std::process::Output, std::collections::BTreeSet<String>) {
     let mut fleet = Fleet::new(env);
     fleet.start(2);
-    let coord = env
-        .cmd(&[
-            "coordinator",
-            "--job",
-            spec_path,
-            "--all",
-            "--commit",
-            "--wait",
-            "--shard-size",
-            "100",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let coord = spawn_coordinator(env, spec_path, "100");
     let stop = tokio_util::sync::CancellationToken::new();
     let app = {
         let pool = env.pool.clone();

@@ -9,7 +9,7 @@ mod common;
 
 use common::fleet::*;
 use common::*;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use std::time::{Duration, Instant};
 
@@ -47,22 +47,7 @@ async fn run_through(restart: &str, shard_size: &str) {
     env.seed_collections(COLLECTIONS, VERSIONS).await;
     let mut fleet = Fleet::new(&env);
     fleet.start(2);
-    let coord = env
-        .cmd(&[
-            "coordinator",
-            "--job",
-            &job("collection-dict-migrate"),
-            "--all",
-            "--commit",
-            "--wait",
-            "--shard-size",
-            shard_size,
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let coord = spawn_coordinator(&env, &job("collection-dict-migrate"), shard_size);
     until_reduced(&env, 10).await;
     let before = env
         .scalar_i64("SELECT count(*) FROM backfill_shard WHERE reduced_at IS NOT NULL")

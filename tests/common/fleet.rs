@@ -184,3 +184,23 @@ pub fn coordinator_output(c: Child) -> std::process::Output {
     );
     out
 }
+
+/// Starts `backfill coordinator --job SPEC --all --commit --wait --shard-size N`
+/// with its output captured (read it with [`coordinator_output`]).
+pub fn spawn_coordinator(env: &TestEnv, spec: &str, shard_size: &str) -> Child {
+    env.cmd(&[
+        "coordinator",
+        "--job",
+        spec,
+        "--all",
+        "--commit",
+        "--wait",
+        "--shard-size",
+        shard_size,
+    ])
+    .env("RUST_LOG", "warn")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
+}
