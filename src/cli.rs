@@ -4,7 +4,8 @@
 //! Exit codes: 0 the run finished clean; 1 the run finished with row errors,
 //! or a service or runtime failure; 2 bad input (flags, scope, job spec);
 //! 3 the run finished without errors but with conflicts (rows edited
-//! concurrently and left as the application wrote them).
+//! concurrently and left as the application wrote them); 4 the run was
+//! cancelled (`backfill cancel`).
 
 use backfill_job::{JobSpec, Mode, RunState, Scope};
 use backfill_queue::{worker_name, Broker};
@@ -18,8 +19,9 @@ use tracing::{info, warn};
 use crate::settings::Settings;
 
 const AFTER_HELP: &str = "\
-Exit codes: 0 clean; 1 row errors or a failure; 2 bad input (flags, scope, spec); 3 conflicts.
-Environment: DATABASE_URL, AMQP_URL, BACKFILL_QUEUE_PREFIX, RUST_LOG.";
+Exit codes: 0 clean; 1 row errors or a failure; 2 bad input (flags, scope, spec); 3 conflicts;
+4 the run was cancelled.
+Environment: DATABASE_URL, AMQP_URL, BACKFILL_QUEUE_PREFIX, BACKFILL_OPERATOR, RUST_LOG.";
 
 /// Rewrites the JSON content of revision rows, distributed over RabbitMQ, safely and resumably.
 #[derive(Debug, Parser)]
@@ -45,6 +47,24 @@ struct ConnArgs {
     /// Optional TOML settings file (database_url, amqp_url, queue_prefix); flags and environment win.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// Who is acting, for the ledger's audit events [default: the OS user].
+    #[arg(long, env = "BACKFILL_OPERATOR", global = true)]
+    operator: Option<String>,
+}
+
+/// A run's starting throttle and priority (the spec's `[throttle]` otherwise);
+/// change them while it runs with `backfill throttle`.
+#[derive(Debug, Args, Clone, Default)]
+struct SteerArgs {
+    /// Most rows per second across all mappers.
+    #[arg(long, value_name = "N")]
+    rows_per_sec: Option<f64>,
+    /// Most shards worked on at once across all mappers.
+    #[arg(long, value_name = "N")]
+    max_in_flight: Option<u32>,
+    /// Priority against other runs at the same time: higher goes first (default 0).
+    #[arg(long, value_name = "P", allow_hyphen_values = true)]
+    priority: Option<i32>,
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +84,8 @@ struct JobArgs {
     /// Rows per shard (default: the spec's shard_size).
     #[arg(long)]
     shard_size: Option<u32>,
+    #[command(flatten)]
+    steer: SteerArgs,
 }
 
 /// A job to plan, or a run to resume.
@@ -87,6 +109,8 @@ struct ResumableJobArgs {
     /// Rows per shard (default: the spec's shard_size).
     #[arg(long)]
     shard_size: Option<u32>,
+    #[command(flatten)]
+    steer: SteerArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,15 +135,65 @@ enum Command {
         /// Wait until the run is reduced, then print its report and summary.
         #[arg(long)]
         wait: bool,
+        /// Serve /metrics, /healthz and /readyz on this address (e.g. 0.0.0.0:9464).
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Worker: take shard tasks, rewrite rows, record them, publish results. Run any number, anywhere.
     Mapper {
         /// Shards this process works on at once.
         #[arg(long, default_value_t = 2)]
         concurrency: u16,
+        /// Serve /metrics, /healthz and /readyz on this address (e.g. 0.0.0.0:9464).
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Worker: fold shard results into run summaries.
-    Reducer,
+    Reducer {
+        /// Serve /metrics, /healthz, /readyz and the dashboard on this address (e.g. 0.0.0.0:9464).
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
+    },
+    /// Serve the web dashboard (runs, live shard grid, throughput, report) and its JSON API,
+    /// plus /metrics, /healthz and /readyz.
+    Dashboard {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
+    /// Stop starting new shards of a run; the shards in hand finish and commit.
+    Pause {
+        /// The run id.
+        run: String,
+    },
+    /// Carry on with a paused run.
+    Resume {
+        /// The run id.
+        run: String,
+    },
+    /// Stop a run for good: no new shard starts, the shards in hand finish, the run is
+    /// marked cancelled and the summary of what was done is printed.
+    Cancel {
+        /// The run id.
+        run: String,
+        /// Most seconds to wait for the shards in hand to finish.
+        #[arg(long, default_value_t = 120)]
+        wait_secs: u64,
+    },
+    /// Change a run's throttle or priority while it runs (`off` removes a limit).
+    Throttle {
+        /// The run id.
+        run: String,
+        /// Most rows per second across all mappers, or `off`.
+        #[arg(long, value_name = "N|off")]
+        rows_per_sec: Option<String>,
+        /// Most shards worked on at once across all mappers, or `off`.
+        #[arg(long, value_name = "N|off")]
+        max_in_flight: Option<String>,
+        /// Priority against other runs: higher goes first.
+        #[arg(long, value_name = "P", allow_hyphen_values = true)]
+        priority: Option<i32>,
+    },
     /// Re-run exactly the rows a finished run quarantined (rule errors, rows of dead-lettered
     /// shards), once their cause is fixed: a new run, same spec and mode, in this process.
     Retry {
@@ -135,10 +209,20 @@ enum Command {
         #[arg(long, default_value_t = backfill_job::spec::DEFAULT_SHARD_SIZE)]
         shard_size: u32,
     },
-    /// Show recent runs, or one run's progress, dead-lettered shards, quarantined rows and summary.
+    /// Show recent runs, or one run's progress: shards, rows, rate, ETA, steering, workers,
+    /// dead-lettered shards, quarantined rows and summary.
     Status {
         /// A run id; without it, the recent runs.
         run: Option<String>,
+        /// Redraw every --interval seconds until the run (or every run shown) has finished.
+        #[arg(long)]
+        watch: bool,
+        /// Print the machine-readable JSON document instead (see the README).
+        #[arg(long)]
+        json: bool,
+        /// Seconds between redraws with --watch.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
     },
     /// Print a run's report from the ledger.
     Report {
@@ -196,7 +280,7 @@ enum Command {
 #[error("{0}")]
 struct UsageError(String);
 
-fn usage(msg: impl Into<String>) -> anyhow::Error {
+pub(crate) fn usage(msg: impl Into<String>) -> anyhow::Error {
     UsageError(msg.into()).into()
 }
 
@@ -249,7 +333,10 @@ fn error_chain(e: &anyhow::Error) -> String {
 fn init_tracing(cmd: &Command) {
     // Worker roles log their progress; one-shot commands keep the terminal for the report.
     let default = match cmd {
-        Command::Mapper { .. } | Command::Reducer | Command::Coordinator { .. } => "info",
+        Command::Mapper { .. }
+        | Command::Reducer { .. }
+        | Command::Coordinator { .. }
+        | Command::Dashboard { .. } => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -297,6 +384,8 @@ fn load_spec(path: &Path) -> anyhow::Result<JobSpec> {
 
 fn job_request(job: &JobArgs) -> anyhow::Result<backfill_coordinator::RunRequest> {
     let spec = load_spec(&job.job)?;
+    validate_steer(&job.steer)?;
+    let spec_throttle = spec.throttle;
     let scope = Scope::from_flags(&job.groups, job.all).map_err(|e| usage(e.to_string()))?;
     if scope != Scope::All && spec.groups.is_none() {
         return Err(usage(format!(
@@ -321,7 +410,77 @@ fn job_request(job: &JobArgs) -> anyhow::Result<backfill_coordinator::RunRequest
             Mode::DryRun
         },
         shard_size: job.shard_size,
+        throttle: steer_throttle(&job.steer, &spec_throttle),
     })
+}
+
+/// The spec's throttle with the coordinator's flags over it; `None` when
+/// no flag was given.
+fn steer_throttle(
+    steer: &SteerArgs,
+    spec: &backfill_job::spec::ThrottleSpec,
+) -> Option<backfill_job::spec::ThrottleSpec> {
+    if steer.rows_per_sec.is_none() && steer.max_in_flight.is_none() && steer.priority.is_none() {
+        return None;
+    }
+    Some(backfill_job::spec::ThrottleSpec {
+        rows_per_sec: steer.rows_per_sec.or(spec.rows_per_sec),
+        max_in_flight: steer.max_in_flight.or(spec.max_in_flight),
+        priority: steer.priority.unwrap_or(spec.priority),
+    })
+}
+
+fn validate_steer(steer: &SteerArgs) -> anyhow::Result<()> {
+    if let Some(r) = steer.rows_per_sec {
+        if !(r.is_finite() && r > 0.0) {
+            return Err(usage("--rows-per-sec must be a positive number"));
+        }
+    }
+    if steer.max_in_flight == Some(0) {
+        return Err(usage("--max-in-flight must be at least 1"));
+    }
+    Ok(())
+}
+
+/// `N` or `off`.
+fn limit_flag<T: std::str::FromStr>(flag: &str, v: &Option<String>) -> anyhow::Result<Option<Option<T>>> {
+    match v.as_deref() {
+        None => Ok(None),
+        Some("off") => Ok(Some(None)),
+        Some(text) => text
+            .parse::<T>()
+            .map(|n| Some(Some(n)))
+            .map_err(|_| usage(format!("{flag} takes a number or `off`, got `{text}`"))),
+    }
+}
+
+/// The operator for audit events: the flag, else the OS user.
+fn operator(flag: &Option<String>) -> String {
+    flag.clone()
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Serves /metrics, /healthz, /readyz (and the dashboard) until `stop`.
+async fn start_monitor(
+    settings: &Settings,
+    store: &Store,
+    role: &str,
+    addr: Option<std::net::SocketAddr>,
+    broker: bool,
+    dashboard: bool,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let state = backfill_monitor::MonitorState::new(
+        role,
+        store.clone(),
+        broker.then(|| (settings.amqp_url.expose().to_string(), settings.queues())),
+        dashboard,
+    )?;
+    Ok(Some(backfill_monitor::serve(addr, state, stop.clone()).await?))
 }
 
 async fn connect_store(s: &Settings, max: u32) -> anyhow::Result<Store> {
@@ -333,7 +492,9 @@ async fn connect_broker(s: &Settings) -> anyhow::Result<Broker> {
 }
 
 pub fn exit_code(rec: &RunRecord) -> i32 {
-    if rec.state == RunState::Failed || rec.tally.counts.errors > 0 {
+    if rec.state == RunState::Cancelled {
+        4
+    } else if rec.state == RunState::Failed || rec.tally.counts.errors > 0 {
         1
     } else if rec.tally.counts.conflicts > 0 {
         3
@@ -351,6 +512,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         c.config.as_deref(),
     )
     .map_err(|e| usage(e.to_string()))?;
+    let operator = operator(&c.operator);
     match cli.command {
         Command::Run {
             job,
@@ -370,7 +532,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             print!("{}", backfill_job::report::render_report(&rec.view()));
             Ok(exit_code(&rec))
         }
-        Command::Coordinator { job, wait } => {
+        Command::Coordinator {
+            job,
+            wait,
+            metrics_addr,
+        } => {
             refuse_sqlite(&settings, "coordinator")?;
             // Validate everything the user gave before touching anything.
             let req = match &job.resume {
@@ -384,9 +550,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     all: job.all,
                     commit: job.commit,
                     shard_size: job.shard_size,
+                    steer: job.steer.clone(),
                 })?),
             };
             let store = connect_store(&settings, 4).await?;
+            let stop_monitor = CancellationToken::new();
+            let _monitor = start_monitor(
+                &settings,
+                &store,
+                "coordinator",
+                metrics_addr,
+                true,
+                false,
+                &stop_monitor,
+            )
+            .await?;
+            let _stop_monitor = stop_monitor.drop_guard();
             let (run_id, _lock) = match &job.resume {
                 Some(run_id) => {
                     let rec = store
@@ -450,7 +629,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             print!("{}", backfill_job::report::render_report(&rec.view()));
             Ok(exit_code(&rec))
         }
-        Command::Mapper { concurrency } => {
+        Command::Mapper {
+            concurrency,
+            metrics_addr,
+        } => {
             refuse_sqlite(&settings, "mapper")?;
             if concurrency == 0 {
                 return Err(usage("--concurrency must be at least 1"));
@@ -463,20 +645,110 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 worker: worker_name("mapper"),
             };
             info!(database = %settings.database_url, amqp = %settings.amqp_url, "mapper starting");
-            backfill_mapper::run(store, cfg, shutdown_on_signals()).await?;
+            let shutdown = shutdown_on_signals();
+            let monitor = start_monitor(
+                &settings,
+                &store,
+                "mapper",
+                metrics_addr,
+                true,
+                false,
+                &shutdown,
+            )
+            .await?;
+            backfill_mapper::run(store, cfg, shutdown.clone()).await?;
+            shutdown.cancel();
+            if let Some(m) = monitor {
+                let _ = m.await;
+            }
             Ok(0)
         }
-        Command::Reducer => {
+        Command::Reducer { metrics_addr } => {
             refuse_sqlite(&settings, "reducer")?;
             let store = connect_store(&settings, 4).await?;
+            let shutdown = shutdown_on_signals();
+            let monitor = start_monitor(
+                &settings,
+                &store,
+                "reducer",
+                metrics_addr,
+                true,
+                true,
+                &shutdown,
+            )
+            .await?;
             let cfg = backfill_reducer::ReducerConfig {
                 amqp_url: settings.amqp_url.expose().to_string(),
                 queues: settings.queues(),
                 worker: worker_name("reducer"),
             };
             info!(database = %settings.database_url, amqp = %settings.amqp_url, "reducer starting");
-            backfill_reducer::run(store, cfg, shutdown_on_signals()).await?;
+            backfill_reducer::run(store, cfg, shutdown.clone()).await?;
+            shutdown.cancel();
+            if let Some(m) = monitor {
+                let _ = m.await;
+            }
             Ok(0)
+        }
+        Command::Dashboard { listen } => {
+            let store = connect_store(&settings, 4).await?;
+            let shutdown = shutdown_on_signals();
+            // The broker is optional here: readiness reports it when configured.
+            let broker = !settings.is_sqlite();
+            let monitor = start_monitor(
+                &settings,
+                &store,
+                "dashboard",
+                Some(listen),
+                broker,
+                true,
+                &shutdown,
+            )
+            .await?;
+            eprintln!("dashboard on http://{listen}/ (Ctrl-C to stop)");
+            if let Some(m) = monitor {
+                let _ = m.await;
+            }
+            Ok(0)
+        }
+        Command::Pause { run } => {
+            let store = connect_store(&settings, 2).await?;
+            crate::steer::pause(&store, &run, &operator).await
+        }
+        Command::Resume { run } => {
+            let store = connect_store(&settings, 2).await?;
+            crate::steer::resume(&store, &run, &operator).await
+        }
+        Command::Cancel { run, wait_secs } => {
+            let store = connect_store(&settings, 2).await?;
+            crate::steer::cancel(&store, &run, &operator, Duration::from_secs(wait_secs)).await
+        }
+        Command::Throttle {
+            run,
+            rows_per_sec,
+            max_in_flight,
+            priority,
+        } => {
+            let change = backfill_store::ThrottleChange {
+                rows_per_sec: limit_flag::<f64>("--rows-per-sec", &rows_per_sec)?,
+                max_in_flight: limit_flag::<u32>("--max-in-flight", &max_in_flight)?,
+                priority,
+            };
+            if let Some(Some(r)) = change.rows_per_sec {
+                if !(r.is_finite() && r > 0.0) {
+                    return Err(usage("--rows-per-sec must be a positive number or `off`"));
+                }
+            }
+            if change.max_in_flight == Some(Some(0)) {
+                return Err(usage("--max-in-flight must be at least 1 or `off`"));
+            }
+            if change.is_empty() {
+                return Err(usage(
+                    "give --rows-per-sec, --max-in-flight or --priority to change",
+                ));
+            }
+            let store = connect_store(&settings, 2).await?;
+            crate::steer::throttle(&store, &run, &change, &operator).await
         }
         Command::Retry {
             run,
@@ -504,52 +776,27 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             print!("{}", backfill_job::report::render_report(&rec.view()));
             Ok(exit_code(&rec))
         }
-        Command::Status { run } => {
-            let store = connect_store(&settings, 2).await?;
-            match run {
-                None => {
-                    let runs = store.recent_runs(20).await?;
-                    if runs.is_empty() {
-                        println!("no runs in the ledger");
-                    }
-                    for (id, job, mode, state) in runs {
-                        println!("{id}  job={job} mode={mode} state={state}");
-                    }
-                }
-                Some(id) => {
-                    let rec = store
-                        .load_run(&id)
-                        .await?
-                        .ok_or_else(|| usage(format!("run {id} is not in the ledger")))?;
-                    println!(
-                        "run {} job={} mode={} scope={} state={} shards={}/{} reduced",
-                        rec.run_id,
-                        rec.spec.name,
-                        rec.mode,
-                        rec.scope,
-                        rec.state,
-                        rec.shards_reduced,
-                        rec.shards_total
-                    );
-                    for (shard, target, error) in store.dead_shards(&id).await? {
-                        println!("dead-lettered shard {shard} ({target}): {error}");
-                    }
-                    let quarantined = store.quarantined(&id).await?;
-                    if !quarantined.is_empty() {
-                        println!(
-                            "{} rows quarantined; fix their cause, then `backfill retry {id}`",
-                            quarantined.len()
-                        );
-                        for (target, key, error) in quarantined.iter().take(20) {
-                            println!("  {target}/{key}: {error}");
-                        }
-                    }
-                    if let Some(s) = &rec.summary {
-                        println!("{s}");
-                    }
-                }
+        Command::Status {
+            run,
+            watch,
+            json,
+            interval,
+        } => {
+            if !(interval.is_finite() && interval > 0.0) {
+                return Err(usage("--interval must be a positive number of seconds"));
             }
-            Ok(0)
+            let store = connect_store(&settings, 2).await?;
+            crate::watch::status(
+                &store,
+                crate::watch::StatusArgs {
+                    run,
+                    watch,
+                    json,
+                    interval: Duration::from_secs_f64(interval),
+                },
+                shutdown_on_signals(),
+            )
+            .await
         }
         Command::Report { run } => {
             let store = connect_store(&settings, 2).await?;

@@ -94,6 +94,7 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<i32> {
                 scope: Scope::All,
                 mode,
                 shard_size: Some(100),
+                throttle: None,
             })),
             args.mappers,
             !args.distributed,

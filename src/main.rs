@@ -4,6 +4,8 @@
 mod cli;
 mod demo;
 mod settings;
+mod steer;
+mod watch;
 
 fn main() {
     std::process::exit(cli::main());

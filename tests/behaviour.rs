@@ -224,6 +224,7 @@ async fn conflicts_and_redelivery_on_both_back_ends() {
                 scope: Scope::Groups(vec![program.clone()]),
                 mode: Mode::Commit,
                 shard_size: Some(10_000),
+                throttle: None,
             },
         )
         .await
@@ -484,6 +485,7 @@ async fn on_conflict_retry_applies_the_rules_to_the_applications_edit_on_both_ba
                 scope: Scope::Groups(vec![program.clone()]),
                 mode: Mode::Commit,
                 shard_size: Some(10_000),
+                throttle: None,
             },
         )
         .await

@@ -507,6 +507,7 @@ async fn plan_one_program(
             scope: Scope::Groups(vec![program.to_string()]),
             mode: Mode::Commit,
             shard_size: Some(10_000),
+            throttle: None,
         },
     )
     .await

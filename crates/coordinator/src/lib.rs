@@ -9,6 +9,7 @@
 
 use backfill_job::message::MESSAGE_VERSION;
 use backfill_job::plan::evaluate_groups;
+use backfill_job::spec::{adapt_shard_size, ThrottleSpec};
 use backfill_job::{JobSpec, Mode, Plan, Scope, ShardTask};
 use backfill_queue::{Broker, QueueError, QueueNames};
 use backfill_store::{JobLock, NewRun, RunRecord, Store, StoreError};
@@ -36,8 +37,54 @@ pub struct RunRequest {
     pub spec: JobSpec,
     pub scope: Scope,
     pub mode: Mode,
-    /// Rows per shard; the spec's `shard_size` when `None`.
+    /// Rows per shard; the spec's `shard_size` (or adaptive sizing) when `None`.
     pub shard_size: Option<u32>,
+    /// The run's starting throttle and priority; the spec's `[throttle]` when `None`.
+    pub throttle: Option<ThrottleSpec>,
+}
+
+/// The shard size of a new run, and how it was chosen when adaptive:
+/// from the durations measured in the job's last finished run, aiming at
+/// the spec's target duration per shard, at most `max_growth` times larger
+/// or smaller than the size measured, within the spec's bounds.
+pub async fn choose_shard_size(
+    store: &Store,
+    req: &RunRequest,
+) -> Result<(u32, Option<String>), CoordinatorError> {
+    if let Some(n) = req.shard_size {
+        return Ok((n.max(1), None));
+    }
+    let sizing = &req.spec.sizing;
+    if !sizing.adaptive {
+        return Ok((req.spec.shard_size.max(1), None));
+    }
+    let start = req
+        .spec
+        .shard_size
+        .clamp(sizing.min_shard_size, sizing.max_shard_size);
+    Ok(
+        match store
+            .measured_shard_cost(&req.spec.name, req.mode.as_str())
+            .await?
+        {
+            Some((run, size, ms_per_row)) => {
+                let n = adapt_shard_size(sizing, size, ms_per_row);
+                (
+                    n,
+                    Some(format!(
+                        "adaptive: {ms_per_row:.3} ms/row at {size} rows/shard in run {run}; {n} rows/shard aims at {} s per shard",
+                        sizing.target_shard_seconds
+                    )),
+                )
+            }
+            None => (
+                start,
+                Some(format!(
+                    "adaptive: no measured run of the job yet; starting at {start} rows/shard"
+                )),
+            ),
+        },
+    )
 }
 
 /// A new run id: time-ordered and unique.
@@ -129,7 +176,7 @@ pub async fn resume_tasks(store: &Store, run_id: &str) -> Result<Vec<ShardTask>,
         .shards(run_id)
         .await?
         .into_iter()
-        .filter(|s| s.state == "pending")
+        .filter(|s| s.state == "pending" || s.state == "running")
         .map(|s| ShardTask {
             v: MESSAGE_VERSION,
             run_id: run_id.to_string(),
@@ -152,7 +199,7 @@ pub async fn plan(store: &Store, req: &RunRequest) -> Result<(String, Plan), Coo
     let run_id = new_run_id(&req.spec.name);
     let rows = store.group_rows(&req.spec, &req.scope).await?;
     let groups = evaluate_groups(&req.spec, &req.scope, rows);
-    let shard_size = req.shard_size.unwrap_or(req.spec.shard_size).max(1);
+    let (shard_size, sizing_note) = choose_shard_size(store, req).await?;
     let plan = store
         .create_run(
             NewRun {
@@ -165,7 +212,11 @@ pub async fn plan(store: &Store, req: &RunRequest) -> Result<(String, Plan), Coo
             groups,
         )
         .await?;
-    info!(run = %run_id, job = %req.spec.name, mode = %req.mode, shards = plan.shards_total, "run planned");
+    let throttle = req.throttle.unwrap_or(req.spec.throttle);
+    store
+        .init_control(&run_id, &throttle, sizing_note.as_deref())
+        .await?;
+    info!(run = %run_id, job = %req.spec.name, mode = %req.mode, shards = plan.shards_total, shard_size, "run planned");
     Ok((run_id, plan))
 }
 

@@ -106,6 +106,9 @@ pub enum RunState {
     Done,
     /// Every shard was reduced and some rows had errors.
     Failed,
+    /// Stopped by `backfill cancel`: the shards committed before stay
+    /// committed, the rest were never started.
+    Cancelled,
 }
 
 impl RunState {
@@ -114,6 +117,7 @@ impl RunState {
             RunState::Running => "running",
             RunState::Done => "done",
             RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
         }
     }
     pub fn is_finished(self) -> bool {
@@ -134,6 +138,7 @@ impl FromStr for RunState {
             "running" => Ok(RunState::Running),
             "done" => Ok(RunState::Done),
             "failed" => Ok(RunState::Failed),
+            "cancelled" => Ok(RunState::Cancelled),
             other => Err(format!("unknown run state `{other}`")),
         }
     }

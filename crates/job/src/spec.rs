@@ -131,6 +131,37 @@ struct RawSpec {
     #[serde(default)]
     targets: Vec<RawTarget>,
     report: Option<RawReport>,
+    throttle: Option<RawThrottle>,
+    health: Option<RawHealth>,
+    sizing: Option<RawSizing>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawThrottle {
+    rows_per_sec: Option<f64>,
+    max_in_flight: Option<u32>,
+    priority: Option<i32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    max_replication_lag_seconds: Option<f64>,
+    max_active_backends: Option<u32>,
+    sql: Option<SqlText>,
+    check_every_seconds: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSizing {
+    #[serde(default)]
+    adaptive: bool,
+    target_shard_seconds: Option<f64>,
+    min_shard_size: Option<u32>,
+    max_shard_size: Option<u32>,
+    max_growth: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +258,9 @@ pub struct JobSpec {
     pub groups: Option<GroupsSpec>,
     pub targets: Vec<TargetSpec>,
     pub report: ReportSpec,
+    pub throttle: ThrottleSpec,
+    pub health: HealthSpec,
+    pub sizing: SizingSpec,
     /// The file's text as given; the ledger keeps it so mappers use the run's spec.
     pub source: String,
     /// SHA-256 of `source`, hex.
@@ -284,6 +318,68 @@ impl TargetSpec {
     /// Every JSON column fetched for a row: written ones first, then read-only.
     pub fn all_columns(&self) -> impl Iterator<Item = &String> {
         self.columns.iter().chain(self.read_columns.iter())
+    }
+}
+
+/// How fast a run may go: the starting values, changeable while it runs
+/// with `backfill throttle`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ThrottleSpec {
+    /// Rows per second across all mappers; `None` is unlimited.
+    pub rows_per_sec: Option<f64>,
+    /// Shards being worked on at once across all mappers; `None` is unlimited.
+    pub max_in_flight: Option<u32>,
+    /// Higher runs first: a run waits while a running run of higher priority
+    /// has shards left.
+    pub priority: i32,
+}
+
+/// The database health check that pauses a run's mappers while it fails.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthSpec {
+    /// PostgreSQL: pause while a standby's replay lag exceeds this; `0` turns the check off.
+    pub max_replication_lag_seconds: f64,
+    /// PostgreSQL: pause while more client backends than this are active; `0` turns it off.
+    pub max_active_backends: u32,
+    /// The job's own check: one row, one boolean column, true when healthy.
+    pub sql: Option<SqlText>,
+    /// How often a mapper re-evaluates the check.
+    pub check_every_seconds: f64,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            max_replication_lag_seconds: 30.0,
+            max_active_backends: 100,
+            sql: None,
+            check_every_seconds: 2.0,
+        }
+    }
+}
+
+/// Adaptive shard sizing: the coordinator sizes a new run's shards from the
+/// shard durations measured in the job's earlier runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SizingSpec {
+    pub adaptive: bool,
+    /// The duration a shard should take.
+    pub target_shard_seconds: f64,
+    pub min_shard_size: u32,
+    pub max_shard_size: u32,
+    /// At most this factor larger (or smaller) than the size measured.
+    pub max_growth: f64,
+}
+
+impl Default for SizingSpec {
+    fn default() -> Self {
+        SizingSpec {
+            adaptive: false,
+            target_shard_seconds: 5.0,
+            min_shard_size: 50,
+            max_shard_size: 5_000,
+            max_growth: 2.0,
+        }
     }
 }
 
@@ -766,6 +862,10 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
         }
     };
 
+    let throttle = validate_throttle(raw.throttle)?;
+    let health = validate_health(raw.health)?;
+    let sizing = validate_sizing(raw.sizing)?;
+
     Ok(JobSpec {
         name: raw.name,
         description: raw.description,
@@ -774,9 +874,104 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
         groups,
         targets,
         report,
+        throttle,
+        health,
+        sizing,
         source,
         hash,
     })
+}
+
+fn positive(field: &str, v: Option<f64>) -> Result<Option<f64>, SpecError> {
+    match v {
+        Some(x) if !(x.is_finite() && x > 0.0) => Err(SpecError::new(
+            field,
+            format!("must be a positive number, got {x}"),
+        )),
+        other => Ok(other),
+    }
+}
+
+fn validate_throttle(raw: Option<RawThrottle>) -> Result<ThrottleSpec, SpecError> {
+    let Some(t) = raw else {
+        return Ok(ThrottleSpec::default());
+    };
+    if t.max_in_flight == Some(0) {
+        return Err(SpecError::new(
+            "throttle.max_in_flight",
+            "must be at least 1 (leave it out for no limit)",
+        ));
+    }
+    Ok(ThrottleSpec {
+        rows_per_sec: positive("throttle.rows_per_sec", t.rows_per_sec)?,
+        max_in_flight: t.max_in_flight,
+        priority: t.priority.unwrap_or(0),
+    })
+}
+
+fn validate_health(raw: Option<RawHealth>) -> Result<HealthSpec, SpecError> {
+    let d = HealthSpec::default();
+    let Some(h) = raw else { return Ok(d) };
+    let lag = h
+        .max_replication_lag_seconds
+        .unwrap_or(d.max_replication_lag_seconds);
+    if !(lag.is_finite() && lag >= 0.0) {
+        return Err(SpecError::new(
+            "health.max_replication_lag_seconds",
+            format!("must be 0 (off) or a positive number of seconds, got {lag}"),
+        ));
+    }
+    if let Some(sql) = &h.sql {
+        sql.validate("health.sql")?;
+    }
+    Ok(HealthSpec {
+        max_replication_lag_seconds: lag,
+        max_active_backends: h.max_active_backends.unwrap_or(d.max_active_backends),
+        sql: h.sql,
+        check_every_seconds: positive("health.check_every_seconds", h.check_every_seconds)?
+            .unwrap_or(d.check_every_seconds),
+    })
+}
+
+fn validate_sizing(raw: Option<RawSizing>) -> Result<SizingSpec, SpecError> {
+    let d = SizingSpec::default();
+    let Some(s) = raw else { return Ok(d) };
+    let min = s.min_shard_size.unwrap_or(d.min_shard_size);
+    let max = s.max_shard_size.unwrap_or(d.max_shard_size);
+    if min == 0 || min > max || max > MAX_SHARD_SIZE {
+        return Err(SpecError::new(
+            "sizing",
+            format!("need 1 <= min_shard_size <= max_shard_size <= {MAX_SHARD_SIZE}, got {min} and {max}"),
+        ));
+    }
+    let growth = positive("sizing.max_growth", s.max_growth)?.unwrap_or(d.max_growth);
+    if growth < 1.0 {
+        return Err(SpecError::new(
+            "sizing.max_growth",
+            format!("must be at least 1, got {growth}"),
+        ));
+    }
+    Ok(SizingSpec {
+        adaptive: s.adaptive,
+        target_shard_seconds: positive("sizing.target_shard_seconds", s.target_shard_seconds)?
+            .unwrap_or(d.target_shard_seconds),
+        min_shard_size: min,
+        max_shard_size: max,
+        max_growth: growth,
+    })
+}
+
+/// The next shard size from a measured one: aim at the target duration,
+/// change by at most `max_growth` either way, stay within the bounds.
+pub fn adapt_shard_size(sizing: &SizingSpec, measured_size: u32, measured_ms_per_row: f64) -> u32 {
+    let current = measured_size.max(1) as f64;
+    let ideal = if measured_ms_per_row > 0.0 && measured_ms_per_row.is_finite() {
+        sizing.target_shard_seconds * 1000.0 / measured_ms_per_row
+    } else {
+        current * sizing.max_growth
+    };
+    let bounded = ideal.clamp(current / sizing.max_growth, current * sizing.max_growth);
+    (bounded.round() as u32).clamp(sizing.min_shard_size, sizing.max_shard_size)
 }
 
 #[cfg(test)]
@@ -918,6 +1113,56 @@ value = "x"
         assert_eq!(e.field, "shard_size");
         let s = JobSpec::parse(&format!("shard_size = 7\n{MINIMAL}")).unwrap();
         assert_eq!(s.shard_size, 7);
+    }
+
+    #[test]
+    fn steering_sections_default_and_validate() {
+        let s = JobSpec::parse(MINIMAL).unwrap();
+        assert_eq!(s.throttle, ThrottleSpec::default());
+        assert_eq!(s.health, HealthSpec::default());
+        assert!(!s.sizing.adaptive);
+        let text = format!(
+            "{MINIMAL}\n[throttle]\nrows_per_sec = 1500\nmax_in_flight = 3\npriority = -1\n\n[health]\nmax_active_backends = 0\nsql = \"SELECT true\"\n\n[sizing]\nadaptive = true\ntarget_shard_seconds = 2\n"
+        );
+        let s = JobSpec::parse(&text).unwrap();
+        assert_eq!(s.throttle.rows_per_sec, Some(1500.0));
+        assert_eq!(s.throttle.max_in_flight, Some(3));
+        assert_eq!(s.throttle.priority, -1);
+        assert_eq!(s.health.max_active_backends, 0);
+        assert_eq!(s.health.max_replication_lag_seconds, 30.0);
+        assert!(s.health.sql.is_some());
+        assert!(s.sizing.adaptive);
+        assert_eq!(s.sizing.target_shard_seconds, 2.0);
+        let e = err(&format!("{MINIMAL}\n[throttle]\nrows_per_sec = 0\n"));
+        assert_eq!(e.field, "throttle.rows_per_sec");
+        let e = err(&format!("{MINIMAL}\n[throttle]\nmax_in_flight = 0\n"));
+        assert_eq!(e.field, "throttle.max_in_flight");
+        let e = err(&format!("{MINIMAL}\n[sizing]\nmin_shard_size = 10\nmax_shard_size = 5\n"));
+        assert_eq!(e.field, "sizing");
+        let e = err(&format!("{MINIMAL}\n[health]\nbogus = 1\n"));
+        assert_eq!(e.field, "bogus");
+    }
+
+    #[test]
+    fn adaptive_size_aims_at_the_target_with_bounded_steps() {
+        let s = SizingSpec {
+            adaptive: true,
+            target_shard_seconds: 5.0,
+            min_shard_size: 50,
+            max_shard_size: 5_000,
+            max_growth: 2.0,
+        };
+        // 1 ms per row: 5,000 rows would take 5 s, but one step at most doubles.
+        assert_eq!(adapt_shard_size(&s, 500, 1.0), 1_000);
+        // 2 ms per row from 1,500 rows: 2,500 is within a doubling.
+        assert_eq!(adapt_shard_size(&s, 1_500, 2.0), 2_500);
+        // Slow rows (100 ms): 50 rows ideal; one step at most halves.
+        assert_eq!(adapt_shard_size(&s, 500, 100.0), 250);
+        // Clamped at both ends.
+        assert_eq!(adapt_shard_size(&s, 4_000, 0.01), 5_000);
+        assert_eq!(adapt_shard_size(&s, 60, 1_000.0), 50);
+        // No measurement: grow by one step.
+        assert_eq!(adapt_shard_size(&s, 500, 0.0), 1_000);
     }
 
     #[test]

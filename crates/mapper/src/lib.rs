@@ -11,6 +11,12 @@
 //! with a confirm → ack the task. A crash anywhere before the ack means a
 //! redelivery; the ledger then shows the shard done and only the result is
 //! sent again.
+//!
+//! Before a shard starts, [`steering`] admits it: not paused or cancelled,
+//! no run of higher priority waiting, database healthy, within the run's
+//! rows-per-second and shards-in-flight limits.
+
+pub mod steering;
 
 use backfill_job::message::MESSAGE_VERSION;
 use backfill_job::rules::evaluate_row;
@@ -28,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 /// Attempts at a shard that fail for a reason other than a lost connection
 /// before the shard is given up (dead-lettered; its rows reported as errors
@@ -54,7 +60,7 @@ impl MapperError {
 }
 
 /// A run as a mapper needs it; runs never change once planned.
-struct CachedRun {
+pub struct CachedRun {
     spec: JobSpec,
     mode: Mode,
     params: HashMap<String, Map<String, Value>>,
@@ -65,7 +71,7 @@ struct CachedRun {
 pub struct RunCache(Arc<Mutex<HashMap<String, Arc<CachedRun>>>>);
 
 impl RunCache {
-    async fn get(&self, store: &Store, run_id: &str) -> Result<Arc<CachedRun>, MapperError> {
+    pub async fn get(&self, store: &Store, run_id: &str) -> Result<Arc<CachedRun>, MapperError> {
         if let Some(r) = self.0.lock().ok().and_then(|m| m.get(run_id).cloned()) {
             return Ok(r);
         }
@@ -216,6 +222,25 @@ pub struct MapperConfig {
     pub worker: String,
 }
 
+/// Records the worker's heartbeat in the ledger every few seconds until
+/// `shutdown`, so `status` shows which mappers are alive.
+pub async fn heartbeat(store: Store, worker: String, beat: Arc<steering::Beat>, shutdown: CancellationToken) {
+    loop {
+        let run = beat.run.lock().ok().and_then(|r| r.clone());
+        let done = beat.shards_done.load(std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = store.heartbeat(&worker, "mapper", run.as_deref(), done).await {
+            warn!(error = %e, "cannot record the heartbeat");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+        }
+    }
+}
+
+/// How often a mapper records its heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
 /// Consumes shard tasks until `shutdown`; then finishes the shards in hand.
 pub async fn run(
     store: Store,
@@ -223,9 +248,16 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), MapperError> {
     let runs = RunCache::default();
+    let steering = steering::Steering::default();
+    let beat = tokio::spawn(heartbeat(
+        store.clone(),
+        cfg.worker.clone(),
+        steering.beat(),
+        shutdown.clone(),
+    ));
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
-        match consume(&store, &runs, &cfg, &shutdown).await {
+        match consume(&store, &runs, &steering, &cfg, &shutdown).await {
             Ok(()) => break,
             Err(e) => {
                 warn!(error = %e, "mapper lost the broker; reconnecting in {:?}", backoff);
@@ -237,6 +269,7 @@ pub async fn run(
             }
         }
     }
+    let _ = beat.await;
     info!(worker = %cfg.worker, "mapper stopped");
     Ok(())
 }
@@ -244,6 +277,7 @@ pub async fn run(
 async fn consume(
     store: &Store,
     runs: &RunCache,
+    steering: &steering::Steering,
     cfg: &MapperConfig,
     shutdown: &CancellationToken,
 ) -> Result<(), backfill_queue::QueueError> {
@@ -275,15 +309,15 @@ async fn consume(
             }
             Some(Ok(d)) => d,
         };
-        let (store, runs, publisher, worker) = (
-            store.clone(),
-            runs.clone(),
-            publisher.clone(),
-            cfg.worker.clone(),
-        );
-        tasks.spawn(
-            async move { handle_delivery(&store, &runs, &publisher, &worker, delivery).await },
-        );
+        let ctx = Ctx {
+            store: store.clone(),
+            runs: runs.clone(),
+            steering: steering.clone(),
+            worker: cfg.worker.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let publisher = publisher.clone();
+        tasks.spawn(async move { handle_delivery(&ctx, &publisher, delivery).await });
     };
     // Finish what is in hand: each shard commits, publishes and acks.
     while tasks.join_next().await.is_some() {}
@@ -384,13 +418,38 @@ fn log_done(result: &ShardResult) {
 /// Pause before a task goes back to the queue, so a failing shard does not spin.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 
-async fn handle_delivery(
-    store: &Store,
-    runs: &RunCache,
-    publisher: &backfill_queue::Publisher,
-    worker: &str,
-    d: Delivery,
-) {
+/// What a shard's handling needs of its process.
+struct Ctx {
+    store: Store,
+    runs: RunCache,
+    steering: steering::Steering,
+    worker: String,
+    shutdown: CancellationToken,
+}
+
+/// Asks whether the task may start now; `None` when the run is unknown
+/// (the attempt then reports it).
+async fn admit(ctx: &Ctx, task: &ShardTask) -> steering::Admission {
+    match ctx.runs.get(&ctx.store, &task.run_id).await {
+        Ok(run) => {
+            ctx.steering
+                .admit(&ctx.store, &run, task, &ctx.worker, &ctx.shutdown)
+                .await
+        }
+        Err(_) => steering::Admission::Go,
+    }
+}
+
+/// The job name of a run for metric labels.
+async fn job_of(ctx: &Ctx, run_id: &str) -> String {
+    match ctx.runs.get(&ctx.store, run_id).await {
+        Ok(r) => r.spec.name.clone(),
+        Err(_) => "unknown".into(),
+    }
+}
+
+async fn handle_delivery(ctx: &Ctx, publisher: &backfill_queue::Publisher, d: Delivery) {
+    let (store, runs, worker) = (&ctx.store, &ctx.runs, ctx.worker.as_str());
     let task = match ShardTask::decode(&d.data) {
         Ok(t) => t,
         Err(e) => {
@@ -402,8 +461,35 @@ async fn handle_delivery(
     let span =
         info_span!("shard", run = %task.run_id, shard = task.shard_no, target = %task.target);
     async {
-        match attempt(store, runs, &task, worker).await {
+        match admit(ctx, &task).await {
+            steering::Admission::Go => {}
+            steering::Admission::Cancelled => {
+                info!("the run was cancelled; dropping its task");
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+                return;
+            }
+            steering::Admission::Park(why) => {
+                // Back of the queue: other runs' tasks get their turn, and
+                // the message is never held near the consumer timeout.
+                debug!(reason = %why, "shard not started; parking its task");
+                match publisher.publish_task(&task).await {
+                    Ok(()) => {
+                        let _ = d.acker.ack(BasicAckOptions::default()).await;
+                    }
+                    Err(_) => {
+                        let _ = d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                    }
+                }
+                return;
+            }
+        }
+        let job = job_of(ctx, &task.run_id).await;
+        metrics::started(&task.run_id, &job);
+        let disposition = attempt(store, runs, &task, worker).await;
+        metrics::disposed(&task.run_id, &job, &disposition);
+        match disposition {
             Disposition::Done(result) => {
+                ctx.steering.note_done(&task.run_id);
                 if let Err(e) = publisher.publish_result(&result).await {
                     // The shard is committed; a redelivery re-sends the result.
                     warn!(error = %e, "could not publish the result; the task goes back to the queue");
@@ -441,7 +527,14 @@ pub async fn run_local(
     worker: String,
     shutdown: CancellationToken,
 ) {
-    let runs = RunCache::default();
+    let ctx = Ctx {
+        store: store.clone(),
+        runs: RunCache::default(),
+        steering: steering::Steering::default(),
+        worker: worker.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let runs = ctx.runs.clone();
     loop {
         let task = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -450,8 +543,25 @@ pub async fn run_local(
         let span =
             info_span!("shard", run = %task.run_id, shard = task.shard_no, target = %task.target);
         async {
-            match attempt(&store, &runs, &task, &worker).await {
+            match admit(&ctx, &task).await {
+                steering::Admission::Go => {}
+                steering::Admission::Cancelled => {
+                    info!("the run was cancelled; dropping its task");
+                    return;
+                }
+                steering::Admission::Park(why) => {
+                    debug!(reason = %why, "shard not started; parking its task");
+                    queue.send_task(task.clone());
+                    return;
+                }
+            }
+            let job = job_of(&ctx, &task.run_id).await;
+            metrics::started(&task.run_id, &job);
+            let disposition = attempt(&store, &runs, &task, &worker).await;
+            metrics::disposed(&task.run_id, &job, &disposition);
+            match disposition {
                 Disposition::Done(result) => {
+                    ctx.steering.note_done(&task.run_id);
                     log_done(&result);
                     queue.send_result(*result);
                 }
@@ -475,5 +585,47 @@ pub async fn run_local(
         }
         .instrument(span)
         .await;
+    }
+}
+
+/// The mapper's Prometheus metrics (recorded through the `metrics` facade;
+/// exported by whichever recorder the binary installs, or dropped).
+mod metrics {
+    use super::Disposition;
+
+    pub fn started(run: &str, job: &str) {
+        ::metrics::counter!("backfill_shards_started_total", "run" => run.to_string(), "job" => job.to_string())
+            .increment(1);
+    }
+
+    pub fn disposed(run: &str, job: &str, d: &Disposition) {
+        let labels = [("run", run.to_string()), ("job", job.to_string())];
+        match d {
+            Disposition::Done(r) => {
+                ::metrics::counter!("backfill_shards_finished_total", &labels).increment(1);
+                ::metrics::histogram!("backfill_shard_duration_seconds", &labels)
+                    .record(r.elapsed_ms as f64 / 1000.0);
+                let c = &r.tally.counts;
+                for (outcome, n) in [
+                    ("changed", c.changed),
+                    ("unchanged", c.unchanged),
+                    ("skipped", c.skipped),
+                    ("conflict", c.conflicts),
+                    ("error", c.errors),
+                ] {
+                    ::metrics::counter!(
+                        "backfill_rows_total",
+                        "run" => run.to_string(),
+                        "job" => job.to_string(),
+                        "outcome" => outcome
+                    )
+                    .increment(n);
+                }
+            }
+            Disposition::Retry(_) | Disposition::GiveUp(_) => {
+                ::metrics::counter!("backfill_shards_failed_total", &labels).increment(1);
+            }
+            Disposition::Drop(_) => {}
+        }
     }
 }

@@ -20,8 +20,19 @@ use tracing::{error, info, warn};
 pub async fn process_result(store: &Store, result: &ShardResult) -> Result<Reduced, StoreError> {
     let r = store.reduce(result).await?;
     match &r {
-        Reduced::Counted => {}
-        Reduced::Finished(summary) => info!(run = %result.run_id, "{summary}"),
+        Reduced::Counted => {
+            metrics::counter!("backfill_results_folded_total", "run" => result.run_id.clone())
+                .increment(1);
+            // A shard that was in hand when its run was cancelled: the
+            // summary shows it too.
+            store.refresh_cancelled_summary(&result.run_id).await?;
+        }
+        Reduced::Finished(summary) => {
+            metrics::counter!("backfill_results_folded_total", "run" => result.run_id.clone())
+                .increment(1);
+            metrics::counter!("backfill_runs_finished_total").increment(1);
+            info!(run = %result.run_id, "{summary}")
+        }
         Reduced::Duplicate => {
             info!(run = %result.run_id, shard = result.shard_no, "duplicate result ignored")
         }

@@ -14,8 +14,10 @@
 //! - `backfill_quarantine`: rows that could not be rewritten (a rule error, or
 //!   their shard was dead-lettered) with their error, for `backfill retry`.
 //!
-//! A shard is `pending`, `done` (committed by a mapper) or `dead` (given up
-//! after failing on every attempt).
+//! A shard is `pending`, `running` (claimed by a mapper, see `steer`),
+//! `done` (committed by a mapper) or `dead` (given up after failing on every
+//! attempt). A failed attempt puts it back to `pending` with `failures`
+//! counted.
 
 use backfill_job::report::{summary_line, RunView};
 use backfill_job::{JobSpec, Mode, Plan, RunState, ShardResult, Tally};
@@ -103,7 +105,7 @@ pub(crate) async fn migrate_pg(pool: &PgPool) -> Result<(), StoreError> {
         .execute(&mut *tx)
         .await
         .map_err(sql("lock ledger migration"))?;
-    for ddl in LEDGER_DDL {
+    for ddl in LEDGER_DDL.iter().chain(crate::steer::PG_DDL) {
         sqlx::query(ddl)
             .execute(&mut *tx)
             .await

@@ -20,6 +20,8 @@ pub mod ledger;
 mod lite;
 pub mod planning;
 pub mod shard;
+pub mod status;
+pub mod steer;
 
 use backfill_job::spec::Dialect;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -33,6 +35,7 @@ use std::time::Duration;
 pub use ledger::{ActiveRun, JobLock, Reduced};
 pub use ledger::{RunRecord, ShardRecord};
 pub use planning::NewRun;
+pub use steer::{Claim, Control, ControlState, Health, ThrottleChange};
 pub use shard::{Committed, EvaluatedRow, FetchedRow, ShardCommit, ShardRows};
 
 /// Errors of the database edge.
@@ -143,7 +146,9 @@ impl Store {
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)
                 .map_err(connect_err)?
-                .application_name("backfill");
+                .application_name("backfill")
+                // The ledger's idempotent DDL would log a notice per table.
+                .options([("client_min_messages", "warning")]);
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections.max(2))
                 .acquire_timeout(Duration::from_secs(30))

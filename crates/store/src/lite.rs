@@ -118,11 +118,24 @@ async fn begin_write(
 
 pub(crate) async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
     let mut tx = begin_write(pool, "ledger migration").await?;
-    for ddl in LEDGER_DDL {
+    for ddl in LEDGER_DDL.iter().chain(crate::steer::LITE_DDL) {
         sqlx::query(ddl)
             .execute(&mut *tx)
             .await
             .map_err(sql("create ledger tables"))?;
+    }
+    let existing: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM pragma_table_info('backfill_shard')")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(sql("read ledger columns"))?;
+    for (column, ty) in crate::steer::LITE_SHARD_COLUMNS {
+        if !existing.iter().any(|c| c == column) {
+            sqlx::query(&format!("ALTER TABLE backfill_shard ADD COLUMN {column} {ty}"))
+                .execute(&mut *tx)
+                .await
+                .map_err(sql("upgrade ledger tables"))?;
+        }
     }
     tx.commit().await.map_err(sql("commit ledger migration"))?;
     Ok(())
@@ -654,7 +667,8 @@ pub(crate) async fn commit_shard(
         }
     }
     sqlx::query(&format!(
-        "UPDATE backfill_shard SET state = 'done', result = ?3, worker = ?4, finished_at = {NOW}, deliveries = deliveries + 1
+        "UPDATE backfill_shard SET state = 'done', result = ?3, worker = ?4, finished_at = {NOW}, deliveries = deliveries + 1,
+                lease_until = NULL, elapsed_ms = CAST((julianday('now') - julianday(started_at)) * 86400000 AS INTEGER)
          WHERE run_id = ?1 AND shard_no = ?2"
     ))
     .bind(c.run_id)
@@ -676,8 +690,8 @@ pub(crate) async fn shard_attempt_failed(
 ) -> Result<u32, StoreError> {
     let mut tx = begin_write(pool, "record a failed attempt").await?;
     let n: Option<i64> = sqlx::query_scalar(
-        "UPDATE backfill_shard SET failures = failures + 1, last_error = ?3
-         WHERE run_id = ?1 AND shard_no = ?2 AND state = 'pending' RETURNING failures",
+        "UPDATE backfill_shard SET failures = failures + 1, last_error = ?3, state = 'pending', lease_until = NULL
+         WHERE run_id = ?1 AND shard_no = ?2 AND state IN ('pending', 'running') RETURNING failures",
     )
     .bind(run_id)
     .bind(shard_no as i64)

@@ -339,7 +339,8 @@ impl Store {
         let result = serde_json::to_value(&tally).map_err(|e| StoreError::Data(e.to_string()))?;
         sqlx::query(
             "UPDATE backfill_shard SET state = 'done', result = $3, worker = $4, finished_at = now(),
-                    deliveries = deliveries + 1
+                    deliveries = deliveries + 1, lease_until = NULL,
+                    elapsed_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::int
              WHERE run_id = $1 AND shard_no = $2",
         )
         .bind(c.run_id)
@@ -455,8 +456,8 @@ impl Store {
             }
         };
         let n: Option<i32> = sqlx::query_scalar(
-            "UPDATE backfill_shard SET failures = failures + 1, last_error = $3
-             WHERE run_id = $1 AND shard_no = $2 AND state = 'pending' RETURNING failures",
+            "UPDATE backfill_shard SET failures = failures + 1, last_error = $3, state = 'pending', lease_until = NULL
+             WHERE run_id = $1 AND shard_no = $2 AND state IN ('pending', 'running') RETURNING failures",
         )
         .bind(run_id)
         .bind(shard_no as i32)

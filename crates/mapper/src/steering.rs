@@ -1,0 +1,245 @@
+//! Admission of a shard: before a mapper starts a shard it asks the ledger
+//! whether it may — the run is not paused or cancelled, no run of higher
+//! priority is waiting, the database is healthy, the run's rows-per-second
+//! budget has room, and a shards-in-flight slot is free (the claim).
+//!
+//! Settings are read at most every [`CONTROL_REFRESH`] per run and process,
+//! so `backfill pause` takes effect within about half a second plus the
+//! shard in hand. A task that may not start is held for a few seconds and
+//! then parked (published again at the back of the queue, then acked): the
+//! broker never sees a long-unacked message (its consumer timeout), the
+//! delivery limit is not spent on waiting, and other runs' tasks behind it
+//! get their turn.
+
+use backfill_job::ShardTask;
+use backfill_store::{Claim, Control, ControlState, Health, Store};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::CachedRun;
+
+/// How often a process re-reads a run's control row.
+pub const CONTROL_REFRESH: Duration = Duration::from_millis(500);
+/// How long a task that may not start is held before it is parked.
+pub const HOLD: Duration = Duration::from_secs(5);
+/// Poll interval while holding.
+const POLL: Duration = Duration::from_millis(200);
+/// Reserve rows at most this far ahead, so a pause is still seen in time.
+const RATE_HORIZON: Duration = Duration::from_secs(2);
+
+/// What becomes of a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Start it (claimed; or finished already, so its result is re-sent).
+    Go,
+    /// The run was cancelled: drop the task.
+    Cancelled,
+    /// Not now (the reason): put the task back at the end of the queue.
+    Park(String),
+}
+
+#[derive(Default)]
+struct Caches {
+    control: HashMap<String, (Instant, Control)>,
+    health: HashMap<String, (Instant, Health)>,
+}
+
+/// A process's view of the runs' steering, shared by its mapper tasks.
+#[derive(Clone, Default)]
+pub struct Steering {
+    caches: Arc<Mutex<Caches>>,
+    beat: Arc<Beat>,
+}
+
+/// What the heartbeat reports.
+#[derive(Default)]
+pub struct Beat {
+    pub shards_done: AtomicU64,
+    pub run: Mutex<Option<String>>,
+}
+
+impl Steering {
+    pub fn beat(&self) -> Arc<Beat> {
+        self.beat.clone()
+    }
+
+    pub(crate) fn note_done(&self, run_id: &str) {
+        self.beat.shards_done.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut r) = self.beat.run.lock() {
+            if r.as_deref() != Some(run_id) {
+                *r = Some(run_id.to_string());
+            }
+        }
+    }
+
+    async fn control(&self, store: &Store, run_id: &str, run: &CachedRun) -> Option<Control> {
+        if let Some(c) = self.caches.lock().ok().and_then(|c| {
+            c.control
+                .get(run_id)
+                .filter(|(at, _)| at.elapsed() < CONTROL_REFRESH)
+                .map(|(_, c)| c.clone())
+        }) {
+            return Some(c);
+        }
+        match store.control(run_id, &run.spec.throttle).await {
+            Ok(c) => {
+                if let Ok(mut caches) = self.caches.lock() {
+                    caches
+                        .control
+                        .insert(run_id.to_string(), (Instant::now(), c.clone()));
+                }
+                Some(c)
+            }
+            Err(e) => {
+                // The shard's own attempt reports a database that is down.
+                warn!(error = %e, "cannot read the run's control; going on");
+                None
+            }
+        }
+    }
+
+    async fn health(&self, store: &Store, run_id: &str, run: &CachedRun) -> Health {
+        let every = Duration::from_secs_f64(run.spec.health.check_every_seconds);
+        if let Some(h) = self.caches.lock().ok().and_then(|c| {
+            c.health
+                .get(run_id)
+                .filter(|(at, _)| at.elapsed() < every)
+                .map(|(_, h)| h.clone())
+        }) {
+            return h;
+        }
+        let h = store
+            .health(&run.spec.health)
+            .await
+            .unwrap_or_else(|e| Health {
+                ok: false,
+                reason: Some(format!("the health check failed: {e}")),
+            });
+        if let Ok(mut caches) = self.caches.lock() {
+            caches
+                .health
+                .insert(run_id.to_string(), (Instant::now(), h.clone()));
+        }
+        h
+    }
+
+    /// The reason the run may not start a shard now, if any.
+    async fn blocked(&self, store: &Store, task: &ShardTask, run: &CachedRun) -> Blocked {
+        let Some(ctl) = self.control(store, &task.run_id, run).await else {
+            return Blocked::No(None);
+        };
+        match ctl.control {
+            ControlState::Cancel => return Blocked::Cancelled,
+            ControlState::Pause => return Blocked::Yes("the run is paused".into()),
+            ControlState::Run => {}
+        }
+        if let Some(other) = &ctl.yield_to {
+            return Blocked::Yes(format!("run {other} has a higher priority"));
+        }
+        let h = self.health(store, &task.run_id, run).await;
+        if !h.ok {
+            return Blocked::Yes(h.reason.unwrap_or_else(|| "the database is unhealthy".into()));
+        }
+        Blocked::No(Some(ctl))
+    }
+
+    /// Waits until the task may start (then claims its shard), the run is
+    /// cancelled, or [`HOLD`] has passed.
+    pub async fn admit(
+        &self,
+        store: &Store,
+        run: &CachedRun,
+        task: &ShardTask,
+        worker: &str,
+        shutdown: &CancellationToken,
+    ) -> Admission {
+        let deadline = Instant::now() + HOLD;
+        loop {
+            if shutdown.is_cancelled() {
+                return Admission::Park("the worker is stopping".into());
+            }
+            let why: String = match self.blocked(store, task, run).await {
+                Blocked::Cancelled => return Admission::Cancelled,
+                Blocked::Yes(reason) => reason,
+                Blocked::No(ctl) => {
+                    let Some(ctl) = ctl else { return Admission::Go };
+                    match self.pace(store, task, run, &ctl).await {
+                        Pace::Go => {}
+                        Pace::Wait(reason) => {
+                            if Instant::now() >= deadline {
+                                return Admission::Park(reason);
+                            }
+                            continue;
+                        }
+                    }
+                    match store
+                        .claim_shard(&task.run_id, task.shard_no, worker, ctl.max_in_flight)
+                        .await
+                    {
+                        Ok(Claim::Busy) => "the run's shards-in-flight limit".into(),
+                        Ok(_) => return Admission::Go,
+                        Err(e) => {
+                            debug!(error = %e, "cannot claim the shard; the attempt will report it");
+                            return Admission::Go;
+                        }
+                    }
+                }
+            };
+            if Instant::now() >= deadline {
+                return Admission::Park(why);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+
+    /// Takes the shard's rows from the run's rows-per-second budget and
+    /// sleeps until its turn, watching for a pause meanwhile.
+    async fn pace(&self, store: &Store, task: &ShardTask, run: &CachedRun, ctl: &Control) -> Pace {
+        if ctl.rows_per_sec.is_none() {
+            return Pace::Go;
+        }
+        let wait = match store
+            .reserve_rows(&task.run_id, task.rows.max(1), RATE_HORIZON)
+            .await
+        {
+            Ok(Some(w)) => w,
+            Ok(None) => {
+                tokio::time::sleep(POLL).await;
+                return Pace::Wait("the run's rows-per-second limit".into());
+            }
+            Err(e) => {
+                debug!(error = %e, "cannot reserve rows; going on");
+                return Pace::Go;
+            }
+        };
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            tokio::time::sleep(POLL.min(until.saturating_duration_since(Instant::now()))).await;
+            match self.blocked(store, task, run).await {
+                Blocked::Yes(reason) => return Pace::Wait(reason),
+                Blocked::Cancelled => return Pace::Wait("the run was cancelled".into()),
+                Blocked::No(_) => {}
+            }
+        }
+        Pace::Go
+    }
+}
+
+enum Blocked {
+    /// May go; the control row when it could be read.
+    No(Option<Control>),
+    Yes(String),
+    Cancelled,
+}
+
+enum Pace {
+    Go,
+    Wait(String),
+}

@@ -1,0 +1,324 @@
+//! The HTTP edge every long-running role serves on `--metrics-addr`:
+//!
+//! - `GET /metrics`: Prometheus text, from the `metrics` facade the roles
+//!   record into (shards started/finished/failed, rows by outcome, shard
+//!   durations) plus gauges read from the ledger at scrape time (each
+//!   running run's shards by state, rows per second, ETA) and the queue
+//!   depths.
+//! - `GET /healthz`: liveness — the process serves requests.
+//! - `GET /readyz`: readiness — the database answers and the broker is
+//!   reachable (503 with the reason otherwise).
+//! - With the dashboard on (`backfill dashboard`, or the reducer): `/`, the
+//!   page (one file compiled into the binary: no CDN, works offline), and
+//!   its JSON API under `/api/runs` — the same documents `status --json`
+//!   prints.
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use backfill_queue::{Broker, QueueNames};
+use backfill_store::Store;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// The dashboard page, compiled in.
+pub const DASHBOARD_HTML: &str = include_str!("../assets/dashboard.html");
+
+/// How often queue depths and broker reachability are refreshed.
+const BROKER_POLL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install the metrics recorder: {0}")]
+    Recorder(String),
+    #[error("the HTTP server stopped: {0}")]
+    Serve(std::io::Error),
+}
+
+static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once) and returns its handle.
+pub fn install_recorder() -> Result<PrometheusHandle, MonitorError> {
+    if let Some(h) = RECORDER.get() {
+        return Ok(h.clone());
+    }
+    let buckets = [
+        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("backfill_shard_duration_seconds".into()),
+            &buckets,
+        )
+        .map_err(|e| MonitorError::Recorder(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| MonitorError::Recorder(e.to_string()))?;
+    let _ = RECORDER.set(handle.clone());
+    Ok(RECORDER.get().cloned().unwrap_or(handle))
+}
+
+/// What the endpoints read.
+#[derive(Clone)]
+pub struct MonitorState {
+    pub role: String,
+    pub store: Store,
+    /// The broker to check for readiness and read queue depths from.
+    pub amqp: Option<(String, QueueNames)>,
+    /// Serve the dashboard and its API too.
+    pub dashboard: bool,
+    broker_ok: Arc<AtomicBool>,
+    broker_error: Arc<Mutex<Option<String>>>,
+    prometheus: PrometheusHandle,
+}
+
+impl MonitorState {
+    pub fn new(
+        role: &str,
+        store: Store,
+        amqp: Option<(String, QueueNames)>,
+        dashboard: bool,
+    ) -> Result<MonitorState, MonitorError> {
+        Ok(MonitorState {
+            role: role.to_string(),
+            store,
+            broker_ok: Arc::new(AtomicBool::new(amqp.is_none())),
+            broker_error: Arc::new(Mutex::new(None)),
+            amqp,
+            dashboard,
+            prometheus: install_recorder()?,
+        })
+    }
+}
+
+/// The routes, for tests and for [`serve`].
+pub fn router(state: MonitorState) -> Router {
+    let mut r = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready));
+    if state.dashboard {
+        r = r
+            .route("/", get(|| async { Html(DASHBOARD_HTML) }))
+            .route("/api/runs", get(api_runs))
+            .route("/api/runs/{id}", get(api_run))
+            .route("/api/runs/{id}/shards", get(api_shards))
+            .route("/api/runs/{id}/throughput", get(api_throughput))
+            .route("/api/runs/{id}/report", get(api_report));
+    }
+    r.with_state(state)
+}
+
+/// Binds `addr` (before returning, so a bad address fails the command at
+/// once) and serves until `shutdown`.
+pub async fn serve(
+    addr: SocketAddr,
+    state: MonitorState,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, MonitorError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MonitorError::Bind { addr, source })?;
+    let local = listener.local_addr().unwrap_or(addr);
+    info!(addr = %local, role = %state.role, dashboard = state.dashboard, "serving metrics and health");
+    if state.amqp.is_some() {
+        tokio::spawn(watch_broker(state.clone(), shutdown.clone()));
+    }
+    let app = router(state);
+    Ok(tokio::spawn(async move {
+        let stop = shutdown.clone();
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+        {
+            warn!(error = %MonitorError::Serve(e), "monitor endpoint stopped");
+        }
+    }))
+}
+
+/// Keeps a broker connection to read queue depths and to know whether the
+/// broker is reachable; reconnects when it goes away.
+async fn watch_broker(state: MonitorState, shutdown: CancellationToken) {
+    let Some((url, names)) = state.amqp.clone() else {
+        return;
+    };
+    let mut broker: Option<Broker> = None;
+    loop {
+        if broker.as_ref().is_none_or(|b| !b.is_connected()) {
+            broker = match Broker::connect(&url, names.clone()).await {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    set_broker(&state, Err(e.to_string()));
+                    None
+                }
+            };
+        }
+        if let Some(b) = &broker {
+            let mut ok = true;
+            for q in [&names.tasks, &names.results, &names.dead] {
+                match b.depth(q).await {
+                    Ok(n) => metrics::gauge!("backfill_queue_messages", "queue" => q.clone())
+                        .set(n as f64),
+                    Err(e) => {
+                        ok = false;
+                        set_broker(&state, Err(e.to_string()));
+                    }
+                }
+            }
+            if ok {
+                set_broker(&state, Ok(()));
+            } else {
+                broker = None;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(BROKER_POLL) => {}
+        }
+    }
+    if let Some(b) = broker {
+        b.close().await;
+    }
+}
+
+fn set_broker(state: &MonitorState, r: Result<(), String>) {
+    state.broker_ok.store(r.is_ok(), Ordering::Relaxed);
+    if let Ok(mut e) = state.broker_error.lock() {
+        *e = r.err();
+    }
+}
+
+async fn ready(State(s): State<MonitorState>) -> Response {
+    let db = tokio::time::timeout(Duration::from_secs(3), s.store.ping()).await;
+    let mut problems = Vec::new();
+    match db {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => problems.push(format!("database: {e}")),
+        Err(_) => problems.push("database: no answer within 3 s".to_string()),
+    }
+    if !s.broker_ok.load(Ordering::Relaxed) {
+        let why = s
+            .broker_error
+            .lock()
+            .ok()
+            .and_then(|e| e.clone())
+            .unwrap_or_else(|| "not connected yet".into());
+        problems.push(format!("broker: {why}"));
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", problems.join("; ")),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(s): State<MonitorState>) -> Response {
+    // Ledger gauges of the runs in progress, read at scrape time so every
+    // replica reports the same, true figures.
+    if let Ok(runs) = s.store.run_statuses(20).await {
+        for r in runs.iter().filter(|r| r.state == "running") {
+            let l = |k: &'static str, v: String| (k, v);
+            let base = [l("run", r.run_id.clone()), l("job", r.job.clone())];
+            for (state, n) in [
+                ("pending", r.shards.pending),
+                ("running", r.shards.running),
+                ("done", r.shards.done),
+                ("failed", r.shards.failed),
+                ("dead", r.shards.dead),
+            ] {
+                metrics::gauge!("backfill_run_shards", "run" => r.run_id.clone(), "job" => r.job.clone(), "state" => state)
+                    .set(n as f64);
+            }
+            metrics::gauge!("backfill_run_shards_total", &base).set(r.shards.total as f64);
+            metrics::gauge!("backfill_run_rows_per_second", &base).set(r.rows_per_sec);
+            metrics::gauge!("backfill_run_rows_processed", &base).set(r.rows.processed as f64);
+            metrics::gauge!("backfill_run_eta_seconds", &base)
+                .set(r.eta_seconds.unwrap_or(f64::NAN));
+            metrics::gauge!("backfill_run_paused", &base)
+                .set(if r.control == "pause" { 1.0 } else { 0.0 });
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.prometheus.render(),
+    )
+        .into_response()
+}
+
+fn api_error(status: StatusCode, msg: String) -> Response {
+    (status, Json(serde_json::json!({ "error": msg }))).into_response()
+}
+
+fn store_error(e: backfill_store::StoreError) -> Response {
+    api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+fn no_run(id: &str) -> Response {
+    api_error(StatusCode::NOT_FOUND, format!("no run {id} in the ledger"))
+}
+
+async fn api_runs(State(s): State<MonitorState>) -> Response {
+    match s.store.run_statuses(50).await {
+        Ok(runs) => Json(serde_json::json!({ "runs": runs })).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn api_run(State(s): State<MonitorState>, Path(id): Path<String>) -> Response {
+    match s.store.run_status(&id).await {
+        Ok(Some(r)) => Json(r).into_response(),
+        Ok(None) => no_run(&id),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn api_shards(State(s): State<MonitorState>, Path(id): Path<String>) -> Response {
+    match s.store.run_exists(&id).await {
+        Ok(true) => {}
+        Ok(false) => return no_run(&id),
+        Err(e) => return store_error(e),
+    }
+    match s.store.shard_grid(&id).await {
+        Ok(cells) => Json(serde_json::json!({ "shards": cells })).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn api_throughput(State(s): State<MonitorState>, Path(id): Path<String>) -> Response {
+    match s.store.run_exists(&id).await {
+        Ok(true) => {}
+        Ok(false) => return no_run(&id),
+        Err(e) => return store_error(e),
+    }
+    match s.store.throughput(&id).await {
+        Ok(t) => Json(t).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn api_report(State(s): State<MonitorState>, Path(id): Path<String>) -> Response {
+    match s.store.load_run(&id).await {
+        Ok(Some(rec)) => Json(serde_json::json!({
+            "text": backfill_job::report::render_report(&rec.view())
+        }))
+        .into_response(),
+        Ok(None) => no_run(&id),
+        Err(e) => store_error(e),
+    }
+}

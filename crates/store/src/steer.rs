@@ -1,0 +1,945 @@
+//! Steering a run while it goes: pause, resume and cancel; throttling (rows
+//! per second and shards in flight across every mapper); priorities; the
+//! database health check; worker heartbeats; and the audit events of who
+//! did what to a run.
+//!
+//! Everything lives in the ledger, so any number of mappers on any host see
+//! the same settings within their refresh interval, and a setting changed
+//! while a run goes takes effect without restarting anything:
+//! - `backfill_control`: one row per run — `control` (`run`, `pause`,
+//!   `cancel`), `priority`, `rows_per_sec`, `max_in_flight`, and `rate_next`,
+//!   the shared schedule of the rows-per-second limit: each mapper reserves
+//!   its shard's rows with one atomic UPDATE that moves `rate_next` on by
+//!   `rows / rows_per_sec` and tells it when it may start (a generic cell
+//!   rate algorithm whose state is one timestamp, on the database's clock so
+//!   hosts' clocks do not matter).
+//! - `backfill_worker`: each worker's last heartbeat.
+//! - `backfill_event`: pause/resume/cancel/throttle with time and operator.
+//!
+//! Shards in flight are shards in state `running` whose lease has not
+//! expired; a mapper claims a shard (pending → running) before it fetches
+//! it, under a per-run advisory lock when the run limits shards in flight,
+//! so two mappers cannot both take the last slot.
+
+use backfill_job::report::summary_line;
+use backfill_job::spec::{HealthSpec, ThrottleSpec};
+use backfill_job::RunState;
+use sqlx::Row;
+use std::time::Duration;
+
+use crate::{sql, Backend, Store, StoreError};
+
+/// How long a claimed shard counts as in flight without finishing; after
+/// that a crashed mapper's claim no longer holds a slot.
+pub const LEASE: Duration = Duration::from_secs(600);
+
+pub(crate) const PG_DDL: &[&str] = &[
+    "ALTER TABLE backfill_shard ADD COLUMN IF NOT EXISTS started_at timestamptz",
+    "ALTER TABLE backfill_shard ADD COLUMN IF NOT EXISTS lease_until timestamptz",
+    "ALTER TABLE backfill_shard ADD COLUMN IF NOT EXISTS elapsed_ms integer",
+    r#"CREATE TABLE IF NOT EXISTS backfill_control (
+        run_id text PRIMARY KEY,
+        control text NOT NULL DEFAULT 'run',
+        priority integer NOT NULL DEFAULT 0,
+        rows_per_sec double precision,
+        max_in_flight integer,
+        rate_next timestamptz,
+        shard_sizing text,
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        updated_by text
+    )"#,
+    r#"CREATE TABLE IF NOT EXISTS backfill_worker (
+        worker text PRIMARY KEY,
+        role text NOT NULL,
+        run_id text,
+        shards_done bigint NOT NULL DEFAULT 0,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        last_seen timestamptz NOT NULL DEFAULT now()
+    )"#,
+    r#"CREATE TABLE IF NOT EXISTS backfill_event (
+        id bigserial PRIMARY KEY,
+        run_id text NOT NULL,
+        at timestamptz NOT NULL DEFAULT now(),
+        action text NOT NULL,
+        operator text NOT NULL,
+        detail text
+    )"#,
+];
+
+pub(crate) const LITE_DDL: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS backfill_control (
+        run_id text PRIMARY KEY,
+        control text NOT NULL DEFAULT 'run',
+        priority integer NOT NULL DEFAULT 0,
+        rows_per_sec real,
+        max_in_flight integer,
+        rate_next real,
+        shard_sizing text,
+        updated_at text NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        updated_by text
+    )",
+    "CREATE TABLE IF NOT EXISTS backfill_worker (
+        worker text PRIMARY KEY,
+        role text NOT NULL,
+        run_id text,
+        shards_done integer NOT NULL DEFAULT 0,
+        started_at text NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        last_seen text NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    )",
+    "CREATE TABLE IF NOT EXISTS backfill_event (
+        id integer PRIMARY KEY AUTOINCREMENT,
+        run_id text NOT NULL,
+        at text NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        action text NOT NULL,
+        operator text NOT NULL,
+        detail text
+    )",
+];
+
+/// Columns added to `backfill_shard` after its first release; SQLite has no
+/// `ADD COLUMN IF NOT EXISTS`, so an existing column is detected instead.
+pub(crate) const LITE_SHARD_COLUMNS: &[(&str, &str)] = &[
+    ("started_at", "text"),
+    ("lease_until", "text"),
+    ("elapsed_ms", "integer"),
+];
+
+/// What the operator asked of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlState {
+    Run,
+    Pause,
+    Cancel,
+}
+
+impl ControlState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlState::Run => "run",
+            ControlState::Pause => "pause",
+            ControlState::Cancel => "cancel",
+        }
+    }
+    pub fn parse(s: &str) -> Result<ControlState, StoreError> {
+        match s {
+            "run" => Ok(ControlState::Run),
+            "pause" => Ok(ControlState::Pause),
+            "cancel" => Ok(ControlState::Cancel),
+            other => Err(StoreError::Data(format!("unknown run control `{other}`"))),
+        }
+    }
+}
+
+/// A run's steering as mappers read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Control {
+    pub control: ControlState,
+    pub priority: i32,
+    pub rows_per_sec: Option<f64>,
+    pub max_in_flight: Option<u32>,
+    /// A running run of higher priority that still has shards to do: this
+    /// run waits for it.
+    pub yield_to: Option<String>,
+    /// How the run's shard size was chosen (adaptive sizing), if recorded.
+    pub shard_sizing: Option<String>,
+}
+
+/// A change of throttle settings; `Some(None)` removes a limit.
+#[derive(Debug, Clone, Default)]
+pub struct ThrottleChange {
+    pub rows_per_sec: Option<Option<f64>>,
+    pub max_in_flight: Option<Option<u32>>,
+    pub priority: Option<i32>,
+}
+
+impl ThrottleChange {
+    pub fn is_empty(&self) -> bool {
+        self.rows_per_sec.is_none() && self.max_in_flight.is_none() && self.priority.is_none()
+    }
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(r) = self.rows_per_sec {
+            parts.push(match r {
+                Some(r) => format!("rows_per_sec={r}"),
+                None => "rows_per_sec=off".into(),
+            });
+        }
+        if let Some(m) = self.max_in_flight {
+            parts.push(match m {
+                Some(m) => format!("max_in_flight={m}"),
+                None => "max_in_flight=off".into(),
+            });
+        }
+        if let Some(p) = self.priority {
+            parts.push(format!("priority={p}"));
+        }
+        parts.join(" ")
+    }
+}
+
+/// The outcome of trying to claim a shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This worker holds the shard now.
+    Claimed,
+    /// The run's shards-in-flight limit is reached: try again shortly.
+    Busy,
+    /// The shard is done or dead already (a redelivery): re-send its result.
+    Finished,
+    /// No such shard.
+    Unknown,
+}
+
+/// The database health check's verdict.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Health {
+    pub ok: bool,
+    pub reason: Option<String>,
+}
+
+/// An audit event of a run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunEvent {
+    pub run_id: String,
+    pub at: String,
+    pub action: String,
+    pub operator: String,
+    pub detail: Option<String>,
+}
+
+impl Store {
+    /// Records a run's starting throttle settings (from the spec and the
+    /// coordinator's flags) unless it has some already.
+    pub async fn init_control(
+        &self,
+        run_id: &str,
+        t: &ThrottleSpec,
+        shard_sizing: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let q = "INSERT INTO backfill_control (run_id, priority, rows_per_sec, max_in_flight, shard_sizing)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id) DO NOTHING";
+        let mif = t.max_in_flight.map(|m| m as i32);
+        match &self.backend {
+            Backend::Pg(p) => sqlx::query(q)
+                .bind(run_id)
+                .bind(t.priority)
+                .bind(t.rows_per_sec)
+                .bind(mif)
+                .bind(shard_sizing)
+                .execute(p)
+                .await
+                .map(drop),
+            Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
+                .bind(run_id)
+                .bind(t.priority)
+                .bind(t.rows_per_sec)
+                .bind(mif)
+                .bind(shard_sizing)
+                .execute(p)
+                .await
+                .map(drop),
+        }
+        .map_err(sql("record the run's throttle"))
+    }
+
+    /// Sets pause/resume/cancel and records who did it.
+    pub async fn set_control(
+        &self,
+        run_id: &str,
+        control: ControlState,
+        operator: &str,
+    ) -> Result<(), StoreError> {
+        self.require_run(run_id).await?;
+        let q = "INSERT INTO backfill_control (run_id, control, updated_by) VALUES ($1, $2, $3)
+                 ON CONFLICT (run_id) DO UPDATE SET control = excluded.control, updated_by = excluded.updated_by";
+        match &self.backend {
+            Backend::Pg(p) => sqlx::query(q)
+                .bind(run_id)
+                .bind(control.as_str())
+                .bind(operator)
+                .execute(p)
+                .await
+                .map(drop),
+            Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
+                .bind(run_id)
+                .bind(control.as_str())
+                .bind(operator)
+                .execute(p)
+                .await
+                .map(drop),
+        }
+        .map_err(sql("set the run's control"))?;
+        let action = match control {
+            ControlState::Run => "resume",
+            ControlState::Pause => "pause",
+            ControlState::Cancel => "cancel",
+        };
+        self.record_event(run_id, action, operator, None).await
+    }
+
+    /// Changes a run's throttle while it goes and records who did it.
+    pub async fn set_throttle(
+        &self,
+        run_id: &str,
+        change: &ThrottleChange,
+        operator: &str,
+    ) -> Result<(), StoreError> {
+        self.require_run(run_id).await?;
+        let spec_default = ThrottleSpec::default();
+        self.init_control(run_id, &spec_default, None).await?;
+        let mut sets = Vec::new();
+        if change.rows_per_sec.is_some() {
+            sets.push("rows_per_sec = $2");
+        }
+        if change.max_in_flight.is_some() {
+            sets.push("max_in_flight = $3");
+        }
+        if change.priority.is_some() {
+            sets.push("priority = $4");
+        }
+        if sets.is_empty() {
+            return Ok(());
+        }
+        let q = format!(
+            "UPDATE backfill_control SET {}, updated_by = $5 WHERE run_id = $1",
+            sets.join(", ")
+        );
+        let rps = change.rows_per_sec.flatten();
+        let mif = change.max_in_flight.flatten().map(|m| m as i32);
+        let prio = change.priority.unwrap_or(0);
+        match &self.backend {
+            Backend::Pg(p) => sqlx::query(&q)
+                .bind(run_id)
+                .bind(rps)
+                .bind(mif)
+                .bind(prio)
+                .bind(operator)
+                .execute(p)
+                .await
+                .map(drop),
+            Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
+                .bind(run_id)
+                .bind(rps)
+                .bind(mif)
+                .bind(prio)
+                .bind(operator)
+                .execute(p)
+                .await
+                .map(drop),
+        }
+        .map_err(sql("change the run's throttle"))?;
+        self.record_event(run_id, "throttle", operator, Some(&change.describe()))
+            .await
+    }
+
+    /// The database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Pg(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
+            Backend::Lite(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
+        }
+        .map_err(sql("ping the database"))
+    }
+
+    /// Whether the ledger has the run.
+    pub async fn run_exists(&self, run_id: &str) -> Result<bool, StoreError> {
+        match self.require_run(run_id).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::UnknownRun(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn require_run(&self, run_id: &str) -> Result<(), StoreError> {
+        let q = "SELECT count(*) FROM backfill_run WHERE run_id = $1";
+        let n: i64 = match &self.backend {
+            Backend::Pg(p) => sqlx::query_scalar(q).bind(run_id).fetch_one(p).await,
+            Backend::Lite(p) => {
+                sqlx::query_scalar(&q.replace('$', "?"))
+                    .bind(run_id)
+                    .fetch_one(p)
+                    .await
+            }
+        }
+        .map_err(sql("read run"))?;
+        if n == 0 {
+            return Err(StoreError::UnknownRun(run_id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Appends an audit event.
+    pub async fn record_event(
+        &self,
+        run_id: &str,
+        action: &str,
+        operator: &str,
+        detail: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let q = "INSERT INTO backfill_event (run_id, action, operator, detail) VALUES ($1, $2, $3, $4)";
+        match &self.backend {
+            Backend::Pg(p) => sqlx::query(q)
+                .bind(run_id)
+                .bind(action)
+                .bind(operator)
+                .bind(detail)
+                .execute(p)
+                .await
+                .map(drop),
+            Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
+                .bind(run_id)
+                .bind(action)
+                .bind(operator)
+                .bind(detail)
+                .execute(p)
+                .await
+                .map(drop),
+        }
+        .map_err(sql("record a run event"))
+    }
+
+    /// A run's audit events, oldest first.
+    pub async fn run_events(&self, run_id: &str) -> Result<Vec<RunEvent>, StoreError> {
+        let rows = match &self.backend {
+            Backend::Pg(p) => sqlx::query(
+                "SELECT run_id, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), action, operator, detail
+                 FROM backfill_event WHERE run_id = $1 ORDER BY id",
+            )
+            .bind(run_id)
+            .fetch_all(p)
+            .await
+            .map_err(sql("read run events"))?
+            .into_iter()
+            .map(|r| RunEvent {
+                run_id: r.get(0),
+                at: r.get(1),
+                action: r.get(2),
+                operator: r.get(3),
+                detail: r.get(4),
+            })
+            .collect(),
+            Backend::Lite(p) => sqlx::query(
+                "SELECT run_id, substr(at, 1, 19) || 'Z', action, operator, detail
+                 FROM backfill_event WHERE run_id = ?1 ORDER BY id",
+            )
+            .bind(run_id)
+            .fetch_all(p)
+            .await
+            .map_err(sql("read run events"))?
+            .into_iter()
+            .map(|r| RunEvent {
+                run_id: r.get(0),
+                at: r.get(1),
+                action: r.get(2),
+                operator: r.get(3),
+                detail: r.get(4),
+            })
+            .collect(),
+        };
+        Ok(rows)
+    }
+
+    /// A run's steering; `defaults` (the spec's throttle) when nothing was
+    /// recorded for it.
+    pub async fn control(&self, run_id: &str, defaults: &ThrottleSpec) -> Result<Control, StoreError> {
+        // One round trip: the run's row and whether a running run of higher
+        // priority still has shards to do.
+        let q = "SELECT c.control, c.priority, c.rows_per_sec, c.max_in_flight, c.shard_sizing,
+                   (SELECT o.run_id FROM backfill_control o JOIN backfill_run r ON r.run_id = o.run_id
+                     WHERE o.run_id <> c.run_id AND o.priority > c.priority AND o.control = 'run'
+                       AND r.state = 'running'
+                       AND EXISTS (SELECT 1 FROM backfill_shard s WHERE s.run_id = o.run_id AND s.state IN ('pending', 'running'))
+                     ORDER BY o.priority DESC LIMIT 1) AS yield_to
+                 FROM backfill_control c WHERE c.run_id = $1";
+        let row = match &self.backend {
+            Backend::Pg(p) => sqlx::query(q)
+                .bind(run_id)
+                .fetch_optional(p)
+                .await
+                .map_err(sql("read the run's control"))?
+                .map(|r| {
+                    (
+                        r.get::<String, _>(0),
+                        r.get::<i32, _>(1),
+                        r.get::<Option<f64>, _>(2),
+                        r.get::<Option<i32>, _>(3),
+                        r.get::<Option<String>, _>(4),
+                        r.get::<Option<String>, _>(5),
+                    )
+                }),
+            Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
+                .bind(run_id)
+                .fetch_optional(p)
+                .await
+                .map_err(sql("read the run's control"))?
+                .map(|r| {
+                    (
+                        r.get::<String, _>(0),
+                        r.get::<i64, _>(1) as i32,
+                        r.get::<Option<f64>, _>(2),
+                        r.get::<Option<i64>, _>(3).map(|v| v as i32),
+                        r.get::<Option<String>, _>(4),
+                        r.get::<Option<String>, _>(5),
+                    )
+                }),
+        };
+        Ok(match row {
+            None => Control {
+                control: ControlState::Run,
+                priority: defaults.priority,
+                rows_per_sec: defaults.rows_per_sec,
+                max_in_flight: defaults.max_in_flight,
+                yield_to: None,
+                shard_sizing: None,
+            },
+            Some((control, priority, rps, mif, sizing, yield_to)) => Control {
+                control: ControlState::parse(&control)?,
+                priority,
+                rows_per_sec: rps.filter(|r| *r > 0.0),
+                max_in_flight: mif.filter(|m| *m > 0).map(|m| m as u32),
+                yield_to,
+                shard_sizing: sizing,
+            },
+        })
+    }
+
+    /// Claims a shard for `worker` (pending → running) unless the run's
+    /// shards-in-flight limit is reached. A shard already `running` is taken
+    /// over: its task was redelivered, so its previous holder is gone.
+    pub async fn claim_shard(
+        &self,
+        run_id: &str,
+        shard_no: u32,
+        worker: &str,
+        max_in_flight: Option<u32>,
+    ) -> Result<Claim, StoreError> {
+        match &self.backend {
+            Backend::Pg(p) => {
+                let mut tx = p.begin().await.map_err(sql("begin shard claim"))?;
+                if let Some(max) = max_in_flight {
+                    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('backfill run ' || $1))")
+                        .bind(run_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(sql("lock the run's claims"))?;
+                    let n: i64 = sqlx::query_scalar(
+                        "SELECT count(*) FROM backfill_shard WHERE run_id = $1 AND shard_no <> $2
+                           AND state = 'running' AND lease_until > now()",
+                    )
+                    .bind(run_id)
+                    .bind(shard_no as i32)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(sql("count shards in flight"))?;
+                    if n >= max as i64 {
+                        tx.rollback().await.map_err(sql("end shard claim"))?;
+                        return Ok(Claim::Busy);
+                    }
+                }
+                let claimed = sqlx::query(
+                    "UPDATE backfill_shard SET state = 'running', worker = $3, started_at = now(),
+                            lease_until = now() + make_interval(secs => $4)
+                     WHERE run_id = $1 AND shard_no = $2 AND state IN ('pending', 'running')
+                     RETURNING shard_no",
+                )
+                .bind(run_id)
+                .bind(shard_no as i32)
+                .bind(worker)
+                .bind(LEASE.as_secs_f64())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(sql("claim shard"))?;
+                let outcome = if claimed.is_some() {
+                    Claim::Claimed
+                } else {
+                    let exists: Option<String> = sqlx::query_scalar(
+                        "SELECT state FROM backfill_shard WHERE run_id = $1 AND shard_no = $2",
+                    )
+                    .bind(run_id)
+                    .bind(shard_no as i32)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(sql("read shard"))?;
+                    if exists.is_some() {
+                        Claim::Finished
+                    } else {
+                        Claim::Unknown
+                    }
+                };
+                tx.commit().await.map_err(sql("commit shard claim"))?;
+                Ok(outcome)
+            }
+            Backend::Lite(p) => {
+                // One writer at a time: BEGIN IMMEDIATE serializes claims.
+                let mut tx = p
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(sql("begin shard claim"))?;
+                if let Some(max) = max_in_flight {
+                    let n: i64 = sqlx::query_scalar(
+                        "SELECT count(*) FROM backfill_shard WHERE run_id = ?1 AND shard_no <> ?2
+                           AND state = 'running' AND lease_until > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+                    )
+                    .bind(run_id)
+                    .bind(shard_no as i64)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(sql("count shards in flight"))?;
+                    if n >= max as i64 {
+                        tx.rollback().await.map_err(sql("end shard claim"))?;
+                        return Ok(Claim::Busy);
+                    }
+                }
+                let claimed = sqlx::query(
+                    "UPDATE backfill_shard SET state = 'running', worker = ?3,
+                            started_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                            lease_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+' || ?4 || ' seconds')
+                     WHERE run_id = ?1 AND shard_no = ?2 AND state IN ('pending', 'running')
+                     RETURNING shard_no",
+                )
+                .bind(run_id)
+                .bind(shard_no as i64)
+                .bind(worker)
+                .bind(LEASE.as_secs() as i64)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(sql("claim shard"))?;
+                let outcome = if claimed.is_some() {
+                    Claim::Claimed
+                } else {
+                    let exists: Option<String> = sqlx::query_scalar(
+                        "SELECT state FROM backfill_shard WHERE run_id = ?1 AND shard_no = ?2",
+                    )
+                    .bind(run_id)
+                    .bind(shard_no as i64)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(sql("read shard"))?;
+                    if exists.is_some() {
+                        Claim::Finished
+                    } else {
+                        Claim::Unknown
+                    }
+                };
+                tx.commit().await.map_err(sql("commit shard claim"))?;
+                Ok(outcome)
+            }
+        }
+    }
+
+    /// Gives a claimed shard back (the worker stops before starting it).
+    pub async fn release_shard(&self, run_id: &str, shard_no: u32) -> Result<(), StoreError> {
+        let q = "UPDATE backfill_shard SET state = 'pending', lease_until = NULL
+                 WHERE run_id = $1 AND shard_no = $2 AND state = 'running'";
+        match &self.backend {
+            Backend::Pg(p) => sqlx::query(q)
+                .bind(run_id)
+                .bind(shard_no as i32)
+                .execute(p)
+                .await
+                .map(drop),
+            Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
+                .bind(run_id)
+                .bind(shard_no as i64)
+                .execute(p)
+                .await
+                .map(drop),
+        }
+        .map_err(sql("release shard"))
+    }
+
+    /// Reserves `rows` of the run's rows-per-second budget, shared by every
+    /// mapper. Returns how long to wait before starting, or `None` when the
+    /// start would be more than `horizon` away (nothing is reserved then: ask
+    /// again later, so a pause is seen meanwhile). Without a limit, no wait.
+    pub async fn reserve_rows(
+        &self,
+        run_id: &str,
+        rows: u32,
+        horizon: Duration,
+    ) -> Result<Option<Duration>, StoreError> {
+        let wait: Option<Option<f64>> = match &self.backend {
+            Backend::Pg(p) => sqlx::query_scalar(
+                "UPDATE backfill_control
+                 SET rate_next = greatest(coalesce(rate_next, now()), now()) + make_interval(secs => $2 / rows_per_sec)
+                 WHERE run_id = $1 AND rows_per_sec > 0
+                   AND greatest(coalesce(rate_next, now()), now()) <= now() + make_interval(secs => $3)
+                 RETURNING extract(epoch FROM (rate_next - make_interval(secs => $2 / rows_per_sec) - now()))::float8",
+            )
+            .bind(run_id)
+            .bind(rows as f64)
+            .bind(horizon.as_secs_f64())
+            .fetch_optional(p)
+            .await
+            .map_err(sql("reserve rows"))?,
+            Backend::Lite(p) => {
+                // Seconds since the epoch on SQLite's clock.
+                let now = "((julianday('now') - 2440587.5) * 86400.0)";
+                let mut tx = p
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(sql("begin rows reservation"))?;
+                let q = format!(
+                    "UPDATE backfill_control SET rate_next = max(coalesce(rate_next, {now}), {now}) + ?2 / rows_per_sec
+                     WHERE run_id = ?1 AND rows_per_sec > 0 AND max(coalesce(rate_next, {now}), {now}) <= {now} + ?3
+                     RETURNING rate_next - ?2 / rows_per_sec - {now}"
+                );
+                let w: Option<Option<f64>> = sqlx::query_scalar(&q)
+                    .bind(run_id)
+                    .bind(rows as f64)
+                    .bind(horizon.as_secs_f64())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(sql("reserve rows"))?;
+                tx.commit().await.map_err(sql("commit rows reservation"))?;
+                w
+            }
+        };
+        match wait {
+            Some(w) => Ok(Some(Duration::from_secs_f64(w.unwrap_or(0.0).max(0.0)))),
+            None => {
+                // No row updated: either no limit (go now) or too far ahead.
+                let limited = self.control(run_id, &ThrottleSpec::default()).await?;
+                Ok(match limited.rows_per_sec {
+                    None => Some(Duration::ZERO),
+                    Some(_) => None,
+                })
+            }
+        }
+    }
+
+    /// Evaluates the database health check of a job: replication lag and
+    /// active backends on PostgreSQL, then the job's own SQL.
+    pub async fn health(&self, spec: &HealthSpec) -> Result<Health, StoreError> {
+        if let Backend::Pg(p) = &self.backend {
+            if spec.max_replication_lag_seconds > 0.0 {
+                let lag: Option<f64> = sqlx::query_scalar(
+                    "SELECT max(extract(epoch FROM coalesce(replay_lag, interval '0')))::float8 FROM pg_stat_replication",
+                )
+                .fetch_one(p)
+                .await
+                .map_err(sql("read replication lag"))?;
+                if let Some(lag) = lag.filter(|l| *l > spec.max_replication_lag_seconds) {
+                    return Ok(Health {
+                        ok: false,
+                        reason: Some(format!(
+                            "replication lag {lag:.1} s is over {} s",
+                            spec.max_replication_lag_seconds
+                        )),
+                    });
+                }
+            }
+            if spec.max_active_backends > 0 {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND backend_type = 'client backend'",
+                )
+                .fetch_one(p)
+                .await
+                .map_err(sql("count active backends"))?;
+                if n > spec.max_active_backends as i64 {
+                    return Ok(Health {
+                        ok: false,
+                        reason: Some(format!(
+                            "{n} active backends, over {}",
+                            spec.max_active_backends
+                        )),
+                    });
+                }
+            }
+        }
+        if let Some(text) = &spec.sql {
+            let q = text.for_dialect("health.sql", self.dialect())?;
+            let ok: Option<bool> = match &self.backend {
+                Backend::Pg(p) => sqlx::query_scalar(q).fetch_optional(p).await,
+                Backend::Lite(p) => sqlx::query_scalar(q).fetch_optional(p).await,
+            }
+            .map_err(sql("run the job's health check (health.sql)"))?;
+            if ok != Some(true) {
+                return Ok(Health {
+                    ok: false,
+                    reason: Some("the job's health check (health.sql) did not return true".into()),
+                });
+            }
+        }
+        Ok(Health {
+            ok: true,
+            reason: None,
+        })
+    }
+
+    /// A worker's heartbeat: it is alive, working on `run_id`, and has
+    /// finished `shards_done` shards since it started.
+    pub async fn heartbeat(
+        &self,
+        worker: &str,
+        role: &str,
+        run_id: Option<&str>,
+        shards_done: u64,
+    ) -> Result<(), StoreError> {
+        let q = "INSERT INTO backfill_worker (worker, role, run_id, shards_done) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (worker) DO UPDATE SET run_id = coalesce(excluded.run_id, backfill_worker.run_id),
+                    shards_done = excluded.shards_done, last_seen = NOW_";
+        match &self.backend {
+            Backend::Pg(p) => sqlx::query(&q.replace("NOW_", "now()"))
+                .bind(worker)
+                .bind(role)
+                .bind(run_id)
+                .bind(shards_done as i64)
+                .execute(p)
+                .await
+                .map(drop),
+            Backend::Lite(p) => sqlx::query(
+                &q.replace('$', "?")
+                    .replace("NOW_", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"),
+            )
+            .bind(worker)
+            .bind(role)
+            .bind(run_id)
+            .bind(shards_done as i64)
+            .execute(p)
+            .await
+            .map(drop),
+        }
+        .map_err(sql("record heartbeat"))
+    }
+
+    /// Ends a run the operator cancelled: state `cancelled`, the summary of
+    /// what was done. Shards still in hand may finish afterwards; the reducer
+    /// folds them and [`Store::refresh_cancelled_summary`] keeps the summary true.
+    /// Returns false when the run had already finished.
+    pub async fn finish_cancelled(&self, run_id: &str) -> Result<bool, StoreError> {
+        let Some(rec) = self.load_run(run_id).await? else {
+            return Err(StoreError::UnknownRun(run_id.to_string()));
+        };
+        if rec.state.is_finished() {
+            return Ok(false);
+        }
+        let summary = summary_line(&rec.view());
+        let q = "UPDATE backfill_run SET state = 'cancelled', summary = $2, finished_at = NOW_
+                 WHERE run_id = $1 AND state = 'running'";
+        let n = match &self.backend {
+            Backend::Pg(p) => sqlx::query(&q.replace("NOW_", "now()"))
+                .bind(run_id)
+                .bind(&summary)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()),
+            Backend::Lite(p) => sqlx::query(
+                &q.replace('$', "?")
+                    .replace("NOW_", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"),
+            )
+            .bind(run_id)
+            .bind(&summary)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()),
+        }
+        .map_err(sql("mark the run cancelled"))?;
+        Ok(n > 0)
+    }
+
+    /// After a late shard of a cancelled run was folded: the summary again.
+    pub async fn refresh_cancelled_summary(&self, run_id: &str) -> Result<(), StoreError> {
+        let q = "SELECT state FROM backfill_run WHERE run_id = $1";
+        let state: Option<String> = match &self.backend {
+            Backend::Pg(p) => sqlx::query_scalar(q).bind(run_id).fetch_optional(p).await,
+            Backend::Lite(p) => {
+                sqlx::query_scalar(&q.replace('$', "?"))
+                    .bind(run_id)
+                    .fetch_optional(p)
+                    .await
+            }
+        }
+        .map_err(sql("read run state"))?;
+        if state.as_deref() != Some("cancelled") {
+            return Ok(());
+        }
+        let Some(rec) = self.load_run(run_id).await? else {
+            return Ok(());
+        };
+        if rec.state != RunState::Cancelled {
+            return Ok(());
+        }
+        let summary = summary_line(&rec.view());
+        let q = "UPDATE backfill_run SET summary = $2 WHERE run_id = $1 AND state = 'cancelled'";
+        match &self.backend {
+            Backend::Pg(p) => sqlx::query(q)
+                .bind(run_id)
+                .bind(&summary)
+                .execute(p)
+                .await
+                .map(drop),
+            Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
+                .bind(run_id)
+                .bind(&summary)
+                .execute(p)
+                .await
+                .map(drop),
+        }
+        .map_err(sql("update the cancelled run's summary"))
+    }
+
+    /// Shards of the run being worked on now.
+    pub async fn shards_running(&self, run_id: &str) -> Result<u32, StoreError> {
+        let q = "SELECT count(*) FROM backfill_shard WHERE run_id = $1 AND state = 'running'";
+        let n: i64 = match &self.backend {
+            Backend::Pg(p) => sqlx::query_scalar(q).bind(run_id).fetch_one(p).await,
+            Backend::Lite(p) => {
+                sqlx::query_scalar(&q.replace('$', "?"))
+                    .bind(run_id)
+                    .fetch_one(p)
+                    .await
+            }
+        }
+        .map_err(sql("count running shards"))?;
+        Ok(n.max(0) as u32)
+    }
+
+    /// Measured cost of the job's most recent finished run with timed
+    /// shards: (its largest planned shard size, milliseconds per row), for
+    /// adaptive shard sizing. Same mode preferred.
+    pub async fn measured_shard_cost(
+        &self,
+        job: &str,
+        mode: &str,
+    ) -> Result<Option<(String, u32, f64)>, StoreError> {
+        let q = "SELECT r.run_id, max(s.rows), sum(s.elapsed_ms), sum(s.rows)
+                 FROM backfill_run r JOIN backfill_shard s ON s.run_id = r.run_id
+                 WHERE r.job_name = $1 AND r.state IN ('done', 'failed') AND s.elapsed_ms IS NOT NULL AND s.state = 'done'
+                 GROUP BY r.run_id, r.created_at, r.mode
+                 ORDER BY (r.mode = $2) DESC, r.created_at DESC LIMIT 1";
+        let row = match &self.backend {
+            Backend::Pg(p) => sqlx::query(q)
+                .bind(job)
+                .bind(mode)
+                .fetch_optional(p)
+                .await
+                .map_err(sql("read measured shard durations"))?
+                .map(|r| {
+                    (
+                        r.get::<String, _>(0),
+                        r.get::<Option<i32>, _>(1).unwrap_or(0) as i64,
+                        r.get::<Option<i64>, _>(2).unwrap_or(0),
+                        r.get::<Option<i64>, _>(3).unwrap_or(0),
+                    )
+                }),
+            Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
+                .bind(job)
+                .bind(mode)
+                .fetch_optional(p)
+                .await
+                .map_err(sql("read measured shard durations"))?
+                .map(|r| {
+                    (
+                        r.get::<String, _>(0),
+                        r.get::<Option<i64>, _>(1).unwrap_or(0),
+                        r.get::<Option<i64>, _>(2).unwrap_or(0),
+                        r.get::<Option<i64>, _>(3).unwrap_or(0),
+                    )
+                }),
+        };
+        Ok(row.and_then(|(run, size, ms, rows)| {
+            (rows > 0 && size > 0).then(|| (run, size as u32, ms as f64 / rows as f64))
+        }))
+    }
+}

@@ -1,0 +1,142 @@
+//! `backfill pause | resume | cancel | throttle RUN`: steering a run from
+//! any host. Each writes the run's control row in the ledger (with an audit
+//! event naming the operator); mappers read it within a second and act on
+//! it before they start their next shard.
+
+use backfill_job::report::render_report;
+use backfill_store::{ControlState, Store, StoreError, ThrottleChange};
+use std::time::{Duration, Instant};
+
+use crate::cli::usage;
+
+/// The run, or a usage error naming it.
+async fn running_run(store: &Store, run_id: &str) -> anyhow::Result<backfill_store::RunRecord> {
+    store
+        .load_run(run_id)
+        .await?
+        .ok_or_else(|| usage(format!("run {run_id} is not in the ledger")))
+}
+
+fn unknown(e: StoreError) -> anyhow::Error {
+    match e {
+        StoreError::UnknownRun(id) => usage(format!("run {id} is not in the ledger")),
+        other => other.into(),
+    }
+}
+
+pub async fn pause(store: &Store, run_id: &str, operator: &str) -> anyhow::Result<i32> {
+    let rec = running_run(store, run_id).await?;
+    if rec.state.is_finished() {
+        return Err(usage(format!(
+            "run {run_id} has already finished ({}); nothing to pause",
+            rec.state
+        )));
+    }
+    store
+        .set_control(run_id, ControlState::Pause, operator)
+        .await
+        .map_err(unknown)?;
+    println!(
+        "run {run_id} paused: mappers start no new shard of it (the shards in hand finish). `backfill resume {run_id}` carries on."
+    );
+    Ok(0)
+}
+
+pub async fn resume(store: &Store, run_id: &str, operator: &str) -> anyhow::Result<i32> {
+    let rec = running_run(store, run_id).await?;
+    if rec.state.is_finished() {
+        return Err(usage(format!(
+            "run {run_id} has finished ({}); start a new run of the job instead",
+            rec.state
+        )));
+    }
+    store
+        .set_control(run_id, ControlState::Run, operator)
+        .await
+        .map_err(unknown)?;
+    println!("run {run_id} resumed");
+    Ok(0)
+}
+
+pub async fn cancel(
+    store: &Store,
+    run_id: &str,
+    operator: &str,
+    wait: Duration,
+) -> anyhow::Result<i32> {
+    let rec = running_run(store, run_id).await?;
+    if rec.state.is_finished() {
+        return Err(usage(format!(
+            "run {run_id} has already finished ({}); nothing to cancel",
+            rec.state
+        )));
+    }
+    store
+        .set_control(run_id, ControlState::Cancel, operator)
+        .await
+        .map_err(unknown)?;
+    eprintln!("run {run_id}: cancelling; waiting for the shards in hand to finish");
+    // Mappers see the cancel within a second; give the shards they hold
+    // time to commit so the summary counts them.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = Instant::now();
+    loop {
+        let n = store.shards_running(run_id).await?;
+        if n == 0 {
+            break;
+        }
+        if started.elapsed() >= wait {
+            eprintln!(
+                "{n} shards still in hand after {} s; marking the run cancelled anyway (their results still count when they arrive)",
+                wait.as_secs()
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Let the reducer fold the last results before the summary is written.
+    let settle = Instant::now();
+    loop {
+        let rec = running_run(store, run_id).await?;
+        let done = store
+            .shards(run_id)
+            .await?
+            .iter()
+            .filter(|s| (s.state == "done" || s.state == "dead") && !s.reduced)
+            .count();
+        if done == 0 || settle.elapsed() > Duration::from_secs(10) || rec.state.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    store.finish_cancelled(run_id).await?;
+    let rec = running_run(store, run_id).await?;
+    print!("{}", render_report(&rec.view()));
+    eprintln!(
+        "run {run_id} is {}: {}/{} shards were done; the rest were never started",
+        rec.state, rec.shards_reduced, rec.shards_total
+    );
+    Ok(0)
+}
+
+pub async fn throttle(
+    store: &Store,
+    run_id: &str,
+    change: &ThrottleChange,
+    operator: &str,
+) -> anyhow::Result<i32> {
+    let rec = running_run(store, run_id).await?;
+    store
+        .set_throttle(run_id, change, operator)
+        .await
+        .map_err(unknown)?;
+    let c = store.control(run_id, &rec.spec.throttle).await?;
+    let show = |v: Option<String>| v.unwrap_or_else(|| "off".into());
+    println!(
+        "run {run_id}: rows/s={} in-flight={} priority={}",
+        show(c.rows_per_sec.map(|r| r.to_string())),
+        show(c.max_in_flight.map(|m| m.to_string())),
+        c.priority
+    );
+    Ok(0)
+}

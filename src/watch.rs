@@ -1,0 +1,234 @@
+//! `backfill status`: the runs in the ledger and their progress, as text for
+//! people (redrawn in place with `--watch`) or as the stable JSON document
+//! (`--json`) that the dashboard's API serves too.
+
+use backfill_store::status::RunStatus;
+use backfill_store::Store;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What `status` shows.
+pub struct StatusArgs {
+    pub run: Option<String>,
+    pub watch: bool,
+    pub json: bool,
+    pub interval: Duration,
+}
+
+/// A progress bar of `width` cells.
+fn bar(done: u64, total: u64, width: usize) -> String {
+    let filled = if total == 0 {
+        width
+    } else {
+        ((done as f64 / total as f64) * width as f64).round() as usize
+    }
+    .min(width);
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
+}
+
+/// Seconds as `1h 2m`, `3m 4s` or `5s`.
+pub fn duration_text(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}h {}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m {}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "off".into())
+}
+
+/// One run, as text.
+pub fn render_run(r: &RunStatus, out: &mut String) {
+    let s = &r.shards;
+    let _ = writeln!(
+        out,
+        "run {} job={} mode={} scope={} state={} control={} priority={}",
+        r.run_id, r.job, r.mode, r.scope, r.state, r.control, r.priority
+    );
+    let _ = writeln!(
+        out,
+        "  shards   {} {}/{} done, {} running, {} pending, {} failed, {} dead-lettered, {} reduced",
+        bar(s.done + s.dead, s.total, 30),
+        s.done,
+        s.total,
+        s.running,
+        s.pending,
+        s.failed,
+        s.dead,
+        s.reduced
+    );
+    let w = &r.rows;
+    let _ = writeln!(
+        out,
+        "  rows     planned={} processed={} changed={} unchanged={} skipped={} conflicts={} errors={}",
+        w.planned, w.processed, w.changed, w.unchanged, w.skipped, w.conflicts, w.errors
+    );
+    let eta = r
+        .eta_seconds
+        .map(duration_text)
+        .unwrap_or_else(|| "—".into());
+    let _ = writeln!(
+        out,
+        "  speed    {:.0} rows/s, ETA {eta}, elapsed {}, started {}, finished {}",
+        r.rows_per_sec,
+        duration_text(r.elapsed_seconds),
+        r.created_at,
+        r.finished_at.as_deref().unwrap_or("—")
+    );
+    let health = match &r.health {
+        None => "—".to_string(),
+        Some(h) if h.ok => "ok".to_string(),
+        Some(h) => format!(
+            "FAILING ({}): work is paused until it passes",
+            h.reason.as_deref().unwrap_or("unhealthy")
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "  steering rows/s={} in-flight={} health={health}",
+        opt(r.throttle.rows_per_sec),
+        opt(r.throttle.max_in_flight)
+    );
+    if let Some(other) = &r.waiting_for {
+        let _ = writeln!(out, "  waiting  for run {other}, which has a higher priority");
+    }
+    let _ = writeln!(
+        out,
+        "  shard size {} rows (min {}, max {}){}",
+        r.shard_size.mean.round(),
+        r.shard_size.min,
+        r.shard_size.max,
+        r.shard_size
+            .chosen_by
+            .as_deref()
+            .map(|c| format!("; {c}"))
+            .unwrap_or_default()
+    );
+    for wk in &r.workers {
+        let _ = writeln!(
+            out,
+            "  worker   {} — {} shards, last seen {}",
+            wk.name,
+            wk.shards_done,
+            wk.age_seconds
+                .map(|a| format!("{} ago", duration_text(a)))
+                .unwrap_or_else(|| "never".into())
+        );
+    }
+    for d in &r.dead_shards {
+        let _ = writeln!(out, "dead-lettered shard {} ({}): {}", d.shard, d.target, d.error);
+    }
+}
+
+/// Prints status once; `true` when every run shown has finished.
+async fn show_once(store: &Store, args: &StatusArgs) -> anyhow::Result<(String, bool)> {
+    let mut out = String::new();
+    match &args.run {
+        Some(id) => {
+            let Some(r) = store.run_status(id).await? else {
+                return Err(crate::cli::usage(format!("run {id} is not in the ledger")));
+            };
+            let finished = r.state != "running";
+            if args.json {
+                out = serde_json::to_string_pretty(&r)?;
+                out.push('\n');
+                return Ok((out, finished));
+            }
+            render_run(&r, &mut out);
+            let quarantined = store.quarantined(id).await?;
+            if !quarantined.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "{} rows quarantined; fix their cause, then `backfill retry {id}`",
+                    quarantined.len()
+                );
+                for (target, key, error) in quarantined.iter().take(20) {
+                    let _ = writeln!(out, "  {target}/{key}: {error}");
+                }
+            }
+            if let Some(s) = &r.summary {
+                let _ = writeln!(out, "{s}");
+            }
+            Ok((out, finished))
+        }
+        None => {
+            let runs = store.run_statuses(20).await?;
+            let finished = runs.iter().all(|r| r.state != "running");
+            if args.json {
+                out = serde_json::to_string_pretty(&serde_json::json!({ "runs": runs }))?;
+                out.push('\n');
+                return Ok((out, finished));
+            }
+            if runs.is_empty() {
+                out.push_str("no runs in the ledger\n");
+            }
+            for r in &runs {
+                let _ = writeln!(
+                    out,
+                    "{}  job={} mode={} state={} control={} shards={}/{} {:.0} rows/s",
+                    r.run_id,
+                    r.job,
+                    r.mode,
+                    r.state,
+                    r.control,
+                    r.shards.done + r.shards.dead,
+                    r.shards.total,
+                    r.rows_per_sec
+                );
+            }
+            Ok((out, finished))
+        }
+    }
+}
+
+/// `backfill status`: once, or redrawn every `interval` until the runs
+/// shown have finished (or Ctrl-C).
+pub async fn status(store: &Store, args: StatusArgs, stop: CancellationToken) -> anyhow::Result<i32> {
+    let term = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut last_lines = 0usize;
+    loop {
+        let (text, finished) = show_once(store, &args).await?;
+        let mut stdout = std::io::stdout().lock();
+        if args.watch && term && last_lines > 0 {
+            // Redraw in place: up over the previous frame, clear to the end.
+            write!(stdout, "\x1b[{last_lines}A\x1b[J")?;
+        }
+        stdout.write_all(text.as_bytes())?;
+        stdout.flush()?;
+        drop(stdout);
+        last_lines = text.lines().count();
+        if !args.watch || finished {
+            return Ok(0);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(0),
+            _ = tokio::time::sleep(args.interval) => {}
+        }
+        if !term && !args.json {
+            println!("---");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bars_and_durations() {
+        assert_eq!(bar(0, 10, 10), "[..........]");
+        assert_eq!(bar(5, 10, 10), "[#####.....]");
+        assert_eq!(bar(10, 10, 10), "[##########]");
+        assert_eq!(bar(0, 0, 4), "[####]");
+        assert_eq!(duration_text(4.4), "4s");
+        assert_eq!(duration_text(80.0), "1m 20s");
+        assert_eq!(duration_text(7500.0), "2h 5m");
+    }
+}
