@@ -443,7 +443,10 @@ fn validate_steer(steer: &SteerArgs) -> anyhow::Result<()> {
 }
 
 /// `N` or `off`.
-fn limit_flag<T: std::str::FromStr>(flag: &str, v: &Option<String>) -> anyhow::Result<Option<Option<T>>> {
+fn limit_flag<T: std::str::FromStr>(
+    flag: &str,
+    v: &Option<String>,
+) -> anyhow::Result<Option<Option<T>>> {
     match v.as_deref() {
         None => Ok(None),
         Some("off") => Ok(Some(None)),
@@ -480,7 +483,9 @@ async fn start_monitor(
         broker.then(|| (settings.amqp_url.expose().to_string(), settings.queues())),
         dashboard,
     )?;
-    Ok(Some(backfill_monitor::serve(addr, state, stop.clone()).await?))
+    Ok(Some(
+        backfill_monitor::serve(addr, state, stop.clone()).await?,
+    ))
 }
 
 async fn connect_store(s: &Settings, max: u32) -> anyhow::Result<Store> {

@@ -97,7 +97,10 @@ pub fn render_run(r: &RunStatus, out: &mut String) {
         opt(r.throttle.max_in_flight)
     );
     if let Some(other) = &r.waiting_for {
-        let _ = writeln!(out, "  waiting  for run {other}, which has a higher priority");
+        let _ = writeln!(
+            out,
+            "  waiting  for run {other}, which has a higher priority"
+        );
     }
     let _ = writeln!(
         out,
@@ -123,7 +126,11 @@ pub fn render_run(r: &RunStatus, out: &mut String) {
         );
     }
     for d in &r.dead_shards {
-        let _ = writeln!(out, "dead-lettered shard {} ({}): {}", d.shard, d.target, d.error);
+        let _ = writeln!(
+            out,
+            "dead-lettered shard {} ({}): {}",
+            d.shard, d.target, d.error
+        );
     }
 }
 
@@ -190,7 +197,11 @@ async fn show_once(store: &Store, args: &StatusArgs) -> anyhow::Result<(String, 
 
 /// `backfill status`: once, or redrawn every `interval` until the runs
 /// shown have finished (or Ctrl-C).
-pub async fn status(store: &Store, args: StatusArgs, stop: CancellationToken) -> anyhow::Result<i32> {
+pub async fn status(
+    store: &Store,
+    args: StatusArgs,
+    stop: CancellationToken,
+) -> anyhow::Result<i32> {
     let term = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut last_lines = 0usize;
     loop {

@@ -255,6 +255,7 @@ pub fn job(name: &str) -> String {
 }
 pub mod both;
 pub mod fleet;
+pub mod steer;
 
 /// A mapper's first step by hand: a fresh shard's rows, evaluated with the
 /// given group parameters.

@@ -1137,7 +1137,9 @@ value = "x"
         assert_eq!(e.field, "throttle.rows_per_sec");
         let e = err(&format!("{MINIMAL}\n[throttle]\nmax_in_flight = 0\n"));
         assert_eq!(e.field, "throttle.max_in_flight");
-        let e = err(&format!("{MINIMAL}\n[sizing]\nmin_shard_size = 10\nmax_shard_size = 5\n"));
+        let e = err(&format!(
+            "{MINIMAL}\n[sizing]\nmin_shard_size = 10\nmax_shard_size = 5\n"
+        ));
         assert_eq!(e.field, "sizing");
         let e = err(&format!("{MINIMAL}\n[health]\nbogus = 1\n"));
         assert_eq!(e.field, "bogus");

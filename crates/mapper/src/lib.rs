@@ -224,11 +224,19 @@ pub struct MapperConfig {
 
 /// Records the worker's heartbeat in the ledger every few seconds until
 /// `shutdown`, so `status` shows which mappers are alive.
-pub async fn heartbeat(store: Store, worker: String, beat: Arc<steering::Beat>, shutdown: CancellationToken) {
+pub async fn heartbeat(
+    store: Store,
+    worker: String,
+    beat: Arc<steering::Beat>,
+    shutdown: CancellationToken,
+) {
     loop {
         let run = beat.run.lock().ok().and_then(|r| r.clone());
         let done = beat.shards_done.load(std::sync::atomic::Ordering::Relaxed);
-        if let Err(e) = store.heartbeat(&worker, "mapper", run.as_deref(), done).await {
+        if let Err(e) = store
+            .heartbeat(&worker, "mapper", run.as_deref(), done)
+            .await
+        {
             warn!(error = %e, "cannot record the heartbeat");
         }
         tokio::select! {

@@ -7,9 +7,11 @@
 //! so `backfill pause` takes effect within about half a second plus the
 //! shard in hand. A task that may not start is held for a few seconds and
 //! then parked (published again at the back of the queue, then acked): the
-//! broker never sees a long-unacked message (its consumer timeout), the
-//! delivery limit is not spent on waiting, and other runs' tasks behind it
-//! get their turn.
+//! broker never sees a long-unacked message (its consumer timeout), and the
+//! delivery limit is not spent on waiting. One task slot per process holds a
+//! blocked run's task; the others park that run's tasks after a short pause
+//! ([`FAST_PARK`]), so the tasks of other runs queued behind a paused or
+//! lower-priority run get their turn within seconds.
 
 use backfill_job::ShardTask;
 use backfill_store::{Claim, Control, ControlState, Health, Store};
@@ -26,6 +28,9 @@ use crate::CachedRun;
 pub const CONTROL_REFRESH: Duration = Duration::from_millis(500);
 /// How long a task that may not start is held before it is parked.
 pub const HOLD: Duration = Duration::from_secs(5);
+/// How long a slot waits before parking a task of a run another slot of the
+/// process is already holding (bounds the churn of a paused run's tasks).
+pub const FAST_PARK: Duration = Duration::from_millis(50);
 /// Poll interval while holding.
 const POLL: Duration = Duration::from_millis(200);
 /// Reserve rows at most this far ahead, so a pause is still seen in time.
@@ -46,6 +51,24 @@ pub enum Admission {
 struct Caches {
     control: HashMap<String, (Instant, Control)>,
     health: HashMap<String, (Instant, Health)>,
+    /// Runs whose task a slot of this process is holding.
+    holding: std::collections::HashSet<String>,
+}
+
+/// Releases the hold of a run when the holding slot is done with it.
+struct HoldGuard<'a> {
+    steering: &'a Steering,
+    run: Option<String>,
+}
+
+impl Drop for HoldGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(run) = self.run.take() {
+            if let Ok(mut c) = self.steering.caches.lock() {
+                c.holding.remove(&run);
+            }
+        }
+    }
 }
 
 /// A process's view of the runs' steering, shared by its mapper tasks.
@@ -142,7 +165,10 @@ impl Steering {
         }
         let h = self.health(store, &task.run_id, run).await;
         if !h.ok {
-            return Blocked::Yes(h.reason.unwrap_or_else(|| "the database is unhealthy".into()));
+            return Blocked::Yes(
+                h.reason
+                    .unwrap_or_else(|| "the database is unhealthy".into()),
+            );
         }
         Blocked::No(Some(ctl))
     }
@@ -158,6 +184,10 @@ impl Steering {
         shutdown: &CancellationToken,
     ) -> Admission {
         let deadline = Instant::now() + HOLD;
+        let mut hold = HoldGuard {
+            steering: self,
+            run: None,
+        };
         loop {
             if shutdown.is_cancelled() {
                 return Admission::Park("the worker is stopping".into());
@@ -191,6 +221,18 @@ impl Steering {
             };
             if Instant::now() >= deadline {
                 return Admission::Park(why);
+            }
+            if hold.run.is_none() {
+                let first = self
+                    .caches
+                    .lock()
+                    .map(|mut c| c.holding.insert(task.run_id.clone()))
+                    .unwrap_or(true);
+                if !first {
+                    tokio::time::sleep(FAST_PARK).await;
+                    return Admission::Park(why);
+                }
+                hold.run = Some(task.run_id.clone());
             }
             tokio::select! {
                 _ = shutdown.cancelled() => {}

@@ -250,8 +250,11 @@ async fn metrics(State(s): State<MonitorState>) -> Response {
             metrics::gauge!("backfill_run_rows_processed", &base).set(r.rows.processed as f64);
             metrics::gauge!("backfill_run_eta_seconds", &base)
                 .set(r.eta_seconds.unwrap_or(f64::NAN));
-            metrics::gauge!("backfill_run_paused", &base)
-                .set(if r.control == "pause" { 1.0 } else { 0.0 });
+            metrics::gauge!("backfill_run_paused", &base).set(if r.control == "pause" {
+                1.0
+            } else {
+                0.0
+            });
         }
     }
     (

@@ -35,8 +35,8 @@ use std::time::Duration;
 pub use ledger::{ActiveRun, JobLock, Reduced};
 pub use ledger::{RunRecord, ShardRecord};
 pub use planning::NewRun;
-pub use steer::{Claim, Control, ControlState, Health, ThrottleChange};
 pub use shard::{Committed, EvaluatedRow, FetchedRow, ShardCommit, ShardRows};
+pub use steer::{Claim, Control, ControlState, Health, ThrottleChange};
 
 /// Errors of the database edge.
 #[derive(Debug, thiserror::Error)]

@@ -131,10 +131,12 @@ pub(crate) async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
             .map_err(sql("read ledger columns"))?;
     for (column, ty) in crate::steer::LITE_SHARD_COLUMNS {
         if !existing.iter().any(|c| c == column) {
-            sqlx::query(&format!("ALTER TABLE backfill_shard ADD COLUMN {column} {ty}"))
-                .execute(&mut *tx)
-                .await
-                .map_err(sql("upgrade ledger tables"))?;
+            sqlx::query(&format!(
+                "ALTER TABLE backfill_shard ADD COLUMN {column} {ty}"
+            ))
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("upgrade ledger tables"))?;
         }
     }
     tx.commit().await.map_err(sql("commit ledger migration"))?;

@@ -260,7 +260,10 @@ impl Store {
             .iter()
             .filter_map(|s| s.6.or(s.7))
             .fold(f64::INFINITY, f64::min);
-        let end = finished.iter().map(|f| f.0).fold(f64::NEG_INFINITY, f64::max);
+        let end = finished
+            .iter()
+            .map(|f| f.0)
+            .fold(f64::NEG_INFINITY, f64::max);
         if finished.is_empty() || !start.is_finite() {
             return Ok(Throughput {
                 bucket_seconds: 1,
@@ -375,17 +378,20 @@ impl Store {
         } else {
             0.0
         };
-        let eta_seconds = (running
-            && control.control == crate::ControlState::Run
-            && rows_per_sec > 0.0)
-            .then(|| sum.saturating_sub(rows_done) as f64 / rows_per_sec);
+        let eta_seconds =
+            (running && control.control == crate::ControlState::Run && rows_per_sec > 0.0)
+                .then(|| sum.saturating_sub(rows_done) as f64 / rows_per_sec);
         let c = &rec.tally.counts;
         let (workers, dead_shards, health) = if detail {
             let health = if running {
-                Some(self.health(&rec.spec.health).await.unwrap_or_else(|e| Health {
-                    ok: false,
-                    reason: Some(format!("the health check failed: {e}")),
-                }))
+                Some(
+                    self.health(&rec.spec.health)
+                        .await
+                        .unwrap_or_else(|e| Health {
+                            ok: false,
+                            reason: Some(format!("the health check failed: {e}")),
+                        }),
+                )
             } else {
                 None
             };
@@ -461,15 +467,11 @@ impl Store {
             epoch(&self.backend, "w.last_seen"),
         );
         let rows: Vec<(String, i64, Option<f64>, Option<f64>)> = match &self.backend {
-            Backend::Pg(p) => sqlx::query(&q)
-                .bind(run_id)
-                .fetch_all(p)
-                .await
-                .map(|rows| {
-                    rows.into_iter()
-                        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-                        .collect()
-                }),
+            Backend::Pg(p) => sqlx::query(&q).bind(run_id).fetch_all(p).await.map(|rows| {
+                rows.into_iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                    .collect()
+            }),
             Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
                 .bind(run_id)
                 .fetch_all(p)

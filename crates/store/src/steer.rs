@@ -376,7 +376,8 @@ impl Store {
         operator: &str,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
-        let q = "INSERT INTO backfill_event (run_id, action, operator, detail) VALUES ($1, $2, $3, $4)";
+        let q =
+            "INSERT INTO backfill_event (run_id, action, operator, detail) VALUES ($1, $2, $3, $4)";
         match &self.backend {
             Backend::Pg(p) => sqlx::query(q)
                 .bind(run_id)
@@ -441,7 +442,11 @@ impl Store {
 
     /// A run's steering; `defaults` (the spec's throttle) when nothing was
     /// recorded for it.
-    pub async fn control(&self, run_id: &str, defaults: &ThrottleSpec) -> Result<Control, StoreError> {
+    pub async fn control(
+        &self,
+        run_id: &str,
+        defaults: &ThrottleSpec,
+    ) -> Result<Control, StoreError> {
         // One round trip: the run's row and whether a running run of higher
         // priority still has shards to do.
         let q = "SELECT c.control, c.priority, c.rows_per_sec, c.max_in_flight, c.shard_sizing,
