@@ -472,3 +472,59 @@ async fn readiness_reports_an_unreachable_broker() {
     let _ = dash.kill();
     let _ = dash.wait();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn adaptive_sizing_sizes_the_next_run_from_measured_shard_durations() {
+    let env = seeded().await;
+    let spec = spec_with(
+        JOB,
+        "[sizing]\nadaptive = true\ntarget_shard_seconds = 0.05\nmin_shard_size = 20\nmax_shard_size = 3000\nmax_growth = 4.0\n",
+        "sizing",
+    );
+    let spec_path = spec.to_str().unwrap().to_string();
+    let first = env.run(&["run", "--job", &spec_path, "--all", "--mappers", "2"]);
+    assert_eq!(first.status.code(), Some(0));
+    let run1 = summary(&first)["run"].clone();
+    let st1 = status_json(&env, &run1);
+    assert!(
+        st1["shard_size"]["chosen_by"]
+            .as_str()
+            .unwrap()
+            .contains("no measured run"),
+        "{st1}"
+    );
+    let size1 = st1["shard_size"]["max"].as_u64().unwrap() as u32;
+    let (ms, rows): (i64, i64) = sqlx::query_as(
+        "SELECT sum(elapsed_ms)::int8, sum(rows)::int8 FROM backfill_shard WHERE run_id = $1 AND elapsed_ms IS NOT NULL",
+    )
+    .bind(&run1)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(rows > 0, "shard durations were measured");
+    let parsed = backfill_job::JobSpec::parse(&std::fs::read_to_string(&spec).unwrap()).unwrap();
+    let expected =
+        backfill_job::spec::adapt_shard_size(&parsed.sizing, size1, ms as f64 / rows as f64);
+
+    let second = env.run(&["run", "--job", &spec_path, "--all", "--mappers", "2"]);
+    assert_eq!(second.status.code(), Some(0));
+    let run2 = summary(&second)["run"].clone();
+    let st2 = status_json(&env, &run2);
+    assert_eq!(
+        st2["shard_size"]["max"].as_u64().unwrap() as u32,
+        expected,
+        "{st2}"
+    );
+    let chosen = st2["shard_size"]["chosen_by"].as_str().unwrap();
+    assert!(
+        chosen.contains(&run1) && chosen.contains("ms/row"),
+        "{chosen}"
+    );
+    assert_ne!(expected, size1, "the measured durations changed the size");
+    assert_eq!(
+        num(&summary(&second), "processed"),
+        num(&summary(&first), "processed"),
+        "same rows, other shards"
+    );
+    let _ = std::fs::remove_file(spec);
+}
