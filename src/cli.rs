@@ -161,6 +161,15 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
     },
+    /// Health probe for images without curl: GET an http:// URL (e.g. http://127.0.0.1:9464/readyz);
+    /// exit 0 on a 2xx answer, 1 otherwise.
+    Probe {
+        /// The URL to GET (plain HTTP).
+        url: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
     /// Stop starting new shards of a run; the shards in hand finish and commit.
     Pause {
         /// The run id.
@@ -510,6 +519,10 @@ pub fn exit_code(rec: &RunRecord) -> i32 {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let c = &cli.conn;
+    if let Command::Probe { url, timeout } = &cli.command {
+        // Needs no settings: it only asks an endpoint.
+        return crate::watch::probe(url, Duration::from_secs(*timeout)).await;
+    }
     let settings = Settings::resolve(
         c.database_url.clone(),
         c.amqp_url.clone(),
@@ -715,6 +728,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 let _ = m.await;
             }
             Ok(0)
+        }
+        Command::Probe { url, timeout } => {
+            crate::watch::probe(&url, Duration::from_secs(timeout)).await
         }
         Command::Pause { run } => {
             let store = connect_store(&settings, 2).await?;

@@ -228,6 +228,55 @@ pub async fn status(
     }
 }
 
+/// `backfill probe URL`: GET a plain-HTTP URL; 0 on 2xx, 1 otherwise.
+pub async fn probe(url: &str, timeout: Duration) -> anyhow::Result<i32> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| crate::cli::usage(format!("probe takes an http:// URL, got `{url}`")))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(host).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).to_string())
+    };
+    let text = match tokio::time::timeout(timeout, ask).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            eprintln!("probe {url}: {e}");
+            return Ok(1);
+        }
+        Err(_) => {
+            eprintln!("probe {url}: no answer within {} s", timeout.as_secs());
+            return Ok(1);
+        }
+    };
+    let code: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|b| b.1)
+        .unwrap_or("")
+        .trim();
+    if (200..300).contains(&code) {
+        Ok(0)
+    } else {
+        eprintln!("probe {url}: HTTP {code} {body}");
+        Ok(1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

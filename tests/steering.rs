@@ -91,6 +91,12 @@ async fn pause_stops_new_shards_within_two_seconds_and_resume_finishes_the_run()
     assert_eq!(code, 200, "{body}");
     let (code, body) = http_get(port, "/readyz");
     assert_eq!(code, 200, "{body}");
+    let probe = env.run(&["probe", &format!("http://127.0.0.1:{port}/readyz")]);
+    assert_eq!(
+        probe.status.code(),
+        Some(0),
+        "the container health probe passes"
+    );
     let (code, metrics) = http_get(port, "/metrics");
     assert_eq!(code, 200);
     for name in [
@@ -467,6 +473,13 @@ async fn readiness_reports_an_unreachable_broker() {
     };
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("broker"), "{body}");
+    let probe = env.run(&["probe", &format!("http://127.0.0.1:{port}/readyz")]);
+    assert_eq!(
+        probe.status.code(),
+        Some(1),
+        "the health probe fails while not ready"
+    );
+    assert!(stderr(&probe).contains("503"), "{}", stderr(&probe));
     let (code, body) = http_get(port, "/api/runs/nope");
     assert_eq!(code, 404, "{body}");
     let _ = dash.kill();
