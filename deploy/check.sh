@@ -16,7 +16,9 @@
 # 4. deploy/kubernetes/: kubernetes-validate --strict against Kubernetes 1.30
 #    and 1.37; the KEDA custom resources (no schema in kubernetes-validate)
 #    against deploy/kubernetes/schemas/keda.sh_v1alpha1.schema.json; plus
-#    cross-references (ConfigMap = jobs/, names, queue, Secret keys);
+#    cross-references (ConfigMap = jobs/, names, queue, Secret keys, the
+#    endpoint ports and the probes on them in compose, Kubernetes and
+#    systemd, the dashboard Service);
 # 5. deploy/systemd/: `systemd-analyze verify` (any warning fails) and
 #    `systemd-analyze security --offline` (exposure at most 2.0), on copies
 #    whose ExecStart points at the binary built here, since verify refuses a
@@ -29,10 +31,15 @@
 #    distributed commit (2 `backfill mapper`, 1 `backfill reducer`,
 #    `backfill coordinator --commit --wait`) on a fresh PostgreSQL database
 #    seeded with `backfill seed --dataset collections --collections 200`,
-#    then a dry run showing changed=0; the workers must stop with exit 0 on
-#    SIGTERM and the queues must end empty. The workers declare their queues
-#    at start, so a definitions.json that drifted from the code fails here
-#    with PRECONDITION_FAILED.
+#    then a dry run showing changed=0. The workers and a `backfill dashboard`
+#    serve their endpoints on free ports of 127.0.0.1: /healthz and /readyz
+#    must answer 200 (`backfill probe`, as the healthchecks do) as the worker
+#    user; after the commit the mappers' /metrics count every shard in
+#    backfill_shards_finished_total, and the reducer and the dashboard serve
+#    the page (`GET /`) and `/api/runs` with the run done. The workers must
+#    stop with exit 0 on SIGTERM and the queues must end empty. The workers
+#    declare their queues at start, so a definitions.json that drifted from
+#    the code fails here with PRECONDITION_FAILED.
 #
 # Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust) and RabbitMQ on
 # 127.0.0.1:5672 with rabbitmqctl, as .ci/run provides. Leaves nothing
@@ -167,7 +174,7 @@ ok("definitions.json: vhost, user without password, permissions, quorum queues")
 
 # compose.yaml: the workers use the definitions' user and vhost; mounts exist.
 compose = yaml.safe_load(open(os.path.join(deploy, "compose.yaml")))
-for name in ("mapper", "reducer", "coordinator"):
+for name in ("mapper", "reducer", "coordinator", "dashboard"):
     svc = compose["services"][name]
     url = svc["environment"]["AMQP_URL"]
     m = re.match(r"amqp://([^:@/]+):[^@]*@[^/]+/(.+)$", url)
@@ -181,8 +188,32 @@ for name, svc in compose["services"].items():
             check(os.path.exists(os.path.join(deploy, src)), f"compose: {name} mounts {src}, which does not exist")
 job = re.search(r"/jobs/\$\{BACKFILL_JOB:-([^}]+)\}", " ".join(compose["services"]["coordinator"]["command"]))
 check(job and os.path.isfile(os.path.join(root, "jobs", job.group(1))), "compose: the coordinator's default job is not in jobs/")
-check("dashboard" not in compose["services"], "compose: no dashboard service until `backfill dashboard` exists")
-ok("compose.yaml: worker user and vhost, mounted files, default job")
+def flag(cmd, name):
+    return cmd[cmd.index(name) + 1] if name in cmd else None
+
+def port_of(addr):
+    return addr.rsplit(":", 1)[1] if addr and ":" in addr else None
+
+# Each long-running service serves its endpoints and is probed there with
+# `backfill probe` (the image has no curl).
+for name, sub, opt in (("mapper", "mapper", "--metrics-addr"), ("reducer", "reducer", "--metrics-addr"),
+                       ("dashboard", "dashboard", "--listen")):
+    svc = compose["services"].get(name)
+    check(svc is not None, f"compose: service {name}")
+    if not svc:
+        continue
+    cmd = svc["command"]
+    addr = flag(cmd, opt)
+    check(cmd[0] == sub and addr and addr.startswith("0.0.0.0:"), f"compose: {name} runs `{sub} {opt} 0.0.0.0:PORT`")
+    test = svc.get("healthcheck", {}).get("test", [])
+    check(test[:3] == ["CMD", "/usr/local/bin/backfill", "probe"] and len(test) == 4
+          and test[3] == f"http://127.0.0.1:{port_of(addr)}/readyz",
+          f"compose: {name} healthcheck must be `backfill probe http://127.0.0.1:{port_of(addr)}/readyz`")
+check(compose["services"]["mapper"]["deploy"]["replicas"] == 3, "compose: 3 mappers")
+dash = compose["services"].get("dashboard", {})
+check(any(str(p).startswith("127.0.0.1:") and str(p).endswith(":" + str(port_of(flag(dash.get("command", []), "--listen"))))
+          for p in dash.get("ports", [])), "compose: the dashboard is published on 127.0.0.1 at its --listen port")
+ok("compose.yaml: worker user and vhost, mounted files, default job, endpoints and probe healthchecks, dashboard")
 
 # kubernetes/: KEDA resources against the vendored schema, and references.
 kdir = os.path.join(deploy, "kubernetes")
@@ -225,7 +256,7 @@ mount = pod["containers"][0]["volumeMounts"][0]
 check(os.path.dirname(jobfile) == mount["mountPath"] and cm and os.path.basename(jobfile) in cm["data"],
       "CronJob: --job must be a key of the ConfigMap mounted at its directory")
 secret_refs = set()
-for kind, name, spec in [("Deployment", n, d["spec"]["template"]["spec"]) for n, d in by_kind["Deployment"].items()] + [("CronJob", "backfill-coordinator", pod)]:
+for kind, name, d, spec in [("Deployment", n, d, d["spec"]["template"]["spec"]) for n, d in by_kind["Deployment"].items()] + [("CronJob", "backfill-coordinator", cron, pod)]:
     for c in spec["containers"]:
         env = {e["name"]: e for e in c.get("env", [])}
         for var in ("DATABASE_URL", "AMQP_URL"):
@@ -238,7 +269,24 @@ for kind, name, spec in [("Deployment", n, d["spec"]["template"]["spec"]) for n,
         check(sc.get("readOnlyRootFilesystem") and sc.get("allowPrivilegeEscalation") is False,
               f"{kind}/{name}: read-only root, no privilege escalation")
         check(c["resources"]["requests"]["memory"] == "64Mi", f"{kind}/{name}: memory request 64Mi (measured)")
-        check("livenessProbe" not in c, f"{kind}/{name}: no liveness probe until /healthz exists")
+        if kind == "Deployment":
+            # The endpoint the container serves, its named port, and the probes on it.
+            opt = "--listen" if c["args"][0] == "dashboard" else "--metrics-addr"
+            addr = flag(c["args"], opt)
+            check(addr is not None and addr.startswith("0.0.0.0:"), f"{kind}/{name}: {opt} 0.0.0.0:PORT")
+            ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+            check(addr is not None and int(port_of(addr)) in ports.values(),
+                  f"{kind}/{name}: a containerPort for {addr}")
+            for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+                g = c.get(probe, {}).get("httpGet", {})
+                check(g.get("path") == path and ports.get(g.get("port")) == (int(port_of(addr)) if addr else None),
+                      f"{kind}/{name}: {probe} httpGet {path} on the named port of {opt}")
+            if c["args"][0] in ("mapper", "reducer"):
+                check(ports.get("metrics") == 9464 and addr == "0.0.0.0:9464",
+                      f"{kind}/{name}: --metrics-addr 0.0.0.0:9464 and containerPort 9464 named metrics")
+                ann = d["spec"]["template"]["metadata"].get("annotations", {}) if kind == "Deployment" else {}
+                check(ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/port") == "9464"
+                      and ann.get("prometheus.io/path") == "/metrics", f"{kind}/{name}: prometheus.io annotations")
     check(spec["securityContext"].get("runAsNonRoot") is True, f"{kind}/{name}: runAsNonRoot")
 so = by_kind["ScaledObject"]["backfill-mapper"]
 check(so["spec"]["scaleTargetRef"]["name"] in by_kind["Deployment"], "ScaledObject: its target Deployment exists")
@@ -251,8 +299,23 @@ if ta:
     for r in ta["spec"]["secretTargetRef"]:
         check((r["name"], r["key"]) in secret_refs and r["key"] == "AMQP_URL",
               "TriggerAuthentication: host from the workers' AMQP_URL Secret key")
-check(not any(k == "Service" for k in by_kind), "kubernetes: no Service until the dashboard exists")
-ok("kubernetes: ConfigMap = jobs/, CronJob job file, Secret refs, KEDA target, queue and auth, kustomization")
+check(sorted(by_kind["Deployment"]) == ["backfill-dashboard", "backfill-mapper", "backfill-reducer"],
+      "kubernetes: Deployments backfill-dashboard, backfill-mapper, backfill-reducer")
+check(sorted(by_kind.get("Service", {})) == ["backfill-dashboard"], "kubernetes: one Service, backfill-dashboard")
+svc = by_kind.get("Service", {}).get("backfill-dashboard")
+dep = by_kind["Deployment"].get("backfill-dashboard")
+if svc and dep:
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    check(all(labels.get(k) == v for k, v in svc["spec"]["selector"].items()),
+          "Service backfill-dashboard: its selector matches the dashboard pods")
+    named = {p["name"] for p in dep["spec"]["template"]["spec"]["containers"][0].get("ports", [])}
+    check([(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(8080, "http")] and "http" in named,
+          "Service backfill-dashboard: port 8080 to the dashboard's port `http`")
+    check(svc["spec"].get("type", "ClusterIP") == "ClusterIP", "Service backfill-dashboard: ClusterIP (no login)")
+fail_codes = [r["onExitCodes"]["values"] for r in cron["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
+              if r["action"] == "FailJob"]
+check(fail_codes and 4 in fail_codes[0], "CronJob: exit 4 (cancelled) fails the Job instead of retrying it")
+ok("kubernetes: ConfigMap = jobs/, CronJob job file, Secret refs, KEDA target, queue and auth, kustomization, ports and probes, dashboard Service")
 
 # systemd/: the env example uses the definitions' user and vhost; the timer's unit exists.
 sdir = os.path.join(deploy, "systemd")
@@ -265,7 +328,17 @@ check(env.get("BACKFILL_QUEUE_PREFIX") == prefix, f"backfill.env.example: queue 
 timer = open(os.path.join(sdir, "backfill-coordinator.timer")).read()
 unit = re.search(r"^Unit=(.+)$", timer, re.M).group(1)
 check(os.path.isfile(os.path.join(sdir, unit)), f"backfill-coordinator.timer: Unit={unit} is not in deploy/systemd")
-ok("systemd: env example user, vhost and prefix; timer unit")
+def exec_start(f):
+    return re.search(r"^ExecStart=(.+)$", open(os.path.join(sdir, f)).read(), re.M).group(1)
+check(exec_start("backfill-mapper@.service").endswith("--metrics-addr ${BACKFILL_METRICS_HOST}:947%i"),
+      "backfill-mapper@.service: --metrics-addr ${BACKFILL_METRICS_HOST}:947%i (a port per instance)")
+check(exec_start("backfill-reducer.service").endswith("--metrics-addr ${BACKFILL_METRICS_HOST}:9464"),
+      "backfill-reducer.service: --metrics-addr ${BACKFILL_METRICS_HOST}:9464")
+check(exec_start("backfill-dashboard.service").endswith("dashboard --listen ${BACKFILL_DASHBOARD_LISTEN}"),
+      "backfill-dashboard.service: dashboard --listen ${BACKFILL_DASHBOARD_LISTEN}")
+check("BACKFILL_METRICS_HOST" in env and "BACKFILL_DASHBOARD_LISTEN" in env,
+      "backfill.env.example: BACKFILL_METRICS_HOST and BACKFILL_DASHBOARD_LISTEN")
+ok("systemd: env example user, vhost and prefix; timer unit; metrics ports (mapper@N 947N, reducer 9464, dashboard 8080)")
 
 if errors:
     for e in errors:
@@ -346,13 +419,13 @@ for f in "$DEPLOY"/systemd/*.service "$DEPLOY"/systemd/*.timer; do
     fail "$(basename "$f"): ExecStart must run /usr/local/bin/backfill"
   sed "s#/usr/local/bin/backfill#$BIN#g" "$f" >"$units/$(basename "$f")"
 done
-verify_units=(backfill-mapper@1.service backfill-reducer.service backfill-coordinator.service backfill-coordinator.timer)
+verify_units=(backfill-mapper@1.service backfill-reducer.service backfill-dashboard.service backfill-coordinator.service backfill-coordinator.timer)
 if ! out=$(cd "$units" && SYSTEMD_UNIT_PATH="$units:" systemd-analyze verify --man=no "${verify_units[@]}" 2>&1) || [ -n "$out" ]; then
   printf '%s\n' "$out"
   fail "systemd-analyze verify (any message fails the check)"
 fi
 ok "verify: ${verify_units[*]} (ExecStart pointed at $BIN for the check)"
-for u in backfill-mapper@1.service backfill-reducer.service backfill-coordinator.service; do
+for u in backfill-mapper@1.service backfill-reducer.service backfill-dashboard.service backfill-coordinator.service; do
   if ! out=$(cd "$units" && SYSTEMD_UNIT_PATH="$units:" systemd-analyze security --offline=yes --threshold=20 --no-pager "$u" 2>&1); then
     printf '%s\n' "$out"
     fail "systemd-analyze security: $u is exposed above 2.0"
@@ -426,13 +499,52 @@ s=$(summary_of "$work/dry-run.out")
 [[ $s == "Summary: mode=dry-run "* ]] && [ "$(count_of "$s" changed)" -gt 0 ] || fail "dry run: unexpected summary: $s"
 ok "dry run: $s"
 
-# Runbook step 3: the commit, distributed: 2 mappers, 1 reducer, coordinator --wait.
+# The endpoints (--metrics-addr, dashboard --listen) on free ports of 127.0.0.1.
+read -r -a ports <<<"$("$TOOLS/bin/python" -c '
+import socket
+socks = [socket.socket() for _ in range(4)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+')"
+[ "${#ports[@]}" = 4 ] || fail "could not pick 4 free ports"
+declare -A endpoint=([mapper-1]="http://127.0.0.1:${ports[0]}" [mapper-2]="http://127.0.0.1:${ports[1]}"
+  [reducer]="http://127.0.0.1:${ports[2]}" [dashboard]="http://127.0.0.1:${ports[3]}")
+http_get() { # URL -> the body on stdout; fails unless the answer is 2xx
+  "$TOOLS/bin/python" -c '
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
+    sys.stdout.write(r.read().decode())' "$1"
+}
+# /healthz, then /readyz, with `backfill probe` as the healthchecks and the
+# Kubernetes probes use them; the endpoint is up once the process reached
+# the database, and ready once its first broker check passed.
+await_endpoints() { # role
+  local role=$1 url=${endpoint[$1]} i
+  for i in $(seq 1 60); do
+    "$BIN" probe "$url/healthz" 2>"$work/probe.err" && break
+    [ "$i" = 60 ] && fail "$role: $url/healthz did not answer 200 within 30 s: $(cat "$work/probe.err")"
+    sleep 0.5
+  done
+  for i in $(seq 1 60); do
+    "$BIN" probe "$url/readyz" 2>"$work/probe.err" && break
+    [ "$i" = 60 ] && fail "$role: $url/readyz did not answer 200 within 30 s as $WORKER: $(cat "$work/probe.err")"
+    sleep 0.5
+  done
+  ok "$role: $url/healthz 200, /readyz 200 (backfill probe; broker as $WORKER)"
+}
+
+# Runbook step 3: the commit, distributed: 2 mappers, 1 reducer, coordinator --wait,
+# each worker with its endpoints, and a dashboard.
 for i in 1 2; do
-  "$BIN" mapper --concurrency 2 >"$work/mapper-$i.log" 2>&1 &
+  "$BIN" mapper --concurrency 2 --metrics-addr "${endpoint[mapper-$i]#http://}" >"$work/mapper-$i.log" 2>&1 &
   worker_pids+=("$!")
 done
-"$BIN" reducer >"$work/reducer.log" 2>&1 &
+"$BIN" reducer --metrics-addr "${endpoint[reducer]#http://}" >"$work/reducer.log" 2>&1 &
 worker_pids+=("$!")
+"$BIN" dashboard --listen "${endpoint[dashboard]#http://}" >"$work/dashboard.log" 2>&1 &
+worker_pids+=("$!")
+for role in mapper-1 mapper-2 reducer dashboard; do await_endpoints "$role"; done
 set +e
 timeout 300 "$BIN" coordinator --job "$JOB" --all --commit --wait >"$work/coordinator.out" 2>"$work/coordinator.log"
 rc=$?
@@ -450,6 +562,45 @@ state=$(head -n 1 "$work/status.out")
 [[ $state == *" state=done "* ]] || fail "status $run_id: $state"
 ok "status: $state"
 
+# What Prometheus scrapes: every shard of the run counted by the mappers
+# (a redelivered shard found committed counts again, so at least the total).
+shards_total=$("$BIN" status "$run_id" --json 2>>"$work/status.log" |
+  "$TOOLS/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["shards"]["total"])') ||
+  fail "backfill status $run_id --json: no shards.total"
+finished=0
+for i in 1 2; do
+  http_get "${endpoint[mapper-$i]}/metrics" >"$work/metrics-mapper-$i.txt" 2>"$work/http.err" ||
+    fail "mapper-$i: GET /metrics: $(tail -n 1 "$work/http.err")"
+  n=$(awk '$1 ~ /^backfill_shards_finished_total([{]|$)/ {s += $NF} END {print s + 0}' "$work/metrics-mapper-$i.txt")
+  finished=$((finished + n))
+done
+grep -q '^backfill_shards_finished_total' "$work"/metrics-mapper-*.txt ||
+  fail "no mapper's /metrics has backfill_shards_finished_total"
+[ "$finished" -ge "$shards_total" ] ||
+  fail "the mappers' backfill_shards_finished_total add up to $finished, the run has $shards_total shards"
+http_get "${endpoint[reducer]}/metrics" >"$work/metrics-reducer.txt" 2>"$work/http.err" ||
+  fail "reducer: GET /metrics: $(tail -n 1 "$work/http.err")"
+grep -q '^backfill_results_folded_total' "$work/metrics-reducer.txt" ||
+  fail "reducer: /metrics has no backfill_results_folded_total"
+grep -q '^backfill_queue_messages' "$work/metrics-reducer.txt" ||
+  fail "reducer: /metrics has no backfill_queue_messages"
+ok "/metrics: backfill_shards_finished_total = $finished over 2 mappers ($shards_total shards); reducer: backfill_results_folded_total, backfill_queue_messages"
+
+# The dashboard page and its API, on the reducer's address and on `backfill dashboard`.
+for role in reducer dashboard; do
+  url=${endpoint[$role]}
+  http_get "$url/" >"$work/page-$role.html" 2>"$work/http.err" || fail "$role: GET /: $(tail -n 1 "$work/http.err")"
+  grep -qi 'backfill' "$work/page-$role.html" || fail "$role: GET / is not the dashboard page"
+  http_get "$url/api/runs" >"$work/api-$role.json" 2>"$work/http.err" ||
+    fail "$role: GET /api/runs: $(tail -n 1 "$work/http.err")"
+  "$TOOLS/bin/python" - "$work/api-$role.json" "$run_id" <<'PY' || fail "$role: /api/runs does not show run $run_id done"
+import json, sys
+runs = json.load(open(sys.argv[1]))["runs"]
+assert any(r.get("run_id") == sys.argv[2] and r.get("state") == "done" for r in runs), runs
+PY
+  ok "$role: GET / is the dashboard page, GET /api/runs lists run $run_id done"
+done
+
 # Stop the workers as systemd, Kubernetes and compose do: SIGTERM, exit 0.
 for pid in "${worker_pids[@]}"; do kill -TERM "$pid"; done
 for pid in "${worker_pids[@]}"; do
@@ -461,7 +612,7 @@ for pid in "${worker_pids[@]}"; do
   set -e
   [ "$rc" = 0 ] || fail "worker $pid exited $rc after SIGTERM"
 done
-ok "2 mappers and 1 reducer stopped on SIGTERM with exit 0"
+ok "2 mappers, 1 reducer and the dashboard stopped on SIGTERM with exit 0"
 worker_pids=()
 
 # Today's verify: the same job as a dry run changes nothing.
