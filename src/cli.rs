@@ -233,10 +233,17 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         interval: f64,
     },
-    /// Print a run's report from the ledger.
+    /// Print a run's report from the ledger: text, or md (for admins), csv (one row per group)
+    /// or json (the documented document).
     Report {
         /// The run id.
         run: String,
+        /// text, md, csv or json.
+        #[arg(long, default_value = "text")]
+        format: String,
+        /// Write the report to this file instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// Create a demo database with realistic data and run the certificate-titles job on it:
     /// dry run, commit, and a second commit that changes nothing. Embedded (SQLite, no services)
@@ -819,7 +826,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             )
             .await
         }
-        Command::Report { run } => {
+        Command::Report {
+            run,
+            format,
+            output,
+        } => {
+            let format: backfill_job::formats::Format = format.parse().map_err(usage)?;
             let store = connect_store(&settings, 2).await?;
             let rec = store
                 .load_run(&run)
@@ -831,7 +843,33 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     rec.shards_reduced, rec.shards_total
                 );
             }
-            print!("{}", backfill_job::report::render_report(&rec.view()));
+            let view = rec.view();
+            let text = match format {
+                backfill_job::formats::Format::Text => backfill_job::report::render_report(&view),
+                backfill_job::formats::Format::Markdown => backfill_job::formats::render_markdown(
+                    &backfill_job::formats::report_doc(&view),
+                ),
+                backfill_job::formats::Format::Csv => {
+                    backfill_job::formats::render_csv(&backfill_job::formats::report_doc(&view))
+                }
+                backfill_job::formats::Format::Json => {
+                    let mut t =
+                        serde_json::to_string_pretty(&backfill_job::formats::report_doc(&view))?;
+                    t.push('\n');
+                    t
+                }
+            };
+            match output {
+                None => print!("{text}"),
+                Some(path) => {
+                    // Write then rename: a reader never sees half a report.
+                    let tmp = path.with_extension("partial");
+                    std::fs::write(&tmp, &text)
+                        .and_then(|()| std::fs::rename(&tmp, &path))
+                        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                    eprintln!("report of run {run} written to {}", path.display());
+                }
+            }
             Ok(exit_code(&rec))
         }
         Command::Demo {

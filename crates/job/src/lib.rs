@@ -18,6 +18,7 @@
 //! The database and the broker live in other crates; this one is unit-tested
 //! without either.
 
+pub mod formats;
 pub mod guards;
 pub mod message;
 pub mod plan;

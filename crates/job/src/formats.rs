@@ -1,0 +1,419 @@
+//! The run's report as data, for sharing: a stable JSON document, CSV for
+//! spreadsheets (one row per group) and Markdown for admins. Built from the
+//! same plan and folded tally as the text report, never from a recount.
+//!
+//! The JSON shape is a documented contract (README, "Reports"): fields are
+//! added, never renamed.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use crate::plan::GroupStatus;
+use crate::report::{summary_line, RunView};
+use crate::tally::{Counts, GroupTally, Issues};
+
+/// A report format of `backfill report --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Markdown,
+    Csv,
+    Json,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(Format::Text),
+            "md" | "markdown" => Ok(Format::Markdown),
+            "csv" => Ok(Format::Csv),
+            "json" => Ok(Format::Json),
+            other => Err(format!(
+                "unknown report format `{other}` (expected text, md, csv or json)"
+            )),
+        }
+    }
+}
+
+/// The whole report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportDoc {
+    pub run_id: String,
+    pub job: String,
+    pub mode: String,
+    pub scope: String,
+    /// `group` (one entry per group of the job) or `target` (jobs without groups).
+    pub grouped_by: String,
+    pub groups: Vec<GroupReport>,
+    pub counts: Counts,
+    pub conflicts: Vec<RowIssue>,
+    /// Conflicts beyond those listed.
+    pub conflicts_more: u64,
+    pub errors: Vec<RowIssue>,
+    pub errors_more: u64,
+    pub summary: String,
+}
+
+/// One group (or target) of the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupReport {
+    pub key: String,
+    pub label: Option<String>,
+    /// `YES`, `NO` or `SKIPPED`.
+    pub change: String,
+    /// Why it is skipped, or why nothing changes.
+    pub reason: Option<String>,
+    /// The value the rules write, when the spec names it.
+    pub target: Option<String>,
+    /// Distinct current values before the run, with their row counts.
+    pub current: Vec<ValueCount>,
+    /// Rows with values beyond those listed.
+    pub current_other: u64,
+    pub rows: Counts,
+    /// References (e.g. certificates) the group's rows stand for, and those affected.
+    pub refs: u64,
+    pub refs_affected: u64,
+    pub refs_skipped: BTreeMap<String, u64>,
+    pub rows_skipped: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValueCount {
+    pub value: String,
+    pub rows: u64,
+}
+
+/// A row in conflict or in error: `target`, `key` and the message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowIssue {
+    pub target: String,
+    pub key: String,
+    pub message: String,
+}
+
+fn issues(i: &Issues) -> Vec<RowIssue> {
+    i.kept
+        .iter()
+        .map(|(k, m)| {
+            let (target, key) = k.split_once('/').unwrap_or(("", k.as_str()));
+            RowIssue {
+                target: target.to_string(),
+                key: key.to_string(),
+                message: m.clone(),
+            }
+        })
+        .collect()
+}
+
+fn change_of(status: &GroupStatus, g: &GroupTally) -> (String, Option<String>) {
+    match status {
+        GroupStatus::Skipped(r) => ("SKIPPED".into(), Some(r.clone())),
+        GroupStatus::Unknown => ("SKIPPED".into(), Some("unknown key".into())),
+        GroupStatus::Eligible if g.counts.changed > 0 => ("YES".into(), None),
+        GroupStatus::Eligible if g.counts.processed == 0 && g.counts.skipped == 0 => {
+            ("NO".into(), Some("nothing references it".into()))
+        }
+        GroupStatus::Eligible => ("NO".into(), None),
+    }
+}
+
+fn group_report(
+    key: &str,
+    label: Option<String>,
+    change: (String, Option<String>),
+    target: Option<String>,
+    g: &GroupTally,
+    rows: Counts,
+) -> GroupReport {
+    GroupReport {
+        key: key.to_string(),
+        label,
+        change: change.0,
+        reason: change.1,
+        target,
+        current: g
+            .current
+            .kept
+            .iter()
+            .map(|(v, n)| ValueCount {
+                value: v.clone(),
+                rows: *n,
+            })
+            .collect(),
+        current_other: g.current.other,
+        rows,
+        refs: g.refs,
+        refs_affected: g.refs_affected,
+        refs_skipped: g.refs_skipped.clone(),
+        rows_skipped: g.skipped_by_reason.clone(),
+    }
+}
+
+/// The report of a run as data.
+pub fn report_doc(v: &RunView<'_>) -> ReportDoc {
+    let spec = v.spec;
+    let empty = GroupTally::default();
+    let mut groups = Vec::new();
+    if spec.groups.is_some() {
+        for pg in &v.plan.groups {
+            let g = v.tally.groups.get(&pg.key).unwrap_or(&empty);
+            let target = spec
+                .report
+                .target_param
+                .as_ref()
+                .and_then(|p| pg.params.get(p))
+                .filter(|t| !t.is_null())
+                .map(|t| crate::rules::display_value(Some(t)));
+            groups.push(group_report(
+                &pg.key,
+                pg.label.clone(),
+                change_of(&pg.status, g),
+                target,
+                g,
+                g.counts,
+            ));
+        }
+    } else {
+        for t in &spec.targets {
+            let c = v.tally.targets.get(&t.name).copied().unwrap_or_default();
+            let g = v.tally.groups.get(&t.name).unwrap_or(&empty);
+            let change = if c.changed > 0 { "YES" } else { "NO" };
+            groups.push(group_report(
+                &t.name,
+                Some(format!("table {}", t.table)),
+                (change.into(), None),
+                None,
+                g,
+                c,
+            ));
+        }
+    }
+    ReportDoc {
+        run_id: v.run_id.to_string(),
+        job: spec.name.clone(),
+        mode: v.mode.to_string(),
+        scope: v.scope.to_string(),
+        grouped_by: if spec.groups.is_some() {
+            "group"
+        } else {
+            "target"
+        }
+        .into(),
+        groups,
+        counts: v.tally.counts,
+        conflicts: issues(&v.tally.conflicts),
+        conflicts_more: v.tally.conflicts.other,
+        errors: issues(&v.tally.errors),
+        errors_more: v.tally.errors.other,
+        summary: summary_line(v),
+    }
+}
+
+fn current_text(g: &GroupReport) -> String {
+    let mut parts: Vec<String> = g
+        .current
+        .iter()
+        .map(|c| format!("{} ({})", c.value, c.rows))
+        .collect();
+    if g.current_other > 0 {
+        parts.push(format!("other values ({})", g.current_other));
+    }
+    parts.join("; ")
+}
+
+/// The CSV header; one row per group follows.
+pub const CSV_HEADER: [&str; 15] = [
+    "key",
+    "label",
+    "change",
+    "reason",
+    "target",
+    "current",
+    "processed",
+    "changed",
+    "unchanged",
+    "skipped",
+    "conflicts",
+    "errors",
+    "refs",
+    "refs_affected",
+    "refs_skipped",
+];
+
+/// One row per group, with a header, RFC 4180 quoting.
+pub fn render_csv(doc: &ReportDoc) -> String {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let _ = w.write_record(CSV_HEADER);
+    for g in &doc.groups {
+        let r = &g.rows;
+        let skipped_refs: u64 = g.refs_skipped.values().sum();
+        let _ = w.write_record([
+            g.key.clone(),
+            g.label.clone().unwrap_or_default(),
+            g.change.clone(),
+            g.reason.clone().unwrap_or_default(),
+            g.target.clone().unwrap_or_default(),
+            current_text(g),
+            r.processed.to_string(),
+            r.changed.to_string(),
+            r.unchanged.to_string(),
+            r.skipped.to_string(),
+            r.conflicts.to_string(),
+            r.errors.to_string(),
+            g.refs.to_string(),
+            g.refs_affected.to_string(),
+            skipped_refs.to_string(),
+        ]);
+    }
+    w.into_inner()
+        .map(|b| String::from_utf8_lossy(&b).to_string())
+        .unwrap_or_default()
+}
+
+fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+/// Markdown for sharing with admins: a table of groups, then conflicts and
+/// errors with their keys, then the summary.
+pub fn render_markdown(doc: &ReportDoc) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# Run `{}`\n", doc.run_id);
+    let _ = writeln!(
+        out,
+        "Job `{}`, mode **{}**, scope {}.{}\n",
+        doc.job,
+        doc.mode,
+        doc.scope,
+        if doc.mode == "dry-run" {
+            " Dry run: nothing was written."
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "| {} | label | change | target | current values (rows) | rows | changed | unchanged | skipped | conflicts | errors | refs affected |",
+        doc.grouped_by
+    );
+    let _ = writeln!(
+        out,
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for g in &doc.groups {
+        let change = match &g.reason {
+            Some(r) => format!("{} ({})", g.change, r),
+            None => g.change.clone(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} of {} |",
+            md_cell(&g.key),
+            md_cell(g.label.as_deref().unwrap_or("")),
+            md_cell(&change),
+            md_cell(g.target.as_deref().unwrap_or("")),
+            md_cell(&current_text(g)),
+            g.rows.processed,
+            g.rows.changed,
+            g.rows.unchanged,
+            g.rows.skipped,
+            g.rows.conflicts,
+            g.rows.errors,
+            g.refs_affected,
+            g.refs
+        );
+    }
+    for (title, list, more) in [
+        ("Conflicts", &doc.conflicts, doc.conflicts_more),
+        ("Errors", &doc.errors, doc.errors_more),
+    ] {
+        if list.is_empty() && more == 0 {
+            continue;
+        }
+        let _ = writeln!(out, "\n## {title}\n");
+        for i in list {
+            let _ = writeln!(out, "- `{}/{}`: {}", i.target, i.key, md_cell(&i.message));
+        }
+        if more > 0 {
+            let _ = writeln!(out, "- … and {more} more");
+        }
+    }
+    let _ = writeln!(out, "\n```\n{}\n```", doc.summary);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> ReportDoc {
+        ReportDoc {
+            run_id: "r1".into(),
+            job: "titles".into(),
+            mode: "dry-run".into(),
+            scope: "all".into(),
+            grouped_by: "group".into(),
+            groups: vec![GroupReport {
+                key: "P|1".into(),
+                label: Some("Data, \"Science\"".into()),
+                change: "YES".into(),
+                reason: None,
+                target: Some("Data Science".into()),
+                current: vec![ValueCount {
+                    value: "Old, title".into(),
+                    rows: 2,
+                }],
+                current_other: 1,
+                rows: Counts {
+                    processed: 3,
+                    changed: 2,
+                    unchanged: 1,
+                    ..Counts::default()
+                },
+                refs: 5,
+                refs_affected: 4,
+                refs_skipped: BTreeMap::from([("revoked".to_string(), 1)]),
+                rows_skipped: BTreeMap::new(),
+            }],
+            counts: Counts::default(),
+            conflicts: vec![RowIssue {
+                target: "revisions".into(),
+                key: "7".into(),
+                message: "edited".into(),
+            }],
+            conflicts_more: 0,
+            errors: vec![],
+            errors_more: 0,
+            summary: "Summary: mode=dry-run".into(),
+        }
+    }
+
+    #[test]
+    fn csv_round_trips_through_a_csv_reader() {
+        let text = render_csv(&doc());
+        let mut r = csv::Reader::from_reader(text.as_bytes());
+        let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+        assert_eq!(header, CSV_HEADER);
+        let rows: Vec<csv::StringRecord> = r.records().map(|r| r.unwrap()).collect();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(&rows[0][1], "Data, \"Science\"");
+        assert_eq!(&rows[0][5], "Old, title (2); other values (1)");
+        assert_eq!(&rows[0][7], "2");
+        assert_eq!(&rows[0][14], "1");
+    }
+
+    #[test]
+    fn json_round_trips_and_markdown_escapes_pipes() {
+        let d = doc();
+        let back: ReportDoc = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        assert_eq!(back, d);
+        let md = render_markdown(&d);
+        assert!(md.contains("| P\\|1 |"), "{md}");
+        assert!(md.contains("- `revisions/7`: edited"), "{md}");
+        assert!(md.contains("4 of 5"), "{md}");
+        assert_eq!("md".parse::<Format>(), Ok(Format::Markdown));
+        assert!("xml".parse::<Format>().is_err());
+    }
+}

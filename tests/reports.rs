@@ -1,0 +1,96 @@
+//! `backfill report RUN --format md|csv|json [--output FILE]`: the report of
+//! a real run, read back with a CSV reader and serde, must agree with the
+//! run's `Summary:` line and with itself across formats.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn report_formats_parse_back_and_agree_with_the_summary() {
+    let env = TestEnv::new().await;
+    env.seed_certificates(30, 1_500).await;
+    let out = env.run(&[
+        "run",
+        "--local",
+        "--job",
+        &job("program-certificate-titles"),
+        "--all",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let summary_line = stdout(&out)
+        .lines()
+        .find(|l| l.starts_with("Summary: "))
+        .unwrap()
+        .to_string();
+    let s = summary(&out);
+    let run = s["run"].clone();
+
+    // JSON: the documented document.
+    let json = env.run(&["report", &run, "--format", "json"]);
+    assert_eq!(json.status.code(), Some(0));
+    let doc: backfill_job::formats::ReportDoc = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(doc.summary, summary_line);
+    assert_eq!(doc.run_id, run);
+    assert_eq!(doc.mode, "dry-run");
+    assert_eq!(doc.grouped_by, "group");
+    let changed: u64 = doc.groups.iter().map(|g| g.rows.changed).sum();
+    assert_eq!(changed as i64, num(&s, "changed"));
+    let skipped = doc.groups.iter().filter(|g| g.change == "SKIPPED").count();
+    assert_eq!(skipped as i64, num(&s, "groups_skipped"));
+    assert!(doc
+        .groups
+        .iter()
+        .all(|g| g.change != "SKIPPED" || g.reason.is_some()));
+    assert!(
+        doc.groups
+            .iter()
+            .any(|g| g.change == "YES" && g.target.is_some() && !g.current.is_empty()),
+        "groups to change show their current values and target"
+    );
+
+    // CSV, through a CSV reader, row by row against the JSON.
+    let path = std::env::temp_dir().join(format!("bf-report-{}.csv", env.prefix));
+    let csv_out = env.run(&[
+        "report",
+        &run,
+        "--format",
+        "csv",
+        "--output",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(csv_out.status.code(), Some(0));
+    assert!(
+        csv_out.stdout.is_empty(),
+        "--output writes the file, not stdout"
+    );
+    let mut reader = csv::Reader::from_path(&path).unwrap();
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(header, backfill_job::formats::CSV_HEADER);
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), doc.groups.len());
+    for (row, g) in rows.iter().zip(&doc.groups) {
+        assert_eq!(&row[0], g.key);
+        assert_eq!(&row[2], g.change);
+        assert_eq!(row[7].parse::<u64>().unwrap(), g.rows.changed);
+        assert_eq!(row[13].parse::<u64>().unwrap(), g.refs_affected);
+    }
+    let _ = std::fs::remove_file(&path);
+
+    // Markdown for admins: one table row per group, and the summary.
+    let md = env.run(&["report", &run, "--format", "md"]);
+    let md = stdout(&md);
+    for g in &doc.groups {
+        assert!(
+            md.contains(&format!("| {} |", g.key)),
+            "{} missing from\n{md}",
+            g.key
+        );
+    }
+    assert!(md.contains(&summary_line));
+
+    let bad = env.run(&["report", &run, "--format", "xml"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
