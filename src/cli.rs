@@ -139,6 +139,28 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
     },
+    /// Check a job's postcondition over its scope without writing: a dry run whose success is
+    /// "nothing left to change, no conflicts, no errors". Exit 0 only then; 1 otherwise.
+    Verify {
+        /// The job spec file (TOML).
+        #[arg(long)]
+        job: PathBuf,
+        /// A group to verify (repeatable).
+        #[arg(long = "group", value_name = "KEY")]
+        groups: Vec<String>,
+        /// Verify every group.
+        #[arg(long)]
+        all: bool,
+        /// Rows per shard (default: the spec's shard_size).
+        #[arg(long)]
+        shard_size: Option<u32>,
+        /// Mapper tasks to start in this process.
+        #[arg(long, default_value_t = 2)]
+        mappers: u16,
+        /// Embedded mode: the in-process queue instead of RabbitMQ (implied by a sqlite:// URL).
+        #[arg(long)]
+        local: bool,
+    },
     /// Worker: take shard tasks, rewrite rows, record them, publish results. Run any number, anywhere.
     Mapper {
         /// Shards this process works on at once.
@@ -160,6 +182,19 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+    },
+    /// The ledger's audit trail: recent runs (of a job) with who started them, from which host,
+    /// the spec's hash, and every pause/resume/cancel/throttle/verify with time and operator.
+    History {
+        /// Only runs of this job.
+        #[arg(long, value_name = "NAME")]
+        job: Option<String>,
+        /// Most runs to show.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// Print JSON instead.
+        #[arg(long)]
+        json: bool,
     },
     /// Health probe for images without curl: GET an http:// URL (e.g. http://127.0.0.1:9464/readyz);
     /// exit 0 on a 2xx answer, 1 otherwise.
@@ -530,7 +565,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         // Needs no settings: it only asks an endpoint.
         return crate::watch::probe(url, Duration::from_secs(*timeout)).await;
     }
-    let settings = Settings::resolve(
+    let mut settings = Settings::resolve(
         c.database_url.clone(),
         c.amqp_url.clone(),
         c.queue_prefix.clone(),
@@ -538,6 +573,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     )
     .map_err(|e| usage(e.to_string()))?;
     let operator = operator(&c.operator);
+    settings.operator = operator.clone();
     match cli.command {
         Command::Run {
             job,
@@ -556,6 +592,50 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             };
             print!("{}", backfill_job::report::render_report(&rec.view()));
             Ok(exit_code(&rec))
+        }
+        Command::Verify {
+            job,
+            groups,
+            all,
+            shard_size,
+            mappers,
+            local,
+        } => {
+            if mappers == 0 {
+                return Err(usage("--mappers must be at least 1"));
+            }
+            let req = job_request(&JobArgs {
+                job,
+                groups,
+                all,
+                commit: false,
+                shard_size,
+                steer: SteerArgs::default(),
+            })?;
+            let local = local || settings.is_sqlite();
+            let Some(rec) =
+                run_in_process(&settings, Work::Job(Box::new(req)), mappers, local).await?
+            else {
+                return Ok(1);
+            };
+            print!("{}", backfill_job::report::render_report(&rec.view()));
+            let c = &rec.tally.counts;
+            let passed =
+                c.changed == 0 && c.conflicts == 0 && c.errors == 0 && rec.state == RunState::Done;
+            let detail = if passed {
+                "passed: nothing left to do".to_string()
+            } else {
+                format!(
+                    "failed: {} rows would still change, {} conflicts, {} errors",
+                    c.changed, c.conflicts, c.errors
+                )
+            };
+            let store = connect_store(&settings, 2).await?;
+            store
+                .record_event(&rec.run_id, "verify", &operator, Some(&detail))
+                .await?;
+            eprintln!("verify of job `{}` {detail}", rec.spec.name);
+            Ok(if passed { 0 } else { 1 })
         }
         Command::Coordinator {
             job,
@@ -640,6 +720,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                         &shutdown_on_signals(),
                     )
                     .await?;
+                    record_start(&store, &run_id, &operator).await?;
                     println!("{run_id}");
                     eprintln!(
                         "{n} shard tasks published; watch the run with `backfill status {run_id}`"
@@ -733,6 +814,44 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             eprintln!("dashboard on http://{listen}/ (Ctrl-C to stop)");
             if let Some(m) = monitor {
                 let _ = m.await;
+            }
+            Ok(0)
+        }
+        Command::History { job, limit, json } => {
+            if limit < 1 {
+                return Err(usage("--limit must be at least 1"));
+            }
+            let store = connect_store(&settings, 2).await?;
+            let runs = store.history(job.as_deref(), limit).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "runs": runs }))?
+                );
+                return Ok(0);
+            }
+            if runs.is_empty() {
+                println!("no runs in the ledger");
+            }
+            for r in runs {
+                println!(
+                    "{}  {}  job={} mode={} state={} spec={}",
+                    r.created_at,
+                    r.run_id,
+                    r.job,
+                    r.mode,
+                    r.state,
+                    &r.spec_hash[..r.spec_hash.len().min(12)]
+                );
+                for e in r.events {
+                    println!(
+                        "    {}  {} by {}{}",
+                        e.at,
+                        e.action,
+                        e.operator,
+                        e.detail.map(|d| format!(" ({d})")).unwrap_or_default()
+                    );
+                }
             }
             Ok(0)
         }
@@ -933,6 +1052,32 @@ pub enum Work {
 async fn begin(
     store: &Store,
     work: &Work,
+    operator: &str,
+) -> anyhow::Result<Option<(String, Option<backfill_store::JobLock>)>> {
+    let started = begin_inner(store, work).await?;
+    if let Some((run_id, _)) = &started {
+        record_start(store, run_id, operator).await?;
+    }
+    Ok(started)
+}
+
+/// The audit event of a run's start (or resumption): who, from which host.
+async fn record_start(store: &Store, run_id: &str, operator: &str) -> anyhow::Result<()> {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    store
+        .record_event(run_id, "start", operator, Some(&format!("host={host}")))
+        .await?;
+    Ok(())
+}
+
+async fn begin_inner(
+    store: &Store,
+    work: &Work,
 ) -> anyhow::Result<Option<(String, Option<backfill_store::JobLock>)>> {
     match work {
         Work::Job(req) => start_or_resume(store, req).await,
@@ -1011,7 +1156,7 @@ pub async fn run_in_process(
 ) -> anyhow::Result<Option<RunRecord>> {
     let store = connect_store(settings, mappers as u32 + 4).await?;
     if local {
-        return run_local(&store, req, mappers).await;
+        return run_local(&store, req, mappers, &settings.operator).await;
     }
     let broker = connect_broker(settings).await?;
     let shutdown = shutdown_on_signals();
@@ -1036,7 +1181,7 @@ pub async fn run_in_process(
 
     let started = Instant::now();
     let outcome = async {
-        let Some((run_id, _lock)) = begin(&store, &req).await? else {
+        let Some((run_id, _lock)) = begin(&store, &req, &settings.operator).await? else {
             return Ok(None);
         };
         backfill_coordinator::publish_until_done(
@@ -1077,7 +1222,12 @@ fn report_speed(rec: &RunRecord, started: Instant) {
 
 /// The embedded mode: the same coordinator, mappers and reducer over the
 /// in-process queue.
-async fn run_local(store: &Store, req: Work, mappers: u16) -> anyhow::Result<Option<RunRecord>> {
+async fn run_local(
+    store: &Store,
+    req: Work,
+    mappers: u16,
+    operator: &str,
+) -> anyhow::Result<Option<RunRecord>> {
     let queue = backfill_queue::LocalQueue::new();
     let shutdown = shutdown_on_signals();
     let workers = CancellationToken::new();
@@ -1099,7 +1249,7 @@ async fn run_local(store: &Store, req: Work, mappers: u16) -> anyhow::Result<Opt
     tracker.close();
     let started = Instant::now();
     let outcome = async {
-        let Some((run_id, _lock)) = begin(store, &req).await? else {
+        let Some((run_id, _lock)) = begin(store, &req, operator).await? else {
             return Ok(None);
         };
         // In-process tasks die with their process: send every shard not done.

@@ -51,6 +51,9 @@ pub struct Settings {
     pub database_url: SecretUrl,
     pub amqp_url: SecretUrl,
     pub queue_prefix: String,
+    /// Who is acting, for the ledger's audit events (`--operator`,
+    /// `BACKFILL_OPERATOR`, else the OS user); set by the command line.
+    pub operator: String,
 }
 
 impl Settings {
@@ -84,6 +87,7 @@ impl Settings {
             anyhow::bail!("queue prefix `{prefix}` must be letters, digits, `-`, `_` or `.`");
         }
         Ok(Settings {
+            operator: String::new(),
             database_url: SecretUrl(
                 database_url
                     .or(file_settings.database_url)

@@ -94,3 +94,74 @@ async fn report_formats_parse_back_and_agree_with_the_summary() {
     let bad = env.run(&["report", &run, "--format", "xml"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_passes_only_when_nothing_is_left_to_do() {
+    let env = TestEnv::new().await;
+    env.seed_certificates(30, 1_500).await;
+    let spec = job("program-certificate-titles");
+    let before = env.run(&["verify", "--local", "--job", &spec, "--all"]);
+    assert_eq!(before.status.code(), Some(1), "rows are left to change");
+    assert!(num(&summary(&before), "changed") > 0);
+    assert!(
+        stderr(&before).contains("would still change"),
+        "{}",
+        stderr(&before)
+    );
+    let checksum = env.table_md5("wagtailcore_revision", "id").await;
+    let commit = env.run(&[
+        "run",
+        "--local",
+        "--job",
+        &spec,
+        "--all",
+        "--commit",
+        "--operator",
+        "ops-carol",
+    ]);
+    assert_eq!(commit.status.code(), Some(0));
+    assert_ne!(env.table_md5("wagtailcore_revision", "id").await, checksum);
+    let after_commit = env.table_md5("wagtailcore_revision", "id").await;
+    let after = env.run(&["verify", "--local", "--job", &spec, "--all"]);
+    assert_eq!(
+        after.status.code(),
+        Some(0),
+        "nothing left after the commit"
+    );
+    let s = summary(&after);
+    assert_eq!(num(&s, "changed"), 0);
+    assert_eq!(&s["mode"], "dry-run");
+    assert_eq!(
+        env.table_md5("wagtailcore_revision", "id").await,
+        after_commit,
+        "verify writes nothing"
+    );
+    let events: Vec<(String, String)> = sqlx::query_as(
+        "SELECT run_id, detail FROM backfill_event WHERE action = 'verify' ORDER BY id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(events.len(), 2);
+    assert!(events[0].1.starts_with("failed"));
+    assert_eq!(events[1].0, s["run"]);
+    assert!(events[1].1.starts_with("passed"));
+
+    // The audit trail: three runs, who started them, and the verifies.
+    let h = env.run(&["history", "--job", "program-certificate-titles", "--json"]);
+    assert_eq!(h.status.code(), Some(0));
+    let h: serde_json::Value = serde_json::from_slice(&h.stdout).unwrap();
+    let runs = h["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3);
+    let commit_run = &runs[1];
+    assert_eq!(commit_run["mode"], "commit");
+    assert_eq!(commit_run["events"][0]["action"], "start");
+    assert_eq!(commit_run["events"][0]["operator"], "ops-carol");
+    assert!(commit_run["events"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("host="));
+    assert_eq!(runs[0]["events"][1]["action"], "verify");
+    let text = stdout(&env.run(&["history"]));
+    assert!(text.contains("start by ops-carol"), "{text}");
+}

@@ -197,6 +197,18 @@ pub struct Health {
     pub reason: Option<String>,
 }
 
+/// A run and what was done to it, for `backfill history`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunHistory {
+    pub run_id: String,
+    pub job: String,
+    pub mode: String,
+    pub state: String,
+    pub spec_hash: String,
+    pub created_at: String,
+    pub events: Vec<RunEvent>,
+}
+
 /// An audit event of a run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunEvent {
@@ -438,6 +450,54 @@ impl Store {
             .collect(),
         };
         Ok(rows)
+    }
+
+    /// The most recent runs (of `job`, or all), newest first, with their events.
+    pub async fn history(
+        &self,
+        job: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<RunHistory>, StoreError> {
+        let q = "SELECT run_id, job_name, mode, state, spec_hash, CREATED FROM backfill_run
+                 WHERE ($1::text IS NULL OR job_name = $1) ORDER BY created_at DESC LIMIT $2";
+        let rows: Vec<(String, String, String, String, String, String)> = match &self.backend {
+            Backend::Pg(p) => {
+                sqlx::query_as(&q.replace(
+                    "CREATED",
+                    "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+                ))
+                .bind(job)
+                .bind(limit)
+                .fetch_all(p)
+                .await
+            }
+            Backend::Lite(p) => {
+                sqlx::query_as(
+                    &q.replace("CREATED", "substr(created_at, 1, 19) || 'Z'")
+                        .replace("$1::text", "?1")
+                        .replace('$', "?"),
+                )
+                .bind(job)
+                .bind(limit)
+                .fetch_all(p)
+                .await
+            }
+        }
+        .map_err(sql("read run history"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (run_id, job, mode, state, spec_hash, created_at) in rows {
+            let events = self.run_events(&run_id).await?;
+            out.push(RunHistory {
+                run_id,
+                job,
+                mode,
+                state,
+                spec_hash,
+                created_at,
+                events,
+            });
+        }
+        Ok(out)
     }
 
     /// A run's steering; `defaults` (the spec's throttle) when nothing was
