@@ -279,6 +279,10 @@ enum Command {
         /// Write the report to this file instead of standard output.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Instead of the report: the groups whose plan differs between OTHER_RUN (e.g. the
+        /// reviewed dry run) and RUN. Exit 0 when the plans agree, 1 when they differ.
+        #[arg(long, value_name = "OTHER_RUN", conflicts_with_all = ["format", "output"])]
+        diff: Option<String>,
     },
     /// Create a demo database with realistic data and run the certificate-titles job on it:
     /// dry run, commit, and a second commit that changes nothing. Embedded (SQLite, no services)
@@ -947,8 +951,51 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Report {
             run,
+            diff: Some(other),
+            ..
+        } => {
+            let store = connect_store(&settings, 2).await?;
+            let load = |id: String| {
+                let store = store.clone();
+                async move {
+                    store
+                        .load_run(&id)
+                        .await?
+                        .ok_or_else(|| usage(format!("run {id} is not in the ledger")))
+                }
+            };
+            let (first, second) = (load(other.clone()).await?, load(run.clone()).await?);
+            if first.spec.name != second.spec.name {
+                return Err(usage(format!(
+                    "runs {other} and {run} are of different jobs (`{}` and `{}`)",
+                    first.spec.name, second.spec.name
+                )));
+            }
+            let lines = backfill_job::formats::plan_diff(
+                &first.plan,
+                &second.plan,
+                second.spec.report.target_param.as_deref(),
+                second.spec.group_noun(),
+            );
+            println!(
+                "Plan of run {run} ({}, scope {}) against run {other} ({}, scope {}):",
+                second.mode, second.scope, first.mode, first.scope
+            );
+            if lines.is_empty() {
+                println!("  the same: same groups, same targets, same values");
+                return Ok(0);
+            }
+            for l in &lines {
+                println!("  {l}");
+            }
+            println!("{} differences", lines.len());
+            Ok(1)
+        }
+        Command::Report {
+            run,
             format,
             output,
+            diff: None,
         } => {
             let format: backfill_job::formats::Format = format.parse().map_err(usage)?;
             let store = connect_store(&settings, 2).await?;

@@ -165,3 +165,48 @@ async fn verify_passes_only_when_nothing_is_left_to_do() {
     let text = stdout(&env.run(&["history"]));
     assert!(text.contains("start by ops-carol"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn report_diff_names_a_group_whose_live_title_was_edited_after_the_review() {
+    let env = TestEnv::new().await;
+    env.seed_certificates(30, 1_500).await;
+    let spec = job("program-certificate-titles");
+    let first = env.run(&["run", "--local", "--job", &spec, "--all"]);
+    let run1 = summary(&first)["run"].clone();
+    let same = env.run(&["report", &run1, "--diff", &run1]);
+    assert_eq!(same.status.code(), Some(0));
+    assert!(stdout(&same).contains("the same"));
+
+    let (page, key): (String, String) = sqlx::query_as(
+        "SELECT g->'params'->>'certificate_page_id', g->>'key'
+         FROM backfill_run, jsonb_array_elements(plan->'groups') g
+         WHERE run_id = $1 AND g->'params'->>'certificate_page_id' IS NOT NULL
+           AND g->'params'->>'target_title' IS NOT NULL
+         ORDER BY g->>'key' LIMIT 1",
+    )
+    .bind(&run1)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE cms_certificatepage SET product_name = 'Edited after review' WHERE page_ptr_id = $1::int")
+        .bind(&page)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let second = env.run(&["run", "--local", "--job", &spec, "--all"]);
+    let run2 = summary(&second)["run"].clone();
+    assert_ne!(run1, run2);
+    let diff = env.run(&["report", &run2, "--diff", &run1]);
+    assert_eq!(diff.status.code(), Some(1), "the plans differ");
+    let text = stdout(&diff);
+    assert!(
+        text.contains(&format!("program {key}: target"))
+            && text.contains("\"Edited after review\""),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("  program")).count(),
+        1,
+        "only the edited program differs:\n{text}"
+    );
+}

@@ -344,6 +344,84 @@ pub fn render_markdown(doc: &ReportDoc) -> String {
     out
 }
 
+/// What changed in a plan between two runs of a job (a dry run reviewed
+/// yesterday and today's commit, say): per group, one line for each
+/// difference in its status, label or target value, and groups in one plan
+/// only. Empty when the plans agree.
+pub fn plan_diff(
+    a: &crate::Plan,
+    b: &crate::Plan,
+    target_param: Option<&str>,
+    noun: &str,
+) -> Vec<String> {
+    use std::collections::BTreeMap as Map;
+    let index = |p: &crate::Plan| -> Map<String, crate::PlannedGroup> {
+        p.groups
+            .iter()
+            .map(|g| (g.key.clone(), g.clone()))
+            .collect()
+    };
+    let (ga, gb) = (index(a), index(b));
+    let status = |s: &GroupStatus| match s {
+        GroupStatus::Eligible => "eligible".to_string(),
+        GroupStatus::Skipped(r) => format!("skipped ({r})"),
+        GroupStatus::Unknown => "unknown key".to_string(),
+    };
+    let target = |g: &crate::PlannedGroup| {
+        target_param
+            .and_then(|p| g.params.get(p))
+            .map(|v| crate::rules::display_value(Some(v)))
+    };
+    let mut out = Vec::new();
+    let keys: std::collections::BTreeSet<&String> = ga.keys().chain(gb.keys()).collect();
+    for k in keys {
+        match (ga.get(k), gb.get(k)) {
+            (Some(_), None) => out.push(format!("{noun} {k}: only in the first run")),
+            (None, Some(_)) => out.push(format!("{noun} {k}: only in the second run")),
+            (Some(x), Some(y)) => {
+                if x.status != y.status {
+                    out.push(format!(
+                        "{noun} {k}: {} → {}",
+                        status(&x.status),
+                        status(&y.status)
+                    ));
+                }
+                if target(x) != target(y) {
+                    out.push(format!(
+                        "{noun} {k}: target {:?} → {:?}",
+                        target(x).unwrap_or_default(),
+                        target(y).unwrap_or_default()
+                    ));
+                }
+                if x.label != y.label {
+                    out.push(format!(
+                        "{noun} {k}: label {:?} → {:?}",
+                        x.label.clone().unwrap_or_default(),
+                        y.label.clone().unwrap_or_default()
+                    ));
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    let rows = |p: &crate::Plan| -> Map<String, u64> {
+        p.targets.iter().map(|t| (t.name.clone(), t.rows)).collect()
+    };
+    let (ra, rb) = (rows(a), rows(b));
+    for (t, n) in &ra {
+        let m = rb.get(t).copied().unwrap_or(0);
+        if *n != m {
+            out.push(format!("target {t}: {n} rows → {m} rows"));
+        }
+    }
+    for (t, m) in &rb {
+        if !ra.contains_key(t) {
+            out.push(format!("target {t}: 0 rows → {m} rows"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,6 +466,57 @@ mod tests {
             errors_more: 0,
             summary: "Summary: mode=dry-run".into(),
         }
+    }
+
+    #[test]
+    fn plan_diff_names_what_changed() {
+        use crate::plan::{PlannedGroup, PlannedTarget};
+        use crate::Plan;
+        let g = |key: &str, title: &str, status: GroupStatus| PlannedGroup {
+            key: key.into(),
+            label: Some("L".into()),
+            params: serde_json::json!({ "target_title": title })
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            status,
+        };
+        let plan = |groups: Vec<PlannedGroup>, rows: u64| Plan {
+            groups,
+            targets: vec![PlannedTarget {
+                name: "revisions".into(),
+                rows,
+                shards: 1,
+            }],
+            shards_total: 1,
+            tally: Default::default(),
+        };
+        let a = plan(
+            vec![
+                g("A", "Old", GroupStatus::Eligible),
+                g("B", "x", GroupStatus::Eligible),
+            ],
+            10,
+        );
+        assert!(plan_diff(&a, &a, Some("target_title"), "program").is_empty());
+        let b = plan(
+            vec![
+                g("A", "New", GroupStatus::Eligible),
+                g("B", "x", GroupStatus::Skipped("placeholder".into())),
+                g("C", "y", GroupStatus::Eligible),
+            ],
+            12,
+        );
+        let d = plan_diff(&a, &b, Some("target_title"), "program");
+        assert_eq!(
+            d,
+            vec![
+                "program A: target \"Old\" → \"New\"",
+                "program B: eligible → skipped (placeholder)",
+                "program C: only in the second run",
+                "target revisions: 10 rows → 12 rows",
+            ]
+        );
     }
 
     #[test]
