@@ -196,6 +196,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delete the before-images of runs finished longer ago than --older-than (retention).
+    /// Shows what it would delete unless --commit. Pruned runs cannot be reverted.
+    Prune {
+        /// Age, e.g. 30d, 12h, 90m, 45s.
+        #[arg(long, value_name = "AGE")]
+        older_than: String,
+        /// Delete. Without it, only list what would be deleted.
+        #[arg(long)]
+        commit: bool,
+    },
     /// Health probe for images without curl: GET an http:// URL (e.g. http://127.0.0.1:9464/readyz);
     /// exit 0 on a 2xx answer, 1 otherwise.
     Probe {
@@ -510,6 +520,26 @@ fn limit_flag<T: std::str::FromStr>(
             .map(|n| Some(Some(n)))
             .map_err(|_| usage(format!("{flag} takes a number or `off`, got `{text}`"))),
     }
+}
+
+/// `30d`, `12h`, `90m`, `45s` as a duration.
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let bad =
+        || format!("--older-than takes a number and a unit (d, h, m or s), e.g. 30d; got `{text}`");
+    let t = text.trim();
+    let (num, unit) = t.split_at(t.len().saturating_sub(1));
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    if !(n.is_finite() && n >= 0.0) {
+        return Err(bad());
+    }
+    let secs = match unit {
+        "d" => n * 86_400.0,
+        "h" => n * 3_600.0,
+        "m" => n * 60.0,
+        "s" => n,
+        _ => return Err(bad()),
+    };
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// The operator for audit events: the flag, else the OS user.
@@ -856,6 +886,29 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                         e.detail.map(|d| format!(" ({d})")).unwrap_or_default()
                     );
                 }
+            }
+            Ok(0)
+        }
+        Command::Prune { older_than, commit } => {
+            let age = parse_age(&older_than).map_err(usage)?;
+            let store = connect_store(&settings, 2).await?;
+            let runs = store.prune_before_images(age, commit, &operator).await?;
+            let (n, bytes) = runs
+                .iter()
+                .fold((0i64, 0i64), |(n, b), r| (n + r.1, b + r.2));
+            for (run, rows, b) in &runs {
+                println!("{run}: {rows} before-images, {b} bytes");
+            }
+            if commit {
+                println!(
+                    "pruned {n} before-images ({bytes} bytes of values) of {} runs finished more than {older_than} ago; those runs can no longer be reverted",
+                    runs.len()
+                );
+            } else {
+                println!(
+                    "would prune {n} before-images ({bytes} bytes of values) of {} runs; add --commit to delete them",
+                    runs.len()
+                );
             }
             Ok(0)
         }
@@ -1320,4 +1373,21 @@ async fn run_local(
     let Some(rec) = outcome? else { return Ok(None) };
     report_speed(&rec, started);
     Ok(Some(rec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages() {
+        assert_eq!(parse_age("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3_600)));
+        assert_eq!(parse_age("90m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_age("0s"), Ok(Duration::ZERO));
+        assert!(parse_age("30").is_err());
+        assert!(parse_age("d").is_err());
+        assert!(parse_age("-1d").is_err());
+        assert!(parse_age("1w").is_err());
+    }
 }

@@ -210,3 +210,47 @@ async fn report_diff_names_a_group_whose_live_title_was_edited_after_the_review(
         "only the edited program differs:\n{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_lists_then_deletes_the_before_images_of_old_runs() {
+    let env = TestEnv::new().await;
+    env.seed_certificates(30, 1_500).await;
+    let spec = job("program-certificate-titles");
+    let commit = env.run(&["run", "--local", "--job", &spec, "--all", "--commit"]);
+    let changed = num(&summary(&commit), "changed");
+    assert!(changed > 0);
+    let images = || env.scalar_i64("SELECT count(*) FROM backfill_before_image");
+    assert_eq!(images().await, changed);
+
+    let none = env.run(&["prune", "--older-than", "1d", "--commit"]);
+    assert_eq!(none.status.code(), Some(0));
+    assert_eq!(images().await, changed, "a run of today is kept");
+    let dry = env.run(&["prune", "--older-than", "0s"]);
+    assert!(
+        stdout(&dry).contains(&format!("would prune {changed} before-images")),
+        "{}",
+        stdout(&dry)
+    );
+    assert_eq!(
+        images().await,
+        changed,
+        "without --commit nothing is deleted"
+    );
+    let bytes: i64 = env
+        .scalar_i64("SELECT sum(octet_length(before))::int8 FROM backfill_before_image")
+        .await;
+    eprintln!(
+        "before-images: {changed} rows, {bytes} bytes of values, {} bytes per row",
+        bytes / changed
+    );
+    let done = env.run(&["prune", "--older-than", "0s", "--commit"]);
+    assert!(stdout(&done).contains(&format!("pruned {changed} before-images")));
+    assert_eq!(images().await, 0);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM backfill_event WHERE action = 'prune'")
+            .await,
+        1
+    );
+    let bad = env.run(&["prune", "--older-than", "30"]);
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -500,6 +500,84 @@ impl Store {
         Ok(out)
     }
 
+    /// Before-images of runs that finished more than `older_than` ago:
+    /// (run, rows, bytes) per run. With `delete`, they are deleted (in one
+    /// transaction) and each run gets a `prune` event; those runs can no
+    /// longer be reverted.
+    pub async fn prune_before_images(
+        &self,
+        older_than: std::time::Duration,
+        delete: bool,
+        operator: &str,
+    ) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let secs = older_than.as_secs_f64();
+        let rows: Vec<(String, i64, i64)> = match &self.backend {
+            Backend::Pg(p) => {
+                let mut tx = p.begin().await.map_err(sql("begin prune"))?;
+                let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+                    "SELECT b.run_id, count(*)::int8, coalesce(sum(octet_length(b.before)), 0)::int8
+                     FROM backfill_before_image b JOIN backfill_run r ON r.run_id = b.run_id
+                     WHERE r.finished_at IS NOT NULL AND r.finished_at < now() - make_interval(secs => $1)
+                     GROUP BY b.run_id ORDER BY b.run_id",
+                )
+                .bind(secs)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(sql("find before-images to prune"))?;
+                if delete && !rows.is_empty() {
+                    let ids: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+                    sqlx::query("DELETE FROM backfill_before_image WHERE run_id = ANY($1)")
+                        .bind(&ids)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(sql("prune before-images"))?;
+                }
+                tx.commit().await.map_err(sql("commit prune"))?;
+                rows
+            }
+            Backend::Lite(p) => {
+                let mut tx = p
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(sql("begin prune"))?;
+                let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+                    "SELECT b.run_id, count(*), coalesce(sum(length(CAST(b.before AS BLOB))), 0)
+                     FROM backfill_before_image b JOIN backfill_run r ON r.run_id = b.run_id
+                     WHERE r.finished_at IS NOT NULL
+                       AND julianday(r.finished_at) < julianday('now') - ?1 / 86400.0
+                     GROUP BY b.run_id ORDER BY b.run_id",
+                )
+                .bind(secs)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(sql("find before-images to prune"))?;
+                if delete {
+                    for r in &rows {
+                        sqlx::query("DELETE FROM backfill_before_image WHERE run_id = ?1")
+                            .bind(&r.0)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(sql("prune before-images"))?;
+                    }
+                }
+                tx.commit().await.map_err(sql("commit prune"))?;
+                rows
+            }
+        };
+        if delete {
+            for (run, n, bytes) in &rows {
+                self.record_event(
+                    run,
+                    "prune",
+                    operator,
+                    Some(&format!("{n} before-images, {bytes} bytes deleted")),
+                )
+                .await?;
+            }
+        }
+        Ok(rows)
+    }
+
     /// A run's steering; `defaults` (the spec's throttle) when nothing was
     /// recorded for it.
     pub async fn control(
