@@ -29,6 +29,22 @@ use std::time::Duration;
 
 use crate::{sql, Backend, Store, StoreError};
 
+/// Runs one statement written with PostgreSQL's `$n` parameters on either
+/// back end (SQLite takes `?n`) with the same binds, and names what was being
+/// done in the error.
+macro_rules! execute {
+    ($store:expr, $q:expr, $what:expr $(, $bind:expr)* $(,)?) => {{
+        let q: &str = &$q;
+        match &$store.backend {
+            Backend::Pg(p) => sqlx::query(q)$(.bind($bind))*.execute(p).await.map(drop),
+            Backend::Lite(p) => {
+                sqlx::query(&q.replace('$', "?"))$(.bind($bind))*.execute(p).await.map(drop)
+            }
+        }
+        .map_err(sql($what))
+    }};
+}
+
 /// How long a claimed shard counts as in flight without finishing; after
 /// that a crashed mapper's claim no longer holds a slot.
 pub const LEASE: Duration = Duration::from_secs(600);
@@ -231,27 +247,16 @@ impl Store {
         let q = "INSERT INTO backfill_control (run_id, priority, rows_per_sec, max_in_flight, shard_sizing)
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id) DO NOTHING";
         let mif = t.max_in_flight.map(|m| m as i32);
-        match &self.backend {
-            Backend::Pg(p) => sqlx::query(q)
-                .bind(run_id)
-                .bind(t.priority)
-                .bind(t.rows_per_sec)
-                .bind(mif)
-                .bind(shard_sizing)
-                .execute(p)
-                .await
-                .map(drop),
-            Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
-                .bind(run_id)
-                .bind(t.priority)
-                .bind(t.rows_per_sec)
-                .bind(mif)
-                .bind(shard_sizing)
-                .execute(p)
-                .await
-                .map(drop),
-        }
-        .map_err(sql("record the run's throttle"))
+        execute!(
+            self,
+            q,
+            "record the run's throttle",
+            run_id,
+            t.priority,
+            t.rows_per_sec,
+            mif,
+            shard_sizing
+        )
     }
 
     /// Sets pause/resume/cancel and records who did it.
@@ -264,23 +269,14 @@ impl Store {
         self.require_run(run_id).await?;
         let q = "INSERT INTO backfill_control (run_id, control, updated_by) VALUES ($1, $2, $3)
                  ON CONFLICT (run_id) DO UPDATE SET control = excluded.control, updated_by = excluded.updated_by";
-        match &self.backend {
-            Backend::Pg(p) => sqlx::query(q)
-                .bind(run_id)
-                .bind(control.as_str())
-                .bind(operator)
-                .execute(p)
-                .await
-                .map(drop),
-            Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
-                .bind(run_id)
-                .bind(control.as_str())
-                .bind(operator)
-                .execute(p)
-                .await
-                .map(drop),
-        }
-        .map_err(sql("set the run's control"))?;
+        execute!(
+            self,
+            q,
+            "set the run's control",
+            run_id,
+            control.as_str(),
+            operator
+        )?;
         let action = match control {
             ControlState::Run => "resume",
             ControlState::Pause => "pause",
@@ -319,27 +315,16 @@ impl Store {
         let rps = change.rows_per_sec.flatten();
         let mif = change.max_in_flight.flatten().map(|m| m as i32);
         let prio = change.priority.unwrap_or(0);
-        match &self.backend {
-            Backend::Pg(p) => sqlx::query(&q)
-                .bind(run_id)
-                .bind(rps)
-                .bind(mif)
-                .bind(prio)
-                .bind(operator)
-                .execute(p)
-                .await
-                .map(drop),
-            Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
-                .bind(run_id)
-                .bind(rps)
-                .bind(mif)
-                .bind(prio)
-                .bind(operator)
-                .execute(p)
-                .await
-                .map(drop),
-        }
-        .map_err(sql("change the run's throttle"))?;
+        execute!(
+            self,
+            q,
+            "change the run's throttle",
+            run_id,
+            rps,
+            mif,
+            prio,
+            operator
+        )?;
         self.record_event(run_id, "throttle", operator, Some(&change.describe()))
             .await
     }
@@ -390,25 +375,15 @@ impl Store {
     ) -> Result<(), StoreError> {
         let q =
             "INSERT INTO backfill_event (run_id, action, operator, detail) VALUES ($1, $2, $3, $4)";
-        match &self.backend {
-            Backend::Pg(p) => sqlx::query(q)
-                .bind(run_id)
-                .bind(action)
-                .bind(operator)
-                .bind(detail)
-                .execute(p)
-                .await
-                .map(drop),
-            Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
-                .bind(run_id)
-                .bind(action)
-                .bind(operator)
-                .bind(detail)
-                .execute(p)
-                .await
-                .map(drop),
-        }
-        .map_err(sql("record a run event"))
+        execute!(
+            self,
+            q,
+            "record a run event",
+            run_id,
+            action,
+            operator,
+            detail
+        )
     }
 
     /// A run's audit events, oldest first.
@@ -770,27 +745,6 @@ impl Store {
         }
     }
 
-    /// Gives a claimed shard back (the worker stops before starting it).
-    pub async fn release_shard(&self, run_id: &str, shard_no: u32) -> Result<(), StoreError> {
-        let q = "UPDATE backfill_shard SET state = 'pending', lease_until = NULL
-                 WHERE run_id = $1 AND shard_no = $2 AND state = 'running'";
-        match &self.backend {
-            Backend::Pg(p) => sqlx::query(q)
-                .bind(run_id)
-                .bind(shard_no as i32)
-                .execute(p)
-                .await
-                .map(drop),
-            Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
-                .bind(run_id)
-                .bind(shard_no as i64)
-                .execute(p)
-                .await
-                .map(drop),
-        }
-        .map_err(sql("release shard"))
-    }
-
     /// Reserves `rows` of the run's rows-per-second budget, shared by every
     /// mapper. Returns how long to wait before starting, or `None` when the
     /// start would be more than `horizon` away (nothing is reserved then: ask
@@ -1005,21 +959,13 @@ impl Store {
         }
         let summary = summary_line(&rec.view());
         let q = "UPDATE backfill_run SET summary = $2 WHERE run_id = $1 AND state = 'cancelled'";
-        match &self.backend {
-            Backend::Pg(p) => sqlx::query(q)
-                .bind(run_id)
-                .bind(&summary)
-                .execute(p)
-                .await
-                .map(drop),
-            Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
-                .bind(run_id)
-                .bind(&summary)
-                .execute(p)
-                .await
-                .map(drop),
-        }
-        .map_err(sql("update the cancelled run's summary"))
+        execute!(
+            self,
+            q,
+            "update the cancelled run's summary",
+            run_id,
+            &summary
+        )
     }
 
     /// Shards of the run being worked on now.
