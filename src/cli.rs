@@ -9,7 +9,7 @@
 
 use backfill_job::{JobSpec, Mode, RunState, Scope};
 use backfill_queue::{worker_name, Broker};
-use backfill_store::{RunRecord, Store};
+use backfill_store::{Derived, RunRecord, Store};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -84,6 +84,22 @@ struct JobArgs {
     /// Rows per shard (default: the spec's shard_size).
     #[arg(long)]
     shard_size: Option<u32>,
+    /// Commit without a reviewed dry run; the ledger records who skipped it.
+    /// For automation, BACKFILL_SKIP_REVIEW=1 does the same.
+    #[arg(long, env = "BACKFILL_SKIP_REVIEW", value_parser = clap::builder::FalseyValueParser::new())]
+    skip_review: bool,
+    /// How recent the reviewed dry run a commit relies on must be (e.g. 24h, 90m, 7d).
+    #[arg(
+        long,
+        value_name = "AGE",
+        default_value = "24h",
+        env = "BACKFILL_REVIEW_WINDOW"
+    )]
+    review_window: String,
+    /// A sampled dry run: read only this share of the target rows (e.g. 1%) and estimate
+    /// the full run: share of rows that would change, rows and bytes to write, ETA.
+    #[arg(long, value_name = "PCT", conflicts_with = "commit")]
+    sample: Option<String>,
     #[command(flatten)]
     steer: SteerArgs,
 }
@@ -92,7 +108,7 @@ struct JobArgs {
 #[derive(Debug, Args)]
 struct ResumableJobArgs {
     /// Resume this run: publish again every shard of it not yet done.
-    #[arg(long, value_name = "RUN", conflicts_with_all = ["job", "groups", "all", "commit", "shard_size"])]
+    #[arg(long, value_name = "RUN", conflicts_with_all = ["job", "groups", "all", "commit", "shard_size", "sample"])]
     resume: Option<String>,
     /// The job spec file (TOML).
     #[arg(long, required_unless_present = "resume")]
@@ -109,6 +125,22 @@ struct ResumableJobArgs {
     /// Rows per shard (default: the spec's shard_size).
     #[arg(long)]
     shard_size: Option<u32>,
+    /// Commit without a reviewed dry run; the ledger records who skipped it.
+    /// For automation, BACKFILL_SKIP_REVIEW=1 does the same.
+    #[arg(long, env = "BACKFILL_SKIP_REVIEW", value_parser = clap::builder::FalseyValueParser::new())]
+    skip_review: bool,
+    /// How recent the reviewed dry run a commit relies on must be (e.g. 24h, 90m, 7d).
+    #[arg(
+        long,
+        value_name = "AGE",
+        default_value = "24h",
+        env = "BACKFILL_REVIEW_WINDOW"
+    )]
+    review_window: String,
+    /// A sampled dry run: read only this share of the target rows (e.g. 1%) and estimate
+    /// the full run: share of rows that would change, rows and bytes to write, ETA.
+    #[arg(long, value_name = "PCT", conflicts_with = "commit")]
+    sample: Option<String>,
     #[command(flatten)]
     steer: SteerArgs,
 }
@@ -253,6 +285,26 @@ enum Command {
     Retry {
         /// The finished run whose quarantined rows to retry.
         run: String,
+        /// Mapper tasks to start in this process.
+        #[arg(long, default_value_t = 2)]
+        mappers: u16,
+        /// Embedded mode: the in-process queue instead of RabbitMQ (implied by a sqlite:// URL).
+        #[arg(long)]
+        local: bool,
+        /// Rows per shard.
+        #[arg(long, default_value_t = backfill_job::spec::DEFAULT_SHARD_SIZE)]
+        shard_size: u32,
+    },
+    /// Undo a finished commit run: restore the before-images it recorded, through the same
+    /// shards, mappers and reducer, as a new run. A row edited since the run (it no longer
+    /// holds what the run wrote) is a conflict and is left alone. Dry run unless --commit;
+    /// running it again changes nothing.
+    Revert {
+        /// The finished commit run to revert.
+        run: String,
+        /// Write. Without it, report what a revert would restore.
+        #[arg(long)]
+        commit: bool,
         /// Mapper tasks to start in this process.
         #[arg(long, default_value_t = 2)]
         mappers: u16,
@@ -447,8 +499,41 @@ fn load_spec(path: &Path) -> anyhow::Result<JobSpec> {
     JobSpec::parse(&text).map_err(|e| usage(format!("job spec {}: {e}", path.display())))
 }
 
-fn job_request(job: &JobArgs) -> anyhow::Result<backfill_coordinator::RunRequest> {
+/// `--sample 1%` (or `1`) as a share of the rows, 0–1.
+fn parse_sample(text: &str) -> Result<f64, String> {
+    let pct: f64 = text
+        .trim()
+        .trim_end_matches('%')
+        .trim()
+        .parse()
+        .map_err(|_| format!("--sample must be a percentage such as 1% or 0.5%, got `{text}`"))?;
+    if !(pct.is_finite() && pct > 0.0 && pct <= 100.0) {
+        return Err(format!(
+            "--sample must be more than 0% and at most 100%, got `{text}`"
+        ));
+    }
+    Ok(pct / 100.0)
+}
+
+fn job_request(job: &JobArgs, operator: &str) -> anyhow::Result<backfill_coordinator::RunRequest> {
     let spec = load_spec(&job.job)?;
+    let window =
+        parse_age(&job.review_window).map_err(|e| usage(format!("--review-window: {e}")))?;
+    let sample = job
+        .sample
+        .as_deref()
+        .map(parse_sample)
+        .transpose()
+        .map_err(usage)?;
+    let gate = if job.skip_review {
+        let how = match std::env::var("BACKFILL_SKIP_REVIEW") {
+            Ok(v) if !v.is_empty() => "BACKFILL_SKIP_REVIEW",
+            _ => "--skip-review",
+        };
+        backfill_coordinator::Gate::skip(operator, &format!("review skipped with {how}"))
+    } else {
+        backfill_coordinator::Gate::review(operator, window)
+    };
     validate_steer(&job.steer)?;
     let spec_throttle = spec.throttle;
     let scope = Scope::from_flags(&job.groups, job.all).map_err(|e| usage(e.to_string()))?;
@@ -476,6 +561,8 @@ fn job_request(job: &JobArgs) -> anyhow::Result<backfill_coordinator::RunRequest
         },
         shard_size: job.shard_size,
         throttle: steer_throttle(&job.steer, &spec_throttle),
+        sample,
+        gate,
     })
 }
 
@@ -614,17 +701,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             mappers,
             local,
         } => {
-            let req = job_request(&job)?;
+            let req = job_request(&job, &operator)?;
             if mappers == 0 {
                 return Err(usage("--mappers must be at least 1"));
             }
             let local = local || settings.is_sqlite();
+            let started = Instant::now();
             let Some(rec) =
                 run_in_process(&settings, Work::Job(Box::new(req)), mappers, local).await?
             else {
                 return Ok(0);
             };
             print!("{}", backfill_job::report::render_report(&rec.view()));
+            if let Some(fraction) = rec.sample {
+                print!(
+                    "{}",
+                    sample_estimate(&rec, fraction, started.elapsed().as_secs_f64())
+                );
+            }
             Ok(exit_code(&rec))
         }
         Command::Verify {
@@ -638,14 +732,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             if mappers == 0 {
                 return Err(usage("--mappers must be at least 1"));
             }
-            let req = job_request(&JobArgs {
-                job,
-                groups,
-                all,
-                commit: false,
-                shard_size,
-                steer: SteerArgs::default(),
-            })?;
+            let req = job_request(
+                &JobArgs {
+                    job,
+                    groups,
+                    all,
+                    commit: false,
+                    shard_size,
+                    skip_review: false,
+                    review_window: "24h".into(),
+                    sample: None,
+                    steer: SteerArgs::default(),
+                },
+                &operator,
+            )?;
             let local = local || settings.is_sqlite();
             let Some(rec) =
                 run_in_process(&settings, Work::Job(Box::new(req)), mappers, local).await?
@@ -653,18 +753,31 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 return Ok(1);
             };
             print!("{}", backfill_job::report::render_report(&rec.view()));
+            let store = connect_store(&settings, 2).await?;
+            let versions = versions_unchanged(&store, &rec).await?;
+            if let Some((_, line)) = &versions {
+                println!("{line}");
+            }
             let c = &rec.tally.counts;
-            let passed =
-                c.changed == 0 && c.conflicts == 0 && c.errors == 0 && rec.state == RunState::Done;
+            let passed = c.changed == 0
+                && c.conflicts == 0
+                && c.errors == 0
+                && rec.state == RunState::Done
+                && versions.as_ref().is_none_or(|(same, _)| *same);
             let detail = if passed {
                 "passed: nothing left to do".to_string()
             } else {
-                format!(
+                let mut d = format!(
                     "failed: {} rows would still change, {} conflicts, {} errors",
                     c.changed, c.conflicts, c.errors
-                )
+                );
+                if let Some((false, _)) = &versions {
+                    d.push_str(
+                        "; the row counts of the target tables changed since the last commit",
+                    );
+                }
+                d
             };
-            let store = connect_store(&settings, 2).await?;
             store
                 .record_event(&rec.run_id, "verify", &operator, Some(&detail))
                 .await?;
@@ -680,17 +793,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             // Validate everything the user gave before touching anything.
             let req = match &job.resume {
                 Some(_) => None,
-                None => Some(job_request(&JobArgs {
-                    job: job
-                        .job
-                        .clone()
-                        .ok_or_else(|| usage("--job FILE is required"))?,
-                    groups: job.groups.clone(),
-                    all: job.all,
-                    commit: job.commit,
-                    shard_size: job.shard_size,
-                    steer: job.steer.clone(),
-                })?),
+                None => Some(job_request(
+                    &JobArgs {
+                        job: job
+                            .job
+                            .clone()
+                            .ok_or_else(|| usage("--job FILE is required"))?,
+                        groups: job.groups.clone(),
+                        all: job.all,
+                        commit: job.commit,
+                        shard_size: job.shard_size,
+                        skip_review: job.skip_review,
+                        review_window: job.review_window.clone(),
+                        sample: job.sample.clone(),
+                        steer: job.steer.clone(),
+                    },
+                    &operator,
+                )?),
             };
             let store = connect_store(&settings, 4).await?;
             let stop_monitor = CancellationToken::new();
@@ -730,7 +849,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 }
                 None => {
                     let req = req.ok_or_else(|| usage("--job FILE is required"))?;
-                    let (start, lock) = backfill_coordinator::start(&store, &req).await?;
+                    let (start, lock) = backfill_coordinator::start(&store, &req)
+                        .await
+                        .map_err(refusal)?;
                     let run_id = match start {
                         backfill_coordinator::Start::Busy(msg) => {
                             eprintln!("{msg}");
@@ -980,6 +1101,44 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             print!("{}", backfill_job::report::render_report(&rec.view()));
             Ok(exit_code(&rec))
         }
+        Command::Revert {
+            run,
+            commit,
+            mappers,
+            local,
+            shard_size,
+        } => {
+            if mappers == 0 {
+                return Err(usage("--mappers must be at least 1"));
+            }
+            if shard_size == 0 || shard_size > backfill_job::spec::MAX_SHARD_SIZE {
+                return Err(usage(format!(
+                    "--shard-size must be between 1 and {}",
+                    backfill_job::spec::MAX_SHARD_SIZE
+                )));
+            }
+            let local = local || settings.is_sqlite();
+            let work = Work::Revert {
+                run_id: run.clone(),
+                mode: if commit { Mode::Commit } else { Mode::DryRun },
+                shard_size,
+            };
+            let Some(rec) = run_in_process(&settings, work, mappers, local).await? else {
+                return Ok(0);
+            };
+            print!("{}", backfill_job::report::render_report(&rec.view()));
+            eprintln!(
+                "run {} {} run {run}{}",
+                rec.run_id,
+                if commit { "reverted" } else { "would revert" },
+                if commit {
+                    ""
+                } else {
+                    "; add --commit to restore the rows"
+                }
+            );
+            Ok(exit_code(&rec))
+        }
         Command::Status {
             run,
             watch,
@@ -1147,6 +1306,12 @@ pub enum Work {
     Job(Box<backfill_coordinator::RunRequest>),
     /// The quarantined rows of a finished run.
     Retry { run_id: String, shard_size: u32 },
+    /// Restore the before-images of a finished commit run.
+    Revert {
+        run_id: String,
+        mode: Mode,
+        shard_size: u32,
+    },
 }
 
 async fn begin(
@@ -1157,6 +1322,15 @@ async fn begin(
     let started = begin_inner(store, work).await?;
     if let Some((run_id, _)) = &started {
         record_start(store, run_id, operator).await?;
+        if let Work::Revert {
+            run_id: of, mode, ..
+        } = work
+        {
+            let detail = format!("by run {run_id} ({mode})");
+            store
+                .record_event(of, "revert", operator, Some(&detail))
+                .await?;
+        }
     }
     Ok(started)
 }
@@ -1201,7 +1375,7 @@ async fn begin_inner(
             };
             let new_id = backfill_coordinator::new_run_id(&original.spec.name);
             let plan = store
-                .create_retry_run(&new_id, &original, *shard_size)
+                .create_derived_run(&new_id, &original, *shard_size, Derived::Retry)
                 .await?;
             eprintln!(
                 "run {new_id} retries {} quarantined rows of run {run_id} in {} shards",
@@ -1210,7 +1384,147 @@ async fn begin_inner(
             );
             Ok(Some((new_id, Some(lock))))
         }
+        Work::Revert {
+            run_id,
+            mode,
+            shard_size,
+        } => {
+            let original = store
+                .load_run(run_id)
+                .await?
+                .ok_or_else(|| usage(format!("run {run_id} is not in the ledger")))?;
+            if !original.state.is_finished() {
+                return Err(usage(format!(
+                    "run {run_id} is still running ({}/{} shards reduced); cancel it or let it finish, then revert it",
+                    original.shards_reduced, original.shards_total
+                )));
+            }
+            if !original.mode.is_commit() {
+                return Err(usage(format!(
+                    "run {run_id} is a dry run: it wrote nothing, so there is nothing to revert"
+                )));
+            }
+            if let Some(of) = &original.revert_of {
+                return Err(usage(format!(
+                    "run {run_id} is itself a revert (of run {of}); to apply the job again, run the job"
+                )));
+            }
+            let images = store.before_image_count(run_id).await?;
+            if images == 0 && original.tally.counts.changed > 0 {
+                return Err(usage(format!(
+                    "run {run_id} changed {} rows but its before-images are gone (pruned); it cannot be reverted",
+                    original.tally.counts.changed
+                )));
+            }
+            let Some(lock) = store.try_lock_job(&original.spec.name).await? else {
+                eprintln!(
+                    "another coordinator is working on job `{}`; try again when it is done",
+                    original.spec.name
+                );
+                return Ok(None);
+            };
+            let active = store.active_runs(&original.spec.name).await?;
+            if let Some(other) = active.first() {
+                return Err(usage(format!(
+                    "run {} of job `{}` is in progress; revert once it has finished",
+                    other.run_id, original.spec.name
+                )));
+            }
+            let new_id = backfill_coordinator::new_run_id(&original.spec.name);
+            let plan = store
+                .create_derived_run(&new_id, &original, *shard_size, Derived::Revert(*mode))
+                .await?;
+            eprintln!(
+                "run {new_id} ({mode}) restores {} rows written by run {run_id}, in {} shards",
+                plan.targets.iter().map(|t| t.rows).sum::<u64>(),
+                plan.shards_total
+            );
+            Ok(Some((new_id, Some(lock))))
+        }
     }
+}
+
+/// A commit refused by its gate is the user's to fix: exit 2.
+fn refusal(e: backfill_coordinator::CoordinatorError) -> anyhow::Error {
+    match e {
+        backfill_coordinator::CoordinatorError::Refused(m) => usage(m),
+        other => other.into(),
+    }
+}
+
+/// For a job whose tables hold versions (`versioned = true`): whether the
+/// target tables have as many rows now (when this verify was planned) as
+/// when the job's last commit was planned, with a line saying so. `None`
+/// for other jobs, or when the job was never committed.
+async fn versions_unchanged(
+    store: &Store,
+    verify: &RunRecord,
+) -> anyhow::Result<Option<(bool, String)>> {
+    if !verify.spec.versioned {
+        return Ok(None);
+    }
+    let Some(last) = store.last_commit_verified(&verify.spec.name).await? else {
+        return Ok(None);
+    };
+    let Some(commit) = store.load_run(&last.commit_run).await? else {
+        return Ok(None);
+    };
+    let planned = |r: &RunRecord| {
+        r.table_rows
+            .as_ref()
+            .and_then(|t| t.get("planned"))
+            .and_then(|p| {
+                serde_json::from_value::<std::collections::BTreeMap<String, i64>>(p.clone()).ok()
+            })
+    };
+    let (Some(before), Some(now)) = (planned(&commit), planned(verify)) else {
+        return Ok(None);
+    };
+    let same = before == now;
+    let tables: Vec<String> = before
+        .iter()
+        .map(|(t, n)| format!("{t} {n} → {}", now.get(t).copied().unwrap_or(0)))
+        .collect();
+    Ok(Some((
+        same,
+        format!(
+            "Versions: {} (rows when commit run {} was planned → now){}",
+            tables.join(", "),
+            commit.run_id,
+            if same {
+                ""
+            } else {
+                "; rows were added or removed"
+            }
+        ),
+    )))
+}
+
+/// What a sampled dry run says about the full run.
+fn sample_estimate(rec: &RunRecord, fraction: f64, secs: f64) -> String {
+    let t = &rec.tally;
+    let c = &t.counts;
+    let scale = 1.0 / fraction;
+    let read = c.processed.saturating_sub(c.skipped).max(1);
+    let share = c.changed as f64 / read as f64;
+    let full_rows = c.processed as f64 * scale;
+    let rate = c.processed as f64 / secs.max(1e-9);
+    let eta = full_rows / rate.max(1e-9);
+    format!(
+        "Estimate from a {:.3}% sample ({} rows read; about {:.0} rows in the full scope):\n  \
+         rows that would change: {:.1}% (about {:.0} rows)\n  \
+         bytes to write: about {:.0} (rewritten columns), plus about {:.0} of before-images\n  \
+         ETA of the full dry run at the measured {:.0} rows/s: about {:.0} s\n",
+        fraction * 100.0,
+        c.processed,
+        full_rows,
+        share * 100.0,
+        c.changed as f64 * scale,
+        t.bytes_written as f64 * scale,
+        t.bytes_before as f64 * scale,
+        rate,
+        eta
+    )
 }
 
 /// Plans a run, or resumes the unfinished run of the same command; `None`
@@ -1219,7 +1533,9 @@ async fn start_or_resume(
     store: &Store,
     req: &backfill_coordinator::RunRequest,
 ) -> anyhow::Result<Option<(String, Option<backfill_store::JobLock>)>> {
-    let (start, lock) = backfill_coordinator::start(store, req).await?;
+    let (start, lock) = backfill_coordinator::start(store, req)
+        .await
+        .map_err(refusal)?;
     match start {
         backfill_coordinator::Start::Busy(msg) => {
             eprintln!("{msg}");

@@ -97,6 +97,12 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<i32> {
                 mode,
                 shard_size: Some(100),
                 throttle: None,
+                sample: None,
+                // The dry run just before is the reviewed one the commits rely on.
+                gate: backfill_coordinator::Gate::review(
+                    &demo_settings.operator,
+                    backfill_coordinator::DEFAULT_REVIEW_WINDOW,
+                ),
             })),
             args.mappers,
             !args.distributed,

@@ -225,6 +225,8 @@ async fn conflicts_and_redelivery_on_both_back_ends() {
                 mode: Mode::Commit,
                 shard_size: Some(10_000),
                 throttle: None,
+                sample: None,
+                gate: backfill_coordinator::Gate::skip("test", "test"),
             },
         )
         .await
@@ -312,7 +314,8 @@ async fn collection_migrate_then_cleanup_on_both_back_ends() {
             .docs("collection_snapshot_contents", "id", "content")
             .await;
 
-        // Cleanup first is refused row by row: nothing is cleared.
+        // Cleanup first: its commit is refused (it requires the migrate job
+        // committed and verified), and its dry run skips every row.
         let out = db.run(&[
             "run",
             "--job",
@@ -320,6 +323,13 @@ async fn collection_migrate_then_cleanup_on_both_back_ends() {
             "--all",
             "--commit",
         ]);
+        assert_eq!(out.status.code(), Some(2), "{b:?}");
+        assert!(
+            stderr(&out).contains("requires job `collection-dict-migrate`"),
+            "{}",
+            stderr(&out)
+        );
+        let out = db.run(&["run", "--job", &job("collection-nodes-cleanup"), "--all"]);
         assert_eq!(out.status.code(), Some(0));
         assert_eq!(num(&summary(&out), "skipped"), models + snaps, "{b:?}");
         assert_eq!(
@@ -364,6 +374,25 @@ async fn collection_migrate_then_cleanup_on_both_back_ends() {
             (models, snaps)
         );
 
+        // Not verified yet: still refused. Verify, and it starts.
+        let out = db.run(&[
+            "run",
+            "--job",
+            &job("collection-nodes-cleanup"),
+            "--all",
+            "--commit",
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{b:?}");
+        assert!(stderr(&out).contains("no verify of `collection-dict-migrate` passed"));
+        let out = db.run(&["verify", "--job", &job("collection-dict-migrate"), "--all"]);
+        assert_eq!(out.status.code(), Some(0), "{b:?}");
+        assert!(
+            stdout(&out).contains(&format!(
+                "Versions: collection_models {models} → {models}, collection_snapshot_contents {snaps} → {snaps}"
+            )),
+            "{}",
+            stdout(&out)
+        );
         let out = db.run(&[
             "run",
             "--job",
@@ -486,6 +515,8 @@ async fn on_conflict_retry_applies_the_rules_to_the_applications_edit_on_both_ba
                 mode: Mode::Commit,
                 shard_size: Some(10_000),
                 throttle: None,
+                sample: None,
+                gate: backfill_coordinator::Gate::skip("test", "test"),
             },
         )
         .await

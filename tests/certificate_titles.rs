@@ -508,6 +508,8 @@ async fn plan_one_program(
             mode: Mode::Commit,
             shard_size: Some(10_000),
             throttle: None,
+            sample: None,
+            gate: backfill_coordinator::Gate::skip("test", "test"),
         },
     )
     .await

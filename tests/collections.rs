@@ -105,6 +105,8 @@ async fn migrate_then_cleanup_rewrites_every_version_in_place() {
         "--commit",
     ]);
     assert_eq!(num(&summary(&again), "changed"), 0);
+    let verify = env.run(&["verify", "--job", &job("collection-dict-migrate"), "--all"]);
+    assert_eq!(verify.status.code(), Some(0), "nothing left to migrate");
 
     // Cleanup: clear the old property everywhere, keeping collection_dict.
     let out = env.run(&[
@@ -155,12 +157,14 @@ async fn migrate_then_cleanup_rewrites_every_version_in_place() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn cleanup_before_migrate_skips_every_row_and_clears_nothing() {
+async fn cleanup_before_migrate_is_refused_and_its_rows_are_skipped() {
     let env = TestEnv::new().await;
     env.seed_collections(10, 4).await;
     let (models, snaps) = counts(&env).await;
     let before = env.table_md5("collection_snapshot_contents", "id").await;
     let before_models = env.table_md5("collection_models", "id").await;
+    // The commit is refused before anything is planned: the job requires
+    // collection-dict-migrate committed and verified.
     let out = env.run(&[
         "run",
         "--job",
@@ -168,6 +172,21 @@ async fn cleanup_before_migrate_skips_every_row_and_clears_nothing() {
         "--all",
         "--commit",
     ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(
+            "requires job `collection-dict-migrate` to be committed and verified first: no commit of `collection-dict-migrate` is in the ledger"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM backfill_run").await,
+        0,
+        "a refused commit records no run"
+    );
+    // Its dry run shows why: every row would be skipped by its guard.
+    let out = env.run(&["run", "--job", &job("collection-nodes-cleanup"), "--all"]);
     assert_eq!(out.status.code(), Some(0));
     let s = summary(&out);
     assert_eq!(num(&s, "changed"), 0);

@@ -90,6 +90,7 @@ impl Db {
                 c.args(args)
                     .env("DATABASE_URL", self.url())
                     .env("AMQP_URL", "amqp://nobody:nothing@127.0.0.1:1/%2f")
+                    .env("BACKFILL_SKIP_REVIEW", "1")
                     .env_remove("RUST_LOG")
                     .stdin(Stdio::null());
                 c

@@ -79,6 +79,9 @@ impl TestEnv {
             .env("DATABASE_URL", &self.db_url)
             .env("AMQP_URL", amqp_url())
             .env("BACKFILL_QUEUE_PREFIX", &self.prefix)
+            // Most tests commit without a dry run first; the review gate
+            // has tests of its own (tests/reports.rs) that remove this.
+            .env("BACKFILL_SKIP_REVIEW", "1")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());
         c

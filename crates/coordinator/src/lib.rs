@@ -30,6 +30,145 @@ pub enum CoordinatorError {
     UnknownRun(String),
     #[error("stopped while waiting for run {0}; it carries on without this process (see `backfill status {0}`)")]
     Interrupted(String),
+    /// A commit that its gate refuses (no reviewed dry run, a required job
+    /// not verified); nothing was recorded.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// How recent a reviewed dry run must be for a commit, by default.
+pub const DEFAULT_REVIEW_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// What a `--commit` run must show before it starts, and who asks.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    /// Who starts the run, for the ledger's audit events.
+    pub operator: String,
+    /// How recent the reviewed dry run must be; `None` when the review is
+    /// skipped (`--skip-review`), which is recorded with `skip_reason`.
+    pub review_window: Option<Duration>,
+    pub skip_reason: String,
+}
+
+impl Gate {
+    /// A commit needs a dry run of the same job, spec and scope from
+    /// within `window` whose plan still matches.
+    pub fn review(operator: &str, window: Duration) -> Gate {
+        Gate {
+            operator: operator.to_string(),
+            review_window: Some(window),
+            skip_reason: String::new(),
+        }
+    }
+
+    /// The review is skipped, for the reason given (recorded in the ledger).
+    pub fn skip(operator: &str, why: &str) -> Gate {
+        Gate {
+            operator: operator.to_string(),
+            review_window: None,
+            skip_reason: why.to_string(),
+        }
+    }
+}
+
+/// The flags that select a scope, for messages that name a command.
+pub fn scope_flags(scope: &Scope) -> String {
+    match scope {
+        Scope::All => "--all".to_string(),
+        Scope::Groups(keys) => keys
+            .iter()
+            .map(|k| format!("--group {k}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// Checks a commit's gate against the ledger: the reviewed dry run it
+/// relies on (unless skipped) and the verified job it requires. Returns the
+/// audit events to record once the run exists.
+pub async fn check_gate(
+    store: &Store,
+    req: &RunRequest,
+    groups: &[backfill_job::PlannedGroup],
+) -> Result<Vec<(&'static str, String)>, CoordinatorError> {
+    let spec = &req.spec;
+    let mut events = Vec::new();
+    if !req.mode.is_commit() {
+        return Ok(events);
+    }
+    if let Some(required) = &spec.requires {
+        let refuse = |why: String| {
+            CoordinatorError::Refused(format!(
+                "job `{}` requires job `{required}` to be committed and verified first: {why}.                  Commit `{required}`, run `backfill verify --job <its spec file> --all` until it passes, then commit `{}` again",
+                spec.name, spec.name
+            ))
+        };
+        match store.last_commit_verified(required).await? {
+            None => {
+                return Err(refuse(format!(
+                    "no commit of `{required}` is in the ledger"
+                )))
+            }
+            Some(v) => match v.verify_run {
+                None => {
+                    return Err(refuse(format!(
+                        "no verify of `{required}` passed since its last commit, run {}",
+                        v.commit_run
+                    )))
+                }
+                Some(verify) => events.push((
+                    "requires",
+                    format!(
+                        "job `{required}`: last commit run {}, verified by run {verify}",
+                        v.commit_run
+                    ),
+                )),
+            },
+        }
+    }
+    let Some(window) = req.gate.review_window else {
+        events.push(("skip-review", req.gate.skip_reason.clone()));
+        return Ok(events);
+    };
+    let noun = spec
+        .groups
+        .as_ref()
+        .map(|g| g.noun.as_str())
+        .unwrap_or("group");
+    let target_param = spec.report.target_param.as_deref();
+    let mut stale: Option<(String, Vec<String>)> = None;
+    for id in store
+        .recent_dry_runs(&spec.name, &spec.hash, window)
+        .await?
+    {
+        let Some(rec) = store.load_run(&id).await? else {
+            continue;
+        };
+        if rec.scope_value != req.scope {
+            continue;
+        }
+        let diff = backfill_job::formats::groups_diff(&rec.plan.groups, groups, target_param, noun);
+        if diff.is_empty() {
+            events.push(("review", format!("relied on dry run {id}")));
+            return Ok(events);
+        }
+        if stale.is_none() {
+            stale = Some((id, diff));
+        }
+    }
+    let hours = window.as_secs_f64() / 3600.0;
+    let found = match stale {
+        None => format!("no finished dry run of it with this spec and scope in the last {hours} h"),
+        Some((id, diff)) => format!(
+            "the plan changed since dry run {id} was reviewed:\n  {}\n",
+            diff.join("\n  ")
+        ),
+    };
+    Err(CoordinatorError::Refused(format!(
+        "refusing to commit job `{}`: {found}. Make the dry run to review with          `backfill run --job <spec file> {}` (no --commit), review it with `backfill report RUN`, then commit again;          or pass --skip-review (BACKFILL_SKIP_REVIEW=1), which the ledger records",
+        spec.name,
+        scope_flags(&req.scope)
+    )))
 }
 
 /// What to run.
@@ -41,6 +180,10 @@ pub struct RunRequest {
     pub shard_size: Option<u32>,
     /// The run's starting throttle and priority; the spec's `[throttle]` when `None`.
     pub throttle: Option<ThrottleSpec>,
+    /// A sampled dry run: the share of the target rows to read (0–1].
+    pub sample: Option<f64>,
+    /// What a commit must show before it starts.
+    pub gate: Gate,
 }
 
 /// The shard size of a new run, and how it was chosen when adaptive:
@@ -199,7 +342,12 @@ pub async fn plan(store: &Store, req: &RunRequest) -> Result<(String, Plan), Coo
     let run_id = new_run_id(&req.spec.name);
     let rows = store.group_rows(&req.spec, &req.scope).await?;
     let groups = evaluate_groups(&req.spec, &req.scope, rows);
+    let events = check_gate(store, req, &groups).await?;
     let (shard_size, sizing_note) = choose_shard_size(store, req).await?;
+    let counts = match req.spec.versioned {
+        true => Some(store.count_table_rows(&req.spec).await?),
+        false => None,
+    };
     let plan = store
         .create_run(
             NewRun {
@@ -208,10 +356,19 @@ pub async fn plan(store: &Store, req: &RunRequest) -> Result<(String, Plan), Coo
                 mode: req.mode,
                 scope: &req.scope,
                 shard_size,
+                sample: req.sample,
             },
             groups,
         )
         .await?;
+    for (action, detail) in &events {
+        store
+            .record_event(&run_id, action, &req.gate.operator, Some(detail))
+            .await?;
+    }
+    if let Some(counts) = counts {
+        store.record_table_rows(&run_id, "planned", &counts).await?;
+    }
     let throttle = req.throttle.unwrap_or(req.spec.throttle);
     store
         .init_control(&run_id, &throttle, sizing_note.as_deref())

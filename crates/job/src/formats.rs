@@ -344,22 +344,17 @@ pub fn render_markdown(doc: &ReportDoc) -> String {
     out
 }
 
-/// What changed in a plan between two runs of a job (a dry run reviewed
-/// yesterday and today's commit, say): per group, one line for each
-/// difference in its status, label or target value, and groups in one plan
-/// only. Empty when the plans agree.
-pub fn plan_diff(
-    a: &crate::Plan,
-    b: &crate::Plan,
+/// The group part of [`plan_diff`]: status, label and target value per
+/// group, and groups in one list only. Empty when they agree.
+pub fn groups_diff(
+    a: &[crate::PlannedGroup],
+    b: &[crate::PlannedGroup],
     target_param: Option<&str>,
     noun: &str,
 ) -> Vec<String> {
     use std::collections::BTreeMap as Map;
-    let index = |p: &crate::Plan| -> Map<String, crate::PlannedGroup> {
-        p.groups
-            .iter()
-            .map(|g| (g.key.clone(), g.clone()))
-            .collect()
+    let index = |p: &[crate::PlannedGroup]| -> Map<String, crate::PlannedGroup> {
+        p.iter().map(|g| (g.key.clone(), g.clone())).collect()
     };
     let (ga, gb) = (index(a), index(b));
     let status = |s: &GroupStatus| match s {
@@ -404,6 +399,21 @@ pub fn plan_diff(
             (None, None) => {}
         }
     }
+    out
+}
+
+/// What changed in a plan between two runs of a job (a dry run reviewed
+/// yesterday and today's commit, say): per group, one line for each
+/// difference in its status, label or target value, and groups in one plan
+/// only. Empty when the plans agree.
+pub fn plan_diff(
+    a: &crate::Plan,
+    b: &crate::Plan,
+    target_param: Option<&str>,
+    noun: &str,
+) -> Vec<String> {
+    use std::collections::BTreeMap as Map;
+    let mut out = groups_diff(&a.groups, &b.groups, target_param, noun);
     let rows = |p: &crate::Plan| -> Map<String, u64> {
         p.targets.iter().map(|t| (t.name.clone(), t.rows)).collect()
     };

@@ -252,6 +252,22 @@ impl ItemAccumulator {
     }
 }
 
+impl RefRow {
+    /// Whether a sampled run (`fraction` of the rows, 0–1] reads this row:
+    /// decided by a hash of the key, so the same rows are sampled every
+    /// time. References without a row cost nothing and are always kept.
+    pub fn in_sample(&self, fraction: f64) -> bool {
+        let Some(key) = &self.key else { return true };
+        // FNV-1a: stable across platforms and releases, unlike std's hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in key.as_bytes() {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        ((h % 1_000_000) as f64) < fraction * 1_000_000.0
+    }
+}
+
 /// Reads one row of a target query (its columns as a JSON object):
 /// `key`, `group`, optional `refs` and `skip`.
 pub fn parse_ref_row(
@@ -361,6 +377,35 @@ impl ShardCutter {
         self.planned.rows += shard.items.len() as u64;
         self.planned.shards += 1;
         shard
+    }
+}
+
+#[cfg(test)]
+mod sample_tests {
+    use super::RefRow;
+
+    #[test]
+    fn a_sample_keeps_about_its_share_of_rows_and_always_the_same_ones() {
+        let rows: Vec<RefRow> = (0..20_000)
+            .map(|i| RefRow {
+                key: Some(i.to_string()),
+                group: None,
+                refs: 1,
+                skip: None,
+            })
+            .collect();
+        let kept = rows.iter().filter(|r| r.in_sample(0.01)).count();
+        assert!((150..=250).contains(&kept), "kept {kept} of 20000 at 1 %");
+        let again = rows.iter().filter(|r| r.in_sample(0.01)).count();
+        assert_eq!(kept, again);
+        assert_eq!(rows.iter().filter(|r| r.in_sample(1.0)).count(), 20_000);
+        let keyless = RefRow {
+            key: None,
+            group: None,
+            refs: 1,
+            skip: Some("no revision".into()),
+        };
+        assert!(keyless.in_sample(0.0001));
     }
 }
 

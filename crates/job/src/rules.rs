@@ -60,6 +60,9 @@ pub enum RowOutcome {
     Skipped(String),
     /// The row cannot be processed (invalid JSON, a rule met the wrong type).
     Error(String),
+    /// The row is not as expected and is left alone (a revert meeting a row
+    /// edited since the run it reverts).
+    Conflict(String),
 }
 
 /// A row's outcome and the value the report shows as its current value.
@@ -153,6 +156,98 @@ pub fn evaluate_row(
             RowOutcome::Changed(changed)
         },
         current,
+    }
+}
+
+/// Evaluates a row of a revert: `before` holds the before-image of each
+/// column the reverted run wrote. The after-image (what that run wrote) is
+/// the run's rules applied again, with the run's parameters, to the
+/// before-image (read-only columns as they are now). The row is restored
+/// only while every written column still holds the after-image; a row
+/// already holding its before-image is unchanged (a revert is idempotent);
+/// any other content was edited since the run and is a conflict, left
+/// alone. Documents are compared as JSON values, not as text.
+pub fn evaluate_revert(
+    target: &TargetSpec,
+    row: &RowInput<'_>,
+    before: Option<&BTreeMap<String, Option<String>>>,
+    current: Option<(&str, &str)>,
+) -> RowEvaluation {
+    let shown = current.map(|(col, path)| {
+        let doc = row
+            .columns
+            .get(col)
+            .and_then(|v| v.as_deref())
+            .and_then(|t| serde_json::from_str::<Value>(t).ok());
+        display_value(doc.as_ref().and_then(|d| d.pointer(path)))
+    });
+    let done = |outcome| RowEvaluation {
+        outcome,
+        current: shown.clone(),
+    };
+    let Some(before) = before.filter(|b| !b.is_empty()) else {
+        return done(RowOutcome::Error(
+            "no before-image is recorded for this row (pruned?); it cannot be reverted".into(),
+        ));
+    };
+    if let Some((col, _)) = before.iter().find(|(_, v)| v.is_none()) {
+        return done(RowOutcome::Error(format!(
+            "column `{col}` was NULL before the run; restoring NULL is not supported"
+        )));
+    }
+    let mut original = row.columns.clone();
+    for (col, v) in before {
+        original.insert(col.clone(), v.clone());
+    }
+    let redo = evaluate_row(
+        target,
+        &RowInput {
+            key: row.key,
+            columns: &original,
+            params: row.params,
+        },
+        None,
+    );
+    let mut after = original.clone();
+    if let RowOutcome::Changed(new) = redo.outcome {
+        for (col, v) in new {
+            after.insert(col, Some(v));
+        }
+    }
+    let now = |col: &String| row.columns.get(col).cloned().flatten();
+    if before.iter().all(|(col, b)| same_json(now(col), b.clone())) {
+        return done(RowOutcome::Unchanged);
+    }
+    if !before
+        .keys()
+        .all(|col| same_json(now(col), after.get(col).cloned().flatten()))
+    {
+        return done(RowOutcome::Conflict(
+            "edited since the run it reverts; left as it is".into(),
+        ));
+    }
+    let restore = before
+        .iter()
+        .filter_map(|(col, b)| Some((col.clone(), b.clone()?)))
+        .collect();
+    done(RowOutcome::Changed(restore))
+}
+
+/// Two column values compared as JSON documents (as text when either is not
+/// JSON), so that formatting and key order do not matter.
+fn same_json(a: Option<String>, b: Option<String>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            match (
+                serde_json::from_str::<Value>(&a),
+                serde_json::from_str::<Value>(&b),
+            ) {
+                (Ok(x), Ok(y)) => x == y,
+                _ => a == b,
+            }
+        }
+        _ => false,
     }
 }
 
@@ -275,6 +370,98 @@ query = "SELECT 1"
 "#
         ))
         .unwrap()
+    }
+
+    fn revert(current: &str, before: Option<&str>) -> RowOutcome {
+        let spec = spec(
+            r#"[[targets.rules]]
+column = "doc"
+op = "set"
+path = "/title"
+param = "t""#,
+            "",
+        );
+        let columns: BTreeMap<String, Option<String>> =
+            [("doc".to_string(), Some(current.to_string()))].into();
+        let before: BTreeMap<String, Option<String>> =
+            [("doc".to_string(), before.map(str::to_string))].into();
+        let params = json!({"t": "New"}).as_object().cloned().unwrap_or_default();
+        evaluate_revert(
+            &spec.targets[0],
+            &RowInput {
+                key: "k",
+                columns: &columns,
+                params: &params,
+            },
+            Some(&before),
+            Some(("doc", "/title")),
+        )
+        .outcome
+    }
+
+    #[test]
+    fn revert_restores_the_before_image_while_the_row_holds_the_after_image() {
+        // Key order and spacing differ from what the run wrote: still the after-image.
+        assert_eq!(
+            revert(
+                r#"{"n": 1, "title": "New"}"#,
+                Some(r#"{"title":"Old","n":1}"#)
+            ),
+            RowOutcome::Changed(
+                [("doc".to_string(), r#"{"title":"Old","n":1}"#.to_string())].into()
+            )
+        );
+    }
+
+    #[test]
+    fn revert_is_idempotent_and_leaves_edited_rows_alone() {
+        assert_eq!(
+            revert(r#"{"n":1,"title":"Old"}"#, Some(r#"{"title":"Old","n":1}"#)),
+            RowOutcome::Unchanged
+        );
+        assert!(matches!(
+            revert(
+                r#"{"title":"Edited by the app","n":1}"#,
+                Some(r#"{"title":"Old","n":1}"#)
+            ),
+            RowOutcome::Conflict(_)
+        ));
+        // The title is as the run wrote it but another field was edited since.
+        assert!(matches!(
+            revert(r#"{"title":"New","n":2}"#, Some(r#"{"title":"Old","n":1}"#)),
+            RowOutcome::Conflict(_)
+        ));
+    }
+
+    #[test]
+    fn revert_without_a_usable_before_image_is_an_error() {
+        // A JSON null document is a value like any other: restored.
+        assert_eq!(
+            revert(r#"{"title":"New"}"#, Some("null")),
+            RowOutcome::Changed([("doc".to_string(), "null".to_string())].into())
+        );
+        assert!(matches!(
+            revert(r#"{"title":"New"}"#, None),
+            RowOutcome::Error(_)
+        ));
+        let spec = spec(
+            "[[targets.rules]]\ncolumn = \"doc\"\nop = \"remove\"\npath = \"/x\"",
+            "",
+        );
+        let columns: BTreeMap<String, Option<String>> =
+            [("doc".to_string(), Some("{}".to_string()))].into();
+        let outcome = evaluate_revert(
+            &spec.targets[0],
+            &RowInput {
+                key: "k",
+                columns: &columns,
+                params: &Map::new(),
+            },
+            None,
+            None,
+        )
+        .outcome;
+        assert!(matches!(outcome, RowOutcome::Error(m) if m.contains("pruned")));
     }
 
     fn run(spec: &JobSpec, cols: &[(&str, Option<&str>)], params: Value) -> RowOutcome {

@@ -134,6 +134,9 @@ struct RawSpec {
     throttle: Option<RawThrottle>,
     health: Option<RawHealth>,
     sizing: Option<RawSizing>,
+    requires: Option<String>,
+    #[serde(default)]
+    versioned: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,6 +264,13 @@ pub struct JobSpec {
     pub throttle: ThrottleSpec,
     pub health: HealthSpec,
     pub sizing: SizingSpec,
+    /// A job that must be committed and verified (a passed `backfill
+    /// verify` after its last commit) before this one may commit.
+    pub requires: Option<String>,
+    /// The target tables hold versions of records: a run must not add or
+    /// remove rows, and `verify` checks the row counts the ledger recorded
+    /// before and after the job's last commit.
+    pub versioned: bool,
     /// The file's text as given; the ledger keeps it so mappers use the run's spec.
     pub source: String,
     /// SHA-256 of `source`, hex.
@@ -866,6 +876,15 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
     let health = validate_health(raw.health)?;
     let sizing = validate_sizing(raw.sizing)?;
 
+    let requires = match raw.requires {
+        Some(r) if r.trim().is_empty() => {
+            return Err(SpecError::new("requires", "must name a job"));
+        }
+        Some(r) if r == raw.name => {
+            return Err(SpecError::new("requires", "a job cannot require itself"));
+        }
+        other => other,
+    };
     Ok(JobSpec {
         name: raw.name,
         description: raw.description,
@@ -877,6 +896,8 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
         throttle,
         health,
         sizing,
+        requires,
+        versioned: raw.versioned,
         source,
         hash,
     })

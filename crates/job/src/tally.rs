@@ -15,6 +15,83 @@ use crate::rules::RowOutcome;
 pub const VALUE_CAP: usize = 20;
 /// How many error and conflict keys the report keeps per run.
 pub const ISSUE_CAP: usize = 100;
+/// How many sample document diffs the report keeps per group.
+pub const SAMPLE_CAP: usize = 3;
+/// Largest value (as JSON) a sample diff shows; larger ones are described.
+pub const SAMPLE_VALUE_BYTES: usize = 2_000;
+
+/// One changed value inside a document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathChange {
+    /// JSON Pointer of the value.
+    pub path: String,
+    /// The value before (`None`: absent).
+    pub before: Option<serde_json::Value>,
+    /// The value after (`None`: removed).
+    pub after: Option<serde_json::Value>,
+}
+
+/// A changed row's document diff: the changed JSON paths only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleDiff {
+    pub key: String,
+    pub column: String,
+    pub changes: Vec<PathChange>,
+}
+
+impl SampleDiff {
+    /// The diff between a column's text as read and as rewritten, computed
+    /// with the `json-patch` crate's diff (RFC 6902): one entry per path the
+    /// patch touches, with the values on both sides.
+    pub fn between(key: &str, column: &str, before: Option<&str>, after: &str) -> SampleDiff {
+        let parse = |t: &str| {
+            serde_json::from_str::<serde_json::Value>(t)
+                .unwrap_or_else(|_| serde_json::Value::String(t.to_string()))
+        };
+        let left = before.map(parse).unwrap_or(serde_json::Value::Null);
+        let right = parse(after);
+        let shown = |v: Option<&serde_json::Value>| {
+            v.map(|v| {
+                let n = v.to_string().len();
+                if n > SAMPLE_VALUE_BYTES {
+                    serde_json::Value::String(format!("({n} bytes of JSON, not shown)"))
+                } else {
+                    v.clone()
+                }
+            })
+        };
+        let changes = json_patch::diff(&left, &right)
+            .0
+            .iter()
+            .map(|op| {
+                let path = op.path().to_string();
+                PathChange {
+                    before: shown(left.pointer(&path)),
+                    after: shown(right.pointer(&path)),
+                    path,
+                }
+            })
+            .collect();
+        SampleDiff {
+            key: key.to_string(),
+            column: column.to_string(),
+            changes,
+        }
+    }
+
+    fn order(&self) -> (usize, &str, &str) {
+        // Numeric keys in numeric order: shorter first.
+        (self.key.len(), &self.key, &self.column)
+    }
+}
+
+/// Keeps the `SAMPLE_CAP` smallest samples by key: commutative and
+/// associative like every other merge here.
+fn keep_samples(samples: &mut Vec<SampleDiff>) {
+    samples.sort_by(|a, b| a.order().cmp(&b.order()));
+    samples.dedup_by(|a, b| a.key == b.key && a.column == b.column);
+    samples.truncate(SAMPLE_CAP);
+}
 
 /// Row counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +205,9 @@ pub struct GroupTally {
     pub skipped_by_reason: BTreeMap<String, u64>,
     /// The rows' current values before the run, with how many rows hold each.
     pub current: CappedCounts,
+    /// A few changed rows' document diffs (the smallest keys).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<SampleDiff>,
 }
 
 impl GroupTally {
@@ -138,6 +218,10 @@ impl GroupTally {
         merge_map(&mut self.refs_skipped, &o.refs_skipped);
         merge_map(&mut self.skipped_by_reason, &o.skipped_by_reason);
         self.current.merge(&o.current, VALUE_CAP);
+        if !o.samples.is_empty() {
+            self.samples.extend(o.samples.iter().cloned());
+            keep_samples(&mut self.samples);
+        }
     }
 }
 
@@ -162,6 +246,12 @@ pub struct Tally {
     /// (`on_conflict = "retry"`); not counted in `conflicts`.
     #[serde(default)]
     pub conflicts_retried: u64,
+    /// Bytes of the rewritten columns of changed rows (what a commit
+    /// writes), and of the same columns as read (their before-images).
+    #[serde(default)]
+    pub bytes_written: u64,
+    #[serde(default)]
+    pub bytes_before: u64,
 }
 
 /// A row's outcome as the tally records it; conflicts are only known after
@@ -171,9 +261,13 @@ pub enum Recorded<'a> {
     Changed,
     Unchanged,
     Skipped(&'a str),
-    Conflict,
+    /// Not written, with why.
+    Conflict(&'a str),
     Error(&'a str),
 }
+
+/// Why a compare-and-set write did not happen.
+pub const CONFLICT_EDITED: &str = "changed since it was read; left as it is";
 
 impl<'a> From<&'a RowOutcome> for Recorded<'a> {
     fn from(o: &'a RowOutcome) -> Self {
@@ -182,6 +276,7 @@ impl<'a> From<&'a RowOutcome> for Recorded<'a> {
             RowOutcome::Unchanged => Recorded::Unchanged,
             RowOutcome::Skipped(r) => Recorded::Skipped(r),
             RowOutcome::Error(m) => Recorded::Error(m),
+            RowOutcome::Conflict(m) => Recorded::Conflict(m),
         }
     }
 }
@@ -193,6 +288,8 @@ impl Tally {
         merge_map(&mut self.skipped_by_reason, &o.skipped_by_reason);
         self.refs_affected += o.refs_affected;
         self.refs_skipped += o.refs_skipped;
+        self.bytes_written += o.bytes_written;
+        self.bytes_before += o.bytes_before;
         for (k, g) in &o.groups {
             self.groups.entry(k.clone()).or_default().merge(g);
         }
@@ -236,10 +333,9 @@ impl Tally {
                     .entry(reason.to_string())
                     .or_default() += 1;
             }
-            Recorded::Conflict => {
+            Recorded::Conflict(why) => {
                 c.conflicts = 1;
-                self.conflicts
-                    .add(target, key, "changed since it was read; left as it is");
+                self.conflicts.add(target, key, why);
             }
             Recorded::Error(m) => {
                 c.errors = 1;
@@ -255,6 +351,30 @@ impl Tally {
             .entry(target.to_string())
             .or_default()
             .merge(&c);
+    }
+
+    /// Records a changed row's rewritten columns: their sizes, and a sample
+    /// diff for its group's report.
+    pub fn record_change(
+        &mut self,
+        group: &str,
+        key: &str,
+        read: &BTreeMap<String, Option<String>>,
+        new: &BTreeMap<String, String>,
+    ) {
+        let g = self.groups.entry(group.to_string()).or_default();
+        for (col, after) in new {
+            let before = read.get(col).and_then(|v| v.as_deref());
+            self.bytes_written += after.len() as u64;
+            self.bytes_before += before.map_or(0, |b| b.len() as u64);
+            let sample = SampleDiff::between(key, col, before, after);
+            let fits = g.samples.len() < SAMPLE_CAP
+                || g.samples.last().is_some_and(|l| sample.order() < l.order());
+            if fits {
+                g.samples.push(sample);
+                keep_samples(&mut g.samples);
+            }
+        }
     }
 
     /// Records rows the plan skipped without reading them (their group was
@@ -329,7 +449,7 @@ mod tests {
                 0 => Recorded::Changed,
                 1 => Recorded::Unchanged,
                 2 => Recorded::Skipped("guard"),
-                3 => Recorded::Conflict,
+                3 => Recorded::Conflict(CONFLICT_EDITED),
                 _ => Recorded::Error("bad"),
             };
             let cur = format!("title {}", (seed * 7 + i) % 30);
@@ -422,7 +542,7 @@ mod tests {
         t.record_row("r", "P", "1", 3, Recorded::Changed, Some("Old"));
         t.record_row("r", "P", "2", 1, Recorded::Unchanged, Some("New"));
         t.record_row("r", "P", "3", 1, Recorded::Skipped("why"), None);
-        t.record_row("r", "P", "4", 1, Recorded::Conflict, None);
+        t.record_row("r", "P", "4", 1, Recorded::Conflict(CONFLICT_EDITED), None);
         t.record_row("r", "P", "5", 1, Recorded::Error("boom"), None);
         assert_eq!(
             t.counts,

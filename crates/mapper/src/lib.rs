@@ -19,7 +19,7 @@
 pub mod steering;
 
 use backfill_job::message::MESSAGE_VERSION;
-use backfill_job::rules::evaluate_row;
+use backfill_job::rules::{evaluate_revert, evaluate_row};
 use backfill_job::spec::OnConflict;
 use backfill_job::{JobSpec, Mode, RowInput, RowOutcome, ShardResult, ShardTask};
 use backfill_queue::{
@@ -64,6 +64,8 @@ pub struct CachedRun {
     spec: JobSpec,
     mode: Mode,
     params: HashMap<String, Map<String, Value>>,
+    /// For a revert: the run whose before-images it restores.
+    revert_of: Option<String>,
 }
 
 /// Runs read from the ledger, shared by a mapper's tasks.
@@ -89,6 +91,7 @@ impl RunCache {
             spec: rec.spec,
             mode: rec.mode,
             params,
+            revert_of: rec.revert_of,
         });
         if let Ok(mut m) = self.0.lock() {
             m.insert(run_id.to_string(), cached.clone());
@@ -131,6 +134,15 @@ pub async fn process_task(
                 .filter(|c| c.target == target.name)
                 .map(|c| (c.column.as_str(), c.path.as_str()));
             let empty = Map::new();
+            // A revert evaluates each row against the before-image the
+            // reverted run recorded for it.
+            let befores = match &run.revert_of {
+                Some(original) => {
+                    let keys: Vec<String> = rows.iter().map(|r| r.key.clone()).collect();
+                    Some(store.before_images(original, &target.name, &keys).await?)
+                }
+                None => None,
+            };
             let evaluated: Vec<EvaluatedRow> = rows
                 .into_iter()
                 .map(|row| {
@@ -145,15 +157,17 @@ pub async fn process_task(
                             read: Default::default(),
                         },
                         Some(cols) => {
-                            let ev = evaluate_row(
-                                target,
-                                &RowInput {
-                                    key: &row.key,
-                                    columns: &cols,
-                                    params,
-                                },
-                                current,
-                            );
+                            let input = RowInput {
+                                key: &row.key,
+                                columns: &cols,
+                                params,
+                            };
+                            let ev = match &befores {
+                                Some(b) => {
+                                    evaluate_revert(target, &input, b.get(&row.key), current)
+                                }
+                                None => evaluate_row(target, &input, current),
+                            };
                             EvaluatedRow {
                                 key: row.key,
                                 group: row.group,
@@ -180,10 +194,13 @@ pub async fn process_task(
                     )
                     .outcome
                 };
-            let retry: Option<&backfill_store::shard::Reevaluate<'_>> = match run.spec.on_conflict {
-                OnConflict::Retry => Some(&reevaluate),
-                OnConflict::Report => None,
-            };
+            // A revert never rewrites a row edited since the run: it is
+            // reported and left alone, whatever the spec says.
+            let retry: Option<&backfill_store::shard::Reevaluate<'_>> =
+                match (run.spec.on_conflict, &run.revert_of) {
+                    (OnConflict::Retry, None) => Some(&reevaluate),
+                    _ => None,
+                };
             let committed = store
                 .commit_shard(ShardCommit {
                     run_id: &task.run_id,

@@ -16,6 +16,30 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+/// For a job whose tables hold versions: the row counts of its target
+/// tables when the run finished, beside those recorded when it was planned,
+/// so the ledger shows that no version was added or removed.
+async fn record_finished_rows(store: &Store, run_id: &str) -> Result<(), StoreError> {
+    let Some(rec) = store.load_run(run_id).await? else {
+        return Ok(());
+    };
+    if !rec.spec.versioned {
+        return Ok(());
+    }
+    let counts = store.count_table_rows(&rec.spec).await?;
+    let planned = rec
+        .table_rows
+        .as_ref()
+        .and_then(|t| t.get("planned"))
+        .cloned();
+    if let Some(planned) = planned {
+        if serde_json::to_value(&counts).ok().as_ref() != Some(&planned) {
+            warn!(run = %run_id, planned = %planned, finished = ?counts, "the target tables' row counts changed during the run");
+        }
+    }
+    store.record_table_rows(run_id, "finished", &counts).await
+}
+
 /// Folds one result; the step function tests drive directly.
 pub async fn process_result(store: &Store, result: &ShardResult) -> Result<Reduced, StoreError> {
     let r = store.reduce(result).await?;
@@ -31,7 +55,8 @@ pub async fn process_result(store: &Store, result: &ShardResult) -> Result<Reduc
             metrics::counter!("backfill_results_folded_total", "run" => result.run_id.clone())
                 .increment(1);
             metrics::counter!("backfill_runs_finished_total").increment(1);
-            info!(run = %result.run_id, "{summary}")
+            info!(run = %result.run_id, "{summary}");
+            record_finished_rows(store, &result.run_id).await?;
         }
         Reduced::Duplicate => {
             info!(run = %result.run_id, shard = result.shard_no, "duplicate result ignored")

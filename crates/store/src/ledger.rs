@@ -130,6 +130,12 @@ pub struct RunRecord {
     pub shards_reduced: u32,
     pub tally: Tally,
     pub summary: Option<String>,
+    /// For a revert: the run whose writes it restores.
+    pub revert_of: Option<String>,
+    /// For a sampled dry run: the share of the target rows it read (0–1].
+    pub sample: Option<f64>,
+    /// The target tables' row counts: `{"planned": {table: n}, "finished": {table: n}}`.
+    pub table_rows: Option<serde_json::Value>,
 }
 
 impl RunRecord {
@@ -174,7 +180,8 @@ impl crate::Store {
             crate::Backend::Lite(l) => return crate::lite::load_run(l, run_id).await,
         };
         let row = sqlx::query(
-            "SELECT run_id, spec_text, mode, scope, state, plan, shards_total, shards_reduced, tally, summary
+            "SELECT run_id, spec_text, mode, scope, state, plan, shards_total, shards_reduced, tally, summary,
+                    revert_of, sample, table_rows
              FROM backfill_run WHERE run_id = $1",
         )
         .bind(run_id)
@@ -193,6 +200,9 @@ impl crate::Store {
             shards_reduced: row.get::<i32, _>("shards_reduced") as i64,
             tally: row.get("tally"),
             summary: row.get("summary"),
+            revert_of: row.get("revert_of"),
+            sample: row.get("sample"),
+            table_rows: row.get("table_rows"),
         })
         .map(Some)
     }
@@ -367,6 +377,9 @@ pub(crate) struct RawRun {
     pub shards_reduced: i64,
     pub tally: serde_json::Value,
     pub summary: Option<String>,
+    pub revert_of: Option<String>,
+    pub sample: Option<f64>,
+    pub table_rows: Option<serde_json::Value>,
 }
 
 pub(crate) fn run_record(raw: RawRun) -> Result<RunRecord, StoreError> {
@@ -384,6 +397,9 @@ pub(crate) fn run_record(raw: RawRun) -> Result<RunRecord, StoreError> {
         shards_reduced: raw.shards_reduced.max(0) as u32,
         tally: decode("tally", raw.tally)?,
         summary: raw.summary,
+        revert_of: raw.revert_of,
+        sample: raw.sample,
+        table_rows: raw.table_rows,
     })
 }
 

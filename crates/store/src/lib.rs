@@ -16,6 +16,7 @@
 //! writer at a time. Table and column names from a spec are validated by the
 //! job model and always quoted here; values are always bound.
 
+pub mod audit;
 pub mod ledger;
 mod lite;
 pub mod planning;
@@ -32,9 +33,10 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use audit::Verified;
 pub use ledger::{ActiveRun, JobLock, Reduced};
 pub use ledger::{RunRecord, ShardRecord};
-pub use planning::NewRun;
+pub use planning::{Derived, NewRun};
 pub use shard::{Committed, EvaluatedRow, FetchedRow, ShardCommit, ShardRows};
 pub use steer::{Claim, Control, ControlState, Health, ThrottleChange};
 

@@ -19,7 +19,9 @@ use std::collections::{BTreeMap, HashSet};
 use crate::ledger::{
     decode, final_state, fold_result, run_record, RawRun, Reduced, RunRecord, ShardRecord,
 };
-use crate::planning::{eligible_keys, finish_plan, key_ints, requested_keys, uses_param, NewRun};
+use crate::planning::{
+    eligible_keys, finish_plan, key_ints, requested_keys, uses_param, Derived, NewRun,
+};
 use crate::shard::{failed_tally, shard_tally, Committed, FetchedRow, ShardCommit, ShardRows};
 use crate::{sql, StoreError};
 use backfill_job::{JobSpec, Plan, PlannedGroup};
@@ -124,19 +126,17 @@ pub(crate) async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
             .await
             .map_err(sql("create ledger tables"))?;
     }
-    let existing: Vec<String> =
-        sqlx::query_scalar("SELECT name FROM pragma_table_info('backfill_shard')")
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(sql("read ledger columns"))?;
-    for (column, ty) in crate::steer::LITE_SHARD_COLUMNS {
+    for (table, column, ty) in crate::steer::LITE_ADDED_COLUMNS {
+        let existing: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT name FROM pragma_table_info('{table}')"))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(sql("read ledger columns"))?;
         if !existing.iter().any(|c| c == column) {
-            sqlx::query(&format!(
-                "ALTER TABLE backfill_shard ADD COLUMN {column} {ty}"
-            ))
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("upgrade ledger tables"))?;
+            sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
+                .execute(&mut *tx)
+                .await
+                .map_err(sql("upgrade ledger tables"))?;
         }
     }
     tx.commit().await.map_err(sql("commit ledger migration"))?;
@@ -176,7 +176,8 @@ pub(crate) async fn load_run(
     run_id: &str,
 ) -> Result<Option<RunRecord>, StoreError> {
     let row = sqlx::query(
-        "SELECT run_id, spec_text, mode, scope, state, plan, shards_total, shards_reduced, tally, summary
+        "SELECT run_id, spec_text, mode, scope, state, plan, shards_total, shards_reduced, tally, summary,
+                revert_of, sample, table_rows
          FROM backfill_run WHERE run_id = ?1",
     )
     .bind(run_id)
@@ -195,6 +196,9 @@ pub(crate) async fn load_run(
         shards_reduced: row.get("shards_reduced"),
         tally: parse_json("tally", row.get("tally"))?,
         summary: row.get("summary"),
+        revert_of: row.get("revert_of"),
+        sample: row.get("sample"),
+        table_rows: Some(parse_json("table_rows", row.get("table_rows"))?).filter(|v| !v.is_null()),
     })
     .map(Some)
 }
@@ -373,8 +377,8 @@ pub(crate) async fn create_run(
     // written in one transaction afterwards.
     let mut tx = begin_write(pool, "plan").await?;
     sqlx::query(
-        "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', '{}', 0, '{}')",
+        "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, sample)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', '{}', 0, '{}', ?7)",
     )
     .bind(new.run_id)
     .bind(&spec.name)
@@ -382,6 +386,7 @@ pub(crate) async fn create_run(
     .bind(&spec.hash)
     .bind(new.mode.as_str())
     .bind(json_text(new.scope)?)
+    .bind(new.sample)
     .execute(&mut *tx)
     .await
     .map_err(sql("record run"))?;
@@ -406,6 +411,9 @@ pub(crate) async fn create_run(
         for row in &rows {
             let r = parse_ref_row(row_object(row)?, &field, spec.groups.is_some())
                 .map_err(StoreError::Data)?;
+            if new.sample.is_some_and(|f| !r.in_sample(f)) {
+                continue;
+            }
             cut.extend(cutter.push(r, &mut tally));
         }
         drop(rows);
@@ -761,40 +769,41 @@ pub(crate) async fn fail_shard(
     Ok(Committed::Applied(tally))
 }
 
-pub(crate) async fn create_retry_run(
+pub(crate) async fn create_derived_run(
     pool: &SqlitePool,
     run_id: &str,
     original: &RunRecord,
     shard_size: u32,
+    derived: Derived,
 ) -> Result<Plan, StoreError> {
     let spec = &original.spec;
-    let mut tx = begin_write(pool, "retry plan").await?;
+    let mode = derived.mode(original);
+    let mut tx = begin_write(pool, "plan").await?;
     sqlx::query(
-        "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', '{}', 0, '{}')",
+        "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, revert_of)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', '{}', 0, '{}', ?7)",
     )
     .bind(run_id)
     .bind(&spec.name)
     .bind(&spec.source)
     .bind(&spec.hash)
-    .bind(original.mode.as_str())
+    .bind(mode.as_str())
     .bind(json_text(&original.scope_value)?)
+    .bind(derived.revert_of(original))
     .execute(&mut *tx)
     .await
-    .map_err(sql("record retry run"))?;
+    .map_err(sql("record run"))?;
     let mut tally = Tally::default();
     let mut next_shard = 0u32;
     let mut targets = Vec::new();
+    let rows_sql = derived.rows_sql(false);
     for target in &spec.targets {
-        let rows = sqlx::query(
-            "SELECT key, group_key, refs FROM backfill_quarantine
-             WHERE run_id = ?1 AND target = ?2 AND retried_by IS NULL ORDER BY key",
-        )
-        .bind(&original.run_id)
-        .bind(&target.name)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(sql("read quarantined rows"))?;
+        let rows = sqlx::query(&rows_sql)
+            .bind(&original.run_id)
+            .bind(&target.name)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(sql("read the rows of the run"))?;
         let mut cutter = ShardCutter::new(&target.name, shard_size, next_shard);
         let mut cut = Vec::new();
         for r in rows {
@@ -814,20 +823,23 @@ pub(crate) async fn create_retry_run(
         }
         targets.push(planned);
     }
-    sqlx::query(
-        "UPDATE backfill_quarantine SET retried_by = ?2 WHERE run_id = ?1 AND retried_by IS NULL",
-    )
-    .bind(&original.run_id)
-    .bind(run_id)
-    .execute(&mut *tx)
-    .await
-    .map_err(sql("mark quarantined rows retried"))?;
+    if derived == Derived::Retry {
+        sqlx::query(
+            "UPDATE backfill_quarantine SET retried_by = ?2 WHERE run_id = ?1 AND retried_by IS NULL",
+        )
+        .bind(&original.run_id)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("mark quarantined rows retried"))?;
+    }
     let new = NewRun {
         run_id,
         spec,
-        mode: original.mode,
+        mode,
         scope: &original.scope_value,
         shard_size,
+        sample: None,
     };
     let (plan, summary) = finish_plan(
         &new,
@@ -853,8 +865,8 @@ pub(crate) async fn create_retry_run(
     .bind(&summary)
     .execute(&mut *tx)
     .await
-    .map_err(sql("record retry plan"))?;
-    tx.commit().await.map_err(sql("commit retry plan"))?;
+    .map_err(sql("record plan"))?;
+    tx.commit().await.map_err(sql("commit plan"))?;
     Ok(plan)
 }
 

@@ -32,6 +32,8 @@ pub struct NewRun<'a> {
     pub mode: Mode,
     pub scope: &'a Scope,
     pub shard_size: u32,
+    /// A sampled dry run: the share of target rows to read (0–1].
+    pub sample: Option<f64>,
 }
 
 pub(crate) fn obj(text: &str, what: &str) -> Result<Map<String, Value>, StoreError> {
@@ -169,8 +171,8 @@ impl Store {
         let mut tx = pool.begin().await.map_err(sql("begin plan"))?;
         let empty = serde_json::json!({});
         sqlx::query(
-            "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally)
-             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, 0, $7)",
+            "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, sample)
+             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, 0, $7, $8)",
         )
         .bind(new.run_id)
         .bind(&spec.name)
@@ -179,6 +181,7 @@ impl Store {
         .bind(new.mode.as_str())
         .bind(serde_json::to_value(new.scope).unwrap_or(Value::Null))
         .bind(&empty)
+        .bind(new.sample)
         .execute(&mut *tx)
         .await
         .map_err(sql("record run"))?;
@@ -203,6 +206,9 @@ impl Store {
                 let text: String = row.get(0);
                 let r = parse_ref_row(obj(&text, &field)?, &field, spec.groups.is_some())
                     .map_err(StoreError::Data)?;
+                if new.sample.is_some_and(|f| !r.in_sample(f)) {
+                    continue;
+                }
                 if let Some(shard) = cutter.push(r, &mut tally) {
                     write_shard(&mut tx, new.run_id, &target.name, target.key_type, &shard).await?;
                 }
@@ -312,53 +318,101 @@ pub(crate) fn quarantine_ref(key: String, group: String, refs: i64) -> RefRow {
     }
 }
 
+/// A run made from a finished run's ledger rather than from the spec's
+/// queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Derived {
+    /// `backfill retry`: the original's quarantined rows not yet retried,
+    /// in the original's mode; they are marked as retried by the new run.
+    Retry,
+    /// `backfill revert`: the rows the original (a commit) wrote, restored
+    /// from their before-images, in the given mode.
+    Revert(Mode),
+}
+
+impl Derived {
+    /// The rows of one target: (key, group, refs), in key order.
+    pub(crate) fn rows_sql(self, pg: bool) -> String {
+        let q = match self {
+            Derived::Retry => {
+                "SELECT key, group_key, refs FROM backfill_quarantine
+                 WHERE run_id = $1 AND target = $2 AND retried_by IS NULL ORDER BY key"
+            }
+            // The item of the shard that wrote the before-image gives the
+            // row's group and references.
+            Derived::Revert(_) => {
+                "SELECT i.key, min(i.group_key), max(i.refs) FROM backfill_before_image b
+                 JOIN backfill_item i ON i.run_id = b.run_id AND i.shard_no = b.shard_no AND i.key = b.key
+                 WHERE b.run_id = $1 AND b.target = $2 GROUP BY i.key ORDER BY i.key"
+            }
+        };
+        if pg {
+            q.to_string()
+        } else {
+            q.replace('$', "?")
+        }
+    }
+
+    pub(crate) fn mode(self, original: &crate::RunRecord) -> Mode {
+        match self {
+            Derived::Retry => original.mode,
+            Derived::Revert(m) => m,
+        }
+    }
+
+    pub(crate) fn revert_of(self, original: &crate::RunRecord) -> Option<&str> {
+        matches!(self, Derived::Revert(_)).then_some(original.run_id.as_str())
+    }
+}
+
 impl Store {
-    /// Plans a retry of a finished run: a new run, same spec, mode and group
-    /// parameters, whose rows are exactly the original run's quarantined rows
-    /// (rule errors and the rows of dead-lettered shards) not yet retried.
-    /// Marks those rows as retried by the new run, in the same transaction.
-    pub async fn create_retry_run(
+    /// Plans a run derived from a finished run (see [`Derived`]): a new run
+    /// with the same spec and group parameters whose rows come from the
+    /// original's ledger rows, recorded in one transaction.
+    pub async fn create_derived_run(
         &self,
         run_id: &str,
         original: &crate::RunRecord,
         shard_size: u32,
+        derived: Derived,
     ) -> Result<Plan, StoreError> {
         let pool = match &self.backend {
             crate::Backend::Pg(p) => p,
             crate::Backend::Lite(l) => {
-                return crate::lite::create_retry_run(l, run_id, original, shard_size).await
+                return crate::lite::create_derived_run(l, run_id, original, shard_size, derived)
+                    .await
             }
         };
         let spec = &original.spec;
-        let mut tx = pool.begin().await.map_err(sql("begin retry plan"))?;
+        let mode = derived.mode(original);
+        let mut tx = pool.begin().await.map_err(sql("begin plan"))?;
         let empty = serde_json::json!({});
         sqlx::query(
-            "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally)
-             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, 0, $7)",
+            "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, revert_of)
+             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, 0, $7, $8)",
         )
         .bind(run_id)
         .bind(&spec.name)
         .bind(&spec.source)
         .bind(&spec.hash)
-        .bind(original.mode.as_str())
+        .bind(mode.as_str())
         .bind(serde_json::to_value(&original.scope_value).unwrap_or(Value::Null))
         .bind(&empty)
+        .bind(derived.revert_of(original))
         .execute(&mut *tx)
         .await
-        .map_err(sql("record retry run"))?;
+        .map_err(sql("record run"))?;
         let mut tally = Tally::default();
         let mut next_shard = 0u32;
         let mut targets = Vec::new();
+        let rows_sql = derived.rows_sql(true);
         for target in &spec.targets {
-            let rows = sqlx::query(
-                "SELECT key, group_key, refs FROM backfill_quarantine
-                 WHERE run_id = $1 AND target = $2 AND retried_by IS NULL ORDER BY key",
-            )
-            .bind(&original.run_id)
-            .bind(&target.name)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(sql("read quarantined rows"))?;
+            let rows = sqlx::query(&rows_sql)
+                .bind(&original.run_id)
+                .bind(&target.name)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(sql("read the rows of the run"))?;
             let mut cutter = ShardCutter::new(&target.name, shard_size, next_shard);
             let mut cut = Vec::new();
             for r in rows {
@@ -375,18 +429,21 @@ impl Store {
             }
             targets.push(planned);
         }
-        sqlx::query("UPDATE backfill_quarantine SET retried_by = $2 WHERE run_id = $1 AND retried_by IS NULL")
-            .bind(&original.run_id)
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("mark quarantined rows retried"))?;
+        if derived == Derived::Retry {
+            sqlx::query("UPDATE backfill_quarantine SET retried_by = $2 WHERE run_id = $1 AND retried_by IS NULL")
+                .bind(&original.run_id)
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(sql("mark quarantined rows retried"))?;
+        }
         let new = NewRun {
             run_id,
             spec,
-            mode: original.mode,
+            mode,
             scope: &original.scope_value,
             shard_size,
+            sample: None,
         };
         let (plan, summary) = finish_plan(
             &new,
@@ -415,8 +472,8 @@ impl Store {
         .bind(&summary)
         .execute(&mut *tx)
         .await
-        .map_err(sql("record retry plan"))?;
-        tx.commit().await.map_err(sql("commit retry plan"))?;
+        .map_err(sql("record plan"))?;
+        tx.commit().await.map_err(sql("commit plan"))?;
         Ok(plan)
     }
 }

@@ -416,10 +416,13 @@ pub(crate) fn shard_tally(
     for r in rows {
         let rec = match &r.outcome {
             RowOutcome::Changed(_) if mode.is_commit() && !written.contains(&r.key) => {
-                Recorded::Conflict
+                Recorded::Conflict(backfill_job::tally::CONFLICT_EDITED)
             }
             other => Recorded::from(other),
         };
+        if let (Recorded::Changed, RowOutcome::Changed(new)) = (&rec, &r.outcome) {
+            tally.record_change(&r.group, &r.key, &r.read, new);
+        }
         tally.record_row(target, &r.group, &r.key, r.refs, rec, r.current.as_deref());
     }
     tally

@@ -53,6 +53,12 @@ pub(crate) const PG_DDL: &[&str] = &[
     "ALTER TABLE backfill_shard ADD COLUMN IF NOT EXISTS started_at timestamptz",
     "ALTER TABLE backfill_shard ADD COLUMN IF NOT EXISTS lease_until timestamptz",
     "ALTER TABLE backfill_shard ADD COLUMN IF NOT EXISTS elapsed_ms integer",
+    // The run a revert restores, the share of rows a sampled dry run
+    // read, and the target tables' row counts when the run was planned and
+    // when it finished.
+    "ALTER TABLE backfill_run ADD COLUMN IF NOT EXISTS revert_of text",
+    "ALTER TABLE backfill_run ADD COLUMN IF NOT EXISTS sample double precision",
+    "ALTER TABLE backfill_run ADD COLUMN IF NOT EXISTS table_rows jsonb",
     r#"CREATE TABLE IF NOT EXISTS backfill_control (
         run_id text PRIMARY KEY,
         control text NOT NULL DEFAULT 'run',
@@ -114,10 +120,13 @@ pub(crate) const LITE_DDL: &[&str] = &[
 
 /// Columns added to `backfill_shard` after its first release; SQLite has no
 /// `ADD COLUMN IF NOT EXISTS`, so an existing column is detected instead.
-pub(crate) const LITE_SHARD_COLUMNS: &[(&str, &str)] = &[
-    ("started_at", "text"),
-    ("lease_until", "text"),
-    ("elapsed_ms", "integer"),
+pub(crate) const LITE_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("backfill_shard", "started_at", "text"),
+    ("backfill_shard", "lease_until", "text"),
+    ("backfill_shard", "elapsed_ms", "integer"),
+    ("backfill_run", "revert_of", "text"),
+    ("backfill_run", "sample", "real"),
+    ("backfill_run", "table_rows", "text"),
 ];
 
 /// What the operator asked of a run.
