@@ -686,3 +686,35 @@ value = true
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revert_restores_every_document_on_both_back_ends() {
+    for b in BOTH {
+        let db = Db::new(b).await;
+        db.seed_collections(10, 4).await;
+        let spec = job("collection-dict-migrate");
+        let before = (
+            db.docs("collection_models", "id", "collection_dict").await,
+            db.docs("collection_snapshot_contents", "id", "content")
+                .await,
+        );
+        let commit = db.run(&["run", "--job", &spec, "--all", "--commit"]);
+        assert_eq!(commit.status.code(), Some(0), "{b:?}");
+        let changed = num(&summary(&commit), "changed");
+        let run = summary(&commit)["run"].clone();
+        let revert = db.run(&["revert", &run, "--commit"]);
+        assert_eq!(revert.status.code(), Some(0), "{b:?}");
+        assert_eq!(num(&summary(&revert), "changed"), changed, "{b:?}");
+        assert_eq!(
+            (
+                db.docs("collection_models", "id", "collection_dict").await,
+                db.docs("collection_snapshot_contents", "id", "content")
+                    .await,
+            ),
+            before,
+            "{b:?}: every document as before the commit (collection_dict back to NULL)"
+        );
+        let again = db.run(&["revert", &run, "--commit"]);
+        assert_eq!(num(&summary(&again), "changed"), 0, "{b:?}");
+    }
+}

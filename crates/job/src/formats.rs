@@ -77,6 +77,10 @@ pub struct GroupReport {
     pub refs_affected: u64,
     pub refs_skipped: BTreeMap<String, u64>,
     pub rows_skipped: BTreeMap<String, u64>,
+    /// A few changed rows (the smallest keys): each changed JSON path with
+    /// its value before and after.
+    #[serde(default)]
+    pub samples: Vec<crate::tally::SampleDiff>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,6 +152,7 @@ fn group_report(
         refs_affected: g.refs_affected,
         refs_skipped: g.refs_skipped.clone(),
         rows_skipped: g.skipped_by_reason.clone(),
+        samples: g.samples.clone(),
     }
 }
 
@@ -325,6 +330,30 @@ pub fn render_markdown(doc: &ReportDoc) -> String {
             g.refs
         );
     }
+    if doc.groups.iter().any(|g| !g.samples.is_empty()) {
+        let _ = writeln!(out, "\n## Sample changes\n");
+        for g in doc.groups.iter().filter(|g| !g.samples.is_empty()) {
+            let _ = writeln!(out, "{} `{}`:\n", doc.grouped_by, g.key);
+            for sd in &g.samples {
+                for c in &sd.changes {
+                    let show = |v: &Option<serde_json::Value>| match v {
+                        Some(v) => format!("`{}`", v.to_string().replace('`', "'")),
+                        None => "(absent)".to_string(),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "- row `{}`, `{}` at `{}`: {} → {}",
+                        sd.key,
+                        sd.column,
+                        if c.path.is_empty() { "/" } else { &c.path },
+                        md_cell(&show(&c.before)),
+                        md_cell(&show(&c.after))
+                    );
+                }
+            }
+            let _ = writeln!(out);
+        }
+    }
     for (title, list, more) in [
         ("Conflicts", &doc.conflicts, doc.conflicts_more),
         ("Errors", &doc.errors, doc.errors_more),
@@ -464,6 +493,12 @@ mod tests {
                 refs_affected: 4,
                 refs_skipped: BTreeMap::from([("revoked".to_string(), 1)]),
                 rows_skipped: BTreeMap::new(),
+                samples: vec![crate::tally::SampleDiff::between(
+                    "7",
+                    "content",
+                    Some(r#"{"product_name":"Old, title","n":1}"#),
+                    Some(r#"{"product_name":"Data Science","n":1}"#),
+                )],
             }],
             counts: Counts::default(),
             conflicts: vec![RowIssue {
@@ -552,6 +587,14 @@ mod tests {
         assert!(md.contains("| P\\|1 |"), "{md}");
         assert!(md.contains("- `revisions/7`: edited"), "{md}");
         assert!(md.contains("4 of 5"), "{md}");
+        // Only the changed path, with both values; `n` did not change.
+        assert!(
+            md.contains(
+                "- row `7`, `content` at `/product_name`: `\"Old, title\"` → `\"Data Science\"`"
+            ),
+            "{md}"
+        );
+        assert!(!md.contains("at `/n`"), "{md}");
         assert_eq!("md".parse::<Format>(), Ok(Format::Markdown));
         assert!("xml".parse::<Format>().is_err());
     }

@@ -54,8 +54,9 @@ pub struct RowInput<'a> {
 pub enum RowOutcome {
     /// The rules are already applied.
     Unchanged,
-    /// The new text of each written column whose document changed.
-    Changed(BTreeMap<String, String>),
+    /// The new text of each written column whose document changed
+    /// (`None`: SQL NULL, which only a revert writes back).
+    Changed(BTreeMap<String, Option<String>>),
     /// A row guard failed.
     Skipped(String),
     /// The row cannot be processed (invalid JSON, a rule met the wrong type).
@@ -146,7 +147,7 @@ pub fn evaluate_row(
             continue;
         };
         if before != after {
-            changed.insert(col.clone(), after.to_string());
+            changed.insert(col.clone(), Some(after.to_string()));
         }
     }
     RowEvaluation {
@@ -190,11 +191,6 @@ pub fn evaluate_revert(
             "no before-image is recorded for this row (pruned?); it cannot be reverted".into(),
         ));
     };
-    if let Some((col, _)) = before.iter().find(|(_, v)| v.is_none()) {
-        return done(RowOutcome::Error(format!(
-            "column `{col}` was NULL before the run; restoring NULL is not supported"
-        )));
-    }
     let mut original = row.columns.clone();
     for (col, v) in before {
         original.insert(col.clone(), v.clone());
@@ -211,7 +207,7 @@ pub fn evaluate_revert(
     let mut after = original.clone();
     if let RowOutcome::Changed(new) = redo.outcome {
         for (col, v) in new {
-            after.insert(col, Some(v));
+            after.insert(col, v);
         }
     }
     let now = |col: &String| row.columns.get(col).cloned().flatten();
@@ -226,11 +222,7 @@ pub fn evaluate_revert(
             "edited since the run it reverts; left as it is".into(),
         ));
     }
-    let restore = before
-        .iter()
-        .filter_map(|(col, b)| Some((col.clone(), b.clone()?)))
-        .collect();
-    done(RowOutcome::Changed(restore))
+    done(RowOutcome::Changed(before.clone()))
 }
 
 /// Two column values compared as JSON documents (as text when either is not
@@ -408,7 +400,11 @@ param = "t""#,
                 Some(r#"{"title":"Old","n":1}"#)
             ),
             RowOutcome::Changed(
-                [("doc".to_string(), r#"{"title":"Old","n":1}"#.to_string())].into()
+                [(
+                    "doc".to_string(),
+                    Some(r#"{"title":"Old","n":1}"#.to_string())
+                )]
+                .into()
             )
         );
     }
@@ -434,16 +430,17 @@ param = "t""#,
     }
 
     #[test]
-    fn revert_without_a_usable_before_image_is_an_error() {
+    fn revert_restores_null_and_needs_a_before_image() {
         // A JSON null document is a value like any other: restored.
         assert_eq!(
             revert(r#"{"title":"New"}"#, Some("null")),
-            RowOutcome::Changed([("doc".to_string(), "null".to_string())].into())
+            RowOutcome::Changed([("doc".to_string(), Some("null".to_string()))].into())
         );
-        assert!(matches!(
+        // A column that was NULL before the run (set by it) goes back to NULL.
+        assert_eq!(
             revert(r#"{"title":"New"}"#, None),
-            RowOutcome::Error(_)
-        ));
+            RowOutcome::Changed([("doc".to_string(), None)].into())
+        );
         let spec = spec(
             "[[targets.rules]]\ncolumn = \"doc\"\nop = \"remove\"\npath = \"/x\"",
             "",
@@ -496,7 +493,7 @@ param = "t""#,
         let RowOutcome::Changed(cols) = out else {
             panic!("{out:?}")
         };
-        let new = &cols["doc"];
+        let new = cols["doc"].as_deref().unwrap();
         assert_eq!(
             new, r#"{"product_name":"New","b":1}"#,
             "key order and other keys kept"
@@ -517,7 +514,7 @@ param = "t""#,
             out,
             RowOutcome::Changed(BTreeMap::from([(
                 "doc".into(),
-                r#"{"title":"x","product_name":"New"}"#.into()
+                Some(r#"{"title":"x","product_name":"New"}"#.into())
             )]))
         );
     }
@@ -532,7 +529,7 @@ param = "t""#,
         else {
             panic!()
         };
-        assert_eq!(cols["doc"], doc.replace("\"Old\"", "\"New\""));
+        assert_eq!(cols["doc"], Some(doc.replace("\"Old\"", "\"New\"")));
     }
 
     #[test]
@@ -597,7 +594,7 @@ param = "t""#,
             out,
             RowOutcome::Changed(BTreeMap::from([(
                 "doc".into(),
-                r#"{"nodes":[{"exploration_id":"e1"}]}"#.into()
+                Some(r#"{"nodes":[{"exploration_id":"e1"}]}"#.into())
             )]))
         );
         let s = spec("[[targets.rules]]\nop = \"set\"\npath = \"/collection_dict/nodes\"\nfrom = \"/nodes\"\n", "");
@@ -610,8 +607,8 @@ param = "t""#,
             panic!()
         };
         assert_eq!(
-            c["doc"],
-            r#"{"nodes":[1,2],"title":"c","collection_dict":{"nodes":[1,2]}}"#
+            c["doc"].as_deref(),
+            Some(r#"{"nodes":[1,2],"title":"c","collection_dict":{"nodes":[1,2]}}"#)
         );
         let out = run(&s, &[("doc", Some(r#"{"title":"c"}"#))], json!({}));
         assert!(matches!(out, RowOutcome::Error(m) if m.contains("/nodes")));
@@ -623,7 +620,10 @@ param = "t""#,
         let out = run(&s, &[("doc", Some(r#"{"old":1,"keep":2}"#))], json!({}));
         assert_eq!(
             out,
-            RowOutcome::Changed(BTreeMap::from([("doc".into(), r#"{"keep":2}"#.into())]))
+            RowOutcome::Changed(BTreeMap::from([(
+                "doc".into(),
+                Some(r#"{"keep":2}"#.into())
+            )]))
         );
         assert_eq!(
             run(&s, &[("doc", Some(r#"{"keep":2}"#))], json!({})),

@@ -43,13 +43,18 @@ impl SampleDiff {
     /// The diff between a column's text as read and as rewritten, computed
     /// with the `json-patch` crate's diff (RFC 6902): one entry per path the
     /// patch touches, with the values on both sides.
-    pub fn between(key: &str, column: &str, before: Option<&str>, after: &str) -> SampleDiff {
+    pub fn between(
+        key: &str,
+        column: &str,
+        before: Option<&str>,
+        after: Option<&str>,
+    ) -> SampleDiff {
         let parse = |t: &str| {
             serde_json::from_str::<serde_json::Value>(t)
                 .unwrap_or_else(|_| serde_json::Value::String(t.to_string()))
         };
         let left = before.map(parse).unwrap_or(serde_json::Value::Null);
-        let right = parse(after);
+        let right = after.map(parse).unwrap_or(serde_json::Value::Null);
         let shown = |v: Option<&serde_json::Value>| {
             v.map(|v| {
                 let n = v.to_string().len();
@@ -360,12 +365,13 @@ impl Tally {
         group: &str,
         key: &str,
         read: &BTreeMap<String, Option<String>>,
-        new: &BTreeMap<String, String>,
+        new: &BTreeMap<String, Option<String>>,
     ) {
         let g = self.groups.entry(group.to_string()).or_default();
         for (col, after) in new {
             let before = read.get(col).and_then(|v| v.as_deref());
-            self.bytes_written += after.len() as u64;
+            let after = after.as_deref();
+            self.bytes_written += after.map_or(0, |a| a.len() as u64);
             self.bytes_before += before.map_or(0, |b| b.len() as u64);
             let sample = SampleDiff::between(key, col, before, after);
             let fits = g.samples.len() < SAMPLE_CAP
@@ -534,6 +540,60 @@ mod tests {
         let mut z = x.clone();
         z.merge(&Tally::default());
         assert_eq!(x, z);
+    }
+
+    #[test]
+    fn sample_diffs_hold_the_changed_paths_only_and_merge_in_any_order() {
+        let d = SampleDiff::between(
+            "1",
+            "content",
+            Some(r#"{"a":1,"b":{"c":"x"},"gone":true}"#),
+            Some(r#"{"a":1,"b":{"c":"y"},"new":[1]}"#),
+        );
+        let paths: Vec<&str> = d.changes.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(paths.len(), 3, "{paths:?}");
+        assert!(paths.contains(&"/b/c") && paths.contains(&"/gone") && paths.contains(&"/new"));
+        let bc = d.changes.iter().find(|c| c.path == "/b/c").unwrap();
+        assert_eq!(bc.before, Some(serde_json::json!("x")));
+        assert_eq!(bc.after, Some(serde_json::json!("y")));
+        let gone = d.changes.iter().find(|c| c.path == "/gone").unwrap();
+        assert_eq!(gone.after, None);
+
+        let mut parts: Vec<Tally> = Vec::new();
+        for k in [12, 3, 40, 7, 25] {
+            let mut t = Tally::default();
+            let read = BTreeMap::from([("doc".to_string(), Some(r#"{"t":"old"}"#.to_string()))]);
+            let new = BTreeMap::from([("doc".to_string(), Some(r#"{"t":"new"}"#.to_string()))]);
+            t.record_change("G", &k.to_string(), &read, &new);
+            parts.push(t);
+        }
+        let fold = |order: &[usize]| {
+            let mut all = Tally::default();
+            for i in order {
+                all.merge(&parts[*i]);
+            }
+            all
+        };
+        let a = fold(&[0, 1, 2, 3, 4]);
+        assert_eq!(a, fold(&[4, 2, 0, 3, 1]));
+        let keys: Vec<&str> = a.groups["G"]
+            .samples
+            .iter()
+            .map(|s| s.key.as_str())
+            .collect();
+        assert_eq!(keys, ["3", "7", "12"]);
+        assert_eq!(a.bytes_written, 5 * r#"{"t":"new"}"#.len() as u64);
+        assert_eq!(a.bytes_before, 5 * r#"{"t":"old"}"#.len() as u64);
+        // Big values are described rather than carried in every message.
+        let big = format!(r#"{{"x":"{}"}}"#, "z".repeat(SAMPLE_VALUE_BYTES));
+        let d = SampleDiff::between("1", "c", Some(r#"{"x":"a"}"#), Some(&big));
+        assert!(d.changes[0]
+            .after
+            .as_ref()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .contains("bytes of JSON"));
     }
 
     #[test]

@@ -552,7 +552,8 @@ async fn write_rows(
     let all_cols: Vec<&String> = target.all_columns().collect();
     let n_written = target.columns.len();
     // unnest columns: k, then per column its old text, then per written
-    // column its new text (NULL = leave as is).
+    // column whether to set it and its new text (NULL: SQL NULL, which
+    // only a revert writes back).
     let mut defs = vec!["k".to_string()];
     let mut casts = vec!["$1::text[]".to_string()];
     for i in 0..all_cols.len() {
@@ -560,6 +561,8 @@ async fn write_rows(
         casts.push(format!("${}::text[]", casts.len() + 1));
     }
     for i in 0..n_written {
+        defs.push(format!("w{i}"));
+        casts.push(format!("${}::bool[]", casts.len() + 1));
         defs.push(format!("n{i}"));
         casts.push(format!("${}::text[]", casts.len() + 1));
     }
@@ -574,7 +577,7 @@ async fn write_rows(
                 _ => String::new(),
             };
             let q = quote_ident(col);
-            format!("{q} = CASE WHEN v.n{i} IS NULL THEN t.{q} ELSE v.n{i}{cast} END")
+            format!("{q} = CASE WHEN v.w{i} THEN v.n{i}{cast} ELSE t.{q} END")
         })
         .collect();
     let cas: Vec<String> = all_cols
@@ -607,14 +610,16 @@ async fn write_rows(
         query = query.bind(olds);
     }
     for col in &target.columns {
-        let news: Vec<Option<&str>> = rows
+        let news: Vec<Option<&Option<String>>> = rows
             .iter()
             .map(|r| match &r.outcome {
-                RowOutcome::Changed(m) => m.get(col).map(String::as_str),
+                RowOutcome::Changed(m) => m.get(col),
                 _ => None,
             })
             .collect();
-        query = query.bind(news);
+        let set: Vec<bool> = news.iter().map(Option::is_some).collect();
+        let texts: Vec<Option<&str>> = news.iter().map(|n| n.and_then(|v| v.as_deref())).collect();
+        query = query.bind(set).bind(texts);
     }
     let written = query
         .fetch_all(&mut **tx)
