@@ -615,13 +615,15 @@ done
 ok "2 mappers, 1 reducer and the dashboard stopped on SIGTERM with exit 0"
 worker_pids=()
 
-# Today's verify: the same job as a dry run changes nothing.
-timeout 300 "$BIN" run --job "$JOB" --all >"$work/verify.out" 2>"$work/verify.log" ||
-  fail "verify dry run exited $? (see verify.log)"
+# Runbook step 5: verify — nothing left to change, and (a versioned job) no
+# version added since the commit was planned.
+timeout 300 "$BIN" verify --job "$JOB" --all >"$work/verify.out" 2>"$work/verify.log" ||
+  fail "verify exited $? (see verify.out, verify.log)"
 s=$(summary_of "$work/verify.out")
 [[ $s == "Summary: mode=dry-run "* ]] && [ "$(count_of "$s" changed)" = 0 ] && [ "$(count_of "$s" processed)" -gt 0 ] ||
   fail "verify: expected changed=0: $s"
-ok "verify: $s"
+grep -q '^Versions: .* → ' "$work/verify.out" || fail "verify: no Versions: line for a versioned job"
+ok "verify: $s; $(grep '^Versions: ' "$work/verify.out")"
 
 # RabbitMQ 3.x refreshes a quorum queue's `list_queues` counts on the
 # queue's tick (every 5 s), not on request: right after a run they can still

@@ -2,7 +2,8 @@
 //! then handed to the role libraries.
 //!
 //! Exit codes: 0 the run finished clean; 1 the run finished with row errors,
-//! or a service or runtime failure; 2 bad input (flags, scope, job spec);
+//! or a service or runtime failure; 2 bad input (flags, scope, job spec),
+//! or a commit refused by its review gate or `requires`;
 //! 3 the run finished without errors but with conflicts (rows edited
 //! concurrently and left as the application wrote them); 4 the run was
 //! cancelled (`backfill cancel`).
@@ -19,9 +20,10 @@ use tracing::{info, warn};
 use crate::settings::Settings;
 
 const AFTER_HELP: &str = "\
-Exit codes: 0 clean; 1 row errors or a failure; 2 bad input (flags, scope, spec); 3 conflicts;
-4 the run was cancelled.
-Environment: DATABASE_URL, AMQP_URL, BACKFILL_QUEUE_PREFIX, BACKFILL_OPERATOR, RUST_LOG.";
+Exit codes: 0 clean; 1 row errors or a failure; 2 bad input (flags, scope, spec) or a commit
+refused by the review gate; 3 conflicts; 4 the run was cancelled.
+Environment: DATABASE_URL, AMQP_URL, BACKFILL_QUEUE_PREFIX, BACKFILL_OPERATOR,
+BACKFILL_SKIP_REVIEW, BACKFILL_REVIEW_WINDOW, RUST_LOG.";
 
 /// Rewrites the JSON content of revision rows, distributed over RabbitMQ, safely and resumably.
 #[derive(Debug, Parser)]
@@ -712,13 +714,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             else {
                 return Ok(0);
             };
-            print!("{}", backfill_job::report::render_report(&rec.view()));
+            // Before the report, which ends with the `Summary:` line.
             if let Some(fraction) = rec.sample {
                 print!(
                     "{}",
                     sample_estimate(&rec, fraction, started.elapsed().as_secs_f64())
                 );
             }
+            print!("{}", backfill_job::report::render_report(&rec.view()));
             Ok(exit_code(&rec))
         }
         Command::Verify {
@@ -752,12 +755,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             else {
                 return Ok(1);
             };
-            print!("{}", backfill_job::report::render_report(&rec.view()));
             let store = connect_store(&settings, 2).await?;
             let versions = versions_unchanged(&store, &rec).await?;
+            // Before the report, which ends with the `Summary:` line.
             if let Some((_, line)) = &versions {
                 println!("{line}");
             }
+            print!("{}", backfill_job::report::render_report(&rec.view()));
             let c = &rec.tally.counts;
             let passed = c.changed == 0
                 && c.conflicts == 0

@@ -386,6 +386,12 @@ async fn collection_migrate_then_cleanup_on_both_back_ends() {
         assert!(stderr(&out).contains("no verify of `collection-dict-migrate` passed"));
         let out = db.run(&["verify", "--job", &job("collection-dict-migrate"), "--all"]);
         assert_eq!(out.status.code(), Some(0), "{b:?}");
+        assert!(stdout(&out)
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("Summary: "));
         assert!(
             stdout(&out).contains(&format!(
                 "Versions: collection_models {models} → {models}, collection_snapshot_contents {snaps} → {snaps}"

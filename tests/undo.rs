@@ -387,6 +387,14 @@ async fn a_sampled_dry_run_reads_a_share_and_estimates_the_whole() {
     );
     let text = stdout(&out);
     assert!(text.contains("Estimate from a 10.000% sample"), "{text}");
+    assert!(
+        text.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("Summary: "),
+        "the output still ends with the Summary: line"
+    );
     assert!(text.contains("rows that would change:"), "{text}");
     assert!(text.contains("bytes to write: about"), "{text}");
     assert!(text.contains("ETA of the full dry run"), "{text}");
