@@ -52,6 +52,12 @@ pub fn render_run(r: &RunStatus, out: &mut String) {
         "run {} job={} mode={} scope={} state={} control={} priority={}",
         r.run_id, r.job, r.mode, r.scope, r.state, r.control, r.priority
     );
+    if let Some(of) = &r.revert_of {
+        let _ = writeln!(out, "  revert of run {of}");
+    }
+    if let Some(f) = r.sample {
+        let _ = writeln!(out, "  sampled dry run: {:.3}% of the rows", f * 100.0);
+    }
     let _ = writeln!(
         out,
         "  shards   {} {}/{} done, {} running, {} pending, {} failed, {} dead-lettered, {} reduced",

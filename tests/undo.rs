@@ -120,6 +120,12 @@ async fn round_trip(env: &TestEnv, spec: &str, tables: &[(&str, &str)]) {
     assert_eq!(revert.status.code(), Some(0));
     let revert_run = summary(&revert)["run"].clone();
     assert_ne!(revert_run, commit_run);
+    let st: serde_json::Value =
+        serde_json::from_slice(&env.run(&["status", &revert_run, "--json"]).stdout).unwrap();
+    assert_eq!(st["revert_of"], serde_json::json!(commit_run));
+    assert!(
+        stdout(&env.run(&["status", &revert_run])).contains(&format!("revert of run {commit_run}"))
+    );
     assert_eq!(num(&summary(&revert), "changed"), to_change);
     assert_eq!(num(&summary(&revert), "conflicts"), 0);
     for (i, (t, k)) in tables.iter().enumerate() {

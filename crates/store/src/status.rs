@@ -42,6 +42,10 @@ pub struct RunStatus {
     pub workers: Vec<WorkerStatus>,
     pub dead_shards: Vec<DeadShard>,
     pub summary: Option<String>,
+    /// For a revert: the run whose writes it restores.
+    pub revert_of: Option<String>,
+    /// For a sampled dry run: the share of rows it reads (0–1].
+    pub sample: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -412,6 +416,8 @@ impl Store {
             (vec![], vec![], None)
         };
         Ok(Some(RunStatus {
+            revert_of: rec.revert_of.clone(),
+            sample: rec.sample,
             run_id: rec.run_id.clone(),
             job: rec.spec.name.clone(),
             mode: rec.mode.to_string(),
