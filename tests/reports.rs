@@ -155,9 +155,15 @@ async fn verify_passes_only_when_nothing_is_left_to_do() {
     assert_eq!(runs.len(), 3);
     let commit_run = &runs[1];
     assert_eq!(commit_run["mode"], "commit");
-    assert_eq!(commit_run["events"][0]["action"], "start");
-    assert_eq!(commit_run["events"][0]["operator"], "ops-carol");
-    assert!(commit_run["events"][0]["detail"]
+    // The commit skipped the review (the suite's environment), recorded first.
+    assert_eq!(commit_run["events"][0]["action"], "skip-review");
+    assert_eq!(
+        commit_run["events"][0]["detail"],
+        "review skipped with BACKFILL_SKIP_REVIEW"
+    );
+    assert_eq!(commit_run["events"][1]["action"], "start");
+    assert_eq!(commit_run["events"][1]["operator"], "ops-carol");
+    assert!(commit_run["events"][1]["detail"]
         .as_str()
         .unwrap()
         .starts_with("host="));
@@ -237,7 +243,9 @@ async fn prune_lists_then_deletes_the_before_images_of_old_runs() {
         "without --commit nothing is deleted"
     );
     let bytes: i64 = env
-        .scalar_i64("SELECT sum(octet_length(before))::int8 FROM backfill_before_image")
+        .scalar_i64(
+            "SELECT sum(coalesce(octet_length(before), 0) + coalesce(octet_length(patch), 0))::int8 FROM backfill_before_image",
+        )
         .await;
     eprintln!(
         "before-images: {changed} rows, {bytes} bytes of values, {} bytes per row",

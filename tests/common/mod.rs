@@ -269,8 +269,10 @@ pub async fn read_and_evaluate(
     shard_no: u32,
     params: &serde_json::Map<String, serde_json::Value>,
 ) -> Vec<backfill_store::EvaluatedRow> {
-    let backfill_store::ShardRows::Pending(rows) =
-        store.fetch_shard(run_id, target, shard_no).await.unwrap()
+    let backfill_store::ShardRows::Pending(rows) = store
+        .fetch_shard(run_id, target, shard_no, true)
+        .await
+        .unwrap()
     else {
         panic!("expected a fresh shard")
     };
@@ -293,6 +295,9 @@ pub async fn read_and_evaluate(
                 outcome: ev.outcome,
                 current: ev.current,
                 read: cols,
+                digests: r.digests,
+                undo: ev.undo,
+                version: r.version,
             }
         })
         .collect()

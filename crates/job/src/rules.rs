@@ -71,6 +71,37 @@ pub enum RowOutcome {
 pub struct RowEvaluation {
     pub outcome: RowOutcome,
     pub current: Option<String>,
+    /// For each changed column: the inverse of what the rules did, as an
+    /// RFC 6902 patch (JSON text) that turns the new document back into the
+    /// one read — only when applying it restores that document exactly (as
+    /// a JSON value). A commit may keep it as the before-image instead of
+    /// the whole document.
+    pub undo: BTreeMap<String, String>,
+}
+
+impl RowEvaluation {
+    fn of(outcome: RowOutcome, current: Option<String>) -> RowEvaluation {
+        RowEvaluation {
+            outcome,
+            current,
+            undo: BTreeMap::new(),
+        }
+    }
+}
+
+/// A column's before-image as a commit recorded it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BeforeImage {
+    /// The whole value as read (`None`: SQL NULL).
+    Value(Option<String>),
+    /// The inverse patch of what the run changed, with digests (the
+    /// database's `md5` of the column's text) of the document before and
+    /// after the run.
+    Patch {
+        patch: String,
+        before_md5: String,
+        after_md5: String,
+    },
 }
 
 /// How the report prints a value: strings bare, absence marked, others as JSON.
@@ -96,21 +127,19 @@ pub fn evaluate_row(
     for col in target.all_columns() {
         let doc = match row.columns.get(col) {
             None => {
-                return RowEvaluation {
-                    outcome: RowOutcome::Error(format!("column `{col}` was not read")),
-                    current: None,
-                }
+                return RowEvaluation::of(
+                    RowOutcome::Error(format!("column `{col}` was not read")),
+                    None,
+                )
             }
             Some(None) => Value::Null,
             Some(Some(text)) => match serde_json::from_str::<Value>(text) {
                 Ok(v) => v,
                 Err(e) => {
-                    return RowEvaluation {
-                        outcome: RowOutcome::Error(format!(
-                            "column `{col}` is not valid JSON: {e}"
-                        )),
-                        current: None,
-                    }
+                    return RowEvaluation::of(
+                        RowOutcome::Error(format!("column `{col}` is not valid JSON: {e}")),
+                        None,
+                    )
                 }
             },
         };
@@ -123,24 +152,22 @@ pub fn evaluate_row(
     for g in &target.guards {
         let v = docs.get(g.column.as_str()).and_then(|d| d.pointer(&g.path));
         if !g.check.passes(v) {
-            return RowEvaluation {
-                outcome: RowOutcome::Skipped(g.reason.clone()),
-                current,
-            };
+            return RowEvaluation::of(RowOutcome::Skipped(g.reason.clone()), current);
         }
     }
 
     let originals = docs.clone();
     for (i, rule) in target.rules.iter().enumerate() {
         if let Err(e) = apply_rule(rule, &mut docs, row.params) {
-            return RowEvaluation {
-                outcome: RowOutcome::Error(format!("rule {i} ({}): {e}", rule.column)),
+            return RowEvaluation::of(
+                RowOutcome::Error(format!("rule {i} ({}): {e}", rule.column)),
                 current,
-            };
+            );
         }
     }
 
     let mut changed = BTreeMap::new();
+    let mut undo = BTreeMap::new();
     for col in &target.columns {
         let (Some(before), Some(after)) = (originals.get(col.as_str()), docs.get(col.as_str()))
         else {
@@ -148,6 +175,9 @@ pub fn evaluate_row(
         };
         if before != after {
             changed.insert(col.clone(), Some(after.to_string()));
+            if let Some(p) = inverse_patch(before, after) {
+                undo.insert(col.clone(), p);
+            }
         }
     }
     RowEvaluation {
@@ -157,21 +187,40 @@ pub fn evaluate_row(
             RowOutcome::Changed(changed)
         },
         current,
+        undo,
     }
 }
 
+/// The patch that turns `after` back into `before` (the `json-patch`
+/// crate's diff), as JSON text — only when applying it gives `before` back
+/// exactly.
+pub fn inverse_patch(before: &Value, after: &Value) -> Option<String> {
+    let patch = json_patch::diff(after, before);
+    let mut check = after.clone();
+    json_patch::patch(&mut check, &patch).ok()?;
+    (check == *before)
+        .then(|| serde_json::to_string(&patch).ok())
+        .flatten()
+}
+
 /// Evaluates a row of a revert: `before` holds the before-image of each
-/// column the reverted run wrote. The after-image (what that run wrote) is
-/// the run's rules applied again, with the run's parameters, to the
-/// before-image (read-only columns as they are now). The row is restored
-/// only while every written column still holds the after-image; a row
-/// already holding its before-image is unchanged (a revert is idempotent);
-/// any other content was edited since the run and is a conflict, left
-/// alone. Documents are compared as JSON values, not as text.
+/// column the reverted run wrote, `digests` the `md5` of each column's text
+/// as read now (PostgreSQL; `None` elsewhere).
+///
+/// Each written column is either still as the run wrote it, already back
+/// as it was before the run, or something else. For a whole-value
+/// before-image, what the run wrote is the run's rules applied again, with
+/// the run's parameters, to the before-image (read-only columns as they are
+/// now), compared as JSON values; for an inverse-patch before-image, the
+/// digests recorded with it tell. The row is restored only while every
+/// written column still holds what the run wrote; a row already holding its
+/// before-image is unchanged (a revert is idempotent); anything else was
+/// edited since the run and is a conflict, left alone.
 pub fn evaluate_revert(
     target: &TargetSpec,
     row: &RowInput<'_>,
-    before: Option<&BTreeMap<String, Option<String>>>,
+    before: Option<&BTreeMap<String, BeforeImage>>,
+    digests: Option<&BTreeMap<String, Option<String>>>,
     current: Option<(&str, &str)>,
 ) -> RowEvaluation {
     let shown = current.map(|(col, path)| {
@@ -182,47 +231,97 @@ pub fn evaluate_revert(
             .and_then(|t| serde_json::from_str::<Value>(t).ok());
         display_value(doc.as_ref().and_then(|d| d.pointer(path)))
     });
-    let done = |outcome| RowEvaluation {
-        outcome,
-        current: shown.clone(),
-    };
+    let done = |outcome| RowEvaluation::of(outcome, shown.clone());
     let Some(before) = before.filter(|b| !b.is_empty()) else {
         return done(RowOutcome::Error(
             "no before-image is recorded for this row (pruned?); it cannot be reverted".into(),
         ));
     };
-    let mut original = row.columns.clone();
-    for (col, v) in before {
-        original.insert(col.clone(), v.clone());
-    }
-    let redo = evaluate_row(
-        target,
-        &RowInput {
-            key: row.key,
-            columns: &original,
-            params: row.params,
-        },
-        None,
-    );
-    let mut after = original.clone();
-    if let RowOutcome::Changed(new) = redo.outcome {
-        for (col, v) in new {
-            after.insert(col, v);
+    let now = |col: &String| row.columns.get(col).cloned().flatten();
+    // The whole-value columns' after-images, from the rules.
+    let wholes: BTreeMap<&String, &Option<String>> = before
+        .iter()
+        .filter_map(|(c, b)| match b {
+            BeforeImage::Value(v) => Some((c, v)),
+            BeforeImage::Patch { .. } => None,
+        })
+        .collect();
+    let mut after = row.columns.clone();
+    if !wholes.is_empty() {
+        let mut original = row.columns.clone();
+        for (col, v) in &wholes {
+            original.insert((*col).clone(), (*v).clone());
+        }
+        after = original.clone();
+        let redo = evaluate_row(
+            target,
+            &RowInput {
+                key: row.key,
+                columns: &original,
+                params: row.params,
+            },
+            None,
+        );
+        if let RowOutcome::Changed(new) = redo.outcome {
+            for (col, v) in new {
+                after.insert(col, v);
+            }
         }
     }
-    let now = |col: &String| row.columns.get(col).cloned().flatten();
-    if before.iter().all(|(col, b)| same_json(now(col), b.clone())) {
+    let digest = |col: &String| digests.and_then(|d| d.get(col).cloned().flatten());
+    let (mut all_before, mut all_after) = (true, true);
+    let mut restore = BTreeMap::new();
+    for (col, b) in before {
+        match b {
+            BeforeImage::Value(v) => {
+                all_before &= same_json(now(col), v.clone());
+                all_after &= same_json(now(col), after.get(col).cloned().flatten());
+                restore.insert(col.clone(), v.clone());
+            }
+            BeforeImage::Patch {
+                patch,
+                before_md5,
+                after_md5,
+            } => {
+                let d = digest(col);
+                all_before &= d.as_deref() == Some(before_md5.as_str());
+                let is_after = d.as_deref() == Some(after_md5.as_str());
+                all_after &= is_after;
+                if is_after {
+                    match restore_with(now(col).as_deref(), patch) {
+                        Ok(text) => {
+                            restore.insert(col.clone(), Some(text));
+                        }
+                        Err(e) => {
+                            return done(RowOutcome::Error(format!(
+                                "column `{col}`: the before-image patch does not apply: {e}"
+                            )))
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if all_before {
         return done(RowOutcome::Unchanged);
     }
-    if !before
-        .keys()
-        .all(|col| same_json(now(col), after.get(col).cloned().flatten()))
-    {
+    if !all_after {
         return done(RowOutcome::Conflict(
             "edited since the run it reverts; left as it is".into(),
         ));
     }
-    done(RowOutcome::Changed(before.clone()))
+    done(RowOutcome::Changed(restore))
+}
+
+/// A document as it was: the inverse patch applied to the document now.
+fn restore_with(now: Option<&str>, patch: &str) -> Result<String, String> {
+    let mut doc: Value = match now {
+        Some(t) => serde_json::from_str(t).map_err(|e| e.to_string())?,
+        None => Value::Null,
+    };
+    let patch: json_patch::Patch = serde_json::from_str(patch).map_err(|e| e.to_string())?;
+    json_patch::patch(&mut doc, &patch).map_err(|e| e.to_string())?;
+    Ok(doc.to_string())
 }
 
 /// Two column values compared as JSON documents (as text when either is not
@@ -375,8 +474,11 @@ param = "t""#,
         );
         let columns: BTreeMap<String, Option<String>> =
             [("doc".to_string(), Some(current.to_string()))].into();
-        let before: BTreeMap<String, Option<String>> =
-            [("doc".to_string(), before.map(str::to_string))].into();
+        let before: BTreeMap<String, BeforeImage> = [(
+            "doc".to_string(),
+            BeforeImage::Value(before.map(str::to_string)),
+        )]
+        .into();
         let params = json!({"t": "New"}).as_object().cloned().unwrap_or_default();
         evaluate_revert(
             &spec.targets[0],
@@ -386,9 +488,86 @@ param = "t""#,
                 params: &params,
             },
             Some(&before),
+            None,
             Some(("doc", "/title")),
         )
         .outcome
+    }
+
+    #[test]
+    fn an_inverse_patch_restores_exactly_and_revert_uses_it_with_digests() {
+        let s = spec(SET_TITLE, "");
+        let cols: BTreeMap<String, Option<String>> = [(
+            "doc".to_string(),
+            Some(r#"{"b":[1,{"c":2}],"product_name":"Old"}"#.to_string()),
+        )]
+        .into();
+        let params = json!({"title": "New"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let input = RowInput {
+            key: "k",
+            columns: &cols,
+            params: &params,
+        };
+        let ev = evaluate_row(&s.targets[0], &input, None);
+        let patch = ev.undo["doc"].clone();
+        assert!(
+            patch.contains("product_name") && !patch.contains("\"b\""),
+            "{patch}"
+        );
+        let after = match &ev.outcome {
+            RowOutcome::Changed(m) => m["doc"].clone(),
+            o => panic!("{o:?}"),
+        };
+        // Also when a key was added: the patch removes it.
+        let fresh: BTreeMap<String, Option<String>> =
+            [("doc".to_string(), Some(r#"{"x":1}"#.to_string()))].into();
+        let ev2 = evaluate_row(
+            &s.targets[0],
+            &RowInput {
+                key: "k",
+                columns: &fresh,
+                params: &params,
+            },
+            None,
+        );
+        assert!(ev2.undo["doc"].contains("remove"), "{:?}", ev2.undo);
+
+        let image = BeforeImage::Patch {
+            patch,
+            before_md5: "B".into(),
+            after_md5: "A".into(),
+        };
+        let befores: BTreeMap<String, BeforeImage> = [("doc".to_string(), image)].into();
+        let now: BTreeMap<String, Option<String>> = [("doc".to_string(), after)].into();
+        let digest = |d: &str| -> BTreeMap<String, Option<String>> {
+            [("doc".to_string(), Some(d.to_string()))].into()
+        };
+        let at = |digests: &BTreeMap<String, Option<String>>| {
+            evaluate_revert(
+                &s.targets[0],
+                &RowInput {
+                    key: "k",
+                    columns: &now,
+                    params: &params,
+                },
+                Some(&befores),
+                Some(digests),
+                None,
+            )
+            .outcome
+        };
+        match at(&digest("A")) {
+            RowOutcome::Changed(m) => {
+                let restored: Value = serde_json::from_str(m["doc"].as_deref().unwrap()).unwrap();
+                assert_eq!(restored, json!({"b":[1,{"c":2}],"product_name":"Old"}));
+            }
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(at(&digest("B")), RowOutcome::Unchanged);
+        assert!(matches!(at(&digest("edited")), RowOutcome::Conflict(_)));
     }
 
     #[test]
@@ -454,6 +633,7 @@ param = "t""#,
                 columns: &columns,
                 params: &Map::new(),
             },
+            None,
             None,
             None,
         )

@@ -118,7 +118,13 @@ pub async fn process_task(
             target: task.target.clone(),
         })?;
     let tally = match store
-        .fetch_shard(&task.run_id, target, task.shard_no)
+        // Digests for the compare-and-set of a commit, and for a revert.
+        .fetch_shard(
+            &task.run_id,
+            target,
+            task.shard_no,
+            run.mode.is_commit() || run.revert_of.is_some(),
+        )
         .await?
     {
         ShardRows::Done(t) => {
@@ -155,6 +161,9 @@ pub async fn process_task(
                             outcome: RowOutcome::Skipped("row no longer exists".into()),
                             current: None,
                             read: Default::default(),
+                            digests: Default::default(),
+                            undo: Default::default(),
+                            version: None,
                         },
                         Some(cols) => {
                             let input = RowInput {
@@ -163,9 +172,13 @@ pub async fn process_task(
                                 params,
                             };
                             let ev = match &befores {
-                                Some(b) => {
-                                    evaluate_revert(target, &input, b.get(&row.key), current)
-                                }
+                                Some(b) => evaluate_revert(
+                                    target,
+                                    &input,
+                                    b.get(&row.key),
+                                    Some(&row.digests),
+                                    current,
+                                ),
                                 None => evaluate_row(target, &input, current),
                             };
                             EvaluatedRow {
@@ -175,6 +188,9 @@ pub async fn process_task(
                                 outcome: ev.outcome,
                                 current: ev.current,
                                 read: cols,
+                                digests: row.digests,
+                                undo: ev.undo,
+                                version: row.version,
                             }
                         }
                     }

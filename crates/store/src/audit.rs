@@ -6,6 +6,7 @@
 //! either back end (SQLite takes `?n`); timestamps compare as `timestamptz`
 //! on PostgreSQL and as ISO-8601 text on SQLite, which sorts the same way.
 
+use backfill_job::rules::BeforeImage;
 use backfill_job::spec::quote_ident;
 use backfill_job::JobSpec;
 use std::collections::{BTreeMap, HashMap};
@@ -136,19 +137,28 @@ impl Store {
     }
 
     /// The before-images a run recorded for some rows of a target:
-    /// key → column → value as it was (`None`: SQL NULL).
+    /// key → column → before-image (the whole value, or an inverse patch
+    /// with digests).
     pub async fn before_images(
         &self,
         run_id: &str,
         target: &str,
         keys: &[String],
-    ) -> Result<HashMap<String, BTreeMap<String, Option<String>>>, StoreError> {
-        let mut out: HashMap<String, BTreeMap<String, Option<String>>> = HashMap::new();
-        let rows: Vec<(String, String, Option<String>)> = match &self.backend {
-            Backend::Pg(p) => sqlx::query_as(
-                "SELECT key, column_name, before FROM backfill_before_image
-                 WHERE run_id = $1 AND target = $2 AND key = ANY($3)",
-            )
+    ) -> Result<HashMap<String, BTreeMap<String, BeforeImage>>, StoreError> {
+        type Raw = (
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let cols = "key, column_name, before, patch, before_md5, after_md5";
+        let rows: Vec<Raw> = match &self.backend {
+            Backend::Pg(p) => sqlx::query_as(&format!(
+                "SELECT {cols} FROM backfill_before_image
+                 WHERE run_id = $1 AND target = $2 AND key = ANY($3)"
+            ))
             .bind(run_id)
             .bind(target)
             .bind(keys)
@@ -159,10 +169,10 @@ impl Store {
                 // SQLite has no arrays: the keys go in as one JSON array.
                 let list =
                     serde_json::to_string(keys).map_err(|e| StoreError::Data(e.to_string()))?;
-                sqlx::query_as(
-                    "SELECT key, column_name, before FROM backfill_before_image
-                     WHERE run_id = ?1 AND target = ?2 AND key IN (SELECT value FROM json_each(?3))",
-                )
+                sqlx::query_as(&format!(
+                    "SELECT {cols} FROM backfill_before_image
+                     WHERE run_id = ?1 AND target = ?2 AND key IN (SELECT value FROM json_each(?3))"
+                ))
                 .bind(run_id)
                 .bind(target)
                 .bind(list)
@@ -171,8 +181,17 @@ impl Store {
                 .map_err(sql("read before-images"))?
             }
         };
-        for (key, col, before) in rows {
-            out.entry(key).or_default().insert(col, before);
+        let mut out: HashMap<String, BTreeMap<String, BeforeImage>> = HashMap::new();
+        for (key, col, before, patch, before_md5, after_md5) in rows {
+            let image = match (patch, before_md5, after_md5) {
+                (Some(patch), Some(before_md5), Some(after_md5)) => BeforeImage::Patch {
+                    patch,
+                    before_md5,
+                    after_md5,
+                },
+                _ => BeforeImage::Value(before),
+            };
+            out.entry(key).or_default().insert(col, image);
         }
         Ok(out)
     }

@@ -584,6 +584,9 @@ pub(crate) async fn fetch_shard(
             group: r.get(1),
             refs: r.get::<i64, _>(2).max(0) as u64,
             columns,
+            // SQLite compares the documents themselves.
+            digests: BTreeMap::new(),
+            version: None,
         });
     }
     Ok(ShardRows::Pending(out))

@@ -13,7 +13,7 @@ use backfill_job::spec::quote_ident;
 use backfill_job::tally::Recorded;
 use backfill_job::{KeyType, Mode, RowOutcome, Tally};
 use sqlx::Row;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::{sql, Store, StoreError};
 
@@ -26,6 +26,21 @@ pub struct FetchedRow {
     /// Each JSON column's text as read (`None` = SQL NULL); `None` when the
     /// row no longer exists.
     pub columns: Option<BTreeMap<String, Option<String>>>,
+    /// The `md5` of each column's text as read (PostgreSQL, when asked for):
+    /// what the compare-and-set compares, instead of sending the documents
+    /// back.
+    pub digests: BTreeMap<String, Option<String>>,
+    /// The row version as read (PostgreSQL's `xmin`): when it is unchanged at
+    /// the write, the row was not touched since, and the digests need not be
+    /// computed again.
+    pub version: Option<String>,
+}
+
+/// The hex `md5` of a column's text, as PostgreSQL's `md5(text)` computes it.
+pub fn md5_hex(text: &str) -> String {
+    use md5::Digest;
+    let d = md5::Md5::digest(text.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The rows of a shard, or the shard's stored result if it is already done.
@@ -45,6 +60,14 @@ pub struct EvaluatedRow {
     pub current: Option<String>,
     /// Every JSON column as read, for the compare-and-set and before-images.
     pub read: BTreeMap<String, Option<String>>,
+    /// The `md5` of every JSON column as read (PostgreSQL): the
+    /// compare-and-set compares these; empty on SQLite.
+    pub digests: BTreeMap<String, Option<String>>,
+    /// Inverse patches of the changed columns (see `RowEvaluation::undo`),
+    /// kept as the before-image of a `jsonb` column instead of its whole value.
+    pub undo: BTreeMap<String, String>,
+    /// The row version as read (`xmin`; PostgreSQL).
+    pub version: Option<String>,
 }
 
 /// What to commit for a shard.
@@ -124,6 +147,7 @@ impl Store {
         run_id: &str,
         target: &backfill_job::spec::TargetSpec,
         shard_no: u32,
+        digests: bool,
     ) -> Result<ShardRows, StoreError> {
         let pool = match &self.backend {
             crate::Backend::Pg(p) => p,
@@ -140,7 +164,7 @@ impl Store {
             .map(|c| format!(", t.{}::text", quote_ident(c)))
             .collect();
         let q = format!(
-            "SELECT i.key, i.group_key, i.refs, (t.{key} IS NOT NULL) AS found{select_cols}
+            "SELECT i.key, i.group_key, i.refs, (t.{key} IS NOT NULL) AS found, t.xmin::text{select_cols}
              FROM backfill_item i LEFT JOIN {table} t ON {join}
              WHERE i.run_id = $1 AND i.shard_no = $2 ORDER BY i.item_no",
             key = quote_ident(&target.key),
@@ -159,10 +183,15 @@ impl Store {
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let found: bool = r.get(3);
+            let mut sums = BTreeMap::new();
             let columns = if found {
                 let mut m = BTreeMap::new();
                 for (i, c) in cols.iter().enumerate() {
-                    m.insert((*c).clone(), r.get::<Option<String>, _>(4 + i));
+                    let text = r.get::<Option<String>, _>(5 + i);
+                    if digests {
+                        sums.insert((*c).clone(), text.as_deref().map(md5_hex));
+                    }
+                    m.insert((*c).clone(), text);
                 }
                 Some(m)
             } else {
@@ -173,6 +202,8 @@ impl Store {
                 group: r.get(1),
                 refs: r.get::<i64, _>(2).max(0) as u64,
                 columns,
+                digests: sums,
+                version: r.get(4),
             });
         }
         Ok(ShardRows::Pending(out))
@@ -235,11 +266,13 @@ impl Store {
 
         let mut rows = c.rows;
         let mut written: HashSet<String> = HashSet::new();
+        let mut after_md5: HashMap<String, Vec<Option<String>>> = HashMap::new();
         let mut retried = 0u64;
         if c.mode.is_commit() {
             let to_write: Vec<&EvaluatedRow> = rows.iter().filter(|r| is_change(r)).collect();
             if !to_write.is_empty() {
-                written = write_rows(&mut tx, target, &types, &to_write).await?;
+                after_md5 = write_rows(&mut tx, target, &types, &to_write).await?;
+                written = after_md5.keys().cloned().collect();
             }
             if let Some(retry) = c.retry {
                 // Rows the application edited since they were read: read
@@ -258,7 +291,15 @@ impl Store {
                             None => r.outcome = RowOutcome::Skipped("row no longer exists".into()),
                             Some(cols) => {
                                 r.outcome = retry(&r.group, cols);
+                                r.digests = cols
+                                    .iter()
+                                    .map(|(c, t)| (c.clone(), t.as_deref().map(md5_hex)))
+                                    .collect();
                                 r.read = cols.clone();
+                                // The retried write keeps whole before-images
+                                // and compares the digests only.
+                                r.undo.clear();
+                                r.version = None;
                             }
                         }
                     }
@@ -268,7 +309,9 @@ impl Store {
                         .filter(|r| is_change(r))
                         .collect();
                     if !again.is_empty() {
-                        written.extend(write_rows(&mut tx, target, &types, &again).await?);
+                        let more = write_rows(&mut tx, target, &types, &again).await?;
+                        written.extend(more.keys().cloned());
+                        after_md5.extend(more);
                     }
                     retried = conflicted
                         .iter()
@@ -276,26 +319,50 @@ impl Store {
                         .count() as u64;
                 }
             }
-            // Before-images of what was actually written.
+            // Before-images of what was actually written: for a jsonb
+            // column whose inverse patch restores it exactly, that patch
+            // and the digests of the document before and after; otherwise
+            // the whole value as read.
             let mut keys = Vec::new();
             let mut cols = Vec::new();
             let mut befores: Vec<Option<&str>> = Vec::new();
+            let mut patches: Vec<Option<&str>> = Vec::new();
+            let mut before_sums: Vec<Option<&str>> = Vec::new();
+            let mut after_sums: Vec<Option<&str>> = Vec::new();
             for r in &rows {
-                if !written.contains(&r.key) {
+                let Some(sums) = after_md5.get(&r.key) else {
                     continue;
-                }
+                };
                 if let RowOutcome::Changed(new) = &r.outcome {
                     for col in new.keys() {
+                        let i = target.columns.iter().position(|c| c == col);
+                        let after = i.and_then(|i| sums.get(i)).and_then(|d| d.as_deref());
+                        let before = r.digests.get(col).and_then(|d| d.as_deref());
+                        let patch = r.undo.get(col).map(String::as_str);
+                        let jsonb = types.get(col).map(String::as_str) == Some("jsonb");
                         keys.push(r.key.as_str());
                         cols.push(col.as_str());
-                        befores.push(r.read.get(col).and_then(|v| v.as_deref()));
+                        match (jsonb, patch, before, after) {
+                            (true, Some(p), Some(b), Some(a)) => {
+                                befores.push(None);
+                                patches.push(Some(p));
+                                before_sums.push(Some(b));
+                                after_sums.push(Some(a));
+                            }
+                            _ => {
+                                befores.push(r.read.get(col).and_then(|v| v.as_deref()));
+                                patches.push(None);
+                                before_sums.push(None);
+                                after_sums.push(None);
+                            }
+                        }
                     }
                 }
             }
             if !keys.is_empty() {
                 sqlx::query(
-                    "INSERT INTO backfill_before_image (run_id, shard_no, target, key, column_name, before)
-                     SELECT $1, $2, $3, * FROM unnest($4::text[], $5::text[], $6::text[])",
+                    "INSERT INTO backfill_before_image (run_id, shard_no, target, key, column_name, before, patch, before_md5, after_md5)
+                     SELECT $1, $2, $3, * FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])",
                 )
                 .bind(c.run_id)
                 .bind(c.shard_no as i32)
@@ -303,6 +370,9 @@ impl Store {
                 .bind(&keys)
                 .bind(&cols)
                 .bind(&befores)
+                .bind(&patches)
+                .bind(&before_sums)
+                .bind(&after_sums)
                 .execute(&mut *tx)
                 .await
                 .map_err(sql("record before-images"))?;
@@ -542,20 +612,22 @@ impl Store {
 }
 
 /// One UPDATE for the shard's changed rows: every JSON column must still read
-/// as it did (compare-and-set); returns the keys actually written.
+/// as it did (compare-and-set on the `md5` of its text: the documents are
+/// not sent back); returns the keys actually written, each with the `md5`
+/// of its written columns (in the target's column order) as now stored.
 async fn write_rows(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     target: &backfill_job::spec::TargetSpec,
     types: &BTreeMap<String, String>,
     rows: &[&EvaluatedRow],
-) -> Result<HashSet<String>, StoreError> {
+) -> Result<HashMap<String, Vec<Option<String>>>, StoreError> {
     let all_cols: Vec<&String> = target.all_columns().collect();
     let n_written = target.columns.len();
     // unnest columns: k, then per column its old text, then per written
     // column whether to set it and its new text (NULL: SQL NULL, which
     // only a revert writes back).
-    let mut defs = vec!["k".to_string()];
-    let mut casts = vec!["$1::text[]".to_string()];
+    let mut defs = vec!["k".to_string(), "x".to_string()];
+    let mut casts = vec!["$1::text[]".to_string(), "$2::text[]".to_string()];
     for i in 0..all_cols.len() {
         defs.push(format!("o{i}"));
         casts.push(format!("${}::text[]", casts.len() + 1));
@@ -583,7 +655,17 @@ async fn write_rows(
     let cas: Vec<String> = all_cols
         .iter()
         .enumerate()
-        .map(|(i, col)| format!("t.{}::text IS NOT DISTINCT FROM v.o{i}", quote_ident(col)))
+        .map(|(i, col)| {
+            format!(
+                "md5(t.{}::text) IS NOT DISTINCT FROM v.o{i}",
+                quote_ident(col)
+            )
+        })
+        .collect();
+    let returned: String = target
+        .columns
+        .iter()
+        .map(|c| format!(", md5(t.{}::text)", quote_ident(c)))
         .collect();
     let key = quote_ident(&target.key);
     let key_cmp = match target.key_type {
@@ -592,7 +674,7 @@ async fn write_rows(
     };
     let q = format!(
         "UPDATE {table} AS t SET {sets} FROM unnest({casts}) AS v({defs})
-         WHERE {key_cmp} AND {cas} RETURNING t.{key}::text",
+         WHERE {key_cmp} AND (t.xmin::text = v.x OR ({cas})) RETURNING t.{key}::text{returned}",
         table = quote_ident(&target.table),
         sets = sets.join(", "),
         casts = casts.join(", "),
@@ -602,10 +684,18 @@ async fn write_rows(
     let mut query = sqlx::query(&q);
     let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
     query = query.bind(keys);
+    // The row version first: unchanged, the row is as read; otherwise the
+    // JSON columns' digests decide (another column may have been updated).
+    let versions: Vec<Option<&str>> = rows.iter().map(|r| r.version.as_deref()).collect();
+    query = query.bind(versions);
     for col in &all_cols {
-        let olds: Vec<Option<&str>> = rows
+        let olds: Vec<Option<String>> = rows
             .iter()
-            .map(|r| r.read.get(*col).and_then(|v| v.as_deref()))
+            .map(|r| match r.digests.get(*col) {
+                Some(d) => d.clone(),
+                // Not fetched with digests: digest the text as read.
+                None => r.read.get(*col).and_then(|v| v.as_deref()).map(md5_hex),
+            })
             .collect();
         query = query.bind(olds);
     }
@@ -625,5 +715,13 @@ async fn write_rows(
         .fetch_all(&mut **tx)
         .await
         .map_err(sql(format!("write rows of {}", target.table)))?;
-    Ok(written.into_iter().map(|r| r.get::<String, _>(0)).collect())
+    Ok(written
+        .into_iter()
+        .map(|r| {
+            let sums = (0..n_written)
+                .map(|i| r.get::<Option<String>, _>(1 + i))
+                .collect();
+            (r.get::<String, _>(0), sums)
+        })
+        .collect())
 }

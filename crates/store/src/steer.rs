@@ -127,6 +127,9 @@ pub(crate) const LITE_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("backfill_run", "revert_of", "text"),
     ("backfill_run", "sample", "real"),
     ("backfill_run", "table_rows", "text"),
+    ("backfill_before_image", "patch", "text"),
+    ("backfill_before_image", "before_md5", "text"),
+    ("backfill_before_image", "after_md5", "text"),
 ];
 
 /// What the operator asked of a run.
@@ -499,7 +502,7 @@ impl Store {
             Backend::Pg(p) => {
                 let mut tx = p.begin().await.map_err(sql("begin prune"))?;
                 let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-                    "SELECT b.run_id, count(*)::int8, coalesce(sum(octet_length(b.before)), 0)::int8
+                    "SELECT b.run_id, count(*)::int8, coalesce(sum(coalesce(octet_length(b.before), 0) + coalesce(octet_length(b.patch), 0)), 0)::int8
                      FROM backfill_before_image b JOIN backfill_run r ON r.run_id = b.run_id
                      WHERE r.finished_at IS NOT NULL AND r.finished_at < now() - make_interval(secs => $1)
                      GROUP BY b.run_id ORDER BY b.run_id",
@@ -525,7 +528,7 @@ impl Store {
                     .await
                     .map_err(sql("begin prune"))?;
                 let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-                    "SELECT b.run_id, count(*), coalesce(sum(length(CAST(b.before AS BLOB))), 0)
+                    "SELECT b.run_id, count(*), coalesce(sum(coalesce(length(CAST(b.before AS BLOB)), 0) + coalesce(length(CAST(b.patch AS BLOB)), 0)), 0)
                      FROM backfill_before_image b JOIN backfill_run r ON r.run_id = b.run_id
                      WHERE r.finished_at IS NOT NULL
                        AND julianday(r.finished_at) < julianday('now') - ?1 / 86400.0
