@@ -174,7 +174,10 @@ pub fn evaluate_row(
             continue;
         };
         if before != after {
-            changed.insert(col.clone(), Some(after.to_string()));
+            // serde_json's writer directly: `to_string()` goes through
+            // `Display` and a formatter adapter, measurably slower.
+            let text = serde_json::to_string(after).unwrap_or_else(|_| after.to_string());
+            changed.insert(col.clone(), Some(text));
             if let Some(p) = inverse_patch(before, after) {
                 undo.insert(col.clone(), p);
             }
