@@ -94,13 +94,12 @@ impl RowEvaluation {
 pub enum BeforeImage {
     /// The whole value as read (`None`: SQL NULL).
     Value(Option<String>),
-    /// The inverse patch of what the run changed, with digests (the
-    /// database's `md5` of the column's text) of the document before and
-    /// after the run.
+    /// The inverse patch of what the run changed, with the row version
+    /// the run's write left (PostgreSQL's `xmin`): while the row still has
+    /// that version it holds exactly what the run wrote.
     Patch {
         patch: String,
-        before_md5: String,
-        after_md5: String,
+        after_version: String,
     },
 }
 
@@ -195,35 +194,30 @@ pub fn evaluate_row(
 }
 
 /// The patch that turns `after` back into `before` (the `json-patch`
-/// crate's diff), as JSON text — only when applying it gives `before` back
-/// exactly.
+/// crate's RFC 6902 diff, exact for JSON values), as JSON text.
 pub fn inverse_patch(before: &Value, after: &Value) -> Option<String> {
-    let patch = json_patch::diff(after, before);
-    let mut check = after.clone();
-    json_patch::patch(&mut check, &patch).ok()?;
-    (check == *before)
-        .then(|| serde_json::to_string(&patch).ok())
-        .flatten()
+    serde_json::to_string(&json_patch::diff(after, before)).ok()
 }
 
 /// Evaluates a row of a revert: `before` holds the before-image of each
-/// column the reverted run wrote, `digests` the `md5` of each column's text
-/// as read now (PostgreSQL; `None` elsewhere).
+/// column the reverted run wrote, `version` the row's version as read now
+/// (PostgreSQL's `xmin`; `None` elsewhere).
 ///
 /// Each written column is either still as the run wrote it, already back
 /// as it was before the run, or something else. For a whole-value
 /// before-image, what the run wrote is the run's rules applied again, with
 /// the run's parameters, to the before-image (read-only columns as they are
-/// now), compared as JSON values; for an inverse-patch before-image, the
-/// digests recorded with it tell. The row is restored only while every
-/// written column still holds what the run wrote; a row already holding its
-/// before-image is unchanged (a revert is idempotent); anything else was
-/// edited since the run and is a conflict, left alone.
+/// now), compared as JSON values. For an inverse-patch before-image, the
+/// row still has the version the run's write left (nothing wrote it since),
+/// or the patch changes nothing (already restored). The row is restored
+/// only while every written column still holds what the run wrote; a row
+/// already holding its before-image is unchanged (a revert is idempotent);
+/// anything else was written since the run and is a conflict, left alone.
 pub fn evaluate_revert(
     target: &TargetSpec,
     row: &RowInput<'_>,
     before: Option<&BTreeMap<String, BeforeImage>>,
-    digests: Option<&BTreeMap<String, Option<String>>>,
+    version: Option<&str>,
     current: Option<(&str, &str)>,
 ) -> RowEvaluation {
     let shown = current.map(|(col, path)| {
@@ -271,7 +265,6 @@ pub fn evaluate_revert(
             }
         }
     }
-    let digest = |col: &String| digests.and_then(|d| d.get(col).cloned().flatten());
     let (mut all_before, mut all_after) = (true, true);
     let mut restore = BTreeMap::new();
     for (col, b) in before {
@@ -283,23 +276,24 @@ pub fn evaluate_revert(
             }
             BeforeImage::Patch {
                 patch,
-                before_md5,
-                after_md5,
+                after_version,
             } => {
-                let d = digest(col);
-                all_before &= d.as_deref() == Some(before_md5.as_str());
-                let is_after = d.as_deref() == Some(after_md5.as_str());
+                let is_after = version == Some(after_version.as_str());
                 all_after &= is_after;
-                if is_after {
-                    match restore_with(now(col).as_deref(), patch) {
-                        Ok(text) => {
-                            restore.insert(col.clone(), Some(text));
-                        }
-                        Err(e) => {
-                            return done(RowOutcome::Error(format!(
-                                "column `{col}`: the before-image patch does not apply: {e}"
-                            )))
-                        }
+                match (restore_with(now(col).as_deref(), patch), is_after) {
+                    (Ok(text), true) => {
+                        all_before = false;
+                        restore.insert(col.clone(), Some(text));
+                    }
+                    // Written since: already as before only if every path
+                    // the patch names holds its value from before.
+                    (_, false) => {
+                        all_before &= patch_holds(now(col).as_deref(), patch);
+                    }
+                    (Err(e), true) => {
+                        return done(RowOutcome::Error(format!(
+                            "column `{col}`: the before-image patch does not apply: {e}"
+                        )))
                     }
                 }
             }
@@ -314,6 +308,27 @@ pub fn evaluate_revert(
         ));
     }
     done(RowOutcome::Changed(restore))
+}
+
+/// Whether a document already is as an inverse patch would leave it: each
+/// removed path absent, each added or replaced path holding its value.
+fn patch_holds(now: Option<&str>, patch: &str) -> bool {
+    let doc: Value = match now {
+        Some(t) => match serde_json::from_str(t) {
+            Ok(v) => v,
+            Err(_) => return false,
+        },
+        None => Value::Null,
+    };
+    let Ok(patch) = serde_json::from_str::<json_patch::Patch>(patch) else {
+        return false;
+    };
+    patch.0.iter().all(|op| match op {
+        json_patch::PatchOperation::Remove(r) => doc.pointer(r.path.as_str()).is_none(),
+        json_patch::PatchOperation::Add(a) => doc.pointer(a.path.as_str()) == Some(&a.value),
+        json_patch::PatchOperation::Replace(r) => doc.pointer(r.path.as_str()) == Some(&r.value),
+        _ => false,
+    })
 }
 
 /// A document as it was: the inverse patch applied to the document now.
@@ -539,16 +554,13 @@ param = "t""#,
         assert!(ev2.undo["doc"].contains("remove"), "{:?}", ev2.undo);
 
         let image = BeforeImage::Patch {
-            patch,
-            before_md5: "B".into(),
-            after_md5: "A".into(),
+            patch: patch.clone(),
+            after_version: "701".into(),
         };
         let befores: BTreeMap<String, BeforeImage> = [("doc".to_string(), image)].into();
-        let now: BTreeMap<String, Option<String>> = [("doc".to_string(), after)].into();
-        let digest = |d: &str| -> BTreeMap<String, Option<String>> {
-            [("doc".to_string(), Some(d.to_string()))].into()
-        };
-        let at = |digests: &BTreeMap<String, Option<String>>| {
+        let at = |doc: &str, version: &str| {
+            let now: BTreeMap<String, Option<String>> =
+                [("doc".to_string(), Some(doc.to_string()))].into();
             evaluate_revert(
                 &s.targets[0],
                 &RowInput {
@@ -557,20 +569,50 @@ param = "t""#,
                     params: &params,
                 },
                 Some(&befores),
-                Some(digests),
+                Some(version),
                 None,
             )
             .outcome
         };
-        match at(&digest("A")) {
+        let after = after.unwrap();
+        match at(&after, "701") {
             RowOutcome::Changed(m) => {
                 let restored: Value = serde_json::from_str(m["doc"].as_deref().unwrap()).unwrap();
                 assert_eq!(restored, json!({"b":[1,{"c":2}],"product_name":"Old"}));
             }
             o => panic!("{o:?}"),
         }
-        assert_eq!(at(&digest("B")), RowOutcome::Unchanged);
-        assert!(matches!(at(&digest("edited")), RowOutcome::Conflict(_)));
+        // Written since (another version): restored already, or a conflict.
+        assert_eq!(
+            at(r#"{"product_name":"Old","b":[1,{"c":2}]}"#, "702"),
+            RowOutcome::Unchanged
+        );
+        assert!(matches!(at(&after, "702"), RowOutcome::Conflict(_)));
+        assert!(matches!(
+            at(r#"{"product_name":"Edited","b":[1,{"c":2}]}"#, "702"),
+            RowOutcome::Conflict(_)
+        ));
+        // A key the run added: its inverse removes it, and a row without it
+        // (restored since) is unchanged.
+        let added = BeforeImage::Patch {
+            patch: ev2.undo["doc"].clone(),
+            after_version: "9".into(),
+        };
+        let befores: BTreeMap<String, BeforeImage> = [("doc".to_string(), added)].into();
+        let restored_row: BTreeMap<String, Option<String>> =
+            [("doc".to_string(), Some(r#"{"x":1}"#.to_string()))].into();
+        let again = evaluate_revert(
+            &s.targets[0],
+            &RowInput {
+                key: "k",
+                columns: &restored_row,
+                params: &params,
+            },
+            Some(&befores),
+            Some("10"),
+            None,
+        );
+        assert_eq!(again.outcome, RowOutcome::Unchanged);
     }
 
     #[test]

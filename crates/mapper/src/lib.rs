@@ -118,13 +118,8 @@ pub async fn process_task(
             target: task.target.clone(),
         })?;
     let tally = match store
-        // Digests for the compare-and-set of a commit, and for a revert.
-        .fetch_shard(
-            &task.run_id,
-            target,
-            task.shard_no,
-            run.mode.is_commit() || run.revert_of.is_some(),
-        )
+        // Digests for the compare-and-set of a commit.
+        .fetch_shard(&task.run_id, target, task.shard_no, run.mode.is_commit())
         .await?
     {
         ShardRows::Done(t) => {
@@ -176,7 +171,7 @@ pub async fn process_task(
                                     target,
                                     &input,
                                     b.get(&row.key),
-                                    Some(&row.digests),
+                                    row.version.as_deref(),
                                     current,
                                 ),
                                 None => evaluate_row(target, &input, current),

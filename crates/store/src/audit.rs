@@ -138,7 +138,7 @@ impl Store {
 
     /// The before-images a run recorded for some rows of a target:
     /// key → column → before-image (the whole value, or an inverse patch
-    /// with digests).
+    /// with the row version the write left).
     pub async fn before_images(
         &self,
         run_id: &str,
@@ -151,9 +151,8 @@ impl Store {
             Option<String>,
             Option<String>,
             Option<String>,
-            Option<String>,
         );
-        let cols = "key, column_name, before, patch, before_md5, after_md5";
+        let cols = "key, column_name, before, patch, after_version";
         let rows: Vec<Raw> = match &self.backend {
             Backend::Pg(p) => sqlx::query_as(&format!(
                 "SELECT {cols} FROM backfill_before_image
@@ -182,12 +181,11 @@ impl Store {
             }
         };
         let mut out: HashMap<String, BTreeMap<String, BeforeImage>> = HashMap::new();
-        for (key, col, before, patch, before_md5, after_md5) in rows {
-            let image = match (patch, before_md5, after_md5) {
-                (Some(patch), Some(before_md5), Some(after_md5)) => BeforeImage::Patch {
+        for (key, col, before, patch, after_version) in rows {
+            let image = match (patch, after_version) {
+                (Some(patch), Some(after_version)) => BeforeImage::Patch {
                     patch,
-                    before_md5,
-                    after_md5,
+                    after_version,
                 },
                 _ => BeforeImage::Value(before),
             };

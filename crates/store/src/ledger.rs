@@ -94,11 +94,11 @@ const LEDGER_DDL: &[&str] = &[
         before text,
         written_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (run_id, target, key, column_name)
-    )"#, // A jsonb column's before-image may be the inverse patch of what the
-    // run changed, with the md5 of the column's text before and after.
+    )"#,
+    // A jsonb column's before-image may be the inverse patch of what the
+    // run changed, with the row version (xmin) the run's write left.
     "ALTER TABLE backfill_before_image ADD COLUMN IF NOT EXISTS patch text",
-    "ALTER TABLE backfill_before_image ADD COLUMN IF NOT EXISTS before_md5 text",
-    "ALTER TABLE backfill_before_image ADD COLUMN IF NOT EXISTS after_md5 text",
+    "ALTER TABLE backfill_before_image ADD COLUMN IF NOT EXISTS after_version text",
 ];
 
 /// Creates the ledger tables when missing. Serialized across processes by an

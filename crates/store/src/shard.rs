@@ -266,13 +266,14 @@ impl Store {
 
         let mut rows = c.rows;
         let mut written: HashSet<String> = HashSet::new();
-        let mut after_md5: HashMap<String, Vec<Option<String>>> = HashMap::new();
+        // Written keys, each with the row version the write left.
+        let mut after_version: HashMap<String, Option<String>> = HashMap::new();
         let mut retried = 0u64;
         if c.mode.is_commit() {
             let to_write: Vec<&EvaluatedRow> = rows.iter().filter(|r| is_change(r)).collect();
             if !to_write.is_empty() {
-                after_md5 = write_rows(&mut tx, target, &types, &to_write).await?;
-                written = after_md5.keys().cloned().collect();
+                after_version = write_rows(&mut tx, target, &types, &to_write).await?;
+                written = after_version.keys().cloned().collect();
             }
             if let Some(retry) = c.retry {
                 // Rows the application edited since they were read: read
@@ -311,7 +312,7 @@ impl Store {
                     if !again.is_empty() {
                         let more = write_rows(&mut tx, target, &types, &again).await?;
                         written.extend(more.keys().cloned());
-                        after_md5.extend(more);
+                        after_version.extend(more);
                     }
                     retried = conflicted
                         .iter()
@@ -320,40 +321,36 @@ impl Store {
                 }
             }
             // Before-images of what was actually written: for a jsonb
-            // column whose inverse patch restores it exactly, that patch
-            // and the digests of the document before and after; otherwise
-            // the whole value as read.
+            // column (which keeps no formatting), the inverse patch of what
+            // the rules changed, with the row version the write left;
+            // otherwise the whole value as read.
             let mut keys = Vec::new();
             let mut cols = Vec::new();
             let mut befores: Vec<Option<&str>> = Vec::new();
             let mut patches: Vec<Option<&str>> = Vec::new();
-            let mut before_sums: Vec<Option<&str>> = Vec::new();
-            let mut after_sums: Vec<Option<&str>> = Vec::new();
+            let mut versions: Vec<Option<&str>> = Vec::new();
             for r in &rows {
-                let Some(sums) = after_md5.get(&r.key) else {
+                let Some(version) = after_version.get(&r.key) else {
                     continue;
                 };
                 if let RowOutcome::Changed(new) = &r.outcome {
                     for col in new.keys() {
-                        let i = target.columns.iter().position(|c| c == col);
-                        let after = i.and_then(|i| sums.get(i)).and_then(|d| d.as_deref());
-                        let before = r.digests.get(col).and_then(|d| d.as_deref());
                         let patch = r.undo.get(col).map(String::as_str);
-                        let jsonb = types.get(col).map(String::as_str) == Some("jsonb");
+                        // A NULL column goes back to NULL: whole value.
+                        let jsonb = types.get(col).map(String::as_str) == Some("jsonb")
+                            && matches!(r.read.get(col), Some(Some(_)));
                         keys.push(r.key.as_str());
                         cols.push(col.as_str());
-                        match (jsonb, patch, before, after) {
-                            (true, Some(p), Some(b), Some(a)) => {
+                        match (jsonb, patch, version.as_deref()) {
+                            (true, Some(p), Some(v)) => {
                                 befores.push(None);
                                 patches.push(Some(p));
-                                before_sums.push(Some(b));
-                                after_sums.push(Some(a));
+                                versions.push(Some(v));
                             }
                             _ => {
                                 befores.push(r.read.get(col).and_then(|v| v.as_deref()));
                                 patches.push(None);
-                                before_sums.push(None);
-                                after_sums.push(None);
+                                versions.push(None);
                             }
                         }
                     }
@@ -361,8 +358,8 @@ impl Store {
             }
             if !keys.is_empty() {
                 sqlx::query(
-                    "INSERT INTO backfill_before_image (run_id, shard_no, target, key, column_name, before, patch, before_md5, after_md5)
-                     SELECT $1, $2, $3, * FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])",
+                    "INSERT INTO backfill_before_image (run_id, shard_no, target, key, column_name, before, patch, after_version)
+                     SELECT $1, $2, $3, * FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[])",
                 )
                 .bind(c.run_id)
                 .bind(c.shard_no as i32)
@@ -371,8 +368,7 @@ impl Store {
                 .bind(&cols)
                 .bind(&befores)
                 .bind(&patches)
-                .bind(&before_sums)
-                .bind(&after_sums)
+                .bind(&versions)
                 .execute(&mut *tx)
                 .await
                 .map_err(sql("record before-images"))?;
@@ -613,14 +609,14 @@ impl Store {
 
 /// One UPDATE for the shard's changed rows: every JSON column must still read
 /// as it did (compare-and-set on the `md5` of its text: the documents are
-/// not sent back); returns the keys actually written, each with the `md5`
-/// of its written columns (in the target's column order) as now stored.
+/// not sent back); returns the keys actually written, each with the row
+/// version (`xmin`) the write left.
 async fn write_rows(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     target: &backfill_job::spec::TargetSpec,
     types: &BTreeMap<String, String>,
     rows: &[&EvaluatedRow],
-) -> Result<HashMap<String, Vec<Option<String>>>, StoreError> {
+) -> Result<HashMap<String, Option<String>>, StoreError> {
     let all_cols: Vec<&String> = target.all_columns().collect();
     let n_written = target.columns.len();
     // unnest columns: k, then per column its old text, then per written
@@ -662,11 +658,6 @@ async fn write_rows(
             )
         })
         .collect();
-    let returned: String = target
-        .columns
-        .iter()
-        .map(|c| format!(", md5(t.{}::text)", quote_ident(c)))
-        .collect();
     let key = quote_ident(&target.key);
     let key_cmp = match target.key_type {
         KeyType::Integer => format!("t.{key} = v.k::bigint"),
@@ -674,7 +665,7 @@ async fn write_rows(
     };
     let q = format!(
         "UPDATE {table} AS t SET {sets} FROM unnest({casts}) AS v({defs})
-         WHERE {key_cmp} AND (t.xmin::text = v.x OR ({cas})) RETURNING t.{key}::text{returned}",
+         WHERE {key_cmp} AND (t.xmin::text = v.x OR ({cas})) RETURNING t.{key}::text, t.xmin::text",
         table = quote_ident(&target.table),
         sets = sets.join(", "),
         casts = casts.join(", "),
@@ -717,11 +708,6 @@ async fn write_rows(
         .map_err(sql(format!("write rows of {}", target.table)))?;
     Ok(written
         .into_iter()
-        .map(|r| {
-            let sums = (0..n_written)
-                .map(|i| r.get::<Option<String>, _>(1 + i))
-                .collect();
-            (r.get::<String, _>(0), sums)
-        })
+        .map(|r| (r.get::<String, _>(0), r.get::<Option<String>, _>(1)))
         .collect())
 }

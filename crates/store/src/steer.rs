@@ -128,8 +128,7 @@ pub(crate) const LITE_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("backfill_run", "sample", "real"),
     ("backfill_run", "table_rows", "text"),
     ("backfill_before_image", "patch", "text"),
-    ("backfill_before_image", "before_md5", "text"),
-    ("backfill_before_image", "after_md5", "text"),
+    ("backfill_before_image", "after_version", "text"),
 ];
 
 /// What the operator asked of a run.
