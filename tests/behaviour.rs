@@ -252,6 +252,20 @@ async fn conflicts_and_redelivery_on_both_back_ends() {
             "UPDATE wagtailcore_revision SET content = '{edited}' WHERE id = {victim}"
         ))
         .await;
+        // Another row gets an edit of a column the job does not read: its
+        // row version moves but its JSON does not, so it is still written
+        // (the compare-and-set falls back from the version to the content).
+        let bystander = evaluated
+            .iter()
+            .filter(|r| matches!(r.outcome, backfill_job::RowOutcome::Changed(_)))
+            .nth(1)
+            .unwrap()
+            .key
+            .clone();
+        db.execute(&format!(
+            "UPDATE wagtailcore_revision SET approved_go_live_at = NULL WHERE id = {bystander}"
+        ))
+        .await;
 
         let committed = store
             .commit_shard(backfill_store::ShardCommit {
@@ -267,6 +281,11 @@ async fn conflicts_and_redelivery_on_both_back_ends() {
             .unwrap();
         assert_eq!(committed.tally().counts.conflicts, 1, "{b:?}");
         let docs = db.docs("wagtailcore_revision", "id", "content").await;
+        assert_eq!(
+            docs[&bystander]["product_name"],
+            params["target_title"],
+            "{b:?}: a row whose other columns changed is still rewritten"
+        );
         assert_eq!(
             docs[&victim],
             serde_json::json!({"product_name": "Edited by an admin"}),

@@ -118,8 +118,9 @@ pub async fn process_task(
             target: task.target.clone(),
         })?;
     let tally = match store
-        // Digests for the compare-and-set of a commit.
-        .fetch_shard(&task.run_id, target, task.shard_no, run.mode.is_commit())
+        // No digests up front: the compare-and-set goes by row version and
+        // digests only the rows whose version moved.
+        .fetch_shard(&task.run_id, target, task.shard_no, false)
         .await?
     {
         ShardRows::Done(t) => {

@@ -272,7 +272,7 @@ impl Store {
         if c.mode.is_commit() {
             let to_write: Vec<&EvaluatedRow> = rows.iter().filter(|r| is_change(r)).collect();
             if !to_write.is_empty() {
-                after_version = write_rows(&mut tx, target, &types, &to_write).await?;
+                after_version = write_cas(&mut tx, target, &types, &to_write).await?;
                 written = after_version.keys().cloned().collect();
             }
             if let Some(retry) = c.retry {
@@ -310,7 +310,7 @@ impl Store {
                         .filter(|r| is_change(r))
                         .collect();
                     if !again.is_empty() {
-                        let more = write_rows(&mut tx, target, &types, &again).await?;
+                        let more = write_cas(&mut tx, target, &types, &again).await?;
                         written.extend(more.keys().cloned());
                         after_version.extend(more);
                     }
@@ -607,6 +607,38 @@ impl Store {
     }
 }
 
+/// Writes changed rows with compare-and-set in up to two statements: first
+/// on the row version (`xmin` as read: unchanged means nobody wrote the row
+/// since, and nothing has to be compared or sent back), then, for the rows
+/// whose version moved (another column updated, say), on the `md5` of every
+/// JSON column's text. Returns the keys written, each with its new version.
+async fn write_cas(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    target: &backfill_job::spec::TargetSpec,
+    types: &BTreeMap<String, String>,
+    rows: &[&EvaluatedRow],
+) -> Result<HashMap<String, Option<String>>, StoreError> {
+    let versioned: Vec<&EvaluatedRow> = rows
+        .iter()
+        .copied()
+        .filter(|r| r.version.is_some())
+        .collect();
+    let mut written = if versioned.is_empty() {
+        HashMap::new()
+    } else {
+        write_rows(tx, target, types, &versioned, true).await?
+    };
+    let rest: Vec<&EvaluatedRow> = rows
+        .iter()
+        .copied()
+        .filter(|r| !written.contains_key(&r.key))
+        .collect();
+    if !rest.is_empty() {
+        written.extend(write_rows(tx, target, types, &rest, false).await?);
+    }
+    Ok(written)
+}
+
 /// One UPDATE for the shard's changed rows: every JSON column must still read
 /// as it did (compare-and-set on the `md5` of its text: the documents are
 /// not sent back); returns the keys actually written, each with the row
@@ -616,6 +648,7 @@ async fn write_rows(
     target: &backfill_job::spec::TargetSpec,
     types: &BTreeMap<String, String>,
     rows: &[&EvaluatedRow],
+    by_version: bool,
 ) -> Result<HashMap<String, Option<String>>, StoreError> {
     let all_cols: Vec<&String> = target.all_columns().collect();
     let n_written = target.columns.len();
@@ -651,6 +684,7 @@ async fn write_rows(
     let cas: Vec<String> = all_cols
         .iter()
         .enumerate()
+        .filter(|_| !by_version)
         .map(|(i, col)| {
             format!(
                 "md5(t.{}::text) IS NOT DISTINCT FROM v.o{i}",
@@ -665,27 +699,30 @@ async fn write_rows(
     };
     let q = format!(
         "UPDATE {table} AS t SET {sets} FROM unnest({casts}) AS v({defs})
-         WHERE {key_cmp} AND (t.xmin::text = v.x OR ({cas})) RETURNING t.{key}::text, t.xmin::text",
+         WHERE {key_cmp} AND {cas} RETURNING t.{key}::text, t.xmin::text",
         table = quote_ident(&target.table),
         sets = sets.join(", "),
         casts = casts.join(", "),
         defs = defs.join(", "),
-        cas = cas.join(" AND "),
+        cas = if by_version {
+            "t.xmin::text = v.x".to_string()
+        } else {
+            cas.join(" AND ")
+        },
     );
     let mut query = sqlx::query(&q);
     let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
     query = query.bind(keys);
-    // The row version first: unchanged, the row is as read; otherwise the
-    // JSON columns' digests decide (another column may have been updated).
     let versions: Vec<Option<&str>> = rows.iter().map(|r| r.version.as_deref()).collect();
     query = query.bind(versions);
     for col in &all_cols {
         let olds: Vec<Option<String>> = rows
             .iter()
-            .map(|r| match r.digests.get(*col) {
-                Some(d) => d.clone(),
+            .map(|r| match (by_version, r.digests.get(*col)) {
+                (true, _) => None,
+                (false, Some(d)) => d.clone(),
                 // Not fetched with digests: digest the text as read.
-                None => r.read.get(*col).and_then(|v| v.as_deref()).map(md5_hex),
+                (false, None) => r.read.get(*col).and_then(|v| v.as_deref()).map(md5_hex),
             })
             .collect();
         query = query.bind(olds);
