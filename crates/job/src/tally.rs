@@ -373,11 +373,13 @@ impl Tally {
             let after = after.as_deref();
             self.bytes_written += after.map_or(0, |a| a.len() as u64);
             self.bytes_before += before.map_or(0, |b| b.len() as u64);
-            let sample = SampleDiff::between(key, col, before, after);
+            // Only a row that would be kept is diffed: parsing and diffing
+            // every changed row would cost as much as the rewrite itself.
+            let order = (key.len(), key, col.as_str());
             let fits = g.samples.len() < SAMPLE_CAP
-                || g.samples.last().is_some_and(|l| sample.order() < l.order());
+                || g.samples.last().is_some_and(|l| order < l.order());
             if fits {
-                g.samples.push(sample);
+                g.samples.push(SampleDiff::between(key, col, before, after));
                 keep_samples(&mut g.samples);
             }
         }
