@@ -282,8 +282,7 @@ async fn conflicts_and_redelivery_on_both_back_ends() {
         assert_eq!(committed.tally().counts.conflicts, 1, "{b:?}");
         let docs = db.docs("wagtailcore_revision", "id", "content").await;
         assert_eq!(
-            docs[&bystander]["product_name"],
-            params["target_title"],
+            docs[&bystander]["product_name"], params["target_title"],
             "{b:?}: a row whose other columns changed is still rewritten"
         );
         assert_eq!(

@@ -376,8 +376,8 @@ impl Tally {
             // Only a row that would be kept is diffed: parsing and diffing
             // every changed row would cost as much as the rewrite itself.
             let order = (key.len(), key, col.as_str());
-            let fits = g.samples.len() < SAMPLE_CAP
-                || g.samples.last().is_some_and(|l| order < l.order());
+            let fits =
+                g.samples.len() < SAMPLE_CAP || g.samples.last().is_some_and(|l| order < l.order());
             if fits {
                 g.samples.push(SampleDiff::between(key, col, before, after));
                 keep_samples(&mut g.samples);
