@@ -1085,15 +1085,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             local,
             shard_size,
         } => {
-            if mappers == 0 {
-                return Err(usage("--mappers must be at least 1"));
-            }
-            if shard_size == 0 || shard_size > backfill_job::spec::MAX_SHARD_SIZE {
-                return Err(usage(format!(
-                    "--shard-size must be between 1 and {}",
-                    backfill_job::spec::MAX_SHARD_SIZE
-                )));
-            }
+            check_workers(mappers, shard_size)?;
             let local = local || settings.is_sqlite();
             let work = Work::Retry {
                 run_id: run,
@@ -1112,15 +1104,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             local,
             shard_size,
         } => {
-            if mappers == 0 {
-                return Err(usage("--mappers must be at least 1"));
-            }
-            if shard_size == 0 || shard_size > backfill_job::spec::MAX_SHARD_SIZE {
-                return Err(usage(format!(
-                    "--shard-size must be between 1 and {}",
-                    backfill_job::spec::MAX_SHARD_SIZE
-                )));
-            }
+            check_workers(mappers, shard_size)?;
             let local = local || settings.is_sqlite();
             let work = Work::Revert {
                 run_id: run.clone(),
@@ -1446,6 +1430,20 @@ async fn begin_inner(
             Ok(Some((new_id, Some(lock))))
         }
     }
+}
+
+/// The flags of a run made from another run (`retry`, `revert`).
+fn check_workers(mappers: u16, shard_size: u32) -> anyhow::Result<()> {
+    if mappers == 0 {
+        return Err(usage("--mappers must be at least 1"));
+    }
+    if shard_size == 0 || shard_size > backfill_job::spec::MAX_SHARD_SIZE {
+        return Err(usage(format!(
+            "--shard-size must be between 1 and {}",
+            backfill_job::spec::MAX_SHARD_SIZE
+        )));
+    }
+    Ok(())
 }
 
 /// A commit refused by its gate is the user's to fix: exit 2.

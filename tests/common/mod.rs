@@ -278,27 +278,18 @@ pub async fn read_and_evaluate(
     };
     rows.into_iter()
         .map(|r| {
-            let cols = r.columns.unwrap();
-            let ev = backfill_job::evaluate_row(
-                target,
-                &backfill_job::RowInput {
-                    key: &r.key,
-                    columns: &cols,
-                    params,
-                },
-                None,
-            );
-            backfill_store::EvaluatedRow {
-                key: r.key,
-                group: r.group,
-                refs: r.refs,
-                outcome: ev.outcome,
-                current: ev.current,
-                read: cols,
-                digests: r.digests,
-                undo: ev.undo,
-                version: r.version,
-            }
+            assert!(r.columns.is_some(), "row {} exists", r.key);
+            backfill_store::EvaluatedRow::evaluate(r, |key, columns, _| {
+                backfill_job::evaluate_row(
+                    target,
+                    &backfill_job::RowInput {
+                        key,
+                        columns,
+                        params,
+                    },
+                    None,
+                )
+            })
         })
         .collect()
 }

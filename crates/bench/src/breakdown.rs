@@ -11,7 +11,7 @@
 
 use anyhow::Context;
 use backfill_job::rules::evaluate_row;
-use backfill_job::{JobSpec, Mode, RowInput, RowOutcome, Scope};
+use backfill_job::{JobSpec, Mode, RowInput, Scope};
 use backfill_store::{EvaluatedRow, ShardCommit, ShardRows, Store};
 use serde_json::{Map, Value};
 use std::time::Instant;
@@ -147,41 +147,17 @@ pub async fn run(
             .into_iter()
             .map(|row| {
                 let p = params.get(&row.group).unwrap_or(&empty);
-                match row.columns {
-                    None => EvaluatedRow {
-                        key: row.key,
-                        group: row.group,
-                        refs: row.refs,
-                        outcome: RowOutcome::Skipped("row no longer exists".into()),
-                        current: None,
-                        read: Default::default(),
-                        digests: Default::default(),
-                        undo: Default::default(),
-                        version: None,
-                    },
-                    Some(cols) => {
-                        let ev = evaluate_row(
-                            target,
-                            &RowInput {
-                                key: &row.key,
-                                columns: &cols,
-                                params: p,
-                            },
-                            current,
-                        );
-                        EvaluatedRow {
-                            key: row.key,
-                            group: row.group,
-                            refs: row.refs,
-                            outcome: ev.outcome,
-                            current: ev.current,
-                            read: cols,
-                            digests: row.digests,
-                            undo: ev.undo,
-                            version: row.version,
-                        }
-                    }
-                }
+                EvaluatedRow::evaluate(row, |key, columns, _| {
+                    evaluate_row(
+                        target,
+                        &RowInput {
+                            key,
+                            columns,
+                            params: p,
+                        },
+                        current,
+                    )
+                })
             })
             .collect();
         b.evaluate += ms(t);

@@ -21,7 +21,7 @@ pub mod steering;
 use backfill_job::message::MESSAGE_VERSION;
 use backfill_job::rules::{evaluate_revert, evaluate_row};
 use backfill_job::spec::OnConflict;
-use backfill_job::{JobSpec, Mode, RowInput, RowOutcome, ShardResult, ShardTask};
+use backfill_job::{JobSpec, Mode, RowInput, ShardResult, ShardTask};
 use backfill_queue::{
     BasicAckOptions, BasicNackOptions, BasicRejectOptions, Broker, Delivery, LocalQueue, QueueNames,
 };
@@ -149,47 +149,19 @@ pub async fn process_task(
                 .into_iter()
                 .map(|row| {
                     let params = run.params.get(&row.group).unwrap_or(&empty);
-                    match row.columns {
-                        None => EvaluatedRow {
-                            key: row.key,
-                            group: row.group,
-                            refs: row.refs,
-                            outcome: RowOutcome::Skipped("row no longer exists".into()),
-                            current: None,
-                            read: Default::default(),
-                            digests: Default::default(),
-                            undo: Default::default(),
-                            version: None,
-                        },
-                        Some(cols) => {
-                            let input = RowInput {
-                                key: &row.key,
-                                columns: &cols,
-                                params,
-                            };
-                            let ev = match &befores {
-                                Some(b) => evaluate_revert(
-                                    target,
-                                    &input,
-                                    b.get(&row.key),
-                                    row.version.as_deref(),
-                                    current,
-                                ),
-                                None => evaluate_row(target, &input, current),
-                            };
-                            EvaluatedRow {
-                                key: row.key,
-                                group: row.group,
-                                refs: row.refs,
-                                outcome: ev.outcome,
-                                current: ev.current,
-                                read: cols,
-                                digests: row.digests,
-                                undo: ev.undo,
-                                version: row.version,
+                    EvaluatedRow::evaluate(row, |key, columns, version| {
+                        let input = RowInput {
+                            key,
+                            columns,
+                            params,
+                        };
+                        match &befores {
+                            Some(b) => {
+                                evaluate_revert(target, &input, b.get(key), version, current)
                             }
+                            None => evaluate_row(target, &input, current),
                         }
-                    }
+                    })
                 })
                 .collect();
             let reevaluate =

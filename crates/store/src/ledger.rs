@@ -110,6 +110,13 @@ pub(crate) async fn migrate_pg(pool: &PgPool) -> Result<(), StoreError> {
         .await
         .map_err(sql("lock ledger migration"))?;
     for ddl in LEDGER_DDL.iter().chain(crate::steer::PG_DDL) {
+        // `ALTER TABLE … ADD COLUMN IF NOT EXISTS` takes an exclusive lock
+        // on the table even when the column is there; holding it while
+        // workers already running use the ledger can deadlock with them.
+        // So a statement runs only when what it creates is missing.
+        if already_there(&mut tx, ddl).await? {
+            continue;
+        }
         sqlx::query(ddl)
             .execute(&mut *tx)
             .await
@@ -117,6 +124,38 @@ pub(crate) async fn migrate_pg(pool: &PgPool) -> Result<(), StoreError> {
     }
     tx.commit().await.map_err(sql("commit ledger migration"))?;
     Ok(())
+}
+
+/// Whether the table (`CREATE TABLE IF NOT EXISTS t`) or column (`ALTER
+/// TABLE t ADD COLUMN IF NOT EXISTS c`) a migration statement creates
+/// exists already. Only reads the catalog: takes no lock on the table.
+async fn already_there(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    ddl: &str,
+) -> Result<bool, StoreError> {
+    let words: Vec<&str> = ddl.split_whitespace().collect();
+    let found: Option<bool> = match words.as_slice() {
+        ["CREATE", "TABLE", "IF", "NOT", "EXISTS", table, ..] => {
+            sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                .bind(*table)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(sql("read the ledger's tables"))?
+        }
+        ["ALTER", "TABLE", table, "ADD", "COLUMN", "IF", "NOT", "EXISTS", column, ..] => {
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute
+                  WHERE attrelid = to_regclass($1) AND attname = $2 AND NOT attisdropped)",
+            )
+            .bind(*table)
+            .bind(*column)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(sql("read the ledger's columns"))?
+        }
+        _ => Some(false),
+    };
+    Ok(found.unwrap_or(false))
 }
 
 /// A run as the ledger holds it.

@@ -9,6 +9,7 @@
 //!    with its result. A row that changed since it was read is not written
 //!    and is counted as a conflict.
 
+use backfill_job::rules::RowEvaluation;
 use backfill_job::spec::quote_ident;
 use backfill_job::tally::Recorded;
 use backfill_job::{KeyType, Mode, RowOutcome, Tally};
@@ -68,6 +69,42 @@ pub struct EvaluatedRow {
     pub undo: BTreeMap<String, String>,
     /// The row version as read (`xmin`; PostgreSQL).
     pub version: Option<String>,
+}
+
+impl EvaluatedRow {
+    /// A fetched row with its outcome: `eval` gets the row's key, its
+    /// documents as read and its version; a row that no longer exists is
+    /// skipped without evaluating.
+    pub fn evaluate(
+        row: FetchedRow,
+        eval: impl FnOnce(&str, &BTreeMap<String, Option<String>>, Option<&str>) -> RowEvaluation,
+    ) -> EvaluatedRow {
+        let Some(cols) = row.columns else {
+            return EvaluatedRow {
+                key: row.key,
+                group: row.group,
+                refs: row.refs,
+                outcome: RowOutcome::Skipped("row no longer exists".into()),
+                current: None,
+                read: BTreeMap::new(),
+                digests: BTreeMap::new(),
+                undo: BTreeMap::new(),
+                version: None,
+            };
+        };
+        let ev = eval(&row.key, &cols, row.version.as_deref());
+        EvaluatedRow {
+            key: row.key,
+            group: row.group,
+            refs: row.refs,
+            outcome: ev.outcome,
+            current: ev.current,
+            read: cols,
+            digests: row.digests,
+            undo: ev.undo,
+            version: row.version,
+        }
+    }
 }
 
 /// What to commit for a shard.
