@@ -151,7 +151,7 @@ async fn pause_stops_new_shards_within_two_seconds_and_resume_finishes_the_run()
         "each shard committed once and folded once"
     );
     let events: Vec<(String, String)> =
-        sqlx::query_as("SELECT action, operator FROM backfill_event WHERE run_id = $1 AND action <> 'start' ORDER BY id")
+        sqlx::query_as("SELECT action, operator FROM backfill_event WHERE run_id = $1 AND action NOT IN ('start', 'skip-review') ORDER BY id")
             .bind(&run)
             .fetch_all(&env.pool)
             .await
