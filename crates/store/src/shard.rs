@@ -441,7 +441,7 @@ impl Store {
         }
         let result = serde_json::to_value(&tally).map_err(|e| StoreError::Data(e.to_string()))?;
         sqlx::query(
-            "UPDATE backfill_shard SET state = 'done', result = $3, worker = $4, finished_at = now(),
+            "UPDATE backfill_shard SET state = 'done', result = $3, worker = $4, finished_at = clock_timestamp(),
                     deliveries = deliveries + 1, lease_until = NULL,
                     elapsed_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::int
              WHERE run_id = $1 AND shard_no = $2",

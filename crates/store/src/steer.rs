@@ -666,8 +666,8 @@ impl Store {
                     }
                 }
                 let claimed = sqlx::query(
-                    "UPDATE backfill_shard SET state = 'running', worker = $3, started_at = now(),
-                            lease_until = now() + make_interval(secs => $4)
+                    "UPDATE backfill_shard SET state = 'running', worker = $3, started_at = clock_timestamp(),
+                            lease_until = clock_timestamp() + make_interval(secs => $4)
                      WHERE run_id = $1 AND shard_no = $2 AND state IN ('pending', 'running')
                      RETURNING shard_no",
                 )
