@@ -565,6 +565,7 @@ fn job_request(job: &JobArgs, operator: &str) -> anyhow::Result<backfill_coordin
         throttle: steer_throttle(&job.steer, &spec_throttle),
         sample,
         gate,
+        kind: backfill_job::RunKind::Forward,
     })
 }
 
@@ -670,6 +671,11 @@ async fn connect_broker(s: &Settings) -> anyhow::Result<Broker> {
     Ok(Broker::connect(s.amqp_url.expose(), s.queues()).await?)
 }
 
+/// Exit code when nothing was started because another run or coordinator
+/// of the job is in progress: a scheduler must see that the work it asked
+/// for was not done.
+pub const EXIT_BUSY: i32 = 5;
+
 pub fn exit_code(rec: &RunRecord) -> i32 {
     if rec.state == RunState::Cancelled {
         4
@@ -712,7 +718,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let Some(rec) =
                 run_in_process(&settings, Work::Job(Box::new(req)), mappers, local).await?
             else {
-                return Ok(0);
+                return Ok(EXIT_BUSY);
             };
             // Before the report, which ends with the `Summary:` line.
             if let Some(fraction) = rec.sample {
@@ -749,11 +755,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 },
                 &operator,
             )?;
+            let req = backfill_coordinator::RunRequest {
+                kind: backfill_job::RunKind::Verify,
+                ..req
+            };
             let local = local || settings.is_sqlite();
             let Some(rec) =
                 run_in_process(&settings, Work::Job(Box::new(req)), mappers, local).await?
             else {
-                return Ok(1);
+                return Ok(EXIT_BUSY);
             };
             let store = connect_store(&settings, 2).await?;
             let versions = versions_unchanged(&store, &rec).await?;
@@ -836,7 +846,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                         .ok_or_else(|| usage(format!("run {run_id} is not in the ledger")))?;
                     let Some(lock) = store.try_lock_job(&rec.spec.name).await? else {
                         eprintln!("another coordinator is working on job `{}`; not resuming run {run_id} twice", rec.spec.name);
-                        return Ok(0);
+                        return Ok(EXIT_BUSY);
                     };
                     let n = backfill_coordinator::publish_until_done(
                         &store,
@@ -853,20 +863,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 }
                 None => {
                     let req = req.ok_or_else(|| usage("--job FILE is required"))?;
+                    // The broker first: a run recorded with nobody able to
+                    // publish it would be orphaned and block the job.
+                    connect_broker(&settings).await?.close().await;
                     let (start, lock) = backfill_coordinator::start(&store, &req)
                         .await
                         .map_err(refusal)?;
                     let run_id = match start {
                         backfill_coordinator::Start::Busy(msg) => {
                             eprintln!("{msg}");
-                            return Ok(0);
+                            return Ok(EXIT_BUSY);
                         }
                         backfill_coordinator::Start::Planned { run_id, shards } => {
                             eprintln!("run {run_id} planned: {shards} shards");
                             run_id
                         }
-                        backfill_coordinator::Start::Resumed { run_id } => {
-                            eprintln!("run {run_id} of the same job, spec and scope was unfinished: resuming it");
+                        backfill_coordinator::Start::Resumed { run_id, kind } => {
+                            eprintln!("adopting run {run_id} ({kind} run of the same job, spec and scope, unfinished): resuming it");
                             run_id
                         }
                     };
@@ -1092,7 +1105,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 shard_size,
             };
             let Some(rec) = run_in_process(&settings, work, mappers, local).await? else {
-                return Ok(0);
+                return Ok(EXIT_BUSY);
             };
             print!("{}", backfill_job::report::render_report(&rec.view()));
             Ok(exit_code(&rec))
@@ -1112,7 +1125,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 shard_size,
             };
             let Some(rec) = run_in_process(&settings, work, mappers, local).await? else {
-                return Ok(0);
+                return Ok(EXIT_BUSY);
             };
             print!("{}", backfill_job::report::render_report(&rec.view()));
             eprintln!(
@@ -1547,8 +1560,8 @@ async fn start_or_resume(
             eprintln!("run {run_id}: {shards} shards planned");
             Ok(Some((run_id, lock)))
         }
-        backfill_coordinator::Start::Resumed { run_id } => {
-            eprintln!("run {run_id} of the same job, spec and scope was unfinished: resuming it");
+        backfill_coordinator::Start::Resumed { run_id, kind } => {
+            eprintln!("adopting run {run_id} ({kind} run of the same job, spec and scope, unfinished): resuming it");
             Ok(Some((run_id, lock)))
         }
     }

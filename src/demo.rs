@@ -103,6 +103,7 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<i32> {
                     &demo_settings.operator,
                     backfill_coordinator::DEFAULT_REVIEW_WINDOW,
                 ),
+                kind: backfill_job::RunKind::Forward,
             })),
             args.mappers,
             !args.distributed,

@@ -227,6 +227,7 @@ async fn conflicts_and_redelivery_on_both_back_ends() {
                 throttle: None,
                 sample: None,
                 gate: backfill_coordinator::Gate::skip("test", "test"),
+                kind: backfill_job::RunKind::Forward,
             },
         )
         .await
@@ -541,6 +542,7 @@ async fn on_conflict_retry_applies_the_rules_to_the_applications_edit_on_both_ba
                 throttle: None,
                 sample: None,
                 gate: backfill_coordinator::Gate::skip("test", "test"),
+                kind: backfill_job::RunKind::Forward,
             },
         )
         .await

@@ -516,6 +516,7 @@ async fn plan_one_program(
             throttle: None,
             sample: None,
             gate: backfill_coordinator::Gate::skip("test", "test"),
+            kind: backfill_job::RunKind::Forward,
         },
     )
     .await

@@ -81,6 +81,7 @@ pub async fn run(
             throttle: None,
             sample: None,
             gate: backfill_coordinator::Gate::skip("backfill-bench", "benchmark"),
+            kind: backfill_job::RunKind::Forward,
         },
     )
     .await

@@ -30,6 +30,10 @@ pub enum CoordinatorError {
     UnknownRun(String),
     #[error("stopped while waiting for run {0}; it carries on without this process (see `backfill status {0}`)")]
     Interrupted(String),
+    /// Stopped (or gave up on the broker) before every shard was
+    /// published: the run cannot carry on by itself.
+    #[error("stopped before every shard of run {0} was published, so the run cannot finish by itself; it is resumable: `backfill coordinator --resume {0}` (or stop it with `backfill cancel {0}`)")]
+    Unpublished(String),
     /// A commit that its gate refuses (no reviewed dry run, a required job
     /// not verified); nothing was recorded.
     #[error("{0}")]
@@ -184,6 +188,9 @@ pub struct RunRequest {
     pub sample: Option<f64>,
     /// What a commit must show before it starts.
     pub gate: Gate,
+    /// What the run is for: `Forward` for `run`/`coordinator`, `Verify`
+    /// for `verify`. Only a run of the same kind is adopted.
+    pub kind: backfill_job::RunKind,
 }
 
 /// The shard size of a new run, and how it was chosen when adaptive:
@@ -244,9 +251,10 @@ pub fn new_run_id(job: &str) -> String {
 pub enum Start {
     /// A new run was planned.
     Planned { run_id: String, shards: u32 },
-    /// An unfinished run of the same job, spec, scope and mode was found
-    /// (a coordinator died before publishing it all): carry on with it.
-    Resumed { run_id: String },
+    /// An unfinished run of the same job, spec, scope, mode and kind was
+    /// found (a coordinator died before publishing it all): carry on with
+    /// it. `kind` names the run's kind for the line that says so.
+    Resumed { run_id: String, kind: String },
     /// Another coordinator holds the job, or a different run of it is in
     /// progress: nothing was started. The message names the run.
     Busy(String),
@@ -274,14 +282,22 @@ pub async fn start(
         ));
     };
     let active = store.active_runs(job).await?;
-    if let Some(same) = active
-        .iter()
-        .find(|a| a.spec_hash == req.spec.hash && a.scope == req.scope && a.mode == req.mode)
-    {
-        info!(run = %same.run_id, published = same.shards_published, total = same.shards_total, "resuming an unfinished run of the same job, spec and scope");
+    // A run is adopted only when it is the same command: same spec, scope
+    // and mode, and the same kind — a forward run never finishes a killed
+    // revert or retry, and `verify` never adopts a sampled dry run.
+    if let Some(same) = active.iter().find(|a| {
+        a.spec_hash == req.spec.hash
+            && a.scope == req.scope
+            && a.mode == req.mode
+            && a.kind == req.kind
+            && a.of.is_none()
+            && a.sample == req.sample
+    }) {
+        info!(run = %same.run_id, kind = %same.describe_kind(), published = same.shards_published, total = same.shards_total, "resuming an unfinished run of the same job, spec, scope and kind");
         return Ok((
             Start::Resumed {
                 run_id: same.run_id.clone(),
+                kind: same.describe_kind(),
             },
             Some(lock),
         ));
@@ -289,8 +305,16 @@ pub async fn start(
     if let Some(other) = active.first() {
         return Ok((
             Start::Busy(format!(
-                "run {} of job `{job}` is still in progress ({}/{} shards reduced); not starting another. Watch it with `backfill status {}`",
-                other.run_id, other.shards_reduced, other.shards_total, other.run_id
+                "run {} of job `{job}` ({}, {}) is still in progress ({}/{} shards published, {} reduced); not starting another. Watch it with `backfill status {}`; if its coordinator died, finish it with `backfill coordinator --resume {}` or stop it with `backfill cancel {}`",
+                other.run_id,
+                other.describe_kind(),
+                other.mode,
+                other.shards_published,
+                other.shards_total,
+                other.shards_reduced,
+                other.run_id,
+                other.run_id,
+                other.run_id
             )),
             None,
         ));
@@ -305,8 +329,10 @@ pub async fn start(
     ))
 }
 
-/// Resumes a given run: publishes again every shard not yet done (a
-/// duplicate task is harmless: a done shard is never applied twice).
+/// Resumes a given run: publishes again every shard not yet folded by the
+/// reducer (a duplicate task is harmless: a done shard is never applied
+/// twice; its task makes a mapper re-send the result the ledger holds, so
+/// a shard committed but never reduced is folded and the run can end).
 pub async fn resume_tasks(store: &Store, run_id: &str) -> Result<Vec<ShardTask>, CoordinatorError> {
     let rec = store
         .load_run(run_id)
@@ -319,7 +345,7 @@ pub async fn resume_tasks(store: &Store, run_id: &str) -> Result<Vec<ShardTask>,
         .shards(run_id)
         .await?
         .into_iter()
-        .filter(|s| s.state == "pending" || s.state == "running")
+        .filter(|s| !s.reduced)
         .map(|s| ShardTask {
             v: MESSAGE_VERSION,
             run_id: run_id.to_string(),
@@ -357,6 +383,7 @@ pub async fn plan(store: &Store, req: &RunRequest) -> Result<(String, Plan), Coo
                 scope: &req.scope,
                 shard_size,
                 sample: req.sample,
+                kind: req.kind,
             },
             groups,
         )
@@ -474,10 +501,14 @@ pub async fn publish_until_done(
             {
                 tracing::warn!(error = %e, run = %run_id, "publishing interrupted; reconnecting in {:?}", backoff);
                 tokio::select! {
-                    _ = shutdown.cancelled() => return Err(CoordinatorError::Interrupted(run_id.to_string())),
+                    _ = shutdown.cancelled() => return Err(CoordinatorError::Unpublished(run_id.to_string())),
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(CoordinatorError::Queue(e)) => {
+                tracing::error!(error = %e, run = %run_id, "giving up publishing");
+                return Err(CoordinatorError::Unpublished(run_id.to_string()));
             }
             Err(e) => return Err(e),
         }

@@ -31,6 +31,6 @@ pub mod tally;
 pub use message::{ShardResult, ShardTask};
 pub use plan::{GroupStatus, Plan, PlannedGroup};
 pub use rules::{evaluate_revert, evaluate_row, RowInput, RowOutcome};
-pub use run::{Mode, RunState, Scope};
+pub use run::{Mode, RunKind, RunState, Scope};
 pub use spec::{JobSpec, KeyType, SpecError};
 pub use tally::{Counts, GroupTally, Tally};

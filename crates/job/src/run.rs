@@ -44,6 +44,73 @@ impl FromStr for Mode {
     }
 }
 
+/// What a run is for. Part of a run's identity: a coordinator adopts an
+/// unfinished run only when it is of the same kind (and, for a derived run,
+/// of the same original), so a forward run never finishes a killed revert
+/// and `verify` never passes on a killed sampled dry run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum RunKind {
+    /// `run` / `coordinator`: the job's rules over its scope.
+    #[default]
+    Forward,
+    /// `verify`: a dry run whose success is "nothing left to do".
+    Verify,
+    /// `revert RUN`: a commit run's before-images put back.
+    Revert,
+    /// `retry RUN`: a finished run's quarantined rows again.
+    Retry,
+}
+
+impl RunKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Forward => "forward",
+            RunKind::Verify => "verify",
+            RunKind::Revert => "revert",
+            RunKind::Retry => "retry",
+        }
+    }
+
+    /// The kind a ledger row records; rows written before kinds were
+    /// recorded (`None`) are forward runs or, with `revert_of`, reverts.
+    pub fn from_ledger(kind: Option<&str>, revert_of: Option<&str>) -> Result<RunKind, String> {
+        match kind {
+            Some("forward") => Ok(RunKind::Forward),
+            Some("verify") => Ok(RunKind::Verify),
+            Some("revert") => Ok(RunKind::Revert),
+            Some("retry") => Ok(RunKind::Retry),
+            Some(other) => Err(format!(
+                "unknown run kind `{other}` (expected forward, verify, revert or retry)"
+            )),
+            None if revert_of.is_some() => Ok(RunKind::Revert),
+            None => Ok(RunKind::Forward),
+        }
+    }
+
+    /// One phrase naming the run's kind for people: `forward`, `verify`,
+    /// `revert of RUN`, `retry of RUN`, with the share a sampled run reads.
+    pub fn describe(self, of: Option<&str>, sample: Option<f64>) -> String {
+        let mut s = match (self, of) {
+            (RunKind::Revert, Some(of)) => format!("revert of {of}"),
+            (RunKind::Retry, Some(of)) => format!("retry of {of}"),
+            (k, _) => k.as_str().to_string(),
+        };
+        if let Some(f) = sample {
+            let pct = (f * 10000.0).round() / 100.0;
+            s.push_str(&format!(" (sample of {pct}% of the rows)"));
+        }
+        s
+    }
+}
+
+impl fmt::Display for RunKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Which groups a run covers: exactly one of "these groups" or "all".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "scope", content = "keys", rename_all = "kebab-case")]
@@ -147,6 +214,32 @@ impl FromStr for RunState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_kinds_round_trip_and_describe() {
+        for k in [
+            RunKind::Forward,
+            RunKind::Verify,
+            RunKind::Revert,
+            RunKind::Retry,
+        ] {
+            assert_eq!(RunKind::from_ledger(Some(k.as_str()), None).unwrap(), k);
+        }
+        assert_eq!(RunKind::from_ledger(None, None).unwrap(), RunKind::Forward);
+        assert_eq!(
+            RunKind::from_ledger(None, Some("r1")).unwrap(),
+            RunKind::Revert
+        );
+        assert!(RunKind::from_ledger(Some("sideways"), None)
+            .unwrap_err()
+            .contains("sideways"));
+        assert_eq!(RunKind::Revert.describe(Some("r1"), None), "revert of r1");
+        assert_eq!(RunKind::Retry.describe(Some("r2"), None), "retry of r2");
+        assert_eq!(
+            RunKind::Forward.describe(None, Some(0.01)),
+            "forward (sample of 1% of the rows)"
+        );
+    }
 
     #[test]
     fn scope_requires_exactly_one_flag() {

@@ -48,6 +48,17 @@ pub enum MapperError {
     UnknownRun(String),
     #[error("run {run}: the job has no target named `{target}`; the task is dropped")]
     UnknownTarget { run: String, target: String },
+    #[error("run {run} has no shard {shard} in the ledger; the task is dropped")]
+    UnknownShard { run: String, shard: u32 },
+    /// The ledger, not the message, says what a shard covers: a task that
+    /// names another target than the ledger planned is forged or corrupt.
+    #[error("task for shard {shard} of run {run} names target `{task}`, but the ledger planned that shard on `{planned}`; the task is refused")]
+    TargetMismatch {
+        run: String,
+        shard: u32,
+        task: String,
+        planned: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -110,12 +121,27 @@ pub async fn process_task(
 ) -> Result<ShardResult, MapperError> {
     let started = Instant::now();
     let run = runs.get(store, &task.run_id).await?;
+    let planned = store
+        .shard_target(&task.run_id, task.shard_no)
+        .await?
+        .ok_or_else(|| MapperError::UnknownShard {
+            run: task.run_id.clone(),
+            shard: task.shard_no,
+        })?;
+    if planned != task.target {
+        return Err(MapperError::TargetMismatch {
+            run: task.run_id.clone(),
+            shard: task.shard_no,
+            task: task.target.clone(),
+            planned,
+        });
+    }
     let target = run
         .spec
-        .target(&task.target)
+        .target(&planned)
         .ok_or_else(|| MapperError::UnknownTarget {
             run: task.run_id.clone(),
-            target: task.target.clone(),
+            target: planned.clone(),
         })?;
     let tally = match store
         // No digests up front: the compare-and-set goes by row version and
@@ -206,7 +232,7 @@ pub async fn process_task(
         v: MESSAGE_VERSION,
         run_id: task.run_id.clone(),
         shard_no: task.shard_no,
-        target: task.target.clone(),
+        target: target.name.clone(),
         worker: worker.to_string(),
         elapsed_ms: started.elapsed().as_millis() as u64,
         tally,
@@ -364,9 +390,12 @@ pub async fn attempt(
 ) -> Disposition {
     match process_task(store, runs, task, worker).await {
         Ok(result) => Disposition::Done(Box::new(result)),
-        Err(e @ (MapperError::UnknownRun(_) | MapperError::UnknownTarget { .. })) => {
-            Disposition::Drop(e.to_string())
-        }
+        Err(
+            e @ (MapperError::UnknownRun(_)
+            | MapperError::UnknownTarget { .. }
+            | MapperError::UnknownShard { .. }
+            | MapperError::TargetMismatch { .. }),
+        ) => Disposition::Drop(e.to_string()),
         Err(e) if e.is_transient() => Disposition::Retry(e.to_string()),
         Err(e) => {
             let msg = e.to_string();
@@ -398,14 +427,31 @@ pub async fn record_dead_shard(
     worker: &str,
     error: &str,
 ) -> Result<ShardResult, StoreError> {
+    // What the shard covers is the ledger's to say, never the message's:
+    // a forged dead task must not fail a healthy shard of another target.
+    let planned = store
+        .shard_target(&task.run_id, task.shard_no)
+        .await?
+        .ok_or_else(|| {
+            StoreError::Data(format!(
+                "shard {} of run {} is not in the ledger",
+                task.shard_no, task.run_id
+            ))
+        })?;
+    if planned != task.target {
+        return Err(StoreError::Data(format!(
+            "dead task for shard {} of run {} names target `{}`, but the ledger planned `{planned}`",
+            task.shard_no, task.run_id, task.target
+        )));
+    }
     let committed = store
-        .fail_shard(&task.run_id, task.shard_no, &task.target, error)
+        .fail_shard(&task.run_id, task.shard_no, &planned, error)
         .await?;
     Ok(ShardResult {
         v: MESSAGE_VERSION,
         run_id: task.run_id.clone(),
         shard_no: task.shard_no,
-        target: task.target.clone(),
+        target: planned,
         worker: worker.to_string(),
         elapsed_ms: 0,
         tally: committed.tally().clone(),

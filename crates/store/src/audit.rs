@@ -24,7 +24,8 @@ pub struct Verified {
 
 impl Store {
     /// Dry runs of a job with this spec that finished within `window`,
-    /// newest first (full dry runs only: not sampled, not a revert).
+    /// newest first: full forward dry runs that finished without errors
+    /// only (not sampled, not a revert or retry, not a `verify`).
     pub async fn recent_dry_runs(
         &self,
         job: &str,
@@ -34,7 +35,8 @@ impl Store {
         let secs = window.as_secs_f64();
         let q = "SELECT run_id FROM backfill_run
                  WHERE job_name = $1 AND spec_hash = $2 AND mode = 'dry-run'
-                   AND state IN ('done', 'failed') AND sample IS NULL AND revert_of IS NULL
+                   AND state = 'done' AND sample IS NULL AND revert_of IS NULL
+                   AND (kind IS NULL OR kind = 'forward')
                    AND created_at > SINCE
                  ORDER BY created_at DESC LIMIT 20";
         let rows: Vec<String> = match &self.backend {

@@ -177,11 +177,23 @@ pub struct RunRecord {
     pub revert_of: Option<String>,
     /// For a sampled dry run: the share of the target rows it read (0–1].
     pub sample: Option<f64>,
+    /// What the run is for; with `revert_of` / `retry_of`, of which run.
+    pub kind: backfill_job::RunKind,
+    /// For a retry: the run whose quarantined rows it redoes.
+    pub retry_of: Option<String>,
     /// The target tables' row counts: `{"planned": {table: n}, "finished": {table: n}}`.
     pub table_rows: Option<serde_json::Value>,
 }
 
 impl RunRecord {
+    /// The run's kind for people (`revert of RUN`, `forward (sample of 1% …)`).
+    pub fn describe_kind(&self) -> String {
+        self.kind.describe(
+            self.revert_of.as_deref().or(self.retry_of.as_deref()),
+            self.sample,
+        )
+    }
+
     pub fn view(&self) -> RunView<'_> {
         RunView {
             run_id: &self.run_id,
@@ -224,7 +236,7 @@ impl crate::Store {
         };
         let row = sqlx::query(
             "SELECT run_id, spec_text, mode, scope, state, plan, shards_total, shards_reduced, tally, summary,
-                    revert_of, sample, table_rows
+                    revert_of, sample, table_rows, kind, retry_of
              FROM backfill_run WHERE run_id = $1",
         )
         .bind(run_id)
@@ -246,6 +258,8 @@ impl crate::Store {
             revert_of: row.get("revert_of"),
             sample: row.get("sample"),
             table_rows: row.get("table_rows"),
+            kind: row.get("kind"),
+            retry_of: row.get("retry_of"),
         })
         .map(Some)
     }
@@ -336,14 +350,14 @@ impl crate::Store {
         let claimed = sqlx::query(
             "UPDATE backfill_shard SET reduced_at = now()
              WHERE run_id = $1 AND shard_no = $2 AND reduced_at IS NULL AND state IN ('done', 'dead')
-             RETURNING shard_no",
+             RETURNING result",
         )
         .bind(&result.run_id)
         .bind(result.shard_no as i32)
         .fetch_optional(&mut *tx)
         .await
         .map_err(sql("claim shard result"))?;
-        if claimed.is_none() {
+        let Some(claimed) = claimed else {
             let known = sqlx::query("SELECT state, reduced_at IS NOT NULL FROM backfill_shard WHERE run_id = $1 AND shard_no = $2")
                 .bind(&result.run_id)
                 .bind(result.shard_no as i32)
@@ -356,7 +370,10 @@ impl crate::Store {
                 Some(r) if r.get::<bool, _>(1) => Reduced::Duplicate,
                 Some(_) => Reduced::NotCommitted,
             });
-        }
+        };
+        // The ledger, not the message, is the truth of what the shard
+        // counted: fold the result the mapper committed with the shard.
+        let stored = stored_tally(claimed.get::<Option<serde_json::Value>, _>(0))?;
         let row = sqlx::query(
             "SELECT spec_text, mode, scope, plan, tally, shards_total, shards_reduced
              FROM backfill_run WHERE run_id = $1 FOR UPDATE",
@@ -374,7 +391,7 @@ impl crate::Store {
             row.get("tally"),
             row.get::<i32, _>("shards_total") as i64,
             row.get::<i32, _>("shards_reduced") as i64,
-            result,
+            &stored,
         )?;
         match &fold.finished {
             None => {
@@ -423,6 +440,8 @@ pub(crate) struct RawRun {
     pub revert_of: Option<String>,
     pub sample: Option<f64>,
     pub table_rows: Option<serde_json::Value>,
+    pub kind: Option<String>,
+    pub retry_of: Option<String>,
 }
 
 pub(crate) fn run_record(raw: RawRun) -> Result<RunRecord, StoreError> {
@@ -440,7 +459,10 @@ pub(crate) fn run_record(raw: RawRun) -> Result<RunRecord, StoreError> {
         shards_reduced: raw.shards_reduced.max(0) as u32,
         tally: decode("tally", raw.tally)?,
         summary: raw.summary,
+        kind: backfill_job::RunKind::from_ledger(raw.kind.as_deref(), raw.revert_of.as_deref())
+            .map_err(StoreError::Data)?,
         revert_of: raw.revert_of,
+        retry_of: raw.retry_of,
         sample: raw.sample,
         table_rows: raw.table_rows,
     })
@@ -473,10 +495,10 @@ pub(crate) fn fold_result(
     tally: serde_json::Value,
     shards_total: i64,
     shards_reduced: i64,
-    result: &ShardResult,
+    shard_tally: &Tally,
 ) -> Result<Fold, StoreError> {
     let mut tally: Tally = decode("tally", tally)?;
-    tally.merge(&result.tally);
+    tally.merge(shard_tally);
     let reduced = shards_reduced + 1;
     let tally_json = serde_json::to_value(&tally).map_err(|e| StoreError::Data(e.to_string()))?;
     if reduced < shards_total {
@@ -503,6 +525,12 @@ pub(crate) fn fold_result(
         reduced,
         finished: Some((final_state(&tally), summary)),
     })
+}
+
+/// The tally a mapper committed with its shard (`backfill_shard.result`).
+pub(crate) fn stored_tally(v: Option<serde_json::Value>) -> Result<Tally, StoreError> {
+    let v = v.ok_or_else(|| StoreError::Data("a finished shard has no stored result".into()))?;
+    decode("shard result", v)
 }
 
 /// A run with row errors ends failed; otherwise done.
@@ -539,6 +567,17 @@ pub struct ActiveRun {
     pub shards_total: u32,
     pub shards_published: u32,
     pub shards_reduced: u32,
+    pub kind: backfill_job::RunKind,
+    /// For a revert or a retry: the run it was made from.
+    pub of: Option<String>,
+    pub sample: Option<f64>,
+}
+
+impl ActiveRun {
+    /// The run's kind for people (`revert of RUN`, `forward (sample of 1% …)`).
+    pub fn describe_kind(&self) -> String {
+        self.kind.describe(self.of.as_deref(), self.sample)
+    }
 }
 
 /// Held while a coordinator works on a job, so that a second coordinator
@@ -575,9 +614,23 @@ impl crate::Store {
     /// The job's runs that have not finished, newest first.
     pub async fn active_runs(&self, job: &str) -> Result<Vec<ActiveRun>, StoreError> {
         let q = "SELECT r.run_id, r.spec_hash, r.mode, CAST(r.scope AS text), r.shards_total, r.shards_reduced,
-                        (SELECT count(*) FROM backfill_shard s WHERE s.run_id = r.run_id AND s.published_at IS NOT NULL)
+                        (SELECT count(*) FROM backfill_shard s WHERE s.run_id = r.run_id AND s.published_at IS NOT NULL),
+                        r.kind, r.revert_of, r.retry_of, r.sample
                  FROM backfill_run r WHERE r.job_name = $1 AND r.state = 'running' ORDER BY r.created_at DESC";
-        let rows = match &self.backend {
+        type Raw = (
+            String,
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            i64,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<f64>,
+        );
+        let rows: Vec<Raw> = match &self.backend {
             crate::Backend::Pg(p) => sqlx::query(q)
                 .bind(job)
                 .fetch_all(p)
@@ -586,16 +639,20 @@ impl crate::Store {
                 .into_iter()
                 .map(|r| {
                     (
-                        r.get::<String, _>(0),
-                        r.get::<String, _>(1),
-                        r.get::<String, _>(2),
-                        r.get::<String, _>(3),
+                        r.get(0),
+                        r.get(1),
+                        r.get(2),
+                        r.get(3),
                         r.get::<i32, _>(4) as i64,
                         r.get::<i32, _>(5) as i64,
                         r.get::<i64, _>(6),
+                        r.get(7),
+                        r.get(8),
+                        r.get(9),
+                        r.get(10),
                     )
                 })
-                .collect::<Vec<_>>(),
+                .collect(),
             crate::Backend::Lite(p) => sqlx::query(&q.replace("$1", "?1"))
                 .bind(job)
                 .fetch_all(p)
@@ -604,20 +661,36 @@ impl crate::Store {
                 .into_iter()
                 .map(|r| {
                     (
-                        r.get::<String, _>(0),
-                        r.get::<String, _>(1),
-                        r.get::<String, _>(2),
-                        r.get::<String, _>(3),
+                        r.get(0),
+                        r.get(1),
+                        r.get(2),
+                        r.get(3),
                         r.get::<i64, _>(4),
                         r.get::<i64, _>(5),
                         r.get::<i64, _>(6),
+                        r.get(7),
+                        r.get(8),
+                        r.get(9),
+                        r.get(10),
                     )
                 })
-                .collect::<Vec<_>>(),
+                .collect(),
         };
         rows.into_iter()
             .map(
-                |(run_id, spec_hash, mode, scope, total, reduced, published)| {
+                |(
+                    run_id,
+                    spec_hash,
+                    mode,
+                    scope,
+                    total,
+                    reduced,
+                    published,
+                    kind,
+                    revert_of,
+                    retry_of,
+                    sample,
+                )| {
                     Ok(ActiveRun {
                         run_id,
                         spec_hash,
@@ -628,10 +701,47 @@ impl crate::Store {
                         shards_total: total.max(0) as u32,
                         shards_published: published.max(0) as u32,
                         shards_reduced: reduced.max(0) as u32,
+                        kind: backfill_job::RunKind::from_ledger(
+                            kind.as_deref(),
+                            revert_of.as_deref(),
+                        )
+                        .map_err(StoreError::Data)?,
+                        of: revert_of.or(retry_of),
+                        sample,
                     })
                 },
             )
             .collect()
+    }
+}
+
+impl crate::Store {
+    /// The target a shard of the run covers, as the ledger planned it
+    /// (`None`: no such shard). A task names its target only for people
+    /// reading queues; the mapper works on what the ledger says.
+    pub async fn shard_target(
+        &self,
+        run_id: &str,
+        shard_no: u32,
+    ) -> Result<Option<String>, StoreError> {
+        let q = "SELECT target FROM backfill_shard WHERE run_id = $1 AND shard_no = $2";
+        match &self.backend {
+            crate::Backend::Pg(p) => {
+                sqlx::query_scalar(q)
+                    .bind(run_id)
+                    .bind(shard_no as i32)
+                    .fetch_optional(p)
+                    .await
+            }
+            crate::Backend::Lite(p) => {
+                sqlx::query_scalar(&q.replace('$', "?"))
+                    .bind(run_id)
+                    .bind(shard_no as i64)
+                    .fetch_optional(p)
+                    .await
+            }
+        }
+        .map_err(sql("read the shard's target"))
     }
 }
 

@@ -177,7 +177,7 @@ pub(crate) async fn load_run(
 ) -> Result<Option<RunRecord>, StoreError> {
     let row = sqlx::query(
         "SELECT run_id, spec_text, mode, scope, state, plan, shards_total, shards_reduced, tally, summary,
-                revert_of, sample, table_rows
+                revert_of, sample, table_rows, kind, retry_of
          FROM backfill_run WHERE run_id = ?1",
     )
     .bind(run_id)
@@ -198,6 +198,8 @@ pub(crate) async fn load_run(
         summary: row.get("summary"),
         revert_of: row.get("revert_of"),
         sample: row.get("sample"),
+        kind: row.get("kind"),
+        retry_of: row.get("retry_of"),
         table_rows: Some(parse_json("table_rows", row.get("table_rows"))?).filter(|v| !v.is_null()),
     })
     .map(Some)
@@ -270,14 +272,14 @@ pub(crate) async fn reduce(pool: &SqlitePool, result: &ShardResult) -> Result<Re
     let mut tx = begin_write(pool, "reduce").await?;
     let claimed = sqlx::query(&format!(
         "UPDATE backfill_shard SET reduced_at = {NOW}
-         WHERE run_id = ?1 AND shard_no = ?2 AND reduced_at IS NULL AND state IN ('done', 'dead') RETURNING shard_no"
+         WHERE run_id = ?1 AND shard_no = ?2 AND reduced_at IS NULL AND state IN ('done', 'dead') RETURNING result"
     ))
     .bind(&result.run_id)
     .bind(result.shard_no as i64)
     .fetch_optional(&mut *tx)
     .await
     .map_err(sql("claim shard result"))?;
-    if claimed.is_none() {
+    let Some(claimed) = claimed else {
         let known = sqlx::query("SELECT state, reduced_at IS NOT NULL FROM backfill_shard WHERE run_id = ?1 AND shard_no = ?2")
             .bind(&result.run_id)
             .bind(result.shard_no as i64)
@@ -290,7 +292,14 @@ pub(crate) async fn reduce(pool: &SqlitePool, result: &ShardResult) -> Result<Re
             Some(r) if r.get::<bool, _>(1) => Reduced::Duplicate,
             Some(_) => Reduced::NotCommitted,
         });
-    }
+    };
+    // Fold what the ledger holds for the shard, not what the message says.
+    let stored = claimed.get::<Option<String>, _>(0);
+    let stored = crate::ledger::stored_tally(
+        stored
+            .map(|t| parse_json("shard result", Some(t)))
+            .transpose()?,
+    )?;
     let row = sqlx::query(
         "SELECT spec_text, mode, scope, plan, tally, shards_total, shards_reduced FROM backfill_run WHERE run_id = ?1",
     )
@@ -307,7 +316,7 @@ pub(crate) async fn reduce(pool: &SqlitePool, result: &ShardResult) -> Result<Re
         parse_json("tally", row.get("tally"))?,
         row.get("shards_total"),
         row.get("shards_reduced"),
-        result,
+        &stored,
     )?;
     let tally_text = json_text(&fold.tally)?;
     match &fold.finished {
@@ -377,8 +386,8 @@ pub(crate) async fn create_run(
     // written in one transaction afterwards.
     let mut tx = begin_write(pool, "plan").await?;
     sqlx::query(
-        "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, sample)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', '{}', 0, '{}', ?7)",
+        "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, sample, kind)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', '{}', 0, '{}', ?7, ?8)",
     )
     .bind(new.run_id)
     .bind(&spec.name)
@@ -387,6 +396,7 @@ pub(crate) async fn create_run(
     .bind(new.mode.as_str())
     .bind(json_text(new.scope)?)
     .bind(new.sample)
+    .bind(new.kind.as_str())
     .execute(&mut *tx)
     .await
     .map_err(sql("record run"))?;
@@ -783,8 +793,8 @@ pub(crate) async fn create_derived_run(
     let mode = derived.mode(original);
     let mut tx = begin_write(pool, "plan").await?;
     sqlx::query(
-        "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, revert_of)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', '{}', 0, '{}', ?7)",
+        "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, revert_of, kind, retry_of)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', '{}', 0, '{}', ?7, ?8, ?9)",
     )
     .bind(run_id)
     .bind(&spec.name)
@@ -793,6 +803,8 @@ pub(crate) async fn create_derived_run(
     .bind(mode.as_str())
     .bind(json_text(&original.scope_value)?)
     .bind(derived.revert_of(original))
+    .bind(derived.kind().as_str())
+    .bind(derived.retry_of(original))
     .execute(&mut *tx)
     .await
     .map_err(sql("record run"))?;
@@ -843,6 +855,7 @@ pub(crate) async fn create_derived_run(
         scope: &original.scope_value,
         shard_size,
         sample: None,
+        kind: derived.kind(),
     };
     let (plan, summary) = finish_plan(
         &new,

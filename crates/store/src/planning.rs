@@ -34,6 +34,8 @@ pub struct NewRun<'a> {
     pub shard_size: u32,
     /// A sampled dry run: the share of target rows to read (0–1].
     pub sample: Option<f64>,
+    /// What the run is for (recorded; runs adopt only their own kind).
+    pub kind: backfill_job::RunKind,
 }
 
 pub(crate) fn obj(text: &str, what: &str) -> Result<Map<String, Value>, StoreError> {
@@ -171,8 +173,8 @@ impl Store {
         let mut tx = pool.begin().await.map_err(sql("begin plan"))?;
         let empty = serde_json::json!({});
         sqlx::query(
-            "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, sample)
-             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, 0, $7, $8)",
+            "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, sample, kind)
+             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, 0, $7, $8, $9)",
         )
         .bind(new.run_id)
         .bind(&spec.name)
@@ -182,6 +184,7 @@ impl Store {
         .bind(serde_json::to_value(new.scope).unwrap_or(Value::Null))
         .bind(&empty)
         .bind(new.sample)
+        .bind(new.kind.as_str())
         .execute(&mut *tx)
         .await
         .map_err(sql("record run"))?;
@@ -363,6 +366,17 @@ impl Derived {
     pub(crate) fn revert_of(self, original: &crate::RunRecord) -> Option<&str> {
         matches!(self, Derived::Revert(_)).then_some(original.run_id.as_str())
     }
+
+    pub(crate) fn retry_of(self, original: &crate::RunRecord) -> Option<&str> {
+        matches!(self, Derived::Retry).then_some(original.run_id.as_str())
+    }
+
+    pub(crate) fn kind(self) -> backfill_job::RunKind {
+        match self {
+            Derived::Retry => backfill_job::RunKind::Retry,
+            Derived::Revert(_) => backfill_job::RunKind::Revert,
+        }
+    }
 }
 
 impl Store {
@@ -388,8 +402,8 @@ impl Store {
         let mut tx = pool.begin().await.map_err(sql("begin plan"))?;
         let empty = serde_json::json!({});
         sqlx::query(
-            "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, revert_of)
-             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, 0, $7, $8)",
+            "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, revert_of, kind, retry_of)
+             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, 0, $7, $8, $9, $10)",
         )
         .bind(run_id)
         .bind(&spec.name)
@@ -399,6 +413,8 @@ impl Store {
         .bind(serde_json::to_value(&original.scope_value).unwrap_or(Value::Null))
         .bind(&empty)
         .bind(derived.revert_of(original))
+        .bind(derived.kind().as_str())
+        .bind(derived.retry_of(original))
         .execute(&mut *tx)
         .await
         .map_err(sql("record run"))?;
@@ -444,6 +460,7 @@ impl Store {
             scope: &original.scope_value,
             shard_size,
             sample: None,
+            kind: derived.kind(),
         };
         let (plan, summary) = finish_plan(
             &new,

@@ -59,6 +59,10 @@ pub(crate) const PG_DDL: &[&str] = &[
     "ALTER TABLE backfill_run ADD COLUMN IF NOT EXISTS revert_of text",
     "ALTER TABLE backfill_run ADD COLUMN IF NOT EXISTS sample double precision",
     "ALTER TABLE backfill_run ADD COLUMN IF NOT EXISTS table_rows jsonb",
+    // What the run is for (forward, verify, revert, retry) and the run a
+    // retry redoes: a coordinator adopts only a run of its own kind.
+    "ALTER TABLE backfill_run ADD COLUMN IF NOT EXISTS kind text",
+    "ALTER TABLE backfill_run ADD COLUMN IF NOT EXISTS retry_of text",
     r#"CREATE TABLE IF NOT EXISTS backfill_control (
         run_id text PRIMARY KEY,
         control text NOT NULL DEFAULT 'run',
@@ -127,6 +131,8 @@ pub(crate) const LITE_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("backfill_run", "revert_of", "text"),
     ("backfill_run", "sample", "real"),
     ("backfill_run", "table_rows", "text"),
+    ("backfill_run", "kind", "text"),
+    ("backfill_run", "retry_of", "text"),
     ("backfill_before_image", "patch", "text"),
     ("backfill_before_image", "after_version", "text"),
 ];

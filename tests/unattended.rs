@@ -1,0 +1,127 @@
+//! Unattended runs that cannot be confused: a run adopts only an unfinished
+//! run of its own kind, "another run is in progress" exits non-zero, the
+//! review gate relies only on a finished forward dry run, and the reducer
+//! folds what the ledger holds for a shard, never what a message claims.
+//!
+//! A coordinator killed after planning leaves its run `running` in the
+//! ledger; the tests make that state by putting a finished run back to
+//! `running`, as the kill leaves it, then start the next command.
+
+mod common;
+
+use common::*;
+
+/// Puts a finished run back where a killed coordinator leaves it: running,
+/// its last shard committed but never folded.
+async fn as_if_killed(env: &TestEnv, run: &str) {
+    sqlx::query("UPDATE backfill_run SET state = 'running', summary = NULL, finished_at = NULL, shards_reduced = shards_reduced - 1 WHERE run_id = $1")
+        .bind(run)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE backfill_shard SET reduced_at = NULL WHERE run_id = $1 AND shard_no = (SELECT max(shard_no) FROM backfill_shard WHERE run_id = $1)")
+        .bind(run)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+}
+
+fn run_id_of(o: &std::process::Output) -> String {
+    summary(o).get("run").cloned().expect("run= in summary")
+}
+
+#[tokio::test]
+async fn a_forward_run_never_adopts_a_killed_revert_and_says_another_run_is_in_progress() {
+    let env = TestEnv::new().await;
+    env.seed_certificates(20, 800).await;
+    let spec = job("program-certificate-titles");
+    let commit = env.run(&["run", "--local", "--job", &spec, "--all", "--commit"]);
+    assert_eq!(commit.status.code(), Some(0));
+    let c = run_id_of(&commit);
+    let changed = num(&summary(&commit), "changed");
+    assert!(changed > 0);
+    let revert = env.run(&["revert", &c, "--commit", "--local"]);
+    assert_eq!(revert.status.code(), Some(0));
+    let r = run_id_of(&revert);
+    as_if_killed(&env, &r).await;
+    let after_revert = env.table_md5("wagtailcore_revision", "id").await;
+
+    let next = env.run(&["run", "--local", "--job", &spec, "--all", "--commit"]);
+    let err = stderr(&next);
+    assert_eq!(next.status.code(), Some(5), "busy is a failure: {err}");
+    assert!(
+        err.contains(&r) && err.contains(&format!("revert of {c}")),
+        "{err}"
+    );
+    assert!(err.contains("--resume"), "says how to finish it: {err}");
+    assert_eq!(
+        env.table_md5("wagtailcore_revision", "id").await,
+        after_revert,
+        "the revert was not finished by a forward run"
+    );
+    let state: String = sqlx::query_scalar("SELECT state FROM backfill_run WHERE run_id = $1")
+        .bind(&r)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "running");
+
+    // The same command adopts its own kind, says so, and folds the shard
+    // that was committed but never reduced.
+    let again = env.run(&["revert", &c, "--commit", "--local"]);
+    assert!(
+        again.status.code() == Some(5) || again.status.code() == Some(2),
+        "a second revert is refused while one is in progress: {}",
+        stderr(&again)
+    );
+    let resumed = env.run(&["coordinator", "--resume", &r]);
+    assert_eq!(resumed.status.code(), Some(0), "{}", stderr(&resumed));
+}
+
+#[tokio::test]
+async fn verify_never_adopts_a_killed_sampled_dry_run() {
+    let env = TestEnv::new().await;
+    env.seed_certificates(20, 800).await;
+    let spec = job("program-certificate-titles");
+    let sample = env.run(&["run", "--local", "--job", &spec, "--all", "--sample", "50%"]);
+    assert_eq!(sample.status.code(), Some(0), "{}", stderr(&sample));
+    let s = run_id_of(&sample);
+    as_if_killed(&env, &s).await;
+    let verify = env.run(&["verify", "--local", "--job", &spec, "--all"]);
+    let err = stderr(&verify);
+    assert_ne!(verify.status.code(), Some(0), "{err}");
+    assert_eq!(verify.status.code(), Some(5), "{err}");
+    assert!(err.contains("sample of 50% of the rows"), "{err}");
+    let passed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM backfill_event WHERE action = 'verify' AND detail LIKE 'passed%'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(passed, 0, "no verify passed on a share of the rows");
+}
+
+#[tokio::test]
+async fn a_failed_verify_is_no_review_for_a_commit() {
+    let env = TestEnv::new().await;
+    env.seed_certificates(20, 800).await;
+    let spec = job("program-certificate-titles");
+    let verify = env.run(&["verify", "--local", "--job", &spec, "--all"]);
+    assert_eq!(verify.status.code(), Some(1), "rows are left to change");
+    let mut gated = env.cmd(&["run", "--local", "--job", &spec, "--all", "--commit"]);
+    gated.env_remove("BACKFILL_SKIP_REVIEW");
+    let out = output_within(gated, std::time::Duration::from_secs(120));
+    let err = stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "refused by the review gate: {err}"
+    );
+    assert!(err.contains("refusing to commit"), "{err}");
+    let commits: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM backfill_run WHERE mode = 'commit'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(commits, 0);
+}
