@@ -1,12 +1,13 @@
 //! Data that must converge: a run over its own output changes nothing,
 //! whatever form the database gives back. Numbers are compared by value
-//! (jsonb normalises `1.5e-7` to `0.00000015`).
+//! (jsonb normalises `1.5e-7` to `0.00000015`), and integer keys are
+//! canonical (`'0100'` and `'100'` are one row).
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use common::both::{Backend, Db};
+use common::both::{Backend, Db, BOTH};
 use common::{num, stderr, summary};
 use std::path::PathBuf;
 
@@ -198,4 +199,103 @@ async fn revert_of_float_literals_on_jsonb_restores_every_row() {
         .rows("SELECT count(*) AS c0 FROM measures WHERE doc IS NULL")
         .await;
     assert_eq!(nulls[0][0].as_deref(), Some("1"), "row 7 is NULL again");
+}
+
+/// The referenced rows' ids as a text column holds them (as Wagtail's
+/// `object_id` varchar does), some not in canonical form.
+async fn keyed_tables(db: &Db, refs: &[&str]) {
+    db.execute("CREATE TABLE keyed (id integer PRIMARY KEY, doc text NOT NULL)")
+        .await;
+    db.execute(
+        r#"INSERT INTO keyed (id, doc) VALUES (100, '{"n": 100}'), (101, '{"n": 101}'),
+           (102, '{"n": 102}'), (103, '{"n": 103}'), (104, '{"n": 104}')"#,
+    )
+    .await;
+    db.execute("CREATE TABLE refs (object_id varchar(255) NOT NULL)")
+        .await;
+    let values: Vec<String> = refs.iter().map(|r| format!("('{r}')")).collect();
+    db.execute(&format!(
+        "INSERT INTO refs (object_id) VALUES {}",
+        values.join(", ")
+    ))
+    .await;
+}
+
+const KEYED: &str = r#"
+name = "text-keys"
+shard_size = 2
+[[targets]]
+name = "keyed"
+table = "keyed"
+key = "id"
+key_type = "integer"
+columns = ["doc"]
+query = "SELECT object_id AS key FROM refs"
+[[targets.rules]]
+op = "set"
+path = "/seen"
+value = true
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn integer_keys_in_any_form_are_one_row_each_on_both_back_ends() {
+    for b in BOTH {
+        let db = Db::new(b).await;
+        keyed_tables(&db, &["0100", "+103", "100", "103", "101", "102", "104"]).await;
+        let spec = SpecFile::new("text-keys", KEYED);
+        let out = db.run(&["run", "--job", spec.path(), "--all", "--commit"]);
+        assert_eq!(out.status.code(), Some(0), "{b:?}");
+        let s = summary(&out);
+        assert_eq!(
+            (
+                num(&s, "processed"),
+                num(&s, "changed"),
+                num(&s, "conflicts"),
+                num(&s, "errors"),
+                num(&s, "refs_affected")
+            ),
+            (5, 5, 0, 0, 7),
+            "{b:?}: five rows, two of them referenced twice"
+        );
+        let items = db
+            .rows("SELECT key AS c0 FROM backfill_item ORDER BY key")
+            .await
+            .into_iter()
+            .map(|r| r[0].clone().unwrap())
+            .collect::<Vec<_>>();
+        assert_eq!(
+            items,
+            vec!["100", "101", "102", "103", "104"],
+            "{b:?}: the ledger holds canonical keys"
+        );
+        assert_eq!(
+            db.count("backfill_before_image").await,
+            5,
+            "{b:?}: every row written once"
+        );
+        for (id, doc) in db.docs("keyed", "id", "doc").await {
+            assert_eq!(doc["seen"], true, "{b:?}: row {id}");
+        }
+        let again = db.run(&["run", "--job", spec.path(), "--all", "--commit"]);
+        let s = summary(&again);
+        assert_eq!((num(&s, "processed"), num(&s, "changed")), (5, 0), "{b:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_that_is_not_an_integer_is_refused_naming_it_on_both_back_ends() {
+    for b in BOTH {
+        let db = Db::new(b).await;
+        keyed_tables(&db, &["100", "abc", "101"]).await;
+        let spec = SpecFile::new("text-keys", KEYED);
+        let before = db.docs("keyed", "id", "doc").await;
+        let out = db.run(&["run", "--job", spec.path(), "--all", "--commit"]);
+        assert_eq!(out.status.code(), Some(2), "{b:?}: bad input");
+        let err = stderr(&out);
+        for part in ["`abc`", "`keyed`", "targets[0].query", "integer"] {
+            assert!(err.contains(part), "{b:?}: {part} in {err}");
+        }
+        assert_eq!(db.docs("keyed", "id", "doc").await, before, "{b:?}");
+        assert_eq!(db.count("backfill_run").await, 0, "{b:?}: no run recorded");
+    }
 }
