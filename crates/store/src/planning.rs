@@ -218,11 +218,8 @@ impl Store {
         for (ti, target) in spec.targets.iter().enumerate() {
             let field = format!("targets[{ti}].query");
             let user_sql = target.query.for_dialect(&field, Dialect::Postgres)?;
-            let order = key_order(
-                Dialect::Postgres,
-                target.key_type,
-                key_is_integer(pool, user_sql).await,
-            );
+            let typed = target.key_type == KeyType::Integer && key_is_integer(pool, user_sql).await;
+            let order = key_order(Dialect::Postgres, target.key_type, typed);
             let wrapped = format!("SELECT row_to_json(q)::text FROM ({user_sql}) q {order}");
             let mut q = sqlx::query(&wrapped);
             if uses_param(user_sql, Dialect::Postgres) {
