@@ -1459,10 +1459,14 @@ fn check_workers(mappers: u16, shard_size: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A commit refused by its gate is the user's to fix: exit 2.
+/// A commit refused by its gate, or a spec whose query returns keys it
+/// does not allow, is the user's to fix: exit 2.
 fn refusal(e: backfill_coordinator::CoordinatorError) -> anyhow::Error {
     match e {
         backfill_coordinator::CoordinatorError::Refused(m) => usage(m),
+        backfill_coordinator::CoordinatorError::Store(backfill_store::StoreError::Input(m)) => {
+            usage(m)
+        }
         other => other.into(),
     }
 }

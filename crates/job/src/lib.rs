@@ -7,6 +7,8 @@
 //! - [`rules`]: the document rewrite (JSON Patch style operations over JSON
 //!   Pointers) and the row-level evaluation that decides changed / unchanged /
 //!   skipped / error for one row.
+//! - [`equality`]: JSON equality as the database sees it (numbers by
+//!   decimal value), which decides whether a rule already holds.
 //! - [`guards`]: the checks that skip a whole group (blank, placeholder prefix,
 //!   missing page) or a single row.
 //! - [`plan`]: the run's plan as the coordinator records it in the ledger.
@@ -18,6 +20,7 @@
 //! The database and the broker live in other crates; this one is unit-tested
 //! without either.
 
+pub mod equality;
 pub mod formats;
 pub mod guards;
 pub mod message;

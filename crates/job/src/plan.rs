@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::run::Scope;
-use crate::spec::JobSpec;
+use crate::spec::{JobSpec, KeyType};
 use crate::tally::Tally;
 
 /// Whether a group goes ahead.
@@ -252,7 +252,33 @@ impl ItemAccumulator {
     }
 }
 
+/// The canonical text of an integer key: `0100`, `+100` and `100` are the
+/// same row of an integer-keyed table (a reference query often reads ids
+/// from a text column, as Wagtail's `object_id` varchar), and the ledger
+/// must know them as one key, or the row is sent twice. `None` when the
+/// text is not a 64-bit integer (blanks included).
+pub fn canonical_int_key(key: &str) -> Option<String> {
+    key.parse::<i64>().ok().map(|n| n.to_string())
+}
+
 impl RefRow {
+    /// The reference with its key as the ledger keeps it for `key_type`:
+    /// an integer key in canonical form (see [`canonical_int_key`]). A
+    /// skipped reference or one without a row keeps what it has: its key is
+    /// never used. Fails with the key as returned when it is not an integer.
+    pub fn with_canonical_key(mut self, key_type: KeyType) -> Result<RefRow, String> {
+        if key_type == KeyType::Text || self.skip.is_some() {
+            return Ok(self);
+        }
+        if let Some(key) = &self.key {
+            match canonical_int_key(key) {
+                Some(c) => self.key = Some(c),
+                None => return Err(key.clone()),
+            }
+        }
+        Ok(self)
+    }
+
     /// Whether a sampled run (`fraction` of the rows, 0–1] reads this row:
     /// decided by a hash of the key, so the same rows are sampled every
     /// time. References without a row cost nothing and are always kept.
@@ -377,6 +403,111 @@ impl ShardCutter {
         self.planned.rows += shard.items.len() as u64;
         self.planned.shards += 1;
         shard
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn integer_keys_are_canonical() {
+        for (text, canonical) in [
+            ("100", "100"),
+            ("0100", "100"),
+            ("+103", "103"),
+            ("000", "0"),
+            ("-0", "0"),
+            ("+0", "0"),
+            ("-007", "-7"),
+            ("9223372036854775807", "9223372036854775807"),
+            ("-9223372036854775808", "-9223372036854775808"),
+        ] {
+            assert_eq!(
+                canonical_int_key(text).as_deref(),
+                Some(canonical),
+                "{text}"
+            );
+        }
+        for bad in [
+            "",
+            "abc",
+            " 100",
+            "100 ",
+            "1e3",
+            "1.0",
+            "0x10",
+            "++1",
+            "-",
+            "1_000",
+            "9223372036854775808",
+        ] {
+            assert_eq!(canonical_int_key(bad), None, "{bad:?}");
+        }
+    }
+
+    fn reference(key: Option<&str>, skip: Option<&str>) -> RefRow {
+        RefRow {
+            key: key.map(str::to_string),
+            group: None,
+            refs: 1,
+            skip: skip.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn references_get_canonical_keys_for_integer_targets_only() {
+        let r = reference(Some("0100"), None);
+        assert_eq!(
+            r.clone()
+                .with_canonical_key(KeyType::Integer)
+                .unwrap()
+                .key
+                .as_deref(),
+            Some("100")
+        );
+        assert_eq!(
+            r.with_canonical_key(KeyType::Text).unwrap().key.as_deref(),
+            Some("0100")
+        );
+        assert_eq!(
+            reference(Some("abc"), None).with_canonical_key(KeyType::Integer),
+            Err("abc".to_string())
+        );
+        // Keys that are never used are not judged.
+        assert!(reference(Some("abc"), Some("revoked"))
+            .with_canonical_key(KeyType::Integer)
+            .is_ok());
+        assert!(reference(None, None)
+            .with_canonical_key(KeyType::Integer)
+            .is_ok());
+    }
+
+    #[test]
+    fn spellings_of_one_key_fold_into_one_item() {
+        // As the planner streams them: in canonical order, then canonical.
+        let mut tally = Tally::default();
+        let mut cutter = ShardCutter::new("t", 10, 0);
+        let mut shards = Vec::new();
+        for k in ["0100", "100", "101", "102", "+103", "103", "104"] {
+            let r = reference(Some(k), None)
+                .with_canonical_key(KeyType::Integer)
+                .unwrap();
+            shards.extend(cutter.push(r, &mut tally));
+        }
+        let (last, planned) = cutter.finish(&mut tally);
+        shards.extend(last);
+        let items: Vec<(String, u64)> = shards
+            .iter()
+            .flat_map(|s| s.items.iter().map(|i| (i.key.clone(), i.refs)))
+            .collect();
+        assert_eq!(
+            items,
+            [("100", 2), ("101", 1), ("102", 1), ("103", 2), ("104", 1)]
+                .map(|(k, n)| (k.to_string(), n))
+                .to_vec()
+        );
+        assert_eq!(planned.rows, 5);
     }
 }
 

@@ -12,6 +12,7 @@ use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOp
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
+use crate::equality::same_value;
 use crate::spec::TargetSpec;
 
 /// Where a `set` takes its value from.
@@ -172,7 +173,9 @@ pub fn evaluate_row(
         else {
             continue;
         };
-        if before != after {
+        // By value: a number the database normalised (jsonb keeps
+        // `1.5e-7` as `0.00000015`) is the value the rule wrote.
+        if !same_value(before, after) {
             // serde_json's writer directly: `to_string()` goes through
             // `Display` and a formatter adapter, measurably slower.
             let text = serde_json::to_string(after).unwrap_or_else(|_| after.to_string());
@@ -325,8 +328,12 @@ fn patch_holds(now: Option<&str>, patch: &str) -> bool {
     };
     patch.0.iter().all(|op| match op {
         json_patch::PatchOperation::Remove(r) => doc.pointer(r.path.as_str()).is_none(),
-        json_patch::PatchOperation::Add(a) => doc.pointer(a.path.as_str()) == Some(&a.value),
-        json_patch::PatchOperation::Replace(r) => doc.pointer(r.path.as_str()) == Some(&r.value),
+        json_patch::PatchOperation::Add(a) => doc
+            .pointer(a.path.as_str())
+            .is_some_and(|v| same_value(v, &a.value)),
+        json_patch::PatchOperation::Replace(r) => doc
+            .pointer(r.path.as_str())
+            .is_some_and(|v| same_value(v, &r.value)),
         _ => false,
     })
 }
@@ -343,7 +350,8 @@ fn restore_with(now: Option<&str>, patch: &str) -> Result<String, String> {
 }
 
 /// Two column values compared as JSON documents (as text when either is not
-/// JSON), so that formatting and key order do not matter.
+/// JSON), so that formatting, key order and the notation of numbers (jsonb
+/// reads back `1.5e-7` as `0.00000015`) do not matter.
 fn same_json(a: Option<String>, b: Option<String>) -> bool {
     match (a, b) {
         (None, None) => true,
@@ -352,7 +360,7 @@ fn same_json(a: Option<String>, b: Option<String>) -> bool {
                 serde_json::from_str::<Value>(&a),
                 serde_json::from_str::<Value>(&b),
             ) {
-                (Ok(x), Ok(y)) => x == y,
+                (Ok(x), Ok(y)) => same_value(&x, &y),
                 _ => a == b,
             }
         }
@@ -430,7 +438,9 @@ pub fn set(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {
     }
     let exists = !missing && doc.pointer(path).is_some();
     if exists {
-        if doc.pointer(path) == Some(&value) {
+        // Already holding the value (in any notation of its numbers): the
+        // document keeps its own text.
+        if doc.pointer(path).is_some_and(|v| same_value(v, &value)) {
             return Ok(());
         }
         ops.push(PatchOperation::Replace(ReplaceOperation {
@@ -906,6 +916,113 @@ param = "t""#,
             Some(("doc", "/product_name")),
         );
         assert_eq!(ev.current.as_deref(), Some("(absent)"));
+    }
+
+    #[test]
+    fn a_float_literal_already_held_in_another_notation_is_unchanged() {
+        let s = spec(
+            "[[targets.rules]]\nop = \"set\"\npath = \"/small\"\nvalue = 1.5e-7\n\
+             [[targets.rules]]\nop = \"set\"\npath = \"/big\"\nvalue = 1e20\n\
+             [[targets.rules]]\nop = \"set\"\npath = \"/m\"\nvalue = { one = 1.0, zero = -0.0 }\n",
+            "",
+        );
+        // As jsonb gives back what a run wrote.
+        let stored =
+            r#"{"small": 0.00000015, "big": 100000000000000000000, "m": {"zero": 0, "one": 1}}"#;
+        assert_eq!(
+            run(&s, &[("doc", Some(stored))], json!({})),
+            RowOutcome::Unchanged
+        );
+        // A different value is still a change, and the other numbers keep
+        // their text.
+        let other = r#"{"small":1.6e-7,"big":100000000000000000000,"m":{"zero":0,"one":1}}"#;
+        assert_eq!(
+            run(&s, &[("doc", Some(other))], json!({})),
+            RowOutcome::Changed(BTreeMap::from([(
+                "doc".into(),
+                Some(other.replace("1.6e-7", "1.5e-7"))
+            )]))
+        );
+        // No rounding through f64: 0.1 and 0.1000000000000000055 differ.
+        let s = spec(
+            "[[targets.rules]]\nop = \"set\"\npath = \"/x\"\nvalue = 0.1\n",
+            "",
+        );
+        assert!(matches!(
+            run(
+                &s,
+                &[("doc", Some(r#"{"x":0.1000000000000000055}"#))],
+                json!({})
+            ),
+            RowOutcome::Changed(_)
+        ));
+        assert_eq!(
+            run(&s, &[("doc", Some(r#"{"x":1.0e-1}"#))], json!({})),
+            RowOutcome::Unchanged
+        );
+    }
+
+    #[test]
+    fn revert_recognises_what_the_run_wrote_in_the_databases_notation() {
+        let s = spec(
+            "[[targets.rules]]\nop = \"set\"\npath = \"/small\"\nvalue = 1.5e-7\n",
+            "",
+        );
+        let at = |now: &str, before: Option<&str>| {
+            let columns: BTreeMap<String, Option<String>> =
+                [("doc".to_string(), Some(now.to_string()))].into();
+            let before: BTreeMap<String, BeforeImage> = [(
+                "doc".to_string(),
+                BeforeImage::Value(before.map(str::to_string)),
+            )]
+            .into();
+            evaluate_revert(
+                &s.targets[0],
+                &RowInput {
+                    key: "k",
+                    columns: &columns,
+                    params: &Map::new(),
+                },
+                Some(&before),
+                None,
+                None,
+            )
+            .outcome
+        };
+        // The run wrote {"small":1.5e-7} over NULL; jsonb reads it back normalised.
+        assert_eq!(
+            at(r#"{"small": 0.00000015}"#, None),
+            RowOutcome::Changed([("doc".to_string(), None)].into())
+        );
+        // Already restored, in another notation: unchanged.
+        assert_eq!(
+            at(r#"{"small": 2.50}"#, Some(r#"{"small":2.5}"#)),
+            RowOutcome::Unchanged
+        );
+        // An inverse patch that holds by value: already restored.
+        let befores: BTreeMap<String, BeforeImage> = [(
+            "doc".to_string(),
+            BeforeImage::Patch {
+                patch: r#"[{"op":"replace","path":"/small","value":1e-3}]"#.into(),
+                after_version: "7".into(),
+            },
+        )]
+        .into();
+        let columns: BTreeMap<String, Option<String>> =
+            [("doc".to_string(), Some(r#"{"small": 0.001}"#.to_string()))].into();
+        let out = evaluate_revert(
+            &s.targets[0],
+            &RowInput {
+                key: "k",
+                columns: &columns,
+                params: &Map::new(),
+            },
+            Some(&befores),
+            Some("8"),
+            None,
+        )
+        .outcome;
+        assert_eq!(out, RowOutcome::Unchanged);
     }
 
     #[test]

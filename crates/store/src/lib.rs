@@ -62,6 +62,11 @@ pub enum StoreError {
     Spec(#[from] backfill_job::SpecError),
     #[error("{0}")]
     Data(String),
+    /// A spec's query returned what the spec does not allow (a key that is
+    /// not an integer for `key_type = "integer"`): the job's input is wrong,
+    /// and nothing was recorded.
+    #[error("{0}")]
+    Input(String),
     #[error("run {0} is not in the ledger")]
     UnknownRun(String),
 }

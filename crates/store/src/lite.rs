@@ -20,7 +20,8 @@ use crate::ledger::{
     decode, final_state, fold_result, run_record, RawRun, Reduced, RunRecord, ShardRecord,
 };
 use crate::planning::{
-    eligible_keys, finish_plan, key_ints, requested_keys, uses_param, Derived, NewRun,
+    eligible_keys, finish_plan, key_ints, key_order, not_an_integer, requested_keys, uses_param,
+    Derived, NewRun,
 };
 use crate::shard::{failed_tally, shard_tally, Committed, FetchedRow, ShardCommit, ShardRows};
 use crate::{sql, StoreError};
@@ -407,7 +408,10 @@ pub(crate) async fn create_run(
     for (ti, target) in spec.targets.iter().enumerate() {
         let field = format!("targets[{ti}].query");
         let user_sql = target.query.for_dialect(&field, Dialect::Sqlite)?;
-        let wrapped = format!("SELECT * FROM ({user_sql}) q ORDER BY q.key");
+        // The CAST is exact for integers and cheap: no need to ask SQLite
+        // how the key column is typed.
+        let order = key_order(Dialect::Sqlite, target.key_type, false);
+        let wrapped = format!("SELECT * FROM ({user_sql}) q {order}");
         let mut q = sqlx::query(&wrapped);
         if uses_param(user_sql, Dialect::Sqlite) {
             q = q.bind(eligible.clone());
@@ -420,7 +424,9 @@ pub(crate) async fn create_run(
         let mut cut = Vec::new();
         for row in &rows {
             let r = parse_ref_row(row_object(row)?, &field, spec.groups.is_some())
-                .map_err(StoreError::Data)?;
+                .map_err(StoreError::Data)?
+                .with_canonical_key(target.key_type)
+                .map_err(|k| not_an_integer(spec, &target.name, &field, &k))?;
             if new.sample.is_some_and(|f| !r.in_sample(f)) {
                 continue;
             }

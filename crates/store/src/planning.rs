@@ -8,7 +8,7 @@ use backfill_job::spec::Dialect;
 use backfill_job::{JobSpec, KeyType, Mode, Plan, PlannedGroup, Scope, Tally};
 use futures::TryStreamExt;
 use serde_json::{Map, Value};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Column, Executor, Postgres, Row, Statement, Transaction, TypeInfo};
 
 use crate::ledger::final_state;
 use crate::{sql, Store, StoreError};
@@ -66,6 +66,32 @@ pub(crate) fn eligible_keys(spec: &JobSpec, groups: &[PlannedGroup]) -> Option<S
     spec.groups
         .as_ref()
         .map(|_| serde_json::to_string(&eligible).unwrap_or_else(|_| "[]".into()))
+}
+
+/// The ORDER BY of a target query's rows. The planner folds the references
+/// of one row, which must come one after the other, into one item; the
+/// spellings of one integer key (`0100`, `+100`, `100`, canonical once
+/// read) must be adjacent too. Keys the query returns as integers already
+/// are (`key_is_integer`: the plain order, which an index can serve); text
+/// keys are ordered by their integer value (on PostgreSQL, texts that are
+/// not integers come last, to be refused when read).
+pub(crate) fn key_order(dialect: Dialect, key_type: KeyType, key_is_integer: bool) -> &'static str {
+    match (key_type, key_is_integer, dialect) {
+        (KeyType::Text, _, _) | (KeyType::Integer, true, _) => "ORDER BY q.key",
+        (KeyType::Integer, false, Dialect::Postgres) => {
+            "ORDER BY CASE WHEN q.key::text ~ '^[+-]?[0-9]+$' THEN q.key::text::numeric END, q.key"
+        }
+        (KeyType::Integer, false, Dialect::Sqlite) => "ORDER BY CAST(q.key AS INTEGER), q.key",
+    }
+}
+
+/// A reference whose key is not an integer, for a target whose keys are:
+/// bad input, naming the key, the target and its query.
+pub(crate) fn not_an_integer(spec: &JobSpec, target: &str, field: &str, key: &str) -> StoreError {
+    StoreError::Input(format!(
+        "job `{}`: target `{target}` has key_type = \"integer\" but {field} returned key `{key}`, which is not a 64-bit integer; fix the query (or use key_type = \"text\")",
+        spec.name
+    ))
 }
 
 /// Integer keys as the ledger stores them beside their text.
@@ -195,7 +221,9 @@ impl Store {
         for (ti, target) in spec.targets.iter().enumerate() {
             let field = format!("targets[{ti}].query");
             let user_sql = target.query.for_dialect(&field, Dialect::Postgres)?;
-            let wrapped = format!("SELECT row_to_json(q)::text FROM ({user_sql}) q ORDER BY q.key");
+            let typed = target.key_type == KeyType::Integer && key_is_integer(pool, user_sql).await;
+            let order = key_order(Dialect::Postgres, target.key_type, typed);
+            let wrapped = format!("SELECT row_to_json(q)::text FROM ({user_sql}) q {order}");
             let mut q = sqlx::query(&wrapped);
             if uses_param(user_sql, Dialect::Postgres) {
                 q = q.bind(eligible.clone());
@@ -208,7 +236,9 @@ impl Store {
             while let Some(row) = stream.try_next().await.map_err(sql(what.clone()))? {
                 let text: String = row.get(0);
                 let r = parse_ref_row(obj(&text, &field)?, &field, spec.groups.is_some())
-                    .map_err(StoreError::Data)?;
+                    .map_err(StoreError::Data)?
+                    .with_canonical_key(target.key_type)
+                    .map_err(|k| not_an_integer(spec, &target.name, &field, &k))?;
                 if new.sample.is_some_and(|f| !r.in_sample(f)) {
                     continue;
                 }
@@ -258,6 +288,20 @@ impl Store {
         }
         tx.commit().await.map_err(sql("commit plan"))?;
         Ok(plan)
+    }
+}
+
+/// Whether the query's `key` column is an integer type, from the prepared
+/// statement (nothing is run). `false` when that cannot be told: the
+/// ordering for text keys is right for every key, only slower.
+async fn key_is_integer(pool: &sqlx::PgPool, user_sql: &str) -> bool {
+    let probe = format!("SELECT q.key FROM ({user_sql}) q");
+    match pool.prepare(&probe).await {
+        Ok(st) => st
+            .columns()
+            .first()
+            .is_some_and(|c| matches!(c.type_info().name(), "INT2" | "INT4" | "INT8")),
+        Err(_) => false,
     }
 }
 
