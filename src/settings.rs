@@ -43,8 +43,14 @@ impl fmt::Display for SecretUrl {
 /// The secrets of every URL this process was given: what [`scrub`] hides.
 static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
+/// Secrets shorter than this are not searched for in free text: replacing
+/// every `x` of a log line hides nothing worth hiding and garbles the line.
+/// The URLs themselves are always shown redacted, whatever the length.
+const MIN_SCRUBBED_LEN: usize = 4;
+
 fn remember_secrets(url: &str) {
-    let found = backfill_job::redact::url_secrets(url);
+    let mut found = backfill_job::redact::url_secrets(url);
+    found.retain(|s| s.chars().count() >= MIN_SCRUBBED_LEN);
     if found.is_empty() {
         return;
     }
@@ -200,7 +206,10 @@ mod tests {
             !shown.contains("hunter4") && !shown.contains("hunter5"),
             "{shown}"
         );
-        // Text quoting them some other way is scrubbed too.
+        // Text quoting them some other way is scrubbed too; a one-letter
+        // "password" is not searched for in free text.
+        let _ = SecretUrl::new("amqp://u:x@mq/%2f".into());
+        assert_eq!(scrub("x marks"), "x marks");
         assert_eq!(
             scrub("ignoring key=sslpassword value=hunter4; hunter5"),
             "ignoring key=sslpassword value=***; ***"
