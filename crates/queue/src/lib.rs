@@ -29,8 +29,10 @@ pub enum QueueError {
     #[error("cannot connect to RabbitMQ at {url}: {source}. Is it running? (start it with `rabbitmq-server -detached`, or set AMQP_URL)")]
     Connect {
         url: String,
+        /// lapin's error with the URL's secrets hidden: its parse errors
+        /// quote the URL ("Invalid URL: '…'").
         #[source]
-        source: lapin::Error,
+        source: backfill_job::redact::RedactedError,
     },
     #[error("{what}: {source}")]
     Amqp {
@@ -47,18 +49,10 @@ fn amqp(what: impl Into<String>) -> impl FnOnce(lapin::Error) -> QueueError {
     move |source| QueueError::Amqp { what, source }
 }
 
-/// Hides the password of a URL.
+/// Hides the credentials of a URL (userinfo password, secret query
+/// parameters).
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_string();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
+    backfill_job::redact::redact_url(url)
 }
 
 /// Deliveries of one task before the broker dead-letters it.
@@ -96,7 +90,7 @@ impl Broker {
             .await
             .map_err(|source| QueueError::Connect {
                 url: redact_url(url),
-                source,
+                source: backfill_job::redact::RedactedError::new(&source, url),
             })?;
         let broker = Broker { conn, names };
         let ch = broker.channel().await?;
@@ -303,6 +297,10 @@ mod tests {
         assert_eq!(
             redact_url("amqp://u:p@h:5672/%2f"),
             "amqp://u:***@h:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("amqps://u@h/v?password=p&heartbeat=5"),
+            "amqps://u@h/v?password=***&heartbeat=5"
         );
     }
 }

@@ -47,8 +47,10 @@ pub enum StoreError {
     Connect {
         url: String,
         hint: &'static str,
+        /// The driver's error with the URL's secrets hidden: sqlx's text
+        /// may quote what it was given.
         #[source]
-        source: sqlx::Error,
+        source: backfill_job::redact::RedactedError,
     },
     #[error("unsupported database URL {0}: use postgres://… or sqlite://…")]
     Scheme(String),
@@ -96,18 +98,10 @@ pub(crate) fn sql(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreE
     move |source| StoreError::Sql { what, source }
 }
 
-/// Hides the password of a URL, for every log line and error message.
+/// Hides the credentials of a URL (userinfo password, secret query
+/// parameters), for every log line and error message.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_string();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
+    backfill_job::redact::redact_url(url)
 }
 
 /// The database behind a store.
@@ -145,10 +139,10 @@ impl Store {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
         let pg_hint = "Is PostgreSQL running? (start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, or set DATABASE_URL)";
         let lite_hint = "Check the path; add `?mode=rwc` to the URL to create a new database file.";
-        let connect_err = |source| StoreError::Connect {
+        let connect_err = |source: sqlx::Error| StoreError::Connect {
             url: redact_url(url),
             hint: pg_hint,
-            source,
+            source: backfill_job::redact::RedactedError::new(&source, url),
         };
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)
@@ -171,7 +165,7 @@ impl Store {
                 .map_err(|source| StoreError::Connect {
                     url: redact_url(url),
                     hint: lite_hint,
-                    source,
+                    source: backfill_job::redact::RedactedError::new(&source, url),
                 })?
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
@@ -184,7 +178,7 @@ impl Store {
                 .map_err(|source| StoreError::Connect {
                     url: redact_url(url),
                     hint: lite_hint,
-                    source,
+                    source: backfill_job::redact::RedactedError::new(&source, url),
                 })?;
             lite::migrate(&pool).await?;
             Backend::Lite(pool)
@@ -234,5 +228,9 @@ mod tests {
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("not a url"), "not a url");
+        assert_eq!(
+            redact_url("postgres://postgres@h:5432/db?password=hunter2"),
+            "postgres://postgres@h:5432/db?password=***"
+        );
     }
 }
