@@ -268,8 +268,27 @@ fn api_error(status: StatusCode, msg: String) -> Response {
     (status, Json(serde_json::json!({ "error": msg }))).into_response()
 }
 
+/// The database's own message can name tables, SQL and hosts: it goes to
+/// the log, and the client gets a generic message.
 fn store_error(e: backfill_store::StoreError) -> Response {
-    api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    warn!(error = %e, "dashboard API: ledger query failed");
+    api_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the ledger could not be read; see the server's log".into(),
+    )
+}
+
+/// Run ids are short printable tokens; anything else (NUL, control
+/// characters, a huge path segment) is refused before it reaches the
+/// database, which would answer with an error rather than "no such run".
+const MAX_RUN_ID_LEN: usize = 128;
+
+fn bad_run_id(id: &str) -> Option<Response> {
+    if id.is_empty() || id.len() > MAX_RUN_ID_LEN || id.chars().any(char::is_control) {
+        Some(api_error(StatusCode::BAD_REQUEST, "bad run id".into()))
+    } else {
+        None
+    }
 }
 
 fn no_run(id: &str) -> Response {
@@ -284,6 +303,9 @@ async fn api_runs(State(s): State<MonitorState>) -> Response {
 }
 
 async fn api_run(State(s): State<MonitorState>, Path(id): Path<String>) -> Response {
+    if let Some(r) = bad_run_id(&id) {
+        return r;
+    }
     match s.store.run_status(&id).await {
         Ok(Some(r)) => Json(r).into_response(),
         Ok(None) => no_run(&id),
@@ -292,6 +314,9 @@ async fn api_run(State(s): State<MonitorState>, Path(id): Path<String>) -> Respo
 }
 
 async fn api_shards(State(s): State<MonitorState>, Path(id): Path<String>) -> Response {
+    if let Some(r) = bad_run_id(&id) {
+        return r;
+    }
     match s.store.run_exists(&id).await {
         Ok(true) => {}
         Ok(false) => return no_run(&id),
@@ -304,6 +329,9 @@ async fn api_shards(State(s): State<MonitorState>, Path(id): Path<String>) -> Re
 }
 
 async fn api_throughput(State(s): State<MonitorState>, Path(id): Path<String>) -> Response {
+    if let Some(r) = bad_run_id(&id) {
+        return r;
+    }
     match s.store.run_exists(&id).await {
         Ok(true) => {}
         Ok(false) => return no_run(&id),
@@ -316,6 +344,9 @@ async fn api_throughput(State(s): State<MonitorState>, Path(id): Path<String>) -
 }
 
 async fn api_report(State(s): State<MonitorState>, Path(id): Path<String>) -> Response {
+    if let Some(r) = bad_run_id(&id) {
+        return r;
+    }
     match s.store.load_run(&id).await {
         Ok(Some(rec)) => Json(serde_json::json!({
             "text": backfill_job::report::render_report(&rec.view())
