@@ -36,3 +36,62 @@ async fn a_malformed_run_id_is_a_bad_request_without_internals() {
     let (code, _) = http_get(port, "/api/runs/no-such-run");
     assert_eq!(code, 404);
 }
+
+/// Connections that send nothing are closed by the server after the
+/// header-read timeout, and the endpoint answers probes while they are held.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_are_closed_and_health_answers_meanwhile() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let env = TestEnv::new().await;
+    let mut fleet = Fleet::new(&env);
+    let port = free_port();
+    let mut c = env.cmd(&["mapper", "--metrics-addr", &format!("127.0.0.1:{port}")]);
+    c.env("BACKFILL_HTTP_HEADER_TIMEOUT_SECS", "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    fleet.mappers.push(c.spawn().unwrap()); // killed with the fleet
+    assert_eq!(http_get(port, "/healthz").0, 200);
+    // Under the connection cap (256), so the probe below gets a slot.
+    let mut idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    // One that sends half a request line.
+    let mut half = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut half, b"GET /heal").unwrap();
+    idle.push(half);
+    let (code, body) = http_get(port, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    let started = Instant::now();
+    for s in &mut idle {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        // The server closes (EOF, perhaps after a 408) or resets it; a
+        // read timeout means it was still held.
+        if let Err(e) = s.read_to_end(&mut buf) {
+            assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "an idle connection was still held after {:?}: {e}",
+                started.elapsed()
+            );
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(http_get(port, "/healthz").0, 200);
+}
+
+/// A worker's port serves metrics and health, not the dashboard API.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_port_serves_metrics_but_not_the_dashboard() {
+    let env = TestEnv::new().await;
+    let mut fleet = Fleet::new(&env);
+    let port = free_port();
+    let w = fleet.spawn(&["mapper", "--metrics-addr", &format!("127.0.0.1:{port}")]);
+    fleet.mappers.push(w);
+    assert_eq!(http_get(port, "/metrics").0, 200);
+    assert_eq!(http_get(port, "/api/runs").0, 404);
+    assert_eq!(http_get(port, "/").0, 404);
+}

@@ -137,15 +137,92 @@ pub async fn serve(
         tokio::spawn(watch_broker(state.clone(), shutdown.clone()));
     }
     let app = router(state);
-    Ok(tokio::spawn(async move {
-        let stop = shutdown.clone();
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-        {
-            warn!(error = %MonitorError::Serve(e), "monitor endpoint stopped");
+    let limits = ConnLimits::from_env();
+    Ok(tokio::spawn(accept_loop(listener, app, limits, shutdown)))
+}
+
+/// Default for how long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most this many connections are served at once; the endpoints are for
+/// a scraper, probes and a few dashboard viewers, not for the public.
+const MAX_CONNECTIONS: usize = 256;
+
+#[derive(Debug, Clone, Copy)]
+struct ConnLimits {
+    header_read_timeout: Duration,
+    max_connections: usize,
+}
+
+impl ConnLimits {
+    /// `BACKFILL_HTTP_HEADER_TIMEOUT_SECS` shortens the header-read timeout
+    /// (tests use it); an unreadable value keeps the default.
+    fn from_env() -> ConnLimits {
+        let header_read_timeout = std::env::var("BACKFILL_HTTP_HEADER_TIMEOUT_SECS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs)
+            .unwrap_or(HEADER_READ_TIMEOUT);
+        ConnLimits {
+            header_read_timeout,
+            max_connections: MAX_CONNECTIONS,
         }
-    }))
+    }
+}
+
+/// Serves each connection with hyper's HTTP/1 header-read timeout, so a
+/// client that connects and sends nothing (or half a request line) is
+/// closed instead of being held for ever; a semaphore caps the connections
+/// served at once, and one over the cap is closed at once rather than
+/// queued (a flood must not pile up file descriptors).
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ConnLimits,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors and the like: back off briefly rather
+                // than spin.
+                warn!(error = %e, "monitor endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            warn!(
+                limit = limits.max_connections,
+                "monitor endpoint: too many connections; closing a new one"
+            );
+            drop(stream);
+            continue;
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
 }
 
 /// Keeps a broker connection to read queue depths and to know whether the
