@@ -206,9 +206,14 @@ enum Command {
     },
     /// Worker: fold shard results into run summaries.
     Reducer {
-        /// Serve /metrics, /healthz, /readyz and the dashboard on this address (e.g. 0.0.0.0:9464).
+        /// Serve /metrics, /healthz and /readyz on this address (e.g. 0.0.0.0:9464).
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// Also serve the dashboard and its JSON API (`/`, `/api/...`) on --metrics-addr.
+        /// Off by default: the API is unauthenticated, and the metrics port is often
+        /// reachable by more than the operators.
+        #[arg(long, requires = "metrics_addr")]
+        dashboard: bool,
     },
     /// Serve the web dashboard (runs, live shard grid, throughput, report) and its JSON API,
     /// plus /metrics, /healthz and /readyz.
@@ -928,7 +933,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Reducer { metrics_addr } => {
+        Command::Reducer {
+            metrics_addr,
+            dashboard,
+        } => {
             refuse_sqlite(&settings, "reducer")?;
             let store = connect_store(&settings, 4).await?;
             let shutdown = shutdown_on_signals();
@@ -938,7 +946,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 "reducer",
                 metrics_addr,
                 true,
-                true,
+                dashboard,
                 &shutdown,
             )
             .await?;

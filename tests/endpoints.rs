@@ -94,4 +94,19 @@ async fn a_worker_port_serves_metrics_but_not_the_dashboard() {
     assert_eq!(http_get(port, "/metrics").0, 200);
     assert_eq!(http_get(port, "/api/runs").0, 404);
     assert_eq!(http_get(port, "/").0, 404);
+    // The reducer too, unless asked for the dashboard.
+    let port = free_port();
+    let r = fleet.spawn(&["reducer", "--metrics-addr", &format!("127.0.0.1:{port}")]);
+    fleet.mappers.push(r);
+    assert_eq!(http_get(port, "/metrics").0, 200);
+    assert_eq!(http_get(port, "/api/runs").0, 404);
+    let port = free_port();
+    let r = fleet.spawn(&[
+        "reducer",
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+        "--dashboard",
+    ]);
+    fleet.mappers.push(r);
+    assert_eq!(http_get(port, "/api/runs").0, 200);
 }
