@@ -110,3 +110,35 @@ async fn a_worker_port_serves_metrics_but_not_the_dashboard() {
     fleet.mappers.push(r);
     assert_eq!(http_get(port, "/api/runs").0, 200);
 }
+
+/// A one-shot command against a database that is not there fails within a
+/// few seconds with the real cause; the "start PostgreSQL" hint only when
+/// nothing listens, not for a database that does not exist.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_one_shot_command_fails_fast_with_the_real_cause() {
+    use std::time::{Duration, Instant};
+    let env = TestEnv::new().await;
+    let closed = free_port();
+    let started = Instant::now();
+    let mut c = env.cmd(&["status"]);
+    c.env(
+        "DATABASE_URL",
+        format!("postgres://postgres@127.0.0.1:{closed}/postgres"),
+    );
+    let out = output_within(c, Duration::from_secs(30));
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{err}");
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+    assert!(err.contains("pg_ctlcluster"), "{err}");
+    let mut c = env.cmd(&["status"]);
+    c.env(
+        "DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/does_not_exist_xyz",
+    );
+    let out = output_within(c, Duration::from_secs(30));
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!err.contains("pg_ctlcluster"), "{err}");
+}
