@@ -142,3 +142,29 @@ async fn a_one_shot_command_fails_fast_with_the_real_cause() {
     assert!(err.contains("does not exist"), "{err}");
     assert!(!err.contains("pg_ctlcluster"), "{err}");
 }
+
+/// A mapper started while the database is down keeps retrying and logs the
+/// real cause each time, instead of exiting.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mapper_waits_for_the_database_and_logs_the_cause() {
+    use std::time::Duration;
+    let env = TestEnv::new().await;
+    let closed = free_port();
+    let log = std::env::temp_dir().join(format!("bf-endpoints-{closed}.log"));
+    let mut c = env.cmd(&["mapper"]);
+    c.env(
+        "DATABASE_URL",
+        format!("postgres://postgres@127.0.0.1:{closed}/postgres"),
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap());
+    let mut child = c.spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let err = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert!(still_running, "the mapper exited: {err}");
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+}
