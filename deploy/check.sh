@@ -35,8 +35,9 @@
 #    serve their endpoints on free ports of 127.0.0.1: /healthz and /readyz
 #    must answer 200 (`backfill probe`, as the healthchecks do) as the worker
 #    user; after the commit the mappers' /metrics count every shard in
-#    backfill_shards_finished_total, and the reducer and the dashboard serve
-#    the page (`GET /`) and `/api/runs` with the run done. The workers must
+#    backfill_shards_finished_total, the dashboard serves the page (`GET /`)
+#    and `/api/runs` with the run done, and the reducer (no --dashboard) does
+#    not serve the API. The workers must
 #    stop with exit 0 on SIGTERM and the queues must end empty. The workers
 #    declare their queues at start, so a definitions.json that drifted from
 #    the code fails here with PRECONDITION_FAILED.
@@ -586,8 +587,18 @@ grep -q '^backfill_queue_messages' "$work/metrics-reducer.txt" ||
   fail "reducer: /metrics has no backfill_queue_messages"
 ok "/metrics: backfill_shards_finished_total = $finished over 2 mappers ($shards_total shards); reducer: backfill_results_folded_total, backfill_queue_messages"
 
-# The dashboard page and its API, on the reducer's address and on `backfill dashboard`.
-for role in reducer dashboard; do
+# The worker port serves no dashboard API without --dashboard.
+code=$("$TOOLS/bin/python" -c '
+import sys, urllib.request, urllib.error
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=10).status)
+except urllib.error.HTTPError as e:
+    print(e.code)' "${endpoint[reducer]}/api/runs" 2>/dev/null || true)
+[ "$code" = 404 ] || fail "reducer: GET /api/runs answered $code, want 404 (no --dashboard)"
+ok "reducer: no dashboard API on the metrics port"
+
+# The dashboard page and its API, on `backfill dashboard`.
+for role in dashboard; do
   url=${endpoint[$role]}
   http_get "$url/" >"$work/page-$role.html" 2>"$work/http.err" || fail "$role: GET /: $(tail -n 1 "$work/http.err")"
   grep -qi 'backfill' "$work/page-$role.html" || fail "$role: GET / is not the dashboard page"

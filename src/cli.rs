@@ -206,9 +206,14 @@ enum Command {
     },
     /// Worker: fold shard results into run summaries.
     Reducer {
-        /// Serve /metrics, /healthz, /readyz and the dashboard on this address (e.g. 0.0.0.0:9464).
+        /// Serve /metrics, /healthz and /readyz on this address (e.g. 0.0.0.0:9464).
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// Also serve the dashboard and its JSON API (`/`, `/api/...`) on --metrics-addr.
+        /// Off by default: the API is unauthenticated, and the metrics port is often
+        /// reachable by more than the operators.
+        #[arg(long, requires = "metrics_addr")]
+        dashboard: bool,
     },
     /// Serve the web dashboard (runs, live shard grid, throughput, report) and its JSON API,
     /// plus /metrics, /healthz and /readyz.
@@ -667,6 +672,34 @@ async fn connect_store(s: &Settings, max: u32) -> anyhow::Result<Store> {
     Ok(Store::connect(s.database_url.expose(), max).await?)
 }
 
+/// For the long-running roles: a database that is not up yet (or restarting)
+/// is waited for, as the broker is, retrying with backoff and logging the
+/// real cause of each failure; `None` when a shutdown signal came first.
+/// Errors that retrying cannot fix (a bad URL, a SQLite file) end at once.
+async fn connect_store_waiting(
+    s: &Settings,
+    max: u32,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<Store>> {
+    if s.is_sqlite() {
+        return connect_store(s, max).await.map(Some);
+    }
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match Store::connect(s.database_url.expose(), max).await {
+            Ok(store) => return Ok(Some(store)),
+            Err(e) => {
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database not reachable; retrying");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
 async fn connect_broker(s: &Settings) -> anyhow::Result<Broker> {
     Ok(Broker::connect(s.amqp_url.expose(), s.queues()).await?)
 }
@@ -915,7 +948,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             if concurrency == 0 {
                 return Err(usage("--concurrency must be at least 1"));
             }
-            let store = connect_store(&settings, concurrency as u32 + 2).await?;
+            let shutdown = shutdown_on_signals();
+            let Some(store) =
+                connect_store_waiting(&settings, concurrency as u32 + 2, &shutdown).await?
+            else {
+                return Ok(0);
+            };
             let cfg = backfill_mapper::MapperConfig {
                 amqp_url: settings.amqp_url.expose().to_string(),
                 queues: settings.queues(),
@@ -923,7 +961,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 worker: worker_name("mapper"),
             };
             info!(database = %settings.database_url, amqp = %settings.amqp_url, "mapper starting");
-            let shutdown = shutdown_on_signals();
             let monitor = start_monitor(
                 &settings,
                 &store,
@@ -941,17 +978,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Reducer { metrics_addr } => {
+        Command::Reducer {
+            metrics_addr,
+            dashboard,
+        } => {
             refuse_sqlite(&settings, "reducer")?;
-            let store = connect_store(&settings, 4).await?;
             let shutdown = shutdown_on_signals();
+            let Some(store) = connect_store_waiting(&settings, 4, &shutdown).await? else {
+                return Ok(0);
+            };
             let monitor = start_monitor(
                 &settings,
                 &store,
                 "reducer",
                 metrics_addr,
                 true,
-                true,
+                dashboard,
                 &shutdown,
             )
             .await?;
@@ -969,8 +1011,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Dashboard { listen } => {
-            let store = connect_store(&settings, 4).await?;
             let shutdown = shutdown_on_signals();
+            let Some(store) = connect_store_waiting(&settings, 4, &shutdown).await? else {
+                return Ok(0);
+            };
             // The broker is optional here: readiness reports it when configured.
             let broker = !settings.is_sqlite();
             let monitor = start_monitor(

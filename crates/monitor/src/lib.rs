@@ -137,15 +137,92 @@ pub async fn serve(
         tokio::spawn(watch_broker(state.clone(), shutdown.clone()));
     }
     let app = router(state);
-    Ok(tokio::spawn(async move {
-        let stop = shutdown.clone();
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-        {
-            warn!(error = %MonitorError::Serve(e), "monitor endpoint stopped");
+    let limits = ConnLimits::from_env();
+    Ok(tokio::spawn(accept_loop(listener, app, limits, shutdown)))
+}
+
+/// Default for how long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most this many connections are served at once; the endpoints are for
+/// a scraper, probes and a few dashboard viewers, not for the public.
+const MAX_CONNECTIONS: usize = 256;
+
+#[derive(Debug, Clone, Copy)]
+struct ConnLimits {
+    header_read_timeout: Duration,
+    max_connections: usize,
+}
+
+impl ConnLimits {
+    /// `BACKFILL_HTTP_HEADER_TIMEOUT_SECS` shortens the header-read timeout
+    /// (tests use it); an unreadable value keeps the default.
+    fn from_env() -> ConnLimits {
+        let header_read_timeout = std::env::var("BACKFILL_HTTP_HEADER_TIMEOUT_SECS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs)
+            .unwrap_or(HEADER_READ_TIMEOUT);
+        ConnLimits {
+            header_read_timeout,
+            max_connections: MAX_CONNECTIONS,
         }
-    }))
+    }
+}
+
+/// Serves each connection with hyper's HTTP/1 header-read timeout, so a
+/// client that connects and sends nothing (or half a request line) is
+/// closed instead of being held for ever; a semaphore caps the connections
+/// served at once, and one over the cap is closed at once rather than
+/// queued (a flood must not pile up file descriptors).
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ConnLimits,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors and the like: back off briefly rather
+                // than spin.
+                warn!(error = %e, "monitor endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            warn!(
+                limit = limits.max_connections,
+                "monitor endpoint: too many connections; closing a new one"
+            );
+            drop(stream);
+            continue;
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
 }
 
 /// Keeps a broker connection to read queue depths and to know whether the
@@ -268,8 +345,27 @@ fn api_error(status: StatusCode, msg: String) -> Response {
     (status, Json(serde_json::json!({ "error": msg }))).into_response()
 }
 
+/// The database's own message can name tables, SQL and hosts: it goes to
+/// the log, and the client gets a generic message.
 fn store_error(e: backfill_store::StoreError) -> Response {
-    api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    warn!(error = %e, "dashboard API: ledger query failed");
+    api_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the ledger could not be read; see the server's log".into(),
+    )
+}
+
+/// Run ids are short printable tokens; anything else (NUL, control
+/// characters, a huge path segment) is refused before it reaches the
+/// database, which would answer with an error rather than "no such run".
+const MAX_RUN_ID_LEN: usize = 128;
+
+fn bad_run_id(id: &str) -> Option<Response> {
+    if id.is_empty() || id.len() > MAX_RUN_ID_LEN || id.chars().any(char::is_control) {
+        Some(api_error(StatusCode::BAD_REQUEST, "bad run id".into()))
+    } else {
+        None
+    }
 }
 
 fn no_run(id: &str) -> Response {
@@ -284,6 +380,9 @@ async fn api_runs(State(s): State<MonitorState>) -> Response {
 }
 
 async fn api_run(State(s): State<MonitorState>, Path(id): Path<String>) -> Response {
+    if let Some(r) = bad_run_id(&id) {
+        return r;
+    }
     match s.store.run_status(&id).await {
         Ok(Some(r)) => Json(r).into_response(),
         Ok(None) => no_run(&id),
@@ -292,6 +391,9 @@ async fn api_run(State(s): State<MonitorState>, Path(id): Path<String>) -> Respo
 }
 
 async fn api_shards(State(s): State<MonitorState>, Path(id): Path<String>) -> Response {
+    if let Some(r) = bad_run_id(&id) {
+        return r;
+    }
     match s.store.run_exists(&id).await {
         Ok(true) => {}
         Ok(false) => return no_run(&id),
@@ -304,6 +406,9 @@ async fn api_shards(State(s): State<MonitorState>, Path(id): Path<String>) -> Re
 }
 
 async fn api_throughput(State(s): State<MonitorState>, Path(id): Path<String>) -> Response {
+    if let Some(r) = bad_run_id(&id) {
+        return r;
+    }
     match s.store.run_exists(&id).await {
         Ok(true) => {}
         Ok(false) => return no_run(&id),
@@ -316,6 +421,9 @@ async fn api_throughput(State(s): State<MonitorState>, Path(id): Path<String>) -
 }
 
 async fn api_report(State(s): State<MonitorState>, Path(id): Path<String>) -> Response {
+    if let Some(r) = bad_run_id(&id) {
+        return r;
+    }
     match s.store.load_run(&id).await {
         Ok(Some(rec)) => Json(serde_json::json!({
             "text": backfill_job::report::render_report(&rec.view())

@@ -27,7 +27,7 @@ pub mod steer;
 use backfill_job::spec::Dialect;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::{ConnectOptions, Connection, PgPool, SqlitePool};
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -133,6 +133,13 @@ impl TypesCache {
     }
 }
 
+/// How long the first, direct connection to PostgreSQL may take.
+const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn is_refused(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused)
+}
+
 impl Store {
     /// Connects to `postgres://…` or `sqlite://…`, and creates or upgrades
     /// the ledger tables.
@@ -150,6 +157,33 @@ impl Store {
                 .application_name("backfill")
                 // The ledger's idempotent DDL would log a notice per table.
                 .options([("client_min_messages", "warning")]);
+            // One direct connection first: the pool's acquire timeout would
+            // wait 30 s and then report "pool timed out", losing the cause
+            // (refused, unknown host, no such role or database).
+            let probe = tokio::time::timeout(FIRST_CONNECT_TIMEOUT, opts.connect())
+                .await
+                .map_err(|_| StoreError::Connect {
+                    url: redact_url(url),
+                    hint: pg_hint,
+                    source: sqlx::Error::PoolTimedOut,
+                })?;
+            match probe {
+                Ok(conn) => {
+                    let _ = conn.close().await;
+                }
+                Err(source) => {
+                    return Err(StoreError::Connect {
+                        url: redact_url(url),
+                        // The "start it" hint only helps when nothing listens.
+                        hint: if is_refused(&source) {
+                            pg_hint
+                        } else {
+                            "Check DATABASE_URL: host, port, role, password and database name."
+                        },
+                        source,
+                    });
+                }
+            }
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections.max(2))
                 .acquire_timeout(Duration::from_secs(30))
