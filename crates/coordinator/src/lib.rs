@@ -322,6 +322,7 @@ pub async fn resume_tasks(store: &Store, run_id: &str) -> Result<Vec<ShardTask>,
         .filter(|s| s.state == "pending" || s.state == "running")
         .map(|s| ShardTask {
             v: MESSAGE_VERSION,
+            ledger: store.ledger().id.clone(),
             run_id: run_id.to_string(),
             shard_no: s.shard_no,
             target: s.target,
@@ -389,6 +390,7 @@ pub async fn pending_tasks(
         .filter(|s| !s.published)
         .map(|s| ShardTask {
             v: MESSAGE_VERSION,
+            ledger: store.ledger().id.clone(),
             run_id: run_id.to_string(),
             shard_no: s.shard_no,
             target: s.target,

@@ -17,6 +17,7 @@
 //! job model and always quoted here; values are always bound.
 
 pub mod audit;
+pub mod identity;
 pub mod ledger;
 mod lite;
 pub mod planning;
@@ -34,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use audit::Verified;
+pub use identity::LedgerIdentity;
 pub use ledger::{ActiveRun, JobLock, Reduced};
 pub use ledger::{RunRecord, ShardRecord};
 pub use planning::{Derived, NewRun};
@@ -64,6 +66,12 @@ pub enum StoreError {
     Data(String),
     #[error("run {0} is not in the ledger")]
     UnknownRun(String),
+    #[error("this database ({current}) holds a ledger copied from another database ({recorded}): its runs and ledger id {id} are the other database's, so its workers would take that database's work. Give it an identity of its own with `backfill ledger adopt` (its queue names change with it), then start its workers")]
+    CopiedLedger {
+        id: String,
+        recorded: String,
+        current: String,
+    },
 }
 
 impl StoreError {
@@ -117,6 +125,7 @@ pub(crate) enum Backend {
 pub struct Store {
     pub(crate) backend: Backend,
     types: TypesCache,
+    pub(crate) ledger: Arc<LedgerIdentity>,
 }
 
 /// Column types per table, looked up once per process.
@@ -186,9 +195,11 @@ impl Store {
         } else {
             return Err(StoreError::Scheme(redact_url(url)));
         };
+        let ledger = Arc::new(identity::load(&backend).await?);
         Ok(Store {
             backend,
             types: TypesCache::default(),
+            ledger,
         })
     }
 
