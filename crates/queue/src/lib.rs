@@ -108,10 +108,10 @@ impl Broker {
         let ch = broker.channel().await?;
         // The dead queue first: the tasks queue dead-letters into it.
         for q in [
-            &broker.names.parked,
             &broker.names.dead,
             &broker.names.results,
             &broker.names.tasks,
+            &broker.names.parked,
         ] {
             let mut args = FieldTable::default();
             args.insert(
