@@ -244,6 +244,15 @@ async fn a_database_cloned_from_another_is_refused_until_it_adopts_its_ledger() 
             std::time::Instant::now() < deadline,
             "create the clone: {e}"
         );
+        // What still holds the original (a backend of a process that has
+        // exited, autovacuum) is ended; the test's own processes are done.
+        let _ = sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&original.db_name)
+        .execute(&admin)
+        .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let clone_url = original.db_url.replace(&original.db_name, &clone_name);

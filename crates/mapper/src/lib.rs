@@ -544,7 +544,7 @@ async fn handle_delivery(ctx: &Ctx, publisher: &backfill_queue::Publisher, d: De
     .await
 }
 
-/// Pause before a message of another ledger goes back to its queue, so two
+/// Longest pause before a message of another ledger is released, so two
 /// workers that keep receiving each other's messages do not spin.
 pub const FOREIGN_DELAY: Duration = Duration::from_millis(200);
 
@@ -583,15 +583,21 @@ pub fn is_foreign(
 /// Gives a message of another ledger back, as it came, for a worker of its
 /// own database. It is published again and the delivery acked rather than
 /// nacked: the quorum queue counts a nack towards the delivery limit, so a
-/// task bounced between databases would end dead-lettered.
+/// task bounced between databases would end dead-lettered. The ack waits a
+/// pause of varying length after the publish: while this delivery is held,
+/// the copy goes to another consumer with room; when every consumer is full
+/// of the other database's messages, the one that acks first gets the
+/// oldest returned message, so a pause of the same length everywhere could
+/// hand each worker back its own returns forever.
 pub async fn return_foreign(publisher: &backfill_queue::Publisher, queue: &str, d: Delivery) {
-    tokio::time::sleep(FOREIGN_DELAY).await;
     match publisher.publish_to(queue, &d.data).await {
         Ok(()) => {
+            tokio::time::sleep(jitter(FOREIGN_DELAY)).await;
             let _ = d.acker.ack(BasicAckOptions::default()).await;
         }
         Err(e) => {
             warn!(error = %e, "could not return a message of another ledger; it goes back to the queue");
+            tokio::time::sleep(FOREIGN_DELAY).await;
             let _ = d
                 .acker
                 .nack(BasicNackOptions {
@@ -601,6 +607,15 @@ pub async fn return_foreign(publisher: &backfill_queue::Publisher, queue: &str, 
                 .await;
         }
     }
+}
+
+/// A pause between a tenth of `max` and `max`, different from call to call.
+fn jitter(max: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    let max_ms = max.as_millis().max(10) as u64;
+    Duration::from_millis(max_ms / 10 + h.finish() % (max_ms - max_ms / 10))
 }
 
 /// The embedded mode's mapper: takes tasks from the in-process queue until

@@ -123,7 +123,7 @@ pub(crate) async fn load(backend: &Backend) -> Result<LedgerIdentity, StoreError
         .await
         .map_err(sql("read the ledger identity"))?,
         Backend::Lite(pool) => sqlx::query_as(
-            "SELECT id, database_oid || '/' || database_name, database_oid || '/' || database_name
+            "SELECT id, database_name, database_name
              FROM backfill_ledger ORDER BY created_at, id LIMIT 1",
         )
         .fetch_optional(pool)
