@@ -65,7 +65,7 @@ fail() {
 VHOST=backfill
 WORKER=backfill-worker
 PREFIX=backfill
-QUEUES=("$PREFIX.tasks" "$PREFIX.results" "$PREFIX.dead")
+QUEUES=("$PREFIX.tasks" "$PREFIX.results" "$PREFIX.dead" "$PREFIX.parked")
 PG_ADMIN_URL=${BACKFILL_CHECK_PG_URL:-postgres://postgres@127.0.0.1:5432}
 
 # One check at a time on this machine: the vhost is a fixed name.
@@ -166,8 +166,8 @@ check(u.get("tags") == [], "definitions: the worker user has no tags (no managem
 check([(p["user"], p["vhost"]) for p in defs["permissions"]] == [(worker, vhost)],
       "definitions: permissions for the worker user on its vhost only")
 queues = {q["name"]: q for q in defs["queues"]}
-check(sorted(queues) == sorted(f"{prefix}.{n}" for n in ("tasks", "results", "dead")),
-      "definitions: exactly the tasks, results and dead queues")
+check(sorted(queues) == sorted(f"{prefix}.{n}" for n in ("tasks", "results", "dead", "parked")),
+      "definitions: exactly the tasks, results, dead and parked queues")
 for q in queues.values():
     check(q["vhost"] == vhost and q["durable"] and not q["auto_delete"]
           and q["arguments"].get("x-queue-type") == "quorum", f"definitions: {q['name']} durable quorum queue")
@@ -445,11 +445,11 @@ imported=1
 rabbitmqctl -q import_definitions "$DEPLOY/rabbitmq/definitions.json" >/dev/null
 # The import finishes asynchronously: wait for the queues.
 for _ in $(seq 1 60); do
-  n=$(rabbitmqctl -q list_queues -p "$VHOST" name 2>/dev/null | grep -cxF -e "${QUEUES[0]}" -e "${QUEUES[1]}" -e "${QUEUES[2]}" || true)
-  [ "$n" = 3 ] && break
+  n=$(rabbitmqctl -q list_queues -p "$VHOST" name 2>/dev/null | grep -cxF -e "${QUEUES[0]}" -e "${QUEUES[1]}" -e "${QUEUES[2]}" -e "${QUEUES[3]}" || true)
+  [ "$n" = 4 ] && break
   sleep 0.5
 done
-[ "$n" = 3 ] || fail "the import did not create the three queues in vhost $VHOST"
+[ "$n" = 4 ] || fail "the import did not create the four queues in vhost $VHOST"
 for q in "${QUEUES[@]}"; do rabbitmqctl -q purge_queue -p "$VHOST" "$q" >/dev/null; done
 perms=$(rabbitmqctl -q list_user_permissions "$WORKER" | awk 'NR > 1 || $1 != "vhost" {print $1}')
 [ "$perms" = "$VHOST" ] || fail "$WORKER has permissions on other vhosts: $perms"

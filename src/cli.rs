@@ -35,6 +35,39 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Debug, Subcommand)]
+enum LedgerAction {
+    /// Print the ledger id, the database it belongs to and the queue names in use.
+    Show,
+    /// Give a ledger copied from another database (`CREATE DATABASE … TEMPLATE …`, a
+    /// restored dump) a new id, so its workers stop taking the other database's work.
+    Adopt,
+}
+
+/// What `status` and `ledger show` print about the ledger, on stderr.
+fn ledger_lines(settings: &Settings, store: &Store) -> String {
+    let l = store.ledger();
+    let q = settings.queues();
+    let mut s = format!(
+        "ledger {} (database {}); queues {}, {}, {}, {}{}\n",
+        l.id,
+        l.current_database,
+        q.tasks,
+        q.results,
+        q.dead,
+        q.parked,
+        if settings.queue_prefix_given {
+            ""
+        } else {
+            " (named after the ledger; --queue-prefix to choose)"
+        }
+    );
+    if let Err(e) = l.check() {
+        s.push_str(&format!("warning: {e}\n"));
+    }
+    s
+}
+
 #[derive(Debug, Args)]
 struct ConnArgs {
     /// Database holding the target tables and the ledger: postgres://… or sqlite://PATH.
@@ -336,6 +369,12 @@ enum Command {
         /// Seconds between redraws with --watch.
         #[arg(long, default_value_t = 1.0)]
         interval: f64,
+    },
+    /// The ledger's identity: `show` it (id, database, queue names), or `adopt` a ledger
+    /// copied from another database (a clone), giving it an identity of its own.
+    Ledger {
+        #[command(subcommand)]
+        action: LedgerAction,
     },
     /// Print a run's report from the ledger: text, or md (for admins), csv (one row per group)
     /// or json (the documented document).
@@ -669,7 +708,15 @@ async fn start_monitor(
 }
 
 async fn connect_store(s: &Settings, max: u32) -> anyhow::Result<Store> {
-    Ok(Store::connect(s.database_url.expose(), max).await?)
+    let store = Store::connect(s.database_url.expose(), max).await?;
+    s.use_ledger(store.ledger());
+    Ok(store)
+}
+
+/// Refuses to work for a database whose ledger was copied from another
+/// (exit code 2, nothing touched): it would take that database's work.
+fn refuse_copied_ledger(store: &Store) -> anyhow::Result<()> {
+    store.ledger().check().map_err(|e| usage(e.to_string()))
 }
 
 /// For the long-running roles: a database that is not up yet (or restarting)
@@ -687,7 +734,10 @@ async fn connect_store_waiting(
     let mut delay = Duration::from_millis(500);
     loop {
         match Store::connect(s.database_url.expose(), max).await {
-            Ok(store) => return Ok(Some(store)),
+            Ok(store) => {
+                s.use_ledger(store.ledger());
+                return Ok(Some(store));
+            }
             Err(e) => {
                 warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database not reachable; retrying");
             }
@@ -859,6 +909,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 )?),
             };
             let store = connect_store(&settings, 4).await?;
+            refuse_copied_ledger(&store)?;
             let stop_monitor = CancellationToken::new();
             let _monitor = start_monitor(
                 &settings,
@@ -954,6 +1005,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             else {
                 return Ok(0);
             };
+            refuse_copied_ledger(&store)?;
             let cfg = backfill_mapper::MapperConfig {
                 amqp_url: settings.amqp_url.expose().to_string(),
                 queues: settings.queues(),
@@ -987,6 +1039,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let Some(store) = connect_store_waiting(&settings, 4, &shutdown).await? else {
                 return Ok(0);
             };
+            refuse_copied_ledger(&store)?;
             let monitor = start_monitor(
                 &settings,
                 &store,
@@ -1184,6 +1237,34 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             );
             Ok(exit_code(&rec))
         }
+        Command::Ledger { action } => {
+            let store = connect_store(&settings, 2).await?;
+            if let LedgerAction::Adopt = action {
+                let was = store.ledger().clone();
+                if !was.is_copy() {
+                    eprintln!(
+                        "ledger {} belongs to this database ({}); nothing to adopt",
+                        was.id, was.current_database
+                    );
+                    return Ok(0);
+                }
+                let now = store.adopt_ledger().await?;
+                store.close().await;
+                let store = Store::connect(settings.database_url.expose(), 2).await?;
+                let mut fresh = settings.clone();
+                fresh.ledger_prefix = Default::default();
+                fresh.use_ledger(store.ledger());
+                eprintln!(
+                    "ledger {} copied from database {} is now ledger {} of database {}",
+                    was.id, was.recorded_database, now.id, now.current_database
+                );
+                eprint!("{}", ledger_lines(&fresh, &store));
+                return Ok(0);
+            }
+            eprint!("{}", ledger_lines(&settings, &store));
+            println!("{}", store.ledger().id);
+            Ok(0)
+        }
         Command::Status {
             run,
             watch,
@@ -1194,6 +1275,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 return Err(usage("--interval must be a positive number of seconds"));
             }
             let store = connect_store(&settings, 2).await?;
+            if !json {
+                eprint!("{}", ledger_lines(&settings, &store));
+            }
             crate::watch::status(
                 &store,
                 crate::watch::StatusArgs {
@@ -1637,6 +1721,7 @@ pub async fn run_in_process(
     if local {
         return run_local(&store, req, mappers, &settings.operator).await;
     }
+    refuse_copied_ledger(&store)?;
     let broker = connect_broker(settings).await?;
     let shutdown = shutdown_on_signals();
     let workers = CancellationToken::new();

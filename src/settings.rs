@@ -116,6 +116,13 @@ pub struct Settings {
     /// Who is acting, for the ledger's audit events (`--operator`,
     /// `BACKFILL_OPERATOR`, else the OS user); set by the command line.
     pub operator: String,
+    /// Whether the prefix was given (flag, environment or file). When not,
+    /// the queues are named after the ledger once the store is connected
+    /// (see [`Settings::use_ledger`]), so two databases never share queues
+    /// unless told to.
+    pub queue_prefix_given: bool,
+    /// The ledger's prefix, set once a store is connected.
+    pub ledger_prefix: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
 impl Settings {
@@ -138,9 +145,9 @@ impl Settings {
                 })?
             }
         };
-        let prefix = queue_prefix
-            .or(file_settings.queue_prefix)
-            .unwrap_or_else(|| DEFAULT_QUEUE_PREFIX.to_string());
+        let given = queue_prefix.or(file_settings.queue_prefix);
+        let queue_prefix_given = given.is_some();
+        let prefix = given.unwrap_or_else(|| DEFAULT_QUEUE_PREFIX.to_string());
         if prefix.is_empty()
             || !prefix
                 .chars()
@@ -150,6 +157,8 @@ impl Settings {
         }
         Ok(Settings {
             operator: String::new(),
+            queue_prefix_given,
+            ledger_prefix: Default::default(),
             database_url: SecretUrl::new(
                 database_url
                     .or(file_settings.database_url)
@@ -169,8 +178,23 @@ impl Settings {
         self.database_url.expose().starts_with("sqlite:")
     }
 
+    /// Names the queues after the connected store's ledger when no prefix
+    /// was given.
+    pub fn use_ledger(&self, ledger: &backfill_store::LedgerIdentity) {
+        let _ = self.ledger_prefix.set(ledger.queue_prefix());
+    }
+
+    /// The prefix in use: the one given, else the ledger's
+    /// (`backfill-<12 hex digits of its id>`) once a store is connected.
+    pub fn prefix(&self) -> &str {
+        match self.ledger_prefix.get() {
+            Some(p) if !self.queue_prefix_given => p,
+            _ => &self.queue_prefix,
+        }
+    }
+
     pub fn queues(&self) -> backfill_queue::QueueNames {
-        backfill_queue::QueueNames::with_prefix(&self.queue_prefix)
+        backfill_queue::QueueNames::with_prefix(self.prefix())
     }
 }
 
@@ -214,6 +238,18 @@ mod tests {
             scrub("ignoring key=sslpassword value=hunter4; hunter5"),
             "ignoring key=sslpassword value=***; ***"
         );
+        assert!(
+            !s.queue_prefix_given,
+            "no prefix given: named after the ledger"
+        );
+        s.ledger_prefix.set("backfill-0123456789ab".into()).unwrap();
+        assert_eq!(s.queues().tasks, "backfill-0123456789ab.tasks");
+        let given = Settings::resolve(None, None, Some("team".into()), None).unwrap();
+        given
+            .ledger_prefix
+            .set("backfill-0123456789ab".into())
+            .unwrap();
+        assert_eq!(given.queues().tasks, "team.tasks", "a given prefix wins");
     }
 
     #[test]

@@ -528,6 +528,7 @@ async fn plan_one_program(
         .into_iter()
         .map(|s| backfill_job::ShardTask {
             v: 1,
+            ledger: store.ledger().id.clone(),
             run_id: run_id.clone(),
             shard_no: s.shard_no,
             target: s.target,

@@ -138,6 +138,7 @@ async fn duplicate_tasks_and_results_are_counted_once() {
     for s in store.shards(&run_id).await.unwrap() {
         let t = backfill_job::ShardTask {
             v: 1,
+            ledger: store.ledger().id.clone(),
             run_id: run_id.clone(),
             shard_no: s.shard_no,
             target: s.target,
@@ -162,6 +163,7 @@ async fn duplicate_tasks_and_results_are_counted_once() {
     for (i, r) in results.iter().enumerate() {
         let msg = backfill_job::ShardResult {
             v: 1,
+            ledger: store.ledger().id.clone(),
             run_id: run_id.clone(),
             shard_no: i as u32,
             target: "x".into(),

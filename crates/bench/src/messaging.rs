@@ -177,6 +177,7 @@ pub async fn measure(
     for i in 0..(n + warmup) {
         let task = ShardTask {
             v: MESSAGE_VERSION,
+            ledger: String::new(),
             run_id: format!("{prefix}-run"),
             shard_no: i,
             target: "revisions".into(),
@@ -186,6 +187,7 @@ pub async fn measure(
         };
         let result = ShardResult {
             v: MESSAGE_VERSION,
+            ledger: String::new(),
             run_id: task.run_id.clone(),
             shard_no: i,
             target: task.target.clone(),

@@ -348,6 +348,7 @@ pub async fn resume_tasks(store: &Store, run_id: &str) -> Result<Vec<ShardTask>,
         .filter(|s| !s.reduced)
         .map(|s| ShardTask {
             v: MESSAGE_VERSION,
+            ledger: store.ledger().id.clone(),
             run_id: run_id.to_string(),
             shard_no: s.shard_no,
             target: s.target,
@@ -416,6 +417,7 @@ pub async fn pending_tasks(
         .filter(|s| !s.published)
         .map(|s| ShardTask {
             v: MESSAGE_VERSION,
+            ledger: store.ledger().id.clone(),
             run_id: run_id.to_string(),
             shard_no: s.shard_no,
             target: s.target,

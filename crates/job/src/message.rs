@@ -23,6 +23,11 @@ pub struct MessageError {
 #[serde(deny_unknown_fields)]
 pub struct ShardTask {
     pub v: u8,
+    /// The ledger (database) the message belongs to; a worker of another
+    /// ledger returns it to the queue untouched. Empty in messages written
+    /// before ledgers had an identity, which any worker may take.
+    #[serde(default)]
+    pub ledger: String,
     pub run_id: String,
     pub shard_no: u32,
     pub target: String,
@@ -48,6 +53,11 @@ impl ShardTask {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardResult {
     pub v: u8,
+    /// The ledger (database) the message belongs to; a worker of another
+    /// ledger returns it to the queue untouched. Empty in messages written
+    /// before ledgers had an identity, which any worker may take.
+    #[serde(default)]
+    pub ledger: String,
     pub run_id: String,
     pub shard_no: u32,
     pub target: String,
@@ -77,6 +87,7 @@ mod tests {
     fn task_round_trip_and_refusal() {
         let t = ShardTask {
             v: MESSAGE_VERSION,
+            ledger: "l1".into(),
             run_id: "r1".into(),
             shard_no: 3,
             target: "revisions".into(),
@@ -97,6 +108,7 @@ mod tests {
     fn result_round_trip() {
         let r = ShardResult {
             v: MESSAGE_VERSION,
+            ledger: "l1".into(),
             run_id: "r1".into(),
             shard_no: 0,
             target: "t".into(),

@@ -230,6 +230,7 @@ pub async fn process_task(
     };
     Ok(ShardResult {
         v: MESSAGE_VERSION,
+        ledger: store.ledger().id.clone(),
         run_id: task.run_id.clone(),
         shard_no: task.shard_no,
         target: target.name.clone(),
@@ -282,6 +283,8 @@ pub async fn run(
     cfg: MapperConfig,
     shutdown: CancellationToken,
 ) -> Result<(), MapperError> {
+    // A copied database would take the work of the one it was copied from.
+    store.ledger().check()?;
     let runs = RunCache::default();
     let steering = steering::Steering::default();
     let beat = tokio::spawn(heartbeat(
@@ -404,6 +407,14 @@ pub async fn attempt(
                 .await
             {
                 Ok(n) => n,
+                // The database refuses the task's own data (a run id it
+                // cannot even look up): no attempt will ever succeed, so it
+                // is given up now rather than retried forever.
+                Err(e2) if !e2.is_transient() => {
+                    let msg = format!("{msg} (and recording it failed: {e2})");
+                    error!(error = %msg, "task the database refuses; giving it up");
+                    return Disposition::GiveUp(msg);
+                }
                 Err(e2) => {
                     return Disposition::Retry(format!("{msg} (and recording it failed: {e2})"))
                 }
@@ -449,6 +460,7 @@ pub async fn record_dead_shard(
         .await?;
     Ok(ShardResult {
         v: MESSAGE_VERSION,
+        ledger: store.ledger().id.clone(),
         run_id: task.run_id.clone(),
         shard_no: task.shard_no,
         target: planned,
@@ -513,6 +525,10 @@ async fn handle_delivery(ctx: &Ctx, publisher: &backfill_queue::Publisher, d: De
             return;
         }
     };
+    if is_foreign(store, "task", &task.ledger, &task.run_id, publisher.names()) {
+        return_foreign(publisher, &publisher.names().tasks, d).await;
+        return;
+    }
     let span =
         info_span!("shard", run = %task.run_id, shard = task.shard_no, target = %task.target);
     async {
@@ -572,6 +588,80 @@ async fn handle_delivery(ctx: &Ctx, publisher: &backfill_queue::Publisher, d: De
     }
     .instrument(span)
     .await
+}
+
+/// Longest pause before a message of another ledger is released, so two
+/// workers that keep receiving each other's messages do not spin.
+pub const FOREIGN_DELAY: Duration = Duration::from_millis(200);
+
+/// Run ids whose foreign messages were already warned about.
+static WARNED_FOREIGN: Mutex<Option<std::collections::HashSet<String>>> = Mutex::new(None);
+
+/// True when a message belongs to another ledger than the store's: the
+/// worker must not act on it, ack it nor dead-letter it. Warns once per
+/// run. A message without a ledger (written before ledgers had an
+/// identity) belongs to whoever takes it.
+pub fn is_foreign(
+    store: &Store,
+    what: &str,
+    ledger: &str,
+    run_id: &str,
+    names: &QueueNames,
+) -> bool {
+    let own = &store.ledger().id;
+    if ledger.is_empty() || ledger == own {
+        return false;
+    }
+    let first = WARNED_FOREIGN
+        .lock()
+        .map(|mut w| {
+            w.get_or_insert_with(Default::default)
+                .insert(run_id.to_string())
+        })
+        .unwrap_or(true);
+    if first {
+        let prefix = names.tasks.strip_suffix(".tasks").unwrap_or(&names.tasks);
+        warn!(run = %run_id, "{what} of ledger {ledger} on a worker of ledger {own}: returned to the queue; two databases share queue prefix {prefix} — give each its own --queue-prefix");
+    }
+    true
+}
+
+/// Gives a message of another ledger back, as it came, for a worker of its
+/// own database. It is published again and the delivery acked rather than
+/// nacked: the quorum queue counts a nack towards the delivery limit, so a
+/// task bounced between databases would end dead-lettered. The ack waits a
+/// pause of varying length after the publish: while this delivery is held,
+/// the copy goes to another consumer with room; when every consumer is full
+/// of the other database's messages, the one that acks first gets the
+/// oldest returned message, so a pause of the same length everywhere could
+/// hand each worker back its own returns forever.
+pub async fn return_foreign(publisher: &backfill_queue::Publisher, queue: &str, d: Delivery) {
+    match publisher.publish_to(queue, &d.data).await {
+        Ok(()) => {
+            tokio::time::sleep(jitter(FOREIGN_DELAY)).await;
+            let _ = d.acker.ack(BasicAckOptions::default()).await;
+        }
+        Err(e) => {
+            warn!(error = %e, "could not return a message of another ledger; it goes back to the queue");
+            tokio::time::sleep(FOREIGN_DELAY).await;
+            let _ = d
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+        }
+    }
+}
+
+/// A pause between a tenth of `max` and `max`, different from call to call.
+fn jitter(max: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    let max_ms = max.as_millis().max(10) as u64;
+    Duration::from_millis(max_ms / 10 + h.finish() % (max_ms - max_ms / 10))
 }
 
 /// The embedded mode's mapper: takes tasks from the in-process queue until

@@ -8,7 +8,10 @@
 //! attempt: a mapper gives up on a shard after a few failures and rejects
 //! it, or the broker dead-letters it after [`DELIVERY_LIMIT`] deliveries
 //! (a shard that kills its worker every time). The reducer records a
-//! dead-lettered shard as failed in the ledger so the run ends. Messages are persistent and every publish waits for the
+//! dead-lettered shard as failed in the ledger so the run ends. A message
+//! that can never be processed (unreadable, or refused by the database
+//! whatever the attempt) is logged once and moved to `<prefix>.parked`, a
+//! fourth durable queue nobody consumes, for an operator to inspect. Messages are persistent and every publish waits for the
 //! broker's confirm, so a task or result the publisher moved on from is on
 //! disk at the broker. Consumers ack only after their effect is durable.
 
@@ -64,6 +67,8 @@ pub struct QueueNames {
     pub tasks: String,
     pub results: String,
     pub dead: String,
+    /// Messages that can never be processed, kept for inspection.
+    pub parked: String,
 }
 
 impl QueueNames {
@@ -72,6 +77,7 @@ impl QueueNames {
             tasks: format!("{prefix}.tasks"),
             results: format!("{prefix}.results"),
             dead: format!("{prefix}.dead"),
+            parked: format!("{prefix}.parked"),
         }
     }
 }
@@ -99,6 +105,7 @@ impl Broker {
             &broker.names.dead,
             &broker.names.results,
             &broker.names.tasks,
+            &broker.names.parked,
         ] {
             let mut args = FieldTable::default();
             args.insert(
@@ -200,7 +207,12 @@ impl Broker {
     /// Deletes this deployment's queues (tests and teardown).
     pub async fn delete_queues(&self) -> Result<(), QueueError> {
         let ch = self.channel().await?;
-        for q in [&self.names.tasks, &self.names.results, &self.names.dead] {
+        for q in [
+            &self.names.tasks,
+            &self.names.results,
+            &self.names.dead,
+            &self.names.parked,
+        ] {
             ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                 .await
                 .map_err(amqp(format!("delete queue {q}")))?;
@@ -259,6 +271,22 @@ impl Publisher {
         self.publish(&self.names.results, &result.encode()).await
     }
 
+    /// Publishes raw bytes to a queue: a message returned or parked as it
+    /// came.
+    pub async fn publish_to(&self, queue: &str, payload: &[u8]) -> Result<(), QueueError> {
+        self.publish(queue, payload).await
+    }
+
+    /// The queues this publisher sends to.
+    pub fn names(&self) -> &QueueNames {
+        &self.names
+    }
+
+    /// Moves a message that can never be processed to the parking queue.
+    pub async fn park(&self, payload: &[u8]) -> Result<(), QueueError> {
+        self.publish(&self.names.parked, payload).await
+    }
+
     /// Publishes raw bytes to the task queue (for tests of malformed input).
     pub async fn publish_raw_task(&self, payload: &[u8]) -> Result<(), QueueError> {
         self.publish(&self.names.tasks, payload).await
@@ -294,6 +322,7 @@ mod tests {
         assert_eq!(n.tasks, "bf.tasks");
         assert_eq!(n.results, "bf.results");
         assert_eq!(n.dead, "bf.dead");
+        assert_eq!(n.parked, "bf.parked");
         assert_eq!(
             redact_url("amqp://u:p@h:5672/%2f"),
             "amqp://u:***@h:5672/%2f"

@@ -7,8 +7,9 @@
 //! final state and `Summary:` line. Any number of reducers may run.
 
 use backfill_job::{ShardResult, ShardTask};
+use backfill_mapper::{is_foreign, return_foreign};
 use backfill_queue::{
-    BasicAckOptions, BasicNackOptions, BasicRejectOptions, Broker, QueueNames, DELIVERY_LIMIT,
+    BasicAckOptions, BasicNackOptions, Broker, Delivery, Publisher, QueueNames, DELIVERY_LIMIT,
 };
 use backfill_store::{Reduced, Store, StoreError};
 use futures::StreamExt;
@@ -85,6 +86,8 @@ pub async fn run(
     cfg: ReducerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
+    // A copied database would fold the results of the one it was copied from.
+    store.ledger().check()?;
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
         match consume(&store, &cfg, &shutdown).await {
@@ -120,32 +123,68 @@ pub async fn process_dead_task(
     process_result(store, &result).await
 }
 
-async fn handle_dead(store: &Store, worker: &str, d: backfill_queue::Delivery) {
-    match ShardTask::decode(&d.data) {
-        Err(e) => {
-            error!(error = %e, "dropping a dead-lettered message that cannot be read");
+/// Moves a message that can never be processed to the parking queue, with
+/// one log line saying why, and acks it: retrying it would only repeat the
+/// same refusal forever.
+async fn park(publisher: &Publisher, d: Delivery, what: &str, why: &str) {
+    error!(error = %why, parked = %publisher.names().parked, "{what} can never be processed; parked");
+    match publisher.park(&d.data).await {
+        Ok(()) => {
             let _ = d.acker.ack(BasicAckOptions::default()).await;
         }
-        Ok(task) => match process_dead_task(store, &task, worker).await {
-            Ok(_) => {
-                let _ = d.acker.ack(BasicAckOptions::default()).await;
-            }
-            Err(e @ StoreError::Data(_)) => {
-                error!(error = %e, run = %task.run_id, shard = task.shard_no, "dead-lettered task of an unknown shard; dropped");
-                let _ = d.acker.ack(BasicAckOptions::default()).await;
-            }
-            Err(e) => {
-                warn!(error = %e, "could not record a dead-lettered shard; it goes back to the dead queue");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let _ = d
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
-            }
-        },
+        Err(e) => {
+            warn!(error = %e, "could not park the message; it goes back to its queue");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = d
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+        }
+    }
+}
+
+/// Back to its queue after a pause: the database is away for now.
+async fn requeue_later(d: Delivery) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = d
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await;
+}
+
+async fn handle_dead(store: &Store, publisher: &Publisher, worker: &str, d: Delivery) {
+    let task = match ShardTask::decode(&d.data) {
+        Ok(task) => task,
+        Err(e) => return park(publisher, d, "a dead-lettered message", &e.to_string()).await,
+    };
+    if is_foreign(
+        store,
+        "dead-lettered task",
+        &task.ledger,
+        &task.run_id,
+        publisher.names(),
+    ) {
+        return return_foreign(publisher, &publisher.names().dead, d).await;
+    }
+    match process_dead_task(store, &task, worker).await {
+        Ok(_) => {
+            let _ = d.acker.ack(BasicAckOptions::default()).await;
+        }
+        Err(e @ StoreError::Data(_)) => {
+            error!(error = %e, run = %task.run_id, shard = task.shard_no, "dead-lettered task of an unknown shard; dropped");
+            let _ = d.acker.ack(BasicAckOptions::default()).await;
+        }
+        Err(e) if e.is_transient() => {
+            warn!(error = %e, "could not record a dead-lettered shard; it goes back to the dead queue");
+            requeue_later(d).await;
+        }
+        Err(e) => park(publisher, d, "a dead-lettered task", &e.to_string()).await,
     }
 }
 
@@ -155,6 +194,7 @@ async fn consume(
     shutdown: &CancellationToken,
 ) -> Result<(), backfill_queue::QueueError> {
     let broker = Broker::connect(&cfg.amqp_url, cfg.queues.clone()).await?;
+    let publisher = broker.publisher().await?;
     let (channel, mut consumer) = broker.consume(&cfg.queues.results, 64, &cfg.worker).await?;
     let (dead_channel, mut dead) = broker
         .consume(&cfg.queues.dead, 1, &format!("{}-dead", cfg.worker))
@@ -165,7 +205,7 @@ async fn consume(
             _ = shutdown.cancelled() => break Ok(()),
             d = dead.next() => match d {
                 Some(Ok(d)) => {
-                    handle_dead(store, &cfg.worker, d).await;
+                    handle_dead(store, &publisher, &cfg.worker, d).await;
                     continue;
                 }
                 Some(Err(e)) => break Err(backfill_queue::QueueError::Amqp { what: "receive a dead task".into(), source: e }),
@@ -190,26 +230,29 @@ async fn consume(
         let result = match ShardResult::decode(&d.data) {
             Ok(r) => r,
             Err(e) => {
-                error!(error = %e, "dropping a result message that cannot be read");
-                let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
+                park(&publisher, d, "a result message", &e.to_string()).await;
                 continue;
             }
         };
+        if is_foreign(
+            store,
+            "result",
+            &result.ledger,
+            &result.run_id,
+            publisher.names(),
+        ) {
+            return_foreign(&publisher, &cfg.queues.results, d).await;
+            continue;
+        }
         match process_result(store, &result).await {
             Ok(_) => {
                 let _ = d.acker.ack(BasicAckOptions::default()).await;
             }
-            Err(e) => {
+            Err(e) if e.is_transient() => {
                 warn!(error = %e, run = %result.run_id, shard = result.shard_no, "could not fold the result; it goes back to the queue");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let _ = d
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                requeue_later(d).await;
             }
+            Err(e) => park(&publisher, d, "a result", &e.to_string()).await,
         }
     };
     // Close the channels first so the last acks reach the broker.

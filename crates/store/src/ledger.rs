@@ -109,7 +109,11 @@ pub(crate) async fn migrate_pg(pool: &PgPool) -> Result<(), StoreError> {
         .execute(&mut *tx)
         .await
         .map_err(sql("lock ledger migration"))?;
-    for ddl in LEDGER_DDL.iter().chain(crate::steer::PG_DDL) {
+    for ddl in LEDGER_DDL
+        .iter()
+        .chain(crate::steer::PG_DDL)
+        .chain([&crate::identity::PG_DDL])
+    {
         // `ALTER TABLE … ADD COLUMN IF NOT EXISTS` takes an exclusive lock
         // on the table even when the column is there; holding it while
         // workers already running use the ledger can deadlock with them.
@@ -122,6 +126,7 @@ pub(crate) async fn migrate_pg(pool: &PgPool) -> Result<(), StoreError> {
             .await
             .map_err(sql("create ledger tables"))?;
     }
+    crate::identity::ensure_pg(&mut tx).await?;
     tx.commit().await.map_err(sql("commit ledger migration"))?;
     Ok(())
 }

@@ -17,6 +17,7 @@
 //! job model and always quoted here; values are always bound.
 
 pub mod audit;
+pub mod identity;
 pub mod ledger;
 mod lite;
 pub mod planning;
@@ -34,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use audit::Verified;
+pub use identity::LedgerIdentity;
 pub use ledger::{ActiveRun, JobLock, Reduced};
 pub use ledger::{RunRecord, ShardRecord};
 pub use planning::{Derived, NewRun};
@@ -71,6 +73,12 @@ pub enum StoreError {
     Input(String),
     #[error("run {0} is not in the ledger")]
     UnknownRun(String),
+    #[error("this database ({current}) holds a ledger copied from another database ({recorded}): its runs and ledger id {id} are the other database's, so its workers would take that database's work. Give it an identity of its own with `backfill ledger adopt` (its queue names change with it), then start its workers")]
+    CopiedLedger {
+        id: String,
+        recorded: String,
+        current: String,
+    },
 }
 
 impl StoreError {
@@ -116,6 +124,7 @@ pub(crate) enum Backend {
 pub struct Store {
     pub(crate) backend: Backend,
     types: TypesCache,
+    pub(crate) ledger: Arc<LedgerIdentity>,
 }
 
 /// Column types per table, looked up once per process.
@@ -165,7 +174,10 @@ impl Store {
                 .map_err(|_| StoreError::Connect {
                     url: redact_url(url),
                     hint: pg_hint,
-                    source: sqlx::Error::PoolTimedOut,
+                    source: backfill_job::redact::RedactedError::new(
+                        &sqlx::Error::PoolTimedOut,
+                        url,
+                    ),
                 })?;
             match probe {
                 Ok(conn) => {
@@ -180,7 +192,7 @@ impl Store {
                         } else {
                             "Check DATABASE_URL: host, port, role, password and database name."
                         },
-                        source,
+                        source: backfill_job::redact::RedactedError::new(&source, url),
                     });
                 }
             }
@@ -219,9 +231,11 @@ impl Store {
         } else {
             return Err(StoreError::Scheme(redact_url(url)));
         };
+        let ledger = Arc::new(identity::load(&backend).await?);
         Ok(Store {
             backend,
             types: TypesCache::default(),
+            ledger,
         })
     }
 

@@ -121,7 +121,11 @@ async fn begin_write(
 
 pub(crate) async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
     let mut tx = begin_write(pool, "ledger migration").await?;
-    for ddl in LEDGER_DDL.iter().chain(crate::steer::LITE_DDL) {
+    for ddl in LEDGER_DDL
+        .iter()
+        .chain(crate::steer::LITE_DDL)
+        .chain([&crate::identity::LITE_DDL])
+    {
         sqlx::query(ddl)
             .execute(&mut *tx)
             .await
@@ -140,6 +144,7 @@ pub(crate) async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
                 .map_err(sql("upgrade ledger tables"))?;
         }
     }
+    crate::identity::ensure_lite(&mut tx).await?;
     tx.commit().await.map_err(sql("commit ledger migration"))?;
     Ok(())
 }
