@@ -7,6 +7,8 @@
 //! ledger; the tests make that state by putting a finished run back to
 //! `running`, as the kill leaves it, then start the next command.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
