@@ -963,7 +963,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                             run_id
                         }
                         backfill_coordinator::Start::Resumed { run_id, kind } => {
-                            eprintln!("adopting run {run_id} ({kind} run of the same job, spec and scope, unfinished): resuming it");
+                            eprintln!("adopting run {run_id}: a {kind} run of the same job, spec and scope that was unfinished: resuming it");
                             run_id
                         }
                     };
@@ -1693,7 +1693,7 @@ async fn start_or_resume(
             Ok(Some((run_id, lock)))
         }
         backfill_coordinator::Start::Resumed { run_id, kind } => {
-            eprintln!("adopting run {run_id} ({kind} run of the same job, spec and scope, unfinished): resuming it");
+            eprintln!("adopting run {run_id}: a {kind} run of the same job, spec and scope that was unfinished: resuming it");
             Ok(Some((run_id, lock)))
         }
     }
