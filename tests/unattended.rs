@@ -127,3 +127,85 @@ async fn a_failed_verify_is_no_review_for_a_commit() {
             .unwrap();
     assert_eq!(commits, 0);
 }
+
+#[tokio::test]
+async fn resume_folds_shards_that_were_done_but_never_reduced() {
+    let env = TestEnv::new().await;
+    env.seed_certificates(20, 800).await;
+    let spec = job("program-certificate-titles");
+    // Mappers but no reducer: every shard is committed, none folded.
+    let mut mappers = common::fleet::Fleet::new(&env);
+    let mut m = mappers.spawn(&["mapper", "--concurrency", "2"]);
+    let coord = env.run(&["coordinator", "--job", &spec, "--all", "--shard-size", "50"]);
+    assert_eq!(coord.status.code(), Some(0), "{}", stderr(&coord));
+    let run = stdout(&coord).lines().next().unwrap().trim().to_string();
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM backfill_shard WHERE run_id = $1")
+        .bind(&run)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(total > 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM backfill_shard WHERE run_id = $1 AND state = 'done'",
+        )
+        .bind(&run)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        if done == total {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "shards not done");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Their results are lost (a purged queue, a broker that lost them).
+    let purge = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "purge_queue", &env.queues().results])
+        .output()
+        .expect("rabbitmqctl (start RabbitMQ with `rabbitmq-server -detached`)");
+    assert!(purge.status.success(), "{purge:?}");
+
+    // Resume, and start a reducer: the run ends, every shard folded once.
+    let resumed = env.run(&["coordinator", "--resume", &run]);
+    assert_eq!(resumed.status.code(), Some(0), "{}", stderr(&resumed));
+    let mut reducer = mappers.spawn(&["reducer"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let summary_line = loop {
+        let row: (String, Option<String>) =
+            sqlx::query_as("SELECT state, summary FROM backfill_run WHERE run_id = $1")
+                .bind(&run)
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
+        if row.0 != "running" {
+            assert_eq!(row.0, "done");
+            break row.1.unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the resumed run never ended: done-but-unreduced shards were not folded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let _ = m.kill();
+    let _ = reducer.kill();
+    let _ = m.wait();
+    let _ = reducer.wait();
+    let reference = env.run(&["run", "--local", "--job", &spec, "--all"]);
+    let ours: std::collections::BTreeMap<String, String> = summary_line["Summary: ".len()..]
+        .split(' ')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for k in [
+        "processed",
+        "changed",
+        "unchanged",
+        "skipped",
+        "refs_affected",
+    ] {
+        assert_eq!(ours.get(k), summary(&reference).get(k), "{k}");
+    }
+}
