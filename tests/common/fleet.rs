@@ -174,8 +174,10 @@ pub fn wait_child(c: &mut Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// The coordinator's output once it exits; killed, and the test failed,
+/// after five minutes.
 pub fn coordinator_output(c: Child) -> std::process::Output {
-    let out = c.wait_with_output().unwrap();
+    let out = super::child_output_within(c, Duration::from_secs(300));
     eprintln!(
         "coordinator: exit {:?}\n{}\n{}",
         out.status.code(),

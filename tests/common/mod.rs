@@ -185,7 +185,11 @@ impl Drop for TestEnv {
                 return;
             };
             rt.block_on(async move {
-                pool.close().await;
+                // A connection dropped last on a current-thread test runtime
+                // is returned by a task of that runtime, which is blocked in
+                // this drop: closing would wait for it forever. Bound the
+                // wait; DROP … WITH (FORCE) ends what is left.
+                let _ = tokio::time::timeout(Duration::from_secs(2), pool.close()).await;
                 if let Ok(mut conn) = admin.connect().await {
                     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
                         .execute(&mut conn)
@@ -209,6 +213,12 @@ pub fn output_within(mut cmd: Command, limit: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run the backfill binary");
+    child_output_within(child, limit)
+}
+
+/// Waits for a spawned child's output within `limit`, or kills it (SIGKILL)
+/// and panics: a hung process must fail its test, not hang the suite.
+pub fn child_output_within(child: std::process::Child, limit: Duration) -> Output {
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -218,6 +228,14 @@ pub fn output_within(mut cmd: Command, limit: Duration) -> Output {
         Ok(out) => out.expect("wait for the backfill binary"),
         Err(_) => {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let partial = rx.recv_timeout(Duration::from_secs(5));
+            if let Ok(Ok(out)) = partial {
+                eprintln!(
+                    "--- stdout of the killed process\n{}\n--- stderr\n{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
             panic!("`backfill` did not finish within {limit:?}; killed it");
         }
     }
