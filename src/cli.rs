@@ -707,6 +707,19 @@ async fn start_monitor(
     ))
 }
 
+/// For the read-only commands: no DDL, and no ledger is bad input (exit 2)
+/// that names the database looked at.
+async fn connect_existing_store(s: &Settings, max: u32) -> anyhow::Result<Store> {
+    match Store::connect_existing(s.database_url.expose(), max).await {
+        Ok(store) => {
+            s.use_ledger(store.ledger());
+            Ok(store)
+        }
+        Err(e @ backfill_store::StoreError::NoLedger { .. }) => Err(usage(e.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn connect_store(s: &Settings, max: u32) -> anyhow::Result<Store> {
     let store = Store::connect(s.database_url.expose(), max).await?;
     s.use_ledger(store.ledger());
@@ -728,16 +741,15 @@ async fn connect_store_waiting(
     max: u32,
     stop: &CancellationToken,
 ) -> anyhow::Result<Option<Store>> {
-    if s.is_sqlite() {
-        return connect_store(s, max).await.map(Some);
-    }
+    let url = s.database_url.expose();
     let mut delay = Duration::from_millis(500);
     loop {
-        match Store::connect(s.database_url.expose(), max).await {
+        match Store::connect(url, max).await {
             Ok(store) => {
                 s.use_ledger(store.ledger());
                 return Ok(Some(store));
             }
+            Err(e) if s.is_sqlite() => return Err(e.into()),
             Err(e) => {
                 warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database not reachable; retrying");
             }
@@ -1090,7 +1102,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             if limit < 1 {
                 return Err(usage("--limit must be at least 1"));
             }
-            let store = connect_store(&settings, 2).await?;
+            let store = connect_existing_store(&settings, 2).await?;
             let runs = store.history(job.as_deref(), limit).await?;
             if json {
                 println!(
@@ -1274,7 +1286,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             if !(interval.is_finite() && interval > 0.0) {
                 return Err(usage("--interval must be a positive number of seconds"));
             }
-            let store = connect_store(&settings, 2).await?;
+            let store = connect_existing_store(&settings, 2).await?;
             if !json {
                 eprint!("{}", ledger_lines(&settings, &store));
             }
@@ -1295,7 +1307,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             diff: Some(other),
             ..
         } => {
-            let store = connect_store(&settings, 2).await?;
+            let store = connect_existing_store(&settings, 2).await?;
             let load = |id: String| {
                 let store = store.clone();
                 async move {
@@ -1339,7 +1351,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             diff: None,
         } => {
             let format: backfill_job::formats::Format = format.parse().map_err(usage)?;
-            let store = connect_store(&settings, 2).await?;
+            let store = connect_existing_store(&settings, 2).await?;
             let rec = store
                 .load_run(&run)
                 .await?

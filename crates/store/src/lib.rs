@@ -42,6 +42,22 @@ pub use planning::{Derived, NewRun};
 pub use shard::{Committed, EvaluatedRow, FetchedRow, ShardCommit, ShardRows};
 pub use steer::{Claim, Control, ControlState, Health, ThrottleChange};
 
+/// A read-only command found no ledger (or one made by an older version,
+/// which only a writing command upgrades).
+fn no_ledger((runs, identity): (bool, bool), url: &str) -> Result<(), StoreError> {
+    match (runs, identity) {
+        (true, true) => Ok(()),
+        (false, _) => Err(StoreError::NoLedger {
+            url: redact_url(url),
+            why: "no job has run against this database".into(),
+        }),
+        (true, false) => Err(StoreError::NoLedger {
+            url: redact_url(url),
+            why: "its ledger was made by an older version of backfill; start any worker or job of this version once to upgrade it".into(),
+        }),
+    }
+}
+
 /// Errors of the database edge.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -79,6 +95,10 @@ pub enum StoreError {
         recorded: String,
         current: String,
     },
+    /// A read-only command looked at a database without a (current) ledger;
+    /// nothing was created there.
+    #[error("no backfill ledger in the database at {url}: {why}. Nothing was created there; point DATABASE_URL (or --database-url) at the database your jobs run against")]
+    NoLedger { url: String, why: String },
 }
 
 impl StoreError {
@@ -153,6 +173,18 @@ impl Store {
     /// Connects to `postgres://…` or `sqlite://…`, and creates or upgrades
     /// the ledger tables.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        Store::open(url, max_connections, true).await
+    }
+
+    /// Connects for a read-only command (`status`, `report`, `history`,
+    /// `dashboard`): runs no DDL, so pointing one at the wrong database
+    /// creates nothing there; a database with no ledger is
+    /// [`StoreError::NoLedger`], naming the URL (redacted).
+    pub async fn connect_existing(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        Store::open(url, max_connections, false).await
+    }
+
+    async fn open(url: &str, max_connections: u32, migrate: bool) -> Result<Store, StoreError> {
         let pg_hint = "Is PostgreSQL running? (start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, or set DATABASE_URL)";
         let lite_hint = "Check the path; add `?mode=rwc` to the URL to create a new database file.";
         let connect_err = |source: sqlx::Error| StoreError::Connect {
@@ -202,7 +234,17 @@ impl Store {
                 .connect_with(opts)
                 .await
                 .map_err(connect_err)?;
-            ledger::migrate_pg(&pool).await?;
+            if migrate {
+                ledger::migrate_pg(&pool).await?;
+            } else {
+                let present: (bool, bool) = sqlx::query_as(
+                    "SELECT to_regclass('backfill_run') IS NOT NULL, to_regclass('backfill_ledger') IS NOT NULL",
+                )
+                .fetch_one(&pool)
+                .await
+                .map_err(sql("look for the ledger"))?;
+                no_ledger(present, url)?;
+            }
             Backend::Pg(pool)
         } else if url.starts_with("sqlite:") {
             // WAL lets readers go on while one writer commits; the busy
@@ -226,7 +268,18 @@ impl Store {
                     hint: lite_hint,
                     source: backfill_job::redact::RedactedError::new(&source, url),
                 })?;
-            lite::migrate(&pool).await?;
+            if migrate {
+                lite::migrate(&pool).await?;
+            } else {
+                let present: (bool, bool) = sqlx::query_as(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'backfill_run'),
+                            EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'backfill_ledger')",
+                )
+                .fetch_one(&pool)
+                .await
+                .map_err(sql("look for the ledger"))?;
+                no_ledger(present, url)?;
+            }
             Backend::Lite(pool)
         } else {
             return Err(StoreError::Scheme(redact_url(url)));
