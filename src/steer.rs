@@ -112,9 +112,16 @@ pub async fn cancel(
     store.finish_cancelled(run_id).await?;
     let rec = running_run(store, run_id).await?;
     print!("{}", render_report(&rec.view()));
+    let shards = store.shards(run_id).await?;
+    let count =
+        |f: &dyn Fn(&backfill_store::ShardRecord) -> bool| shards.iter().filter(|s| f(s)).count();
+    let done = count(&|s| s.state == "done");
+    let dead = count(&|s| s.state == "dead");
+    let in_hand = count(&|s| s.state == "running");
+    let never = count(&|s| s.state == "pending");
     eprintln!(
-        "run {run_id} is {}: {}/{} shards were done; the rest were never started",
-        rec.state, rec.shards_reduced, rec.shards_total
+        "run {run_id} is {}: of {} shards, {done} were done and {} counted in the report; {dead} dead-lettered; {in_hand} still in hand (they count if they finish); {never} never started. Start a new run of the job to process the rest: it skips nothing the cancelled run wrote, and rows already changed come out unchanged.",
+        rec.state, rec.shards_total, rec.shards_reduced
     );
     Ok(0)
 }

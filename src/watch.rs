@@ -102,6 +102,15 @@ pub fn render_run(r: &RunStatus, out: &mut String) {
         opt(r.throttle.rows_per_sec),
         opt(r.throttle.max_in_flight)
     );
+    if r.orphaned {
+        let _ = writeln!(
+            out,
+            "  ORPHANED its coordinator stopped before publishing {} of {} shards; nothing more happens until it is resumed: {} (or run the same command again)",
+            r.unpublished,
+            s.total,
+            r.resume.as_deref().unwrap_or("backfill coordinator --resume RUN")
+        );
+    }
     if let Some(other) = &r.waiting_for {
         let _ = writeln!(
             out,

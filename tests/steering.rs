@@ -238,6 +238,28 @@ async fn cancel_stops_the_run_and_writes_the_summary_of_what_was_done() {
     );
     let report = env.run(&["report", &run]);
     assert_eq!(report.status.code(), Some(4));
+    // The summary and the report's header say the run was cancelled, and
+    // the cancel says how many shards were done, counted and never started.
+    assert_eq!(s.get("state").map(String::as_str), Some("cancelled"));
+    let stored = env
+        .scalar_text(&format!(
+            "SELECT summary FROM backfill_run WHERE run_id = '{run}'"
+        ))
+        .await;
+    assert!(stored.ends_with(" state=cancelled"), "{stored}");
+    let header = stdout(&report);
+    let second = header.lines().nth(1).unwrap_or_default();
+    assert!(second.starts_with("Cancelled: "), "{header}");
+    let total = count(&env, &run, "true").await;
+    let done = count(&env, &run, "state = 'done'").await;
+    let never = count(&env, &run, "state = 'pending'").await;
+    let told = stderr(&out);
+    assert!(
+        told.contains(&format!("of {total} shards, {done} were done and")),
+        "{told}"
+    );
+    assert!(told.contains(&format!("{never} never started")), "{told}");
+    assert!(!told.contains("the rest were never started"), "{told}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -209,3 +209,97 @@ async fn resume_folds_shards_that_were_done_but_never_reduced() {
         assert_eq!(ours.get(k), summary(&reference).get(k), "{k}");
     }
 }
+
+#[tokio::test]
+async fn read_only_commands_create_nothing_and_name_the_database_they_looked_at() {
+    let env = TestEnv::new().await;
+    for args in [
+        vec!["status"],
+        vec!["status", "some-run"],
+        vec!["report", "some-run"],
+        vec!["history"],
+    ] {
+        let out = env.run(&args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("no backfill ledger"), "{args:?}: {err}");
+        assert!(err.contains(&env.db_name), "names the database: {err}");
+    }
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'backfill%'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, 0, "no ledger table was created");
+}
+
+/// A coordinator killed before it published every shard leaves a run that
+/// nothing will carry on: `status` says so and names the command that
+/// resumes it, while a live coordinator (one holding the job's lock) is not
+/// taken for dead.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_shows_a_run_whose_coordinator_died_mid_publish_as_orphaned_and_resumable() {
+    let env = TestEnv::new().await;
+    env.seed_certificates(20, 4000).await;
+    let spec = job("program-certificate-titles");
+    let first = env
+        .cmd(&[
+            "coordinator",
+            "--job",
+            &spec,
+            "--all",
+            "--commit",
+            "--shard-size",
+            "2",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (published, total) = kill_mid_publish(&env, first).await;
+    assert!(
+        published < total,
+        "killed mid-publish ({published} of {total})"
+    );
+    let run = env.scalar_text("SELECT run_id FROM backfill_run").await;
+
+    let json = env.run(&["status", "--json", &run]);
+    assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(doc["state"], "running");
+    assert_eq!(doc["orphaned"], true, "{doc}");
+    assert_eq!(doc["unpublished"], (total - published) as u64, "{doc}");
+    let resume = format!("backfill coordinator --resume {run}");
+    assert_eq!(doc["resume"], resume.as_str());
+    let text = stdout(&env.run(&["status", &run]));
+    assert!(text.contains("ORPHANED"), "{text}");
+    assert!(text.contains(&resume), "{text}");
+
+    // While a session holds the job's lock (a coordinator still at work),
+    // the same shards are not taken for orphaned.
+    let mut holder = env.pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtext('backfill job ' || $1))")
+        .bind("program-certificate-titles")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let held: serde_json::Value =
+        serde_json::from_slice(&env.run(&["status", "--json", &run]).stdout).unwrap();
+    assert_eq!(held["orphaned"], false, "{held}");
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    drop(holder);
+
+    // Resumed, it finishes and is no longer orphaned.
+    let mut fleet = common::fleet::Fleet::new(&env);
+    fleet.start(1);
+    let out = env.run(&["coordinator", "--resume", &run, "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let after: serde_json::Value =
+        serde_json::from_slice(&env.run(&["status", "--json", &run]).stdout).unwrap();
+    assert_eq!(after["state"], "done", "{after}");
+    assert_eq!(after["orphaned"], false, "{after}");
+}

@@ -17,13 +17,16 @@ pub struct RunView<'a> {
     pub plan: &'a Plan,
     /// The plan's own tally merged with every shard result.
     pub tally: &'a Tally,
+    /// For a cancelled run: how many of its shards were counted (the rest
+    /// were never started, or finished after the cancel).
+    pub cancelled: Option<u32>,
 }
 
 /// The one-line summary ops scripts parse. The first keys are a contract;
 /// more may follow.
 pub fn summary_line(v: &RunView<'_>) -> String {
     let c = &v.tally.counts;
-    format!(
+    let mut line = format!(
         "Summary: mode={} shards={} processed={} changed={} unchanged={} skipped={} conflicts={} errors={} groups_processed={} groups_skipped={} refs_affected={} refs_skipped={} conflicts_retried={} run={}",
         v.mode,
         v.plan.shards_total,
@@ -39,7 +42,11 @@ pub fn summary_line(v: &RunView<'_>) -> String {
         v.tally.refs_skipped,
         v.tally.conflicts_retried,
         v.run_id,
-    )
+    );
+    if v.cancelled.is_some() {
+        line.push_str(" state=cancelled");
+    }
+    line
 }
 
 fn plural(n: u64, noun: &str) -> String {
@@ -119,6 +126,13 @@ pub fn render_report(v: &RunView<'_>) -> String {
         "Run {} — job {} — mode {} — scope {}",
         v.run_id, spec.name, v.mode, v.scope
     );
+    if let Some(counted) = v.cancelled {
+        let _ = writeln!(
+            out,
+            "Cancelled: the run was stopped before it finished; the counts below are of the {counted} of {} shards that finished before the cancel.",
+            v.plan.shards_total
+        );
+    }
     if !v.mode.is_commit() {
         let _ = writeln!(out, "Dry run: nothing was written. Add --commit to write.");
     }
@@ -280,6 +294,7 @@ target_param = "title"
             scope: "all",
             plan: &plan,
             tally: &tally,
+            cancelled: None,
         };
         let text = render_report(&v);
         assert!(text.contains("program P1 — Data"), "{text}");

@@ -207,6 +207,7 @@ impl RunRecord {
             scope: &self.scope,
             plan: &self.plan,
             tally: &self.tally,
+            cancelled: (self.state == RunState::Cancelled).then_some(self.shards_reduced),
         }
     }
 }
@@ -524,6 +525,7 @@ pub(crate) fn fold_result(
         scope: &scope.describe(),
         plan: &plan,
         tally: &tally,
+        cancelled: None,
     });
     Ok(Fold {
         tally: tally_json,
@@ -614,6 +616,27 @@ impl crate::Store {
                 .await
                 .map_err(sql("take the job lock"))?;
         Ok(got.then_some(JobLock { _conn: Some(conn) }))
+    }
+
+    /// Whether some session holds the job's lock (a coordinator is at
+    /// work on it); `None` on SQLite, which has no such lock.
+    pub async fn job_lock_held(&self, job: &str) -> Result<Option<bool>, StoreError> {
+        let crate::Backend::Pg(pool) = &self.backend else {
+            return Ok(None);
+        };
+        // A one-key advisory lock shows in pg_locks as its high 32 bits in
+        // classid and its low 32 bits in objid (objsubid 1).
+        let held: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks
+                WHERE locktype = 'advisory' AND objsubid = 1 AND granted
+                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                  AND ((classid::bigint << 32) | objid::bigint) = hashtext('backfill job ' || $1)::bigint)",
+        )
+        .bind(job)
+        .fetch_one(pool)
+        .await
+        .map_err(sql("look for the job's coordinator"))?;
+        Ok(Some(held))
     }
 
     /// The job's runs that have not finished, newest first.

@@ -140,6 +140,7 @@ pub(crate) fn finish_plan(
             scope: &new.scope.describe(),
             plan: &plan,
             tally: &plan.tally,
+            cancelled: None,
         })
     });
     (plan, summary)

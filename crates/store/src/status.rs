@@ -46,6 +46,15 @@ pub struct RunStatus {
     pub revert_of: Option<String>,
     /// For a sampled dry run: the share of rows it reads (0–1].
     pub sample: Option<f64>,
+    /// Shards its coordinator has not (yet) sent to the queue.
+    pub unpublished: u64,
+    /// A running run whose coordinator stopped before publishing every
+    /// shard: nothing more happens to it until it is resumed (`resume`
+    /// says how). `false` when a coordinator is still publishing, when all
+    /// shards went out, and on SQLite (one process: nothing to tell).
+    pub orphaned: bool,
+    /// For an orphaned run: the command that carries it on.
+    pub resume: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -415,7 +424,18 @@ impl Store {
         } else {
             (vec![], vec![], None)
         };
+        let unpublished = if running {
+            self.unpublished_shards(run_id).await?
+        } else {
+            0
+        };
+        // Only a coordinator publishes, and it holds the job's lock while it
+        // works: unpublished shards and no holder means it died or gave up.
+        let orphaned = unpublished > 0 && self.job_lock_held(&rec.spec.name).await? == Some(false);
         Ok(Some(RunStatus {
+            unpublished,
+            orphaned,
+            resume: orphaned.then(|| format!("backfill coordinator --resume {run_id}")),
             revert_of: rec.revert_of.clone(),
             sample: rec.sample,
             run_id: rec.run_id.clone(),
@@ -460,6 +480,22 @@ impl Store {
             dead_shards,
             summary: rec.summary.clone(),
         }))
+    }
+
+    /// Pending shards of a run that were never sent to the queue.
+    async fn unpublished_shards(&self, run_id: &str) -> Result<u64, StoreError> {
+        let q = "SELECT count(*) FROM backfill_shard WHERE run_id = $1 AND state = 'pending' AND published_at IS NULL";
+        let n: i64 = match &self.backend {
+            Backend::Pg(p) => sqlx::query_scalar(q).bind(run_id).fetch_one(p).await,
+            Backend::Lite(p) => {
+                sqlx::query_scalar(&q.replace('$', "?"))
+                    .bind(run_id)
+                    .fetch_one(p)
+                    .await
+            }
+        }
+        .map_err(sql("count unpublished shards"))?;
+        Ok(n.max(0) as u64)
     }
 
     /// The workers that committed shards of a run, with their last sign of life.

@@ -928,7 +928,9 @@ impl Store {
         if rec.state.is_finished() {
             return Ok(false);
         }
-        let summary = summary_line(&rec.view());
+        let mut view = rec.view();
+        view.cancelled = Some(rec.shards_reduced);
+        let summary = summary_line(&view);
         let q = "UPDATE backfill_run SET state = 'cancelled', summary = $2, finished_at = NOW_
                  WHERE run_id = $1 AND state = 'running'";
         let n = match &self.backend {
