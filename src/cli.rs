@@ -732,22 +732,46 @@ fn refuse_copied_ledger(store: &Store) -> anyhow::Result<()> {
     store.ledger().check().map_err(|e| usage(e.to_string()))
 }
 
+/// Whether a role may create or upgrade the ledger tables.
+#[derive(Clone, Copy)]
+enum Access {
+    Migrate,
+    ReadOnly,
+}
+
 /// For the long-running roles: a database that is not up yet (or restarting)
 /// is waited for, as the broker is, retrying with backoff and logging the
 /// real cause of each failure; `None` when a shutdown signal came first.
 /// Errors that retrying cannot fix (a bad URL, a SQLite file) end at once.
+///
+/// The dashboard (`Access::ReadOnly`) runs no DDL: until a worker or a job
+/// has made the ledger, it waits, saying which database it looks at.
 async fn connect_store_waiting(
     s: &Settings,
     max: u32,
+    access: Access,
     stop: &CancellationToken,
 ) -> anyhow::Result<Option<Store>> {
     let url = s.database_url.expose();
     let mut delay = Duration::from_millis(500);
     loop {
-        match Store::connect(url, max).await {
+        let store = match access {
+            Access::Migrate => Store::connect(url, max).await,
+            Access::ReadOnly => Store::connect_existing(url, max).await,
+        };
+        match store {
             Ok(store) => {
                 s.use_ledger(store.ledger());
                 return Ok(Some(store));
+            }
+            Err(e @ backfill_store::StoreError::NoLedger { .. }) => {
+                // The database answers: look again soon, without backing off.
+                warn!(error = %e, retry_in_ms = 1000u64, "waiting for a worker or job to create the ledger");
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
             }
             Err(e) if s.is_sqlite() => return Err(e.into()),
             Err(e) => {
@@ -1012,8 +1036,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 return Err(usage("--concurrency must be at least 1"));
             }
             let shutdown = shutdown_on_signals();
-            let Some(store) =
-                connect_store_waiting(&settings, concurrency as u32 + 2, &shutdown).await?
+            let Some(store) = connect_store_waiting(
+                &settings,
+                concurrency as u32 + 2,
+                Access::Migrate,
+                &shutdown,
+            )
+            .await?
             else {
                 return Ok(0);
             };
@@ -1048,7 +1077,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         } => {
             refuse_sqlite(&settings, "reducer")?;
             let shutdown = shutdown_on_signals();
-            let Some(store) = connect_store_waiting(&settings, 4, &shutdown).await? else {
+            let Some(store) =
+                connect_store_waiting(&settings, 4, Access::Migrate, &shutdown).await?
+            else {
                 return Ok(0);
             };
             refuse_copied_ledger(&store)?;
@@ -1077,7 +1108,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Dashboard { listen } => {
             let shutdown = shutdown_on_signals();
-            let Some(store) = connect_store_waiting(&settings, 4, &shutdown).await? else {
+            let Some(store) =
+                connect_store_waiting(&settings, 4, Access::ReadOnly, &shutdown).await?
+            else {
                 return Ok(0);
             };
             // The broker is optional here: readiness reports it when configured.

@@ -303,3 +303,43 @@ async fn status_shows_a_run_whose_coordinator_died_mid_publish_as_orphaned_and_r
     assert_eq!(after["state"], "done", "{after}");
     assert_eq!(after["orphaned"], false, "{after}");
 }
+
+/// The dashboard runs no DDL either: on a database with no ledger it waits,
+/// naming the database, and serves once a job has made the ledger.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_creates_no_ledger_and_waits_for_one() {
+    let env = TestEnv::new().await;
+    env.seed_certificates(5, 50).await;
+    let port = common::steer::free_port();
+    let log = std::env::temp_dir().join(format!("bf-dash-{}.log", env.prefix));
+    let mut dash = env
+        .cmd(&["dashboard", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let tables = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'backfill%'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+    };
+    let waited = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(tables().await, 0, "the dashboard created nothing: {waited}");
+    assert!(waited.contains("no backfill ledger"), "{waited}");
+    assert!(waited.contains(&env.db_name), "names the database: {waited}");
+    assert!(dash.try_wait().unwrap().is_none(), "it waits: {waited}");
+
+    let spec = job("program-certificate-titles");
+    let out = env.run(&["run", "--local", "--job", &spec, "--all"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (code, body) = common::steer::http_get(port, "/api/runs");
+    let _ = dash.kill();
+    let _ = dash.wait();
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(&run_id_of(&out)), "{body}");
+}
