@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::equality::same_value;
 use crate::spec::TargetSpec;
-use crate::splice::{nesting_depth, splice, value_depth, MAX_DEPTH};
+use crate::splice::{nesting_depth, splice_parsed, value_depth, MAX_DEPTH};
 
 /// Where a `set` takes its value from.
 #[derive(Debug, Clone, PartialEq)]
@@ -208,7 +208,7 @@ pub fn evaluate_row(
                 _ => None,
             };
             let text = match original {
-                Some(text) => match splice(text, after) {
+                Some(text) => match splice_parsed(text, before, after) {
                     Ok(t) => t,
                     Err(e) => {
                         return RowEvaluation::of(

@@ -57,6 +57,22 @@ pub enum SpliceError {
 /// holds what `original` held. The result always parses to `new` (numbers
 /// compared by value, object key order ignored).
 pub fn splice(original: &str, new: &Value) -> Result<String, SpliceError> {
+    let parsed: Value = serde_json::from_str(original).map_err(|_| {
+        if nesting_depth(original) > MAX_DEPTH {
+            SpliceError::TooDeep
+        } else {
+            SpliceError::Scan {
+                at: 0,
+                reason: "not JSON",
+            }
+        }
+    })?;
+    splice_parsed(original, &parsed, new)
+}
+
+/// [`splice`] with `original` already parsed (as `parsed`, by serde_json:
+/// of duplicate keys, the last occurrence's value).
+pub fn splice_parsed(original: &str, parsed: &Value, new: &Value) -> Result<String, SpliceError> {
     let mut scanner = Scanner {
         text: original.as_bytes(),
         pos: 0,
@@ -70,10 +86,12 @@ pub fn splice(original: &str, new: &Value) -> Result<String, SpliceError> {
         return Err(scanner.fail("trailing characters"));
     }
     let s = Splicer { text: original };
-    let out = match s.node(&root, new, &mut String::new())? {
+    let out = match s.node(&root, parsed, new, &mut String::new())? {
         None => original.to_string(),
         Some(body) => format!("{}{body}{}", &original[..start], &original[end..]),
     };
+    // What is written must read back as the new document: a splice that
+    // does not is refused rather than written.
     match serde_json::from_str::<Value>(&out) {
         Ok(back) if same_value(&back, new) => Ok(out),
         _ => Err(SpliceError::Mismatch),
@@ -394,32 +412,49 @@ impl<'t> Splicer<'t> {
         &self.text[r.clone()]
     }
 
-    /// The new text of `node` when `new` differs from it (`None`: it keeps
-    /// its bytes). `pointer` is where `node` sits, for errors.
+    /// A member's key as text: its bytes between the quotes, or decoded
+    /// when it holds escapes.
+    fn key(&self, m: &Member) -> Result<std::borrow::Cow<'t, str>, SpliceError> {
+        let raw = self.at(&m.key);
+        let inner = &raw[1..raw.len() - 1];
+        if !inner.contains('\\') {
+            return Ok(inner.into());
+        }
+        serde_json::from_str::<String>(raw)
+            .map(Into::into)
+            .map_err(|_| SpliceError::Scan {
+                at: m.key.start,
+                reason: "a key that is not a JSON string",
+            })
+    }
+
+    /// The new text of `node` (whose value is `old`) when `new` differs
+    /// from it (`None`: it keeps its bytes). `pointer` is where `node`
+    /// sits, for errors.
     fn node(
         &self,
         node: &Node,
+        old: &Value,
         new: &Value,
         pointer: &mut String,
     ) -> Result<Option<String>, SpliceError> {
-        match (node, new) {
+        if same_value(old, new) {
+            return Ok(None);
+        }
+        match (node, old, new) {
             (
                 Node::Object {
                     members, closing, ..
                 },
-                Value::Object(map),
-            ) => self.object(members, closing, map, pointer),
-            (Node::Array { elems, closing, .. }, Value::Array(items)) => {
-                self.array(elems, closing, items, pointer)
+                Value::Object(old),
+                Value::Object(new),
+            ) => self.object(members, closing, old, new, pointer).map(Some),
+            (Node::Array { elems, closing, .. }, Value::Array(old), Value::Array(new))
+                if old.len() == elems.len() =>
+            {
+                self.array(elems, closing, old, new, pointer).map(Some)
             }
-            (Node::Scalar(span), _) => {
-                match serde_json::from_str::<Value>(self.at(span)) {
-                    Ok(old) if same_value(&old, new) => Ok(None),
-                    // Not readable alone (cannot happen for text serde_json
-                    // accepted) or another value: written anew.
-                    _ => compact(new).map(Some),
-                }
-            }
+            // A changed scalar, or a value of another type: written anew.
             _ => compact(new).map(Some),
         }
     }
@@ -428,54 +463,53 @@ impl<'t> Splicer<'t> {
         &self,
         members: &[Member],
         closing: &Range<usize>,
+        old: &Map<String, Value>,
         map: &Map<String, Value>,
         pointer: &mut String,
-    ) -> Result<Option<String>, SpliceError> {
-        let mut keys = Vec::with_capacity(members.len());
-        for m in members {
-            let k: String =
-                serde_json::from_str(self.at(&m.key)).map_err(|_| SpliceError::Scan {
-                    at: m.key.start,
-                    reason: "a key that is not a JSON string",
-                })?;
-            keys.push(k);
-        }
+    ) -> Result<String, SpliceError> {
+        let keys = members
+            .iter()
+            .map(|m| self.key(m))
+            .collect::<Result<Vec<_>, _>>()?;
         // The last occurrence of each key is the one serde_json (and
         // PostgreSQL's `json` operators) read.
         let last = |k: &str| keys.iter().rposition(|x| x == k);
-        let duplicated = |k: &str| keys.iter().filter(|x| x.as_str() == k).count() > 1;
-        let mut changed = false;
         let mut pieces = Vec::with_capacity(map.len());
         for (i, (m, k)) in members.iter().zip(&keys).enumerate() {
-            let Some(v) = map.get(k) else {
+            let Some(v) = map.get(k.as_ref()) else {
                 // Removed: the member goes, with its comma.
-                changed = true;
                 continue;
             };
-            let body = if last(k) != Some(i) {
+            let body = match (last(k) == Some(i), old.get(k.as_ref())) {
+                (true, Some(was)) => {
+                    let len = pointer.len();
+                    pointer.push('/');
+                    pointer.push_str(&pointer_token(k));
+                    let new = self.node(&m.value, was, v, pointer);
+                    pointer.truncate(len);
+                    let new = new?;
+                    if new.is_some() && keys.iter().filter(|x| *x == k).count() > 1 {
+                        return Err(SpliceError::DuplicateKey {
+                            pointer: if pointer.is_empty() {
+                                "/".to_string()
+                            } else {
+                                pointer.clone()
+                            },
+                            key: k.to_string(),
+                        });
+                    }
+                    new
+                }
                 // An earlier occurrence of a duplicated key: kept as it is
                 // when the last one is untouched (checked there).
-                None
-            } else {
-                let len = pointer.len();
-                pointer.push('/');
-                pointer.push_str(&pointer_token(k));
-                let new = self.node(&m.value, v, pointer);
-                pointer.truncate(len);
-                let new = new?;
-                if new.is_some() && duplicated(k) {
-                    return Err(SpliceError::DuplicateKey {
-                        pointer: if pointer.is_empty() {
-                            "/".to_string()
-                        } else {
-                            pointer.clone()
-                        },
-                        key: k.clone(),
-                    });
+                (false, Some(_)) => None,
+                (_, None) => {
+                    return Err(SpliceError::Scan {
+                        at: m.key.start,
+                        reason: "a key the parsed document does not hold",
+                    })
                 }
-                new
             };
-            changed |= body.is_some();
             let value = body.unwrap_or_else(|| self.at(&m.value.span()).to_string());
             pieces.push(Piece {
                 // The first member's lead is the opening whitespace.
@@ -490,7 +524,6 @@ impl<'t> Splicer<'t> {
             if keys.iter().any(|x| x == k) {
                 continue;
             }
-            changed = true;
             pieces.push(Piece {
                 lead: None,
                 body: format!(
@@ -501,57 +534,43 @@ impl<'t> Splicer<'t> {
                 trail: "",
             });
         }
-        if !changed {
-            return Ok(None);
-        }
         let leads: Vec<&str> = members.iter().map(|m| self.at(&m.lead)).collect();
         let spacing = Spacing::of(&leads, self.at(closing));
-        Ok(Some(assemble('{', &pieces, &spacing, '}')))
+        Ok(assemble('{', &pieces, &spacing, '}'))
     }
 
     fn array(
         &self,
         elems: &[Elem],
         closing: &Range<usize>,
+        old: &[Value],
         items: &[Value],
         pointer: &mut String,
-    ) -> Result<Option<String>, SpliceError> {
-        let mut at = |i: usize, v: &Value| -> Result<Option<String>, SpliceError> {
-            let len = pointer.len();
-            pointer.push('/');
-            pointer.push_str(&i.to_string());
-            let out = self.node(&elems[i].value, v, pointer);
-            pointer.truncate(len);
-            out
-        };
-        // The first element's lead is the opening whitespace.
+    ) -> Result<String, SpliceError> {
         let piece = |i: usize, body: Option<String>| Piece {
             lead: (i > 0).then(|| self.at(&elems[i].lead)),
             body: body.unwrap_or_else(|| self.at(&elems[i].value.span()).to_string()),
             trail: self.at(&elems[i].trail),
         };
         let mut pieces = Vec::with_capacity(items.len());
-        let mut changed = false;
         if elems.len() == items.len() {
             for (i, v) in items.iter().enumerate() {
-                let body = at(i, v)?;
-                changed |= body.is_some();
-                pieces.push(piece(i, body));
+                let len = pointer.len();
+                pointer.push('/');
+                pointer.push_str(&i.to_string());
+                let body = self.node(&elems[i].value, &old[i], v, pointer);
+                pointer.truncate(len);
+                pieces.push(piece(i, body?));
             }
         } else {
             // Elements inserted or removed: those equal at the start and at
             // the end keep their bytes, the ones between are written anew.
-            changed = true;
-            let same = |e: &Elem, v: &Value| {
-                serde_json::from_str::<Value>(self.at(&e.value.span()))
-                    .is_ok_and(|old| same_value(&old, v))
-            };
             let shortest = elems.len().min(items.len());
             let head = (0..shortest)
-                .take_while(|&i| same(&elems[i], &items[i]))
+                .take_while(|&i| same_value(&old[i], &items[i]))
                 .count();
             let tail = (0..shortest - head)
-                .take_while(|&j| same(&elems[elems.len() - 1 - j], &items[items.len() - 1 - j]))
+                .take_while(|&j| same_value(&old[old.len() - 1 - j], &items[items.len() - 1 - j]))
                 .count();
             for i in 0..head {
                 pieces.push(piece(i, None));
@@ -567,12 +586,9 @@ impl<'t> Splicer<'t> {
                 pieces.push(piece(i, None));
             }
         }
-        if !changed {
-            return Ok(None);
-        }
         let leads: Vec<&str> = elems.iter().map(|e| self.at(&e.lead)).collect();
         let spacing = Spacing::of(&leads, self.at(closing));
-        Ok(Some(assemble('[', &pieces, &spacing, ']')))
+        Ok(assemble('[', &pieces, &spacing, ']'))
     }
 }
 
