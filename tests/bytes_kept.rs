@@ -152,3 +152,70 @@ async fn a_rewrite_keeps_the_bytes_of_everything_no_rule_touched() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revert_puts_back_the_original_bytes() {
+    let db = Db::new(Backend::Postgres).await;
+    tables(&db).await;
+    let spec = SpecFile::new("bytes-kept", SET_TITLE);
+    let before = (texts(&db, "docs_json").await, texts(&db, "docs_text").await);
+
+    let commit = db.run(&["run", "--local", "--job", spec.path(), "--all", "--commit"]);
+    assert_eq!(commit.status.code(), Some(0));
+    let run = summary(&commit)["run"].clone();
+    let revert = db.run(&["revert", &run, "--local", "--commit"]);
+    assert_eq!(revert.status.code(), Some(0));
+    assert_eq!(num(&summary(&revert), "changed"), 4);
+    assert_eq!(
+        (texts(&db, "docs_json").await, texts(&db, "docs_text").await),
+        before,
+        "every byte as before the run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_under_a_duplicated_key_is_a_row_error_and_the_row_is_left_alone() {
+    for backend in BOTH {
+        let db = Db::new(backend).await;
+        db.execute("CREATE TABLE docs_json (id integer PRIMARY KEY, doc json)")
+            .await;
+        db.execute("CREATE TABLE docs_text (id integer PRIMARY KEY, doc text)")
+            .await;
+        let dup = r#"{"title": "First", "title": "Old", "n": 1e400}"#;
+        for table in ["docs_json", "docs_text"] {
+            db.execute(&format!(
+                "INSERT INTO {table} (id, doc) VALUES (1, '{dup}'), (2, '{}')",
+                PRETTY.replace('\'', "''")
+            ))
+            .await;
+        }
+        let spec = SpecFile::new("bytes-kept", SET_TITLE);
+        let out = db.run(&["run", "--local", "--job", spec.path(), "--all", "--commit"]);
+        // Row errors: the run finishes as failed.
+        assert_eq!(out.status.code(), Some(1), "{backend:?}");
+        let s = summary(&out);
+        assert_eq!(
+            (num(&s, "changed"), num(&s, "errors")),
+            (2, 2),
+            "{backend:?}: row 2 of each table is written, row 1 refused"
+        );
+        let errors = db
+            .rows("SELECT error AS c0 FROM backfill_quarantine ORDER BY target")
+            .await;
+        assert_eq!(errors.len(), 2, "{backend:?}");
+        for e in errors {
+            let e = e[0].clone().unwrap();
+            assert!(
+                e.contains("`title` more than once") && e.contains("left unchanged"),
+                "{backend:?}: {e}"
+            );
+        }
+        for table in ["docs_json", "docs_text"] {
+            assert_eq!(
+                texts(&db, table).await,
+                vec![dup.to_string(), PRETTY.replace("\"Old\"", "\"New\"")],
+                "{backend:?}: {table}"
+            );
+        }
+    }
+}
