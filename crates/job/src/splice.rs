@@ -19,14 +19,14 @@
 //!   compact JSON.
 //!
 //! Duplicate keys are kept as they are while their value is untouched. When
-//! a rule changes or adds a value under a key the original object holds more
-//! than once, readers that take the first and readers that take the last
+//! a rule changes the value under a key the original object holds more than
+//! once, readers that take the first and readers that take the last
 //! occurrence would see different documents, so the splice is refused
 //! ([`SpliceError::DuplicateKey`]) and the row is left unchanged. A removed
 //! duplicated key drops every occurrence (no reader sees it any more).
 //!
-//! The spliced text is parsed back and compared with the new document; a
-//! text that does not read back as exactly that document is refused
+//! The spliced text is parsed back and compared with the new document (by
+//! value); a text that does not read back as that document is refused
 //! ([`SpliceError::Mismatch`]) rather than written.
 
 use serde_json::{Map, Value};
@@ -233,7 +233,14 @@ impl Scanner<'_> {
                     self.pos += 1;
                     return Ok(());
                 }
-                Some(b'\\') => self.pos += 2,
+                // Escapes are ASCII (`\n`, `\u00e9`…): every span ends on
+                // a character boundary.
+                Some(b'\\') => match self.text.get(self.pos + 1) {
+                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' | b'u') => {
+                        self.pos += 2
+                    }
+                    _ => return Err(self.fail("an invalid escape")),
+                },
                 Some(_) => self.pos += 1,
             }
         }
@@ -951,5 +958,24 @@ mod tests {
         assert_eq!(nesting_depth(r#"{"a": "[[[{{", "b": [{}]}"#), 3);
         assert_eq!(value_depth(&json!({"a": [[1]], "b": 2})), 3);
         assert_eq!(value_depth(&json!(1)), 0);
+    }
+
+    #[test]
+    fn a_text_that_would_not_read_back_as_the_new_document_is_refused() {
+        // The parsed original disagrees with the text: what the splice
+        // keeps is not what the new document holds, and the check says so.
+        assert_eq!(
+            splice_parsed(r#"{"a": 2}"#, &json!({"a": 1}), &json!({"a": 1})),
+            Err(SpliceError::Mismatch)
+        );
+        assert!(matches!(
+            splice_parsed(r#"{"a": 1}"#, &json!({"b": 1}), &json!({"a": 2})),
+            Err(SpliceError::Scan { .. })
+        ));
+        // An escape that is not JSON's never splits a character.
+        assert!(matches!(
+            splice_parsed("\"\\é\"", &json!("x"), &json!("y")),
+            Err(SpliceError::Scan { .. })
+        ));
     }
 }
