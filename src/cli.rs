@@ -540,8 +540,20 @@ fn shutdown_on_signals() -> CancellationToken {
 }
 
 fn load_spec(path: &Path) -> anyhow::Result<JobSpec> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| usage(format!("cannot read job spec {}: {e}", path.display())))?;
+    use std::io::Read;
+    let cannot = |e: std::io::Error| usage(format!("cannot read job spec {}: {e}", path.display()));
+    // One byte more than a spec may hold is enough for the parse to refuse
+    // it, without reading a file of any size into memory.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(backfill_job::spec::MAX_SPEC_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    backfill_job::spec::check_size(bytes.len())
+        .map_err(|e| usage(format!("job spec {}: {e}", path.display())))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| cannot(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
     JobSpec::parse(&text).map_err(|e| usage(format!("job spec {}: {e}", path.display())))
 }
 

@@ -576,6 +576,7 @@ async fn on_conflict_retry_applies_the_rules_to_the_applications_edit_on_both_ba
                         key: "",
                         columns: cols,
                         params: &p,
+                        normalised: &std::collections::BTreeSet::new(),
                     },
                     None,
                 )

@@ -294,6 +294,7 @@ pub async fn read_and_evaluate(
     else {
         panic!("expected a fresh shard")
     };
+    let normalised = store.normalised_columns(&target.table).await.unwrap();
     rows.into_iter()
         .map(|r| {
             assert!(r.columns.is_some(), "row {} exists", r.key);
@@ -304,6 +305,7 @@ pub async fn read_and_evaluate(
                         key,
                         columns,
                         params,
+                        normalised: &normalised,
                     },
                     None,
                 )

@@ -113,6 +113,7 @@ pub async fn run(
         ..Breakdown::default()
     };
     let empty = Map::new();
+    let normalised = store.normalised_columns(&target.table).await?;
     for i in 0..sample {
         let shard_no = (u64::from(i) * u64::from(total) / u64::from(sample.max(1))) as u32;
         let t = Instant::now();
@@ -155,6 +156,7 @@ pub async fn run(
                             key,
                             columns,
                             params: p,
+                            normalised: &normalised,
                         },
                         current,
                     )

@@ -9,6 +9,8 @@
 //!   skipped / error for one row.
 //! - [`equality`]: JSON equality as the database sees it (numbers by
 //!   decimal value), which decides whether a rule already holds.
+//! - [`splice`]: the new text of a document that keeps the bytes of every
+//!   part no rule touched (for columns that store the text they are given).
 //! - [`guards`]: the checks that skip a whole group (blank, placeholder prefix,
 //!   missing page) or a single row.
 //! - [`plan`]: the run's plan as the coordinator records it in the ledger.
@@ -31,6 +33,7 @@ pub mod report;
 pub mod rules;
 pub mod run;
 pub mod spec;
+pub mod splice;
 pub mod tally;
 
 pub use message::{ShardResult, ShardTask};

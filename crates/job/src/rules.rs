@@ -10,10 +10,11 @@
 
 use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::equality::same_value;
 use crate::spec::TargetSpec;
+use crate::splice::{nesting_depth, splice_parsed, value_depth, MAX_DEPTH};
 
 /// Where a `set` takes its value from.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +49,11 @@ pub struct RowInput<'a> {
     pub columns: &'a BTreeMap<String, Option<String>>,
     /// The row's parameters (its group's parameters).
     pub params: &'a Map<String, Value>,
+    /// Columns whose database normalises the JSON it stores (PostgreSQL
+    /// `jsonb`): their new text is written as compact JSON. Every other
+    /// column keeps the text it is given, so its new text keeps the bytes
+    /// of every part no rule touched (see [`crate::splice`]).
+    pub normalised: &'a BTreeSet<String>,
 }
 
 /// What happens to a row.
@@ -135,6 +141,17 @@ pub fn evaluate_row(
             Some(None) => Value::Null,
             Some(Some(text)) => match serde_json::from_str::<Value>(text) {
                 Ok(v) => v,
+                // serde_json stops at 128 levels: a deeper document is
+                // valid JSON (jsonb stores it) that this job cannot read.
+                Err(_) if nesting_depth(text) > MAX_DEPTH => {
+                    return RowEvaluation::of(
+                        RowOutcome::Error(format!(
+                            "column `{col}` nests {} levels deep, deeper than serde_json's {MAX_DEPTH}; the row was left unchanged",
+                            nesting_depth(text)
+                        )),
+                        None,
+                    )
+                }
                 Err(e) => {
                     return RowEvaluation::of(
                         RowOutcome::Error(format!("column `{col}` is not valid JSON: {e}")),
@@ -176,9 +193,36 @@ pub fn evaluate_row(
         // By value: a number the database normalised (jsonb keeps
         // `1.5e-7` as `0.00000015`) is the value the rule wrote.
         if !same_value(before, after) {
-            // serde_json's writer directly: `to_string()` goes through
-            // `Display` and a formatter adapter, measurably slower.
-            let text = serde_json::to_string(after).unwrap_or_else(|_| after.to_string());
+            // A document nesting deeper than serde_json reads would be
+            // written but refused by every later run.
+            if value_depth(after) > MAX_DEPTH {
+                return RowEvaluation::of(
+                    RowOutcome::Error(format!(
+                        "column `{col}`: the new document would nest deeper than serde_json's {MAX_DEPTH} levels; the row was left unchanged"
+                    )),
+                    current,
+                );
+            }
+            let original = match row.columns.get(col.as_str()) {
+                Some(Some(text)) if !row.normalised.contains(col.as_str()) => Some(text),
+                _ => None,
+            };
+            let text = match original {
+                Some(text) => match splice_parsed(text, before, after) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        return RowEvaluation::of(
+                            RowOutcome::Error(format!(
+                                "column `{col}`: the untouched parts of the document cannot keep their text ({e}); the row was left unchanged"
+                            )),
+                            current,
+                        )
+                    }
+                },
+                // serde_json's writer directly: `to_string()` goes through
+                // `Display` and a formatter adapter, measurably slower.
+                None => serde_json::to_string(after).unwrap_or_else(|_| after.to_string()),
+            };
             changed.insert(col.clone(), Some(text));
             if let Some(p) = inverse_patch(before, after) {
                 undo.insert(col.clone(), p);
@@ -259,6 +303,7 @@ pub fn evaluate_revert(
                 key: row.key,
                 columns: &original,
                 params: row.params,
+                normalised: row.normalised,
             },
             None,
         );
@@ -514,6 +559,7 @@ param = "t""#,
                 key: "k",
                 columns: &columns,
                 params: &params,
+                normalised: &BTreeSet::new(),
             },
             Some(&before),
             None,
@@ -538,6 +584,7 @@ param = "t""#,
             key: "k",
             columns: &cols,
             params: &params,
+            normalised: &BTreeSet::new(),
         };
         let ev = evaluate_row(&s.targets[0], &input, None);
         let patch = ev.undo["doc"].clone();
@@ -558,6 +605,7 @@ param = "t""#,
                 key: "k",
                 columns: &fresh,
                 params: &params,
+                normalised: &BTreeSet::new(),
             },
             None,
         );
@@ -577,6 +625,7 @@ param = "t""#,
                     key: "k",
                     columns: &now,
                     params: &params,
+                    normalised: &BTreeSet::new(),
                 },
                 Some(&befores),
                 Some(version),
@@ -617,6 +666,7 @@ param = "t""#,
                 key: "k",
                 columns: &restored_row,
                 params: &params,
+                normalised: &BTreeSet::new(),
             },
             Some(&befores),
             Some("10"),
@@ -687,6 +737,7 @@ param = "t""#,
                 key: "k",
                 columns: &columns,
                 params: &Map::new(),
+                normalised: &BTreeSet::new(),
             },
             None,
             None,
@@ -708,6 +759,7 @@ param = "t""#,
                 key: "k",
                 columns: &columns,
                 params: &params,
+                normalised: &BTreeSet::new(),
             },
             None,
         )
@@ -901,6 +953,7 @@ param = "t""#,
                 key: "1",
                 columns: &columns,
                 params: &params,
+                normalised: &BTreeSet::new(),
             },
             Some(("doc", "/product_name")),
         );
@@ -912,6 +965,7 @@ param = "t""#,
                 key: "1",
                 columns: &columns,
                 params: &params,
+                normalised: &BTreeSet::new(),
             },
             Some(("doc", "/product_name")),
         );
@@ -982,6 +1036,7 @@ param = "t""#,
                     key: "k",
                     columns: &columns,
                     params: &Map::new(),
+                    normalised: &BTreeSet::new(),
                 },
                 Some(&before),
                 None,
@@ -1016,6 +1071,7 @@ param = "t""#,
                 key: "k",
                 columns: &columns,
                 params: &Map::new(),
+                normalised: &BTreeSet::new(),
             },
             Some(&befores),
             Some("8"),
@@ -1034,5 +1090,87 @@ param = "t""#,
             json!({"title":"New"}),
         );
         assert_eq!(out, RowOutcome::Unchanged);
+    }
+
+    fn run_with(spec: &JobSpec, doc: &str, normalised: &[&str]) -> RowOutcome {
+        let columns: BTreeMap<String, Option<String>> =
+            [("doc".to_string(), Some(doc.to_string()))].into();
+        let params = json!({"title": "New"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let normalised: BTreeSet<String> = normalised.iter().map(|c| c.to_string()).collect();
+        evaluate_row(
+            &spec.targets[0],
+            &RowInput {
+                key: "k",
+                columns: &columns,
+                params: &params,
+                normalised: &normalised,
+            },
+            None,
+        )
+        .outcome
+    }
+
+    #[test]
+    fn a_column_keeping_its_text_keeps_the_untouched_bytes_and_jsonb_is_compact() {
+        let s = spec(SET_TITLE, "");
+        let doc = "{\n  \"product_name\": \"Old\",\n  \"n\": 1e400,\n  \"s\": \"\\u00e9\"\n}";
+        assert_eq!(
+            run_with(&s, doc, &[]),
+            RowOutcome::Changed(BTreeMap::from([(
+                "doc".into(),
+                Some(doc.replace("\"Old\"", "\"New\""))
+            )]))
+        );
+        assert_eq!(
+            run_with(&s, doc, &["doc"]),
+            RowOutcome::Changed(BTreeMap::from([(
+                "doc".into(),
+                Some(r#"{"product_name":"New","n":1e+400,"s":"é"}"#.into())
+            )]))
+        );
+    }
+
+    #[test]
+    fn a_change_under_a_duplicated_key_is_a_row_error_not_a_rewrite() {
+        let s = spec(SET_TITLE, "");
+        let out = run_with(&s, r#"{"product_name": "A", "product_name": "Old"}"#, &[]);
+        let RowOutcome::Error(msg) = out else {
+            panic!("{out:?}")
+        };
+        assert!(
+            msg.contains("more than once") && msg.contains("left unchanged"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_document_deeper_than_serde_json_reads_is_a_named_row_error() {
+        let s = spec(SET_TITLE, "");
+        let deep = format!("{{\"a\": {}{}}}", "[".repeat(200), "]".repeat(200));
+        for normalised in [&[][..], &["doc"][..]] {
+            let RowOutcome::Error(msg) = run_with(&s, &deep, normalised) else {
+                panic!("a 200-deep document is an error")
+            };
+            assert!(
+                msg.contains("nests 201 levels deep")
+                    && msg.contains("serde_json's 128")
+                    && msg.contains("left unchanged"),
+                "{msg}"
+            );
+        }
+        // A rule that would write a document deeper than that is refused
+        // too: a 126-deep value copied three levels down.
+        let s = spec(
+            "[[targets.rules]]\nop = \"set\"\npath = \"/b/c/d\"\nfrom = \"/a\"\n",
+            "",
+        );
+        let doc = format!("{{\"a\": {}{}}}", "[".repeat(126), "]".repeat(126));
+        let RowOutcome::Error(msg) = run_with(&s, &doc, &[]) else {
+            panic!("a 129-deep new document is an error")
+        };
+        assert!(msg.contains("would nest deeper"), "{msg}");
     }
 }

@@ -23,6 +23,46 @@ pub const DEFAULT_SHARD_SIZE: u32 = 500;
 /// Upper bound on rows per shard: a shard is one transaction, keep it short.
 pub const MAX_SHARD_SIZE: u32 = 50_000;
 
+// ---- caps -------------------------------------------------------------------
+//
+// A spec is data from a file, and every row of a run evaluates all of it:
+// without bounds, a spec with a million rules took minutes and gigabytes per
+// shard, and a pointer of 20,000 segments wrote a document nesting deeper
+// than the next run could read. The caps are far above any real job.
+
+/// The most bytes a spec file may hold (4 MiB).
+pub const MAX_SPEC_BYTES: usize = 4 * 1024 * 1024;
+/// The most targets a spec may name.
+pub const MAX_TARGETS: usize = 64;
+/// The most rules a target may hold.
+pub const MAX_RULES: usize = 10_000;
+/// The most guards a target, or the groups, may hold.
+pub const MAX_GUARDS: usize = 1_000;
+/// The most segments a JSON Pointer may have: with [`MAX_VALUE_DEPTH`], a
+/// value set at the deepest path stays within the 128 levels serde_json
+/// reads back.
+pub const MAX_POINTER_SEGMENTS: usize = 64;
+/// The most bytes a JSON Pointer may hold.
+pub const MAX_POINTER_BYTES: usize = 1024;
+/// The most bytes a literal value may take as compact JSON (1 MiB): every
+/// changed row carries a copy.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// The most levels a literal value may nest.
+pub const MAX_VALUE_DEPTH: usize = 64;
+
+/// Refuses a spec file longer than [`MAX_SPEC_BYTES`].
+pub fn check_size(len: usize) -> Result<(), SpecError> {
+    if len > MAX_SPEC_BYTES {
+        return Err(SpecError::new(
+            "(file)",
+            format!(
+                "the spec holds more than {MAX_SPEC_BYTES} bytes (4 MiB), the most a spec may hold"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A bad spec: the field it is about and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("field `{field}`: {message}")]
@@ -413,6 +453,7 @@ pub struct CurrentValue {
 impl JobSpec {
     /// Parses and validates a spec from TOML text.
     pub fn parse(text: &str) -> Result<JobSpec, SpecError> {
+        check_size(text.len())?;
         let raw: RawSpec = toml::from_str(text).map_err(|e| {
             let msg = e.message().to_string();
             // toml names unknown/missing fields in its message; keep its span too.
@@ -488,6 +529,18 @@ pub fn validate_pointer(p: &str) -> Result<(), String> {
     if p.is_empty() {
         return Ok(());
     }
+    let segments = p.matches('/').count();
+    if segments > MAX_POINTER_SEGMENTS {
+        return Err(format!(
+            "the pointer has {segments} segments, more than the {MAX_POINTER_SEGMENTS} a pointer may have"
+        ));
+    }
+    if p.len() > MAX_POINTER_BYTES {
+        return Err(format!(
+            "the pointer holds {} bytes, more than the {MAX_POINTER_BYTES} a pointer may hold",
+            p.len()
+        ));
+    }
     if !p.starts_with('/') {
         return Err(format!(
             "`{p}` is not a JSON Pointer: it must be empty or start with `/`"
@@ -527,6 +580,28 @@ fn toml_to_json(v: toml::Value) -> serde_json::Value {
             serde_json::Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
         }
     }
+}
+
+/// A literal value, within [`MAX_VALUE_BYTES`] and [`MAX_VALUE_DEPTH`].
+fn literal(field: &str, v: toml::Value) -> Result<serde_json::Value, SpecError> {
+    let v = toml_to_json(v);
+    let depth = crate::splice::value_depth(&v);
+    if depth > MAX_VALUE_DEPTH {
+        return Err(SpecError::new(
+            field,
+            format!("the value nests {depth} levels, more than the {MAX_VALUE_DEPTH} a value may"),
+        ));
+    }
+    let bytes = serde_json::to_string(&v).map_or(usize::MAX, |t| t.len());
+    if bytes > MAX_VALUE_BYTES {
+        return Err(SpecError::new(
+            field,
+            format!(
+                "the value takes {bytes} bytes as JSON, more than the {MAX_VALUE_BYTES} (1 MiB) a value may"
+            ),
+        ));
+    }
+    Ok(v)
 }
 
 fn parse_check(field: &str, check: &str, prefix: Option<String>) -> Result<Check, SpecError> {
@@ -589,6 +664,15 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
         None => None,
         Some(g) => {
             g.query.validate("groups.query")?;
+            if g.guards.len() > MAX_GUARDS {
+                return Err(SpecError::new(
+                    "groups.guards",
+                    format!(
+                        "{} guards, more than the {MAX_GUARDS} the groups may hold",
+                        g.guards.len()
+                    ),
+                ));
+            }
             let mut guards = Vec::new();
             for (i, rg) in g.guards.into_iter().enumerate() {
                 let field = format!("groups.guards[{i}]");
@@ -622,6 +706,15 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
         return Err(SpecError::new(
             "targets",
             "a job needs at least one [[targets]] table",
+        ));
+    }
+    if raw.targets.len() > MAX_TARGETS {
+        return Err(SpecError::new(
+            "targets",
+            format!(
+                "{} targets, more than the {MAX_TARGETS} a spec may name",
+                raw.targets.len()
+            ),
         ));
     }
     let mut names = BTreeSet::new();
@@ -684,6 +777,16 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
 
         let known_column = |c: &str| t.columns.iter().chain(&t.read_columns).any(|x| x == c);
 
+        if t.guards.len() > MAX_GUARDS {
+            return Err(SpecError::new(
+                format!("{tf}.guards"),
+                format!(
+                    "target `{}` has {} guards, more than the {MAX_GUARDS} a target may hold",
+                    t.name,
+                    t.guards.len()
+                ),
+            ));
+        }
         let mut guards = Vec::new();
         for (gi, rg) in t.guards.into_iter().enumerate() {
             let field = format!("{tf}.guards[{gi}]");
@@ -722,6 +825,16 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
                 "a target needs at least one [[targets.rules]] rule",
             ));
         }
+        if t.rules.len() > MAX_RULES {
+            return Err(SpecError::new(
+                format!("{tf}.rules"),
+                format!(
+                    "target `{}` has {} rules, more than the {MAX_RULES} a target may hold",
+                    t.name,
+                    t.rules.len()
+                ),
+            ));
+        }
         let mut rules = Vec::new();
         for (ri, r) in t.rules.into_iter().enumerate() {
             let field = format!("{tf}.rules[{ri}]");
@@ -753,7 +866,7 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
                         ));
                     }
                     let value = if let Some(v) = r.value {
-                        ValueSource::Literal(toml_to_json(v))
+                        ValueSource::Literal(literal(&format!("{field}.value"), v)?)
                     } else if let Some(p) = r.param {
                         if p.is_empty() {
                             return Err(SpecError::new(format!("{field}.param"), "is empty"));
@@ -1227,5 +1340,112 @@ value = "x"
         assert!(validate_pointer("/a~0b/~1c").is_ok());
         assert!(validate_pointer("/a~2").is_err());
         assert!(validate_pointer("a").is_err());
+    }
+
+    /// MINIMAL with `n` more rules, each given by `rule(i)`.
+    fn with_rules(n: usize, rule: impl Fn(usize) -> String) -> String {
+        let mut text = MINIMAL.to_string();
+        for i in 0..n {
+            text.push_str(&format!("[[targets.rules]]\n{}\n", rule(i)));
+        }
+        text
+    }
+
+    #[test]
+    fn rules_per_target_are_capped() {
+        let remove = |i: usize| format!("op = \"remove\"\npath = \"/k{i}\"");
+        assert!(JobSpec::parse(&with_rules(MAX_RULES - 1, remove)).is_ok());
+        let e = err(&with_rules(MAX_RULES, remove));
+        assert_eq!(e.field, "targets[0].rules");
+        assert!(
+            e.message.contains("10001 rules") && e.message.contains("10000"),
+            "{e}"
+        );
+        assert!(e.message.contains("`revisions`"), "{e}");
+    }
+
+    #[test]
+    fn guards_and_targets_are_capped() {
+        let mut text = MINIMAL.to_string();
+        for _ in 0..=MAX_GUARDS {
+            text.push_str("[[targets.guards]]\npath = \"/a\"\ncheck = \"present\"\n");
+        }
+        let e = err(&text);
+        assert_eq!(e.field, "targets[0].guards");
+        assert!(e.message.contains("1000"), "{e}");
+
+        let target = MINIMAL
+            .split_once("[[targets]]")
+            .map(|(_, t)| t.to_string())
+            .unwrap_or_default();
+        let mut text = MINIMAL.to_string();
+        for i in 0..MAX_TARGETS {
+            text.push_str(&format!(
+                "[[targets]]{}",
+                target.replace("name = \"revisions\"", &format!("name = \"t{i}\""))
+            ));
+        }
+        let e = err(&text);
+        assert_eq!(e.field, "targets");
+        assert!(
+            e.message.contains("65 targets") && e.message.contains("64"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pointers_are_capped_in_segments_and_bytes() {
+        let deep = "/a".repeat(MAX_POINTER_SEGMENTS);
+        assert!(validate_pointer(&deep).is_ok());
+        let too_deep = "/a".repeat(MAX_POINTER_SEGMENTS + 1);
+        let m = validate_pointer(&too_deep).unwrap_err();
+        assert!(m.contains("65 segments") && m.contains("64"), "{m}");
+        let long = format!("/{}", "x".repeat(MAX_POINTER_BYTES));
+        let m = validate_pointer(&long).unwrap_err();
+        assert!(m.contains("1025 bytes") && m.contains("1024"), "{m}");
+        // Named by the field in a spec: rule path, from, guard path.
+        let e = err(&MINIMAL.replace(
+            "path = \"/product_name\"",
+            &format!("path = \"{too_deep}\""),
+        ));
+        assert_eq!(e.field, "targets[0].rules[0].path");
+        let e = err(&with_rules(1, |_| {
+            format!("op = \"set\"\npath = \"/b\"\nfrom = \"{too_deep}\"")
+        }));
+        assert_eq!(e.field, "targets[0].rules[1].from");
+        let e = err(&format!(
+            "{MINIMAL}[[targets.guards]]\npath = \"{long}\"\ncheck = \"present\"\n"
+        ));
+        assert_eq!(e.field, "targets[0].guards[0].path");
+    }
+
+    #[test]
+    fn literal_values_are_capped_in_size_and_depth() {
+        let big = "x".repeat(MAX_VALUE_BYTES);
+        let e = err(&MINIMAL.replace("value = \"x\"", &format!("value = \"{big}\"")));
+        assert_eq!(e.field, "targets[0].rules[0].value");
+        assert!(e.message.contains("1 MiB"), "{e}");
+        let fits = "x".repeat(MAX_VALUE_BYTES - 2);
+        assert!(
+            JobSpec::parse(&MINIMAL.replace("value = \"x\"", &format!("value = \"{fits}\"")))
+                .is_ok()
+        );
+        // 65 levels of arrays (TOML's own parser stops at 80).
+        let nested = format!("{}1{}", "[".repeat(65), "]".repeat(65));
+        let e = err(&MINIMAL.replace("value = \"x\"", &format!("value = {nested}")));
+        assert_eq!(e.field, "targets[0].rules[0].value");
+        assert!(
+            e.message.contains("65 levels") && e.message.contains("64"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn spec_files_are_capped_in_size() {
+        let padded = format!("{MINIMAL}#{}\n", "x".repeat(MAX_SPEC_BYTES));
+        let e = err(&padded);
+        assert_eq!(e.field, "(file)");
+        assert!(e.message.contains("4 MiB"), "{e}");
+        assert!(check_size(MAX_SPEC_BYTES).is_ok());
     }
 }

@@ -162,6 +162,9 @@ pub async fn process_task(
                 .filter(|c| c.target == target.name)
                 .map(|c| (c.column.as_str(), c.path.as_str()));
             let empty = Map::new();
+            // jsonb columns are written compactly; the others keep the
+            // bytes of what no rule touched.
+            let normalised = store.normalised_columns(&target.table).await?;
             // A revert evaluates each row against the before-image the
             // reverted run recorded for it.
             let befores = match &run.revert_of {
@@ -180,6 +183,7 @@ pub async fn process_task(
                             key,
                             columns,
                             params,
+                            normalised: &normalised,
                         };
                         match &befores {
                             Some(b) => {
@@ -199,6 +203,7 @@ pub async fn process_task(
                             key: "",
                             columns: cols,
                             params,
+                            normalised: &normalised,
                         },
                         None,
                     )

@@ -267,6 +267,22 @@ impl Store {
         Ok(m)
     }
 
+    /// The columns of `table` whose database normalises the JSON it stores
+    /// (PostgreSQL `jsonb`); a `json` or `text` column, and every SQLite
+    /// column, keeps the text it is given.
+    pub async fn normalised_columns(
+        &self,
+        table: &str,
+    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        Ok(self
+            .column_types(table)
+            .await?
+            .into_iter()
+            .filter(|(_, ty)| ty == "jsonb")
+            .map(|(col, _)| col)
+            .collect())
+    }
+
     /// Commits a shard: compare-and-set writes, before-images and the shard's
     /// ledger record in one transaction.
     pub async fn commit_shard(&self, c: ShardCommit<'_>) -> Result<Committed, StoreError> {
