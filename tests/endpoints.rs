@@ -14,6 +14,8 @@ use common::*;
 #[tokio::test(flavor = "multi_thread")]
 async fn a_malformed_run_id_is_a_bad_request_without_internals() {
     let env = TestEnv::new().await;
+    // The dashboard creates no ledger; a worker or job would have.
+    env.store().await;
     let mut fleet = Fleet::new(&env);
     let port = free_port();
     let dash = fleet.spawn(&["dashboard", "--listen", &format!("127.0.0.1:{port}")]);

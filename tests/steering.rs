@@ -475,6 +475,8 @@ async fn two_runs_at_once_keep_their_tasks_apart_and_the_higher_priority_goes_fi
 #[tokio::test(flavor = "multi_thread")]
 async fn readiness_reports_an_unreachable_broker() {
     let env = TestEnv::new().await;
+    // The dashboard creates no ledger; a worker or job would have.
+    env.store().await;
     let port = free_port();
     let mut dash = env
         .cmd(&["dashboard", "--listen", &format!("127.0.0.1:{port}")])

@@ -330,7 +330,10 @@ async fn the_dashboard_creates_no_ledger_and_waits_for_one() {
     let waited = std::fs::read_to_string(&log).unwrap();
     assert_eq!(tables().await, 0, "the dashboard created nothing: {waited}");
     assert!(waited.contains("no backfill ledger"), "{waited}");
-    assert!(waited.contains(&env.db_name), "names the database: {waited}");
+    assert!(
+        waited.contains(&env.db_name),
+        "names the database: {waited}"
+    );
     assert!(dash.try_wait().unwrap().is_none(), "it waits: {waited}");
 
     let spec = job("program-certificate-titles");
