@@ -346,3 +346,30 @@ async fn the_dashboard_creates_no_ledger_and_waits_for_one() {
     assert_eq!(code, 200, "{body}");
     assert!(body.contains(&run_id_of(&out)), "{body}");
 }
+
+/// A coordinator that cannot reach the broker records nothing, so it leaves
+/// no run behind to block the next scheduled start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_without_a_broker_records_nothing_and_blocks_nothing() {
+    let env = TestEnv::new().await;
+    env.seed_certificates(5, 50).await;
+    let spec = job("program-certificate-titles");
+    let args = ["coordinator", "--job", &spec, "--all", "--commit"];
+    let mut cut_off = env.cmd(&args);
+    cut_off.env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f");
+    let out = output_within(cut_off, std::time::Duration::from_secs(60));
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("cannot connect to RabbitMQ"), "{err}");
+    assert!(!err.contains("carries on"), "{err}");
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM backfill_run").await,
+        0,
+        "no run was recorded"
+    );
+    // The next start, with the broker back, is not told another run is
+    // in progress.
+    let next = env.run(&args);
+    assert_eq!(next.status.code(), Some(0), "{}", stderr(&next));
+    assert!(!stderr(&next).contains("in progress"), "{}", stderr(&next));
+}
