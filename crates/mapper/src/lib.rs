@@ -502,6 +502,13 @@ struct Ctx {
 /// Asks whether the task may start now; `None` when the run is unknown
 /// (the attempt then reports it).
 async fn admit(ctx: &Ctx, task: &ShardTask) -> steering::Admission {
+    // A task the ledger does not plan as it says (another target, an
+    // unknown shard) claims nothing: the attempt refuses it. Claiming first
+    // would leave a forged task's shard `running` under a lease.
+    match ctx.store.shard_target(&task.run_id, task.shard_no).await {
+        Ok(Some(planned)) if planned == task.target => {}
+        _ => return steering::Admission::Go,
+    }
     match ctx.runs.get(&ctx.store, &task.run_id).await {
         Ok(run) => {
             ctx.steering
