@@ -9,34 +9,7 @@
 mod common;
 
 use common::both::{Backend, Db, BOTH};
-use common::{num, summary};
-use std::path::PathBuf;
-
-/// A spec file in a directory of its own, removed on drop.
-struct SpecFile {
-    dir: PathBuf,
-    path: PathBuf,
-}
-
-impl SpecFile {
-    fn new(name: &str, text: &str) -> SpecFile {
-        let dir = std::env::temp_dir().join(format!("bf-bytes-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{name}.toml"));
-        std::fs::write(&path, text).unwrap();
-        SpecFile { dir, path }
-    }
-
-    fn path(&self) -> &str {
-        self.path.to_str().unwrap()
-    }
-}
-
-impl Drop for SpecFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use common::{num, summary, SpecFile};
 
 /// One rule, on one path, over a `json` table and a `text` table.
 const SET_TITLE: &str = r#"

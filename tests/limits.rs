@@ -10,34 +10,7 @@
 
 mod common;
 
-use common::{num, stderr, summary, TestEnv};
-use std::path::PathBuf;
-
-/// A spec file in a directory of its own, removed on drop.
-struct SpecFile {
-    dir: PathBuf,
-    path: PathBuf,
-}
-
-impl SpecFile {
-    fn new(text: &str) -> SpecFile {
-        let dir = std::env::temp_dir().join(format!("bf-limits-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("limits.toml");
-        std::fs::write(&path, text).unwrap();
-        SpecFile { dir, path }
-    }
-
-    fn path(&self) -> &str {
-        self.path.to_str().unwrap()
-    }
-}
-
-impl Drop for SpecFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use common::{num, stderr, summary, SpecFile, TestEnv};
 
 /// A job over `docs` whose rule sets `path` (plus `extra` rules).
 fn spec(path: &str, extra: &str) -> String {
@@ -72,7 +45,7 @@ async fn a_spec_over_a_cap_exits_2_naming_the_field_and_the_limit() {
     docs_table(&env).await;
 
     // A pointer of 20,000 segments.
-    let deep = SpecFile::new(&spec(&"/a".repeat(20_000), ""));
+    let deep = SpecFile::new("limits", &spec(&"/a".repeat(20_000), ""));
     let out = env.run(&["run", "--local", "--job", deep.path(), "--all", "--commit"]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
@@ -87,7 +60,7 @@ async fn a_spec_over_a_cap_exits_2_naming_the_field_and_the_limit() {
     let many: String = (0..10_000)
         .map(|i| format!("[[targets.rules]]\nop = \"remove\"\npath = \"/k{i}\"\n"))
         .collect();
-    let many = SpecFile::new(&spec("/title", &many));
+    let many = SpecFile::new("limits", &spec("/title", &many));
     let out = env.run(&["run", "--local", "--job", many.path(), "--all", "--commit"]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
@@ -116,7 +89,7 @@ async fn a_document_deeper_than_serde_json_reads_is_a_named_row_error_and_left_u
     let before = env
         .scalar_text("SELECT md5(doc::text) FROM docs WHERE id = 2")
         .await;
-    let spec = SpecFile::new(&spec("/title", ""));
+    let spec = SpecFile::new("limits", &spec("/title", ""));
 
     let out = env.run(&["run", "--local", "--job", spec.path(), "--all", "--commit"]);
     // Row errors: the run finishes as failed.

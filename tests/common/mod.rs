@@ -343,3 +343,29 @@ pub async fn kill_mid_publish(env: &TestEnv, mut coordinator: std::process::Chil
             .await,
     )
 }
+
+/// A spec file in a directory of its own, removed on drop.
+pub struct SpecFile {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl SpecFile {
+    pub fn new(name: &str, text: &str) -> SpecFile {
+        let dir = std::env::temp_dir().join(format!("bf-spec-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        SpecFile { dir, path }
+    }
+
+    pub fn path(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+}
+
+impl Drop for SpecFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
