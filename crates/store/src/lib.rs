@@ -120,6 +120,28 @@ impl StoreError {
     }
 }
 
+impl Store {
+    /// A `count(*)` query whose one parameter is a run id (`$1`).
+    pub(crate) async fn count_of_run(
+        &self,
+        q: &str,
+        run_id: &str,
+        what: &str,
+    ) -> Result<u64, StoreError> {
+        let n: i64 = match &self.backend {
+            Backend::Pg(p) => sqlx::query_scalar(q).bind(run_id).fetch_one(p).await,
+            Backend::Lite(p) => {
+                sqlx::query_scalar(&q.replace('$', "?"))
+                    .bind(run_id)
+                    .fetch_one(p)
+                    .await
+            }
+        }
+        .map_err(sql(what))?;
+        Ok(n.max(0) as u64)
+    }
+}
+
 /// Wraps a sqlx error with what was being done.
 pub(crate) fn sql(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
     let what = what.into();

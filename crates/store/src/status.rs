@@ -484,18 +484,12 @@ impl Store {
 
     /// Pending shards of a run that were never sent to the queue.
     async fn unpublished_shards(&self, run_id: &str) -> Result<u64, StoreError> {
-        let q = "SELECT count(*) FROM backfill_shard WHERE run_id = $1 AND state = 'pending' AND published_at IS NULL";
-        let n: i64 = match &self.backend {
-            Backend::Pg(p) => sqlx::query_scalar(q).bind(run_id).fetch_one(p).await,
-            Backend::Lite(p) => {
-                sqlx::query_scalar(&q.replace('$', "?"))
-                    .bind(run_id)
-                    .fetch_one(p)
-                    .await
-            }
-        }
-        .map_err(sql("count unpublished shards"))?;
-        Ok(n.max(0) as u64)
+        self.count_of_run(
+            "SELECT count(*) FROM backfill_shard WHERE run_id = $1 AND state = 'pending' AND published_at IS NULL",
+            run_id,
+            "count unpublished shards",
+        )
+        .await
     }
 
     /// The workers that committed shards of a run, with their last sign of life.

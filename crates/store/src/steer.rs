@@ -989,18 +989,14 @@ impl Store {
 
     /// Shards of the run being worked on now.
     pub async fn shards_running(&self, run_id: &str) -> Result<u32, StoreError> {
-        let q = "SELECT count(*) FROM backfill_shard WHERE run_id = $1 AND state = 'running'";
-        let n: i64 = match &self.backend {
-            Backend::Pg(p) => sqlx::query_scalar(q).bind(run_id).fetch_one(p).await,
-            Backend::Lite(p) => {
-                sqlx::query_scalar(&q.replace('$', "?"))
-                    .bind(run_id)
-                    .fetch_one(p)
-                    .await
-            }
-        }
-        .map_err(sql("count running shards"))?;
-        Ok(n.max(0) as u32)
+        let n = self
+            .count_of_run(
+                "SELECT count(*) FROM backfill_shard WHERE run_id = $1 AND state = 'running'",
+                run_id,
+                "count running shards",
+            )
+            .await?;
+        Ok(n.min(u32::MAX as u64) as u32)
     }
 
     /// Measured cost of the job's most recent finished run with timed
