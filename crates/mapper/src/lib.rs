@@ -751,8 +751,11 @@ mod metrics {
     use super::Disposition;
 
     pub fn started(run: &str, job: &str) {
-        ::metrics::counter!("backfill_shards_started_total", "run" => run.to_string(), "job" => job.to_string())
-            .increment(1);
+        let labels = [("run", run.to_string()), ("job", job.to_string())];
+        ::metrics::counter!("backfill_shards_started_total", &labels).increment(1);
+        // Failures exist at 0 from a run's first shard, so that a rate or
+        // an increase over them alerts on the first failure too.
+        ::metrics::counter!("backfill_shards_failed_total", &labels).increment(0);
     }
 
     pub fn disposed(run: &str, job: &str, d: &Disposition) {

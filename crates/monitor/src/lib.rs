@@ -64,10 +64,94 @@ pub fn install_recorder() -> Result<PrometheusHandle, MonitorError> {
             &buckets,
         )
         .map_err(|e| MonitorError::Recorder(e.to_string()))?
+        // A run that dropped out of the recent runs read at scrape time
+        // stops being set; its series go after ten minutes.
+        .idle_timeout(
+            metrics_util::MetricKindMask::GAUGE,
+            Some(Duration::from_secs(600)),
+        )
         .install_recorder()
         .map_err(|e| MonitorError::Recorder(e.to_string()))?;
+    describe();
     let _ = RECORDER.set(handle.clone());
     Ok(RECORDER.get().cloned().unwrap_or(handle))
+}
+
+/// `# HELP` for every metric any role exports, with its unit.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "backfill_shards_started_total",
+        Unit::Count,
+        "Shard attempts this mapper started."
+    );
+    describe_counter!(
+        "backfill_shards_finished_total",
+        Unit::Count,
+        "Shards this mapper committed."
+    );
+    describe_counter!(
+        "backfill_shards_failed_total",
+        Unit::Count,
+        "Shard attempts of this mapper that failed (retried or dead-lettered); 0 from a run's first shard."
+    );
+    describe_counter!(
+        "backfill_rows_total",
+        Unit::Count,
+        "Rows this mapper finished, by outcome (changed, unchanged, skipped, conflict, error)."
+    );
+    describe_histogram!(
+        "backfill_shard_duration_seconds",
+        Unit::Seconds,
+        "Time to read, evaluate and commit one shard."
+    );
+    describe_counter!(
+        "backfill_results_folded_total",
+        Unit::Count,
+        "Shard results this reducer folded into their run."
+    );
+    describe_counter!(
+        "backfill_runs_finished_total",
+        Unit::Count,
+        "Runs this reducer finished."
+    );
+    describe_gauge!(
+        "backfill_queue_messages",
+        Unit::Count,
+        "Ready messages in each of the run queues."
+    );
+    describe_gauge!(
+        "backfill_run_shards",
+        Unit::Count,
+        "Shards of a recent run by state, from the ledger at scrape time."
+    );
+    describe_gauge!(
+        "backfill_run_shards_planned",
+        Unit::Count,
+        "Shards a recent run was cut into."
+    );
+    describe_gauge!(
+        "backfill_run_rows_processed",
+        Unit::Count,
+        "Rows a recent run has processed, as folded by the reducer."
+    );
+    describe_gauge!(
+        "backfill_run_rows_per_second",
+        "Rows of finished shards per second since the run's first shard started."
+    );
+    describe_gauge!(
+        "backfill_run_eta_seconds",
+        Unit::Seconds,
+        "Seconds left at the current rate; NaN while paused or unknown, 0 once finished."
+    );
+    describe_gauge!(
+        "backfill_run_paused",
+        "1 while a running run is paused, else 0."
+    );
+    describe_gauge!(
+        "backfill_run_state",
+        "1 for the state a recent run is in (running, done, failed, cancelled), 0 for the others."
+    );
 }
 
 /// What the endpoints read.
@@ -309,7 +393,10 @@ async fn metrics(State(s): State<MonitorState>) -> Response {
     // Ledger gauges of the runs in progress, read at scrape time so every
     // replica reports the same, true figures.
     if let Ok(runs) = s.store.run_statuses(20).await {
-        for r in runs.iter().filter(|r| r.state == "running") {
+        // Recent runs, finished ones too: a finished run carries its final,
+        // true figures and its state, never the last "in progress" ones.
+        for r in &runs {
+            let running = r.state == "running";
             let l = |k: &'static str, v: String| (k, v);
             let base = [l("run", r.run_id.clone()), l("job", r.job.clone())];
             for (state, n) in [
@@ -322,12 +409,19 @@ async fn metrics(State(s): State<MonitorState>) -> Response {
                 metrics::gauge!("backfill_run_shards", "run" => r.run_id.clone(), "job" => r.job.clone(), "state" => state)
                     .set(n as f64);
             }
-            metrics::gauge!("backfill_run_shards_total", &base).set(r.shards.total as f64);
+            for state in ["running", "done", "failed", "cancelled"] {
+                metrics::gauge!("backfill_run_state", "run" => r.run_id.clone(), "job" => r.job.clone(), "state" => state)
+                    .set(if r.state == state { 1.0 } else { 0.0 });
+            }
+            metrics::gauge!("backfill_run_shards_planned", &base).set(r.shards.total as f64);
             metrics::gauge!("backfill_run_rows_per_second", &base).set(r.rows_per_sec);
             metrics::gauge!("backfill_run_rows_processed", &base).set(r.rows.processed as f64);
-            metrics::gauge!("backfill_run_eta_seconds", &base)
-                .set(r.eta_seconds.unwrap_or(f64::NAN));
-            metrics::gauge!("backfill_run_paused", &base).set(if r.control == "pause" {
+            metrics::gauge!("backfill_run_eta_seconds", &base).set(if running {
+                r.eta_seconds.unwrap_or(f64::NAN)
+            } else {
+                0.0
+            });
+            metrics::gauge!("backfill_run_paused", &base).set(if running && r.control == "pause" {
                 1.0
             } else {
                 0.0
