@@ -131,6 +131,15 @@ fn describe() {
         "Shards a recent run was cut into."
     );
     describe_gauge!(
+        "backfill_run_shards_reduced",
+        Unit::Count,
+        "Shards of a recent run whose results the reducer folded."
+    );
+    describe_gauge!(
+        "backfill_run_health_ok",
+        "1 while the database health check passes (or the run has finished), 0 while it holds a running run."
+    );
+    describe_gauge!(
         "backfill_run_rows_processed",
         Unit::Count,
         "Rows a recent run has processed, as folded by the reducer."
@@ -414,6 +423,15 @@ async fn metrics(State(s): State<MonitorState>) -> Response {
                     .set(if r.state == state { 1.0 } else { 0.0 });
             }
             metrics::gauge!("backfill_run_shards_planned", &base).set(r.shards.total as f64);
+            metrics::gauge!("backfill_run_shards_reduced", &base).set(r.shards.reduced as f64);
+            // The health check as mappers see it: 0 while it holds a running
+            // run; a finished run is held by nothing.
+            let ok = !running
+                || match s.store.run_status(&r.run_id).await {
+                    Ok(Some(full)) => full.health.map(|h| h.ok).unwrap_or(true),
+                    _ => true,
+                };
+            metrics::gauge!("backfill_run_health_ok", &base).set(if ok { 1.0 } else { 0.0 });
             metrics::gauge!("backfill_run_rows_per_second", &base).set(r.rows_per_sec);
             metrics::gauge!("backfill_run_rows_processed", &base).set(r.rows.processed as f64);
             metrics::gauge!("backfill_run_eta_seconds", &base).set(if running {
