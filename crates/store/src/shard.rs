@@ -335,7 +335,7 @@ impl BatchLimits {
     /// Rows per batch unless configured otherwise.
     pub const DEFAULT_ROWS: usize = 500;
     /// Bytes of documents per batch unless configured otherwise.
-    pub const DEFAULT_BYTES: u64 = 16 * 1024 * 1024;
+    pub const DEFAULT_BYTES: u64 = 4 * 1024 * 1024;
 }
 
 impl Default for BatchLimits {
