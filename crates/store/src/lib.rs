@@ -77,9 +77,11 @@ pub enum StoreError {
     #[error("run {0} is not in the ledger")]
     UnknownRun(String),
     /// The database cancelled a statement that ran past its
-    /// `statement_timeout` (SQLSTATE 57014 with that cause). Not transient:
-    /// the same statement would run as long again, so it is the caller's to
-    /// make the statement smaller or to give up with a message saying so.
+    /// `statement_timeout` (SQLSTATE 57014 with that cause). Counted as
+    /// transient, as it always was, so the reducer and coordinator retry it
+    /// (a fold or a publish may pass once the load is lower, and parking a
+    /// result would lose it); the mapper, whose statements grow with the
+    /// batch, matches it first and makes its statements smaller instead.
     #[error("{what}: the statement ran past the database's statement_timeout ({source})")]
     StatementTimeout {
         what: String,
@@ -98,7 +100,7 @@ impl StoreError {
     /// True when retrying later may succeed (connection lost, server restarting).
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Connect { .. } => true,
+            StoreError::Connect { .. } | StoreError::StatementTimeout { .. } => true,
             StoreError::Sql { source, .. } => {
                 matches!(
                     source,
