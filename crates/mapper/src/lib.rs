@@ -6,11 +6,17 @@
 //! concurrency, reconnects with backoff when the broker or database goes
 //! away, and on shutdown finishes the shards in hand before returning.
 //!
-//! Order per shard: fetch rows → apply rules → commit writes, before-images
-//! and the shard's ledger record in one transaction → publish the result
-//! with a confirm → ack the task. A crash anywhere before the ack means a
-//! redelivery; the ledger then shows the shard done and only the result is
-//! sent again.
+//! Order per shard: in one transaction, lock the shard's ledger record, then
+//! batch by batch (at most [`batch_limits`] rows and bytes per statement)
+//! fetch rows → apply rules → write them with their before-images, then
+//! record the shard done and commit → publish the result with a confirm →
+//! ack the task. A crash anywhere before the ack means a redelivery; the
+//! ledger then shows the shard done and only the result is sent again.
+//!
+//! A statement the database cancels for its `statement_timeout` rolls the
+//! shard back and the shard is tried again at once with the batch halved,
+//! down to one row; when even one row is too slow the shard is given up
+//! with a reason naming the timeout and how to raise it.
 //!
 //! Before a shard starts, [`steering`] admits it: not paused or cancelled,
 //! no run of higher priority waiting, database healthy, within the run's
