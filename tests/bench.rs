@@ -1,8 +1,10 @@
 //! The benchmark harness of BENCHMARKS.md stays runnable: `backfill-bench`
 //! at 20,000 revisions with every contender (limit, per-row, backfill commit
-//! with 1 and 2 mapper processes, dry run, messaging, breakdown) must exit 0
-//! and report that every contender produced the same database. This checks
-//! correctness, not speed. Needs PostgreSQL and RabbitMQ (DATABASE_URL,
+//! with 1 and 2 mapper processes, dry run, messaging, breakdown, memory) must exit 0
+//! and report that every contender produced the same database, and its
+//! mapper-memory figure must show a batched shard of large rows costing a
+//! fraction of the same shard read as one batch. This checks correctness,
+//! not speed. Needs PostgreSQL and RabbitMQ (DATABASE_URL,
 //! AMQP_URL, or the local defaults); the bench creates and drops its own
 //! `bench_*` databases and `bench-*` queues.
 
@@ -27,6 +29,10 @@ fn bench_at_20k_rows_agrees_on_every_checksum() {
             "50",
             "--breakdown-shards",
             "5",
+            "--memory-rows",
+            "10",
+            "--memory-row-mib",
+            "8",
             "--timeout-secs",
             "240",
             "--backfill-bin",
@@ -101,4 +107,23 @@ fn bench_at_20k_rows_agrees_on_every_checksum() {
         "no messaging measurement:\n{stdout}"
     );
     assert!(stdout.contains("breakdown"), "no breakdown:\n{stdout}");
+    // A mapper's memory follows the batch, not the shard: batched, the
+    // shard of large rows costs a fraction of what it costs as one batch.
+    let memory = stdout
+        .lines()
+        .find(|l| l.starts_with("mapper memory: "))
+        .unwrap_or_else(|| panic!("no `mapper memory:` line in the output:\n{stdout}"));
+    let figure = |label: &str| -> f64 {
+        memory
+            .split(&format!("{label} "))
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no `{label}` figure in {memory}"))
+    };
+    let (batched, whole) = (figure("batched"), figure("whole shard"));
+    assert!(
+        batched * 2.0 < whole,
+        "batching bounds the mapper's memory: {memory}"
+    );
 }

@@ -186,6 +186,18 @@ impl Server {
         Ok(())
     }
 
+    /// Creates an empty database `name` (dropping an old one of that name).
+    pub async fn create_db(&self, name: &str) -> anyhow::Result<()> {
+        self.drop_db(name).await?;
+        let mut admin = self.admin_conn().await?;
+        sqlx::query(&format!("CREATE DATABASE {}", quote_ident(name)))
+            .execute(&mut admin)
+            .await
+            .with_context(|| format!("create {name}"))?;
+        admin.close().await.ok();
+        Ok(())
+    }
+
     pub async fn drop_db(&self, name: &str) -> anyhow::Result<()> {
         let mut admin = self.admin_conn().await?;
         sqlx::query(&format!(

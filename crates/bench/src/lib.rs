@@ -32,11 +32,14 @@
 //! - [`breakdown`]: the mapper's steps timed in process (fetch, parse, rules,
 //!   serialise, commit) on a sample of shards.
 //! - [`messaging`]: the messaging round trip per shard.
+//! - [`memory`]: a mapper's peak RSS on a shard of large rows, against the
+//!   bound 64 MiB + 3 × the largest row, batched and as one batch.
 //! - [`report`]: the table.
 
 pub mod breakdown;
 pub mod db;
 pub mod ledger;
+pub mod memory;
 pub mod messaging;
 pub mod procs;
 pub mod report;
@@ -111,6 +114,12 @@ pub struct Options {
     /// Shards sampled by the in-process breakdown.
     #[arg(long, default_value_t = 20)]
     pub breakdown_shards: u32,
+    /// Rows of the mapper memory measurement (one shard).
+    #[arg(long, default_value_t = 10)]
+    pub memory_rows: u32,
+    /// MiB per row of the mapper memory measurement.
+    #[arg(long, default_value_t = 20)]
+    pub memory_row_mib: u32,
     /// Where the processes' logs go [default: a new directory under the system temp dir].
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
@@ -166,6 +175,7 @@ const KNOWN: &[&str] = &[
     "dry-run",
     "messaging",
     "breakdown",
+    "memory",
 ];
 
 impl Options {
@@ -289,13 +299,15 @@ pub fn main() -> i32 {
 pub async fn run(opts: Options) -> anyhow::Result<i32> {
     let spec = JobSpec::parse(CERTIFICATE_JOB).map_err(|e| anyhow::anyhow!("built-in job: {e}"))?;
     let contenders = opts.contenders();
-    let needs_broker = contenders.iter().any(|c| c.is_backfill()) || opts.wants("messaging");
+    let needs_broker = contenders.iter().any(|c| c.is_backfill())
+        || opts.wants("messaging")
+        || opts.wants("memory");
     let server = db::Server::connect(&opts.database_url).await?;
     if needs_broker {
         messaging::check_broker(&opts.amqp_url).await?;
     }
     let bin = opts.backfill_bin()?;
-    if contenders.iter().any(|c| c.is_backfill()) && !bin.is_file() {
+    if (contenders.iter().any(|c| c.is_backfill()) || opts.wants("memory")) && !bin.is_file() {
         bail!(
             "the backfill binary {} does not exist: build it (`cargo build --release --bin backfill`) or pass --backfill-bin",
             bin.display()
@@ -407,6 +419,7 @@ async fn run_contenders(
                     shard_size: opts.shard_size,
                     log_dir,
                     timeout,
+                    extra_env: &[],
                 };
                 let r = run.run(server).await;
                 messaging::delete_queues(&opts.amqp_url, &prefix).await;
@@ -483,11 +496,38 @@ async fn run_contenders(
         None
     };
 
+    let memory = if opts.wants("memory") {
+        println!(
+            "\n== memory: {} rows of {} MiB in one shard, 1 mapper process (peak RSS = VmHWM)",
+            opts.memory_rows, opts.memory_row_mib
+        );
+        let m = memory::measure(
+            server,
+            bin,
+            &opts.amqp_url,
+            log_dir,
+            tag,
+            opts.memory_rows,
+            opts.memory_row_mib,
+            Duration::from_secs(opts.timeout_secs),
+        )
+        .await?;
+        for l in m.lines() {
+            println!("   {l}");
+        }
+        Some(m)
+    } else {
+        None
+    };
+
     println!();
     let verdict = report::verdict(&outcomes, &baseline);
     print!("{}", report::table(&outcomes, &baseline, opts));
     if let Some(m) = &messaging {
         println!("messaging per shard: {}", m.describe());
+    }
+    if let Some(m) = &memory {
+        println!("{}", m.summary());
     }
     println!("{}", verdict.line);
     Ok(if verdict.ok { 0 } else { 1 })

@@ -174,6 +174,8 @@ pub struct BackfillRun<'a> {
     pub shard_size: Option<u32>,
     pub log_dir: &'a Path,
     pub timeout: Duration,
+    /// More environment for every process (settings under test).
+    pub extra_env: &'a [(&'a str, &'a str)],
 }
 
 /// What the run did.
@@ -197,7 +199,7 @@ impl BackfillRun<'_> {
     }
 
     pub async fn run(&self, server: &crate::db::Server) -> anyhow::Result<BackfillResult> {
-        let envs = [
+        let mut envs = vec![
             ("DATABASE_URL", self.db_url),
             ("AMQP_URL", self.amqp_url),
             ("BACKFILL_QUEUE_PREFIX", self.queue_prefix),
@@ -206,6 +208,7 @@ impl BackfillRun<'_> {
             // ledger records that the review was skipped).
             ("BACKFILL_SKIP_REVIEW", "1"),
         ];
+        envs.extend_from_slice(self.extra_env);
         let log = |name: &str| self.log_dir.join(format!("{}-{name}.log", self.slug()));
         let reducer = Proc::spawn(
             "reducer",

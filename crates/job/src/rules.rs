@@ -221,7 +221,21 @@ pub fn evaluate_row(
                 },
                 // serde_json's writer directly: `to_string()` goes through
                 // `Display` and a formatter adapter, measurably slower.
-                None => serde_json::to_string(after).unwrap_or_else(|_| after.to_string()),
+                // Sized like the text as read (plus room for what the rules
+                // add): growing a buffer of a large document by doubling
+                // holds the old and the new copy at once.
+                None => {
+                    let hint = row
+                        .columns
+                        .get(col)
+                        .and_then(|t| t.as_deref())
+                        .map_or(0, str::len);
+                    let mut buf = Vec::with_capacity(hint + hint / 16 + 64);
+                    match serde_json::to_writer(&mut buf, after) {
+                        Ok(()) => String::from_utf8(buf).unwrap_or_else(|_| after.to_string()),
+                        Err(_) => after.to_string(),
+                    }
+                }
             };
             changed.insert(col.clone(), Some(text));
             if let Some(p) = inverse_patch(before, after) {

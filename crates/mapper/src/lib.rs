@@ -6,11 +6,17 @@
 //! concurrency, reconnects with backoff when the broker or database goes
 //! away, and on shutdown finishes the shards in hand before returning.
 //!
-//! Order per shard: fetch rows → apply rules → commit writes, before-images
-//! and the shard's ledger record in one transaction → publish the result
-//! with a confirm → ack the task. A crash anywhere before the ack means a
-//! redelivery; the ledger then shows the shard done and only the result is
-//! sent again.
+//! Order per shard: in one transaction, lock the shard's ledger record, then
+//! batch by batch (at most [`batch_limits`] rows and bytes per statement)
+//! fetch rows → apply rules → write them with their before-images, then
+//! record the shard done and commit → publish the result with a confirm →
+//! ack the task. A crash anywhere before the ack means a redelivery; the
+//! ledger then shows the shard done and only the result is sent again.
+//!
+//! A statement the database cancels for its `statement_timeout` rolls the
+//! shard back and the shard is tried again at once with the batch halved,
+//! down to one row; when even one row is too slow the shard is given up
+//! with a reason naming the timeout and how to raise it.
 //!
 //! Before a shard starts, [`steering`] admits it: not paused or cancelled,
 //! no run of higher priority waiting, database healthy, within the run's
@@ -26,7 +32,7 @@ use backfill_queue::{
     BasicAckOptions, BasicNackOptions, BasicRejectOptions, Broker, Delivery, LocalQueue, QueueNames,
 };
 use backfill_store::shard::EvaluatedRow;
-use backfill_store::{Committed, ShardCommit, ShardRows, Store, StoreError};
+use backfill_store::{BatchLimits, Committed, OpenShard, ShardWork, Store, StoreError};
 use futures::StreamExt;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -58,6 +64,15 @@ pub enum MapperError {
         shard: u32,
         task: String,
         planned: String,
+    },
+    /// Even one row per statement ran past the database's
+    /// `statement_timeout`: no smaller statement is possible, so the shard
+    /// is given up at once, with what to change.
+    #[error("shard {shard}: a statement on a single row ({what}) ran past the database's statement_timeout ({detail}), so the shard cannot be written in smaller statements. Raise statement_timeout for the role backfill connects as (e.g. `ALTER ROLE <role> SET statement_timeout = '5min'`, or `ALTER DATABASE <database> SET statement_timeout = …`), restart the mappers, then `backfill retry` the run's quarantined rows")]
+    StatementTimeout {
+        shard: u32,
+        what: String,
+        detail: String,
     },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -143,94 +158,37 @@ pub async fn process_task(
             run: task.run_id.clone(),
             target: planned.clone(),
         })?;
-    let tally = match store
-        // No digests up front: the compare-and-set goes by row version and
-        // digests only the rows whose version moved.
-        .fetch_shard(&task.run_id, target, task.shard_no, false)
-        .await?
-    {
-        ShardRows::Done(t) => {
-            info!("shard already committed; re-sending its result");
-            t
-        }
-        ShardRows::Pending(rows) => {
-            let current = run
-                .spec
-                .report
-                .current
-                .as_ref()
-                .filter(|c| c.target == target.name)
-                .map(|c| (c.column.as_str(), c.path.as_str()));
-            let empty = Map::new();
-            // jsonb columns are written compactly; the others keep the
-            // bytes of what no rule touched.
-            let normalised = store.normalised_columns(&target.table).await?;
-            // A revert evaluates each row against the before-image the
-            // reverted run recorded for it.
-            let befores = match &run.revert_of {
-                Some(original) => {
-                    let keys: Vec<String> = rows.iter().map(|r| r.key.clone()).collect();
-                    Some(store.before_images(original, &target.name, &keys).await?)
+    // A shard too big for the database's statement_timeout is tried again
+    // in smaller statements: the batch that timed out, halved, down to one
+    // row. Nothing of a timed-out attempt was committed.
+    let mut limits = batch_limits();
+    let tally = loop {
+        let mut in_flight = 0usize;
+        match map_shard(store, &run, target, task, worker, limits, &mut in_flight).await {
+            Err(MapperError::Store(StoreError::StatementTimeout { what, source })) => {
+                let from = if in_flight > 0 {
+                    in_flight.min(limits.rows)
+                } else {
+                    limits.rows
+                };
+                if from <= 1 {
+                    return Err(MapperError::StatementTimeout {
+                        shard: task.shard_no,
+                        what,
+                        detail: source.to_string(),
+                    });
                 }
-                None => None,
-            };
-            let evaluated: Vec<EvaluatedRow> = rows
-                .into_iter()
-                .map(|row| {
-                    let params = run.params.get(&row.group).unwrap_or(&empty);
-                    EvaluatedRow::evaluate(row, |key, columns, version| {
-                        let input = RowInput {
-                            key,
-                            columns,
-                            params,
-                            normalised: &normalised,
-                        };
-                        match &befores {
-                            Some(b) => {
-                                evaluate_revert(target, &input, b.get(key), version, current)
-                            }
-                            None => evaluate_row(target, &input, current),
-                        }
-                    })
-                })
-                .collect();
-            let reevaluate =
-                |group: &str, cols: &std::collections::BTreeMap<String, Option<String>>| {
-                    let params = run.params.get(group).unwrap_or(&empty);
-                    evaluate_row(
-                        target,
-                        &RowInput {
-                            key: "",
-                            columns: cols,
-                            params,
-                            normalised: &normalised,
-                        },
-                        None,
-                    )
-                    .outcome
-                };
-            // A revert never rewrites a row edited since the run: it is
-            // reported and left alone, whatever the spec says.
-            let retry: Option<&backfill_store::shard::Reevaluate<'_>> =
-                match (run.spec.on_conflict, &run.revert_of) {
-                    (OnConflict::Retry, None) => Some(&reevaluate),
-                    _ => None,
-                };
-            let committed = store
-                .commit_shard(ShardCommit {
-                    run_id: &task.run_id,
-                    shard_no: task.shard_no,
-                    target,
-                    mode: run.mode,
-                    worker,
-                    rows: evaluated,
-                    retry,
-                })
-                .await?;
-            if let Committed::AlreadyDone(_) = committed {
-                info!("another delivery committed this shard first");
+                let next = (from / 2).max(1);
+                warn!(
+                    rows = from,
+                    next,
+                    step = %what,
+                    "a statement ran past the database's statement_timeout; halving the batch: retrying the shard with at most {} per statement",
+                    rows_text(next)
+                );
+                limits.rows = next;
             }
-            committed.tally().clone()
+            other => break other?,
         }
     };
     Ok(ShardResult {
@@ -243,6 +201,138 @@ pub async fn process_task(
         elapsed_ms: started.elapsed().as_millis() as u64,
         tally,
     })
+}
+
+/// "1 row", "5 rows".
+fn rows_text(n: usize) -> String {
+    if n == 1 {
+        "1 row".into()
+    } else {
+        format!("{n} rows")
+    }
+}
+
+/// Rows and bytes per statement: [`BatchLimits`]' defaults, or
+/// `BACKFILL_BATCH_ROWS` and `BACKFILL_BATCH_BYTES` when set to a positive
+/// number (read once per process).
+pub fn batch_limits() -> BatchLimits {
+    static LIMITS: std::sync::OnceLock<BatchLimits> = std::sync::OnceLock::new();
+    *LIMITS.get_or_init(|| {
+        let num = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|n| *n > 0)
+        };
+        let d = BatchLimits::default();
+        BatchLimits {
+            rows: num("BACKFILL_BATCH_ROWS").map_or(d.rows, |n| n as usize),
+            bytes: num("BACKFILL_BATCH_BYTES").unwrap_or(d.bytes),
+        }
+    })
+}
+
+/// One attempt at a shard: in its single transaction, read, evaluate and
+/// write it batch by batch within `limits` (each batch's documents are
+/// dropped before the next is read), then record it done. `in_flight` is
+/// left holding the rows of the batch being worked on, so that a statement
+/// timeout can say which batch size was too big.
+async fn map_shard(
+    store: &Store,
+    run: &CachedRun,
+    target: &backfill_job::spec::TargetSpec,
+    task: &ShardTask,
+    worker: &str,
+    limits: BatchLimits,
+    in_flight: &mut usize,
+) -> Result<backfill_job::Tally, MapperError> {
+    let current = run
+        .spec
+        .report
+        .current
+        .as_ref()
+        .filter(|c| c.target == target.name)
+        .map(|c| (c.column.as_str(), c.path.as_str()));
+    let empty = Map::new();
+    // jsonb columns are written compactly; the others keep the bytes of
+    // what no rule touched.
+    let normalised = store.normalised_columns(&target.table).await?;
+    let reevaluate = |group: &str, cols: &std::collections::BTreeMap<String, Option<String>>| {
+        let params = run.params.get(group).unwrap_or(&empty);
+        evaluate_row(
+            target,
+            &RowInput {
+                key: "",
+                columns: cols,
+                params,
+                normalised: &normalised,
+            },
+            None,
+        )
+        .outcome
+    };
+    // A revert never rewrites a row edited since the run: it is
+    // reported and left alone, whatever the spec says.
+    let retry: Option<&backfill_store::shard::Reevaluate<'_>> =
+        match (run.spec.on_conflict, &run.revert_of) {
+            (OnConflict::Retry, None) => Some(&reevaluate),
+            _ => None,
+        };
+    let work = ShardWork {
+        run_id: &task.run_id,
+        shard_no: task.shard_no,
+        target,
+        mode: run.mode,
+        worker,
+        retry,
+    };
+    let mut tx = match store.open_shard(work).await? {
+        OpenShard::Done(t) => {
+            info!("shard already committed; re-sending its result");
+            return Ok(t);
+        }
+        OpenShard::Open(tx) => tx,
+    };
+    loop {
+        *in_flight = limits.rows;
+        let Some(rows) = tx.next_batch(limits).await? else {
+            break;
+        };
+        *in_flight = rows.len();
+        // A revert evaluates each row against the before-image the
+        // reverted run recorded for it.
+        let befores = match &run.revert_of {
+            Some(original) => {
+                let keys: Vec<String> = rows.iter().map(|r| r.key.clone()).collect();
+                Some(store.before_images(original, &target.name, &keys).await?)
+            }
+            None => None,
+        };
+        let evaluated: Vec<EvaluatedRow> = rows
+            .into_iter()
+            .map(|row| {
+                let params = run.params.get(&row.group).unwrap_or(&empty);
+                EvaluatedRow::evaluate(row, |key, columns, version| {
+                    let input = RowInput {
+                        key,
+                        columns,
+                        params,
+                        normalised: &normalised,
+                    };
+                    match &befores {
+                        Some(b) => evaluate_revert(target, &input, b.get(key), version, current),
+                        None => evaluate_row(target, &input, current),
+                    }
+                })
+            })
+            .collect();
+        tx.write(evaluated).await?;
+    }
+    let committed = tx.finish().await?;
+    if let Committed::AlreadyDone(_) = committed {
+        info!("another delivery committed this shard first");
+    }
+    Ok(committed.tally().clone())
 }
 
 /// How a mapper runs.
@@ -405,6 +495,20 @@ pub async fn attempt(
             | MapperError::TargetMismatch { .. }),
         ) => Disposition::Drop(e.to_string()),
         Err(e) if e.is_transient() => Disposition::Retry(e.to_string()),
+        Err(e @ MapperError::StatementTimeout { .. }) => {
+            // Recorded as the shard's last error, which the reducer's
+            // dead-letter handling and `status` report as its reason.
+            let msg = e.to_string();
+            if let Err(e2) = store
+                .shard_attempt_failed(&task.run_id, task.shard_no, &msg)
+                .await
+            {
+                // Given up unrecorded, the reason would be lost.
+                return Disposition::Retry(format!("{msg} (and recording it failed: {e2})"));
+            }
+            error!(error = %msg, "shard too slow for the statement timeout even one row at a time; giving it up");
+            Disposition::GiveUp(msg)
+        }
         Err(e) => {
             let msg = e.to_string();
             let failures = match store

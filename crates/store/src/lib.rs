@@ -39,7 +39,10 @@ pub use identity::LedgerIdentity;
 pub use ledger::{ActiveRun, JobLock, Reduced};
 pub use ledger::{RunRecord, ShardRecord};
 pub use planning::{Derived, NewRun};
-pub use shard::{Committed, EvaluatedRow, FetchedRow, ShardCommit, ShardRows};
+pub use shard::{
+    BatchLimits, Committed, EvaluatedRow, FetchedRow, OpenShard, ShardCommit, ShardRows, ShardTx,
+    ShardWork,
+};
 pub use steer::{Claim, Control, ControlState, Health, ThrottleChange};
 
 /// A read-only command found no ledger (or one made by an older version,
@@ -89,6 +92,18 @@ pub enum StoreError {
     Input(String),
     #[error("run {0} is not in the ledger")]
     UnknownRun(String),
+    /// The database cancelled a statement that ran past its
+    /// `statement_timeout` (SQLSTATE 57014 with that cause). Counted as
+    /// transient, as it always was, so the reducer and coordinator retry it
+    /// (a fold or a publish may pass once the load is lower, and parking a
+    /// result would lose it); the mapper, whose statements grow with the
+    /// batch, matches it first and makes its statements smaller instead.
+    #[error("{what}: the statement ran past the database's statement_timeout ({source})")]
+    StatementTimeout {
+        what: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("this database ({current}) holds a ledger copied from another database ({recorded}): its runs and ledger id {id} are the other database's, so its workers would take that database's work. Give it an identity of its own with `backfill ledger adopt` (its queue names change with it), then start its workers")]
     CopiedLedger {
         id: String,
@@ -105,7 +120,7 @@ impl StoreError {
     /// True when retrying later may succeed (connection lost, server restarting).
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Connect { .. } => true,
+            StoreError::Connect { .. } | StoreError::StatementTimeout { .. } => true,
             StoreError::Sql { source, .. } => {
                 matches!(
                     source,
@@ -145,7 +160,22 @@ impl Store {
 /// Wraps a sqlx error with what was being done.
 pub(crate) fn sql(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
     let what = what.into();
-    move |source| StoreError::Sql { what, source }
+    move |source| {
+        if is_statement_timeout(&source) {
+            StoreError::StatementTimeout { what, source }
+        } else {
+            StoreError::Sql { what, source }
+        }
+    }
+}
+
+/// True for PostgreSQL's cancel of a statement by `statement_timeout`.
+/// SQLSTATE 57014 (`query_canceled`) also covers a cancel by an operator
+/// (`pg_cancel_backend`), which is a one-off worth retrying as it was: only
+/// the timeout's own message marks a statement that will always be too slow.
+fn is_statement_timeout(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d)
+        if d.code().as_deref() == Some("57014") && d.message().contains("statement timeout"))
 }
 
 /// Hides the credentials of a URL (userinfo password, secret query

@@ -1,20 +1,24 @@
 //! A mapper's database steps for one shard.
 //!
-//! 1. [`Store::fetch_shard`]: the shard's items joined to their target rows,
-//!    read without locks.
-//! 2. [`Store::commit_shard`]: in ONE transaction — lock the shard's ledger
-//!    row (a shard already done is not applied again), write the changed rows
-//!    with compare-and-set against every JSON column as it was read, record
-//!    the before-images of what was written, and record the shard as done
-//!    with its result. A row that changed since it was read is not written
-//!    and is counted as a conflict.
+//! - [`Store::open_shard`] starts the shard's ONE transaction and locks its
+//!   ledger row (a shard already done is not applied again). Then, batch by
+//!   batch within [`BatchLimits`] (rows, and bytes of documents, so that
+//!   statements stay under the database's `statement_timeout` and memory
+//!   stays bounded whatever the shard's size): [`ShardTx::next_batch`] reads
+//!   the batch's rows, [`ShardTx::write`] writes the changed ones with
+//!   compare-and-set against every JSON column as it was read and records
+//!   the before-images of what was written. [`ShardTx::finish`] records the
+//!   shard done with the result of every batch and commits. A row that
+//!   changed since it was read is not written and is counted as a conflict.
+//! - [`Store::fetch_shard`] and [`Store::commit_shard`] do the same for a
+//!   whole shard at once (reads without locks, then one transaction).
 
 use backfill_job::rules::RowEvaluation;
 use backfill_job::spec::quote_ident;
 use backfill_job::tally::Recorded;
 use backfill_job::{KeyType, Mode, RowOutcome, Tally};
 use sqlx::Row;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crate::{sql, Store, StoreError};
 
@@ -195,19 +199,7 @@ impl Store {
         if let Some(done) = self.shard_done(run_id, shard_no).await? {
             return Ok(ShardRows::Done(done));
         }
-        let cols: Vec<&String> = target.all_columns().collect();
-        let select_cols: String = cols
-            .iter()
-            .map(|c| format!(", t.{}::text", quote_ident(c)))
-            .collect();
-        let q = format!(
-            "SELECT i.key, i.group_key, i.refs, (t.{key} IS NOT NULL) AS found, t.xmin::text{select_cols}
-             FROM backfill_item i LEFT JOIN {table} t ON {join}
-             WHERE i.run_id = $1 AND i.shard_no = $2 ORDER BY i.item_no",
-            key = quote_ident(&target.key),
-            table = quote_ident(&target.table),
-            join = key_join(target),
-        );
+        let q = fetch_sql(target, "");
         let rows = sqlx::query(&q)
             .bind(run_id)
             .bind(shard_no as i32)
@@ -217,33 +209,7 @@ impl Store {
                 "read rows of shard {shard_no} from {}",
                 target.table
             )))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let found: bool = r.get(3);
-            let mut sums = BTreeMap::new();
-            let columns = if found {
-                let mut m = BTreeMap::new();
-                for (i, c) in cols.iter().enumerate() {
-                    let text = r.get::<Option<String>, _>(5 + i);
-                    if digests {
-                        sums.insert((*c).clone(), text.as_deref().map(md5_hex));
-                    }
-                    m.insert((*c).clone(), text);
-                }
-                Some(m)
-            } else {
-                None
-            };
-            out.push(FetchedRow {
-                key: r.get(0),
-                group: r.get(1),
-                refs: r.get::<i64, _>(2).max(0) as u64,
-                columns,
-                digests: sums,
-                version: r.get(4),
-            });
-        }
-        Ok(ShardRows::Pending(out))
+        Ok(ShardRows::Pending(fetched_rows(target, rows, digests)))
     }
 
     /// How a column is typed, to cast written text back to it.
@@ -284,29 +250,72 @@ impl Store {
     }
 
     /// Commits a shard: compare-and-set writes, before-images and the shard's
-    /// ledger record in one transaction.
+    /// ledger record in one transaction, the whole shard as one batch.
     pub async fn commit_shard(&self, c: ShardCommit<'_>) -> Result<Committed, StoreError> {
+        if let crate::Backend::Lite(l) = &self.backend {
+            return crate::lite::commit_shard(l, c).await;
+        }
+        let work = ShardWork {
+            run_id: c.run_id,
+            shard_no: c.shard_no,
+            target: c.target,
+            mode: c.mode,
+            worker: c.worker,
+            retry: c.retry,
+        };
+        match self.open_shard(work).await? {
+            OpenShard::Done(t) => Ok(Committed::AlreadyDone(t)),
+            OpenShard::Open(mut tx) => {
+                tx.write(c.rows).await?;
+                tx.finish().await
+            }
+        }
+    }
+
+    /// Starts a shard's transaction and locks its ledger row, so no other
+    /// delivery of the shard works on it meanwhile; a shard already done
+    /// (or given up) returns its stored result instead. Its rows are then
+    /// read, evaluated and written batch by batch through [`ShardTx`].
+    ///
+    /// SQLite reads the whole shard here, outside the transaction, and
+    /// commits it in one go at [`ShardTx::finish`], as one writer at a time
+    /// always did: it has no statement timeout to keep statements under.
+    pub async fn open_shard<'a>(&self, work: ShardWork<'a>) -> Result<OpenShard<'a>, StoreError> {
         let pool = match &self.backend {
             crate::Backend::Pg(p) => p,
-            crate::Backend::Lite(l) => return crate::lite::commit_shard(l, c).await,
+            crate::Backend::Lite(l) => {
+                let fetched =
+                    crate::lite::fetch_shard(l, work.run_id, work.target, work.shard_no).await?;
+                return Ok(match fetched {
+                    ShardRows::Done(t) => OpenShard::Done(t),
+                    ShardRows::Pending(rows) => OpenShard::Open(ShardTx {
+                        work,
+                        tally: Tally::default(),
+                        inner: TxInner::Lite {
+                            pool: l.clone(),
+                            rows: Some(rows),
+                            evaluated: Vec::new(),
+                        },
+                    }),
+                });
+            }
         };
-        let target = c.target;
-        let types = if c.mode.is_commit() {
-            self.column_types(&target.table).await?
+        let types = if work.mode.is_commit() {
+            self.column_types(&work.target.table).await?
         } else {
             BTreeMap::new()
         };
         let mut tx = pool.begin().await.map_err(sql("begin shard"))?;
         let row = sqlx::query("SELECT state, result FROM backfill_shard WHERE run_id = $1 AND shard_no = $2 FOR UPDATE")
-            .bind(c.run_id)
-            .bind(c.shard_no as i32)
+            .bind(work.run_id)
+            .bind(work.shard_no as i32)
             .fetch_optional(&mut *tx)
             .await
             .map_err(sql("lock shard"))?;
         let Some(row) = row else {
             return Err(StoreError::Data(format!(
                 "shard {} of run {} is not in the ledger",
-                c.shard_no, c.run_id
+                work.shard_no, work.run_id
             )));
         };
         if matches!(row.get::<String, _>(0).as_str(), "done" | "dead") {
@@ -314,147 +323,189 @@ impl Store {
             tx.rollback().await.map_err(sql("rollback shard"))?;
             let t = serde_json::from_value(v.unwrap_or_default())
                 .map_err(|e| StoreError::Data(format!("stored shard result is unreadable: {e}")))?;
-            return Ok(Committed::AlreadyDone(t));
+            return Ok(OpenShard::Done(t));
         }
+        Ok(OpenShard::Open(ShardTx {
+            work,
+            tally: Tally::default(),
+            inner: TxInner::Pg {
+                tx,
+                types,
+                items: None,
+            },
+        }))
+    }
+}
 
-        let mut rows = c.rows;
-        let mut written: HashSet<String> = HashSet::new();
-        // Written keys, each with the row version the write left.
-        let mut after_version: HashMap<String, Option<String>> = HashMap::new();
-        let mut retried = 0u64;
-        if c.mode.is_commit() {
-            let to_write: Vec<&EvaluatedRow> = rows.iter().filter(|r| is_change(r)).collect();
-            if !to_write.is_empty() {
-                after_version = write_cas(&mut tx, target, &types, &to_write).await?;
-                written = after_version.keys().cloned().collect();
-            }
-            if let Some(retry) = c.retry {
-                // Rows the application edited since they were read: read
-                // them again under a row lock and apply the rules to what
-                // the application wrote.
-                let conflicted: Vec<usize> = (0..rows.len())
-                    .filter(|i| is_change(&rows[*i]) && !written.contains(&rows[*i].key))
-                    .collect();
-                if !conflicted.is_empty() {
-                    let keys: Vec<String> =
-                        conflicted.iter().map(|i| rows[*i].key.clone()).collect();
-                    let fresh = read_for_update(&mut tx, target, &keys).await?;
-                    for i in &conflicted {
-                        let r = &mut rows[*i];
-                        match fresh.get(&r.key) {
-                            None => r.outcome = RowOutcome::Skipped("row no longer exists".into()),
-                            Some(cols) => {
-                                r.outcome = retry(&r.group, cols);
-                                r.digests = cols
-                                    .iter()
-                                    .map(|(c, t)| (c.clone(), t.as_deref().map(md5_hex)))
-                                    .collect();
-                                r.read = cols.clone();
-                                // The retried write keeps whole before-images
-                                // and compares the digests only.
-                                r.undo.clear();
-                                r.version = None;
-                            }
-                        }
-                    }
-                    let again: Vec<&EvaluatedRow> = conflicted
-                        .iter()
-                        .map(|i| &rows[*i])
-                        .filter(|r| is_change(r))
-                        .collect();
-                    if !again.is_empty() {
-                        let more = write_cas(&mut tx, target, &types, &again).await?;
-                        written.extend(more.keys().cloned());
-                        after_version.extend(more);
-                    }
-                    retried = conflicted
-                        .iter()
-                        .filter(|i| !is_change(&rows[**i]) || written.contains(&rows[**i].key))
-                        .count() as u64;
-                }
-            }
-            // Before-images of what was actually written: for a jsonb
-            // column (which keeps no formatting), the inverse patch of what
-            // the rules changed, with the row version the write left;
-            // otherwise the whole value as read.
-            let mut keys = Vec::new();
-            let mut cols = Vec::new();
-            let mut befores: Vec<Option<&str>> = Vec::new();
-            let mut patches: Vec<Option<&str>> = Vec::new();
-            let mut versions: Vec<Option<&str>> = Vec::new();
-            for r in &rows {
-                let Some(version) = after_version.get(&r.key) else {
-                    continue;
-                };
-                if let RowOutcome::Changed(new) = &r.outcome {
-                    for col in new.keys() {
-                        let patch = r.undo.get(col).map(String::as_str);
-                        // A NULL column goes back to NULL: whole value.
-                        let jsonb = types.get(col).map(String::as_str) == Some("jsonb")
-                            && matches!(r.read.get(col), Some(Some(_)));
-                        keys.push(r.key.as_str());
-                        cols.push(col.as_str());
-                        match (jsonb, patch, version.as_deref()) {
-                            (true, Some(p), Some(v)) => {
-                                befores.push(None);
-                                patches.push(Some(p));
-                                versions.push(Some(v));
-                            }
-                            _ => {
-                                befores.push(r.read.get(col).and_then(|v| v.as_deref()));
-                                patches.push(None);
-                                versions.push(None);
-                            }
-                        }
-                    }
-                }
-            }
-            if !keys.is_empty() {
-                sqlx::query(
-                    "INSERT INTO backfill_before_image (run_id, shard_no, target, key, column_name, before, patch, after_version)
-                     SELECT $1, $2, $3, * FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[])",
-                )
-                .bind(c.run_id)
-                .bind(c.shard_no as i32)
-                .bind(&target.name)
-                .bind(&keys)
-                .bind(&cols)
-                .bind(&befores)
-                .bind(&patches)
-                .bind(&versions)
-                .execute(&mut *tx)
-                .await
-                .map_err(sql("record before-images"))?;
-            }
+/// How much of a shard one batch may hold: at most `rows` rows, and at most
+/// `bytes` bytes of documents (as text) unless a single row is larger. Each
+/// batch is read, written and dropped before the next, so statements stay
+/// short and memory stays near the batch's size whatever the shard's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub rows: usize,
+    pub bytes: u64,
+}
+
+impl BatchLimits {
+    /// Rows per batch unless configured otherwise.
+    pub const DEFAULT_ROWS: usize = 500;
+    /// Bytes of documents per batch unless configured otherwise.
+    pub const DEFAULT_BYTES: u64 = 4 * 1024 * 1024;
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            rows: Self::DEFAULT_ROWS,
+            bytes: Self::DEFAULT_BYTES,
         }
+    }
+}
 
-        let mut tally = shard_tally(&target.name, c.mode, &rows, &written);
-        tally.conflicts_retried = retried;
-        let poisoned: Vec<(&str, &str, i64, &str)> = rows
+/// What a shard's transaction works under.
+#[derive(Clone, Copy)]
+pub struct ShardWork<'a> {
+    pub run_id: &'a str,
+    pub shard_no: u32,
+    pub target: &'a backfill_job::spec::TargetSpec,
+    pub mode: Mode,
+    pub worker: &'a str,
+    /// With `on_conflict = "retry"`: evaluates a conflicted row again.
+    pub retry: Option<&'a Reevaluate<'a>>,
+}
+
+/// A shard opened with [`Store::open_shard`].
+pub enum OpenShard<'a> {
+    /// Already done (or given up): its stored result.
+    Done(Tally),
+    /// Locked for this worker: read and write it batch by batch.
+    Open(ShardTx<'a>),
+}
+
+/// One shard's transaction: [`ShardTx::next_batch`] reads the next batch of
+/// rows, [`ShardTx::write`] writes its evaluated rows (compare-and-set,
+/// before-images, quarantine), and [`ShardTx::finish`] records the shard
+/// done with the result of every batch and commits — all in ONE
+/// transaction, so a shard is written completely and once, or not at all.
+/// Dropping it without `finish` rolls everything back.
+pub struct ShardTx<'a> {
+    work: ShardWork<'a>,
+    tally: Tally,
+    inner: TxInner,
+}
+
+enum TxInner {
+    Pg {
+        tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        types: BTreeMap<String, String>,
+        /// The shard's items not yet read, in order; read at the first batch.
+        items: Option<VecDeque<Item>>,
+    },
+    Lite {
+        pool: sqlx::SqlitePool,
+        rows: Option<Vec<FetchedRow>>,
+        evaluated: Vec<EvaluatedRow>,
+    },
+}
+
+/// An item of a shard and, once asked, the size of its documents.
+struct Item {
+    no: i32,
+    bytes: Option<u64>,
+}
+
+impl ShardTx<'_> {
+    /// The next batch of the shard's rows within `limits`, or `None` when
+    /// every row was read. The documents' sizes are asked first (one
+    /// statement per batch, without sending the documents), so a batch of
+    /// large rows is cut short before it is read.
+    pub async fn next_batch(
+        &mut self,
+        limits: BatchLimits,
+    ) -> Result<Option<Vec<FetchedRow>>, StoreError> {
+        let w = &self.work;
+        let (tx, items) = match &mut self.inner {
+            TxInner::Lite { rows, .. } => return Ok(rows.take()),
+            TxInner::Pg { tx, items, .. } => (tx, items),
+        };
+        let items = match items {
+            Some(i) => i,
+            None => items.insert(shard_items(tx, w.run_id, w.shard_no).await?),
+        };
+        if items.is_empty() {
+            return Ok(None);
+        }
+        let n = limits.rows.max(1).min(items.len());
+        let unmeasured: Vec<i32> = items
             .iter()
-            .filter_map(|r| match &r.outcome {
-                RowOutcome::Error(m) => {
-                    Some((r.key.as_str(), r.group.as_str(), r.refs as i64, m.as_str()))
-                }
-                _ => None,
-            })
+            .take(n)
+            .filter(|i| i.bytes.is_none())
+            .map(|i| i.no)
             .collect();
-        if !poisoned.is_empty() {
-            sqlx::query(
-                "INSERT INTO backfill_quarantine (run_id, shard_no, target, key, group_key, refs, error)
-                 SELECT $1, $2, $3, * FROM unnest($4::text[], $5::text[], $6::int8[], $7::text[])",
-            )
-            .bind(c.run_id)
-            .bind(c.shard_no as i32)
-            .bind(&target.name)
-            .bind(poisoned.iter().map(|p| p.0).collect::<Vec<_>>())
-            .bind(poisoned.iter().map(|p| p.1).collect::<Vec<_>>())
-            .bind(poisoned.iter().map(|p| p.2).collect::<Vec<_>>())
-            .bind(poisoned.iter().map(|p| p.3).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("quarantine rows"))?;
+        if !unmeasured.is_empty() {
+            let sizes = item_sizes(tx, w.target, w.run_id, w.shard_no, &unmeasured).await?;
+            for it in items.iter_mut().take(n) {
+                if it.bytes.is_none() {
+                    it.bytes = Some(sizes.get(&it.no).copied().unwrap_or(0));
+                }
+            }
         }
+        let (mut take, mut bytes) = (0usize, 0u64);
+        for it in items.iter().take(n) {
+            let b = it.bytes.unwrap_or(0);
+            // A row larger than the limit still goes, alone.
+            if take > 0 && bytes + b > limits.bytes {
+                break;
+            }
+            bytes += b;
+            take += 1;
+        }
+        let nos: Vec<i32> = items.drain(..take).map(|i| i.no).collect();
+        fetch_items(tx, w.target, w.run_id, w.shard_no, &nos)
+            .await
+            .map(Some)
+    }
+
+    /// Writes a batch's evaluated rows in the shard's transaction and adds
+    /// their outcomes to the shard's result; the rows are dropped after.
+    pub async fn write(&mut self, rows: Vec<EvaluatedRow>) -> Result<(), StoreError> {
+        match &mut self.inner {
+            TxInner::Lite { evaluated, .. } => {
+                evaluated.extend(rows);
+                Ok(())
+            }
+            TxInner::Pg { tx, types, .. } => {
+                let t = apply_rows(tx, &self.work, types, rows).await?;
+                self.tally.merge(&t);
+                Ok(())
+            }
+        }
+    }
+
+    /// Records the shard done with the result of all its batches, and commits.
+    pub async fn finish(self) -> Result<Committed, StoreError> {
+        let ShardTx { work, tally, inner } = self;
+        let mut tx = match inner {
+            TxInner::Lite {
+                pool, evaluated, ..
+            } => {
+                return crate::lite::commit_shard(
+                    &pool,
+                    ShardCommit {
+                        run_id: work.run_id,
+                        shard_no: work.shard_no,
+                        target: work.target,
+                        mode: work.mode,
+                        worker: work.worker,
+                        rows: evaluated,
+                        retry: work.retry,
+                    },
+                )
+                .await
+            }
+            TxInner::Pg { tx, .. } => tx,
+        };
         let result = serde_json::to_value(&tally).map_err(|e| StoreError::Data(e.to_string()))?;
         sqlx::query(
             "UPDATE backfill_shard SET state = 'done', result = $3, worker = $4, finished_at = clock_timestamp(),
@@ -462,16 +513,302 @@ impl Store {
                     elapsed_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::int
              WHERE run_id = $1 AND shard_no = $2",
         )
-        .bind(c.run_id)
-        .bind(c.shard_no as i32)
+        .bind(work.run_id)
+        .bind(work.shard_no as i32)
         .bind(&result)
-        .bind(c.worker)
+        .bind(work.worker)
         .execute(&mut *tx)
         .await
         .map_err(sql("record shard done"))?;
         tx.commit().await.map_err(sql("commit shard"))?;
         Ok(Committed::Applied(tally))
     }
+}
+
+/// A shard's item numbers, in order.
+async fn shard_items(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    run_id: &str,
+    shard_no: u32,
+) -> Result<VecDeque<Item>, StoreError> {
+    let nos: Vec<i32> = sqlx::query_scalar(
+        "SELECT item_no FROM backfill_item WHERE run_id = $1 AND shard_no = $2 ORDER BY item_no",
+    )
+    .bind(run_id)
+    .bind(shard_no as i32)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(sql("read shard items"))?;
+    Ok(nos.into_iter().map(|no| Item { no, bytes: None }).collect())
+}
+
+/// The size in bytes of each item's documents as text. `octet_length` of
+/// the text is asked rather than `pg_column_size`, which gives the
+/// compressed size on disk: a document that compresses well would look
+/// many times smaller than it is once read.
+async fn item_sizes(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    target: &backfill_job::spec::TargetSpec,
+    run_id: &str,
+    shard_no: u32,
+    nos: &[i32],
+) -> Result<HashMap<i32, u64>, StoreError> {
+    let sum: Vec<String> = target
+        .all_columns()
+        .map(|c| format!("coalesce(octet_length(t.{}::text), 0)", quote_ident(c)))
+        .collect();
+    let q = format!(
+        "SELECT i.item_no, ({sum})::int8
+         FROM backfill_item i LEFT JOIN {table} t ON {join}
+         WHERE i.run_id = $1 AND i.shard_no = $2 AND i.item_no = ANY($3)",
+        sum = if sum.is_empty() {
+            "0".to_string()
+        } else {
+            sum.join(" + ")
+        },
+        table = quote_ident(&target.table),
+        join = key_join(target),
+    );
+    let rows: Vec<(i32, i64)> = sqlx::query_as(&q)
+        .bind(run_id)
+        .bind(shard_no as i32)
+        .bind(nos)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(sql(format!(
+            "size the rows of shard {shard_no} in {}",
+            target.table
+        )))?;
+    Ok(rows
+        .into_iter()
+        .map(|(no, b)| (no, b.max(0) as u64))
+        .collect())
+}
+
+/// Reads the given items of a shard and their target rows.
+async fn fetch_items(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    target: &backfill_job::spec::TargetSpec,
+    run_id: &str,
+    shard_no: u32,
+    nos: &[i32],
+) -> Result<Vec<FetchedRow>, StoreError> {
+    let rows = sqlx::query(&fetch_sql(target, "AND i.item_no = ANY($3)"))
+        .bind(run_id)
+        .bind(shard_no as i32)
+        .bind(nos)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(sql(format!(
+            "read rows of shard {shard_no} from {}",
+            target.table
+        )))?;
+    Ok(fetched_rows(target, rows, false))
+}
+
+/// The query reading a shard's items with their target rows (`$1` run,
+/// `$2` shard, `filter` any further condition on the items).
+fn fetch_sql(target: &backfill_job::spec::TargetSpec, filter: &str) -> String {
+    let select_cols: String = target
+        .all_columns()
+        .map(|c| format!(", t.{}::text", quote_ident(c)))
+        .collect();
+    format!(
+        "SELECT i.key, i.group_key, i.refs, (t.{key} IS NOT NULL) AS found, t.xmin::text{select_cols}
+         FROM backfill_item i LEFT JOIN {table} t ON {join}
+         WHERE i.run_id = $1 AND i.shard_no = $2 {filter} ORDER BY i.item_no",
+        key = quote_ident(&target.key),
+        table = quote_ident(&target.table),
+        join = key_join(target),
+    )
+}
+
+/// The rows of [`fetch_sql`] as fetched rows; each database row is dropped
+/// as soon as it is converted.
+fn fetched_rows(
+    target: &backfill_job::spec::TargetSpec,
+    rows: Vec<sqlx::postgres::PgRow>,
+    digests: bool,
+) -> Vec<FetchedRow> {
+    let cols: Vec<&String> = target.all_columns().collect();
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let found: bool = r.get(3);
+        let mut sums = BTreeMap::new();
+        let columns = if found {
+            let mut m = BTreeMap::new();
+            for (i, c) in cols.iter().enumerate() {
+                let text = r.get::<Option<String>, _>(5 + i);
+                if digests {
+                    sums.insert((*c).clone(), text.as_deref().map(md5_hex));
+                }
+                m.insert((*c).clone(), text);
+            }
+            Some(m)
+        } else {
+            None
+        };
+        out.push(FetchedRow {
+            key: r.get(0),
+            group: r.get(1),
+            refs: r.get::<i64, _>(2).max(0) as u64,
+            columns,
+            digests: sums,
+            version: r.get(4),
+        });
+    }
+    out
+}
+
+/// Writes one batch of a shard's evaluated rows in its transaction: the
+/// compare-and-set writes (and, with `on_conflict = "retry"`, the conflicted
+/// rows again under a row lock), the before-images of what was written and
+/// the quarantine of rows in error. Returns the batch's result.
+async fn apply_rows(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    w: &ShardWork<'_>,
+    types: &BTreeMap<String, String>,
+    rows: Vec<EvaluatedRow>,
+) -> Result<Tally, StoreError> {
+    let target = w.target;
+    let mut rows = rows;
+    let mut written: HashSet<String> = HashSet::new();
+    // Written keys, each with the row version the write left.
+    let mut after_version: HashMap<String, Option<String>> = HashMap::new();
+    let mut retried = 0u64;
+    if w.mode.is_commit() {
+        let to_write: Vec<&EvaluatedRow> = rows.iter().filter(|r| is_change(r)).collect();
+        if !to_write.is_empty() {
+            after_version = write_cas(tx, target, types, &to_write).await?;
+            written = after_version.keys().cloned().collect();
+        }
+        if let Some(retry) = w.retry {
+            // Rows the application edited since they were read: read
+            // them again under a row lock and apply the rules to what
+            // the application wrote.
+            let conflicted: Vec<usize> = (0..rows.len())
+                .filter(|i| is_change(&rows[*i]) && !written.contains(&rows[*i].key))
+                .collect();
+            if !conflicted.is_empty() {
+                let keys: Vec<String> = conflicted.iter().map(|i| rows[*i].key.clone()).collect();
+                let fresh = read_for_update(tx, target, &keys).await?;
+                for i in &conflicted {
+                    let r = &mut rows[*i];
+                    match fresh.get(&r.key) {
+                        None => r.outcome = RowOutcome::Skipped("row no longer exists".into()),
+                        Some(cols) => {
+                            r.outcome = retry(&r.group, cols);
+                            r.digests = cols
+                                .iter()
+                                .map(|(c, t)| (c.clone(), t.as_deref().map(md5_hex)))
+                                .collect();
+                            r.read = cols.clone();
+                            // The retried write keeps whole before-images
+                            // and compares the digests only.
+                            r.undo.clear();
+                            r.version = None;
+                        }
+                    }
+                }
+                let again: Vec<&EvaluatedRow> = conflicted
+                    .iter()
+                    .map(|i| &rows[*i])
+                    .filter(|r| is_change(r))
+                    .collect();
+                if !again.is_empty() {
+                    let more = write_cas(tx, target, types, &again).await?;
+                    written.extend(more.keys().cloned());
+                    after_version.extend(more);
+                }
+                retried = conflicted
+                    .iter()
+                    .filter(|i| !is_change(&rows[**i]) || written.contains(&rows[**i].key))
+                    .count() as u64;
+            }
+        }
+        // Before-images of what was actually written: for a jsonb
+        // column (which keeps no formatting), the inverse patch of what
+        // the rules changed, with the row version the write left;
+        // otherwise the whole value as read.
+        let mut keys = Vec::new();
+        let mut cols = Vec::new();
+        let mut befores: Vec<Option<&str>> = Vec::new();
+        let mut patches: Vec<Option<&str>> = Vec::new();
+        let mut versions: Vec<Option<&str>> = Vec::new();
+        for r in &rows {
+            let Some(version) = after_version.get(&r.key) else {
+                continue;
+            };
+            if let RowOutcome::Changed(new) = &r.outcome {
+                for col in new.keys() {
+                    let patch = r.undo.get(col).map(String::as_str);
+                    // A NULL column goes back to NULL: whole value.
+                    let jsonb = types.get(col).map(String::as_str) == Some("jsonb")
+                        && matches!(r.read.get(col), Some(Some(_)));
+                    keys.push(r.key.as_str());
+                    cols.push(col.as_str());
+                    match (jsonb, patch, version.as_deref()) {
+                        (true, Some(p), Some(v)) => {
+                            befores.push(None);
+                            patches.push(Some(p));
+                            versions.push(Some(v));
+                        }
+                        _ => {
+                            befores.push(r.read.get(col).and_then(|v| v.as_deref()));
+                            patches.push(None);
+                            versions.push(None);
+                        }
+                    }
+                }
+            }
+        }
+        if !keys.is_empty() {
+            sqlx::query(
+                    "INSERT INTO backfill_before_image (run_id, shard_no, target, key, column_name, before, patch, after_version)
+                     SELECT $1, $2, $3, * FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[])",
+                )
+                .bind(w.run_id)
+                .bind(w.shard_no as i32)
+                .bind(&target.name)
+                .bind(&keys)
+                .bind(&cols)
+                .bind(&befores)
+                .bind(&patches)
+                .bind(&versions)
+                .execute(&mut **tx)
+                .await
+                .map_err(sql("record before-images"))?;
+        }
+    }
+
+    let mut tally = shard_tally(&target.name, w.mode, &rows, &written);
+    tally.conflicts_retried = retried;
+    let poisoned: Vec<(&str, &str, i64, &str)> = rows
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            RowOutcome::Error(m) => {
+                Some((r.key.as_str(), r.group.as_str(), r.refs as i64, m.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    if !poisoned.is_empty() {
+        sqlx::query(
+                "INSERT INTO backfill_quarantine (run_id, shard_no, target, key, group_key, refs, error)
+                 SELECT $1, $2, $3, * FROM unnest($4::text[], $5::text[], $6::int8[], $7::text[])",
+            )
+            .bind(w.run_id)
+            .bind(w.shard_no as i32)
+            .bind(&target.name)
+            .bind(poisoned.iter().map(|p| p.0).collect::<Vec<_>>())
+            .bind(poisoned.iter().map(|p| p.1).collect::<Vec<_>>())
+            .bind(poisoned.iter().map(|p| p.2).collect::<Vec<_>>())
+            .bind(poisoned.iter().map(|p| p.3).collect::<Vec<_>>())
+            .execute(&mut **tx)
+            .await
+            .map_err(sql("quarantine rows"))?;
+    }
+    Ok(tally)
 }
 
 fn is_change(r: &EvaluatedRow) -> bool {
