@@ -507,8 +507,14 @@ fn init_tracing(cmd: &Command) {
         | Command::Dashboard { .. } => "info",
         _ => "warn",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // lapin logs a channel it is closing, when the connection closes under
+    // it on a normal shutdown, as an ERROR ("invalid channel state:
+    // Closing"); a broker failure that matters reaches our own code as an
+    // error and is reported there, so that target is quietened by default
+    // (RUST_LOG still shows it).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default},lapin::channels=off"))
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(crate::settings::ScrubbedStderr)
