@@ -2,6 +2,8 @@
 //! 80×24 and the pane is read while it works; the same command with stderr
 //! in a file gives plain progress lines and the very same stdout.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -66,12 +68,12 @@ fn bar_lines(pane: &str) -> Vec<String> {
 
 /// Runs `backfill ARGS > stdout_file` in a detached 80×24 tmux session;
 /// returns the distinct bars seen, after the command ended.
-fn in_tmux(session: &str, dir: &Path, args: &str, stdout_file: &Path) -> Vec<String> {
+fn in_tmux(session: &str, dir: &Path, env: &str, args: &str, stdout_file: &Path) -> Vec<String> {
     let bin = env!("CARGO_BIN_EXE_backfill");
     let done = dir.join("done");
     // CI and NO_COLOR would (rightly) turn the bar off: this is a person's terminal.
     let script = format!(
-        "env -u CI -u NO_COLOR {bin} {args} > {} ; touch {}; sleep 600",
+        "env -u CI -u NO_COLOR -u RUST_LOG {env} {bin} {args} > {} ; touch {}; sleep 600",
         stdout_file.display(),
         done.display()
     );
@@ -136,7 +138,7 @@ fn demo_draws_a_moving_bar_on_a_terminal_and_plain_lines_in_a_file() {
     let args = "demo --db demo.sqlite3 --revisions 12000 --mappers 1";
 
     let out_tty = dir.join("stdout-tty.txt");
-    let bars = in_tmux("backfill-progress-demo", &dir, args, &out_tty);
+    let bars = in_tmux("backfill-progress-demo", &dir, "", args, &out_tty);
     assert!(
         bars.len() >= 2,
         "the bar should redraw with moving figures; saw {bars:?}"
@@ -168,6 +170,47 @@ fn demo_draws_a_moving_bar_on_a_terminal_and_plain_lines_in_a_file() {
     assert_eq!(
         normalise(&tty),
         normalise(&file),
+        "stdout differs with and without a terminal"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `run` over RabbitMQ on PostgreSQL, throttled so that it lasts a few
+/// seconds: the bar moves on a terminal, plain lines go to a file, and no
+/// ERROR line appears on a healthy run.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_draws_a_moving_bar_and_plain_lines_with_the_same_stdout() {
+    require_tmux();
+    let env = common::TestEnv::new().await;
+    env.seed_certificates(20, 3000).await;
+    let dir = scratch("run");
+    let job = common::job("program-certificate-titles");
+    let args = format!("run --job {job} --all --shard-size 20 --rows-per-sec 300");
+    let vars = format!(
+        "DATABASE_URL='{}' AMQP_URL='{}' BACKFILL_QUEUE_PREFIX='{}'",
+        env.db_url,
+        common::amqp_url(),
+        env.prefix
+    );
+    let out_tty = dir.join("stdout-tty.txt");
+    let bars = in_tmux("backfill-progress-run", &dir, &vars, &args, &out_tty);
+    assert!(
+        bars.len() >= 2,
+        "the bar should redraw with moving figures; saw {bars:?}"
+    );
+    let plain = env.run(&args.split(' ').collect::<Vec<_>>());
+    let err = common::stderr(&plain);
+    assert!(
+        err.lines()
+            .any(|l| l.contains(" shards (") && l.contains("rows/s")),
+        "no plain progress lines on stderr in a file:\n{err}"
+    );
+    assert!(!err.contains("ERROR"), "{err}");
+    let tty = std::fs::read_to_string(&out_tty).expect("stdout of the tmux run");
+    assert!(tty.contains("Summary:"), "{tty}");
+    assert_eq!(
+        normalise(&tty),
+        normalise(&common::stdout(&plain)),
         "stdout differs with and without a terminal"
     );
     let _ = std::fs::remove_dir_all(&dir);
