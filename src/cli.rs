@@ -31,6 +31,10 @@ BACKFILL_SKIP_REVIEW, BACKFILL_REVIEW_WINDOW, RUST_LOG.";
 struct Cli {
     #[command(flatten)]
     conn: ConnArgs,
+    /// No progress bar on a terminal: plain progress lines on stderr instead
+    /// (a line per 10 % of the shards or per 30 s), as for a pipe or a file.
+    #[arg(long, short = 'q', global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -456,6 +460,7 @@ pub fn main() -> i32 {
         }
     };
     init_tracing(&cli.command);
+    crate::progress::set_quiet(cli.quiet);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -502,41 +507,24 @@ fn init_tracing(cmd: &Command) {
         | Command::Dashboard { .. } => "info",
         _ => "warn",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // lapin logs a channel it is closing, when the connection closes under
+    // it on a normal shutdown, as an ERROR ("invalid channel state:
+    // Closing"); a broker failure that matters reaches our own code as an
+    // error and is reported there, so that target is quietened by default
+    // (RUST_LOG still shows it).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default},lapin::channels=off"))
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(crate::settings::ScrubbedStderr)
         .try_init();
 }
 
-/// A token cancelled by SIGINT or SIGTERM: workers finish the shard in hand.
+/// A token cancelled by the first SIGINT or SIGTERM: workers finish the
+/// shards in hand (a second one stops at once; see `progress`).
 fn shutdown_on_signals() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = match signal(SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    t.cancel();
-                    return;
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-        info!("shutdown requested: finishing the shards in hand");
-        t.cancel();
-    });
-    token
+    crate::progress::shutdown_on_signals()
 }
 
 fn load_spec(path: &Path) -> anyhow::Result<JobSpec> {
@@ -1035,7 +1023,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             if !wait {
                 return Ok(0);
             }
-            let rec = backfill_coordinator::wait(&store, &run_id, &shutdown_on_signals()).await?;
+            let follower = crate::progress::follow(
+                &store,
+                &run_id,
+                format!("backfill coordinator --resume {run_id}"),
+            );
+            let rec = backfill_coordinator::wait(&store, &run_id, &shutdown_on_signals()).await;
+            follower.finish().await;
+            let rec = rec?;
             print!("{}", backfill_job::report::render_report(&rec.view()));
             Ok(exit_code(&rec))
         }
@@ -1805,17 +1800,27 @@ pub async fn run_in_process(
         let Some((run_id, _lock)) = begin(&store, &req, &settings.operator).await? else {
             return Ok(None);
         };
-        backfill_coordinator::publish_until_done(
+        let follower = crate::progress::follow(
             &store,
-            settings.amqp_url.expose(),
-            &settings.queues(),
             &run_id,
-            false,
-            &shutdown,
-        )
-        .await?;
-        let rec = backfill_coordinator::wait(&store, &run_id, &shutdown).await?;
-        Ok::<_, anyhow::Error>(Some(rec))
+            format!("backfill coordinator --resume {run_id}"),
+        );
+        let rec = async {
+            backfill_coordinator::publish_until_done(
+                &store,
+                settings.amqp_url.expose(),
+                &settings.queues(),
+                &run_id,
+                false,
+                &shutdown,
+            )
+            .await?;
+            Ok::<_, anyhow::Error>(backfill_coordinator::wait(&store, &run_id, &shutdown).await?)
+        }
+        .await;
+        // The bar goes before anything else is printed: the report follows.
+        follower.finish().await;
+        Ok::<_, anyhow::Error>(Some(rec?))
     }
     .await;
     workers.cancel();
@@ -1880,8 +1885,12 @@ async fn run_local(
             queue.send_task(t);
         }
         store.mark_published(&run_id, &nos).await?;
-        let rec = backfill_coordinator::wait(store, &run_id, &shutdown).await?;
-        Ok::<_, anyhow::Error>(Some(rec))
+        // In-process queue: the same command run again resumes the run.
+        let follower =
+            crate::progress::follow(store, &run_id, "the same command again".to_string());
+        let rec = backfill_coordinator::wait(store, &run_id, &shutdown).await;
+        follower.finish().await;
+        Ok::<_, anyhow::Error>(Some(rec?))
     }
     .await;
     workers.cancel();

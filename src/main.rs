@@ -3,6 +3,7 @@
 
 mod cli;
 mod demo;
+mod progress;
 mod settings;
 mod steer;
 mod watch;

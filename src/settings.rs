@@ -73,7 +73,7 @@ pub fn scrub(text: &str) -> String {
     }
 }
 
-/// The log writer: stderr, each event scrubbed by [`scrub`] (sqlx, for one,
+/// The log writer: stderr (above the progress bar, if one is drawn), each event scrubbed by [`scrub`] (sqlx, for one,
 /// logs an unrecognised connect parameter with its value at `warn`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ScrubbedStderr;
@@ -90,7 +90,8 @@ impl std::io::Write for ScrubbedStderr {
     /// never split across two calls.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let text = scrub(&String::from_utf8_lossy(buf));
-        std::io::stderr().write_all(text.as_bytes())?;
+        // Above the progress bar when one is drawn, so no line tears it.
+        crate::progress::print_above(text.as_bytes())?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {

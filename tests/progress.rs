@@ -1,0 +1,217 @@
+//! The live progress bar, as a person sees it: the command runs in tmux at
+//! 80×24 and the pane is read while it works; the same command with stderr
+//! in a file gives plain progress lines and the very same stdout.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// tmux drives the terminal; without it this test cannot see a bar, and
+/// must say so rather than pass.
+fn require_tmux() {
+    let ok = Command::new("tmux")
+        .arg("-V")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "tmux is missing: these tests drive a terminal with it; install it with `apt-get install tmux`"
+    );
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("backfill-progress-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+/// Run ids (`<job>-<time>-<hex>`) differ from run to run: each becomes `RUN`.
+fn normalise(text: &str) -> String {
+    const JOB: &str = "program-certificate-titles-";
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(JOB) {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + JOB.len()..];
+        let id_len = after
+            .find(|c: char| !(c.is_ascii_hexdigit() || c == '-'))
+            .unwrap_or(after.len());
+        if id_len == 0 {
+            out.push_str(JOB);
+        } else {
+            out.push_str("RUN");
+        }
+        rest = &after[id_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn capture(session: &str) -> String {
+    let o = Command::new("tmux")
+        .args(["capture-pane", "-p", "-t", session])
+        .output()
+        .expect("capture-pane");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn bar_lines(pane: &str) -> Vec<String> {
+    pane.lines()
+        .filter(|l| l.contains(" shards ") && l.contains("rows/s") && !l.starts_with("run "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs `backfill ARGS > stdout_file` in a detached 80×24 tmux session;
+/// returns the distinct bars seen, after the command ended.
+fn in_tmux(session: &str, dir: &Path, env: &str, args: &str, stdout_file: &Path) -> Vec<String> {
+    let bin = env!("CARGO_BIN_EXE_backfill");
+    let done = dir.join("done");
+    // CI and NO_COLOR would (rightly) turn the bar off: this is a person's terminal.
+    let script = format!(
+        "env -u CI -u NO_COLOR -u RUST_LOG {env} {bin} {args} > {} ; touch {}; sleep 600",
+        stdout_file.display(),
+        done.display()
+    );
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", session])
+        .stderr(Stdio::null())
+        .status();
+    let st = Command::new("tmux")
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            session,
+            "-x",
+            "80",
+            "-y",
+            "24",
+            "-c",
+            &dir.display().to_string(),
+            &script,
+        ])
+        .status()
+        .expect("tmux new-session");
+    assert!(st.success(), "tmux new-session failed");
+    let started = Instant::now();
+    let mut seen: Vec<String> = Vec::new();
+    while !done.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the command did not finish in tmux:\n{}",
+            capture(session)
+        );
+        let pane = capture(session);
+        let bars = bar_lines(&pane);
+        assert!(bars.len() <= 1, "more than one bar in the pane:\n{pane}");
+        if let Some(b) = bars.first() {
+            assert!(
+                b.chars().count() <= 80,
+                "the bar is wider than the pane: {b}"
+            );
+            if seen.last() != Some(b) {
+                seen.push(b.clone());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let pane = capture(session);
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", session])
+        .status();
+    assert!(
+        bar_lines(&pane).is_empty(),
+        "the bar is left on the screen after the run:\n{pane}"
+    );
+    seen
+}
+
+#[test]
+fn demo_draws_a_moving_bar_on_a_terminal_and_plain_lines_in_a_file() {
+    require_tmux();
+    let dir = scratch("demo");
+    let args = "demo --db demo.sqlite3 --revisions 12000 --mappers 1";
+
+    let out_tty = dir.join("stdout-tty.txt");
+    let bars = in_tmux("backfill-progress-demo", &dir, "", args, &out_tty);
+    assert!(
+        bars.len() >= 2,
+        "the bar should redraw with moving figures; saw {bars:?}"
+    );
+
+    let plain = Command::new(env!("CARGO_BIN_EXE_backfill"))
+        .args(args.split(' '))
+        .current_dir(&dir)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run demo");
+    assert!(plain.status.success(), "{plain:?}");
+    let err = String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l.contains(" shards (") && l.contains("rows/s")),
+        "no plain progress lines on stderr in a file:\n{err}"
+    );
+    assert!(
+        !err.contains('\r') && !err.contains('\u{1b}'),
+        "control characters in the plain lines:\n{err}"
+    );
+    assert!(!err.contains("ERROR"), "{err}");
+
+    let tty = std::fs::read_to_string(&out_tty).expect("stdout of the tmux run");
+    let file = String::from_utf8_lossy(&plain.stdout);
+    assert!(tty.contains("Summary:"), "{tty}");
+    assert_eq!(
+        normalise(&tty),
+        normalise(&file),
+        "stdout differs with and without a terminal"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `run` over RabbitMQ on PostgreSQL, throttled so that it lasts a few
+/// seconds: the bar moves on a terminal, plain lines go to a file, and no
+/// ERROR line appears on a healthy run.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_draws_a_moving_bar_and_plain_lines_with_the_same_stdout() {
+    require_tmux();
+    let env = common::TestEnv::new().await;
+    env.seed_certificates(20, 3000).await;
+    let dir = scratch("run");
+    let job = common::job("program-certificate-titles");
+    let args = format!("run --job {job} --all --shard-size 20 --rows-per-sec 300");
+    let vars = format!(
+        "DATABASE_URL='{}' AMQP_URL='{}' BACKFILL_QUEUE_PREFIX='{}'",
+        env.db_url,
+        common::amqp_url(),
+        env.prefix
+    );
+    let out_tty = dir.join("stdout-tty.txt");
+    let bars = in_tmux("backfill-progress-run", &dir, &vars, &args, &out_tty);
+    assert!(
+        bars.len() >= 2,
+        "the bar should redraw with moving figures; saw {bars:?}"
+    );
+    let plain = env.run(&args.split(' ').collect::<Vec<_>>());
+    let err = common::stderr(&plain);
+    assert!(
+        err.lines()
+            .any(|l| l.contains(" shards (") && l.contains("rows/s")),
+        "no plain progress lines on stderr in a file:\n{err}"
+    );
+    assert!(!err.contains("ERROR"), "{err}");
+    let tty = std::fs::read_to_string(&out_tty).expect("stdout of the tmux run");
+    assert!(tty.contains("Summary:"), "{tty}");
+    assert_eq!(
+        normalise(&tty),
+        normalise(&common::stdout(&plain)),
+        "stdout differs with and without a terminal"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
