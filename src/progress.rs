@@ -89,9 +89,20 @@ pub fn follow(store: &Store, run_id: &str, resume: String) -> Follower {
 
 impl Follower {
     /// Stops following and clears the bar, before the report is printed.
-    pub async fn finish(self) {
+    pub async fn finish(mut self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        // The report must never wait on the bar: a ledger read that hangs
+        // is abandoned, and the bar cleared here instead.
+        if tokio::time::timeout(Duration::from_secs(2), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+            let bar = BAR.lock().ok().and_then(|mut b| b.take());
+            if let Some(pb) = bar {
+                pb.finish_and_clear();
+            }
+        }
         if let Ok(mut f) = FOLLOWED.lock() {
             *f = None;
         }
@@ -120,7 +131,11 @@ async fn draw(store: Store, run_id: String, stop: CancellationToken) {
     loop {
         // A read that fails (the database restarting) skips one redraw:
         // the wait itself reports what matters.
-        if let Ok(Some(s)) = store.run_status(&run_id).await {
+        let read = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = tokio::time::timeout(Duration::from_secs(5), store.run_status(&run_id)) => r,
+        };
+        if let Ok(Ok(Some(s))) = read {
             out.show(&s);
         }
         tokio::select! {
