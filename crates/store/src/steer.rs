@@ -365,17 +365,13 @@ impl Store {
     }
 
     async fn require_run(&self, run_id: &str) -> Result<(), StoreError> {
-        let q = "SELECT count(*) FROM backfill_run WHERE run_id = $1";
-        let n: i64 = match &self.backend {
-            Backend::Pg(p) => sqlx::query_scalar(q).bind(run_id).fetch_one(p).await,
-            Backend::Lite(p) => {
-                sqlx::query_scalar(&q.replace('$', "?"))
-                    .bind(run_id)
-                    .fetch_one(p)
-                    .await
-            }
-        }
-        .map_err(sql("read run"))?;
+        let n = self
+            .count_of_run(
+                "SELECT count(*) FROM backfill_run WHERE run_id = $1",
+                run_id,
+                "read run",
+            )
+            .await?;
         if n == 0 {
             return Err(StoreError::UnknownRun(run_id.to_string()));
         }
