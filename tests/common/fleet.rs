@@ -79,7 +79,9 @@ impl Drop for Fleet<'_> {
             let _ = c.kill();
             let _ = c.wait();
         }
-        if !std::thread::panicking() {
+        // BACKFILL_KEEP_WORKER_LOGS=1 keeps them after a pass too, to read
+        // what the workers did.
+        if !std::thread::panicking() && std::env::var_os("BACKFILL_KEEP_WORKER_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.logs);
         } else {
             eprintln!("worker logs kept in {}", self.logs.display());

@@ -426,6 +426,7 @@ async fn consume(
         while tasks.try_join_next().is_some() {}
         let next = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
+            _ = broker.lost() => break Err(backfill_queue::QueueError::Lost),
             d = consumer.next() => d,
         };
         let delivery = match next {
@@ -457,7 +458,7 @@ async fn consume(
     // Close the channel first: the server handles everything sent on it
     // (the last acks) before it confirms the close, so no finished shard's
     // task is redelivered after a clean stop.
-    let _ = channel.close(200, "mapper stopping".into()).await;
+    backfill_queue::close_channel(&channel, "mapper stopping").await;
     broker.close().await;
     outcome
 }

@@ -45,6 +45,10 @@ pub enum QueueError {
     },
     #[error("the broker refused (nacked) a message published to {0}")]
     Nacked(String),
+    #[error("no confirm from the broker within {secs} s for a message published to {queue}")]
+    NoConfirm { queue: String, secs: u64 },
+    #[error("the connection to the broker was lost")]
+    Lost,
 }
 
 fn amqp(what: impl Into<String>) -> impl FnOnce(lapin::Error) -> QueueError {
@@ -60,6 +64,29 @@ pub fn redact_url(url: &str) -> String {
 
 /// Deliveries of one task before the broker dead-letters it.
 pub const DELIVERY_LIMIT: i64 = 20;
+
+/// How long closing a channel or connection waits for the broker's
+/// close-ok. lapin waits for that reply without limit, and a connection
+/// that failed under it (a broker restart, a reset) may never give one: a
+/// worker must not hang in its goodbye.
+pub const CLOSE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a publish waits for the broker's confirm. Past it the publish
+/// is an error, and the caller publishes again on a new connection: a task
+/// or result sent twice is harmless (the ledger counts a shard once), one
+/// waited on forever stalls the run. A broker that blocks publishers (a
+/// memory or disk alarm) is the usual cause.
+pub const CONFIRM_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How often a consumer checks that its connection is still up. lapin does
+/// not always end a consumer's stream when the connection under it fails,
+/// so a consume loop also watches the connection ([`Broker::lost`]).
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Closes a channel, waiting at most [`CLOSE_PATIENCE`] for the broker.
+pub async fn close_channel(channel: &Channel, why: &str) {
+    let _ = tokio::time::timeout(CLOSE_PATIENCE, channel.close(200, why.into())).await;
+}
 
 /// The queue names of one deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,7 +165,7 @@ impl Broker {
             .await
             .map_err(amqp(format!("declare queue {q}")))?;
         }
-        let _ = ch.close(200, "declared".into()).await;
+        close_channel(&ch, "declared").await;
         Ok(broker)
     }
 
@@ -200,7 +227,7 @@ impl Broker {
             )
             .await
             .map_err(amqp(format!("inspect queue {queue}")))?;
-        let _ = ch.close(200, "inspected".into()).await;
+        close_channel(&ch, "inspected").await;
         Ok(q.message_count())
     }
 
@@ -224,8 +251,20 @@ impl Broker {
         self.conn.status().connected()
     }
 
+    /// Closes the connection, waiting at most [`CLOSE_PATIENCE`].
     pub async fn close(&self) {
-        let _ = self.conn.close(200, "bye".into()).await;
+        let _ = tokio::time::timeout(CLOSE_PATIENCE, self.conn.close(200, "bye".into())).await;
+    }
+
+    /// Resolves once the connection is no longer up. A consume loop selects
+    /// on it beside its consumer, so a connection that failed without
+    /// ending the consumer's stream still sends the worker back to
+    /// reconnect instead of leaving it waiting for deliveries that will
+    /// never come.
+    pub async fn lost(&self) {
+        while self.conn.status().connected() {
+            tokio::time::sleep(WATCH_EVERY).await;
+        }
     }
 }
 
@@ -240,22 +279,29 @@ impl Publisher {
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into());
-        let confirm = self
-            .channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                payload,
-                props,
-            )
+        let publish = async {
+            self.channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    payload,
+                    props,
+                )
+                .await
+                .map_err(amqp(format!("publish to {queue}")))?
+                .await
+                .map_err(amqp(format!("confirm of a publish to {queue}")))
+        };
+        let confirm = tokio::time::timeout(CONFIRM_PATIENCE, publish)
             .await
-            .map_err(amqp(format!("publish to {queue}")))?
-            .await
-            .map_err(amqp(format!("confirm of a publish to {queue}")))?;
+            .map_err(|_| QueueError::NoConfirm {
+                queue: queue.to_string(),
+                secs: CONFIRM_PATIENCE.as_secs(),
+            })??;
         if confirm.is_ack() && confirm.take_message().is_none() {
             Ok(())
         } else {

@@ -205,6 +205,7 @@ async fn consume(
     let outcome = loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
+            _ = broker.lost() => break Err(backfill_queue::QueueError::Lost),
             d = dead.next() => match d {
                 Some(Ok(d)) => {
                     handle_dead(store, &publisher, &cfg.worker, d).await;
@@ -258,8 +259,8 @@ async fn consume(
         }
     };
     // Close the channels first so the last acks reach the broker.
-    let _ = channel.close(200, "reducer stopping".into()).await;
-    let _ = dead_channel.close(200, "reducer stopping".into()).await;
+    backfill_queue::close_channel(&channel, "reducer stopping").await;
+    backfill_queue::close_channel(&dead_channel, "reducer stopping").await;
     broker.close().await;
     outcome
 }
