@@ -156,47 +156,70 @@ pub async fn seed(settings: &Settings, dataset: &str, a: SeedArgs) -> anyhow::Re
         return Err(UnknownDataset(dataset.to_string()).into());
     }
     let url = settings.database_url.expose();
-    if settings.is_sqlite() {
-        let opts = SqliteConnectOptions::from_str(url)
-            .with_context(|| format!("bad DATABASE_URL {}", settings.database_url))?
-            .create_if_missing(true);
-        let pool = sqlx::SqlitePool::connect_with(opts)
-            .await
-            .with_context(|| format!("cannot open {}", settings.database_url))?;
-        if dataset == "certificates" {
-            backfill_demo::create_certificate_schema_sqlite(&pool).await?;
-            println!(
-                "{:?}",
-                backfill_demo::generate_certificates_sqlite(&pool, &cert).await?
-            );
-        } else {
-            backfill_demo::create_collection_schema_sqlite(&pool).await?;
-            println!(
-                "{:?}",
-                backfill_demo::generate_collections_sqlite(&pool, &coll).await?
-            );
-        }
-        pool.close().await;
+    // A bar (or plain lines) while the rows go in: revisions or
+    // collections stored so far, out of about as many as asked for.
+    let (unit, total) = if dataset == "certificates" {
+        ("revisions", a.revisions + u64::from(a.programs))
     } else {
-        let pool = sqlx::PgPool::connect(url)
-            .await
-            .with_context(|| format!("cannot connect to {}", settings.database_url))?;
-        if dataset == "certificates" {
-            backfill_demo::create_certificate_schema(&pool).await?;
-            println!(
-                "{:?}",
-                backfill_demo::generate_certificates(&pool, &cert).await?
-            );
+        ("collections", a.collections)
+    };
+    let follower = crate::progress::follow_count(
+        format!("seed {dataset}"),
+        unit,
+        total,
+        backfill_demo::progress::stored,
+    );
+    let seeded = async {
+        if settings.is_sqlite() {
+            let opts = SqliteConnectOptions::from_str(url)
+                .with_context(|| format!("bad DATABASE_URL {}", settings.database_url))?
+                .create_if_missing(true);
+            let pool = sqlx::SqlitePool::connect_with(opts)
+                .await
+                .with_context(|| format!("cannot open {}", settings.database_url))?;
+            let line = if dataset == "certificates" {
+                backfill_demo::create_certificate_schema_sqlite(&pool).await?;
+                certificate_line(&backfill_demo::generate_certificates_sqlite(&pool, &cert).await?)
+            } else {
+                backfill_demo::create_collection_schema_sqlite(&pool).await?;
+                collection_line(&backfill_demo::generate_collections_sqlite(&pool, &coll).await?)
+            };
+            pool.close().await;
+            Ok::<_, anyhow::Error>(line)
         } else {
-            backfill_demo::create_collection_schema(&pool).await?;
-            println!(
-                "{:?}",
-                backfill_demo::generate_collections(&pool, &coll).await?
-            );
+            let pool = sqlx::PgPool::connect(url)
+                .await
+                .with_context(|| format!("cannot connect to {}", settings.database_url))?;
+            let line = if dataset == "certificates" {
+                backfill_demo::create_certificate_schema(&pool).await?;
+                certificate_line(&backfill_demo::generate_certificates(&pool, &cert).await?)
+            } else {
+                backfill_demo::create_collection_schema(&pool).await?;
+                collection_line(&backfill_demo::generate_collections(&pool, &coll).await?)
+            };
+            pool.close().await;
+            Ok(line)
         }
-        pool.close().await;
     }
+    .await;
+    follower.finish().await;
+    println!("{}", seeded?);
     Ok(0)
+}
+
+/// What `seed` stored, as one line of `key=value` pairs.
+fn certificate_line(s: &backfill_demo::CertificateStats) -> String {
+    format!(
+        "Seeded: dataset=certificates programs={} revisions={} referenced_revisions={} certificates={} revoked={} without_revision={}",
+        s.programs, s.revisions_total, s.referenced_revisions, s.certificates, s.revoked, s.without_revision
+    )
+}
+
+fn collection_line(s: &backfill_demo::CollectionStats) -> String {
+    format!(
+        "Seeded: dataset=collections collections={} snapshots={}",
+        s.collections, s.snapshots
+    )
 }
 
 /// A fresh SQLite demo file: schema, data, and the URL to reach it.

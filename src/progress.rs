@@ -110,24 +110,7 @@ impl Follower {
 }
 
 async fn draw(store: Store, run_id: String, stop: CancellationToken) {
-    let mut out = if bar_wanted() {
-        let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(10));
-        // The template's pieces never fail to parse; a fallback keeps a bar anyway.
-        let style =
-            ProgressStyle::with_template("{bar:12.cyan/blue} {pos}/{len} shards {wide_msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("█▉▊▋▌▍▎▏ ");
-        pb.set_style(style);
-        if let Ok(mut b) = BAR.lock() {
-            *b = Some(pb.clone());
-        }
-        Out::Bar(pb)
-    } else {
-        Out::Lines {
-            last_decile: 0,
-            last_line: Instant::now(),
-        }
-    };
+    let mut out = Out::new("shards");
     loop {
         // A read that fails (the database restarting) skips one redraw:
         // the wait itself reports what matters.
@@ -143,48 +126,120 @@ async fn draw(store: Store, run_id: String, stop: CancellationToken) {
             _ = tokio::time::sleep(POLL) => {}
         }
     }
-    if let Out::Bar(pb) = &out {
-        pb.finish_and_clear();
-        if let Ok(mut b) = BAR.lock() {
-            *b = None;
+    out.clear();
+}
+
+/// Follows a count that grows towards `total` in this process (`seed`:
+/// the revisions or collections stored so far, read with `read`), with the
+/// same bar or plain lines as a run: `what` heads each plain line, `unit`
+/// names what is counted.
+pub fn follow_count(what: String, unit: &'static str, total: u64, read: fn() -> u64) -> Follower {
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(draw_count(what, unit, total, read, stop.clone()));
+    Follower { stop, task }
+}
+
+async fn draw_count(
+    what: String,
+    unit: &'static str,
+    total: u64,
+    read: fn() -> u64,
+    stop: CancellationToken,
+) {
+    let mut out = Out::new(unit);
+    let start = read();
+    let started = Instant::now();
+    loop {
+        let done = read().saturating_sub(start);
+        // The total may be an estimate: never show more done than planned.
+        let total = total.max(done);
+        let secs = started.elapsed().as_secs_f64();
+        let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+        let mut figures = format!("{rate:.0} {unit}/s");
+        if rate > 0.0 && done < total {
+            figures.push_str(&format!(" ETA {}", duration((total - done) as f64 / rate)));
+        }
+        out.update(&what, unit, done, total, figures);
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(POLL) => {}
         }
     }
+    out.clear();
 }
 
 enum Out {
     Bar(ProgressBar),
     Lines {
-        /// Tenths of the shards last reported.
+        /// Tenths of the total last reported.
         last_decile: u64,
         last_line: Instant,
     },
 }
 
 impl Out {
+    /// A bar on a terminal, plain lines anywhere else; `unit` names what
+    /// the bar counts.
+    fn new(unit: &str) -> Out {
+        if !bar_wanted() {
+            return Out::Lines {
+                last_decile: 0,
+                last_line: Instant::now(),
+            };
+        }
+        let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(10));
+        // The template's pieces never fail to parse; a fallback keeps a bar anyway.
+        let style = ProgressStyle::with_template(&format!(
+            "{{bar:12.cyan/blue}} {{pos}}/{{len}} {unit} {{wide_msg}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("█▉▊▋▌▍▎▏ ");
+        pb.set_style(style);
+        if let Ok(mut b) = BAR.lock() {
+            *b = Some(pb.clone());
+        }
+        Out::Bar(pb)
+    }
+
     fn show(&mut self, s: &RunStatus) {
         let done = s.shards.done + s.shards.dead;
+        self.update(
+            &format!("run {}", s.run_id),
+            "shards",
+            done,
+            s.shards.total,
+            figures(s),
+        );
+    }
+
+    fn update(&mut self, what: &str, unit: &str, done: u64, total: u64, figures: String) {
         match self {
             Out::Bar(pb) => {
-                pb.set_length(s.shards.total);
+                pb.set_length(total);
                 pb.set_position(done);
-                pb.set_message(figures(s));
+                pb.set_message(figures);
             }
             Out::Lines {
                 last_decile,
                 last_line,
             } => {
-                let decile = (done * 10).checked_div(s.shards.total).unwrap_or(0);
+                let decile = (done * 10).checked_div(total).unwrap_or(0);
                 if decile > *last_decile || last_line.elapsed() >= LINE_EVERY {
                     *last_decile = decile;
                     *last_line = Instant::now();
-                    let pct = (done * 100).checked_div(s.shards.total).unwrap_or(0);
-                    eprintln!(
-                        "run {}: {done}/{} shards ({pct}%), {}",
-                        s.run_id,
-                        s.shards.total,
-                        figures(s)
-                    );
+                    let pct = (done * 100).checked_div(total).unwrap_or(0);
+                    eprintln!("{what}: {done}/{total} {unit} ({pct}%), {figures}");
                 }
+            }
+        }
+    }
+
+    /// Takes the bar off the screen, before what follows is printed.
+    fn clear(&self) {
+        if let Out::Bar(pb) = self {
+            pb.finish_and_clear();
+            if let Ok(mut b) = BAR.lock() {
+                *b = None;
             }
         }
     }

@@ -59,9 +59,17 @@ fn capture(session: &str) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn bar_lines(pane: &str) -> Vec<String> {
+/// A run's bar counts shards; `seed`'s counts what it stores.
+const RUN_BAR: (&str, &str) = (" shards ", "rows/s");
+
+fn bar_lines(pane: &str, (unit, rate): (&str, &str)) -> Vec<String> {
     pane.lines()
-        .filter(|l| l.contains(" shards ") && l.contains("rows/s") && !l.starts_with("run "))
+        .filter(|l| {
+            l.contains(unit)
+                && l.contains(rate)
+                && !l.starts_with("run ")
+                && !l.starts_with("seed ")
+        })
         .map(str::to_string)
         .collect()
 }
@@ -69,8 +77,20 @@ fn bar_lines(pane: &str) -> Vec<String> {
 /// Runs `backfill ARGS > stdout_file` in a detached 80×24 tmux session;
 /// returns the distinct bars seen, after the command ended.
 fn in_tmux(session: &str, dir: &Path, env: &str, args: &str, stdout_file: &Path) -> Vec<String> {
+    in_tmux_with(session, dir, env, args, stdout_file, RUN_BAR)
+}
+
+fn in_tmux_with(
+    session: &str,
+    dir: &Path,
+    env: &str,
+    args: &str,
+    stdout_file: &Path,
+    bar: (&str, &str),
+) -> Vec<String> {
     let bin = env!("CARGO_BIN_EXE_backfill");
-    let done = dir.join("done");
+    let done = dir.join(format!("{session}.done"));
+    let _ = std::fs::remove_file(&done);
     // CI and NO_COLOR would (rightly) turn the bar off: this is a person's terminal.
     let script = format!(
         "env -u CI -u NO_COLOR -u RUST_LOG {env} {bin} {args} > {} ; touch {}; sleep 600",
@@ -107,7 +127,7 @@ fn in_tmux(session: &str, dir: &Path, env: &str, args: &str, stdout_file: &Path)
             capture(session)
         );
         let pane = capture(session);
-        let bars = bar_lines(&pane);
+        let bars = bar_lines(&pane, bar);
         assert!(bars.len() <= 1, "more than one bar in the pane:\n{pane}");
         if let Some(b) = bars.first() {
             assert!(
@@ -121,11 +141,12 @@ fn in_tmux(session: &str, dir: &Path, env: &str, args: &str, stdout_file: &Path)
         std::thread::sleep(Duration::from_millis(250));
     }
     let pane = capture(session);
+    eprintln!("--- the pane of `{args}` at its end\n{pane}");
     let _ = Command::new("tmux")
         .args(["kill-session", "-t", session])
         .status();
     assert!(
-        bar_lines(&pane).is_empty(),
+        bar_lines(&pane, bar).is_empty(),
         "the bar is left on the screen after the run:\n{pane}"
     );
     seen
@@ -213,5 +234,138 @@ async fn run_draws_a_moving_bar_and_plain_lines_with_the_same_stdout() {
         normalise(&common::stdout(&plain)),
         "stdout differs with and without a terminal"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The plain progress lines of a command whose stderr went to a file.
+fn assert_plain_lines(err: &str, unit: &str, rate: &str) {
+    assert!(
+        err.lines()
+            .any(|l| l.contains(&format!(" {unit} (")) && l.contains(rate)),
+        "no plain progress lines on stderr in a file:\n{err}"
+    );
+    assert!(
+        !err.contains('\r') && !err.contains('\u{1b}'),
+        "control characters in the plain lines:\n{err}"
+    );
+    assert!(!err.contains("ERROR"), "{err}");
+}
+
+/// `coordinator --wait` with mapper processes, `verify` and `revert`, on
+/// PostgreSQL and RabbitMQ, throttled by the spec so that each lasts a few
+/// seconds: each draws a moving bar on a terminal, writes plain lines to a
+/// file, and prints the same stdout both ways.
+#[tokio::test(flavor = "multi_thread")]
+async fn coordinator_wait_verify_and_revert_draw_a_moving_bar_and_plain_lines() {
+    require_tmux();
+    let env = common::TestEnv::new().await;
+    env.seed_certificates(20, 3000).await;
+    let dir = scratch("commands");
+    let text = std::fs::read_to_string(common::job("program-certificate-titles")).expect("job");
+    let spec = common::SpecFile::new(
+        "program-certificate-titles",
+        &format!("{text}\n[throttle]\nrows_per_sec = 400\n"),
+    );
+    let mut fleet = common::fleet::Fleet::new(&env);
+    fleet.start(1);
+    let vars = format!(
+        "DATABASE_URL='{}' AMQP_URL='{}' BACKFILL_QUEUE_PREFIX='{}'",
+        env.db_url,
+        common::amqp_url(),
+        env.prefix
+    );
+    let both_ways = |name: &str, args: &str| {
+        let out_tty = dir.join(format!("stdout-{name}.txt"));
+        let bars = in_tmux(
+            &format!("backfill-progress-{name}"),
+            &dir,
+            &vars,
+            args,
+            &out_tty,
+        );
+        assert!(
+            bars.len() >= 2,
+            "`{name}`: the bar should redraw with moving figures; saw {bars:?}; stdout:\n{}",
+            std::fs::read_to_string(&out_tty).unwrap_or_default()
+        );
+        let plain = env.run(&args.split(' ').collect::<Vec<_>>());
+        assert_plain_lines(&common::stderr(&plain), "shards", "rows/s");
+        let tty = std::fs::read_to_string(&out_tty).expect("stdout of the tmux run");
+        assert!(tty.contains("Summary:"), "`{name}`: {tty}");
+        assert_eq!(
+            normalise(&tty),
+            normalise(&common::stdout(&plain)),
+            "`{name}`: stdout differs with and without a terminal"
+        );
+    };
+    let spec = spec.path();
+    both_ways(
+        "coordinator",
+        &format!("coordinator --job {spec} --all --wait --shard-size 20"),
+    );
+    both_ways(
+        "verify",
+        &format!("verify --job {spec} --all --shard-size 20"),
+    );
+    let commit = env.run(&[
+        "coordinator",
+        "--job",
+        spec,
+        "--all",
+        "--commit",
+        "--wait",
+        "--shard-size",
+        "20",
+    ]);
+    assert_eq!(commit.status.code(), Some(0));
+    let run = common::stdout(&commit)
+        .lines()
+        .next()
+        .expect("the run id")
+        .to_string();
+    both_ways("revert", &format!("revert {run} --shard-size 20"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `seed` into two fresh SQLite files: a moving bar of revisions stored
+/// on a terminal, plain lines in a file, the same stdout both ways.
+#[test]
+fn seed_draws_a_moving_bar_and_plain_lines_with_the_same_stdout() {
+    require_tmux();
+    let dir = scratch("seed");
+    let args = "seed --dataset certificates --revisions 15000";
+    let out_tty = dir.join("stdout-tty.txt");
+    let bars = in_tmux_with(
+        "backfill-progress-seed",
+        &dir,
+        &format!("DATABASE_URL=sqlite://{}/tty.sqlite3", dir.display()),
+        args,
+        &out_tty,
+        (" revisions ", "revisions/s"),
+    );
+    assert!(
+        bars.len() >= 2,
+        "the bar should redraw with moving figures; saw {bars:?}"
+    );
+    let plain = Command::new(env!("CARGO_BIN_EXE_backfill"))
+        .args(args.split(' '))
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}/file.sqlite3", dir.display()),
+        )
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run seed");
+    assert!(plain.status.success(), "{plain:?}");
+    assert_plain_lines(
+        &String::from_utf8_lossy(&plain.stderr),
+        "revisions",
+        "revisions/s",
+    );
+    let tty = std::fs::read_to_string(&out_tty).expect("stdout of the tmux run");
+    let file = String::from_utf8_lossy(&plain.stdout);
+    assert!(tty.starts_with("Seeded: dataset=certificates "), "{tty}");
+    assert_eq!(tty, file, "stdout differs with and without a terminal");
     let _ = std::fs::remove_dir_all(&dir);
 }

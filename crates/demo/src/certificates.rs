@@ -855,10 +855,13 @@ impl RevisionRows {
 }
 
 async fn insert_revisions(db: Db, rows: RevisionRows) -> Result<(), sqlx::Error> {
+    let n = rows.id.len();
     match db {
         Db::Postgres(pool) => postgres::insert_revisions(pool, rows).await,
         Db::Sqlite(pool) => sqlite::insert_revisions(pool, rows).await,
-    }
+    }?;
+    crate::progress::add(n);
+    Ok(())
 }
 
 /// What a page row learns once its revisions exist.

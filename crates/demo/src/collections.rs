@@ -176,10 +176,13 @@ struct CollectionRows {
 }
 
 async fn insert_collection_rows(db: Db, rows: CollectionRows) -> Result<(), sqlx::Error> {
+    let n = rows.id.len();
     match db {
         Db::Postgres(pool) => postgres::insert_collection_rows(pool, rows).await,
         Db::Sqlite(pool) => sqlite::insert_collection_rows(pool, rows).await,
-    }
+    }?;
+    crate::progress::add(n);
+    Ok(())
 }
 
 fn generate_collection_rows(

@@ -38,6 +38,7 @@
 
 mod certificates;
 mod collections;
+pub mod progress;
 mod util;
 
 pub use certificates::{
