@@ -90,8 +90,10 @@ async fn metrics_pass_promtool_and_a_finished_run_leaves_its_true_final_values()
     let run = stdout(&out).lines().next().unwrap().trim().to_string();
     let shards = num(&summary(&out), "shards");
 
+    let mut scrapes = String::new();
     for port in [mport, rport] {
         let (code, scrape) = http_get(port, "/metrics");
+        scrapes.push_str(&scrape);
         assert_eq!(code, 200);
         let findings = promtool_findings(&scrape);
         assert!(
@@ -162,6 +164,82 @@ async fn metrics_pass_promtool_and_a_finished_run_leaves_its_true_final_values()
             );
         }
     }
+    // Every backfill metric a Grafana query names is exported by a mapper
+    // or the reducer.
+    for expr in grafana_exprs() {
+        for name in metric_names(&expr) {
+            assert!(
+                scrapes.contains(&format!("\n{name}{{")) || scrapes.contains(&format!("\n{name} ")),
+                "deploy/grafana/backfill.json queries {name} (in `{expr}`), which no worker exports:\n{scrapes}"
+            );
+        }
+    }
+}
+
+/// The PromQL of every query of the shipped Grafana dashboard, its
+/// template variables included.
+fn grafana_exprs() -> Vec<String> {
+    let text = std::fs::read_to_string(format!(
+        "{}/deploy/grafana/backfill.json",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    for var in dash["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = var["query"]["query"].as_str() {
+            // label_values(METRIC, LABEL) names a metric too.
+            let inner = q.trim_start_matches("label_values(").trim_end_matches(')');
+            let metric = inner.split(',').next().unwrap().trim();
+            exprs.push(metric.to_string());
+        }
+    }
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    exprs
+}
+
+/// The backfill metric names an expression uses.
+fn metric_names(expr: &str) -> Vec<&str> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("backfill_") && w.len() > "backfill_".len())
+        .collect()
+}
+
+/// Every query of the Grafana dashboard is PromQL that Prometheus parses:
+/// each becomes a recording rule that `promtool check rules` reads, with
+/// Grafana's variables given values.
+#[test]
+fn grafana_dashboard_queries_parse_as_promql() {
+    let mut rules = String::from("groups:\n  - name: grafana\n    rules:\n");
+    for (i, expr) in grafana_exprs().iter().enumerate() {
+        let expr = expr.replace("$__rate_interval", "5m").replace("$run", ".*");
+        rules.push_str(&format!(
+            "      - record: grafana:query:{i}\n        expr: '{}'\n",
+            expr.replace('\'', "''")
+        ));
+    }
+    let dir = std::env::temp_dir().join(format!("bf-grafana-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("queries.yaml");
+    std::fs::write(&path, &rules).unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("{PROMTOOL_HINT} ({e})"));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "promtool check rules on the dashboard's queries: {}{}\n{rules}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The shipped alert rules load and pass their unit tests in promtool.
