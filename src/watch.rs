@@ -218,18 +218,24 @@ pub async fn status(
     stop: CancellationToken,
 ) -> anyhow::Result<i32> {
     let term = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let mut last_lines = 0usize;
     loop {
         let (text, finished) = show_once(store, &args).await?;
         let mut stdout = std::io::stdout().lock();
-        if args.watch && term && last_lines > 0 {
-            // Redraw in place: up over the previous frame, clear to the end.
-            write!(stdout, "\x1b[{last_lines}A\x1b[J")?;
+        if args.watch && term {
+            // Redraw the whole screen, each line cut to the terminal's
+            // width and the frame to its height: a line that wrapped, or a
+            // frame taller than the screen, would leave copies behind.
+            let (rows, cols) = console::Term::stdout().size();
+            write!(
+                stdout,
+                "\x1b[H\x1b[2J{}",
+                fit(&text, usize::from(cols), usize::from(rows))
+            )?;
+        } else {
+            stdout.write_all(text.as_bytes())?;
         }
-        stdout.write_all(text.as_bytes())?;
         stdout.flush()?;
         drop(stdout);
-        last_lines = text.lines().count();
         if !args.watch || finished {
             return Ok(0);
         }
@@ -241,6 +247,24 @@ pub async fn status(
             println!("---");
         }
     }
+}
+
+/// `text` cut to a screen of `rows` × `cols`: each line to at most `cols`
+/// characters (ending in `…` when cut), and at most `rows - 1` lines (the
+/// last row stays free for the cursor).
+fn fit(text: &str, cols: usize, rows: usize) -> String {
+    let cols = cols.max(1);
+    let mut out = String::new();
+    for line in text.lines().take(rows.saturating_sub(1).max(1)) {
+        if line.chars().count() > cols {
+            out.extend(line.chars().take(cols - 1));
+            out.push('…');
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// `backfill probe URL`: GET a plain-HTTP URL; 0 on 2xx, 1 otherwise.
@@ -295,6 +319,16 @@ pub async fn probe(url: &str, timeout: Duration) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_fit_the_screen() {
+        let text = "a long header line that is wider than the screen\nshort\nthird\nfourth\n";
+        let f = fit(text, 10, 4);
+        assert_eq!(f, "a long he…\nshort\nthird\n");
+        assert!(f.lines().all(|l| l.chars().count() <= 10));
+        assert_eq!(fit("ab\n", 2, 24), "ab\n");
+        assert_eq!(fit("abc\n", 1, 1), "…\n");
+    }
 
     #[test]
     fn bars_and_durations() {
