@@ -106,6 +106,35 @@ struct SteerArgs {
     priority: Option<i32>,
 }
 
+impl SteerArgs {
+    /// The flags given, as typed, for a warning that they are not applied.
+    fn given(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.rows_per_sec.is_some() {
+            v.push("--rows-per-sec");
+        }
+        if self.max_in_flight.is_some() {
+            v.push("--max-in-flight");
+        }
+        if self.priority.is_some() {
+            v.push("--priority");
+        }
+        v
+    }
+
+    /// Says on stderr that these flags are not applied to `run_id`, which
+    /// was planned before with its own throttle, and how to change it.
+    fn warn_not_applied(&self, run_id: &str) {
+        let given = self.given();
+        if !given.is_empty() {
+            eprintln!(
+                "warning: {} not applied: run {run_id} keeps the throttle it was planned with; change it with `backfill throttle {run_id} …`",
+                given.join(", ")
+            );
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 struct JobArgs {
     /// The job spec file (TOML).
@@ -511,9 +540,14 @@ fn init_tracing(cmd: &Command) {
     // it on a normal shutdown, as an ERROR ("invalid channel state:
     // Closing"); a broker failure that matters reaches our own code as an
     // error and is reported there, so that target is quietened by default
-    // (RUST_LOG still shows it).
+    // (RUST_LOG still shows it). sqlx warns of every statement over a
+    // second with its whole SQL text: a backfill's target queries and
+    // seed's bulk inserts are meant to take that long, so that is quiet
+    // too unless RUST_LOG asks for it.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{default},lapin::channels=off"))
+        tracing_subscriber::EnvFilter::new(format!(
+            "{default},lapin::channels=off,sqlx::query=error"
+        ))
     });
     // Colours only on a terminal: a log file or a journal gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
@@ -964,6 +998,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let _stop_monitor = stop_monitor.drop_guard();
             let (run_id, _lock) = match &job.resume {
                 Some(run_id) => {
+                    job.steer.warn_not_applied(run_id);
                     let rec = store
                         .load_run(run_id)
                         .await?
@@ -1004,6 +1039,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                         }
                         backfill_coordinator::Start::Resumed { run_id, kind } => {
                             eprintln!("adopting run {run_id}: a {kind} run of the same job, spec and scope that was unfinished: resuming it");
+                            job.steer.warn_not_applied(&run_id);
                             run_id
                         }
                     };
@@ -1750,6 +1786,11 @@ async fn start_or_resume(
         }
         backfill_coordinator::Start::Resumed { run_id, kind } => {
             eprintln!("adopting run {run_id}: a {kind} run of the same job, spec and scope that was unfinished: resuming it");
+            if req.throttle.is_some() {
+                eprintln!(
+                    "warning: --rows-per-sec, --max-in-flight and --priority are not applied: run {run_id} keeps the throttle it was planned with; change it with `backfill throttle {run_id} …`"
+                );
+            }
             Ok(Some((run_id, lock)))
         }
     }

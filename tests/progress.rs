@@ -97,27 +97,7 @@ fn in_tmux_with(
         stdout_file.display(),
         done.display()
     );
-    let _ = Command::new("tmux")
-        .args(["kill-session", "-t", session])
-        .stderr(Stdio::null())
-        .status();
-    let st = Command::new("tmux")
-        .args([
-            "new-session",
-            "-d",
-            "-s",
-            session,
-            "-x",
-            "80",
-            "-y",
-            "24",
-            "-c",
-            &dir.display().to_string(),
-            &script,
-        ])
-        .status()
-        .expect("tmux new-session");
-    assert!(st.success(), "tmux new-session failed");
+    tmux_start(session, dir, &script);
     let started = Instant::now();
     let mut seen: Vec<String> = Vec::new();
     while !done.exists() {
@@ -307,16 +287,8 @@ async fn coordinator_wait_verify_and_revert_draw_a_moving_bar_and_plain_lines() 
         "verify",
         &format!("verify --job {spec} --all --shard-size 20"),
     );
-    let commit = env.run(&[
-        "coordinator",
-        "--job",
-        spec,
-        "--all",
-        "--commit",
-        "--wait",
-        "--shard-size",
-        "20",
-    ]);
+    let commit =
+        common::fleet::coordinator_output(common::fleet::spawn_coordinator(&env, spec, "20"));
     assert_eq!(commit.status.code(), Some(0));
     let run = common::stdout(&commit)
         .lines()
@@ -367,5 +339,227 @@ fn seed_draws_a_moving_bar_and_plain_lines_with_the_same_stdout() {
     let file = String::from_utf8_lossy(&plain.stdout);
     assert!(tty.starts_with("Seeded: dataset=certificates "), "{tty}");
     assert_eq!(tty, file, "stdout differs with and without a terminal");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts `script` in a detached 80×24 tmux session.
+fn tmux_start(session: &str, dir: &Path, script: &str) {
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", session])
+        .stderr(Stdio::null())
+        .status();
+    let st = Command::new("tmux")
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            session,
+            "-x",
+            "80",
+            "-y",
+            "24",
+            "-c",
+            &dir.display().to_string(),
+            script,
+        ])
+        .status()
+        .expect("tmux new-session");
+    assert!(st.success(), "tmux new-session failed");
+}
+
+/// Waits until the pane satisfies `what`, for at most `secs`.
+fn wait_pane(session: &str, secs: u64, why: &str, what: impl Fn(&str) -> bool) -> String {
+    let started = Instant::now();
+    loop {
+        let pane = capture(session);
+        if what(&pane) {
+            return pane;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(secs),
+            "{why}; the pane:\n{pane}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ctrl_c(session: &str) {
+    let st = Command::new("tmux")
+        .args(["send-keys", "-t", session, "C-c"])
+        .status()
+        .expect("tmux send-keys");
+    assert!(st.success());
+}
+
+/// A first Ctrl-C on the bar stops after the shards in hand and names the
+/// command that resumes the run (exit 1, an interrupted wait); a second
+/// one stops at once (exit 130); the run, taken up again, ends exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_stops_after_the_shards_in_hand_and_twice_at_once() {
+    require_tmux();
+    let env = common::TestEnv::new().await;
+    env.seed_certificates(20, 3000).await;
+    let dir = scratch("ctrl-c");
+    let job = common::job("program-certificate-titles");
+    let args = format!("run --job {job} --all --shard-size 20 --rows-per-sec 100");
+    let bin = env!("CARGO_BIN_EXE_backfill");
+    let session = "backfill-progress-ctrl-c";
+    let start = |tag: &str| {
+        let code = dir.join(format!("{tag}.code"));
+        tmux_start(
+            session,
+            &dir,
+            &format!(
+                "env -u CI -u NO_COLOR -u RUST_LOG DATABASE_URL='{}' AMQP_URL='{}' BACKFILL_QUEUE_PREFIX='{}' {bin} {args} > /dev/null; echo $? > {}; sleep 600",
+                env.db_url,
+                common::amqp_url(),
+                env.prefix,
+                code.display()
+            ),
+        );
+        code
+    };
+    let exit_code = |code: &Path, secs: u64| {
+        let started = Instant::now();
+        loop {
+            if let Some(c) = std::fs::read_to_string(code)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            {
+                return c;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(secs),
+                "the command did not stop within {secs} s:\n{}",
+                capture(session)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let moving = |p: &str| !bar_lines(p, RUN_BAR).is_empty();
+
+    // Once: stop after the shards in hand, naming the resume command.
+    let code = start("once");
+    wait_pane(session, 60, "no bar was drawn", moving);
+    ctrl_c(session);
+    let pane = wait_pane(session, 10, "the first Ctrl-C said nothing", |p| {
+        p.contains("Stopping after the shards in hand")
+    });
+    let flat = pane.replace('\n', "");
+    assert!(flat.contains("backfill coordinator --resume"), "{pane}");
+    assert!(flat.contains("Ctrl-C again"), "{pane}");
+    assert_eq!(exit_code(&code, 30), 1, "an interrupted wait exits 1");
+    let run: String = sqlx::query_scalar("SELECT run_id FROM backfill_run")
+        .fetch_one(&env.pool)
+        .await
+        .expect("one run");
+    let pending = env
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM backfill_shard WHERE run_id = '{run}' AND state <> 'done'"
+        ))
+        .await;
+    assert!(pending > 0, "the run was stopped before its end");
+
+    // Twice: stop at once.
+    let code = start("twice");
+    wait_pane(session, 60, "no bar was drawn", moving);
+    ctrl_c(session);
+    std::thread::sleep(Duration::from_millis(200));
+    ctrl_c(session);
+    assert_eq!(exit_code(&code, 5), 130, "a second Ctrl-C stops at once");
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", session])
+        .status();
+
+    // Taken up again, the one run ends with every target row counted once.
+    let out = env.run(&args.split(' ').collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let s = common::summary(&out);
+    assert_eq!(s.get("run"), Some(&run), "the same run was taken up again");
+    // The adoption is said in one line naming the run's kind.
+    assert!(
+        common::stderr(&out).contains(&format!("adopting run {run}: a forward run")),
+        "{}",
+        common::stderr(&out)
+    );
+    // Its throttle is the one it was planned with, and the flag says so.
+    assert!(
+        common::stderr(&out)
+            .contains("--rows-per-sec, --max-in-flight and --priority are not applied"),
+        "{}",
+        common::stderr(&out)
+    );
+    let planned = env
+        .scalar_i64(&format!(
+            "SELECT coalesce(sum(rows), 0)::int8 FROM backfill_shard WHERE run_id = '{run}'"
+        ))
+        .await;
+    assert_eq!(
+        s.get("processed").map(String::as_str),
+        Some(planned.to_string().as_str())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `status RUN --watch` in an 80×24 pane redraws in place: after more than
+/// five redraws the pane holds exactly one copy of the run's header line
+/// (wider than 80 columns, so it would wrap), and no line is wider than
+/// the pane.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_watch_redraws_in_place_on_an_80_column_terminal() {
+    require_tmux();
+    let env = common::TestEnv::new().await;
+    env.seed_certificates(20, 3000).await;
+    let dir = scratch("watch");
+    let mut fleet = common::fleet::Fleet::new(&env);
+    fleet.start(1);
+    let job = common::job("program-certificate-titles");
+    let out = env.run(&[
+        "coordinator",
+        "--job",
+        &job,
+        "--all",
+        "--shard-size",
+        "20",
+        "--rows-per-sec",
+        "100",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let run = common::stdout(&out)
+        .lines()
+        .next()
+        .expect("the run id")
+        .to_string();
+    let session = "backfill-progress-watch";
+    tmux_start(
+        session,
+        &dir,
+        &format!(
+            "env -u CI -u NO_COLOR -u RUST_LOG DATABASE_URL='{}' {} status {run} --watch --interval 0.2; sleep 600",
+            env.db_url,
+            env!("CARGO_BIN_EXE_backfill"),
+        ),
+    );
+    let header = format!("run {run} ");
+    wait_pane(session, 30, "status --watch drew nothing", |p| {
+        p.contains(&header)
+    });
+    std::thread::sleep(Duration::from_millis(1_500));
+    for _ in 0..5 {
+        let pane = capture(session);
+        assert_eq!(
+            pane.lines().filter(|l| l.starts_with(&header)).count(),
+            1,
+            "one copy of the header after redraws:\n{pane}"
+        );
+        assert!(
+            pane.lines().all(|l| l.trim_end().chars().count() <= 80),
+            "a line wider than the pane:\n{pane}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", session])
+        .status();
     let _ = std::fs::remove_dir_all(&dir);
 }
