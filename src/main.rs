@@ -9,5 +9,8 @@ mod steer;
 mod watch;
 
 fn main() {
+    // Before anything is allocated in earnest: large documents' memory is
+    // given back when freed (see backfill_malloc).
+    backfill_malloc::return_large_blocks();
     std::process::exit(cli::main());
 }

@@ -9,6 +9,8 @@
 //!   skipped / error for one row.
 //! - [`equality`]: JSON equality as the database sees it (numbers by
 //!   decimal value), which decides whether a rule already holds.
+//! - [`journal`]: the undo log of a row's rules, which tells what they
+//!   changed without a copy of the documents.
 //! - [`splice`]: the new text of a document that keeps the bytes of every
 //!   part no rule touched (for columns that store the text they are given).
 //! - [`guards`]: the checks that skip a whole group (blank, placeholder prefix,
@@ -26,6 +28,7 @@
 pub mod equality;
 pub mod formats;
 pub mod guards;
+pub mod journal;
 pub mod message;
 pub mod plan;
 pub mod redact;

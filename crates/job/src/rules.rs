@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::equality::same_value;
+use crate::journal::{touch_point, Journal};
 use crate::spec::TargetSpec;
 use crate::splice::{nesting_depth, splice_parsed, value_depth, MAX_DEPTH};
 
@@ -173,8 +174,33 @@ pub fn evaluate_row(
         }
     }
 
-    let originals = docs.clone();
+    // What the rules change is told from an undo log of where each wrote
+    // (see `journal`) rather than from a copy of the documents, which
+    // would double what a large document costs. Columns that keep their
+    // text need the original document to splice into, so they are copied;
+    // so are all of them from the first rule whose effect the log cannot
+    // hold (rebuilt from the log up to there).
+    let journaled = target
+        .columns
+        .iter()
+        .all(|c| row.normalised.contains(c.as_str()));
+    let mut originals: Option<BTreeMap<&str, Value>> = (!journaled).then(|| docs.clone());
+    let mut journal = Journal::default();
     for (i, rule) in target.rules.iter().enumerate() {
+        if let (None, Some(doc)) = (&originals, docs.get(rule.column.as_str())) {
+            match touch_point(doc, rule) {
+                Some(at) => journal.record(rule, doc, at),
+                None => match rebuild(&docs, &journal) {
+                    Ok(o) => originals = Some(o),
+                    Err(e) => {
+                        return RowEvaluation::of(
+                            RowOutcome::Error(format!("rule {i} ({}): {e}", rule.column)),
+                            current,
+                        )
+                    }
+                },
+            }
+        }
         if let Err(e) = apply_rule(rule, &mut docs, row.params) {
             return RowEvaluation::of(
                 RowOutcome::Error(format!("rule {i} ({}): {e}", rule.column)),
@@ -186,61 +212,84 @@ pub fn evaluate_row(
     let mut changed = BTreeMap::new();
     let mut undo = BTreeMap::new();
     for col in &target.columns {
-        let (Some(before), Some(after)) = (originals.get(col.as_str()), docs.get(col.as_str()))
-        else {
+        let Some(after) = docs.get(col.as_str()) else {
             continue;
         };
-        // By value: a number the database normalised (jsonb keeps
-        // `1.5e-7` as `0.00000015`) is the value the rule wrote.
-        if !same_value(before, after) {
-            // A document nesting deeper than serde_json reads would be
-            // written but refused by every later run.
-            if value_depth(after) > MAX_DEPTH {
-                return RowEvaluation::of(
-                    RowOutcome::Error(format!(
-                        "column `{col}`: the new document would nest deeper than serde_json's {MAX_DEPTH} levels; the row was left unchanged"
-                    )),
-                    current,
-                );
-            }
-            let original = match row.columns.get(col.as_str()) {
-                Some(Some(text)) if !row.normalised.contains(col.as_str()) => Some(text),
-                _ => None,
-            };
-            let text = match original {
-                Some(text) => match splice_parsed(text, before, after) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        return RowEvaluation::of(
-                            RowOutcome::Error(format!(
-                                "column `{col}`: the untouched parts of the document cannot keep their text ({e}); the row was left unchanged"
-                            )),
-                            current,
-                        )
-                    }
-                },
-                // serde_json's writer directly: `to_string()` goes through
-                // `Display` and a formatter adapter, measurably slower.
-                // Sized like the text as read (plus room for what the rules
-                // add): growing a buffer of a large document by doubling
-                // holds the old and the new copy at once.
-                None => {
-                    let hint = row
-                        .columns
-                        .get(col)
-                        .and_then(|t| t.as_deref())
-                        .map_or(0, str::len);
-                    let mut buf = Vec::with_capacity(hint + hint / 16 + 64);
-                    match serde_json::to_writer(&mut buf, after) {
-                        Ok(()) => String::from_utf8(buf).unwrap_or_else(|_| after.to_string()),
-                        Err(_) => after.to_string(),
-                    }
+        // The inverse patch, when the document changed. By value: a number
+        // the database normalised (jsonb keeps `1.5e-7` as `0.00000015`)
+        // is the value the rule wrote.
+        let (before, patch) = match &originals {
+            Some(o) => {
+                let Some(before) = o.get(col.as_str()) else {
+                    continue;
+                };
+                if same_value(before, after) {
+                    continue;
                 }
-            };
-            changed.insert(col.clone(), Some(text));
-            if let Some(p) = inverse_patch(before, after) {
-                undo.insert(col.clone(), p);
+                (Some(before), inverse_patch(before, after))
             }
+            None => match journal.inverse(col, after) {
+                Ok(None) => continue,
+                Ok(Some(p)) => (None, Some(p)),
+                Err(e) => {
+                    return RowEvaluation::of(
+                        RowOutcome::Error(format!(
+                            "column `{col}`: cannot tell what the rules changed ({e}); the row was left unchanged"
+                        )),
+                        current,
+                    )
+                }
+            },
+        };
+        // A document nesting deeper than serde_json reads would be
+        // written but refused by every later run.
+        if value_depth(after) > MAX_DEPTH {
+            return RowEvaluation::of(
+                RowOutcome::Error(format!(
+                    "column `{col}`: the new document would nest deeper than serde_json's {MAX_DEPTH} levels; the row was left unchanged"
+                )),
+                current,
+            );
+        }
+        let original = match (row.columns.get(col.as_str()), before) {
+            (Some(Some(text)), Some(before)) if !row.normalised.contains(col.as_str()) => {
+                Some((text, before))
+            }
+            _ => None,
+        };
+        let text = match original {
+            Some((text, before)) => match splice_parsed(text, before, after) {
+                Ok(t) => t,
+                Err(e) => {
+                    return RowEvaluation::of(
+                        RowOutcome::Error(format!(
+                            "column `{col}`: the untouched parts of the document cannot keep their text ({e}); the row was left unchanged"
+                        )),
+                        current,
+                    )
+                }
+            },
+            // serde_json's writer directly: `to_string()` goes through
+            // `Display` and a formatter adapter, measurably slower.
+            // Sized like the text as read (plus room for what the rules
+            // add): growing a buffer of a large document by doubling
+            // holds the old and the new copy at once.
+            None => {
+                let hint = row
+                    .columns
+                    .get(col)
+                    .and_then(|t| t.as_deref())
+                    .map_or(0, str::len);
+                let mut buf = Vec::with_capacity(hint + hint / 16 + 64);
+                match serde_json::to_writer(&mut buf, after) {
+                    Ok(()) => String::from_utf8(buf).unwrap_or_else(|_| after.to_string()),
+                    Err(_) => after.to_string(),
+                }
+            }
+        };
+        changed.insert(col.clone(), Some(text));
+        if let Some(p) = patch {
+            undo.insert(col.clone(), p);
         }
     }
     RowEvaluation {
@@ -252,6 +301,16 @@ pub fn evaluate_row(
         current,
         undo,
     }
+}
+
+/// The documents as read, rebuilt from the documents now and the undo log.
+fn rebuild<'a>(
+    docs: &BTreeMap<&'a str, Value>,
+    journal: &Journal,
+) -> Result<BTreeMap<&'a str, Value>, String> {
+    docs.iter()
+        .map(|(col, doc)| Ok((*col, journal.original(col, doc)?)))
+        .collect()
 }
 
 /// The patch that turns `after` back into `before` (the `json-patch`
@@ -1186,5 +1245,72 @@ param = "t""#,
             panic!("a 129-deep new document is an error")
         };
         assert!(msg.contains("would nest deeper"), "{msg}");
+    }
+
+    /// The undo log (columns the database normalises) and the copy of the
+    /// documents (columns keeping their text) decide the same outcome, and
+    /// each inverse patch gives back the document as read.
+    #[test]
+    fn the_undo_log_and_the_copy_agree() {
+        let rules = [
+            "[[targets.rules]]\ncolumn = \"doc\"\nop = \"set\"\npath = \"/title\"\nparam = \"title\"",
+            "[[targets.rules]]\ncolumn = \"doc\"\nop = \"set\"\npath = \"/meta/a/b\"\nvalue = 1\n[[targets.rules]]\ncolumn = \"doc\"\nop = \"remove\"\npath = \"/old\"",
+            "[[targets.rules]]\ncolumn = \"doc\"\nop = \"set\"\npath = \"/meta/a\"\nvalue = 2\n[[targets.rules]]\ncolumn = \"doc\"\nop = \"set\"\npath = \"/meta\"\nvalue = {a = 2}",
+            "[[targets.rules]]\ncolumn = \"doc\"\nop = \"set\"\npath = \"/l/1\"\nvalue = 9\n[[targets.rules]]\ncolumn = \"doc\"\nop = \"remove\"\npath = \"/l/0\"",
+            "[[targets.rules]]\ncolumn = \"doc\"\nop = \"set\"\npath = \"/l/3\"\nvalue = 4\n[[targets.rules]]\ncolumn = \"doc\"\nop = \"set\"\npath = \"/title\"\nvalue = \"x\"",
+            "[[targets.rules]]\ncolumn = \"doc\"\nop = \"set\"\npath = \"/n\"\nvalue = 1.5e-7",
+        ];
+        let docs = [
+            r#"{"title":"Old","old":1,"l":[1,2,3],"n":0.00000015}"#,
+            r#"{"title":"New","meta":{"a":2},"l":[9],"n":1.5e-7}"#,
+            r#"{"meta":null,"l":[1,9,3]}"#,
+            r#"null"#,
+            r#"{"title":"x","l":[2,9,3,4],"meta":{"a":{"b":1}}}"#,
+        ];
+        for r in rules {
+            let s = spec(r, "");
+            for d in docs {
+                let columns: BTreeMap<String, Option<String>> =
+                    [("doc".to_string(), Some(d.to_string()))].into();
+                let params = json!({"title": "New"})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default();
+                let eval = |normalised: &BTreeSet<String>| {
+                    evaluate_row(
+                        &s.targets[0],
+                        &RowInput {
+                            key: "k",
+                            columns: &columns,
+                            params: &params,
+                            normalised,
+                        },
+                        None,
+                    )
+                };
+                let logged = eval(&BTreeSet::from(["doc".to_string()]));
+                let copied = eval(&BTreeSet::new());
+                if let RowOutcome::Error(_) = copied.outcome {
+                    assert_eq!(logged.outcome, copied.outcome, "{r} on {d}");
+                    continue;
+                }
+                let parsed = |e: &RowEvaluation| match &e.outcome {
+                    RowOutcome::Changed(c) => {
+                        Some(serde_json::from_str::<Value>(c["doc"].as_deref().unwrap()).unwrap())
+                    }
+                    RowOutcome::Unchanged => None,
+                    other => panic!("{r} on {d}: {other:?}"),
+                };
+                let (new_logged, new_copied) = (parsed(&logged), parsed(&copied));
+                assert_eq!(new_logged, new_copied, "{r} on {d}");
+                if let Some(mut back) = new_logged {
+                    let patch: json_patch::Patch =
+                        serde_json::from_str(&logged.undo["doc"]).unwrap();
+                    json_patch::patch(&mut back, &patch).unwrap();
+                    let read: Value = serde_json::from_str(d).unwrap();
+                    assert!(same_value(&back, &read), "{r} on {d}: {back} is not {read}");
+                }
+            }
+        }
     }
 }

@@ -19,6 +19,10 @@ pub const ISSUE_CAP: usize = 100;
 pub const SAMPLE_CAP: usize = 3;
 /// Largest value (as JSON) a sample diff shows; larger ones are described.
 pub const SAMPLE_VALUE_BYTES: usize = 2_000;
+/// Largest document a sample diff parses: diffing holds both sides parsed,
+/// which for a document of tens of MiB would cost more memory than the
+/// rewrite itself. Larger documents are described by their size.
+pub const SAMPLE_DOC_BYTES: usize = 1024 * 1024;
 
 /// One changed value inside a document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +53,21 @@ impl SampleDiff {
         before: Option<&str>,
         after: Option<&str>,
     ) -> SampleDiff {
+        let size = |t: Option<&str>| t.map_or(0, str::len);
+        if size(before).max(size(after)) > SAMPLE_DOC_BYTES {
+            let described = |t: Option<&str>| {
+                t.map(|t| serde_json::Value::String(too_large_to_diff(t.len() as u64)))
+            };
+            return SampleDiff {
+                key: key.to_string(),
+                column: column.to_string(),
+                changes: vec![PathChange {
+                    path: String::new(),
+                    before: described(before),
+                    after: described(after),
+                }],
+            };
+        }
         let parse = |t: &str| {
             serde_json::from_str::<serde_json::Value>(t)
                 .unwrap_or_else(|_| serde_json::Value::String(t.to_string()))
@@ -84,10 +103,63 @@ impl SampleDiff {
         }
     }
 
+    /// The diff of a large document told from its inverse patch (what turns
+    /// the new document back into the one read): the paths it changed with
+    /// their values before; the values after, inside a document of
+    /// `after_bytes`, are not parsed again and are described.
+    pub fn from_inverse(key: &str, column: &str, inverse: &str, after_bytes: u64) -> SampleDiff {
+        let ops: Vec<serde_json::Value> = serde_json::from_str(inverse).unwrap_or_default();
+        let shown = |v: &serde_json::Value| {
+            let n = v.to_string().len();
+            if n > SAMPLE_VALUE_BYTES {
+                serde_json::Value::String(format!("({n} bytes of JSON, not shown)"))
+            } else {
+                v.clone()
+            }
+        };
+        let changes = ops
+            .iter()
+            .map(|op| {
+                let path = op
+                    .get("path")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                // `remove` undoes an addition: nothing was there before.
+                let before = match op.get("op").and_then(serde_json::Value::as_str) {
+                    Some("add" | "replace") => op.get("value").map(shown),
+                    _ => None,
+                };
+                let after = (op.get("op").and_then(serde_json::Value::as_str) != Some("add"))
+                    .then(|| serde_json::Value::String(not_parsed_again(after_bytes)));
+                PathChange {
+                    path,
+                    before,
+                    after,
+                }
+            })
+            .collect();
+        SampleDiff {
+            key: key.to_string(),
+            column: column.to_string(),
+            changes,
+        }
+    }
+
     fn order(&self) -> (usize, &str, &str) {
         // Numeric keys in numeric order: shorter first.
         (self.key.len(), &self.key, &self.column)
     }
+}
+
+/// How a sample describes a document too large to diff.
+fn too_large_to_diff(bytes: u64) -> String {
+    format!("(a document of {bytes} bytes, too large to diff)")
+}
+
+/// How a sample of a large document describes a value after the rewrite.
+fn not_parsed_again(bytes: u64) -> String {
+    format!("(in a document of {bytes} bytes, not shown)")
 }
 
 /// Keeps the `SAMPLE_CAP` smallest samples by key: commutative and
@@ -369,7 +441,12 @@ impl Tally {
     ) {
         let g = self.groups.entry(group.to_string()).or_default();
         for (col, after) in new {
-            let before = read.get(col).and_then(|v| v.as_deref());
+            // A column missing from what was read was released after
+            // evaluation: `record_released` records it.
+            let Some(before) = read.get(col) else {
+                continue;
+            };
+            let before = before.as_deref();
             let after = after.as_deref();
             self.bytes_written += after.map_or(0, |a| a.len() as u64);
             self.bytes_before += before.map_or(0, |b| b.len() as u64);
@@ -382,6 +459,34 @@ impl Tally {
                 g.samples.push(SampleDiff::between(key, col, before, after));
                 keep_samples(&mut g.samples);
             }
+        }
+    }
+
+    /// Records a changed column whose text as read was released after
+    /// evaluation (a large document, `before_bytes` long): its sizes, and a
+    /// sample diff told from its inverse patch `undo`.
+    pub fn record_released(
+        &mut self,
+        group: &str,
+        key: &str,
+        col: &str,
+        before_bytes: u64,
+        undo: Option<&String>,
+        after: Option<&Option<String>>,
+    ) {
+        let g = self.groups.entry(group.to_string()).or_default();
+        let after_bytes = after
+            .and_then(|a| a.as_deref())
+            .map_or(0, |a| a.len() as u64);
+        self.bytes_written += after_bytes;
+        self.bytes_before += before_bytes;
+        let order = (key.len(), key, col);
+        let fits =
+            g.samples.len() < SAMPLE_CAP || g.samples.last().is_some_and(|l| order < l.order());
+        if let (true, Some(undo)) = (fits, undo) {
+            g.samples
+                .push(SampleDiff::from_inverse(key, col, undo, after_bytes));
+            keep_samples(&mut g.samples);
         }
     }
 
@@ -542,6 +647,48 @@ mod tests {
         let mut z = x.clone();
         z.merge(&Tally::default());
         assert_eq!(x, z);
+    }
+
+    /// Documents over `SAMPLE_DOC_BYTES` are described, not parsed; a
+    /// released one is told from its inverse patch.
+    #[test]
+    fn large_documents_are_sampled_without_parsing_them() {
+        let big = format!(r#"{{"x":"{}"}}"#, "z".repeat(SAMPLE_DOC_BYTES));
+        let d = SampleDiff::between("1", "doc", Some(&big), Some(&big));
+        assert_eq!(d.changes.len(), 1);
+        assert_eq!(d.changes[0].path, "");
+        assert_eq!(
+            d.changes[0].before,
+            Some(serde_json::Value::String(too_large_to_diff(
+                big.len() as u64
+            )))
+        );
+
+        let inverse = r#"[{"op":"remove","path":"/seen"},{"op":"replace","path":"/t","value":"old"},{"op":"add","path":"/gone","value":[1]}]"#;
+        let mut t = Tally::default();
+        let read = BTreeMap::new();
+        let new = BTreeMap::from([("doc".to_string(), Some("{}".repeat(10)))]);
+        t.record_change("G", "7", &read, &new);
+        assert_eq!(t.bytes_written, 0, "a released column is recorded once");
+        t.record_released(
+            "G",
+            "7",
+            "doc",
+            5_000_000,
+            Some(&inverse.to_string()),
+            new.get("doc"),
+        );
+        assert_eq!((t.bytes_before, t.bytes_written), (5_000_000, 20));
+        let s = &t.groups["G"].samples[0];
+        let shown = |c: &PathChange| (c.path.clone(), c.before.clone(), c.after.is_some());
+        assert_eq!(
+            s.changes.iter().map(shown).collect::<Vec<_>>(),
+            vec![
+                ("/seen".to_string(), None, true),
+                ("/t".to_string(), Some(serde_json::json!("old")), true),
+                ("/gone".to_string(), Some(serde_json::json!([1])), false),
+            ]
+        );
     }
 
     #[test]

@@ -299,6 +299,9 @@ async fn map_shard(
             break;
         };
         *in_flight = rows.len();
+        // A row larger than the batch limit leaves its parsed values'
+        // memory in the allocator's arenas once freed: give it back.
+        let oversize = fetched_bytes(&rows) > limits.bytes;
         // A revert evaluates each row against the before-image the
         // reverted run recorded for it.
         let befores = match &run.revert_of {
@@ -327,12 +330,23 @@ async fn map_shard(
             })
             .collect();
         tx.write(evaluated).await?;
+        if oversize {
+            backfill_malloc::give_back_free_memory();
+        }
     }
     let committed = tx.finish().await?;
     if let Committed::AlreadyDone(_) = committed {
         info!("another delivery committed this shard first");
     }
     Ok(committed.tally().clone())
+}
+
+/// The bytes of documents a batch read.
+fn fetched_bytes(rows: &[backfill_store::FetchedRow]) -> u64 {
+    rows.iter()
+        .flat_map(|r| r.columns.iter().flat_map(|c| c.values()))
+        .map(|t| t.as_ref().map_or(0, |t| t.len() as u64))
+        .sum()
 }
 
 /// How a mapper runs.

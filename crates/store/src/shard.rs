@@ -63,8 +63,14 @@ pub struct EvaluatedRow {
     pub refs: u64,
     pub outcome: RowOutcome,
     pub current: Option<String>,
-    /// Every JSON column as read, for the compare-and-set and before-images.
+    /// Every JSON column as read, for the compare-and-set and before-images;
+    /// without the large documents released after evaluation (`released`).
     pub read: BTreeMap<String, Option<String>>,
+    /// Columns whose text as read was released once evaluated (see
+    /// [`RELEASE_BYTES`]), with its length in bytes: a `jsonb` document
+    /// whose before-image is its inverse patch and whose compare-and-set
+    /// needs only its digest.
+    pub released: BTreeMap<String, u64>,
     /// The `md5` of every JSON column as read (PostgreSQL): the
     /// compare-and-set compares these; empty on SQLite.
     pub digests: BTreeMap<String, Option<String>>,
@@ -91,25 +97,57 @@ impl EvaluatedRow {
                 outcome: RowOutcome::Skipped("row no longer exists".into()),
                 current: None,
                 read: BTreeMap::new(),
+                released: BTreeMap::new(),
                 digests: BTreeMap::new(),
                 undo: BTreeMap::new(),
                 version: None,
             };
         };
         let ev = eval(&row.key, &cols, row.version.as_deref());
-        EvaluatedRow {
+        let mut r = EvaluatedRow {
             key: row.key,
             group: row.group,
             refs: row.refs,
             outcome: ev.outcome,
             current: ev.current,
             read: cols,
+            released: BTreeMap::new(),
             digests: row.digests,
             undo: ev.undo,
             version: row.version,
+        };
+        r.release_large_documents();
+        r
+    }
+
+    /// Drops the text as read of each large document that the write no
+    /// longer needs, keeping its digest and length, so that a batch holds
+    /// one copy of it (the new text) rather than two while it is written.
+    /// Only on PostgreSQL (a row version was read) and only for a column
+    /// whose before-image is an inverse patch.
+    fn release_large_documents(&mut self) {
+        if self.version.is_none() || !matches!(self.outcome, RowOutcome::Changed(_)) {
+            return;
         }
+        for (col, text) in self.read.iter_mut() {
+            let Some(t) = text else { continue };
+            if t.len() < RELEASE_BYTES || !self.undo.contains_key(col) {
+                continue;
+            }
+            self.digests
+                .entry(col.clone())
+                .or_insert_with(|| Some(md5_hex(t)));
+            self.released.insert(col.clone(), t.len() as u64);
+            *text = None;
+        }
+        self.read.retain(|c, _| !self.released.contains_key(c));
     }
 }
+
+/// Documents of this size or more are released once evaluated (see
+/// [`EvaluatedRow::release_large_documents`]); smaller ones are kept, as
+/// digesting every document would cost more than it saves.
+pub const RELEASE_BYTES: usize = 1024 * 1024;
 
 /// What to commit for a shard.
 pub struct ShardCommit<'a> {
@@ -332,6 +370,7 @@ impl Store {
                 tx,
                 types,
                 items: None,
+                oversize: false,
             },
         }))
     }
@@ -401,6 +440,9 @@ enum TxInner {
         types: BTreeMap<String, String>,
         /// The shard's items not yet read, in order; read at the first batch.
         items: Option<VecDeque<Item>>,
+        /// The batch in hand is one row larger than the batch limit: the
+        /// connection's buffers are given back after reading and writing it.
+        oversize: bool,
     },
     Lite {
         pool: sqlx::SqlitePool,
@@ -425,9 +467,14 @@ impl ShardTx<'_> {
         limits: BatchLimits,
     ) -> Result<Option<Vec<FetchedRow>>, StoreError> {
         let w = &self.work;
-        let (tx, items) = match &mut self.inner {
+        let (tx, items, oversize) = match &mut self.inner {
             TxInner::Lite { rows, .. } => return Ok(rows.take()),
-            TxInner::Pg { tx, items, .. } => (tx, items),
+            TxInner::Pg {
+                tx,
+                items,
+                oversize,
+                ..
+            } => (tx, items, oversize),
         };
         let items = match items {
             Some(i) => i,
@@ -462,9 +509,12 @@ impl ShardTx<'_> {
             take += 1;
         }
         let nos: Vec<i32> = items.drain(..take).map(|i| i.no).collect();
-        fetch_items(tx, w.target, w.run_id, w.shard_no, &nos)
-            .await
-            .map(Some)
+        let rows = fetch_items(tx, w.target, w.run_id, w.shard_no, &nos).await?;
+        *oversize = bytes > limits.bytes;
+        if *oversize {
+            give_back_buffers(tx, true).await?;
+        }
+        Ok(Some(rows))
     }
 
     /// Writes a batch's evaluated rows in the shard's transaction and adds
@@ -475,9 +525,17 @@ impl ShardTx<'_> {
                 evaluated.extend(rows);
                 Ok(())
             }
-            TxInner::Pg { tx, types, .. } => {
+            TxInner::Pg {
+                tx,
+                types,
+                oversize,
+                ..
+            } => {
                 let t = apply_rows(tx, &self.work, types, rows).await?;
                 self.tally.merge(&t);
+                if *oversize {
+                    give_back_buffers(tx, false).await?;
+                }
                 Ok(())
             }
         }
@@ -606,6 +664,27 @@ async fn fetch_items(
     Ok(fetched_rows(target, rows, false))
 }
 
+/// Gives back the memory the connection kept from a statement that carried
+/// a document larger than a batch: sqlx keeps its read and write buffers at
+/// their largest, which would hold two more copies of that document through
+/// the rest of the shard. The read buffer lets go of its old allocation
+/// only when the next message arrives, hence, after a read, a trivial
+/// statement.
+async fn give_back_buffers(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    after_read: bool,
+) -> Result<(), StoreError> {
+    use sqlx::Connection;
+    tx.shrink_buffers();
+    if after_read {
+        sqlx::query("SELECT 1")
+            .execute(&mut **tx)
+            .await
+            .map_err(sql("give back the connection's read buffer"))?;
+    }
+    Ok(())
+}
+
 /// The query reading a shard's items with their target rows (`$1` run,
 /// `$2` shard, `filter` any further condition on the items).
 fn fetch_sql(target: &backfill_job::spec::TargetSpec, filter: &str) -> String {
@@ -703,6 +782,7 @@ async fn apply_rows(
                                 .map(|(c, t)| (c.clone(), t.as_deref().map(md5_hex)))
                                 .collect();
                             r.read = cols.clone();
+                            r.released.clear();
                             // The retried write keeps whole before-images
                             // and compares the digests only.
                             r.undo.clear();
@@ -744,7 +824,8 @@ async fn apply_rows(
                     let patch = r.undo.get(col).map(String::as_str);
                     // A NULL column goes back to NULL: whole value.
                     let jsonb = types.get(col).map(String::as_str) == Some("jsonb")
-                        && matches!(r.read.get(col), Some(Some(_)));
+                        && (matches!(r.read.get(col), Some(Some(_)))
+                            || r.released.contains_key(col));
                     keys.push(r.key.as_str());
                     cols.push(col.as_str());
                     match (jsonb, patch, version.as_deref()) {
@@ -878,6 +959,9 @@ pub(crate) fn shard_tally(
         };
         if let (Recorded::Changed, RowOutcome::Changed(new)) = (&rec, &r.outcome) {
             tally.record_change(&r.group, &r.key, &r.read, new);
+            for (col, bytes) in &r.released {
+                tally.record_released(&r.group, &r.key, col, *bytes, r.undo.get(col), new.get(col));
+            }
         }
         tally.record_row(target, &r.group, &r.key, r.refs, rec, r.current.as_deref());
     }
