@@ -262,3 +262,198 @@ async fn prune_lists_then_deletes_the_before_images_of_old_runs() {
     let bad = env.run(&["prune", "--older-than", "30"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// The first lines of `backfill report RUN` in text and Markdown, and the
+/// JSON document, for checking their header.
+struct Reports {
+    text: String,
+    md: String,
+    json: serde_json::Value,
+}
+
+fn reports(env: &TestEnv, run: &str) -> Reports {
+    let text = stdout(&env.run(&["report", run]));
+    let md = stdout(&env.run(&["report", run, "--format", "markdown"]));
+    let json = env.run(&["report", run, "--format", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    Reports { text, md, json }
+}
+
+impl Reports {
+    /// Each format leads with `state`, `kind` and `mode`, then the totals,
+    /// the same as the run's `Summary:` line.
+    fn lead_with(
+        &self,
+        state: &str,
+        kind: &str,
+        mode: &str,
+        s: &std::collections::BTreeMap<String, String>,
+    ) {
+        let verb = if mode == "commit" {
+            "changed"
+        } else {
+            "to change"
+        };
+        let totals = format!(
+            "{} processed, {} {verb}, {} unchanged, {} skipped, {} conflicts, {} errors",
+            s["processed"], s["changed"], s["unchanged"], s["skipped"], s["conflicts"], s["errors"]
+        );
+        let text: Vec<&str> = self.text.lines().take(2).collect();
+        assert_eq!(
+            text,
+            [
+                format!("State: {state} — kind: {kind} — mode: {mode}"),
+                format!("Totals: {totals}")
+            ],
+            "{}",
+            self.text
+        );
+        let md: Vec<&str> = self.md.lines().skip(2).take(4).collect();
+        assert_eq!(
+            md,
+            [
+                format!("- **State:** {state}"),
+                format!("- **Kind:** {kind}"),
+                format!("- **Mode:** {mode}"),
+                format!("- **Totals:** {totals}"),
+            ],
+            "{}",
+            self.md
+        );
+        let keys: Vec<&str> = self
+            .json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            &keys[..4],
+            ["state", "kind", "mode", "counts"],
+            "{:#}",
+            self.json
+        );
+        assert_eq!(self.json["state"], state);
+        assert_eq!(self.json["kind"], kind);
+        assert_eq!(self.json["mode"], mode);
+        for k in [
+            "processed",
+            "changed",
+            "unchanged",
+            "skipped",
+            "conflicts",
+            "errors",
+        ] {
+            assert_eq!(self.json["counts"][k].to_string(), s[k], "{k}");
+        }
+        // The `Summary:` line ends with the state, in the report and the JSON.
+        let line = self.text.lines().last().unwrap();
+        assert!(
+            line.ends_with(&format!(" run={} state={state}", s["run"])),
+            "{line}"
+        );
+        assert_eq!(self.json["summary"], line);
+        assert!(self.md.contains(line), "{}", self.md);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reports_lead_with_the_outcome_of_done_failed_revert_and_sampled_runs() {
+    let env = TestEnv::new().await;
+    env.seed_certificates(30, 1_500).await;
+    let spec = job("program-certificate-titles");
+    // One program's revisions each hold a title of their own.
+    let program: String = sqlx::query_scalar(
+        "SELECT p.readable_id FROM courses_program p
+         JOIN courses_programcertificate c ON c.program_id = p.id AND NOT c.is_revoked
+         GROUP BY p.readable_id HAVING count(DISTINCT c.certificate_page_revision_id) >= 5
+         ORDER BY count(DISTINCT c.certificate_page_revision_id) DESC LIMIT 1",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE wagtailcore_revision r SET content = jsonb_set(r.content, '{product_name}', to_jsonb('Old title ' || r.id))
+         WHERE r.id IN (SELECT c.certificate_page_revision_id FROM courses_programcertificate c
+                        JOIN courses_program p ON p.id = c.program_id WHERE p.readable_id = $1)",
+    )
+    .bind(&program)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+
+    // A dry run over RabbitMQ: done, forward.
+    let dry = env.run(&["run", "--job", &spec, "--all"]);
+    assert_eq!(dry.status.code(), Some(0));
+    let s = summary(&dry);
+    assert_eq!(s["state"], "done");
+    let r = reports(&env, &s["run"]);
+    r.lead_with("done", "forward", "dry-run", &s);
+    // The run's own output leads the report with the same header.
+    assert!(
+        stdout(&dry).contains(&format!(
+            "State: done — kind: forward — mode: dry-run\nTotals: {} processed,",
+            s["processed"]
+        )),
+        "{}",
+        stdout(&dry)
+    );
+    // The program of many titles: three in its Markdown cell, then a count.
+    let group = r.json["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["key"] == program.as_str())
+        .unwrap();
+    let listed = group["current"].as_array().unwrap().len();
+    assert!(listed >= 5, "{group:#}");
+    let more = format!("+ {} more values", listed - 3);
+    let row =
+        r.md.lines()
+            .find(|l| l.starts_with(&format!("| {} |", program.replace('_', "\\_"))))
+            .unwrap_or_else(|| panic!("no row of {program} in\n{}", r.md));
+    assert!(row.contains(&more), "{row}");
+    assert_eq!(row.matches("Old title ").count(), 3, "{row}");
+
+    // A commit with a row that cannot be rewritten: failed.
+    sqlx::query(
+        "UPDATE wagtailcore_revision SET content = '\"not an object\"'::jsonb
+         WHERE id = (SELECT min(c.certificate_page_revision_id) FROM courses_programcertificate c
+                     JOIN courses_program p ON p.id = c.program_id
+                     WHERE p.readable_id = $1 AND NOT c.is_revoked)",
+    )
+    .bind(&program)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let commit = env.run(&["run", "--job", &spec, "--all", "--commit"]);
+    assert_eq!(commit.status.code(), Some(1), "a run with errors fails");
+    let c = summary(&commit);
+    assert_eq!(c["state"], "failed");
+    assert_eq!(num(&c, "errors"), 1);
+    let failed = c["run"].clone();
+    reports(&env, &failed).lead_with("failed", "forward", "commit", &c);
+
+    // Its revert, a dry run: the kind names the run it restores.
+    let revert = env.run(&["revert", &failed]);
+    assert_eq!(revert.status.code(), Some(0));
+    let rv = summary(&revert);
+    assert_eq!(rv["state"], "done");
+    let r = reports(&env, &rv["run"]);
+    r.lead_with("done", &format!("revert of {failed}"), "dry-run", &rv);
+    assert_eq!(r.json["revert_of"], failed.as_str());
+
+    // A sampled dry run: the kind says the share it read.
+    let sampled = env.run(&["run", "--job", &spec, "--all", "--sample", "50%"]);
+    let sm = summary(&sampled);
+    // Failed when the sample holds the broken row.
+    let state = if num(&sm, "errors") > 0 {
+        "failed"
+    } else {
+        "done"
+    };
+    assert_eq!(sm["state"], state);
+    let r = reports(&env, &sm["run"]);
+    r.lead_with(state, "sample 0.5", "dry-run", &sm);
+    assert_eq!(r.json["sample"], 0.5);
+}

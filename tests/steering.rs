@@ -248,8 +248,21 @@ async fn cancel_stops_the_run_and_writes_the_summary_of_what_was_done() {
         .await;
     assert!(stored.ends_with(" state=cancelled"), "{stored}");
     let header = stdout(&report);
-    let second = header.lines().nth(1).unwrap_or_default();
-    assert!(second.starts_with("Cancelled: "), "{header}");
+    let first = header.lines().next().unwrap_or_default();
+    assert_eq!(
+        first, "State: cancelled — kind: forward — mode: commit",
+        "{header}"
+    );
+    let cancelled = header.lines().nth(3).unwrap_or_default();
+    assert!(cancelled.starts_with("Cancelled: "), "{header}");
+    assert!(
+        header
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .ends_with(" state=cancelled"),
+        "{header}"
+    );
     let total = count(&env, &run, "true").await;
     let done = count(&env, &run, "state = 'done'").await;
     let never = count(&env, &run, "state = 'pending'").await;

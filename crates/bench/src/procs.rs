@@ -333,11 +333,7 @@ impl BackfillRun<'_> {
             })?
             .to_string();
         let field = |k: &str| -> anyhow::Result<u64> {
-            summary
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("no {k}= in `{summary}`"))
+            summary_count(&summary, k).with_context(|| format!("no {k}= in `{summary}`"))
         };
         for bad in ["conflicts", "errors"] {
             if field(bad)? != 0 {
@@ -357,7 +353,32 @@ impl BackfillRun<'_> {
     }
 }
 
+/// A count of the `Summary:` line by its key; keys that are not counts
+/// (`mode=`, `run=`, `state=`) and keys added later are passed over.
+fn summary_count(summary: &str, key: &str) -> Option<u64> {
+    summary
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summary_count;
+
+    #[test]
+    fn counts_are_read_from_a_summary_line_ending_with_state() {
+        let line = "Summary: mode=commit shards=2 processed=636 changed=567 unchanged=69 skipped=0 conflicts=0 errors=0 groups_processed=20 groups_skipped=10 refs_affected=1418 refs_skipped=172 conflicts_retried=0 run=r1 state=done";
+        assert_eq!(summary_count(line, "processed"), Some(636));
+        assert_eq!(summary_count(line, "changed"), Some(567));
+        assert_eq!(summary_count(line, "conflicts"), Some(0));
+        assert_eq!(summary_count(line, "errors"), Some(0));
+        assert_eq!(summary_count(line, "state"), None);
+        assert_eq!(summary_count(line, "missing"), None);
+    }
 }

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::plan::GroupStatus;
-use crate::report::{summary_line, RunView};
+use crate::report::{summary_line, totals_phrase, RunView};
+use crate::run::{Mode, RunKind};
 use crate::tally::{Counts, GroupTally, Issues};
 
 /// A report format of `backfill report --format`.
@@ -37,17 +38,33 @@ impl std::str::FromStr for Format {
     }
 }
 
-/// The whole report.
+/// The whole report. It leads with the outcome: `state`, `kind`, `mode`
+/// and the totals (`counts`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportDoc {
-    pub run_id: String,
-    pub job: String,
+    /// `done`, `failed`, `cancelled`, or `running` for a run still going.
+    #[serde(default)]
+    pub state: String,
+    /// `forward`, `verify`, `revert of RUN`, `retry of RUN` or `sample SHARE`.
+    #[serde(default)]
+    pub kind: String,
     pub mode: String,
+    pub counts: Counts,
+    pub run_id: String,
+    /// For a revert: the run it restores.
+    #[serde(default)]
+    pub revert_of: Option<String>,
+    /// For a retry: the run whose quarantined rows it redoes.
+    #[serde(default)]
+    pub retry_of: Option<String>,
+    /// For a sampled dry run: the share of the rows it read (0–1].
+    #[serde(default)]
+    pub sample: Option<f64>,
+    pub job: String,
     pub scope: String,
     /// `group` (one entry per group of the job) or `target` (jobs without groups).
     pub grouped_by: String,
     pub groups: Vec<GroupReport>,
-    pub counts: Counts,
     pub conflicts: Vec<RowIssue>,
     /// Conflicts beyond those listed.
     pub conflicts_more: u64,
@@ -195,10 +212,17 @@ pub fn report_doc(v: &RunView<'_>) -> ReportDoc {
             ));
         }
     }
+    let of = |k: RunKind| (v.kind == k).then(|| v.of.map(str::to_string)).flatten();
     ReportDoc {
-        run_id: v.run_id.to_string(),
-        job: spec.name.clone(),
+        state: v.state.to_string(),
+        kind: v.kind_label(),
         mode: v.mode.to_string(),
+        counts: v.tally.counts,
+        run_id: v.run_id.to_string(),
+        revert_of: of(RunKind::Revert),
+        retry_of: of(RunKind::Retry),
+        sample: v.sample,
+        job: spec.name.clone(),
         scope: v.scope.to_string(),
         grouped_by: if spec.groups.is_some() {
             "group"
@@ -207,7 +231,6 @@ pub fn report_doc(v: &RunView<'_>) -> ReportDoc {
         }
         .into(),
         groups,
-        counts: v.tally.counts,
         conflicts: issues(&v.tally.conflicts),
         conflicts_more: v.tally.conflicts.other,
         errors: issues(&v.tally.errors),
@@ -216,12 +239,25 @@ pub fn report_doc(v: &RunView<'_>) -> ReportDoc {
     }
 }
 
+/// How many current values a cell shows before `+ N more values`.
+pub const CELL_VALUES: usize = 3;
+
+/// A group's current values in one cell: the [`CELL_VALUES`] held by the
+/// most rows (ties in value order), `value (rows)` each, then `+ N more
+/// values` for the other listed values and `other values (rows)` for the
+/// rows whose values were beyond those listed. The JSON lists them all.
 fn current_text(g: &GroupReport) -> String {
-    let mut parts: Vec<String> = g
-        .current
+    let mut shown: Vec<&ValueCount> = g.current.iter().collect();
+    shown.sort_by_key(|c| std::cmp::Reverse(c.rows));
+    let more = shown.len().saturating_sub(CELL_VALUES);
+    shown.truncate(CELL_VALUES);
+    let mut parts: Vec<String> = shown
         .iter()
         .map(|c| format!("{} ({})", c.value, c.rows))
         .collect();
+    if more > 0 {
+        parts.push(format!("+ {more} more values"));
+    }
     if g.current_other > 0 {
         parts.push(format!("other values ({})", g.current_other));
     }
@@ -321,11 +357,16 @@ fn md_cell(s: &str) -> String {
 pub fn render_markdown(doc: &ReportDoc) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# Run {}\n", md_cell(&doc.run_id));
+    // The outcome first: state, kind, mode and totals.
+    let mode = doc.mode.parse::<Mode>().unwrap_or_default();
+    let _ = writeln!(out, "- **State:** {}", md_cell(&doc.state));
+    let _ = writeln!(out, "- **Kind:** {}", md_cell(&doc.kind));
+    let _ = writeln!(out, "- **Mode:** {}", md_cell(&doc.mode));
+    let _ = writeln!(out, "- **Totals:** {}\n", totals_phrase(&doc.counts, mode));
     let _ = writeln!(
         out,
-        "Job {}, mode **{}**, scope {}.{}\n",
+        "Job {}, scope {}.{}\n",
         md_cell(&doc.job),
-        md_cell(&doc.mode),
         md_cell(&doc.scope),
         if doc.mode == "dry-run" {
             " Dry run: nothing was written."
@@ -507,6 +548,11 @@ mod tests {
 
     fn doc() -> ReportDoc {
         ReportDoc {
+            state: "done".into(),
+            kind: "forward".into(),
+            revert_of: None,
+            retry_of: None,
+            sample: None,
             run_id: "r1".into(),
             job: "titles".into(),
             mode: "dry-run".into(),
@@ -551,6 +597,175 @@ mod tests {
             errors_more: 0,
             summary: "Summary: mode=dry-run".into(),
         }
+    }
+
+    /// A view of a run whose one group holds `values` distinct current
+    /// values, one row each.
+    fn many_values_view_text(values: usize, state: crate::RunState) -> (ReportDoc, String) {
+        use crate::plan::PlannedGroup;
+        use crate::tally::Recorded;
+        use crate::{JobSpec, Plan, Tally};
+        let spec = JobSpec::parse(
+            r#"
+name = "titles"
+[groups]
+query = "SELECT 1"
+[[targets]]
+name = "revisions"
+table = "t"
+key = "id"
+key_type = "integer"
+columns = ["content"]
+query = "SELECT 1"
+[[targets.rules]]
+op = "set"
+path = "/n"
+value = "x"
+"#,
+        )
+        .unwrap();
+        let plan = Plan {
+            groups: vec![PlannedGroup {
+                key: "P1".into(),
+                label: None,
+                params: Default::default(),
+                status: GroupStatus::Eligible,
+            }],
+            targets: vec![],
+            shards_total: 1,
+            tally: Tally::default(),
+        };
+        let mut tally = Tally::default();
+        for i in 0..values {
+            let value = format!("v{i:02}");
+            // v00 is held by the most rows, then v01.
+            let rows = match i {
+                0 => 3,
+                1 => 2,
+                _ => 1,
+            };
+            for r in 0..rows {
+                tally.record_row(
+                    "revisions",
+                    "P1",
+                    &format!("{i}-{r}"),
+                    1,
+                    Recorded::Changed,
+                    Some(&value),
+                );
+            }
+        }
+        let v = RunView {
+            run_id: "r9",
+            spec: &spec,
+            mode: Mode::Commit,
+            scope: "all",
+            plan: &plan,
+            tally: &tally,
+            cancelled: None,
+            state,
+            kind: RunKind::Revert,
+            of: Some("r8"),
+            sample: None,
+        };
+        (report_doc(&v), crate::report::render_report(&v))
+    }
+
+    #[test]
+    fn a_cell_of_current_values_shows_three_then_how_many_more() {
+        // 17 distinct values, all listed (under the cap of 20).
+        let (doc, _) = many_values_view_text(17, crate::RunState::Done);
+        assert_eq!(doc.groups[0].current.len(), 17, "the JSON lists them all");
+        assert_eq!(
+            current_text(&doc.groups[0]),
+            "v00 (3); v01 (2); v02 (1); + 14 more values"
+        );
+        let md = render_markdown(&doc);
+        assert!(
+            md.contains("| v00 (3); v01 (2); v02 (1); + 14 more values |"),
+            "{md}"
+        );
+        let csv = render_csv(&doc);
+        let mut r = csv::Reader::from_reader(csv.as_bytes());
+        let rows: Vec<csv::StringRecord> = r.records().map(|r| r.unwrap()).collect();
+        assert_eq!(&rows[0][5], "v00 (3); v01 (2); v02 (1); + 14 more values");
+
+        // Beyond the cap: 20 listed (3 shown, 17 more), and the rows of the rest.
+        let (doc, _) = many_values_view_text(25, crate::RunState::Done);
+        assert_eq!(
+            current_text(&doc.groups[0]),
+            "v00 (3); v01 (2); v02 (1); + 17 more values; other values (5)"
+        );
+        // Three or fewer: all shown, no count.
+        let (doc, _) = many_values_view_text(3, crate::RunState::Done);
+        assert_eq!(current_text(&doc.groups[0]), "v00 (3); v01 (2); v02 (1)");
+    }
+
+    #[test]
+    fn markdown_and_json_lead_with_state_kind_mode_and_totals() {
+        let (doc, _) = many_values_view_text(4, crate::RunState::Failed);
+        assert_eq!(doc.state, "failed");
+        assert_eq!(doc.kind, "revert of r8");
+        assert_eq!(doc.revert_of.as_deref(), Some("r8"));
+        assert_eq!(doc.retry_of, None);
+        assert!(
+            doc.summary.ends_with(" run=r9 state=failed"),
+            "{}",
+            doc.summary
+        );
+
+        let md = render_markdown(&doc);
+        let head: Vec<&str> = md.lines().take(6).collect();
+        assert_eq!(
+            head,
+            [
+                "# Run r9",
+                "",
+                "- **State:** failed",
+                "- **Kind:** revert of r8",
+                "- **Mode:** commit",
+                "- **Totals:** 7 processed, 7 changed, 0 unchanged, 0 skipped, 0 conflicts, 0 errors",
+            ],
+            "{md}"
+        );
+
+        // JSON: the header's fields come first; every field of before is kept.
+        let json = serde_json::to_string_pretty(&doc).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(&keys[..4], ["state", "kind", "mode", "counts"], "{json}");
+        for old in [
+            "run_id",
+            "job",
+            "mode",
+            "scope",
+            "grouped_by",
+            "groups",
+            "counts",
+            "conflicts",
+            "conflicts_more",
+            "errors",
+            "errors_more",
+            "summary",
+        ] {
+            assert!(value.get(old).is_some(), "{old} missing from {json}");
+        }
+        assert_eq!(value["counts"]["processed"], 7);
+        assert_eq!(value["state"], "failed");
+        assert_eq!(value["kind"], "revert of r8");
+        // A document written before the header still reads.
+        let mut before = value.clone();
+        for new in ["state", "kind", "revert_of", "retry_of", "sample"] {
+            before.as_object_mut().unwrap().remove(new);
+        }
+        let old: ReportDoc = serde_json::from_value(before).unwrap();
+        assert_eq!(old.run_id, "r9");
+        assert_eq!(old.state, "");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::plan::{GroupStatus, Plan};
-use crate::run::Mode;
+use crate::run::{Mode, RunKind, RunState};
 use crate::spec::JobSpec;
 use crate::tally::{Counts, GroupTally, Tally};
 
@@ -20,10 +20,47 @@ pub struct RunView<'a> {
     /// For a cancelled run: how many of its shards were counted (the rest
     /// were never started, or finished after the cancel).
     pub cancelled: Option<u32>,
+    /// The run's state: `running` for a report of a run still going.
+    pub state: RunState,
+    /// What the run is for.
+    pub kind: RunKind,
+    /// For a revert or a retry: the run it was made from.
+    pub of: Option<&'a str>,
+    /// For a sampled dry run: the share of the target rows it read (0–1].
+    pub sample: Option<f64>,
 }
 
-/// The one-line summary ops scripts parse. The first keys are a contract;
-/// more may follow.
+impl RunView<'_> {
+    /// The run's kind as the report's header shows it: `forward`, `verify`,
+    /// `revert of RUN`, `retry of RUN` or `sample SHARE` (a sampled dry run,
+    /// SHARE the share of the rows it read, 0–1).
+    pub fn kind_label(&self) -> String {
+        match (self.kind, self.of, self.sample) {
+            (RunKind::Revert, Some(of), _) => format!("revert of {of}"),
+            (RunKind::Retry, Some(of), _) => format!("retry of {of}"),
+            (_, _, Some(share)) => format!("sample {share}"),
+            (k, _, _) => k.as_str().to_string(),
+        }
+    }
+}
+
+/// The run's totals in words, for the header of every report format:
+/// `N processed, N changed (N to change in a dry run), N unchanged,
+/// N skipped, N conflicts, N errors` — all six, zeros too.
+pub fn totals_phrase(c: &Counts, mode: Mode) -> String {
+    let verb = if mode.is_commit() {
+        "changed"
+    } else {
+        "to change"
+    };
+    format!(
+        "{} processed, {} {verb}, {} unchanged, {} skipped, {} conflicts, {} errors",
+        c.processed, c.changed, c.unchanged, c.skipped, c.conflicts, c.errors
+    )
+}
+
+/// The one-line summary ops scripts parse. The keys are a contract: none
+/// moves or goes, new ones are added at the end (`state=` last).
 pub fn summary_line(v: &RunView<'_>) -> String {
     let c = &v.tally.counts;
     let mut line = format!(
@@ -43,10 +80,17 @@ pub fn summary_line(v: &RunView<'_>) -> String {
         v.tally.conflicts_retried,
         v.run_id,
     );
-    if v.cancelled.is_some() {
-        line.push_str(" state=cancelled");
-    }
+    let _ = write!(line, " state={}", v.state);
     line
+}
+
+/// The state as the text header shows it; a running run's counts are
+/// those folded so far.
+fn state_phrase(state: RunState) -> String {
+    match state {
+        RunState::Running => "running (the counts so far)".to_string(),
+        s => s.to_string(),
+    }
 }
 
 fn plural(n: u64, noun: &str) -> String {
@@ -121,6 +165,15 @@ pub fn render_report(v: &RunView<'_>) -> String {
     let rn = &spec.report.row_noun;
     let refn = &spec.report.ref_noun;
     let mut out = String::new();
+    // The outcome first: state, kind, mode and totals.
+    let _ = writeln!(
+        out,
+        "State: {} — kind: {} — mode: {}",
+        state_phrase(v.state),
+        v.kind_label(),
+        v.mode
+    );
+    let _ = writeln!(out, "Totals: {}", totals_phrase(&v.tally.counts, v.mode));
     let _ = writeln!(
         out,
         "Run {} — job {} — mode {} — scope {}",
@@ -295,6 +348,10 @@ target_param = "title"
             plan: &plan,
             tally: &tally,
             cancelled: None,
+            state: RunState::Done,
+            kind: RunKind::Forward,
+            of: None,
+            sample: None,
         };
         let text = render_report(&v);
         assert!(text.contains("program P1 — Data"), "{text}");
@@ -315,7 +372,136 @@ target_param = "title"
         let last = text.lines().last().unwrap();
         assert_eq!(
             last,
-            "Summary: mode=dry-run shards=2 processed=2 changed=1 unchanged=1 skipped=0 conflicts=0 errors=0 groups_processed=1 groups_skipped=1 refs_affected=3 refs_skipped=1 conflicts_retried=0 run=r1"
+            "Summary: mode=dry-run shards=2 processed=2 changed=1 unchanged=1 skipped=0 conflicts=0 errors=0 groups_processed=1 groups_skipped=1 refs_affected=3 refs_skipped=1 conflicts_retried=0 run=r1 state=done"
         );
+    }
+
+    fn empty_plan() -> Plan {
+        Plan {
+            groups: vec![],
+            targets: vec![],
+            shards_total: 4,
+            tally: Tally::default(),
+        }
+    }
+
+    fn view<'a>(spec: &'a JobSpec, plan: &'a Plan, tally: &'a Tally) -> RunView<'a> {
+        RunView {
+            run_id: "r2",
+            spec,
+            mode: Mode::Commit,
+            scope: "all",
+            plan,
+            tally,
+            cancelled: None,
+            state: RunState::Done,
+            kind: RunKind::Forward,
+            of: None,
+            sample: None,
+        }
+    }
+
+    #[test]
+    fn the_report_leads_with_state_kind_mode_and_totals() {
+        let spec = JobSpec::parse(SPEC).unwrap();
+        let plan = empty_plan();
+        let mut tally = Tally::default();
+        tally.counts = Counts {
+            processed: 9,
+            changed: 5,
+            unchanged: 1,
+            skipped: 1,
+            conflicts: 1,
+            errors: 1,
+        };
+        let mut v = view(&spec, &plan, &tally);
+        v.state = RunState::Failed;
+        let text = render_report(&v);
+        let head: Vec<&str> = text.lines().take(3).collect();
+        assert_eq!(
+            head,
+            [
+                "State: failed — kind: forward — mode: commit",
+                "Totals: 9 processed, 5 changed, 1 unchanged, 1 skipped, 1 conflicts, 1 errors",
+                "Run r2 — job titles — mode commit — scope all",
+            ],
+            "{text}"
+        );
+
+        // Each kind, and a dry run's "to change".
+        v.mode = Mode::DryRun;
+        v.state = RunState::Cancelled;
+        v.cancelled = Some(2);
+        v.kind = RunKind::Revert;
+        v.of = Some("r1");
+        let text = render_report(&v);
+        assert!(
+            text.starts_with(
+                "State: cancelled — kind: revert of r1 — mode: dry-run\nTotals: 9 processed, 5 to change,"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("\nCancelled: the run was stopped"), "{text}");
+        v.kind = RunKind::Retry;
+        assert_eq!(v.kind_label(), "retry of r1");
+        v.kind = RunKind::Forward;
+        v.of = None;
+        v.sample = Some(0.05);
+        assert_eq!(v.kind_label(), "sample 0.05");
+        v.sample = None;
+        v.kind = RunKind::Verify;
+        assert_eq!(v.kind_label(), "verify");
+        v.state = RunState::Running;
+        v.cancelled = None;
+        assert!(
+            render_report(&v).starts_with("State: running (the counts so far) — kind: verify"),
+            "{}",
+            render_report(&v)
+        );
+    }
+
+    #[test]
+    fn the_summary_line_ends_with_the_state_and_keeps_its_keys_in_order() {
+        let spec = JobSpec::parse(SPEC).unwrap();
+        let plan = empty_plan();
+        let tally = Tally::default();
+        let mut v = view(&spec, &plan, &tally);
+        let keys = |line: &str| -> Vec<String> {
+            line["Summary: ".len()..]
+                .split(' ')
+                .filter_map(|kv| kv.split_once('=').map(|(k, _)| k.to_string()))
+                .collect()
+        };
+        let contract = [
+            "mode",
+            "shards",
+            "processed",
+            "changed",
+            "unchanged",
+            "skipped",
+            "conflicts",
+            "errors",
+            "groups_processed",
+            "groups_skipped",
+            "refs_affected",
+            "refs_skipped",
+            "conflicts_retried",
+            "run",
+            "state",
+        ];
+        for (state, cancelled) in [
+            (RunState::Done, None),
+            (RunState::Failed, None),
+            (RunState::Cancelled, Some(1)),
+            (RunState::Running, None),
+        ] {
+            v.state = state;
+            v.cancelled = cancelled;
+            let line = summary_line(&v);
+            assert_eq!(keys(&line), contract, "{line}");
+            assert!(line.ends_with(&format!(" run=r2 state={state}")), "{line}");
+            // The report ends with the same line.
+            assert_eq!(render_report(&v).lines().last(), Some(line.as_str()));
+        }
     }
 }

@@ -208,6 +208,10 @@ impl RunRecord {
             plan: &self.plan,
             tally: &self.tally,
             cancelled: (self.state == RunState::Cancelled).then_some(self.shards_reduced),
+            state: self.state,
+            kind: self.kind,
+            of: self.revert_of.as_deref().or(self.retry_of.as_deref()),
+            sample: self.sample,
         }
     }
 }
@@ -518,6 +522,7 @@ pub(crate) fn fold_result(
     let mode: Mode = mode.parse().map_err(StoreError::Data)?;
     let scope: backfill_job::Scope = decode("scope", scope)?;
     let plan: Plan = decode("plan", plan)?;
+    let state = final_state(&tally);
     let summary = summary_line(&RunView {
         run_id,
         spec: &spec,
@@ -526,11 +531,16 @@ pub(crate) fn fold_result(
         plan: &plan,
         tally: &tally,
         cancelled: None,
+        state,
+        // The summary line does not show the kind.
+        kind: backfill_job::RunKind::default(),
+        of: None,
+        sample: None,
     });
     Ok(Fold {
         tally: tally_json,
         reduced,
-        finished: Some((final_state(&tally), summary)),
+        finished: Some((state, summary)),
     })
 }
 

@@ -141,6 +141,11 @@ pub(crate) fn finish_plan(
             plan: &plan,
             tally: &plan.tally,
             cancelled: None,
+            // Nothing to send: the run finishes as it is planned.
+            state: final_state(&plan.tally),
+            kind: new.kind,
+            of: None,
+            sample: new.sample,
         })
     });
     (plan, summary)

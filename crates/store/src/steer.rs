@@ -926,6 +926,7 @@ impl Store {
         }
         let mut view = rec.view();
         view.cancelled = Some(rec.shards_reduced);
+        view.state = RunState::Cancelled;
         let summary = summary_line(&view);
         let q = "UPDATE backfill_run SET state = 'cancelled', summary = $2, finished_at = NOW_
                  WHERE run_id = $1 AND state = 'running'";
