@@ -26,6 +26,9 @@ async fn a_malformed_run_id_is_a_bad_request_without_internals() {
         "/api/runs/%00/shards",
         "/api/runs/%00/throughput",
         "/api/runs/%00/report",
+        "/api/runs/%00/report?format=json",
+        "/api/runs/no-such-run/report?format=%00",
+        "/api/runs/no-such-run/report?format=json&format=text",
         "/api/runs/a%01b",
         long.as_str(),
     ] {
@@ -36,6 +39,8 @@ async fn a_malformed_run_id_is_a_bad_request_without_internals() {
         }
     }
     let (code, _) = http_get(port, "/api/runs/no-such-run");
+    assert_eq!(code, 404);
+    let (code, _) = http_get(port, "/api/runs/no-such-run/report?format=json");
     assert_eq!(code, 404);
 }
 

@@ -64,6 +64,15 @@ impl<'a> Fleet<'a> {
         self.mappers.push(fresh);
     }
 
+    /// Stops the reducer (SIGKILL) without starting another: results wait
+    /// in their queue, unfolded.
+    pub fn stop_reducer(&mut self) {
+        if let Some(mut r) = self.reducer.take() {
+            let _ = r.kill();
+            let _ = r.wait();
+        }
+    }
+
     pub fn kill_reducer(&mut self) {
         if let Some(mut r) = self.reducer.take() {
             r.kill().unwrap();

@@ -13,7 +13,7 @@
 //!   its JSON API under `/api/runs` — the same documents `status --json`
 //!   prints.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -532,11 +532,37 @@ async fn api_throughput(State(s): State<MonitorState>, Path(id): Path<String>) -
     }
 }
 
-async fn api_report(State(s): State<MonitorState>, Path(id): Path<String>) -> Response {
+/// `?format=` of the report endpoint.
+#[derive(Debug, serde::Deserialize)]
+struct ReportQuery {
+    format: Option<String>,
+}
+
+/// `GET /api/runs/{id}/report`: `{"text"}`, the text report; with
+/// `?format=json`, the JSON report `report --format json` prints (groups,
+/// counts, conflicts and errors by key).
+async fn api_report(
+    State(s): State<MonitorState>,
+    Path(id): Path<String>,
+    Query(q): Query<ReportQuery>,
+) -> Response {
     if let Some(r) = bad_run_id(&id) {
         return r;
     }
+    let json = match q.format.as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(_) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "unknown report format (expected text or json)".into(),
+            )
+        }
+    };
     match s.store.load_run(&id).await {
+        Ok(Some(rec)) if json => {
+            Json(backfill_job::formats::report_doc(&rec.view())).into_response()
+        }
         Ok(Some(rec)) => Json(serde_json::json!({
             "text": backfill_job::report::render_report(&rec.view())
         }))

@@ -107,6 +107,19 @@ pub struct WorkerStatus {
     /// Its last sign of life: a heartbeat or a shard it finished.
     pub last_seen: Option<String>,
     pub age_seconds: Option<f64>,
+    /// No sign of life for more than [`WORKER_STALE_SECONDS`]: the worker
+    /// was killed, hangs or lost the database. `false` when nothing was
+    /// ever seen of it.
+    pub stale: bool,
+}
+
+/// A worker silent for longer than this is stale: six of a mapper's
+/// heartbeats (one every 5 s), the threshold the dashboard has always used.
+pub const WORKER_STALE_SECONDS: f64 = 30.0;
+
+/// Whether a worker last seen `age_seconds` ago is stale.
+pub fn worker_stale(age_seconds: Option<f64>) -> bool {
+    age_seconds.is_some_and(|a| a > WORKER_STALE_SECONDS)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -526,11 +539,13 @@ impl Store {
                     (Some(a), Some(b)) => Some(a.max(b)),
                     (a, b) => a.or(b),
                 };
+                let age_seconds = seen.map(|s| (now - s).max(0.0));
                 WorkerStatus {
                     name,
                     shards_done: n.max(0) as u64,
                     last_seen: seen.map(rfc3339),
-                    age_seconds: seen.map(|s| (now - s).max(0.0)),
+                    age_seconds,
+                    stale: worker_stale(age_seconds),
                 }
             })
             .collect())
@@ -558,6 +573,16 @@ mod tests {
         assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400.0), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_308_310.7), "2026-11-22T00:45:10Z");
+    }
+
+    #[test]
+    fn a_worker_silent_for_over_thirty_seconds_is_stale() {
+        assert!(!worker_stale(None));
+        assert!(!worker_stale(Some(0.0)));
+        assert!(!worker_stale(Some(29.9)));
+        assert!(!worker_stale(Some(WORKER_STALE_SECONDS)));
+        assert!(worker_stale(Some(30.5)));
+        assert!(worker_stale(Some(3600.0)));
     }
 
     #[test]
