@@ -23,7 +23,8 @@ const AFTER_HELP: &str = "\
 Exit codes: 0 clean; 1 row errors or a failure; 2 bad input (flags, scope, spec) or a commit
 refused by the review gate; 3 conflicts; 4 the run was cancelled.
 Environment: DATABASE_URL, AMQP_URL, BACKFILL_QUEUE_PREFIX, BACKFILL_OPERATOR,
-BACKFILL_SKIP_REVIEW, BACKFILL_REVIEW_WINDOW, RUST_LOG.";
+BACKFILL_SKIP_REVIEW, BACKFILL_REVIEW_WINDOW, BACKFILL_NOTIFY_URL, BACKFILL_NOTIFY_FORMAT,
+BACKFILL_NOTIFY_TIMEOUT, RUST_LOG.";
 
 /// Rewrites the JSON content of revision rows, distributed over RabbitMQ, safely and resumably.
 #[derive(Debug, Parser)]
@@ -35,8 +36,77 @@ struct Cli {
     /// (a line per 10 % of the shards or per 30 s), as for a pipe or a file.
     #[arg(long, short = 'q', global = true)]
     quiet: bool,
+    #[command(flatten)]
+    notify: NotifyArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Webhooks told when a run starts, finishes, fails, is cancelled,
+/// dead-letters a shard or stalls (beside the spec's `[notify] urls`).
+#[derive(Debug, Args)]
+struct NotifyArgs {
+    /// Webhook to POST each notification to (repeatable; the environment
+    /// variable takes a comma-separated list). Set it on the coordinator
+    /// and the reducer: the reducer tells of a run's end.
+    #[arg(
+        long = "notify",
+        value_name = "URL",
+        env = "BACKFILL_NOTIFY_URL",
+        global = true,
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    urls: Vec<String>,
+    /// Body of each notification: `json` (the documented document) or
+    /// `slack` (`{"text": …}`) [default: the spec's `[notify] format`, else json].
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        env = "BACKFILL_NOTIFY_FORMAT",
+        global = true
+    )]
+    notify_format: Option<String>,
+    /// Seconds one delivery attempt may take (3 attempts, 1 s then 4 s apart).
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "BACKFILL_NOTIFY_TIMEOUT",
+        global = true,
+        default_value_t = 5.0
+    )]
+    notify_timeout: f64,
+}
+
+impl NotifyArgs {
+    fn settings(&self) -> Result<backfill_notify::Settings, String> {
+        let format = match &self.notify_format {
+            Some(f) => Some(f.parse().map_err(|e| format!("--notify-format: {e}"))?),
+            None => None,
+        };
+        if !(self.notify_timeout.is_finite() && self.notify_timeout > 0.0) {
+            return Err(format!(
+                "--notify-timeout: must be a positive number of seconds, got {}",
+                self.notify_timeout
+            ));
+        }
+        let timeout = std::time::Duration::from_secs_f64(self.notify_timeout.min(300.0));
+        let s = backfill_notify::Settings {
+            urls: self
+                .urls
+                .iter()
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect(),
+            format,
+            timeout,
+            // Three attempts and the waits between them, and a margin.
+            patience: timeout * 3 + std::time::Duration::from_secs(7),
+            sender: "backfill".into(),
+        };
+        s.check()?;
+        Ok(s)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -490,6 +560,13 @@ pub fn main() -> i32 {
     };
     init_tracing(&cli.command);
     crate::progress::set_quiet(cli.quiet);
+    match cli.notify.settings() {
+        Ok(s) => backfill_notify::install(s),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -500,7 +577,14 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    match rt.block_on(dispatch(cli)) {
+    // Notifications sent during the command are delivered before it exits
+    // (at most the notify patience); they never change its exit code.
+    let result = rt.block_on(async {
+        let r = dispatch(cli).await;
+        backfill_notify::flush().await;
+        r
+    });
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", crate::settings::scrub(&error_chain(&e)));

@@ -109,7 +109,9 @@ pub async fn cancel(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    store.finish_cancelled(run_id).await?;
+    if store.finish_cancelled(run_id).await? {
+        backfill_notify::notify(store, run_id, backfill_notify::Event::Cancelled, None, None).await;
+    }
     let rec = running_run(store, run_id).await?;
     print!("{}", render_report(&rec.view()));
     let shards = store.shards(run_id).await?;

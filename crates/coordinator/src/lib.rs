@@ -320,6 +320,7 @@ pub async fn start(
         ));
     }
     let (run_id, plan) = plan(store, req).await?;
+    backfill_notify::notify(store, &run_id, backfill_notify::Event::Started, None, None).await;
     Ok((
         Start::Planned {
             run_id,

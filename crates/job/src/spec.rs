@@ -177,6 +177,16 @@ struct RawSpec {
     requires: Option<String>,
     #[serde(default)]
     versioned: bool,
+    notify: Option<RawNotify>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    #[serde(default)]
+    urls: Vec<String>,
+    format: Option<String>,
+    stall_after_seconds: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -311,6 +321,9 @@ pub struct JobSpec {
     /// remove rows, and `verify` checks the row counts the ledger recorded
     /// before and after the job's last commit.
     pub versioned: bool,
+    /// Webhooks told when a run starts, ends, fails, is cancelled,
+    /// dead-letters a shard or stalls.
+    pub notify: NotifySpec,
     /// The file's text as given; the ledger keeps it so mappers use the run's spec.
     pub source: String,
     /// SHA-256 of `source`, hex.
@@ -382,6 +395,64 @@ pub struct ThrottleSpec {
     /// Higher runs first: a run waits while a running run of higher priority
     /// has shards left.
     pub priority: i32,
+}
+
+/// Where and how a run's notifications go (`[notify]`); the command line's
+/// `--notify` adds to `urls`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifySpec {
+    /// `http://` or `https://` webhooks, each POSTed every notification.
+    pub urls: Vec<String>,
+    pub format: NotifyFormat,
+    /// A running, unpaused run with no shard finished for this long is
+    /// reported stalled (once per stall).
+    pub stall_after_seconds: f64,
+}
+
+impl Default for NotifySpec {
+    fn default() -> Self {
+        NotifySpec {
+            urls: Vec::new(),
+            format: NotifyFormat::Json,
+            stall_after_seconds: 1800.0,
+        }
+    }
+}
+
+/// The body of a notification: the documented JSON document, or a
+/// Slack-compatible `{"text": …}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NotifyFormat {
+    #[default]
+    Json,
+    Slack,
+}
+
+impl std::str::FromStr for NotifyFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "json" => Ok(NotifyFormat::Json),
+            "slack" => Ok(NotifyFormat::Slack),
+            other => Err(format!("must be \"json\" or \"slack\", got \"{other}\"")),
+        }
+    }
+}
+
+/// Checks a webhook URL: `http://` or `https://` with a host.
+pub fn check_webhook_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| "must start with http:// or https://".to_string())?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() || host.starts_with(':') {
+        return Err("names no host".into());
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("holds a space or a control character".into());
+    }
+    Ok(())
 }
 
 /// The database health check that pauses a run's mappers while it fails.
@@ -986,6 +1057,7 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
     };
 
     let throttle = validate_throttle(raw.throttle)?;
+    let notify = validate_notify(raw.notify)?;
     let health = validate_health(raw.health)?;
     let sizing = validate_sizing(raw.sizing)?;
 
@@ -1011,8 +1083,30 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
         sizing,
         requires,
         versioned: raw.versioned,
+        notify,
         source,
         hash,
+    })
+}
+
+fn validate_notify(raw: Option<RawNotify>) -> Result<NotifySpec, SpecError> {
+    let d = NotifySpec::default();
+    let Some(n) = raw else { return Ok(d) };
+    for (i, url) in n.urls.iter().enumerate() {
+        check_webhook_url(url).map_err(|e| SpecError::new(format!("notify.urls[{i}]"), e))?;
+    }
+    let format = match n.format {
+        Some(f) => f
+            .parse()
+            .map_err(|e: String| SpecError::new("notify.format", e))?,
+        None => d.format,
+    };
+    let stall = positive("notify.stall_after_seconds", n.stall_after_seconds)?
+        .unwrap_or(d.stall_after_seconds);
+    Ok(NotifySpec {
+        urls: n.urls,
+        format,
+        stall_after_seconds: stall,
     })
 }
 
@@ -1194,6 +1288,33 @@ value = "x"
         assert_eq!(e.field, "targets[0].rules[0].column");
         let e = err(&MINIMAL.replace("value = \"x\"", "from = \"/a\"\nfrom_column = \"nope\""));
         assert_eq!(e.field, "targets[0].rules[0].from_column");
+    }
+
+    #[test]
+    fn notify_urls_and_format_are_checked_and_named() {
+        let ok = JobSpec::parse(&format!(
+            "{MINIMAL}\n[notify]\nurls = [\"https://hooks.example/T/B/x\"]\nformat = \"slack\"\nstall_after_seconds = 60\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.notify.urls, ["https://hooks.example/T/B/x"]);
+        assert_eq!(ok.notify.format, NotifyFormat::Slack);
+        assert_eq!(ok.notify.stall_after_seconds, 60.0);
+        assert_eq!(
+            JobSpec::parse(MINIMAL).unwrap().notify,
+            NotifySpec::default()
+        );
+        let e = err(&format!(
+            "{MINIMAL}\n[notify]\nurls = [\"http://a/\", \"ftp://b/\"]\n"
+        ));
+        assert_eq!(e.field, "notify.urls[1]");
+        let e = err(&format!("{MINIMAL}\n[notify]\nurls = [\"http:///x\"]\n"));
+        assert_eq!(e.field, "notify.urls[0]");
+        let e = err(&format!("{MINIMAL}\n[notify]\nformat = \"teams\"\n"));
+        assert_eq!(e.field, "notify.format");
+        let e = err(&format!("{MINIMAL}\n[notify]\nstall_after_seconds = 0\n"));
+        assert_eq!(e.field, "notify.stall_after_seconds");
+        let e = err(&format!("{MINIMAL}\n[notify]\nurl = \"http://a/\"\n"));
+        assert!(e.to_string().contains("url"), "{e}");
     }
 
     #[test]

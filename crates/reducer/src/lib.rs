@@ -58,6 +58,7 @@ pub async fn process_result(store: &Store, result: &ShardResult) -> Result<Reduc
             metrics::counter!("backfill_runs_finished_total").increment(1);
             info!(run = %result.run_id, "{summary}");
             record_finished_rows(store, &result.run_id).await?;
+            backfill_notify::notify_end(store, &result.run_id).await;
         }
         Reduced::Duplicate => {
             info!(run = %result.run_id, shard = result.shard_no, "duplicate result ignored")
@@ -90,6 +91,11 @@ pub async fn run(
     store.ledger().check()?;
     // There from the start, at 0, so an increase over it is never missing.
     metrics::counter!("backfill_runs_finished_total").increment(0);
+    let stalls = tokio::spawn(watch_stalls(
+        store.clone(),
+        cfg.worker.clone(),
+        shutdown.clone(),
+    ));
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
         match consume(&store, &cfg, &shutdown).await {
@@ -104,8 +110,58 @@ pub async fn run(
             }
         }
     }
+    let _ = stalls.await;
     info!(worker = %cfg.worker, "reducer stopped");
     Ok(())
+}
+
+/// How often the reducer looks for stalled runs.
+const STALL_CHECK: Duration = Duration::from_secs(5);
+
+/// Tells of each running, unpaused run that has made no progress for its
+/// spec's `[notify] stall_after_seconds`: once per stall (recorded in the
+/// ledger as a `stalled` event), and again only after it progressed.
+async fn watch_stalls(store: Store, worker: String, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(STALL_CHECK) => {}
+        }
+        let quiet = match store.quiet_runs().await {
+            Ok(q) => q,
+            Err(e) => {
+                warn!(error = %e, "cannot look for stalled runs");
+                continue;
+            }
+        };
+        for q in quiet.into_iter().filter(|q| !q.told) {
+            let Ok(Some(rec)) = store.load_run(&q.run_id).await else {
+                continue;
+            };
+            if q.quiet_seconds < rec.spec.notify.stall_after_seconds {
+                continue;
+            }
+            let detail = format!(
+                "no shard finished for {:.0} s (stall_after_seconds = {})",
+                q.quiet_seconds, rec.spec.notify.stall_after_seconds
+            );
+            warn!(run = %q.run_id, "run stalled: {detail}");
+            if let Err(e) = store
+                .record_event(&q.run_id, "stalled", &worker, Some(&detail))
+                .await
+            {
+                warn!(run = %q.run_id, error = %e, "cannot record the stall");
+                continue;
+            }
+            backfill_notify::send(
+                &store,
+                &rec,
+                backfill_notify::Event::Stalled,
+                None,
+                Some(&detail),
+            );
+        }
+    }
 }
 
 /// Records a dead-lettered shard as failed (its rows quarantined as
@@ -122,6 +178,14 @@ pub async fn process_dead_task(
         .unwrap_or_else(|| format!("delivered {DELIVERY_LIMIT} times without finishing (a worker died on it each time)"));
     let result = backfill_mapper::record_dead_shard(store, task, worker, &error).await?;
     warn!(run = %task.run_id, shard = task.shard_no, error = %error, "shard dead-lettered; its rows are reported as errors and quarantined");
+    backfill_notify::notify(
+        store,
+        &task.run_id,
+        backfill_notify::Event::ShardDead,
+        Some(task.shard_no),
+        Some(&error),
+    )
+    .await;
     process_result(store, &result).await
 }
 

@@ -43,7 +43,7 @@ pub use shard::{
     BatchLimits, Committed, EvaluatedRow, FetchedRow, OpenShard, ShardCommit, ShardRows, ShardTx,
     ShardWork,
 };
-pub use steer::{Claim, Control, ControlState, Health, ThrottleChange};
+pub use steer::{Claim, Control, ControlState, Health, QuietRun, ThrottleChange};
 
 /// A read-only command found no ledger (or one made by an older version,
 /// which only a writing command upgrades).

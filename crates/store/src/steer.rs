@@ -45,6 +45,15 @@ macro_rules! execute {
     }};
 }
 
+/// A running run and how long it has made no progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuietRun {
+    pub run_id: String,
+    pub quiet_seconds: f64,
+    /// A stall was already recorded since its last progress.
+    pub told: bool,
+}
+
 /// How long a claimed shard counts as in flight without finishing; after
 /// that a crashed mapper's claim no longer holds a slot.
 pub const LEASE: Duration = Duration::from_secs(600);
@@ -982,6 +991,46 @@ impl Store {
             run_id,
             &summary
         )
+    }
+
+    /// Running runs that are not paused, each with the seconds since its
+    /// last sign of progress (a shard finished, the run planned, or its
+    /// control changed, whichever is latest) and whether a stall has been
+    /// recorded since then. PostgreSQL only: on SQLite the run is one
+    /// process that reports itself.
+    pub async fn quiet_runs(&self) -> Result<Vec<QuietRun>, StoreError> {
+        let Backend::Pg(p) = &self.backend else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<(String, f64, bool)> = sqlx::query_as(
+            "WITH last AS (
+                 SELECT r.run_id,
+                        GREATEST(r.created_at,
+                                 coalesce(max(s.finished_at), r.created_at),
+                                 coalesce(max(c.updated_at), r.created_at)) AS at
+                 FROM backfill_run r
+                 LEFT JOIN backfill_shard s ON s.run_id = r.run_id
+                 LEFT JOIN backfill_control c ON c.run_id = r.run_id
+                 WHERE r.state = 'running'
+                   AND NOT EXISTS (SELECT 1 FROM backfill_control p
+                                   WHERE p.run_id = r.run_id AND p.control <> 'run')
+                 GROUP BY r.run_id, r.created_at)
+             SELECT l.run_id, EXTRACT(EPOCH FROM now() - l.at)::float8,
+                    EXISTS (SELECT 1 FROM backfill_event e
+                            WHERE e.run_id = l.run_id AND e.action = 'stalled' AND e.at >= l.at)
+             FROM last l",
+        )
+        .fetch_all(p)
+        .await
+        .map_err(sql("find runs with no recent progress"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(run_id, quiet_seconds, told)| QuietRun {
+                run_id,
+                quiet_seconds,
+                told,
+            })
+            .collect())
     }
 
     /// Shards of the run being worked on now.
