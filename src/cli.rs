@@ -174,6 +174,15 @@ struct SteerArgs {
     /// Priority against other runs at the same time: higher goes first (default 0).
     #[arg(long, value_name = "P", allow_hyphen_values = true)]
     priority: Option<i32>,
+    /// A window in which the run may start shards (repeatable), e.g.
+    /// "Mon-Fri 01:00-05:00" or "22:00-04:00"; outside every window the
+    /// shards in hand finish and nothing new starts until the next opens.
+    /// Replaces the spec's [schedule].
+    #[arg(long = "window", value_name = "WINDOW")]
+    windows: Vec<String>,
+    /// Time zone of --window: an IANA name such as Europe/Berlin [default: UTC].
+    #[arg(long, value_name = "TZ", requires = "windows")]
+    time_zone: Option<String>,
 }
 
 impl SteerArgs {
@@ -189,7 +198,26 @@ impl SteerArgs {
         if self.priority.is_some() {
             v.push("--priority");
         }
+        if !self.windows.is_empty() {
+            v.push("--window");
+        }
         v
+    }
+
+    /// The windows given with `--window`, checked; `None` without any.
+    fn schedule(&self) -> anyhow::Result<Option<backfill_job::schedule::Schedule>> {
+        if self.windows.is_empty() {
+            return Ok(None);
+        }
+        backfill_job::schedule::Schedule::new(
+            &self.windows,
+            self.time_zone.as_deref().unwrap_or("UTC"),
+        )
+        .map(Some)
+        .map_err(|(i, e)| match i {
+            Some(i) => usage(format!("--window {:?}: {e}", self.windows[i])),
+            None => usage(format!("--time-zone: {e}")),
+        })
     }
 
     /// Says on stderr that these flags are not applied to `run_id`, which
@@ -198,7 +226,7 @@ impl SteerArgs {
         let given = self.given();
         if !given.is_empty() {
             eprintln!(
-                "warning: {} not applied: run {run_id} keeps the throttle it was planned with; change it with `backfill throttle {run_id} …`",
+                "warning: {} not applied: run {run_id} keeps the throttle and windows it was planned with; change its throttle with `backfill throttle {run_id} …`",
                 given.join(", ")
             );
         }
@@ -732,6 +760,7 @@ fn job_request(job: &JobArgs, operator: &str) -> anyhow::Result<backfill_coordin
         sample,
         gate,
         kind: backfill_job::RunKind::Forward,
+        windows: job.steer.schedule()?,
     })
 }
 
@@ -1874,6 +1903,9 @@ async fn start_or_resume(
                 eprintln!(
                     "warning: --rows-per-sec, --max-in-flight and --priority are not applied: run {run_id} keeps the throttle it was planned with; change it with `backfill throttle {run_id} …`"
                 );
+            }
+            if req.windows.is_some() {
+                eprintln!("warning: --window not applied: run {run_id} keeps the windows it was planned with");
             }
             Ok(Some((run_id, lock)))
         }

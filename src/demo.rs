@@ -108,6 +108,7 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<i32> {
                     backfill_coordinator::DEFAULT_REVIEW_WINDOW,
                 ),
                 kind: backfill_job::RunKind::Forward,
+                windows: None,
             })),
             args.mappers,
             !args.distributed,

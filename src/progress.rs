@@ -265,6 +265,8 @@ fn figures(s: &RunStatus) -> String {
         t.push_str(" · paused");
     } else if s.control == "cancel" {
         t.push_str(" · cancelling");
+    } else if let Some(waiting) = s.window.as_ref().and_then(|w| w.waiting.as_deref()) {
+        t.push_str(&format!(" · {waiting}"));
     }
     if let Some(h) = s.health.as_ref().filter(|h| !h.ok) {
         t.push_str(&format!(

@@ -117,6 +117,14 @@ pub fn render_run(r: &RunStatus, out: &mut String) {
             "  waiting  for run {other}, which has a higher priority"
         );
     }
+    if let Some(w) = &r.window {
+        let now = match (&w.waiting, w.closes_in_seconds) {
+            (Some(waiting), _) => waiting.clone(),
+            (None, Some(c)) => format!("in a window, closes in {}", duration_text(c)),
+            (None, None) => "—".into(),
+        };
+        let _ = writeln!(out, "  windows  {}: {now}", w.schedule);
+    }
     let _ = writeln!(
         out,
         "  shard size {} rows (min {}, max {}){}",

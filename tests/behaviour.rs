@@ -228,6 +228,7 @@ async fn conflicts_and_redelivery_on_both_back_ends() {
                 sample: None,
                 gate: backfill_coordinator::Gate::skip("test", "test"),
                 kind: backfill_job::RunKind::Forward,
+                windows: None,
             },
         )
         .await
@@ -543,6 +544,7 @@ async fn on_conflict_retry_applies_the_rules_to_the_applications_edit_on_both_ba
                 sample: None,
                 gate: backfill_coordinator::Gate::skip("test", "test"),
                 kind: backfill_job::RunKind::Forward,
+                windows: None,
             },
         )
         .await

@@ -517,6 +517,7 @@ async fn plan_one_program(
             sample: None,
             gate: backfill_coordinator::Gate::skip("test", "test"),
             kind: backfill_job::RunKind::Forward,
+            windows: None,
         },
     )
     .await

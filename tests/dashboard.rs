@@ -891,6 +891,7 @@ async fn run_with_conflicts(env: &TestEnv) -> (String, String, String) {
             sample: None,
             gate: backfill_coordinator::Gate::skip("test", "test"),
             kind: backfill_job::RunKind::Forward,
+            windows: None,
         },
     )
     .await

@@ -82,6 +82,7 @@ pub async fn run(
             sample: None,
             gate: backfill_coordinator::Gate::skip("backfill-bench", "benchmark"),
             kind: backfill_job::RunKind::Forward,
+            windows: None,
         },
     )
     .await

@@ -191,6 +191,9 @@ pub struct RunRequest {
     /// What the run is for: `Forward` for `run`/`coordinator`, `Verify`
     /// for `verify`. Only a run of the same kind is adopted.
     pub kind: backfill_job::RunKind,
+    /// Run windows from the command line (`--window`), replacing the
+    /// spec's `[schedule]`.
+    pub windows: Option<backfill_job::schedule::Schedule>,
 }
 
 /// The shard size of a new run, and how it was chosen when adaptive:
@@ -402,6 +405,10 @@ pub async fn plan(store: &Store, req: &RunRequest) -> Result<(String, Plan), Coo
     store
         .init_control(&run_id, &throttle, sizing_note.as_deref())
         .await?;
+    // Before any task is published: a mapper reads the windows once per run.
+    if let Some(w) = &req.windows {
+        store.set_run_schedule(&run_id, w).await?;
+    }
     info!(run = %run_id, job = %req.spec.name, mode = %req.mode, shards = plan.shards_total, shard_size, "run planned");
     Ok((run_id, plan))
 }

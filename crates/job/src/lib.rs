@@ -35,6 +35,7 @@ pub mod redact;
 pub mod report;
 pub mod rules;
 pub mod run;
+pub mod schedule;
 pub mod spec;
 pub mod splice;
 pub mod tally;

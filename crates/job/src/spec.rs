@@ -178,6 +178,15 @@ struct RawSpec {
     #[serde(default)]
     versioned: bool,
     notify: Option<RawNotify>,
+    schedule: Option<RawSchedule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    #[serde(default)]
+    windows: Vec<String>,
+    time_zone: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -324,6 +333,8 @@ pub struct JobSpec {
     /// Webhooks told when a run starts, ends, fails, is cancelled,
     /// dead-letters a shard or stalls.
     pub notify: NotifySpec,
+    /// When the run may start shards (`[schedule]`); always, when `None`.
+    pub schedule: Option<crate::schedule::Schedule>,
     /// The file's text as given; the ledger keeps it so mappers use the run's spec.
     pub source: String,
     /// SHA-256 of `source`, hex.
@@ -1058,6 +1069,17 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
 
     let throttle = validate_throttle(raw.throttle)?;
     let notify = validate_notify(raw.notify)?;
+    let schedule = match raw.schedule {
+        None => None,
+        Some(s) => Some(
+            crate::schedule::Schedule::new(&s.windows, s.time_zone.as_deref().unwrap_or("UTC"))
+                .map_err(|(i, e)| match i {
+                    Some(i) => SpecError::new(format!("schedule.windows[{i}]"), e),
+                    None if s.windows.is_empty() => SpecError::new("schedule.windows", e),
+                    None => SpecError::new("schedule.time_zone", e),
+                })?,
+        ),
+    };
     let health = validate_health(raw.health)?;
     let sizing = validate_sizing(raw.sizing)?;
 
@@ -1084,6 +1106,7 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
         requires,
         versioned: raw.versioned,
         notify,
+        schedule,
         source,
         hash,
     })
@@ -1315,6 +1338,27 @@ value = "x"
         assert_eq!(e.field, "notify.stall_after_seconds");
         let e = err(&format!("{MINIMAL}\n[notify]\nurl = \"http://a/\"\n"));
         assert!(e.to_string().contains("url"), "{e}");
+    }
+
+    #[test]
+    fn schedule_windows_and_zone_are_checked_and_named() {
+        let ok = JobSpec::parse(&format!(
+            "{MINIMAL}\n[schedule]\nwindows = [\"Mon-Fri 01:00-05:00\"]\ntime_zone = \"Europe/Berlin\"\n"
+        ))
+        .unwrap();
+        let s = ok.schedule.unwrap();
+        assert_eq!(s.describe(), "Mon-Fri 01:00-05:00 (Europe/Berlin)");
+        assert!(JobSpec::parse(MINIMAL).unwrap().schedule.is_none());
+        let e = err(&format!(
+            "{MINIMAL}\n[schedule]\nwindows = [\"01:00-02:00\", \"Mon 9-5\"]\n"
+        ));
+        assert_eq!(e.field, "schedule.windows[1]");
+        let e = err(&format!("{MINIMAL}\n[schedule]\nwindows = []\n"));
+        assert_eq!(e.field, "schedule.windows");
+        let e = err(&format!(
+            "{MINIMAL}\n[schedule]\nwindows = [\"01:00-02:00\"]\ntime_zone = \"Berlin\"\n"
+        ));
+        assert_eq!(e.field, "schedule.time_zone");
     }
 
     #[test]

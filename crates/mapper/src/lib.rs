@@ -92,6 +92,8 @@ pub struct CachedRun {
     params: HashMap<String, Map<String, Value>>,
     /// For a revert: the run whose before-images it restores.
     revert_of: Option<String>,
+    /// The windows the run keeps to (`[schedule]` or `--window`).
+    schedule: Option<backfill_job::schedule::Schedule>,
 }
 
 /// Runs read from the ledger, shared by a mapper's tasks.
@@ -113,7 +115,9 @@ impl RunCache {
             .iter()
             .map(|g| (g.key.clone(), g.params.clone()))
             .collect();
+        let schedule = store.run_schedule(&rec).await?;
         let cached = Arc::new(CachedRun {
+            schedule,
             spec: rec.spec,
             mode: rec.mode,
             params,

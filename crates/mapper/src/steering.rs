@@ -1,5 +1,6 @@
 //! Admission of a shard: before a mapper starts a shard it asks the ledger
-//! whether it may — the run is not paused or cancelled, no run of higher
+//! whether it may — the run is not paused or cancelled, it is inside one of
+//! its windows (if it has any), no run of higher
 //! priority is waiting, the database is healthy, the run's rows-per-second
 //! budget has room, and a shards-in-flight slot is free (the claim).
 //!
@@ -159,6 +160,11 @@ impl Steering {
             ControlState::Cancel => return Blocked::Cancelled,
             ControlState::Pause => return Blocked::Yes("the run is paused".into()),
             ControlState::Run => {}
+        }
+        // Outside its windows the run waits like a paused one: the shards
+        // in hand finish and nothing new starts.
+        if let Some(waiting) = run.schedule.as_ref().and_then(|s| s.state_now().waiting()) {
+            return Blocked::Yes(waiting);
         }
         if let Some(other) = &ctl.yield_to {
             return Blocked::Yes(format!("run {other} has a higher priority"));

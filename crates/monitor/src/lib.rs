@@ -158,6 +158,15 @@ fn describe() {
         "1 while a running run is paused, else 0."
     );
     describe_gauge!(
+        "backfill_run_window_open",
+        "For a run with windows: 1 while one is open and the run is running, else 0."
+    );
+    describe_gauge!(
+        "backfill_run_window_opens_in_seconds",
+        Unit::Seconds,
+        "For a running run waiting for its window: seconds until the next opens; 0 while open or ended."
+    );
+    describe_gauge!(
         "backfill_run_state",
         "1 for the state a recent run is in (running, done, failed, cancelled), 0 for the others."
     );
@@ -426,11 +435,32 @@ async fn metrics(State(s): State<MonitorState>) -> Response {
             metrics::gauge!("backfill_run_shards_reduced", &base).set(r.shards.reduced as f64);
             // The health check as mappers see it: 0 while it holds a running
             // run; a finished run is held by nothing.
+            let full = if running {
+                s.store.run_status(&r.run_id).await.ok().flatten()
+            } else {
+                None
+            };
             let ok = !running
-                || match s.store.run_status(&r.run_id).await {
-                    Ok(Some(full)) => full.health.map(|h| h.ok).unwrap_or(true),
-                    _ => true,
-                };
+                || full
+                    .as_ref()
+                    .and_then(|f| f.health.as_ref())
+                    .map(|h| h.ok)
+                    .unwrap_or(true);
+            // A run with windows: whether one is open, and when the next
+            // opens while it waits (0 while open, and once it has ended).
+            let window = full.as_ref().and_then(|f| f.window.as_ref());
+            if let Some(w) = window.or(r.window.as_ref()) {
+                metrics::gauge!("backfill_run_window_open", &base).set(if running && w.open {
+                    1.0
+                } else {
+                    0.0
+                });
+                metrics::gauge!("backfill_run_window_opens_in_seconds", &base).set(if running {
+                    w.opens_in_seconds.unwrap_or(0.0)
+                } else {
+                    0.0
+                });
+            }
             metrics::gauge!("backfill_run_health_ok", &base).set(if ok { 1.0 } else { 0.0 });
             metrics::gauge!("backfill_run_rows_per_second", &base).set(r.rows_per_sec);
             metrics::gauge!("backfill_run_rows_processed", &base).set(r.rows.processed as f64);

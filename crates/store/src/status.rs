@@ -55,6 +55,41 @@ pub struct RunStatus {
     pub orphaned: bool,
     /// For an orphaned run: the command that carries it on.
     pub resume: Option<String>,
+    /// The run windows it keeps to, and where it stands against them now
+    /// (while running); `null` for a run without windows.
+    pub window: Option<WindowStatus>,
+}
+
+/// A run's windows (`[schedule]` or `--window`) and where it stands.
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowStatus {
+    /// The windows and their time zone, as one line.
+    pub schedule: String,
+    /// Inside a window now (always `false` once the run has ended).
+    pub open: bool,
+    pub opens_in_seconds: Option<f64>,
+    pub closes_in_seconds: Option<f64>,
+    /// `waiting for window, opens in 3 h 12 min` while a running run waits.
+    pub waiting: Option<String>,
+}
+
+impl WindowStatus {
+    /// The status of `schedule` now, for a run that is `running` or not.
+    pub fn of(schedule: &backfill_job::schedule::Schedule, running: bool) -> WindowStatus {
+        use backfill_job::schedule::WindowState;
+        let st = schedule.state_now();
+        let (opens, closes) = match st {
+            WindowState::Open { closes_in } => (None, Some(closes_in.as_secs_f64())),
+            WindowState::Closed { opens_in } => (opens_in.map(|d| d.as_secs_f64()), None),
+        };
+        WindowStatus {
+            schedule: schedule.describe(),
+            open: running && st.is_open(),
+            opens_in_seconds: opens.filter(|_| running),
+            closes_in_seconds: closes.filter(|_| running),
+            waiting: st.waiting().filter(|_| running),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -445,7 +480,12 @@ impl Store {
         // Only a coordinator publishes, and it holds the job's lock while it
         // works: unpublished shards and no holder means it died or gave up.
         let orphaned = unpublished > 0 && self.job_lock_held(&rec.spec.name).await? == Some(false);
+        let window = self
+            .run_schedule(&rec)
+            .await?
+            .map(|s| WindowStatus::of(&s, running));
         Ok(Some(RunStatus {
+            window,
             unpublished,
             orphaned,
             resume: orphaned.then(|| format!("backfill coordinator --resume {run_id}")),

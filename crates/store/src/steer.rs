@@ -72,6 +72,9 @@ pub(crate) const PG_DDL: &[&str] = &[
     // retry redoes: a coordinator adopts only a run of its own kind.
     "ALTER TABLE backfill_run ADD COLUMN IF NOT EXISTS kind text",
     "ALTER TABLE backfill_run ADD COLUMN IF NOT EXISTS retry_of text",
+    // Run windows given on the command line (`--window`), as JSON; the
+    // spec's `[schedule]` applies when NULL.
+    "ALTER TABLE backfill_run ADD COLUMN IF NOT EXISTS schedule text",
     r#"CREATE TABLE IF NOT EXISTS backfill_control (
         run_id text PRIMARY KEY,
         control text NOT NULL DEFAULT 'run',
@@ -142,6 +145,7 @@ pub(crate) const LITE_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("backfill_run", "table_rows", "text"),
     ("backfill_run", "kind", "text"),
     ("backfill_run", "retry_of", "text"),
+    ("backfill_run", "schedule", "text"),
     ("backfill_before_image", "patch", "text"),
     ("backfill_before_image", "after_version", "text"),
 ];
@@ -991,6 +995,68 @@ impl Store {
             run_id,
             &summary
         )
+    }
+
+    /// Records the run windows given on the command line for a run, which
+    /// replace its spec's `[schedule]`.
+    pub async fn set_run_schedule(
+        &self,
+        run_id: &str,
+        schedule: &backfill_job::schedule::Schedule,
+    ) -> Result<(), StoreError> {
+        let text = serde_json::json!({
+            "windows": schedule.windows.iter().map(|w| w.text()).collect::<Vec<_>>(),
+            "time_zone": schedule.time_zone,
+        })
+        .to_string();
+        execute!(
+            self,
+            "UPDATE backfill_run SET schedule = $2 WHERE run_id = $1",
+            "record the run's windows",
+            run_id,
+            text
+        )
+    }
+
+    /// The windows a run keeps to: those given on the command line when it
+    /// was started, else its spec's `[schedule]`; `None` when it has none.
+    pub async fn run_schedule(
+        &self,
+        rec: &crate::RunRecord,
+    ) -> Result<Option<backfill_job::schedule::Schedule>, StoreError> {
+        let q = "SELECT schedule FROM backfill_run WHERE run_id = $1";
+        let stored: Option<Option<String>> = match &self.backend {
+            Backend::Pg(p) => {
+                sqlx::query_scalar(q)
+                    .bind(&rec.run_id)
+                    .fetch_optional(p)
+                    .await
+            }
+            Backend::Lite(p) => {
+                sqlx::query_scalar(&q.replace('$', "?"))
+                    .bind(&rec.run_id)
+                    .fetch_optional(p)
+                    .await
+            }
+        }
+        .map_err(sql("read the run's windows"))?;
+        let Some(text) = stored.flatten() else {
+            return Ok(rec.spec.schedule.clone());
+        };
+        #[derive(serde::Deserialize)]
+        struct Stored {
+            windows: Vec<String>,
+            time_zone: String,
+        }
+        let s: Stored = serde_json::from_str(&text).map_err(|e| {
+            StoreError::Data(format!(
+                "run {}: its windows cannot be read: {e}",
+                rec.run_id
+            ))
+        })?;
+        backfill_job::schedule::Schedule::new(&s.windows, &s.time_zone)
+            .map(Some)
+            .map_err(|(_, e)| StoreError::Data(format!("run {}: its windows: {e}", rec.run_id)))
     }
 
     /// Running runs that are not paused, each with the seconds since its
