@@ -17,6 +17,7 @@
 //! job model and always quoted here; values are always bound.
 
 pub mod audit;
+pub mod eta;
 pub mod identity;
 pub mod ledger;
 mod lite;

@@ -9,6 +9,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
+use crate::eta::{EtaBasis, EtaInput, EtaShard};
 use crate::steer::Health;
 use crate::{sql, Backend, Store, StoreError};
 
@@ -37,8 +38,18 @@ pub struct RunStatus {
     pub rows: RowCounts,
     /// Rows of finished shards per second since the first shard started.
     pub rows_per_sec: f64,
-    /// Seconds left at that rate; `null` when finished, paused or unknown.
+    /// Seconds until the last shard is folded, from recent throughput (see
+    /// [`crate::eta`]); `null` when finished, paused or unknown.
     pub eta_seconds: Option<f64>,
+    /// Which bound gave `eta_seconds`: `mappers` (rows left over the recent
+    /// rate), `reducer` (shards not folded over the recent fold rate) or
+    /// `throttle` (rows left over the rows-per-second limit).
+    pub eta_basis: Option<EtaBasis>,
+    /// Rows of finished shards per second, exponentially weighted (half-life
+    /// [`crate::eta::HALF_LIFE_SECONDS`] or more).
+    pub rows_per_sec_recent: f64,
+    /// Shards folded by a reducer per second, weighted the same way.
+    pub shards_reduced_per_sec_recent: f64,
     pub workers: Vec<WorkerStatus>,
     pub dead_shards: Vec<DeadShard>,
     pub summary: Option<String>,
@@ -228,7 +239,8 @@ pub fn rfc3339(epoch_seconds: f64) -> String {
     )
 }
 
-/// Shard rows: (no, state, failures, rows, worker, elapsed ms, started, finished, reduced).
+/// Shard rows: (no, state, failures, rows, worker, elapsed ms, started,
+/// finished, reduced), times in seconds since the epoch.
 type RawShard = (
     u32,
     String,
@@ -238,16 +250,17 @@ type RawShard = (
     Option<i64>,
     Option<f64>,
     Option<f64>,
-    bool,
+    Option<f64>,
 );
 
 impl Store {
     async fn raw_shards(&self, run_id: &str) -> Result<Vec<RawShard>, StoreError> {
         let q = format!(
-            "SELECT shard_no, state, failures, rows, worker, elapsed_ms, {}, {}, reduced_at IS NOT NULL
+            "SELECT shard_no, state, failures, rows, worker, elapsed_ms, {}, {}, {}
              FROM backfill_shard WHERE run_id = $1 ORDER BY shard_no",
             epoch(&self.backend, "started_at"),
-            epoch(&self.backend, "finished_at")
+            epoch(&self.backend, "finished_at"),
+            epoch(&self.backend, "reduced_at")
         );
         Ok(match &self.backend {
             Backend::Pg(p) => sqlx::query(&q)
@@ -266,7 +279,7 @@ impl Store {
                         r.get::<Option<i32>, _>(5).map(i64::from),
                         r.get::<Option<f64>, _>(6),
                         r.get::<Option<f64>, _>(7),
-                        r.get::<bool, _>(8),
+                        r.get::<Option<f64>, _>(8),
                     )
                 })
                 .collect(),
@@ -286,7 +299,7 @@ impl Store {
                         r.get::<Option<i64>, _>(5),
                         r.get::<Option<f64>, _>(6),
                         r.get::<Option<f64>, _>(7),
-                        r.get::<bool, _>(8),
+                        r.get::<Option<f64>, _>(8),
                     )
                 })
                 .collect(),
@@ -417,7 +430,7 @@ impl Store {
                 "failed" => counts.failed += 1,
                 _ => counts.dead += 1,
             }
-            if s.8 {
+            if s.8.is_some() {
                 counts.reduced += 1;
             }
             let r = s.3 as u64;
@@ -439,9 +452,22 @@ impl Store {
         } else {
             0.0
         };
-        let eta_seconds =
-            (running && control.control == crate::ControlState::Run && rows_per_sec > 0.0)
-                .then(|| sum.saturating_sub(rows_done) as f64 / rows_per_sec);
+        let timeline: Vec<EtaShard> = shards
+            .iter()
+            .map(|s| EtaShard {
+                rows: u64::from(s.3),
+                started_at: s.6,
+                finished_at: s.7,
+                reduced_at: s.8,
+            })
+            .collect();
+        let eta = crate::eta::estimate(&EtaInput {
+            shards: &timeline,
+            now,
+            running,
+            go: control.control == crate::ControlState::Run,
+            rows_per_sec_limit: control.rows_per_sec,
+        });
         let c = &rec.tally.counts;
         let (workers, dead_shards, health) = if detail {
             let health = if running {
@@ -528,7 +554,10 @@ impl Store {
                 errors: c.errors,
             },
             rows_per_sec,
-            eta_seconds,
+            eta_seconds: eta.seconds,
+            eta_basis: eta.basis,
+            rows_per_sec_recent: eta.rows_per_sec_recent,
+            shards_reduced_per_sec_recent: eta.shards_reduced_per_sec_recent,
             workers,
             dead_shards,
             summary: rec.summary.clone(),
