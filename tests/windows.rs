@@ -14,6 +14,25 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const JOB: &str = "collection-dict-migrate";
 
+/// The dashboard page as headless Chromium renders it.
+fn chromium_dom(url: &str) -> String {
+    let bin = std::env::var("BACKFILL_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let mut c = std::process::Command::new(&bin);
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--virtual-time-budget=1500",
+        "--dump-dom",
+        url,
+    ])
+    .stdin(std::process::Stdio::null());
+    let out = std::process::Command::output(&mut c).unwrap_or_else(|e| {
+        panic!("Chromium is needed: install it with `apt-get install -y chromium` (`.ci/run` does), or set BACKFILL_CHROMIUM ({e})")
+    });
+    stdout(&out)
+}
+
 /// `HH:MM:SS` (UTC) of an epoch second.
 fn clock(epoch: u64) -> String {
     let s = epoch % 86_400;
@@ -26,13 +45,16 @@ async fn a_run_starts_shards_only_inside_its_windows_and_carries_on_in_the_next(
     env.seed_collections(1_500, 8).await;
     let mut fleet = Fleet::new(&env);
     fleet.start(1);
+    let port = free_port();
+    let dash = fleet.spawn(&["dashboard", "--listen", &format!("127.0.0.1:{port}")]);
+    fleet.mappers.push(dash); // stopped with the fleet
 
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    // Two windows: 6 s from t0+6, then 40 s from t0+22 (UTC, every day).
-    let (o1, c1, o2, c2) = (now + 6, now + 12, now + 22, now + 62);
+    // Two windows: 6 s from t0+6, then 40 s from t0+24 (UTC, every day).
+    let (o1, c1, o2, c2) = (now + 6, now + 12, now + 24, now + 64);
     let w1 = format!("{}-{}", clock(o1), clock(c1));
     let w2 = format!("{}-{}", clock(o2), clock(c2));
     let coord = spawn_coordinator_with(
@@ -69,6 +91,11 @@ async fn a_run_starts_shards_only_inside_its_windows_and_carries_on_in_the_next(
     let opens_in = w["opens_in_seconds"].as_f64().unwrap();
     assert!((0.0..=7.0).contains(&opens_in), "{opens_in}");
     assert_eq!(w["schedule"], format!("{w1}; {w2} (UTC)"));
+    assert_eq!(
+        st["eta_seconds"],
+        serde_json::Value::Null,
+        "no ETA while waiting"
+    );
     let text = env.run(&["status", &run]);
     assert!(
         stdout(&text).contains("waiting for window, opens in"),
@@ -92,12 +119,34 @@ async fn a_run_starts_shards_only_inside_its_windows_and_carries_on_in_the_next(
     );
     assert_eq!(st["window"]["open"], false, "{st}");
     let opens_in = st["window"]["opens_in_seconds"].as_f64().unwrap();
-    assert!((3.0..=7.0).contains(&opens_in), "{opens_in}");
+    assert!((5.0..=9.0).contains(&opens_in), "{opens_in}");
     assert_eq!(
         count(&env, &run, "state = 'running'").await,
         0,
         "the shards in hand finished"
     );
+    // The metrics and the dashboard say the same.
+    let (code, metrics) = http_get(port, "/metrics");
+    assert_eq!(code, 200);
+    let gauge = |name: &str| -> f64 {
+        let key = format!("{name}{{run=\"{run}\",job=\"{JOB}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .unwrap_or_else(|| panic!("{key} missing from\n{metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(gauge("backfill_run_window_open"), 0.0);
+    let g = gauge("backfill_run_window_opens_in_seconds");
+    assert!((3.0..=9.0).contains(&g), "{g}");
+    let page = chromium_dom(&format!("http://127.0.0.1:{port}/?run={run}"));
+    assert!(
+        page.contains("waiting for window, opens in"),
+        "the dashboard says it waits"
+    );
+    assert!(page.contains(">waiting<"), "the state badge reads waiting");
 
     let out = child_output_within(coord, Duration::from_secs(120));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

@@ -461,11 +461,17 @@ impl Store {
                 reduced_at: s.8,
             })
             .collect();
+        let window = self
+            .run_schedule(&rec)
+            .await?
+            .map(|s| WindowStatus::of(&s, running));
+        // Waiting for its window, a run is held as a paused one is: no ETA.
+        let waiting = window.as_ref().is_some_and(|w| w.waiting.is_some());
         let eta = crate::eta::estimate(&EtaInput {
             shards: &timeline,
             now,
             running,
-            go: control.control == crate::ControlState::Run,
+            go: control.control == crate::ControlState::Run && !waiting,
             rows_per_sec_limit: control.rows_per_sec,
         });
         let c = &rec.tally.counts;
@@ -506,10 +512,6 @@ impl Store {
         // Only a coordinator publishes, and it holds the job's lock while it
         // works: unpublished shards and no holder means it died or gave up.
         let orphaned = unpublished > 0 && self.job_lock_held(&rec.spec.name).await? == Some(false);
-        let window = self
-            .run_schedule(&rec)
-            .await?
-            .map(|s| WindowStatus::of(&s, running));
         Ok(Some(RunStatus {
             window,
             unpublished,
