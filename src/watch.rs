@@ -140,12 +140,19 @@ pub fn render_run(r: &RunStatus, out: &mut String) {
     for wk in &r.workers {
         let _ = writeln!(
             out,
-            "  worker   {} — {} shards, last seen {}",
+            "  worker   {} — {} shards, last seen {}{}",
             wk.name,
             wk.shards_done,
             wk.age_seconds
                 .map(|a| format!("{} ago", duration_text(a)))
-                .unwrap_or_else(|| "never".into())
+                .unwrap_or_else(|| "never".into()),
+            // A silent worker of a running run may be dead; of a finished
+            // one, it simply left.
+            if wk.stale && r.state == "running" {
+                " (STALE: no sign of life; killed, hung or cut off?)"
+            } else {
+                ""
+            }
         );
     }
     for d in &r.dead_shards {

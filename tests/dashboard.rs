@@ -711,6 +711,11 @@ async fn a_paused_run_shows_paused_its_killed_mapper_stale_and_the_reducer_lag()
         assert_eq!(stale, age > 30.0, "{w}");
         assert_eq!(stale, w["name"] == killed_name.as_str(), "{w}");
     }
+    // `status` in the terminal flags it too, and only it.
+    let text = stdout(&env.run(&["status", &run]));
+    let flagged: Vec<&str> = text.lines().filter(|l| l.contains("STALE")).collect();
+    assert_eq!(flagged.len(), 1, "{text}");
+    assert!(flagged[0].contains(killed_name.as_str()), "{text}");
 
     // The page, while the ledger holds still (paused, reducer stopped).
     let url = dash.url(&run);
