@@ -405,14 +405,16 @@ target_param = "title"
     fn the_report_leads_with_state_kind_mode_and_totals() {
         let spec = JobSpec::parse(SPEC).unwrap();
         let plan = empty_plan();
-        let mut tally = Tally::default();
-        tally.counts = Counts {
-            processed: 9,
-            changed: 5,
-            unchanged: 1,
-            skipped: 1,
-            conflicts: 1,
-            errors: 1,
+        let tally = Tally {
+            counts: Counts {
+                processed: 9,
+                changed: 5,
+                unchanged: 1,
+                skipped: 1,
+                conflicts: 1,
+                errors: 1,
+            },
+            ..Tally::default()
         };
         let mut v = view(&spec, &plan, &tally);
         v.state = RunState::Failed;
