@@ -1013,7 +1013,10 @@ impl Store {
     /// (`pg_wal_lsn_diff` of the two `pg_current_wal_lsn()`), holding at
     /// most `burst` seconds of the cap. A shard may start while the bucket
     /// is not in debt. The server's WAL counts whoever writes it, so the
-    /// run keeps the whole server at the cap: other writers' WAL slows it.
+    /// run keeps the whole server at the cap: other writers' WAL slows it,
+    /// and their bursts are paid back by holding the run longer — up to
+    /// [`WAL_WINDOW`] of the cap: older excess is forgiven, so a burst of
+    /// another writer long ago does not hold the run now.
     pub async fn wal_wait(
         &self,
         run_id: &str,
@@ -1025,10 +1028,10 @@ impl Store {
         let got: Option<(f64, f64)> = sqlx::query_as(
             "UPDATE backfill_control
              SET wal_tokens = CASE WHEN wal_lsn IS NULL OR wal_at IS NULL THEN 0
-                   ELSE least(max_wal_bytes_per_sec * $2,
+                   ELSE greatest(-max_wal_bytes_per_sec * $3, least(max_wal_bytes_per_sec * $2,
                               coalesce(wal_tokens, 0)
                               + max_wal_bytes_per_sec * extract(epoch FROM clock_timestamp() - wal_at)
-                              - pg_wal_lsn_diff(pg_current_wal_lsn(), wal_lsn)) END,
+                              - pg_wal_lsn_diff(pg_current_wal_lsn(), wal_lsn))) END,
                  wal_lsn = pg_current_wal_lsn(),
                  wal_at = clock_timestamp()
              WHERE run_id = $1 AND max_wal_bytes_per_sec > 0
@@ -1037,6 +1040,7 @@ impl Store {
         )
         .bind(run_id)
         .bind(burst.as_secs_f64())
+        .bind(WAL_WINDOW.as_secs_f64())
         .fetch_optional(p)
         .await
         .map_err(sql("sample the WAL position"))?;
@@ -1310,6 +1314,10 @@ impl Store {
         }))
     }
 }
+
+/// The window over which the WAL rate cap holds: the WAL budget's debt is
+/// at most this many seconds of the cap.
+pub const WAL_WINDOW: Duration = Duration::from_secs(60);
 
 /// How long a bucket holding `tokens` bytes (negative: in debt) takes to be
 /// out of debt at `cap` bytes per second.
