@@ -153,8 +153,11 @@ async fn a_wal_capped_run_keeps_the_servers_wal_rate_at_the_cap() {
     );
 }
 
+/// When a shard started, and the bytes it wrote.
+type Started = (f64, f64);
+
 /// (started, bytes written) of each shard of the run, by start.
-async fn shard_bytes(env: &TestEnv, run: &str) -> Vec<(f64, f64)> {
+async fn shard_bytes(env: &TestEnv, run: &str) -> Vec<Started> {
     sqlx::query_as(
         "SELECT extract(epoch FROM started_at)::float8, coalesce((result->>'bytes_written')::float8, 0)
          FROM backfill_shard WHERE run_id = $1 AND started_at IS NOT NULL ORDER BY started_at",
@@ -220,8 +223,8 @@ async fn a_bytes_capped_run_takes_its_bytes_over_the_cap_and_the_cap_changes_whi
     let (start, end) = run_span(&env, &run).await;
     let secs = end - start;
     let total: f64 = shards.iter().map(|s| s.1).sum();
-    let (before, after): (Vec<&(f64, f64)>, Vec<&(f64, f64)>) =
-        shards.iter().partition(|s| s.0 < changed_at);
+    let (before, after): (Vec<Started>, Vec<Started>) =
+        shards.iter().copied().partition(|s| s.0 < changed_at);
     let bytes_before: f64 = before.iter().map(|s| s.1).sum();
     let bytes_after: f64 = after.iter().map(|s| s.1).sum();
     // Each shard's bytes at the cap in force when it started.

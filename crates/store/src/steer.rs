@@ -1322,7 +1322,7 @@ pub const WAL_WINDOW: Duration = Duration::from_secs(60);
 /// How long a bucket holding `tokens` bytes (negative: in debt) takes to be
 /// out of debt at `cap` bytes per second.
 pub fn wal_debt_wait(tokens: f64, cap: f64) -> Duration {
-    if tokens >= 0.0 || !(cap > 0.0) || !tokens.is_finite() {
+    if tokens >= 0.0 || cap.is_nan() || cap <= 0.0 || !tokens.is_finite() {
         return Duration::ZERO;
     }
     Duration::from_secs_f64((-tokens / cap).min(3600.0))
