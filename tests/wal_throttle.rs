@@ -281,3 +281,62 @@ async fn replica_lag_in_bytes_is_read_and_no_standby_is_healthy() {
     let e = backfill_job::JobSpec::parse(&bad).unwrap_err();
     assert_eq!(e.field, "health.max_replication_lag_bytes");
 }
+
+/// On SQLite the WAL settings are accepted and do not apply (no WAL
+/// position, no standbys): a run with a cap of 1 byte of WAL per second
+/// finishes at once; the bytes-per-second limit applies.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_sqlite_the_wal_settings_do_not_apply_and_bytes_per_second_does() {
+    use common::both::{Backend, Db};
+    let db = Db::new(Backend::Sqlite).await;
+    db.seed_collections(200, 4).await;
+    let spec = spec_with(
+        JOB,
+        "[throttle]\nbytes_per_sec = 200000\n\n[health]\nmax_wal_bytes_per_sec = 1\nmax_replication_lag_bytes = 1\n",
+        "lite",
+    );
+    let started = std::time::Instant::now();
+    let out = db.run(&[
+        "run",
+        "--job",
+        spec.to_str().unwrap(),
+        "--all",
+        "--shard-size",
+        "25",
+    ]);
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let s = summary(&out);
+    let run = s.get("run").cloned().unwrap_or_default();
+    let store = db.store().await;
+    let st = store.run_status(&run).await.unwrap().unwrap();
+    assert_eq!(st.throttle.bytes_per_sec, Some(200_000.0));
+    assert_eq!(st.throttle.max_wal_bytes_per_sec, Some(1.0));
+    let written: f64 = db
+        .rows(&format!(
+            "SELECT result FROM backfill_shard WHERE run_id = '{run}'"
+        ))
+        .await
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .filter_map(|v| v["bytes_written"].as_f64())
+        .sum();
+    let expected = written / 200_000.0;
+    eprintln!(
+        "SQLite run with a WAL cap of 1 B/s and 200000 bytes/s: {written:.0} bytes in {secs:.1} s (the process, start to end), {expected:.1} s at the cap"
+    );
+    assert!(written > 0.0);
+    assert!(
+        stderr(&out).contains("max_wal_bytes_per_sec is not applied on SQLite"),
+        "the run says the WAL cap does not apply"
+    );
+    assert!(
+        secs >= expected * 0.8,
+        "{secs:.1} s: the bytes-per-second limit did not hold"
+    );
+    assert!(
+        secs <= expected * 1.2 + 10.0,
+        "{secs:.1} s: the WAL cap was applied on SQLite"
+    );
+}
