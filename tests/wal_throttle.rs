@@ -78,7 +78,7 @@ async fn run_span(env: &TestEnv, run: &str) -> (f64, f64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wal_capped_run_keeps_the_servers_wal_rate_at_the_cap() {
     let env = TestEnv::new().await;
-    // What the server writes without this test, for the record.
+    // What the server writes without this test's run, for the record.
     let (t0, l0): (f64, f64) = sqlx::query_as(WAL_NOW).fetch_one(&env.pool).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (t1, l1): (f64, f64) = sqlx::query_as(WAL_NOW).fetch_one(&env.pool).await.unwrap();
@@ -135,7 +135,7 @@ async fn a_wal_capped_run_keeps_the_servers_wal_rate_at_the_cap() {
     let ratio = rate / cap;
     let s = summary(&out);
     eprintln!(
-        "WAL cap {cap:.0} B/s: measured {rate:.0} B/s ({wal:.0} bytes of WAL in {secs:.1} s, first shard start to last shard end), ratio {ratio:.3}; {} rows changed; the server wrote {background:.0} B/s before the test",
+        "WAL cap {cap:.0} B/s: measured {rate:.0} B/s ({wal:.0} bytes of WAL in {secs:.1} s, first shard start to last shard end), ratio {ratio:.3}; {} rows changed; the server wrote {background:.0} B/s in the 2 s before this test seeded (this file's other tests included)",
         num(&s, "changed")
     );
     assert!(num(&s, "changed") > 0, "the run wrote something");

@@ -210,8 +210,24 @@ impl Steering {
     }
 
     /// Waits until the task may start (then claims its shard), the run is
-    /// cancelled, or [`HOLD`] has passed.
+    /// cancelled, or [`HOLD`] has passed. A task that does not start gives
+    /// back the bytes it reserved.
     pub async fn admit(
+        &self,
+        store: &Store,
+        run: &CachedRun,
+        task: &ShardTask,
+        worker: &str,
+        shutdown: &CancellationToken,
+    ) -> Admission {
+        let a = self.hold(store, run, task, worker, shutdown).await;
+        if a != Admission::Go {
+            self.settle(store, task, None).await;
+        }
+        a
+    }
+
+    async fn hold(
         &self,
         store: &Store,
         run: &CachedRun,

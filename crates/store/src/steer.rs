@@ -12,7 +12,13 @@
 //!   its shard's rows with one atomic UPDATE that moves `rate_next` on by
 //!   `rows / rows_per_sec` and tells it when it may start (a generic cell
 //!   rate algorithm whose state is one timestamp, on the database's clock so
-//!   hosts' clocks do not matter).
+//!   hosts' clocks do not matter). `bytes_per_sec`, `bytes_next` and
+//!   `bytes_per_row` do the same for the bytes of rewritten documents
+//!   (reserved at the bytes per row measured so far, then settled with the
+//!   bytes each shard wrote). `max_wal_bytes_per_sec`, `wal_tokens`,
+//!   `wal_lsn` and `wal_at` (PostgreSQL) are the WAL rate cap's token
+//!   bucket: refilled at the cap, emptied by the server's WAL measured
+//!   between two samples of `pg_current_wal_lsn()`.
 //! - `backfill_worker`: each worker's last heartbeat.
 //! - `backfill_event`: pause/resume/cancel/throttle with time and operator.
 //!
