@@ -168,6 +168,14 @@ struct SteerArgs {
     /// Most rows per second across all mappers.
     #[arg(long, value_name = "N")]
     rows_per_sec: Option<f64>,
+    /// Most bytes of rewritten documents per second across all mappers.
+    #[arg(long, value_name = "N")]
+    bytes_per_sec: Option<f64>,
+    /// PostgreSQL: hold new shards while the server writes more WAL than this many bytes
+    /// per second (measured from pg_current_wal_lsn(); the spec's [health]
+    /// max_wal_bytes_per_sec). Not applied on SQLite.
+    #[arg(long, value_name = "N")]
+    max_wal_bytes_per_sec: Option<f64>,
     /// Most shards worked on at once across all mappers.
     #[arg(long, value_name = "N")]
     max_in_flight: Option<u32>,
@@ -191,6 +199,12 @@ impl SteerArgs {
         let mut v = Vec::new();
         if self.rows_per_sec.is_some() {
             v.push("--rows-per-sec");
+        }
+        if self.bytes_per_sec.is_some() {
+            v.push("--bytes-per-sec");
+        }
+        if self.max_wal_bytes_per_sec.is_some() {
+            v.push("--max-wal-bytes-per-sec");
         }
         if self.max_in_flight.is_some() {
             v.push("--max-in-flight");
@@ -444,6 +458,12 @@ enum Command {
         /// Most rows per second across all mappers, or `off`.
         #[arg(long, value_name = "N|off")]
         rows_per_sec: Option<String>,
+        /// Most bytes of rewritten documents per second across all mappers, or `off`.
+        #[arg(long, value_name = "N|off")]
+        bytes_per_sec: Option<String>,
+        /// PostgreSQL: the server's WAL write rate cap in bytes per second, or `off`.
+        #[arg(long, value_name = "N|off")]
+        max_wal_bytes_per_sec: Option<String>,
         /// Most shards worked on at once across all mappers, or `off`.
         #[arg(long, value_name = "N|off")]
         max_in_flight: Option<String>,
@@ -770,20 +790,28 @@ fn steer_throttle(
     steer: &SteerArgs,
     spec: &backfill_job::spec::ThrottleSpec,
 ) -> Option<backfill_job::spec::ThrottleSpec> {
-    if steer.rows_per_sec.is_none() && steer.max_in_flight.is_none() && steer.priority.is_none() {
+    if steer.given().is_empty() {
         return None;
     }
     Some(backfill_job::spec::ThrottleSpec {
         rows_per_sec: steer.rows_per_sec.or(spec.rows_per_sec),
+        bytes_per_sec: steer.bytes_per_sec.or(spec.bytes_per_sec),
+        max_wal_bytes_per_sec: steer.max_wal_bytes_per_sec.or(spec.max_wal_bytes_per_sec),
         max_in_flight: steer.max_in_flight.or(spec.max_in_flight),
         priority: steer.priority.unwrap_or(spec.priority),
     })
 }
 
 fn validate_steer(steer: &SteerArgs) -> anyhow::Result<()> {
-    if let Some(r) = steer.rows_per_sec {
-        if !(r.is_finite() && r > 0.0) {
-            return Err(usage("--rows-per-sec must be a positive number"));
+    for (flag, v) in [
+        ("--rows-per-sec", steer.rows_per_sec),
+        ("--bytes-per-sec", steer.bytes_per_sec),
+        ("--max-wal-bytes-per-sec", steer.max_wal_bytes_per_sec),
+    ] {
+        if let Some(r) = v {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(usage(format!("{flag} must be a positive number")));
+            }
         }
     }
     if steer.max_in_flight == Some(0) {
@@ -1370,17 +1398,30 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Throttle {
             run,
             rows_per_sec,
+            bytes_per_sec,
+            max_wal_bytes_per_sec,
             max_in_flight,
             priority,
         } => {
             let change = backfill_store::ThrottleChange {
                 rows_per_sec: limit_flag::<f64>("--rows-per-sec", &rows_per_sec)?,
+                bytes_per_sec: limit_flag::<f64>("--bytes-per-sec", &bytes_per_sec)?,
+                max_wal_bytes_per_sec: limit_flag::<f64>(
+                    "--max-wal-bytes-per-sec",
+                    &max_wal_bytes_per_sec,
+                )?,
                 max_in_flight: limit_flag::<u32>("--max-in-flight", &max_in_flight)?,
                 priority,
             };
-            if let Some(Some(r)) = change.rows_per_sec {
-                if !(r.is_finite() && r > 0.0) {
-                    return Err(usage("--rows-per-sec must be a positive number or `off`"));
+            for (flag, v) in [
+                ("--rows-per-sec", change.rows_per_sec),
+                ("--bytes-per-sec", change.bytes_per_sec),
+                ("--max-wal-bytes-per-sec", change.max_wal_bytes_per_sec),
+            ] {
+                if let Some(Some(r)) = v {
+                    if !(r.is_finite() && r > 0.0) {
+                        return Err(usage(format!("{flag} must be a positive number or `off`")));
+                    }
                 }
             }
             if change.max_in_flight == Some(Some(0)) {
@@ -1388,7 +1429,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             if change.is_empty() {
                 return Err(usage(
-                    "give --rows-per-sec, --max-in-flight or --priority to change",
+                    "give --rows-per-sec, --bytes-per-sec, --max-wal-bytes-per-sec, --max-in-flight or --priority to change",
                 ));
             }
             let store = connect_store(&settings, 2).await?;

@@ -142,10 +142,12 @@ pub async fn throttle(
     let c = store.control(run_id, &rec.spec.throttle).await?;
     let show = |v: Option<String>| v.unwrap_or_else(|| "off".into());
     println!(
-        "run {run_id}: rows/s={} in-flight={} priority={}",
+        "run {run_id}: rows/s={} in-flight={} priority={} bytes/s={} wal-bytes/s={}",
         show(c.rows_per_sec.map(|r| r.to_string())),
         show(c.max_in_flight.map(|m| m.to_string())),
-        c.priority
+        c.priority,
+        show(c.bytes_per_sec.map(|r| r.to_string())),
+        show(c.max_wal_bytes_per_sec.map(|r| r.to_string())),
     );
     Ok(0)
 }

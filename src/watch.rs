@@ -102,6 +102,14 @@ pub fn render_run(r: &RunStatus, out: &mut String) {
         opt(r.throttle.rows_per_sec),
         opt(r.throttle.max_in_flight)
     );
+    if r.throttle.bytes_per_sec.is_some() || r.throttle.max_wal_bytes_per_sec.is_some() {
+        let _ = writeln!(
+            out,
+            "  steering bytes/s={} wal-bytes/s={}",
+            opt(r.throttle.bytes_per_sec),
+            opt(r.throttle.max_wal_bytes_per_sec)
+        );
+    }
     if r.orphaned {
         let _ = writeln!(
             out,

@@ -402,6 +402,11 @@ pub async fn plan(store: &Store, req: &RunRequest) -> Result<(String, Plan), Coo
         store.record_table_rows(&run_id, "planned", &counts).await?;
     }
     let throttle = req.throttle.unwrap_or(req.spec.throttle);
+    if throttle.max_wal_bytes_per_sec.is_some()
+        && store.dialect() == backfill_job::spec::Dialect::Sqlite
+    {
+        tracing::warn!(run = %run_id, "max_wal_bytes_per_sec is not applied on SQLite (it has no WAL position to measure)");
+    }
     store
         .init_control(&run_id, &throttle, sizing_note.as_deref())
         .await?;

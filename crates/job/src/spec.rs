@@ -202,6 +202,7 @@ struct RawNotify {
 #[serde(deny_unknown_fields)]
 struct RawThrottle {
     rows_per_sec: Option<f64>,
+    bytes_per_sec: Option<f64>,
     max_in_flight: Option<u32>,
     priority: Option<i32>,
 }
@@ -210,6 +211,8 @@ struct RawThrottle {
 #[serde(deny_unknown_fields)]
 struct RawHealth {
     max_replication_lag_seconds: Option<f64>,
+    max_replication_lag_bytes: Option<i64>,
+    max_wal_bytes_per_sec: Option<f64>,
     max_active_backends: Option<u32>,
     sql: Option<SqlText>,
     check_every_seconds: Option<f64>,
@@ -401,6 +404,14 @@ impl TargetSpec {
 pub struct ThrottleSpec {
     /// Rows per second across all mappers; `None` is unlimited.
     pub rows_per_sec: Option<f64>,
+    /// Bytes of rewritten documents per second across all mappers; `None`
+    /// is unlimited.
+    pub bytes_per_sec: Option<f64>,
+    /// PostgreSQL: the server's WAL write rate (bytes per second, measured
+    /// from `pg_current_wal_lsn()`) above which the run starts no shard.
+    /// Written in the spec's `[health]` section (`max_wal_bytes_per_sec`);
+    /// `None` is unlimited. Not applied on SQLite.
+    pub max_wal_bytes_per_sec: Option<f64>,
     /// Shards being worked on at once across all mappers; `None` is unlimited.
     pub max_in_flight: Option<u32>,
     /// Higher runs first: a run waits while a running run of higher priority
@@ -471,6 +482,10 @@ pub fn check_webhook_url(url: &str) -> Result<(), String> {
 pub struct HealthSpec {
     /// PostgreSQL: pause while a standby's replay lag exceeds this; `0` turns the check off.
     pub max_replication_lag_seconds: f64,
+    /// PostgreSQL: pause while a standby's replay position is more than this
+    /// many bytes of WAL behind the primary's; `0` (the default) turns the
+    /// check off.
+    pub max_replication_lag_bytes: u64,
     /// PostgreSQL: pause while more client backends than this are active; `0` turns it off.
     pub max_active_backends: u32,
     /// The job's own check: one row, one boolean column, true when healthy.
@@ -483,6 +498,7 @@ impl Default for HealthSpec {
     fn default() -> Self {
         HealthSpec {
             max_replication_lag_seconds: 30.0,
+            max_replication_lag_bytes: 0,
             max_active_backends: 100,
             sql: None,
             check_every_seconds: 2.0,
@@ -1067,7 +1083,11 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
         }
     };
 
-    let throttle = validate_throttle(raw.throttle)?;
+    let mut throttle = validate_throttle(raw.throttle)?;
+    throttle.max_wal_bytes_per_sec = positive(
+        "health.max_wal_bytes_per_sec",
+        raw.health.as_ref().and_then(|h| h.max_wal_bytes_per_sec),
+    )?;
     let notify = validate_notify(raw.notify)?;
     let schedule = match raw.schedule {
         None => None,
@@ -1155,8 +1175,11 @@ fn validate_throttle(raw: Option<RawThrottle>) -> Result<ThrottleSpec, SpecError
     }
     Ok(ThrottleSpec {
         rows_per_sec: positive("throttle.rows_per_sec", t.rows_per_sec)?,
+        bytes_per_sec: positive("throttle.bytes_per_sec", t.bytes_per_sec)?,
         max_in_flight: t.max_in_flight,
         priority: t.priority.unwrap_or(0),
+        // From `[health]`: set by the caller.
+        max_wal_bytes_per_sec: None,
     })
 }
 
@@ -1172,11 +1195,21 @@ fn validate_health(raw: Option<RawHealth>) -> Result<HealthSpec, SpecError> {
             format!("must be 0 (off) or a positive number of seconds, got {lag}"),
         ));
     }
+    let lag_bytes = match h.max_replication_lag_bytes {
+        None => d.max_replication_lag_bytes,
+        Some(b) => u64::try_from(b).map_err(|_| {
+            SpecError::new(
+                "health.max_replication_lag_bytes",
+                format!("must be 0 (off) or a positive number of bytes, got {b}"),
+            )
+        })?,
+    };
     if let Some(sql) = &h.sql {
         sql.validate("health.sql")?;
     }
     Ok(HealthSpec {
         max_replication_lag_seconds: lag,
+        max_replication_lag_bytes: lag_bytes,
         max_active_backends: h.max_active_backends.unwrap_or(d.max_active_backends),
         sql: h.sql,
         check_every_seconds: positive("health.check_every_seconds", h.check_every_seconds)?
@@ -1442,6 +1475,52 @@ value = "x"
         assert_eq!(e.field, "sizing");
         let e = err(&format!("{MINIMAL}\n[health]\nbogus = 1\n"));
         assert_eq!(e.field, "bogus");
+    }
+
+    #[test]
+    fn wal_and_byte_limits_parse_and_validate() {
+        let s = JobSpec::parse(MINIMAL).unwrap();
+        assert_eq!(s.throttle.bytes_per_sec, None);
+        assert_eq!(s.throttle.max_wal_bytes_per_sec, None);
+        assert_eq!(s.health.max_replication_lag_bytes, 0, "off by default");
+        let text = format!(
+            "{MINIMAL}\n[throttle]\nbytes_per_sec = 250000\n\n[health]\nmax_wal_bytes_per_sec = 8000000\nmax_replication_lag_bytes = 16777216\n"
+        );
+        let s = JobSpec::parse(&text).unwrap();
+        assert_eq!(s.throttle.bytes_per_sec, Some(250_000.0));
+        assert_eq!(s.throttle.max_wal_bytes_per_sec, Some(8_000_000.0));
+        assert_eq!(s.health.max_replication_lag_bytes, 16_777_216);
+        assert_eq!(s.health.max_replication_lag_seconds, 30.0);
+        let s = JobSpec::parse(&format!(
+            "{MINIMAL}\n[health]\nmax_replication_lag_bytes = 0\n"
+        ))
+        .unwrap();
+        assert_eq!(s.health.max_replication_lag_bytes, 0);
+        for (text, field) in [
+            ("[throttle]\nbytes_per_sec = 0", "throttle.bytes_per_sec"),
+            ("[throttle]\nbytes_per_sec = -5", "throttle.bytes_per_sec"),
+            ("[throttle]\nbytes_per_sec = nan", "throttle.bytes_per_sec"),
+            (
+                "[health]\nmax_wal_bytes_per_sec = 0",
+                "health.max_wal_bytes_per_sec",
+            ),
+            (
+                "[health]\nmax_wal_bytes_per_sec = -1.5",
+                "health.max_wal_bytes_per_sec",
+            ),
+            (
+                "[health]\nmax_wal_bytes_per_sec = inf",
+                "health.max_wal_bytes_per_sec",
+            ),
+            (
+                "[health]\nmax_replication_lag_bytes = -1",
+                "health.max_replication_lag_bytes",
+            ),
+        ] {
+            let e = err(&format!("{MINIMAL}\n{text}\n"));
+            assert_eq!(e.field, field, "{text}: {e}");
+            assert!(e.to_string().contains(field), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -610,6 +610,14 @@ fn log_done(result: &ShardResult) {
     );
 }
 
+/// The bytes a finished shard wrote, for its bytes-per-second reservation.
+fn written(d: &Disposition) -> Option<u64> {
+    match d {
+        Disposition::Done(r) => Some(r.tally.bytes_written),
+        _ => None,
+    }
+}
+
 /// Pause before a task goes back to the queue, so a failing shard does not spin.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 
@@ -693,6 +701,9 @@ async fn handle_delivery(ctx: &Ctx, publisher: &backfill_queue::Publisher, d: De
         metrics::started(&task.run_id, &job);
         let disposition = attempt(store, runs, &task, worker).await;
         metrics::disposed(&task.run_id, &job, &disposition);
+        ctx.steering
+            .settle(store, &task, written(&disposition))
+            .await;
         match disposition {
             Disposition::Done(result) => {
                 ctx.steering.note_done(&task.run_id);
@@ -839,6 +850,9 @@ pub async fn run_local(
             metrics::started(&task.run_id, &job);
             let disposition = attempt(&store, &runs, &task, &worker).await;
             metrics::disposed(&task.run_id, &job, &disposition);
+            ctx.steering
+                .settle(&store, &task, written(&disposition))
+                .await;
             match disposition {
                 Disposition::Done(result) => {
                     ctx.steering.note_done(&task.run_id);

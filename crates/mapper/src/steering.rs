@@ -1,8 +1,11 @@
 //! Admission of a shard: before a mapper starts a shard it asks the ledger
 //! whether it may — the run is not paused or cancelled, it is inside one of
-//! its windows (if it has any), no run of higher
-//! priority is waiting, the database is healthy, the run's rows-per-second
-//! budget has room, and a shards-in-flight slot is free (the claim).
+//! its windows (if it has any), no run of higher priority is waiting, the
+//! database is healthy, the server's WAL rate is within the run's cap
+//! (PostgreSQL), the run's rows-per-second and bytes-per-second budgets
+//! have room, and a shards-in-flight slot is free (the claim). The bytes a
+//! shard reserves are an estimate, settled with the bytes it wrote once it
+//! is done ([`Steering::settle`]).
 //!
 //! Settings are read at most every [`CONTROL_REFRESH`] per run and process,
 //! so `backfill pause` takes effect within about half a second plus the
@@ -36,6 +39,10 @@ pub const FAST_PARK: Duration = Duration::from_millis(50);
 const POLL: Duration = Duration::from_millis(200);
 /// Reserve rows at most this far ahead, so a pause is still seen in time.
 const RATE_HORIZON: Duration = Duration::from_secs(2);
+/// The most a run's WAL budget saves up while the server writes less than
+/// the cap: one second of it, so the rate over any few seconds stays near
+/// the cap.
+const WAL_BURST: Duration = Duration::from_secs(1);
 
 /// What becomes of a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +61,9 @@ struct Caches {
     health: HashMap<String, (Instant, Health)>,
     /// Runs whose task a slot of this process is holding.
     holding: std::collections::HashSet<String>,
+    /// Bytes reserved for shards started and not yet settled, and when
+    /// they started.
+    reserved: HashMap<(String, u32), (f64, Instant)>,
 }
 
 /// Releases the hold of a run when the holding slot is done with it.
@@ -97,6 +107,32 @@ impl Steering {
             if r.as_deref() != Some(run_id) {
                 *r = Some(run_id.to_string());
             }
+        }
+    }
+
+    /// Settles a shard's reserved bytes once it is over: the bytes it wrote
+    /// (`None` when it did not finish: the reservation is given back).
+    pub(crate) async fn settle(&self, store: &Store, task: &ShardTask, written: Option<u64>) {
+        let Some((reserved, started)) = self
+            .caches
+            .lock()
+            .ok()
+            .and_then(|mut c| c.reserved.remove(&(task.run_id.clone(), task.shard_no)))
+        else {
+            return;
+        };
+        let rows = if written.is_some() { task.rows } else { 0 };
+        if let Err(e) = store
+            .settle_bytes(
+                &task.run_id,
+                rows,
+                reserved,
+                written.unwrap_or(0),
+                started.elapsed(),
+            )
+            .await
+        {
+            debug!(error = %e, "cannot settle the shard's bytes; going on");
         }
     }
 
@@ -180,8 +216,24 @@ impl Steering {
     }
 
     /// Waits until the task may start (then claims its shard), the run is
-    /// cancelled, or [`HOLD`] has passed.
+    /// cancelled, or [`HOLD`] has passed. A task that does not start gives
+    /// back the bytes it reserved.
     pub async fn admit(
+        &self,
+        store: &Store,
+        run: &CachedRun,
+        task: &ShardTask,
+        worker: &str,
+        shutdown: &CancellationToken,
+    ) -> Admission {
+        let a = self.hold(store, run, task, worker, shutdown).await;
+        if a != Admission::Go {
+            self.settle(store, task, None).await;
+        }
+        a
+    }
+
+    async fn hold(
         &self,
         store: &Store,
         run: &CachedRun,
@@ -247,12 +299,86 @@ impl Steering {
         }
     }
 
+    /// Waits for the run's rate limits: the server's WAL rate, then rows
+    /// and bytes per second.
+    async fn pace(&self, store: &Store, task: &ShardTask, run: &CachedRun, ctl: &Control) -> Pace {
+        if ctl.max_wal_bytes_per_sec.is_some() {
+            if let Pace::Wait(why) = self.pace_wal(store, task, run).await {
+                return Pace::Wait(why);
+            }
+        }
+        if ctl.rows_per_sec.is_some() {
+            if let Pace::Wait(why) = self.pace_rows(store, task, run).await {
+                return Pace::Wait(why);
+            }
+        }
+        if ctl.bytes_per_sec.is_some() {
+            return self.pace_bytes(store, task, run).await;
+        }
+        Pace::Go
+    }
+
+    /// Waits while the server's WAL rate is over the run's cap (its shared
+    /// WAL budget is in debt), at most [`RATE_HORIZON`].
+    async fn pace_wal(&self, store: &Store, task: &ShardTask, run: &CachedRun) -> Pace {
+        let give_up = Instant::now() + RATE_HORIZON;
+        loop {
+            let wait = match store.wal_wait(&task.run_id, WAL_BURST).await {
+                Ok(Some(w)) => w,
+                Ok(None) => return Pace::Go,
+                Err(e) => {
+                    debug!(error = %e, "cannot sample the WAL position; going on");
+                    return Pace::Go;
+                }
+            };
+            if wait.is_zero() {
+                return Pace::Go;
+            }
+            if Instant::now() >= give_up {
+                return Pace::Wait("the server's WAL rate is over the run's cap".into());
+            }
+            tokio::time::sleep(POLL.min(wait)).await;
+            match self.blocked(store, task, run).await {
+                Blocked::Yes(reason) => return Pace::Wait(reason),
+                Blocked::Cancelled => return Pace::Wait("the run was cancelled".into()),
+                Blocked::No(_) => {}
+            }
+        }
+    }
+
+    /// Takes the shard's estimated bytes from the run's bytes-per-second
+    /// budget and sleeps until its turn; the reservation is settled when
+    /// the shard is over.
+    async fn pace_bytes(&self, store: &Store, task: &ShardTask, run: &CachedRun) -> Pace {
+        let (wait, reserved) = match store
+            .reserve_bytes(&task.run_id, task.rows.max(1), RATE_HORIZON)
+            .await
+        {
+            Ok(Some(w)) => w,
+            Ok(None) => {
+                tokio::time::sleep(POLL).await;
+                return Pace::Wait("the run's bytes-per-second limit".into());
+            }
+            Err(e) => {
+                debug!(error = %e, "cannot reserve bytes; going on");
+                return Pace::Go;
+            }
+        };
+        let pace = self.sleep_watching(store, task, run, wait).await;
+        if let Pace::Go = pace {
+            if let Ok(mut c) = self.caches.lock() {
+                c.reserved.insert(
+                    (task.run_id.clone(), task.shard_no),
+                    (reserved, Instant::now()),
+                );
+            }
+        }
+        pace
+    }
+
     /// Takes the shard's rows from the run's rows-per-second budget and
     /// sleeps until its turn, watching for a pause meanwhile.
-    async fn pace(&self, store: &Store, task: &ShardTask, run: &CachedRun, ctl: &Control) -> Pace {
-        if ctl.rows_per_sec.is_none() {
-            return Pace::Go;
-        }
+    async fn pace_rows(&self, store: &Store, task: &ShardTask, run: &CachedRun) -> Pace {
         let wait = match store
             .reserve_rows(&task.run_id, task.rows.max(1), RATE_HORIZON)
             .await
@@ -267,6 +393,17 @@ impl Steering {
                 return Pace::Go;
             }
         };
+        self.sleep_watching(store, task, run, wait).await
+    }
+
+    /// Sleeps `wait`, watching for a pause or cancel meanwhile.
+    async fn sleep_watching(
+        &self,
+        store: &Store,
+        task: &ShardTask,
+        run: &CachedRun,
+        wait: Duration,
+    ) -> Pace {
         let until = Instant::now() + wait;
         while Instant::now() < until {
             tokio::time::sleep(POLL.min(until.saturating_duration_since(Instant::now()))).await;

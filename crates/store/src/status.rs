@@ -107,6 +107,10 @@ impl WindowStatus {
 pub struct ThrottleStatus {
     pub rows_per_sec: Option<f64>,
     pub max_in_flight: Option<u32>,
+    /// Bytes of rewritten documents per second across all mappers.
+    pub bytes_per_sec: Option<f64>,
+    /// PostgreSQL: the server's WAL write rate cap, bytes per second.
+    pub max_wal_bytes_per_sec: Option<f64>,
 }
 
 /// Shards by state. `failed` are pending shards whose last attempt failed
@@ -529,6 +533,8 @@ impl Store {
             throttle: ThrottleStatus {
                 rows_per_sec: control.rows_per_sec,
                 max_in_flight: control.max_in_flight,
+                bytes_per_sec: control.bytes_per_sec,
+                max_wal_bytes_per_sec: control.max_wal_bytes_per_sec,
             },
             health,
             waiting_for: if running { control.yield_to } else { None },

@@ -12,7 +12,13 @@
 //!   its shard's rows with one atomic UPDATE that moves `rate_next` on by
 //!   `rows / rows_per_sec` and tells it when it may start (a generic cell
 //!   rate algorithm whose state is one timestamp, on the database's clock so
-//!   hosts' clocks do not matter).
+//!   hosts' clocks do not matter). `bytes_per_sec`, `bytes_next` and
+//!   `bytes_per_row` do the same for the bytes of rewritten documents
+//!   (reserved at the bytes per row measured so far, then settled with the
+//!   bytes each shard wrote). `max_wal_bytes_per_sec`, `wal_tokens`,
+//!   `wal_lsn` and `wal_at` (PostgreSQL) are the WAL rate cap's token
+//!   bucket: refilled at the cap, emptied by the server's WAL measured
+//!   between two samples of `pg_current_wal_lsn()`.
 //! - `backfill_worker`: each worker's last heartbeat.
 //! - `backfill_event`: pause/resume/cancel/throttle with time and operator.
 //!
@@ -86,6 +92,16 @@ pub(crate) const PG_DDL: &[&str] = &[
         updated_at timestamptz NOT NULL DEFAULT now(),
         updated_by text
     )"#,
+    // The bytes-per-second limit and its schedule; the WAL rate cap and
+    // its token bucket (tokens in bytes, refilled at the cap, emptied by
+    // the server's WAL as measured between two samples of its LSN).
+    "ALTER TABLE backfill_control ADD COLUMN IF NOT EXISTS bytes_per_sec double precision",
+    "ALTER TABLE backfill_control ADD COLUMN IF NOT EXISTS bytes_next timestamptz",
+    "ALTER TABLE backfill_control ADD COLUMN IF NOT EXISTS bytes_per_row double precision",
+    "ALTER TABLE backfill_control ADD COLUMN IF NOT EXISTS max_wal_bytes_per_sec double precision",
+    "ALTER TABLE backfill_control ADD COLUMN IF NOT EXISTS wal_tokens double precision",
+    "ALTER TABLE backfill_control ADD COLUMN IF NOT EXISTS wal_lsn pg_lsn",
+    "ALTER TABLE backfill_control ADD COLUMN IF NOT EXISTS wal_at timestamptz",
     r#"CREATE TABLE IF NOT EXISTS backfill_worker (
         worker text PRIMARY KEY,
         role text NOT NULL,
@@ -148,6 +164,11 @@ pub(crate) const LITE_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("backfill_run", "schedule", "text"),
     ("backfill_before_image", "patch", "text"),
     ("backfill_before_image", "after_version", "text"),
+    ("backfill_control", "bytes_per_sec", "real"),
+    ("backfill_control", "bytes_next", "real"),
+    ("backfill_control", "bytes_per_row", "real"),
+    // Kept so a run's settings read the same; never applied on SQLite.
+    ("backfill_control", "max_wal_bytes_per_sec", "real"),
 ];
 
 /// What the operator asked of a run.
@@ -182,6 +203,9 @@ pub struct Control {
     pub control: ControlState,
     pub priority: i32,
     pub rows_per_sec: Option<f64>,
+    pub bytes_per_sec: Option<f64>,
+    /// PostgreSQL: the server's WAL rate cap (bytes per second).
+    pub max_wal_bytes_per_sec: Option<f64>,
     pub max_in_flight: Option<u32>,
     /// A running run of higher priority that still has shards to do: this
     /// run waits for it.
@@ -194,21 +218,33 @@ pub struct Control {
 #[derive(Debug, Clone, Default)]
 pub struct ThrottleChange {
     pub rows_per_sec: Option<Option<f64>>,
+    pub bytes_per_sec: Option<Option<f64>>,
+    pub max_wal_bytes_per_sec: Option<Option<f64>>,
     pub max_in_flight: Option<Option<u32>>,
     pub priority: Option<i32>,
 }
 
 impl ThrottleChange {
     pub fn is_empty(&self) -> bool {
-        self.rows_per_sec.is_none() && self.max_in_flight.is_none() && self.priority.is_none()
+        self.rows_per_sec.is_none()
+            && self.bytes_per_sec.is_none()
+            && self.max_wal_bytes_per_sec.is_none()
+            && self.max_in_flight.is_none()
+            && self.priority.is_none()
     }
     fn describe(&self) -> String {
         let mut parts = Vec::new();
-        if let Some(r) = self.rows_per_sec {
-            parts.push(match r {
-                Some(r) => format!("rows_per_sec={r}"),
-                None => "rows_per_sec=off".into(),
-            });
+        for (name, v) in [
+            ("rows_per_sec", self.rows_per_sec),
+            ("bytes_per_sec", self.bytes_per_sec),
+            ("max_wal_bytes_per_sec", self.max_wal_bytes_per_sec),
+        ] {
+            if let Some(r) = v {
+                parts.push(match r {
+                    Some(r) => format!("{name}={r}"),
+                    None => format!("{name}=off"),
+                });
+            }
         }
         if let Some(m) = self.max_in_flight {
             parts.push(match m {
@@ -274,8 +310,9 @@ impl Store {
         t: &ThrottleSpec,
         shard_sizing: Option<&str>,
     ) -> Result<(), StoreError> {
-        let q = "INSERT INTO backfill_control (run_id, priority, rows_per_sec, max_in_flight, shard_sizing)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id) DO NOTHING";
+        let q = "INSERT INTO backfill_control (run_id, priority, rows_per_sec, max_in_flight, shard_sizing,
+                                               bytes_per_sec, max_wal_bytes_per_sec)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id) DO NOTHING";
         let mif = t.max_in_flight.map(|m| m as i32);
         execute!(
             self,
@@ -285,7 +322,9 @@ impl Store {
             t.priority,
             t.rows_per_sec,
             mif,
-            shard_sizing
+            shard_sizing,
+            t.bytes_per_sec,
+            t.max_wal_bytes_per_sec
         )
     }
 
@@ -335,6 +374,12 @@ impl Store {
         if change.priority.is_some() {
             sets.push("priority = $4");
         }
+        if change.bytes_per_sec.is_some() {
+            sets.push("bytes_per_sec = $6");
+        }
+        if change.max_wal_bytes_per_sec.is_some() {
+            sets.push("max_wal_bytes_per_sec = $7");
+        }
         if sets.is_empty() {
             return Ok(());
         }
@@ -345,6 +390,8 @@ impl Store {
         let rps = change.rows_per_sec.flatten();
         let mif = change.max_in_flight.flatten().map(|m| m as i32);
         let prio = change.priority.unwrap_or(0);
+        let bps = change.bytes_per_sec.flatten();
+        let wal = change.max_wal_bytes_per_sec.flatten();
         execute!(
             self,
             q,
@@ -353,7 +400,9 @@ impl Store {
             rps,
             mif,
             prio,
-            operator
+            operator,
+            bps,
+            wal
         )?;
         self.record_event(run_id, "throttle", operator, Some(&change.describe()))
             .await
@@ -589,6 +638,7 @@ impl Store {
         // One round trip: the run's row and whether a running run of higher
         // priority still has shards to do.
         let q = "SELECT c.control, c.priority, c.rows_per_sec, c.max_in_flight, c.shard_sizing,
+                   c.bytes_per_sec, c.max_wal_bytes_per_sec,
                    (SELECT o.run_id FROM backfill_control o JOIN backfill_run r ON r.run_id = o.run_id
                      WHERE o.run_id <> c.run_id AND o.priority > c.priority AND o.control = 'run'
                        AND r.state = 'running'
@@ -608,7 +658,9 @@ impl Store {
                         r.get::<Option<f64>, _>(2),
                         r.get::<Option<i32>, _>(3),
                         r.get::<Option<String>, _>(4),
-                        r.get::<Option<String>, _>(5),
+                        r.get::<Option<String>, _>(7),
+                        r.get::<Option<f64>, _>(5),
+                        r.get::<Option<f64>, _>(6),
                     )
                 }),
             Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
@@ -623,7 +675,9 @@ impl Store {
                         r.get::<Option<f64>, _>(2),
                         r.get::<Option<i64>, _>(3).map(|v| v as i32),
                         r.get::<Option<String>, _>(4),
-                        r.get::<Option<String>, _>(5),
+                        r.get::<Option<String>, _>(7),
+                        r.get::<Option<f64>, _>(5),
+                        r.get::<Option<f64>, _>(6),
                     )
                 }),
         };
@@ -632,14 +686,18 @@ impl Store {
                 control: ControlState::Run,
                 priority: defaults.priority,
                 rows_per_sec: defaults.rows_per_sec,
+                bytes_per_sec: defaults.bytes_per_sec,
+                max_wal_bytes_per_sec: defaults.max_wal_bytes_per_sec,
                 max_in_flight: defaults.max_in_flight,
                 yield_to: None,
                 shard_sizing: None,
             },
-            Some((control, priority, rps, mif, sizing, yield_to)) => Control {
+            Some((control, priority, rps, mif, sizing, yield_to, bps, wal)) => Control {
                 control: ControlState::parse(&control)?,
                 priority,
                 rows_per_sec: rps.filter(|r| *r > 0.0),
+                bytes_per_sec: bps.filter(|r| *r > 0.0),
+                max_wal_bytes_per_sec: wal.filter(|r| *r > 0.0),
                 max_in_flight: mif.filter(|m| *m > 0).map(|m| m as u32),
                 yield_to,
                 shard_sizing: sizing,
@@ -831,24 +889,193 @@ impl Store {
         }
     }
 
+    /// Reserves the estimated bytes of a shard of `rows` rows from the run's
+    /// bytes-per-second budget, shared by every mapper: the estimate is the
+    /// run's measured bytes per row so far (nothing before its first shard
+    /// is settled), and [`Store::settle_bytes`] corrects it with the bytes
+    /// the shard wrote. Returns how long to wait and the bytes reserved, or
+    /// `None` when the start would be more than `horizon` away (nothing is
+    /// reserved then). Without a limit: no wait, nothing reserved.
+    pub async fn reserve_bytes(
+        &self,
+        run_id: &str,
+        rows: u32,
+        horizon: Duration,
+    ) -> Result<Option<(Duration, f64)>, StoreError> {
+        let got: Option<(Option<f64>, Option<f64>)> = match &self.backend {
+            Backend::Pg(p) => sqlx::query_as(
+                "UPDATE backfill_control
+                 SET bytes_next = greatest(coalesce(bytes_next, now()), now())
+                                  + make_interval(secs => $2 * coalesce(bytes_per_row, 0) / bytes_per_sec)
+                 WHERE run_id = $1 AND bytes_per_sec > 0
+                   AND greatest(coalesce(bytes_next, now()), now()) <= now() + make_interval(secs => $3)
+                 RETURNING extract(epoch FROM (bytes_next - now()))::float8
+                             - $2 * coalesce(bytes_per_row, 0) / bytes_per_sec,
+                           $2 * coalesce(bytes_per_row, 0)",
+            )
+            .bind(run_id)
+            .bind(rows as f64)
+            .bind(horizon.as_secs_f64())
+            .fetch_optional(p)
+            .await
+            .map_err(sql("reserve bytes"))?,
+            Backend::Lite(p) => {
+                let now = "((julianday('now') - 2440587.5) * 86400.0)";
+                let mut tx = p
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(sql("begin bytes reservation"))?;
+                let q = format!(
+                    "UPDATE backfill_control
+                     SET bytes_next = max(coalesce(bytes_next, {now}), {now}) + ?2 * coalesce(bytes_per_row, 0) / bytes_per_sec
+                     WHERE run_id = ?1 AND bytes_per_sec > 0 AND max(coalesce(bytes_next, {now}), {now}) <= {now} + ?3
+                     RETURNING bytes_next - ?2 * coalesce(bytes_per_row, 0) / bytes_per_sec - {now},
+                               ?2 * coalesce(bytes_per_row, 0)"
+                );
+                let w: Option<(Option<f64>, Option<f64>)> = sqlx::query_as(&q)
+                    .bind(run_id)
+                    .bind(rows as f64)
+                    .bind(horizon.as_secs_f64())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(sql("reserve bytes"))?;
+                tx.commit().await.map_err(sql("commit bytes reservation"))?;
+                w
+            }
+        };
+        match got {
+            Some((w, est)) => Ok(Some((
+                Duration::from_secs_f64(w.unwrap_or(0.0).max(0.0)),
+                est.unwrap_or(0.0).max(0.0),
+            ))),
+            None => {
+                let limited = self.control(run_id, &ThrottleSpec::default()).await?;
+                Ok(match limited.bytes_per_sec {
+                    None => Some((Duration::ZERO, 0.0)),
+                    Some(_) => None,
+                })
+            }
+        }
+    }
+
+    /// After a shard of `rows` rows that started `elapsed` ago: replaces
+    /// the `reserved` estimate in the run's bytes-per-second schedule with
+    /// the `written` bytes, and learns the run's bytes per row from them.
+    /// Nothing happens without a limit.
+    pub async fn settle_bytes(
+        &self,
+        run_id: &str,
+        rows: u32,
+        reserved: f64,
+        written: u64,
+        elapsed: Duration,
+    ) -> Result<(), StoreError> {
+        // From the shard's start on at the earliest, so that bytes written
+        // by a shard that started on an idle schedule are not forgiven.
+        let per_row = (rows > 0).then(|| written as f64 / rows as f64);
+        match &self.backend {
+            Backend::Pg(p) => sqlx::query(
+                "UPDATE backfill_control
+                 SET bytes_next = greatest(coalesce(bytes_next, now() - make_interval(secs => $5)),
+                                           now() - make_interval(secs => $5))
+                                  + make_interval(secs => ($4 - $3) / bytes_per_sec),
+                     bytes_per_row = CASE WHEN $2::float8 IS NULL THEN bytes_per_row
+                                          ELSE coalesce(0.5 * bytes_per_row + 0.5 * $2, $2) END
+                 WHERE run_id = $1 AND bytes_per_sec > 0",
+            )
+            .bind(run_id)
+            .bind(per_row)
+            .bind(reserved)
+            .bind(written as f64)
+            .bind(elapsed.as_secs_f64())
+            .execute(p)
+            .await
+            .map(drop),
+            Backend::Lite(p) => {
+                let now = "((julianday('now') - 2440587.5) * 86400.0)";
+                sqlx::query(&format!(
+                    "UPDATE backfill_control
+                     SET bytes_next = max(coalesce(bytes_next, {now} - ?5), {now} - ?5) + (?4 - ?3) / bytes_per_sec,
+                         bytes_per_row = CASE WHEN ?2 IS NULL THEN bytes_per_row
+                                              ELSE coalesce(0.5 * bytes_per_row + 0.5 * ?2, ?2) END
+                     WHERE run_id = ?1 AND bytes_per_sec > 0"
+                ))
+                .bind(run_id)
+                .bind(per_row)
+                .bind(reserved)
+                .bind(written as f64)
+                .bind(elapsed.as_secs_f64())
+                .execute(p)
+                .await
+                .map(drop)
+            }
+        }
+        .map_err(sql("settle the shard's bytes"))
+    }
+
+    /// The run's WAL rate cap: samples the server's WAL position and
+    /// returns how long to wait before starting a shard (zero: go now), or
+    /// `None` when the run has no cap or the back end has no WAL (SQLite).
+    ///
+    /// The cap is a token bucket in bytes kept in the run's control row and
+    /// shared by every mapper: each sample adds `cap × seconds` since the
+    /// previous sample and takes away the WAL the server wrote meanwhile
+    /// (`pg_wal_lsn_diff` of the two `pg_current_wal_lsn()`), holding at
+    /// most `burst` seconds of the cap. A shard may start while the bucket
+    /// is not in debt. The server's WAL counts whoever writes it, so the
+    /// run keeps the whole server at the cap: other writers' WAL slows it,
+    /// and their bursts are paid back by holding the run longer — up to
+    /// [`WAL_WINDOW`] of the cap: older excess is forgiven, so a burst of
+    /// another writer long ago does not hold the run now.
+    pub async fn wal_wait(
+        &self,
+        run_id: &str,
+        burst: Duration,
+    ) -> Result<Option<Duration>, StoreError> {
+        let Backend::Pg(p) = &self.backend else {
+            return Ok(None);
+        };
+        let got: Option<(f64, f64)> = sqlx::query_as(
+            "UPDATE backfill_control
+             SET wal_tokens = CASE WHEN wal_lsn IS NULL OR wal_at IS NULL THEN 0
+                   ELSE greatest(-max_wal_bytes_per_sec * $3, least(max_wal_bytes_per_sec * $2,
+                              coalesce(wal_tokens, 0)
+                              + max_wal_bytes_per_sec * extract(epoch FROM clock_timestamp() - wal_at)
+                              - pg_wal_lsn_diff(pg_current_wal_lsn(), wal_lsn))) END,
+                 wal_lsn = pg_current_wal_lsn(),
+                 wal_at = clock_timestamp()
+             WHERE run_id = $1 AND max_wal_bytes_per_sec > 0
+               AND (wal_at IS NULL OR wal_at <= clock_timestamp())
+             RETURNING wal_tokens::float8, max_wal_bytes_per_sec",
+        )
+        .bind(run_id)
+        .bind(burst.as_secs_f64())
+        .bind(WAL_WINDOW.as_secs_f64())
+        .fetch_optional(p)
+        .await
+        .map_err(sql("sample the WAL position"))?;
+        Ok(got.map(|(tokens, cap)| wal_debt_wait(tokens, cap)))
+    }
+
     /// Evaluates the database health check of a job: replication lag and
     /// active backends on PostgreSQL, then the job's own SQL.
     pub async fn health(&self, spec: &HealthSpec) -> Result<Health, StoreError> {
         if let Backend::Pg(p) = &self.backend {
-            if spec.max_replication_lag_seconds > 0.0 {
-                let lag: Option<f64> = sqlx::query_scalar(
-                    "SELECT max(extract(epoch FROM coalesce(replay_lag, interval '0')))::float8 FROM pg_stat_replication",
+            if spec.max_replication_lag_seconds > 0.0 || spec.max_replication_lag_bytes > 0 {
+                // The largest lag of any standby, in time and in bytes of
+                // WAL not yet replayed; no standby: no rows, no lag.
+                let (secs, bytes): (Option<f64>, Option<f64>) = sqlx::query_as(
+                    "SELECT max(extract(epoch FROM coalesce(replay_lag, interval '0')))::float8,
+                            max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn))::float8
+                     FROM pg_stat_replication",
                 )
                 .fetch_one(p)
                 .await
                 .map_err(sql("read replication lag"))?;
-                if let Some(lag) = lag.filter(|l| *l > spec.max_replication_lag_seconds) {
+                if let Some(reason) = replication_verdict(spec, secs, bytes) {
                     return Ok(Health {
                         ok: false,
-                        reason: Some(format!(
-                            "replication lag {lag:.1} s is over {} s",
-                            spec.max_replication_lag_seconds
-                        )),
+                        reason: Some(reason),
                     });
                 }
             }
@@ -1157,5 +1384,101 @@ impl Store {
         Ok(row.and_then(|(run, size, ms, rows)| {
             (rows > 0 && size > 0).then(|| (run, size as u32, ms as f64 / rows as f64))
         }))
+    }
+}
+
+/// The window over which the WAL rate cap holds: the WAL budget's debt is
+/// at most this many seconds of the cap.
+pub const WAL_WINDOW: Duration = Duration::from_secs(60);
+
+/// How long a bucket holding `tokens` bytes (negative: in debt) takes to be
+/// out of debt at `cap` bytes per second.
+pub fn wal_debt_wait(tokens: f64, cap: f64) -> Duration {
+    if tokens >= 0.0 || cap.is_nan() || cap <= 0.0 || !tokens.is_finite() {
+        return Duration::ZERO;
+    }
+    Duration::from_secs_f64((-tokens / cap).min(3600.0))
+}
+
+/// Why the standbys are too far behind, if they are: the largest replay lag
+/// in seconds and in bytes (`None`: no standby) against the job's limits
+/// (`0` turns a limit off).
+pub fn replication_verdict(
+    spec: &HealthSpec,
+    lag_seconds: Option<f64>,
+    lag_bytes: Option<f64>,
+) -> Option<String> {
+    if spec.max_replication_lag_seconds > 0.0 {
+        if let Some(lag) = lag_seconds.filter(|l| *l > spec.max_replication_lag_seconds) {
+            return Some(format!(
+                "replication lag {lag:.1} s is over {} s",
+                spec.max_replication_lag_seconds
+            ));
+        }
+    }
+    if spec.max_replication_lag_bytes > 0 {
+        if let Some(lag) = lag_bytes.filter(|l| *l > spec.max_replication_lag_bytes as f64) {
+            return Some(format!(
+                "replication lag {lag:.0} bytes of WAL is over {} bytes",
+                spec.max_replication_lag_bytes
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(secs: f64, bytes: u64) -> HealthSpec {
+        HealthSpec {
+            max_replication_lag_seconds: secs,
+            max_replication_lag_bytes: bytes,
+            ..HealthSpec::default()
+        }
+    }
+
+    #[test]
+    fn replication_lag_in_bytes_beside_seconds() {
+        // No standby: healthy whatever the limits.
+        assert_eq!(replication_verdict(&spec(30.0, 1_000), None, None), None);
+        // Under both limits.
+        assert_eq!(
+            replication_verdict(&spec(30.0, 1_000), Some(2.0), Some(999.0)),
+            None
+        );
+        // At the limit is still healthy.
+        assert_eq!(
+            replication_verdict(&spec(30.0, 1_000), Some(30.0), Some(1_000.0)),
+            None
+        );
+        let r = replication_verdict(&spec(30.0, 1_000), Some(1.0), Some(4_096.0)).unwrap();
+        assert!(
+            r.contains("4096 bytes") && r.contains("over 1000 bytes"),
+            "{r}"
+        );
+        let r = replication_verdict(&spec(30.0, 1_000), Some(31.5), Some(10.0)).unwrap();
+        assert!(r.contains("31.5 s"), "{r}");
+        // 0 turns a check off.
+        assert_eq!(
+            replication_verdict(&spec(30.0, 0), Some(1.0), Some(1e12)),
+            None
+        );
+        assert_eq!(
+            replication_verdict(&spec(0.0, 1_000), Some(1e6), Some(10.0)),
+            None
+        );
+        assert!(replication_verdict(&spec(0.0, 1_000), Some(1e6), Some(1e6)).is_some());
+    }
+
+    #[test]
+    fn a_wal_bucket_in_debt_waits_until_the_cap_has_paid_it() {
+        assert_eq!(wal_debt_wait(10.0, 1_000.0), Duration::ZERO);
+        assert_eq!(wal_debt_wait(0.0, 1_000.0), Duration::ZERO);
+        assert_eq!(wal_debt_wait(-500.0, 1_000.0), Duration::from_millis(500));
+        assert_eq!(wal_debt_wait(-500.0, 0.0), Duration::ZERO);
+        assert_eq!(wal_debt_wait(f64::NEG_INFINITY, 1.0), Duration::ZERO);
+        assert_eq!(wal_debt_wait(-1e12, 1.0), Duration::from_secs(3600));
     }
 }
