@@ -277,6 +277,12 @@ fn figures(s: &RunStatus) -> String {
     if let Some(limit) = s.throttle.rows_per_sec {
         t.push_str(&format!(" · throttled {limit:.0}/s"));
     }
+    if let Some(limit) = s.throttle.bytes_per_sec {
+        t.push_str(&format!(" · throttled {:.1} MB/s", limit / 1e6));
+    }
+    if let Some(limit) = s.throttle.max_wal_bytes_per_sec {
+        t.push_str(&format!(" · WAL capped {:.1} MB/s", limit / 1e6));
+    }
     t
 }
 
