@@ -390,7 +390,10 @@ async fn a_poison_shard_is_dead_lettered_and_poison_rows_quarantined_then_retry_
 }
 
 /// Runs the migrate job while "the application" keeps editing versions that
-/// are still to be processed; returns the coordinator's output, the run id
+/// are still to be processed or being processed (a shard is `running` from
+/// its claim: an edit of its rows between the mapper's read and its write is
+/// the race under test; one after the write changes a migrated row, which
+/// stays migrated); returns the coordinator's output, the run id
 /// and the versions the application edited.
 async fn run_with_concurrent_edits(
     env: &TestEnv,
@@ -409,7 +412,7 @@ async fn run_with_concurrent_edits(
                 let ids: Vec<String> = sqlx::query_scalar(
                     "UPDATE collection_snapshot_contents SET content = jsonb_set(content, '{edited_by_app}', 'true')
                      WHERE id IN (SELECT i.key FROM backfill_item i JOIN backfill_shard s USING (run_id, shard_no)
-                                  WHERE s.state = 'pending' AND s.target = 'snapshots' ORDER BY random() LIMIT 40)
+                                  WHERE s.state IN ('pending', 'running') AND s.target = 'snapshots' ORDER BY random() LIMIT 40)
                      RETURNING id",
                 )
                 .fetch_all(&pool)
