@@ -236,7 +236,7 @@ fn assert_plain_lines(err: &str, unit: &str, rate: &str) {
 /// seconds: each draws a moving bar on a terminal, writes plain lines to a
 /// file, and prints the same stdout both ways.
 #[tokio::test(flavor = "multi_thread")]
-async fn coordinator_wait_verify_revert_and_retry_draw_a_moving_bar_and_plain_lines() {
+async fn coordinator_wait_verify_and_revert_draw_a_moving_bar_and_plain_lines() {
     require_tmux();
     let env = common::TestEnv::new().await;
     env.seed_certificates(20, 3000).await;
@@ -254,9 +254,7 @@ async fn coordinator_wait_verify_revert_and_retry_draw_a_moving_bar_and_plain_li
         common::amqp_url(),
         env.prefix
     );
-    // `args` in the pane, `plain_args` with stderr in a file (the same
-    // command, unless it consumes what it works on).
-    let both_ways_on = |name: &str, args: &str, plain_args: &str| {
+    let both_ways = |name: &str, args: &str| {
         let out_tty = dir.join(format!("stdout-{name}.txt"));
         let bars = in_tmux(
             &format!("backfill-progress-{name}"),
@@ -270,7 +268,7 @@ async fn coordinator_wait_verify_revert_and_retry_draw_a_moving_bar_and_plain_li
             "`{name}`: the bar should redraw with moving figures; saw {bars:?}; stdout:\n{}",
             std::fs::read_to_string(&out_tty).unwrap_or_default()
         );
-        let plain = env.run(&plain_args.split(' ').collect::<Vec<_>>());
+        let plain = env.run(&args.split(' ').collect::<Vec<_>>());
         assert_plain_lines(&common::stderr(&plain), "shards", "rows/s");
         let tty = std::fs::read_to_string(&out_tty).expect("stdout of the tmux run");
         assert!(tty.contains("Summary:"), "`{name}`: {tty}");
@@ -280,7 +278,6 @@ async fn coordinator_wait_verify_revert_and_retry_draw_a_moving_bar_and_plain_li
             "`{name}`: stdout differs with and without a terminal"
         );
     };
-    let both_ways = |name: &str, args: &str| both_ways_on(name, args, args);
     let spec = spec.path();
     both_ways(
         "coordinator",
@@ -300,29 +297,6 @@ async fn coordinator_wait_verify_revert_and_retry_draw_a_moving_bar_and_plain_li
         .to_string();
     both_ways("revert", &format!("revert {run} --shard-size 20"));
 
-    // `retry`: a dry run whose rows fail (documents that are not objects)
-    // leaves them quarantined; retrying it reads them again, with the bar.
-    sqlx::query("UPDATE wagtailcore_revision SET content = '[1]'::jsonb WHERE id % 2 = 0")
-        .execute(&env.pool)
-        .await
-        .expect("break every other revision");
-    // A retry takes its run's quarantined rows: one dry run for the pane,
-    // one for the file.
-    let failed_dry_run = || {
-        let dry = common::fleet::coordinator_output(common::steer::spawn_coordinator_with(
-            &env,
-            &["--job", spec, "--all", "--wait", "--shard-size", "20"],
-        ));
-        let s = common::summary(&dry);
-        assert!(common::num(&s, "errors") >= 200, "{s:?}");
-        s["run"].clone()
-    };
-    let (a, b) = (failed_dry_run(), failed_dry_run());
-    both_ways_on(
-        "retry",
-        &format!("retry {a} --shard-size 20"),
-        &format!("retry {b} --shard-size 20"),
-    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
