@@ -1752,6 +1752,11 @@ async fn begin_inner(
             let plan = store
                 .create_derived_run(&new_id, &original, *shard_size, Derived::Retry)
                 .await?;
+            // The spec's throttle holds for a run made from another run
+            // too: a revert or retry at night is as gentle as the run.
+            store
+                .init_control(&new_id, &original.spec.throttle, None)
+                .await?;
             eprintln!(
                 "run {new_id} retries {} quarantined rows of run {run_id} in {} shards",
                 plan.targets.iter().map(|t| t.rows).sum::<u64>(),
@@ -1808,6 +1813,11 @@ async fn begin_inner(
             let new_id = backfill_coordinator::new_run_id(&original.spec.name);
             let plan = store
                 .create_derived_run(&new_id, &original, *shard_size, Derived::Revert(*mode))
+                .await?;
+            // The spec's throttle holds for a run made from another run
+            // too: a revert or retry at night is as gentle as the run.
+            store
+                .init_control(&new_id, &original.spec.throttle, None)
                 .await?;
             eprintln!(
                 "run {new_id} ({mode}) restores {} rows written by run {run_id}, in {} shards",

@@ -392,6 +392,88 @@ fn ctrl_c(session: &str) {
     assert!(st.success());
 }
 
+/// `retry` of a dry run whose rows all failed (documents that are not
+/// objects), throttled by the spec so that it lasts several seconds: the
+/// bar moves on a terminal, plain lines go to a file, and stdout is the
+/// same both ways. A retry consumes its run's quarantine, so the pane and
+/// the file each retry a failed run of their own.
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_draws_a_moving_bar_and_plain_lines_with_the_same_stdout() {
+    require_tmux();
+    let env = common::TestEnv::new().await;
+    env.seed_certificates(20, 3000).await;
+    let dir = scratch("retry");
+    let text = std::fs::read_to_string(common::job("program-certificate-titles")).expect("job");
+    let spec = common::SpecFile::new(
+        "program-certificate-titles",
+        &format!("{text}\n[throttle]\nrows_per_sec = 120\n"),
+    );
+    let spec = spec.path();
+    sqlx::query("UPDATE wagtailcore_revision SET content = '[1]'::jsonb")
+        .execute(&env.pool)
+        .await
+        .expect("break every revision");
+    let failed_dry_run = || {
+        let out = env.run(&[
+            "run",
+            "--job",
+            spec,
+            "--all",
+            "--shard-size",
+            "20",
+            "--rows-per-sec",
+            "100000",
+        ]);
+        let s = common::summary(&out);
+        assert!(
+            common::num(&s, "errors") >= 600,
+            "{s:?}\n{}",
+            common::stderr(&out)
+        );
+        s["run"].clone()
+    };
+    let (a, b) = (failed_dry_run(), failed_dry_run());
+    let vars = format!(
+        "DATABASE_URL='{}' AMQP_URL='{}' BACKFILL_QUEUE_PREFIX='{}'",
+        env.db_url,
+        common::amqp_url(),
+        env.prefix
+    );
+    let out_tty = dir.join("stdout-retry.txt");
+    let bars = in_tmux(
+        "backfill-progress-retry",
+        &dir,
+        &vars,
+        &format!("retry {a} --shard-size 20"),
+        &out_tty,
+    );
+    assert!(
+        bars.len() >= 2,
+        "the bar should redraw with moving figures; saw {bars:?}; stdout:\n{}",
+        std::fs::read_to_string(&out_tty).unwrap_or_default()
+    );
+    let started = Instant::now();
+    let plain = env.run(&["retry", &b, "--shard-size", "20"]);
+    // The spec's throttle holds for a retry: 600 rows or more at 120 a
+    // second take 5 s at the very least.
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "the retry ignored the spec's rows_per_sec: {:?}\n{}",
+        started.elapsed(),
+        common::stderr(&plain)
+    );
+    assert_plain_lines(&common::stderr(&plain), "shards", "rows/s");
+    let tty = std::fs::read_to_string(&out_tty).expect("stdout of the tmux run");
+    assert!(tty.contains("Summary:"), "{tty}");
+    // The two retries are of two runs: their run ids differ, the rest not.
+    assert_eq!(
+        normalise(&tty),
+        normalise(&common::stdout(&plain)),
+        "stdout differs with and without a terminal"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A first Ctrl-C on the bar stops after the shards in hand and names the
 /// command that resumes the run (exit 1, an interrupted wait); a second
 /// one stops at once (exit 130); the run, taken up again, ends exact.
@@ -461,13 +543,30 @@ async fn ctrl_c_stops_after_the_shards_in_hand_and_twice_at_once() {
         .await;
     assert!(pending > 0, "the run was stopped before its end");
 
-    // Twice: stop at once.
+    // Twice: stop at once. The revisions are held by another transaction,
+    // so the shards in hand cannot end between the two Ctrl-Cs (a shard
+    // of 20 rows otherwise ends in well under the time between them, and
+    // the first Ctrl-C alone would stop the command).
+    let mut hold = env.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE wagtailcore_revision IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *hold)
+        .await
+        .expect("hold the revisions");
     let code = start("twice");
     wait_pane(session, 60, "no bar was drawn", moving);
     ctrl_c(session);
-    std::thread::sleep(Duration::from_millis(200));
+    wait_pane(session, 10, "the first Ctrl-C said nothing", |p| {
+        p.matches("Stopping after the shards in hand").count() >= 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        std::fs::read_to_string(&code).is_err(),
+        "the first Ctrl-C alone stopped a command whose shards in hand were held:\n{}",
+        capture(session)
+    );
     ctrl_c(session);
     assert_eq!(exit_code(&code, 5), 130, "a second Ctrl-C stops at once");
+    hold.rollback().await.expect("release the revisions");
     let _ = Command::new("tmux")
         .args(["kill-session", "-t", session])
         .status();
