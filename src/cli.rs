@@ -280,6 +280,11 @@ struct JobArgs {
     /// the full run: share of rows that would change, rows and bytes to write, ETA.
     #[arg(long, value_name = "PCT", conflicts_with = "commit")]
     sample: Option<String>,
+    /// A value for one of the job's parameters (`[params]` in the spec), as
+    /// NAME=VALUE (repeatable). The values are part of the run's spec: a
+    /// commit relies only on a dry run with the same values.
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+    params: Vec<(String, String)>,
     #[command(flatten)]
     steer: SteerArgs,
 }
@@ -288,7 +293,7 @@ struct JobArgs {
 #[derive(Debug, Args)]
 struct ResumableJobArgs {
     /// Resume this run: publish again every shard of it not yet done.
-    #[arg(long, value_name = "RUN", conflicts_with_all = ["job", "groups", "all", "commit", "shard_size", "sample"])]
+    #[arg(long, value_name = "RUN", conflicts_with_all = ["job", "groups", "all", "commit", "shard_size", "sample", "params"])]
     resume: Option<String>,
     /// The job spec file (TOML).
     #[arg(long, required_unless_present = "resume")]
@@ -321,6 +326,11 @@ struct ResumableJobArgs {
     /// the full run: share of rows that would change, rows and bytes to write, ETA.
     #[arg(long, value_name = "PCT", conflicts_with = "commit")]
     sample: Option<String>,
+    /// A value for one of the job's parameters (`[params]` in the spec), as
+    /// NAME=VALUE (repeatable). The values are part of the run's spec: a
+    /// commit relies only on a dry run with the same values.
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+    params: Vec<(String, String)>,
     #[command(flatten)]
     steer: SteerArgs,
 }
@@ -363,6 +373,10 @@ enum Command {
         /// Verify every group.
         #[arg(long)]
         all: bool,
+        /// A value for one of the job's parameters, as NAME=VALUE (repeatable):
+        /// the values the commit used.
+        #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+        params: Vec<(String, String)>,
         /// Rows per shard (default: the spec's shard_size).
         #[arg(long)]
         shard_size: Option<u32>,
@@ -493,6 +507,10 @@ enum Command {
     Revert {
         /// The finished commit run to revert.
         run: String,
+        /// The run's parameter values, as NAME=VALUE (repeatable): checked
+        /// against the values the run was planned with, which are the ones used.
+        #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+        params: Vec<(String, String)>,
         /// Write. Without it, report what a revert would restore.
         #[arg(long)]
         commit: bool,
@@ -697,7 +715,11 @@ fn shutdown_on_signals() -> CancellationToken {
     crate::progress::shutdown_on_signals()
 }
 
-fn load_spec(path: &Path) -> anyhow::Result<JobSpec> {
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    backfill_job::params::parse_assignment(s)
+}
+
+fn load_spec(path: &Path, params: &[(String, String)]) -> anyhow::Result<JobSpec> {
     use std::io::Read;
     let cannot = |e: std::io::Error| usage(format!("cannot read job spec {}: {e}", path.display()));
     // One byte more than a spec may hold is enough for the parse to refuse
@@ -712,7 +734,8 @@ fn load_spec(path: &Path) -> anyhow::Result<JobSpec> {
         .map_err(|e| usage(format!("job spec {}: {e}", path.display())))?;
     let text = String::from_utf8(bytes)
         .map_err(|e| cannot(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-    JobSpec::parse(&text).map_err(|e| usage(format!("job spec {}: {e}", path.display())))
+    JobSpec::parse_with_params(&text, params)
+        .map_err(|e| usage(format!("job spec {}: {e}", path.display())))
 }
 
 /// `--sample 1%` (or `1`) as a share of the rows, 0–1.
@@ -732,7 +755,7 @@ fn parse_sample(text: &str) -> Result<f64, String> {
 }
 
 fn job_request(job: &JobArgs, operator: &str) -> anyhow::Result<backfill_coordinator::RunRequest> {
-    let spec = load_spec(&job.job)?;
+    let spec = load_spec(&job.job, &job.params)?;
     let window =
         parse_age(&job.review_window).map_err(|e| usage(format!("--review-window: {e}")))?;
     let sample = job
@@ -1032,6 +1055,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             job,
             groups,
             all,
+            params,
             shard_size,
             mappers,
             local,
@@ -1049,6 +1073,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     skip_review: false,
                     review_window: "24h".into(),
                     sample: None,
+                    params,
                     steer: SteerArgs::default(),
                 },
                 &operator,
@@ -1118,6 +1143,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                         skip_review: job.skip_review,
                         review_window: job.review_window.clone(),
                         sample: job.sample.clone(),
+                        params: job.params.clone(),
                         steer: job.steer.clone(),
                     },
                     &operator,
@@ -1345,6 +1371,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     r.state,
                     &r.spec_hash[..r.spec_hash.len().min(12)]
                 );
+                if !r.params.is_empty() {
+                    let pairs = backfill_job::params::describe_values(&r.params);
+                    println!("    parameters {}", pairs);
+                }
                 for e in r.events {
                     println!(
                         "    {}  {} by {}{}",
@@ -1455,6 +1485,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Revert {
             run,
+            params,
             commit,
             mappers,
             local,
@@ -1466,6 +1497,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 run_id: run.clone(),
                 mode: if commit { Mode::Commit } else { Mode::DryRun },
                 shard_size,
+                params,
             };
             let Some(rec) = run_in_process(&settings, work, mappers, local).await? else {
                 return Ok(EXIT_BUSY);
@@ -1686,6 +1718,8 @@ pub enum Work {
         run_id: String,
         mode: Mode,
         shard_size: u32,
+        /// `--param` values, checked against the run's own.
+        params: Vec<(String, String)>,
     },
 }
 
@@ -1768,11 +1802,16 @@ async fn begin_inner(
             run_id,
             mode,
             shard_size,
+            params,
         } => {
             let original = store
                 .load_run(run_id)
                 .await?
                 .ok_or_else(|| usage(format!("run {run_id} is not in the ledger")))?;
+            if !params.is_empty() {
+                JobSpec::parse_with_params(&original.spec.source, params)
+                    .map_err(|e| usage(format!("run {run_id}: {e}")))?;
+            }
             if !original.state.is_finished() {
                 return Err(usage(format!(
                     "run {run_id} is still running ({}/{} shards reduced); cancel it or let it finish, then revert it",

@@ -55,6 +55,10 @@ pub fn render_run(r: &RunStatus, out: &mut String) {
     if let Some(of) = &r.revert_of {
         let _ = writeln!(out, "  revert of run {of}");
     }
+    if !r.params.is_empty() {
+        let pairs = backfill_job::params::describe_values(&r.params);
+        let _ = writeln!(out, "  parameters {}", pairs);
+    }
     if let Some(f) = r.sample {
         let _ = writeln!(out, "  sampled dry run: {:.3}% of the rows", f * 100.0);
     }

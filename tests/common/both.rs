@@ -83,7 +83,16 @@ impl Db {
     /// `backfill ARGS`; a `run` goes through RabbitMQ on PostgreSQL and the
     /// in-process queue on SQLite.
     pub fn run(&self, args: &[&str]) -> Output {
-        let c = match self {
+        self.run_gated(args, false)
+    }
+
+    /// `backfill ARGS` with the review gate in force (no `BACKFILL_SKIP_REVIEW`).
+    pub fn run_reviewed(&self, args: &[&str]) -> Output {
+        self.run_gated(args, true)
+    }
+
+    fn run_gated(&self, args: &[&str], reviewed: bool) -> Output {
+        let mut c = match self {
             Db::Pg(e) => e.cmd(args),
             Db::Lite(_) => {
                 let mut c = Command::new(env!("CARGO_BIN_EXE_backfill"));
@@ -96,6 +105,9 @@ impl Db {
                 c
             }
         };
+        if reviewed {
+            c.env_remove("BACKFILL_SKIP_REVIEW");
+        }
         let out = super::output_within(c, std::time::Duration::from_secs(300));
         eprintln!(
             "[{:?}] $ backfill {}\n--- exit {:?}\n--- stdout\n{}\n--- stderr\n{}",

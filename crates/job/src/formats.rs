@@ -62,6 +62,10 @@ pub struct ReportDoc {
     pub sample: Option<f64>,
     pub job: String,
     pub scope: String,
+    /// The job's parameters (`[params]`) with the run's values; absent for
+    /// a job without parameters.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params: std::collections::BTreeMap<String, serde_json::Value>,
     /// `group` (one entry per group of the job) or `target` (jobs without groups).
     pub grouped_by: String,
     pub groups: Vec<GroupReport>,
@@ -224,6 +228,11 @@ pub fn report_doc(v: &RunView<'_>) -> ReportDoc {
         sample: v.sample,
         job: spec.name.clone(),
         scope: v.scope.to_string(),
+        params: spec
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.value.clone()))
+            .collect(),
         grouped_by: if spec.groups.is_some() {
             "group"
         } else {
@@ -363,6 +372,10 @@ pub fn render_markdown(doc: &ReportDoc) -> String {
     let _ = writeln!(out, "- **Kind:** {}", md_cell(&doc.kind));
     let _ = writeln!(out, "- **Mode:** {}", md_cell(&doc.mode));
     let _ = writeln!(out, "- **Totals:** {}\n", totals_phrase(&doc.counts, mode));
+    if !doc.params.is_empty() {
+        let pairs = crate::params::describe_values(&doc.params);
+        let _ = writeln!(out, "Parameters: {}\n", md_cell(&pairs));
+    }
     let _ = writeln!(
         out,
         "Job {}, scope {}.{}\n",
@@ -557,6 +570,7 @@ mod tests {
             job: "titles".into(),
             mode: "dry-run".into(),
             scope: "all".into(),
+            params: Default::default(),
             grouped_by: "group".into(),
             groups: vec![GroupReport {
                 key: "P|1".into(),

@@ -30,6 +30,7 @@ pub mod formats;
 pub mod guards;
 pub mod journal;
 pub mod message;
+pub mod params;
 pub mod plan;
 pub mod redact;
 pub mod report;

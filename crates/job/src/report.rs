@@ -179,6 +179,9 @@ pub fn render_report(v: &RunView<'_>) -> String {
         "Run {} — job {} — mode {} — scope {}",
         v.run_id, spec.name, v.mode, v.scope
     );
+    if !spec.params.is_empty() {
+        let _ = writeln!(out, "Parameters: {}", crate::params::describe(&spec.params));
+    }
     if let Some(counted) = v.cancelled {
         let _ = writeln!(
             out,

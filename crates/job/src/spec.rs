@@ -72,7 +72,7 @@ pub struct SpecError {
 }
 
 impl SpecError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         SpecError {
             field: field.into(),
             message: message.into(),
@@ -179,6 +179,9 @@ struct RawSpec {
     versioned: bool,
     notify: Option<RawNotify>,
     schedule: Option<RawSchedule>,
+    /// Checked and resolved by `params` before this parse.
+    #[allow(dead_code)]
+    params: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -338,7 +341,10 @@ pub struct JobSpec {
     pub notify: NotifySpec,
     /// When the run may start shards (`[schedule]`); always, when `None`.
     pub schedule: Option<crate::schedule::Schedule>,
-    /// The file's text as given; the ledger keeps it so mappers use the run's spec.
+    /// The parameters (`[params]`) with the values the run uses.
+    pub params: Vec<crate::params::Param>,
+    /// The file's text with its parameters resolved (see `params`); the
+    /// ledger keeps it so mappers use the run's spec.
     pub source: String,
     /// SHA-256 of `source`, hex.
     pub hash: String,
@@ -551,6 +557,18 @@ pub struct CurrentValue {
 impl JobSpec {
     /// Parses and validates a spec from TOML text.
     pub fn parse(text: &str) -> Result<JobSpec, SpecError> {
+        Self::parse_with_params(text, &[])
+    }
+
+    /// Parses a spec whose parameters take the given `NAME=VALUE` values
+    /// (`--param`) over those recorded in it and its defaults.
+    pub fn parse_with_params(
+        text: &str,
+        overrides: &[(String, String)],
+    ) -> Result<JobSpec, SpecError> {
+        check_size(text.len())?;
+        let (resolved, params) = crate::params::resolve(text, overrides)?;
+        let text = resolved.as_str();
         check_size(text.len())?;
         let raw: RawSpec = toml::from_str(text).map_err(|e| {
             let msg = e.message().to_string();
@@ -563,7 +581,9 @@ impl JobSpec {
             SpecError::new(field, format!("{msg}{line}"))
         })?;
         let hash = hex(&Sha256::digest(text.as_bytes()));
-        validate(raw, text.to_string(), hash)
+        let mut spec = validate(raw, text.to_string(), hash)?;
+        spec.params = params;
+        Ok(spec)
     }
 
     pub fn target(&self, name: &str) -> Option<&TargetSpec> {
@@ -1127,6 +1147,7 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
         versioned: raw.versioned,
         notify,
         schedule,
+        params: Vec::new(),
         source,
         hash,
     })

@@ -69,6 +69,10 @@ pub struct RunStatus {
     /// The run windows it keeps to, and where it stands against them now
     /// (while running); `null` for a run without windows.
     pub window: Option<WindowStatus>,
+    /// The job's parameters (`[params]`) with the values the run uses;
+    /// absent for a job without parameters.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// A run's windows (`[schedule]` or `--window`) and where it stands.
@@ -517,6 +521,12 @@ impl Store {
         // works: unpublished shards and no holder means it died or gave up.
         let orphaned = unpublished > 0 && self.job_lock_held(&rec.spec.name).await? == Some(false);
         Ok(Some(RunStatus {
+            params: rec
+                .spec
+                .params
+                .iter()
+                .map(|p| (p.name.clone(), p.value.clone()))
+                .collect(),
             window,
             unpublished,
             orphaned,

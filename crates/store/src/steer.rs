@@ -288,6 +288,9 @@ pub struct RunHistory {
     pub state: String,
     pub spec_hash: String,
     pub created_at: String,
+    /// The job's parameters with the run's values; absent without any.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params: std::collections::BTreeMap<String, serde_json::Value>,
     pub events: Vec<RunEvent>,
 }
 
@@ -508,9 +511,11 @@ impl Store {
         job: Option<&str>,
         limit: i64,
     ) -> Result<Vec<RunHistory>, StoreError> {
-        let q = "SELECT run_id, job_name, mode, state, spec_hash, CREATED FROM backfill_run
+        let q =
+            "SELECT run_id, job_name, mode, state, spec_hash, CREATED, spec_text FROM backfill_run
                  WHERE ($1::text IS NULL OR job_name = $1) ORDER BY created_at DESC LIMIT $2";
-        let rows: Vec<(String, String, String, String, String, String)> = match &self.backend {
+        type Row = (String, String, String, String, String, String, String);
+        let rows: Vec<Row> = match &self.backend {
             Backend::Pg(p) => {
                 sqlx::query_as(&q.replace(
                     "CREATED",
@@ -535,9 +540,14 @@ impl Store {
         }
         .map_err(sql("read run history"))?;
         let mut out = Vec::with_capacity(rows.len());
-        for (run_id, job, mode, state, spec_hash, created_at) in rows {
+        for (run_id, job, mode, state, spec_hash, created_at, spec_text) in rows {
             let events = self.run_events(&run_id).await?;
+            // The recorded text holds its values (see `backfill_job::params`).
+            let params = backfill_job::params::resolve(&spec_text, &[])
+                .map(|(_, p)| p.into_iter().map(|p| (p.name, p.value)).collect())
+                .unwrap_or_default();
             out.push(RunHistory {
+                params,
                 run_id,
                 job,
                 mode,
