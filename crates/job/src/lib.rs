@@ -38,6 +38,7 @@ pub mod run;
 pub mod schedule;
 pub mod spec;
 pub mod splice;
+pub mod streamfield;
 pub mod tally;
 
 pub use message::{ShardResult, ShardTask};
