@@ -31,6 +31,7 @@ pub mod guards;
 pub mod journal;
 pub mod message;
 pub mod plan;
+pub mod pyjson;
 pub mod redact;
 pub mod report;
 pub mod rules;
