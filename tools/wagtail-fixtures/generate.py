@@ -9,6 +9,7 @@ Run it through run.sh, which makes a virtualenv with Wagtail from PyPI.
 
 import json
 import platform
+import random
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -407,9 +408,27 @@ PYJSON_VALUES = [
 ]
 
 
+def random_floats():
+    """Floats of every magnitude, written with 20 significant digits (not
+    Python's shortest repr), so that the fixture checks the choice of digits
+    and of notation on many values; seeded, so reruns write the same file."""
+    rng = random.Random(20240611)
+    floats = []
+    for _ in range(300):
+        mantissa = rng.uniform(-10, 10)
+        floats.append(mantissa * 10 ** rng.randint(-30, 30))
+    floats += [rng.random() for _ in range(50)]
+    floats += [float(rng.randint(-(10**18), 10**18)) for _ in range(50)]
+    # Doubles whose exact value lies halfway between two shortest
+    # candidates (the ulp is a quarter or an eighth here): Python rounds
+    # such ties to the even digit.
+    floats += [rng.randint(2**47, 2**51) + rng.choice([0.125, 0.25, 0.375, 0.75]) for _ in range(100)]
+    return "[" + ", ".join("%.20g" % f for f in floats) + "]"
+
+
 def pyjson_fixture():
     cases = []
-    texts = PYJSON_VALUES + [SIGNATORIES]
+    texts = PYJSON_VALUES + [SIGNATORIES, random_floats()]
     for text in texts:
         value = json.loads(text)
         for ensure_ascii in (True, False):

@@ -237,6 +237,45 @@ fn python_number(text: &str) -> String {
     }
 }
 
+/// The significant digits of a finite positive `x` and the exponent of the
+/// first, as Python's repr chooses them: the fewest digits that read back as
+/// `x`, and of those the closest to `x`; a tie goes to the even last digit.
+///
+/// Rust's `{:e}` finds the same fewest digits but breaks a tie upwards:
+/// `1698325736085074.25` (a double exactly) is `…074.3` to Rust and
+/// `…074.2` to Python. Two different decimals of 15 digits or fewer never
+/// read as the same double, so ties only need checking from 16 digits on,
+/// against the double's exact expansion (at most 767 significant digits).
+fn shortest_digits(x: f64) -> (String, i32) {
+    let split = |sci: &str| -> (String, i32) {
+        let (mantissa, exponent) = sci.split_once('e').unwrap_or((sci, "0"));
+        let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+        (digits, exponent.parse().unwrap_or(0))
+    };
+    let (digits, exponent) = split(&format!("{x:e}"));
+    if digits.len() < 16 {
+        return (digits, exponent);
+    }
+    let (exact, exact_exponent) = split(&format!("{x:.767e}"));
+    let exact = exact.trim_end_matches('0');
+    let n = digits.len();
+    let tie = exact_exponent == exponent && exact.len() == n + 1 && exact.ends_with('5');
+    if !tie {
+        return (digits, exponent);
+    }
+    let lower = &exact[..n];
+    let lower_is_even = lower.ends_with(['0', '2', '4', '6', '8']);
+    let reads_back = format!("{}.{}e{exponent}", &lower[..1], &lower[1..])
+        .parse::<f64>()
+        .is_ok_and(|y| y == x);
+    if lower != digits && lower_is_even && reads_back {
+        let lower = lower.trim_end_matches('0');
+        let lower = if lower.is_empty() { "0" } else { lower };
+        return (lower.to_string(), exponent);
+    }
+    (digits, exponent)
+}
+
 /// Python's `repr(float)` as `json.dumps` writes it (`float.__repr__`, with
 /// `Infinity`, `-Infinity` and `NaN` for the non-finite).
 fn python_float_repr(x: f64) -> String {
@@ -249,15 +288,14 @@ fn python_float_repr(x: f64) -> String {
     if x == 0.0 {
         return if x.is_sign_negative() { "-0.0" } else { "0.0" }.into();
     }
-    // Rust's `{:e}` writes the shortest digits that read back as `x`, as
-    // Python's repr chooses them: `d[.ddd]e[-]N`.
-    let sci = format!("{:e}", x.abs());
-    let (mantissa, exponent) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
-    let exponent: i32 = exponent.parse().unwrap_or(0);
-    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let (digits, exponent) = shortest_digits(x.abs());
     let sign = if x < 0.0 { "-" } else { "" };
     if !(-4..16).contains(&exponent) {
         let exp_sign = if exponent < 0 { '-' } else { '+' };
+        let mantissa = match digits.split_at(1) {
+            (first, "") => first.to_string(),
+            (first, rest) => format!("{first}.{rest}"),
+        };
         return format!("{sign}{mantissa}e{exp_sign}{:02}", exponent.unsigned_abs());
     }
     if exponent < 0 {
@@ -391,6 +429,14 @@ mod tests {
             ("-1e400", "-Infinity"),
             ("123456789.123456789", "123456789.12345679"),
             ("-0", "0"),
+            // Ties between two shortest candidates go to the even digit.
+            ("1698325736085074.25", "1698325736085074.2"),
+            ("-1698325736085074.25", "-1698325736085074.2"),
+            ("1698325736085074.75", "1698325736085074.8"),
+            ("1698325736085075.25", "1698325736085075.2"),
+            ("918292537280588.25", "918292537280588.2"),
+            ("4503599627370497.5", "4503599627370498.0"),
+            ("2.5e-310", "2.5e-310"),
             ("-12", "-12"),
             (
                 "123456789012345678901234567890",
