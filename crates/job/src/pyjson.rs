@@ -20,7 +20,8 @@
 //!   `preserve_order`); empty containers as `[]` and `{}`;
 //! - integers with their digits (Python's ints are unbounded; `-0` is `0`);
 //!   other numbers as Python's `repr` of the float they read as: shortest
-//!   digits that read back as the same float, `1.0` for a whole number,
+//!   digits that read back as the same float (between two equally close,
+//!   the even one), `1.0` for a whole number,
 //!   exponent form below 1e-4 and from 1e16 up (`1e-07`, `1.5e+300`).
 //!   A number Python wrote keeps its text; one written otherwise (`1E5`,
 //!   `1.50`) comes out as Python would write it (`100000.0`, `1.5`), and one
