@@ -32,6 +32,7 @@ pub mod journal;
 pub mod message;
 pub mod params;
 pub mod plan;
+pub mod pyjson;
 pub mod redact;
 pub mod report;
 pub mod rules;
@@ -39,6 +40,7 @@ pub mod run;
 pub mod schedule;
 pub mod spec;
 pub mod splice;
+pub mod streamfield;
 pub mod tally;
 
 pub use message::{ShardResult, ShardTask};
