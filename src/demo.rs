@@ -13,6 +13,8 @@ use std::str::FromStr;
 
 use crate::settings::{SecretUrl, Settings};
 
+use crate::exit::Exit;
+
 /// The shipped certificate-titles job, built into the binary so the demo
 /// works from any directory.
 pub const CERTIFICATE_JOB: &str = include_str!("../jobs/program-certificate-titles.toml");
@@ -31,7 +33,7 @@ pub fn default_db_path() -> PathBuf {
     std::env::temp_dir().join("backfill-demo.sqlite3")
 }
 
-pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<i32> {
+pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<Exit> {
     let params = backfill_demo::CertificateParams {
         programs: args.programs,
         revisions: args.revisions,
@@ -82,7 +84,7 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<i32> {
 
     let spec =
         JobSpec::parse(CERTIFICATE_JOB).map_err(|e| anyhow::anyhow!("built-in job spec: {e}"))?;
-    let mut last = 0;
+    let mut last = Exit::Clean;
     for (title, mode) in [
         (
             "Dry run (the default): the report to share with admins; nothing is written",
@@ -93,9 +95,9 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<i32> {
     ] {
         println!();
         println!("== {title}");
-        let rec = crate::cli::run_in_process(
+        let rec = crate::in_process::run_in_process(
             &demo_settings,
-            crate::cli::Work::Job(Box::new(backfill_coordinator::RunRequest {
+            crate::in_process::Work::Job(Box::new(backfill_coordinator::RunRequest {
                 spec: spec.clone(),
                 scope: Scope::All,
                 mode,
@@ -118,7 +120,7 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<i32> {
             anyhow::anyhow!("another run of the demo job is in progress on this database")
         })?;
         print!("{}", backfill_job::report::render_report(&rec.view()));
-        last = crate::cli::exit_code(&rec);
+        last = crate::exit::Exit::of_run(&rec);
     }
     println!();
     println!("The demo database is the {where_text}.");
@@ -142,7 +144,7 @@ pub struct UnknownDataset(String);
 
 /// `backfill seed`: a shipped job's tables, filled, in DATABASE_URL
 /// (PostgreSQL, or SQLite created when missing).
-pub async fn seed(settings: &Settings, dataset: &str, a: SeedArgs) -> anyhow::Result<i32> {
+pub async fn seed(settings: &Settings, dataset: &str, a: SeedArgs) -> anyhow::Result<Exit> {
     let cert = backfill_demo::CertificateParams {
         programs: a.programs,
         revisions: a.revisions,
@@ -205,7 +207,7 @@ pub async fn seed(settings: &Settings, dataset: &str, a: SeedArgs) -> anyhow::Re
     .await;
     follower.finish().await;
     println!("{}", seeded?);
-    Ok(0)
+    Ok(Exit::Clean)
 }
 
 /// What `seed` stored, as one line of `key=value` pairs.

@@ -1,16 +1,20 @@
 //! The `backfill` binary: one subcommand per role. `main` only calls
-//! [`cli::run`] and maps its result to an exit code.
+//! [`cli::run`] and turns how it ended into the process's exit code.
 
 mod cli;
+mod commands;
+mod connect;
 mod demo;
+mod exit;
+mod in_process;
 mod progress;
 mod settings;
 mod steer;
 mod watch;
 
-fn main() {
+fn main() -> std::process::ExitCode {
     // Before anything is allocated in earnest: large documents' memory is
     // given back when freed (see backfill_malloc).
     backfill_malloc::return_large_blocks();
-    std::process::exit(cli::main());
+    cli::run().into()
 }

@@ -300,10 +300,6 @@ fn duration(secs: f64) -> String {
 /// SIGINT or SIGTERM seen so far by [`shutdown_on_signals`].
 static SIGNALS: AtomicU8 = AtomicU8::new(0);
 
-/// Exit code of a second Ctrl-C: stopped at once (128 + SIGINT, as a shell
-/// reports a process ended by Ctrl-C).
-pub const EXIT_INTERRUPTED: i32 = 130;
-
 /// A token cancelled by the first SIGINT or SIGTERM: workers finish the
 /// shards in hand and the command stops. While a run is followed, that
 /// first signal says so and names the command that resumes the run; a
@@ -348,7 +344,7 @@ async fn listen(token: CancellationToken) {
                 }
             }
             eprintln!("stopped at once");
-            std::process::exit(EXIT_INTERRUPTED);
+            std::process::exit(i32::from(crate::exit::Exit::Interrupted.code()));
         }
         let followed = FOLLOWED.lock().ok().and_then(|f| f.clone());
         match followed {

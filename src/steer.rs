@@ -7,7 +7,7 @@ use backfill_job::report::render_report;
 use backfill_store::{ControlState, Store, StoreError, ThrottleChange};
 use std::time::{Duration, Instant};
 
-use crate::cli::usage;
+use crate::exit::{usage, Exit};
 
 /// The run, or a usage error naming it.
 async fn running_run(store: &Store, run_id: &str) -> anyhow::Result<backfill_store::RunRecord> {
@@ -24,7 +24,7 @@ fn unknown(e: StoreError) -> anyhow::Error {
     }
 }
 
-pub async fn pause(store: &Store, run_id: &str, operator: &str) -> anyhow::Result<i32> {
+pub async fn pause(store: &Store, run_id: &str, operator: &str) -> anyhow::Result<Exit> {
     let rec = running_run(store, run_id).await?;
     if rec.state.is_finished() {
         return Err(usage(format!(
@@ -39,10 +39,10 @@ pub async fn pause(store: &Store, run_id: &str, operator: &str) -> anyhow::Resul
     println!(
         "run {run_id} paused: mappers start no new shard of it (the shards in hand finish). `backfill resume {run_id}` carries on."
     );
-    Ok(0)
+    Ok(Exit::Clean)
 }
 
-pub async fn resume(store: &Store, run_id: &str, operator: &str) -> anyhow::Result<i32> {
+pub async fn resume(store: &Store, run_id: &str, operator: &str) -> anyhow::Result<Exit> {
     let rec = running_run(store, run_id).await?;
     if rec.state.is_finished() {
         return Err(usage(format!(
@@ -55,7 +55,7 @@ pub async fn resume(store: &Store, run_id: &str, operator: &str) -> anyhow::Resu
         .await
         .map_err(unknown)?;
     println!("run {run_id} resumed");
-    Ok(0)
+    Ok(Exit::Clean)
 }
 
 pub async fn cancel(
@@ -63,7 +63,7 @@ pub async fn cancel(
     run_id: &str,
     operator: &str,
     wait: Duration,
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<Exit> {
     let rec = running_run(store, run_id).await?;
     if rec.state.is_finished() {
         return Err(usage(format!(
@@ -125,7 +125,7 @@ pub async fn cancel(
         "run {run_id} is {}: of {} shards, {done} were done and {} counted in the report; {dead} dead-lettered; {in_hand} still in hand (they count if they finish); {never} never started. Start a new run of the job to process the rest: it skips nothing the cancelled run wrote, and rows already changed come out unchanged.",
         rec.state, rec.shards_total, rec.shards_reduced
     );
-    Ok(0)
+    Ok(Exit::Clean)
 }
 
 pub async fn throttle(
@@ -133,7 +133,7 @@ pub async fn throttle(
     run_id: &str,
     change: &ThrottleChange,
     operator: &str,
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<Exit> {
     let rec = running_run(store, run_id).await?;
     store
         .set_throttle(run_id, change, operator)
@@ -149,5 +149,5 @@ pub async fn throttle(
         show(c.bytes_per_sec.map(|r| r.to_string())),
         show(c.max_wal_bytes_per_sec.map(|r| r.to_string())),
     );
-    Ok(0)
+    Ok(Exit::Clean)
 }

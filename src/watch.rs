@@ -9,6 +9,8 @@ use std::io::Write as _;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+use crate::exit::Exit;
+
 /// What `status` shows.
 pub struct StatusArgs {
     pub run: Option<String>,
@@ -182,7 +184,7 @@ async fn show_once(store: &Store, args: &StatusArgs) -> anyhow::Result<(String, 
     match &args.run {
         Some(id) => {
             let Some(r) = store.run_status(id).await? else {
-                return Err(crate::cli::usage(format!("run {id} is not in the ledger")));
+                return Err(crate::exit::usage(format!("run {id} is not in the ledger")));
             };
             let finished = r.state != "running";
             if args.json {
@@ -243,7 +245,7 @@ pub async fn status(
     store: &Store,
     args: StatusArgs,
     stop: CancellationToken,
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<Exit> {
     let term = std::io::IsTerminal::is_terminal(&std::io::stdout());
     loop {
         let (text, finished) = show_once(store, &args).await?;
@@ -264,10 +266,10 @@ pub async fn status(
         stdout.flush()?;
         drop(stdout);
         if !args.watch || finished {
-            return Ok(0);
+            return Ok(Exit::Clean);
         }
         tokio::select! {
-            _ = stop.cancelled() => return Ok(0),
+            _ = stop.cancelled() => return Ok(Exit::Clean),
             _ = tokio::time::sleep(args.interval) => {}
         }
         if !term && !args.json {
@@ -295,11 +297,11 @@ fn fit(text: &str, cols: usize, rows: usize) -> String {
 }
 
 /// `backfill probe URL`: GET a plain-HTTP URL; 0 on 2xx, 1 otherwise.
-pub async fn probe(url: &str, timeout: Duration) -> anyhow::Result<i32> {
+pub async fn probe(url: &str, timeout: Duration) -> anyhow::Result<Exit> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| crate::cli::usage(format!("probe takes an http:// URL, got `{url}`")))?;
+        .ok_or_else(|| crate::exit::usage(format!("probe takes an http:// URL, got `{url}`")))?;
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -318,11 +320,11 @@ pub async fn probe(url: &str, timeout: Duration) -> anyhow::Result<i32> {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             eprintln!("probe {url}: {e}");
-            return Ok(1);
+            return Ok(Exit::Failed);
         }
         Err(_) => {
             eprintln!("probe {url}: no answer within {} s", timeout.as_secs());
-            return Ok(1);
+            return Ok(Exit::Failed);
         }
     };
     let code: u16 = text
@@ -336,10 +338,10 @@ pub async fn probe(url: &str, timeout: Duration) -> anyhow::Result<i32> {
         .unwrap_or("")
         .trim();
     if (200..300).contains(&code) {
-        Ok(0)
+        Ok(Exit::Clean)
     } else {
         eprintln!("probe {url}: HTTP {code} {body}");
-        Ok(1)
+        Ok(Exit::Failed)
     }
 }
 

@@ -19,10 +19,8 @@ const MQ_HINT: &str = "RabbitMQ is not reachable. Start it with `rabbitmq-server
 fn bench_at_20k_rows_agrees_on_every_checksum() {
     // The benchmark is a package of its own; a workspace build (`cargo
     // test --workspace`) puts it next to `backfill`.
-    let bench = std::path::Path::new(env!("CARGO_BIN_EXE_backfill")).with_file_name(format!(
-        "backfill-bench{}",
-        std::env::consts::EXE_SUFFIX
-    ));
+    let bench = std::path::Path::new(env!("CARGO_BIN_EXE_backfill"))
+        .with_file_name(format!("backfill-bench{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bench.exists(),
         "{} is not built: run the suite with `cargo test --workspace`, or build it with `cargo build -p backfill-bench`",

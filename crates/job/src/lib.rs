@@ -26,6 +26,7 @@
 //! without either.
 
 pub mod equality;
+pub mod estimate;
 pub mod formats;
 pub mod guards;
 pub mod journal;
@@ -42,6 +43,7 @@ pub mod spec;
 pub mod splice;
 pub mod streamfield;
 pub mod tally;
+pub mod verify;
 
 pub use message::{ShardResult, ShardTask};
 pub use plan::{GroupStatus, Plan, PlannedGroup};
