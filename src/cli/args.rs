@@ -224,7 +224,7 @@ pub struct JobOptions {
     /// A value for one of the job's parameters (`[params]` in the spec), as
     /// NAME=VALUE (repeatable). The values are part of the run's spec: a
     /// commit relies only on a dry run with the same values.
-    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = crate::cli::parse::parse_param)]
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
     pub params: Vec<(String, String)>,
     #[command(flatten)]
     pub steer: SteerArgs,
@@ -241,4 +241,9 @@ pub struct ResumableJobArgs {
     pub job: Option<PathBuf>,
     #[command(flatten)]
     pub opts: JobOptions,
+}
+
+/// `--param NAME=VALUE`.
+pub fn parse_param(s: &str) -> Result<(String, String), String> {
+    backfill_job::params::parse_assignment(s)
 }

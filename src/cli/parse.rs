@@ -10,10 +10,6 @@ use std::time::Duration;
 use super::args::{JobOptions, SteerArgs};
 use crate::exit::usage;
 
-pub fn parse_param(s: &str) -> Result<(String, String), String> {
-    backfill_job::params::parse_assignment(s)
-}
-
 pub fn load_spec(path: &Path, params: &[(String, String)]) -> anyhow::Result<JobSpec> {
     use std::io::Read;
     let cannot = |e: std::io::Error| usage(format!("cannot read job spec {}: {e}", path.display()));

@@ -13,7 +13,7 @@ pub struct Args {
     pub run: String,
     /// The run's parameter values, as NAME=VALUE (repeatable): checked
     /// against the values the run was planned with, which are the ones used.
-    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = crate::cli::parse::parse_param)]
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = crate::cli::args::parse_param)]
     pub params: Vec<(String, String)>,
     /// Write. Without it, report what a revert would restore.
     #[arg(long)]

@@ -25,7 +25,7 @@ pub struct Args {
     pub all: bool,
     /// A value for one of the job's parameters, as NAME=VALUE (repeatable):
     /// the values the commit used.
-    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = crate::cli::parse::parse_param)]
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = crate::cli::args::parse_param)]
     pub params: Vec<(String, String)>,
     /// Rows per shard (default: the spec's shard_size).
     #[arg(long)]

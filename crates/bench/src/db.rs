@@ -235,15 +235,7 @@ impl Server {
     }
 }
 
-/// One connection to a database by URL, statement logging off.
-pub async fn connect(url: &str) -> anyhow::Result<PgConnection> {
-    let opts = PgConnectOptions::from_str(url)
-        .with_context(|| format!("bad URL {}", backfill_store::redact_url(url)))?
-        .disable_statement_logging();
-    opts.connect()
-        .await
-        .with_context(|| format!("cannot connect to {}", backfill_store::redact_url(url)))
-}
+pub use crate::conn::connect;
 
 /// (rows, checksum) of the target column of `wagtailcore_revision`.
 pub async fn checksum(url: &str) -> anyhow::Result<(i64, String)> {

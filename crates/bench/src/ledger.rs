@@ -60,7 +60,7 @@ pub async fn analyse(
     exited_ms: f64,
     concurrency: u16,
 ) -> anyhow::Result<Analysis> {
-    let mut conn = crate::db::connect(url).await?;
+    let mut conn = crate::conn::connect(url).await?;
     let shards = sqlx::query(
         "SELECT coalesce(worker, ''), rows,
                 (extract(epoch FROM started_at) * 1000)::float8,

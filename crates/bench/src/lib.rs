@@ -37,6 +37,7 @@
 //! - [`report`]: the table.
 
 pub mod breakdown;
+pub mod conn;
 pub mod db;
 pub mod ledger;
 pub mod memory;

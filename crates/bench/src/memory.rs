@@ -115,7 +115,7 @@ async fn measure_on(
     timeout: Duration,
 ) -> anyhow::Result<Memory> {
     let url = server.url_for(template)?;
-    let mut conn = crate::db::connect(&url).await?;
+    let mut conn = crate::conn::connect(&url).await?;
     // Items of 1 KiB (32 × an md5), row_mib × 1024 of them per document.
     for q in [
         "CREATE TABLE big_docs (id integer PRIMARY KEY, doc jsonb NOT NULL)".to_string(),

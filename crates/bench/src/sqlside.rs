@@ -340,7 +340,7 @@ pub async fn run_contender(
     target_rows: u64,
     timeout: Duration,
 ) -> anyhow::Result<Outcome> {
-    let mut conn = crate::db::connect(url).await?;
+    let mut conn = crate::conn::connect(url).await?;
     let started = Instant::now();
     let work = async {
         let set = RowSet::prepare(&mut conn, spec).await?;

@@ -40,6 +40,7 @@ pub mod rules;
 pub mod run;
 pub mod schedule;
 pub mod spec;
+pub mod spec_error;
 pub mod splice;
 pub mod streamfield;
 pub mod tally;

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use toml_edit::{DocumentMut, Item};
 
-use crate::spec::SpecError;
+use crate::spec_error::SpecError;
 
 /// The kinds of value a parameter takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

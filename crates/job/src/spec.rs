@@ -63,22 +63,7 @@ pub fn check_size(len: usize) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// A bad spec: the field it is about and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("field `{field}`: {message}")]
-pub struct SpecError {
-    pub field: String,
-    pub message: String,
-}
-
-impl SpecError {
-    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        SpecError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
+pub use crate::spec_error::SpecError;
 
 /// The SQL dialects the store speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
