@@ -28,6 +28,7 @@
 pub mod equality;
 pub mod formats;
 pub mod guards;
+pub mod jq;
 pub mod journal;
 pub mod message;
 pub mod plan;
@@ -36,6 +37,7 @@ pub mod report;
 pub mod rules;
 pub mod run;
 pub mod schedule;
+pub mod select;
 pub mod spec;
 pub mod splice;
 pub mod tally;

@@ -7,13 +7,30 @@
 //! field gains it), `remove` becomes `remove` when the path exists. Both are
 //! idempotent: applying the rules to their own output changes nothing, which is
 //! why a second run reports `changed=0`.
+//!
+//! The other operations are idempotent the same way, by doing nothing where
+//! there is nothing to do: `rename` moves a key within its object and
+//! leaves a document without the old key alone (already renamed, or never
+//! there); `copy` writes the value found at its source and leaves the
+//! document alone when the source is absent; `jq` replaces a value with a
+//! filter's one output and skips an absent one (a deterministic filter
+//! that is idempotent itself, such as `ascii_downcase`, gives `changed=0`
+//! on a second run).
+//!
+//! A rule applies at one place, the document root, or at every place its
+//! `select` query picks (see [`crate::select`]), with its `path` relative
+//! to each; its `when` conditions, checked at each place against the
+//! document before the rule runs, leave out the places where they fail.
 
 use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::equality::same_value;
+use crate::guards::Condition;
+use crate::jq::JqFilter;
 use crate::journal::{touch_point, Journal};
+use crate::select::Selector;
 use crate::spec::TargetSpec;
 use crate::splice::{nesting_depth, splice_parsed, value_depth, MAX_DEPTH};
 
@@ -28,18 +45,73 @@ pub enum ValueSource {
     Pointer { column: String, path: String },
 }
 
-/// One operation on one column.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Op {
-    Set { path: String, value: ValueSource },
-    Remove { path: String },
+/// What a `rename` does where the new key is already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBoth {
+    /// The row is an error naming both keys (the default: which value is
+    /// meant cannot be told).
+    Error,
+    /// The new key keeps its value; the old key is dropped.
+    KeepNew,
+    /// The old key's value wins: it replaces the new key's, and takes the
+    /// old key's place in the object.
+    Overwrite,
 }
 
-/// A rule of a target: an operation on one of its written columns.
+/// One operation on one column. Paths are JSON Pointers, relative to the
+/// place the rule applies at (the document root without a selector).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Set {
+        path: String,
+        value: ValueSource,
+    },
+    Remove {
+        path: String,
+    },
+    /// Moves the object member at `path` to the key `to` of the same
+    /// object (a key name, not a pointer), keeping its position.
+    Rename {
+        path: String,
+        to: String,
+        on_both: OnBoth,
+    },
+    /// Writes a copy of the value at `from` to `path`; nothing when the
+    /// source is absent. `column`: the column `from` is read in, from its
+    /// root; `None` is the rule's own column, relative to the place.
+    Copy {
+        path: String,
+        column: Option<String>,
+        from: String,
+    },
+    /// Replaces the value at `path` with the filter's one output; nothing
+    /// when there is no value there.
+    Jq { path: String, filter: JqFilter },
+}
+
+impl Op {
+    /// The operation's path (relative to its place).
+    pub fn path(&self) -> &str {
+        match self {
+            Op::Set { path, .. }
+            | Op::Remove { path }
+            | Op::Rename { path, .. }
+            | Op::Copy { path, .. }
+            | Op::Jq { path, .. } => path,
+        }
+    }
+}
+
+/// A rule of a target: an operation on one of its written columns, at the
+/// document root or at each place `select` picks, where `when` holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     pub column: String,
     pub op: Op,
+    /// The places the rule applies at; `None`: the document root.
+    pub select: Option<Selector>,
+    /// Conditions that must all hold at a place for the rule to apply there.
+    pub when: Vec<Condition>,
 }
 
 /// One row as the mapper read it.
@@ -491,6 +563,38 @@ fn apply_rule(
     docs: &mut BTreeMap<&str, Value>,
     params: &Map<String, Value>,
 ) -> Result<(), String> {
+    if rule.select.is_none() && rule.when.is_empty() {
+        return apply_at(rule, docs, params, "");
+    }
+    // The places, and the conditions at each, are read off the document
+    // as it stands before the rule writes anywhere.
+    let places: Vec<String> = {
+        let doc = docs
+            .get(rule.column.as_str())
+            .ok_or_else(|| format!("column `{}` was not read", rule.column))?;
+        let all = match &rule.select {
+            None => vec![String::new()],
+            Some(s) => s.places(doc),
+        };
+        all.into_iter()
+            .filter(|p| rule.when.iter().all(|c| c.holds(doc, p)))
+            .collect()
+    };
+    for place in places {
+        apply_at(rule, docs, params, &place)?;
+    }
+    Ok(())
+}
+
+/// Applies the rule's operation at `place` (a JSON Pointer; "" is the
+/// document root).
+fn apply_at(
+    rule: &Rule,
+    docs: &mut BTreeMap<&str, Value>,
+    params: &Map<String, Value>,
+    place: &str,
+) -> Result<(), String> {
+    let at = |path: &str| format!("{place}{path}");
     match &rule.op {
         Op::Set { path, value } => {
             let value = match value {
@@ -505,18 +609,108 @@ fn apply_rule(
                     .cloned()
                     .ok_or_else(|| format!("source `{column}{from}` is absent"))?,
             };
-            let doc = docs
-                .get_mut(rule.column.as_str())
-                .ok_or_else(|| format!("column `{}` was not read", rule.column))?;
-            set(doc, path, value)
+            set(column_mut(docs, rule)?, &at(path), value)
         }
         Op::Remove { path } => {
-            let doc = docs
-                .get_mut(rule.column.as_str())
-                .ok_or_else(|| format!("column `{}` was not read", rule.column))?;
-            remove(doc, path)
+            let path = at(path);
+            if path.is_empty() {
+                return Err("cannot remove the whole document".into());
+            }
+            remove(column_mut(docs, rule)?, &path)
+        }
+        Op::Rename { path, to, on_both } => {
+            rename(column_mut(docs, rule)?, &at(path), to, *on_both)
+        }
+        Op::Copy { path, column, from } => {
+            let source = match column {
+                Some(c) => docs.get(c.as_str()).and_then(|d| d.pointer(from)),
+                None => docs
+                    .get(rule.column.as_str())
+                    .and_then(|d| d.pointer(&at(from))),
+            };
+            // An absent source leaves the document alone: the copy is
+            // idempotent and a row without the source is not an error.
+            let Some(value) = source.cloned() else {
+                return Ok(());
+            };
+            set(column_mut(docs, rule)?, &at(path), value)
+        }
+        Op::Jq { path, filter } => {
+            let path = at(path);
+            let doc = column_mut(docs, rule)?;
+            let Some(old) = doc.pointer(&path) else {
+                return Ok(());
+            };
+            let new = filter.run(old).map_err(|e| {
+                let shown = if path.is_empty() { "(root)" } else { &path };
+                format!("jq at `{shown}`: {e}")
+            })?;
+            set(doc, &path, new)
         }
     }
+}
+
+fn column_mut<'d>(
+    docs: &'d mut BTreeMap<&str, Value>,
+    rule: &Rule,
+) -> Result<&'d mut Value, String> {
+    docs.get_mut(rule.column.as_str())
+        .ok_or_else(|| format!("column `{}` was not read", rule.column))
+}
+
+/// A JSON Pointer token as the key it names (RFC 6901 unescaping).
+pub fn unescape_token(token: &str) -> String {
+    token.replace("~1", "/").replace("~0", "~")
+}
+
+/// Renames the object member at `path` to `to`, keeping its position in
+/// the object (the workspace builds serde_json with `preserve_order`).
+/// Nothing happens when there is no member at `path`; a value at `path`
+/// that is an array element cannot be renamed.
+pub fn rename(doc: &mut Value, path: &str, to: &str, on_both: OnBoth) -> Result<(), String> {
+    let Some(cut) = path.rfind('/') else {
+        return Err("cannot rename the whole document".into());
+    };
+    let (parent, old) = (&path[..cut], unescape_token(&path[cut + 1..]));
+    let obj = match doc.pointer_mut(parent) {
+        Some(Value::Object(m)) => m,
+        Some(Value::Array(a)) if path[cut + 1..].parse::<usize>().is_ok_and(|i| i < a.len()) => {
+            return Err(format!(
+                "`{path}` is an array element; rename moves object members"
+            ))
+        }
+        _ => return Ok(()),
+    };
+    if !obj.contains_key(&old) || old == to {
+        return Ok(());
+    }
+    let shown = if parent.is_empty() { "" } else { parent };
+    if obj.contains_key(to) {
+        match on_both {
+            OnBoth::Error => {
+                return Err(format!(
+                    "both `{shown}/{old}` and `{shown}/{to}` are present; rename does not choose between them (see `on_both`)"
+                ))
+            }
+            OnBoth::KeepNew => {
+                obj.shift_remove(&old);
+                return Ok(());
+            }
+            OnBoth::Overwrite => {
+                obj.shift_remove(to);
+            }
+        }
+    }
+    // Rebuilt in order, the renamed member where the old one stood.
+    let members = std::mem::take(obj);
+    for (k, v) in members {
+        if k == old {
+            obj.insert(to.to_string(), v);
+        } else {
+            obj.insert(k, v);
+        }
+    }
+    Ok(())
 }
 
 fn pointer_buf(p: &str) -> Result<json_patch::jsonptr::PointerBuf, String> {

@@ -1,0 +1,166 @@
+//! jq filters for the `jq` rule: compiled once when the spec is loaded,
+//! run on one value at a time by the `jaq` interpreter.
+//!
+//! A filter is parsed and compiled with jaq's core, standard and JSON
+//! definitions when the spec is validated, so a filter that does not parse
+//! is refused before any row is read, and no row pays for compiling it.
+//! Running it takes one value and must give exactly one value back: no
+//! output, a second output or a runtime error is the row's error, never a
+//! guess.
+//!
+//! Values cross between serde_json and jaq as JSON text: jaq keeps a
+//! decimal number it does not compute on as the text it read, so numbers
+//! the filter leaves alone keep their digits (serde_json's own values are
+//! built with `arbitrary_precision`, which jaq's serde support does not
+//! read).
+
+use std::fmt;
+use std::sync::Arc;
+
+use jaq_core::load::{Arena, File, Loader};
+use jaq_core::{data, unwrap_valr, Compiler, Ctx, Vars};
+use jaq_json::Val;
+use serde_json::Value;
+
+type Data = data::JustLut<Val>;
+type Compiled = jaq_core::compile::Filter<jaq_core::Native<Data>>;
+
+/// A compiled jq filter with its source text. Two filters are equal when
+/// their sources are; cloning shares the compiled program.
+#[derive(Clone)]
+pub struct JqFilter {
+    source: String,
+    compiled: Arc<Compiled>,
+}
+
+impl fmt::Debug for JqFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("JqFilter").field(&self.source).finish()
+    }
+}
+
+impl PartialEq for JqFilter {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl JqFilter {
+    /// Parses and compiles `source`; the error says why it does not.
+    pub fn compile(source: &str) -> Result<JqFilter, String> {
+        let defs = jaq_core::defs()
+            .chain(jaq_std::defs())
+            .chain(jaq_json::defs());
+        let funs = jaq_core::funs::<Data>()
+            .chain(jaq_std::funs::<Data>())
+            .chain(jaq_json::funs::<Data>());
+        let arena = Arena::default();
+        let modules = Loader::new(defs)
+            .load(
+                &arena,
+                File {
+                    code: source,
+                    path: (),
+                },
+            )
+            .map_err(|errs| {
+                let what: Vec<String> = errs.iter().map(|(_, e)| format!("{e:?}")).collect();
+                format!("the filter does not parse: {}", what.join("; "))
+            })?;
+        let compiled = Compiler::default()
+            .with_funs(funs)
+            .compile(modules)
+            .map_err(|errs| {
+                let what: Vec<String> = errs
+                    .iter()
+                    .flat_map(|(_, es)| es.iter().map(|e| format!("{e:?}")))
+                    .collect();
+                format!("the filter does not compile: {}", what.join("; "))
+            })?;
+        Ok(JqFilter {
+            source: source.to_string(),
+            compiled: Arc::new(compiled),
+        })
+    }
+
+    /// The filter as written in the spec.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Runs the filter on `input`: its one output, or why there is not one.
+    pub fn run(&self, input: &Value) -> Result<Value, String> {
+        let text = serde_json::to_string(input).map_err(|e| e.to_string())?;
+        let input = jaq_json::read::parse_single(text.as_bytes())
+            .map_err(|e| format!("the value cannot be given to the filter: {e}"))?;
+        let ctx = Ctx::<Data>::new(&self.compiled.lut, Vars::new([]));
+        let mut outputs = self.compiled.id.run((ctx, input)).map(unwrap_valr);
+        let first = match outputs.next() {
+            None => return Err("the filter gave no output".into()),
+            Some(Err(e)) => return Err(format!("the filter failed: {e}")),
+            Some(Ok(v)) => v,
+        };
+        // A second output (or an error after the first) means the filter
+        // does not describe one new value.
+        match outputs.next() {
+            None => {}
+            Some(Ok(_)) => return Err("the filter gave more than one output".into()),
+            Some(Err(e)) => return Err(format!("the filter failed after its first output: {e}")),
+        }
+        let text = first.to_string();
+        serde_json::from_str(&text)
+            .map_err(|e| format!("the filter's output `{text}` is not JSON: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn a_compiled_filter_can_be_shared_between_threads() {
+        assert_send_sync::<JqFilter>();
+    }
+
+    #[test]
+    fn one_output_replaces_the_value() {
+        let f = JqFilter::compile(".title |= ascii_upcase").unwrap();
+        assert_eq!(
+            f.run(&serde_json::from_str(r#"{"title":"a","n":0.1000000000000000055}"#).unwrap())
+                .unwrap()
+                .to_string(),
+            r#"{"title":"A","n":0.1000000000000000055}"#,
+            "numbers the filter leaves alone keep their digits, keys their order"
+        );
+        let f = JqFilter::compile("map(select(. != null))").unwrap();
+        assert_eq!(f.run(&json!([1, null, 2])).unwrap(), json!([1, 2]));
+    }
+
+    #[test]
+    fn no_output_many_outputs_and_errors_are_errors() {
+        let f = JqFilter::compile("empty").unwrap();
+        assert!(f.run(&json!(1)).unwrap_err().contains("no output"));
+        let f = JqFilter::compile(".[]").unwrap();
+        assert!(f
+            .run(&json!([1, 2]))
+            .unwrap_err()
+            .contains("more than one output"));
+        let f = JqFilter::compile(".a + 1").unwrap();
+        assert!(f.run(&json!({"a": "x"})).unwrap_err().contains("failed"));
+        let f = JqFilter::compile("error(\"boom\")").unwrap();
+        assert!(f.run(&json!(1)).unwrap_err().contains("boom"));
+    }
+
+    #[test]
+    fn a_filter_that_does_not_parse_or_compile_is_refused() {
+        assert!(JqFilter::compile(".a |").is_err());
+        assert!(JqFilter::compile("no_such_function(1)").is_err());
+        assert_eq!(
+            JqFilter::compile(".a").unwrap(),
+            JqFilter::compile(".a").unwrap()
+        );
+    }
+}
