@@ -108,7 +108,10 @@ mod tests {
         assert!(Check::Absent.passes(None) && !Check::Absent.passes(null));
         assert!(Check::Null.passes(null) && !Check::Null.passes(None));
         assert!(!Check::Null.passes(Some(&json!(0))));
-        assert!(!Check::Present.passes(null), "present means present and not null");
+        assert!(
+            !Check::Present.passes(null),
+            "present means present and not null"
+        );
         assert!(Check::Exists.passes(Some(&json!(false))));
     }
 

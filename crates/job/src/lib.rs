@@ -28,8 +28,8 @@
 pub mod equality;
 pub mod formats;
 pub mod guards;
-pub mod jq;
 pub mod journal;
+pub mod jq;
 pub mod message;
 pub mod plan;
 pub mod redact;

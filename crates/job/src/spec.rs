@@ -1301,9 +1301,12 @@ fn validate_rule(
             Op::Remove { path }
         }
         "rename" => {
-            let to = r
-                .to
-                .ok_or_else(|| SpecError::new(format!("{field}.to"), "op `rename` needs `to`, the new key name"))?;
+            let to = r.to.ok_or_else(|| {
+                SpecError::new(
+                    format!("{field}.to"),
+                    "op `rename` needs `to`, the new key name",
+                )
+            })?;
             if to.is_empty() {
                 return Err(SpecError::new(format!("{field}.to"), "is empty"));
             }
@@ -1381,8 +1384,8 @@ fn validate_rule(
                     ),
                 ));
             }
-            let filter =
-                JqFilter::compile(&source).map_err(|m| SpecError::new(format!("{field}.filter"), m))?;
+            let filter = JqFilter::compile(&source)
+                .map_err(|m| SpecError::new(format!("{field}.filter"), m))?;
             Op::Jq { path, filter }
         }
     };

@@ -11,7 +11,9 @@
 //!   keeps its bytes exactly;
 //! - an object is spliced member by member: a removed key drops its member
 //!   with its comma, a kept key keeps its key, colon and whitespace, an added
-//!   key is appended after the last member (value as compact JSON);
+//!   key goes after the member it follows in the new document (value as
+//!   compact JSON): a key `set` adds comes last, a renamed key stays where
+//!   the old one stood;
 //! - an array of the same length is spliced element by element; otherwise
 //!   the elements equal at its start and at its end keep their bytes and the
 //!   ones between are written anew;
@@ -482,6 +484,8 @@ impl<'t> Splicer<'t> {
         // PostgreSQL's `json` operators) read.
         let last = |k: &str| keys.iter().rposition(|x| x == k);
         let mut pieces = Vec::with_capacity(map.len());
+        // The key of each piece, to place added keys by.
+        let mut placed: Vec<&str> = Vec::with_capacity(map.len());
         for (i, (m, k)) in members.iter().zip(&keys).enumerate() {
             let Some(v) = map.get(k.as_ref()) else {
                 // Removed: the member goes, with its comma.
@@ -518,6 +522,7 @@ impl<'t> Splicer<'t> {
                 }
             };
             let value = body.unwrap_or_else(|| self.at(&m.value.span()).to_string());
+            placed.push(k.as_ref());
             pieces.push(Piece {
                 // The first member's lead is the opening whitespace.
                 lead: (i > 0).then(|| self.at(&m.lead)),
@@ -525,21 +530,30 @@ impl<'t> Splicer<'t> {
                 trail: self.at(&m.trail),
             });
         }
-        // Added keys, after the last member, spaced like it.
+        // Added keys, spaced like the last member, each after the key it
+        // follows in the new document (first when it follows none).
         let colon = members.last().map_or(":", |m| self.at(&m.colon));
+        let mut previous: Option<&str> = None;
         for (k, v) in map {
-            if keys.iter().any(|x| x == k) {
-                continue;
+            if !keys.iter().any(|x| x == k) {
+                let at = previous
+                    .and_then(|p| placed.iter().rposition(|x| *x == p))
+                    .map_or(0, |i| i + 1);
+                placed.insert(at, k.as_str());
+                pieces.insert(
+                    at,
+                    Piece {
+                        lead: None,
+                        body: format!(
+                            "{}{colon}{}",
+                            compact(&Value::String(k.clone()))?,
+                            compact(v)?
+                        ),
+                        trail: "",
+                    },
+                );
             }
-            pieces.push(Piece {
-                lead: None,
-                body: format!(
-                    "{}{colon}{}",
-                    compact(&Value::String(k.clone()))?,
-                    compact(v)?
-                ),
-                trail: "",
-            });
+            previous = Some(k.as_str());
         }
         let leads: Vec<&str> = members.iter().map(|m| self.at(&m.lead)).collect();
         let spacing = Spacing::of(&leads, self.at(closing));
@@ -798,6 +812,27 @@ mod tests {
                 d["c"] = json!(3);
             }),
             r#"{"b": 2, "c": 3}"#
+        );
+    }
+
+    #[test]
+    fn an_added_key_goes_after_the_key_it_follows() {
+        // A renamed key, rebuilt in place, keeps the old one's place and
+        // the document's spacing.
+        let renamed = |d: &mut Value| {
+            let m = std::mem::take(obj(d));
+            *obj(d) = m
+                .into_iter()
+                .map(|(k, v)| (if k == "old" { "new".into() } else { k }, v))
+                .collect();
+        };
+        assert_eq!(
+            ok("{\n  \"a\": 1,\n  \"old\": [1.0],\n  \"z\": 2\n}", renamed),
+            "{\n  \"a\": 1,\n  \"new\": [1.0],\n  \"z\": 2\n}"
+        );
+        assert_eq!(
+            ok(r#"{"old": 1, "z": 2}"#, renamed),
+            r#"{"new": 1, "z": 2}"#
         );
     }
 
