@@ -11,9 +11,9 @@
 //!   keeps its bytes exactly;
 //! - an object is spliced member by member: a removed key drops its member
 //!   with its comma, a kept key keeps its key, colon and whitespace, an added
-//!   key goes after the member it follows in the new document (value as
-//!   compact JSON): a key `set` adds comes last, a renamed key stays where
-//!   the old one stood;
+//!   key is appended after the last member (value as compact JSON), except
+//!   one at the same index of the new object as a removed key of the old:
+//!   it takes that member's place (a renamed key stays where it stood);
 //! - an array of the same length is spliced element by element; otherwise
 //!   the elements equal at its start and at its end keep their bytes and the
 //!   ones between are written anew;
@@ -32,6 +32,7 @@
 //! ([`SpliceError::Mismatch`]) rather than written.
 
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 use crate::equality::same_value;
@@ -484,11 +485,36 @@ impl<'t> Splicer<'t> {
         // PostgreSQL's `json` operators) read.
         let last = |k: &str| keys.iter().rposition(|x| x == k);
         let mut pieces = Vec::with_capacity(map.len());
-        // The key of each piece, to place added keys by.
-        let mut placed: Vec<&str> = Vec::with_capacity(map.len());
+        // An added key at the index in the new object where a removed key
+        // stood in the old one takes that member's place (a rename keeps
+        // its position); every other added key is appended.
+        let mut slotted: BTreeMap<usize, (&String, &Value)> = map
+            .iter()
+            .enumerate()
+            .filter(|(_, (k, _))| !keys.iter().any(|x| x == *k))
+            .collect();
+        let mut in_place: Vec<&String> = Vec::new();
         for (i, (m, k)) in members.iter().zip(&keys).enumerate() {
             let Some(v) = map.get(k.as_ref()) else {
-                // Removed: the member goes, with its comma.
+                // Removed: the member goes, with its comma; an added key
+                // may stand in its place.
+                let taken = old
+                    .keys()
+                    .position(|x| x == k)
+                    .and_then(|at| slotted.remove(&at));
+                if let Some((new_key, new_value)) = taken {
+                    in_place.push(new_key);
+                    pieces.push(Piece {
+                        lead: (i > 0).then(|| self.at(&m.lead)),
+                        body: format!(
+                            "{}{}{}",
+                            compact(&Value::String(new_key.clone()))?,
+                            self.at(&m.colon),
+                            compact(new_value)?
+                        ),
+                        trail: self.at(&m.trail),
+                    });
+                }
                 continue;
             };
             let body = match (last(k) == Some(i), old.get(k.as_ref())) {
@@ -522,7 +548,6 @@ impl<'t> Splicer<'t> {
                 }
             };
             let value = body.unwrap_or_else(|| self.at(&m.value.span()).to_string());
-            placed.push(k.as_ref());
             pieces.push(Piece {
                 // The first member's lead is the opening whitespace.
                 lead: (i > 0).then(|| self.at(&m.lead)),
@@ -530,30 +555,21 @@ impl<'t> Splicer<'t> {
                 trail: self.at(&m.trail),
             });
         }
-        // Added keys, spaced like the last member, each after the key it
-        // follows in the new document (first when it follows none).
+        // Added keys, after the last member, spaced like it.
         let colon = members.last().map_or(":", |m| self.at(&m.colon));
-        let mut previous: Option<&str> = None;
         for (k, v) in map {
-            if !keys.iter().any(|x| x == k) {
-                let at = previous
-                    .and_then(|p| placed.iter().rposition(|x| *x == p))
-                    .map_or(0, |i| i + 1);
-                placed.insert(at, k.as_str());
-                pieces.insert(
-                    at,
-                    Piece {
-                        lead: None,
-                        body: format!(
-                            "{}{colon}{}",
-                            compact(&Value::String(k.clone()))?,
-                            compact(v)?
-                        ),
-                        trail: "",
-                    },
-                );
+            if keys.iter().any(|x| x == k) || in_place.contains(&k) {
+                continue;
             }
-            previous = Some(k.as_str());
+            pieces.push(Piece {
+                lead: None,
+                body: format!(
+                    "{}{colon}{}",
+                    compact(&Value::String(k.clone()))?,
+                    compact(v)?
+                ),
+                trail: "",
+            });
         }
         let leads: Vec<&str> = members.iter().map(|m| self.at(&m.lead)).collect();
         let spacing = Spacing::of(&leads, self.at(closing));
@@ -816,7 +832,7 @@ mod tests {
     }
 
     #[test]
-    fn an_added_key_goes_after_the_key_it_follows() {
+    fn a_key_added_where_one_was_removed_takes_its_place() {
         // A renamed key, rebuilt in place, keeps the old one's place and
         // the document's spacing.
         let renamed = |d: &mut Value| {
@@ -833,6 +849,15 @@ mod tests {
         assert_eq!(
             ok(r#"{"old": 1, "z": 2}"#, renamed),
             r#"{"new": 1, "z": 2}"#
+        );
+        // Not so at another index: appended, as a key `set` adds.
+        assert_eq!(
+            ok(r#"{"a": 1, "old": 2}"#, |d| {
+                let m = obj(d);
+                m.shift_remove("a");
+                m.insert("new".into(), json!(3));
+            }),
+            r#"{"old": 2, "new": 3}"#
         );
     }
 
