@@ -6,7 +6,9 @@
 //! is refused before any row is read, and no row pays for compiling it.
 //! Running it takes one value and must give exactly one value back: no
 //! output, a second output or a runtime error is the row's error, never a
-//! guess.
+//! guess. Filters that read the clock, the environment or the local time
+//! zone are refused: a rule must give the same result every time it runs
+//! (a second run, `verify` and a revert all run it again).
 //!
 //! Values cross between serde_json and jaq as JSON text: jaq keeps a
 //! decimal number it does not compute on as the text it read, so numbers
@@ -18,11 +20,18 @@ use std::fmt;
 use std::sync::Arc;
 
 use jaq_core::load::{Arena, File, Loader};
-use jaq_core::{data, unwrap_valr, Compiler, Ctx, Vars};
+use jaq_core::{data, Compiler, Ctx, ValX, Vars};
 use jaq_json::Val;
 use serde_json::Value;
 
 type Data = data::JustLut<Val>;
+
+/// Native filters a rule may not use: they read the clock, the
+/// environment or the local time zone, so a second run, `verify` and a
+/// revert would see another result. A filter naming one does not compile.
+/// (`$ENV` and `input` are not defined either: no variables or inputs are
+/// given to a filter.)
+const LEFT_OUT: &[&str] = &["now", "env", "localtime", "strflocaltime"];
 type Compiled = jaq_core::compile::Filter<jaq_core::Native<Data>>;
 
 /// A compiled jq filter with its source text. Two filters are equal when
@@ -53,7 +62,8 @@ impl JqFilter {
             .chain(jaq_json::defs());
         let funs = jaq_core::funs::<Data>()
             .chain(jaq_std::funs::<Data>())
-            .chain(jaq_json::funs::<Data>());
+            .chain(jaq_json::funs::<Data>())
+            .filter(|(name, _, _)| !LEFT_OUT.contains(name));
         let arena = Arena::default();
         let modules = Loader::new(defs)
             .load(
@@ -94,10 +104,10 @@ impl JqFilter {
         let input = jaq_json::read::parse_single(text.as_bytes())
             .map_err(|e| format!("the value cannot be given to the filter: {e}"))?;
         let ctx = Ctx::<Data>::new(&self.compiled.lut, Vars::new([]));
-        let mut outputs = self.compiled.id.run((ctx, input)).map(unwrap_valr);
+        let mut outputs = self.compiled.id.run((ctx, input)).map(settle);
         let first = match outputs.next() {
             None => return Err("the filter gave no output".into()),
-            Some(Err(e)) => return Err(format!("the filter failed: {e}")),
+            Some(Err(e)) => return Err(e),
             Some(Ok(v)) => v,
         };
         // A second output (or an error after the first) means the filter
@@ -105,12 +115,24 @@ impl JqFilter {
         match outputs.next() {
             None => {}
             Some(Ok(_)) => return Err("the filter gave more than one output".into()),
-            Some(Err(e)) => return Err(format!("the filter failed after its first output: {e}")),
+            Some(Err(e)) => return Err(format!("after its first output, {e}")),
         }
         let text = first.to_string();
         serde_json::from_str(&text)
             .map_err(|e| format!("the filter's output `{text}` is not JSON: {e}"))
     }
+}
+
+/// An output, or its error as text. Not jaq's `unwrap_valr`: that ends the
+/// process on `halt`, which here is one more way for a row to fail.
+fn settle(v: ValX<'_, Val>) -> Result<Val, String> {
+    v.map_err(|e| match e.get_err() {
+        Ok(err) => format!("the filter failed: {err}"),
+        Err(e) => match e.get_halt() {
+            Ok(code) => format!("the filter failed: it halted (code {code})"),
+            Err(_) => "the filter failed".to_string(),
+        },
+    })
 }
 
 #[cfg(test)]
@@ -152,12 +174,31 @@ mod tests {
         assert!(f.run(&json!({"a": "x"})).unwrap_err().contains("failed"));
         let f = JqFilter::compile("error(\"boom\")").unwrap();
         assert!(f.run(&json!(1)).unwrap_err().contains("boom"));
+        // `halt` fails the value; it never ends the process.
+        for halting in ["halt", "halt_error", "halt_error(3)"] {
+            let f = JqFilter::compile(halting).unwrap();
+            assert!(
+                f.run(&json!("x")).unwrap_err().contains("failed"),
+                "{halting}"
+            );
+        }
     }
 
     #[test]
     fn a_filter_that_does_not_parse_or_compile_is_refused() {
         assert!(JqFilter::compile(".a |").is_err());
         assert!(JqFilter::compile("no_such_function(1)").is_err());
+        for impure in [
+            "now",
+            "env.HOME",
+            "$ENV.HOME",
+            "input",
+            "localtime",
+            "mktime | strflocaltime(\"%H\")",
+        ] {
+            assert!(JqFilter::compile(impure).is_err(), "{impure}");
+        }
+        assert!(JqFilter::compile("todate | fromdate").is_ok());
         assert_eq!(
             JqFilter::compile(".a").unwrap(),
             JqFilter::compile(".a").unwrap()
