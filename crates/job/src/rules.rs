@@ -1897,6 +1897,22 @@ mod language_tests {
     }
 
     #[test]
+    fn selectors_and_filters_are_capped() {
+        let long = format!("$.a{}", ".b".repeat(3000));
+        let e = spec_err(&format!(
+            "[[targets.rules]]\nop = \"remove\"\nselect = \"{long}\"\n"
+        ));
+        assert_eq!(e.field, "targets[0].rules[0].select");
+        assert!(e.message.contains("4096"), "{e}");
+        let long = ". ".repeat(40_000);
+        let e = spec_err(&format!(
+            "[[targets.rules]]\nop = \"jq\"\npath = \"/a\"\nfilter = \"{long}\"\n"
+        ));
+        assert_eq!(e.field, "targets[0].rules[0].filter");
+        assert!(e.message.contains("65536"), "{e}");
+    }
+
+    #[test]
     fn row_guards_take_the_new_checks() {
         let s = spec(
             "[[targets.guards]]\npath = \"/kind\"\ncheck = \"equals\"\nvalue = \"cert\"\n[[targets.guards]]\npath = \"/done\"\ncheck = \"absent\"\n[[targets.rules]]\nop = \"set\"\npath = \"/v\"\nvalue = 1\n",
