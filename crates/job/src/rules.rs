@@ -92,19 +92,6 @@ pub enum Op {
     },
 }
 
-impl Op {
-    /// The operation's path (relative to its place).
-    pub fn path(&self) -> &str {
-        match self {
-            Op::Set { path, .. }
-            | Op::Remove { path }
-            | Op::Rename { path, .. }
-            | Op::Copy { path, .. }
-            | Op::Jq { path, .. } => path,
-        }
-    }
-}
-
 /// A rule of a target: an operation on one of its written columns, at the
 /// document root or at each place `select` picks, where `when` holds.
 #[derive(Debug, Clone, PartialEq)]
