@@ -25,6 +25,7 @@ use jaq_json::Val;
 use serde_json::Value;
 
 type Data = data::JustLut<Val>;
+type Compiled = jaq_core::compile::Filter<jaq_core::Native<Data>>;
 
 /// Native filters a rule may not use: they read the clock, the
 /// environment or the local time zone, so a second run, `verify` and a
@@ -32,7 +33,6 @@ type Data = data::JustLut<Val>;
 /// (`$ENV` and `input` are not defined either: no variables or inputs are
 /// given to a filter.)
 const LEFT_OUT: &[&str] = &["now", "env", "localtime", "strflocaltime"];
-type Compiled = jaq_core::compile::Filter<jaq_core::Native<Data>>;
 
 /// A compiled jq filter with its source text. Two filters are equal when
 /// their sources are; cloning shares the compiled program.
@@ -74,7 +74,7 @@ impl JqFilter {
                 },
             )
             .map_err(|errs| {
-                let what: Vec<String> = errs.iter().map(|(_, e)| format!("{e:?}")).collect();
+                let what: Vec<String> = errs.iter().map(|(_, e)| load_error(source, e)).collect();
                 format!("the filter does not parse: {}", what.join("; "))
             })?;
         let compiled = Compiler::default()
@@ -83,7 +83,7 @@ impl JqFilter {
             .map_err(|errs| {
                 let what: Vec<String> = errs
                     .iter()
-                    .flat_map(|(_, es)| es.iter().map(|e| format!("{e:?}")))
+                    .flat_map(|(_, es)| es.iter().map(|(name, kind)| undefined(name, kind)))
                     .collect();
                 format!("the filter does not compile: {}", what.join("; "))
             })?;
@@ -120,6 +120,43 @@ impl JqFilter {
         let text = first.to_string();
         serde_json::from_str(&text)
             .map_err(|e| format!("the filter's output `{text}` is not JSON: {e}"))
+    }
+}
+
+/// Where a filter stopped parsing and what it expected there.
+fn load_error(source: &str, e: &jaq_core::load::Error<&str>) -> String {
+    let at = |rest: &str| match source.len().saturating_sub(rest.len()) {
+        n if n >= source.len() => "at the end".to_string(),
+        n => format!("at byte {n}"),
+    };
+    let each: Vec<String> = match e {
+        jaq_core::load::Error::Io(es) => es.iter().map(|(p, m)| format!("{p}: {m}")).collect(),
+        jaq_core::load::Error::Lex(es) => es
+            .iter()
+            .map(|(x, rest)| format!("expected {} {}", x.as_str(), at(rest)))
+            .collect(),
+        jaq_core::load::Error::Parse(es) => es
+            .iter()
+            .map(|(x, rest)| format!("expected {} {}", x.as_str(), at(rest)))
+            .collect(),
+    };
+    each.join("; ")
+}
+
+/// A name the filter uses that is not defined (or not allowed).
+fn undefined(name: &str, kind: &jaq_core::compile::Undefined) -> String {
+    use jaq_core::compile::Undefined;
+    let what = match kind {
+        Undefined::Mod => format!("module `{name}`"),
+        Undefined::Var => format!("variable `{name}`"),
+        Undefined::Label => format!("label `{name}`"),
+        Undefined::Filter(arity) => format!("filter `{name}/{arity}`"),
+        _ => format!("`{name}`"),
+    };
+    if LEFT_OUT.contains(&name) {
+        format!("{what} is not allowed in a rule (it reads the clock, the environment or the local time zone)")
+    } else {
+        format!("{what} is not defined")
     }
 }
 
@@ -199,6 +236,15 @@ mod tests {
             assert!(JqFilter::compile(impure).is_err(), "{impure}");
         }
         assert!(JqFilter::compile("todate | fromdate").is_ok());
+        let e = JqFilter::compile(".a |").unwrap_err();
+        assert!(
+            e.contains("does not parse") && e.contains("at the end"),
+            "{e}"
+        );
+        let e = JqFilter::compile("now").unwrap_err();
+        assert!(e.contains("`now/0` is not allowed"), "{e}");
+        let e = JqFilter::compile("frobnicate(1)").unwrap_err();
+        assert!(e.contains("`frobnicate/1` is not defined"), "{e}");
         assert_eq!(
             JqFilter::compile(".a").unwrap(),
             JqFilter::compile(".a").unwrap()
