@@ -57,6 +57,9 @@ impl RowSet {
         let [rule] = target.rules.as_slice() else {
             bail!("the bench's SQL contenders need a target with exactly one rule");
         };
+        if rule.select.is_some() || !rule.when.is_empty() {
+            bail!("the bench's SQL contenders do not evaluate selectors or conditions");
+        }
         let (path, param) = match &rule.op {
             Op::Set {
                 path,

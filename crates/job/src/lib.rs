@@ -4,9 +4,9 @@
 //!
 //! - [`spec`]: the job spec file (TOML) — targets, groups, guards, rules — parsed
 //!   and validated into typed values; a bad spec is rejected with the field named.
-//! - [`rules`]: the document rewrite (JSON Patch style operations over JSON
-//!   Pointers) and the row-level evaluation that decides changed / unchanged /
-//!   skipped / error for one row.
+//! - [`rules`]: the document rewrite (set, remove, rename, copy and jq
+//!   operations over JSON Pointers) and the row-level evaluation that
+//!   decides changed / unchanged / skipped / error for one row.
 //! - [`equality`]: JSON equality as the database sees it (numbers by
 //!   decimal value), which decides whether a rule already holds.
 //! - [`journal`]: the undo log of a row's rules, which tells what they
@@ -14,7 +14,10 @@
 //! - [`splice`]: the new text of a document that keeps the bytes of every
 //!   part no rule touched (for columns that store the text they are given).
 //! - [`guards`]: the checks that skip a whole group (blank, placeholder prefix,
-//!   missing page) or a single row.
+//!   missing page) or a single row, and decide a rule's `when` conditions
+//!   (`null` told from absence).
+//! - [`select`]: JSONPath selectors, the places a rule applies at.
+//! - [`jq`]: jq filters of `jq` rules, compiled once per run.
 //! - [`plan`]: the run's plan as the coordinator records it in the ledger.
 //! - [`message`]: shard tasks and shard results as they travel through the queue.
 //! - [`tally`]: the counts a shard emits and their merge (associative and
@@ -30,6 +33,7 @@ pub mod estimate;
 pub mod formats;
 pub mod guards;
 pub mod journal;
+pub mod jq;
 pub mod message;
 pub mod params;
 pub mod plan;
@@ -39,6 +43,7 @@ pub mod report;
 pub mod rules;
 pub mod run;
 pub mod schedule;
+pub mod select;
 pub mod spec;
 pub mod spec_error;
 pub mod splice;

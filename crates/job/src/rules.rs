@@ -7,13 +7,30 @@
 //! field gains it), `remove` becomes `remove` when the path exists. Both are
 //! idempotent: applying the rules to their own output changes nothing, which is
 //! why a second run reports `changed=0`.
+//!
+//! The other operations are idempotent the same way, by doing nothing where
+//! there is nothing to do: `rename` moves a key within its object and
+//! leaves a document without the old key alone (already renamed, or never
+//! there); `copy` writes the value found at its source and leaves the
+//! document alone when the source is absent; `jq` replaces a value with a
+//! filter's one output and skips an absent one (a deterministic filter
+//! that is idempotent itself, such as `ascii_downcase`, gives `changed=0`
+//! on a second run).
+//!
+//! A rule applies at one place, the document root, or at every place its
+//! `select` query picks (see [`crate::select`]), with its `path` relative
+//! to each; its `when` conditions, checked at each place against the
+//! document before the rule runs, leave out the places where they fail.
 
 use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::equality::same_value;
+use crate::guards::Condition;
 use crate::journal::{touch_point, Journal};
+use crate::jq::JqFilter;
+use crate::select::Selector;
 use crate::spec::TargetSpec;
 use crate::splice::{nesting_depth, splice_parsed, value_depth, MAX_DEPTH};
 
@@ -28,18 +45,63 @@ pub enum ValueSource {
     Pointer { column: String, path: String },
 }
 
-/// One operation on one column.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Op {
-    Set { path: String, value: ValueSource },
-    Remove { path: String },
+/// What a `rename` does where the new key is already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBoth {
+    /// The row is an error naming both keys (the default: which value is
+    /// meant cannot be told).
+    Error,
+    /// The new key keeps its value; the old key is dropped.
+    KeepNew,
+    /// The old key's value wins: it replaces the new key's value (where
+    /// the new key stands), and the old key is dropped.
+    Overwrite,
 }
 
-/// A rule of a target: an operation on one of its written columns.
+/// One operation on one column. Paths are JSON Pointers, relative to the
+/// place the rule applies at (the document root without a selector).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Set {
+        path: String,
+        value: ValueSource,
+    },
+    Remove {
+        path: String,
+    },
+    /// Moves the object member at `path` to the key `to` of the same
+    /// object (a key name, not a pointer), keeping its position.
+    Rename {
+        path: String,
+        to: String,
+        on_both: OnBoth,
+    },
+    /// Writes a copy of the value at `from` to `path`; nothing when the
+    /// source is absent. `column`: the column `from` is read in, from its
+    /// root; `None` is the rule's own column, relative to the place.
+    Copy {
+        path: String,
+        column: Option<String>,
+        from: String,
+    },
+    /// Replaces the value at `path` with the filter's one output; nothing
+    /// when there is no value there.
+    Jq {
+        path: String,
+        filter: JqFilter,
+    },
+}
+
+/// A rule of a target: an operation on one of its written columns, at the
+/// document root or at each place `select` picks, where `when` holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     pub column: String,
     pub op: Op,
+    /// The places the rule applies at; `None`: the document root.
+    pub select: Option<Selector>,
+    /// Conditions that must all hold at a place for the rule to apply there.
+    pub when: Vec<Condition>,
 }
 
 /// One row as the mapper read it.
@@ -491,6 +553,38 @@ fn apply_rule(
     docs: &mut BTreeMap<&str, Value>,
     params: &Map<String, Value>,
 ) -> Result<(), String> {
+    if rule.select.is_none() && rule.when.is_empty() {
+        return apply_at(rule, docs, params, "");
+    }
+    // The places, and the conditions at each, are read off the document
+    // as it stands before the rule writes anywhere.
+    let places: Vec<String> = {
+        let doc = docs
+            .get(rule.column.as_str())
+            .ok_or_else(|| format!("column `{}` was not read", rule.column))?;
+        let all = match &rule.select {
+            None => vec![String::new()],
+            Some(s) => s.places(doc),
+        };
+        all.into_iter()
+            .filter(|p| rule.when.iter().all(|c| c.holds(doc, p)))
+            .collect()
+    };
+    for place in places {
+        apply_at(rule, docs, params, &place)?;
+    }
+    Ok(())
+}
+
+/// Applies the rule's operation at `place` (a JSON Pointer; "" is the
+/// document root).
+fn apply_at(
+    rule: &Rule,
+    docs: &mut BTreeMap<&str, Value>,
+    params: &Map<String, Value>,
+    place: &str,
+) -> Result<(), String> {
+    let at = |path: &str| format!("{place}{path}");
     match &rule.op {
         Op::Set { path, value } => {
             let value = match value {
@@ -505,18 +599,113 @@ fn apply_rule(
                     .cloned()
                     .ok_or_else(|| format!("source `{column}{from}` is absent"))?,
             };
-            let doc = docs
-                .get_mut(rule.column.as_str())
-                .ok_or_else(|| format!("column `{}` was not read", rule.column))?;
-            set(doc, path, value)
+            set(column_mut(docs, rule)?, &at(path), value)
         }
         Op::Remove { path } => {
-            let doc = docs
-                .get_mut(rule.column.as_str())
-                .ok_or_else(|| format!("column `{}` was not read", rule.column))?;
-            remove(doc, path)
+            let path = at(path);
+            if path.is_empty() {
+                return Err("cannot remove the whole document".into());
+            }
+            remove(column_mut(docs, rule)?, &path)
+        }
+        Op::Rename { path, to, on_both } => {
+            rename(column_mut(docs, rule)?, &at(path), to, *on_both)
+        }
+        Op::Copy { path, column, from } => {
+            let source = match column {
+                Some(c) => docs.get(c.as_str()).and_then(|d| d.pointer(from)),
+                None => docs
+                    .get(rule.column.as_str())
+                    .and_then(|d| d.pointer(&at(from))),
+            };
+            // An absent source leaves the document alone: the copy is
+            // idempotent and a row without the source is not an error.
+            let Some(value) = source.cloned() else {
+                return Ok(());
+            };
+            set(column_mut(docs, rule)?, &at(path), value)
+        }
+        Op::Jq { path, filter } => {
+            let path = at(path);
+            let doc = column_mut(docs, rule)?;
+            let Some(old) = doc.pointer(&path) else {
+                return Ok(());
+            };
+            let new = filter.run(old).map_err(|e| {
+                let shown = if path.is_empty() { "(root)" } else { &path };
+                format!("jq at `{shown}`: {e}")
+            })?;
+            set(doc, &path, new)
         }
     }
+}
+
+fn column_mut<'d>(
+    docs: &'d mut BTreeMap<&str, Value>,
+    rule: &Rule,
+) -> Result<&'d mut Value, String> {
+    docs.get_mut(rule.column.as_str())
+        .ok_or_else(|| format!("column `{}` was not read", rule.column))
+}
+
+/// A JSON Pointer token as the key it names (RFC 6901 unescaping).
+pub fn unescape_token(token: &str) -> String {
+    token.replace("~1", "/").replace("~0", "~")
+}
+
+/// Renames the object member at `path` to `to`, keeping its position in
+/// the object (the workspace builds serde_json with `preserve_order`).
+/// Nothing happens when there is no member at `path`; a value at `path`
+/// that is an array element cannot be renamed.
+pub fn rename(doc: &mut Value, path: &str, to: &str, on_both: OnBoth) -> Result<(), String> {
+    let Some(cut) = path.rfind('/') else {
+        return Err("cannot rename the whole document".into());
+    };
+    let (parent, old) = (&path[..cut], unescape_token(&path[cut + 1..]));
+    let obj = match doc.pointer_mut(parent) {
+        Some(Value::Object(m)) => m,
+        Some(Value::Array(a)) if path[cut + 1..].parse::<usize>().is_ok_and(|i| i < a.len()) => {
+            return Err(format!(
+                "`{path}` is an array element; rename moves object members"
+            ))
+        }
+        _ => return Ok(()),
+    };
+    if !obj.contains_key(&old) || old == to {
+        return Ok(());
+    }
+    let shown = if parent.is_empty() { "" } else { parent };
+    if obj.contains_key(to) {
+        match on_both {
+            OnBoth::Error => {
+                return Err(format!(
+                    "both `{shown}/{old}` and `{shown}/{to}` are present; rename does not choose between them (see `on_both`)"
+                ))
+            }
+            OnBoth::KeepNew => {
+                obj.shift_remove(&old);
+                return Ok(());
+            }
+            OnBoth::Overwrite => {
+                // In the new key's place (so a text column's splice and a
+                // compact rewrite agree on the order).
+                if let Some(v) = obj.shift_remove(&old) {
+                    obj.insert(to.to_string(), v);
+                }
+                return Ok(());
+            }
+        }
+    }
+    // Rebuilt in order, the renamed member where the old one stood.
+    let members = std::mem::take(obj);
+    for (k, v) in members {
+        if k == old {
+            obj.insert(to.to_string(), v);
+        } else {
+            obj.insert(k, v);
+        }
+    }
+    Ok(())
 }
 
 fn pointer_buf(p: &str) -> Result<json_patch::jsonptr::PointerBuf, String> {
@@ -1312,5 +1501,438 @@ param = "t""#,
                 }
             }
         }
+    }
+}
+
+/// The rule language beyond `set` and `remove`: rename, copy, jq,
+/// selectors and conditions.
+#[cfg(test)]
+mod language_tests {
+    use super::*;
+    use crate::spec::JobSpec;
+
+    fn spec(rules: &str) -> JobSpec {
+        match JobSpec::parse(&format!(
+            "name = \"t\"\n[[targets]]\nname = \"rows\"\ntable = \"t\"\nkey = \"id\"\nkey_type = \"text\"\ncolumns = [\"doc\"]\nread_columns = [\"other\"]\nquery = \"SELECT 1\"\n{rules}"
+        )) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn spec_err(rules: &str) -> crate::spec::SpecError {
+        JobSpec::parse(&format!(
+            "name = \"t\"\n[[targets]]\nname = \"rows\"\ntable = \"t\"\nkey = \"id\"\nkey_type = \"text\"\ncolumns = [\"doc\"]\nread_columns = [\"other\"]\nquery = \"SELECT 1\"\n{rules}"
+        ))
+        .expect_err("the spec is refused")
+    }
+
+    /// Evaluates the rules on `doc` (the read-only column `other` holds
+    /// `{"t":"from other"}`) as a text column and as a jsonb column; both
+    /// must agree. A change comes back as its new text, after checking that
+    /// the inverse patch restores the document read.
+    fn eval(s: &JobSpec, doc: &str) -> Result<Option<String>, String> {
+        let columns: BTreeMap<String, Option<String>> = [
+            ("doc".to_string(), Some(doc.to_string())),
+            (
+                "other".to_string(),
+                Some(r#"{"t":"from other"}"#.to_string()),
+            ),
+        ]
+        .into();
+        let params = Map::new();
+        let at = |normalised: &BTreeSet<String>| {
+            evaluate_row(
+                &s.targets[0],
+                &RowInput {
+                    key: "k",
+                    columns: &columns,
+                    params: &params,
+                    normalised,
+                },
+                None,
+            )
+        };
+        let text = at(&BTreeSet::new());
+        let jsonb = at(&BTreeSet::from(["doc".to_string()]));
+        match (&text.outcome, &jsonb.outcome) {
+            (RowOutcome::Unchanged, RowOutcome::Unchanged) => Ok(None),
+            (RowOutcome::Error(a), RowOutcome::Error(b)) => {
+                assert_eq!(a, b);
+                Err(a.clone())
+            }
+            (RowOutcome::Changed(a), RowOutcome::Changed(b)) => {
+                let new = a["doc"].clone().expect("a document");
+                let parsed = |t: &str| serde_json::from_str::<Value>(t).expect("JSON");
+                let other = b["doc"].as_deref().expect("a document");
+                assert!(same_value(&parsed(&new), &parsed(other)), "{new} / {other}");
+                for ev in [&text, &jsonb] {
+                    let mut back = parsed(&new);
+                    let patch: Patch = serde_json::from_str(&ev.undo["doc"]).expect("a patch");
+                    json_patch::patch(&mut back, &patch).expect("the patch applies");
+                    assert!(same_value(&back, &parsed(doc)), "undo gives {back}");
+                }
+                Ok(Some(new))
+            }
+            (a, b) => panic!("text column: {a:?}, jsonb column: {b:?}"),
+        }
+    }
+
+    /// The new text of `doc`, and checks that the rules leave it alone.
+    fn converges(s: &JobSpec, doc: &str) -> String {
+        let new = eval(s, doc)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| doc.to_string());
+        assert_eq!(eval(s, &new), Ok(None), "the rules applied to {new} again");
+        new
+    }
+
+    const RENAME: &str =
+        "[[targets.rules]]\nop = \"rename\"\npath = \"/institute_text\"\nto = \"institution_text\"\n";
+
+    #[test]
+    fn rename_moves_the_key_in_place_and_is_idempotent() {
+        let s = spec(RENAME);
+        assert_eq!(
+            converges(&s, r#"{"a":1,"institute_text":"MIT","z":[2]}"#),
+            r#"{"a":1,"institution_text":"MIT","z":[2]}"#,
+            "the renamed key keeps its place"
+        );
+        // Already renamed, or never there: unchanged, not an error.
+        assert_eq!(eval(&s, r#"{"institution_text":"MIT"}"#), Ok(None));
+        assert_eq!(eval(&s, r#"{"a":1}"#), Ok(None));
+        assert_eq!(eval(&s, "null"), Ok(None));
+        // A null value is a value: it moves.
+        assert_eq!(
+            converges(&s, r#"{"institute_text":null}"#),
+            r#"{"institution_text":null}"#
+        );
+    }
+
+    #[test]
+    fn rename_with_both_keys_present_follows_on_both() {
+        let both = r#"{"institute_text":"old","b":0,"institution_text":"new"}"#;
+        let err = eval(&spec(RENAME), both).unwrap_err();
+        assert!(
+            err.contains("/institute_text")
+                && err.contains("/institution_text")
+                && err.contains("on_both"),
+            "{err}"
+        );
+        let keep = spec(&format!("{RENAME}on_both = \"keep_new\"\n"));
+        assert_eq!(
+            converges(&keep, both),
+            r#"{"b":0,"institution_text":"new"}"#
+        );
+        let over = spec(&format!("{RENAME}on_both = \"overwrite\"\n"));
+        assert_eq!(
+            converges(&over, both),
+            r#"{"b":0,"institution_text":"old"}"#
+        );
+    }
+
+    #[test]
+    fn rename_nested_and_of_an_array_element() {
+        let s = spec("[[targets.rules]]\nop = \"rename\"\npath = \"/m/a~1b\"\nto = \"c/d\"\n");
+        assert_eq!(
+            converges(&s, r#"{"m":{"a/b":1,"x":2}}"#),
+            r#"{"m":{"c/d":1,"x":2}}"#,
+            "`to` is a key name taken literally"
+        );
+        let s = spec("[[targets.rules]]\nop = \"rename\"\npath = \"/l/0\"\nto = \"x\"\n");
+        assert!(eval(&s, r#"{"l":[1]}"#)
+            .unwrap_err()
+            .contains("array element"));
+        assert_eq!(eval(&s, r#"{"l":[]}"#), Ok(None));
+        assert_eq!(eval(&s, r#"{"l":"text"}"#), Ok(None));
+    }
+
+    #[test]
+    fn copy_writes_the_source_and_skips_an_absent_one() {
+        let s = spec("[[targets.rules]]\nop = \"copy\"\npath = \"/b/c\"\nfrom = \"/a\"\n");
+        assert_eq!(
+            converges(&s, r#"{"a":{"x":[1]}}"#),
+            r#"{"a":{"x":[1]},"b":{"c":{"x":[1]}}}"#
+        );
+        assert_eq!(eval(&s, r#"{"z":1}"#), Ok(None), "no source: unchanged");
+        assert_eq!(
+            converges(&s, r#"{"a":null}"#),
+            r#"{"a":null,"b":{"c":null}}"#,
+            "a null source is copied"
+        );
+        let s = spec(
+            "[[targets.rules]]\nop = \"copy\"\npath = \"/t\"\nfrom = \"/t\"\nfrom_column = \"other\"\n",
+        );
+        assert_eq!(converges(&s, "{}"), r#"{"t":"from other"}"#);
+    }
+
+    #[test]
+    fn copy_then_remove_is_a_rename_that_verifies() {
+        // `set from` is an error where the source is absent (a contract);
+        // `copy` is not, so copy + remove can run again.
+        let s = spec(
+            "[[targets.rules]]\nop = \"copy\"\npath = \"/new\"\nfrom = \"/old\"\n[[targets.rules]]\nop = \"remove\"\npath = \"/old\"\n",
+        );
+        assert_eq!(converges(&s, r#"{"old":1}"#), r#"{"new":1}"#);
+        let s = spec(
+            "[[targets.rules]]\nop = \"set\"\npath = \"/new\"\nfrom = \"/old\"\n[[targets.rules]]\nop = \"remove\"\npath = \"/old\"\n",
+        );
+        assert!(eval(&s, r#"{"new":1}"#).unwrap_err().contains("is absent"));
+    }
+
+    #[test]
+    fn when_tells_null_from_absent() {
+        let rule = |check: &str| {
+            spec(&format!(
+                "[[targets.rules]]\nop = \"set\"\npath = \"/flag\"\nvalue = true\nwhen = {{ path = \"/x\", check = \"{check}\" }}\n"
+            ))
+        };
+        let (absent, null, zero) = (r#"{"a":1}"#, r#"{"x":null}"#, r#"{"x":0}"#);
+        let applies = |check: &str, doc: &str| eval(&rule(check), doc).expect("no error").is_some();
+        assert!(applies("absent", absent) && !applies("absent", null) && !applies("absent", zero));
+        assert!(!applies("null", absent) && applies("null", null) && !applies("null", zero));
+        assert!(!applies("exists", absent) && applies("exists", null) && applies("exists", zero));
+        assert!(
+            !applies("present", absent) && !applies("present", null) && applies("present", zero)
+        );
+        // Once applied, still idempotent.
+        converges(&rule("null"), null);
+    }
+
+    #[test]
+    fn when_equals_and_not_equals_and_lists_of_conditions() {
+        let s = spec(
+            "[[targets.rules]]\nop = \"set\"\npath = \"/v\"\nvalue = 2\n[[targets.rules.when]]\npath = \"/kind\"\ncheck = \"equals\"\nvalue = \"a\"\n[[targets.rules.when]]\npath = \"/n\"\ncheck = \"not_equals\"\nvalue = 1\n",
+        );
+        assert_eq!(converges(&s, r#"{"kind":"a"}"#), r#"{"kind":"a","v":2}"#);
+        assert_eq!(eval(&s, r#"{"kind":"b"}"#), Ok(None));
+        assert_eq!(
+            eval(&s, r#"{"kind":"a","n":1.0}"#),
+            Ok(None),
+            "1.0 equals 1"
+        );
+        assert!(eval(&s, r#"{"kind":"a","n":"1"}"#).unwrap().is_some());
+    }
+
+    #[test]
+    fn selector_with_a_filter_over_array_elements() {
+        let s = spec(
+            "[[targets.rules]]\nop = \"set\"\nselect = \"$.nodes[?@.type == 'x'].title\"\nvalue = \"T\"\n",
+        );
+        assert_eq!(
+            converges(
+                &s,
+                r#"{"nodes":[{"type":"x","title":"a"},{"type":"y","title":"b"},{"type":"x"}]}"#
+            ),
+            r#"{"nodes":[{"type":"x","title":"T"},{"type":"y","title":"b"},{"type":"x"}]}"#,
+            "only existing places are selected"
+        );
+        assert_eq!(eval(&s, r#"{"nodes":[]}"#), Ok(None));
+        assert_eq!(eval(&s, r#"{"other":1}"#), Ok(None));
+    }
+
+    #[test]
+    fn selected_parents_with_a_relative_path_add_a_key_under_every_element() {
+        let s = spec(
+            "[[targets.rules]]\nop = \"set\"\nselect = \"$.nodes[*]\"\npath = \"/flag\"\nvalue = false\nwhen = { path = \"/flag\", check = \"absent\" }\n",
+        );
+        assert_eq!(
+            converges(&s, r#"{"nodes":[{"id":1},{"id":2,"flag":true},{"id":3}]}"#),
+            r#"{"nodes":[{"id":1,"flag":false},{"id":2,"flag":true},{"id":3,"flag":false}]}"#
+        );
+    }
+
+    #[test]
+    fn wildcards_over_object_members() {
+        let s = spec(
+            "[[targets.rules]]\nop = \"rename\"\nselect = \"$.blocks.*\"\npath = \"/old\"\nto = \"new\"\n",
+        );
+        assert_eq!(
+            converges(
+                &s,
+                r#"{"blocks":{"a":{"old":1,"k":0},"b":{"k":0},"c":{"old":3}}}"#
+            ),
+            r#"{"blocks":{"a":{"new":1,"k":0},"b":{"k":0},"c":{"new":3}}}"#
+        );
+    }
+
+    #[test]
+    fn selector_remove_of_several_array_elements_removes_the_right_ones() {
+        let s = spec("[[targets.rules]]\nop = \"remove\"\nselect = \"$.l[?@.drop == true]\"\n");
+        assert_eq!(
+            converges(
+                &s,
+                r#"{"l":[{"drop":true,"i":0},{"i":1},{"drop":true,"i":2},{"drop":true,"i":3},{"i":4}]}"#
+            ),
+            r#"{"l":[{"i":1},{"i":4}]}"#
+        );
+    }
+
+    #[test]
+    fn selector_copy_reads_relative_to_each_place() {
+        let s = spec(
+            "[[targets.rules]]\nop = \"copy\"\nselect = \"$.nodes[*]\"\npath = \"/label\"\nfrom = \"/title\"\n",
+        );
+        assert_eq!(
+            converges(&s, r#"{"nodes":[{"title":"a"},{"x":1}]}"#),
+            r#"{"nodes":[{"title":"a","label":"a"},{"x":1}]}"#
+        );
+    }
+
+    #[test]
+    fn jq_replaces_the_value_at_each_place() {
+        let s = spec(
+            "[[targets.rules]]\nop = \"jq\"\nselect = \"$.nodes[*].title\"\nfilter = \"ascii_downcase\"\n",
+        );
+        assert_eq!(
+            converges(&s, r#"{"nodes":[{"title":"A"},{"title":"b"},{"x":"C"}]}"#),
+            r#"{"nodes":[{"title":"a"},{"title":"b"},{"x":"C"}]}"#
+        );
+        let s = spec(
+            "[[targets.rules]]\nop = \"jq\"\npath = \"/tags\"\nfilter = \"map(select(. != null)) | unique\"\n",
+        );
+        assert_eq!(
+            converges(&s, r#"{"tags":["b",null,"a","b"]}"#),
+            r#"{"tags":["a","b"]}"#
+        );
+        assert_eq!(eval(&s, r#"{"x":1}"#), Ok(None), "no value: unchanged");
+    }
+
+    #[test]
+    fn jq_without_exactly_one_output_or_failing_is_a_row_error_naming_the_key() {
+        for (filter, says) in [
+            ("empty", "no output"),
+            (".[]", "more than one output"),
+            (". + 1", "failed"),
+        ] {
+            let s = spec(&format!(
+                "[[targets.rules]]\nop = \"jq\"\nselect = \"$.nodes[*].title\"\nfilter = \"{filter}\"\n"
+            ));
+            let err = eval(&s, r#"{"nodes":[{"title":["a","b"]}]}"#).unwrap_err();
+            assert!(
+                err.contains(says) && err.contains("/nodes/0/title"),
+                "{filter}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn load_time_errors_name_the_field() {
+        let field = |rules: &str| spec_err(rules).field;
+        assert_eq!(
+            field("[[targets.rules]]\nop = \"set\"\nselect = \"$.nodes[\"\nvalue = 1\n"),
+            "targets[0].rules[0].select"
+        );
+        assert_eq!(
+            field("[[targets.rules]]\nop = \"jq\"\npath = \"/a\"\nfilter = \".a |\"\n"),
+            "targets[0].rules[0].filter"
+        );
+        assert_eq!(
+            field("[[targets.rules]]\nop = \"jq\"\npath = \"/a\"\n"),
+            "targets[0].rules[0].filter"
+        );
+        assert_eq!(
+            field("[[targets.rules]]\nop = \"rename\"\npath = \"/a\"\n"),
+            "targets[0].rules[0].to"
+        );
+        assert_eq!(
+            field("[[targets.rules]]\nop = \"rename\"\npath = \"/a\"\nto = \"a\"\n"),
+            "targets[0].rules[0].to"
+        );
+        assert_eq!(
+            field("[[targets.rules]]\nop = \"rename\"\npath = \"/a\"\nto = \"b\"\non_both = \"merge\"\n"),
+            "targets[0].rules[0].on_both"
+        );
+        assert_eq!(
+            field("[[targets.rules]]\nop = \"set\"\npath = \"/a\"\nvalue = 1\nto = \"b\"\n"),
+            "targets[0].rules[0].to"
+        );
+        assert_eq!(
+            field("[[targets.rules]]\nop = \"copy\"\npath = \"/a\"\n"),
+            "targets[0].rules[0].from"
+        );
+        assert_eq!(
+            field("[[targets.rules]]\nop = \"copy\"\npath = \"/a\"\nfrom = \"/a\"\n"),
+            "targets[0].rules[0].from"
+        );
+        assert_eq!(
+            field("[[targets.rules]]\nop = \"remove\"\n"),
+            "targets[0].rules[0].path"
+        );
+        assert_eq!(
+            field("[[targets.rules]]\nop = \"remove\"\npath = \"/a\"\nwhen = { path = \"/a\", check = \"equals\" }\n"),
+            "targets[0].rules[0].when.value"
+        );
+        assert_eq!(
+            field("[[targets.rules]]\nop = \"remove\"\npath = \"/a\"\n[[targets.rules.when]]\npath = \"/a\"\ncheck = \"exists\"\n[[targets.rules.when]]\npath = \"a\"\ncheck = \"exists\"\n"),
+            "targets[0].rules[0].when[1].path"
+        );
+        assert_eq!(
+            field("[[targets.rules]]\nop = \"remove\"\npath = \"/a\"\nwhen = { path = \"/a\", check = \"is\" }\n"),
+            "targets[0].rules[0].when.check"
+        );
+        assert_eq!(
+            field("[[targets.rules]]\nop = \"remove\"\npath = \"/a\"\nwhen = { path = \"/a\", check = \"null\", value = 1 }\n"),
+            "targets[0].rules[0].when.value"
+        );
+        let e = spec_err("[[targets.rules]]\nop = \"remove\"\npath = \"/a\"\nwhen = { path = \"/a\", chek = \"null\" }\n");
+        assert_eq!(e.field, "targets[0].rules[0].when", "{e}");
+        assert_eq!(
+            field("[[targets.guards]]\npath = \"/a\"\ncheck = \"equals\"\n[[targets.rules]]\nop = \"remove\"\npath = \"/a\"\n"),
+            "targets[0].guards[0].value"
+        );
+    }
+
+    #[test]
+    fn selectors_and_filters_are_capped() {
+        let long = format!("$.a{}", ".b".repeat(3000));
+        let e = spec_err(&format!(
+            "[[targets.rules]]\nop = \"remove\"\nselect = \"{long}\"\n"
+        ));
+        assert_eq!(e.field, "targets[0].rules[0].select");
+        assert!(e.message.contains("4096"), "{e}");
+        let long = ". ".repeat(40_000);
+        let e = spec_err(&format!(
+            "[[targets.rules]]\nop = \"jq\"\npath = \"/a\"\nfilter = \"{long}\"\n"
+        ));
+        assert_eq!(e.field, "targets[0].rules[0].filter");
+        assert!(e.message.contains("65536"), "{e}");
+    }
+
+    #[test]
+    fn row_guards_take_the_new_checks() {
+        let s = spec(
+            "[[targets.guards]]\npath = \"/kind\"\ncheck = \"equals\"\nvalue = \"cert\"\n[[targets.guards]]\npath = \"/done\"\ncheck = \"absent\"\n[[targets.rules]]\nop = \"set\"\npath = \"/v\"\nvalue = 1\n",
+        );
+        let outcome = |doc: &str| {
+            let columns: BTreeMap<String, Option<String>> = [
+                ("doc".to_string(), Some(doc.to_string())),
+                ("other".to_string(), None),
+            ]
+            .into();
+            evaluate_row(
+                &s.targets[0],
+                &RowInput {
+                    key: "k",
+                    columns: &columns,
+                    params: &Map::new(),
+                    normalised: &BTreeSet::new(),
+                },
+                None,
+            )
+            .outcome
+        };
+        assert!(matches!(
+            outcome(r#"{"kind":"cert"}"#),
+            RowOutcome::Changed(_)
+        ));
+        assert_eq!(
+            outcome(r#"{"kind":"page"}"#),
+            RowOutcome::Skipped("doc/kind is not \"cert\"".into())
+        );
+        assert_eq!(
+            outcome(r#"{"kind":"cert","done":null}"#),
+            RowOutcome::Skipped("doc/done present".into())
+        );
     }
 }

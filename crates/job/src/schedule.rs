@@ -189,7 +189,12 @@ impl Schedule {
             .enumerate()
             .map(|(i, w)| Window::parse(w).map_err(|e| (Some(i), e)))
             .collect::<Result<Vec<_>, _>>()?;
-        let tz = TimeZone::get(time_zone)
+        // The bundled database by name, not the process-wide one: with
+        // jiff's default features (which jaq-std turns on) that one reads
+        // the system's zoneinfo first, and a schedule must mean the same
+        // on every host.
+        let tz = jiff::tz::TimeZoneDatabase::bundled()
+            .get(time_zone)
             .map_err(|_| (None, format!("`{time_zone}` is not a time zone of the tz database (such as Europe/Berlin or UTC)")))?;
         Ok(Schedule {
             windows,

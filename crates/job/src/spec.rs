@@ -15,8 +15,10 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 
-use crate::guards::Check;
-use crate::rules::{Op, Rule, ValueSource};
+use crate::guards::{Check, Condition};
+use crate::jq::JqFilter;
+use crate::rules::{unescape_token, OnBoth, Op, Rule, ValueSource};
+use crate::select::Selector;
 
 /// Default number of rows a shard holds when the spec does not say.
 pub const DEFAULT_SHARD_SIZE: u32 = 500;
@@ -49,6 +51,10 @@ pub const MAX_POINTER_BYTES: usize = 1024;
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// The most levels a literal value may nest.
 pub const MAX_VALUE_DEPTH: usize = 64;
+/// The most bytes a rule's `select` query may hold.
+pub const MAX_SELECT_BYTES: usize = 4096;
+/// The most bytes a rule's jq `filter` may hold (64 KiB).
+pub const MAX_FILTER_BYTES: usize = 64 * 1024;
 
 /// Refuses a spec file longer than [`MAX_SPEC_BYTES`].
 pub fn check_size(len: usize) -> Result<(), SpecError> {
@@ -239,7 +245,18 @@ struct RawGuard {
     path: Option<String>,
     check: String,
     prefix: Option<String>,
+    value: Option<toml::Value>,
     reason: Option<String>,
+}
+
+/// One of a rule's `when` conditions as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCondition {
+    path: String,
+    check: String,
+    prefix: Option<String>,
+    value: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,11 +281,17 @@ struct RawTarget {
 struct RawRule {
     column: Option<String>,
     op: String,
-    path: String,
+    path: Option<String>,
+    select: Option<String>,
+    /// One condition (`when = { ... }`) or several (`[[targets.rules.when]]`).
+    when: Option<toml::Value>,
     value: Option<toml::Value>,
     param: Option<String>,
     from: Option<String>,
     from_column: Option<String>,
+    to: Option<String>,
+    on_both: Option<String>,
+    filter: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -707,32 +730,122 @@ fn literal(field: &str, v: toml::Value) -> Result<serde_json::Value, SpecError> 
     Ok(v)
 }
 
-fn parse_check(field: &str, check: &str, prefix: Option<String>) -> Result<Check, SpecError> {
-    match (check, prefix) {
-        ("present", None) => Ok(Check::Present),
-        ("not_blank", None) => Ok(Check::NotBlank),
-        ("not_prefix", Some(p)) if !p.is_empty() => Ok(Check::NotPrefix(p)),
-        ("not_prefix", _) => Err(SpecError::new(
-            format!("{field}.prefix"),
-            "check `not_prefix` needs a non-empty `prefix`",
-        )),
-        ("present" | "not_blank", Some(_)) => Err(SpecError::new(
+const CHECKS: &str = "present, not_blank, not_prefix, exists, absent, null, equals or not_equals";
+
+fn parse_check(
+    field: &str,
+    check: &str,
+    prefix: Option<String>,
+    value: Option<toml::Value>,
+) -> Result<Check, SpecError> {
+    let known = [
+        "present",
+        "not_blank",
+        "not_prefix",
+        "exists",
+        "absent",
+        "null",
+        "equals",
+        "not_equals",
+    ];
+    if !known.contains(&check) {
+        return Err(SpecError::new(
+            format!("{field}.check"),
+            format!("unknown check `{check}` (expected {CHECKS})"),
+        ));
+    }
+    if prefix.is_some() && check != "not_prefix" {
+        return Err(SpecError::new(
             format!("{field}.prefix"),
             format!("`prefix` only goes with check `not_prefix`, not `{check}`"),
-        )),
-        (other, _) => Err(SpecError::new(
-            format!("{field}.check"),
-            format!("unknown check `{other}` (expected present, not_blank or not_prefix)"),
-        )),
+        ));
     }
+    if value.is_some() && !matches!(check, "equals" | "not_equals") {
+        return Err(SpecError::new(
+            format!("{field}.value"),
+            format!("`value` only goes with checks `equals` and `not_equals`, not `{check}`"),
+        ));
+    }
+    let compared = |value: Option<toml::Value>| match value {
+        Some(v) => literal(&format!("{field}.value"), v),
+        None => Err(SpecError::new(
+            format!("{field}.value"),
+            format!("check `{check}` needs a `value` (for JSON null, use check `null`)"),
+        )),
+    };
+    Ok(match check {
+        "present" => Check::Present,
+        "not_blank" => Check::NotBlank,
+        "exists" => Check::Exists,
+        "absent" => Check::Absent,
+        "null" => Check::Null,
+        "equals" => Check::Equals(compared(value)?),
+        "not_equals" => Check::NotEquals(compared(value)?),
+        _ => match prefix {
+            Some(p) if !p.is_empty() => Check::NotPrefix(p),
+            _ => {
+                return Err(SpecError::new(
+                    format!("{field}.prefix"),
+                    "check `not_prefix` needs a non-empty `prefix`",
+                ))
+            }
+        },
+    })
 }
 
 fn default_reason(check: &Check, what: &str) -> String {
     match check {
-        Check::Present => format!("{what} missing"),
+        Check::Present | Check::Exists => format!("{what} missing"),
         Check::NotBlank => format!("{what} blank"),
         Check::NotPrefix(p) => format!("{what} starts with {p:?}"),
+        Check::Absent => format!("{what} present"),
+        Check::Null => format!("{what} not null"),
+        Check::Equals(v) => format!("{what} is not {v}"),
+        Check::NotEquals(v) => format!("{what} is {v}"),
     }
+}
+
+/// A rule's `when`: one inline table or a list of them.
+fn parse_when(field: &str, raw: Option<toml::Value>) -> Result<Vec<Condition>, SpecError> {
+    let field = format!("{field}.when");
+    let tables = match raw {
+        None => return Ok(Vec::new()),
+        Some(t @ toml::Value::Table(_)) => vec![(field.clone(), t)],
+        Some(toml::Value::Array(list)) => {
+            if list.len() > MAX_GUARDS {
+                return Err(SpecError::new(
+                    field,
+                    format!(
+                        "{} conditions, more than the {MAX_GUARDS} a rule may hold",
+                        list.len()
+                    ),
+                ));
+            }
+            list.into_iter()
+                .enumerate()
+                .map(|(i, t)| (format!("{field}[{i}]"), t))
+                .collect()
+        }
+        Some(_) => {
+            return Err(SpecError::new(
+                field,
+                "give a condition `{ path = \"/x\", check = \"exists\" }` or a list of them",
+            ))
+        }
+    };
+    let mut out = Vec::new();
+    for (f, t) in tables {
+        let c: RawCondition = t
+            .try_into()
+            .map_err(|e: toml::de::Error| SpecError::new(f.clone(), e.message().to_string()))?;
+        validate_pointer(&c.path).map_err(|m| SpecError::new(format!("{f}.path"), m))?;
+        let check = parse_check(&f, &c.check, c.prefix, c.value)?;
+        out.push(Condition {
+            path: c.path,
+            check,
+        });
+    }
+    Ok(out)
 }
 
 fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecError> {
@@ -789,7 +902,7 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
                     .param
                     .filter(|p| !p.is_empty())
                     .ok_or_else(|| SpecError::new(format!("{field}.param"), "is required"))?;
-                let check = parse_check(&field, &rg.check, rg.prefix)?;
+                let check = parse_check(&field, &rg.check, rg.prefix, rg.value)?;
                 let reason = rg.reason.unwrap_or_else(|| default_reason(&check, &param));
                 guards.push(GroupGuard {
                     param,
@@ -910,7 +1023,7 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
                 .path
                 .ok_or_else(|| SpecError::new(format!("{field}.path"), "is required"))?;
             validate_pointer(&path).map_err(|m| SpecError::new(format!("{field}.path"), m))?;
-            let check = parse_check(&field, &rg.check, rg.prefix)?;
+            let check = parse_check(&field, &rg.check, rg.prefix, rg.value)?;
             let reason = rg
                 .reason
                 .unwrap_or_else(|| default_reason(&check, &format!("{column}{path}")));
@@ -941,91 +1054,7 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
         let mut rules = Vec::new();
         for (ri, r) in t.rules.into_iter().enumerate() {
             let field = format!("{tf}.rules[{ri}]");
-            let column = r.column.unwrap_or_else(|| t.columns[0].clone());
-            if !t.columns.contains(&column) {
-                return Err(SpecError::new(
-                    format!("{field}.column"),
-                    format!("`{column}` is not one of this target's written `columns`"),
-                ));
-            }
-            validate_pointer(&r.path).map_err(|m| SpecError::new(format!("{field}.path"), m))?;
-            if r.path.split('/').any(|tok| tok == "-") {
-                return Err(SpecError::new(
-                    format!("{field}.path"),
-                    "`-` (append) is not allowed: it would add again on every run",
-                ));
-            }
-            let op = match r.op.as_str() {
-                "set" => {
-                    let sources = [
-                        r.value.is_some(),
-                        r.param.is_some(),
-                        r.from.is_some() || r.from_column.is_some(),
-                    ];
-                    if sources.iter().filter(|s| **s).count() != 1 {
-                        return Err(SpecError::new(
-                            field,
-                            "op `set` takes exactly one value source: `value`, `param`, or `from`/`from_column`",
-                        ));
-                    }
-                    let value = if let Some(v) = r.value {
-                        ValueSource::Literal(literal(&format!("{field}.value"), v)?)
-                    } else if let Some(p) = r.param {
-                        if p.is_empty() {
-                            return Err(SpecError::new(format!("{field}.param"), "is empty"));
-                        }
-                        ValueSource::Param(p)
-                    } else {
-                        let from = r.from.unwrap_or_default();
-                        validate_pointer(&from)
-                            .map_err(|m| SpecError::new(format!("{field}.from"), m))?;
-                        let col = r.from_column.unwrap_or_else(|| column.clone());
-                        if !known_column(&col) {
-                            return Err(SpecError::new(
-                                format!("{field}.from_column"),
-                                format!("`{col}` is not in this target's columns or read_columns"),
-                            ));
-                        }
-                        if col == column && from.is_empty() {
-                            return Err(SpecError::new(
-                                format!("{field}.from"),
-                                "copying a document onto itself: give a `from` pointer",
-                            ));
-                        }
-                        ValueSource::Pointer {
-                            column: col,
-                            path: from,
-                        }
-                    };
-                    Op::Set {
-                        path: r.path,
-                        value,
-                    }
-                }
-                "remove" => {
-                    if r.value.is_some()
-                        || r.param.is_some()
-                        || r.from.is_some()
-                        || r.from_column.is_some()
-                    {
-                        return Err(SpecError::new(field, "op `remove` takes no value source"));
-                    }
-                    if r.path.is_empty() {
-                        return Err(SpecError::new(
-                            format!("{field}.path"),
-                            "cannot remove the whole document; use op `set` with path \"\" and a value",
-                        ));
-                    }
-                    Op::Remove { path: r.path }
-                }
-                other => {
-                    return Err(SpecError::new(
-                        format!("{field}.op"),
-                        format!("unknown op `{other}` (expected set or remove)"),
-                    ))
-                }
-            };
-            rules.push(Rule { column, op });
+            rules.push(validate_rule(&field, r, &t.columns, &t.read_columns)?);
         }
 
         targets.push(TargetSpec {
@@ -1135,6 +1164,242 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
         params: Vec::new(),
         source,
         hash,
+    })
+}
+
+/// Validates one rule: its column, op and the fields the op takes, its
+/// selector and conditions (parsed here, once per run) and its jq filter
+/// (compiled here).
+fn validate_rule(
+    field: &str,
+    r: RawRule,
+    columns: &[String],
+    read_columns: &[String],
+) -> Result<Rule, SpecError> {
+    let known_column = |c: &str| columns.iter().chain(read_columns).any(|x| x == c);
+    let column = r.column.unwrap_or_else(|| columns[0].clone());
+    if !columns.contains(&column) {
+        return Err(SpecError::new(
+            format!("{field}.column"),
+            format!("`{column}` is not one of this target's written `columns`"),
+        ));
+    }
+    let select = match r.select {
+        None => None,
+        Some(q) => {
+            if q.len() > MAX_SELECT_BYTES {
+                return Err(SpecError::new(
+                    format!("{field}.select"),
+                    format!(
+                        "the query holds {} bytes, more than the {MAX_SELECT_BYTES} a query may hold",
+                        q.len()
+                    ),
+                ));
+            }
+            Some(Selector::parse(&q).map_err(|m| SpecError::new(format!("{field}.select"), m))?)
+        }
+    };
+    // With a selector, `path` is relative to each selected place and may
+    // be left out (the place itself).
+    let path = match (r.path, &select) {
+        (Some(p), _) => p,
+        (None, Some(_)) => String::new(),
+        (None, None) => {
+            return Err(SpecError::new(
+                format!("{field}.path"),
+                "is required (or give `select`)",
+            ))
+        }
+    };
+    validate_pointer(&path).map_err(|m| SpecError::new(format!("{field}.path"), m))?;
+    if path.split('/').any(|tok| tok == "-") {
+        return Err(SpecError::new(
+            format!("{field}.path"),
+            "`-` (append) is not allowed: it would add again on every run",
+        ));
+    }
+    let when = parse_when(field, r.when)?;
+
+    // Each op names the fields it takes; any other is refused, named.
+    let op_name = r.op.as_str();
+    let given: [(&str, bool); 7] = [
+        ("value", r.value.is_some()),
+        ("param", r.param.is_some()),
+        ("from", r.from.is_some()),
+        ("from_column", r.from_column.is_some()),
+        ("to", r.to.is_some()),
+        ("on_both", r.on_both.is_some()),
+        ("filter", r.filter.is_some()),
+    ];
+    let takes: &[&str] = match op_name {
+        "set" => &["value", "param", "from", "from_column"],
+        "remove" => &[],
+        "rename" => &["to", "on_both"],
+        "copy" => &["from", "from_column"],
+        "jq" => &["filter"],
+        other => {
+            return Err(SpecError::new(
+                format!("{field}.op"),
+                format!("unknown op `{other}` (expected set, remove, rename, copy or jq)"),
+            ))
+        }
+    };
+    if let Some((name, _)) = given.iter().find(|(n, g)| *g && !takes.contains(n)) {
+        return Err(match op_name {
+            "remove" => SpecError::new(field, "op `remove` takes no value source"),
+            _ => SpecError::new(
+                format!("{field}.{name}"),
+                format!("op `{op_name}` does not take `{name}`"),
+            ),
+        });
+    }
+
+    let op = match op_name {
+        "set" => {
+            let sources = [
+                r.value.is_some(),
+                r.param.is_some(),
+                r.from.is_some() || r.from_column.is_some(),
+            ];
+            if sources.iter().filter(|s| **s).count() != 1 {
+                return Err(SpecError::new(
+                    field,
+                    "op `set` takes exactly one value source: `value`, `param`, or `from`/`from_column`",
+                ));
+            }
+            let value = if let Some(v) = r.value {
+                ValueSource::Literal(literal(&format!("{field}.value"), v)?)
+            } else if let Some(p) = r.param {
+                if p.is_empty() {
+                    return Err(SpecError::new(format!("{field}.param"), "is empty"));
+                }
+                ValueSource::Param(p)
+            } else {
+                let from = r.from.unwrap_or_default();
+                validate_pointer(&from).map_err(|m| SpecError::new(format!("{field}.from"), m))?;
+                let col = r.from_column.unwrap_or_else(|| column.clone());
+                if !known_column(&col) {
+                    return Err(SpecError::new(
+                        format!("{field}.from_column"),
+                        format!("`{col}` is not in this target's columns or read_columns"),
+                    ));
+                }
+                if col == column && from.is_empty() {
+                    return Err(SpecError::new(
+                        format!("{field}.from"),
+                        "copying a document onto itself: give a `from` pointer",
+                    ));
+                }
+                ValueSource::Pointer {
+                    column: col,
+                    path: from,
+                }
+            };
+            Op::Set { path, value }
+        }
+        "remove" => {
+            if path.is_empty() && select.is_none() {
+                return Err(SpecError::new(
+                    format!("{field}.path"),
+                    "cannot remove the whole document; use op `set` with path \"\" and a value",
+                ));
+            }
+            Op::Remove { path }
+        }
+        "rename" => {
+            let to = r.to.ok_or_else(|| {
+                SpecError::new(
+                    format!("{field}.to"),
+                    "op `rename` needs `to`, the new key name",
+                )
+            })?;
+            if to.is_empty() {
+                return Err(SpecError::new(format!("{field}.to"), "is empty"));
+            }
+            if path.is_empty() && select.is_none() {
+                return Err(SpecError::new(
+                    format!("{field}.path"),
+                    "a rename needs the pointer of the key to rename",
+                ));
+            }
+            if let Some(cut) = path.rfind('/') {
+                if unescape_token(&path[cut + 1..]) == to {
+                    return Err(SpecError::new(
+                        format!("{field}.to"),
+                        format!("renames `{to}` to itself"),
+                    ));
+                }
+            }
+            let on_both = match r.on_both.as_deref() {
+                None | Some("error") => OnBoth::Error,
+                Some("keep_new") => OnBoth::KeepNew,
+                Some("overwrite") => OnBoth::Overwrite,
+                Some(other) => {
+                    return Err(SpecError::new(
+                        format!("{field}.on_both"),
+                        format!("unknown value `{other}` (expected error, keep_new or overwrite)"),
+                    ))
+                }
+            };
+            Op::Rename { path, to, on_both }
+        }
+        "copy" => {
+            if r.from.is_none() && r.from_column.is_none() {
+                return Err(SpecError::new(
+                    format!("{field}.from"),
+                    "op `copy` needs `from` (a pointer) or `from_column`",
+                ));
+            }
+            let from = r.from.unwrap_or_default();
+            validate_pointer(&from).map_err(|m| SpecError::new(format!("{field}.from"), m))?;
+            let source_column = match r.from_column {
+                None => None,
+                Some(c) if !known_column(&c) => {
+                    return Err(SpecError::new(
+                        format!("{field}.from_column"),
+                        format!("`{c}` is not in this target's columns or read_columns"),
+                    ))
+                }
+                Some(c) => Some(c),
+            };
+            if source_column.as_deref().unwrap_or(&column) == column
+                && from == path
+                && (source_column.is_none() || select.is_none())
+            {
+                return Err(SpecError::new(
+                    format!("{field}.from"),
+                    "copies a value onto itself",
+                ));
+            }
+            Op::Copy {
+                path,
+                column: source_column,
+                from,
+            }
+        }
+        _ => {
+            let source = r.filter.ok_or_else(|| {
+                SpecError::new(format!("{field}.filter"), "op `jq` needs a `filter`")
+            })?;
+            if source.len() > MAX_FILTER_BYTES {
+                return Err(SpecError::new(
+                    format!("{field}.filter"),
+                    format!(
+                        "the filter holds {} bytes, more than the {MAX_FILTER_BYTES} a filter may hold",
+                        source.len()
+                    ),
+                ));
+            }
+            let filter = JqFilter::compile(&source)
+                .map_err(|m| SpecError::new(format!("{field}.filter"), m))?;
+            Op::Jq { path, filter }
+        }
+    };
+    Ok(Rule {
+        column,
+        op,
+        select,
+        when,
     })
 }
 

@@ -11,7 +11,9 @@
 //!   keeps its bytes exactly;
 //! - an object is spliced member by member: a removed key drops its member
 //!   with its comma, a kept key keeps its key, colon and whitespace, an added
-//!   key is appended after the last member (value as compact JSON);
+//!   key is appended after the last member (value as compact JSON), except
+//!   one at the same index of the new object as a removed key of the old:
+//!   it takes that member's place (a renamed key stays where it stood);
 //! - an array of the same length is spliced element by element; otherwise
 //!   the elements equal at its start and at its end keep their bytes and the
 //!   ones between are written anew;
@@ -30,6 +32,7 @@
 //! ([`SpliceError::Mismatch`]) rather than written.
 
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 use crate::equality::same_value;
@@ -482,9 +485,36 @@ impl<'t> Splicer<'t> {
         // PostgreSQL's `json` operators) read.
         let last = |k: &str| keys.iter().rposition(|x| x == k);
         let mut pieces = Vec::with_capacity(map.len());
+        // An added key at the index in the new object where a removed key
+        // stood in the old one takes that member's place (a rename keeps
+        // its position); every other added key is appended.
+        let mut slotted: BTreeMap<usize, (&String, &Value)> = map
+            .iter()
+            .enumerate()
+            .filter(|(_, (k, _))| !keys.iter().any(|x| x == *k))
+            .collect();
+        let mut in_place: Vec<&String> = Vec::new();
         for (i, (m, k)) in members.iter().zip(&keys).enumerate() {
             let Some(v) = map.get(k.as_ref()) else {
-                // Removed: the member goes, with its comma.
+                // Removed: the member goes, with its comma; an added key
+                // may stand in its place.
+                let taken = old
+                    .keys()
+                    .position(|x| x == k)
+                    .and_then(|at| slotted.remove(&at));
+                if let Some((new_key, new_value)) = taken {
+                    in_place.push(new_key);
+                    pieces.push(Piece {
+                        lead: (i > 0).then(|| self.at(&m.lead)),
+                        body: format!(
+                            "{}{}{}",
+                            compact(&Value::String(new_key.clone()))?,
+                            self.at(&m.colon),
+                            compact(new_value)?
+                        ),
+                        trail: self.at(&m.trail),
+                    });
+                }
                 continue;
             };
             let body = match (last(k) == Some(i), old.get(k.as_ref())) {
@@ -528,7 +558,7 @@ impl<'t> Splicer<'t> {
         // Added keys, after the last member, spaced like it.
         let colon = members.last().map_or(":", |m| self.at(&m.colon));
         for (k, v) in map {
-            if keys.iter().any(|x| x == k) {
+            if keys.iter().any(|x| x == k) || in_place.contains(&k) {
                 continue;
             }
             pieces.push(Piece {
@@ -798,6 +828,36 @@ mod tests {
                 d["c"] = json!(3);
             }),
             r#"{"b": 2, "c": 3}"#
+        );
+    }
+
+    #[test]
+    fn a_key_added_where_one_was_removed_takes_its_place() {
+        // A renamed key, rebuilt in place, keeps the old one's place and
+        // the document's spacing.
+        let renamed = |d: &mut Value| {
+            let m = std::mem::take(obj(d));
+            *obj(d) = m
+                .into_iter()
+                .map(|(k, v)| (if k == "old" { "new".into() } else { k }, v))
+                .collect();
+        };
+        assert_eq!(
+            ok("{\n  \"a\": 1,\n  \"old\": [1.0],\n  \"z\": 2\n}", renamed),
+            "{\n  \"a\": 1,\n  \"new\": [1.0],\n  \"z\": 2\n}"
+        );
+        assert_eq!(
+            ok(r#"{"old": 1, "z": 2}"#, renamed),
+            r#"{"new": 1, "z": 2}"#
+        );
+        // Not so at another index: appended, as a key `set` adds.
+        assert_eq!(
+            ok(r#"{"a": 1, "old": 2}"#, |d| {
+                let m = obj(d);
+                m.shift_remove("a");
+                m.insert("new".into(), json!(3));
+            }),
+            r#"{"old": 2, "new": 3}"#
         );
     }
 
