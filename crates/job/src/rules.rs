@@ -16,6 +16,8 @@ use crate::equality::same_value;
 use crate::journal::{touch_point, Journal};
 use crate::spec::TargetSpec;
 use crate::splice::{nesting_depth, splice_parsed, value_depth, MAX_DEPTH};
+use crate::streamfield::{BlockPath, StreamOperation};
+use crate::streamrule;
 
 /// Where a `set` takes its value from.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,8 +33,26 @@ pub enum ValueSource {
 /// One operation on one column.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
-    Set { path: String, value: ValueSource },
-    Remove { path: String },
+    Set {
+        path: String,
+        value: ValueSource,
+    },
+    Remove {
+        path: String,
+    },
+    /// A Wagtail StreamField migration operation on the stream at `path`
+    /// (see [`crate::streamrule`]).
+    Stream {
+        path: String,
+        operation: Box<StreamOperation>,
+        block_path: BlockPath,
+    },
+    /// `inner` applied inside the JSON the string at `path` holds, written
+    /// back in the string's own style (see [`crate::streamrule`]).
+    InString {
+        path: String,
+        inner: Box<Op>,
+    },
 }
 
 /// A rule of a target: an operation on one of its written columns.
@@ -493,18 +513,7 @@ fn apply_rule(
 ) -> Result<(), String> {
     match &rule.op {
         Op::Set { path, value } => {
-            let value = match value {
-                ValueSource::Literal(v) => v.clone(),
-                ValueSource::Param(p) => params
-                    .get(p)
-                    .cloned()
-                    .ok_or_else(|| format!("parameter `{p}` is not provided by the query"))?,
-                ValueSource::Pointer { column, path: from } => docs
-                    .get(column.as_str())
-                    .and_then(|d| d.pointer(from))
-                    .cloned()
-                    .ok_or_else(|| format!("source `{column}{from}` is absent"))?,
-            };
+            let value = resolve(value, docs, params)?;
             let doc = docs
                 .get_mut(rule.column.as_str())
                 .ok_or_else(|| format!("column `{}` was not read", rule.column))?;
@@ -516,7 +525,47 @@ fn apply_rule(
                 .ok_or_else(|| format!("column `{}` was not read", rule.column))?;
             remove(doc, path)
         }
+        Op::Stream {
+            path,
+            operation,
+            block_path,
+        } => {
+            let doc = docs
+                .get_mut(rule.column.as_str())
+                .ok_or_else(|| format!("column `{}` was not read", rule.column))?;
+            streamrule::apply_stream(doc, path, operation, block_path)
+        }
+        Op::InString { path, inner } => {
+            let value = match &**inner {
+                Op::Set { value, .. } => Some(resolve(value, docs, params)?),
+                _ => None,
+            };
+            let doc = docs
+                .get_mut(rule.column.as_str())
+                .ok_or_else(|| format!("column `{}` was not read", rule.column))?;
+            streamrule::apply_in_string(doc, path, inner, value)
+        }
     }
+}
+
+/// The value a `set` writes.
+fn resolve(
+    value: &ValueSource,
+    docs: &BTreeMap<&str, Value>,
+    params: &Map<String, Value>,
+) -> Result<Value, String> {
+    Ok(match value {
+        ValueSource::Literal(v) => v.clone(),
+        ValueSource::Param(p) => params
+            .get(p)
+            .cloned()
+            .ok_or_else(|| format!("parameter `{p}` is not provided by the query"))?,
+        ValueSource::Pointer { column, path: from } => docs
+            .get(column.as_str())
+            .and_then(|d| d.pointer(from))
+            .cloned()
+            .ok_or_else(|| format!("source `{column}{from}` is absent"))?,
+    })
 }
 
 fn pointer_buf(p: &str) -> Result<json_patch::jsonptr::PointerBuf, String> {

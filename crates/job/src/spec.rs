@@ -284,6 +284,23 @@ struct RawRule {
     param: Option<String>,
     from: Option<String>,
     from_column: Option<String>,
+    /// The value at `path` is a string holding JSON; the rule runs inside it.
+    json_string: Option<bool>,
+    /// With `json_string`: where inside the decoded JSON the rule runs.
+    inner_path: Option<String>,
+    /// `op = "streamfield"`: the operation and the block path.
+    operation: Option<String>,
+    block_path: Option<String>,
+    /// `op = "streamfield"`: the operation's arguments.
+    old_name: Option<toml::Value>,
+    new_name: Option<toml::Value>,
+    name: Option<toml::Value>,
+    block_name: Option<toml::Value>,
+    list_block_name: Option<toml::Value>,
+    block_names: Option<toml::Value>,
+    stream_block_name: Option<toml::Value>,
+    new_value: Option<toml::Value>,
+    struct_block_name: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -970,7 +987,70 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
                     "`-` (append) is not allowed: it would add again on every run",
                 ));
             }
+            let json_string = r.json_string.unwrap_or(false);
+            if let Some(inner) = &r.inner_path {
+                if !json_string {
+                    return Err(SpecError::new(
+                        format!("{field}.inner_path"),
+                        "`inner_path` is only for a rule with `json_string = true`",
+                    ));
+                }
+                validate_pointer(inner)
+                    .map_err(|m| SpecError::new(format!("{field}.inner_path"), m))?;
+            }
+            let mut stream_args = serde_json::Map::new();
+            for (name, v) in [
+                ("old_name", r.old_name),
+                ("new_name", r.new_name),
+                ("name", r.name),
+                ("block_name", r.block_name),
+                ("list_block_name", r.list_block_name),
+                ("block_names", r.block_names),
+                ("stream_block_name", r.stream_block_name),
+                ("new_value", r.new_value),
+                ("struct_block_name", r.struct_block_name),
+            ] {
+                if let Some(v) = v {
+                    stream_args.insert(name.into(), literal(&format!("{field}.{name}"), v)?);
+                }
+            }
+            if r.op != "streamfield" {
+                let given = [
+                    ("operation", r.operation.is_some()),
+                    ("block_path", r.block_path.is_some()),
+                ]
+                .into_iter()
+                .map(|(n, g)| (n.to_string(), g))
+                .chain(stream_args.keys().map(|k| (k.clone(), true)));
+                for (name, g) in given {
+                    if g {
+                        return Err(SpecError::new(
+                            format!("{field}.{name}"),
+                            format!("`{name}` is for op `streamfield`, not `{}`", r.op),
+                        ));
+                    }
+                }
+            }
             let op = match r.op.as_str() {
+                "streamfield" => {
+                    if r.value.is_some()
+                        || r.param.is_some()
+                        || r.from.is_some()
+                        || r.from_column.is_some()
+                    {
+                        return Err(SpecError::new(
+                            field,
+                            "op `streamfield` takes no value source (`value`, `param`, `from`); its arguments are fields of the rule",
+                        ));
+                    }
+                    crate::streamrule::compile(
+                        &field,
+                        &r.path,
+                        r.operation.as_deref(),
+                        r.block_path.as_deref(),
+                        &stream_args,
+                    )?
+                }
                 "set" => {
                     let sources = [
                         r.value.is_some(),
@@ -1025,7 +1105,7 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
                     {
                         return Err(SpecError::new(field, "op `remove` takes no value source"));
                     }
-                    if r.path.is_empty() {
+                    if r.path.is_empty() && !json_string {
                         return Err(SpecError::new(
                             format!("{field}.path"),
                             "cannot remove the whole document; use op `set` with path \"\" and a value",
@@ -1036,9 +1116,14 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
                 other => {
                     return Err(SpecError::new(
                         format!("{field}.op"),
-                        format!("unknown op `{other}` (expected set or remove)"),
+                        format!("unknown op `{other}` (expected set, remove or streamfield)"),
                     ))
                 }
+            };
+            let op = if json_string {
+                crate::streamrule::in_string(&field, op, r.inner_path.as_deref().unwrap_or(""))?
+            } else {
+                op
             };
             rules.push(Rule { column, op });
         }
