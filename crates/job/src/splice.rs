@@ -11,7 +11,9 @@
 //!   keeps its bytes exactly;
 //! - an object is spliced member by member: a removed key drops its member
 //!   with its comma, a kept key keeps its key, colon and whitespace, an added
-//!   key is appended after the last member (value as compact JSON);
+//!   key goes before the first kept key that follows it in the new document
+//!   (a renamed key keeps its place), else after the last member (value as
+//!   compact JSON);
 //! - an array of the same length is spliced element by element; otherwise
 //!   the elements equal at its start and at its end keep their bytes and the
 //!   ones between are written anew;
@@ -481,12 +483,43 @@ impl<'t> Splicer<'t> {
         // The last occurrence of each key is the one serde_json (and
         // PostgreSQL's `json` operators) read.
         let last = |k: &str| keys.iter().rposition(|x| x == k);
+        let colon = members.last().map_or(":", |m| self.at(&m.colon));
+        // Added keys go before the first kept member the new document has
+        // after them (a renamed key keeps its place), else after the last.
+        let position: std::collections::HashMap<&str, usize> = map
+            .keys()
+            .enumerate()
+            .map(|(i, k)| (k.as_str(), i))
+            .collect();
+        let added: Vec<(usize, &String, &Value)> = map
+            .iter()
+            .enumerate()
+            .filter(|(_, (k, _))| !keys.iter().any(|x| x == *k))
+            .map(|(i, (k, v))| (i, k, v))
+            .collect();
+        let mut next_added = 0;
+        let added_piece = |k: &String, v: &Value| -> Result<Piece<'t>, SpliceError> {
+            Ok(Piece {
+                lead: None,
+                body: format!(
+                    "{}{colon}{}",
+                    compact(&Value::String(k.clone()))?,
+                    compact(v)?
+                ),
+                trail: "",
+            })
+        };
         let mut pieces = Vec::with_capacity(map.len());
         for (i, (m, k)) in members.iter().zip(&keys).enumerate() {
             let Some(v) = map.get(k.as_ref()) else {
                 // Removed: the member goes, with its comma.
                 continue;
             };
+            let at = position.get(k.as_ref()).copied().unwrap_or(usize::MAX);
+            while let Some((_, ak, av)) = added.get(next_added).filter(|a| a.0 < at) {
+                pieces.push(added_piece(ak, av)?);
+                next_added += 1;
+            }
             let body = match (last(k) == Some(i), old.get(k.as_ref())) {
                 (true, Some(was)) => {
                     let len = pointer.len();
@@ -525,21 +558,9 @@ impl<'t> Splicer<'t> {
                 trail: self.at(&m.trail),
             });
         }
-        // Added keys, after the last member, spaced like it.
-        let colon = members.last().map_or(":", |m| self.at(&m.colon));
-        for (k, v) in map {
-            if keys.iter().any(|x| x == k) {
-                continue;
-            }
-            pieces.push(Piece {
-                lead: None,
-                body: format!(
-                    "{}{colon}{}",
-                    compact(&Value::String(k.clone()))?,
-                    compact(v)?
-                ),
-                trail: "",
-            });
+        // The other added keys, after the last member, spaced like it.
+        for (_, k, v) in &added[next_added..] {
+            pieces.push(added_piece(k, v)?);
         }
         let leads: Vec<&str> = members.iter().map(|m| self.at(&m.lead)).collect();
         let spacing = Spacing::of(&leads, self.at(closing));
@@ -799,6 +820,23 @@ mod tests {
             }),
             r#"{"b": 2, "c": 3}"#
         );
+    }
+
+    #[test]
+    fn a_renamed_key_keeps_its_place() {
+        let rename = |d: &mut Value| {
+            let old = obj(d).clone();
+            *obj(d) = old
+                .into_iter()
+                .map(|(k, v)| (if k == "b" { "z".into() } else { k }, v))
+                .collect();
+        };
+        assert_eq!(
+            ok(r#"{"a": 1, "b": [2, 3], "c": 3}"#, rename),
+            r#"{"a": 1, "z": [2,3], "c": 3}"#
+        );
+        assert_eq!(ok(r#"{"b": 2, "c": 3}"#, rename), r#"{"z": 2, "c": 3}"#);
+        assert_eq!(ok(r#"{"a": 1, "b": 2}"#, rename), r#"{"a": 1, "z": 2}"#);
     }
 
     #[test]
