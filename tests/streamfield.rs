@@ -278,3 +278,69 @@ async fn a_revision_whose_streamfield_is_not_json_is_a_row_error_and_the_rest_co
         }
     }
 }
+
+/// An operation that creates blocks, on the page table alone.
+const TO_LIST: &str = r#"
+name = "signatories-to-list"
+shard_size = 4
+[[targets]]
+name = "pages"
+table = "cms_certificatepage"
+key = "page_ptr_id"
+key_type = "integer"
+columns = ["signatories"]
+query = "SELECT page_ptr_id AS key FROM cms_certificatepage"
+[[targets.rules]]
+op = "streamfield"
+path = ""
+operation = "stream_children_to_list_block"
+block_name = "signatory"
+list_block_name = "signatory_list"
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn created_blocks_get_uuid4_ids_and_a_revert_restores_the_stream() {
+    for backend in BOTH {
+        let db = Db::new(backend).await;
+        db.seed_certificates(4, 10).await;
+        let before = pages(&db).await;
+        let spec = common::SpecFile::new("signatories-to-list", TO_LIST);
+        let commit = db.run(&["run", "--job", spec.path(), "--all", "--commit"]);
+        assert_eq!(
+            commit.status.code(),
+            Some(0),
+            "{backend:?}: {}",
+            stderr(&commit)
+        );
+        assert_eq!(
+            num(&summary(&commit), "changed"),
+            before.len() as i64,
+            "{backend:?}"
+        );
+        for (id, text) in pages(&db).await {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            let blocks = v.as_array().unwrap();
+            assert_eq!(blocks.len(), 1, "{backend:?}: page {id}: {v}");
+            assert_eq!(blocks[0]["type"], "signatory_list");
+            let new_id = uuid::Uuid::parse_str(blocks[0]["id"].as_str().unwrap()).unwrap();
+            assert_eq!(new_id.get_version_num(), 4, "{backend:?}: page {id}");
+            let was: Value = serde_json::from_str(&before[&id]).unwrap();
+            let items = blocks[0]["value"].as_array().unwrap();
+            assert_eq!(items.len(), was.as_array().unwrap().len());
+            for (item, old) in items.iter().zip(was.as_array().unwrap()) {
+                assert_eq!(item["type"], "item");
+                assert_eq!(item["value"], old["value"]);
+                assert_eq!(item["id"], old["id"], "{backend:?}: the child keeps its id");
+            }
+        }
+        let run_id = summary(&commit)["run"].clone();
+        let revert = db.run(&["revert", &run_id, "--commit"]);
+        assert_eq!(
+            revert.status.code(),
+            Some(0),
+            "{backend:?}: {}",
+            stderr(&revert)
+        );
+        assert_eq!(pages(&db).await, before, "{backend:?}: byte for byte");
+    }
+}

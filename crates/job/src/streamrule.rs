@@ -18,6 +18,9 @@
 //! rule's field. A value of the wrong shape met while running (a string that
 //! is not JSON, a block path meeting a string) is an error of that row only.
 //!
+//! Blocks an operation creates get UUID4 ids derived from the stream as read
+//! (see [`block_ids`]), so that evaluating a row twice gives the same result.
+//!
 //! A missing value (the pointer names nothing) or a JSON null is nothing to
 //! migrate: the row is unchanged by the rule, as Wagtail's own migration
 //! leaves a revision that lacks the field.
@@ -28,7 +31,7 @@ use crate::equality::same_value;
 use crate::pyjson;
 use crate::rules::{remove, set, Op};
 use crate::spec::SpecError;
-use crate::streamfield::{apply_changes_to_raw_data, new_block_id, BlockPath, StreamOperation};
+use crate::streamfield::{apply_changes_to_raw_data, BlockPath, StreamOperation};
 
 /// The rule fields that carry a stream operation's arguments.
 pub const ARGUMENT_FIELDS: [&str; 9] = [
@@ -144,9 +147,40 @@ pub fn apply_stream(
     if raw.is_null() {
         return Ok(());
     }
-    apply_changes_to_raw_data(raw, block_path, operation, &mut new_block_id)
+    let mut ids = block_ids(raw, operation);
+    apply_changes_to_raw_data(raw, block_path, operation, &mut ids)
         .map(|_| ())
         .map_err(|e| format!("`{path}`: {e}"))
+}
+
+/// The ids of the blocks an operation creates in a stream: UUID4s (random
+/// bits, version 4) whose bits are drawn from a hash of the stream as read,
+/// the operation, and the block's place among those created. The same
+/// stream gets the same ids on every evaluation: a dry run shows the ids the
+/// commit writes, a revert that replays the run on a whole before-image
+/// finds what the run wrote, and a page and its revisions holding the same
+/// stream get the same new blocks. Blocks of one stream never share an id.
+fn block_ids<'a>(raw: &Value, operation: &StreamOperation) -> impl FnMut() -> String + 'a {
+    use sha2::{Digest, Sha256};
+    let seed: [u8; 32] = Sha256::new()
+        .chain_update(operation.name().as_bytes())
+        .chain_update([0])
+        .chain_update(raw.to_string().as_bytes())
+        .finalize()
+        .into();
+    let mut n: u64 = 0;
+    move || {
+        n += 1;
+        let digest = Sha256::new()
+            .chain_update(seed)
+            .chain_update(n.to_le_bytes())
+            .finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .to_string()
+    }
 }
 
 /// Applies `inner` to the JSON the string at `path` of `doc` holds; `value`
@@ -206,7 +240,7 @@ fn kind(v: &Value) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use crate::rules::{evaluate_row, RowInput, RowOutcome};
+    use crate::rules::{evaluate_revert, evaluate_row, BeforeImage, RowInput, RowOutcome};
     use crate::spec::JobSpec;
     use serde_json::{json, Map, Value};
     use std::collections::{BTreeMap, BTreeSet};
@@ -428,7 +462,7 @@ inner_path = "/x""#,
     }
 
     #[test]
-    fn created_blocks_get_fresh_uuid4_ids() {
+    fn created_blocks_get_uuid4_ids_the_same_on_every_evaluation_and_a_revert_replays_them() {
         let s = spec(
             r#"op = "streamfield"
 path = ""
@@ -440,5 +474,33 @@ list_block_name = "signatories""#,
         let after = changed(eval(&s, STREAM, true));
         let id = after[1]["id"].as_str().unwrap();
         assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 4);
+        assert_eq!(changed(eval(&s, STREAM, false)), after);
+        let other = STREAM.replace("Ana", "Bo");
+        assert_ne!(changed(eval(&s, &other, true))[1]["id"], after[1]["id"]);
+
+        // A revert from the whole before-image finds what the run wrote.
+        let now: BTreeMap<String, Option<String>> =
+            [("doc".to_string(), Some(after.to_string()))].into();
+        let image: BTreeMap<String, BeforeImage> = [(
+            "doc".to_string(),
+            BeforeImage::Value(Some(STREAM.to_string())),
+        )]
+        .into();
+        let revert = evaluate_revert(
+            &s.targets[0],
+            &RowInput {
+                key: "k",
+                columns: &now,
+                params: &Map::new(),
+                normalised: &BTreeSet::new(),
+            },
+            Some(&image),
+            None,
+            None,
+        );
+        match revert.outcome {
+            RowOutcome::Changed(m) => assert_eq!(m["doc"].as_deref(), Some(STREAM)),
+            o => panic!("{o:?}"),
+        }
     }
 }
