@@ -19,7 +19,8 @@
 //! is not JSON, a block path meeting a string) is an error of that row only.
 //!
 //! Blocks an operation creates get UUID4 ids derived from the stream as read
-//! (see [`block_ids`]), so that evaluating a row twice gives the same result.
+//! (drawn from a hash of the stream, the operation and the block's place
+//! among those created), so that evaluating a row twice gives the same result.
 //!
 //! A missing value (the pointer names nothing) or a JSON null is nothing to
 //! migrate: the row is unchanged by the rule, as Wagtail's own migration
