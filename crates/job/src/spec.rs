@@ -1015,20 +1015,14 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
                 }
             }
             if r.op != "streamfield" {
-                let given = [
-                    ("operation", r.operation.is_some()),
-                    ("block_path", r.block_path.is_some()),
-                ]
-                .into_iter()
-                .map(|(n, g)| (n.to_string(), g))
-                .chain(stream_args.keys().map(|k| (k.clone(), true)));
-                for (name, g) in given {
-                    if g {
-                        return Err(SpecError::new(
-                            format!("{field}.{name}"),
-                            format!("`{name}` is for op `streamfield`, not `{}`", r.op),
-                        ));
-                    }
+                let stray = (r.operation.as_ref().map(|_| "operation"))
+                    .or(r.block_path.as_ref().map(|_| "block_path"))
+                    .or(stream_args.keys().next().map(String::as_str));
+                if let Some(name) = stray {
+                    return Err(SpecError::new(
+                        format!("{field}.{name}"),
+                        format!("`{name}` is for op `streamfield`, not `{}`", r.op),
+                    ));
                 }
             }
             let op = match r.op.as_str() {
