@@ -250,6 +250,24 @@ async fn a_revision_whose_streamfield_is_not_json_is_a_row_error_and_the_rest_co
         set_signatories(&db, &bad, "[{\"type\": \"signatory\", \"value\": ").await;
         let bad_before = revisions(&db).await[&bad].clone();
 
+        // A typo in the operation or the block path stops the job at load,
+        // naming the rule's field.
+        for (param, field) in [
+            (
+                "operation=rename_struct_child",
+                "targets[0].rules[0].operation",
+            ),
+            ("block_path=signatory..", "targets[0].rules[0].block_path"),
+        ] {
+            let out = run(&db, &["--param", param]);
+            assert_eq!(out.status.code(), Some(2), "{backend:?} {param}");
+            assert!(
+                stderr(&out).contains(field),
+                "{backend:?} {param}: {}",
+                stderr(&out)
+            );
+        }
+
         let out = run(&db, &["--commit"]);
         let s = summary(&out);
         assert_eq!(num(&s, "errors"), 1, "{backend:?}");
