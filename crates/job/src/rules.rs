@@ -645,9 +645,7 @@ fn apply_at(
             path,
             operation,
             block_path,
-        } => {
-            streamrule::apply_stream(column_mut(docs, rule)?, &at(path), operation, block_path)
-        }
+        } => streamrule::apply_stream(column_mut(docs, rule)?, &at(path), operation, block_path),
         Op::InString { path, inner } => {
             let value = match &**inner {
                 Op::Set { value, .. } => Some(resolve(value, docs, params)?),

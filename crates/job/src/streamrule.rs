@@ -272,7 +272,9 @@ pub fn apply_in_string(
         }
         Op::Jq { path: p, filter } => {
             if let Some(old) = new.pointer(p) {
-                let v = filter.run(old).map_err(|e| inside(format!("jq at `{p}`: {e}")))?;
+                let v = filter
+                    .run(old)
+                    .map_err(|e| inside(format!("jq at `{p}`: {e}")))?;
                 set(&mut new, p, v).map_err(inside)?
             }
         }
@@ -388,7 +390,10 @@ new_name = "affiliation""#;
         )
         .unwrap();
         let after = changed(eval(&copy, &doc, true));
-        assert_eq!(after["settings"], r#"{"colour": "red", "size": 2, "was": "red"}"#);
+        assert_eq!(
+            after["settings"],
+            r#"{"colour": "red", "size": 2, "was": "red"}"#
+        );
         let jq = spec(
             "op = \"jq\"\npath = \"/settings\"\njson_string = true\ninner_path = \"/size\"\nfilter = \". * 10\"",
         )
