@@ -22,7 +22,7 @@ use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOp
 use serde_json::Value;
 
 use crate::equality::same_value;
-use crate::rules::{Op, Rule};
+use crate::rule::{Op, Rule};
 
 /// One rule's touch point in one column and what stood there before it.
 #[derive(Debug, Clone, PartialEq)]

@@ -32,6 +32,7 @@
 //! The database and the broker live in other crates; this one is unit-tested
 //! without either.
 
+pub mod edit;
 pub mod equality;
 pub mod estimate;
 pub mod formats;
@@ -44,6 +45,7 @@ pub mod plan;
 pub mod pyjson;
 pub mod redact;
 pub mod report;
+pub mod rule;
 pub mod rules;
 pub mod run;
 pub mod schedule;

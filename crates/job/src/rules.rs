@@ -22,102 +22,19 @@
 //! to each; its `when` conditions, checked at each place against the
 //! document before the rule runs, leave out the places where they fail.
 
-use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::equality::same_value;
-use crate::guards::Condition;
 use crate::journal::{touch_point, Journal};
-use crate::jq::JqFilter;
-use crate::select::Selector;
 use crate::spec::TargetSpec;
 use crate::splice::{nesting_depth, splice_parsed, value_depth, MAX_DEPTH};
-use crate::streamfield::{BlockPath, StreamOperation};
 use crate::streamrule;
 
-/// Where a `set` takes its value from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ValueSource {
-    /// A literal written in the spec.
-    Literal(Value),
-    /// A parameter of the row: a column of its group or of its target row.
-    Param(String),
-    /// A value inside one of the row's documents (this column or another).
-    Pointer { column: String, path: String },
-}
-
-/// What a `rename` does where the new key is already there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnBoth {
-    /// The row is an error naming both keys (the default: which value is
-    /// meant cannot be told).
-    Error,
-    /// The new key keeps its value; the old key is dropped.
-    KeepNew,
-    /// The old key's value wins: it replaces the new key's value (where
-    /// the new key stands), and the old key is dropped.
-    Overwrite,
-}
-
-/// One operation on one column. Paths are JSON Pointers, relative to the
-/// place the rule applies at (the document root without a selector).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Op {
-    Set {
-        path: String,
-        value: ValueSource,
-    },
-    Remove {
-        path: String,
-    },
-    /// Moves the object member at `path` to the key `to` of the same
-    /// object (a key name, not a pointer), keeping its position.
-    Rename {
-        path: String,
-        to: String,
-        on_both: OnBoth,
-    },
-    /// Writes a copy of the value at `from` to `path`; nothing when the
-    /// source is absent. `column`: the column `from` is read in, from its
-    /// root; `None` is the rule's own column, relative to the place.
-    Copy {
-        path: String,
-        column: Option<String>,
-        from: String,
-    },
-    /// Replaces the value at `path` with the filter's one output; nothing
-    /// when there is no value there.
-    Jq {
-        path: String,
-        filter: JqFilter,
-    },
-    /// A Wagtail StreamField migration operation on the stream at `path`
-    /// (see [`crate::streamrule`]).
-    Stream {
-        path: String,
-        operation: Box<StreamOperation>,
-        block_path: BlockPath,
-    },
-    /// `inner` applied inside the JSON the string at `path` holds, written
-    /// back in the string's own style (see [`crate::streamrule`]).
-    InString {
-        path: String,
-        inner: Box<Op>,
-    },
-}
-
-/// A rule of a target: an operation on one of its written columns, at the
-/// document root or at each place `select` picks, where `when` holds.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rule {
-    pub column: String,
-    pub op: Op,
-    /// The places the rule applies at; `None`: the document root.
-    pub select: Option<Selector>,
-    /// Conditions that must all hold at a place for the rule to apply there.
-    pub when: Vec<Condition>,
-}
+// The rule model and the document edits, where they were before they had
+// modules of their own.
+pub use crate::edit::{remove, rename, set, unescape_token};
+pub use crate::rule::{OnBoth, Op, Rule, ValueSource};
 
 /// One row as the mapper read it.
 #[derive(Debug, Clone)]
@@ -664,66 +581,6 @@ fn column_mut<'d>(
         .ok_or_else(|| format!("column `{}` was not read", rule.column))
 }
 
-/// A JSON Pointer token as the key it names (RFC 6901 unescaping).
-pub fn unescape_token(token: &str) -> String {
-    token.replace("~1", "/").replace("~0", "~")
-}
-
-/// Renames the object member at `path` to `to`, keeping its position in
-/// the object (the workspace builds serde_json with `preserve_order`).
-/// Nothing happens when there is no member at `path`; a value at `path`
-/// that is an array element cannot be renamed.
-pub fn rename(doc: &mut Value, path: &str, to: &str, on_both: OnBoth) -> Result<(), String> {
-    let Some(cut) = path.rfind('/') else {
-        return Err("cannot rename the whole document".into());
-    };
-    let (parent, old) = (&path[..cut], unescape_token(&path[cut + 1..]));
-    let obj = match doc.pointer_mut(parent) {
-        Some(Value::Object(m)) => m,
-        Some(Value::Array(a)) if path[cut + 1..].parse::<usize>().is_ok_and(|i| i < a.len()) => {
-            return Err(format!(
-                "`{path}` is an array element; rename moves object members"
-            ))
-        }
-        _ => return Ok(()),
-    };
-    if !obj.contains_key(&old) || old == to {
-        return Ok(());
-    }
-    let shown = if parent.is_empty() { "" } else { parent };
-    if obj.contains_key(to) {
-        match on_both {
-            OnBoth::Error => {
-                return Err(format!(
-                    "both `{shown}/{old}` and `{shown}/{to}` are present; rename does not choose between them (see `on_both`)"
-                ))
-            }
-            OnBoth::KeepNew => {
-                obj.shift_remove(&old);
-                return Ok(());
-            }
-            OnBoth::Overwrite => {
-                // In the new key's place (so a text column's splice and a
-                // compact rewrite agree on the order).
-                if let Some(v) = obj.shift_remove(&old) {
-                    obj.insert(to.to_string(), v);
-                }
-                return Ok(());
-            }
-        }
-    }
-    // Rebuilt in order, the renamed member where the old one stood.
-    let members = std::mem::take(obj);
-    for (k, v) in members {
-        if k == old {
-            obj.insert(to.to_string(), v);
-        } else {
-            obj.insert(k, v);
-        }
-    }
-    Ok(())
-}
-
 /// The value a `set` writes.
 fn resolve(
     value: &ValueSource,
@@ -742,72 +599,6 @@ fn resolve(
             .cloned()
             .ok_or_else(|| format!("source `{column}{from}` is absent"))?,
     })
-}
-
-fn pointer_buf(p: &str) -> Result<json_patch::jsonptr::PointerBuf, String> {
-    json_patch::jsonptr::PointerBuf::parse(p).map_err(|e| format!("bad pointer `{p}`: {e}"))
-}
-
-/// Sets `value` at `path`, creating missing parent objects (a null document
-/// becomes an object). Fails when a parent exists but is not a container.
-pub fn set(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {
-    if path.is_empty() {
-        *doc = value;
-        return Ok(());
-    }
-    if doc.is_null() {
-        *doc = Value::Object(Map::new());
-    }
-    let mut ops = Vec::new();
-    // Walk the parents; each missing one is added as an empty object.
-    let tokens: Vec<&str> = path[1..].split('/').collect();
-    let mut prefix = String::new();
-    let mut missing = false;
-    for tok in &tokens[..tokens.len() - 1] {
-        prefix.push('/');
-        prefix.push_str(tok);
-        if missing || doc.pointer(&prefix).is_none() {
-            missing = true;
-            ops.push(PatchOperation::Add(AddOperation {
-                path: pointer_buf(&prefix)?,
-                value: Value::Object(Map::new()),
-            }));
-        } else if let Some(Value::Null) = doc.pointer(&prefix) {
-            ops.push(PatchOperation::Replace(ReplaceOperation {
-                path: pointer_buf(&prefix)?,
-                value: Value::Object(Map::new()),
-            }));
-        }
-    }
-    let exists = !missing && doc.pointer(path).is_some();
-    if exists {
-        // Already holding the value (in any notation of its numbers): the
-        // document keeps its own text.
-        if doc.pointer(path).is_some_and(|v| same_value(v, &value)) {
-            return Ok(());
-        }
-        ops.push(PatchOperation::Replace(ReplaceOperation {
-            path: pointer_buf(path)?,
-            value,
-        }));
-    } else {
-        ops.push(PatchOperation::Add(AddOperation {
-            path: pointer_buf(path)?,
-            value,
-        }));
-    }
-    json_patch::patch(doc, &Patch(ops)).map_err(|e| format!("cannot set `{path}`: {e}"))
-}
-
-/// Removes `path` when it exists; a missing path is already removed.
-pub fn remove(doc: &mut Value, path: &str) -> Result<(), String> {
-    if doc.pointer(path).is_none() {
-        return Ok(());
-    }
-    let ops = vec![PatchOperation::Remove(RemoveOperation {
-        path: pointer_buf(path)?,
-    })];
-    json_patch::patch(doc, &Patch(ops)).map_err(|e| format!("cannot remove `{path}`: {e}"))
 }
 
 #[cfg(test)]

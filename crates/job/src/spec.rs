@@ -15,9 +15,10 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 
+use crate::edit::unescape_token;
 use crate::guards::{Check, Condition};
 use crate::jq::JqFilter;
-use crate::rules::{unescape_token, OnBoth, Op, Rule, ValueSource};
+use crate::rule::{OnBoth, Op, Rule, ValueSource};
 use crate::select::Selector;
 
 /// Default number of rows a shard holds when the spec does not say.

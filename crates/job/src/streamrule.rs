@@ -28,10 +28,11 @@
 
 use serde_json::{Map, Value};
 
+use crate::edit::{remove, set};
 use crate::equality::same_value;
 use crate::pyjson;
-use crate::rules::{remove, set, Op};
-use crate::spec::SpecError;
+use crate::rule::Op;
+use crate::spec_error::SpecError;
 use crate::streamfield::{apply_changes_to_raw_data, BlockPath, StreamOperation};
 
 /// The rule fields that carry a stream operation's arguments.
@@ -264,7 +265,7 @@ pub fn apply_in_string(
             path: p,
             to,
             on_both,
-        } => crate::rules::rename(&mut new, p, to, *on_both).map_err(inside)?,
+        } => crate::edit::rename(&mut new, p, to, *on_both).map_err(inside)?,
         Op::Copy { path: p, from, .. } => {
             if let Some(v) = new.pointer(from).cloned() {
                 set(&mut new, p, v).map_err(inside)?
