@@ -1395,7 +1395,8 @@ mod language_tests {
                 assert!(same_value(&parsed(&new), &parsed(other)), "{new} / {other}");
                 for ev in [&text, &jsonb] {
                     let mut back = parsed(&new);
-                    let patch: Patch = serde_json::from_str(&ev.undo["doc"]).expect("a patch");
+                    let patch: json_patch::Patch =
+                        serde_json::from_str(&ev.undo["doc"]).expect("a patch");
                     json_patch::patch(&mut back, &patch).expect("the patch applies");
                     assert!(same_value(&back, &parsed(doc)), "undo gives {back}");
                 }
