@@ -1,5 +1,6 @@
-//! `backfill demo`: the certificate-titles job end to end on a generated
-//! Wagtail-shaped database — dry run, commit, and a second commit that
+//! `backfill demo`: the certificate-titles job (or, with `--job
+//! wagtail-streamfield`, the shipped StreamField migration) end to end on
+//! a generated Wagtail-shaped database — dry run, commit, and a second commit that
 //! changes nothing. Embedded by default (a SQLite file, the in-process
 //! queue: no services); `--distributed` runs it on PostgreSQL and RabbitMQ.
 
@@ -19,6 +20,62 @@ use crate::exit::Exit;
 /// works from any directory.
 pub const CERTIFICATE_JOB: &str = include_str!("../jobs/program-certificate-titles.toml");
 
+/// The shipped StreamField migration, built in for `demo --job wagtail-streamfield`.
+pub const STREAMFIELD_JOB: &str = include_str!("../jobs/wagtail-streamfield.toml");
+
+/// The shipped job the demo shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoJob {
+    CertificateTitles,
+    /// `jobs/wagtail-streamfield.toml`: `title_2` → `affiliation` in every
+    /// signatory block, on the pages and inside their revisions.
+    StreamField,
+}
+
+impl DemoJob {
+    pub fn parse(name: &str) -> Result<DemoJob, String> {
+        match name {
+            "program-certificate-titles" => Ok(DemoJob::CertificateTitles),
+            "wagtail-streamfield" => Ok(DemoJob::StreamField),
+            other => Err(format!(
+                "--job `{other}`: the demo shows program-certificate-titles or wagtail-streamfield"
+            )),
+        }
+    }
+
+    fn spec(self) -> anyhow::Result<JobSpec> {
+        let params = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        match self {
+            DemoJob::CertificateTitles => JobSpec::parse(CERTIFICATE_JOB),
+            DemoJob::StreamField => JobSpec::parse_with_params(
+                STREAMFIELD_JOB,
+                &params(&[("old_name", "title_2"), ("new_name", "affiliation")]),
+            ),
+        }
+        .map_err(|e| anyhow::anyhow!("built-in job spec: {e}"))
+    }
+
+    /// A query that shows what the job changed.
+    fn look(self, sqlite: bool) -> &'static str {
+        match (self, sqlite) {
+            (DemoJob::CertificateTitles, false) => {
+                "SELECT id, content->>'product_name' FROM wagtailcore_revision ORDER BY id LIMIT 5"
+            }
+            (DemoJob::CertificateTitles, true) => {
+                "SELECT id, json_extract(content, '$.product_name') FROM wagtailcore_revision ORDER BY id LIMIT 5"
+            }
+            (DemoJob::StreamField, _) => {
+                "SELECT page_ptr_id, signatories FROM cms_certificatepage ORDER BY page_ptr_id LIMIT 3"
+            }
+        }
+    }
+}
+
 /// What the demo generates and how it runs.
 pub struct DemoArgs {
     pub db: Option<PathBuf>,
@@ -27,6 +84,7 @@ pub struct DemoArgs {
     pub revisions: u64,
     pub programs: u32,
     pub mappers: u16,
+    pub job: DemoJob,
 }
 
 pub fn default_db_path() -> PathBuf {
@@ -46,9 +104,7 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<Exit> {
     let (demo_settings, where_text, look) = if args.distributed {
         let url = create_pg_demo(settings, &args.demo_db, &params).await?;
         let shown = backfill_store::redact_url(&url);
-        let look = format!(
-            "psql '{shown}' -c \"SELECT id, content->>'product_name' FROM wagtailcore_revision ORDER BY id LIMIT 5\""
-        );
+        let look = format!("psql '{shown}' -c \"{}\"", args.job.look(false));
         (
             Settings {
                 database_url: SecretUrl::new(url),
@@ -64,10 +120,7 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<Exit> {
     } else {
         let path = args.db.clone().unwrap_or_else(default_db_path);
         let url = create_sqlite_demo(&path, &params).await?;
-        let look = format!(
-            "sqlite3 {} \"SELECT id, json_extract(content, '$.product_name') FROM wagtailcore_revision ORDER BY id LIMIT 5\"",
-            path.display()
-        );
+        let look = format!("sqlite3 {} \"{}\"", path.display(), args.job.look(true));
         (
             Settings {
                 database_url: SecretUrl::new(url),
@@ -82,8 +135,7 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<Exit> {
         )
     };
 
-    let spec =
-        JobSpec::parse(CERTIFICATE_JOB).map_err(|e| anyhow::anyhow!("built-in job spec: {e}"))?;
+    let spec = args.job.spec()?;
     let mut last = Exit::Clean;
     for (title, mode) in [
         (

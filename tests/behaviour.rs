@@ -524,6 +524,51 @@ fn the_demo_needs_no_services() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `demo --job wagtail-streamfield`: the shipped StreamField migration on
+/// the same embedded database, pages and revisions, with `changed=0` the
+/// second time; every signatory block's `title_2` is now `affiliation`.
+#[test]
+fn the_demo_shows_the_streamfield_migration() {
+    let dir = std::env::temp_dir().join(format!("bf-demo-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("demo.sqlite3");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
+        .args([
+            "demo",
+            "--db",
+            db.to_str().unwrap(),
+            "--revisions",
+            "300",
+            "--programs",
+            "12",
+            "--job",
+            "wagtail-streamfield",
+        ])
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .env("AMQP_URL", "amqp://nobody:x@127.0.0.1:1/%2f")
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    eprintln!("{text}\n{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0));
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("Summary: "))
+        .collect();
+    assert_eq!(lines.len(), 3, "dry run, commit, commit again");
+    assert!(!lines[1].contains(" changed=0 "), "{}", lines[1]);
+    assert!(lines[2].contains(" changed=0 "), "{}", lines[2]);
+    assert!(text.contains("Parameters: table=cms_certificatepage field=signatories"));
+    assert!(text.contains("SELECT page_ptr_id, signatories FROM cms_certificatepage"));
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
+        .args(["demo", "--db", db.to_str().unwrap(), "--job", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("--job `nope`"), "{}", stderr(&bad));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn on_conflict_retry_applies_the_rules_to_the_applications_edit_on_both_back_ends() {
     for b in BOTH {

@@ -89,9 +89,9 @@ enum Command {
     /// Print a run's report from the ledger: text, or md (for admins), csv (one row per group)
     /// or json (the documented document).
     Report(commands::report::Args),
-    /// Create a demo database with realistic data and run the certificate-titles job on it:
-    /// dry run, commit, and a second commit that changes nothing. Embedded (SQLite, no services)
-    /// unless --distributed.
+    /// Create a demo database with realistic data and run the certificate-titles job on it
+    /// (or the StreamField migration, with --job wagtail-streamfield): dry run, commit, and a
+    /// second commit that changes nothing. Embedded (SQLite, no services) unless --distributed.
     Demo(commands::demo::Args),
     /// Create a shipped job's demo tables in DATABASE_URL (PostgreSQL or SQLite) and fill them with generated data.
     Seed(commands::seed::Args),

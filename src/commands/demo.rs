@@ -26,6 +26,11 @@ pub struct Args {
     /// Mapper tasks.
     #[arg(long, default_value_t = 2)]
     pub mappers: u16,
+    /// The shipped job to show: `program-certificate-titles`, or `wagtail-streamfield`
+    /// (renames the `title_2` child of every signatory block to `affiliation`, on the
+    /// certificate pages and inside their revisions).
+    #[arg(long, value_name = "JOB", default_value = "program-certificate-titles")]
+    pub job: String,
 }
 
 pub async fn run(a: Args, settings: &Settings) -> anyhow::Result<Exit> {
@@ -41,6 +46,7 @@ pub async fn run(a: Args, settings: &Settings) -> anyhow::Result<Exit> {
             revisions: a.revisions,
             programs: a.programs,
             mappers: a.mappers,
+            job: crate::demo::DemoJob::parse(&a.job).map_err(usage)?,
         },
     )
     .await
