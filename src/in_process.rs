@@ -94,6 +94,16 @@ pub async fn run_in_process(
         Ok::<_, anyhow::Error>(Some(rec?))
     }
     .await;
+    stop_workers(&workers, &tracker).await;
+    broker.close().await;
+    let Some(rec) = outcome? else { return Ok(None) };
+    report_speed(&rec, started);
+    Ok(Some(rec))
+}
+
+/// Stops this process's mapper and reducer tasks, waiting for them at
+/// most a minute.
+async fn stop_workers(workers: &CancellationToken, tracker: &tokio_util::task::TaskTracker) {
     workers.cancel();
     if tokio::time::timeout(Duration::from_secs(60), tracker.wait())
         .await
@@ -101,10 +111,6 @@ pub async fn run_in_process(
     {
         warn!("workers did not stop within 60 s");
     }
-    broker.close().await;
-    let Some(rec) = outcome? else { return Ok(None) };
-    report_speed(&rec, started);
-    Ok(Some(rec))
 }
 
 pub fn report_speed(rec: &RunRecord, started: Instant) {
@@ -164,13 +170,7 @@ pub async fn run_local(
         Ok::<_, anyhow::Error>(Some(rec?))
     }
     .await;
-    workers.cancel();
-    if tokio::time::timeout(Duration::from_secs(60), tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!("workers did not stop within 60 s");
-    }
+    stop_workers(&workers, &tracker).await;
     let Some(rec) = outcome? else { return Ok(None) };
     report_speed(&rec, started);
     Ok(Some(rec))
@@ -235,19 +235,11 @@ pub async fn begin_inner(
                 );
                 return Ok(None);
             };
-            let new_id = backfill_coordinator::new_run_id(&original.spec.name);
-            let plan = store
-                .create_derived_run(&new_id, &original, *shard_size, Derived::Retry)
-                .await?;
-            // The spec's throttle holds for a run made from another run
-            // too: a revert or retry at night is as gentle as the run.
-            store
-                .init_control(&new_id, &original.spec.throttle, None)
-                .await?;
+            let (new_id, rows, shards) =
+                derive(store, &original, *shard_size, Derived::Retry).await?;
             eprintln!(
                 "run {new_id} retries {} quarantined rows of run {run_id} in {} shards",
-                plan.targets.iter().map(|t| t.rows).sum::<u64>(),
-                plan.shards_total
+                rows, shards
             );
             Ok(Some((new_id, Some(lock))))
         }
@@ -302,23 +294,35 @@ pub async fn begin_inner(
                     other.run_id, original.spec.name
                 )));
             }
-            let new_id = backfill_coordinator::new_run_id(&original.spec.name);
-            let plan = store
-                .create_derived_run(&new_id, &original, *shard_size, Derived::Revert(*mode))
-                .await?;
-            // The spec's throttle holds for a run made from another run
-            // too: a revert or retry at night is as gentle as the run.
-            store
-                .init_control(&new_id, &original.spec.throttle, None)
-                .await?;
+            let (new_id, rows, shards) =
+                derive(store, &original, *shard_size, Derived::Revert(*mode)).await?;
             eprintln!(
                 "run {new_id} ({mode}) restores {} rows written by run {run_id}, in {} shards",
-                plan.targets.iter().map(|t| t.rows).sum::<u64>(),
-                plan.shards_total
+                rows, shards
             );
             Ok(Some((new_id, Some(lock))))
         }
     }
+}
+
+/// Plans a run made from `original` (a retry or a revert), with the
+/// spec's throttle: a revert or retry at night is as gentle as the run.
+/// Returns its id, rows and shards.
+async fn derive(
+    store: &Store,
+    original: &RunRecord,
+    shard_size: u32,
+    derived: Derived,
+) -> anyhow::Result<(String, u64, u32)> {
+    let new_id = backfill_coordinator::new_run_id(&original.spec.name);
+    let plan = store
+        .create_derived_run(&new_id, original, shard_size, derived)
+        .await?;
+    store
+        .init_control(&new_id, &original.spec.throttle, None)
+        .await?;
+    let rows = plan.targets.iter().map(|t| t.rows).sum::<u64>();
+    Ok((new_id, rows, plan.shards_total))
 }
 
 /// The flags of a run made from another run (`retry`, `revert`).

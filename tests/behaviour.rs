@@ -478,22 +478,16 @@ async fn sqlite_refuses_distributed_roles() {
     }
 }
 
-#[test]
-fn the_demo_needs_no_services() {
+/// `backfill demo ARGS` on an embedded database in a fresh directory, with
+/// both service URLs at closed ports; its output, its three `Summary:`
+/// lines (dry run, commit, commit again) checked, and the directory.
+fn embedded_demo(args: &[&str]) -> (std::process::Output, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("bf-demo-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("demo.sqlite3");
-    // Point both service URLs at closed ports: the embedded demo must not need them.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
-        .args([
-            "demo",
-            "--db",
-            db.to_str().unwrap(),
-            "--revisions",
-            "400",
-            "--programs",
-            "20",
-        ])
+        .args(["demo", "--db", db.to_str().unwrap()])
+        .args(args)
         .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
         .env("AMQP_URL", "amqp://nobody:x@127.0.0.1:1/%2f")
         .output()
@@ -516,7 +510,14 @@ fn the_demo_needs_no_services() {
         lines[2].contains(" changed=0 "),
         "the second commit changes nothing"
     );
-    assert!(text.contains(&format!(
+    (out, dir)
+}
+
+#[test]
+fn the_demo_needs_no_services() {
+    let (out, dir) = embedded_demo(&["--revisions", "400", "--programs", "20"]);
+    let db = dir.join("demo.sqlite3");
+    assert!(stdout(&out).contains(&format!(
         "The demo database is the SQLite file {}",
         db.display()
     )));
@@ -529,37 +530,18 @@ fn the_demo_needs_no_services() {
 /// second time; every signatory block's `title_2` is now `affiliation`.
 #[test]
 fn the_demo_shows_the_streamfield_migration() {
-    let dir = std::env::temp_dir().join(format!("bf-demo-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("demo.sqlite3");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
-        .args([
-            "demo",
-            "--db",
-            db.to_str().unwrap(),
-            "--revisions",
-            "300",
-            "--programs",
-            "12",
-            "--job",
-            "wagtail-streamfield",
-        ])
-        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
-        .env("AMQP_URL", "amqp://nobody:x@127.0.0.1:1/%2f")
-        .output()
-        .unwrap();
+    let (out, dir) = embedded_demo(&[
+        "--revisions",
+        "300",
+        "--programs",
+        "12",
+        "--job",
+        "wagtail-streamfield",
+    ]);
     let text = stdout(&out);
-    eprintln!("{text}\n{}", stderr(&out));
-    assert_eq!(out.status.code(), Some(0));
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with("Summary: "))
-        .collect();
-    assert_eq!(lines.len(), 3, "dry run, commit, commit again");
-    assert!(!lines[1].contains(" changed=0 "), "{}", lines[1]);
-    assert!(lines[2].contains(" changed=0 "), "{}", lines[2]);
     assert!(text.contains("Parameters: table=cms_certificatepage field=signatories"));
     assert!(text.contains("SELECT page_ptr_id, signatories FROM cms_certificatepage"));
+    let db = dir.join("demo.sqlite3");
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
         .args(["demo", "--db", db.to_str().unwrap(), "--job", "nope"])
         .output()

@@ -187,12 +187,7 @@ async fn run_draws_a_moving_bar_and_plain_lines_with_the_same_stdout() {
     let dir = scratch("run");
     let job = common::job("program-certificate-titles");
     let args = format!("run --job {job} --all --shard-size 20 --rows-per-sec 300");
-    let vars = format!(
-        "DATABASE_URL='{}' AMQP_URL='{}' BACKFILL_QUEUE_PREFIX='{}'",
-        env.db_url,
-        common::amqp_url(),
-        env.prefix
-    );
+    let vars = service_vars(&env);
     let out_tty = dir.join("stdout-tty.txt");
     let bars = in_tmux("backfill-progress-run", &dir, &vars, &args, &out_tty);
     assert!(
@@ -215,6 +210,36 @@ async fn run_draws_a_moving_bar_and_plain_lines_with_the_same_stdout() {
         "stdout differs with and without a terminal"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The environment of a command in a pane: this test's database, broker
+/// and queues.
+fn service_vars(env: &common::TestEnv) -> String {
+    format!(
+        "DATABASE_URL='{}' AMQP_URL='{}' BACKFILL_QUEUE_PREFIX='{}'",
+        env.db_url,
+        common::amqp_url(),
+        env.prefix
+    )
+}
+
+/// A command run in a pane (`bars` seen, its stdout in `out_tty`) and
+/// again with stderr in a file (`plain`): the bar moved, the file got plain
+/// lines, and stdout is the same both ways.
+fn assert_both_ways(name: &str, bars: &[String], out_tty: &Path, plain: &std::process::Output) {
+    assert!(
+        bars.len() >= 2,
+        "`{name}`: the bar should redraw with moving figures; saw {bars:?}; stdout:\n{}",
+        std::fs::read_to_string(out_tty).unwrap_or_default()
+    );
+    assert_plain_lines(&common::stderr(plain), "shards", "rows/s");
+    let tty = std::fs::read_to_string(out_tty).expect("stdout of the tmux run");
+    assert!(tty.contains("Summary:"), "`{name}`: {tty}");
+    assert_eq!(
+        normalise(&tty),
+        normalise(&common::stdout(plain)),
+        "`{name}`: stdout differs with and without a terminal"
+    );
 }
 
 /// The plain progress lines of a command whose stderr went to a file.
@@ -248,12 +273,7 @@ async fn coordinator_wait_verify_and_revert_draw_a_moving_bar_and_plain_lines() 
     );
     let mut fleet = common::fleet::Fleet::new(&env);
     fleet.start(1);
-    let vars = format!(
-        "DATABASE_URL='{}' AMQP_URL='{}' BACKFILL_QUEUE_PREFIX='{}'",
-        env.db_url,
-        common::amqp_url(),
-        env.prefix
-    );
+    let vars = service_vars(&env);
     let both_ways = |name: &str, args: &str| {
         let out_tty = dir.join(format!("stdout-{name}.txt"));
         let bars = in_tmux(
@@ -263,20 +283,8 @@ async fn coordinator_wait_verify_and_revert_draw_a_moving_bar_and_plain_lines() 
             args,
             &out_tty,
         );
-        assert!(
-            bars.len() >= 2,
-            "`{name}`: the bar should redraw with moving figures; saw {bars:?}; stdout:\n{}",
-            std::fs::read_to_string(&out_tty).unwrap_or_default()
-        );
         let plain = env.run(&args.split(' ').collect::<Vec<_>>());
-        assert_plain_lines(&common::stderr(&plain), "shards", "rows/s");
-        let tty = std::fs::read_to_string(&out_tty).expect("stdout of the tmux run");
-        assert!(tty.contains("Summary:"), "`{name}`: {tty}");
-        assert_eq!(
-            normalise(&tty),
-            normalise(&common::stdout(&plain)),
-            "`{name}`: stdout differs with and without a terminal"
-        );
+        assert_both_ways(name, &bars, &out_tty, &plain);
     };
     let spec = spec.path();
     both_ways(
@@ -433,12 +441,7 @@ async fn retry_draws_a_moving_bar_and_plain_lines_with_the_same_stdout() {
         s["run"].clone()
     };
     let (a, b) = (failed_dry_run(), failed_dry_run());
-    let vars = format!(
-        "DATABASE_URL='{}' AMQP_URL='{}' BACKFILL_QUEUE_PREFIX='{}'",
-        env.db_url,
-        common::amqp_url(),
-        env.prefix
-    );
+    let vars = service_vars(&env);
     let out_tty = dir.join("stdout-retry.txt");
     let bars = in_tmux(
         "backfill-progress-retry",
@@ -446,11 +449,6 @@ async fn retry_draws_a_moving_bar_and_plain_lines_with_the_same_stdout() {
         &vars,
         &format!("retry {a} --shard-size 20"),
         &out_tty,
-    );
-    assert!(
-        bars.len() >= 2,
-        "the bar should redraw with moving figures; saw {bars:?}; stdout:\n{}",
-        std::fs::read_to_string(&out_tty).unwrap_or_default()
     );
     let started = Instant::now();
     let plain = env.run(&["retry", &b, "--shard-size", "20"]);
@@ -462,15 +460,8 @@ async fn retry_draws_a_moving_bar_and_plain_lines_with_the_same_stdout() {
         started.elapsed(),
         common::stderr(&plain)
     );
-    assert_plain_lines(&common::stderr(&plain), "shards", "rows/s");
-    let tty = std::fs::read_to_string(&out_tty).expect("stdout of the tmux run");
-    assert!(tty.contains("Summary:"), "{tty}");
     // The two retries are of two runs: their run ids differ, the rest not.
-    assert_eq!(
-        normalise(&tty),
-        normalise(&common::stdout(&plain)),
-        "stdout differs with and without a terminal"
-    );
+    assert_both_ways("retry", &bars, &out_tty, &plain);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
