@@ -17,6 +17,10 @@
 //!   missing page) or a single row.
 //! - [`plan`]: the run's plan as the coordinator records it in the ledger.
 //! - [`message`]: shard tasks and shard results as they travel through the queue.
+//! - [`shard`]: one shard's rows as read and as evaluated, and the shard's
+//!   result counted from them.
+//! - [`fold`]: a shard's result folded into its run's tally, and the state
+//!   and summary line a finished run ends with.
 //! - [`tally`]: the counts a shard emits and their merge (associative and
 //!   commutative), the `Summary:` line and the per-group report.
 //! - [`run`]: modes, scopes and run states.
@@ -26,6 +30,7 @@
 //! without either.
 
 pub mod equality;
+pub mod fold;
 pub mod formats;
 pub mod guards;
 pub mod journal;
@@ -38,6 +43,7 @@ pub mod report;
 pub mod rules;
 pub mod run;
 pub mod schedule;
+pub mod shard;
 pub mod spec;
 pub mod splice;
 pub mod streamfield;
