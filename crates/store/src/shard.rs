@@ -16,11 +16,12 @@
 //! What a row becomes and what the shard counts are decided in
 //! `backfill_job::shard`; this file only reads and writes.
 
+use backfill_job::message::MESSAGE_VERSION;
 use backfill_job::shard::{failed_tally, shard_tally};
 /// A shard's rows as read and as evaluated, defined with the evaluation.
 pub use backfill_job::shard::{md5_hex, EvaluatedRow, FetchedRow, RELEASE_BYTES};
 use backfill_job::spec::quote_ident;
-use backfill_job::{KeyType, Mode, RowOutcome, Tally};
+use backfill_job::{KeyType, Mode, RowOutcome, ShardResult, ShardTask, Tally};
 use sqlx::Row;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -850,6 +851,47 @@ impl Store {
         .await
         .map_err(sql("record a failed shard attempt"))?;
         Ok(n.unwrap_or(0).max(0) as u32)
+    }
+
+    /// Records a shard given up (dead-lettered) in the ledger — state
+    /// `dead`, its rows quarantined as errors, see [`Store::fail_shard`] —
+    /// and returns its result for the reducer to fold.
+    pub async fn record_dead_shard(
+        &self,
+        task: &ShardTask,
+        worker: &str,
+        error: &str,
+    ) -> Result<ShardResult, StoreError> {
+        // What the shard covers is the ledger's to say, never the message's:
+        // a forged dead task must not fail a healthy shard of another target.
+        let planned = self
+            .shard_target(&task.run_id, task.shard_no)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Data(format!(
+                    "shard {} of run {} is not in the ledger",
+                    task.shard_no, task.run_id
+                ))
+            })?;
+        if planned != task.target {
+            return Err(StoreError::Data(format!(
+                "dead task for shard {} of run {} names target `{}`, but the ledger planned `{planned}`",
+                task.shard_no, task.run_id, task.target
+            )));
+        }
+        let committed = self
+            .fail_shard(&task.run_id, task.shard_no, &planned, error)
+            .await?;
+        Ok(ShardResult {
+            v: MESSAGE_VERSION,
+            ledger: self.ledger().id.clone(),
+            run_id: task.run_id.clone(),
+            shard_no: task.shard_no,
+            target: planned,
+            worker: worker.to_string(),
+            elapsed_ms: 0,
+            tally: committed.tally().clone(),
+        })
     }
 
     /// Gives up on a shard that failed on every attempt (dead-lettered):
