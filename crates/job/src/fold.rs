@@ -97,26 +97,39 @@ pub fn fold_result(run: RunLedger<'_>, shard: &Tally) -> Result<Fold, FoldError>
     let mode: Mode = run.mode.parse().map_err(FoldError::Mode)?;
     let scope: Scope = decode("scope", run.scope)?;
     let plan: Plan = decode("plan", run.plan)?;
-    let state = final_state(&tally);
+    Ok(Fold {
+        tally: tally_json,
+        reduced,
+        finished: Some(finished(run.run_id, &spec, mode, &scope, &plan, &tally)),
+    })
+}
+
+/// The final state and `Summary:` line of a run with nothing left to fold:
+/// `tally` is its plan's tally merged with every shard's result.
+pub fn finished(
+    run_id: &str,
+    spec: &JobSpec,
+    mode: Mode,
+    scope: &Scope,
+    plan: &Plan,
+    tally: &Tally,
+) -> (RunState, String) {
+    let state = final_state(tally);
     let summary = summary_line(&RunView {
-        run_id: run.run_id,
-        spec: &spec,
+        run_id,
+        spec,
         mode,
         scope: &scope.describe(),
-        plan: &plan,
-        tally: &tally,
+        plan,
+        tally,
         cancelled: None,
         state,
-        // The summary line does not show the kind.
+        // The summary line shows neither the kind nor the sample.
         kind: RunKind::default(),
         of: None,
         sample: None,
     });
-    Ok(Fold {
-        tally: tally_json,
-        reduced,
-        finished: Some((state, summary)),
-    })
+    (state, summary)
 }
 
 /// A run with row errors ends failed; otherwise done.

@@ -6,8 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::fold::final_state;
-use crate::report::{summary_line, RunView};
+use crate::fold::finished;
 use crate::run::{Mode, RunKind, Scope};
 use crate::spec::{JobSpec, KeyType};
 use crate::tally::Tally;
@@ -165,7 +164,7 @@ pub struct NewRun<'a> {
 
 /// The plan once every target is cut, and the summary when there is
 /// nothing to send (such a run is finished on the spot, in the state
-/// [`final_state`] gives its plan's own tally).
+/// [`crate::fold::final_state`] gives its plan's own tally).
 pub fn finish_plan(
     new: &NewRun<'_>,
     groups: Vec<PlannedGroup>,
@@ -179,21 +178,17 @@ pub fn finish_plan(
         shards_total,
         tally,
     };
+    // Nothing to send: the run finishes as it is planned.
     let summary = (shards_total == 0).then(|| {
-        summary_line(&RunView {
-            run_id: new.run_id,
-            spec: new.spec,
-            mode: new.mode,
-            scope: &new.scope.describe(),
-            plan: &plan,
-            tally: &plan.tally,
-            cancelled: None,
-            // Nothing to send: the run finishes as it is planned.
-            state: final_state(&plan.tally),
-            kind: new.kind,
-            of: None,
-            sample: new.sample,
-        })
+        finished(
+            new.run_id,
+            new.spec,
+            new.mode,
+            new.scope,
+            &plan,
+            &plan.tally,
+        )
+        .1
     });
     (plan, summary)
 }
@@ -814,6 +809,8 @@ param = "title"
 #[cfg(test)]
 mod finish_tests {
     use super::*;
+    use crate::fold::final_state;
+    use crate::report::{summary_line, RunView};
     use crate::tally::Recorded;
     use crate::RunState;
 
