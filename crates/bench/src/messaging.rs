@@ -20,8 +20,7 @@
 use anyhow::Context;
 use backfill_job::message::MESSAGE_VERSION;
 use backfill_job::{ShardResult, ShardTask, Tally};
-use backfill_queue::{BasicAckOptions, Broker, QueueNames};
-use futures::StreamExt;
+use backfill_queue::{Broker, QueueNames, Route, Source};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
@@ -166,8 +165,8 @@ pub async fn measure(
     let reducer = Broker::connect(url, names.clone()).await?;
     let task_pub = coord.publisher().await?;
     let result_pub = mapper.publisher().await?;
-    let (_tch, mut tasks) = mapper.consume(&names.tasks, 1, "bench-mapper").await?;
-    let (_rch, mut results) = reducer.consume(&names.results, 1, "bench-reducer").await?;
+    let mut tasks = mapper.consume(Route::Tasks, 1, "bench-mapper").await?;
+    let mut results = reducer.consume(Route::Results, 1, "bench-reducer").await?;
     let tally: Tally = sample_result
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or_default();
@@ -206,20 +205,14 @@ pub async fn measure(
             .context("receive a task")?;
         let t2 = Instant::now();
         result_pub.publish_result(&result).await?;
-        d.acker
-            .ack(BasicAckOptions::default())
-            .await
-            .context("ack a task")?;
+        d.ack().await.context("ack a task")?;
         let t3 = Instant::now();
         let r = tokio::time::timeout(Duration::from_secs(30), results.next())
             .await
             .context("no result delivered within 30 s")?
             .context("the result consumer was cancelled")?
             .context("receive a result")?;
-        r.acker
-            .ack(BasicAckOptions::default())
-            .await
-            .context("ack a result")?;
+        r.ack().await.context("ack a result")?;
         let t4 = Instant::now();
         if i >= warmup {
             let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;

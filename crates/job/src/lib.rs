@@ -24,6 +24,10 @@
 //! - [`jq`]: jq filters of `jq` rules, compiled once per run.
 //! - [`plan`]: the run's plan as the coordinator records it in the ledger.
 //! - [`message`]: shard tasks and shard results as they travel through the queue.
+//! - [`shard`]: one shard's rows as read and as evaluated, and the shard's
+//!   result counted from them.
+//! - [`fold`]: a shard's result folded into its run's tally, and the state
+//!   and summary line a finished run ends with.
 //! - [`tally`]: the counts a shard emits and their merge (associative and
 //!   commutative), the `Summary:` line and the per-group report.
 //! - [`run`]: modes, scopes and run states.
@@ -35,6 +39,7 @@
 pub mod edit;
 pub mod equality;
 pub mod estimate;
+pub mod fold;
 pub mod formats;
 pub mod guards;
 pub mod journal;
@@ -50,6 +55,7 @@ pub mod rules;
 pub mod run;
 pub mod schedule;
 pub mod select;
+pub mod shard;
 pub mod spec;
 pub mod spec_error;
 pub mod splice;

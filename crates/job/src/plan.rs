@@ -6,7 +6,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::run::Scope;
+use crate::fold::finished;
+use crate::run::{Mode, RunKind, Scope};
 use crate::spec::{JobSpec, KeyType};
 use crate::tally::Tally;
 
@@ -145,6 +146,51 @@ impl Plan {
     pub fn groups_skipped(&self) -> u64 {
         self.groups.len() as u64 - self.groups_processed()
     }
+}
+
+/// What a run is, before it is planned.
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    pub run_id: &'a str,
+    pub spec: &'a JobSpec,
+    pub mode: Mode,
+    pub scope: &'a Scope,
+    pub shard_size: u32,
+    /// A sampled dry run: the share of target rows to read (0–1].
+    pub sample: Option<f64>,
+    /// What the run is for (recorded; runs adopt only their own kind).
+    pub kind: RunKind,
+}
+
+/// The plan once every target is cut, and the summary when there is
+/// nothing to send (such a run is finished on the spot, in the state
+/// [`crate::fold::final_state`] gives its plan's own tally).
+pub fn finish_plan(
+    new: &NewRun<'_>,
+    groups: Vec<PlannedGroup>,
+    targets: Vec<PlannedTarget>,
+    shards_total: u32,
+    tally: Tally,
+) -> (Plan, Option<String>) {
+    let plan = Plan {
+        groups,
+        targets,
+        shards_total,
+        tally,
+    };
+    // Nothing to send: the run finishes as it is planned.
+    let summary = (shards_total == 0).then(|| {
+        finished(
+            new.run_id,
+            new.spec,
+            new.mode,
+            new.scope,
+            &plan,
+            &plan.tally,
+        )
+        .1
+    });
+    (plan, summary)
 }
 
 /// Rows and shards planned for one target.
@@ -757,5 +803,120 @@ param = "title"
         assert_eq!(tally.groups["P"].refs_skipped["no revision"], 2);
         assert_eq!(tally.counts.errors, 1, "row 4 is claimed by two groups");
         assert!(tally.errors.kept["revisions/4"].contains("P and Q"));
+    }
+}
+
+#[cfg(test)]
+mod finish_tests {
+    use super::*;
+    use crate::fold::final_state;
+    use crate::report::{summary_line, RunView};
+    use crate::tally::Recorded;
+    use crate::RunState;
+
+    const SPEC: &str = r#"
+name = "titles"
+[[targets]]
+name = "revisions"
+table = "wagtailcore_revision"
+key = "id"
+key_type = "integer"
+columns = ["content"]
+query = "SELECT 1"
+[[targets.rules]]
+op = "set"
+path = "/product_name"
+value = "x"
+"#;
+
+    fn new_run<'a>(spec: &'a JobSpec, scope: &'a Scope, kind: RunKind) -> NewRun<'a> {
+        NewRun {
+            run_id: "r1",
+            spec,
+            mode: Mode::DryRun,
+            scope,
+            shard_size: 100,
+            sample: None,
+            kind,
+        }
+    }
+
+    fn target(rows: u64, shards: u32) -> PlannedTarget {
+        PlannedTarget {
+            name: "revisions".into(),
+            rows,
+            shards,
+        }
+    }
+
+    #[test]
+    fn a_plan_with_shards_has_no_summary_yet() {
+        let spec = JobSpec::parse(SPEC).unwrap();
+        let new = new_run(&spec, &Scope::All, RunKind::Forward);
+        let mut tally = Tally::default();
+        tally.record_skipped_refs("G", "revoked", 2);
+        let (plan, summary) = finish_plan(&new, vec![], vec![target(10, 2)], 2, tally.clone());
+        assert_eq!(summary, None);
+        assert_eq!(plan.shards_total, 2);
+        assert_eq!(plan.targets, vec![target(10, 2)]);
+        assert_eq!(plan.tally, tally);
+    }
+
+    #[test]
+    fn a_plan_with_nothing_to_send_is_summed_up_at_once() {
+        let spec = JobSpec::parse(SPEC).unwrap();
+        let scope = Scope::Groups(vec!["P1".into(), "P2".into()]);
+        let new = new_run(&spec, &scope, RunKind::Forward);
+        let (plan, summary) = finish_plan(&new, vec![], vec![target(0, 0)], 0, Tally::default());
+        assert_eq!(plan.shards_total, 0);
+        let summary = summary.unwrap();
+        assert!(
+            summary.starts_with("Summary: mode=dry-run shards=0 processed=0 "),
+            "{summary}"
+        );
+        assert!(summary.contains("run=r1"), "{summary}");
+        assert_eq!(final_state(&plan.tally), RunState::Done);
+    }
+
+    #[test]
+    fn planned_errors_fail_a_run_with_nothing_to_send() {
+        let spec = JobSpec::parse(SPEC).unwrap();
+        let new = new_run(&spec, &Scope::All, RunKind::Retry);
+        let mut tally = Tally::default();
+        tally.record_planned_error("revisions", "G", "1", "referenced by two groups");
+        let (plan, summary) = finish_plan(&new, vec![], vec![], 0, tally);
+        assert_eq!(final_state(&plan.tally), RunState::Failed);
+        assert!(summary.unwrap().contains("errors=1"));
+    }
+
+    #[test]
+    fn a_summary_matches_the_plan_it_finishes() {
+        let spec = JobSpec::parse(SPEC).unwrap();
+        let new = new_run(&spec, &Scope::All, RunKind::Forward);
+        let mut tally = Tally::default();
+        tally.record_planned_skip("revisions", "G", 4, 4, "placeholder");
+        tally.record_row(
+            "revisions",
+            "G",
+            "1",
+            1,
+            Recorded::Skipped("placeholder"),
+            None,
+        );
+        let (plan, summary) = finish_plan(&new, vec![], vec![], 0, tally);
+        let expected = summary_line(&RunView {
+            run_id: "r1",
+            spec: &spec,
+            mode: Mode::DryRun,
+            scope: "all",
+            plan: &plan,
+            tally: &plan.tally,
+            cancelled: None,
+            state: RunState::Done,
+            kind: RunKind::Forward,
+            of: None,
+            sample: None,
+        });
+        assert_eq!(summary.as_deref(), Some(expected.as_str()));
     }
 }

@@ -29,11 +29,10 @@ use backfill_job::rules::{evaluate_revert, evaluate_row};
 use backfill_job::spec::OnConflict;
 use backfill_job::{JobSpec, Mode, RowInput, ShardResult, ShardTask};
 use backfill_queue::{
-    BasicAckOptions, BasicNackOptions, BasicRejectOptions, Broker, Delivery, LocalQueue, QueueNames,
+    is_foreign, return_foreign, Broker, Delivery, LocalQueue, QueueNames, Route, Sink, Source,
 };
 use backfill_store::shard::EvaluatedRow;
 use backfill_store::{BatchLimits, Committed, OpenShard, ShardWork, Store, StoreError};
-use futures::StreamExt;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -434,8 +433,8 @@ async fn consume(
 ) -> Result<(), backfill_queue::QueueError> {
     let broker = Broker::connect(&cfg.amqp_url, cfg.queues.clone()).await?;
     let publisher = Arc::new(broker.publisher().await?);
-    let (channel, mut consumer) = broker
-        .consume(&cfg.queues.tasks, cfg.concurrency.max(1), &cfg.worker)
+    let mut source = broker
+        .consume(Route::Tasks, cfg.concurrency.max(1), &cfg.worker)
         .await?;
     info!(worker = %cfg.worker, queue = %cfg.queues.tasks, concurrency = cfg.concurrency, "mapper consuming");
     let mut tasks: JoinSet<()> = JoinSet::new();
@@ -445,7 +444,7 @@ async fn consume(
         let next = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             _ = broker.lost() => break Err(backfill_queue::QueueError::Lost),
-            d = consumer.next() => d,
+            d = source.next() => d,
         };
         let delivery = match next {
             None => {
@@ -453,12 +452,7 @@ async fn consume(
                     "consumer cancelled by the broker".into(),
                 ))
             }
-            Some(Err(e)) => {
-                break Err(backfill_queue::QueueError::Amqp {
-                    what: "receive a task".into(),
-                    source: e,
-                })
-            }
+            Some(Err(e)) => break Err(e),
             Some(Ok(d)) => d,
         };
         let ctx = Ctx {
@@ -469,14 +463,14 @@ async fn consume(
             shutdown: shutdown.clone(),
         };
         let publisher = publisher.clone();
-        tasks.spawn(async move { handle_delivery(&ctx, &publisher, delivery).await });
+        tasks.spawn(async move { handle_delivery(&ctx, &*publisher, delivery).await });
     };
     // Finish what is in hand: each shard commits, publishes and acks.
     while tasks.join_next().await.is_some() {}
     // Close the channel first: the server handles everything sent on it
     // (the last acks) before it confirms the close, so no finished shard's
     // task is redelivered after a clean stop.
-    backfill_queue::close_channel(&channel, "mapper stopping").await;
+    source.close("mapper stopping").await;
     broker.close().await;
     outcome
 }
@@ -558,46 +552,6 @@ pub async fn attempt(
     }
 }
 
-/// Records a shard given up in the ledger (state `dead`, its rows
-/// quarantined as errors) and returns its result for the reducer.
-pub async fn record_dead_shard(
-    store: &Store,
-    task: &ShardTask,
-    worker: &str,
-    error: &str,
-) -> Result<ShardResult, StoreError> {
-    // What the shard covers is the ledger's to say, never the message's:
-    // a forged dead task must not fail a healthy shard of another target.
-    let planned = store
-        .shard_target(&task.run_id, task.shard_no)
-        .await?
-        .ok_or_else(|| {
-            StoreError::Data(format!(
-                "shard {} of run {} is not in the ledger",
-                task.shard_no, task.run_id
-            ))
-        })?;
-    if planned != task.target {
-        return Err(StoreError::Data(format!(
-            "dead task for shard {} of run {} names target `{}`, but the ledger planned `{planned}`",
-            task.shard_no, task.run_id, task.target
-        )));
-    }
-    let committed = store
-        .fail_shard(&task.run_id, task.shard_no, &planned, error)
-        .await?;
-    Ok(ShardResult {
-        v: MESSAGE_VERSION,
-        ledger: store.ledger().id.clone(),
-        run_id: task.run_id.clone(),
-        shard_no: task.shard_no,
-        target: planned,
-        worker: worker.to_string(),
-        elapsed_ms: 0,
-        tally: committed.tally().clone(),
-    })
-}
-
 fn log_done(result: &ShardResult) {
     let c = &result.tally.counts;
     info!(
@@ -658,18 +612,26 @@ async fn job_of(ctx: &Ctx, run_id: &str) -> String {
     }
 }
 
-async fn handle_delivery(ctx: &Ctx, publisher: &backfill_queue::Publisher, d: Delivery) {
+/// Handles one task delivery, whatever the transport: runs the shard,
+/// publishes its result, settles the delivery.
+async fn handle_delivery<S: Sink>(ctx: &Ctx, sink: &S, d: Delivery) {
     let (store, runs, worker) = (&ctx.store, &ctx.runs, ctx.worker.as_str());
     let task = match ShardTask::decode(&d.data) {
         Ok(t) => t,
         Err(e) => {
             error!(error = %e, "dropping a task message that cannot be read");
-            let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
+            let _ = d.dead_letter().await;
             return;
         }
     };
-    if is_foreign(store, "task", &task.ledger, &task.run_id, publisher.names()) {
-        return_foreign(publisher, &publisher.names().tasks, d).await;
+    if is_foreign(
+        &store.ledger().id,
+        "task",
+        &task.ledger,
+        &task.run_id,
+        sink.names(),
+    ) {
+        return_foreign(sink, Route::Tasks, d).await;
         return;
     }
     let span =
@@ -679,19 +641,19 @@ async fn handle_delivery(ctx: &Ctx, publisher: &backfill_queue::Publisher, d: De
             steering::Admission::Go => {}
             steering::Admission::Cancelled => {
                 info!("the run was cancelled; dropping its task");
-                let _ = d.acker.ack(BasicAckOptions::default()).await;
+                let _ = d.ack().await;
                 return;
             }
             steering::Admission::Park(why) => {
                 // Back of the queue: other runs' tasks get their turn, and
                 // the message is never held near the consumer timeout.
                 debug!(reason = %why, "shard not started; parking its task");
-                match publisher.publish_task(&task).await {
+                match sink.publish(Route::Tasks, &task.encode()).await {
                     Ok(()) => {
-                        let _ = d.acker.ack(BasicAckOptions::default()).await;
+                        let _ = d.ack().await;
                     }
                     Err(_) => {
-                        let _ = d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                        let _ = d.requeue().await;
                     }
                 }
                 return;
@@ -707,107 +669,33 @@ async fn handle_delivery(ctx: &Ctx, publisher: &backfill_queue::Publisher, d: De
         match disposition {
             Disposition::Done(result) => {
                 ctx.steering.note_done(&task.run_id);
-                if let Err(e) = publisher.publish_result(&result).await {
+                if let Err(e) = sink.publish(Route::Results, &result.encode()).await {
                     // The shard is committed; a redelivery re-sends the result.
                     warn!(error = %e, "could not publish the result; the task goes back to the queue");
-                    let _ = d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                    let _ = d.requeue().await;
                     return;
                 }
                 log_done(&result);
-                let _ = d.acker.ack(BasicAckOptions::default()).await;
+                let _ = d.ack().await;
             }
             Disposition::Drop(why) => {
                 error!(error = %why, "dropping task");
-                let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
+                let _ = d.dead_letter().await;
             }
             Disposition::GiveUp(why) => {
                 // To the dead-letter queue; the reducer records it.
                 error!(error = %why, "dead-lettering the shard");
-                let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
+                let _ = d.dead_letter().await;
             }
             Disposition::Retry(why) => {
                 warn!(error = %why, "shard not done; the task goes back to the queue");
                 tokio::time::sleep(RETRY_DELAY).await;
-                let _ = d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                let _ = d.requeue().await;
             }
         }
     }
     .instrument(span)
     .await
-}
-
-/// Longest pause before a message of another ledger is released, so two
-/// workers that keep receiving each other's messages do not spin.
-pub const FOREIGN_DELAY: Duration = Duration::from_millis(200);
-
-/// Run ids whose foreign messages were already warned about.
-static WARNED_FOREIGN: Mutex<Option<std::collections::HashSet<String>>> = Mutex::new(None);
-
-/// True when a message belongs to another ledger than the store's: the
-/// worker must not act on it, ack it nor dead-letter it. Warns once per
-/// run. A message without a ledger (written before ledgers had an
-/// identity) belongs to whoever takes it.
-pub fn is_foreign(
-    store: &Store,
-    what: &str,
-    ledger: &str,
-    run_id: &str,
-    names: &QueueNames,
-) -> bool {
-    let own = &store.ledger().id;
-    if ledger.is_empty() || ledger == own {
-        return false;
-    }
-    let first = WARNED_FOREIGN
-        .lock()
-        .map(|mut w| {
-            w.get_or_insert_with(Default::default)
-                .insert(run_id.to_string())
-        })
-        .unwrap_or(true);
-    if first {
-        let prefix = names.tasks.strip_suffix(".tasks").unwrap_or(&names.tasks);
-        warn!(run = %run_id, "{what} of ledger {ledger} on a worker of ledger {own}: returned to the queue; two databases share queue prefix {prefix} — give each its own --queue-prefix");
-    }
-    true
-}
-
-/// Gives a message of another ledger back, as it came, for a worker of its
-/// own database. It is published again and the delivery acked rather than
-/// nacked: the quorum queue counts a nack towards the delivery limit, so a
-/// task bounced between databases would end dead-lettered. The ack waits a
-/// pause of varying length after the publish: while this delivery is held,
-/// the copy goes to another consumer with room; when every consumer is full
-/// of the other database's messages, the one that acks first gets the
-/// oldest returned message, so a pause of the same length everywhere could
-/// hand each worker back its own returns forever.
-pub async fn return_foreign(publisher: &backfill_queue::Publisher, queue: &str, d: Delivery) {
-    match publisher.publish_to(queue, &d.data).await {
-        Ok(()) => {
-            tokio::time::sleep(jitter(FOREIGN_DELAY)).await;
-            let _ = d.acker.ack(BasicAckOptions::default()).await;
-        }
-        Err(e) => {
-            warn!(error = %e, "could not return a message of another ledger; it goes back to the queue");
-            tokio::time::sleep(FOREIGN_DELAY).await;
-            let _ = d
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
-        }
-    }
-}
-
-/// A pause between a tenth of `max` and `max`, different from call to call.
-fn jitter(max: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    let max_ms = max.as_millis().max(10) as u64;
-    Duration::from_millis(max_ms / 10 + h.finish() % (max_ms - max_ms / 10))
 }
 
 /// The embedded mode's mapper: takes tasks from the in-process queue until
@@ -861,7 +749,7 @@ pub async fn run_local(
                 }
                 Disposition::Drop(why) => error!(error = %why, "dropping task"),
                 Disposition::GiveUp(why) => {
-                    match record_dead_shard(&store, &task, &worker, &why).await {
+                    match store.record_dead_shard(&task, &worker, &why).await {
                         Ok(result) => queue.send_result(result),
                         Err(e) => {
                             warn!(error = %e, "could not record the failed shard; trying again");

@@ -14,6 +14,17 @@
 //! fourth durable queue nobody consumes, for an operator to inspect. Messages are persistent and every publish waits for the
 //! broker's confirm, so a task or result the publisher moved on from is on
 //! disk at the broker. Consumers ack only after their effect is durable.
+//!
+//! The roles see the broker, and the in-process queue of the embedded mode,
+//! through [`transport`]: publish to a [`Route`], take [`Delivery`]s from a
+//! [`Source`], settle each one. No broker client type leaves this crate.
+
+mod transport;
+
+pub use transport::{
+    is_foreign, return_foreign, AmqpSource, Delivery, LocalSource, Route, Sink, Source,
+    FOREIGN_DELAY,
+};
 
 use backfill_job::{ShardResult, ShardTask};
 use lapin::options::{
@@ -21,10 +32,7 @@ use lapin::options::{
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
-
-pub use lapin::message::Delivery;
-pub use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 /// Errors of the broker edge.
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +48,10 @@ pub enum QueueError {
     #[error("{what}: {source}")]
     Amqp {
         what: String,
+        /// The broker client's error, kept as an error value so that its
+        /// type stays inside this crate.
         #[source]
-        source: lapin::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("the broker refused (nacked) a message published to {0}")]
     Nacked(String),
@@ -53,7 +63,10 @@ pub enum QueueError {
 
 fn amqp(what: impl Into<String>) -> impl FnOnce(lapin::Error) -> QueueError {
     let what = what.into();
-    move |source| QueueError::Amqp { what, source }
+    move |source| QueueError::Amqp {
+        what,
+        source: Box::new(source),
+    }
 }
 
 /// Hides the credentials of a URL (userinfo password, secret query
@@ -84,7 +97,7 @@ pub const CONFIRM_PATIENCE: std::time::Duration = std::time::Duration::from_secs
 const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Closes a channel, waiting at most [`CLOSE_PATIENCE`] for the broker.
-pub async fn close_channel(channel: &Channel, why: &str) {
+pub(crate) async fn close_channel(channel: &Channel, why: &str) {
     let _ = tokio::time::timeout(CLOSE_PATIENCE, channel.close(200, why.into())).await;
 }
 
@@ -189,13 +202,15 @@ impl Broker {
         })
     }
 
-    /// Consumes `queue` with at most `prefetch` unacknowledged deliveries.
+    /// Consumes one of the deployment's queues with at most `prefetch`
+    /// unacknowledged deliveries.
     pub async fn consume(
         &self,
-        queue: &str,
+        route: Route,
         prefetch: u16,
         tag: &str,
-    ) -> Result<(Channel, Consumer), QueueError> {
+    ) -> Result<AmqpSource, QueueError> {
+        let queue = route.name(&self.names);
         let channel = self.channel().await?;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
@@ -210,7 +225,17 @@ impl Broker {
             )
             .await
             .map_err(amqp(format!("consume {queue}")))?;
-        Ok((channel, consumer))
+        let what = match route {
+            Route::Tasks => "a task",
+            Route::Results => "a result",
+            Route::Dead => "a dead task",
+            Route::Parked => "a parked message",
+        };
+        Ok(AmqpSource {
+            channel,
+            consumer,
+            what: what.to_string(),
+        })
     }
 
     /// Number of ready messages in a queue.
@@ -381,18 +406,30 @@ mod tests {
 }
 
 /// The in-process queue of the embedded mode: the same tasks and results as
-/// RabbitMQ carries, between tasks of one process. Nothing outlives the
-/// process; the ledger does, so an interrupted run can be planned again.
+/// RabbitMQ carries, between tasks of one process, as the same bytes.
+/// Nothing outlives the process; the ledger does, so an interrupted run can
+/// be planned again.
 #[derive(Clone)]
 pub struct LocalQueue {
     inner: std::sync::Arc<LocalInner>,
 }
 
+type Lane = (
+    tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>>,
+);
+
 struct LocalInner {
-    tasks_tx: tokio::sync::mpsc::UnboundedSender<ShardTask>,
-    tasks_rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<ShardTask>>,
-    results_tx: tokio::sync::mpsc::UnboundedSender<ShardResult>,
-    results_rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<ShardResult>>,
+    names: QueueNames,
+    tasks: Lane,
+    results: Lane,
+    dead: Lane,
+    parked: Lane,
+}
+
+fn lane() -> Lane {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    (tx, tokio::sync::Mutex::new(rx))
 }
 
 impl Default for LocalQueue {
@@ -403,33 +440,75 @@ impl Default for LocalQueue {
 
 impl LocalQueue {
     pub fn new() -> LocalQueue {
-        let (tasks_tx, tasks_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (results_tx, results_rx) = tokio::sync::mpsc::unbounded_channel();
         LocalQueue {
             inner: std::sync::Arc::new(LocalInner {
-                tasks_tx,
-                tasks_rx: tokio::sync::Mutex::new(tasks_rx),
-                results_tx,
-                results_rx: tokio::sync::Mutex::new(results_rx),
+                names: QueueNames::with_prefix("local"),
+                tasks: lane(),
+                results: lane(),
+                dead: lane(),
+                parked: lane(),
             }),
         }
     }
 
-    pub fn send_task(&self, task: ShardTask) {
-        // The receiver lives as long as the queue, so sending cannot fail.
-        let _ = self.inner.tasks_tx.send(task);
+    fn lane(&self, route: Route) -> &Lane {
+        match route {
+            Route::Tasks => &self.inner.tasks,
+            Route::Results => &self.inner.results,
+            Route::Dead => &self.inner.dead,
+            Route::Parked => &self.inner.parked,
+        }
     }
 
-    /// The next task; mappers share one receiver.
+    pub(crate) fn push(&self, route: Route, payload: Vec<u8>) {
+        // The receiver lives as long as the queue, so sending cannot fail.
+        let _ = self.lane(route).0.send(payload);
+    }
+
+    /// The next message of a route; consumers of one route share one
+    /// receiver.
+    pub(crate) async fn pop(&self, route: Route) -> Option<Vec<u8>> {
+        self.lane(route).1.lock().await.recv().await
+    }
+
+    /// Deliveries from one of the queues.
+    pub fn source(&self, route: Route) -> LocalSource {
+        LocalSource {
+            queue: self.clone(),
+            route,
+        }
+    }
+
+    pub fn send_task(&self, task: ShardTask) {
+        self.push(Route::Tasks, task.encode());
+    }
+
+    /// The next task; mappers share one receiver. Only this process
+    /// publishes here, so every message reads back; one that does not is
+    /// skipped with a log line.
     pub async fn recv_task(&self) -> Option<ShardTask> {
-        self.inner.tasks_rx.lock().await.recv().await
+        loop {
+            match ShardTask::decode(&self.pop(Route::Tasks).await?) {
+                Ok(t) => return Some(t),
+                Err(e) => {
+                    tracing::error!(error = %e, "dropping a task message that cannot be read")
+                }
+            }
+        }
     }
 
     pub fn send_result(&self, result: ShardResult) {
-        let _ = self.inner.results_tx.send(result);
+        self.push(Route::Results, result.encode());
     }
 
     pub async fn recv_result(&self) -> Option<ShardResult> {
-        self.inner.results_rx.lock().await.recv().await
+        loop {
+            match ShardResult::decode(&self.pop(Route::Results).await?) {
+                Ok(r) => return Some(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "dropping a result message that cannot be read")
+                }
+            }
+        }
     }
 }

@@ -7,12 +7,10 @@
 //! final state and `Summary:` line. Any number of reducers may run.
 
 use backfill_job::{ShardResult, ShardTask};
-use backfill_mapper::{is_foreign, return_foreign};
 use backfill_queue::{
-    BasicAckOptions, BasicNackOptions, Broker, Delivery, Publisher, QueueNames, DELIVERY_LIMIT,
+    is_foreign, return_foreign, Broker, Delivery, QueueNames, Route, Sink, Source, DELIVERY_LIMIT,
 };
 use backfill_store::{Reduced, Store, StoreError};
-use futures::StreamExt;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -176,7 +174,7 @@ pub async fn process_dead_task(
         .shard_last_error(&task.run_id, task.shard_no)
         .await?
         .unwrap_or_else(|| format!("delivered {DELIVERY_LIMIT} times without finishing (a worker died on it each time)"));
-    let result = backfill_mapper::record_dead_shard(store, task, worker, &error).await?;
+    let result = store.record_dead_shard(task, worker, &error).await?;
     warn!(run = %task.run_id, shard = task.shard_no, error = %error, "shard dead-lettered; its rows are reported as errors and quarantined");
     backfill_notify::notify(
         store,
@@ -192,22 +190,16 @@ pub async fn process_dead_task(
 /// Moves a message that can never be processed to the parking queue, with
 /// one log line saying why, and acks it: retrying it would only repeat the
 /// same refusal forever.
-async fn park(publisher: &Publisher, d: Delivery, what: &str, why: &str) {
-    error!(error = %why, parked = %publisher.names().parked, "{what} can never be processed; parked");
-    match publisher.park(&d.data).await {
+async fn park<S: Sink>(sink: &S, d: Delivery, what: &str, why: &str) {
+    error!(error = %why, parked = %sink.names().parked, "{what} can never be processed; parked");
+    match sink.publish(Route::Parked, &d.data).await {
         Ok(()) => {
-            let _ = d.acker.ack(BasicAckOptions::default()).await;
+            let _ = d.ack().await;
         }
         Err(e) => {
             warn!(error = %e, "could not park the message; it goes back to its queue");
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let _ = d
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            let _ = d.requeue().await;
         }
     }
 }
@@ -215,42 +207,64 @@ async fn park(publisher: &Publisher, d: Delivery, what: &str, why: &str) {
 /// Back to its queue after a pause: the database is away for now.
 async fn requeue_later(d: Delivery) {
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = d
-        .acker
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        })
-        .await;
+    let _ = d.requeue().await;
 }
 
-async fn handle_dead(store: &Store, publisher: &Publisher, worker: &str, d: Delivery) {
+/// Handles one delivery of the dead queue, whatever the transport.
+async fn handle_dead<S: Sink>(store: &Store, sink: &S, worker: &str, d: Delivery) {
     let task = match ShardTask::decode(&d.data) {
         Ok(task) => task,
-        Err(e) => return park(publisher, d, "a dead-lettered message", &e.to_string()).await,
+        Err(e) => return park(sink, d, "a dead-lettered message", &e.to_string()).await,
     };
     if is_foreign(
-        store,
+        &store.ledger().id,
         "dead-lettered task",
         &task.ledger,
         &task.run_id,
-        publisher.names(),
+        sink.names(),
     ) {
-        return return_foreign(publisher, &publisher.names().dead, d).await;
+        return return_foreign(sink, Route::Dead, d).await;
     }
     match process_dead_task(store, &task, worker).await {
         Ok(_) => {
-            let _ = d.acker.ack(BasicAckOptions::default()).await;
+            let _ = d.ack().await;
         }
         Err(e @ StoreError::Data(_)) => {
             error!(error = %e, run = %task.run_id, shard = task.shard_no, "dead-lettered task of an unknown shard; dropped");
-            let _ = d.acker.ack(BasicAckOptions::default()).await;
+            let _ = d.ack().await;
         }
         Err(e) if e.is_transient() => {
             warn!(error = %e, "could not record a dead-lettered shard; it goes back to the dead queue");
             requeue_later(d).await;
         }
-        Err(e) => park(publisher, d, "a dead-lettered task", &e.to_string()).await,
+        Err(e) => park(sink, d, "a dead-lettered task", &e.to_string()).await,
+    }
+}
+
+/// Handles one delivery of the results queue, whatever the transport.
+async fn handle_result<S: Sink>(store: &Store, sink: &S, d: Delivery) {
+    let result = match ShardResult::decode(&d.data) {
+        Ok(r) => r,
+        Err(e) => return park(sink, d, "a result message", &e.to_string()).await,
+    };
+    if is_foreign(
+        &store.ledger().id,
+        "result",
+        &result.ledger,
+        &result.run_id,
+        sink.names(),
+    ) {
+        return return_foreign(sink, Route::Results, d).await;
+    }
+    match process_result(store, &result).await {
+        Ok(_) => {
+            let _ = d.ack().await;
+        }
+        Err(e) if e.is_transient() => {
+            warn!(error = %e, run = %result.run_id, shard = result.shard_no, "could not fold the result; it goes back to the queue");
+            requeue_later(d).await;
+        }
+        Err(e) => park(sink, d, "a result", &e.to_string()).await,
     }
 }
 
@@ -261,70 +275,32 @@ async fn consume(
 ) -> Result<(), backfill_queue::QueueError> {
     let broker = Broker::connect(&cfg.amqp_url, cfg.queues.clone()).await?;
     let publisher = broker.publisher().await?;
-    let (channel, mut consumer) = broker.consume(&cfg.queues.results, 64, &cfg.worker).await?;
-    let (dead_channel, mut dead) = broker
-        .consume(&cfg.queues.dead, 1, &format!("{}-dead", cfg.worker))
+    let mut results = broker.consume(Route::Results, 64, &cfg.worker).await?;
+    let mut dead = broker
+        .consume(Route::Dead, 1, &format!("{}-dead", cfg.worker))
         .await?;
     info!(worker = %cfg.worker, queue = %cfg.queues.results, dead = %cfg.queues.dead, "reducer consuming");
+    let cancelled =
+        || backfill_queue::QueueError::Nacked("consumer cancelled by the broker".into());
     let outcome = loop {
-        let next = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             _ = broker.lost() => break Err(backfill_queue::QueueError::Lost),
             d = dead.next() => match d {
-                Some(Ok(d)) => {
-                    handle_dead(store, &publisher, &cfg.worker, d).await;
-                    continue;
-                }
-                Some(Err(e)) => break Err(backfill_queue::QueueError::Amqp { what: "receive a dead task".into(), source: e }),
-                None => break Err(backfill_queue::QueueError::Nacked("consumer cancelled by the broker".into())),
+                Some(Ok(d)) => handle_dead(store, &publisher, &cfg.worker, d).await,
+                Some(Err(e)) => break Err(e),
+                None => break Err(cancelled()),
             },
-            d = consumer.next() => d,
-        };
-        let d = match next {
-            None => {
-                break Err(backfill_queue::QueueError::Nacked(
-                    "consumer cancelled by the broker".into(),
-                ))
-            }
-            Some(Err(e)) => {
-                break Err(backfill_queue::QueueError::Amqp {
-                    what: "receive a result".into(),
-                    source: e,
-                })
-            }
-            Some(Ok(d)) => d,
-        };
-        let result = match ShardResult::decode(&d.data) {
-            Ok(r) => r,
-            Err(e) => {
-                park(&publisher, d, "a result message", &e.to_string()).await;
-                continue;
-            }
-        };
-        if is_foreign(
-            store,
-            "result",
-            &result.ledger,
-            &result.run_id,
-            publisher.names(),
-        ) {
-            return_foreign(&publisher, &cfg.queues.results, d).await;
-            continue;
-        }
-        match process_result(store, &result).await {
-            Ok(_) => {
-                let _ = d.acker.ack(BasicAckOptions::default()).await;
-            }
-            Err(e) if e.is_transient() => {
-                warn!(error = %e, run = %result.run_id, shard = result.shard_no, "could not fold the result; it goes back to the queue");
-                requeue_later(d).await;
-            }
-            Err(e) => park(&publisher, d, "a result", &e.to_string()).await,
+            d = results.next() => match d {
+                Some(Ok(d)) => handle_result(store, &publisher, d).await,
+                Some(Err(e)) => break Err(e),
+                None => break Err(cancelled()),
+            },
         }
     };
     // Close the channels first so the last acks reach the broker.
-    backfill_queue::close_channel(&channel, "reducer stopping").await;
-    backfill_queue::close_channel(&dead_channel, "reducer stopping").await;
+    results.close("reducer stopping").await;
+    dead.close("reducer stopping").await;
     broker.close().await;
     outcome
 }

@@ -19,7 +19,9 @@
 //! attempt). A failed attempt puts it back to `pending` with `failures`
 //! counted.
 
-use backfill_job::report::{summary_line, RunView};
+pub use backfill_job::fold::final_state;
+use backfill_job::fold::{fold_result, stored_tally, Fold, RunLedger};
+use backfill_job::report::RunView;
 use backfill_job::{JobSpec, Mode, Plan, RunState, ShardResult, Tally};
 use sqlx::{PgPool, Row};
 
@@ -393,14 +395,16 @@ impl crate::Store {
         .await
         .map_err(sql("lock run"))?;
         let fold = fold_result(
-            &result.run_id,
-            &row.get::<String, _>("spec_text"),
-            &row.get::<String, _>("mode"),
-            row.get("scope"),
-            row.get("plan"),
-            row.get("tally"),
-            row.get::<i32, _>("shards_total") as i64,
-            row.get::<i32, _>("shards_reduced") as i64,
+            RunLedger {
+                run_id: &result.run_id,
+                spec_text: &row.get::<String, _>("spec_text"),
+                mode: &row.get::<String, _>("mode"),
+                scope: row.get("scope"),
+                plan: row.get("plan"),
+                tally: row.get("tally"),
+                shards_total: row.get::<i32, _>("shards_total") as i64,
+                shards_reduced: row.get::<i32, _>("shards_reduced") as i64,
+            },
             &stored,
         )?;
         match &fold.finished {
@@ -431,7 +435,7 @@ impl crate::Store {
             }
         }
         tx.commit().await.map_err(sql("commit reduce"))?;
-        Ok(fold.into_reduced())
+        Ok(reduced(fold))
     }
 }
 
@@ -478,84 +482,11 @@ pub(crate) fn run_record(raw: RawRun) -> Result<RunRecord, StoreError> {
     })
 }
 
-/// A run's tally with one more shard folded in, and, when it was the last
-/// shard, the run's final state and summary line.
-pub(crate) struct Fold {
-    pub tally: serde_json::Value,
-    pub reduced: i64,
-    pub finished: Option<(RunState, String)>,
-}
-
-impl Fold {
-    pub(crate) fn into_reduced(self) -> Reduced {
-        match self.finished {
-            None => Reduced::Counted,
-            Some((_, summary)) => Reduced::Finished(summary),
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn fold_result(
-    run_id: &str,
-    spec_text: &str,
-    mode: &str,
-    scope: serde_json::Value,
-    plan: serde_json::Value,
-    tally: serde_json::Value,
-    shards_total: i64,
-    shards_reduced: i64,
-    shard_tally: &Tally,
-) -> Result<Fold, StoreError> {
-    let mut tally: Tally = decode("tally", tally)?;
-    tally.merge(shard_tally);
-    let reduced = shards_reduced + 1;
-    let tally_json = serde_json::to_value(&tally).map_err(|e| StoreError::Data(e.to_string()))?;
-    if reduced < shards_total {
-        return Ok(Fold {
-            tally: tally_json,
-            reduced,
-            finished: None,
-        });
-    }
-    let spec = JobSpec::parse(spec_text)?;
-    let mode: Mode = mode.parse().map_err(StoreError::Data)?;
-    let scope: backfill_job::Scope = decode("scope", scope)?;
-    let plan: Plan = decode("plan", plan)?;
-    let state = final_state(&tally);
-    let summary = summary_line(&RunView {
-        run_id,
-        spec: &spec,
-        mode,
-        scope: &scope.describe(),
-        plan: &plan,
-        tally: &tally,
-        cancelled: None,
-        state,
-        // The summary line does not show the kind.
-        kind: backfill_job::RunKind::default(),
-        of: None,
-        sample: None,
-    });
-    Ok(Fold {
-        tally: tally_json,
-        reduced,
-        finished: Some((state, summary)),
-    })
-}
-
-/// The tally a mapper committed with its shard (`backfill_shard.result`).
-pub(crate) fn stored_tally(v: Option<serde_json::Value>) -> Result<Tally, StoreError> {
-    let v = v.ok_or_else(|| StoreError::Data("a finished shard has no stored result".into()))?;
-    decode("shard result", v)
-}
-
-/// A run with row errors ends failed; otherwise done.
-pub fn final_state(tally: &Tally) -> RunState {
-    if tally.counts.errors > 0 {
-        RunState::Failed
-    } else {
-        RunState::Done
+/// What the reducer tells of a fold it committed.
+pub(crate) fn reduced(fold: Fold) -> Reduced {
+    match fold.finished {
+        None => Reduced::Counted,
+        Some((_, summary)) => Reduced::Finished(summary),
     }
 }
 

@@ -117,6 +117,17 @@ pub enum StoreError {
     NoLedger { url: String, why: String },
 }
 
+impl From<backfill_job::fold::FoldError> for StoreError {
+    /// A run whose ledger record cannot be folded: its spec as a spec error,
+    /// anything else as unreadable ledger data.
+    fn from(e: backfill_job::fold::FoldError) -> Self {
+        match e {
+            backfill_job::fold::FoldError::Spec(e) => StoreError::Spec(e),
+            other => StoreError::Data(other.to_string()),
+        }
+    }
+}
+
 impl StoreError {
     /// True when retrying later may succeed (connection lost, server restarting).
     pub fn is_transient(&self) -> bool {

@@ -16,14 +16,15 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Column, Row, SqlitePool, TypeInfo, ValueRef};
 use std::collections::{BTreeMap, HashSet};
 
-use crate::ledger::{
-    decode, final_state, fold_result, run_record, RawRun, Reduced, RunRecord, ShardRecord,
-};
+use backfill_job::fold::{final_state, fold_result, stored_tally, RunLedger};
+use backfill_job::plan::{finish_plan, NewRun};
+use backfill_job::shard::{failed_tally, shard_tally, EvaluatedRow, FetchedRow};
+
+use crate::ledger::{decode, run_record, RawRun, Reduced, RunRecord, ShardRecord};
 use crate::planning::{
-    eligible_keys, finish_plan, key_ints, key_order, not_an_integer, requested_keys, uses_param,
-    Derived, NewRun,
+    eligible_keys, key_ints, key_order, not_an_integer, requested_keys, uses_param, Derived,
 };
-use crate::shard::{failed_tally, shard_tally, Committed, FetchedRow, ShardCommit, ShardRows};
+use crate::shard::{Committed, ShardCommit, ShardRows};
 use crate::{sql, StoreError};
 use backfill_job::{JobSpec, Plan, PlannedGroup};
 
@@ -301,7 +302,7 @@ pub(crate) async fn reduce(pool: &SqlitePool, result: &ShardResult) -> Result<Re
     };
     // Fold what the ledger holds for the shard, not what the message says.
     let stored = claimed.get::<Option<String>, _>(0);
-    let stored = crate::ledger::stored_tally(
+    let stored = stored_tally(
         stored
             .map(|t| parse_json("shard result", Some(t)))
             .transpose()?,
@@ -314,14 +315,16 @@ pub(crate) async fn reduce(pool: &SqlitePool, result: &ShardResult) -> Result<Re
     .await
     .map_err(sql("read run"))?;
     let fold = fold_result(
-        &result.run_id,
-        &row.get::<String, _>("spec_text"),
-        &row.get::<String, _>("mode"),
-        parse_json("scope", row.get("scope"))?,
-        parse_json("plan", row.get("plan"))?,
-        parse_json("tally", row.get("tally"))?,
-        row.get("shards_total"),
-        row.get("shards_reduced"),
+        RunLedger {
+            run_id: &result.run_id,
+            spec_text: &row.get::<String, _>("spec_text"),
+            mode: &row.get::<String, _>("mode"),
+            scope: parse_json("scope", row.get("scope"))?,
+            plan: parse_json("plan", row.get("plan"))?,
+            tally: parse_json("tally", row.get("tally"))?,
+            shards_total: row.get("shards_total"),
+            shards_reduced: row.get("shards_reduced"),
+        },
         &stored,
     )?;
     let tally_text = json_text(&fold.tally)?;
@@ -353,7 +356,7 @@ pub(crate) async fn reduce(pool: &SqlitePool, result: &ShardResult) -> Result<Re
         }
     }
     tx.commit().await.map_err(sql("commit reduce"))?;
-    Ok(fold.into_reduced())
+    Ok(crate::ledger::reduced(fold))
 }
 
 pub(crate) async fn group_rows(
@@ -904,7 +907,7 @@ async fn write_one(
     run_id: &str,
     shard_no: u32,
     target: &TargetSpec,
-    r: &crate::shard::EvaluatedRow,
+    r: &EvaluatedRow,
 ) -> Result<bool, StoreError> {
     let RowOutcome::Changed(new) = &r.outcome else {
         return Ok(false);

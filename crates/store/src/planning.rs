@@ -2,15 +2,16 @@
 //! in the ledger in one transaction (run row, items, shards), so that the
 //! ledger never holds half a plan.
 
-use backfill_job::plan::{parse_ref_row, CutShard, GroupRow, PlannedTarget, RefRow, ShardCutter};
-use backfill_job::report::{summary_line, RunView};
+use backfill_job::fold::final_state;
+/// What a run is, before it is planned (defined with the plan it becomes).
+pub use backfill_job::plan::NewRun;
+use backfill_job::plan::{finish_plan, parse_ref_row, CutShard, GroupRow, RefRow, ShardCutter};
 use backfill_job::spec::Dialect;
 use backfill_job::{JobSpec, KeyType, Mode, Plan, PlannedGroup, Scope, Tally};
 use futures::TryStreamExt;
 use serde_json::{Map, Value};
 use sqlx::{Column, Executor, Postgres, Row, Statement, Transaction, TypeInfo};
 
-use crate::ledger::final_state;
 use crate::{sql, Store, StoreError};
 
 /// How many items one INSERT carries.
@@ -23,19 +24,6 @@ pub(crate) fn uses_param(sql: &str, dialect: Dialect) -> bool {
         Dialect::Postgres => sql.contains("$1"),
         Dialect::Sqlite => sql.contains("?1"),
     }
-}
-
-/// What a run is, before it is planned.
-pub struct NewRun<'a> {
-    pub run_id: &'a str,
-    pub spec: &'a JobSpec,
-    pub mode: Mode,
-    pub scope: &'a Scope,
-    pub shard_size: u32,
-    /// A sampled dry run: the share of target rows to read (0–1].
-    pub sample: Option<f64>,
-    /// What the run is for (recorded; runs adopt only their own kind).
-    pub kind: backfill_job::RunKind,
 }
 
 pub(crate) fn obj(text: &str, what: &str) -> Result<Map<String, Value>, StoreError> {
@@ -115,40 +103,6 @@ pub(crate) fn key_ints(
             })
             .collect(),
     }
-}
-
-/// The plan once every target is cut, and the summary when there is
-/// nothing to send (such a run is finished on the spot).
-pub(crate) fn finish_plan(
-    new: &NewRun<'_>,
-    groups: Vec<PlannedGroup>,
-    targets: Vec<PlannedTarget>,
-    shards_total: u32,
-    tally: Tally,
-) -> (Plan, Option<String>) {
-    let plan = Plan {
-        groups,
-        targets,
-        shards_total,
-        tally,
-    };
-    let summary = (shards_total == 0).then(|| {
-        summary_line(&RunView {
-            run_id: new.run_id,
-            spec: new.spec,
-            mode: new.mode,
-            scope: &new.scope.describe(),
-            plan: &plan,
-            tally: &plan.tally,
-            cancelled: None,
-            // Nothing to send: the run finishes as it is planned.
-            state: final_state(&plan.tally),
-            kind: new.kind,
-            of: None,
-            sample: new.sample,
-        })
-    });
-    (plan, summary)
 }
 
 impl Store {

@@ -12,41 +12,20 @@
 //!   changed since it was read is not written and is counted as a conflict.
 //! - [`Store::fetch_shard`] and [`Store::commit_shard`] do the same for a
 //!   whole shard at once (reads without locks, then one transaction).
+//!
+//! What a row becomes and what the shard counts are decided in
+//! `backfill_job::shard`; this file only reads and writes.
 
-use backfill_job::rules::RowEvaluation;
+use backfill_job::message::MESSAGE_VERSION;
+use backfill_job::shard::{failed_tally, shard_tally};
+/// A shard's rows as read and as evaluated, defined with the evaluation.
+pub use backfill_job::shard::{md5_hex, EvaluatedRow, FetchedRow, RELEASE_BYTES};
 use backfill_job::spec::quote_ident;
-use backfill_job::tally::Recorded;
-use backfill_job::{KeyType, Mode, RowOutcome, Tally};
+use backfill_job::{KeyType, Mode, RowOutcome, ShardResult, ShardTask, Tally};
 use sqlx::Row;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crate::{sql, Store, StoreError};
-
-/// A shard's row as read.
-#[derive(Debug, Clone)]
-pub struct FetchedRow {
-    pub key: String,
-    pub group: String,
-    pub refs: u64,
-    /// Each JSON column's text as read (`None` = SQL NULL); `None` when the
-    /// row no longer exists.
-    pub columns: Option<BTreeMap<String, Option<String>>>,
-    /// The `md5` of each column's text as read (PostgreSQL, when asked for):
-    /// what the compare-and-set compares, instead of sending the documents
-    /// back.
-    pub digests: BTreeMap<String, Option<String>>,
-    /// The row version as read (PostgreSQL's `xmin`): when it is unchanged at
-    /// the write, the row was not touched since, and the digests need not be
-    /// computed again.
-    pub version: Option<String>,
-}
-
-/// The hex `md5` of a column's text, as PostgreSQL's `md5(text)` computes it.
-pub fn md5_hex(text: &str) -> String {
-    use md5::Digest;
-    let d = md5::Md5::digest(text.as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The rows of a shard, or the shard's stored result if it is already done.
 #[derive(Debug, Clone)]
@@ -54,100 +33,6 @@ pub enum ShardRows {
     Pending(Vec<FetchedRow>),
     Done(Tally),
 }
-
-/// A row with its evaluated outcome, ready to commit.
-#[derive(Debug, Clone)]
-pub struct EvaluatedRow {
-    pub key: String,
-    pub group: String,
-    pub refs: u64,
-    pub outcome: RowOutcome,
-    pub current: Option<String>,
-    /// Every JSON column as read, for the compare-and-set and before-images;
-    /// without the large documents released after evaluation (`released`).
-    pub read: BTreeMap<String, Option<String>>,
-    /// Columns whose text as read was released once evaluated (see
-    /// [`RELEASE_BYTES`]), with its length in bytes: a `jsonb` document
-    /// whose before-image is its inverse patch and whose compare-and-set
-    /// needs only its digest.
-    pub released: BTreeMap<String, u64>,
-    /// The `md5` of every JSON column as read (PostgreSQL): the
-    /// compare-and-set compares these; empty on SQLite.
-    pub digests: BTreeMap<String, Option<String>>,
-    /// Inverse patches of the changed columns (see `RowEvaluation::undo`),
-    /// kept as the before-image of a `jsonb` column instead of its whole value.
-    pub undo: BTreeMap<String, String>,
-    /// The row version as read (`xmin`; PostgreSQL).
-    pub version: Option<String>,
-}
-
-impl EvaluatedRow {
-    /// A fetched row with its outcome: `eval` gets the row's key, its
-    /// documents as read and its version; a row that no longer exists is
-    /// skipped without evaluating.
-    pub fn evaluate(
-        row: FetchedRow,
-        eval: impl FnOnce(&str, &BTreeMap<String, Option<String>>, Option<&str>) -> RowEvaluation,
-    ) -> EvaluatedRow {
-        let Some(cols) = row.columns else {
-            return EvaluatedRow {
-                key: row.key,
-                group: row.group,
-                refs: row.refs,
-                outcome: RowOutcome::Skipped("row no longer exists".into()),
-                current: None,
-                read: BTreeMap::new(),
-                released: BTreeMap::new(),
-                digests: BTreeMap::new(),
-                undo: BTreeMap::new(),
-                version: None,
-            };
-        };
-        let ev = eval(&row.key, &cols, row.version.as_deref());
-        let mut r = EvaluatedRow {
-            key: row.key,
-            group: row.group,
-            refs: row.refs,
-            outcome: ev.outcome,
-            current: ev.current,
-            read: cols,
-            released: BTreeMap::new(),
-            digests: row.digests,
-            undo: ev.undo,
-            version: row.version,
-        };
-        r.release_large_documents();
-        r
-    }
-
-    /// Drops the text as read of each large document that the write no
-    /// longer needs, keeping its digest and length, so that a batch holds
-    /// one copy of it (the new text) rather than two while it is written.
-    /// Only on PostgreSQL (a row version was read) and only for a column
-    /// whose before-image is an inverse patch.
-    fn release_large_documents(&mut self) {
-        if self.version.is_none() || !matches!(self.outcome, RowOutcome::Changed(_)) {
-            return;
-        }
-        for (col, text) in self.read.iter_mut() {
-            let Some(t) = text else { continue };
-            if t.len() < RELEASE_BYTES || !self.undo.contains_key(col) {
-                continue;
-            }
-            self.digests
-                .entry(col.clone())
-                .or_insert_with(|| Some(md5_hex(t)));
-            self.released.insert(col.clone(), t.len() as u64);
-            *text = None;
-        }
-        self.read.retain(|c, _| !self.released.contains_key(c));
-    }
-}
-
-/// Documents of this size or more are released once evaluated (see
-/// [`EvaluatedRow::release_large_documents`]); smaller ones are kept, as
-/// digesting every document would cost more than it saves.
-pub const RELEASE_BYTES: usize = 1024 * 1024;
 
 /// What to commit for a shard.
 pub struct ShardCommit<'a> {
@@ -941,49 +826,6 @@ async fn read_for_update(
         .collect())
 }
 
-/// A shard's result: each row's outcome, with a change that the
-/// compare-and-set did not write counted as a conflict.
-pub(crate) fn shard_tally(
-    target: &str,
-    mode: Mode,
-    rows: &[EvaluatedRow],
-    written: &HashSet<String>,
-) -> Tally {
-    let mut tally = Tally::default();
-    for r in rows {
-        let rec = match &r.outcome {
-            RowOutcome::Changed(_) if mode.is_commit() && !written.contains(&r.key) => {
-                Recorded::Conflict(backfill_job::tally::CONFLICT_EDITED)
-            }
-            other => Recorded::from(other),
-        };
-        if let (Recorded::Changed, RowOutcome::Changed(new)) = (&rec, &r.outcome) {
-            tally.record_change(&r.group, &r.key, &r.read, new);
-            for (col, bytes) in &r.released {
-                tally.record_released(&r.group, &r.key, col, *bytes, r.undo.get(col), new.get(col));
-            }
-        }
-        tally.record_row(target, &r.group, &r.key, r.refs, rec, r.current.as_deref());
-    }
-    tally
-}
-
-/// The result of a shard given up after failing on every attempt: each of
-/// its rows (key, group) is an error.
-pub(crate) fn failed_tally(
-    target: &str,
-    shard_no: u32,
-    error: &str,
-    items: &[(String, String)],
-) -> Tally {
-    let mut tally = Tally::default();
-    let msg = format!("shard {shard_no} failed on every attempt: {error}");
-    for (key, group) in items {
-        tally.record_planned_error(target, group, key, &msg);
-    }
-    tally
-}
-
 impl Store {
     /// Records a failed attempt at a shard; returns how many attempts failed.
     pub async fn shard_attempt_failed(
@@ -1009,6 +851,47 @@ impl Store {
         .await
         .map_err(sql("record a failed shard attempt"))?;
         Ok(n.unwrap_or(0).max(0) as u32)
+    }
+
+    /// Records a shard given up (dead-lettered) in the ledger — state
+    /// `dead`, its rows quarantined as errors, see [`Store::fail_shard`] —
+    /// and returns its result for the reducer to fold.
+    pub async fn record_dead_shard(
+        &self,
+        task: &ShardTask,
+        worker: &str,
+        error: &str,
+    ) -> Result<ShardResult, StoreError> {
+        // What the shard covers is the ledger's to say, never the message's:
+        // a forged dead task must not fail a healthy shard of another target.
+        let planned = self
+            .shard_target(&task.run_id, task.shard_no)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Data(format!(
+                    "shard {} of run {} is not in the ledger",
+                    task.shard_no, task.run_id
+                ))
+            })?;
+        if planned != task.target {
+            return Err(StoreError::Data(format!(
+                "dead task for shard {} of run {} names target `{}`, but the ledger planned `{planned}`",
+                task.shard_no, task.run_id, task.target
+            )));
+        }
+        let committed = self
+            .fail_shard(&task.run_id, task.shard_no, &planned, error)
+            .await?;
+        Ok(ShardResult {
+            v: MESSAGE_VERSION,
+            ledger: self.ledger().id.clone(),
+            run_id: task.run_id.clone(),
+            shard_no: task.shard_no,
+            target: planned,
+            worker: worker.to_string(),
+            elapsed_ms: 0,
+            tally: committed.tally().clone(),
+        })
     }
 
     /// Gives up on a shard that failed on every attempt (dead-lettered):

@@ -1,0 +1,379 @@
+//! Folding: a shard's result counted into its run, and how a run ends.
+//!
+//! The reducer counts each shard exactly once: the ledger claims the shard
+//! (so a redelivered result is recognised as a duplicate before it gets
+//! here), then [`fold_result`] merges the shard's stored result into the
+//! run's tally and counts it among the reduced shards. When it was the last
+//! shard, the fold also decides the run's final state ([`final_state`]) and
+//! writes its `Summary:` line. Nothing here reads or writes the ledger; the
+//! store hands in what it read and writes back what comes out.
+
+use serde_json::Value;
+
+use crate::report::{summary_line, RunView};
+use crate::{JobSpec, Mode, Plan, RunKind, RunState, Scope, SpecError, Tally};
+
+/// Why a run's ledger record could not be folded.
+#[derive(Debug, thiserror::Error)]
+pub enum FoldError {
+    /// A JSON field of the ledger does not decode as what it should hold.
+    #[error("ledger {what} is unreadable: {message}")]
+    Unreadable { what: &'static str, message: String },
+    /// A shard marked finished in the ledger has no result recorded.
+    #[error("a finished shard has no stored result")]
+    NoStoredResult,
+    /// The run's recorded spec no longer parses.
+    #[error("{0}")]
+    Spec(#[from] SpecError),
+    /// The run's recorded mode is not one this version knows.
+    #[error("{0}")]
+    Mode(String),
+    /// The folded tally could not be written back as JSON.
+    #[error("{0}")]
+    Encode(String),
+}
+
+/// A run's ledger record as the reducer reads it, under lock, before one
+/// more shard is folded in. The JSON fields are as the ledger stores them;
+/// the spec, scope and plan are decoded only when the run finishes, since
+/// only its summary line needs them.
+#[derive(Debug, Clone)]
+pub struct RunLedger<'a> {
+    pub run_id: &'a str,
+    pub spec_text: &'a str,
+    pub mode: &'a str,
+    pub scope: Value,
+    pub plan: Value,
+    pub tally: Value,
+    pub shards_total: i64,
+    pub shards_reduced: i64,
+}
+
+/// A run's tally with one more shard folded in, and, when it was the last
+/// shard, the run's final state and summary line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fold {
+    /// The run's tally after the fold, as the ledger stores it.
+    pub tally: Value,
+    /// How many shards are folded now, this one included.
+    pub reduced: i64,
+    /// `Some` when this was the last shard.
+    pub finished: Option<(RunState, String)>,
+}
+
+/// Decodes a JSON field of the ledger.
+pub fn decode<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    v: Value,
+) -> Result<T, FoldError> {
+    serde_json::from_value(v).map_err(|e| FoldError::Unreadable {
+        what,
+        message: e.to_string(),
+    })
+}
+
+/// The tally a mapper committed with its shard (`backfill_shard.result`):
+/// what the reducer folds, rather than what the message says.
+pub fn stored_tally(v: Option<Value>) -> Result<Tally, FoldError> {
+    decode("shard result", v.ok_or(FoldError::NoStoredResult)?)
+}
+
+/// Folds one shard's result into its run. The caller must have claimed the
+/// shard in the same transaction, so that each shard is folded once: this
+/// function counts whatever it is given.
+pub fn fold_result(run: RunLedger<'_>, shard: &Tally) -> Result<Fold, FoldError> {
+    let mut tally: Tally = decode("tally", run.tally)?;
+    tally.merge(shard);
+    let reduced = run.shards_reduced + 1;
+    let tally_json = serde_json::to_value(&tally).map_err(|e| FoldError::Encode(e.to_string()))?;
+    if reduced < run.shards_total {
+        return Ok(Fold {
+            tally: tally_json,
+            reduced,
+            finished: None,
+        });
+    }
+    let spec = JobSpec::parse(run.spec_text)?;
+    let mode: Mode = run.mode.parse().map_err(FoldError::Mode)?;
+    let scope: Scope = decode("scope", run.scope)?;
+    let plan: Plan = decode("plan", run.plan)?;
+    Ok(Fold {
+        tally: tally_json,
+        reduced,
+        finished: Some(finished(run.run_id, &spec, mode, &scope, &plan, &tally)),
+    })
+}
+
+/// The final state and `Summary:` line of a run with nothing left to fold:
+/// `tally` is its plan's tally merged with every shard's result.
+pub fn finished(
+    run_id: &str,
+    spec: &JobSpec,
+    mode: Mode,
+    scope: &Scope,
+    plan: &Plan,
+    tally: &Tally,
+) -> (RunState, String) {
+    let state = final_state(tally);
+    let summary = summary_line(&RunView {
+        run_id,
+        spec,
+        mode,
+        scope: &scope.describe(),
+        plan,
+        tally,
+        cancelled: None,
+        state,
+        // The summary line shows neither the kind nor the sample.
+        kind: RunKind::default(),
+        of: None,
+        sample: None,
+    });
+    (state, summary)
+}
+
+/// A run with row errors ends failed; otherwise done.
+pub fn final_state(tally: &Tally) -> RunState {
+    if tally.counts.errors > 0 {
+        RunState::Failed
+    } else {
+        RunState::Done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tally::{Recorded, CONFLICT_EDITED};
+
+    const SPEC: &str = r#"
+name = "titles"
+[[targets]]
+name = "revisions"
+table = "wagtailcore_revision"
+key = "id"
+key_type = "integer"
+columns = ["content"]
+query = "SELECT 1"
+[[targets.rules]]
+op = "set"
+path = "/product_name"
+value = "x"
+"#;
+
+    fn plan(shards_total: u32) -> Plan {
+        Plan {
+            groups: vec![],
+            targets: vec![],
+            shards_total,
+            tally: Tally::default(),
+        }
+    }
+
+    fn ledger(tally: &Tally, shards_total: i64, shards_reduced: i64) -> RunLedger<'static> {
+        RunLedger {
+            run_id: "r1",
+            spec_text: SPEC,
+            mode: "commit",
+            scope: serde_json::to_value(Scope::All).unwrap(),
+            plan: serde_json::to_value(plan(shards_total as u32)).unwrap(),
+            tally: serde_json::to_value(tally).unwrap(),
+            shards_total,
+            shards_reduced,
+        }
+    }
+
+    fn shard(first_key: u32, outcomes: &[Recorded<'_>]) -> Tally {
+        let mut t = Tally::default();
+        for (i, o) in outcomes.iter().enumerate() {
+            let key = (first_key + i as u32).to_string();
+            t.record_row("revisions", "G", &key, 2, o.clone(), None);
+        }
+        t
+    }
+
+    fn tally_of(fold: &Fold) -> Tally {
+        serde_json::from_value(fold.tally.clone()).unwrap()
+    }
+
+    #[test]
+    fn fold_merges_the_shard_and_counts_it_once() {
+        let s = shard(1, &[Recorded::Changed, Recorded::Unchanged]);
+        let fold = fold_result(ledger(&Tally::default(), 3, 0), &s).unwrap();
+        assert_eq!(fold.reduced, 1);
+        assert_eq!(fold.finished, None);
+        let t = tally_of(&fold);
+        assert_eq!(t.counts.processed, 2);
+        assert_eq!(t.counts.changed, 1);
+        assert_eq!(t.counts.unchanged, 1);
+        assert_eq!(t.refs_affected, 2);
+    }
+
+    #[test]
+    fn fold_keeps_what_was_folded_before() {
+        let first = shard(1, &[Recorded::Changed]);
+        let second = shard(10, &[Recorded::Skipped("blank"), Recorded::Changed]);
+        let after_first = fold_result(ledger(&Tally::default(), 3, 0), &first).unwrap();
+        let after_second = fold_result(
+            ledger(&tally_of(&after_first), 3, after_first.reduced),
+            &second,
+        )
+        .unwrap();
+        assert_eq!(after_second.reduced, 2);
+        let t = tally_of(&after_second);
+        assert_eq!(t.counts.processed, 3);
+        assert_eq!(t.counts.changed, 2);
+        assert_eq!(t.counts.skipped, 1);
+        assert_eq!(t.skipped_by_reason.get("blank"), Some(&1));
+    }
+
+    #[test]
+    fn fold_order_does_not_change_the_result() {
+        // The reducer folds results in the order they arrive: any order of
+        // the same shards gives the same run tally.
+        let a = shard(1, &[Recorded::Changed, Recorded::Error("bad json")]);
+        let b = shard(10, &[Recorded::Conflict(CONFLICT_EDITED)]);
+        let ab = fold_result(
+            ledger(
+                &tally_of(&fold_result(ledger(&Tally::default(), 2, 0), &a).unwrap()),
+                2,
+                1,
+            ),
+            &b,
+        )
+        .unwrap();
+        let ba = fold_result(
+            ledger(
+                &tally_of(&fold_result(ledger(&Tally::default(), 2, 0), &b).unwrap()),
+                2,
+                1,
+            ),
+            &a,
+        )
+        .unwrap();
+        assert_eq!(ab.tally, ba.tally);
+        assert_eq!(ab.finished, ba.finished);
+    }
+
+    #[test]
+    fn folding_the_same_result_twice_counts_it_twice() {
+        // Exactly-once rests on the ledger's claim of the shard, not on the
+        // fold: a second fold of the same result is counted again, so the
+        // store must never fold a shard it did not claim.
+        let s = shard(1, &[Recorded::Changed]);
+        let once = fold_result(ledger(&Tally::default(), 5, 0), &s).unwrap();
+        let twice = fold_result(ledger(&tally_of(&once), 5, once.reduced), &s).unwrap();
+        assert_eq!(tally_of(&twice).counts.changed, 2);
+        assert_eq!(twice.reduced, 2);
+    }
+
+    #[test]
+    fn the_last_shard_finishes_the_run_with_its_summary() {
+        let s = shard(1, &[Recorded::Changed, Recorded::Unchanged]);
+        let fold = fold_result(ledger(&Tally::default(), 2, 1), &s).unwrap();
+        assert_eq!(fold.reduced, 2);
+        let (state, summary) = fold.finished.unwrap();
+        assert_eq!(state, RunState::Done);
+        assert!(
+            summary.starts_with("Summary: mode=commit shards=2 processed=2 changed=1 unchanged=1 "),
+            "{summary}"
+        );
+        assert!(summary.contains("run=r1"), "{summary}");
+    }
+
+    #[test]
+    fn a_last_shard_with_row_errors_fails_the_run() {
+        let s = shard(1, &[Recorded::Error("bad json")]);
+        let (state, summary) = fold_result(ledger(&Tally::default(), 1, 0), &s)
+            .unwrap()
+            .finished
+            .unwrap();
+        assert_eq!(state, RunState::Failed);
+        assert!(summary.contains("errors=1"), "{summary}");
+    }
+
+    #[test]
+    fn errors_folded_earlier_fail_the_run_at_its_last_shard() {
+        let mut before = Tally::default();
+        before.record_planned_error("revisions", "G", "9", "shard 0 failed on every attempt: x");
+        let s = shard(1, &[Recorded::Changed]);
+        let (state, _) = fold_result(ledger(&before, 2, 1), &s)
+            .unwrap()
+            .finished
+            .unwrap();
+        assert_eq!(state, RunState::Failed);
+    }
+
+    #[test]
+    fn the_spec_is_read_only_when_the_run_finishes() {
+        let mut run = ledger(&Tally::default(), 3, 0);
+        run.spec_text = "not a spec";
+        run.plan = Value::Null;
+        assert!(fold_result(run, &Tally::default()).is_ok());
+        let mut last = ledger(&Tally::default(), 1, 0);
+        last.spec_text = "not a spec";
+        assert!(matches!(
+            fold_result(last, &Tally::default()),
+            Err(FoldError::Spec(_))
+        ));
+    }
+
+    #[test]
+    fn unreadable_ledger_fields_are_named() {
+        let mut run = ledger(&Tally::default(), 3, 0);
+        run.tally = Value::String("x".into());
+        let e = fold_result(run, &Tally::default()).unwrap_err();
+        assert!(
+            e.to_string().starts_with("ledger tally is unreadable: "),
+            "{e}"
+        );
+        let mut last = ledger(&Tally::default(), 1, 0);
+        last.mode = "sideways";
+        assert!(matches!(
+            fold_result(last, &Tally::default()),
+            Err(FoldError::Mode(_))
+        ));
+        let mut last = ledger(&Tally::default(), 1, 0);
+        last.plan = Value::Null;
+        let e = fold_result(last, &Tally::default()).unwrap_err();
+        assert!(
+            e.to_string().starts_with("ledger plan is unreadable: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn stored_tally_needs_a_result() {
+        assert!(matches!(stored_tally(None), Err(FoldError::NoStoredResult)));
+        let s = shard(1, &[Recorded::Changed]);
+        let back = stored_tally(Some(serde_json::to_value(&s).unwrap())).unwrap();
+        assert_eq!(back, s);
+        let e = stored_tally(Some(Value::Bool(true))).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("ledger shard result is unreadable: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn final_state_for_each_kind_of_tally() {
+        assert_eq!(final_state(&Tally::default()), RunState::Done);
+        for (outcome, state) in [
+            (Recorded::Changed, RunState::Done),
+            (Recorded::Unchanged, RunState::Done),
+            (Recorded::Skipped("blank"), RunState::Done),
+            (Recorded::Conflict(CONFLICT_EDITED), RunState::Done),
+            (Recorded::Error("bad json"), RunState::Failed),
+        ] {
+            let t = shard(1, std::slice::from_ref(&outcome));
+            assert_eq!(final_state(&t), state, "{outcome:?}");
+            // One error among any other outcomes fails the run.
+            let mixed = shard(1, &[outcome.clone(), Recorded::Error("bad json")]);
+            assert_eq!(final_state(&mixed), RunState::Failed, "{outcome:?} + error");
+        }
+        let mut planned = Tally::default();
+        planned.record_planned_error("revisions", "G", "1", "referenced twice");
+        assert_eq!(final_state(&planned), RunState::Failed);
+    }
+}
