@@ -17,16 +17,17 @@ const MQ_HINT: &str = "RabbitMQ is not reachable. Start it with `rabbitmq-server
 
 #[test]
 fn bench_at_20k_rows_agrees_on_every_checksum() {
-    // The benchmark is a package of its own; a workspace build (`cargo
-    // test --workspace`) puts it next to `backfill`.
-    let bench = std::path::Path::new(env!("CARGO_BIN_EXE_backfill"))
-        .with_file_name(format!("backfill-bench{}", std::env::consts::EXE_SUFFIX));
+    // `backfill` is the root package's binary: a workspace build (`cargo
+    // test --workspace`, as the suite runs) puts it next to this one.
+    let bench = env!("CARGO_BIN_EXE_backfill-bench");
+    let backfill = std::path::Path::new(bench)
+        .with_file_name(format!("backfill{}", std::env::consts::EXE_SUFFIX));
     assert!(
-        bench.exists(),
-        "{} is not built: run the suite with `cargo test --workspace`, or build it with `cargo build -p backfill-bench`",
-        bench.display()
+        backfill.exists(),
+        "{} is not built: run the suite with `cargo test --workspace`, or build it with `cargo build -p backfill`",
+        backfill.display()
     );
-    let mut child = Command::new(&bench)
+    let mut child = Command::new(bench)
         .args([
             "--rows",
             "20000",
@@ -45,7 +46,7 @@ fn bench_at_20k_rows_agrees_on_every_checksum() {
             "--timeout-secs",
             "240",
             "--backfill-bin",
-            env!("CARGO_BIN_EXE_backfill"),
+            backfill.to_str().expect("a UTF-8 path"),
         ])
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
