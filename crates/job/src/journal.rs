@@ -50,6 +50,8 @@ pub fn touch_point(doc: &Value, rule: &Rule) -> Option<String> {
     let path = match &rule.op {
         Op::Set { path, .. } | Op::Remove { path } => path,
         Op::Rename { .. } | Op::Copy { .. } | Op::Jq { .. } => return None,
+        // Where these write is only known by comparing documents.
+        Op::Stream { .. } | Op::InString { .. } => return None,
     };
     if path.split('/').any(|t| t == "-") {
         return None;

@@ -7,6 +7,10 @@
 //! - [`rules`]: the document rewrite (set, remove, rename, copy and jq
 //!   operations over JSON Pointers) and the row-level evaluation that
 //!   decides changed / unchanged / skipped / error for one row.
+//! - [`streamfield`], [`pyjson`], [`streamrule`]: Wagtail StreamField
+//!   migration operations, JSON inside strings written back as Python's
+//!   `json.dumps` wrote it, and the `streamfield` / `json_string` rules
+//!   built on them.
 //! - [`equality`]: JSON equality as the database sees it (numbers by
 //!   decimal value), which decides whether a rule already holds.
 //! - [`journal`]: the undo log of a row's rules, which tells what they
@@ -48,6 +52,7 @@ pub mod spec;
 pub mod spec_error;
 pub mod splice;
 pub mod streamfield;
+pub mod streamrule;
 pub mod tally;
 pub mod verify;
 

@@ -33,6 +33,8 @@ use crate::jq::JqFilter;
 use crate::select::Selector;
 use crate::spec::TargetSpec;
 use crate::splice::{nesting_depth, splice_parsed, value_depth, MAX_DEPTH};
+use crate::streamfield::{BlockPath, StreamOperation};
+use crate::streamrule;
 
 /// Where a `set` takes its value from.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +91,19 @@ pub enum Op {
     Jq {
         path: String,
         filter: JqFilter,
+    },
+    /// A Wagtail StreamField migration operation on the stream at `path`
+    /// (see [`crate::streamrule`]).
+    Stream {
+        path: String,
+        operation: Box<StreamOperation>,
+        block_path: BlockPath,
+    },
+    /// `inner` applied inside the JSON the string at `path` holds, written
+    /// back in the string's own style (see [`crate::streamrule`]).
+    InString {
+        path: String,
+        inner: Box<Op>,
     },
 }
 
@@ -587,18 +602,7 @@ fn apply_at(
     let at = |path: &str| format!("{place}{path}");
     match &rule.op {
         Op::Set { path, value } => {
-            let value = match value {
-                ValueSource::Literal(v) => v.clone(),
-                ValueSource::Param(p) => params
-                    .get(p)
-                    .cloned()
-                    .ok_or_else(|| format!("parameter `{p}` is not provided by the query"))?,
-                ValueSource::Pointer { column, path: from } => docs
-                    .get(column.as_str())
-                    .and_then(|d| d.pointer(from))
-                    .cloned()
-                    .ok_or_else(|| format!("source `{column}{from}` is absent"))?,
-            };
+            let value = resolve(value, docs, params)?;
             set(column_mut(docs, rule)?, &at(path), value)
         }
         Op::Remove { path } => {
@@ -636,6 +640,18 @@ fn apply_at(
                 format!("jq at `{shown}`: {e}")
             })?;
             set(doc, &path, new)
+        }
+        Op::Stream {
+            path,
+            operation,
+            block_path,
+        } => streamrule::apply_stream(column_mut(docs, rule)?, &at(path), operation, block_path),
+        Op::InString { path, inner } => {
+            let value = match &**inner {
+                Op::Set { value, .. } => Some(resolve(value, docs, params)?),
+                _ => None,
+            };
+            streamrule::apply_in_string(column_mut(docs, rule)?, &at(path), inner, value)
         }
     }
 }
@@ -706,6 +722,26 @@ pub fn rename(doc: &mut Value, path: &str, to: &str, on_both: OnBoth) -> Result<
         }
     }
     Ok(())
+}
+
+/// The value a `set` writes.
+fn resolve(
+    value: &ValueSource,
+    docs: &BTreeMap<&str, Value>,
+    params: &Map<String, Value>,
+) -> Result<Value, String> {
+    Ok(match value {
+        ValueSource::Literal(v) => v.clone(),
+        ValueSource::Param(p) => params
+            .get(p)
+            .cloned()
+            .ok_or_else(|| format!("parameter `{p}` is not provided by the query"))?,
+        ValueSource::Pointer { column, path: from } => docs
+            .get(column.as_str())
+            .and_then(|d| d.pointer(from))
+            .cloned()
+            .ok_or_else(|| format!("source `{column}{from}` is absent"))?,
+    })
 }
 
 fn pointer_buf(p: &str) -> Result<json_patch::jsonptr::PointerBuf, String> {

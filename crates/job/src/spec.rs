@@ -292,6 +292,23 @@ struct RawRule {
     to: Option<String>,
     on_both: Option<String>,
     filter: Option<String>,
+    /// The value at `path` is a string holding JSON; the rule runs inside it.
+    json_string: Option<bool>,
+    /// With `json_string`: where inside the decoded JSON the rule runs.
+    inner_path: Option<String>,
+    /// `op = "streamfield"`: the operation and the block path.
+    operation: Option<String>,
+    block_path: Option<String>,
+    /// `op = "streamfield"`: the operation's arguments.
+    old_name: Option<toml::Value>,
+    new_name: Option<toml::Value>,
+    name: Option<toml::Value>,
+    block_name: Option<toml::Value>,
+    list_block_name: Option<toml::Value>,
+    block_names: Option<toml::Value>,
+    stream_block_name: Option<toml::Value>,
+    new_value: Option<toml::Value>,
+    struct_block_name: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1219,6 +1236,43 @@ fn validate_rule(
         ));
     }
     let when = parse_when(field, r.when)?;
+    let json_string = r.json_string.unwrap_or(false);
+    if let Some(inner) = &r.inner_path {
+        if !json_string {
+            return Err(SpecError::new(
+                format!("{field}.inner_path"),
+                "`inner_path` is only for a rule with `json_string = true`",
+            ));
+        }
+        validate_pointer(inner).map_err(|m| SpecError::new(format!("{field}.inner_path"), m))?;
+    }
+    let mut stream_args = serde_json::Map::new();
+    for (name, v) in [
+        ("old_name", r.old_name),
+        ("new_name", r.new_name),
+        ("name", r.name),
+        ("block_name", r.block_name),
+        ("list_block_name", r.list_block_name),
+        ("block_names", r.block_names),
+        ("stream_block_name", r.stream_block_name),
+        ("new_value", r.new_value),
+        ("struct_block_name", r.struct_block_name),
+    ] {
+        if let Some(v) = v {
+            stream_args.insert(name.into(), literal(&format!("{field}.{name}"), v)?);
+        }
+    }
+    if r.op != "streamfield" {
+        let stray = (r.operation.as_ref().map(|_| "operation"))
+            .or(r.block_path.as_ref().map(|_| "block_path"))
+            .or(stream_args.keys().next().map(String::as_str));
+        if let Some(name) = stray {
+            return Err(SpecError::new(
+                format!("{field}.{name}"),
+                format!("`{name}` is for op `streamfield`, not `{}`", r.op),
+            ));
+        }
+    }
 
     // Each op names the fields it takes; any other is refused, named.
     let op_name = r.op.as_str();
@@ -1237,10 +1291,14 @@ fn validate_rule(
         "rename" => &["to", "on_both"],
         "copy" => &["from", "from_column"],
         "jq" => &["filter"],
+        // Its arguments are fields of the rule, checked by the operation.
+        "streamfield" => &[],
         other => {
             return Err(SpecError::new(
                 format!("{field}.op"),
-                format!("unknown op `{other}` (expected set, remove, rename, copy or jq)"),
+                format!(
+                    "unknown op `{other}` (expected set, remove, rename, copy, jq or streamfield)"
+                ),
             ))
         }
     };
@@ -1297,8 +1355,15 @@ fn validate_rule(
             };
             Op::Set { path, value }
         }
+        "streamfield" => crate::streamrule::compile(
+            field,
+            &path,
+            r.operation.as_deref(),
+            r.block_path.as_deref(),
+            &stream_args,
+        )?,
         "remove" => {
-            if path.is_empty() && select.is_none() {
+            if path.is_empty() && select.is_none() && !json_string {
                 return Err(SpecError::new(
                     format!("{field}.path"),
                     "cannot remove the whole document; use op `set` with path \"\" and a value",
@@ -1394,6 +1459,11 @@ fn validate_rule(
                 .map_err(|m| SpecError::new(format!("{field}.filter"), m))?;
             Op::Jq { path, filter }
         }
+    };
+    let op = if json_string {
+        crate::streamrule::in_string(field, op, r.inner_path.as_deref().unwrap_or(""))?
+    } else {
+        op
     };
     Ok(Rule {
         column,

@@ -862,6 +862,23 @@ mod tests {
     }
 
     #[test]
+    fn a_renamed_key_keeps_its_place() {
+        let rename = |d: &mut Value| {
+            let old = obj(d).clone();
+            *obj(d) = old
+                .into_iter()
+                .map(|(k, v)| (if k == "b" { "z".into() } else { k }, v))
+                .collect();
+        };
+        assert_eq!(
+            ok(r#"{"a": 1, "b": [2, 3], "c": 3}"#, rename),
+            r#"{"a": 1, "z": [2,3], "c": 3}"#
+        );
+        assert_eq!(ok(r#"{"b": 2, "c": 3}"#, rename), r#"{"z": 2, "c": 3}"#);
+        assert_eq!(ok(r#"{"a": 1, "b": 2}"#, rename), r#"{"a": 1, "z": 2}"#);
+    }
+
+    #[test]
     fn duplicate_keys_in_untouched_parts_are_kept() {
         let doc = r#"{"meta": {"k": 1, "k": 2}, "x": 1}"#;
         assert_eq!(

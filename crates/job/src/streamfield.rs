@@ -54,9 +54,10 @@
 //!   old-format list is wrapped into. Wagtail gives such blocks an id only
 //!   when the value is next saved through its block definitions (a page's
 //!   own field, not the revisions its migration rewrites). Here every block
-//!   created gets `"id"` from the caller's id source (a UUID4 in production,
-//!   [`new_block_id`]), after its `type` and `value`, as Wagtail would write
-//!   it on that save. Blocks that are changed rather than created keep their
+//!   created gets `"id"` from the caller's id source (a UUID4: random in
+//!   [`new_block_id`]; for a job's rules drawn from a hash of the stream as
+//!   read, see [`crate::streamrule`]), after its `type` and `value`, as
+//!   Wagtail would write it on that save. Blocks that are changed rather than created keep their
 //!   id (or lack of one), as in Wagtail: that includes the blocks
 //!   `stream_children_to_struct_block` turns into structs, whatever its
 //!   docstring says.
