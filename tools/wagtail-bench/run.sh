@@ -28,4 +28,6 @@ if [ "${1:-}" = "--setup" ]; then
     exit 0
 fi
 cd "$here"
+# No bytecode written into the source tree.
+export PYTHONDONTWRITEBYTECODE=1
 exec "$venv/bin/python" "$here/migrate.py" "$@"
