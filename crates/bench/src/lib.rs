@@ -12,7 +12,10 @@
 //!   row over one connection (autocommit), over the same rows;
 //! - `commit`: `backfill coordinator --commit --wait` with a `backfill
 //!   reducer` and 1, 2, 4… `backfill mapper` processes over RabbitMQ;
-//! - `dry-run`: the same without `--commit`.
+//! - `dry-run`: the same without `--commit`;
+//! - `streamfield` (only when named in `--only`): a StreamField migration by
+//!   backfill (`jobs/wagtail-streamfield.toml`) against Wagtail's own
+//!   `MigrateStreamData` (`tools/wagtail-bench`), see [`streamfield`].
 //!
 //! Per contender it reports wall time, rows per second, the ratio to the
 //! limit, the peak RSS of every backfill process, the database's growth and
@@ -35,6 +38,7 @@
 //! - [`memory`]: a mapper's peak RSS on a shard of large rows, against the
 //!   bound 64 MiB + 3 × the largest row, batched and as one batch.
 //! - [`report`]: the table.
+//! - [`streamfield`]: backfill against Wagtail's `MigrateStreamData`.
 
 pub mod breakdown;
 pub mod conn;
@@ -45,6 +49,7 @@ pub mod messaging;
 pub mod procs;
 pub mod report;
 pub mod sqlside;
+pub mod streamfield;
 
 use anyhow::{bail, Context};
 use backfill_job::JobSpec;
@@ -95,8 +100,9 @@ pub struct Options {
     /// Rows per shard [default: the job spec's shard_size].
     #[arg(long)]
     pub shard_size: Option<u32>,
-    /// Contenders to run, of: limit, per-row, commit, dry-run, messaging, breakdown
-    /// [default: all]. `commit` runs once per --mappers value.
+    /// Contenders to run, of: limit, per-row, commit, dry-run, messaging, breakdown,
+    /// memory, streamfield [default: all but streamfield]. `commit` runs once per
+    /// --mappers value; `streamfield` runs only when named.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub only: Vec<String>,
     /// Keep the template and every contender's database (else they are dropped).
@@ -121,6 +127,21 @@ pub struct Options {
     /// MiB per row of the mapper memory measurement.
     #[arg(long, default_value_t = 20)]
     pub memory_row_mib: u32,
+    /// Mapper processes of the streamfield contender's backfill side.
+    #[arg(long, default_value_t = 2)]
+    pub streamfield_mappers: u16,
+    /// The script that runs Wagtail's MigrateStreamData [default:
+    /// tools/wagtail-bench/run.sh of the source tree this bench was built from].
+    #[arg(long, value_name = "PATH")]
+    pub wagtail_bench: Option<PathBuf>,
+    /// The virtualenv of the Wagtail side (made and filled from PyPI when it
+    /// lacks Wagtail) [default: the script's, under the system temp dir].
+    #[arg(long, value_name = "DIR")]
+    pub wagtail_venv: Option<PathBuf>,
+    /// Fail, instead of skipping the streamfield contender, when the Wagtail
+    /// side cannot be set up (no Python, no venv, no PyPI).
+    #[arg(long)]
+    pub require_wagtail: bool,
     /// Where the processes' logs go [default: a new directory under the system temp dir].
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
@@ -177,11 +198,17 @@ const KNOWN: &[&str] = &[
     "messaging",
     "breakdown",
     "memory",
+    "streamfield",
 ];
 
 impl Options {
     fn wants(&self, what: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|o| o == what)
+        self.only.is_empty() || self.named(what)
+    }
+
+    /// Named in `--only` (for what does not run by default).
+    fn named(&self, what: &str) -> bool {
+        self.only.iter().any(|o| o == what)
     }
 
     /// The contenders in the order they run.
@@ -217,8 +244,12 @@ impl Options {
         if self.programs == 0 {
             bail!("--programs must be at least 1");
         }
-        if self.mappers.contains(&0) || self.dry_run_mappers == 0 || self.concurrency == 0 {
-            bail!("--mappers, --dry-run-mappers and --concurrency must be at least 1");
+        if self.mappers.contains(&0)
+            || self.dry_run_mappers == 0
+            || self.concurrency == 0
+            || self.streamfield_mappers == 0
+        {
+            bail!("--mappers, --dry-run-mappers, --streamfield-mappers and --concurrency must be at least 1");
         }
         if let Some(t) = &self.template {
             if !backfill_job::spec::is_identifier(t) || t.contains('.') {
@@ -302,13 +333,18 @@ pub async fn run(opts: Options) -> anyhow::Result<i32> {
     let contenders = opts.contenders();
     let needs_broker = contenders.iter().any(|c| c.is_backfill())
         || opts.wants("messaging")
-        || opts.wants("memory");
+        || opts.wants("memory")
+        || opts.named("streamfield");
     let server = db::Server::connect(&opts.database_url).await?;
     if needs_broker {
         messaging::check_broker(&opts.amqp_url).await?;
     }
     let bin = opts.backfill_bin()?;
-    if (contenders.iter().any(|c| c.is_backfill()) || opts.wants("memory")) && !bin.is_file() {
+    if (contenders.iter().any(|c| c.is_backfill())
+        || opts.wants("memory")
+        || opts.named("streamfield"))
+        && !bin.is_file()
+    {
         bail!(
             "the backfill binary {} does not exist: build it (`cargo build --release --bin backfill`) or pass --backfill-bin",
             bin.display()
@@ -421,6 +457,7 @@ async fn run_contenders(
                     log_dir,
                     timeout,
                     extra_env: &[],
+                    params: &[],
                 };
                 let r = run.run(server).await;
                 messaging::delete_queues(&opts.amqp_url, &prefix).await;
@@ -521,16 +558,40 @@ async fn run_contenders(
         None
     };
 
+    let streamfield = if opts.named("streamfield") {
+        println!("\n== streamfield: backfill against Wagtail's MigrateStreamData, each on a clone of the template");
+        Some(streamfield::run(opts, server, &template, tag, bin, log_dir, cleanup).await?)
+    } else {
+        None
+    };
+
     println!();
-    let verdict = report::verdict(&outcomes, &baseline);
-    print!("{}", report::table(&outcomes, &baseline, opts));
+    let mut verdict = report::verdict(&outcomes, &baseline);
+    if !outcomes.is_empty() {
+        print!("{}", report::table(&outcomes, &baseline, opts));
+    }
     if let Some(m) = &messaging {
         println!("messaging per shard: {}", m.describe());
     }
     if let Some(m) = &memory {
         println!("{}", m.summary());
     }
-    println!("{}", verdict.line);
+    if !outcomes.is_empty() || !opts.named("streamfield") {
+        println!("{}", verdict.line);
+    }
+    match &streamfield {
+        Some(streamfield::Comparison::Ran(r)) => {
+            let (ok, line) = r.verdict();
+            println!();
+            print!("{}", r.table());
+            println!("{line}");
+            verdict.ok &= ok;
+        }
+        Some(streamfield::Comparison::Skipped(reason)) => {
+            println!("streamfield: skipped, the Wagtail side cannot run: {reason}");
+        }
+        None => {}
+    }
     Ok(if verdict.ok { 0 } else { 1 })
 }
 

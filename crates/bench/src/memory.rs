@@ -192,6 +192,7 @@ value = true
             log_dir,
             timeout,
             extra_env: env,
+            params: &[],
         };
         let r = run.run(server).await;
         crate::messaging::delete_queues(amqp_url, &prefix).await;

@@ -176,6 +176,9 @@ pub struct BackfillRun<'a> {
     pub timeout: Duration,
     /// More environment for every process (settings under test).
     pub extra_env: &'a [(&'a str, &'a str)],
+    /// The job's parameters, `NAME=VALUE` each (given to the coordinator as
+    /// `--param`).
+    pub params: &'a [String],
 }
 
 /// What the run did.
@@ -288,6 +291,10 @@ impl BackfillRun<'_> {
         ];
         if self.commit {
             args.push("--commit".to_string());
+        }
+        for p in self.params {
+            args.push("--param".to_string());
+            args.push(p.clone());
         }
         if let Some(n) = self.shard_size {
             args.push("--shard-size".to_string());
