@@ -526,208 +526,214 @@ async fn sqlite_consistent(sqlite: &SqlitePool) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_certificates_equal_postgres() {
-    with_postgres(|pg| async move {
-        let dir = TempDir::new();
-        let sqlite = sqlite_pool(&dir.path().join("site.sqlite3")).await;
-        let params = CertificateParams {
-            programs: 25,
-            revisions: 400,
-            seed: 7,
-        };
-        create_certificate_schema_sqlite(&sqlite)
-            .await
-            .expect("SQLite schema");
-        let stats = generate_certificates_sqlite(&sqlite, &params)
-            .await
-            .expect("generate certificates into SQLite");
-        println!("{stats:?}");
+/// Needs PostgreSQL (and RabbitMQ where it says so): the real-service tier,
+/// left out by `--skip tier2`.
+mod tier2 {
+    use super::*;
 
-        // Stats match the SQLite tables.
-        assert_eq!(stats.programs, 25);
-        assert_eq!(
-            stats.programs,
-            sqlite_count(&sqlite, "SELECT count(*) FROM courses_program").await
-        );
-        assert_eq!(
-            stats.revisions_total,
-            sqlite_count(&sqlite, "SELECT count(*) FROM wagtailcore_revision").await
-        );
-        assert_eq!(
-            stats.certificates,
-            sqlite_count(&sqlite, "SELECT count(*) FROM courses_programcertificate").await
-        );
-        assert_eq!(
-            stats.revoked,
-            sqlite_count(
-                &sqlite,
-                "SELECT count(*) FROM courses_programcertificate WHERE is_revoked"
-            )
-            .await
-        );
-        assert_eq!(
-            stats.without_revision,
-            sqlite_count(
-                &sqlite,
-                "SELECT count(*) FROM courses_programcertificate \
-                 WHERE certificate_page_revision_id IS NULL"
-            )
-            .await
-        );
-        assert_eq!(
-            stats.referenced_revisions,
-            sqlite_count(
-                &sqlite,
-                "SELECT count(DISTINCT certificate_page_revision_id) \
-                 FROM courses_programcertificate WHERE NOT is_revoked"
-            )
-            .await
-        );
-        assert_eq!(
-            sqlite_count(
-                &sqlite,
-                "SELECT count(*) FROM wagtailcore_revision r \
-                 JOIN django_content_type ct ON ct.id = r.content_type_id \
-                 WHERE ct.app_label = 'cms' AND ct.model = 'certificatepage'"
-            )
-            .await,
-            400,
-            "certificate-page revisions"
-        );
-        assert!(stats.revoked > 0 && stats.without_revision > 0);
-        sqlite_consistent(&sqlite).await;
-
-        // The same data set on PostgreSQL.
-        create_certificate_schema(&pg)
-            .await
-            .expect("PostgreSQL schema");
-        let pg_stats = generate_certificates(&pg, &params)
-            .await
-            .expect("generate certificates into PostgreSQL");
-        assert_eq!(stats, pg_stats, "stats of both back ends");
-        compare_schemas(&pg, &sqlite, CERTIFICATE_TABLES).await;
-        for table in CERTIFICATE_TABLES {
-            let rows = compare_table(&pg, &sqlite, table).await;
-            println!("{table}: {rows} equal rows");
-            assert!(rows > 0, "{table} is empty");
-        }
-
-        // SQLite specifics: a second run refuses the filled tables, AUTOINCREMENT continues
-        // after the generated ids, and the JSONField check rejects invalid JSON.
-        assert!(
-            generate_certificates_sqlite(&sqlite, &params)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_certificates_equal_postgres() {
+        with_postgres(|pg| async move {
+            let dir = TempDir::new();
+            let sqlite = sqlite_pool(&dir.path().join("site.sqlite3")).await;
+            let params = CertificateParams {
+                programs: 25,
+                revisions: 400,
+                seed: 7,
+            };
+            create_certificate_schema_sqlite(&sqlite)
                 .await
-                .is_err(),
-            "refuses non-empty tables"
-        );
-        let next: i64 = sqlx::query_scalar(
-            "INSERT INTO courses_program (created_on, updated_on, readable_id, title, live) \
-             VALUES ('2025-06-01 00:00:00', '2025-06-01 00:00:00', 'program-v1:MITx+EXTRA', \
-                     'Extra', 1) RETURNING id",
-        )
-        .fetch_one(&sqlite)
-        .await
-        .expect("insert with AUTOINCREMENT");
-        assert_eq!(next, 26);
-        let next_revision: i64 = sqlx::query_scalar(
-            "INSERT INTO wagtailcore_revision (created_at, content, object_id, content_type_id, \
-                 base_content_type_id, object_str) \
-             VALUES ('2025-06-01 00:00:00', '{}', '1', 1, 1, 'x') RETURNING id",
-        )
-        .fetch_one(&sqlite)
-        .await
-        .expect("insert revision");
-        assert_eq!(
-            u64::try_from(next_revision).expect("id"),
-            stats.revisions_total + 1
-        );
-        assert!(
-            sqlx::query("UPDATE wagtailcore_revision SET content = '{oops' WHERE id = 1")
+                .expect("SQLite schema");
+            let stats = generate_certificates_sqlite(&sqlite, &params)
+                .await
+                .expect("generate certificates into SQLite");
+            println!("{stats:?}");
+
+            // Stats match the SQLite tables.
+            assert_eq!(stats.programs, 25);
+            assert_eq!(
+                stats.programs,
+                sqlite_count(&sqlite, "SELECT count(*) FROM courses_program").await
+            );
+            assert_eq!(
+                stats.revisions_total,
+                sqlite_count(&sqlite, "SELECT count(*) FROM wagtailcore_revision").await
+            );
+            assert_eq!(
+                stats.certificates,
+                sqlite_count(&sqlite, "SELECT count(*) FROM courses_programcertificate").await
+            );
+            assert_eq!(
+                stats.revoked,
+                sqlite_count(
+                    &sqlite,
+                    "SELECT count(*) FROM courses_programcertificate WHERE is_revoked"
+                )
+                .await
+            );
+            assert_eq!(
+                stats.without_revision,
+                sqlite_count(
+                    &sqlite,
+                    "SELECT count(*) FROM courses_programcertificate \
+                     WHERE certificate_page_revision_id IS NULL"
+                )
+                .await
+            );
+            assert_eq!(
+                stats.referenced_revisions,
+                sqlite_count(
+                    &sqlite,
+                    "SELECT count(DISTINCT certificate_page_revision_id) \
+                     FROM courses_programcertificate WHERE NOT is_revoked"
+                )
+                .await
+            );
+            assert_eq!(
+                sqlite_count(
+                    &sqlite,
+                    "SELECT count(*) FROM wagtailcore_revision r \
+                     JOIN django_content_type ct ON ct.id = r.content_type_id \
+                     WHERE ct.app_label = 'cms' AND ct.model = 'certificatepage'"
+                )
+                .await,
+                400,
+                "certificate-page revisions"
+            );
+            assert!(stats.revoked > 0 && stats.without_revision > 0);
+            sqlite_consistent(&sqlite).await;
+
+            // The same data set on PostgreSQL.
+            create_certificate_schema(&pg)
+                .await
+                .expect("PostgreSQL schema");
+            let pg_stats = generate_certificates(&pg, &params)
+                .await
+                .expect("generate certificates into PostgreSQL");
+            assert_eq!(stats, pg_stats, "stats of both back ends");
+            compare_schemas(&pg, &sqlite, CERTIFICATE_TABLES).await;
+            for table in CERTIFICATE_TABLES {
+                let rows = compare_table(&pg, &sqlite, table).await;
+                println!("{table}: {rows} equal rows");
+                assert!(rows > 0, "{table} is empty");
+            }
+
+            // SQLite specifics: a second run refuses the filled tables, AUTOINCREMENT continues
+            // after the generated ids, and the JSONField check rejects invalid JSON.
+            assert!(
+                generate_certificates_sqlite(&sqlite, &params)
+                    .await
+                    .is_err(),
+                "refuses non-empty tables"
+            );
+            let next: i64 = sqlx::query_scalar(
+                "INSERT INTO courses_program (created_on, updated_on, readable_id, title, live) \
+                 VALUES ('2025-06-01 00:00:00', '2025-06-01 00:00:00', 'program-v1:MITx+EXTRA', \
+                         'Extra', 1) RETURNING id",
+            )
+            .fetch_one(&sqlite)
+            .await
+            .expect("insert with AUTOINCREMENT");
+            assert_eq!(next, 26);
+            let next_revision: i64 = sqlx::query_scalar(
+                "INSERT INTO wagtailcore_revision (created_at, content, object_id, content_type_id, \
+                     base_content_type_id, object_str) \
+                 VALUES ('2025-06-01 00:00:00', '{}', '1', 1, 1, 'x') RETURNING id",
+            )
+            .fetch_one(&sqlite)
+            .await
+            .expect("insert revision");
+            assert_eq!(
+                u64::try_from(next_revision).expect("id"),
+                stats.revisions_total + 1
+            );
+            assert!(
+                sqlx::query("UPDATE wagtailcore_revision SET content = '{oops' WHERE id = 1")
+                    .execute(&sqlite)
+                    .await
+                    .is_err(),
+                "JSON_VALID check"
+            );
+            sqlite.close().await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_collections_equal_postgres() {
+        with_postgres(|pg| async move {
+            let dir = TempDir::new();
+            let sqlite = sqlite_pool(&dir.path().join("site.sqlite3")).await;
+            let params = CollectionParams {
+                collections: 10,
+                max_versions: 6,
+                seed: 11,
+            };
+            create_collection_schema_sqlite(&sqlite)
+                .await
+                .expect("SQLite schema");
+            let stats = generate_collections_sqlite(&sqlite, &params)
+                .await
+                .expect("generate collections into SQLite");
+            println!("{stats:?}");
+            assert_eq!(stats.collections, 10);
+            assert_eq!(
+                stats.collections,
+                sqlite_count(&sqlite, "SELECT count(*) FROM collection_models").await
+            );
+            assert_eq!(
+                stats.snapshots,
+                sqlite_count(&sqlite, "SELECT count(*) FROM collection_snapshot_contents").await
+            );
+            assert_eq!(
+                stats.snapshots,
+                sqlite_count(&sqlite, "SELECT sum(version) FROM collection_models").await
+            );
+            // The current row matches the latest snapshot (SQLite's JSON functions read the
+            // stored text as JSON).
+            assert_eq!(
+                sqlite_count(
+                    &sqlite,
+                    "SELECT count(*) FROM collection_models m \
+                     JOIN collection_snapshot_contents s ON s.id = m.id || '-' || m.version \
+                     WHERE json_extract(s.content, '$.nodes') <> json(m.nodes) \
+                        OR json_extract(s.content, '$.title') <> m.title \
+                        OR m.collection_dict IS NOT NULL"
+                )
+                .await,
+                0
+            );
+            sqlite_consistent(&sqlite).await;
+
+            create_collection_schema(&pg)
+                .await
+                .expect("PostgreSQL schema");
+            let pg_stats = generate_collections(&pg, &params)
+                .await
+                .expect("generate collections into PostgreSQL");
+            assert_eq!(stats, pg_stats, "stats of both back ends");
+            compare_schemas(&pg, &sqlite, COLLECTION_TABLES).await;
+            for table in COLLECTION_TABLES {
+                let rows = compare_table(&pg, &sqlite, table).await;
+                println!("{table}: {rows} equal rows");
+                assert!(rows > 0, "{table} is empty");
+            }
+
+            assert!(
+                generate_collections_sqlite(&sqlite, &params).await.is_err(),
+                "refuses non-empty tables"
+            );
+            assert!(
+                sqlx::query(
+                    "INSERT INTO collection_snapshot_contents (id, content) VALUES ('x', 'no')"
+                )
                 .execute(&sqlite)
                 .await
                 .is_err(),
-            "JSON_VALID check"
-        );
-        sqlite.close().await;
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_collections_equal_postgres() {
-    with_postgres(|pg| async move {
-        let dir = TempDir::new();
-        let sqlite = sqlite_pool(&dir.path().join("site.sqlite3")).await;
-        let params = CollectionParams {
-            collections: 10,
-            max_versions: 6,
-            seed: 11,
-        };
-        create_collection_schema_sqlite(&sqlite)
-            .await
-            .expect("SQLite schema");
-        let stats = generate_collections_sqlite(&sqlite, &params)
-            .await
-            .expect("generate collections into SQLite");
-        println!("{stats:?}");
-        assert_eq!(stats.collections, 10);
-        assert_eq!(
-            stats.collections,
-            sqlite_count(&sqlite, "SELECT count(*) FROM collection_models").await
-        );
-        assert_eq!(
-            stats.snapshots,
-            sqlite_count(&sqlite, "SELECT count(*) FROM collection_snapshot_contents").await
-        );
-        assert_eq!(
-            stats.snapshots,
-            sqlite_count(&sqlite, "SELECT sum(version) FROM collection_models").await
-        );
-        // The current row matches the latest snapshot (SQLite's JSON functions read the
-        // stored text as JSON).
-        assert_eq!(
-            sqlite_count(
-                &sqlite,
-                "SELECT count(*) FROM collection_models m \
-                 JOIN collection_snapshot_contents s ON s.id = m.id || '-' || m.version \
-                 WHERE json_extract(s.content, '$.nodes') <> json(m.nodes) \
-                    OR json_extract(s.content, '$.title') <> m.title \
-                    OR m.collection_dict IS NOT NULL"
-            )
-            .await,
-            0
-        );
-        sqlite_consistent(&sqlite).await;
-
-        create_collection_schema(&pg)
-            .await
-            .expect("PostgreSQL schema");
-        let pg_stats = generate_collections(&pg, &params)
-            .await
-            .expect("generate collections into PostgreSQL");
-        assert_eq!(stats, pg_stats, "stats of both back ends");
-        compare_schemas(&pg, &sqlite, COLLECTION_TABLES).await;
-        for table in COLLECTION_TABLES {
-            let rows = compare_table(&pg, &sqlite, table).await;
-            println!("{table}: {rows} equal rows");
-            assert!(rows > 0, "{table} is empty");
-        }
-
-        assert!(
-            generate_collections_sqlite(&sqlite, &params).await.is_err(),
-            "refuses non-empty tables"
-        );
-        assert!(
-            sqlx::query(
-                "INSERT INTO collection_snapshot_contents (id, content) VALUES ('x', 'no')"
-            )
-            .execute(&sqlite)
-            .await
-            .is_err(),
-            "JSON_VALID check"
-        );
-        sqlite.close().await;
-    })
-    .await;
+                "JSON_VALID check"
+            );
+            sqlite.close().await;
+        })
+        .await;
+    }
 }

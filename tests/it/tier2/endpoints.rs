@@ -1,0 +1,175 @@
+//! The HTTP endpoints against hostile or malformed requests, through the
+//! real `backfill` binary and the real database.
+
+#![allow(clippy::unwrap_used)]
+
+use crate::common::fleet::*;
+use crate::common::steer::*;
+use crate::common::*;
+
+/// A run id the database cannot take (a NUL byte) or that is absurdly long
+/// is refused as a bad request, and the body carries no database internals.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_run_id_is_a_bad_request_without_internals() {
+    let env = TestEnv::new().await;
+    // The dashboard creates no ledger; a worker or job would have.
+    env.store().await;
+    let mut fleet = Fleet::new(&env);
+    let port = free_port();
+    let dash = fleet.spawn(&["dashboard", "--listen", &format!("127.0.0.1:{port}")]);
+    fleet.mappers.push(dash); // killed with the fleet
+    let long = format!("/api/runs/{}", "a".repeat(1_000));
+    for path in [
+        "/api/runs/%00",
+        "/api/runs/%00/shards",
+        "/api/runs/%00/throughput",
+        "/api/runs/%00/report",
+        "/api/runs/%00/report?format=json",
+        "/api/runs/no-such-run/report?format=%00",
+        "/api/runs/no-such-run/report?format=json&format=text",
+        "/api/runs/a%01b",
+        long.as_str(),
+    ] {
+        let (code, body) = http_get(port, path);
+        assert!(code == 400 || code == 404, "{path}: {code} {body}");
+        for leak in ["SQL", "sql", "postgres", "error returned from database"] {
+            assert!(!body.contains(leak), "{path} leaks {leak:?}: {body}");
+        }
+    }
+    let (code, _) = http_get(port, "/api/runs/no-such-run");
+    assert_eq!(code, 404);
+    let (code, _) = http_get(port, "/api/runs/no-such-run/report?format=json");
+    assert_eq!(code, 404);
+}
+
+/// Connections that send nothing are closed by the server after the
+/// header-read timeout, and the endpoint answers probes while they are held.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_are_closed_and_health_answers_meanwhile() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let env = TestEnv::new().await;
+    let mut fleet = Fleet::new(&env);
+    let port = free_port();
+    let mut c = env.cmd(&["mapper", "--metrics-addr", &format!("127.0.0.1:{port}")]);
+    c.env("BACKFILL_HTTP_HEADER_TIMEOUT_SECS", "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    fleet.mappers.push(c.spawn().unwrap()); // killed with the fleet
+    assert_eq!(http_get(port, "/healthz").0, 200);
+    // Under the connection cap (256), so the probe below gets a slot.
+    let mut idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    // One that sends half a request line.
+    let mut half = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut half, b"GET /heal").unwrap();
+    idle.push(half);
+    let (code, body) = http_get(port, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    let started = Instant::now();
+    for s in &mut idle {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        // The server closes (EOF, perhaps after a 408) or resets it; a
+        // read timeout means it was still held.
+        if let Err(e) = s.read_to_end(&mut buf) {
+            assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "an idle connection was still held after {:?}: {e}",
+                started.elapsed()
+            );
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(http_get(port, "/healthz").0, 200);
+}
+
+/// A worker's port serves metrics and health, not the dashboard API.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_port_serves_metrics_but_not_the_dashboard() {
+    let env = TestEnv::new().await;
+    let mut fleet = Fleet::new(&env);
+    let port = free_port();
+    let w = fleet.spawn(&["mapper", "--metrics-addr", &format!("127.0.0.1:{port}")]);
+    fleet.mappers.push(w);
+    assert_eq!(http_get(port, "/metrics").0, 200);
+    assert_eq!(http_get(port, "/api/runs").0, 404);
+    assert_eq!(http_get(port, "/").0, 404);
+    // The reducer too, unless asked for the dashboard.
+    let port = free_port();
+    let r = fleet.spawn(&["reducer", "--metrics-addr", &format!("127.0.0.1:{port}")]);
+    fleet.mappers.push(r);
+    assert_eq!(http_get(port, "/metrics").0, 200);
+    assert_eq!(http_get(port, "/api/runs").0, 404);
+    let port = free_port();
+    let r = fleet.spawn(&[
+        "reducer",
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+        "--dashboard",
+    ]);
+    fleet.mappers.push(r);
+    assert_eq!(http_get(port, "/api/runs").0, 200);
+}
+
+/// A one-shot command against a database that is not there fails within a
+/// few seconds with the real cause; the "start PostgreSQL" hint only when
+/// nothing listens, not for a database that does not exist.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_one_shot_command_fails_fast_with_the_real_cause() {
+    use std::time::{Duration, Instant};
+    let env = TestEnv::new().await;
+    let closed = free_port();
+    let started = Instant::now();
+    let mut c = env.cmd(&["status"]);
+    c.env(
+        "DATABASE_URL",
+        format!("postgres://postgres@127.0.0.1:{closed}/postgres"),
+    );
+    let out = output_within(c, Duration::from_secs(30));
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{err}");
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+    assert!(err.contains("pg_ctlcluster"), "{err}");
+    let mut c = env.cmd(&["status"]);
+    c.env(
+        "DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/does_not_exist_xyz",
+    );
+    let out = output_within(c, Duration::from_secs(30));
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!err.contains("pg_ctlcluster"), "{err}");
+}
+
+/// A mapper started while the database is down keeps retrying and logs the
+/// real cause each time, instead of exiting.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mapper_waits_for_the_database_and_logs_the_cause() {
+    use std::time::Duration;
+    let env = TestEnv::new().await;
+    let closed = free_port();
+    let log = std::env::temp_dir().join(format!("bf-endpoints-{closed}.log"));
+    let mut c = env.cmd(&["mapper"]);
+    c.env(
+        "DATABASE_URL",
+        format!("postgres://postgres@127.0.0.1:{closed}/postgres"),
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap());
+    let mut child = c.spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let err = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert!(still_running, "the mapper exited: {err}");
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+}
