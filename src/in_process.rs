@@ -147,6 +147,7 @@ pub async fn run_local(
     tracker.spawn(backfill_reducer::run_local(
         store.clone(),
         queue.clone(),
+        worker_name("reducer"),
         workers.clone(),
     ));
     tracker.close();

@@ -437,13 +437,51 @@ async fn consume(
         .consume(Route::Tasks, cfg.concurrency.max(1), &cfg.worker)
         .await?;
     info!(worker = %cfg.worker, queue = %cfg.queues.tasks, concurrency = cfg.concurrency, "mapper consuming");
+    let ctx = Ctx {
+        store: store.clone(),
+        runs: runs.clone(),
+        steering: steering.clone(),
+        worker: cfg.worker.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let outcome = serve(&ctx, &mut source, publisher, cfg.concurrency, broker.lost()).await;
+    // Close the channel first: the server handles everything sent on it
+    // (the last acks) before it confirms the close, so no finished shard's
+    // task is redelivered after a clean stop.
+    source.close("mapper stopping").await;
+    broker.close().await;
+    outcome
+}
+
+/// The one serving loop of a mapper, whatever the transport: takes task
+/// deliveries from `source` while fewer than `concurrency` shards are in
+/// hand, handles each ([`handle_delivery`]) and publishes to `sink`, until
+/// shutdown, the source ends or the connection is `lost`; then finishes the
+/// shards in hand (each commits, publishes and settles).
+async fn serve<S: Source, K: Sink + 'static>(
+    ctx: &Ctx,
+    source: &mut S,
+    sink: Arc<K>,
+    concurrency: u16,
+    lost: impl std::future::Future<Output = ()>,
+) -> Result<(), backfill_queue::QueueError> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(usize::from(concurrency.max(1))));
     let mut tasks: JoinSet<()> = JoinSet::new();
+    tokio::pin!(lost);
     let outcome = loop {
         // Reap finished shards so the set does not grow.
         while tasks.try_join_next().is_some() {}
+        // A slot first, so an in-process queue is not drained into tasks.
+        let slot = tokio::select! {
+            _ = ctx.shutdown.cancelled() => break Ok(()),
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break Ok(()),
+            },
+        };
         let next = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            _ = broker.lost() => break Err(backfill_queue::QueueError::Lost),
+            _ = ctx.shutdown.cancelled() => break Ok(()),
+            _ = &mut lost => break Err(backfill_queue::QueueError::Lost),
             d = source.next() => d,
         };
         let delivery = match next {
@@ -455,23 +493,15 @@ async fn consume(
             Some(Err(e)) => break Err(e),
             Some(Ok(d)) => d,
         };
-        let ctx = Ctx {
-            store: store.clone(),
-            runs: runs.clone(),
-            steering: steering.clone(),
-            worker: cfg.worker.clone(),
-            shutdown: shutdown.clone(),
-        };
-        let publisher = publisher.clone();
-        tasks.spawn(async move { handle_delivery(&ctx, &*publisher, delivery).await });
+        let ctx = ctx.clone();
+        let sink = sink.clone();
+        tasks.spawn(async move {
+            handle_delivery(&ctx, &*sink, delivery).await;
+            drop(slot);
+        });
     };
-    // Finish what is in hand: each shard commits, publishes and acks.
+    // Finish what is in hand: each shard commits, publishes and settles.
     while tasks.join_next().await.is_some() {}
-    // Close the channel first: the server handles everything sent on it
-    // (the last acks) before it confirms the close, so no finished shard's
-    // task is redelivered after a clean stop.
-    source.close("mapper stopping").await;
-    broker.close().await;
     outcome
 }
 
@@ -576,6 +606,7 @@ fn written(d: &Disposition) -> Option<u64> {
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// What a shard's handling needs of its process.
+#[derive(Clone)]
 struct Ctx {
     store: Store,
     runs: RunCache,
@@ -698,8 +729,10 @@ async fn handle_delivery<S: Sink>(ctx: &Ctx, sink: &S, d: Delivery) {
     .await
 }
 
-/// The embedded mode's mapper: takes tasks from the in-process queue until
-/// `shutdown`, finishing the shard in hand.
+/// The embedded mode's mapper: the same serving loop over the in-process
+/// queue, one shard at a time, until `shutdown`, finishing the shard in
+/// hand. A shard given up goes to the in-process dead queue, where the
+/// reducer records it, as it does on the broker.
 pub async fn run_local(
     store: Store,
     queue: LocalQueue,
@@ -707,67 +740,22 @@ pub async fn run_local(
     shutdown: CancellationToken,
 ) {
     let ctx = Ctx {
-        store: store.clone(),
+        store,
         runs: RunCache::default(),
         steering: steering::Steering::default(),
-        worker: worker.clone(),
-        shutdown: shutdown.clone(),
+        worker,
+        shutdown,
     };
-    let runs = ctx.runs.clone();
-    loop {
-        let task = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            t = queue.recv_task() => match t { Some(t) => t, None => break },
-        };
-        let span =
-            info_span!("shard", run = %task.run_id, shard = task.shard_no, target = %task.target);
-        async {
-            match admit(&ctx, &task).await {
-                steering::Admission::Go => {}
-                steering::Admission::Cancelled => {
-                    info!("the run was cancelled; dropping its task");
-                    return;
-                }
-                steering::Admission::Park(why) => {
-                    debug!(reason = %why, "shard not started; parking its task");
-                    queue.send_task(task.clone());
-                    return;
-                }
-            }
-            let job = job_of(&ctx, &task.run_id).await;
-            metrics::started(&task.run_id, &job);
-            let disposition = attempt(&store, &runs, &task, &worker).await;
-            metrics::disposed(&task.run_id, &job, &disposition);
-            ctx.steering
-                .settle(&store, &task, written(&disposition))
-                .await;
-            match disposition {
-                Disposition::Done(result) => {
-                    ctx.steering.note_done(&task.run_id);
-                    log_done(&result);
-                    queue.send_result(*result);
-                }
-                Disposition::Drop(why) => error!(error = %why, "dropping task"),
-                Disposition::GiveUp(why) => {
-                    match store.record_dead_shard(&task, &worker, &why).await {
-                        Ok(result) => queue.send_result(result),
-                        Err(e) => {
-                            warn!(error = %e, "could not record the failed shard; trying again");
-                            tokio::time::sleep(RETRY_DELAY).await;
-                            queue.send_task(task.clone());
-                        }
-                    }
-                }
-                Disposition::Retry(why) => {
-                    warn!(error = %why, "shard not done; trying it again");
-                    tokio::time::sleep(RETRY_DELAY).await;
-                    queue.send_task(task.clone());
-                }
-            }
-        }
-        .instrument(span)
-        .await;
-    }
+    let mut source = queue.source(Route::Tasks);
+    // The in-process queue lives as long as this process: nothing is lost.
+    let _ = serve(
+        &ctx,
+        &mut source,
+        Arc::new(queue),
+        1,
+        std::future::pending::<()>(),
+    )
+    .await;
 }
 
 /// The mapper's Prometheus metrics (recorded through the `metrics` facade;

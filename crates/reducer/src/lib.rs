@@ -280,24 +280,16 @@ async fn consume(
         .consume(Route::Dead, 1, &format!("{}-dead", cfg.worker))
         .await?;
     info!(worker = %cfg.worker, queue = %cfg.queues.results, dead = %cfg.queues.dead, "reducer consuming");
-    let cancelled =
-        || backfill_queue::QueueError::Nacked("consumer cancelled by the broker".into());
-    let outcome = loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            _ = broker.lost() => break Err(backfill_queue::QueueError::Lost),
-            d = dead.next() => match d {
-                Some(Ok(d)) => handle_dead(store, &publisher, &cfg.worker, d).await,
-                Some(Err(e)) => break Err(e),
-                None => break Err(cancelled()),
-            },
-            d = results.next() => match d {
-                Some(Ok(d)) => handle_result(store, &publisher, d).await,
-                Some(Err(e)) => break Err(e),
-                None => break Err(cancelled()),
-            },
-        }
-    };
+    let outcome = serve(
+        store,
+        &cfg.worker,
+        &mut results,
+        &mut dead,
+        &publisher,
+        shutdown,
+        broker.lost(),
+    )
+    .await;
     // Close the channels first so the last acks reach the broker.
     results.close("reducer stopping").await;
     dead.close("reducer stopping").await;
@@ -305,22 +297,58 @@ async fn consume(
     outcome
 }
 
-/// The embedded mode's reducer: folds results from the in-process queue
-/// until `shutdown`.
+/// The one serving loop of a reducer, whatever the transport: folds the
+/// deliveries of `results` and records those of `dead`, one at a time, until
+/// shutdown, a source ends or the connection is `lost`.
+async fn serve<R: Source, D: Source, K: Sink>(
+    store: &Store,
+    worker: &str,
+    results: &mut R,
+    dead: &mut D,
+    sink: &K,
+    shutdown: &CancellationToken,
+    lost: impl std::future::Future<Output = ()>,
+) -> Result<(), backfill_queue::QueueError> {
+    let cancelled =
+        || backfill_queue::QueueError::Nacked("consumer cancelled by the broker".into());
+    tokio::pin!(lost);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = &mut lost => return Err(backfill_queue::QueueError::Lost),
+            d = dead.next() => match d {
+                Some(Ok(d)) => handle_dead(store, sink, worker, d).await,
+                Some(Err(e)) => return Err(e),
+                None => return Err(cancelled()),
+            },
+            d = results.next() => match d {
+                Some(Ok(d)) => handle_result(store, sink, d).await,
+                Some(Err(e)) => return Err(e),
+                None => return Err(cancelled()),
+            },
+        }
+    }
+}
+
+/// The embedded mode's reducer: the same serving loop over the in-process
+/// queue (results, and the shards the mappers gave up), until `shutdown`.
 pub async fn run_local(
     store: Store,
     queue: backfill_queue::LocalQueue,
+    worker: String,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let result = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = queue.recv_result() => match r { Some(r) => r, None => break },
-        };
-        if let Err(e) = process_result(&store, &result).await {
-            warn!(error = %e, run = %result.run_id, shard = result.shard_no, "could not fold the result; trying again");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            queue.send_result(result);
-        }
-    }
+    let mut results = queue.source(Route::Results);
+    let mut dead = queue.source(Route::Dead);
+    // The in-process queue lives as long as this process: nothing is lost.
+    let _ = serve(
+        &store,
+        &worker,
+        &mut results,
+        &mut dead,
+        &queue,
+        &shutdown,
+        std::future::pending::<()>(),
+    )
+    .await;
 }

@@ -3,6 +3,8 @@
 //! half). Each is an end-to-end run of the real `backfill` binary, in
 //! process, on an embedded database: no PostgreSQL, no RabbitMQ.
 
+mod given_up;
+
 mod behaviour {
     on_sqlite!(behaviour::scope_flags_and_skips_on_both_back_ends);
     on_sqlite!(behaviour::row_errors_exit_non_zero_and_the_rest_commits_on_both_back_ends);
