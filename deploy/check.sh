@@ -214,7 +214,17 @@ check(compose["services"]["mapper"]["deploy"]["replicas"] == 3, "compose: 3 mapp
 dash = compose["services"].get("dashboard", {})
 check(any(str(p).startswith("127.0.0.1:") and str(p).endswith(":" + str(port_of(flag(dash.get("command", []), "--listen"))))
           for p in dash.get("ports", [])), "compose: the dashboard is published on 127.0.0.1 at its --listen port")
-ok("compose.yaml: worker user and vhost, mounted files, default job, endpoints and probe healthchecks, dashboard")
+# Notifications: the processes that send them (the coordinator: `started`;
+# the reducer: the rest) get BACKFILL_NOTIFY_URL from deploy/.env, and
+# BACKFILL_NOTIFY_FORMAT only when it is set there (an empty format is refused).
+for name in ("coordinator", "reducer"):
+    env = compose["services"][name]["environment"]
+    url = env.get("BACKFILL_NOTIFY_URL", "missing")
+    check(url is None or "${BACKFILL_NOTIFY_URL" in str(url),
+          f"compose: {name} must pass BACKFILL_NOTIFY_URL from deploy/.env")
+    check("BACKFILL_NOTIFY_FORMAT" in env and env["BACKFILL_NOTIFY_FORMAT"] is None,
+          f"compose: {name} must pass BACKFILL_NOTIFY_FORMAT without a value (unset unless deploy/.env sets it)")
+ok("compose.yaml: worker user and vhost, mounted files, default job, endpoints and probe healthchecks, dashboard, notification settings")
 
 # kubernetes/: KEDA resources against the vendored schema, and references.
 kdir = os.path.join(deploy, "kubernetes")
@@ -313,10 +323,20 @@ if svc and dep:
     check([(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(8080, "http")] and "http" in named,
           "Service backfill-dashboard: port 8080 to the dashboard's port `http`")
     check(svc["spec"].get("type", "ClusterIP") == "ClusterIP", "Service backfill-dashboard: ClusterIP (no login)")
+# Notifications: the coordinator and the reducer read the optional keys of
+# the URLs' Secret.
+for kind, name, spec in (("CronJob", "backfill-coordinator", pod),
+                         ("Deployment", "backfill-reducer", by_kind["Deployment"]["backfill-reducer"]["spec"]["template"]["spec"])):
+    env = {e["name"]: e for e in spec["containers"][0].get("env", [])}
+    for var in ("BACKFILL_NOTIFY_URL", "BACKFILL_NOTIFY_FORMAT"):
+        ref = env.get(var, {}).get("valueFrom", {}).get("secretKeyRef", {})
+        check(ref.get("key") == var and ref.get("optional") is True
+              and (ref.get("name"), "DATABASE_URL") in secret_refs,
+              f"{kind}/{name}: {var} from an optional key of the Secret with DATABASE_URL")
 fail_codes = [r["onExitCodes"]["values"] for r in cron["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
               if r["action"] == "FailJob"]
 check(fail_codes and 4 in fail_codes[0], "CronJob: exit 4 (cancelled) fails the Job instead of retrying it")
-ok("kubernetes: ConfigMap = jobs/, CronJob job file, Secret refs, KEDA target, queue and auth, kustomization, ports and probes, dashboard Service")
+ok("kubernetes: ConfigMap = jobs/, CronJob job file, Secret refs, notification keys, KEDA target, queue and auth, kustomization, ports and probes, dashboard Service")
 
 # systemd/: the env example uses the definitions' user and vhost; the timer's unit exists.
 sdir = os.path.join(deploy, "systemd")
@@ -339,6 +359,8 @@ check(exec_start("backfill-dashboard.service").endswith("dashboard --listen ${BA
       "backfill-dashboard.service: dashboard --listen ${BACKFILL_DASHBOARD_LISTEN}")
 check("BACKFILL_METRICS_HOST" in env and "BACKFILL_DASHBOARD_LISTEN" in env,
       "backfill.env.example: BACKFILL_METRICS_HOST and BACKFILL_DASHBOARD_LISTEN")
+check(re.search(r"^#?BACKFILL_NOTIFY_URL=", open(os.path.join(sdir, "backfill.env.example")).read(), re.M),
+      "backfill.env.example: BACKFILL_NOTIFY_URL (the units read it; the coordinator and the reducer send)")
 ok("systemd: env example user, vhost and prefix; timer unit; metrics ports (mapper@N 947N, reducer 9464, dashboard 8080)")
 
 if errors:
