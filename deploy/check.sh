@@ -216,14 +216,15 @@ check(any(str(p).startswith("127.0.0.1:") and str(p).endswith(":" + str(port_of(
           for p in dash.get("ports", [])), "compose: the dashboard is published on 127.0.0.1 at its --listen port")
 # Notifications: the processes that send them (the coordinator: `started`;
 # the reducer: the rest) get BACKFILL_NOTIFY_URL from deploy/.env, and
-# BACKFILL_NOTIFY_FORMAT only when it is set there (an empty format is refused).
+# BACKFILL_NOTIFY_FORMAT (empty when unset there: the default format).
 for name in ("coordinator", "reducer"):
     env = compose["services"][name]["environment"]
     url = env.get("BACKFILL_NOTIFY_URL", "missing")
     check(url is None or "${BACKFILL_NOTIFY_URL" in str(url),
           f"compose: {name} must pass BACKFILL_NOTIFY_URL from deploy/.env")
-    check("BACKFILL_NOTIFY_FORMAT" in env and env["BACKFILL_NOTIFY_FORMAT"] is None,
-          f"compose: {name} must pass BACKFILL_NOTIFY_FORMAT without a value (unset unless deploy/.env sets it)")
+    fmt = env.get("BACKFILL_NOTIFY_FORMAT", "missing")
+    check(fmt is None or "${BACKFILL_NOTIFY_FORMAT" in str(fmt),
+          f"compose: {name} must pass BACKFILL_NOTIFY_FORMAT from deploy/.env")
 ok("compose.yaml: worker user and vhost, mounted files, default job, endpoints and probe healthchecks, dashboard, notification settings")
 
 # kubernetes/: KEDA resources against the vendored schema, and references.

@@ -44,7 +44,8 @@ pub struct NotifyArgs {
     )]
     pub urls: Vec<String>,
     /// Body of each notification: `json` (the documented document) or
-    /// `slack` (`{"text": …}`) [default: the spec's `[notify] format`, else json].
+    /// `slack` (`{"text": …}`) [default: the spec's `[notify] format`, else json;
+    /// empty means the default].
     #[arg(
         long,
         value_name = "FORMAT",
@@ -65,9 +66,13 @@ pub struct NotifyArgs {
 
 impl NotifyArgs {
     pub fn settings(&self) -> Result<backfill_notify::Settings, String> {
-        let format = match &self.notify_format {
-            Some(f) => Some(f.parse().map_err(|e| format!("--notify-format: {e}"))?),
-            None => None,
+        // An empty BACKFILL_NOTIFY_FORMAT (a deploy file passing an unset
+        // variable through) means the default, as an empty URL list does.
+        let format = match self.notify_format.as_deref().map(str::trim) {
+            Some(f) if !f.is_empty() => {
+                Some(f.parse().map_err(|e| format!("--notify-format: {e}"))?)
+            }
+            _ => None,
         };
         if !(self.notify_timeout.is_finite() && self.notify_timeout > 0.0) {
             return Err(format!(
@@ -246,4 +251,30 @@ pub struct ResumableJobArgs {
 /// `--param NAME=VALUE`.
 pub fn parse_param(s: &str) -> Result<(String, String), String> {
     backfill_job::params::parse_assignment(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NotifyArgs;
+
+    fn args(format: Option<&str>) -> NotifyArgs {
+        NotifyArgs {
+            urls: vec![" ".into()],
+            notify_format: format.map(str::to_string),
+            notify_timeout: 5.0,
+        }
+    }
+
+    #[test]
+    fn an_empty_notify_format_is_the_default_and_a_wrong_one_is_refused() {
+        let s = args(Some("")).settings().expect("empty means the default");
+        assert!(s.format.is_none() && s.urls.is_empty());
+        assert!(args(Some("slack"))
+            .settings()
+            .expect("slack")
+            .format
+            .is_some());
+        let e = args(Some("xml")).settings().expect_err("xml is no format");
+        assert!(e.starts_with("--notify-format:"), "{e}");
+    }
 }
