@@ -15,6 +15,11 @@
 //! embedded mode with the same operations and the same guarantees, one
 //! writer at a time. Table and column names from a spec are validated by the
 //! job model and always quoted here; values are always bound.
+//!
+//! `tests/contract.rs` is the store's contract: every ledger operation, run
+//! on both back ends (each its own test, `NAME::sqlite` and
+//! `NAME::postgres`; `-- --skip postgres` runs the half that needs no
+//! service).
 
 pub mod audit;
 pub mod eta;
