@@ -2,8 +2,9 @@
 //! ledger: reviewed dry runs, passed verifies, before-images, and the row
 //! counts of a run's target tables.
 //!
-//! Every query here is written once with `$n` placeholders and run on
-//! either back end (SQLite takes `?n`); timestamps compare as `timestamptz`
+//! A query both dialects read alike is written once, with `$n` parameters
+//! (SQLite binds `$n` by number too); where they differ, each dialect has
+//! its statement in full, side by side. Timestamps compare as `timestamptz`
 //! on PostgreSQL and as ISO-8601 text on SQLite, which sorts the same way.
 
 use backfill_job::rules::BeforeImage;
@@ -22,6 +23,30 @@ pub struct Verified {
     pub verify_run: Option<String>,
 }
 
+/// Full forward dry runs of a job and spec that finished without errors
+/// less than `$3` seconds ago, newest first.
+const RECENT_DRY_RUNS_PG: &str = "SELECT run_id FROM backfill_run
+     WHERE job_name = $1 AND spec_hash = $2 AND mode = 'dry-run'
+       AND state = 'done' AND sample IS NULL AND revert_of IS NULL
+       AND (kind IS NULL OR kind = 'forward')
+       AND created_at > now() - make_interval(secs => $3)
+     ORDER BY created_at DESC LIMIT 20";
+const RECENT_DRY_RUNS_LITE: &str = "SELECT run_id FROM backfill_run
+     WHERE job_name = $1 AND spec_hash = $2 AND mode = 'dry-run'
+       AND state = 'done' AND sample IS NULL AND revert_of IS NULL
+       AND (kind IS NULL OR kind = 'forward')
+       AND created_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || $3 || ' seconds')
+     ORDER BY created_at DESC LIMIT 20";
+
+/// The before-images of some rows of a target: the keys as an array on
+/// PostgreSQL, as one JSON array on SQLite (which has no arrays).
+const BEFORE_IMAGES_PG: &str = "SELECT key, column_name, before, patch, after_version
+     FROM backfill_before_image
+     WHERE run_id = $1 AND target = $2 AND key = ANY($3)";
+const BEFORE_IMAGES_LITE: &str = "SELECT key, column_name, before, patch, after_version
+     FROM backfill_before_image
+     WHERE run_id = $1 AND target = $2 AND key IN (SELECT value FROM json_each($3))";
+
 impl Store {
     /// Dry runs of a job with this spec that finished within `window`,
     /// newest first: full forward dry runs that finished without errors
@@ -33,15 +58,9 @@ impl Store {
         window: std::time::Duration,
     ) -> Result<Vec<String>, StoreError> {
         let secs = window.as_secs_f64();
-        let q = "SELECT run_id FROM backfill_run
-                 WHERE job_name = $1 AND spec_hash = $2 AND mode = 'dry-run'
-                   AND state = 'done' AND sample IS NULL AND revert_of IS NULL
-                   AND (kind IS NULL OR kind = 'forward')
-                   AND created_at > SINCE
-                 ORDER BY created_at DESC LIMIT 20";
         let rows: Vec<String> = match &self.backend {
             Backend::Pg(p) => {
-                sqlx::query_scalar(&q.replace("SINCE", "now() - make_interval(secs => $3)"))
+                sqlx::query_scalar(RECENT_DRY_RUNS_PG)
                     .bind(job)
                     .bind(spec_hash)
                     .bind(secs)
@@ -49,18 +68,12 @@ impl Store {
                     .await
             }
             Backend::Lite(p) => {
-                sqlx::query_scalar(
-                    &q.replace(
-                        "SINCE",
-                        "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || $3 || ' seconds')",
-                    )
-                    .replace('$', "?"),
-                )
-                .bind(job)
-                .bind(spec_hash)
-                .bind(secs)
-                .fetch_all(p)
-                .await
+                sqlx::query_scalar(RECENT_DRY_RUNS_LITE)
+                    .bind(job)
+                    .bind(spec_hash)
+                    .bind(secs)
+                    .fetch_all(p)
+                    .await
             }
         }
         .map_err(sql("find reviewed dry runs"))?;
@@ -101,7 +114,7 @@ impl Store {
                 }))
             }
             Backend::Lite(p) => {
-                let Some(commit_run) = sqlx::query_scalar::<_, String>(&commit.replace('$', "?"))
+                let Some(commit_run) = sqlx::query_scalar::<_, String>(commit)
                     .bind(job)
                     .fetch_optional(p)
                     .await
@@ -109,7 +122,7 @@ impl Store {
                 else {
                     return Ok(None);
                 };
-                let verify_run = sqlx::query_scalar(&verify.replace('$', "?"))
+                let verify_run = sqlx::query_scalar(verify)
                     .bind(job)
                     .bind(&commit_run)
                     .fetch_optional(p)
@@ -128,12 +141,7 @@ impl Store {
         let q = "SELECT count(*) FROM backfill_before_image WHERE run_id = $1";
         match &self.backend {
             Backend::Pg(p) => sqlx::query_scalar(q).bind(run_id).fetch_one(p).await,
-            Backend::Lite(p) => {
-                sqlx::query_scalar(&q.replace('$', "?"))
-                    .bind(run_id)
-                    .fetch_one(p)
-                    .await
-            }
+            Backend::Lite(p) => sqlx::query_scalar(q).bind(run_id).fetch_one(p).await,
         }
         .map_err(sql("count before-images"))
     }
@@ -154,32 +162,25 @@ impl Store {
             Option<String>,
             Option<String>,
         );
-        let cols = "key, column_name, before, patch, after_version";
         let rows: Vec<Raw> = match &self.backend {
-            Backend::Pg(p) => sqlx::query_as(&format!(
-                "SELECT {cols} FROM backfill_before_image
-                 WHERE run_id = $1 AND target = $2 AND key = ANY($3)"
-            ))
-            .bind(run_id)
-            .bind(target)
-            .bind(keys)
-            .fetch_all(p)
-            .await
-            .map_err(sql("read before-images"))?,
+            Backend::Pg(p) => sqlx::query_as(BEFORE_IMAGES_PG)
+                .bind(run_id)
+                .bind(target)
+                .bind(keys)
+                .fetch_all(p)
+                .await
+                .map_err(sql("read before-images"))?,
             Backend::Lite(p) => {
                 // SQLite has no arrays: the keys go in as one JSON array.
                 let list =
                     serde_json::to_string(keys).map_err(|e| StoreError::Data(e.to_string()))?;
-                sqlx::query_as(&format!(
-                    "SELECT {cols} FROM backfill_before_image
-                     WHERE run_id = ?1 AND target = ?2 AND key IN (SELECT value FROM json_each(?3))"
-                ))
-                .bind(run_id)
-                .bind(target)
-                .bind(list)
-                .fetch_all(p)
-                .await
-                .map_err(sql("read before-images"))?
+                sqlx::query_as(BEFORE_IMAGES_LITE)
+                    .bind(run_id)
+                    .bind(target)
+                    .bind(list)
+                    .fetch_all(p)
+                    .await
+                    .map_err(sql("read before-images"))?
             }
         };
         let mut out: HashMap<String, BTreeMap<String, BeforeImage>> = HashMap::new();

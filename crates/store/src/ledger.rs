@@ -622,7 +622,7 @@ impl crate::Store {
                     )
                 })
                 .collect(),
-            crate::Backend::Lite(p) => sqlx::query(&q.replace("$1", "?1"))
+            crate::Backend::Lite(p) => sqlx::query(q)
                 .bind(job)
                 .fetch_all(p)
                 .await
@@ -703,7 +703,7 @@ impl crate::Store {
                     .await
             }
             crate::Backend::Lite(p) => {
-                sqlx::query_scalar(&q.replace('$', "?"))
+                sqlx::query_scalar(q)
                     .bind(run_id)
                     .bind(shard_no as i64)
                     .fetch_optional(p)
@@ -729,7 +729,7 @@ impl crate::Store {
                 .fetch_optional(p)
                 .await
                 .map_err(sql("read shard error"))?,
-            crate::Backend::Lite(p) => sqlx::query_scalar(&q.replace('$', "?"))
+            crate::Backend::Lite(p) => sqlx::query_scalar(q)
                 .bind(run_id)
                 .bind(shard_no as i64)
                 .fetch_optional(p)
@@ -754,7 +754,7 @@ impl crate::Store {
                 .into_iter()
                 .map(|r| (r.get::<i32, _>(0) as u32, r.get(1), r.get(2)))
                 .collect(),
-            crate::Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
+            crate::Backend::Lite(p) => sqlx::query(q)
                 .bind(run_id)
                 .fetch_all(p)
                 .await
@@ -774,7 +774,7 @@ impl crate::Store {
         let rows = match &self.backend {
             crate::Backend::Pg(p) => sqlx::query(q).bind(run_id).fetch_all(p).await,
             crate::Backend::Lite(p) => {
-                return sqlx::query(&q.replace('$', "?"))
+                return sqlx::query(q)
                     .bind(run_id)
                     .fetch_all(p)
                     .await

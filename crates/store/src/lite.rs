@@ -28,8 +28,6 @@ use crate::shard::{Committed, ShardCommit, ShardRows};
 use crate::{sql, StoreError};
 use backfill_job::{JobSpec, Plan, PlannedGroup};
 
-const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
-
 const LEDGER_DDL: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS backfill_quarantine (
         run_id text NOT NULL,
@@ -262,9 +260,7 @@ pub(crate) async fn mark_published(
 ) -> Result<(), StoreError> {
     let mut tx = begin_write(pool, "mark shards published").await?;
     for n in shard_nos {
-        sqlx::query(&format!(
-            "UPDATE backfill_shard SET published_at = {NOW} WHERE run_id = ?1 AND shard_no = ?2 AND published_at IS NULL"
-        ))
+        sqlx::query("UPDATE backfill_shard SET published_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE run_id = ?1 AND shard_no = ?2 AND published_at IS NULL")
         .bind(run_id)
         .bind(n)
         .execute(&mut *tx)
@@ -277,10 +273,8 @@ pub(crate) async fn mark_published(
 
 pub(crate) async fn reduce(pool: &SqlitePool, result: &ShardResult) -> Result<Reduced, StoreError> {
     let mut tx = begin_write(pool, "reduce").await?;
-    let claimed = sqlx::query(&format!(
-        "UPDATE backfill_shard SET reduced_at = {NOW}
-         WHERE run_id = ?1 AND shard_no = ?2 AND reduced_at IS NULL AND state IN ('done', 'dead') RETURNING result"
-    ))
+    let claimed = sqlx::query("UPDATE backfill_shard SET reduced_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+         WHERE run_id = ?1 AND shard_no = ?2 AND reduced_at IS NULL AND state IN ('done', 'dead') RETURNING result")
     .bind(&result.run_id)
     .bind(result.shard_no as i64)
     .fetch_optional(&mut *tx)
@@ -341,10 +335,8 @@ pub(crate) async fn reduce(pool: &SqlitePool, result: &ShardResult) -> Result<Re
             .map_err(sql("fold shard result"))?;
         }
         Some((state, summary)) => {
-            sqlx::query(&format!(
-                "UPDATE backfill_run SET tally = ?2, shards_reduced = ?3, state = ?4, summary = ?5, finished_at = {NOW}
-                 WHERE run_id = ?1"
-            ))
+            sqlx::query("UPDATE backfill_run SET tally = ?2, shards_reduced = ?3, state = ?4, summary = ?5, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                 WHERE run_id = ?1")
             .bind(&result.run_id)
             .bind(&tally_text)
             .bind(fold.reduced)
@@ -457,10 +449,8 @@ pub(crate) async fn create_run(
     let tally_text = json_text(&plan.tally)?;
     match summary {
         Some(summary) => {
-            sqlx::query(&format!(
-                "UPDATE backfill_run SET plan = ?2, tally = ?3, shards_total = 0, state = ?4, summary = ?5, finished_at = {NOW}
-                 WHERE run_id = ?1"
-            ))
+            sqlx::query("UPDATE backfill_run SET plan = ?2, tally = ?3, shards_total = 0, state = ?4, summary = ?5, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                 WHERE run_id = ?1")
             .bind(new.run_id)
             .bind(&plan_text)
             .bind(&tally_text)
@@ -703,11 +693,9 @@ pub(crate) async fn commit_shard(
             .map_err(sql("quarantine rows"))?;
         }
     }
-    sqlx::query(&format!(
-        "UPDATE backfill_shard SET state = 'done', result = ?3, worker = ?4, finished_at = {NOW}, deliveries = deliveries + 1,
+    sqlx::query("UPDATE backfill_shard SET state = 'done', result = ?3, worker = ?4, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), deliveries = deliveries + 1,
                 lease_until = NULL, elapsed_ms = CAST((julianday('now') - julianday(started_at)) * 86400000 AS INTEGER)
-         WHERE run_id = ?1 AND shard_no = ?2"
-    ))
+         WHERE run_id = ?1 AND shard_no = ?2")
     .bind(c.run_id)
     .bind(c.shard_no as i64)
     .bind(json_text(&tally)?)
@@ -781,10 +769,8 @@ pub(crate) async fn fail_shard(
     .execute(&mut *tx)
     .await
     .map_err(sql("quarantine rows"))?;
-    sqlx::query(&format!(
-        "UPDATE backfill_shard SET state = 'dead', result = ?3, worker = 'failed', finished_at = {NOW}, last_error = ?4
-         WHERE run_id = ?1 AND shard_no = ?2"
-    ))
+    sqlx::query("UPDATE backfill_shard SET state = 'dead', result = ?3, worker = 'failed', finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), last_error = ?4
+         WHERE run_id = ?1 AND shard_no = ?2")
     .bind(run_id)
     .bind(shard_no as i64)
     .bind(json_text(&tally)?)
@@ -825,9 +811,9 @@ pub(crate) async fn create_derived_run(
     let mut tally = Tally::default();
     let mut next_shard = 0u32;
     let mut targets = Vec::new();
-    let rows_sql = derived.rows_sql(false);
+    let rows_sql = derived.rows_sql();
     for target in &spec.targets {
-        let rows = sqlx::query(&rows_sql)
+        let rows = sqlx::query(rows_sql)
             .bind(&original.run_id)
             .bind(&target.name)
             .fetch_all(&mut *tx)
@@ -882,11 +868,9 @@ pub(crate) async fn create_derived_run(
         Some(_) => final_state(&plan.tally).as_str(),
         None => "running",
     };
-    sqlx::query(&format!(
-        "UPDATE backfill_run SET plan = ?2, tally = ?3, shards_total = ?4, state = ?5, summary = ?6,
-                finished_at = CASE WHEN ?5 = 'running' THEN NULL ELSE {NOW} END
-         WHERE run_id = ?1"
-    ))
+    sqlx::query("UPDATE backfill_run SET plan = ?2, tally = ?3, shards_total = ?4, state = ?5, summary = ?6,
+                finished_at = CASE WHEN ?5 = 'running' THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END
+         WHERE run_id = ?1")
     .bind(run_id)
     .bind(json_text(&plan)?)
     .bind(json_text(&plan.tally)?)

@@ -338,9 +338,10 @@ pub enum Derived {
 }
 
 impl Derived {
-    /// The rows of one target: (key, group, refs), in key order.
-    pub(crate) fn rows_sql(self, pg: bool) -> String {
-        let q = match self {
+    /// The rows of one target: (key, group, refs), in key order; `$1` is
+    /// the original run, `$2` the target. The same SQL on both dialects.
+    pub(crate) fn rows_sql(self) -> &'static str {
+        match self {
             Derived::Retry => {
                 "SELECT key, group_key, refs FROM backfill_quarantine
                  WHERE run_id = $1 AND target = $2 AND retried_by IS NULL ORDER BY key"
@@ -352,11 +353,6 @@ impl Derived {
                  JOIN backfill_item i ON i.run_id = b.run_id AND i.shard_no = b.shard_no AND i.key = b.key
                  WHERE b.run_id = $1 AND b.target = $2 GROUP BY i.key ORDER BY i.key"
             }
-        };
-        if pg {
-            q.to_string()
-        } else {
-            q.replace('$', "?")
         }
     }
 
@@ -425,9 +421,9 @@ impl Store {
         let mut tally = Tally::default();
         let mut next_shard = 0u32;
         let mut targets = Vec::new();
-        let rows_sql = derived.rows_sql(true);
+        let rows_sql = derived.rows_sql();
         for target in &spec.targets {
-            let rows = sqlx::query(&rows_sql)
+            let rows = sqlx::query(rows_sql)
                 .bind(&original.run_id)
                 .bind(&target.name)
                 .fetch_all(&mut *tx)

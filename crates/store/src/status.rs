@@ -209,20 +209,45 @@ pub struct ThroughputPoint {
     pub rows_per_sec: f64,
 }
 
-/// Seconds since the epoch of a timestamp column, per back end.
-fn epoch(backend: &Backend, col: &str) -> String {
-    match backend {
-        Backend::Pg(_) => format!("extract(epoch FROM {col})::float8"),
-        Backend::Lite(_) => format!("((julianday({col}) - 2440587.5) * 86400.0)"),
-    }
-}
+// Times are read as seconds since the epoch: `extract(epoch FROM t)` on
+// PostgreSQL, from the Julian day of the ISO-8601 text on SQLite.
 
-fn now_epoch(backend: &Backend) -> String {
-    match backend {
-        Backend::Pg(_) => "extract(epoch FROM clock_timestamp())::float8".into(),
-        Backend::Lite(_) => "((julianday('now') - 2440587.5) * 86400.0)".into(),
-    }
-}
+/// A run's shards with their times (see [`RawShard`]).
+const RAW_SHARDS_PG: &str = "SELECT shard_no, state, failures, rows, worker, elapsed_ms,
+            extract(epoch FROM started_at)::float8,
+            extract(epoch FROM finished_at)::float8,
+            extract(epoch FROM reduced_at)::float8
+     FROM backfill_shard WHERE run_id = $1 ORDER BY shard_no";
+const RAW_SHARDS_LITE: &str = "SELECT shard_no, state, failures, rows, worker, elapsed_ms,
+            ((julianday(started_at) - 2440587.5) * 86400.0),
+            ((julianday(finished_at) - 2440587.5) * 86400.0),
+            ((julianday(reduced_at) - 2440587.5) * 86400.0)
+     FROM backfill_shard WHERE run_id = $1 ORDER BY shard_no";
+
+/// A run's creation and finish, and the ledger's clock now.
+const RUN_TIMES_PG: &str = "SELECT extract(epoch FROM created_at)::float8,
+            extract(epoch FROM finished_at)::float8,
+            extract(epoch FROM clock_timestamp())::float8
+     FROM backfill_run WHERE run_id = $1";
+const RUN_TIMES_LITE: &str = "SELECT ((julianday(created_at) - 2440587.5) * 86400.0),
+            ((julianday(finished_at) - 2440587.5) * 86400.0),
+            ((julianday('now') - 2440587.5) * 86400.0)
+     FROM backfill_run WHERE run_id = $1";
+
+/// The workers that committed shards of a run: shards, last finish, last
+/// heartbeat.
+const RUN_WORKERS_PG: &str = "SELECT s.worker, count(*),
+            max(extract(epoch FROM s.finished_at)::float8),
+            max(extract(epoch FROM w.last_seen)::float8)
+     FROM backfill_shard s LEFT JOIN backfill_worker w ON w.worker = s.worker
+     WHERE s.run_id = $1 AND s.worker IS NOT NULL AND s.worker <> 'failed'
+     GROUP BY s.worker ORDER BY s.worker";
+const RUN_WORKERS_LITE: &str = "SELECT s.worker, count(*),
+            max(((julianday(s.finished_at) - 2440587.5) * 86400.0)),
+            max(((julianday(w.last_seen) - 2440587.5) * 86400.0))
+     FROM backfill_shard s LEFT JOIN backfill_worker w ON w.worker = s.worker
+     WHERE s.run_id = $1 AND s.worker IS NOT NULL AND s.worker <> 'failed'
+     GROUP BY s.worker ORDER BY s.worker";
 
 /// RFC 3339 (UTC, seconds) of seconds since the epoch.
 pub fn rfc3339(epoch_seconds: f64) -> String {
@@ -263,15 +288,8 @@ type RawShard = (
 
 impl Store {
     async fn raw_shards(&self, run_id: &str) -> Result<Vec<RawShard>, StoreError> {
-        let q = format!(
-            "SELECT shard_no, state, failures, rows, worker, elapsed_ms, {}, {}, {}
-             FROM backfill_shard WHERE run_id = $1 ORDER BY shard_no",
-            epoch(&self.backend, "started_at"),
-            epoch(&self.backend, "finished_at"),
-            epoch(&self.backend, "reduced_at")
-        );
         Ok(match &self.backend {
-            Backend::Pg(p) => sqlx::query(&q)
+            Backend::Pg(p) => sqlx::query(RAW_SHARDS_PG)
                 .bind(run_id)
                 .fetch_all(p)
                 .await
@@ -291,7 +309,7 @@ impl Store {
                     )
                 })
                 .collect(),
-            Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
+            Backend::Lite(p) => sqlx::query(RAW_SHARDS_LITE)
                 .bind(run_id)
                 .fetch_all(p)
                 .await
@@ -400,19 +418,13 @@ impl Store {
         let Some(rec) = self.load_run(run_id).await? else {
             return Ok(None);
         };
-        let q = format!(
-            "SELECT {}, {}, {} FROM backfill_run WHERE run_id = $1",
-            epoch(&self.backend, "created_at"),
-            epoch(&self.backend, "finished_at"),
-            now_epoch(&self.backend)
-        );
         let (created, finished, now): (f64, Option<f64>, f64) = match &self.backend {
-            Backend::Pg(p) => sqlx::query(&q)
+            Backend::Pg(p) => sqlx::query(RUN_TIMES_PG)
                 .bind(run_id)
                 .fetch_one(p)
                 .await
                 .map(|r| (r.get(0), r.get(1), r.get(2))),
-            Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
+            Backend::Lite(p) => sqlx::query(RUN_TIMES_LITE)
                 .bind(run_id)
                 .fetch_one(p)
                 .await
@@ -594,21 +606,17 @@ impl Store {
 
     /// The workers that committed shards of a run, with their last sign of life.
     async fn run_workers(&self, run_id: &str, now: f64) -> Result<Vec<WorkerStatus>, StoreError> {
-        let q = format!(
-            "SELECT s.worker, count(*), max({}), max({})
-             FROM backfill_shard s LEFT JOIN backfill_worker w ON w.worker = s.worker
-             WHERE s.run_id = $1 AND s.worker IS NOT NULL AND s.worker <> 'failed'
-             GROUP BY s.worker ORDER BY s.worker",
-            epoch(&self.backend, "s.finished_at"),
-            epoch(&self.backend, "w.last_seen"),
-        );
         let rows: Vec<(String, i64, Option<f64>, Option<f64>)> = match &self.backend {
-            Backend::Pg(p) => sqlx::query(&q).bind(run_id).fetch_all(p).await.map(|rows| {
-                rows.into_iter()
-                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-                    .collect()
-            }),
-            Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
+            Backend::Pg(p) => sqlx::query(RUN_WORKERS_PG)
+                .bind(run_id)
+                .fetch_all(p)
+                .await
+                .map(|rows| {
+                    rows.into_iter()
+                        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                        .collect()
+                }),
+            Backend::Lite(p) => sqlx::query(RUN_WORKERS_LITE)
                 .bind(run_id)
                 .fetch_all(p)
                 .await

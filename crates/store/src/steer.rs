@@ -35,21 +35,98 @@ use std::time::Duration;
 
 use crate::{sql, Backend, Store, StoreError};
 
-/// Runs one statement written with PostgreSQL's `$n` parameters on either
-/// back end (SQLite takes `?n`) with the same binds, and names what was being
-/// done in the error.
-macro_rules! execute {
-    ($store:expr, $q:expr, $what:expr $(, $bind:expr)* $(,)?) => {{
-        let q: &str = &$q;
-        match &$store.backend {
-            Backend::Pg(p) => sqlx::query(q)$(.bind($bind))*.execute(p).await.map(drop),
-            Backend::Lite(p) => {
-                sqlx::query(&q.replace('$', "?"))$(.bind($bind))*.execute(p).await.map(drop)
-            }
-        }
-        .map_err(sql($what))
-    }};
-}
+// A statement both dialects read alike is written once, with `$n`
+// parameters (SQLite binds `$n` by number too); where they differ, each
+// dialect has its statement in full, side by side (`…_PG`, `…_LITE`).
+
+/// A worker's heartbeat.
+const HEARTBEAT_PG: &str =
+    "INSERT INTO backfill_worker (worker, role, run_id, shards_done) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (worker) DO UPDATE SET run_id = coalesce(excluded.run_id, backfill_worker.run_id),
+        shards_done = excluded.shards_done, last_seen = now()";
+const HEARTBEAT_LITE: &str =
+    "INSERT INTO backfill_worker (worker, role, run_id, shards_done) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (worker) DO UPDATE SET run_id = coalesce(excluded.run_id, backfill_worker.run_id),
+        shards_done = excluded.shards_done, last_seen = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+/// A running run ends as cancelled, with its summary.
+const FINISH_CANCELLED_PG: &str =
+    "UPDATE backfill_run SET state = 'cancelled', summary = $2, finished_at = now()
+     WHERE run_id = $1 AND state = 'running'";
+const FINISH_CANCELLED_LITE: &str = "UPDATE backfill_run SET state = 'cancelled', summary = $2,
+            finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+     WHERE run_id = $1 AND state = 'running'";
+
+/// The most recent runs (of job `$1`, or all when NULL), newest first.
+const HISTORY_PG: &str = "SELECT run_id, job_name, mode, state, spec_hash,
+            to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), spec_text
+     FROM backfill_run
+     WHERE ($1::text IS NULL OR job_name = $1) ORDER BY created_at DESC LIMIT $2";
+const HISTORY_LITE: &str = "SELECT run_id, job_name, mode, state, spec_hash,
+            substr(created_at, 1, 19) || 'Z', spec_text
+     FROM backfill_run
+     WHERE ($1 IS NULL OR job_name = $1) ORDER BY created_at DESC LIMIT $2";
+
+// The rows- and bytes-per-second schedules. PostgreSQL keeps them as
+// timestamps; SQLite as seconds since the epoch on its own clock,
+// `((julianday('now') - 2440587.5) * 86400.0)`.
+
+/// Reserves `$2` rows at the run's rows per second, unless the start is
+/// more than `$3` seconds away; returns the wait in seconds.
+const RESERVE_ROWS_PG: &str = "UPDATE backfill_control
+     SET rate_next = greatest(coalesce(rate_next, now()), now()) + make_interval(secs => $2 / rows_per_sec)
+     WHERE run_id = $1 AND rows_per_sec > 0
+       AND greatest(coalesce(rate_next, now()), now()) <= now() + make_interval(secs => $3)
+     RETURNING extract(epoch FROM (rate_next - make_interval(secs => $2 / rows_per_sec) - now()))::float8";
+const RESERVE_ROWS_LITE: &str = "UPDATE backfill_control
+     SET rate_next = max(coalesce(rate_next, ((julianday('now') - 2440587.5) * 86400.0)),
+                         ((julianday('now') - 2440587.5) * 86400.0)) + $2 / rows_per_sec
+     WHERE run_id = $1 AND rows_per_sec > 0
+       AND max(coalesce(rate_next, ((julianday('now') - 2440587.5) * 86400.0)),
+               ((julianday('now') - 2440587.5) * 86400.0))
+           <= ((julianday('now') - 2440587.5) * 86400.0) + $3
+     RETURNING rate_next - $2 / rows_per_sec - ((julianday('now') - 2440587.5) * 86400.0)";
+
+/// Reserves the estimated bytes of `$2` rows at the run's bytes per
+/// second, unless the start is more than `$3` seconds away; returns the
+/// wait in seconds and the bytes reserved.
+const RESERVE_BYTES_PG: &str = "UPDATE backfill_control
+     SET bytes_next = greatest(coalesce(bytes_next, now()), now())
+                      + make_interval(secs => $2 * coalesce(bytes_per_row, 0) / bytes_per_sec)
+     WHERE run_id = $1 AND bytes_per_sec > 0
+       AND greatest(coalesce(bytes_next, now()), now()) <= now() + make_interval(secs => $3)
+     RETURNING extract(epoch FROM (bytes_next - now()))::float8
+                 - $2 * coalesce(bytes_per_row, 0) / bytes_per_sec,
+               $2 * coalesce(bytes_per_row, 0)";
+const RESERVE_BYTES_LITE: &str = "UPDATE backfill_control
+     SET bytes_next = max(coalesce(bytes_next, ((julianday('now') - 2440587.5) * 86400.0)),
+                          ((julianday('now') - 2440587.5) * 86400.0))
+                      + $2 * coalesce(bytes_per_row, 0) / bytes_per_sec
+     WHERE run_id = $1 AND bytes_per_sec > 0
+       AND max(coalesce(bytes_next, ((julianday('now') - 2440587.5) * 86400.0)),
+               ((julianday('now') - 2440587.5) * 86400.0))
+           <= ((julianday('now') - 2440587.5) * 86400.0) + $3
+     RETURNING bytes_next - $2 * coalesce(bytes_per_row, 0) / bytes_per_sec
+                 - ((julianday('now') - 2440587.5) * 86400.0),
+               $2 * coalesce(bytes_per_row, 0)";
+
+/// Replaces a shard's reserved bytes (`$3`) with those it wrote (`$4`),
+/// from its start (`$5` seconds ago) on at the earliest, and learns the
+/// bytes per row (`$2`).
+const SETTLE_BYTES_PG: &str = "UPDATE backfill_control
+     SET bytes_next = greatest(coalesce(bytes_next, now() - make_interval(secs => $5)),
+                               now() - make_interval(secs => $5))
+                      + make_interval(secs => ($4 - $3) / bytes_per_sec),
+         bytes_per_row = CASE WHEN $2::float8 IS NULL THEN bytes_per_row
+                              ELSE coalesce(0.5 * bytes_per_row + 0.5 * $2, $2) END
+     WHERE run_id = $1 AND bytes_per_sec > 0";
+const SETTLE_BYTES_LITE: &str = "UPDATE backfill_control
+     SET bytes_next = max(coalesce(bytes_next, ((julianday('now') - 2440587.5) * 86400.0) - $5),
+                          ((julianday('now') - 2440587.5) * 86400.0) - $5)
+                      + ($4 - $3) / bytes_per_sec,
+         bytes_per_row = CASE WHEN $2 IS NULL THEN bytes_per_row
+                              ELSE coalesce(0.5 * bytes_per_row + 0.5 * $2, $2) END
+     WHERE run_id = $1 AND bytes_per_sec > 0";
 
 /// A running run and how long it has made no progress.
 #[derive(Debug, Clone, PartialEq)]
@@ -317,18 +394,31 @@ impl Store {
                                                bytes_per_sec, max_wal_bytes_per_sec)
                  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id) DO NOTHING";
         let mif = t.max_in_flight.map(|m| m as i32);
-        execute!(
-            self,
-            q,
-            "record the run's throttle",
-            run_id,
-            t.priority,
-            t.rows_per_sec,
-            mif,
-            shard_sizing,
-            t.bytes_per_sec,
-            t.max_wal_bytes_per_sec
-        )
+        match &self.backend {
+            Backend::Pg(p) => sqlx::query(q)
+                .bind(run_id)
+                .bind(t.priority)
+                .bind(t.rows_per_sec)
+                .bind(mif)
+                .bind(shard_sizing)
+                .bind(t.bytes_per_sec)
+                .bind(t.max_wal_bytes_per_sec)
+                .execute(p)
+                .await
+                .map(drop),
+            Backend::Lite(p) => sqlx::query(q)
+                .bind(run_id)
+                .bind(t.priority)
+                .bind(t.rows_per_sec)
+                .bind(mif)
+                .bind(shard_sizing)
+                .bind(t.bytes_per_sec)
+                .bind(t.max_wal_bytes_per_sec)
+                .execute(p)
+                .await
+                .map(drop),
+        }
+        .map_err(sql("record the run's throttle"))
     }
 
     /// Sets pause/resume/cancel and records who did it.
@@ -341,14 +431,23 @@ impl Store {
         self.require_run(run_id).await?;
         let q = "INSERT INTO backfill_control (run_id, control, updated_by) VALUES ($1, $2, $3)
                  ON CONFLICT (run_id) DO UPDATE SET control = excluded.control, updated_by = excluded.updated_by";
-        execute!(
-            self,
-            q,
-            "set the run's control",
-            run_id,
-            control.as_str(),
-            operator
-        )?;
+        match &self.backend {
+            Backend::Pg(p) => sqlx::query(q)
+                .bind(run_id)
+                .bind(control.as_str())
+                .bind(operator)
+                .execute(p)
+                .await
+                .map(drop),
+            Backend::Lite(p) => sqlx::query(q)
+                .bind(run_id)
+                .bind(control.as_str())
+                .bind(operator)
+                .execute(p)
+                .await
+                .map(drop),
+        }
+        .map_err(sql("set the run's control"))?;
         let action = match control {
             ControlState::Run => "resume",
             ControlState::Pause => "pause",
@@ -395,18 +494,31 @@ impl Store {
         let prio = change.priority.unwrap_or(0);
         let bps = change.bytes_per_sec.flatten();
         let wal = change.max_wal_bytes_per_sec.flatten();
-        execute!(
-            self,
-            q,
-            "change the run's throttle",
-            run_id,
-            rps,
-            mif,
-            prio,
-            operator,
-            bps,
-            wal
-        )?;
+        match &self.backend {
+            Backend::Pg(p) => sqlx::query(&q)
+                .bind(run_id)
+                .bind(rps)
+                .bind(mif)
+                .bind(prio)
+                .bind(operator)
+                .bind(bps)
+                .bind(wal)
+                .execute(p)
+                .await
+                .map(drop),
+            Backend::Lite(p) => sqlx::query(&q)
+                .bind(run_id)
+                .bind(rps)
+                .bind(mif)
+                .bind(prio)
+                .bind(operator)
+                .bind(bps)
+                .bind(wal)
+                .execute(p)
+                .await
+                .map(drop),
+        }
+        .map_err(sql("change the run's throttle"))?;
         self.record_event(run_id, "throttle", operator, Some(&change.describe()))
             .await
     }
@@ -453,15 +565,25 @@ impl Store {
     ) -> Result<(), StoreError> {
         let q =
             "INSERT INTO backfill_event (run_id, action, operator, detail) VALUES ($1, $2, $3, $4)";
-        execute!(
-            self,
-            q,
-            "record a run event",
-            run_id,
-            action,
-            operator,
-            detail
-        )
+        match &self.backend {
+            Backend::Pg(p) => sqlx::query(q)
+                .bind(run_id)
+                .bind(action)
+                .bind(operator)
+                .bind(detail)
+                .execute(p)
+                .await
+                .map(drop),
+            Backend::Lite(p) => sqlx::query(q)
+                .bind(run_id)
+                .bind(action)
+                .bind(operator)
+                .bind(detail)
+                .execute(p)
+                .await
+                .map(drop),
+        }
+        .map_err(sql("record a run event"))
     }
 
     /// A run's audit events, oldest first.
@@ -511,31 +633,21 @@ impl Store {
         job: Option<&str>,
         limit: i64,
     ) -> Result<Vec<RunHistory>, StoreError> {
-        let q =
-            "SELECT run_id, job_name, mode, state, spec_hash, CREATED, spec_text FROM backfill_run
-                 WHERE ($1::text IS NULL OR job_name = $1) ORDER BY created_at DESC LIMIT $2";
         type Row = (String, String, String, String, String, String, String);
         let rows: Vec<Row> = match &self.backend {
             Backend::Pg(p) => {
-                sqlx::query_as(&q.replace(
-                    "CREATED",
-                    "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
-                ))
-                .bind(job)
-                .bind(limit)
-                .fetch_all(p)
-                .await
+                sqlx::query_as(HISTORY_PG)
+                    .bind(job)
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await
             }
             Backend::Lite(p) => {
-                sqlx::query_as(
-                    &q.replace("CREATED", "substr(created_at, 1, 19) || 'Z'")
-                        .replace("$1::text", "?1")
-                        .replace('$', "?"),
-                )
-                .bind(job)
-                .bind(limit)
-                .fetch_all(p)
-                .await
+                sqlx::query_as(HISTORY_LITE)
+                    .bind(job)
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await
             }
         }
         .map_err(sql("read run history"))?;
@@ -673,7 +785,7 @@ impl Store {
                         r.get::<Option<f64>, _>(6),
                     )
                 }),
-            Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
+            Backend::Lite(p) => sqlx::query(q)
                 .bind(run_id)
                 .fetch_optional(p)
                 .await
@@ -850,32 +962,19 @@ impl Store {
         horizon: Duration,
     ) -> Result<Option<Duration>, StoreError> {
         let wait: Option<Option<f64>> = match &self.backend {
-            Backend::Pg(p) => sqlx::query_scalar(
-                "UPDATE backfill_control
-                 SET rate_next = greatest(coalesce(rate_next, now()), now()) + make_interval(secs => $2 / rows_per_sec)
-                 WHERE run_id = $1 AND rows_per_sec > 0
-                   AND greatest(coalesce(rate_next, now()), now()) <= now() + make_interval(secs => $3)
-                 RETURNING extract(epoch FROM (rate_next - make_interval(secs => $2 / rows_per_sec) - now()))::float8",
-            )
-            .bind(run_id)
-            .bind(rows as f64)
-            .bind(horizon.as_secs_f64())
-            .fetch_optional(p)
-            .await
-            .map_err(sql("reserve rows"))?,
+            Backend::Pg(p) => sqlx::query_scalar(RESERVE_ROWS_PG)
+                .bind(run_id)
+                .bind(rows as f64)
+                .bind(horizon.as_secs_f64())
+                .fetch_optional(p)
+                .await
+                .map_err(sql("reserve rows"))?,
             Backend::Lite(p) => {
-                // Seconds since the epoch on SQLite's clock.
-                let now = "((julianday('now') - 2440587.5) * 86400.0)";
                 let mut tx = p
                     .begin_with("BEGIN IMMEDIATE")
                     .await
                     .map_err(sql("begin rows reservation"))?;
-                let q = format!(
-                    "UPDATE backfill_control SET rate_next = max(coalesce(rate_next, {now}), {now}) + ?2 / rows_per_sec
-                     WHERE run_id = ?1 AND rows_per_sec > 0 AND max(coalesce(rate_next, {now}), {now}) <= {now} + ?3
-                     RETURNING rate_next - ?2 / rows_per_sec - {now}"
-                );
-                let w: Option<Option<f64>> = sqlx::query_scalar(&q)
+                let w: Option<Option<f64>> = sqlx::query_scalar(RESERVE_ROWS_LITE)
                     .bind(run_id)
                     .bind(rows as f64)
                     .bind(horizon.as_secs_f64())
@@ -913,36 +1012,19 @@ impl Store {
         horizon: Duration,
     ) -> Result<Option<(Duration, f64)>, StoreError> {
         let got: Option<(Option<f64>, Option<f64>)> = match &self.backend {
-            Backend::Pg(p) => sqlx::query_as(
-                "UPDATE backfill_control
-                 SET bytes_next = greatest(coalesce(bytes_next, now()), now())
-                                  + make_interval(secs => $2 * coalesce(bytes_per_row, 0) / bytes_per_sec)
-                 WHERE run_id = $1 AND bytes_per_sec > 0
-                   AND greatest(coalesce(bytes_next, now()), now()) <= now() + make_interval(secs => $3)
-                 RETURNING extract(epoch FROM (bytes_next - now()))::float8
-                             - $2 * coalesce(bytes_per_row, 0) / bytes_per_sec,
-                           $2 * coalesce(bytes_per_row, 0)",
-            )
-            .bind(run_id)
-            .bind(rows as f64)
-            .bind(horizon.as_secs_f64())
-            .fetch_optional(p)
-            .await
-            .map_err(sql("reserve bytes"))?,
+            Backend::Pg(p) => sqlx::query_as(RESERVE_BYTES_PG)
+                .bind(run_id)
+                .bind(rows as f64)
+                .bind(horizon.as_secs_f64())
+                .fetch_optional(p)
+                .await
+                .map_err(sql("reserve bytes"))?,
             Backend::Lite(p) => {
-                let now = "((julianday('now') - 2440587.5) * 86400.0)";
                 let mut tx = p
                     .begin_with("BEGIN IMMEDIATE")
                     .await
                     .map_err(sql("begin bytes reservation"))?;
-                let q = format!(
-                    "UPDATE backfill_control
-                     SET bytes_next = max(coalesce(bytes_next, {now}), {now}) + ?2 * coalesce(bytes_per_row, 0) / bytes_per_sec
-                     WHERE run_id = ?1 AND bytes_per_sec > 0 AND max(coalesce(bytes_next, {now}), {now}) <= {now} + ?3
-                     RETURNING bytes_next - ?2 * coalesce(bytes_per_row, 0) / bytes_per_sec - {now},
-                               ?2 * coalesce(bytes_per_row, 0)"
-                );
-                let w: Option<(Option<f64>, Option<f64>)> = sqlx::query_as(&q)
+                let w: Option<(Option<f64>, Option<f64>)> = sqlx::query_as(RESERVE_BYTES_LITE)
                     .bind(run_id)
                     .bind(rows as f64)
                     .bind(horizon.as_secs_f64())
@@ -984,32 +1066,7 @@ impl Store {
         // by a shard that started on an idle schedule are not forgiven.
         let per_row = (rows > 0).then(|| written as f64 / rows as f64);
         match &self.backend {
-            Backend::Pg(p) => sqlx::query(
-                "UPDATE backfill_control
-                 SET bytes_next = greatest(coalesce(bytes_next, now() - make_interval(secs => $5)),
-                                           now() - make_interval(secs => $5))
-                                  + make_interval(secs => ($4 - $3) / bytes_per_sec),
-                     bytes_per_row = CASE WHEN $2::float8 IS NULL THEN bytes_per_row
-                                          ELSE coalesce(0.5 * bytes_per_row + 0.5 * $2, $2) END
-                 WHERE run_id = $1 AND bytes_per_sec > 0",
-            )
-            .bind(run_id)
-            .bind(per_row)
-            .bind(reserved)
-            .bind(written as f64)
-            .bind(elapsed.as_secs_f64())
-            .execute(p)
-            .await
-            .map(drop),
-            Backend::Lite(p) => {
-                let now = "((julianday('now') - 2440587.5) * 86400.0)";
-                sqlx::query(&format!(
-                    "UPDATE backfill_control
-                     SET bytes_next = max(coalesce(bytes_next, {now} - ?5), {now} - ?5) + (?4 - ?3) / bytes_per_sec,
-                         bytes_per_row = CASE WHEN ?2 IS NULL THEN bytes_per_row
-                                              ELSE coalesce(0.5 * bytes_per_row + 0.5 * ?2, ?2) END
-                     WHERE run_id = ?1 AND bytes_per_sec > 0"
-                ))
+            Backend::Pg(p) => sqlx::query(SETTLE_BYTES_PG)
                 .bind(run_id)
                 .bind(per_row)
                 .bind(reserved)
@@ -1017,8 +1074,16 @@ impl Store {
                 .bind(elapsed.as_secs_f64())
                 .execute(p)
                 .await
-                .map(drop)
-            }
+                .map(drop),
+            Backend::Lite(p) => sqlx::query(SETTLE_BYTES_LITE)
+                .bind(run_id)
+                .bind(per_row)
+                .bind(reserved)
+                .bind(written as f64)
+                .bind(elapsed.as_secs_f64())
+                .execute(p)
+                .await
+                .map(drop),
         }
         .map_err(sql("settle the shard's bytes"))
     }
@@ -1136,11 +1201,8 @@ impl Store {
         run_id: Option<&str>,
         shards_done: u64,
     ) -> Result<(), StoreError> {
-        let q = "INSERT INTO backfill_worker (worker, role, run_id, shards_done) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (worker) DO UPDATE SET run_id = coalesce(excluded.run_id, backfill_worker.run_id),
-                    shards_done = excluded.shards_done, last_seen = NOW_";
         match &self.backend {
-            Backend::Pg(p) => sqlx::query(&q.replace("NOW_", "now()"))
+            Backend::Pg(p) => sqlx::query(HEARTBEAT_PG)
                 .bind(worker)
                 .bind(role)
                 .bind(run_id)
@@ -1148,17 +1210,14 @@ impl Store {
                 .execute(p)
                 .await
                 .map(drop),
-            Backend::Lite(p) => sqlx::query(
-                &q.replace('$', "?")
-                    .replace("NOW_", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"),
-            )
-            .bind(worker)
-            .bind(role)
-            .bind(run_id)
-            .bind(shards_done as i64)
-            .execute(p)
-            .await
-            .map(drop),
+            Backend::Lite(p) => sqlx::query(HEARTBEAT_LITE)
+                .bind(worker)
+                .bind(role)
+                .bind(run_id)
+                .bind(shards_done as i64)
+                .execute(p)
+                .await
+                .map(drop),
         }
         .map_err(sql("record heartbeat"))
     }
@@ -1178,24 +1237,19 @@ impl Store {
         view.cancelled = Some(rec.shards_reduced);
         view.state = RunState::Cancelled;
         let summary = summary_line(&view);
-        let q = "UPDATE backfill_run SET state = 'cancelled', summary = $2, finished_at = NOW_
-                 WHERE run_id = $1 AND state = 'running'";
         let n = match &self.backend {
-            Backend::Pg(p) => sqlx::query(&q.replace("NOW_", "now()"))
+            Backend::Pg(p) => sqlx::query(FINISH_CANCELLED_PG)
                 .bind(run_id)
                 .bind(&summary)
                 .execute(p)
                 .await
                 .map(|r| r.rows_affected()),
-            Backend::Lite(p) => sqlx::query(
-                &q.replace('$', "?")
-                    .replace("NOW_", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"),
-            )
-            .bind(run_id)
-            .bind(&summary)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()),
+            Backend::Lite(p) => sqlx::query(FINISH_CANCELLED_LITE)
+                .bind(run_id)
+                .bind(&summary)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()),
         }
         .map_err(sql("mark the run cancelled"))?;
         Ok(n > 0)
@@ -1206,12 +1260,7 @@ impl Store {
         let q = "SELECT state FROM backfill_run WHERE run_id = $1";
         let state: Option<String> = match &self.backend {
             Backend::Pg(p) => sqlx::query_scalar(q).bind(run_id).fetch_optional(p).await,
-            Backend::Lite(p) => {
-                sqlx::query_scalar(&q.replace('$', "?"))
-                    .bind(run_id)
-                    .fetch_optional(p)
-                    .await
-            }
+            Backend::Lite(p) => sqlx::query_scalar(q).bind(run_id).fetch_optional(p).await,
         }
         .map_err(sql("read run state"))?;
         if state.as_deref() != Some("cancelled") {
@@ -1225,13 +1274,21 @@ impl Store {
         }
         let summary = summary_line(&rec.view());
         let q = "UPDATE backfill_run SET summary = $2 WHERE run_id = $1 AND state = 'cancelled'";
-        execute!(
-            self,
-            q,
-            "update the cancelled run's summary",
-            run_id,
-            &summary
-        )
+        match &self.backend {
+            Backend::Pg(p) => sqlx::query(q)
+                .bind(run_id)
+                .bind(&summary)
+                .execute(p)
+                .await
+                .map(drop),
+            Backend::Lite(p) => sqlx::query(q)
+                .bind(run_id)
+                .bind(&summary)
+                .execute(p)
+                .await
+                .map(drop),
+        }
+        .map_err(sql("update the cancelled run's summary"))
     }
 
     /// Records the run windows given on the command line for a run, which
@@ -1246,13 +1303,22 @@ impl Store {
             "time_zone": schedule.time_zone,
         })
         .to_string();
-        execute!(
-            self,
-            "UPDATE backfill_run SET schedule = $2 WHERE run_id = $1",
-            "record the run's windows",
-            run_id,
-            text
-        )
+        let q = "UPDATE backfill_run SET schedule = $2 WHERE run_id = $1";
+        match &self.backend {
+            Backend::Pg(p) => sqlx::query(q)
+                .bind(run_id)
+                .bind(text)
+                .execute(p)
+                .await
+                .map(drop),
+            Backend::Lite(p) => sqlx::query(q)
+                .bind(run_id)
+                .bind(text)
+                .execute(p)
+                .await
+                .map(drop),
+        }
+        .map_err(sql("record the run's windows"))
     }
 
     /// The windows a run keeps to: those given on the command line when it
@@ -1270,7 +1336,7 @@ impl Store {
                     .await
             }
             Backend::Lite(p) => {
-                sqlx::query_scalar(&q.replace('$', "?"))
+                sqlx::query_scalar(q)
                     .bind(&rec.run_id)
                     .fetch_optional(p)
                     .await
@@ -1376,7 +1442,7 @@ impl Store {
                         r.get::<Option<i64>, _>(3).unwrap_or(0),
                     )
                 }),
-            Backend::Lite(p) => sqlx::query(&q.replace('$', "?"))
+            Backend::Lite(p) => sqlx::query(q)
                 .bind(job)
                 .bind(mode)
                 .fetch_optional(p)
