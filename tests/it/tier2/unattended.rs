@@ -394,6 +394,49 @@ async fn read_only_commands_create_nothing_and_name_the_database_they_looked_at(
     assert_eq!(tables, 0, "no ledger table was created");
 }
 
+/// The URL the read-only commands name when there is no ledger has its
+/// password hidden, whether it is given in the userinfo or as a query
+/// parameter (the test server's trust auth ignores it).
+#[tokio::test]
+async fn the_no_ledger_error_names_the_url_with_its_password_hidden() {
+    let env = TestEnv::new().await;
+    let (scheme, rest) = env.db_url.split_once("://").unwrap();
+    let (user, host) = rest.split_once('@').expect("a user in DATABASE_URL");
+    let user = user.split(':').next().unwrap();
+    let in_userinfo = format!("{scheme}://{user}:s3cretUI@{host}");
+    let sep = if env.db_url.contains('?') { '&' } else { '?' };
+    let in_query = format!("{}{sep}password=s3cretQP", env.db_url);
+    for (url, secret) in [(&in_userinfo, "s3cretUI"), (&in_query, "s3cretQP")] {
+        for args in [
+            vec!["status"],
+            vec!["status", "some-run"],
+            vec!["report", "some-run"],
+            vec!["history"],
+        ] {
+            let mut cmd = env.cmd(&args);
+            cmd.env("DATABASE_URL", url);
+            let out = output_within(cmd, std::time::Duration::from_secs(60));
+            let (o, err) = (stdout(&out), stderr(&out));
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains("no backfill ledger"), "{args:?}: {err}");
+            assert!(err.contains(&env.db_name), "names the database: {err}");
+            assert!(err.contains("***"), "the password is shown hidden: {err}");
+            assert!(
+                !err.contains(secret) && !o.contains(secret),
+                "{args:?} printed the password:\n{o}\n{err}"
+            );
+        }
+    }
+    assert_eq!(
+        env.scalar_i64(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'backfill%'"
+        )
+        .await,
+        0,
+        "no ledger table was created"
+    );
+}
+
 /// A coordinator killed before it published every shard leaves a run that
 /// nothing will carry on: `status` says so and names the command that
 /// resumes it, while a live coordinator (one holding the job's lock) is not
