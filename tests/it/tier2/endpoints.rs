@@ -1,5 +1,6 @@
-//! The HTTP endpoints against hostile or malformed requests, through the
-//! real `backfill` binary and the real database.
+//! The HTTP endpoints against hostile or malformed requests and connection
+//! floods, and a database that is not there at startup, through the real
+//! `backfill` binary and the real database.
 
 #![allow(clippy::unwrap_used)]
 
@@ -86,6 +87,91 @@ async fn idle_connections_are_closed_and_health_answers_meanwhile() {
     }
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(http_get(port, "/healthz").0, 200);
+}
+
+/// The connection cap (256) holds: while 256 connections are held, one more
+/// is closed without an answer, even a complete request for `/healthz`;
+/// once the held ones close, requests are served again.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_over_the_cap_are_not_served_until_held_ones_close() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    const CAP: usize = 256;
+    let env = TestEnv::new().await;
+    let mut fleet = Fleet::new(&env);
+    let port = free_port();
+    let log = std::env::temp_dir().join(format!("bf-endpoints-cap-{port}.log"));
+    let mut c = env.cmd(&["mapper", "--metrics-addr", &format!("127.0.0.1:{port}")]);
+    // Held connections must outlast the test's steps.
+    c.env("BACKFILL_HTTP_HEADER_TIMEOUT_SECS", "60")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    fleet.mappers.push(c.spawn().unwrap()); // killed with the fleet
+    assert_eq!(http_get(port, "/healthz").0, 200);
+    // A complete request on a fresh connection: the status code, or None
+    // when the server closed (or reset) it without an answer.
+    let probe = || -> Option<u16> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ =
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        let mut buf = Vec::new();
+        match s.read_to_end(&mut buf) {
+            Err(e) => {
+                assert!(
+                    !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                    "an over-cap connection was held, not closed: {e}"
+                );
+                None
+            }
+            Ok(_) if buf.is_empty() => None,
+            Ok(_) => String::from_utf8_lossy(&buf)
+                .split(' ')
+                .nth(1)
+                .and_then(|c| c.parse().ok()),
+        }
+    };
+    // The cap's worth of idle connections. The server accepts in order, so
+    // every later connection is accepted after these hold their slots.
+    let held: Vec<std::net::TcpStream> = (0..CAP)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    for i in 0..20 {
+        assert_eq!(
+            probe(),
+            None,
+            "connection {} over the cap was served",
+            i + 1
+        );
+    }
+    let warned = std::fs::read_to_string(&log).unwrap();
+    assert!(warned.contains("too many connections"), "{warned}");
+    // Closed, the held connections give their slots back (as the server
+    // reads their end, within moments).
+    let served_soon = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(code) = probe() {
+                assert_eq!(code, 200);
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    drop(held);
+    served_soon("no request was served after the held connections closed");
+    // Every slot came back: one short of the cap held, a request is served.
+    let again: Vec<std::net::TcpStream> = (0..CAP - 1)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    served_soon("the cap's last slot was not given back");
+    drop(again);
+    let _ = std::fs::remove_file(&log);
 }
 
 /// A worker's port serves metrics and health, not the dashboard API.
