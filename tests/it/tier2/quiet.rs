@@ -1,5 +1,7 @@
 //! Quiet when healthy: a command that works prints what it is for and no
-//! library noise — no debug dump of the generated data in the demo.
+//! library noise — no sqlx "slow statement" warning with its SQL text
+//! during `seed` on PostgreSQL, no debug dump of the generated data in the
+//! demo.
 
 #![allow(clippy::unwrap_used)]
 
@@ -23,6 +25,60 @@ fn assert_no_noise(what: &str, out: &std::process::Output) {
             );
         }
     }
+}
+
+/// `seed` on PostgreSQL with a statement the server makes slow (an event
+/// trigger sleeps 1.5 s when the schema creates `courses_program`): with
+/// `RUST_LOG=warn` sqlx's slow-statement warning and its SQL show, which
+/// proves the statement was slow; by default neither does, and stdout is
+/// the one `Seeded:` line.
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_on_postgresql_prints_no_slow_statement_warning_and_no_sql() {
+    let env = TestEnv::new().await;
+    sqlx::raw_sql(
+        "CREATE SCHEMA slow;
+         CREATE FUNCTION slow.ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands()
+                      WHERE object_identity LIKE '%.courses_program') THEN
+             PERFORM pg_sleep(1.5);
+           END IF;
+         END $$;
+         CREATE EVENT TRIGGER slow_ddl ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
+           EXECUTE FUNCTION slow.ddl();",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let args = [
+        "seed",
+        "--dataset",
+        "certificates",
+        "--revisions",
+        "300",
+        "--programs",
+        "10",
+    ];
+    let mut loud = env.cmd(&args);
+    loud.env("RUST_LOG", "warn");
+    let out = output_within(loud, Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("slow statement"),
+        "the schema statement was not slow, so this test shows nothing:\n{}",
+        stderr(&out)
+    );
+    sqlx::raw_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+
+    let out = env.run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_no_noise("seed", &out);
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.starts_with("Seeded: dataset=certificates "), "{text}");
 }
 
 /// The embedded demo (no services: both URLs point at closed ports) says
