@@ -305,7 +305,7 @@ async fn create_sqlite_demo(
     backfill_demo::create_certificate_schema_sqlite(&pool).await?;
     let stats = backfill_demo::generate_certificates_sqlite(&pool, params).await?;
     pool.close().await;
-    println!("{stats:?}");
+    println!("{}", certificate_line(&stats));
     Ok(format!("sqlite://{}", path.display()))
 }
 
@@ -345,7 +345,7 @@ async fn create_pg_demo(
     backfill_demo::create_certificate_schema(&pool).await?;
     let stats = backfill_demo::generate_certificates(&pool, params).await?;
     pool.close().await;
-    println!("{stats:?}");
+    println!("{}", certificate_line(&stats));
     // Rebuild the URL from the server URL so user, password and host carry over.
     let mut url = url_with_database(settings.database_url.expose(), demo_db);
     if url.is_empty() {

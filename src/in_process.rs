@@ -1,10 +1,10 @@
 //! A run in this process: the coordinator, mapper tasks and a reducer
 //! together, over RabbitMQ or the in-process queue (`run`, `verify`,
 //! `retry`, `revert`, `demo`), and what each kind of run checks before it
-//! starts: a job's review gate and adoption, a retry's finished run, a
-//! revert's before-images.
+//! starts: a job's review gate and adoption, a retry's finished run and
+//! adoption of an unfinished retry of it, a revert's before-images.
 
-use backfill_job::{JobSpec, Mode};
+use backfill_job::{JobSpec, Mode, RunKind};
 use backfill_queue::worker_name;
 use backfill_store::{Derived, RunRecord, Store};
 use std::time::{Duration, Instant};
@@ -236,6 +236,34 @@ pub async fn begin_inner(
                 );
                 return Ok(None);
             };
+            // An unfinished retry of the same run (its coordinator died) is
+            // adopted: its rows are no longer in the quarantine, so a new
+            // retry would find none. Any other run in progress is waited for.
+            let active = store.active_runs(&original.spec.name).await?;
+            if let Some(same) = active
+                .iter()
+                .find(|a| a.kind == RunKind::Retry && a.of.as_deref() == Some(run_id.as_str()))
+            {
+                eprintln!(
+                    "adopting run {}: a {} run that was unfinished: resuming it",
+                    same.run_id,
+                    same.describe_kind()
+                );
+                return Ok(Some((same.run_id.clone(), Some(lock))));
+            }
+            if let Some(other) = active.first() {
+                eprintln!(
+                    "run {} of job `{}` ({}, {}) is still in progress; not starting a retry. Watch it with `backfill status {}`; if its coordinator died, finish it with `backfill coordinator --resume {}` or stop it with `backfill cancel {}`",
+                    other.run_id,
+                    original.spec.name,
+                    other.describe_kind(),
+                    other.mode,
+                    other.run_id,
+                    other.run_id,
+                    other.run_id
+                );
+                return Ok(None);
+            }
             let (new_id, rows, shards) =
                 derive(store, &original, *shard_size, Derived::Retry).await?;
             eprintln!(

@@ -1,5 +1,6 @@
 //! `backfill retry RUN`: re-run exactly the rows a finished run
-//! quarantined, as a new run in this process.
+//! quarantined, as a new run in this process, or finish an unfinished
+//! retry of it (one whose process died), saying so.
 
 use crate::exit::Exit;
 use crate::in_process::{check_workers, run_in_process, Work};

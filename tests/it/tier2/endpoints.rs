@@ -1,5 +1,6 @@
-//! The HTTP endpoints against hostile or malformed requests, through the
-//! real `backfill` binary and the real database.
+//! The HTTP endpoints against hostile or malformed requests and connection
+//! floods, and a database that is not there at startup, through the real
+//! `backfill` binary and the real database.
 
 #![allow(clippy::unwrap_used)]
 
@@ -88,6 +89,91 @@ async fn idle_connections_are_closed_and_health_answers_meanwhile() {
     assert_eq!(http_get(port, "/healthz").0, 200);
 }
 
+/// The connection cap (256) holds: while 256 connections are held, one more
+/// is closed without an answer, even a complete request for `/healthz`;
+/// once the held ones close, requests are served again.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_over_the_cap_are_not_served_until_held_ones_close() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    const CAP: usize = 256;
+    let env = TestEnv::new().await;
+    let mut fleet = Fleet::new(&env);
+    let port = free_port();
+    let log = std::env::temp_dir().join(format!("bf-endpoints-cap-{port}.log"));
+    let mut c = env.cmd(&["mapper", "--metrics-addr", &format!("127.0.0.1:{port}")]);
+    // Held connections must outlast the test's steps.
+    c.env("BACKFILL_HTTP_HEADER_TIMEOUT_SECS", "60")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    fleet.mappers.push(c.spawn().unwrap()); // killed with the fleet
+    assert_eq!(http_get(port, "/healthz").0, 200);
+    // A complete request on a fresh connection: the status code, or None
+    // when the server closed (or reset) it without an answer.
+    let probe = || -> Option<u16> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ =
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        let mut buf = Vec::new();
+        match s.read_to_end(&mut buf) {
+            Err(e) => {
+                assert!(
+                    !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                    "an over-cap connection was held, not closed: {e}"
+                );
+                None
+            }
+            Ok(_) if buf.is_empty() => None,
+            Ok(_) => String::from_utf8_lossy(&buf)
+                .split(' ')
+                .nth(1)
+                .and_then(|c| c.parse().ok()),
+        }
+    };
+    // The cap's worth of idle connections. The server accepts in order, so
+    // every later connection is accepted after these hold their slots.
+    let held: Vec<std::net::TcpStream> = (0..CAP)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    for i in 0..20 {
+        assert_eq!(
+            probe(),
+            None,
+            "connection {} over the cap was served",
+            i + 1
+        );
+    }
+    let warned = std::fs::read_to_string(&log).unwrap();
+    assert!(warned.contains("too many connections"), "{warned}");
+    // Closed, the held connections give their slots back (as the server
+    // reads their end, within moments).
+    let served_soon = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(code) = probe() {
+                assert_eq!(code, 200);
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    drop(held);
+    served_soon("no request was served after the held connections closed");
+    // Every slot came back: one short of the cap held, a request is served.
+    let again: Vec<std::net::TcpStream> = (0..CAP - 1)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    served_soon("the cap's last slot was not given back");
+    drop(again);
+    let _ = std::fs::remove_file(&log);
+}
+
 /// A worker's port serves metrics and health, not the dashboard API.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_port_serves_metrics_but_not_the_dashboard() {
@@ -172,4 +258,171 @@ async fn a_mapper_waits_for_the_database_and_logs_the_cause() {
     let _ = std::fs::remove_file(&log);
     assert!(still_running, "the mapper exited: {err}");
     assert!(err.to_lowercase().contains("refused"), "{err}");
+}
+
+/// GET http://127.0.0.1:PORT/PATH once: the status, or `None` when nothing
+/// answers (not listening yet, or closed without an answer).
+fn status_once(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    String::from_utf8_lossy(&buf)
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+}
+
+/// A database of the test's own made later than the workers start,
+/// dropped at the end (even on failure).
+struct LateDatabase {
+    name: String,
+    url: String,
+}
+
+impl LateDatabase {
+    fn new(env: &TestEnv) -> LateDatabase {
+        let name = format!("{}_late", env.db_name);
+        let url = env
+            .db_url
+            .replacen(&format!("/{}", env.db_name), &format!("/{name}"), 1);
+        assert!(url.contains(&name), "{url}");
+        LateDatabase { name, url }
+    }
+
+    async fn create(&self, env: &TestEnv) {
+        sqlx::query(&format!("CREATE DATABASE \"{}\"", self.name))
+            .execute(&env.pool)
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for LateDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut c) = sqlx::PgConnection::connect(&base_db_url()).await {
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .execute(&mut c)
+                            .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A mapper and a reducer started before their database exists keep
+/// retrying, log the real cause (without the "start PostgreSQL" hint: the
+/// server answers), and serve `/readyz` 200 once the database is there.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_started_before_their_database_exists_wait_and_become_ready() {
+    use std::time::{Duration, Instant};
+    let env = TestEnv::new().await;
+    let late = LateDatabase::new(&env);
+    let mut fleet = Fleet::new(&env);
+    let mut workers = Vec::new();
+    for role in ["mapper", "reducer"] {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("bf-endpoints-late-{role}-{port}.log"));
+        let mut c = env.cmd(&[role, "--metrics-addr", &format!("127.0.0.1:{port}")]);
+        c.env("DATABASE_URL", &late.url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        fleet.mappers.push(c.spawn().unwrap()); // killed with the fleet
+        workers.push((role, port, log));
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    for (i, (role, port, log)) in workers.iter().enumerate() {
+        let err = std::fs::read_to_string(log).unwrap();
+        assert!(
+            fleet.mappers[i].try_wait().unwrap().is_none(),
+            "the {role} exited: {err}"
+        );
+        assert!(
+            err.contains(&format!("database \"{}\" does not exist", late.name)),
+            "the {role} logs the real cause: {err}"
+        );
+        assert!(err.contains("retrying"), "{role}: {err}");
+        assert!(!err.contains("pg_ctlcluster"), "{role}: {err}");
+        assert_ne!(status_once(*port, "/readyz"), Some(200), "{role}");
+    }
+    late.create(&env).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (role, port, log) in &workers {
+        while status_once(*port, "/readyz") != Some(200) {
+            assert!(
+                Instant::now() < deadline,
+                "the {role}'s /readyz never came up: {}",
+                std::fs::read_to_string(log).unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    drop(fleet);
+    for (_, _, log) in &workers {
+        let _ = std::fs::remove_file(log);
+    }
+}
+
+/// The "start PostgreSQL" hint is for a refused connection only: a role
+/// the server does not know is named, with no such hint, by a one-shot
+/// command and by a waiting worker alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_role_is_named_without_the_start_postgresql_hint() {
+    use std::time::Duration;
+    let env = TestEnv::new().await;
+    let no_role = "postgres://nosuchrole@127.0.0.1:5432/postgres";
+    let refused = format!("postgres://postgres@127.0.0.1:{}/postgres", free_port());
+    let mut c = env.cmd(&["status"]);
+    c.env("DATABASE_URL", no_role);
+    let out = output_within(c, Duration::from_secs(30));
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("role \"nosuchrole\" does not exist"), "{err}");
+    assert!(!err.contains("pg_ctlcluster"), "{err}");
+    let mut c = env.cmd(&["status"]);
+    c.env("DATABASE_URL", &refused);
+    let out = output_within(c, Duration::from_secs(30));
+    let err = stderr(&out);
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+    assert!(err.contains("pg_ctlcluster"), "{err}");
+    // A mapper waiting for each logs the same distinction.
+    for (url, hinted) in [(no_role, false), (refused.as_str(), true)] {
+        let log = std::env::temp_dir().join(format!("bf-endpoints-role-{}.log", free_port()));
+        let mut c = env.cmd(&["mapper"]);
+        c.env("DATABASE_URL", url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let mut child = c.spawn().unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        let still_running = child.try_wait().unwrap().is_none();
+        let _ = child.kill();
+        let _ = child.wait();
+        let err = std::fs::read_to_string(&log).unwrap();
+        let _ = std::fs::remove_file(&log);
+        assert!(still_running, "the mapper exited: {err}");
+        assert!(err.contains("retrying"), "{err}");
+        assert_eq!(err.contains("pg_ctlcluster"), hinted, "{url}: {err}");
+        if !hinted {
+            assert!(err.contains("role \"nosuchrole\" does not exist"), "{err}");
+        }
+    }
 }

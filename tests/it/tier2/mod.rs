@@ -22,6 +22,7 @@ pub(crate) mod notify;
 pub(crate) mod params;
 pub(crate) mod poison_messages;
 pub(crate) mod progress;
+pub(crate) mod quiet;
 pub(crate) mod report_safety;
 pub(crate) mod reports;
 pub(crate) mod secrets;

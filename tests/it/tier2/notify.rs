@@ -3,8 +3,9 @@
 //! that answers 200, while one answering 500 gets its retries and one that
 //! never answers is given up on, without holding the run up or changing its
 //! exit code; every delivery is in the ledger's history with the URL
-//! redacted. A spec's `[notify]` in the Slack form tells of a stall, a
-//! dead-lettered shard and a cancel.
+//! redacted. A run that fails tells `failed` to the webhooks of
+//! `BACKFILL_NOTIFY_URL`. A spec's `[notify]` in the Slack form tells of a
+//! stall, a dead-lettered shard and a cancel.
 
 #![allow(clippy::unwrap_used)]
 
@@ -271,6 +272,62 @@ async fn a_run_tells_its_start_and_end_and_a_failing_or_hanging_webhook_never_ho
         printed.contains("notification"),
         "the workers log deliveries"
     );
+    assert!(!printed.contains(SECRET), "a webhook's path was printed");
+    assert!(events.iter().all(|e| !e.contains(SECRET)));
+}
+
+/// A run that ends failed (rows with errors) tells `failed`, with its
+/// `Summary:` line and error count, to every webhook of
+/// `BACKFILL_NOTIFY_URL` (a comma-separated list, no `--notify` given).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_run_tells_failed_to_the_webhooks_of_backfill_notify_url() {
+    let env = TestEnv::new().await;
+    env.seed_certificates(20, 800).await;
+    // Revisions that are not objects: row errors, so the run fails.
+    sqlx::query("UPDATE wagtailcore_revision SET content = '[1]'::jsonb WHERE id % 3 = 0")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let (a, b) = (Receiver::start(Answer::Ok), Receiver::start(Answer::Ok));
+    let spec = job("program-certificate-titles");
+    let mut cmd = env.cmd(&["run", "--job", &spec, "--all", "--commit"]);
+    cmd.env("BACKFILL_NOTIFY_URL", format!("{},{}", a.url, b.url))
+        .env("RUST_LOG", "info");
+    let out = output_within(cmd, Duration::from_secs(120));
+    eprintln!("{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "a failed run: {}", stderr(&out));
+    let line = stdout(&out)
+        .lines()
+        .find(|l| l.starts_with("Summary:"))
+        .unwrap()
+        .to_string();
+    let s = summary(&out);
+    assert_eq!(s["state"], "failed");
+    let errors = num(&s, "errors");
+    assert!(errors > 0);
+    let run = s["run"].clone();
+    for hook in [&a, &b] {
+        until(Duration::from_secs(30), "the failed notification", || {
+            hook.events() == ["started", "failed"]
+        })
+        .await;
+        let end = hook.bodies().remove(1);
+        assert_eq!(end["run_id"], run.as_str());
+        assert_eq!(end["state"], "failed");
+        assert_eq!(end["summary"], line.as_str(), "{end}");
+        assert_eq!(end["counts"]["errors"], errors, "{end}");
+        assert!(end["message"].as_str().unwrap().contains("failed"), "{end}");
+    }
+    let events = notify_events(&env, &run).await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.starts_with("failed") && e.contains("delivered (HTTP 200)"))
+            .count(),
+        2,
+        "{events:#?}"
+    );
+    let printed = format!("{}{}", stdout(&out), stderr(&out));
     assert!(!printed.contains(SECRET), "a webhook's path was printed");
     assert!(events.iter().all(|e| !e.contains(SECRET)));
 }

@@ -80,6 +80,166 @@ async fn a_forward_run_never_adopts_a_killed_revert_and_says_another_run_is_in_p
     assert_eq!(resumed.status.code(), Some(0), "{}", stderr(&resumed));
 }
 
+/// A killed `retry` of a commit run is finished by neither a forward run
+/// nor another kind of run; the next `retry` of the same run adopts it,
+/// saying so in one line that names its kind, and finishes it exactly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_retry_is_adopted_only_by_a_retry_of_the_same_run() {
+    let env = TestEnv::new().await;
+    env.seed_certificates(20, 800).await;
+    // Throttled, so that the retry can be killed part-way.
+    let text = std::fs::read_to_string(job("program-certificate-titles")).unwrap();
+    let spec = common::SpecFile::new(
+        "program-certificate-titles",
+        &format!("{text}\n[throttle]\nrows_per_sec = 25\n"),
+    );
+    let spec = spec.path();
+    // Every third revision is not an object: a row error, quarantined.
+    sqlx::raw_sql(
+        "CREATE TABLE saved AS SELECT id, content FROM wagtailcore_revision WHERE id % 3 = 0;
+         UPDATE wagtailcore_revision SET content = '[1]'::jsonb WHERE id % 3 = 0",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let commit = env.run(&[
+        "run",
+        "--local",
+        "--job",
+        spec,
+        "--all",
+        "--commit",
+        "--rows-per-sec",
+        "100000",
+    ]);
+    assert_eq!(
+        commit.status.code(),
+        Some(1),
+        "row errors: {}",
+        stderr(&commit)
+    );
+    let c = run_id_of(&commit);
+    let errors = num(&summary(&commit), "errors");
+    assert!(errors > 20, "{errors}");
+    // The cause fixed, the quarantined rows are retried; the retry is
+    // killed (SIGKILL) part-way.
+    sqlx::query(
+        "UPDATE wagtailcore_revision r SET content = s.content FROM saved s WHERE r.id = s.id",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let mut first = env
+        .cmd(&["retry", &c, "--local", "--shard-size", "5"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let t = loop {
+        let row: Option<(String, i32)> =
+            sqlx::query_as("SELECT run_id, shards_reduced FROM backfill_run WHERE kind = 'retry'")
+                .fetch_optional(&env.pool)
+                .await
+                .unwrap();
+        if let Some((t, reduced)) = row {
+            if reduced >= 2 {
+                break t;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the retry never got going"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let (reduced, total): (i32, i32) =
+        sqlx::query_as("SELECT shards_reduced, shards_total FROM backfill_run WHERE run_id = $1")
+            .bind(&t)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert!(reduced < total, "killed part-way ({reduced} of {total})");
+    let runs = env.scalar_i64("SELECT count(*) FROM backfill_run").await;
+    let table = env.table_md5("wagtailcore_revision", "id").await;
+    let state = || async {
+        sqlx::query_scalar::<_, String>("SELECT state FROM backfill_run WHERE run_id = $1")
+            .bind(&t)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(state().await, "running");
+
+    // A forward commit does not finish it: busy, naming it and its kind.
+    let forward = env.run(&["run", "--local", "--job", spec, "--all", "--commit"]);
+    let err = stderr(&forward);
+    assert_eq!(forward.status.code(), Some(5), "busy is a failure: {err}");
+    assert!(
+        err.contains(&t) && err.contains(&format!("retry of {c}")),
+        "{err}"
+    );
+    assert!(err.contains("--resume"), "says how to finish it: {err}");
+    assert!(!err.contains("adopting"), "{err}");
+    // Nor does another kind: a verify, or a revert of the retried run.
+    let verify = env.run(&["verify", "--local", "--job", spec, "--all"]);
+    let err = stderr(&verify);
+    assert_eq!(verify.status.code(), Some(5), "{err}");
+    assert!(err.contains(&format!("retry of {c}")), "{err}");
+    assert!(!err.contains("adopting"), "{err}");
+    let revert = env.run(&["revert", &c, "--commit", "--local"]);
+    let err = stderr(&revert);
+    assert!(
+        revert.status.code() == Some(5) || revert.status.code() == Some(2),
+        "a revert is refused while the retry is in progress: {err}"
+    );
+    assert!(err.contains(&t), "names the run in progress: {err}");
+    assert_eq!(state().await, "running", "the retry was left as it was");
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM backfill_run").await,
+        runs,
+        "no other run was started"
+    );
+    assert_eq!(env.table_md5("wagtailcore_revision", "id").await, table);
+
+    // The next retry of the same run adopts it, says so naming its kind,
+    // and finishes it: every quarantined row retried, once.
+    let again = env.run(&["retry", &c, "--local", "--shard-size", "5"]);
+    let err = stderr(&again);
+    assert_eq!(again.status.code(), Some(0), "{err}");
+    assert_eq!(summary(&again).get("run"), Some(&t), "the same run: {err}");
+    assert!(
+        err.contains(&format!("adopting run {t}: a retry of {c} run")),
+        "the adoption names the kind: {err}"
+    );
+    let s = summary(&again);
+    assert_eq!(num(&s, "processed"), errors, "each quarantined row once");
+    assert_eq!(num(&s, "errors"), 0);
+    assert_eq!(state().await, "done");
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM backfill_run").await,
+        runs,
+        "no other run was started"
+    );
+    assert_eq!(
+        env.scalar_i64(&format!(
+            "SELECT count(*) FROM backfill_quarantine WHERE run_id = '{c}' AND retried_by = '{t}'"
+        ))
+        .await,
+        errors
+    );
+    assert_eq!(
+        env.scalar_i64(&format!(
+            "SELECT count(*) FROM backfill_before_image WHERE run_id = '{t}'"
+        ))
+        .await,
+        num(&s, "changed"),
+        "each row written once across the killed retry and its adoption"
+    );
+}
+
 #[tokio::test]
 async fn verify_never_adopts_a_killed_sampled_dry_run() {
     let env = TestEnv::new().await;
@@ -232,6 +392,49 @@ async fn read_only_commands_create_nothing_and_name_the_database_they_looked_at(
     .await
     .unwrap();
     assert_eq!(tables, 0, "no ledger table was created");
+}
+
+/// The URL the read-only commands name when there is no ledger has its
+/// password hidden, whether it is given in the userinfo or as a query
+/// parameter (the test server's trust auth ignores it).
+#[tokio::test]
+async fn the_no_ledger_error_names_the_url_with_its_password_hidden() {
+    let env = TestEnv::new().await;
+    let (scheme, rest) = env.db_url.split_once("://").unwrap();
+    let (user, host) = rest.split_once('@').expect("a user in DATABASE_URL");
+    let user = user.split(':').next().unwrap();
+    let in_userinfo = format!("{scheme}://{user}:s3cretUI@{host}");
+    let sep = if env.db_url.contains('?') { '&' } else { '?' };
+    let in_query = format!("{}{sep}password=s3cretQP", env.db_url);
+    for (url, secret) in [(&in_userinfo, "s3cretUI"), (&in_query, "s3cretQP")] {
+        for args in [
+            vec!["status"],
+            vec!["status", "some-run"],
+            vec!["report", "some-run"],
+            vec!["history"],
+        ] {
+            let mut cmd = env.cmd(&args);
+            cmd.env("DATABASE_URL", url);
+            let out = output_within(cmd, std::time::Duration::from_secs(60));
+            let (o, err) = (stdout(&out), stderr(&out));
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains("no backfill ledger"), "{args:?}: {err}");
+            assert!(err.contains(&env.db_name), "names the database: {err}");
+            assert!(err.contains("***"), "the password is shown hidden: {err}");
+            assert!(
+                !err.contains(secret) && !o.contains(secret),
+                "{args:?} printed the password:\n{o}\n{err}"
+            );
+        }
+    }
+    assert_eq!(
+        env.scalar_i64(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'backfill%'"
+        )
+        .await,
+        0,
+        "no ledger table was created"
+    );
 }
 
 /// A coordinator killed before it published every shard leaves a run that
