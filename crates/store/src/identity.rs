@@ -10,23 +10,11 @@
 //! its id; it is told apart by its oid or name no longer matching what the
 //! ledger recorded, and workers refuse it until `backfill ledger adopt`
 //! gives it an identity of its own.
+//!
+//! The `backfill_ledger` table is made by the ledger's migrations (see
+//! [`crate::migrate`]); its row is given here, once they have run.
 
 use crate::{sql, Backend, Store, StoreError};
-
-/// The ledger table; created like the other ledger tables.
-pub(crate) const PG_DDL: &str = r#"CREATE TABLE IF NOT EXISTS backfill_ledger (
-        id text PRIMARY KEY,
-        database_oid text NOT NULL,
-        database_name text NOT NULL,
-        created_at timestamptz NOT NULL DEFAULT now()
-    )"#;
-
-pub(crate) const LITE_DDL: &str = r#"CREATE TABLE IF NOT EXISTS backfill_ledger (
-        id text PRIMARY KEY,
-        database_oid text NOT NULL,
-        database_name text NOT NULL,
-        created_at text NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
-    )"#;
 
 /// Who a ledger is, and whether the database it lives in is the one it was
 /// created in.
@@ -68,12 +56,56 @@ fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// Gives the ledger its identity when it has none; inside the migration's
-/// transaction (and lock), so concurrent first starts agree on one id.
+/// Whether the ledger has been given its identity.
+const HAS_IDENTITY: &str = "SELECT EXISTS (SELECT 1 FROM backfill_ledger)";
+
+/// Gives a PostgreSQL ledger its identity when it has none. Under the lock
+/// the ledger's migrations of every release take, so that concurrent first
+/// starts (of this release or an earlier one) agree on one id.
+pub(crate) async fn ensure_postgres(pool: &sqlx::PgPool) -> Result<(), StoreError> {
+    let has: bool = sqlx::query_scalar(HAS_IDENTITY)
+        .fetch_one(pool)
+        .await
+        .map_err(sql("read the ledger identity"))?;
+    if has {
+        return Ok(());
+    }
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(sql("begin recording the ledger identity"))?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('backfill ledger migration'))")
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("lock the ledger identity"))?;
+    ensure_pg(&mut tx).await?;
+    tx.commit().await.map_err(sql("commit the ledger identity"))
+}
+
+/// Gives an SQLite ledger its identity when it has none, in a write
+/// transaction (one writer at a time).
+pub(crate) async fn ensure_sqlite(pool: &sqlx::SqlitePool) -> Result<(), StoreError> {
+    let has: bool = sqlx::query_scalar(HAS_IDENTITY)
+        .fetch_one(pool)
+        .await
+        .map_err(sql("read the ledger identity"))?;
+    if has {
+        return Ok(());
+    }
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(sql("begin recording the ledger identity"))?;
+    ensure_lite(&mut tx).await?;
+    tx.commit().await.map_err(sql("commit the ledger identity"))
+}
+
+/// Gives the ledger its identity when it has none, in the caller's
+/// transaction (which holds the lock).
 pub(crate) async fn ensure_pg(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
 ) -> Result<(), StoreError> {
-    let has: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM backfill_ledger)")
+    let has: bool = sqlx::query_scalar(HAS_IDENTITY)
         .fetch_one(&mut **tx)
         .await
         .map_err(sql("read the ledger identity"))?;
@@ -90,10 +122,8 @@ pub(crate) async fn ensure_pg(
     Ok(())
 }
 
-pub(crate) async fn ensure_lite(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-) -> Result<(), StoreError> {
-    let has: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM backfill_ledger)")
+async fn ensure_lite(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<(), StoreError> {
+    let has: bool = sqlx::query_scalar(HAS_IDENTITY)
         .fetch_one(&mut **tx)
         .await
         .map_err(sql("read the ledger identity"))?;

@@ -1,6 +1,6 @@
 //! The run ledger: what was planned, what each shard did, what was folded.
 //!
-//! Tables (created on connect, idempotently, under an advisory lock):
+//! Tables (made by the ledger's migrations, see `migrate`):
 //! - `backfill_run`: one row per run — job, spec text and hash, mode, scope,
 //!   plan, the fold of the shard results so far, state and summary.
 //! - `backfill_shard`: one row per shard — its rows, whether its task was
@@ -23,147 +23,9 @@ pub use backfill_job::fold::final_state;
 use backfill_job::fold::{fold_result, stored_tally, Fold, RunLedger};
 use backfill_job::report::RunView;
 use backfill_job::{JobSpec, Mode, Plan, RunState, ShardResult, Tally};
-use sqlx::{PgPool, Row};
+use sqlx::Row;
 
 use crate::{sql, StoreError};
-
-/// Ledger DDL, applied in order; each statement is idempotent.
-const LEDGER_DDL: &[&str] = &[
-    // Rows that could not be rewritten (a rule error, or their shard failed
-    // on every attempt), kept for `backfill retry RUN`.
-    r#"CREATE TABLE IF NOT EXISTS backfill_quarantine (
-        run_id text NOT NULL,
-        shard_no integer NOT NULL,
-        target text NOT NULL,
-        key text NOT NULL,
-        group_key text NOT NULL,
-        refs bigint NOT NULL,
-        error text NOT NULL,
-        retried_by text,
-        created_at timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (run_id, target, key)
-    )"#,
-    r#"CREATE TABLE IF NOT EXISTS backfill_run (
-        run_id text PRIMARY KEY,
-        job_name text NOT NULL,
-        spec_text text NOT NULL,
-        spec_hash text NOT NULL,
-        mode text NOT NULL,
-        scope jsonb NOT NULL,
-        state text NOT NULL,
-        plan jsonb NOT NULL,
-        shards_total integer NOT NULL,
-        shards_reduced integer NOT NULL DEFAULT 0,
-        tally jsonb NOT NULL,
-        summary text,
-        created_at timestamptz NOT NULL DEFAULT now(),
-        finished_at timestamptz
-    )"#,
-    r#"CREATE TABLE IF NOT EXISTS backfill_shard (
-        run_id text NOT NULL REFERENCES backfill_run (run_id) ON DELETE CASCADE,
-        shard_no integer NOT NULL,
-        target text NOT NULL,
-        first_key text NOT NULL,
-        last_key text NOT NULL,
-        rows integer NOT NULL,
-        state text NOT NULL DEFAULT 'pending',
-        published_at timestamptz,
-        worker text,
-        deliveries integer NOT NULL DEFAULT 0,
-        failures integer NOT NULL DEFAULT 0,
-        last_error text,
-        result jsonb,
-        finished_at timestamptz,
-        reduced_at timestamptz,
-        PRIMARY KEY (run_id, shard_no)
-    )"#,
-    r#"CREATE TABLE IF NOT EXISTS backfill_item (
-        run_id text NOT NULL,
-        shard_no integer NOT NULL,
-        item_no integer NOT NULL,
-        key text NOT NULL,
-        key_int bigint,
-        group_key text NOT NULL,
-        refs bigint NOT NULL,
-        PRIMARY KEY (run_id, shard_no, item_no)
-    )"#,
-    r#"CREATE TABLE IF NOT EXISTS backfill_before_image (
-        run_id text NOT NULL,
-        shard_no integer NOT NULL,
-        target text NOT NULL,
-        key text NOT NULL,
-        column_name text NOT NULL,
-        before text,
-        written_at timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (run_id, target, key, column_name)
-    )"#,
-    // A jsonb column's before-image may be the inverse patch of what the
-    // run changed, with the row version (xmin) the run's write left.
-    "ALTER TABLE backfill_before_image ADD COLUMN IF NOT EXISTS patch text",
-    "ALTER TABLE backfill_before_image ADD COLUMN IF NOT EXISTS after_version text",
-];
-
-/// Creates the ledger tables when missing. Serialized across processes by an
-/// advisory lock so that many workers starting at once do not race.
-pub(crate) async fn migrate_pg(pool: &PgPool) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await.map_err(sql("begin ledger migration"))?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('backfill ledger migration'))")
-        .execute(&mut *tx)
-        .await
-        .map_err(sql("lock ledger migration"))?;
-    for ddl in LEDGER_DDL
-        .iter()
-        .chain(crate::steer::PG_DDL)
-        .chain([&crate::identity::PG_DDL])
-    {
-        // `ALTER TABLE … ADD COLUMN IF NOT EXISTS` takes an exclusive lock
-        // on the table even when the column is there; holding it while
-        // workers already running use the ledger can deadlock with them.
-        // So a statement runs only when what it creates is missing.
-        if already_there(&mut tx, ddl).await? {
-            continue;
-        }
-        sqlx::query(ddl)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("create ledger tables"))?;
-    }
-    crate::identity::ensure_pg(&mut tx).await?;
-    tx.commit().await.map_err(sql("commit ledger migration"))?;
-    Ok(())
-}
-
-/// Whether the table (`CREATE TABLE IF NOT EXISTS t`) or column (`ALTER
-/// TABLE t ADD COLUMN IF NOT EXISTS c`) a migration statement creates
-/// exists already. Only reads the catalog: takes no lock on the table.
-async fn already_there(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    ddl: &str,
-) -> Result<bool, StoreError> {
-    let words: Vec<&str> = ddl.split_whitespace().collect();
-    let found: Option<bool> = match words.as_slice() {
-        ["CREATE", "TABLE", "IF", "NOT", "EXISTS", table, ..] => {
-            sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-                .bind(*table)
-                .fetch_one(&mut **tx)
-                .await
-                .map_err(sql("read the ledger's tables"))?
-        }
-        ["ALTER", "TABLE", table, "ADD", "COLUMN", "IF", "NOT", "EXISTS", column, ..] => {
-            sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_attribute
-                  WHERE attrelid = to_regclass($1) AND attname = $2 AND NOT attisdropped)",
-            )
-            .bind(*table)
-            .bind(*column)
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(sql("read the ledger's columns"))?
-        }
-        _ => Some(false),
-    };
-    Ok(found.unwrap_or(false))
-}
 
 /// A run as the ledger holds it.
 #[derive(Debug, Clone)]

@@ -2,8 +2,11 @@
 //!
 //! # Layout
 //!
-//! - [`ledger`]: the ledger tables (created and upgraded on connect), run and
-//!   shard records, the reducer's dedup-and-fold step.
+//! - `migrate` (private): the ledger's schema, as versioned SQL migrations
+//!   per dialect (`migrations/postgres`, `migrations/sqlite`) that a writer
+//!   applies on connect, and the adoption of ledgers made before them.
+//! - [`ledger`]: the ledger tables' run and shard records, the reducer's
+//!   dedup-and-fold step.
 //! - [`planning`]: runs the spec's groups and targets SQL with bound
 //!   parameters, and records a run's plan (run row, items, shards) in one
 //!   transaction.
@@ -23,13 +26,15 @@
 //! `tests/contract.rs` is the store's contract: every ledger operation, run
 //! on both back ends (each its own test, `NAME::sqlite` and
 //! `NAME::postgres`; `-- --skip postgres` runs the half that needs no
-//! service).
+//! service), including the adoption of ledgers made by earlier releases
+//! (`tests/fixtures`).
 
 pub mod audit;
 pub mod eta;
 pub mod identity;
 pub mod ledger;
 mod lite;
+mod migrate;
 pub mod planning;
 pub mod shard;
 pub mod status;
@@ -240,7 +245,8 @@ fn is_refused(e: &sqlx::Error) -> bool {
 
 impl Store {
     /// Connects to `postgres://…` or `sqlite://…`, and creates or upgrades
-    /// the ledger tables.
+    /// the ledger tables (applies the ledger's migrations the database
+    /// lacks, see `migrate`).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
         Store::open(url, max_connections, true).await
     }
@@ -265,7 +271,8 @@ impl Store {
             let opts = PgConnectOptions::from_str(url)
                 .map_err(connect_err)?
                 .application_name("backfill")
-                // The ledger's idempotent DDL would log a notice per table.
+                // Adopting a ledger made before versioned migrations would
+                // log a notice per table and column already there.
                 .options([("client_min_messages", "warning")]);
             // One direct connection first: the pool's acquire timeout would
             // wait 30 s and then report "pool timed out", losing the cause
@@ -304,7 +311,7 @@ impl Store {
                 .await
                 .map_err(connect_err)?;
             if migrate {
-                ledger::migrate_pg(&pool).await?;
+                migrate::postgres(&pool).await?;
             } else {
                 let present: (bool, bool) = sqlx::query_as(
                     "SELECT to_regclass('backfill_run') IS NOT NULL, to_regclass('backfill_ledger') IS NOT NULL",
@@ -338,7 +345,7 @@ impl Store {
                     source: backfill_job::redact::RedactedError::new(&source, url),
                 })?;
             if migrate {
-                lite::migrate(&pool).await?;
+                migrate::sqlite(&pool).await?;
             } else {
                 let present: (bool, bool) = sqlx::query_as(
                     "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'backfill_run'),

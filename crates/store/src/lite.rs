@@ -28,75 +28,6 @@ use crate::shard::{Committed, ShardCommit, ShardRows};
 use crate::{sql, StoreError};
 use backfill_job::{JobSpec, Plan, PlannedGroup};
 
-const LEDGER_DDL: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS backfill_quarantine (
-        run_id text NOT NULL,
-        shard_no integer NOT NULL,
-        target text NOT NULL,
-        key text NOT NULL,
-        group_key text NOT NULL,
-        refs integer NOT NULL,
-        error text NOT NULL,
-        retried_by text,
-        created_at text NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-        PRIMARY KEY (run_id, target, key)
-    )",
-    "CREATE TABLE IF NOT EXISTS backfill_run (
-        run_id text PRIMARY KEY,
-        job_name text NOT NULL,
-        spec_text text NOT NULL,
-        spec_hash text NOT NULL,
-        mode text NOT NULL,
-        scope text NOT NULL,
-        state text NOT NULL,
-        plan text NOT NULL,
-        shards_total integer NOT NULL,
-        shards_reduced integer NOT NULL DEFAULT 0,
-        tally text NOT NULL,
-        summary text,
-        created_at text NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-        finished_at text
-    )",
-    "CREATE TABLE IF NOT EXISTS backfill_shard (
-        run_id text NOT NULL REFERENCES backfill_run (run_id) ON DELETE CASCADE,
-        shard_no integer NOT NULL,
-        target text NOT NULL,
-        first_key text NOT NULL,
-        last_key text NOT NULL,
-        rows integer NOT NULL,
-        state text NOT NULL DEFAULT 'pending',
-        published_at text,
-        worker text,
-        deliveries integer NOT NULL DEFAULT 0,
-        failures integer NOT NULL DEFAULT 0,
-        last_error text,
-        result text,
-        finished_at text,
-        reduced_at text,
-        PRIMARY KEY (run_id, shard_no)
-    )",
-    "CREATE TABLE IF NOT EXISTS backfill_item (
-        run_id text NOT NULL,
-        shard_no integer NOT NULL,
-        item_no integer NOT NULL,
-        key text NOT NULL,
-        key_int integer,
-        group_key text NOT NULL,
-        refs integer NOT NULL,
-        PRIMARY KEY (run_id, shard_no, item_no)
-    )",
-    "CREATE TABLE IF NOT EXISTS backfill_before_image (
-        run_id text NOT NULL,
-        shard_no integer NOT NULL,
-        target text NOT NULL,
-        key text NOT NULL,
-        column_name text NOT NULL,
-        before text,
-        written_at text NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-        PRIMARY KEY (run_id, target, key, column_name)
-    )",
-];
-
 fn json_text(v: &impl serde::Serialize) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Data(e.to_string()))
 }
@@ -116,36 +47,6 @@ async fn begin_write(
     pool.begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(sql(format!("begin {what}")))
-}
-
-pub(crate) async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
-    let mut tx = begin_write(pool, "ledger migration").await?;
-    for ddl in LEDGER_DDL
-        .iter()
-        .chain(crate::steer::LITE_DDL)
-        .chain([&crate::identity::LITE_DDL])
-    {
-        sqlx::query(ddl)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("create ledger tables"))?;
-    }
-    for (table, column, ty) in crate::steer::LITE_ADDED_COLUMNS {
-        let existing: Vec<String> =
-            sqlx::query_scalar(&format!("SELECT name FROM pragma_table_info('{table}')"))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(sql("read ledger columns"))?;
-        if !existing.iter().any(|c| c == column) {
-            sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
-                .execute(&mut *tx)
-                .await
-                .map_err(sql("upgrade ledger tables"))?;
-        }
-    }
-    crate::identity::ensure_lite(&mut tx).await?;
-    tx.commit().await.map_err(sql("commit ledger migration"))?;
-    Ok(())
 }
 
 /// A row of a spec query as a JSON object, whatever its columns.

@@ -250,6 +250,37 @@ impl Raw {
         }
     }
 
+    /// Every column of the ledger's tables, as `table: column type
+    /// nullability default`, in order: what a ledger's schema is, wherever
+    /// its columns sit in their tables.
+    pub async fn ledger_schema(&self) -> BTreeSet<String> {
+        let sql = match self {
+            Raw::Pg(_) => {
+                "SELECT table_name || ': ' || column_name || ' ' || data_type || ' ' || is_nullable
+                                  || ' ' || coalesce(column_default, '')
+                           FROM information_schema.columns
+                           WHERE table_schema = 'public' AND table_name LIKE 'backfill%'"
+            }
+            Raw::Lite(_) => {
+                "SELECT m.name || ': ' || p.name || ' ' || p.type || ' ' || p.\"notnull\"
+                                    || ' ' || coalesce(p.dflt_value, '') || ' ' || p.pk
+                             FROM sqlite_master m, pragma_table_info(m.name) p
+                             WHERE m.type = 'table' AND m.name LIKE 'backfill%'"
+            }
+        };
+        self.texts(sql).await.into_iter().collect()
+    }
+
+    /// The ledger's migrations as recorded: (version, success, checksum).
+    pub async fn migrations(&self) -> Vec<(i64, bool, Vec<u8>)> {
+        let sql = "SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version";
+        match self {
+            Raw::Pg(p) => sqlx::query_as(sql).fetch_all(p).await,
+            Raw::Lite(p) => sqlx::query_as(sql).fetch_all(p).await,
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     /// The names of the ledger's tables.
     pub async fn ledger_tables(&self) -> BTreeSet<String> {
         let sql = match self {
@@ -271,6 +302,21 @@ impl Raw {
     }
 }
 
+/// The target tables: Wagtail-like revisions, the pages they belong to,
+/// and documents keyed by text.
+async fn create_targets(raw: &Raw, kind: Kind) {
+    let content = match kind {
+        Kind::Postgres => "jsonb",
+        Kind::Sqlite => "text",
+    };
+    raw.exec(&format!(
+        "CREATE TABLE wagtailcore_revision (id integer PRIMARY KEY, object_id text NOT NULL, content {content});
+         CREATE TABLE contract_page (slug text PRIMARY KEY, title text);
+         CREATE TABLE contract_doc (slug text PRIMARY KEY, content {content})"
+    ))
+    .await;
+}
+
 /// A connected store on a fresh database holding the target tables.
 pub struct Harness {
     pub kind: Kind,
@@ -286,16 +332,27 @@ impl Harness {
             .await
             .unwrap_or_else(|e| panic!("connect the store: {e}"));
         let raw = Raw::open(&scratch.url).await;
-        let content = match kind {
-            Kind::Postgres => "jsonb",
-            Kind::Sqlite => "text",
-        };
-        raw.exec(&format!(
-            "CREATE TABLE wagtailcore_revision (id integer PRIMARY KEY, object_id text NOT NULL, content {content});
-             CREATE TABLE contract_page (slug text PRIMARY KEY, title text);
-             CREATE TABLE contract_doc (slug text PRIMARY KEY, content {content})"
-        ))
-        .await;
+        create_targets(&raw, kind).await;
+        Harness {
+            kind,
+            store,
+            raw,
+            scratch,
+        }
+    }
+
+    /// A database holding a ledger made by an earlier release (`fixture`,
+    /// its SQL), then connected to with the current store.
+    pub async fn adopting(kind: Kind, fixture: &str) -> Harness {
+        let scratch = Scratch::new(kind).await;
+        let raw = Raw::open(&scratch.url).await;
+        raw.exec(fixture).await;
+        raw.close().await;
+        let store = Store::connect(&scratch.url, 4)
+            .await
+            .unwrap_or_else(|e| panic!("adopt the ledger: {e}"));
+        let raw = Raw::open(&scratch.url).await;
+        create_targets(&raw, kind).await;
         Harness {
             kind,
             store,
@@ -2875,3 +2932,253 @@ contract!(measured_shard_cost_for_adaptive_sizing, |h| async move {
         None
     );
 });
+
+// ---- the ledger's migrations ---------------------------------------------------------
+
+/// A ledger as the release before versioned migrations left it.
+fn before_migrations(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Postgres => include_str!("fixtures/ledger_before_migrations.postgres.sql"),
+        Kind::Sqlite => include_str!("fixtures/ledger_before_migrations.sqlite.sql"),
+    }
+}
+
+/// A ledger of an older release, without the columns added since.
+fn older(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Postgres => include_str!("fixtures/ledger_older.postgres.sql"),
+        Kind::Sqlite => include_str!("fixtures/ledger_older.sqlite.sql"),
+    }
+}
+
+/// A whole commit, its fold, and its revert, on a ledger.
+async fn commit_and_revert(h: &Harness) {
+    h.seed(REVISIONS).await;
+    let spec = spec(RENAME);
+    plan(h, &spec, Mode::Commit, "run-adopted").await;
+    assert!(matches!(
+        run_to_end(h, "run-adopted").await,
+        Reduced::Finished(_)
+    ));
+    let rec = h.store.load_run("run-adopted").await.unwrap().unwrap();
+    assert_eq!(rec.state, RunState::Failed);
+    assert_eq!(counts(&rec.tally), (7, 5, 1, 0, 0, 1));
+    assert_eq!(h.content(1).await, json!({"institution_text": "A1"}));
+    assert_eq!(h.store.before_image_count("run-adopted").await.unwrap(), 5);
+    assert_eq!(h.store.quarantined("run-adopted").await.unwrap().len(), 1);
+    h.store
+        .create_derived_run("run-adopted-rev", &rec, 10, Derived::Revert(Mode::Commit))
+        .await
+        .unwrap();
+    run_to_end(h, "run-adopted-rev").await;
+    for (id, _, content) in REVISIONS {
+        let want: Value = serde_json::from_str(content).unwrap();
+        assert_eq!(h.content(*id).await, want, "revision {id} restored");
+    }
+}
+
+contract!(a_fresh_ledger_records_its_first_version, |h| async move {
+    let migrations = h.raw.migrations().await;
+    assert_eq!(migrations.len(), 1, "{migrations:?}");
+    assert_eq!((migrations[0].0, migrations[0].1), (1, true));
+    assert_eq!(migrations[0].2.len(), 48, "sqlx's SHA-384 of the file");
+});
+
+contract!(a_ledger_from_before_migrations_is_adopted, |h| async move {
+    let old = Harness::adopting(h.kind, before_migrations(h.kind)).await;
+    // Its identity and its rows are kept.
+    assert_eq!(old.store.ledger().id, "feedfacefeedfacefeedfacefeedface");
+    assert!(!old.store.ledger().is_copy());
+    assert_eq!(old.raw.i64("SELECT count(*) FROM backfill_ledger").await, 1);
+    // It is now at version 1, with the schema of a fresh ledger exactly.
+    let migrations = old.raw.migrations().await;
+    assert_eq!(migrations.len(), 1);
+    assert_eq!((migrations[0].0, migrations[0].1), (1, true));
+    assert_eq!(migrations[0].2, h.raw.migrations().await[0].2);
+    assert_eq!(old.raw.ledger_schema().await, h.raw.ledger_schema().await);
+    commit_and_revert(&old).await;
+    // Read-only connections see it as before.
+    let ro = Store::connect_existing(&old.scratch.url, 2).await.unwrap();
+    assert_eq!(ro.ledger(), old.store.ledger());
+    ro.close().await;
+    old.finish().await;
+});
+
+contract!(an_older_ledger_gains_what_it_lacks, |h| async move {
+    // An older ledger: no identity table, and none of the later columns.
+    let fixture = older(h.kind);
+    let scratch = Scratch::new(h.kind).await;
+    let raw = Raw::open(&scratch.url).await;
+    raw.exec(fixture).await;
+    assert!(!raw.ledger_tables().await.contains("backfill_ledger"));
+    assert!(!raw.columns("backfill_run").await.contains("kind"));
+    assert!(!raw.columns("backfill_before_image").await.contains("patch"));
+    raw.close().await;
+    drop(scratch);
+
+    let old = Harness::adopting(h.kind, fixture).await;
+    assert_eq!(old.raw.ledger_schema().await, h.raw.ledger_schema().await);
+    let id = old.store.ledger().clone();
+    assert!(is_hex_id(&id.id) && !id.is_copy(), "{id:?}");
+    assert_eq!(old.raw.i64("SELECT count(*) FROM backfill_ledger").await, 1);
+    assert_eq!(old.raw.migrations().await.len(), 1);
+    commit_and_revert(&old).await;
+    // Connecting again keeps the identity it was given.
+    let again = old.reconnect().await;
+    assert_eq!(again.ledger(), &id);
+    again.close().await;
+    old.finish().await;
+});
+
+contract!(connecting_again_changes_nothing, |h| async move {
+    h.seed(CLEAN).await;
+    plan(h, &spec(RENAME), Mode::Commit, "run-kept").await;
+    let schema = h.raw.ledger_schema().await;
+    let migrations = h.raw.migrations().await;
+    let installed = h
+        .raw
+        .texts("SELECT CAST(installed_on AS text) FROM _sqlx_migrations")
+        .await;
+    for _ in 0..3 {
+        let again = h.reconnect().await;
+        assert_eq!(again.ledger(), h.store.ledger());
+        again.close().await;
+    }
+    assert_eq!(h.raw.ledger_schema().await, schema);
+    assert_eq!(h.raw.migrations().await, migrations);
+    assert_eq!(
+        h.raw
+            .texts("SELECT CAST(installed_on AS text) FROM _sqlx_migrations")
+            .await,
+        installed,
+        "version 1 was not applied again"
+    );
+    assert_eq!(h.raw.i64("SELECT count(*) FROM backfill_ledger").await, 1);
+    assert_eq!(h.store.shards("run-kept").await.unwrap().len(), 3);
+    // And an adopted ledger, connected to again, too.
+    let old = Harness::adopting(h.kind, before_migrations(h.kind)).await;
+    let again = old.reconnect().await;
+    assert_eq!(again.ledger().id, "feedfacefeedfacefeedfacefeedface");
+    again.close().await;
+    assert_eq!(old.raw.migrations().await.len(), 1);
+    old.finish().await;
+});
+
+/// Connects `n` stores to one database at once; every connect must succeed.
+async fn connect_at_once(url: &str, n: usize) -> Vec<Store> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let url = url.to_string();
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(60), Store::connect(&url, 2)).await
+            })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for t in tasks {
+        let connected = t.await.expect("the connect task");
+        let store = connected
+            .expect("a connect neither hangs nor deadlocks")
+            .unwrap_or_else(|e| panic!("a concurrent connect failed: {e}"));
+        stores.push(store);
+    }
+    stores
+}
+
+contract!(
+    concurrent_first_connects_agree_on_one_ledger,
+    |h| async move {
+        // A fresh database: four workers start together.
+        let fresh = Scratch::new(h.kind).await;
+        let stores = connect_at_once(&fresh.url, 4).await;
+        let id = stores[0].ledger().clone();
+        assert!(stores.iter().all(|s| s.ledger() == &id), "one identity");
+        let raw = Raw::open(&fresh.url).await;
+        assert_eq!(raw.i64("SELECT count(*) FROM backfill_ledger").await, 1);
+        assert_eq!(raw.migrations().await.len(), 1);
+        assert_eq!(raw.ledger_schema().await, h.raw.ledger_schema().await);
+        for s in &stores {
+            s.close().await;
+        }
+        raw.close().await;
+        drop(fresh);
+        // A ledger from before migrations: four workers of this release adopt
+        // it together.
+        let old = Scratch::new(h.kind).await;
+        let raw = Raw::open(&old.url).await;
+        raw.exec(before_migrations(h.kind)).await;
+        raw.close().await;
+        let stores = connect_at_once(&old.url, 4).await;
+        assert!(stores
+            .iter()
+            .all(|s| s.ledger().id == "feedfacefeedfacefeedfacefeedface"));
+        let raw = Raw::open(&old.url).await;
+        assert_eq!(raw.migrations().await.len(), 1);
+        assert_eq!(raw.ledger_schema().await, h.raw.ledger_schema().await);
+        for s in &stores {
+            s.close().await;
+        }
+        raw.close().await;
+    }
+);
+
+contract!(
+    adopting_a_complete_ledger_locks_none_of_its_tables,
+    |h| async move {
+        // A worker of the earlier release is mid-transaction on the ledger
+        // while a worker of this release starts: adopting a ledger that has
+        // every column must not wait for it (an ALTER TABLE would, and could
+        // deadlock with it).
+        let old = Scratch::new(h.kind).await;
+        let raw = Raw::open(&old.url).await;
+        raw.exec(before_migrations(h.kind)).await;
+        let busy = match &raw {
+            Raw::Pg(p) => {
+                let mut tx = p.begin().await.unwrap();
+                sqlx::query("SELECT * FROM backfill_shard FOR UPDATE")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                sqlx::query("SELECT * FROM backfill_run FOR UPDATE")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                Some(tx)
+            }
+            Raw::Lite(p) => {
+                // SQLite: a reader keeps reading while the ledger is adopted.
+                sqlx::query("PRAGMA journal_mode = WAL")
+                    .execute(p)
+                    .await
+                    .unwrap();
+                None
+            }
+        };
+        let reader = match &raw {
+            Raw::Lite(p) => {
+                let mut tx = p.begin().await.unwrap();
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM backfill_shard")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .unwrap();
+                assert_eq!(n, 0);
+                Some(tx)
+            }
+            Raw::Pg(_) => None,
+        };
+        let store = tokio::time::timeout(Duration::from_secs(20), Store::connect(&old.url, 2))
+            .await
+            .expect("adopting a complete ledger waits for no worker")
+            .unwrap();
+        assert_eq!(store.ledger().id, "feedfacefeedfacefeedfacefeedface");
+        if let Some(tx) = busy {
+            tx.rollback().await.unwrap();
+        }
+        if let Some(tx) = reader {
+            tx.rollback().await.unwrap();
+        }
+        assert_eq!(raw.migrations().await.len(), 1);
+        store.close().await;
+        raw.close().await;
+    }
+);
