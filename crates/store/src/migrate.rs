@@ -4,15 +4,19 @@
 //!
 //! `migrations/postgres/` and `migrations/sqlite/` (beside `src/`) hold one
 //! SQL file per version, `NNNN_name.sql`, embedded at build time by
-//! `sqlx::migrate!`. A connecting writer applies the versions its database
-//! lacks, each in one transaction with its record in `_sqlx_migrations`
-//! (sqlx's bookkeeping: version, checksum, when); read-only connections
-//! run nothing. A version applied by a newer release that this one does not
-//! know is let be (`ignore_missing`), so during a rolling upgrade the
-//! workers of the older release keep starting, as they did when tables were
-//! made on connect. `_sqlx_migrations` has that one name in sqlx 0.8: an
-//! application of the same database whose own schema sqlx's migrator keeps
-//! would share it with the ledger.
+//! `sqlx::migrate!` (with each file's checksum). A connecting writer applies
+//! the versions its database lacks, each in one transaction with its record
+//! in `backfill_migrations` (version, description, checksum, when); a
+//! version recorded with another checksum is refused, naming it. Read-only
+//! connections run nothing. A version applied by a newer release that this
+//! one does not know is let be, so during a rolling upgrade the workers of
+//! the older release keep starting, as they did when tables were made on
+//! connect.
+//!
+//! The records are kept in a table of the ledger's own rather than in sqlx's
+//! `_sqlx_migrations`: the ledger lives in the application's database, and
+//! an application whose own schema sqlx's migrator keeps there would share
+//! that table (its version 1 and the ledger's would collide).
 //!
 //! # Adopting a ledger made before versioned migrations
 //!
@@ -25,11 +29,10 @@
 //!   only when the catalog shows it missing: that statement takes an ACCESS
 //!   EXCLUSIVE lock on its table even when the column is there, which
 //!   deadlocked with workers using the ledger, so a ledger that has every
-//!   column is adopted without locking any of its tables. sqlx's migrator
-//!   holds a session advisory lock for the database while it runs (on a
-//!   connection of its own here, closed after, so a failed run cannot leave
-//!   the lock held in the pool): workers starting together apply a version
-//!   once, one after another. Version 1 also takes the lock under which the
+//!   column is adopted without locking any of its tables. The migrations run
+//!   under a session advisory lock ([`PG_LOCK`], on a connection of its own,
+//!   closed after, so a failed run cannot leave the lock held in the pool):
+//!   workers starting together apply a version once, one after another. Version 1 also takes the lock under which the
 //!   earlier releases made their tables, so it never runs beside one of
 //!   them.
 //! - SQLite has no `ADD COLUMN IF NOT EXISTS`. Before the migrator runs, a
@@ -38,42 +41,69 @@
 //!   when `pragma_table_info` shows it missing, in one write transaction;
 //!   version 1's `CREATE TABLE IF NOT EXISTS` then creates only the tables
 //!   it lacks. Tables a ledger lacks altogether are left to version 1,
-//!   which creates them whole. sqlx takes no lock on SQLite: connects in one
-//!   process wait for each other here, and a connect that lost a race with
-//!   another process applying the same version runs the migrator once more,
-//!   which then finds it recorded.
+//!   which creates them whole. Each version is applied in an immediate
+//!   (write) transaction that first looks for its record, so connects in
+//!   several processes apply it once, one after another.
 //!
 //! After the migrations, the ledger is given its identity when it has none
 //! (see [`crate::identity`]).
 
-use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::migrate::{Migration, Migrator};
+use sqlx::{Connection, PgPool, SqlitePool};
 
 use crate::{sql, StoreError};
 
 /// The PostgreSQL ledger's migrations.
-fn postgres_migrator() -> Migrator {
-    let mut m = sqlx::migrate!("./migrations/postgres");
-    m.set_ignore_missing(true);
-    m
-}
+static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// The SQLite ledger's migrations.
-fn sqlite_migrator() -> Migrator {
-    let mut m = sqlx::migrate!("./migrations/sqlite");
-    m.set_ignore_missing(true);
-    m
+static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The session advisory lock the PostgreSQL migrations run under.
+pub(crate) const PG_LOCK: &str = "SELECT pg_advisory_lock(hashtext('backfill ledger migrations'))";
+const PG_UNLOCK: &str = "SELECT pg_advisory_unlock(hashtext('backfill ledger migrations'))";
+
+const PG_RECORDS: &str = "CREATE TABLE IF NOT EXISTS backfill_migrations (
+    version bigint PRIMARY KEY,
+    description text NOT NULL,
+    installed_on timestamptz NOT NULL DEFAULT now(),
+    success boolean NOT NULL,
+    checksum bytea NOT NULL,
+    execution_time bigint NOT NULL
+)";
+const LITE_RECORDS: &str = "CREATE TABLE IF NOT EXISTS backfill_migrations (
+    version integer PRIMARY KEY,
+    description text NOT NULL,
+    installed_on text NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    success integer NOT NULL,
+    checksum blob NOT NULL,
+    execution_time integer NOT NULL
+)";
+const RECORDED: &str = "SELECT checksum FROM backfill_migrations WHERE version = $1";
+const RECORD: &str =
+    "INSERT INTO backfill_migrations (version, description, success, checksum, execution_time)
+    VALUES ($1, $2, TRUE, $3, $4)";
+
+/// The versions to apply, in order (sqlx's embedded list also holds the
+/// reverse of a reversible migration; the ledger's are not reversible).
+///
+/// Collected, not iterated lazily: an iterator with a closure held across
+/// the awaits makes the connect's future lose `Send`.
+fn ups(m: &'static Migrator) -> Vec<&'static Migration> {
+    m.iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .collect()
 }
 
-/// A migration that failed: the database's error when there is one (so a
-/// lost connection stays transient), else what the migrator found.
-fn migration_failed(e: MigrateError) -> StoreError {
-    match e {
-        MigrateError::Execute(source) | MigrateError::ExecuteMigration(source, _) => {
-            sql("migrate the ledger")(source)
-        }
-        other => StoreError::Data(format!("the ledger's migrations: {other}")),
-    }
+/// A version recorded with another text than this release's: the file was
+/// edited after it was applied somewhere, and applying the rest on top of
+/// it could leave a ledger neither release knows.
+fn changed(m: &Migration) -> StoreError {
+    StoreError::Data(format!(
+        "the ledger's migration {} ({}) was applied with another text than this release's; \
+         the database's ledger and this release disagree on its schema",
+        m.version, m.description
+    ))
 }
 
 /// Brings a PostgreSQL ledger to the current version (creating it on a
@@ -84,14 +114,59 @@ pub(crate) async fn postgres(pool: &PgPool) -> Result<(), StoreError> {
         .await
         .map_err(sql("connect to migrate the ledger"))?
         .detach();
-    // `run_direct` rather than `run`: `run`'s future is not `Send` (its
-    // `Acquire` bound is not general enough), and connects are spawned.
-    let done = postgres_migrator().run_direct(&mut conn).await;
-    // Closing ends the session and with it the migrator's advisory lock,
-    // also when the run failed half-way and did not release it.
-    let _ = sqlx::Connection::close(conn).await;
-    done.map_err(migration_failed)?;
+    let done = postgres_on(&mut conn).await;
+    // Closing ends the session and with it the advisory lock, also when the
+    // run failed half-way and did not release it.
+    let _ = conn.close().await;
+    done?;
     crate::identity::ensure_postgres(pool).await
+}
+
+async fn postgres_on(conn: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+    sqlx::query(PG_LOCK)
+        .execute(&mut *conn)
+        .await
+        .map_err(sql("lock the ledger's migrations"))?;
+    sqlx::query(PG_RECORDS)
+        .execute(&mut *conn)
+        .await
+        .map_err(sql("create the ledger's migration records"))?;
+    for m in ups(&POSTGRES) {
+        let recorded: Option<Vec<u8>> = sqlx::query_scalar(RECORDED)
+            .bind(m.version)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(sql("read the ledger's migrations"))?;
+        match recorded {
+            Some(sum) if sum == *m.checksum => continue,
+            Some(_) => return Err(changed(m)),
+            None => {}
+        }
+        let started = std::time::Instant::now();
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(sql("begin a ledger migration"))?;
+        sqlx::Executor::execute(&mut *tx, m.sql.as_ref())
+            .await
+            .map_err(sql(format!("migrate the ledger to version {}", m.version)))?;
+        sqlx::query(RECORD)
+            .bind(m.version)
+            .bind(m.description.to_string())
+            .bind(m.checksum.to_vec())
+            .bind(started.elapsed().as_nanos() as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("record a ledger migration"))?;
+        tx.commit()
+            .await
+            .map_err(sql("commit a ledger migration"))?;
+    }
+    sqlx::query(PG_UNLOCK)
+        .execute(&mut *conn)
+        .await
+        .map_err(sql("unlock the ledger's migrations"))?;
+    Ok(())
 }
 
 /// The columns the SQLite ledger gained over the releases before versioned
@@ -174,29 +249,47 @@ pub(crate) const SQLITE_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Connects in this process migrate an SQLite ledger one at a time: sqlx's
-/// migrator takes no lock on SQLite.
-static SQLITE_MIGRATION: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Brings an SQLite ledger to the current version (creating it in a fresh
 /// database file) and gives it its identity.
 pub(crate) async fn sqlite(pool: &SqlitePool) -> Result<(), StoreError> {
-    let _one_at_a_time = SQLITE_MIGRATION.lock().await;
     adopt_sqlite(pool).await?;
-    let mut conn = pool
-        .acquire()
-        .await
-        .map_err(sql("connect to migrate the ledger"))?;
-    if sqlite_migrator().run_direct(&mut *conn).await.is_err() {
-        // Another process may have applied the same version meanwhile (its
-        // record then collides with ours, and ours rolled back): run again,
-        // which finds it recorded, or fails again and says why.
-        sqlite_migrator()
-            .run_direct(&mut *conn)
+    for m in ups(&SQLITE) {
+        // An immediate transaction holds the database's write lock from its
+        // start: another process's connect waits here, then finds the record.
+        let mut tx = pool
+            .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(migration_failed)?;
+            .map_err(sql("begin a ledger migration"))?;
+        sqlx::query(LITE_RECORDS)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("create the ledger's migration records"))?;
+        let recorded: Option<Vec<u8>> = sqlx::query_scalar(RECORDED)
+            .bind(m.version)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(sql("read the ledger's migrations"))?;
+        match recorded {
+            Some(sum) if sum == *m.checksum => continue,
+            Some(_) => return Err(changed(m)),
+            None => {}
+        }
+        let started = std::time::Instant::now();
+        sqlx::Executor::execute(&mut *tx, m.sql.as_ref())
+            .await
+            .map_err(sql(format!("migrate the ledger to version {}", m.version)))?;
+        sqlx::query(RECORD)
+            .bind(m.version)
+            .bind(m.description.to_string())
+            .bind(m.checksum.to_vec())
+            .bind(started.elapsed().as_nanos() as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("record a ledger migration"))?;
+        tx.commit()
+            .await
+            .map_err(sql("commit a ledger migration"))?;
     }
-    drop(conn);
     crate::identity::ensure_sqlite(pool).await
 }
 
@@ -208,17 +301,18 @@ async fn adopt_sqlite(pool: &SqlitePool) -> Result<(), StoreError> {
         .await
         .map_err(sql("begin adopting the ledger"))?;
     let recorded: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'backfill_migrations')",
     )
     .fetch_one(&mut *tx)
     .await
     .map_err(sql("look for the ledger's migrations"))?;
     if recorded {
-        let baseline: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = 1)")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(sql("read the ledger's migrations"))?;
+        let baseline: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM backfill_migrations WHERE version = 1)",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(sql("read the ledger's migrations"))?;
         if baseline {
             return Ok(());
         }

@@ -273,7 +273,7 @@ impl Raw {
 
     /// The ledger's migrations as recorded: (version, success, checksum).
     pub async fn migrations(&self) -> Vec<(i64, bool, Vec<u8>)> {
-        let sql = "SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version";
+        let sql = "SELECT version, success, checksum FROM backfill_migrations ORDER BY version";
         match self {
             Raw::Pg(p) => sqlx::query_as(sql).fetch_all(p).await,
             Raw::Lite(p) => sqlx::query_as(sql).fetch_all(p).await,
@@ -3037,7 +3037,7 @@ contract!(connecting_again_changes_nothing, |h| async move {
     let migrations = h.raw.migrations().await;
     let installed = h
         .raw
-        .texts("SELECT CAST(installed_on AS text) FROM _sqlx_migrations")
+        .texts("SELECT CAST(installed_on AS text) FROM backfill_migrations")
         .await;
     for _ in 0..3 {
         let again = h.reconnect().await;
@@ -3048,7 +3048,7 @@ contract!(connecting_again_changes_nothing, |h| async move {
     assert_eq!(h.raw.migrations().await, migrations);
     assert_eq!(
         h.raw
-            .texts("SELECT CAST(installed_on AS text) FROM _sqlx_migrations")
+            .texts("SELECT CAST(installed_on AS text) FROM backfill_migrations")
             .await,
         installed,
         "version 1 was not applied again"
