@@ -17,6 +17,7 @@ use backfill_job::spec::Dialect;
 
 use crate::identity::LedgerIdentity;
 use crate::status::{RawShard, RawWorker};
+use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent, ThrottleChange};
 use crate::StoreError;
 
 /// Whether a back end has a capability the other lacks; `Lacks` says why
@@ -48,6 +49,123 @@ pub(crate) trait Backend {
         job: &str,
         commit_run: &str,
     ) -> sqlx::Result<Option<String>>;
+
+    /// Records a run's starting throttle unless it has one.
+    async fn init_control(
+        &self,
+        run_id: &str,
+        t: &backfill_job::spec::ThrottleSpec,
+        shard_sizing: Option<&str>,
+    ) -> sqlx::Result<()>;
+    /// Sets a run's control (`run`, `pause`, `cancel`) and who set it.
+    async fn set_control(&self, run_id: &str, control: &str, operator: &str) -> sqlx::Result<()>;
+    /// Runs the throttle's `UPDATE` `q` with the change's values bound.
+    async fn update_throttle(
+        &self,
+        q: &str,
+        run_id: &str,
+        change: &ThrottleChange,
+        operator: &str,
+    ) -> sqlx::Result<()>;
+    /// `SELECT 1`.
+    async fn ping(&self) -> sqlx::Result<()>;
+    /// Appends an audit event.
+    async fn record_event(
+        &self,
+        run_id: &str,
+        action: &str,
+        operator: &str,
+        detail: Option<&str>,
+    ) -> sqlx::Result<()>;
+    /// A run's state, if the run exists.
+    async fn run_state(&self, run_id: &str) -> sqlx::Result<Option<String>>;
+    /// Replaces a cancelled run's summary.
+    async fn set_cancelled_summary(&self, run_id: &str, summary: &str) -> sqlx::Result<()>;
+    /// Records a run's windows (JSON text).
+    async fn set_run_schedule(&self, run_id: &str, text: String) -> sqlx::Result<()>;
+    /// A run's recorded windows: `None` without the run.
+    async fn run_schedule(&self, run_id: &str) -> sqlx::Result<Option<Option<String>>>;
+    /// The job's own health check, one boolean.
+    async fn health_sql(&self, q: &str) -> sqlx::Result<Option<bool>>;
+
+    // ---- steering ----
+
+    /// A worker's heartbeat.
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        role: &str,
+        run_id: Option<&str>,
+        shards_done: i64,
+    ) -> sqlx::Result<()>;
+    /// Ends a running run as cancelled with its summary; rows changed.
+    async fn finish_cancelled(&self, run_id: &str, summary: &str) -> sqlx::Result<u64>;
+    /// A run's audit events, oldest first.
+    async fn run_events(&self, run_id: &str) -> sqlx::Result<Vec<RawEvent>>;
+    /// The most recent runs (of a job, or all), newest first.
+    async fn history(&self, job: Option<&str>, limit: i64) -> sqlx::Result<Vec<HistoryRow>>;
+    /// Before-images of runs finished more than `secs` ago, (run, rows,
+    /// bytes) per run; deleted in the same transaction with `delete`.
+    async fn prune_before_images(
+        &self,
+        secs: f64,
+        delete: bool,
+    ) -> Result<Vec<(String, i64, i64)>, StoreError>;
+    /// A run's control row.
+    async fn control(&self, run_id: &str) -> sqlx::Result<Option<RawControl>>;
+    /// Claims a shard unless the run's shards-in-flight limit is reached.
+    async fn claim_shard(
+        &self,
+        run_id: &str,
+        shard_no: u32,
+        worker: &str,
+        max_in_flight: Option<u32>,
+    ) -> Result<Claim, StoreError>;
+    /// Reserves rows of the rows-per-second schedule: the wait in seconds,
+    /// `None` when no row was updated.
+    async fn reserve_rows(
+        &self,
+        run_id: &str,
+        rows: f64,
+        horizon: f64,
+    ) -> Result<Option<Option<f64>>, StoreError>;
+    /// Reserves bytes of the bytes-per-second schedule: the wait in seconds
+    /// and the bytes reserved, `None` when no row was updated.
+    async fn reserve_bytes(
+        &self,
+        run_id: &str,
+        rows: f64,
+        horizon: f64,
+    ) -> Result<Option<(Option<f64>, Option<f64>)>, StoreError>;
+    /// Replaces a shard's reserved bytes with those it wrote.
+    async fn settle_bytes(
+        &self,
+        run_id: &str,
+        per_row: Option<f64>,
+        reserved: f64,
+        written: f64,
+        elapsed: f64,
+    ) -> sqlx::Result<()>;
+    /// Samples the server's WAL position into the run's WAL token bucket:
+    /// (tokens, cap), `None` when the run has no cap. Only a back end with
+    /// a write-ahead log position to read has a WAL rate cap.
+    async fn wal_sample(
+        &self,
+        run_id: &str,
+        burst: f64,
+        window: f64,
+    ) -> sqlx::Result<Capability<Option<(f64, f64)>>>;
+    /// The largest replay lag of any standby, in seconds and bytes. Only a
+    /// back end with replicas has one.
+    async fn replication_lag(&self) -> sqlx::Result<Capability<(Option<f64>, Option<f64>)>>;
+    /// Client backends active now. Only a server back end has them.
+    async fn active_backends(&self) -> sqlx::Result<Capability<i64>>;
+    /// Running, unpaused runs with their seconds since the last progress and
+    /// whether a stall was recorded since. Only where runs are worked on by
+    /// processes that may die apart from the one watching.
+    async fn quiet_runs(&self) -> sqlx::Result<Capability<Vec<(String, f64, bool)>>>;
+    /// The job's most recent measured shard cost.
+    async fn measured_shard_cost(&self, job: &str, mode: &str) -> sqlx::Result<Option<RawCost>>;
 
     // ---- identity ----
 
