@@ -16,6 +16,7 @@
 use backfill_job::spec::Dialect;
 
 use crate::identity::LedgerIdentity;
+use crate::ledger::JobLock;
 use crate::status::{RawShard, RawWorker};
 use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent, ThrottleChange};
 use crate::StoreError;
@@ -166,6 +167,18 @@ pub(crate) trait Backend {
     async fn quiet_runs(&self) -> sqlx::Result<Capability<Vec<(String, f64, bool)>>>;
     /// The job's most recent measured shard cost.
     async fn measured_shard_cost(&self, job: &str, mode: &str) -> sqlx::Result<Option<RawCost>>;
+
+    /// Quarantined rows of a run not yet retried: (target, key, error).
+    async fn quarantined(&self, run_id: &str) -> sqlx::Result<Vec<(String, String, String)>>;
+
+    // ---- the ledger ----
+
+    /// Takes the job's lock on a connection of its own (`None`: another
+    /// session holds it). Only a back end with session advisory locks has
+    /// one; SQLite's own locking serializes writers of its one process.
+    async fn try_lock_job(&self, job: &str) -> Result<Capability<Option<JobLock>>, StoreError>;
+    /// Whether some session holds the job's lock.
+    async fn job_lock_held(&self, job: &str) -> sqlx::Result<Capability<bool>>;
 
     // ---- identity ----
 

@@ -183,6 +183,15 @@ macro_rules! common_ops {
             sqlx::query_scalar(q).fetch_optional(&self.pool).await
         }
 
+        async fn quarantined(&self, run_id: &str) -> sqlx::Result<Vec<(String, String, String)>> {
+            sqlx::query_as(
+                "SELECT target, key, error FROM backfill_quarantine WHERE run_id = $1 AND retried_by IS NULL ORDER BY target, key",
+            )
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await
+        }
+
         async fn close(&self) {
             self.pool.close().await
         }

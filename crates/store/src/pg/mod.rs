@@ -1,6 +1,6 @@
 //! The PostgreSQL back end: [`Pg`] implements [`Backend`] with
 //! PostgreSQL's own SQL, one module per area (`identity`, `status`,
-//! `audit`, `steer`); statements both dialects read alike come from
+//! `audit`, `steer`, `ledger`); statements both dialects read alike come from
 //! [`crate::common`].
 
 use backfill_job::spec::Dialect;
@@ -8,12 +8,14 @@ use sqlx::PgPool;
 
 use crate::backend::{Backend, Capability};
 use crate::identity::LedgerIdentity;
+use crate::ledger::JobLock;
 use crate::status::{RawShard, RawWorker};
 use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent};
 use crate::StoreError;
 
 mod audit;
 pub(crate) mod identity;
+mod ledger;
 mod status;
 mod steer;
 
@@ -176,5 +178,17 @@ impl Backend for Pg {
 
     async fn quiet_runs(&self) -> sqlx::Result<Capability<Vec<(String, f64, bool)>>> {
         steer::quiet_runs(&self.pool).await.map(Capability::Has)
+    }
+
+    async fn try_lock_job(&self, job: &str) -> Result<Capability<Option<JobLock>>, StoreError> {
+        ledger::try_lock_job(&self.pool, job)
+            .await
+            .map(Capability::Has)
+    }
+
+    async fn job_lock_held(&self, job: &str) -> sqlx::Result<Capability<bool>> {
+        ledger::job_lock_held(&self.pool, job)
+            .await
+            .map(Capability::Has)
     }
 }

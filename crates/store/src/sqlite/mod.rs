@@ -9,6 +9,7 @@ use sqlx::SqlitePool;
 
 use crate::backend::{Backend, Capability};
 use crate::identity::LedgerIdentity;
+use crate::ledger::JobLock;
 use crate::status::{RawShard, RawWorker};
 use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent};
 use crate::StoreError;
@@ -177,5 +178,13 @@ impl Backend for Lite {
         Ok(Capability::Lacks(
             "on SQLite the run is one process that reports itself",
         ))
+    }
+
+    async fn try_lock_job(&self, _job: &str) -> Result<Capability<Option<JobLock>>, StoreError> {
+        Ok(Capability::Lacks("SQLite has no session advisory locks"))
+    }
+
+    async fn job_lock_held(&self, _job: &str) -> sqlx::Result<Capability<bool>> {
+        Ok(Capability::Lacks("SQLite has no session advisory locks"))
     }
 }
