@@ -14,7 +14,8 @@
 //! The `backfill_ledger` table is made by the ledger's migrations (see
 //! [`crate::migrate`]); its row is given here, once they have run.
 
-use crate::{sql, Backend, Store, StoreError};
+use crate::backend::{dispatch, Capability};
+use crate::{Store, StoreError};
 
 /// Who a ledger is, and whether the database it lives in is the one it was
 /// created in.
@@ -52,121 +53,32 @@ impl LedgerIdentity {
     }
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// Whether the ledger has been given its identity.
-const HAS_IDENTITY: &str = "SELECT EXISTS (SELECT 1 FROM backfill_ledger)";
+pub(crate) const HAS_IDENTITY: &str = "SELECT EXISTS (SELECT 1 FROM backfill_ledger)";
 
-/// Gives a PostgreSQL ledger its identity when it has none. Under the lock
-/// the ledger's migrations of every release take, so that concurrent first
-/// starts (of this release or an earlier one) agree on one id.
-pub(crate) async fn ensure_postgres(pool: &sqlx::PgPool) -> Result<(), StoreError> {
-    let has: bool = sqlx::query_scalar(HAS_IDENTITY)
-        .fetch_one(pool)
-        .await
-        .map_err(sql("read the ledger identity"))?;
-    if has {
-        return Ok(());
+/// Gives a PostgreSQL ledger its identity when it has none (see
+/// [`crate::pg::identity::ensure`]).
+pub(crate) use crate::pg::identity::ensure as ensure_postgres;
+/// Gives an SQLite ledger its identity when it has none (see
+/// [`crate::sqlite::identity::ensure`]).
+pub(crate) use crate::sqlite::identity::ensure as ensure_sqlite;
+
+impl LedgerIdentity {
+    /// The identity read from the ledger: (id, recorded database, current
+    /// database), or none.
+    pub(crate) fn from_row(row: Option<(String, String, String)>) -> Result<Self, StoreError> {
+        let (id, recorded_database, current_database) =
+            row.ok_or_else(|| StoreError::Data("the ledger has no identity".into()))?;
+        Ok(LedgerIdentity {
+            id,
+            recorded_database,
+            current_database,
+        })
     }
-    let mut tx = pool
-        .begin()
-        .await
-        .map_err(sql("begin recording the ledger identity"))?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('backfill ledger migration'))")
-        .execute(&mut *tx)
-        .await
-        .map_err(sql("lock the ledger identity"))?;
-    ensure_pg(&mut tx).await?;
-    tx.commit().await.map_err(sql("commit the ledger identity"))
-}
-
-/// Gives an SQLite ledger its identity when it has none, in a write
-/// transaction (one writer at a time).
-pub(crate) async fn ensure_sqlite(pool: &sqlx::SqlitePool) -> Result<(), StoreError> {
-    let has: bool = sqlx::query_scalar(HAS_IDENTITY)
-        .fetch_one(pool)
-        .await
-        .map_err(sql("read the ledger identity"))?;
-    if has {
-        return Ok(());
-    }
-    let mut tx = pool
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(sql("begin recording the ledger identity"))?;
-    ensure_lite(&mut tx).await?;
-    tx.commit().await.map_err(sql("commit the ledger identity"))
-}
-
-/// Gives the ledger its identity when it has none, in the caller's
-/// transaction (which holds the lock).
-pub(crate) async fn ensure_pg(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-) -> Result<(), StoreError> {
-    let has: bool = sqlx::query_scalar(HAS_IDENTITY)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(sql("read the ledger identity"))?;
-    if !has {
-        sqlx::query(
-            "INSERT INTO backfill_ledger (id, database_oid, database_name)
-             SELECT $1, oid::text, datname FROM pg_database WHERE datname = current_database()",
-        )
-        .bind(new_id())
-        .execute(&mut **tx)
-        .await
-        .map_err(sql("record the ledger identity"))?;
-    }
-    Ok(())
-}
-
-async fn ensure_lite(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<(), StoreError> {
-    let has: bool = sqlx::query_scalar(HAS_IDENTITY)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(sql("read the ledger identity"))?;
-    if !has {
-        // An SQLite file has no oid; its ledger is the only one in it, and
-        // the embedded mode has no broker to share.
-        sqlx::query(
-            "INSERT INTO backfill_ledger (id, database_oid, database_name) VALUES (?1, '', 'main')",
-        )
-        .bind(new_id())
-        .execute(&mut **tx)
-        .await
-        .map_err(sql("record the ledger identity"))?;
-    }
-    Ok(())
-}
-
-pub(crate) async fn load(backend: &Backend) -> Result<LedgerIdentity, StoreError> {
-    let row: Option<(String, String, String)> = match backend {
-        Backend::Pg(pool) => sqlx::query_as(
-            "SELECT l.id, l.database_oid || '/' || l.database_name, d.oid::text || '/' || d.datname
-             FROM backfill_ledger l, pg_database d
-             WHERE d.datname = current_database()
-             ORDER BY l.created_at, l.id LIMIT 1",
-        )
-        .fetch_optional(pool)
-        .await
-        .map_err(sql("read the ledger identity"))?,
-        Backend::Lite(pool) => sqlx::query_as(
-            "SELECT id, database_name, database_name
-             FROM backfill_ledger ORDER BY created_at, id LIMIT 1",
-        )
-        .fetch_optional(pool)
-        .await
-        .map_err(sql("read the ledger identity"))?,
-    };
-    let (id, recorded_database, current_database) =
-        row.ok_or_else(|| StoreError::Data("the ledger has no identity".into()))?;
-    Ok(LedgerIdentity {
-        id,
-        recorded_database,
-        current_database,
-    })
 }
 
 impl Store {
@@ -182,23 +94,9 @@ impl Store {
         if !self.ledger.is_copy() {
             return Ok(self.ledger.as_ref().clone());
         }
-        match &self.backend {
-            Backend::Pg(pool) => {
-                let mut tx = pool
-                    .begin()
-                    .await
-                    .map_err(sql("begin adopting the ledger"))?;
-                sqlx::query("DELETE FROM backfill_ledger")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(sql("forget the copied ledger identity"))?;
-                ensure_pg(&mut tx).await?;
-                tx.commit()
-                    .await
-                    .map_err(sql("commit the ledger identity"))?;
-            }
-            Backend::Lite(_) => {}
-        }
-        load(&self.backend).await
+        // A back end that cannot tell a copy apart never gets here; its
+        // identity is read back as it is.
+        let _replaced: Capability<()> = dispatch!(self, replace_identity())?;
+        dispatch!(self, load_identity())
     }
 }

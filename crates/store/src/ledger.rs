@@ -25,6 +25,7 @@ use backfill_job::report::RunView;
 use backfill_job::{JobSpec, Mode, Plan, RunState, ShardResult, Tally};
 use sqlx::Row;
 
+use crate::backend::{dispatch, Capability};
 use crate::{sql, StoreError};
 
 /// A run as the ledger holds it.
@@ -396,50 +397,30 @@ impl ActiveRun {
 /// released when the lock is dropped (the connection closes) — also when
 /// the process dies.
 pub struct JobLock {
-    _conn: Option<sqlx::PgConnection>,
+    pub(crate) _conn: Option<sqlx::PgConnection>,
 }
 
 impl crate::Store {
     /// Takes the job's lock, or `None` when another coordinator holds it.
     pub async fn try_lock_job(&self, job: &str) -> Result<Option<JobLock>, StoreError> {
-        let pool = match &self.backend {
-            crate::Backend::Pg(p) => p,
+        Ok(match dispatch!(self, try_lock_job(job))? {
+            Capability::Has(lock) => lock,
             // Embedded mode is one process; SQLite's own locking serializes writers.
-            crate::Backend::Lite(_) => return Ok(Some(JobLock { _conn: None })),
-        };
-        let mut conn = pool
-            .acquire()
-            .await
-            .map_err(sql("connect for the job lock"))?
-            .detach();
-        let got: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('backfill job ' || $1))")
-                .bind(job)
-                .fetch_one(&mut conn)
-                .await
-                .map_err(sql("take the job lock"))?;
-        Ok(got.then_some(JobLock { _conn: Some(conn) }))
+            Capability::Lacks(_) => Some(JobLock { _conn: None }),
+        })
     }
 
     /// Whether some session holds the job's lock (a coordinator is at
     /// work on it); `None` on SQLite, which has no such lock.
     pub async fn job_lock_held(&self, job: &str) -> Result<Option<bool>, StoreError> {
-        let crate::Backend::Pg(pool) = &self.backend else {
-            return Ok(None);
-        };
-        // A one-key advisory lock shows in pg_locks as its high 32 bits in
-        // classid and its low 32 bits in objid (objsubid 1).
-        let held: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks
-                WHERE locktype = 'advisory' AND objsubid = 1 AND granted
-                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                  AND ((classid::bigint << 32) | objid::bigint) = hashtext('backfill job ' || $1)::bigint)",
+        Ok(
+            match dispatch!(self, job_lock_held(job))
+                .map_err(sql("look for the job's coordinator"))?
+            {
+                Capability::Has(held) => Some(held),
+                Capability::Lacks(_) => None,
+            },
         )
-        .bind(job)
-        .fetch_one(pool)
-        .await
-        .map_err(sql("look for the job's coordinator"))?;
-        Ok(Some(held))
     }
 
     /// The job's runs that have not finished, newest first.
@@ -632,26 +613,6 @@ impl crate::Store {
         &self,
         run_id: &str,
     ) -> Result<Vec<(String, String, String)>, StoreError> {
-        let q = "SELECT target, key, error FROM backfill_quarantine WHERE run_id = $1 AND retried_by IS NULL ORDER BY target, key";
-        let rows = match &self.backend {
-            crate::Backend::Pg(p) => sqlx::query(q).bind(run_id).fetch_all(p).await,
-            crate::Backend::Lite(p) => {
-                return sqlx::query(q)
-                    .bind(run_id)
-                    .fetch_all(p)
-                    .await
-                    .map_err(sql("read quarantined rows"))
-                    .map(|rows| {
-                        rows.into_iter()
-                            .map(|r| (r.get(0), r.get(1), r.get(2)))
-                            .collect()
-                    })
-            }
-        }
-        .map_err(sql("read quarantined rows"))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect())
+        dispatch!(self, quarantined(run_id)).map_err(sql("read quarantined rows"))
     }
 }

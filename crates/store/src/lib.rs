@@ -5,6 +5,12 @@
 //! - `migrate` (private): the ledger's schema, as versioned SQL migrations
 //!   per dialect (`migrations/postgres`, `migrations/sqlite`) that a writer
 //!   applies on connect, and the adoption of ledgers made before them.
+//! - `backend` (private): the ledger operations as one trait, `Backend`,
+//!   and the one point where a store picks its dialect (`Db`, `dispatch!`);
+//!   a capability one dialect lacks is said there.
+//! - `pg`, `sqlite` (private): one module tree per dialect implementing
+//!   `Backend`, each holding its own SQL and control flow; `common`
+//!   (private): the statements both dialects read alike, written once.
 //! - [`ledger`]: the ledger tables' run and shard records, the reducer's
 //!   dedup-and-fold step.
 //! - [`planning`]: runs the spec's groups and targets SQL with bound
@@ -30,16 +36,21 @@
 //! (`tests/fixtures`).
 
 pub mod audit;
+mod backend;
+mod common;
 pub mod eta;
 pub mod identity;
 pub mod ledger;
 mod lite;
 mod migrate;
+mod pg;
 pub mod planning;
 pub mod shard;
+mod sqlite;
 pub mod status;
 pub mod steer;
 
+use backend::{dispatch, Db};
 use backfill_job::spec::Dialect;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -170,11 +181,7 @@ impl Store {
         run_id: &str,
         what: &str,
     ) -> Result<u64, StoreError> {
-        let n: i64 = match &self.backend {
-            Backend::Pg(p) => sqlx::query_scalar(q).bind(run_id).fetch_one(p).await,
-            Backend::Lite(p) => sqlx::query_scalar(q).bind(run_id).fetch_one(p).await,
-        }
-        .map_err(sql(what))?;
+        let n: i64 = dispatch!(self, count_of_run(q, run_id)).map_err(sql(what))?;
         Ok(n.max(0) as u64)
     }
 }
@@ -217,6 +224,8 @@ pub(crate) enum Backend {
 #[derive(Clone, Debug)]
 pub struct Store {
     pub(crate) backend: Backend,
+    /// The back end, by dialect (see [`backend`]).
+    pub(crate) db: Db,
     types: TypesCache,
     pub(crate) ledger: Arc<LedgerIdentity>,
 }
@@ -360,9 +369,14 @@ impl Store {
         } else {
             return Err(StoreError::Scheme(redact_url(url)));
         };
-        let ledger = Arc::new(identity::load(&backend).await?);
+        let db = match &backend {
+            Backend::Pg(pool) => Db::Pg(pg::Pg { pool: pool.clone() }),
+            Backend::Lite(pool) => Db::Lite(sqlite::Lite { pool: pool.clone() }),
+        };
+        let ledger = Arc::new(dispatch!(db: &db, load_identity())?);
         Ok(Store {
             backend,
+            db,
             types: TypesCache::default(),
             ledger,
         })
@@ -370,10 +384,7 @@ impl Store {
 
     /// The SQL dialect of the back end.
     pub fn dialect(&self) -> Dialect {
-        match self.backend {
-            Backend::Pg(_) => Dialect::Postgres,
-            Backend::Lite(_) => Dialect::Sqlite,
-        }
+        dispatch!(sync self, dialect())
     }
 
     pub(crate) fn types_cache(&self) -> &TypesCache {
@@ -381,10 +392,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        match &self.backend {
-            Backend::Pg(p) => p.close().await,
-            Backend::Lite(p) => p.close().await,
-        }
+        dispatch!(self, close())
     }
 }
 

@@ -6,12 +6,11 @@
 //! The JSON shapes here are a documented, stable contract (README, "Watching
 //! and steering a production run"): fields are added, never renamed.
 
-use serde::Serialize;
-use sqlx::Row;
-
+use crate::backend::dispatch;
 use crate::eta::{EtaBasis, EtaInput, EtaShard};
 use crate::steer::Health;
-use crate::{sql, Backend, Store, StoreError};
+use crate::{sql, Store, StoreError};
+use serde::Serialize;
 
 /// A run's progress, as `status --json` prints it and `/api/runs/{id}` serves it.
 #[derive(Debug, Clone, Serialize)]
@@ -209,46 +208,6 @@ pub struct ThroughputPoint {
     pub rows_per_sec: f64,
 }
 
-// Times are read as seconds since the epoch: `extract(epoch FROM t)` on
-// PostgreSQL, from the Julian day of the ISO-8601 text on SQLite.
-
-/// A run's shards with their times (see [`RawShard`]).
-const RAW_SHARDS_PG: &str = "SELECT shard_no, state, failures, rows, worker, elapsed_ms,
-            extract(epoch FROM started_at)::float8,
-            extract(epoch FROM finished_at)::float8,
-            extract(epoch FROM reduced_at)::float8
-     FROM backfill_shard WHERE run_id = $1 ORDER BY shard_no";
-const RAW_SHARDS_LITE: &str = "SELECT shard_no, state, failures, rows, worker, elapsed_ms,
-            ((julianday(started_at) - 2440587.5) * 86400.0),
-            ((julianday(finished_at) - 2440587.5) * 86400.0),
-            ((julianday(reduced_at) - 2440587.5) * 86400.0)
-     FROM backfill_shard WHERE run_id = $1 ORDER BY shard_no";
-
-/// A run's creation and finish, and the ledger's clock now.
-const RUN_TIMES_PG: &str = "SELECT extract(epoch FROM created_at)::float8,
-            extract(epoch FROM finished_at)::float8,
-            extract(epoch FROM clock_timestamp())::float8
-     FROM backfill_run WHERE run_id = $1";
-const RUN_TIMES_LITE: &str = "SELECT ((julianday(created_at) - 2440587.5) * 86400.0),
-            ((julianday(finished_at) - 2440587.5) * 86400.0),
-            ((julianday('now') - 2440587.5) * 86400.0)
-     FROM backfill_run WHERE run_id = $1";
-
-/// The workers that committed shards of a run: shards, last finish, last
-/// heartbeat.
-const RUN_WORKERS_PG: &str = "SELECT s.worker, count(*),
-            max(extract(epoch FROM s.finished_at)::float8),
-            max(extract(epoch FROM w.last_seen)::float8)
-     FROM backfill_shard s LEFT JOIN backfill_worker w ON w.worker = s.worker
-     WHERE s.run_id = $1 AND s.worker IS NOT NULL AND s.worker <> 'failed'
-     GROUP BY s.worker ORDER BY s.worker";
-const RUN_WORKERS_LITE: &str = "SELECT s.worker, count(*),
-            max(((julianday(s.finished_at) - 2440587.5) * 86400.0)),
-            max(((julianday(w.last_seen) - 2440587.5) * 86400.0))
-     FROM backfill_shard s LEFT JOIN backfill_worker w ON w.worker = s.worker
-     WHERE s.run_id = $1 AND s.worker IS NOT NULL AND s.worker <> 'failed'
-     GROUP BY s.worker ORDER BY s.worker";
-
 /// RFC 3339 (UTC, seconds) of seconds since the epoch.
 pub fn rfc3339(epoch_seconds: f64) -> String {
     let secs = epoch_seconds.floor() as i64;
@@ -272,9 +231,13 @@ pub fn rfc3339(epoch_seconds: f64) -> String {
     )
 }
 
+/// A worker of a run: (name, shards committed, last finish, last
+/// heartbeat), times in seconds since the epoch.
+pub(crate) type RawWorker = (String, i64, Option<f64>, Option<f64>);
+
 /// Shard rows: (no, state, failures, rows, worker, elapsed ms, started,
 /// finished, reduced), times in seconds since the epoch.
-type RawShard = (
+pub(crate) type RawShard = (
     u32,
     String,
     i64,
@@ -288,48 +251,7 @@ type RawShard = (
 
 impl Store {
     async fn raw_shards(&self, run_id: &str) -> Result<Vec<RawShard>, StoreError> {
-        Ok(match &self.backend {
-            Backend::Pg(p) => sqlx::query(RAW_SHARDS_PG)
-                .bind(run_id)
-                .fetch_all(p)
-                .await
-                .map_err(sql("read shards"))?
-                .into_iter()
-                .map(|r| {
-                    (
-                        r.get::<i32, _>(0) as u32,
-                        r.get::<String, _>(1),
-                        r.get::<i32, _>(2) as i64,
-                        r.get::<i32, _>(3) as u32,
-                        r.get::<Option<String>, _>(4),
-                        r.get::<Option<i32>, _>(5).map(i64::from),
-                        r.get::<Option<f64>, _>(6),
-                        r.get::<Option<f64>, _>(7),
-                        r.get::<Option<f64>, _>(8),
-                    )
-                })
-                .collect(),
-            Backend::Lite(p) => sqlx::query(RAW_SHARDS_LITE)
-                .bind(run_id)
-                .fetch_all(p)
-                .await
-                .map_err(sql("read shards"))?
-                .into_iter()
-                .map(|r| {
-                    (
-                        r.get::<i64, _>(0) as u32,
-                        r.get::<String, _>(1),
-                        r.get::<i64, _>(2),
-                        r.get::<i64, _>(3) as u32,
-                        r.get::<Option<String>, _>(4),
-                        r.get::<Option<i64>, _>(5),
-                        r.get::<Option<f64>, _>(6),
-                        r.get::<Option<f64>, _>(7),
-                        r.get::<Option<f64>, _>(8),
-                    )
-                })
-                .collect(),
-        })
+        dispatch!(self, raw_shards(run_id)).map_err(sql("read shards"))
     }
 
     /// The dashboard's shard grid.
@@ -418,19 +340,8 @@ impl Store {
         let Some(rec) = self.load_run(run_id).await? else {
             return Ok(None);
         };
-        let (created, finished, now): (f64, Option<f64>, f64) = match &self.backend {
-            Backend::Pg(p) => sqlx::query(RUN_TIMES_PG)
-                .bind(run_id)
-                .fetch_one(p)
-                .await
-                .map(|r| (r.get(0), r.get(1), r.get(2))),
-            Backend::Lite(p) => sqlx::query(RUN_TIMES_LITE)
-                .bind(run_id)
-                .fetch_one(p)
-                .await
-                .map(|r| (r.get(0), r.get(1), r.get(2))),
-        }
-        .map_err(sql("read run times"))?;
+        let (created, finished, now): (f64, Option<f64>, f64) =
+            dispatch!(self, run_times(run_id)).map_err(sql("read run times"))?;
         let control = self.control(run_id, &rec.spec.throttle).await?;
         let shards = self.raw_shards(run_id).await?;
 
@@ -606,27 +517,8 @@ impl Store {
 
     /// The workers that committed shards of a run, with their last sign of life.
     async fn run_workers(&self, run_id: &str, now: f64) -> Result<Vec<WorkerStatus>, StoreError> {
-        let rows: Vec<(String, i64, Option<f64>, Option<f64>)> = match &self.backend {
-            Backend::Pg(p) => sqlx::query(RUN_WORKERS_PG)
-                .bind(run_id)
-                .fetch_all(p)
-                .await
-                .map(|rows| {
-                    rows.into_iter()
-                        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-                        .collect()
-                }),
-            Backend::Lite(p) => sqlx::query(RUN_WORKERS_LITE)
-                .bind(run_id)
-                .fetch_all(p)
-                .await
-                .map(|rows| {
-                    rows.into_iter()
-                        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-                        .collect()
-                }),
-        }
-        .map_err(sql("read the run's workers"))?;
+        let rows: Vec<RawWorker> =
+            dispatch!(self, run_workers(run_id)).map_err(sql("read the run's workers"))?;
         Ok(rows
             .into_iter()
             .map(|(name, n, finished, beat)| {

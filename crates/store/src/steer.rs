@@ -30,103 +30,36 @@
 use backfill_job::report::summary_line;
 use backfill_job::spec::{HealthSpec, ThrottleSpec};
 use backfill_job::RunState;
-use sqlx::Row;
 use std::time::Duration;
 
-use crate::{sql, Backend, Store, StoreError};
+use crate::backend::{dispatch, Capability};
+use crate::{sql, Store, StoreError};
 
-// A statement both dialects read alike is written once, with `$n`
-// parameters (SQLite binds `$n` by number too); where they differ, each
-// dialect has its statement in full, side by side (`…_PG`, `…_LITE`).
+// The statements are the back ends' (`pg::steer`, `sqlite::steer`, and
+// `common` for those both read alike); here is what callers get of them.
 
-/// A worker's heartbeat.
-const HEARTBEAT_PG: &str =
-    "INSERT INTO backfill_worker (worker, role, run_id, shards_done) VALUES ($1, $2, $3, $4)
-     ON CONFLICT (worker) DO UPDATE SET run_id = coalesce(excluded.run_id, backfill_worker.run_id),
-        shards_done = excluded.shards_done, last_seen = now()";
-const HEARTBEAT_LITE: &str =
-    "INSERT INTO backfill_worker (worker, role, run_id, shards_done) VALUES ($1, $2, $3, $4)
-     ON CONFLICT (worker) DO UPDATE SET run_id = coalesce(excluded.run_id, backfill_worker.run_id),
-        shards_done = excluded.shards_done, last_seen = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+/// An audit event as stored: (run, at, action, operator, detail).
+pub(crate) type RawEvent = (String, String, String, String, Option<String>);
 
-/// A running run ends as cancelled, with its summary.
-const FINISH_CANCELLED_PG: &str =
-    "UPDATE backfill_run SET state = 'cancelled', summary = $2, finished_at = now()
-     WHERE run_id = $1 AND state = 'running'";
-const FINISH_CANCELLED_LITE: &str = "UPDATE backfill_run SET state = 'cancelled', summary = $2,
-            finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-     WHERE run_id = $1 AND state = 'running'";
+/// A run as `history` lists it: (run, job, mode, state, spec hash,
+/// created at, spec text).
+pub(crate) type HistoryRow = (String, String, String, String, String, String, String);
 
-/// The most recent runs (of job `$1`, or all when NULL), newest first.
-const HISTORY_PG: &str = "SELECT run_id, job_name, mode, state, spec_hash,
-            to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), spec_text
-     FROM backfill_run
-     WHERE ($1::text IS NULL OR job_name = $1) ORDER BY created_at DESC LIMIT $2";
-const HISTORY_LITE: &str = "SELECT run_id, job_name, mode, state, spec_hash,
-            substr(created_at, 1, 19) || 'Z', spec_text
-     FROM backfill_run
-     WHERE ($1 IS NULL OR job_name = $1) ORDER BY created_at DESC LIMIT $2";
+/// A run's control row: (control, priority, rows per second, max in
+/// flight, shard sizing, yield to, bytes per second, WAL cap).
+pub(crate) type RawControl = (
+    String,
+    i32,
+    Option<f64>,
+    Option<i32>,
+    Option<String>,
+    Option<String>,
+    Option<f64>,
+    Option<f64>,
+);
 
-// The rows- and bytes-per-second schedules. PostgreSQL keeps them as
-// timestamps; SQLite as seconds since the epoch on its own clock,
-// `((julianday('now') - 2440587.5) * 86400.0)`.
-
-/// Reserves `$2` rows at the run's rows per second, unless the start is
-/// more than `$3` seconds away; returns the wait in seconds.
-const RESERVE_ROWS_PG: &str = "UPDATE backfill_control
-     SET rate_next = greatest(coalesce(rate_next, now()), now()) + make_interval(secs => $2 / rows_per_sec)
-     WHERE run_id = $1 AND rows_per_sec > 0
-       AND greatest(coalesce(rate_next, now()), now()) <= now() + make_interval(secs => $3)
-     RETURNING extract(epoch FROM (rate_next - make_interval(secs => $2 / rows_per_sec) - now()))::float8";
-const RESERVE_ROWS_LITE: &str = "UPDATE backfill_control
-     SET rate_next = max(coalesce(rate_next, ((julianday('now') - 2440587.5) * 86400.0)),
-                         ((julianday('now') - 2440587.5) * 86400.0)) + $2 / rows_per_sec
-     WHERE run_id = $1 AND rows_per_sec > 0
-       AND max(coalesce(rate_next, ((julianday('now') - 2440587.5) * 86400.0)),
-               ((julianday('now') - 2440587.5) * 86400.0))
-           <= ((julianday('now') - 2440587.5) * 86400.0) + $3
-     RETURNING rate_next - $2 / rows_per_sec - ((julianday('now') - 2440587.5) * 86400.0)";
-
-/// Reserves the estimated bytes of `$2` rows at the run's bytes per
-/// second, unless the start is more than `$3` seconds away; returns the
-/// wait in seconds and the bytes reserved.
-const RESERVE_BYTES_PG: &str = "UPDATE backfill_control
-     SET bytes_next = greatest(coalesce(bytes_next, now()), now())
-                      + make_interval(secs => $2 * coalesce(bytes_per_row, 0) / bytes_per_sec)
-     WHERE run_id = $1 AND bytes_per_sec > 0
-       AND greatest(coalesce(bytes_next, now()), now()) <= now() + make_interval(secs => $3)
-     RETURNING extract(epoch FROM (bytes_next - now()))::float8
-                 - $2 * coalesce(bytes_per_row, 0) / bytes_per_sec,
-               $2 * coalesce(bytes_per_row, 0)";
-const RESERVE_BYTES_LITE: &str = "UPDATE backfill_control
-     SET bytes_next = max(coalesce(bytes_next, ((julianday('now') - 2440587.5) * 86400.0)),
-                          ((julianday('now') - 2440587.5) * 86400.0))
-                      + $2 * coalesce(bytes_per_row, 0) / bytes_per_sec
-     WHERE run_id = $1 AND bytes_per_sec > 0
-       AND max(coalesce(bytes_next, ((julianday('now') - 2440587.5) * 86400.0)),
-               ((julianday('now') - 2440587.5) * 86400.0))
-           <= ((julianday('now') - 2440587.5) * 86400.0) + $3
-     RETURNING bytes_next - $2 * coalesce(bytes_per_row, 0) / bytes_per_sec
-                 - ((julianday('now') - 2440587.5) * 86400.0),
-               $2 * coalesce(bytes_per_row, 0)";
-
-/// Replaces a shard's reserved bytes (`$3`) with those it wrote (`$4`),
-/// from its start (`$5` seconds ago) on at the earliest, and learns the
-/// bytes per row (`$2`).
-const SETTLE_BYTES_PG: &str = "UPDATE backfill_control
-     SET bytes_next = greatest(coalesce(bytes_next, now() - make_interval(secs => $5)),
-                               now() - make_interval(secs => $5))
-                      + make_interval(secs => ($4 - $3) / bytes_per_sec),
-         bytes_per_row = CASE WHEN $2::float8 IS NULL THEN bytes_per_row
-                              ELSE coalesce(0.5 * bytes_per_row + 0.5 * $2, $2) END
-     WHERE run_id = $1 AND bytes_per_sec > 0";
-const SETTLE_BYTES_LITE: &str = "UPDATE backfill_control
-     SET bytes_next = max(coalesce(bytes_next, ((julianday('now') - 2440587.5) * 86400.0) - $5),
-                          ((julianday('now') - 2440587.5) * 86400.0) - $5)
-                      + ($4 - $3) / bytes_per_sec,
-         bytes_per_row = CASE WHEN $2 IS NULL THEN bytes_per_row
-                              ELSE coalesce(0.5 * bytes_per_row + 0.5 * $2, $2) END
-     WHERE run_id = $1 AND bytes_per_sec > 0";
+/// A run's measured cost: (run, largest shard, milliseconds, rows).
+pub(crate) type RawCost = (String, i64, i64, i64);
 
 /// A running run and how long it has made no progress.
 #[derive(Debug, Clone, PartialEq)]
@@ -283,35 +216,8 @@ impl Store {
         t: &ThrottleSpec,
         shard_sizing: Option<&str>,
     ) -> Result<(), StoreError> {
-        let q = "INSERT INTO backfill_control (run_id, priority, rows_per_sec, max_in_flight, shard_sizing,
-                                               bytes_per_sec, max_wal_bytes_per_sec)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id) DO NOTHING";
-        let mif = t.max_in_flight.map(|m| m as i32);
-        match &self.backend {
-            Backend::Pg(p) => sqlx::query(q)
-                .bind(run_id)
-                .bind(t.priority)
-                .bind(t.rows_per_sec)
-                .bind(mif)
-                .bind(shard_sizing)
-                .bind(t.bytes_per_sec)
-                .bind(t.max_wal_bytes_per_sec)
-                .execute(p)
-                .await
-                .map(drop),
-            Backend::Lite(p) => sqlx::query(q)
-                .bind(run_id)
-                .bind(t.priority)
-                .bind(t.rows_per_sec)
-                .bind(mif)
-                .bind(shard_sizing)
-                .bind(t.bytes_per_sec)
-                .bind(t.max_wal_bytes_per_sec)
-                .execute(p)
-                .await
-                .map(drop),
-        }
-        .map_err(sql("record the run's throttle"))
+        dispatch!(self, init_control(run_id, t, shard_sizing))
+            .map_err(sql("record the run's throttle"))
     }
 
     /// Sets pause/resume/cancel and records who did it.
@@ -322,25 +228,8 @@ impl Store {
         operator: &str,
     ) -> Result<(), StoreError> {
         self.require_run(run_id).await?;
-        let q = "INSERT INTO backfill_control (run_id, control, updated_by) VALUES ($1, $2, $3)
-                 ON CONFLICT (run_id) DO UPDATE SET control = excluded.control, updated_by = excluded.updated_by";
-        match &self.backend {
-            Backend::Pg(p) => sqlx::query(q)
-                .bind(run_id)
-                .bind(control.as_str())
-                .bind(operator)
-                .execute(p)
-                .await
-                .map(drop),
-            Backend::Lite(p) => sqlx::query(q)
-                .bind(run_id)
-                .bind(control.as_str())
-                .bind(operator)
-                .execute(p)
-                .await
-                .map(drop),
-        }
-        .map_err(sql("set the run's control"))?;
+        dispatch!(self, set_control(run_id, control.as_str(), operator))
+            .map_err(sql("set the run's control"))?;
         let action = match control {
             ControlState::Run => "resume",
             ControlState::Pause => "pause",
@@ -382,47 +271,15 @@ impl Store {
             "UPDATE backfill_control SET {}, updated_by = $5 WHERE run_id = $1",
             sets.join(", ")
         );
-        let rps = change.rows_per_sec.flatten();
-        let mif = change.max_in_flight.flatten().map(|m| m as i32);
-        let prio = change.priority.unwrap_or(0);
-        let bps = change.bytes_per_sec.flatten();
-        let wal = change.max_wal_bytes_per_sec.flatten();
-        match &self.backend {
-            Backend::Pg(p) => sqlx::query(&q)
-                .bind(run_id)
-                .bind(rps)
-                .bind(mif)
-                .bind(prio)
-                .bind(operator)
-                .bind(bps)
-                .bind(wal)
-                .execute(p)
-                .await
-                .map(drop),
-            Backend::Lite(p) => sqlx::query(&q)
-                .bind(run_id)
-                .bind(rps)
-                .bind(mif)
-                .bind(prio)
-                .bind(operator)
-                .bind(bps)
-                .bind(wal)
-                .execute(p)
-                .await
-                .map(drop),
-        }
-        .map_err(sql("change the run's throttle"))?;
+        dispatch!(self, update_throttle(&q, run_id, change, operator))
+            .map_err(sql("change the run's throttle"))?;
         self.record_event(run_id, "throttle", operator, Some(&change.describe()))
             .await
     }
 
     /// The database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Pg(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
-            Backend::Lite(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
-        }
-        .map_err(sql("ping the database"))
+        dispatch!(self, ping()).map_err(sql("ping the database"))
     }
 
     /// Whether the ledger has the run.
@@ -456,68 +313,23 @@ impl Store {
         operator: &str,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
-        let q =
-            "INSERT INTO backfill_event (run_id, action, operator, detail) VALUES ($1, $2, $3, $4)";
-        match &self.backend {
-            Backend::Pg(p) => sqlx::query(q)
-                .bind(run_id)
-                .bind(action)
-                .bind(operator)
-                .bind(detail)
-                .execute(p)
-                .await
-                .map(drop),
-            Backend::Lite(p) => sqlx::query(q)
-                .bind(run_id)
-                .bind(action)
-                .bind(operator)
-                .bind(detail)
-                .execute(p)
-                .await
-                .map(drop),
-        }
-        .map_err(sql("record a run event"))
+        dispatch!(self, record_event(run_id, action, operator, detail))
+            .map_err(sql("record a run event"))
     }
 
     /// A run's audit events, oldest first.
     pub async fn run_events(&self, run_id: &str) -> Result<Vec<RunEvent>, StoreError> {
-        let rows = match &self.backend {
-            Backend::Pg(p) => sqlx::query(
-                "SELECT run_id, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), action, operator, detail
-                 FROM backfill_event WHERE run_id = $1 ORDER BY id",
-            )
-            .bind(run_id)
-            .fetch_all(p)
-            .await
+        Ok(dispatch!(self, run_events(run_id))
             .map_err(sql("read run events"))?
             .into_iter()
-            .map(|r| RunEvent {
-                run_id: r.get(0),
-                at: r.get(1),
-                action: r.get(2),
-                operator: r.get(3),
-                detail: r.get(4),
+            .map(|(run_id, at, action, operator, detail)| RunEvent {
+                run_id,
+                at,
+                action,
+                operator,
+                detail,
             })
-            .collect(),
-            Backend::Lite(p) => sqlx::query(
-                "SELECT run_id, substr(at, 1, 19) || 'Z', action, operator, detail
-                 FROM backfill_event WHERE run_id = ?1 ORDER BY id",
-            )
-            .bind(run_id)
-            .fetch_all(p)
-            .await
-            .map_err(sql("read run events"))?
-            .into_iter()
-            .map(|r| RunEvent {
-                run_id: r.get(0),
-                at: r.get(1),
-                action: r.get(2),
-                operator: r.get(3),
-                detail: r.get(4),
-            })
-            .collect(),
-        };
-        Ok(rows)
+            .collect())
     }
 
     /// The most recent runs (of `job`, or all), newest first, with their events.
@@ -526,24 +338,8 @@ impl Store {
         job: Option<&str>,
         limit: i64,
     ) -> Result<Vec<RunHistory>, StoreError> {
-        type Row = (String, String, String, String, String, String, String);
-        let rows: Vec<Row> = match &self.backend {
-            Backend::Pg(p) => {
-                sqlx::query_as(HISTORY_PG)
-                    .bind(job)
-                    .bind(limit)
-                    .fetch_all(p)
-                    .await
-            }
-            Backend::Lite(p) => {
-                sqlx::query_as(HISTORY_LITE)
-                    .bind(job)
-                    .bind(limit)
-                    .fetch_all(p)
-                    .await
-            }
-        }
-        .map_err(sql("read run history"))?;
+        let rows: Vec<HistoryRow> =
+            dispatch!(self, history(job, limit)).map_err(sql("read run history"))?;
         let mut out = Vec::with_capacity(rows.len());
         for (run_id, job, mode, state, spec_hash, created_at, spec_text) in rows {
             let events = self.run_events(&run_id).await?;
@@ -576,59 +372,7 @@ impl Store {
         operator: &str,
     ) -> Result<Vec<(String, i64, i64)>, StoreError> {
         let secs = older_than.as_secs_f64();
-        let rows: Vec<(String, i64, i64)> = match &self.backend {
-            Backend::Pg(p) => {
-                let mut tx = p.begin().await.map_err(sql("begin prune"))?;
-                let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-                    "SELECT b.run_id, count(*)::int8, coalesce(sum(coalesce(octet_length(b.before), 0) + coalesce(octet_length(b.patch), 0)), 0)::int8
-                     FROM backfill_before_image b JOIN backfill_run r ON r.run_id = b.run_id
-                     WHERE r.finished_at IS NOT NULL AND r.finished_at < now() - make_interval(secs => $1)
-                     GROUP BY b.run_id ORDER BY b.run_id",
-                )
-                .bind(secs)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(sql("find before-images to prune"))?;
-                if delete && !rows.is_empty() {
-                    let ids: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
-                    sqlx::query("DELETE FROM backfill_before_image WHERE run_id = ANY($1)")
-                        .bind(&ids)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(sql("prune before-images"))?;
-                }
-                tx.commit().await.map_err(sql("commit prune"))?;
-                rows
-            }
-            Backend::Lite(p) => {
-                let mut tx = p
-                    .begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(sql("begin prune"))?;
-                let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-                    "SELECT b.run_id, count(*), coalesce(sum(coalesce(length(CAST(b.before AS BLOB)), 0) + coalesce(length(CAST(b.patch AS BLOB)), 0)), 0)
-                     FROM backfill_before_image b JOIN backfill_run r ON r.run_id = b.run_id
-                     WHERE r.finished_at IS NOT NULL
-                       AND julianday(r.finished_at) < julianday('now') - ?1 / 86400.0
-                     GROUP BY b.run_id ORDER BY b.run_id",
-                )
-                .bind(secs)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(sql("find before-images to prune"))?;
-                if delete {
-                    for r in &rows {
-                        sqlx::query("DELETE FROM backfill_before_image WHERE run_id = ?1")
-                            .bind(&r.0)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(sql("prune before-images"))?;
-                    }
-                }
-                tx.commit().await.map_err(sql("commit prune"))?;
-                rows
-            }
-        };
+        let rows: Vec<(String, i64, i64)> = dispatch!(self, prune_before_images(secs, delete))?;
         if delete {
             for (run, n, bytes) in &rows {
                 self.record_event(
@@ -650,52 +394,7 @@ impl Store {
         run_id: &str,
         defaults: &ThrottleSpec,
     ) -> Result<Control, StoreError> {
-        // One round trip: the run's row and whether a running run of higher
-        // priority still has shards to do.
-        let q = "SELECT c.control, c.priority, c.rows_per_sec, c.max_in_flight, c.shard_sizing,
-                   c.bytes_per_sec, c.max_wal_bytes_per_sec,
-                   (SELECT o.run_id FROM backfill_control o JOIN backfill_run r ON r.run_id = o.run_id
-                     WHERE o.run_id <> c.run_id AND o.priority > c.priority AND o.control = 'run'
-                       AND r.state = 'running'
-                       AND EXISTS (SELECT 1 FROM backfill_shard s WHERE s.run_id = o.run_id AND s.state IN ('pending', 'running'))
-                     ORDER BY o.priority DESC LIMIT 1) AS yield_to
-                 FROM backfill_control c WHERE c.run_id = $1";
-        let row = match &self.backend {
-            Backend::Pg(p) => sqlx::query(q)
-                .bind(run_id)
-                .fetch_optional(p)
-                .await
-                .map_err(sql("read the run's control"))?
-                .map(|r| {
-                    (
-                        r.get::<String, _>(0),
-                        r.get::<i32, _>(1),
-                        r.get::<Option<f64>, _>(2),
-                        r.get::<Option<i32>, _>(3),
-                        r.get::<Option<String>, _>(4),
-                        r.get::<Option<String>, _>(7),
-                        r.get::<Option<f64>, _>(5),
-                        r.get::<Option<f64>, _>(6),
-                    )
-                }),
-            Backend::Lite(p) => sqlx::query(q)
-                .bind(run_id)
-                .fetch_optional(p)
-                .await
-                .map_err(sql("read the run's control"))?
-                .map(|r| {
-                    (
-                        r.get::<String, _>(0),
-                        r.get::<i64, _>(1) as i32,
-                        r.get::<Option<f64>, _>(2),
-                        r.get::<Option<i64>, _>(3).map(|v| v as i32),
-                        r.get::<Option<String>, _>(4),
-                        r.get::<Option<String>, _>(7),
-                        r.get::<Option<f64>, _>(5),
-                        r.get::<Option<f64>, _>(6),
-                    )
-                }),
-        };
+        let row = dispatch!(self, control(run_id)).map_err(sql("read the run's control"))?;
         Ok(match row {
             None => Control {
                 control: ControlState::Run,
@@ -730,118 +429,7 @@ impl Store {
         worker: &str,
         max_in_flight: Option<u32>,
     ) -> Result<Claim, StoreError> {
-        match &self.backend {
-            Backend::Pg(p) => {
-                let mut tx = p.begin().await.map_err(sql("begin shard claim"))?;
-                if let Some(max) = max_in_flight {
-                    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('backfill run ' || $1))")
-                        .bind(run_id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(sql("lock the run's claims"))?;
-                    let n: i64 = sqlx::query_scalar(
-                        "SELECT count(*) FROM backfill_shard WHERE run_id = $1 AND shard_no <> $2
-                           AND state = 'running' AND lease_until > now()",
-                    )
-                    .bind(run_id)
-                    .bind(shard_no as i32)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(sql("count shards in flight"))?;
-                    if n >= max as i64 {
-                        tx.rollback().await.map_err(sql("end shard claim"))?;
-                        return Ok(Claim::Busy);
-                    }
-                }
-                let claimed = sqlx::query(
-                    "UPDATE backfill_shard SET state = 'running', worker = $3, started_at = clock_timestamp(),
-                            lease_until = clock_timestamp() + make_interval(secs => $4)
-                     WHERE run_id = $1 AND shard_no = $2 AND state IN ('pending', 'running')
-                     RETURNING shard_no",
-                )
-                .bind(run_id)
-                .bind(shard_no as i32)
-                .bind(worker)
-                .bind(LEASE.as_secs_f64())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(sql("claim shard"))?;
-                let outcome = if claimed.is_some() {
-                    Claim::Claimed
-                } else {
-                    let exists: Option<String> = sqlx::query_scalar(
-                        "SELECT state FROM backfill_shard WHERE run_id = $1 AND shard_no = $2",
-                    )
-                    .bind(run_id)
-                    .bind(shard_no as i32)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(sql("read shard"))?;
-                    if exists.is_some() {
-                        Claim::Finished
-                    } else {
-                        Claim::Unknown
-                    }
-                };
-                tx.commit().await.map_err(sql("commit shard claim"))?;
-                Ok(outcome)
-            }
-            Backend::Lite(p) => {
-                // One writer at a time: BEGIN IMMEDIATE serializes claims.
-                let mut tx = p
-                    .begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(sql("begin shard claim"))?;
-                if let Some(max) = max_in_flight {
-                    let n: i64 = sqlx::query_scalar(
-                        "SELECT count(*) FROM backfill_shard WHERE run_id = ?1 AND shard_no <> ?2
-                           AND state = 'running' AND lease_until > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-                    )
-                    .bind(run_id)
-                    .bind(shard_no as i64)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(sql("count shards in flight"))?;
-                    if n >= max as i64 {
-                        tx.rollback().await.map_err(sql("end shard claim"))?;
-                        return Ok(Claim::Busy);
-                    }
-                }
-                let claimed = sqlx::query(
-                    "UPDATE backfill_shard SET state = 'running', worker = ?3,
-                            started_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
-                            lease_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+' || ?4 || ' seconds')
-                     WHERE run_id = ?1 AND shard_no = ?2 AND state IN ('pending', 'running')
-                     RETURNING shard_no",
-                )
-                .bind(run_id)
-                .bind(shard_no as i64)
-                .bind(worker)
-                .bind(LEASE.as_secs() as i64)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(sql("claim shard"))?;
-                let outcome = if claimed.is_some() {
-                    Claim::Claimed
-                } else {
-                    let exists: Option<String> = sqlx::query_scalar(
-                        "SELECT state FROM backfill_shard WHERE run_id = ?1 AND shard_no = ?2",
-                    )
-                    .bind(run_id)
-                    .bind(shard_no as i64)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(sql("read shard"))?;
-                    if exists.is_some() {
-                        Claim::Finished
-                    } else {
-                        Claim::Unknown
-                    }
-                };
-                tx.commit().await.map_err(sql("commit shard claim"))?;
-                Ok(outcome)
-            }
-        }
+        dispatch!(self, claim_shard(run_id, shard_no, worker, max_in_flight))
     }
 
     /// Reserves `rows` of the run's rows-per-second budget, shared by every
@@ -854,30 +442,10 @@ impl Store {
         rows: u32,
         horizon: Duration,
     ) -> Result<Option<Duration>, StoreError> {
-        let wait: Option<Option<f64>> = match &self.backend {
-            Backend::Pg(p) => sqlx::query_scalar(RESERVE_ROWS_PG)
-                .bind(run_id)
-                .bind(rows as f64)
-                .bind(horizon.as_secs_f64())
-                .fetch_optional(p)
-                .await
-                .map_err(sql("reserve rows"))?,
-            Backend::Lite(p) => {
-                let mut tx = p
-                    .begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(sql("begin rows reservation"))?;
-                let w: Option<Option<f64>> = sqlx::query_scalar(RESERVE_ROWS_LITE)
-                    .bind(run_id)
-                    .bind(rows as f64)
-                    .bind(horizon.as_secs_f64())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(sql("reserve rows"))?;
-                tx.commit().await.map_err(sql("commit rows reservation"))?;
-                w
-            }
-        };
+        let wait: Option<Option<f64>> = dispatch!(
+            self,
+            reserve_rows(run_id, rows as f64, horizon.as_secs_f64())
+        )?;
         match wait {
             Some(w) => Ok(Some(Duration::from_secs_f64(w.unwrap_or(0.0).max(0.0)))),
             None => {
@@ -904,30 +472,10 @@ impl Store {
         rows: u32,
         horizon: Duration,
     ) -> Result<Option<(Duration, f64)>, StoreError> {
-        let got: Option<(Option<f64>, Option<f64>)> = match &self.backend {
-            Backend::Pg(p) => sqlx::query_as(RESERVE_BYTES_PG)
-                .bind(run_id)
-                .bind(rows as f64)
-                .bind(horizon.as_secs_f64())
-                .fetch_optional(p)
-                .await
-                .map_err(sql("reserve bytes"))?,
-            Backend::Lite(p) => {
-                let mut tx = p
-                    .begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(sql("begin bytes reservation"))?;
-                let w: Option<(Option<f64>, Option<f64>)> = sqlx::query_as(RESERVE_BYTES_LITE)
-                    .bind(run_id)
-                    .bind(rows as f64)
-                    .bind(horizon.as_secs_f64())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(sql("reserve bytes"))?;
-                tx.commit().await.map_err(sql("commit bytes reservation"))?;
-                w
-            }
-        };
+        let got: Option<(Option<f64>, Option<f64>)> = dispatch!(
+            self,
+            reserve_bytes(run_id, rows as f64, horizon.as_secs_f64())
+        )?;
         match got {
             Some((w, est)) => Ok(Some((
                 Duration::from_secs_f64(w.unwrap_or(0.0).max(0.0)),
@@ -958,26 +506,16 @@ impl Store {
         // From the shard's start on at the earliest, so that bytes written
         // by a shard that started on an idle schedule are not forgiven.
         let per_row = (rows > 0).then(|| written as f64 / rows as f64);
-        match &self.backend {
-            Backend::Pg(p) => sqlx::query(SETTLE_BYTES_PG)
-                .bind(run_id)
-                .bind(per_row)
-                .bind(reserved)
-                .bind(written as f64)
-                .bind(elapsed.as_secs_f64())
-                .execute(p)
-                .await
-                .map(drop),
-            Backend::Lite(p) => sqlx::query(SETTLE_BYTES_LITE)
-                .bind(run_id)
-                .bind(per_row)
-                .bind(reserved)
-                .bind(written as f64)
-                .bind(elapsed.as_secs_f64())
-                .execute(p)
-                .await
-                .map(drop),
-        }
+        dispatch!(
+            self,
+            settle_bytes(
+                run_id,
+                per_row,
+                reserved,
+                written as f64,
+                elapsed.as_secs_f64()
+            )
+        )
         .map_err(sql("settle the shard's bytes"))
     }
 
@@ -1000,46 +538,23 @@ impl Store {
         run_id: &str,
         burst: Duration,
     ) -> Result<Option<Duration>, StoreError> {
-        let Backend::Pg(p) = &self.backend else {
-            return Ok(None);
-        };
-        let got: Option<(f64, f64)> = sqlx::query_as(
-            "UPDATE backfill_control
-             SET wal_tokens = CASE WHEN wal_lsn IS NULL OR wal_at IS NULL THEN 0
-                   ELSE greatest(-max_wal_bytes_per_sec * $3, least(max_wal_bytes_per_sec * $2,
-                              coalesce(wal_tokens, 0)
-                              + max_wal_bytes_per_sec * extract(epoch FROM clock_timestamp() - wal_at)
-                              - pg_wal_lsn_diff(pg_current_wal_lsn(), wal_lsn))) END,
-                 wal_lsn = pg_current_wal_lsn(),
-                 wal_at = clock_timestamp()
-             WHERE run_id = $1 AND max_wal_bytes_per_sec > 0
-               AND (wal_at IS NULL OR wal_at <= clock_timestamp())
-             RETURNING wal_tokens::float8, max_wal_bytes_per_sec",
+        let sample = dispatch!(
+            self,
+            wal_sample(run_id, burst.as_secs_f64(), WAL_WINDOW.as_secs_f64())
         )
-        .bind(run_id)
-        .bind(burst.as_secs_f64())
-        .bind(WAL_WINDOW.as_secs_f64())
-        .fetch_optional(p)
-        .await
         .map_err(sql("sample the WAL position"))?;
-        Ok(got.map(|(tokens, cap)| wal_debt_wait(tokens, cap)))
+        Ok(match sample {
+            Capability::Has(got) => got.map(|(tokens, cap)| wal_debt_wait(tokens, cap)),
+            Capability::Lacks(_) => None,
+        })
     }
 
     /// Evaluates the database health check of a job: replication lag and
     /// active backends on PostgreSQL, then the job's own SQL.
     pub async fn health(&self, spec: &HealthSpec) -> Result<Health, StoreError> {
-        if let Backend::Pg(p) = &self.backend {
-            if spec.max_replication_lag_seconds > 0.0 || spec.max_replication_lag_bytes > 0 {
-                // The largest lag of any standby, in time and in bytes of
-                // WAL not yet replayed; no standby: no rows, no lag.
-                let (secs, bytes): (Option<f64>, Option<f64>) = sqlx::query_as(
-                    "SELECT max(extract(epoch FROM coalesce(replay_lag, interval '0')))::float8,
-                            max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn))::float8
-                     FROM pg_stat_replication",
-                )
-                .fetch_one(p)
-                .await
-                .map_err(sql("read replication lag"))?;
+        if spec.max_replication_lag_seconds > 0.0 || spec.max_replication_lag_bytes > 0 {
+            let lag = dispatch!(self, replication_lag()).map_err(sql("read replication lag"))?;
+            if let Capability::Has((secs, bytes)) = lag {
                 if let Some(reason) = replication_verdict(spec, secs, bytes) {
                     return Ok(Health {
                         ok: false,
@@ -1047,13 +562,11 @@ impl Store {
                     });
                 }
             }
-            if spec.max_active_backends > 0 {
-                let n: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND backend_type = 'client backend'",
-                )
-                .fetch_one(p)
-                .await
-                .map_err(sql("count active backends"))?;
+        }
+        if spec.max_active_backends > 0 {
+            let active =
+                dispatch!(self, active_backends()).map_err(sql("count active backends"))?;
+            if let Capability::Has(n) = active {
                 if n > spec.max_active_backends as i64 {
                     return Ok(Health {
                         ok: false,
@@ -1067,11 +580,8 @@ impl Store {
         }
         if let Some(text) = &spec.sql {
             let q = text.for_dialect("health.sql", self.dialect())?;
-            let ok: Option<bool> = match &self.backend {
-                Backend::Pg(p) => sqlx::query_scalar(q).fetch_optional(p).await,
-                Backend::Lite(p) => sqlx::query_scalar(q).fetch_optional(p).await,
-            }
-            .map_err(sql("run the job's health check (health.sql)"))?;
+            let ok: Option<bool> = dispatch!(self, health_sql(q))
+                .map_err(sql("run the job's health check (health.sql)"))?;
             if ok != Some(true) {
                 return Ok(Health {
                     ok: false,
@@ -1094,25 +604,8 @@ impl Store {
         run_id: Option<&str>,
         shards_done: u64,
     ) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Pg(p) => sqlx::query(HEARTBEAT_PG)
-                .bind(worker)
-                .bind(role)
-                .bind(run_id)
-                .bind(shards_done as i64)
-                .execute(p)
-                .await
-                .map(drop),
-            Backend::Lite(p) => sqlx::query(HEARTBEAT_LITE)
-                .bind(worker)
-                .bind(role)
-                .bind(run_id)
-                .bind(shards_done as i64)
-                .execute(p)
-                .await
-                .map(drop),
-        }
-        .map_err(sql("record heartbeat"))
+        dispatch!(self, heartbeat(worker, role, run_id, shards_done as i64))
+            .map_err(sql("record heartbeat"))
     }
 
     /// Ends a run the operator cancelled: state `cancelled`, the summary of
@@ -1130,32 +623,15 @@ impl Store {
         view.cancelled = Some(rec.shards_reduced);
         view.state = RunState::Cancelled;
         let summary = summary_line(&view);
-        let n = match &self.backend {
-            Backend::Pg(p) => sqlx::query(FINISH_CANCELLED_PG)
-                .bind(run_id)
-                .bind(&summary)
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected()),
-            Backend::Lite(p) => sqlx::query(FINISH_CANCELLED_LITE)
-                .bind(run_id)
-                .bind(&summary)
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected()),
-        }
-        .map_err(sql("mark the run cancelled"))?;
+        let n = dispatch!(self, finish_cancelled(run_id, &summary))
+            .map_err(sql("mark the run cancelled"))?;
         Ok(n > 0)
     }
 
     /// After a late shard of a cancelled run was folded: the summary again.
     pub async fn refresh_cancelled_summary(&self, run_id: &str) -> Result<(), StoreError> {
-        let q = "SELECT state FROM backfill_run WHERE run_id = $1";
-        let state: Option<String> = match &self.backend {
-            Backend::Pg(p) => sqlx::query_scalar(q).bind(run_id).fetch_optional(p).await,
-            Backend::Lite(p) => sqlx::query_scalar(q).bind(run_id).fetch_optional(p).await,
-        }
-        .map_err(sql("read run state"))?;
+        let state: Option<String> =
+            dispatch!(self, run_state(run_id)).map_err(sql("read run state"))?;
         if state.as_deref() != Some("cancelled") {
             return Ok(());
         }
@@ -1166,22 +642,8 @@ impl Store {
             return Ok(());
         }
         let summary = summary_line(&rec.view());
-        let q = "UPDATE backfill_run SET summary = $2 WHERE run_id = $1 AND state = 'cancelled'";
-        match &self.backend {
-            Backend::Pg(p) => sqlx::query(q)
-                .bind(run_id)
-                .bind(&summary)
-                .execute(p)
-                .await
-                .map(drop),
-            Backend::Lite(p) => sqlx::query(q)
-                .bind(run_id)
-                .bind(&summary)
-                .execute(p)
-                .await
-                .map(drop),
-        }
-        .map_err(sql("update the cancelled run's summary"))
+        dispatch!(self, set_cancelled_summary(run_id, &summary))
+            .map_err(sql("update the cancelled run's summary"))
     }
 
     /// Records the run windows given on the command line for a run, which
@@ -1196,22 +658,7 @@ impl Store {
             "time_zone": schedule.time_zone,
         })
         .to_string();
-        let q = "UPDATE backfill_run SET schedule = $2 WHERE run_id = $1";
-        match &self.backend {
-            Backend::Pg(p) => sqlx::query(q)
-                .bind(run_id)
-                .bind(text)
-                .execute(p)
-                .await
-                .map(drop),
-            Backend::Lite(p) => sqlx::query(q)
-                .bind(run_id)
-                .bind(text)
-                .execute(p)
-                .await
-                .map(drop),
-        }
-        .map_err(sql("record the run's windows"))
+        dispatch!(self, set_run_schedule(run_id, text)).map_err(sql("record the run's windows"))
     }
 
     /// The windows a run keeps to: those given on the command line when it
@@ -1220,22 +667,8 @@ impl Store {
         &self,
         rec: &crate::RunRecord,
     ) -> Result<Option<backfill_job::schedule::Schedule>, StoreError> {
-        let q = "SELECT schedule FROM backfill_run WHERE run_id = $1";
-        let stored: Option<Option<String>> = match &self.backend {
-            Backend::Pg(p) => {
-                sqlx::query_scalar(q)
-                    .bind(&rec.run_id)
-                    .fetch_optional(p)
-                    .await
-            }
-            Backend::Lite(p) => {
-                sqlx::query_scalar(q)
-                    .bind(&rec.run_id)
-                    .fetch_optional(p)
-                    .await
-            }
-        }
-        .map_err(sql("read the run's windows"))?;
+        let stored: Option<Option<String>> =
+            dispatch!(self, run_schedule(&rec.run_id)).map_err(sql("read the run's windows"))?;
         let Some(text) = stored.flatten() else {
             return Ok(rec.spec.schedule.clone());
         };
@@ -1261,30 +694,12 @@ impl Store {
     /// recorded since then. PostgreSQL only: on SQLite the run is one
     /// process that reports itself.
     pub async fn quiet_runs(&self) -> Result<Vec<QuietRun>, StoreError> {
-        let Backend::Pg(p) = &self.backend else {
-            return Ok(Vec::new());
+        let rows: Vec<(String, f64, bool)> = match dispatch!(self, quiet_runs())
+            .map_err(sql("find runs with no recent progress"))?
+        {
+            Capability::Has(rows) => rows,
+            Capability::Lacks(_) => return Ok(Vec::new()),
         };
-        let rows: Vec<(String, f64, bool)> = sqlx::query_as(
-            "WITH last AS (
-                 SELECT r.run_id,
-                        GREATEST(r.created_at,
-                                 coalesce(max(s.finished_at), r.created_at),
-                                 coalesce(max(c.updated_at), r.created_at)) AS at
-                 FROM backfill_run r
-                 LEFT JOIN backfill_shard s ON s.run_id = r.run_id
-                 LEFT JOIN backfill_control c ON c.run_id = r.run_id
-                 WHERE r.state = 'running'
-                   AND NOT EXISTS (SELECT 1 FROM backfill_control p
-                                   WHERE p.run_id = r.run_id AND p.control <> 'run')
-                 GROUP BY r.run_id, r.created_at)
-             SELECT l.run_id, EXTRACT(EPOCH FROM now() - l.at)::float8,
-                    EXISTS (SELECT 1 FROM backfill_event e
-                            WHERE e.run_id = l.run_id AND e.action = 'stalled' AND e.at >= l.at)
-             FROM last l",
-        )
-        .fetch_all(p)
-        .await
-        .map_err(sql("find runs with no recent progress"))?;
         Ok(rows
             .into_iter()
             .map(|(run_id, quiet_seconds, told)| QuietRun {
@@ -1315,41 +730,8 @@ impl Store {
         job: &str,
         mode: &str,
     ) -> Result<Option<(String, u32, f64)>, StoreError> {
-        let q = "SELECT r.run_id, max(s.rows), sum(s.elapsed_ms), sum(s.rows)
-                 FROM backfill_run r JOIN backfill_shard s ON s.run_id = r.run_id
-                 WHERE r.job_name = $1 AND r.state IN ('done', 'failed') AND s.elapsed_ms IS NOT NULL AND s.state = 'done'
-                 GROUP BY r.run_id, r.created_at, r.mode
-                 ORDER BY (r.mode = $2) DESC, r.created_at DESC LIMIT 1";
-        let row = match &self.backend {
-            Backend::Pg(p) => sqlx::query(q)
-                .bind(job)
-                .bind(mode)
-                .fetch_optional(p)
-                .await
-                .map_err(sql("read measured shard durations"))?
-                .map(|r| {
-                    (
-                        r.get::<String, _>(0),
-                        r.get::<Option<i32>, _>(1).unwrap_or(0) as i64,
-                        r.get::<Option<i64>, _>(2).unwrap_or(0),
-                        r.get::<Option<i64>, _>(3).unwrap_or(0),
-                    )
-                }),
-            Backend::Lite(p) => sqlx::query(q)
-                .bind(job)
-                .bind(mode)
-                .fetch_optional(p)
-                .await
-                .map_err(sql("read measured shard durations"))?
-                .map(|r| {
-                    (
-                        r.get::<String, _>(0),
-                        r.get::<Option<i64>, _>(1).unwrap_or(0),
-                        r.get::<Option<i64>, _>(2).unwrap_or(0),
-                        r.get::<Option<i64>, _>(3).unwrap_or(0),
-                    )
-                }),
-        };
+        let row = dispatch!(self, measured_shard_cost(job, mode))
+            .map_err(sql("read measured shard durations"))?;
         Ok(row.and_then(|(run, size, ms, rows)| {
             (rows > 0 && size > 0).then(|| (run, size as u32, ms as f64 / rows as f64))
         }))

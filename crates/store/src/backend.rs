@@ -1,0 +1,251 @@
+//! The ledger operations as one trait, [`Backend`], that each dialect
+//! implements in its own module tree (`pg`, `sqlite`), and the one point
+//! where a [`crate::Store`] picks its dialect ([`Db`], [`dispatch!`]).
+//!
+//! A method is one database operation: its SQL and control flow live in the
+//! dialect's module; argument checking, turning rows into the job crate's
+//! types and pure logic stay in the dialect-free modules that call it.
+//! Statements both dialects read alike are written once, in
+//! [`crate::common`]. What one back end cannot do is said by the trait
+//! (see [`Capability`]), never left as a silent no-op.
+//!
+//! Dispatch is static: `Db` is an enum of the two implementations, and
+//! `dispatch!(store, op(args))` calls the operation on whichever the store
+//! holds.
+
+use backfill_job::spec::Dialect;
+
+use crate::identity::LedgerIdentity;
+use crate::ledger::JobLock;
+use crate::status::{RawShard, RawWorker};
+use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent, ThrottleChange};
+use crate::StoreError;
+
+/// Whether a back end has a capability the other lacks; `Lacks` says why
+/// the operation has no meaning there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Capability<T> {
+    Has(T),
+    Lacks(&'static str),
+}
+
+/// Every database operation the store performs, per dialect.
+pub(crate) trait Backend {
+    /// The SQL dialect spoken.
+    fn dialect(&self) -> Dialect;
+    /// Closes the pool.
+    async fn close(&self);
+
+    // ---- statements both dialects read alike (`crate::common`) ----
+
+    /// A `count(*)` query whose one parameter is a run id (`$1`).
+    async fn count_of_run(&self, q: &str, run_id: &str) -> sqlx::Result<i64>;
+    /// A `count(*)` query without parameters.
+    async fn count(&self, q: &str) -> sqlx::Result<i64>;
+    /// The last finished commit-mode run of a job.
+    async fn last_commit(&self, job: &str) -> sqlx::Result<Option<String>>;
+    /// A verify of `job` that passed after `commit_run` finished.
+    async fn passed_verify_after(
+        &self,
+        job: &str,
+        commit_run: &str,
+    ) -> sqlx::Result<Option<String>>;
+
+    /// Records a run's starting throttle unless it has one.
+    async fn init_control(
+        &self,
+        run_id: &str,
+        t: &backfill_job::spec::ThrottleSpec,
+        shard_sizing: Option<&str>,
+    ) -> sqlx::Result<()>;
+    /// Sets a run's control (`run`, `pause`, `cancel`) and who set it.
+    async fn set_control(&self, run_id: &str, control: &str, operator: &str) -> sqlx::Result<()>;
+    /// Runs the throttle's `UPDATE` `q` with the change's values bound.
+    async fn update_throttle(
+        &self,
+        q: &str,
+        run_id: &str,
+        change: &ThrottleChange,
+        operator: &str,
+    ) -> sqlx::Result<()>;
+    /// `SELECT 1`.
+    async fn ping(&self) -> sqlx::Result<()>;
+    /// Appends an audit event.
+    async fn record_event(
+        &self,
+        run_id: &str,
+        action: &str,
+        operator: &str,
+        detail: Option<&str>,
+    ) -> sqlx::Result<()>;
+    /// A run's state, if the run exists.
+    async fn run_state(&self, run_id: &str) -> sqlx::Result<Option<String>>;
+    /// Replaces a cancelled run's summary.
+    async fn set_cancelled_summary(&self, run_id: &str, summary: &str) -> sqlx::Result<()>;
+    /// Records a run's windows (JSON text).
+    async fn set_run_schedule(&self, run_id: &str, text: String) -> sqlx::Result<()>;
+    /// A run's recorded windows: `None` without the run.
+    async fn run_schedule(&self, run_id: &str) -> sqlx::Result<Option<Option<String>>>;
+    /// The job's own health check, one boolean.
+    async fn health_sql(&self, q: &str) -> sqlx::Result<Option<bool>>;
+
+    // ---- steering ----
+
+    /// A worker's heartbeat.
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        role: &str,
+        run_id: Option<&str>,
+        shards_done: i64,
+    ) -> sqlx::Result<()>;
+    /// Ends a running run as cancelled with its summary; rows changed.
+    async fn finish_cancelled(&self, run_id: &str, summary: &str) -> sqlx::Result<u64>;
+    /// A run's audit events, oldest first.
+    async fn run_events(&self, run_id: &str) -> sqlx::Result<Vec<RawEvent>>;
+    /// The most recent runs (of a job, or all), newest first.
+    async fn history(&self, job: Option<&str>, limit: i64) -> sqlx::Result<Vec<HistoryRow>>;
+    /// Before-images of runs finished more than `secs` ago, (run, rows,
+    /// bytes) per run; deleted in the same transaction with `delete`.
+    async fn prune_before_images(
+        &self,
+        secs: f64,
+        delete: bool,
+    ) -> Result<Vec<(String, i64, i64)>, StoreError>;
+    /// A run's control row.
+    async fn control(&self, run_id: &str) -> sqlx::Result<Option<RawControl>>;
+    /// Claims a shard unless the run's shards-in-flight limit is reached.
+    async fn claim_shard(
+        &self,
+        run_id: &str,
+        shard_no: u32,
+        worker: &str,
+        max_in_flight: Option<u32>,
+    ) -> Result<Claim, StoreError>;
+    /// Reserves rows of the rows-per-second schedule: the wait in seconds,
+    /// `None` when no row was updated.
+    async fn reserve_rows(
+        &self,
+        run_id: &str,
+        rows: f64,
+        horizon: f64,
+    ) -> Result<Option<Option<f64>>, StoreError>;
+    /// Reserves bytes of the bytes-per-second schedule: the wait in seconds
+    /// and the bytes reserved, `None` when no row was updated.
+    async fn reserve_bytes(
+        &self,
+        run_id: &str,
+        rows: f64,
+        horizon: f64,
+    ) -> Result<Option<(Option<f64>, Option<f64>)>, StoreError>;
+    /// Replaces a shard's reserved bytes with those it wrote.
+    async fn settle_bytes(
+        &self,
+        run_id: &str,
+        per_row: Option<f64>,
+        reserved: f64,
+        written: f64,
+        elapsed: f64,
+    ) -> sqlx::Result<()>;
+    /// Samples the server's WAL position into the run's WAL token bucket:
+    /// (tokens, cap), `None` when the run has no cap. Only a back end with
+    /// a write-ahead log position to read has a WAL rate cap.
+    async fn wal_sample(
+        &self,
+        run_id: &str,
+        burst: f64,
+        window: f64,
+    ) -> sqlx::Result<Capability<Option<(f64, f64)>>>;
+    /// The largest replay lag of any standby, in seconds and bytes. Only a
+    /// back end with replicas has one.
+    async fn replication_lag(&self) -> sqlx::Result<Capability<(Option<f64>, Option<f64>)>>;
+    /// Client backends active now. Only a server back end has them.
+    async fn active_backends(&self) -> sqlx::Result<Capability<i64>>;
+    /// Running, unpaused runs with their seconds since the last progress and
+    /// whether a stall was recorded since. Only where runs are worked on by
+    /// processes that may die apart from the one watching.
+    async fn quiet_runs(&self) -> sqlx::Result<Capability<Vec<(String, f64, bool)>>>;
+    /// The job's most recent measured shard cost.
+    async fn measured_shard_cost(&self, job: &str, mode: &str) -> sqlx::Result<Option<RawCost>>;
+
+    /// Quarantined rows of a run not yet retried: (target, key, error).
+    async fn quarantined(&self, run_id: &str) -> sqlx::Result<Vec<(String, String, String)>>;
+
+    // ---- the ledger ----
+
+    /// Takes the job's lock on a connection of its own (`None`: another
+    /// session holds it). Only a back end with session advisory locks has
+    /// one; SQLite's own locking serializes writers of its one process.
+    async fn try_lock_job(&self, job: &str) -> Result<Capability<Option<JobLock>>, StoreError>;
+    /// Whether some session holds the job's lock.
+    async fn job_lock_held(&self, job: &str) -> sqlx::Result<Capability<bool>>;
+
+    // ---- identity ----
+
+    /// The ledger's identity, with the database it is in now.
+    async fn load_identity(&self) -> Result<LedgerIdentity, StoreError>;
+    /// Replaces a copied ledger's identity with a new one of this database.
+    /// Only a back end that can tell a copied ledger apart has one to
+    /// replace (an SQLite file's ledger is never a copy).
+    async fn replace_identity(&self) -> Result<Capability<()>, StoreError>;
+
+    // ---- status ----
+
+    /// A run's shards with their times.
+    async fn raw_shards(&self, run_id: &str) -> sqlx::Result<Vec<RawShard>>;
+    /// A run's creation and finish, and the ledger's clock now (seconds
+    /// since the epoch).
+    async fn run_times(&self, run_id: &str) -> sqlx::Result<(f64, Option<f64>, f64)>;
+    /// The workers that committed shards of a run.
+    async fn run_workers(&self, run_id: &str) -> sqlx::Result<Vec<RawWorker>>;
+
+    // ---- audit ----
+
+    /// Full forward dry runs of a job and spec that finished without errors
+    /// less than `secs` seconds ago, newest first.
+    async fn recent_dry_runs(
+        &self,
+        job: &str,
+        spec_hash: &str,
+        secs: f64,
+    ) -> sqlx::Result<Vec<String>>;
+    /// The before-images of some rows of a target.
+    async fn before_images(
+        &self,
+        run_id: &str,
+        target: &str,
+        keys: &[String],
+    ) -> Result<Vec<crate::audit::RawImage>, StoreError>;
+    /// Sets a run's `table_rows` document.
+    async fn set_table_rows(&self, run_id: &str, doc: serde_json::Value) -> sqlx::Result<()>;
+}
+
+/// The back end a store holds.
+#[derive(Clone, Debug)]
+pub(crate) enum Db {
+    Pg(crate::pg::Pg),
+    Lite(crate::sqlite::Lite),
+}
+
+/// Calls a [`Backend`] operation on the back end a store holds:
+/// `dispatch!(self, op(args…))` is `self.db.op(args…).await`;
+/// `dispatch!(sync self, op(args…))` calls a method that is not `async`,
+/// and `dispatch!(db: &db, op(args…))` one of a `Db` outside a store.
+macro_rules! dispatch {
+    ($store:expr, $op:ident ( $($arg:expr),* $(,)? )) => {
+        $crate::backend::dispatch!(db: &$store.db, $op($($arg),*))
+    };
+    (sync $store:expr, $op:ident ( $($arg:expr),* $(,)? )) => {
+        match &$store.db {
+            $crate::backend::Db::Pg(b) => $crate::backend::Backend::$op(b, $($arg),*),
+            $crate::backend::Db::Lite(b) => $crate::backend::Backend::$op(b, $($arg),*),
+        }
+    };
+    (db: $db:expr, $op:ident ( $($arg:expr),* $(,)? )) => {
+        match $db {
+            $crate::backend::Db::Pg(b) => $crate::backend::Backend::$op(b, $($arg),*).await,
+            $crate::backend::Db::Lite(b) => $crate::backend::Backend::$op(b, $($arg),*).await,
+        }
+    };
+}
+pub(crate) use dispatch;

@@ -1,0 +1,200 @@
+//! Statements both dialects read alike, written once: `common_ops!()`
+//! expands, inside each dialect's `impl Backend`, to the [`Backend`]
+//! methods whose SQL and control flow do not depend on the dialect (SQLite
+//! binds `$n` by number as PostgreSQL does). The dialect modules hold only
+//! what differs.
+//!
+//! [`Backend`]: crate::backend::Backend
+
+/// A run's control row, and a running run of higher priority that still
+/// has shards to do (one round trip); each dialect decodes its own integer
+/// types.
+pub(crate) const CONTROL: &str = "SELECT c.control, c.priority, c.rows_per_sec, c.max_in_flight, c.shard_sizing,
+                   c.bytes_per_sec, c.max_wal_bytes_per_sec,
+                   (SELECT o.run_id FROM backfill_control o JOIN backfill_run r ON r.run_id = o.run_id
+                     WHERE o.run_id <> c.run_id AND o.priority > c.priority AND o.control = 'run'
+                       AND r.state = 'running'
+                       AND EXISTS (SELECT 1 FROM backfill_shard s WHERE s.run_id = o.run_id AND s.state IN ('pending', 'running'))
+                     ORDER BY o.priority DESC LIMIT 1) AS yield_to
+                 FROM backfill_control c WHERE c.run_id = $1";
+
+/// The job's most recent finished run with timed shards (same mode
+/// first): its largest shard, milliseconds and rows of its done shards.
+pub(crate) const MEASURED_SHARD_COST: &str = "SELECT r.run_id, max(s.rows), sum(s.elapsed_ms), sum(s.rows)
+                 FROM backfill_run r JOIN backfill_shard s ON s.run_id = r.run_id
+                 WHERE r.job_name = $1 AND r.state IN ('done', 'failed') AND s.elapsed_ms IS NOT NULL AND s.state = 'done'
+                 GROUP BY r.run_id, r.created_at, r.mode
+                 ORDER BY (r.mode = $2) DESC, r.created_at DESC LIMIT 1";
+
+/// The dialect-independent [`crate::backend::Backend`] methods, for an
+/// implementation whose pool is `self.pool`.
+macro_rules! common_ops {
+    () => {
+        async fn count_of_run(&self, q: &str, run_id: &str) -> sqlx::Result<i64> {
+            sqlx::query_scalar(q).bind(run_id).fetch_one(&self.pool).await
+        }
+
+        async fn count(&self, q: &str) -> sqlx::Result<i64> {
+            sqlx::query_scalar(q).fetch_one(&self.pool).await
+        }
+
+        async fn last_commit(&self, job: &str) -> sqlx::Result<Option<String>> {
+            sqlx::query_scalar(
+                "SELECT run_id FROM backfill_run
+                      WHERE job_name = $1 AND mode = 'commit' AND finished_at IS NOT NULL
+                      ORDER BY finished_at DESC LIMIT 1",
+            )
+            .bind(job)
+            .fetch_optional(&self.pool)
+            .await
+        }
+
+        async fn passed_verify_after(
+            &self,
+            job: &str,
+            commit_run: &str,
+        ) -> sqlx::Result<Option<String>> {
+            sqlx::query_scalar(
+                "SELECT e.run_id FROM backfill_event e JOIN backfill_run r ON r.run_id = e.run_id
+                      WHERE r.job_name = $1 AND e.action = 'verify' AND e.detail LIKE 'passed%'
+                        AND r.created_at > (SELECT finished_at FROM backfill_run WHERE run_id = $2)
+                      ORDER BY e.at DESC LIMIT 1",
+            )
+            .bind(job)
+            .bind(commit_run)
+            .fetch_optional(&self.pool)
+            .await
+        }
+
+        async fn init_control(
+            &self,
+            run_id: &str,
+            t: &backfill_job::spec::ThrottleSpec,
+            shard_sizing: Option<&str>,
+        ) -> sqlx::Result<()> {
+            sqlx::query(
+                "INSERT INTO backfill_control (run_id, priority, rows_per_sec, max_in_flight, shard_sizing,
+                                               bytes_per_sec, max_wal_bytes_per_sec)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id) DO NOTHING",
+            )
+            .bind(run_id)
+            .bind(t.priority)
+            .bind(t.rows_per_sec)
+            .bind(t.max_in_flight.map(|m| m as i32))
+            .bind(shard_sizing)
+            .bind(t.bytes_per_sec)
+            .bind(t.max_wal_bytes_per_sec)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+        }
+
+        async fn set_control(&self, run_id: &str, control: &str, operator: &str) -> sqlx::Result<()> {
+            sqlx::query(
+                "INSERT INTO backfill_control (run_id, control, updated_by) VALUES ($1, $2, $3)
+                 ON CONFLICT (run_id) DO UPDATE SET control = excluded.control, updated_by = excluded.updated_by",
+            )
+            .bind(run_id)
+            .bind(control)
+            .bind(operator)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+        }
+
+        async fn update_throttle(
+            &self,
+            q: &str,
+            run_id: &str,
+            change: &crate::steer::ThrottleChange,
+            operator: &str,
+        ) -> sqlx::Result<()> {
+            sqlx::query(q)
+                .bind(run_id)
+                .bind(change.rows_per_sec.flatten())
+                .bind(change.max_in_flight.flatten().map(|m| m as i32))
+                .bind(change.priority.unwrap_or(0))
+                .bind(operator)
+                .bind(change.bytes_per_sec.flatten())
+                .bind(change.max_wal_bytes_per_sec.flatten())
+                .execute(&self.pool)
+                .await
+                .map(drop)
+        }
+
+        async fn ping(&self) -> sqlx::Result<()> {
+            sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
+        }
+
+        async fn record_event(
+            &self,
+            run_id: &str,
+            action: &str,
+            operator: &str,
+            detail: Option<&str>,
+        ) -> sqlx::Result<()> {
+            sqlx::query(
+                "INSERT INTO backfill_event (run_id, action, operator, detail) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(run_id)
+            .bind(action)
+            .bind(operator)
+            .bind(detail)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+        }
+
+        async fn run_state(&self, run_id: &str) -> sqlx::Result<Option<String>> {
+            sqlx::query_scalar("SELECT state FROM backfill_run WHERE run_id = $1")
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await
+        }
+
+        async fn set_cancelled_summary(&self, run_id: &str, summary: &str) -> sqlx::Result<()> {
+            sqlx::query(
+                "UPDATE backfill_run SET summary = $2 WHERE run_id = $1 AND state = 'cancelled'",
+            )
+            .bind(run_id)
+            .bind(summary)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+        }
+
+        async fn set_run_schedule(&self, run_id: &str, text: String) -> sqlx::Result<()> {
+            sqlx::query("UPDATE backfill_run SET schedule = $2 WHERE run_id = $1")
+                .bind(run_id)
+                .bind(text)
+                .execute(&self.pool)
+                .await
+                .map(drop)
+        }
+
+        async fn run_schedule(&self, run_id: &str) -> sqlx::Result<Option<Option<String>>> {
+            sqlx::query_scalar("SELECT schedule FROM backfill_run WHERE run_id = $1")
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await
+        }
+
+        async fn health_sql(&self, q: &str) -> sqlx::Result<Option<bool>> {
+            sqlx::query_scalar(q).fetch_optional(&self.pool).await
+        }
+
+        async fn quarantined(&self, run_id: &str) -> sqlx::Result<Vec<(String, String, String)>> {
+            sqlx::query_as(
+                "SELECT target, key, error FROM backfill_quarantine WHERE run_id = $1 AND retried_by IS NULL ORDER BY target, key",
+            )
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await
+        }
+
+        async fn close(&self) {
+            self.pool.close().await
+        }
+    };
+}
+pub(crate) use common_ops;

@@ -1,0 +1,73 @@
+//! PostgreSQL's reads for a run's progress document: its shards, times and
+//! workers, with times as seconds since the epoch (`extract(epoch FROM t)`).
+
+use sqlx::{PgPool, Row};
+
+use crate::status::{RawShard, RawWorker};
+
+/// A run's shards with their times (see [`RawShard`]).
+const RAW_SHARDS: &str = "SELECT shard_no, state, failures, rows, worker, elapsed_ms,
+            extract(epoch FROM started_at)::float8,
+            extract(epoch FROM finished_at)::float8,
+            extract(epoch FROM reduced_at)::float8
+     FROM backfill_shard WHERE run_id = $1 ORDER BY shard_no";
+
+/// A run's creation and finish, and the ledger's clock now.
+const RUN_TIMES: &str = "SELECT extract(epoch FROM created_at)::float8,
+            extract(epoch FROM finished_at)::float8,
+            extract(epoch FROM clock_timestamp())::float8
+     FROM backfill_run WHERE run_id = $1";
+
+/// The workers that committed shards of a run: shards, last finish, last
+/// heartbeat.
+const RUN_WORKERS: &str = "SELECT s.worker, count(*),
+            max(extract(epoch FROM s.finished_at)::float8),
+            max(extract(epoch FROM w.last_seen)::float8)
+     FROM backfill_shard s LEFT JOIN backfill_worker w ON w.worker = s.worker
+     WHERE s.run_id = $1 AND s.worker IS NOT NULL AND s.worker <> 'failed'
+     GROUP BY s.worker ORDER BY s.worker";
+
+pub(super) async fn raw_shards(pool: &PgPool, run_id: &str) -> sqlx::Result<Vec<RawShard>> {
+    Ok(sqlx::query(RAW_SHARDS)
+        .bind(run_id)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| {
+            (
+                r.get::<i32, _>(0) as u32,
+                r.get::<String, _>(1),
+                r.get::<i32, _>(2) as i64,
+                r.get::<i32, _>(3) as u32,
+                r.get::<Option<String>, _>(4),
+                r.get::<Option<i32>, _>(5).map(i64::from),
+                r.get::<Option<f64>, _>(6),
+                r.get::<Option<f64>, _>(7),
+                r.get::<Option<f64>, _>(8),
+            )
+        })
+        .collect())
+}
+
+pub(super) async fn run_times(
+    pool: &PgPool,
+    run_id: &str,
+) -> sqlx::Result<(f64, Option<f64>, f64)> {
+    sqlx::query(RUN_TIMES)
+        .bind(run_id)
+        .fetch_one(pool)
+        .await
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+}
+
+pub(super) async fn run_workers(pool: &PgPool, run_id: &str) -> sqlx::Result<Vec<RawWorker>> {
+    sqlx::query(RUN_WORKERS)
+        .bind(run_id)
+        .fetch_all(pool)
+        .await
+        .map(|rows| {
+            rows.into_iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                .collect()
+        })
+}

@@ -1,0 +1,190 @@
+//! The SQLite back end of the embedded mode: [`Lite`] implements
+//! [`Backend`] with SQLite's own SQL, one module per area (`identity`,
+//! `status`, `audit`, `steer`); statements both dialects read alike come from
+//! [`crate::common`]. One writer at a time: a write transaction begins
+//! `IMMEDIATE`.
+
+use backfill_job::spec::Dialect;
+use sqlx::SqlitePool;
+
+use crate::backend::{Backend, Capability};
+use crate::identity::LedgerIdentity;
+use crate::ledger::JobLock;
+use crate::status::{RawShard, RawWorker};
+use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent};
+use crate::StoreError;
+
+mod audit;
+pub(crate) mod identity;
+mod status;
+mod steer;
+
+/// An SQLite ledger.
+#[derive(Clone, Debug)]
+pub(crate) struct Lite {
+    pub(crate) pool: SqlitePool,
+}
+
+impl Backend for Lite {
+    crate::common::common_ops!();
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    async fn load_identity(&self) -> Result<LedgerIdentity, StoreError> {
+        identity::load(&self.pool).await
+    }
+
+    async fn replace_identity(&self) -> Result<Capability<()>, StoreError> {
+        Ok(Capability::Lacks(
+            "an SQLite file has no oid: its ledger is never a copy",
+        ))
+    }
+
+    async fn raw_shards(&self, run_id: &str) -> sqlx::Result<Vec<RawShard>> {
+        status::raw_shards(&self.pool, run_id).await
+    }
+
+    async fn run_times(&self, run_id: &str) -> sqlx::Result<(f64, Option<f64>, f64)> {
+        status::run_times(&self.pool, run_id).await
+    }
+
+    async fn run_workers(&self, run_id: &str) -> sqlx::Result<Vec<RawWorker>> {
+        status::run_workers(&self.pool, run_id).await
+    }
+
+    async fn recent_dry_runs(
+        &self,
+        job: &str,
+        spec_hash: &str,
+        secs: f64,
+    ) -> sqlx::Result<Vec<String>> {
+        audit::recent_dry_runs(&self.pool, job, spec_hash, secs).await
+    }
+
+    async fn before_images(
+        &self,
+        run_id: &str,
+        target: &str,
+        keys: &[String],
+    ) -> Result<Vec<crate::audit::RawImage>, StoreError> {
+        // SQLite has no arrays: the keys go in as one JSON array.
+        let list = serde_json::to_string(keys).map_err(|e| StoreError::Data(e.to_string()))?;
+        audit::before_images(&self.pool, run_id, target, list)
+            .await
+            .map_err(crate::sql("read before-images"))
+    }
+
+    async fn set_table_rows(&self, run_id: &str, doc: serde_json::Value) -> sqlx::Result<()> {
+        audit::set_table_rows(&self.pool, run_id, doc).await
+    }
+
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        role: &str,
+        run_id: Option<&str>,
+        shards_done: i64,
+    ) -> sqlx::Result<()> {
+        steer::heartbeat(&self.pool, worker, role, run_id, shards_done).await
+    }
+
+    async fn finish_cancelled(&self, run_id: &str, summary: &str) -> sqlx::Result<u64> {
+        steer::finish_cancelled(&self.pool, run_id, summary).await
+    }
+
+    async fn run_events(&self, run_id: &str) -> sqlx::Result<Vec<RawEvent>> {
+        steer::run_events(&self.pool, run_id).await
+    }
+
+    async fn history(&self, job: Option<&str>, limit: i64) -> sqlx::Result<Vec<HistoryRow>> {
+        steer::history(&self.pool, job, limit).await
+    }
+
+    async fn prune_before_images(
+        &self,
+        secs: f64,
+        delete: bool,
+    ) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        steer::prune_before_images(&self.pool, secs, delete).await
+    }
+
+    async fn control(&self, run_id: &str) -> sqlx::Result<Option<RawControl>> {
+        steer::control(&self.pool, run_id).await
+    }
+
+    async fn claim_shard(
+        &self,
+        run_id: &str,
+        shard_no: u32,
+        worker: &str,
+        max_in_flight: Option<u32>,
+    ) -> Result<Claim, StoreError> {
+        steer::claim_shard(&self.pool, run_id, shard_no, worker, max_in_flight).await
+    }
+
+    async fn reserve_rows(
+        &self,
+        run_id: &str,
+        rows: f64,
+        horizon: f64,
+    ) -> Result<Option<Option<f64>>, StoreError> {
+        steer::reserve_rows(&self.pool, run_id, rows, horizon).await
+    }
+
+    async fn reserve_bytes(
+        &self,
+        run_id: &str,
+        rows: f64,
+        horizon: f64,
+    ) -> Result<Option<(Option<f64>, Option<f64>)>, StoreError> {
+        steer::reserve_bytes(&self.pool, run_id, rows, horizon).await
+    }
+
+    async fn settle_bytes(
+        &self,
+        run_id: &str,
+        per_row: Option<f64>,
+        reserved: f64,
+        written: f64,
+        elapsed: f64,
+    ) -> sqlx::Result<()> {
+        steer::settle_bytes(&self.pool, run_id, per_row, reserved, written, elapsed).await
+    }
+
+    async fn measured_shard_cost(&self, job: &str, mode: &str) -> sqlx::Result<Option<RawCost>> {
+        steer::measured_shard_cost(&self.pool, job, mode).await
+    }
+
+    async fn wal_sample(
+        &self,
+        _run_id: &str,
+        _burst: f64,
+        _window: f64,
+    ) -> sqlx::Result<Capability<Option<(f64, f64)>>> {
+        Ok(Capability::Lacks("SQLite has no WAL position to cap"))
+    }
+
+    async fn replication_lag(&self) -> sqlx::Result<Capability<(Option<f64>, Option<f64>)>> {
+        Ok(Capability::Lacks("an SQLite file has no replicas"))
+    }
+
+    async fn active_backends(&self) -> sqlx::Result<Capability<i64>> {
+        Ok(Capability::Lacks("SQLite has no server backends"))
+    }
+
+    async fn quiet_runs(&self) -> sqlx::Result<Capability<Vec<(String, f64, bool)>>> {
+        Ok(Capability::Lacks(
+            "on SQLite the run is one process that reports itself",
+        ))
+    }
+
+    async fn try_lock_job(&self, _job: &str) -> Result<Capability<Option<JobLock>>, StoreError> {
+        Ok(Capability::Lacks("SQLite has no session advisory locks"))
+    }
+
+    async fn job_lock_held(&self, _job: &str) -> sqlx::Result<Capability<bool>> {
+        Ok(Capability::Lacks("SQLite has no session advisory locks"))
+    }
+}

@@ -1,0 +1,312 @@
+//! SQLite's steering: heartbeats, the end of a cancelled run, events and
+//! history (times cut from the ISO-8601 text), pruning before-images,
+//! a run's control row, claiming shards (one writer at a time: `BEGIN
+//! IMMEDIATE` serializes claims), and the rows- and bytes-per-second
+//! schedules as seconds since the epoch on SQLite's own clock,
+//! `((julianday('now') - 2440587.5) * 86400.0)`.
+
+use sqlx::{Row, SqlitePool};
+
+use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent, LEASE};
+use crate::{sql, StoreError};
+
+/// A worker's heartbeat.
+const HEARTBEAT: &str =
+    "INSERT INTO backfill_worker (worker, role, run_id, shards_done) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (worker) DO UPDATE SET run_id = coalesce(excluded.run_id, backfill_worker.run_id),
+        shards_done = excluded.shards_done, last_seen = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+/// A running run ends as cancelled, with its summary.
+const FINISH_CANCELLED: &str = "UPDATE backfill_run SET state = 'cancelled', summary = $2,
+            finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+     WHERE run_id = $1 AND state = 'running'";
+
+/// The most recent runs (of job `$1`, or all when NULL), newest first.
+const HISTORY: &str = "SELECT run_id, job_name, mode, state, spec_hash,
+            substr(created_at, 1, 19) || 'Z', spec_text
+     FROM backfill_run
+     WHERE ($1 IS NULL OR job_name = $1) ORDER BY created_at DESC LIMIT $2";
+
+/// Reserves `$2` rows at the run's rows per second, unless the start is
+/// more than `$3` seconds away; returns the wait in seconds.
+const RESERVE_ROWS: &str = "UPDATE backfill_control
+     SET rate_next = max(coalesce(rate_next, ((julianday('now') - 2440587.5) * 86400.0)),
+                         ((julianday('now') - 2440587.5) * 86400.0)) + $2 / rows_per_sec
+     WHERE run_id = $1 AND rows_per_sec > 0
+       AND max(coalesce(rate_next, ((julianday('now') - 2440587.5) * 86400.0)),
+               ((julianday('now') - 2440587.5) * 86400.0))
+           <= ((julianday('now') - 2440587.5) * 86400.0) + $3
+     RETURNING rate_next - $2 / rows_per_sec - ((julianday('now') - 2440587.5) * 86400.0)";
+
+/// Reserves the estimated bytes of `$2` rows at the run's bytes per
+/// second, unless the start is more than `$3` seconds away; returns the
+/// wait in seconds and the bytes reserved.
+const RESERVE_BYTES: &str = "UPDATE backfill_control
+     SET bytes_next = max(coalesce(bytes_next, ((julianday('now') - 2440587.5) * 86400.0)),
+                          ((julianday('now') - 2440587.5) * 86400.0))
+                      + $2 * coalesce(bytes_per_row, 0) / bytes_per_sec
+     WHERE run_id = $1 AND bytes_per_sec > 0
+       AND max(coalesce(bytes_next, ((julianday('now') - 2440587.5) * 86400.0)),
+               ((julianday('now') - 2440587.5) * 86400.0))
+           <= ((julianday('now') - 2440587.5) * 86400.0) + $3
+     RETURNING bytes_next - $2 * coalesce(bytes_per_row, 0) / bytes_per_sec
+                 - ((julianday('now') - 2440587.5) * 86400.0),
+               $2 * coalesce(bytes_per_row, 0)";
+
+/// Replaces a shard's reserved bytes (`$3`) with those it wrote (`$4`),
+/// from its start (`$5` seconds ago) on at the earliest, and learns the
+/// bytes per row (`$2`).
+const SETTLE_BYTES: &str = "UPDATE backfill_control
+     SET bytes_next = max(coalesce(bytes_next, ((julianday('now') - 2440587.5) * 86400.0) - $5),
+                          ((julianday('now') - 2440587.5) * 86400.0) - $5)
+                      + ($4 - $3) / bytes_per_sec,
+         bytes_per_row = CASE WHEN $2 IS NULL THEN bytes_per_row
+                              ELSE coalesce(0.5 * bytes_per_row + 0.5 * $2, $2) END
+     WHERE run_id = $1 AND bytes_per_sec > 0";
+
+pub(super) async fn heartbeat(
+    pool: &SqlitePool,
+    worker: &str,
+    role: &str,
+    run_id: Option<&str>,
+    shards_done: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(HEARTBEAT)
+        .bind(worker)
+        .bind(role)
+        .bind(run_id)
+        .bind(shards_done)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+pub(super) async fn finish_cancelled(
+    pool: &SqlitePool,
+    run_id: &str,
+    summary: &str,
+) -> sqlx::Result<u64> {
+    sqlx::query(FINISH_CANCELLED)
+        .bind(run_id)
+        .bind(summary)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected())
+}
+
+pub(super) async fn run_events(pool: &SqlitePool, run_id: &str) -> sqlx::Result<Vec<RawEvent>> {
+    sqlx::query_as(
+        "SELECT run_id, substr(at, 1, 19) || 'Z', action, operator, detail
+                 FROM backfill_event WHERE run_id = ?1 ORDER BY id",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await
+}
+
+pub(super) async fn history(
+    pool: &SqlitePool,
+    job: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<HistoryRow>> {
+    sqlx::query_as(HISTORY)
+        .bind(job)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+pub(super) async fn prune_before_images(
+    pool: &SqlitePool,
+    secs: f64,
+    delete: bool,
+) -> Result<Vec<(String, i64, i64)>, StoreError> {
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(sql("begin prune"))?;
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT b.run_id, count(*), coalesce(sum(coalesce(length(CAST(b.before AS BLOB)), 0) + coalesce(length(CAST(b.patch AS BLOB)), 0)), 0)
+                     FROM backfill_before_image b JOIN backfill_run r ON r.run_id = b.run_id
+                     WHERE r.finished_at IS NOT NULL
+                       AND julianday(r.finished_at) < julianday('now') - ?1 / 86400.0
+                     GROUP BY b.run_id ORDER BY b.run_id",
+    )
+    .bind(secs)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(sql("find before-images to prune"))?;
+    if delete {
+        for r in &rows {
+            sqlx::query("DELETE FROM backfill_before_image WHERE run_id = ?1")
+                .bind(&r.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(sql("prune before-images"))?;
+        }
+    }
+    tx.commit().await.map_err(sql("commit prune"))?;
+    Ok(rows)
+}
+
+pub(super) async fn control(pool: &SqlitePool, run_id: &str) -> sqlx::Result<Option<RawControl>> {
+    Ok(sqlx::query(crate::common::CONTROL)
+        .bind(run_id)
+        .fetch_optional(pool)
+        .await?
+        .map(|r| {
+            (
+                r.get::<String, _>(0),
+                r.get::<i64, _>(1) as i32,
+                r.get::<Option<f64>, _>(2),
+                r.get::<Option<i64>, _>(3).map(|v| v as i32),
+                r.get::<Option<String>, _>(4),
+                r.get::<Option<String>, _>(7),
+                r.get::<Option<f64>, _>(5),
+                r.get::<Option<f64>, _>(6),
+            )
+        }))
+}
+
+pub(super) async fn claim_shard(
+    pool: &SqlitePool,
+    run_id: &str,
+    shard_no: u32,
+    worker: &str,
+    max_in_flight: Option<u32>,
+) -> Result<Claim, StoreError> {
+    // One writer at a time: BEGIN IMMEDIATE serializes claims.
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(sql("begin shard claim"))?;
+    if let Some(max) = max_in_flight {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM backfill_shard WHERE run_id = ?1 AND shard_no <> ?2
+                           AND state = 'running' AND lease_until > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+        )
+        .bind(run_id)
+        .bind(shard_no as i64)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(sql("count shards in flight"))?;
+        if n >= max as i64 {
+            tx.rollback().await.map_err(sql("end shard claim"))?;
+            return Ok(Claim::Busy);
+        }
+    }
+    let claimed = sqlx::query(
+        "UPDATE backfill_shard SET state = 'running', worker = ?3,
+                            started_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                            lease_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+' || ?4 || ' seconds')
+                     WHERE run_id = ?1 AND shard_no = ?2 AND state IN ('pending', 'running')
+                     RETURNING shard_no",
+    )
+    .bind(run_id)
+    .bind(shard_no as i64)
+    .bind(worker)
+    .bind(LEASE.as_secs() as i64)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(sql("claim shard"))?;
+    let outcome = if claimed.is_some() {
+        Claim::Claimed
+    } else {
+        let exists: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM backfill_shard WHERE run_id = ?1 AND shard_no = ?2",
+        )
+        .bind(run_id)
+        .bind(shard_no as i64)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(sql("read shard"))?;
+        if exists.is_some() {
+            Claim::Finished
+        } else {
+            Claim::Unknown
+        }
+    };
+    tx.commit().await.map_err(sql("commit shard claim"))?;
+    Ok(outcome)
+}
+
+pub(super) async fn reserve_rows(
+    pool: &SqlitePool,
+    run_id: &str,
+    rows: f64,
+    horizon: f64,
+) -> Result<Option<Option<f64>>, StoreError> {
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(sql("begin rows reservation"))?;
+    let w: Option<Option<f64>> = sqlx::query_scalar(RESERVE_ROWS)
+        .bind(run_id)
+        .bind(rows)
+        .bind(horizon)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(sql("reserve rows"))?;
+    tx.commit().await.map_err(sql("commit rows reservation"))?;
+    Ok(w)
+}
+
+pub(super) async fn reserve_bytes(
+    pool: &SqlitePool,
+    run_id: &str,
+    rows: f64,
+    horizon: f64,
+) -> Result<Option<(Option<f64>, Option<f64>)>, StoreError> {
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(sql("begin bytes reservation"))?;
+    let w: Option<(Option<f64>, Option<f64>)> = sqlx::query_as(RESERVE_BYTES)
+        .bind(run_id)
+        .bind(rows)
+        .bind(horizon)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(sql("reserve bytes"))?;
+    tx.commit().await.map_err(sql("commit bytes reservation"))?;
+    Ok(w)
+}
+
+pub(super) async fn settle_bytes(
+    pool: &SqlitePool,
+    run_id: &str,
+    per_row: Option<f64>,
+    reserved: f64,
+    written: f64,
+    elapsed: f64,
+) -> sqlx::Result<()> {
+    sqlx::query(SETTLE_BYTES)
+        .bind(run_id)
+        .bind(per_row)
+        .bind(reserved)
+        .bind(written)
+        .bind(elapsed)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+pub(super) async fn measured_shard_cost(
+    pool: &SqlitePool,
+    job: &str,
+    mode: &str,
+) -> sqlx::Result<Option<RawCost>> {
+    Ok(sqlx::query(crate::common::MEASURED_SHARD_COST)
+        .bind(job)
+        .bind(mode)
+        .fetch_optional(pool)
+        .await?
+        .map(|r| {
+            (
+                r.get::<String, _>(0),
+                r.get::<Option<i64>, _>(1).unwrap_or(0),
+                r.get::<Option<i64>, _>(2).unwrap_or(0),
+                r.get::<Option<i64>, _>(3).unwrap_or(0),
+            )
+        }))
+}
