@@ -605,25 +605,11 @@ fn resolve(
 mod tests {
     use super::*;
     use crate::spec::JobSpec;
-    use crate::testing::{doc_image, Row};
+    use crate::testing::{doc_image, rows_spec, Row};
     use serde_json::json;
 
     fn spec(rules: &str, extra_cols: &str) -> JobSpec {
-        JobSpec::parse(&format!(
-            r#"
-name = "t"
-[[targets]]
-name = "rows"
-table = "t"
-key = "id"
-key_type = "text"
-columns = ["doc"]
-{extra_cols}
-query = "SELECT 1"
-{rules}
-"#
-        ))
-        .unwrap()
+        JobSpec::parse(&rows_spec(extra_cols, rules)).unwrap()
     }
 
     fn revert(current: &str, before: Option<&str>) -> RowOutcome {
@@ -1198,22 +1184,20 @@ param = "t""#,
 mod language_tests {
     use super::*;
     use crate::spec::JobSpec;
-    use crate::testing::Row;
+    use crate::testing::{rows_spec, Row};
+
+    /// The target also reads the column `other`.
+    const READ_OTHER: &str = "read_columns = [\"other\"]";
 
     fn spec(rules: &str) -> JobSpec {
-        match JobSpec::parse(&format!(
-            "name = \"t\"\n[[targets]]\nname = \"rows\"\ntable = \"t\"\nkey = \"id\"\nkey_type = \"text\"\ncolumns = [\"doc\"]\nread_columns = [\"other\"]\nquery = \"SELECT 1\"\n{rules}"
-        )) {
+        match JobSpec::parse(&rows_spec(READ_OTHER, rules)) {
             Ok(s) => s,
             Err(e) => panic!("{e}"),
         }
     }
 
     fn spec_err(rules: &str) -> crate::spec::SpecError {
-        JobSpec::parse(&format!(
-            "name = \"t\"\n[[targets]]\nname = \"rows\"\ntable = \"t\"\nkey = \"id\"\nkey_type = \"text\"\ncolumns = [\"doc\"]\nread_columns = [\"other\"]\nquery = \"SELECT 1\"\n{rules}"
-        ))
-        .expect_err("the spec is refused")
+        JobSpec::parse(&rows_spec(READ_OTHER, rules)).expect_err("the spec is refused")
     }
 
     /// Evaluates the rules on `doc` (the read-only column `other` holds

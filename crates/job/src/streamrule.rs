@@ -302,24 +302,11 @@ fn kind(v: &Value) -> &'static str {
 mod tests {
     use crate::rules::{evaluate_revert, evaluate_row, BeforeImage, RowOutcome};
     use crate::spec::JobSpec;
-    use crate::testing::{doc_image, Row};
+    use crate::testing::{doc_image, rows_spec, Row};
     use serde_json::{json, Value};
 
     fn spec(rule: &str) -> Result<JobSpec, crate::spec::SpecError> {
-        JobSpec::parse(&format!(
-            r#"
-name = "t"
-[[targets]]
-name = "rows"
-table = "t"
-key = "id"
-key_type = "text"
-columns = ["doc"]
-query = "SELECT 1"
-[[targets.rules]]
-{rule}
-"#
-        ))
+        JobSpec::parse(&rows_spec("", &format!("[[targets.rules]]\n{rule}")))
     }
 
     const RENAME: &str = r#"op = "streamfield"

@@ -1,6 +1,6 @@
-//! What the crate's unit tests share: a job of one target and one rule, and
-//! a row to evaluate (its columns, parameters and normalised columns,
-//! owned), lent to the rules as the [`RowInput`] of row `k`.
+//! What the crate's unit tests share: jobs of one target, and a row to
+//! evaluate (its columns, parameters and normalised columns, owned), lent
+//! to the rules as the [`RowInput`] of row `k`.
 
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +23,26 @@ op = "set"
 path = "/product_name"
 value = "x"
 "#;
+
+/// The text of a job whose one target, `rows`, reads the text-keyed table
+/// `t` and writes its `doc` column: `columns` adds to the target (such as
+/// `read_columns`), `rules` follows it.
+pub(crate) fn rows_spec(columns: &str, rules: &str) -> String {
+    format!(
+        r#"
+name = "t"
+[[targets]]
+name = "rows"
+table = "t"
+key = "id"
+key_type = "text"
+columns = ["doc"]
+{columns}
+query = "SELECT 1"
+{rules}
+"#
+    )
+}
 
 /// A row as a test builds it.
 #[derive(Debug, Default)]
