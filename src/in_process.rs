@@ -354,6 +354,40 @@ async fn derive(
     Ok((new_id, rows, plan.shards_total))
 }
 
+/// The workers of a run in this process that works on a finished run
+/// (`retry`, `revert`).
+#[derive(Debug, clap::Args)]
+pub struct RerunArgs {
+    /// Mapper tasks to start in this process.
+    #[arg(long, default_value_t = 2)]
+    pub mappers: u16,
+    /// Embedded mode: the in-process queue instead of RabbitMQ (implied by a sqlite:// URL).
+    #[arg(long)]
+    pub local: bool,
+    /// Rows per shard.
+    #[arg(long, default_value_t = backfill_job::spec::DEFAULT_SHARD_SIZE)]
+    pub shard_size: u32,
+}
+
+impl RerunArgs {
+    /// Runs the work `work(shard size)` in this process and prints its
+    /// report. Returns the finished run, or `None` when another run of the
+    /// job is in progress.
+    pub async fn run(
+        &self,
+        settings: &Settings,
+        work: impl FnOnce(u32) -> Work,
+    ) -> anyhow::Result<Option<RunRecord>> {
+        check_workers(self.mappers, self.shard_size)?;
+        let local = self.local || settings.is_sqlite();
+        let rec = run_in_process(settings, work(self.shard_size), self.mappers, local).await?;
+        if let Some(rec) = &rec {
+            print!("{}", backfill_job::report::render_report(&rec.view()));
+        }
+        Ok(rec)
+    }
+}
+
 /// The flags of a run made from another run (`retry`, `revert`).
 pub fn check_workers(mappers: u16, shard_size: u32) -> anyhow::Result<()> {
     if mappers == 0 {

@@ -4,6 +4,7 @@
 //! it before they start their next shard.
 
 use backfill_job::report::render_report;
+use backfill_job::RunState;
 use backfill_store::{ControlState, Store, StoreError, ThrottleChange};
 use std::time::{Duration, Instant};
 
@@ -24,18 +25,31 @@ fn unknown(e: StoreError) -> anyhow::Error {
     }
 }
 
-pub async fn pause(store: &Store, run_id: &str, operator: &str) -> anyhow::Result<Exit> {
+/// Writes `state` to the control row of a run that has not finished; a
+/// finished run is a usage error saying `finished(its state)`.
+async fn set_unfinished(
+    store: &Store,
+    run_id: &str,
+    state: ControlState,
+    operator: &str,
+    finished: impl FnOnce(RunState) -> String,
+) -> anyhow::Result<()> {
     let rec = running_run(store, run_id).await?;
     if rec.state.is_finished() {
-        return Err(usage(format!(
-            "run {run_id} has already finished ({}); nothing to pause",
-            rec.state
-        )));
+        return Err(usage(finished(rec.state)));
     }
     store
-        .set_control(run_id, ControlState::Pause, operator)
+        .set_control(run_id, state, operator)
         .await
         .map_err(unknown)?;
+    Ok(())
+}
+
+pub async fn pause(store: &Store, run_id: &str, operator: &str) -> anyhow::Result<Exit> {
+    set_unfinished(store, run_id, ControlState::Pause, operator, |state| {
+        format!("run {run_id} has already finished ({state}); nothing to pause")
+    })
+    .await?;
     println!(
         "run {run_id} paused: mappers start no new shard of it (the shards in hand finish). `backfill resume {run_id}` carries on."
     );
@@ -43,17 +57,10 @@ pub async fn pause(store: &Store, run_id: &str, operator: &str) -> anyhow::Resul
 }
 
 pub async fn resume(store: &Store, run_id: &str, operator: &str) -> anyhow::Result<Exit> {
-    let rec = running_run(store, run_id).await?;
-    if rec.state.is_finished() {
-        return Err(usage(format!(
-            "run {run_id} has finished ({}); start a new run of the job instead",
-            rec.state
-        )));
-    }
-    store
-        .set_control(run_id, ControlState::Run, operator)
-        .await
-        .map_err(unknown)?;
+    set_unfinished(store, run_id, ControlState::Run, operator, |state| {
+        format!("run {run_id} has finished ({state}); start a new run of the job instead")
+    })
+    .await?;
     println!("run {run_id} resumed");
     Ok(Exit::Clean)
 }
@@ -64,17 +71,10 @@ pub async fn cancel(
     operator: &str,
     wait: Duration,
 ) -> anyhow::Result<Exit> {
-    let rec = running_run(store, run_id).await?;
-    if rec.state.is_finished() {
-        return Err(usage(format!(
-            "run {run_id} has already finished ({}); nothing to cancel",
-            rec.state
-        )));
-    }
-    store
-        .set_control(run_id, ControlState::Cancel, operator)
-        .await
-        .map_err(unknown)?;
+    set_unfinished(store, run_id, ControlState::Cancel, operator, |state| {
+        format!("run {run_id} has already finished ({state}); nothing to cancel")
+    })
+    .await?;
     eprintln!("run {run_id}: cancelling; waiting for the shards in hand to finish");
     // Mappers see the cancel within a second; give the shards they hold
     // time to commit so the summary counts them.

@@ -4,7 +4,7 @@
 use backfill_job::Mode;
 
 use crate::exit::Exit;
-use crate::in_process::{check_workers, run_in_process, Work};
+use crate::in_process::{RerunArgs, Work};
 use crate::settings::Settings;
 
 #[derive(Debug, clap::Args)]
@@ -18,30 +18,20 @@ pub struct Args {
     /// Write. Without it, report what a revert would restore.
     #[arg(long)]
     pub commit: bool,
-    /// Mapper tasks to start in this process.
-    #[arg(long, default_value_t = 2)]
-    pub mappers: u16,
-    /// Embedded mode: the in-process queue instead of RabbitMQ (implied by a sqlite:// URL).
-    #[arg(long)]
-    pub local: bool,
-    /// Rows per shard.
-    #[arg(long, default_value_t = backfill_job::spec::DEFAULT_SHARD_SIZE)]
-    pub shard_size: u32,
+    #[command(flatten)]
+    pub workers: RerunArgs,
 }
 
 pub async fn run(a: Args, settings: &Settings) -> anyhow::Result<Exit> {
-    check_workers(a.mappers, a.shard_size)?;
-    let local = a.local || settings.is_sqlite();
-    let work = Work::Revert {
+    let work = |shard_size| Work::Revert {
         run_id: a.run.clone(),
         mode: if a.commit { Mode::Commit } else { Mode::DryRun },
-        shard_size: a.shard_size,
+        shard_size,
         params: a.params,
     };
-    let Some(rec) = run_in_process(settings, work, a.mappers, local).await? else {
+    let Some(rec) = a.workers.run(settings, work).await? else {
         return Ok(Exit::Busy);
     };
-    print!("{}", backfill_job::report::render_report(&rec.view()));
     eprintln!(
         "run {} {} run {}{}",
         rec.run_id,

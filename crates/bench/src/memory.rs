@@ -94,56 +94,39 @@ pub async fn measure(
 ) -> anyhow::Result<Memory> {
     let template = format!("bench_{tag}_memory");
     server.create_db(&template).await?;
-    let result = measure_on(
-        server, &template, bin, amqp_url, log_dir, tag, rows, row_mib, timeout,
-    )
-    .await;
-    server.drop_db(&template).await?;
-    result
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn measure_on(
-    server: &Server,
-    template: &str,
-    bin: &Path,
-    amqp_url: &str,
-    log_dir: &Path,
-    tag: &str,
-    rows: u32,
-    row_mib: u32,
-    timeout: Duration,
-) -> anyhow::Result<Memory> {
-    let url = server.url_for(template)?;
-    let mut conn = crate::conn::connect(&url).await?;
-    // Items of 1 KiB (32 × an md5), row_mib × 1024 of them per document.
-    for q in [
-        "CREATE TABLE big_docs (id integer PRIMARY KEY, doc jsonb NOT NULL)".to_string(),
-        format!(
-            "INSERT INTO big_docs SELECT n, jsonb_build_object('n', n, 'items',
+    let template = template.as_str();
+    // The template is dropped whether or not the measurement succeeds.
+    let result: anyhow::Result<Memory> = async {
+        let url = server.url_for(template)?;
+        let mut conn = crate::conn::connect(&url).await?;
+        // Items of 1 KiB (32 × an md5), row_mib × 1024 of them per document.
+        for q in [
+            "CREATE TABLE big_docs (id integer PRIMARY KEY, doc jsonb NOT NULL)".to_string(),
+            format!(
+                "INSERT INTO big_docs SELECT n, jsonb_build_object('n', n, 'items',
                (SELECT jsonb_agg(repeat(md5(n::text || '-' || i::text), 32))
                 FROM generate_series(1, {items}) i))
              FROM generate_series(1, {rows}) n",
-            items = u64::from(row_mib) * 1024
-        ),
-        "VACUUM (ANALYZE) big_docs".to_string(),
-    ] {
-        sqlx::query(&q)
-            .execute(&mut conn)
-            .await
-            .with_context(|| format!("prepare the memory measurement: {q}"))?;
-    }
-    let largest: i64 =
-        sqlx::query_scalar("SELECT max(octet_length(doc::text))::int8 FROM big_docs")
-            .fetch_one(&mut conn)
-            .await
-            .context("size the largest row")?;
-    conn.close().await.ok();
-    let job_path = log_dir.join("memory-big-docs.toml");
-    std::fs::write(
-        &job_path,
-        format!(
-            r#"name = "bench-big-docs"
+                items = u64::from(row_mib) * 1024
+            ),
+            "VACUUM (ANALYZE) big_docs".to_string(),
+        ] {
+            sqlx::query(&q)
+                .execute(&mut conn)
+                .await
+                .with_context(|| format!("prepare the memory measurement: {q}"))?;
+        }
+        let largest: i64 =
+            sqlx::query_scalar("SELECT max(octet_length(doc::text))::int8 FROM big_docs")
+                .fetch_one(&mut conn)
+                .await
+                .context("size the largest row")?;
+        conn.close().await.ok();
+        let job_path = log_dir.join("memory-big-docs.toml");
+        std::fs::write(
+            &job_path,
+            format!(
+                r#"name = "bench-big-docs"
 shard_size = {rows}
 [[targets]]
 name = "docs"
@@ -157,64 +140,68 @@ op = "set"
 path = "/seen"
 value = true
 "#
-        ),
-    )
-    .with_context(|| format!("cannot write {}", job_path.display()))?;
+            ),
+        )
+        .with_context(|| format!("cannot write {}", job_path.display()))?;
 
-    let whole = u64::MAX / 4;
-    let whole = whole.to_string();
-    let modes: [(&str, Vec<(&str, &str)>); 2] = [
-        ("batched", vec![]),
-        (
-            "whole shard in one batch (as before batching)",
-            vec![
-                ("BACKFILL_BATCH_ROWS", whole.as_str()),
-                ("BACKFILL_BATCH_BYTES", whole.as_str()),
-            ],
-        ),
-    ];
-    let mut runs = Vec::new();
-    for (i, (label, env)) in modes.iter().enumerate() {
-        let name = format!("{template}_{i}");
-        server.clone_template(template, &name).await?;
-        let db_url = server.url_for(&name)?;
-        let prefix = format!("bench-{tag}-memory-{i}");
-        let run = BackfillRun {
-            bin,
-            job_path: &job_path,
-            db_url: &db_url,
-            amqp_url,
-            queue_prefix: &prefix,
-            mappers: 1,
-            concurrency: 1,
-            commit: true,
-            shard_size: Some(rows),
-            log_dir,
-            timeout,
-            extra_env: env,
-            params: &[],
-        };
-        let r = run.run(server).await;
-        crate::messaging::delete_queues(amqp_url, &prefix).await;
-        server.drop_db(&name).await?;
-        let r = r?;
-        anyhow::ensure!(
-            r.changed == u64::from(rows),
-            "the memory run ({label}) changed {} of {rows} rows: {}",
-            r.changed,
-            r.summary
-        );
-        let kib = r
-            .rss
-            .iter()
-            .find(|(role, _)| role == "mapper1")
-            .map(|(_, k)| *k)
-            .context("no mapper RSS")?;
-        runs.push((label.to_string(), kib));
+        let whole = u64::MAX / 4;
+        let whole = whole.to_string();
+        let modes: [(&str, Vec<(&str, &str)>); 2] = [
+            ("batched", vec![]),
+            (
+                "whole shard in one batch (as before batching)",
+                vec![
+                    ("BACKFILL_BATCH_ROWS", whole.as_str()),
+                    ("BACKFILL_BATCH_BYTES", whole.as_str()),
+                ],
+            ),
+        ];
+        let mut runs = Vec::new();
+        for (i, (label, env)) in modes.iter().enumerate() {
+            let name = format!("{template}_{i}");
+            server.clone_template(template, &name).await?;
+            let db_url = server.url_for(&name)?;
+            let prefix = format!("bench-{tag}-memory-{i}");
+            let run = BackfillRun {
+                bin,
+                job_path: &job_path,
+                db_url: &db_url,
+                amqp_url,
+                queue_prefix: &prefix,
+                mappers: 1,
+                concurrency: 1,
+                commit: true,
+                shard_size: Some(rows),
+                log_dir,
+                timeout,
+                extra_env: env,
+                params: &[],
+            };
+            let r = run.run(server).await;
+            crate::messaging::delete_queues(amqp_url, &prefix).await;
+            server.drop_db(&name).await?;
+            let r = r?;
+            anyhow::ensure!(
+                r.changed == u64::from(rows),
+                "the memory run ({label}) changed {} of {rows} rows: {}",
+                r.changed,
+                r.summary
+            );
+            let kib = r
+                .rss
+                .iter()
+                .find(|(role, _)| role == "mapper1")
+                .map(|(_, k)| *k)
+                .context("no mapper RSS")?;
+            runs.push((label.to_string(), kib));
+        }
+        Ok(Memory {
+            rows,
+            largest_row_bytes: largest.max(0) as u64,
+            runs,
+        })
     }
-    Ok(Memory {
-        rows,
-        largest_row_bytes: largest.max(0) as u64,
-        runs,
-    })
+    .await;
+    server.drop_db(template).await?;
+    result
 }

@@ -20,7 +20,7 @@
 use anyhow::Context;
 use backfill_job::message::MESSAGE_VERSION;
 use backfill_job::{ShardResult, ShardTask, Tally};
-use backfill_queue::{Broker, QueueNames, Route, Source};
+use backfill_queue::{Broker, Delivery, QueueNames, Route, Source};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
@@ -152,6 +152,15 @@ impl Messaging {
     }
 }
 
+/// The next delivery of `source`, a `what` (task, result), within 30 s.
+async fn receive(source: &mut impl Source, what: &str) -> anyhow::Result<Delivery> {
+    tokio::time::timeout(Duration::from_secs(30), source.next())
+        .await
+        .with_context(|| format!("no {what} delivered within 30 s"))?
+        .with_context(|| format!("the {what} consumer was cancelled"))?
+        .with_context(|| format!("receive a {what}"))
+}
+
 /// Measures `n` round trips (after 20 unmeasured ones).
 pub async fn measure(
     url: &str,
@@ -198,20 +207,12 @@ pub async fn measure(
         let t0 = Instant::now();
         task_pub.publish_task(&task).await?;
         let t1 = Instant::now();
-        let d = tokio::time::timeout(Duration::from_secs(30), tasks.next())
-            .await
-            .context("no task delivered within 30 s")?
-            .context("the task consumer was cancelled")?
-            .context("receive a task")?;
+        let d = receive(&mut tasks, "task").await?;
         let t2 = Instant::now();
         result_pub.publish_result(&result).await?;
         d.ack().await.context("ack a task")?;
         let t3 = Instant::now();
-        let r = tokio::time::timeout(Duration::from_secs(30), results.next())
-            .await
-            .context("no result delivered within 30 s")?
-            .context("the result consumer was cancelled")?
-            .context("receive a result")?;
+        let r = receive(&mut results, "result").await?;
         r.ack().await.context("ack a result")?;
         let t4 = Instant::now();
         if i >= warmup {

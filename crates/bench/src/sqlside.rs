@@ -29,6 +29,21 @@ use std::time::{Duration, Instant};
 
 use crate::{Contender, Outcome};
 
+/// A statement over a [`RowSet`]: `format!` of `sql`, where `{cte}` stands for the
+/// row set's `WITH` clause and `{table}`, `{key}` and `{col}` for the target's
+/// quoted table, key and document column.
+macro_rules! over_rows {
+    ($set:expr, $sql:literal $(,)?) => {
+        format!(
+            $sql,
+            cte = $set.cte,
+            col = $set.column,
+            table = $set.table,
+            key = $set.key,
+        )
+    };
+}
+
 /// The rows the job rewrites and the value each gets.
 pub struct RowSet {
     /// `WITH … rows(key, grp)` over the spec's target query; `$1` = eligible
@@ -136,24 +151,31 @@ impl RowSet {
         })
     }
 
+    /// `sql` with the row set's parameters bound: `$1` the eligible group
+    /// keys, `$2` their new values, `$3` the rule's path.
+    fn bound<'q>(
+        &'q self,
+        sql: &'q str,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        sqlx::query(sql)
+            .bind(&self.eligible)
+            .bind(&self.values)
+            .bind(&self.path)
+    }
+
     /// (target rows, rows whose document changes, bytes of their documents).
     pub async fn count(&self, conn: &mut PgConnection) -> anyhow::Result<(u64, u64, i64)> {
-        let q = format!(
+        let q = over_rows!(
+            self,
             "{cte}
              SELECT count(*)::int8,
                     (count(*) FILTER (WHERE (t.{col} #> $3::text[]) IS DISTINCT FROM
                         ((SELECT vals FROM bench_params) -> rows.grp)))::int8,
                     coalesce(sum(octet_length(t.{col}::text)), 0)::int8
              FROM rows JOIN {table} t ON t.{key} = rows.key",
-            cte = self.cte,
-            col = self.column,
-            table = self.table,
-            key = self.key,
         );
-        let r = sqlx::query(&q)
-            .bind(&self.eligible)
-            .bind(&self.values)
-            .bind(&self.path)
+        let r = self
+            .bound(&q)
             .fetch_one(&mut *conn)
             .await
             .context("count the job's rows")?;
@@ -166,7 +188,8 @@ impl RowSet {
 
     /// The limit: one UPDATE, one transaction. Returns rows written.
     pub async fn update_all(&self, conn: &mut PgConnection) -> anyhow::Result<u64> {
-        let q = format!(
+        let q = over_rows!(
+            self,
             "{cte}
              UPDATE {table} AS t
              SET {col} = jsonb_set(coalesce(t.{col}, '{{}}'::jsonb), $3::text[],
@@ -174,15 +197,9 @@ impl RowSet {
              FROM rows
              WHERE t.{key} = rows.key
                AND (t.{col} #> $3::text[]) IS DISTINCT FROM ((SELECT vals FROM bench_params) -> rows.grp)",
-            cte = self.cte,
-            col = self.column,
-            table = self.table,
-            key = self.key,
         );
-        let r = sqlx::query(&q)
-            .bind(&self.eligible)
-            .bind(&self.values)
-            .bind(&self.path)
+        let r = self
+            .bound(&q)
             .execute(&mut *conn)
             .await
             .context("the set-based UPDATE")?;

@@ -12,7 +12,7 @@ use backfill_job::plan::evaluate_groups;
 use backfill_job::spec::{adapt_shard_size, ThrottleSpec};
 use backfill_job::{JobSpec, Mode, Plan, Scope, ShardTask};
 use backfill_queue::{Broker, QueueError, QueueNames};
-use backfill_store::{JobLock, NewRun, RunRecord, Store, StoreError};
+use backfill_store::{JobLock, NewRun, RunRecord, ShardRecord, Store, StoreError};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -345,11 +345,20 @@ pub async fn resume_tasks(store: &Store, run_id: &str) -> Result<Vec<ShardTask>,
     if rec.state.is_finished() {
         return Ok(Vec::new());
     }
+    shard_tasks(store, run_id, |s| !s.reduced).await
+}
+
+/// The task of every shard of the run that `wanted` keeps, in shard order.
+async fn shard_tasks(
+    store: &Store,
+    run_id: &str,
+    wanted: impl Fn(&ShardRecord) -> bool,
+) -> Result<Vec<ShardTask>, CoordinatorError> {
     Ok(store
         .shards(run_id)
         .await?
         .into_iter()
-        .filter(|s| !s.reduced)
+        .filter(|s| wanted(s))
         .map(|s| ShardTask {
             v: MESSAGE_VERSION,
             ledger: store.ledger().id.clone(),
@@ -423,22 +432,7 @@ pub async fn pending_tasks(
     store: &Store,
     run_id: &str,
 ) -> Result<Vec<ShardTask>, CoordinatorError> {
-    Ok(store
-        .shards(run_id)
-        .await?
-        .into_iter()
-        .filter(|s| !s.published)
-        .map(|s| ShardTask {
-            v: MESSAGE_VERSION,
-            ledger: store.ledger().id.clone(),
-            run_id: run_id.to_string(),
-            shard_no: s.shard_no,
-            target: s.target,
-            first_key: s.first_key,
-            last_key: s.last_key,
-            rows: s.rows,
-        })
-        .collect())
+    shard_tasks(store, run_id, |s| !s.published).await
 }
 
 /// How many confirmed publishes are recorded in the ledger at once.

@@ -433,8 +433,35 @@ const CONTENT_TYPES: &[(&str, &str)] = &[
 /// uses.
 async fn content_types(db: &Db) -> Result<ContentTypes, DemoError> {
     match db {
-        Db::Postgres(pool) => postgres::content_types(pool).await,
-        Db::Sqlite(pool) => sqlite::content_types(pool).await,
+        Db::Postgres(pool) => postgres::register_content_types(pool).await?,
+        Db::Sqlite(pool) => sqlite::register_content_types(pool).await?,
+    }
+    Ok(ContentTypes {
+        page: content_type_id(db, "wagtailcore", "page").await?,
+        program_page: content_type_id(db, "cms", "programpage").await?,
+        certificate_page: content_type_id(db, "cms", "certificatepage").await?,
+    })
+}
+
+/// The id of the registered content type `app`.`model`.
+async fn content_type_id(db: &Db, app: &str, model: &str) -> Result<i32, sqlx::Error> {
+    // The same statement in both dialects: SQLite reads `$n` as the n-th parameter too.
+    let sql = "SELECT id FROM django_content_type WHERE app_label = $1 AND model = $2";
+    match db {
+        Db::Postgres(pool) => {
+            sqlx::query_scalar(sql)
+                .bind(app)
+                .bind(model)
+                .fetch_one(pool)
+                .await
+        }
+        Db::Sqlite(pool) => {
+            sqlx::query_scalar(sql)
+                .bind(app)
+                .bind(model)
+                .fetch_one(pool)
+                .await
+        }
     }
 }
 

@@ -95,21 +95,31 @@ pub(crate) fn year_of(ms: i64) -> i64 {
     civil_from_days(ms.div_euclid(MS_DAY)).0
 }
 
-/// A timestamp as Django's `DjangoJSONEncoder` writes it into revision content:
-/// `2019-03-04T12:34:56.789Z` (no fraction when it is zero).
-pub(crate) fn django_iso(ms: i64) -> String {
+/// The UTC date (`YYYY-MM-DD`), time of day (`HH:MM:SS`) and milliseconds of a
+/// millisecond timestamp.
+fn date_time_ms(ms: i64) -> (String, String, i64) {
     let (year, month, day) = civil_from_days(ms.div_euclid(MS_DAY));
     let in_day = ms.rem_euclid(MS_DAY);
-    let (h, m, s, frac) = (
+    let (h, m, s) = (
         in_day / 3_600_000,
         in_day / 60_000 % 60,
         in_day / 1_000 % 60,
-        in_day % 1_000,
     );
+    (
+        format!("{year:04}-{month:02}-{day:02}"),
+        format!("{h:02}:{m:02}:{s:02}"),
+        in_day % 1_000,
+    )
+}
+
+/// A timestamp as Django's `DjangoJSONEncoder` writes it into revision content:
+/// `2019-03-04T12:34:56.789Z` (no fraction when it is zero).
+pub(crate) fn django_iso(ms: i64) -> String {
+    let (date, time, frac) = date_time_ms(ms);
     if frac == 0 {
-        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
+        format!("{date}T{time}Z")
     } else {
-        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{frac:03}Z")
+        format!("{date}T{time}.{frac:03}Z")
     }
 }
 
@@ -168,18 +178,11 @@ pub(crate) fn compact_json(json: &str) -> String {
 /// datetime, i.e. `2019-03-04 12:34:56.789000` (no fraction when it is zero). SQLite has no
 /// timestamp type; Django parses this text back, and SQLite's date functions accept it.
 pub(crate) fn sqlite_datetime(ms: i64) -> String {
-    let (year, month, day) = civil_from_days(ms.div_euclid(MS_DAY));
-    let in_day = ms.rem_euclid(MS_DAY);
-    let (h, m, s, frac) = (
-        in_day / 3_600_000,
-        in_day / 60_000 % 60,
-        in_day / 1_000 % 60,
-        in_day % 1_000,
-    );
+    let (date, time, frac) = date_time_ms(ms);
     if frac == 0 {
-        format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02}")
+        format!("{date} {time}")
     } else {
-        format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02}.{frac:03}000")
+        format!("{date} {time}.{frac:03}000")
     }
 }
 

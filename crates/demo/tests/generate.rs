@@ -2,9 +2,9 @@
 //! the tables. Needs a server at `postgres://postgres@127.0.0.1:5432/postgres` (trust auth)
 //! or at `DATABASE_URL`; fails (never skips) when there is none.
 
-use std::future::Future;
-use std::str::FromStr;
-use std::time::Duration;
+mod common;
+
+use common::with_fresh_database;
 
 use backfill_demo::{
     create_certificate_schema, create_collection_schema, generate_certificates,
@@ -13,50 +13,8 @@ use backfill_demo::{
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-fn server_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_SERVER.to_owned())
-}
-
-/// Runs `body` against a freshly created database, dropping it afterwards even when the
-/// body panics (the panic is then re-raised).
-async fn with_fresh_database<F, Fut>(body: F)
-where
-    F: FnOnce(PgConnectOptions) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let url = server_url();
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(&url)
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is not reachable at {url} ({e}). Start the local cluster with \
-                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
-                 or point DATABASE_URL at a server that trusts user postgres."
-            )
-        });
-    let name = format!("backfill_demo_test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .expect("create test database");
-    let options = PgConnectOptions::from_str(&url)
-        .expect("parse DATABASE_URL")
-        .database(&name);
-    let outcome = tokio::spawn(body(options)).await;
-    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .expect("drop test database");
-    admin.close().await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
-}
+/// The prefix of the name of each test's fresh database.
+const DATABASE_PREFIX: &str = "backfill_demo_test";
 
 async fn connect(options: PgConnectOptions, search_path: Option<&str>) -> PgPool {
     let options = match search_path {
@@ -98,7 +56,7 @@ mod tier2 {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn certificate_titles_dataset() {
-        with_fresh_database(|options| async move {
+        with_fresh_database(DATABASE_PREFIX, "", |options| async move {
             let pool = connect(options.clone(), None).await;
             create_certificate_schema(&pool).await.expect("schema");
             let params = CertificateParams {
@@ -418,7 +376,7 @@ mod tier2 {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn collections_dataset() {
-        with_fresh_database(|options| async move {
+        with_fresh_database(DATABASE_PREFIX, "", |options| async move {
             let pool = connect(options, None).await;
             create_collection_schema(&pool).await.expect("schema");
             let params = CollectionParams {

@@ -13,12 +13,11 @@
 //! Needs a PostgreSQL server at `postgres://postgres@127.0.0.1:5432/postgres` (trust auth)
 //! or at `DATABASE_URL`; fails (never skips) when there is none.
 
-use std::any::Any;
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::time::Duration;
 
 use backfill_demo::{
     create_certificate_schema, create_certificate_schema_sqlite, create_collection_schema,
@@ -26,11 +25,9 @@ use backfill_demo::{
     generate_collections, generate_collections_sqlite, CertificateParams, CollectionParams,
 };
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{PgPool, Row, SqlitePool};
-
-const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 const CERTIFICATE_TABLES: &[&str] = &[
     "django_content_type",
@@ -44,58 +41,27 @@ const CERTIFICATE_TABLES: &[&str] = &[
 
 const COLLECTION_TABLES: &[&str] = &["collection_models", "collection_snapshot_contents"];
 
-fn server_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_SERVER.to_owned())
-}
-
 /// Runs `body` against a pool on a freshly created PostgreSQL database, dropping the
 /// database afterwards even when the body panics (the panic is then re-raised).
 async fn with_postgres<F, Fut>(body: F)
 where
-    F: FnOnce(PgPool) -> Fut,
+    F: FnOnce(PgPool) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let url = server_url();
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(&url)
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is not reachable at {url} ({e}); the SQLite data is checked \
-                 against it. Start the local cluster with \
-                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
-                 or point DATABASE_URL at a server that trusts user postgres."
-            )
-        });
-    let name = format!(
-        "backfill_demo_sqlite_test_{}",
-        uuid::Uuid::new_v4().simple()
-    );
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .expect("create test database");
-    let options = PgConnectOptions::from_str(&url)
-        .expect("parse DATABASE_URL")
-        .database(&name);
-    let outcome = match PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-    {
-        Ok(pool) => tokio::spawn(body(pool)).await.map_err(|e| e.into_panic()),
-        Err(e) => Err(Box::new(format!("connect to {name}: {e}")) as Box<dyn Any + Send>),
-    };
-    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .expect("drop test database");
-    admin.close().await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    common::with_fresh_database(
+        "backfill_demo_sqlite_test",
+        "; the SQLite data is checked against it",
+        |options| async move {
+            let name = options.get_database().unwrap_or_default().to_owned();
+            let pool = PgPoolOptions::new()
+                .max_connections(4)
+                .connect_with(options)
+                .await
+                .unwrap_or_else(|e| panic!("connect to {name}: {e}"));
+            body(pool).await
+        },
+    )
+    .await
 }
 
 /// A temporary directory, removed when dropped (also while unwinding from a panic).
@@ -508,6 +474,16 @@ async fn compare_table(pg: &PgPool, sqlite: &SqlitePool, table: &str) -> usize {
     expected.len()
 }
 
+/// The schema and every row of `tables`, each holding rows, equal on both back ends.
+async fn compare_databases(pg: &PgPool, sqlite: &SqlitePool, tables: &[&str]) {
+    compare_schemas(pg, sqlite, tables).await;
+    for table in tables {
+        let rows = compare_table(pg, sqlite, table).await;
+        println!("{table}: {rows} equal rows");
+        assert!(rows > 0, "{table} is empty");
+    }
+}
+
 /// SQLite's own consistency checks: the file is sound and no foreign key dangles.
 async fn sqlite_consistent(sqlite: &SqlitePool) {
     let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
@@ -611,12 +587,7 @@ mod tier2 {
                 .await
                 .expect("generate certificates into PostgreSQL");
             assert_eq!(stats, pg_stats, "stats of both back ends");
-            compare_schemas(&pg, &sqlite, CERTIFICATE_TABLES).await;
-            for table in CERTIFICATE_TABLES {
-                let rows = compare_table(&pg, &sqlite, table).await;
-                println!("{table}: {rows} equal rows");
-                assert!(rows > 0, "{table} is empty");
-            }
+            compare_databases(&pg, &sqlite, CERTIFICATE_TABLES).await;
 
             // SQLite specifics: a second run refuses the filled tables, AUTOINCREMENT continues
             // after the generated ids, and the JSONField check rejects invalid JSON.
@@ -712,12 +683,7 @@ mod tier2 {
                 .await
                 .expect("generate collections into PostgreSQL");
             assert_eq!(stats, pg_stats, "stats of both back ends");
-            compare_schemas(&pg, &sqlite, COLLECTION_TABLES).await;
-            for table in COLLECTION_TABLES {
-                let rows = compare_table(&pg, &sqlite, table).await;
-                println!("{table}: {rows} equal rows");
-                assert!(rows > 0, "{table} is empty");
-            }
+            compare_databases(&pg, &sqlite, COLLECTION_TABLES).await;
 
             assert!(
                 generate_collections_sqlite(&sqlite, &params).await.is_err(),

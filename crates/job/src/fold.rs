@@ -145,21 +145,7 @@ pub fn final_state(tally: &Tally) -> RunState {
 mod tests {
     use super::*;
     use crate::tally::{Recorded, CONFLICT_EDITED};
-
-    const SPEC: &str = r#"
-name = "titles"
-[[targets]]
-name = "revisions"
-table = "wagtailcore_revision"
-key = "id"
-key_type = "integer"
-columns = ["content"]
-query = "SELECT 1"
-[[targets.rules]]
-op = "set"
-path = "/product_name"
-value = "x"
-"#;
+    use crate::testing::TITLES_SPEC as SPEC;
 
     fn plan(shards_total: u32) -> Plan {
         Plan {

@@ -62,6 +62,8 @@ pub mod splice;
 pub mod streamfield;
 pub mod streamrule;
 pub mod tally;
+#[cfg(test)]
+mod testing;
 pub mod verify;
 
 pub use message::{ShardResult, ShardTask};

@@ -2,6 +2,7 @@
 //! a run and a shard; the mapper reads the run's spec, scope and mode from the
 //! ledger. A malformed message is refused with an error naming what it is.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::tally::Tally;
@@ -16,6 +17,16 @@ pub struct MessageError {
     pub what: &'static str,
     #[source]
     pub source: serde_json::Error,
+}
+
+/// A message as it travels (JSON).
+fn encode<M: Serialize>(message: &M) -> Vec<u8> {
+    serde_json::to_vec(message).unwrap_or_default()
+}
+
+/// The message `bytes` hold; a malformed one is an error naming `what` it is.
+fn decode<M: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<M, MessageError> {
+    serde_json::from_slice(bytes).map_err(|source| MessageError { what, source })
 }
 
 /// "Process shard N of run R": the rows of the shard are in the ledger.
@@ -39,13 +50,10 @@ pub struct ShardTask {
 
 impl ShardTask {
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        encode(self)
     }
     pub fn decode(bytes: &[u8]) -> Result<ShardTask, MessageError> {
-        serde_json::from_slice(bytes).map_err(|source| MessageError {
-            what: "shard task",
-            source,
-        })
+        decode(bytes, "shard task")
     }
 }
 
@@ -69,13 +77,10 @@ pub struct ShardResult {
 
 impl ShardResult {
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        encode(self)
     }
     pub fn decode(bytes: &[u8]) -> Result<ShardResult, MessageError> {
-        serde_json::from_slice(bytes).map_err(|source| MessageError {
-            what: "shard result",
-            source,
-        })
+        decode(bytes, "shard result")
     }
 }
 

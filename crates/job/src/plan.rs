@@ -812,22 +812,8 @@ mod finish_tests {
     use crate::fold::final_state;
     use crate::report::{summary_line, RunView};
     use crate::tally::Recorded;
+    use crate::testing::TITLES_SPEC as SPEC;
     use crate::RunState;
-
-    const SPEC: &str = r#"
-name = "titles"
-[[targets]]
-name = "revisions"
-table = "wagtailcore_revision"
-key = "id"
-key_type = "integer"
-columns = ["content"]
-query = "SELECT 1"
-[[targets.rules]]
-op = "set"
-path = "/product_name"
-value = "x"
-"#;
 
     fn new_run<'a>(spec: &'a JobSpec, scope: &'a Scope, kind: RunKind) -> NewRun<'a> {
         NewRun {

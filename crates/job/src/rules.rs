@@ -605,24 +605,11 @@ fn resolve(
 mod tests {
     use super::*;
     use crate::spec::JobSpec;
+    use crate::testing::{doc_image, rows_spec, Row};
     use serde_json::json;
 
     fn spec(rules: &str, extra_cols: &str) -> JobSpec {
-        JobSpec::parse(&format!(
-            r#"
-name = "t"
-[[targets]]
-name = "rows"
-table = "t"
-key = "id"
-key_type = "text"
-columns = ["doc"]
-{extra_cols}
-query = "SELECT 1"
-{rules}
-"#
-        ))
-        .unwrap()
+        JobSpec::parse(&rows_spec(extra_cols, rules)).unwrap()
     }
 
     fn revert(current: &str, before: Option<&str>) -> RowOutcome {
@@ -634,22 +621,10 @@ path = "/title"
 param = "t""#,
             "",
         );
-        let columns: BTreeMap<String, Option<String>> =
-            [("doc".to_string(), Some(current.to_string()))].into();
-        let before: BTreeMap<String, BeforeImage> = [(
-            "doc".to_string(),
-            BeforeImage::Value(before.map(str::to_string)),
-        )]
-        .into();
-        let params = json!({"t": "New"}).as_object().cloned().unwrap_or_default();
+        let before = doc_image(BeforeImage::Value(before.map(str::to_string)));
         evaluate_revert(
             &spec.targets[0],
-            &RowInput {
-                key: "k",
-                columns: &columns,
-                params: &params,
-                normalised: &BTreeSet::new(),
-            },
+            &Row::doc(current).params(json!({"t": "New"})).input(),
             Some(&before),
             None,
             Some(("doc", "/title")),
@@ -660,22 +635,12 @@ param = "t""#,
     #[test]
     fn an_inverse_patch_restores_exactly_and_revert_uses_it_with_digests() {
         let s = spec(SET_TITLE, "");
-        let cols: BTreeMap<String, Option<String>> = [(
-            "doc".to_string(),
-            Some(r#"{"b":[1,{"c":2}],"product_name":"Old"}"#.to_string()),
-        )]
-        .into();
-        let params = json!({"title": "New"})
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        let input = RowInput {
-            key: "k",
-            columns: &cols,
-            params: &params,
-            normalised: &BTreeSet::new(),
-        };
-        let ev = evaluate_row(&s.targets[0], &input, None);
+        let row = |doc: &str| Row::doc(doc).params(json!({"title": "New"}));
+        let ev = evaluate_row(
+            &s.targets[0],
+            &row(r#"{"b":[1,{"c":2}],"product_name":"Old"}"#).input(),
+            None,
+        );
         let patch = ev.undo["doc"].clone();
         assert!(
             patch.contains("product_name") && !patch.contains("\"b\""),
@@ -686,36 +651,18 @@ param = "t""#,
             o => panic!("{o:?}"),
         };
         // Also when a key was added: the patch removes it.
-        let fresh: BTreeMap<String, Option<String>> =
-            [("doc".to_string(), Some(r#"{"x":1}"#.to_string()))].into();
-        let ev2 = evaluate_row(
-            &s.targets[0],
-            &RowInput {
-                key: "k",
-                columns: &fresh,
-                params: &params,
-                normalised: &BTreeSet::new(),
-            },
-            None,
-        );
+        let ev2 = evaluate_row(&s.targets[0], &row(r#"{"x":1}"#).input(), None);
         assert!(ev2.undo["doc"].contains("remove"), "{:?}", ev2.undo);
 
         let image = BeforeImage::Patch {
             patch: patch.clone(),
             after_version: "701".into(),
         };
-        let befores: BTreeMap<String, BeforeImage> = [("doc".to_string(), image)].into();
+        let befores = doc_image(image);
         let at = |doc: &str, version: &str| {
-            let now: BTreeMap<String, Option<String>> =
-                [("doc".to_string(), Some(doc.to_string()))].into();
             evaluate_revert(
                 &s.targets[0],
-                &RowInput {
-                    key: "k",
-                    columns: &now,
-                    params: &params,
-                    normalised: &BTreeSet::new(),
-                },
+                &row(doc).input(),
                 Some(&befores),
                 Some(version),
                 None,
@@ -746,17 +693,10 @@ param = "t""#,
             patch: ev2.undo["doc"].clone(),
             after_version: "9".into(),
         };
-        let befores: BTreeMap<String, BeforeImage> = [("doc".to_string(), added)].into();
-        let restored_row: BTreeMap<String, Option<String>> =
-            [("doc".to_string(), Some(r#"{"x":1}"#.to_string()))].into();
+        let befores = doc_image(added);
         let again = evaluate_revert(
             &s.targets[0],
-            &RowInput {
-                key: "k",
-                columns: &restored_row,
-                params: &params,
-                normalised: &BTreeSet::new(),
-            },
+            &row(r#"{"x":1}"#).input(),
             Some(&befores),
             Some("10"),
             None,
@@ -818,38 +758,15 @@ param = "t""#,
             "[[targets.rules]]\ncolumn = \"doc\"\nop = \"remove\"\npath = \"/x\"",
             "",
         );
-        let columns: BTreeMap<String, Option<String>> =
-            [("doc".to_string(), Some("{}".to_string()))].into();
-        let outcome = evaluate_revert(
-            &spec.targets[0],
-            &RowInput {
-                key: "k",
-                columns: &columns,
-                params: &Map::new(),
-                normalised: &BTreeSet::new(),
-            },
-            None,
-            None,
-            None,
-        )
-        .outcome;
+        let outcome =
+            evaluate_revert(&spec.targets[0], &Row::doc("{}").input(), None, None, None).outcome;
         assert!(matches!(outcome, RowOutcome::Error(m) if m.contains("pruned")));
     }
 
     fn run(spec: &JobSpec, cols: &[(&str, Option<&str>)], params: Value) -> RowOutcome {
-        let columns: BTreeMap<String, Option<String>> = cols
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
-            .collect();
-        let params = params.as_object().cloned().unwrap_or_default();
         evaluate_row(
             &spec.targets[0],
-            &RowInput {
-                key: "k",
-                columns: &columns,
-                params: &params,
-                normalised: &BTreeSet::new(),
-            },
+            &Row::with(cols).params(params).input(),
             None,
         )
         .outcome
@@ -1031,34 +948,12 @@ param = "t""#,
     #[test]
     fn current_value_is_reported_before_the_change() {
         let s = spec(SET_TITLE, "");
-        let columns = BTreeMap::from([(
-            "doc".to_string(),
-            Some(r#"{"product_name":"Old"}"#.to_string()),
-        )]);
-        let params = json!({"title":"New"}).as_object().cloned().unwrap();
-        let ev = evaluate_row(
-            &s.targets[0],
-            &RowInput {
-                key: "1",
-                columns: &columns,
-                params: &params,
-                normalised: &BTreeSet::new(),
-            },
-            Some(("doc", "/product_name")),
-        );
-        assert_eq!(ev.current.as_deref(), Some("Old"));
-        let columns = BTreeMap::from([("doc".to_string(), Some("{}".to_string()))]);
-        let ev = evaluate_row(
-            &s.targets[0],
-            &RowInput {
-                key: "1",
-                columns: &columns,
-                params: &params,
-                normalised: &BTreeSet::new(),
-            },
-            Some(("doc", "/product_name")),
-        );
-        assert_eq!(ev.current.as_deref(), Some("(absent)"));
+        let current = |doc: &str| {
+            let row = Row::doc(doc).params(json!({"title":"New"}));
+            evaluate_row(&s.targets[0], &row.input(), Some(("doc", "/product_name"))).current
+        };
+        assert_eq!(current(r#"{"product_name":"Old"}"#).as_deref(), Some("Old"));
+        assert_eq!(current("{}").as_deref(), Some("(absent)"));
     }
 
     #[test]
@@ -1112,21 +1007,10 @@ param = "t""#,
             "",
         );
         let at = |now: &str, before: Option<&str>| {
-            let columns: BTreeMap<String, Option<String>> =
-                [("doc".to_string(), Some(now.to_string()))].into();
-            let before: BTreeMap<String, BeforeImage> = [(
-                "doc".to_string(),
-                BeforeImage::Value(before.map(str::to_string)),
-            )]
-            .into();
+            let before = doc_image(BeforeImage::Value(before.map(str::to_string)));
             evaluate_revert(
                 &s.targets[0],
-                &RowInput {
-                    key: "k",
-                    columns: &columns,
-                    params: &Map::new(),
-                    normalised: &BTreeSet::new(),
-                },
+                &Row::doc(now).input(),
                 Some(&before),
                 None,
                 None,
@@ -1144,24 +1028,13 @@ param = "t""#,
             RowOutcome::Unchanged
         );
         // An inverse patch that holds by value: already restored.
-        let befores: BTreeMap<String, BeforeImage> = [(
-            "doc".to_string(),
-            BeforeImage::Patch {
-                patch: r#"[{"op":"replace","path":"/small","value":1e-3}]"#.into(),
-                after_version: "7".into(),
-            },
-        )]
-        .into();
-        let columns: BTreeMap<String, Option<String>> =
-            [("doc".to_string(), Some(r#"{"small": 0.001}"#.to_string()))].into();
+        let befores = doc_image(BeforeImage::Patch {
+            patch: r#"[{"op":"replace","path":"/small","value":1e-3}]"#.into(),
+            after_version: "7".into(),
+        });
         let out = evaluate_revert(
             &s.targets[0],
-            &RowInput {
-                key: "k",
-                columns: &columns,
-                params: &Map::new(),
-                normalised: &BTreeSet::new(),
-            },
+            &Row::doc(r#"{"small": 0.001}"#).input(),
             Some(&befores),
             Some("8"),
             None,
@@ -1182,24 +1055,10 @@ param = "t""#,
     }
 
     fn run_with(spec: &JobSpec, doc: &str, normalised: &[&str]) -> RowOutcome {
-        let columns: BTreeMap<String, Option<String>> =
-            [("doc".to_string(), Some(doc.to_string()))].into();
-        let params = json!({"title": "New"})
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        let normalised: BTreeSet<String> = normalised.iter().map(|c| c.to_string()).collect();
-        evaluate_row(
-            &spec.targets[0],
-            &RowInput {
-                key: "k",
-                columns: &columns,
-                params: &params,
-                normalised: &normalised,
-            },
-            None,
-        )
-        .outcome
+        let row = Row::doc(doc)
+            .params(json!({"title": "New"}))
+            .normalised(normalised);
+        evaluate_row(&spec.targets[0], &row.input(), None).outcome
     }
 
     #[test]
@@ -1286,26 +1145,14 @@ param = "t""#,
         for r in rules {
             let s = spec(r, "");
             for d in docs {
-                let columns: BTreeMap<String, Option<String>> =
-                    [("doc".to_string(), Some(d.to_string()))].into();
-                let params = json!({"title": "New"})
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default();
-                let eval = |normalised: &BTreeSet<String>| {
-                    evaluate_row(
-                        &s.targets[0],
-                        &RowInput {
-                            key: "k",
-                            columns: &columns,
-                            params: &params,
-                            normalised,
-                        },
-                        None,
-                    )
+                let eval = |normalised: &[&str]| {
+                    let row = Row::doc(d)
+                        .params(json!({"title": "New"}))
+                        .normalised(normalised);
+                    evaluate_row(&s.targets[0], &row.input(), None)
                 };
-                let logged = eval(&BTreeSet::from(["doc".to_string()]));
-                let copied = eval(&BTreeSet::new());
+                let logged = eval(&["doc"]);
+                let copied = eval(&[]);
                 if let RowOutcome::Error(_) = copied.outcome {
                     assert_eq!(logged.outcome, copied.outcome, "{r} on {d}");
                     continue;
@@ -1337,21 +1184,20 @@ param = "t""#,
 mod language_tests {
     use super::*;
     use crate::spec::JobSpec;
+    use crate::testing::{rows_spec, Row};
+
+    /// The target also reads the column `other`.
+    const READ_OTHER: &str = "read_columns = [\"other\"]";
 
     fn spec(rules: &str) -> JobSpec {
-        match JobSpec::parse(&format!(
-            "name = \"t\"\n[[targets]]\nname = \"rows\"\ntable = \"t\"\nkey = \"id\"\nkey_type = \"text\"\ncolumns = [\"doc\"]\nread_columns = [\"other\"]\nquery = \"SELECT 1\"\n{rules}"
-        )) {
+        match JobSpec::parse(&rows_spec(READ_OTHER, rules)) {
             Ok(s) => s,
             Err(e) => panic!("{e}"),
         }
     }
 
     fn spec_err(rules: &str) -> crate::spec::SpecError {
-        JobSpec::parse(&format!(
-            "name = \"t\"\n[[targets]]\nname = \"rows\"\ntable = \"t\"\nkey = \"id\"\nkey_type = \"text\"\ncolumns = [\"doc\"]\nread_columns = [\"other\"]\nquery = \"SELECT 1\"\n{rules}"
-        ))
-        .expect_err("the spec is refused")
+        JobSpec::parse(&rows_spec(READ_OTHER, rules)).expect_err("the spec is refused")
     }
 
     /// Evaluates the rules on `doc` (the read-only column `other` holds
@@ -1359,29 +1205,13 @@ mod language_tests {
     /// must agree. A change comes back as its new text, after checking that
     /// the inverse patch restores the document read.
     fn eval(s: &JobSpec, doc: &str) -> Result<Option<String>, String> {
-        let columns: BTreeMap<String, Option<String>> = [
-            ("doc".to_string(), Some(doc.to_string())),
-            (
-                "other".to_string(),
-                Some(r#"{"t":"from other"}"#.to_string()),
-            ),
-        ]
-        .into();
-        let params = Map::new();
-        let at = |normalised: &BTreeSet<String>| {
-            evaluate_row(
-                &s.targets[0],
-                &RowInput {
-                    key: "k",
-                    columns: &columns,
-                    params: &params,
-                    normalised,
-                },
-                None,
-            )
+        let at = |normalised: &[&str]| {
+            let row = Row::with(&[("doc", Some(doc)), ("other", Some(r#"{"t":"from other"}"#))])
+                .normalised(normalised);
+            evaluate_row(&s.targets[0], &row.input(), None)
         };
-        let text = at(&BTreeSet::new());
-        let jsonb = at(&BTreeSet::from(["doc".to_string()]));
+        let text = at(&[]);
+        let jsonb = at(&["doc"]);
         match (&text.outcome, &jsonb.outcome) {
             (RowOutcome::Unchanged, RowOutcome::Unchanged) => Ok(None),
             (RowOutcome::Error(a), RowOutcome::Error(b)) => {
@@ -1733,22 +1563,8 @@ mod language_tests {
             "[[targets.guards]]\npath = \"/kind\"\ncheck = \"equals\"\nvalue = \"cert\"\n[[targets.guards]]\npath = \"/done\"\ncheck = \"absent\"\n[[targets.rules]]\nop = \"set\"\npath = \"/v\"\nvalue = 1\n",
         );
         let outcome = |doc: &str| {
-            let columns: BTreeMap<String, Option<String>> = [
-                ("doc".to_string(), Some(doc.to_string())),
-                ("other".to_string(), None),
-            ]
-            .into();
-            evaluate_row(
-                &s.targets[0],
-                &RowInput {
-                    key: "k",
-                    columns: &columns,
-                    params: &Map::new(),
-                    normalised: &BTreeSet::new(),
-                },
-                None,
-            )
-            .outcome
+            let row = Row::with(&[("doc", Some(doc)), ("other", None)]);
+            evaluate_row(&s.targets[0], &row.input(), None).outcome
         };
         assert!(matches!(
             outcome(r#"{"kind":"cert"}"#),

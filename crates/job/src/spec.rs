@@ -1011,16 +1011,7 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
 
         let known_column = |c: &str| t.columns.iter().chain(&t.read_columns).any(|x| x == c);
 
-        if t.guards.len() > MAX_GUARDS {
-            return Err(SpecError::new(
-                format!("{tf}.guards"),
-                format!(
-                    "target `{}` has {} guards, more than the {MAX_GUARDS} a target may hold",
-                    t.name,
-                    t.guards.len()
-                ),
-            ));
-        }
+        at_most(&tf, &t.name, "guards", t.guards.len(), MAX_GUARDS)?;
         let mut guards = Vec::new();
         for (gi, rg) in t.guards.into_iter().enumerate() {
             let field = format!("{tf}.guards[{gi}]");
@@ -1059,16 +1050,7 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
                 "a target needs at least one [[targets.rules]] rule",
             ));
         }
-        if t.rules.len() > MAX_RULES {
-            return Err(SpecError::new(
-                format!("{tf}.rules"),
-                format!(
-                    "target `{}` has {} rules, more than the {MAX_RULES} a target may hold",
-                    t.name,
-                    t.rules.len()
-                ),
-            ));
-        }
+        at_most(&tf, &t.name, "rules", t.rules.len(), MAX_RULES)?;
         let mut rules = Vec::new();
         for (ri, r) in t.rules.into_iter().enumerate() {
             let field = format!("{tf}.rules[{ri}]");
@@ -1188,6 +1170,18 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
 /// Validates one rule: its column, op and the fields the op takes, its
 /// selector and conditions (parsed here, once per run) and its jq filter
 /// (compiled here).
+/// Refuses target `name` (its field `tf`) holding `count` of `what`
+/// (guards, rules) when a target may hold at most `max`.
+fn at_most(tf: &str, name: &str, what: &str, count: usize, max: usize) -> Result<(), SpecError> {
+    if count > max {
+        return Err(SpecError::new(
+            format!("{tf}.{what}"),
+            format!("target `{name}` has {count} {what}, more than the {max} a target may hold"),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_rule(
     field: &str,
     r: RawRule,

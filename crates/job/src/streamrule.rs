@@ -300,26 +300,13 @@ fn kind(v: &Value) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use crate::rules::{evaluate_revert, evaluate_row, BeforeImage, RowInput, RowOutcome};
+    use crate::rules::{evaluate_revert, evaluate_row, BeforeImage, RowOutcome};
     use crate::spec::JobSpec;
-    use serde_json::{json, Map, Value};
-    use std::collections::{BTreeMap, BTreeSet};
+    use crate::testing::{doc_image, rows_spec, Row};
+    use serde_json::{json, Value};
 
     fn spec(rule: &str) -> Result<JobSpec, crate::spec::SpecError> {
-        JobSpec::parse(&format!(
-            r#"
-name = "t"
-[[targets]]
-name = "rows"
-table = "t"
-key = "id"
-key_type = "text"
-columns = ["doc"]
-query = "SELECT 1"
-[[targets.rules]]
-{rule}
-"#
-        ))
+        JobSpec::parse(&rows_spec("", &format!("[[targets.rules]]\n{rule}")))
     }
 
     const RENAME: &str = r#"op = "streamfield"
@@ -330,24 +317,8 @@ old_name = "title_2"
 new_name = "affiliation""#;
 
     fn eval(spec: &JobSpec, doc: &str, normalised: bool) -> RowOutcome {
-        let cols: BTreeMap<String, Option<String>> =
-            [("doc".to_string(), Some(doc.to_string()))].into();
-        let norm: BTreeSet<String> = if normalised {
-            ["doc".to_string()].into()
-        } else {
-            BTreeSet::new()
-        };
-        evaluate_row(
-            &spec.targets[0],
-            &RowInput {
-                key: "k",
-                columns: &cols,
-                params: &Map::new(),
-                normalised: &norm,
-            },
-            None,
-        )
-        .outcome
+        let row = Row::doc(doc).normalised(if normalised { &["doc"] } else { &[] });
+        evaluate_row(&spec.targets[0], &row.input(), None).outcome
     }
 
     fn changed(o: RowOutcome) -> Value {
@@ -570,21 +541,10 @@ list_block_name = "signatories""#,
         assert_ne!(changed(eval(&s, &other, true))[1]["id"], after[1]["id"]);
 
         // A revert from the whole before-image finds what the run wrote.
-        let now: BTreeMap<String, Option<String>> =
-            [("doc".to_string(), Some(after.to_string()))].into();
-        let image: BTreeMap<String, BeforeImage> = [(
-            "doc".to_string(),
-            BeforeImage::Value(Some(STREAM.to_string())),
-        )]
-        .into();
+        let image = doc_image(BeforeImage::Value(Some(STREAM.to_string())));
         let revert = evaluate_revert(
             &s.targets[0],
-            &RowInput {
-                key: "k",
-                columns: &now,
-                params: &Map::new(),
-                normalised: &BTreeSet::new(),
-            },
+            &Row::doc(&after.to_string()).input(),
             Some(&image),
             None,
             None,

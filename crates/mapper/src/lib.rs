@@ -29,7 +29,8 @@ use backfill_job::rules::{evaluate_revert, evaluate_row};
 use backfill_job::spec::OnConflict;
 use backfill_job::{JobSpec, Mode, RowInput, ShardResult, ShardTask};
 use backfill_queue::{
-    is_foreign, return_foreign, Broker, Delivery, LocalQueue, QueueNames, Route, Sink, Source,
+    consume_with_reconnects, is_foreign, return_foreign, Broker, Delivery, LocalQueue, QueueNames,
+    Route, Sink, Source,
 };
 use backfill_store::shard::EvaluatedRow;
 use backfill_store::{BatchLimits, Committed, OpenShard, ShardWork, Store, StoreError};
@@ -405,20 +406,12 @@ pub async fn run(
         steering.beat(),
         shutdown.clone(),
     ));
-    let mut backoff = Duration::from_millis(200);
-    while !shutdown.is_cancelled() {
-        match consume(&store, &runs, &steering, &cfg, &shutdown).await {
-            Ok(()) => break,
-            Err(e) => {
-                warn!(error = %e, "mapper lost the broker; reconnecting in {:?}", backoff);
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    consume_with_reconnects(
+        &shutdown,
+        || consume(&store, &runs, &steering, &cfg, &shutdown),
+        |e, backoff| warn!(error = %e, "mapper lost the broker; reconnecting in {:?}", backoff),
+    )
+    .await;
     let _ = beat.await;
     info!(worker = %cfg.worker, "mapper stopped");
     Ok(())

@@ -18,7 +18,7 @@
 //! lower-priority run get their turn within seconds.
 
 use backfill_job::ShardTask;
-use backfill_store::{Claim, Control, ControlState, Health, Store};
+use backfill_store::{Claim, Control, ControlState, Health, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -350,19 +350,12 @@ impl Steering {
     /// budget and sleeps until its turn; the reservation is settled when
     /// the shard is over.
     async fn pace_bytes(&self, store: &Store, task: &ShardTask, run: &CachedRun) -> Pace {
-        let (wait, reserved) = match store
+        let reservation = store
             .reserve_bytes(&task.run_id, task.rows.max(1), RATE_HORIZON)
-            .await
-        {
-            Ok(Some(w)) => w,
-            Ok(None) => {
-                tokio::time::sleep(POLL).await;
-                return Pace::Wait("the run's bytes-per-second limit".into());
-            }
-            Err(e) => {
-                debug!(error = %e, "cannot reserve bytes; going on");
-                return Pace::Go;
-            }
+            .await;
+        let (wait, reserved) = match granted(reservation, "bytes").await {
+            Ok(w) => w,
+            Err(pace) => return pace,
         };
         let pace = self.sleep_watching(store, task, run, wait).await;
         if let Pace::Go = pace {
@@ -379,19 +372,12 @@ impl Steering {
     /// Takes the shard's rows from the run's rows-per-second budget and
     /// sleeps until its turn, watching for a pause meanwhile.
     async fn pace_rows(&self, store: &Store, task: &ShardTask, run: &CachedRun) -> Pace {
-        let wait = match store
+        let reservation = store
             .reserve_rows(&task.run_id, task.rows.max(1), RATE_HORIZON)
-            .await
-        {
-            Ok(Some(w)) => w,
-            Ok(None) => {
-                tokio::time::sleep(POLL).await;
-                return Pace::Wait("the run's rows-per-second limit".into());
-            }
-            Err(e) => {
-                debug!(error = %e, "cannot reserve rows; going on");
-                return Pace::Go;
-            }
+            .await;
+        let wait = match granted(reservation, "rows").await {
+            Ok(w) => w,
+            Err(pace) => return pace,
         };
         self.sleep_watching(store, task, run, wait).await
     }
@@ -427,4 +413,22 @@ enum Blocked {
 enum Pace {
     Go,
     Wait(String),
+}
+
+/// What a reservation from one of the run's per-second budgets (`what`:
+/// rows or bytes) gave, or the pace when it gave nothing: a wait (after a
+/// poll interval) when the budget has no room, go on when the ledger
+/// cannot say.
+async fn granted<T>(reservation: Result<Option<T>, StoreError>, what: &str) -> Result<T, Pace> {
+    match reservation {
+        Ok(Some(w)) => Ok(w),
+        Ok(None) => {
+            tokio::time::sleep(POLL).await;
+            Err(Pace::Wait(format!("the run's {what}-per-second limit")))
+        }
+        Err(e) => {
+            debug!(error = %e, "cannot reserve {what}; going on");
+            Err(Pace::Go)
+        }
+    }
 }

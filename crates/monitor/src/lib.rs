@@ -514,6 +514,19 @@ fn no_run(id: &str) -> Response {
     api_error(StatusCode::NOT_FOUND, format!("no run {id} in the ledger"))
 }
 
+/// The answer to a request about run `id` when there is no such run (or
+/// the id is refused, or the ledger cannot say); `None` when it is there.
+async fn unknown_run(s: &MonitorState, id: &str) -> Option<Response> {
+    if let Some(r) = bad_run_id(id) {
+        return Some(r);
+    }
+    match s.store.run_exists(id).await {
+        Ok(true) => None,
+        Ok(false) => Some(no_run(id)),
+        Err(e) => Some(store_error(e)),
+    }
+}
+
 async fn api_runs(State(s): State<MonitorState>) -> Response {
     match s.store.run_statuses(50).await {
         Ok(runs) => Json(serde_json::json!({ "runs": runs })).into_response(),
@@ -533,13 +546,8 @@ async fn api_run(State(s): State<MonitorState>, Path(id): Path<String>) -> Respo
 }
 
 async fn api_shards(State(s): State<MonitorState>, Path(id): Path<String>) -> Response {
-    if let Some(r) = bad_run_id(&id) {
+    if let Some(r) = unknown_run(&s, &id).await {
         return r;
-    }
-    match s.store.run_exists(&id).await {
-        Ok(true) => {}
-        Ok(false) => return no_run(&id),
-        Err(e) => return store_error(e),
     }
     match s.store.shard_grid(&id).await {
         Ok(cells) => Json(serde_json::json!({ "shards": cells })).into_response(),
@@ -548,13 +556,8 @@ async fn api_shards(State(s): State<MonitorState>, Path(id): Path<String>) -> Re
 }
 
 async fn api_throughput(State(s): State<MonitorState>, Path(id): Path<String>) -> Response {
-    if let Some(r) = bad_run_id(&id) {
+    if let Some(r) = unknown_run(&s, &id).await {
         return r;
-    }
-    match s.store.run_exists(&id).await {
-        Ok(true) => {}
-        Ok(false) => return no_run(&id),
-        Err(e) => return store_error(e),
     }
     match s.store.throughput(&id).await {
         Ok(t) => Json(t).into_response(),

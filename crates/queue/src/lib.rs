@@ -18,6 +18,8 @@
 //! The roles see the broker, and the in-process queue of the embedded mode,
 //! through [`transport`]: publish to a [`Route`], take [`Delivery`]s from a
 //! [`Source`], settle each one. No broker client type leaves this crate.
+//! A worker's consume loop starts again after the broker went away, with a
+//! growing backoff ([`consume_with_reconnects`]).
 
 mod transport;
 
@@ -99,6 +101,39 @@ const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 /// Closes a channel, waiting at most [`CLOSE_PATIENCE`] for the broker.
 pub(crate) async fn close_channel(channel: &Channel, why: &str) {
     let _ = tokio::time::timeout(CLOSE_PATIENCE, channel.close(200, why.into())).await;
+}
+
+/// The backoff before a worker's first attempt to reconnect; it doubles
+/// after each failure, up to [`RECONNECT_BACKOFF_MAX`].
+const RECONNECT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
+/// The longest backoff between a worker's attempts to reconnect.
+const RECONNECT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs a worker's consume loop (`consume`) until it ends or `shutdown` is
+/// cancelled, starting it again after each failure (the broker went away)
+/// once a backoff has passed: 200 ms at first, doubling up to 10 s. `lost`
+/// tells of each failure and the wait before the next attempt.
+pub async fn consume_with_reconnects<E, Fut>(
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut consume: impl FnMut() -> Fut,
+    lost: impl Fn(&E, std::time::Duration),
+) where
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    let mut backoff = RECONNECT_BACKOFF;
+    while !shutdown.is_cancelled() {
+        match consume().await {
+            Ok(()) => break,
+            Err(e) => {
+                lost(&e, backoff);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+            }
+        }
+    }
 }
 
 /// The queue names of one deployment.

@@ -8,7 +8,8 @@
 
 use backfill_job::{ShardResult, ShardTask};
 use backfill_queue::{
-    is_foreign, return_foreign, Broker, Delivery, QueueNames, Route, Sink, Source, DELIVERY_LIMIT,
+    consume_with_reconnects, is_foreign, return_foreign, Broker, Delivery, QueueNames, Route, Sink,
+    Source, DELIVERY_LIMIT,
 };
 use backfill_store::{Reduced, Store, StoreError};
 use std::time::Duration;
@@ -94,20 +95,12 @@ pub async fn run(
         cfg.worker.clone(),
         shutdown.clone(),
     ));
-    let mut backoff = Duration::from_millis(200);
-    while !shutdown.is_cancelled() {
-        match consume(&store, &cfg, &shutdown).await {
-            Ok(()) => break,
-            Err(e) => {
-                warn!(error = %e, "reducer lost the broker; reconnecting in {:?}", backoff);
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    consume_with_reconnects(
+        &shutdown,
+        || consume(&store, &cfg, &shutdown),
+        |e, backoff| warn!(error = %e, "reducer lost the broker; reconnecting in {:?}", backoff),
+    )
+    .await;
     let _ = stalls.await;
     info!(worker = %cfg.worker, "reducer stopped");
     Ok(())

@@ -4,15 +4,12 @@
 
 use sqlx::PgPool;
 
-use super::{
-    CertificateRows, ContentTypes, PageBatch, PageRevisionUpdate, Plan, RevisionRows, CONTENT_TYPES,
-};
+use super::{CertificateRows, PageBatch, PageRevisionUpdate, Plan, RevisionRows, CONTENT_TYPES};
 use crate::util::{reset_identity, BATCH_ROWS};
 use crate::DemoError;
 
-/// Registers [`CONTENT_TYPES`] in order (existing rows are kept) and returns the ids the
-/// data set uses.
-pub(super) async fn content_types(pool: &PgPool) -> Result<ContentTypes, DemoError> {
+/// Registers [`CONTENT_TYPES`] in order (existing rows are kept).
+pub(super) async fn register_content_types(pool: &PgPool) -> Result<(), DemoError> {
     let (apps, models): (Vec<&str>, Vec<&str>) = CONTENT_TYPES.iter().copied().unzip();
     sqlx::query(
         "INSERT INTO django_content_type (app_label, model) \
@@ -23,20 +20,7 @@ pub(super) async fn content_types(pool: &PgPool) -> Result<ContentTypes, DemoErr
     .bind(&models)
     .execute(pool)
     .await?;
-    let id = |app: &'static str, model: &'static str| async move {
-        sqlx::query_scalar::<_, i32>(
-            "SELECT id FROM django_content_type WHERE app_label = $1 AND model = $2",
-        )
-        .bind(app)
-        .bind(model)
-        .fetch_one(pool)
-        .await
-    };
-    Ok(ContentTypes {
-        page: id("wagtailcore", "page").await?,
-        program_page: id("cms", "programpage").await?,
-        certificate_page: id("cms", "certificatepage").await?,
-    })
+    Ok(())
 }
 
 pub(super) async fn insert_programs(pool: &PgPool, plans: &[Plan]) -> Result<(), DemoError> {

@@ -10,15 +10,13 @@
 
 use sqlx::SqlitePool;
 
-use super::{
-    CertificateRows, ContentTypes, PageBatch, PageRevisionUpdate, Plan, RevisionRows, CONTENT_TYPES,
-};
+use super::{CertificateRows, PageBatch, PageRevisionUpdate, Plan, RevisionRows, CONTENT_TYPES};
 use crate::util::{sqlite_datetime, sqlite_insert_rows, uuid_hex, BATCH_ROWS};
 use crate::DemoError;
 
 /// Registers [`CONTENT_TYPES`] in order (existing rows are kept; on a fresh database the
-/// ids are 1, 2, ... as on PostgreSQL) and returns the ids the data set uses.
-pub(super) async fn content_types(pool: &SqlitePool) -> Result<ContentTypes, DemoError> {
+/// ids are 1, 2, ... as on PostgreSQL).
+pub(super) async fn register_content_types(pool: &SqlitePool) -> Result<(), DemoError> {
     let mut tx = pool.begin().await?;
     for (app, model) in CONTENT_TYPES {
         sqlx::query(
@@ -31,20 +29,7 @@ pub(super) async fn content_types(pool: &SqlitePool) -> Result<ContentTypes, Dem
         .await?;
     }
     tx.commit().await?;
-    let id = |app: &'static str, model: &'static str| async move {
-        sqlx::query_scalar::<_, i32>(
-            "SELECT id FROM django_content_type WHERE app_label = ?1 AND model = ?2",
-        )
-        .bind(app)
-        .bind(model)
-        .fetch_one(pool)
-        .await
-    };
-    Ok(ContentTypes {
-        page: id("wagtailcore", "page").await?,
-        program_page: id("cms", "programpage").await?,
-        certificate_page: id("cms", "certificatepage").await?,
-    })
+    Ok(())
 }
 
 pub(super) async fn insert_programs(pool: &SqlitePool, plans: &[Plan]) -> Result<(), DemoError> {
