@@ -10,6 +10,7 @@
 
 use serde_json::Value;
 
+use crate::plan::{NewRun, PlannedGroup, PlannedTarget};
 use crate::report::{summary_line, RunView};
 use crate::{JobSpec, Mode, Plan, RunKind, RunState, Scope, SpecError, Tally};
 
@@ -130,6 +131,37 @@ pub fn finished(
         sample: None,
     });
     (state, summary)
+}
+
+/// The plan once every target is cut, and the summary when there is
+/// nothing to send (such a run is finished on the spot, in the state
+/// [`final_state`] gives its plan's own tally).
+pub fn finish_plan(
+    new: &NewRun<'_>,
+    groups: Vec<PlannedGroup>,
+    targets: Vec<PlannedTarget>,
+    shards_total: u32,
+    tally: Tally,
+) -> (Plan, Option<String>) {
+    let plan = Plan {
+        groups,
+        targets,
+        shards_total,
+        tally,
+    };
+    // Nothing to send: the run finishes as it is planned.
+    let summary = (shards_total == 0).then(|| {
+        finished(
+            new.run_id,
+            new.spec,
+            new.mode,
+            new.scope,
+            &plan,
+            &plan.tally,
+        )
+        .1
+    });
+    (plan, summary)
 }
 
 /// A run with row errors ends failed; otherwise done.

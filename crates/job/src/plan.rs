@@ -6,7 +6,6 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::fold::finished;
 use crate::run::{Mode, RunKind, Scope};
 use crate::spec::{JobSpec, KeyType};
 use crate::tally::Tally;
@@ -160,37 +159,6 @@ pub struct NewRun<'a> {
     pub sample: Option<f64>,
     /// What the run is for (recorded; runs adopt only their own kind).
     pub kind: RunKind,
-}
-
-/// The plan once every target is cut, and the summary when there is
-/// nothing to send (such a run is finished on the spot, in the state
-/// [`crate::fold::final_state`] gives its plan's own tally).
-pub fn finish_plan(
-    new: &NewRun<'_>,
-    groups: Vec<PlannedGroup>,
-    targets: Vec<PlannedTarget>,
-    shards_total: u32,
-    tally: Tally,
-) -> (Plan, Option<String>) {
-    let plan = Plan {
-        groups,
-        targets,
-        shards_total,
-        tally,
-    };
-    // Nothing to send: the run finishes as it is planned.
-    let summary = (shards_total == 0).then(|| {
-        finished(
-            new.run_id,
-            new.spec,
-            new.mode,
-            new.scope,
-            &plan,
-            &plan.tally,
-        )
-        .1
-    });
-    (plan, summary)
 }
 
 /// Rows and shards planned for one target.
@@ -809,7 +777,7 @@ param = "title"
 #[cfg(test)]
 mod finish_tests {
     use super::*;
-    use crate::fold::final_state;
+    use crate::fold::{final_state, finish_plan};
     use crate::report::{summary_line, RunView};
     use crate::tally::Recorded;
     use crate::testing::TITLES_SPEC as SPEC;

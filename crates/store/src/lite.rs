@@ -16,8 +16,9 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Column, Row, SqlitePool, TypeInfo, ValueRef};
 use std::collections::{BTreeMap, HashSet};
 
+use backfill_job::fold::finish_plan;
 use backfill_job::fold::{final_state, fold_result, stored_tally, RunLedger};
-use backfill_job::plan::{finish_plan, NewRun};
+use backfill_job::plan::NewRun;
 use backfill_job::shard::{failed_tally, shard_tally, EvaluatedRow, FetchedRow};
 
 use crate::ledger::{decode, run_record, RawRun, Reduced, RunRecord, ShardRecord};

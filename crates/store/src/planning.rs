@@ -3,9 +3,10 @@
 //! ledger never holds half a plan.
 
 use backfill_job::fold::final_state;
+use backfill_job::fold::finish_plan;
 /// What a run is, before it is planned (defined with the plan it becomes).
 pub use backfill_job::plan::NewRun;
-use backfill_job::plan::{finish_plan, parse_ref_row, CutShard, GroupRow, RefRow, ShardCutter};
+use backfill_job::plan::{parse_ref_row, CutShard, GroupRow, RefRow, ShardCutter};
 use backfill_job::spec::Dialect;
 use backfill_job::{JobSpec, KeyType, Mode, Plan, PlannedGroup, Scope, Tally};
 use futures::TryStreamExt;
