@@ -14,9 +14,10 @@
 //! holds.
 
 use backfill_job::spec::Dialect;
+use backfill_job::ShardResult;
 
 use crate::identity::LedgerIdentity;
-use crate::ledger::JobLock;
+use crate::ledger::{JobLock, RawActiveRun, RawRun, RecentRun, Reduced, ShardRecord};
 use crate::status::{RawShard, RawWorker};
 use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent, ThrottleChange};
 use crate::StoreError;
@@ -172,6 +173,30 @@ pub(crate) trait Backend {
     async fn quarantined(&self, run_id: &str) -> sqlx::Result<Vec<(String, String, String)>>;
 
     // ---- the ledger ----
+
+    /// A run's row (`None`: no such run).
+    async fn load_run(&self, run_id: &str) -> Result<Option<RawRun>, StoreError>;
+    /// The most recent runs, newest first.
+    async fn recent_runs(&self, limit: i64) -> sqlx::Result<Vec<RecentRun>>;
+    /// The shards of a run, in order.
+    async fn shards(&self, run_id: &str) -> sqlx::Result<Vec<ShardRecord>>;
+    /// Marks shards as published (their task was confirmed by the broker).
+    async fn mark_published(&self, run_id: &str, shard_nos: &[i32]) -> Result<(), StoreError>;
+    /// Folds one shard result into its run, once, in one transaction (see
+    /// [`crate::Store::reduce`]).
+    async fn reduce(&self, result: &ShardResult) -> Result<Reduced, StoreError>;
+    /// The job's runs that have not finished, newest first.
+    async fn active_runs(&self, job: &str) -> sqlx::Result<Vec<RawActiveRun>>;
+    /// The target a shard covers (`None`: no such shard).
+    async fn shard_target(&self, run_id: &str, shard_no: u32) -> sqlx::Result<Option<String>>;
+    /// The last error recorded for a shard (outer `None`: no such shard).
+    async fn shard_last_error(
+        &self,
+        run_id: &str,
+        shard_no: u32,
+    ) -> sqlx::Result<Option<Option<String>>>;
+    /// Dead shards with their errors: (shard, target, error).
+    async fn dead_shards(&self, run_id: &str) -> sqlx::Result<Vec<(i64, String, String)>>;
 
     /// Takes the job's lock on a connection of its own (`None`: another
     /// session holds it). Only a back end with session advisory locks has

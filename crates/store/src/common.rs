@@ -192,6 +192,77 @@ macro_rules! common_ops {
             .await
         }
 
+        async fn shards(&self, run_id: &str) -> sqlx::Result<Vec<crate::ledger::ShardRecord>> {
+            use sqlx::Row;
+            let rows = sqlx::query(
+                "SELECT CAST(shard_no AS bigint) AS shard_no, target, first_key, last_key,
+                        CAST(rows AS bigint) AS rows, state,
+                        published_at IS NOT NULL AS published, reduced_at IS NOT NULL AS reduced
+                 FROM backfill_shard WHERE run_id = $1 ORDER BY shard_no",
+            )
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| crate::ledger::ShardRecord {
+                    shard_no: r.get::<i64, _>("shard_no") as u32,
+                    target: r.get("target"),
+                    first_key: r.get("first_key"),
+                    last_key: r.get("last_key"),
+                    rows: r.get::<i64, _>("rows") as u32,
+                    state: r.get("state"),
+                    published: r.get("published"),
+                    reduced: r.get("reduced"),
+                })
+                .collect())
+        }
+
+        async fn active_runs(&self, job: &str) -> sqlx::Result<Vec<crate::ledger::RawActiveRun>> {
+            sqlx::query_as(
+                "SELECT r.run_id, r.spec_hash, r.mode, CAST(r.scope AS text),
+                        CAST(r.shards_total AS bigint), CAST(r.shards_reduced AS bigint),
+                        (SELECT count(*) FROM backfill_shard s WHERE s.run_id = r.run_id AND s.published_at IS NOT NULL),
+                        r.kind, r.revert_of, r.retry_of, r.sample
+                 FROM backfill_run r WHERE r.job_name = $1 AND r.state = 'running' ORDER BY r.created_at DESC",
+            )
+            .bind(job)
+            .fetch_all(&self.pool)
+            .await
+        }
+
+        async fn shard_target(&self, run_id: &str, shard_no: u32) -> sqlx::Result<Option<String>> {
+            sqlx::query_scalar("SELECT target FROM backfill_shard WHERE run_id = $1 AND shard_no = $2")
+                .bind(run_id)
+                .bind(shard_no as i64)
+                .fetch_optional(&self.pool)
+                .await
+        }
+
+        async fn shard_last_error(
+            &self,
+            run_id: &str,
+            shard_no: u32,
+        ) -> sqlx::Result<Option<Option<String>>> {
+            sqlx::query_scalar(
+                "SELECT last_error FROM backfill_shard WHERE run_id = $1 AND shard_no = $2",
+            )
+            .bind(run_id)
+            .bind(shard_no as i64)
+            .fetch_optional(&self.pool)
+            .await
+        }
+
+        async fn dead_shards(&self, run_id: &str) -> sqlx::Result<Vec<(i64, String, String)>> {
+            sqlx::query_as(
+                "SELECT CAST(shard_no AS bigint), target, coalesce(last_error, '') FROM backfill_shard
+                 WHERE run_id = $1 AND state = 'dead' ORDER BY shard_no",
+            )
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await
+        }
+
         async fn close(&self) {
             self.pool.close().await
         }

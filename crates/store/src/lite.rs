@@ -10,44 +10,24 @@
 
 use backfill_job::plan::{parse_ref_row, CutShard, GroupRow, ShardCutter};
 use backfill_job::spec::{quote_ident, Dialect, TargetSpec};
-use backfill_job::{KeyType, RowOutcome, Scope, ShardResult, Tally};
+use backfill_job::{KeyType, RowOutcome, Scope, Tally};
 use serde_json::{Map, Value};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Column, Row, SqlitePool, TypeInfo, ValueRef};
 use std::collections::{BTreeMap, HashSet};
 
-use backfill_job::fold::{final_state, fold_result, stored_tally, RunLedger};
+use backfill_job::fold::final_state;
 use backfill_job::plan::{finish_plan, NewRun};
 use backfill_job::shard::{failed_tally, shard_tally, EvaluatedRow, FetchedRow};
 
-use crate::ledger::{decode, run_record, RawRun, Reduced, RunRecord, ShardRecord};
+use crate::ledger::{decode, RunRecord};
 use crate::planning::{
     eligible_keys, key_ints, key_order, not_an_integer, requested_keys, uses_param, Derived,
 };
 use crate::shard::{Committed, ShardCommit, ShardRows};
+use crate::sqlite::{begin_write, json_text, parse_json};
 use crate::{sql, StoreError};
 use backfill_job::{JobSpec, Plan, PlannedGroup};
-
-fn json_text(v: &impl serde::Serialize) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Data(e.to_string()))
-}
-
-fn parse_json(what: &str, text: Option<String>) -> Result<Value, StoreError> {
-    match text {
-        None => Ok(Value::Null),
-        Some(t) => serde_json::from_str(&t)
-            .map_err(|e| StoreError::Data(format!("ledger {what} is unreadable: {e}"))),
-    }
-}
-
-async fn begin_write(
-    pool: &SqlitePool,
-    what: &str,
-) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-    pool.begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(sql(format!("begin {what}")))
-}
 
 /// A row of a spec query as a JSON object, whatever its columns.
 fn row_object(row: &SqliteRow) -> Result<Map<String, Value>, StoreError> {
@@ -75,181 +55,6 @@ fn row_object(row: &SqliteRow) -> Result<Map<String, Value>, StoreError> {
         m.insert(col.name().to_string(), v);
     }
     Ok(m)
-}
-
-pub(crate) async fn load_run(
-    pool: &SqlitePool,
-    run_id: &str,
-) -> Result<Option<RunRecord>, StoreError> {
-    let row = sqlx::query(
-        "SELECT run_id, spec_text, mode, scope, state, plan, shards_total, shards_reduced, tally, summary,
-                revert_of, sample, table_rows, kind, retry_of
-         FROM backfill_run WHERE run_id = ?1",
-    )
-    .bind(run_id)
-    .fetch_optional(pool)
-    .await
-    .map_err(sql("read run"))?;
-    let Some(row) = row else { return Ok(None) };
-    run_record(RawRun {
-        run_id: row.get("run_id"),
-        spec_text: row.get("spec_text"),
-        mode: row.get("mode"),
-        scope: parse_json("scope", row.get("scope"))?,
-        state: row.get("state"),
-        plan: parse_json("plan", row.get("plan"))?,
-        shards_total: row.get("shards_total"),
-        shards_reduced: row.get("shards_reduced"),
-        tally: parse_json("tally", row.get("tally"))?,
-        summary: row.get("summary"),
-        revert_of: row.get("revert_of"),
-        sample: row.get("sample"),
-        kind: row.get("kind"),
-        retry_of: row.get("retry_of"),
-        table_rows: Some(parse_json("table_rows", row.get("table_rows"))?).filter(|v| !v.is_null()),
-    })
-    .map(Some)
-}
-
-pub(crate) async fn recent_runs(
-    pool: &SqlitePool,
-    limit: i64,
-) -> Result<Vec<(String, String, String, String)>, StoreError> {
-    let rows = sqlx::query("SELECT run_id, job_name, mode, state FROM backfill_run ORDER BY created_at DESC, rowid DESC LIMIT ?1")
-        .bind(limit)
-        .fetch_all(pool)
-        .await
-        .map_err(sql("list runs"))?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect())
-}
-
-pub(crate) async fn shards(
-    pool: &SqlitePool,
-    run_id: &str,
-) -> Result<Vec<ShardRecord>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT shard_no, target, first_key, last_key, rows, state,
-                published_at IS NOT NULL AS published, reduced_at IS NOT NULL AS reduced
-         FROM backfill_shard WHERE run_id = ?1 ORDER BY shard_no",
-    )
-    .bind(run_id)
-    .fetch_all(pool)
-    .await
-    .map_err(sql("read shards"))?;
-    Ok(rows
-        .into_iter()
-        .map(|r| ShardRecord {
-            shard_no: r.get::<i64, _>("shard_no") as u32,
-            target: r.get("target"),
-            first_key: r.get("first_key"),
-            last_key: r.get("last_key"),
-            rows: r.get::<i64, _>("rows") as u32,
-            state: r.get("state"),
-            published: r.get("published"),
-            reduced: r.get("reduced"),
-        })
-        .collect())
-}
-
-pub(crate) async fn mark_published(
-    pool: &SqlitePool,
-    run_id: &str,
-    shard_nos: &[i32],
-) -> Result<(), StoreError> {
-    let mut tx = begin_write(pool, "mark shards published").await?;
-    for n in shard_nos {
-        sqlx::query("UPDATE backfill_shard SET published_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE run_id = ?1 AND shard_no = ?2 AND published_at IS NULL")
-        .bind(run_id)
-        .bind(n)
-        .execute(&mut *tx)
-        .await
-        .map_err(sql("mark shards published"))?;
-    }
-    tx.commit().await.map_err(sql("commit published shards"))?;
-    Ok(())
-}
-
-pub(crate) async fn reduce(pool: &SqlitePool, result: &ShardResult) -> Result<Reduced, StoreError> {
-    let mut tx = begin_write(pool, "reduce").await?;
-    let claimed = sqlx::query("UPDATE backfill_shard SET reduced_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-         WHERE run_id = ?1 AND shard_no = ?2 AND reduced_at IS NULL AND state IN ('done', 'dead') RETURNING result")
-    .bind(&result.run_id)
-    .bind(result.shard_no as i64)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(sql("claim shard result"))?;
-    let Some(claimed) = claimed else {
-        let known = sqlx::query("SELECT state, reduced_at IS NOT NULL FROM backfill_shard WHERE run_id = ?1 AND shard_no = ?2")
-            .bind(&result.run_id)
-            .bind(result.shard_no as i64)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(sql("read shard"))?;
-        tx.rollback().await.map_err(sql("rollback reduce"))?;
-        return Ok(match known {
-            None => Reduced::UnknownShard,
-            Some(r) if r.get::<bool, _>(1) => Reduced::Duplicate,
-            Some(_) => Reduced::NotCommitted,
-        });
-    };
-    // Fold what the ledger holds for the shard, not what the message says.
-    let stored = claimed.get::<Option<String>, _>(0);
-    let stored = stored_tally(
-        stored
-            .map(|t| parse_json("shard result", Some(t)))
-            .transpose()?,
-    )?;
-    let row = sqlx::query(
-        "SELECT spec_text, mode, scope, plan, tally, shards_total, shards_reduced FROM backfill_run WHERE run_id = ?1",
-    )
-    .bind(&result.run_id)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(sql("read run"))?;
-    let fold = fold_result(
-        RunLedger {
-            run_id: &result.run_id,
-            spec_text: &row.get::<String, _>("spec_text"),
-            mode: &row.get::<String, _>("mode"),
-            scope: parse_json("scope", row.get("scope"))?,
-            plan: parse_json("plan", row.get("plan"))?,
-            tally: parse_json("tally", row.get("tally"))?,
-            shards_total: row.get("shards_total"),
-            shards_reduced: row.get("shards_reduced"),
-        },
-        &stored,
-    )?;
-    let tally_text = json_text(&fold.tally)?;
-    match &fold.finished {
-        None => {
-            sqlx::query(
-                "UPDATE backfill_run SET tally = ?2, shards_reduced = ?3 WHERE run_id = ?1",
-            )
-            .bind(&result.run_id)
-            .bind(&tally_text)
-            .bind(fold.reduced)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("fold shard result"))?;
-        }
-        Some((state, summary)) => {
-            sqlx::query("UPDATE backfill_run SET tally = ?2, shards_reduced = ?3, state = ?4, summary = ?5, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-                 WHERE run_id = ?1")
-            .bind(&result.run_id)
-            .bind(&tally_text)
-            .bind(fold.reduced)
-            .bind(state.as_str())
-            .bind(summary)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("finish run"))?;
-        }
-    }
-    tx.commit().await.map_err(sql("commit reduce"))?;
-    Ok(crate::ledger::reduced(fold))
 }
 
 pub(crate) async fn group_rows(

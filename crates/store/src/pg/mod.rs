@@ -4,11 +4,12 @@
 //! [`crate::common`].
 
 use backfill_job::spec::Dialect;
+use backfill_job::ShardResult;
 use sqlx::PgPool;
 
 use crate::backend::{Backend, Capability};
 use crate::identity::LedgerIdentity;
-use crate::ledger::JobLock;
+use crate::ledger::{JobLock, RawRun, RecentRun, Reduced};
 use crate::status::{RawShard, RawWorker};
 use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent};
 use crate::StoreError;
@@ -190,5 +191,23 @@ impl Backend for Pg {
         ledger::job_lock_held(&self.pool, job)
             .await
             .map(Capability::Has)
+    }
+
+    async fn load_run(&self, run_id: &str) -> Result<Option<RawRun>, StoreError> {
+        ledger::load_run(&self.pool, run_id)
+            .await
+            .map_err(crate::sql("read run"))
+    }
+
+    async fn recent_runs(&self, limit: i64) -> sqlx::Result<Vec<RecentRun>> {
+        ledger::recent_runs(&self.pool, limit).await
+    }
+
+    async fn mark_published(&self, run_id: &str, shard_nos: &[i32]) -> Result<(), StoreError> {
+        ledger::mark_published(&self.pool, run_id, shard_nos).await
+    }
+
+    async fn reduce(&self, result: &ShardResult) -> Result<Reduced, StoreError> {
+        ledger::reduce(&self.pool, result).await
     }
 }

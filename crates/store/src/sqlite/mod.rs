@@ -1,21 +1,23 @@
 //! The SQLite back end of the embedded mode: [`Lite`] implements
 //! [`Backend`] with SQLite's own SQL, one module per area (`identity`,
-//! `status`, `audit`, `steer`); statements both dialects read alike come from
+//! `status`, `audit`, `steer`, `ledger`); statements both dialects read alike come from
 //! [`crate::common`]. One writer at a time: a write transaction begins
 //! `IMMEDIATE`.
 
 use backfill_job::spec::Dialect;
+use backfill_job::ShardResult;
 use sqlx::SqlitePool;
 
 use crate::backend::{Backend, Capability};
 use crate::identity::LedgerIdentity;
-use crate::ledger::JobLock;
+use crate::ledger::{JobLock, RawRun, RecentRun, Reduced};
 use crate::status::{RawShard, RawWorker};
 use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent};
 use crate::StoreError;
 
 mod audit;
 pub(crate) mod identity;
+mod ledger;
 mod status;
 mod steer;
 
@@ -187,4 +189,49 @@ impl Backend for Lite {
     async fn job_lock_held(&self, _job: &str) -> sqlx::Result<Capability<bool>> {
         Ok(Capability::Lacks("SQLite has no session advisory locks"))
     }
+
+    async fn load_run(&self, run_id: &str) -> Result<Option<RawRun>, StoreError> {
+        ledger::load_run(&self.pool, run_id).await
+    }
+
+    async fn recent_runs(&self, limit: i64) -> sqlx::Result<Vec<RecentRun>> {
+        ledger::recent_runs(&self.pool, limit).await
+    }
+
+    async fn mark_published(&self, run_id: &str, shard_nos: &[i32]) -> Result<(), StoreError> {
+        ledger::mark_published(&self.pool, run_id, shard_nos).await
+    }
+
+    async fn reduce(&self, result: &ShardResult) -> Result<Reduced, StoreError> {
+        ledger::reduce(&self.pool, result).await
+    }
+}
+
+/// A value as the JSON text SQLite stores.
+pub(crate) fn json_text(v: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Data(e.to_string()))
+}
+
+/// A JSON column's text, parsed (SQL NULL: JSON null).
+pub(crate) fn parse_json(
+    what: &str,
+    text: Option<String>,
+) -> Result<serde_json::Value, StoreError> {
+    match text {
+        None => Ok(serde_json::Value::Null),
+        Some(t) => serde_json::from_str(&t)
+            .map_err(|e| StoreError::Data(format!("ledger {what} is unreadable: {e}"))),
+    }
+}
+
+/// Begins a write transaction that takes SQLite's write lock up front
+/// (`BEGIN IMMEDIATE`), so it waits its turn instead of failing on a lock
+/// upgrade.
+pub(crate) async fn begin_write(
+    pool: &SqlitePool,
+    what: &str,
+) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+    pool.begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(crate::sql(format!("begin {what}")))
 }
