@@ -13,11 +13,13 @@
 //! `dispatch!(store, op(args))` calls the operation on whichever the store
 //! holds.
 
+use backfill_job::plan::NewRun;
 use backfill_job::spec::Dialect;
-use backfill_job::ShardResult;
+use backfill_job::{Plan, PlannedGroup, ShardResult};
 
 use crate::identity::LedgerIdentity;
-use crate::ledger::{JobLock, RawActiveRun, RawRun, RecentRun, Reduced, ShardRecord};
+use crate::ledger::{JobLock, RawActiveRun, RawRun, RecentRun, Reduced, RunRecord, ShardRecord};
+use crate::planning::Derived;
 use crate::status::{RawShard, RawWorker};
 use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent, ThrottleChange};
 use crate::StoreError;
@@ -204,6 +206,33 @@ pub(crate) trait Backend {
     async fn try_lock_job(&self, job: &str) -> Result<Capability<Option<JobLock>>, StoreError>;
     /// Whether some session holds the job's lock.
     async fn job_lock_held(&self, job: &str) -> sqlx::Result<Capability<bool>>;
+
+    // ---- planning ----
+
+    /// The spec's groups query (`keys`: its `$1`, when it has one) as JSON
+    /// objects; `what` names the query in its error.
+    async fn group_rows(
+        &self,
+        user_sql: &str,
+        keys: Option<Option<String>>,
+        what: &str,
+    ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, StoreError>;
+    /// Records a new run's plan in one transaction (see
+    /// [`crate::Store::create_run`]).
+    async fn create_run(
+        &self,
+        new: NewRun<'_>,
+        groups: Vec<PlannedGroup>,
+    ) -> Result<Plan, StoreError>;
+    /// Records a run derived from a finished run in one transaction (see
+    /// [`crate::Store::create_derived_run`]).
+    async fn create_derived_run(
+        &self,
+        run_id: &str,
+        original: &RunRecord,
+        shard_size: u32,
+        derived: Derived,
+    ) -> Result<Plan, StoreError>;
 
     // ---- identity ----
 

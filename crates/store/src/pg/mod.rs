@@ -1,15 +1,17 @@
 //! The PostgreSQL back end: [`Pg`] implements [`Backend`] with
 //! PostgreSQL's own SQL, one module per area (`identity`, `status`,
-//! `audit`, `steer`, `ledger`); statements both dialects read alike come from
-//! [`crate::common`].
+//! `audit`, `steer`, `ledger`, `planning`); statements both dialects read
+//! alike come from [`crate::common`].
 
+use backfill_job::plan::NewRun;
 use backfill_job::spec::Dialect;
-use backfill_job::ShardResult;
+use backfill_job::{Plan, PlannedGroup, ShardResult};
 use sqlx::PgPool;
 
 use crate::backend::{Backend, Capability};
 use crate::identity::LedgerIdentity;
-use crate::ledger::{JobLock, RawRun, RecentRun, Reduced};
+use crate::ledger::{JobLock, RawRun, RecentRun, Reduced, RunRecord};
+use crate::planning::Derived;
 use crate::status::{RawShard, RawWorker};
 use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent};
 use crate::StoreError;
@@ -17,6 +19,7 @@ use crate::StoreError;
 mod audit;
 pub(crate) mod identity;
 mod ledger;
+mod planning;
 mod status;
 mod steer;
 
@@ -209,5 +212,32 @@ impl Backend for Pg {
 
     async fn reduce(&self, result: &ShardResult) -> Result<Reduced, StoreError> {
         ledger::reduce(&self.pool, result).await
+    }
+
+    async fn group_rows(
+        &self,
+        user_sql: &str,
+        keys: Option<Option<String>>,
+        what: &str,
+    ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, StoreError> {
+        planning::group_rows(&self.pool, user_sql, keys, what).await
+    }
+
+    async fn create_run(
+        &self,
+        new: NewRun<'_>,
+        groups: Vec<PlannedGroup>,
+    ) -> Result<Plan, StoreError> {
+        planning::create_run(&self.pool, new, groups).await
+    }
+
+    async fn create_derived_run(
+        &self,
+        run_id: &str,
+        original: &RunRecord,
+        shard_size: u32,
+        derived: Derived,
+    ) -> Result<Plan, StoreError> {
+        planning::create_derived_run(&self.pool, run_id, original, shard_size, derived).await
     }
 }

@@ -1,16 +1,19 @@
 //! The SQLite back end of the embedded mode: [`Lite`] implements
 //! [`Backend`] with SQLite's own SQL, one module per area (`identity`,
-//! `status`, `audit`, `steer`, `ledger`); statements both dialects read alike come from
-//! [`crate::common`]. One writer at a time: a write transaction begins
-//! `IMMEDIATE`.
+//! `status`, `audit`, `steer`, `ledger`, `planning`); statements both
+//! dialects read alike come from [`crate::common`]. One writer at a time: a
+//! write transaction begins `IMMEDIATE` ([`begin_write`]); JSON columns are
+//! text ([`json_text`], [`parse_json`]).
 
+use backfill_job::plan::NewRun;
 use backfill_job::spec::Dialect;
-use backfill_job::ShardResult;
+use backfill_job::{Plan, PlannedGroup, ShardResult};
 use sqlx::SqlitePool;
 
 use crate::backend::{Backend, Capability};
 use crate::identity::LedgerIdentity;
-use crate::ledger::{JobLock, RawRun, RecentRun, Reduced};
+use crate::ledger::{JobLock, RawRun, RecentRun, Reduced, RunRecord};
+use crate::planning::Derived;
 use crate::status::{RawShard, RawWorker};
 use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent};
 use crate::StoreError;
@@ -18,6 +21,7 @@ use crate::StoreError;
 mod audit;
 pub(crate) mod identity;
 mod ledger;
+mod planning;
 mod status;
 mod steer;
 
@@ -204,6 +208,33 @@ impl Backend for Lite {
 
     async fn reduce(&self, result: &ShardResult) -> Result<Reduced, StoreError> {
         ledger::reduce(&self.pool, result).await
+    }
+
+    async fn group_rows(
+        &self,
+        user_sql: &str,
+        keys: Option<Option<String>>,
+        what: &str,
+    ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, StoreError> {
+        planning::group_rows(&self.pool, user_sql, keys, what).await
+    }
+
+    async fn create_run(
+        &self,
+        new: NewRun<'_>,
+        groups: Vec<PlannedGroup>,
+    ) -> Result<Plan, StoreError> {
+        planning::create_run(&self.pool, new, groups).await
+    }
+
+    async fn create_derived_run(
+        &self,
+        run_id: &str,
+        original: &RunRecord,
+        shard_size: u32,
+        derived: Derived,
+    ) -> Result<Plan, StoreError> {
+        planning::create_derived_run(&self.pool, run_id, original, shard_size, derived).await
     }
 }
 
