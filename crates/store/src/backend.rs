@@ -11,15 +11,19 @@
 //!
 //! Dispatch is static: `Db` is an enum of the two implementations, and
 //! `dispatch!(store, op(args))` calls the operation on whichever the store
-//! holds.
+//! holds. A mapper's shard transaction is likewise one enum, [`DbTx`], of
+//! each dialect's [`ShardTransaction`].
 
 use backfill_job::plan::NewRun;
 use backfill_job::spec::Dialect;
-use backfill_job::{Plan, PlannedGroup, ShardResult};
+use backfill_job::spec::TargetSpec;
+use backfill_job::{Plan, PlannedGroup, ShardResult, Tally};
+use std::collections::BTreeMap;
 
 use crate::identity::LedgerIdentity;
 use crate::ledger::{JobLock, RawActiveRun, RawRun, RecentRun, Reduced, RunRecord, ShardRecord};
 use crate::planning::Derived;
+use crate::shard::{BatchLimits, Committed, EvaluatedRow, FetchedRow, ShardCommit, ShardWork};
 use crate::status::{RawShard, RawWorker};
 use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent, ThrottleChange};
 use crate::StoreError;
@@ -234,6 +238,59 @@ pub(crate) trait Backend {
         derived: Derived,
     ) -> Result<Plan, StoreError>;
 
+    // ---- a mapper's shard ----
+
+    /// A shard's stored result when it is done (or given up).
+    async fn shard_done(&self, run_id: &str, shard_no: u32) -> Result<Option<Tally>, StoreError>;
+    /// A shard's items and their target rows, read without locks (`digests`:
+    /// with the `md5` of each document, where the back end compares those).
+    async fn fetch_shard(
+        &self,
+        run_id: &str,
+        target: &TargetSpec,
+        shard_no: u32,
+        digests: bool,
+    ) -> Result<Vec<FetchedRow>, StoreError>;
+    /// How each column of `table` is typed, to cast written text back to
+    /// it. Only a back end whose columns have types of their own has them:
+    /// every SQLite column keeps the text it is given.
+    async fn column_types(&self, table: &str)
+        -> sqlx::Result<Capability<BTreeMap<String, String>>>;
+    /// The system column a row's version is read from and compared on: a
+    /// fetched row carries it, and a write whose row still has it skips
+    /// comparing the documents. A back end without row versions compares
+    /// the documents themselves.
+    fn row_versions(&self) -> Capability<&'static str>;
+    /// Starts a shard's transaction and locks its ledger row (`types`: the
+    /// target's column types, see [`Backend::column_types`]).
+    async fn open_shard(
+        &self,
+        work: &ShardWork<'_>,
+        types: BTreeMap<String, String>,
+    ) -> Result<Opened, StoreError>;
+    /// Commits a whole shard in one transaction.
+    async fn commit_shard(
+        &self,
+        c: ShardCommit<'_>,
+        types: BTreeMap<String, String>,
+    ) -> Result<Committed, StoreError>;
+    /// Records a failed attempt at a shard; how many attempts failed.
+    async fn shard_attempt_failed(
+        &self,
+        run_id: &str,
+        shard_no: u32,
+        error: &str,
+    ) -> Result<u32, StoreError>;
+    /// Records a shard given up, its rows quarantined (see
+    /// [`crate::Store::fail_shard`]).
+    async fn fail_shard(
+        &self,
+        run_id: &str,
+        shard_no: u32,
+        target: &str,
+        error: &str,
+    ) -> Result<Committed, StoreError>;
+
     // ---- identity ----
 
     /// The ledger's identity, with the database it is in now.
@@ -274,6 +331,41 @@ pub(crate) trait Backend {
     async fn set_table_rows(&self, run_id: &str, doc: serde_json::Value) -> sqlx::Result<()>;
 }
 
+/// A shard's transaction on one back end, as [`crate::ShardTx`] drives it.
+pub(crate) trait ShardTransaction {
+    /// The next batch of the shard's rows within `limits`, `None` when every
+    /// row was read.
+    async fn next_batch(
+        &mut self,
+        work: &ShardWork<'_>,
+        limits: BatchLimits,
+    ) -> Result<Option<Vec<FetchedRow>>, StoreError>;
+    /// Writes a batch's evaluated rows: the batch's result, or `None` when
+    /// the back end writes them all at [`ShardTransaction::finish`].
+    async fn write(
+        &mut self,
+        work: &ShardWork<'_>,
+        rows: Vec<EvaluatedRow>,
+    ) -> Result<Option<Tally>, StoreError>;
+    /// Records the shard done with `tally` (the batches' results) and
+    /// commits.
+    async fn finish(self, work: &ShardWork<'_>, tally: Tally) -> Result<Committed, StoreError>;
+}
+
+/// A shard's transaction, by dialect.
+pub(crate) enum DbTx {
+    Pg(crate::pg::ShardTx),
+    Lite(crate::sqlite::ShardTx),
+}
+
+/// What opening a shard found.
+pub(crate) enum Opened {
+    /// Already done (or given up): its stored result.
+    Done(Tally),
+    /// Locked: its transaction.
+    Open(DbTx),
+}
+
 /// The back end a store holds.
 #[derive(Clone, Debug)]
 pub(crate) enum Db {
@@ -284,7 +376,9 @@ pub(crate) enum Db {
 /// Calls a [`Backend`] operation on the back end a store holds:
 /// `dispatch!(self, op(args…))` is `self.db.op(args…).await`;
 /// `dispatch!(sync self, op(args…))` calls a method that is not `async`,
-/// and `dispatch!(db: &db, op(args…))` one of a `Db` outside a store.
+/// `dispatch!(db: &db, op(args…))` one of a `Db` outside a store, and
+/// `dispatch!(tx: tx, op(args…))` a [`ShardTransaction`] operation on a
+/// [`DbTx`].
 macro_rules! dispatch {
     ($store:expr, $op:ident ( $($arg:expr),* $(,)? )) => {
         $crate::backend::dispatch!(db: &$store.db, $op($($arg),*))
@@ -293,6 +387,12 @@ macro_rules! dispatch {
         match &$store.db {
             $crate::backend::Db::Pg(b) => $crate::backend::Backend::$op(b, $($arg),*),
             $crate::backend::Db::Lite(b) => $crate::backend::Backend::$op(b, $($arg),*),
+        }
+    };
+    (tx: $tx:expr, $op:ident ( $($arg:expr),* $(,)? )) => {
+        match $tx {
+            $crate::backend::DbTx::Pg(t) => $crate::backend::ShardTransaction::$op(t, $($arg),*).await,
+            $crate::backend::DbTx::Lite(t) => $crate::backend::ShardTransaction::$op(t, $($arg),*).await,
         }
     };
     (db: $db:expr, $op:ident ( $($arg:expr),* $(,)? )) => {

@@ -1,17 +1,20 @@
 //! The PostgreSQL back end: [`Pg`] implements [`Backend`] with
 //! PostgreSQL's own SQL, one module per area (`identity`, `status`,
-//! `audit`, `steer`, `ledger`, `planning`); statements both dialects read
+//! `audit`, `steer`, `ledger`, `planning`, `shard`); statements both dialects read
 //! alike come from [`crate::common`].
 
 use backfill_job::plan::NewRun;
 use backfill_job::spec::Dialect;
-use backfill_job::{Plan, PlannedGroup, ShardResult};
+use backfill_job::spec::TargetSpec;
+use backfill_job::{Plan, PlannedGroup, ShardResult, Tally};
 use sqlx::PgPool;
+use std::collections::BTreeMap;
 
-use crate::backend::{Backend, Capability};
+use crate::backend::{Backend, Capability, Opened};
 use crate::identity::LedgerIdentity;
 use crate::ledger::{JobLock, RawRun, RecentRun, Reduced, RunRecord};
 use crate::planning::Derived;
+use crate::shard::{Committed, FetchedRow, ShardCommit, ShardWork};
 use crate::status::{RawShard, RawWorker};
 use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent};
 use crate::StoreError;
@@ -20,8 +23,11 @@ mod audit;
 pub(crate) mod identity;
 mod ledger;
 mod planning;
+mod shard;
 mod status;
 mod steer;
+
+pub(crate) use shard::ShardTx;
 
 /// A PostgreSQL ledger.
 #[derive(Clone, Debug)]
@@ -239,5 +245,67 @@ impl Backend for Pg {
         derived: Derived,
     ) -> Result<Plan, StoreError> {
         planning::create_derived_run(&self.pool, run_id, original, shard_size, derived).await
+    }
+
+    async fn shard_done(&self, run_id: &str, shard_no: u32) -> Result<Option<Tally>, StoreError> {
+        shard::shard_done(&self.pool, run_id, shard_no).await
+    }
+
+    async fn fetch_shard(
+        &self,
+        run_id: &str,
+        target: &TargetSpec,
+        shard_no: u32,
+        digests: bool,
+    ) -> Result<Vec<FetchedRow>, StoreError> {
+        shard::fetch_shard(&self.pool, run_id, target, shard_no, digests).await
+    }
+
+    async fn column_types(
+        &self,
+        table: &str,
+    ) -> sqlx::Result<Capability<BTreeMap<String, String>>> {
+        shard::column_types(&self.pool, table)
+            .await
+            .map(Capability::Has)
+    }
+
+    fn row_versions(&self) -> Capability<&'static str> {
+        Capability::Has(shard::ROW_VERSION)
+    }
+
+    async fn open_shard(
+        &self,
+        work: &ShardWork<'_>,
+        types: BTreeMap<String, String>,
+    ) -> Result<Opened, StoreError> {
+        shard::open_shard(&self.pool, work, types).await
+    }
+
+    async fn commit_shard(
+        &self,
+        c: ShardCommit<'_>,
+        types: BTreeMap<String, String>,
+    ) -> Result<Committed, StoreError> {
+        shard::commit_shard(&self.pool, c, types).await
+    }
+
+    async fn shard_attempt_failed(
+        &self,
+        run_id: &str,
+        shard_no: u32,
+        error: &str,
+    ) -> Result<u32, StoreError> {
+        shard::shard_attempt_failed(&self.pool, run_id, shard_no, error).await
+    }
+
+    async fn fail_shard(
+        &self,
+        run_id: &str,
+        shard_no: u32,
+        target: &str,
+        error: &str,
+    ) -> Result<Committed, StoreError> {
+        shard::fail_shard(&self.pool, run_id, shard_no, target, error).await
     }
 }

@@ -1,19 +1,22 @@
 //! The SQLite back end of the embedded mode: [`Lite`] implements
 //! [`Backend`] with SQLite's own SQL, one module per area (`identity`,
-//! `status`, `audit`, `steer`, `ledger`, `planning`); statements both
+//! `status`, `audit`, `steer`, `ledger`, `planning`, `shard`); statements both
 //! dialects read alike come from [`crate::common`]. One writer at a time: a
 //! write transaction begins `IMMEDIATE` ([`begin_write`]); JSON columns are
 //! text ([`json_text`], [`parse_json`]).
 
 use backfill_job::plan::NewRun;
 use backfill_job::spec::Dialect;
-use backfill_job::{Plan, PlannedGroup, ShardResult};
+use backfill_job::spec::TargetSpec;
+use backfill_job::{Plan, PlannedGroup, ShardResult, Tally};
 use sqlx::SqlitePool;
+use std::collections::BTreeMap;
 
-use crate::backend::{Backend, Capability};
+use crate::backend::{Backend, Capability, Opened};
 use crate::identity::LedgerIdentity;
 use crate::ledger::{JobLock, RawRun, RecentRun, Reduced, RunRecord};
 use crate::planning::Derived;
+use crate::shard::{Committed, FetchedRow, ShardCommit, ShardWork};
 use crate::status::{RawShard, RawWorker};
 use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent};
 use crate::StoreError;
@@ -22,8 +25,11 @@ mod audit;
 pub(crate) mod identity;
 mod ledger;
 mod planning;
+mod shard;
 mod status;
 mod steer;
+
+pub(crate) use shard::ShardTx;
 
 /// An SQLite ledger.
 #[derive(Clone, Debug)]
@@ -235,6 +241,69 @@ impl Backend for Lite {
         derived: Derived,
     ) -> Result<Plan, StoreError> {
         planning::create_derived_run(&self.pool, run_id, original, shard_size, derived).await
+    }
+
+    async fn shard_done(&self, run_id: &str, shard_no: u32) -> Result<Option<Tally>, StoreError> {
+        shard::shard_done(&self.pool, run_id, shard_no).await
+    }
+
+    async fn fetch_shard(
+        &self,
+        run_id: &str,
+        target: &TargetSpec,
+        shard_no: u32,
+        _digests: bool,
+    ) -> Result<Vec<FetchedRow>, StoreError> {
+        // SQLite compares the documents themselves: no digests.
+        shard::fetch_shard(&self.pool, run_id, target, shard_no).await
+    }
+
+    async fn column_types(
+        &self,
+        _table: &str,
+    ) -> sqlx::Result<Capability<BTreeMap<String, String>>> {
+        Ok(Capability::Lacks(
+            "every SQLite column keeps the text it is given",
+        ))
+    }
+
+    fn row_versions(&self) -> Capability<&'static str> {
+        Capability::Lacks("SQLite has no row versions: the documents themselves are compared")
+    }
+
+    async fn open_shard(
+        &self,
+        work: &ShardWork<'_>,
+        _types: BTreeMap<String, String>,
+    ) -> Result<Opened, StoreError> {
+        shard::open_shard(&self.pool, work).await
+    }
+
+    async fn commit_shard(
+        &self,
+        c: ShardCommit<'_>,
+        _types: BTreeMap<String, String>,
+    ) -> Result<Committed, StoreError> {
+        shard::commit_shard(&self.pool, c).await
+    }
+
+    async fn shard_attempt_failed(
+        &self,
+        run_id: &str,
+        shard_no: u32,
+        error: &str,
+    ) -> Result<u32, StoreError> {
+        shard::shard_attempt_failed(&self.pool, run_id, shard_no, error).await
+    }
+
+    async fn fail_shard(
+        &self,
+        run_id: &str,
+        shard_no: u32,
+        target: &str,
+        error: &str,
+    ) -> Result<Committed, StoreError> {
+        shard::fail_shard(&self.pool, run_id, shard_no, target, error).await
     }
 }
 

@@ -1,12 +1,11 @@
-//! The SQLite back end of the embedded mode: the same ledger and the same
-//! operations as PostgreSQL, in SQLite's dialect.
-//!
-//! SQLite has one writer at a time. Every write transaction starts with
-//! `BEGIN IMMEDIATE`, so it takes the write lock up front and waits (busy
+//! SQLite's steps for a mapper's shard: the whole shard read at once
+//! ([`ShardTx`] hands it out as one batch) and committed in one `IMMEDIATE`
+//! transaction, which takes the write lock up front and waits (busy
 //! timeout) instead of failing on a lock upgrade; a shard's compare-and-set
-//! writes, before-images and ledger record still commit together. JSON
-//! columns are text, as Django stores JSONField on SQLite, and the
-//! compare-and-set compares that text exactly as it was read.
+//! writes, before-images and ledger record commit together. JSON columns
+//! are text, as Django stores JSONField on SQLite, and the compare-and-set
+//! compares that text exactly as it was read (SQLite has no row versions).
+//! Also the failed and dead shards' records.
 
 use backfill_job::spec::{quote_ident, TargetSpec};
 use backfill_job::{KeyType, RowOutcome, Tally};
@@ -15,12 +14,13 @@ use std::collections::{BTreeMap, HashSet};
 
 use backfill_job::shard::{failed_tally, shard_tally, EvaluatedRow, FetchedRow};
 
+use super::{begin_write, json_text, parse_json};
+use crate::backend::{DbTx, Opened, ShardTransaction};
 use crate::ledger::decode;
-use crate::shard::{Committed, ShardCommit, ShardRows};
-use crate::sqlite::{begin_write, json_text, parse_json};
+use crate::shard::{key_join, BatchLimits, Committed, ShardCommit, ShardWork};
 use crate::{sql, StoreError};
 
-pub(crate) async fn shard_done(
+pub(super) async fn shard_done(
     pool: &SqlitePool,
     run_id: &str,
     shard_no: u32,
@@ -42,23 +42,12 @@ pub(crate) async fn shard_done(
     }
 }
 
-fn key_join(target: &TargetSpec) -> String {
-    let k = quote_ident(&target.key);
-    match target.key_type {
-        KeyType::Integer => format!("t.{k} = i.key_int"),
-        KeyType::Text => format!("t.{k} = i.key"),
-    }
-}
-
-pub(crate) async fn fetch_shard(
+pub(super) async fn fetch_shard(
     pool: &SqlitePool,
     run_id: &str,
     target: &TargetSpec,
     shard_no: u32,
-) -> Result<ShardRows, StoreError> {
-    if let Some(done) = shard_done(pool, run_id, shard_no).await? {
-        return Ok(ShardRows::Done(done));
-    }
+) -> Result<Vec<FetchedRow>, StoreError> {
     let cols: Vec<&String> = target.all_columns().collect();
     let select_cols: String = cols
         .iter()
@@ -106,7 +95,68 @@ pub(crate) async fn fetch_shard(
             version: None,
         });
     }
-    Ok(ShardRows::Pending(out))
+    Ok(out)
+}
+
+/// Reads the whole shard, outside any transaction: SQLite has no
+/// statement timeout to keep statements under, and commits the shard in one
+/// go at [`ShardTransaction::finish`], as one writer at a time.
+pub(super) async fn open_shard(
+    pool: &SqlitePool,
+    work: &ShardWork<'_>,
+) -> Result<Opened, StoreError> {
+    if let Some(done) = shard_done(pool, work.run_id, work.shard_no).await? {
+        return Ok(Opened::Done(done));
+    }
+    let rows = fetch_shard(pool, work.run_id, work.target, work.shard_no).await?;
+    Ok(Opened::Open(DbTx::Lite(ShardTx {
+        pool: pool.clone(),
+        rows: Some(rows),
+        evaluated: Vec::new(),
+    })))
+}
+
+/// One shard on SQLite: its rows as read, and its evaluated rows kept
+/// until [`ShardTransaction::finish`] commits them.
+pub(crate) struct ShardTx {
+    pool: SqlitePool,
+    rows: Option<Vec<FetchedRow>>,
+    evaluated: Vec<EvaluatedRow>,
+}
+
+impl ShardTransaction for ShardTx {
+    async fn next_batch(
+        &mut self,
+        _work: &ShardWork<'_>,
+        _limits: BatchLimits,
+    ) -> Result<Option<Vec<FetchedRow>>, StoreError> {
+        Ok(self.rows.take())
+    }
+
+    async fn write(
+        &mut self,
+        _work: &ShardWork<'_>,
+        rows: Vec<EvaluatedRow>,
+    ) -> Result<Option<Tally>, StoreError> {
+        self.evaluated.extend(rows);
+        Ok(None)
+    }
+
+    async fn finish(self, work: &ShardWork<'_>, _tally: Tally) -> Result<Committed, StoreError> {
+        commit_shard(
+            &self.pool,
+            ShardCommit {
+                run_id: work.run_id,
+                shard_no: work.shard_no,
+                target: work.target,
+                mode: work.mode,
+                worker: work.worker,
+                rows: self.evaluated,
+                retry: work.retry,
+            },
+        )
+        .await
+    }
 }
 
 /// Locks the shard for this transaction: a no-op write that takes SQLite's
@@ -125,7 +175,7 @@ async fn lock_shard(
     Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
-pub(crate) async fn commit_shard(
+pub(super) async fn commit_shard(
     pool: &SqlitePool,
     c: ShardCommit<'_>,
 ) -> Result<Committed, StoreError> {
@@ -210,7 +260,7 @@ pub(crate) async fn commit_shard(
     Ok(Committed::Applied(tally))
 }
 
-pub(crate) async fn shard_attempt_failed(
+pub(super) async fn shard_attempt_failed(
     pool: &SqlitePool,
     run_id: &str,
     shard_no: u32,
@@ -231,7 +281,7 @@ pub(crate) async fn shard_attempt_failed(
     Ok(n.unwrap_or(0).max(0) as u32)
 }
 
-pub(crate) async fn fail_shard(
+pub(super) async fn fail_shard(
     pool: &SqlitePool,
     run_id: &str,
     shard_no: u32,
