@@ -293,6 +293,8 @@ pub(crate) trait Backend {
 
     // ---- identity ----
 
+    /// Gives the ledger its identity when it has none.
+    async fn ensure_identity(&self) -> Result<(), StoreError>;
     /// The ledger's identity, with the database it is in now.
     async fn load_identity(&self) -> Result<LedgerIdentity, StoreError>;
     /// Replaces a copied ledger's identity with a new one of this database.
@@ -329,6 +331,18 @@ pub(crate) trait Backend {
     ) -> Result<Vec<crate::audit::RawImage>, StoreError>;
     /// Sets a run's `table_rows` document.
     async fn set_table_rows(&self, run_id: &str, doc: serde_json::Value) -> sqlx::Result<()>;
+}
+
+impl Db {
+    /// A PostgreSQL ledger on `pool`.
+    pub(crate) fn postgres(pool: sqlx::PgPool) -> Db {
+        Db::Pg(crate::pg::Pg { pool })
+    }
+
+    /// An SQLite ledger on `pool`.
+    pub(crate) fn sqlite(pool: sqlx::SqlitePool) -> Db {
+        Db::Lite(crate::sqlite::Lite { pool })
+    }
 }
 
 /// A shard's transaction on one back end, as [`crate::ShardTx`] drives it.

@@ -22,7 +22,7 @@
 //!   `backend::ShardTransaction`).
 //!
 //! The dialect-free modules ([`ledger`], [`planning`], [`shard`], [`steer`],
-//! [`status`], [`audit`]) reach a dialect only through the
+//! [`status`], [`audit`], [`identity`]) reach a dialect only through the
 //! trait; `pg` and `sqlite` use their types and pure helpers, never the
 //! other way round.
 //!
@@ -327,7 +327,7 @@ impl Store {
                 .map_err(sql("look for the ledger"))?;
                 no_ledger(present, url)?;
             }
-            Db::Pg(pg::Pg { pool })
+            Db::postgres(pool)
         } else if url.starts_with("sqlite:") {
             // WAL lets readers go on while one writer commits; the busy
             // timeout makes concurrent shard commits wait their turn.
@@ -362,7 +362,7 @@ impl Store {
                 .map_err(sql("look for the ledger"))?;
                 no_ledger(present, url)?;
             }
-            Db::Lite(sqlite::Lite { pool })
+            Db::sqlite(pool)
         } else {
             return Err(StoreError::Scheme(redact_url(url)));
         };

@@ -10,7 +10,7 @@ use crate::{sql, StoreError};
 /// Gives a PostgreSQL ledger its identity when it has none. Under the lock
 /// the ledger's migrations of every release take, so that concurrent first
 /// starts (of this release or an earlier one) agree on one id.
-pub(crate) async fn ensure(pool: &PgPool) -> Result<(), StoreError> {
+pub(super) async fn ensure(pool: &PgPool) -> Result<(), StoreError> {
     let has: bool = sqlx::query_scalar(HAS_IDENTITY)
         .fetch_one(pool)
         .await

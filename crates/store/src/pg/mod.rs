@@ -20,7 +20,7 @@ use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent};
 use crate::StoreError;
 
 mod audit;
-pub(crate) mod identity;
+mod identity;
 mod ledger;
 mod planning;
 mod shard;
@@ -40,6 +40,10 @@ impl Backend for Pg {
 
     fn dialect(&self) -> Dialect {
         Dialect::Postgres
+    }
+
+    async fn ensure_identity(&self) -> Result<(), StoreError> {
+        identity::ensure(&self.pool).await
     }
 
     async fn load_identity(&self) -> Result<LedgerIdentity, StoreError> {

@@ -9,7 +9,7 @@ use crate::{sql, StoreError};
 
 /// Gives an SQLite ledger its identity when it has none, in a write
 /// transaction (one writer at a time).
-pub(crate) async fn ensure(pool: &SqlitePool) -> Result<(), StoreError> {
+pub(super) async fn ensure(pool: &SqlitePool) -> Result<(), StoreError> {
     let has: bool = sqlx::query_scalar(HAS_IDENTITY)
         .fetch_one(pool)
         .await

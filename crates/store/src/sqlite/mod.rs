@@ -22,7 +22,7 @@ use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent};
 use crate::StoreError;
 
 mod audit;
-pub(crate) mod identity;
+mod identity;
 mod ledger;
 mod planning;
 mod shard;
@@ -42,6 +42,10 @@ impl Backend for Lite {
 
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
+    }
+
+    async fn ensure_identity(&self) -> Result<(), StoreError> {
+        identity::ensure(&self.pool).await
     }
 
     async fn load_identity(&self) -> Result<LedgerIdentity, StoreError> {
