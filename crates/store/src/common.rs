@@ -1,8 +1,9 @@
 //! Statements both dialects read alike, written once: `common_ops!()`
 //! expands, inside each dialect's `impl Backend`, to the [`Backend`]
 //! methods whose SQL and control flow do not depend on the dialect (SQLite
-//! binds `$n` by number as PostgreSQL does). The dialect modules hold only
-//! what differs.
+//! binds `$n` by number as PostgreSQL does); `delegated_ops!()` to the
+//! methods that hand an operation to the dialect's module of the same name
+//! with the same arguments. The dialect modules hold only what differs.
 //!
 //! [`Backend`]: crate::backend::Backend
 
@@ -269,3 +270,205 @@ macro_rules! common_ops {
     };
 }
 pub(crate) use common_ops;
+
+/// The [`crate::backend::Backend`] methods that hand an operation to the
+/// dialect's own module of the same name (`identity`, `status`, `audit`,
+/// `steer`, `ledger`, `planning`, `shard`) with the pool and the same
+/// arguments: each dialect declares only what its modules do differently.
+macro_rules! delegated_ops {
+    () => {
+        async fn ensure_identity(&self) -> Result<(), crate::StoreError> {
+            identity::ensure(&self.pool).await
+        }
+
+        async fn load_identity(
+            &self,
+        ) -> Result<crate::identity::LedgerIdentity, crate::StoreError> {
+            identity::load(&self.pool).await
+        }
+
+        async fn raw_shards(&self, run_id: &str) -> sqlx::Result<Vec<crate::status::RawShard>> {
+            status::raw_shards(&self.pool, run_id).await
+        }
+
+        async fn run_times(&self, run_id: &str) -> sqlx::Result<(f64, Option<f64>, f64)> {
+            status::run_times(&self.pool, run_id).await
+        }
+
+        async fn run_workers(&self, run_id: &str) -> sqlx::Result<Vec<crate::status::RawWorker>> {
+            status::run_workers(&self.pool, run_id).await
+        }
+
+        async fn recent_dry_runs(
+            &self,
+            job: &str,
+            spec_hash: &str,
+            secs: f64,
+        ) -> sqlx::Result<Vec<String>> {
+            audit::recent_dry_runs(&self.pool, job, spec_hash, secs).await
+        }
+
+        async fn set_table_rows(&self, run_id: &str, doc: serde_json::Value) -> sqlx::Result<()> {
+            audit::set_table_rows(&self.pool, run_id, doc).await
+        }
+
+        async fn heartbeat(
+            &self,
+            worker: &str,
+            role: &str,
+            run_id: Option<&str>,
+            shards_done: i64,
+        ) -> sqlx::Result<()> {
+            steer::heartbeat(&self.pool, worker, role, run_id, shards_done).await
+        }
+
+        async fn finish_cancelled(&self, run_id: &str, summary: &str) -> sqlx::Result<u64> {
+            steer::finish_cancelled(&self.pool, run_id, summary).await
+        }
+
+        async fn run_events(&self, run_id: &str) -> sqlx::Result<Vec<crate::steer::RawEvent>> {
+            steer::run_events(&self.pool, run_id).await
+        }
+
+        async fn history(
+            &self,
+            job: Option<&str>,
+            limit: i64,
+        ) -> sqlx::Result<Vec<crate::steer::HistoryRow>> {
+            steer::history(&self.pool, job, limit).await
+        }
+
+        async fn prune_before_images(
+            &self,
+            secs: f64,
+            delete: bool,
+        ) -> Result<Vec<(String, i64, i64)>, crate::StoreError> {
+            steer::prune_before_images(&self.pool, secs, delete).await
+        }
+
+        async fn control(&self, run_id: &str) -> sqlx::Result<Option<crate::steer::RawControl>> {
+            steer::control(&self.pool, run_id).await
+        }
+
+        async fn claim_shard(
+            &self,
+            run_id: &str,
+            shard_no: u32,
+            worker: &str,
+            max_in_flight: Option<u32>,
+        ) -> Result<crate::steer::Claim, crate::StoreError> {
+            steer::claim_shard(&self.pool, run_id, shard_no, worker, max_in_flight).await
+        }
+
+        async fn reserve_rows(
+            &self,
+            run_id: &str,
+            rows: f64,
+            horizon: f64,
+        ) -> Result<Option<Option<f64>>, crate::StoreError> {
+            steer::reserve_rows(&self.pool, run_id, rows, horizon).await
+        }
+
+        async fn reserve_bytes(
+            &self,
+            run_id: &str,
+            rows: f64,
+            horizon: f64,
+        ) -> Result<Option<(Option<f64>, Option<f64>)>, crate::StoreError> {
+            steer::reserve_bytes(&self.pool, run_id, rows, horizon).await
+        }
+
+        async fn settle_bytes(
+            &self,
+            run_id: &str,
+            per_row: Option<f64>,
+            reserved: f64,
+            written: f64,
+            elapsed: f64,
+        ) -> sqlx::Result<()> {
+            steer::settle_bytes(&self.pool, run_id, per_row, reserved, written, elapsed).await
+        }
+
+        async fn measured_shard_cost(
+            &self,
+            job: &str,
+            mode: &str,
+        ) -> sqlx::Result<Option<crate::steer::RawCost>> {
+            steer::measured_shard_cost(&self.pool, job, mode).await
+        }
+
+        async fn recent_runs(&self, limit: i64) -> sqlx::Result<Vec<crate::ledger::RecentRun>> {
+            ledger::recent_runs(&self.pool, limit).await
+        }
+
+        async fn mark_published(
+            &self,
+            run_id: &str,
+            shard_nos: &[i32],
+        ) -> Result<(), crate::StoreError> {
+            ledger::mark_published(&self.pool, run_id, shard_nos).await
+        }
+
+        async fn reduce(
+            &self,
+            result: &backfill_job::ShardResult,
+        ) -> Result<crate::ledger::Reduced, crate::StoreError> {
+            ledger::reduce(&self.pool, result).await
+        }
+
+        async fn group_rows(
+            &self,
+            user_sql: &str,
+            keys: Option<Option<String>>,
+            what: &str,
+        ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, crate::StoreError> {
+            planning::group_rows(&self.pool, user_sql, keys, what).await
+        }
+
+        async fn create_run(
+            &self,
+            new: backfill_job::plan::NewRun<'_>,
+            groups: Vec<backfill_job::PlannedGroup>,
+        ) -> Result<backfill_job::Plan, crate::StoreError> {
+            planning::create_run(&self.pool, new, groups).await
+        }
+
+        async fn create_derived_run(
+            &self,
+            run_id: &str,
+            original: &crate::ledger::RunRecord,
+            shard_size: u32,
+            derived: crate::planning::Derived,
+        ) -> Result<backfill_job::Plan, crate::StoreError> {
+            planning::create_derived_run(&self.pool, run_id, original, shard_size, derived).await
+        }
+
+        async fn shard_done(
+            &self,
+            run_id: &str,
+            shard_no: u32,
+        ) -> Result<Option<backfill_job::Tally>, crate::StoreError> {
+            shard::shard_done(&self.pool, run_id, shard_no).await
+        }
+
+        async fn shard_attempt_failed(
+            &self,
+            run_id: &str,
+            shard_no: u32,
+            error: &str,
+        ) -> Result<u32, crate::StoreError> {
+            shard::shard_attempt_failed(&self.pool, run_id, shard_no, error).await
+        }
+
+        async fn fail_shard(
+            &self,
+            run_id: &str,
+            shard_no: u32,
+            target: &str,
+            error: &str,
+        ) -> Result<crate::shard::Committed, crate::StoreError> {
+            shard::fail_shard(&self.pool, run_id, shard_no, target, error).await
+        }
+    };
+}
+pub(crate) use delegated_ops;

@@ -1,22 +1,18 @@
 //! The PostgreSQL back end: [`Pg`] implements [`Backend`] with
 //! PostgreSQL's own SQL, one module per area (`identity`, `status`,
-//! `audit`, `steer`, `ledger`, `planning`, `shard`); statements both dialects read
-//! alike come from [`crate::common`].
+//! `audit`, `steer`, `ledger`, `planning`, `shard`); statements both
+//! dialects read alike, and the methods that only hand an operation to the
+//! area's module, come from [`crate::common`]. What is written here is what
+//! PostgreSQL does differently.
 
-use backfill_job::plan::NewRun;
 use backfill_job::spec::Dialect;
 use backfill_job::spec::TargetSpec;
-use backfill_job::{Plan, PlannedGroup, ShardResult, Tally};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 
 use crate::backend::{Backend, Capability, Opened};
-use crate::identity::LedgerIdentity;
-use crate::ledger::{JobLock, RawRun, RecentRun, Reduced, RunRecord};
-use crate::planning::Derived;
+use crate::ledger::{JobLock, RawRun};
 use crate::shard::{Committed, FetchedRow, ShardCommit, ShardWork};
-use crate::status::{RawShard, RawWorker};
-use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent};
 use crate::StoreError;
 
 mod audit;
@@ -37,42 +33,14 @@ pub(crate) struct Pg {
 
 impl Backend for Pg {
     crate::common::common_ops!();
+    crate::common::delegated_ops!();
 
     fn dialect(&self) -> Dialect {
         Dialect::Postgres
     }
 
-    async fn ensure_identity(&self) -> Result<(), StoreError> {
-        identity::ensure(&self.pool).await
-    }
-
-    async fn load_identity(&self) -> Result<LedgerIdentity, StoreError> {
-        identity::load(&self.pool).await
-    }
-
     async fn replace_identity(&self) -> Result<Capability<()>, StoreError> {
         identity::replace(&self.pool).await.map(Capability::Has)
-    }
-
-    async fn raw_shards(&self, run_id: &str) -> sqlx::Result<Vec<RawShard>> {
-        status::raw_shards(&self.pool, run_id).await
-    }
-
-    async fn run_times(&self, run_id: &str) -> sqlx::Result<(f64, Option<f64>, f64)> {
-        status::run_times(&self.pool, run_id).await
-    }
-
-    async fn run_workers(&self, run_id: &str) -> sqlx::Result<Vec<RawWorker>> {
-        status::run_workers(&self.pool, run_id).await
-    }
-
-    async fn recent_dry_runs(
-        &self,
-        job: &str,
-        spec_hash: &str,
-        secs: f64,
-    ) -> sqlx::Result<Vec<String>> {
-        audit::recent_dry_runs(&self.pool, job, spec_hash, secs).await
     }
 
     async fn before_images(
@@ -84,87 +52,6 @@ impl Backend for Pg {
         audit::before_images(&self.pool, run_id, target, keys)
             .await
             .map_err(crate::sql("read before-images"))
-    }
-
-    async fn set_table_rows(&self, run_id: &str, doc: serde_json::Value) -> sqlx::Result<()> {
-        audit::set_table_rows(&self.pool, run_id, doc).await
-    }
-
-    async fn heartbeat(
-        &self,
-        worker: &str,
-        role: &str,
-        run_id: Option<&str>,
-        shards_done: i64,
-    ) -> sqlx::Result<()> {
-        steer::heartbeat(&self.pool, worker, role, run_id, shards_done).await
-    }
-
-    async fn finish_cancelled(&self, run_id: &str, summary: &str) -> sqlx::Result<u64> {
-        steer::finish_cancelled(&self.pool, run_id, summary).await
-    }
-
-    async fn run_events(&self, run_id: &str) -> sqlx::Result<Vec<RawEvent>> {
-        steer::run_events(&self.pool, run_id).await
-    }
-
-    async fn history(&self, job: Option<&str>, limit: i64) -> sqlx::Result<Vec<HistoryRow>> {
-        steer::history(&self.pool, job, limit).await
-    }
-
-    async fn prune_before_images(
-        &self,
-        secs: f64,
-        delete: bool,
-    ) -> Result<Vec<(String, i64, i64)>, StoreError> {
-        steer::prune_before_images(&self.pool, secs, delete).await
-    }
-
-    async fn control(&self, run_id: &str) -> sqlx::Result<Option<RawControl>> {
-        steer::control(&self.pool, run_id).await
-    }
-
-    async fn claim_shard(
-        &self,
-        run_id: &str,
-        shard_no: u32,
-        worker: &str,
-        max_in_flight: Option<u32>,
-    ) -> Result<Claim, StoreError> {
-        steer::claim_shard(&self.pool, run_id, shard_no, worker, max_in_flight).await
-    }
-
-    async fn reserve_rows(
-        &self,
-        run_id: &str,
-        rows: f64,
-        horizon: f64,
-    ) -> Result<Option<Option<f64>>, StoreError> {
-        steer::reserve_rows(&self.pool, run_id, rows, horizon).await
-    }
-
-    async fn reserve_bytes(
-        &self,
-        run_id: &str,
-        rows: f64,
-        horizon: f64,
-    ) -> Result<Option<(Option<f64>, Option<f64>)>, StoreError> {
-        steer::reserve_bytes(&self.pool, run_id, rows, horizon).await
-    }
-
-    async fn settle_bytes(
-        &self,
-        run_id: &str,
-        per_row: Option<f64>,
-        reserved: f64,
-        written: f64,
-        elapsed: f64,
-    ) -> sqlx::Result<()> {
-        steer::settle_bytes(&self.pool, run_id, per_row, reserved, written, elapsed).await
-    }
-
-    async fn measured_shard_cost(&self, job: &str, mode: &str) -> sqlx::Result<Option<RawCost>> {
-        steer::measured_shard_cost(&self.pool, job, mode).await
     }
 
     async fn wal_sample(
@@ -212,49 +99,6 @@ impl Backend for Pg {
             .map_err(crate::sql("read run"))
     }
 
-    async fn recent_runs(&self, limit: i64) -> sqlx::Result<Vec<RecentRun>> {
-        ledger::recent_runs(&self.pool, limit).await
-    }
-
-    async fn mark_published(&self, run_id: &str, shard_nos: &[i32]) -> Result<(), StoreError> {
-        ledger::mark_published(&self.pool, run_id, shard_nos).await
-    }
-
-    async fn reduce(&self, result: &ShardResult) -> Result<Reduced, StoreError> {
-        ledger::reduce(&self.pool, result).await
-    }
-
-    async fn group_rows(
-        &self,
-        user_sql: &str,
-        keys: Option<Option<String>>,
-        what: &str,
-    ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, StoreError> {
-        planning::group_rows(&self.pool, user_sql, keys, what).await
-    }
-
-    async fn create_run(
-        &self,
-        new: NewRun<'_>,
-        groups: Vec<PlannedGroup>,
-    ) -> Result<Plan, StoreError> {
-        planning::create_run(&self.pool, new, groups).await
-    }
-
-    async fn create_derived_run(
-        &self,
-        run_id: &str,
-        original: &RunRecord,
-        shard_size: u32,
-        derived: Derived,
-    ) -> Result<Plan, StoreError> {
-        planning::create_derived_run(&self.pool, run_id, original, shard_size, derived).await
-    }
-
-    async fn shard_done(&self, run_id: &str, shard_no: u32) -> Result<Option<Tally>, StoreError> {
-        shard::shard_done(&self.pool, run_id, shard_no).await
-    }
-
     async fn fetch_shard(
         &self,
         run_id: &str,
@@ -292,24 +136,5 @@ impl Backend for Pg {
         types: BTreeMap<String, String>,
     ) -> Result<Committed, StoreError> {
         shard::commit_shard(&self.pool, c, types).await
-    }
-
-    async fn shard_attempt_failed(
-        &self,
-        run_id: &str,
-        shard_no: u32,
-        error: &str,
-    ) -> Result<u32, StoreError> {
-        shard::shard_attempt_failed(&self.pool, run_id, shard_no, error).await
-    }
-
-    async fn fail_shard(
-        &self,
-        run_id: &str,
-        shard_no: u32,
-        target: &str,
-        error: &str,
-    ) -> Result<Committed, StoreError> {
-        shard::fail_shard(&self.pool, run_id, shard_no, target, error).await
     }
 }
