@@ -8,8 +8,11 @@
 use backfill_job::fold::final_state;
 /// What a run is, before it is planned (defined with the plan it becomes).
 pub use backfill_job::plan::NewRun;
-use backfill_job::plan::{finish_plan, CutShard, GroupRow, PlannedTarget, RefRow};
+use backfill_job::plan::{
+    finish_plan, parse_ref_row, CutShard, GroupRow, PlannedTarget, RefRow, ShardCutter,
+};
 use backfill_job::spec::Dialect;
+use backfill_job::spec::TargetSpec;
 use backfill_job::{JobSpec, KeyType, Mode, Plan, PlannedGroup, Scope, Tally};
 use serde_json::{Map, Value};
 
@@ -79,6 +82,50 @@ pub(crate) fn not_an_integer(spec: &JobSpec, target: &str, field: &str, key: &st
         "job `{}`: target `{target}` has key_type = \"integer\" but {field} returned key `{key}`, which is not a 64-bit integer; fix the query (or use key_type = \"text\")",
         spec.name
     ))
+}
+
+/// A target query's row as a reference row, its key in canonical form;
+/// `field` names the query in errors.
+pub(crate) fn ref_row(
+    spec: &JobSpec,
+    target: &TargetSpec,
+    field: &str,
+    row: Map<String, Value>,
+) -> Result<RefRow, StoreError> {
+    parse_ref_row(row, field, spec.groups.is_some())
+        .map_err(StoreError::Data)?
+        .with_canonical_key(target.key_type)
+        .map_err(|k| not_an_integer(spec, &target.name, field, &k))
+}
+
+/// Whether a reference row belongs to the run: every row, or in a sampled
+/// run those of its sample.
+pub(crate) fn in_run(new: &NewRun<'_>, r: &RefRow) -> bool {
+    new.sample.is_none_or(|f| r.in_sample(f))
+}
+
+/// Cuts one target's reference rows (in key order) into shards numbered
+/// from `*next_shard` on, which is moved past them; the shards and what
+/// the plan says of the target.
+pub(crate) fn cut_target(
+    target: &str,
+    shard_size: u32,
+    next_shard: &mut u32,
+    rows: impl IntoIterator<Item = RefRow>,
+    tally: &mut Tally,
+) -> (Vec<CutShard>, PlannedTarget) {
+    let mut cutter = ShardCutter::new(target, shard_size, *next_shard);
+    let mut cut = Vec::new();
+    for r in rows {
+        cut.extend(cutter.push(r, tally));
+    }
+    *next_shard = cutter.next_shard_no();
+    let (last, planned) = cutter.finish(tally);
+    if let Some(shard) = last {
+        *next_shard = shard.shard_no + 1;
+        cut.push(shard);
+    }
+    (cut, planned)
 }
 
 /// Integer keys as the ledger stores them beside their text.

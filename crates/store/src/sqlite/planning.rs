@@ -5,7 +5,7 @@
 //! ledger's own rows.
 
 use backfill_job::fold::final_state;
-use backfill_job::plan::{finish_plan, parse_ref_row, CutShard, NewRun, ShardCutter};
+use backfill_job::plan::{finish_plan, CutShard, NewRun};
 use backfill_job::spec::Dialect;
 use backfill_job::{KeyType, Plan, PlannedGroup, Tally};
 use serde_json::{Map, Value};
@@ -15,8 +15,8 @@ use sqlx::{Column, Row, SqlitePool, TypeInfo, ValueRef};
 use super::{begin_write, json_text};
 use crate::ledger::RunRecord;
 use crate::planning::{
-    eligible_keys, finish_derived, key_ints, key_order, not_an_integer, quarantine_ref, uses_param,
-    Derived,
+    cut_target, eligible_keys, finish_derived, in_run, key_ints, key_order, quarantine_ref,
+    ref_row, uses_param, Derived,
 };
 use crate::{sql, StoreError};
 
@@ -107,25 +107,19 @@ pub(super) async fn create_run(
             .fetch_all(&mut *tx)
             .await
             .map_err(sql(format!("job `{}`: {field} failed", spec.name)))?;
-        let mut cutter = ShardCutter::new(&target.name, new.shard_size, next_shard);
-        let mut cut = Vec::new();
-        for row in &rows {
-            let r = parse_ref_row(row_object(row)?, &field, spec.groups.is_some())
-                .map_err(StoreError::Data)?
-                .with_canonical_key(target.key_type)
-                .map_err(|k| not_an_integer(spec, &target.name, &field, &k))?;
-            if new.sample.is_some_and(|f| !r.in_sample(f)) {
-                continue;
-            }
-            cut.extend(cutter.push(r, &mut tally));
-        }
+        let refs = rows
+            .iter()
+            .map(|row| ref_row(spec, target, &field, row_object(row)?))
+            .filter(|r| r.as_ref().map_or(true, |r| in_run(&new, r)))
+            .collect::<Result<Vec<_>, _>>()?;
         drop(rows);
-        next_shard = cutter.next_shard_no();
-        let (last, planned) = cutter.finish(&mut tally);
-        if let Some(shard) = last {
-            next_shard = shard.shard_no + 1;
-            cut.push(shard);
-        }
+        let (cut, planned) = cut_target(
+            &target.name,
+            new.shard_size,
+            &mut next_shard,
+            refs,
+            &mut tally,
+        );
         for shard in &cut {
             write_shard(&mut tx, new.run_id, &target.name, target.key_type, shard).await?;
         }
@@ -241,17 +235,11 @@ pub(super) async fn create_derived_run(
             .fetch_all(&mut *tx)
             .await
             .map_err(sql("read the rows of the run"))?;
-        let mut cutter = ShardCutter::new(&target.name, shard_size, next_shard);
-        let mut cut = Vec::new();
-        for r in rows {
-            cut.extend(cutter.push(quarantine_ref(r.get(0), r.get(1), r.get(2)), &mut tally));
-        }
-        next_shard = cutter.next_shard_no();
-        let (last, planned) = cutter.finish(&mut tally);
-        if let Some(shard) = last {
-            next_shard = shard.shard_no + 1;
-            cut.push(shard);
-        }
+        let refs = rows
+            .into_iter()
+            .map(|r| quarantine_ref(r.get(0), r.get(1), r.get(2)));
+        let (cut, planned) =
+            cut_target(&target.name, shard_size, &mut next_shard, refs, &mut tally);
         for shard in &cut {
             write_shard(&mut tx, run_id, &target.name, target.key_type, shard).await?;
         }
