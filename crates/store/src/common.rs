@@ -3,7 +3,9 @@
 //! methods whose SQL and control flow do not depend on the dialect (SQLite
 //! binds `$n` by number as PostgreSQL does); `delegated_ops!()` to the
 //! methods that hand an operation to the dialect's module of the same name
-//! with the same arguments. The dialect modules hold only what differs.
+//! with the same arguments; `plan_derived_shards!` to the part of planning
+//! a derived run that reads and writes alike in either dialect's
+//! transaction. The dialect modules hold only what differs.
 //!
 //! [`Backend`]: crate::backend::Backend
 
@@ -472,3 +474,50 @@ macro_rules! delegated_ops {
     };
 }
 pub(crate) use delegated_ops;
+
+/// The shards of a derived run (see [`crate::planning::Derived`]), cut
+/// from the original run's ledger rows and written in the transaction
+/// `$tx` by the dialect's own `write_shard`; for a retry, the original's
+/// quarantined rows are marked retried by the new run. Evaluates to the
+/// planned targets, the next shard number and the tally.
+macro_rules! plan_derived_shards {
+    ($tx:ident, $run_id:expr, $original:expr, $shard_size:expr, $derived:expr) => {{
+        let mut tally = backfill_job::Tally::default();
+        let mut next_shard = 0u32;
+        let mut targets = Vec::new();
+        for target in &$original.spec.targets {
+            let rows: Vec<(String, String, i64)> = sqlx::query_as($derived.rows_sql())
+                .bind(&$original.run_id)
+                .bind(&target.name)
+                .fetch_all(&mut *$tx)
+                .await
+                .map_err(crate::sql("read the rows of the run"))?;
+            let refs = rows
+                .into_iter()
+                .map(|(key, group, refs)| crate::planning::quarantine_ref(key, group, refs));
+            let (cut, planned) = crate::planning::cut_target(
+                &target.name,
+                $shard_size,
+                &mut next_shard,
+                refs,
+                &mut tally,
+            );
+            for shard in &cut {
+                write_shard(&mut $tx, $run_id, &target.name, target.key_type, shard).await?;
+            }
+            targets.push(planned);
+        }
+        if $derived == crate::planning::Derived::Retry {
+            sqlx::query(
+                "UPDATE backfill_quarantine SET retried_by = $2 WHERE run_id = $1 AND retried_by IS NULL",
+            )
+            .bind(&$original.run_id)
+            .bind($run_id)
+            .execute(&mut *$tx)
+            .await
+            .map_err(crate::sql("mark quarantined rows retried"))?;
+        }
+        (targets, next_shard, tally)
+    }};
+}
+pub(crate) use plan_derived_shards;

@@ -15,8 +15,8 @@ use sqlx::{Column, Row, SqlitePool, TypeInfo, ValueRef};
 use super::{begin_write, json_text};
 use crate::ledger::RunRecord;
 use crate::planning::{
-    cut_target, eligible_keys, finish_derived, in_run, key_ints, key_order, quarantine_ref,
-    ref_row, uses_param, Derived,
+    cut_target, eligible_keys, finish_derived, in_run, key_ints, key_order, ref_row, uses_param,
+    Derived,
 };
 use crate::{sql, StoreError};
 
@@ -224,37 +224,8 @@ pub(super) async fn create_derived_run(
     .execute(&mut *tx)
     .await
     .map_err(sql("record run"))?;
-    let mut tally = Tally::default();
-    let mut next_shard = 0u32;
-    let mut targets = Vec::new();
-    let rows_sql = derived.rows_sql();
-    for target in &spec.targets {
-        let rows = sqlx::query(rows_sql)
-            .bind(&original.run_id)
-            .bind(&target.name)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(sql("read the rows of the run"))?;
-        let refs = rows
-            .into_iter()
-            .map(|r| quarantine_ref(r.get(0), r.get(1), r.get(2)));
-        let (cut, planned) =
-            cut_target(&target.name, shard_size, &mut next_shard, refs, &mut tally);
-        for shard in &cut {
-            write_shard(&mut tx, run_id, &target.name, target.key_type, shard).await?;
-        }
-        targets.push(planned);
-    }
-    if derived == Derived::Retry {
-        sqlx::query(
-            "UPDATE backfill_quarantine SET retried_by = ?2 WHERE run_id = ?1 AND retried_by IS NULL",
-        )
-        .bind(&original.run_id)
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(sql("mark quarantined rows retried"))?;
-    }
+    let (targets, next_shard, tally) =
+        crate::common::plan_derived_shards!(tx, run_id, original, shard_size, derived);
     let (plan, summary, state) = finish_derived(
         run_id, original, shard_size, derived, targets, next_shard, tally,
     );
