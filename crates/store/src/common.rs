@@ -5,7 +5,9 @@
 //! methods that hand an operation to the dialect's module of the same name
 //! with the same arguments; `plan_derived_shards!` to the part of planning
 //! a derived run that reads and writes alike in either dialect's
-//! transaction. The dialect modules hold only what differs.
+//! transaction; `statement_ops!()` to the methods whose code is the same
+//! but whose statement is each dialect's own constant. The dialect modules
+//! hold only what differs.
 //!
 //! [`Backend`]: crate::backend::Backend
 
@@ -293,51 +295,12 @@ macro_rules! delegated_ops {
             status::raw_shards(&self.pool, run_id).await
         }
 
-        async fn run_times(&self, run_id: &str) -> sqlx::Result<(f64, Option<f64>, f64)> {
-            status::run_times(&self.pool, run_id).await
-        }
-
-        async fn run_workers(&self, run_id: &str) -> sqlx::Result<Vec<crate::status::RawWorker>> {
-            status::run_workers(&self.pool, run_id).await
-        }
-
-        async fn recent_dry_runs(
-            &self,
-            job: &str,
-            spec_hash: &str,
-            secs: f64,
-        ) -> sqlx::Result<Vec<String>> {
-            audit::recent_dry_runs(&self.pool, job, spec_hash, secs).await
-        }
-
         async fn set_table_rows(&self, run_id: &str, doc: serde_json::Value) -> sqlx::Result<()> {
             audit::set_table_rows(&self.pool, run_id, doc).await
         }
 
-        async fn heartbeat(
-            &self,
-            worker: &str,
-            role: &str,
-            run_id: Option<&str>,
-            shards_done: i64,
-        ) -> sqlx::Result<()> {
-            steer::heartbeat(&self.pool, worker, role, run_id, shards_done).await
-        }
-
-        async fn finish_cancelled(&self, run_id: &str, summary: &str) -> sqlx::Result<u64> {
-            steer::finish_cancelled(&self.pool, run_id, summary).await
-        }
-
         async fn run_events(&self, run_id: &str) -> sqlx::Result<Vec<crate::steer::RawEvent>> {
             steer::run_events(&self.pool, run_id).await
-        }
-
-        async fn history(
-            &self,
-            job: Option<&str>,
-            limit: i64,
-        ) -> sqlx::Result<Vec<crate::steer::HistoryRow>> {
-            steer::history(&self.pool, job, limit).await
         }
 
         async fn prune_before_images(
@@ -521,3 +484,85 @@ macro_rules! plan_derived_shards {
     }};
 }
 pub(crate) use plan_derived_shards;
+
+/// The [`crate::backend::Backend`] methods whose code is the same in both
+/// dialects but whose statement is the dialect's own constant of the same
+/// name in its module (`steer::HEARTBEAT`, `status::RUN_TIMES`, …).
+macro_rules! statement_ops {
+    () => {
+        async fn heartbeat(
+            &self,
+            worker: &str,
+            role: &str,
+            run_id: Option<&str>,
+            shards_done: i64,
+        ) -> sqlx::Result<()> {
+            sqlx::query(steer::HEARTBEAT)
+                .bind(worker)
+                .bind(role)
+                .bind(run_id)
+                .bind(shards_done)
+                .execute(&self.pool)
+                .await
+                .map(drop)
+        }
+
+        async fn finish_cancelled(&self, run_id: &str, summary: &str) -> sqlx::Result<u64> {
+            sqlx::query(steer::FINISH_CANCELLED)
+                .bind(run_id)
+                .bind(summary)
+                .execute(&self.pool)
+                .await
+                .map(|r| r.rows_affected())
+        }
+
+        async fn history(
+            &self,
+            job: Option<&str>,
+            limit: i64,
+        ) -> sqlx::Result<Vec<crate::steer::HistoryRow>> {
+            sqlx::query_as(steer::HISTORY)
+                .bind(job)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+        }
+
+        async fn run_times(&self, run_id: &str) -> sqlx::Result<(f64, Option<f64>, f64)> {
+            use sqlx::Row;
+            sqlx::query(status::RUN_TIMES)
+                .bind(run_id)
+                .fetch_one(&self.pool)
+                .await
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+        }
+
+        async fn run_workers(&self, run_id: &str) -> sqlx::Result<Vec<crate::status::RawWorker>> {
+            use sqlx::Row;
+            sqlx::query(status::RUN_WORKERS)
+                .bind(run_id)
+                .fetch_all(&self.pool)
+                .await
+                .map(|rows| {
+                    rows.into_iter()
+                        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                        .collect()
+                })
+        }
+
+        async fn recent_dry_runs(
+            &self,
+            job: &str,
+            spec_hash: &str,
+            secs: f64,
+        ) -> sqlx::Result<Vec<String>> {
+            sqlx::query_scalar(audit::RECENT_DRY_RUNS)
+                .bind(job)
+                .bind(spec_hash)
+                .bind(secs)
+                .fetch_all(&self.pool)
+                .await
+        }
+    };
+}
+pub(crate) use statement_ops;

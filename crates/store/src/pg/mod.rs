@@ -34,6 +34,7 @@ pub(crate) struct Pg {
 impl Backend for Pg {
     crate::common::common_ops!();
     crate::common::delegated_ops!();
+    crate::common::statement_ops!();
 
     fn dialect(&self) -> Dialect {
         Dialect::Postgres

@@ -35,6 +35,7 @@ pub(crate) struct Lite {
 impl Backend for Lite {
     crate::common::common_ops!();
     crate::common::delegated_ops!();
+    crate::common::statement_ops!();
 
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
