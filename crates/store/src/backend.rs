@@ -293,7 +293,10 @@ pub(crate) trait Backend {
 
     // ---- identity ----
 
-    /// Gives the ledger its identity when it has none.
+    /// Whether the ledger has been given its identity.
+    async fn has_identity(&self) -> sqlx::Result<bool>;
+    /// Gives a ledger found without an identity one (unless a concurrent
+    /// start gave it one meanwhile).
     async fn ensure_identity(&self) -> Result<(), StoreError>;
     /// The ledger's identity, with the database it is in now.
     async fn load_identity(&self) -> Result<LedgerIdentity, StoreError>;

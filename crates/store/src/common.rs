@@ -268,6 +268,12 @@ macro_rules! common_ops {
             .await
         }
 
+        async fn has_identity(&self) -> sqlx::Result<bool> {
+            sqlx::query_scalar(crate::identity::HAS_IDENTITY)
+                .fetch_one(&self.pool)
+                .await
+        }
+
         async fn close(&self) {
             self.pool.close().await
         }

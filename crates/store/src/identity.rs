@@ -62,12 +62,20 @@ pub(crate) const HAS_IDENTITY: &str = "SELECT EXISTS (SELECT 1 FROM backfill_led
 
 /// Gives a PostgreSQL ledger its identity when it has none.
 pub(crate) async fn ensure_postgres(pool: &sqlx::PgPool) -> Result<(), StoreError> {
-    dispatch!(db: &Db::postgres(pool.clone()), ensure_identity())
+    ensure(&Db::postgres(pool.clone())).await
 }
 
 /// Gives an SQLite ledger its identity when it has none.
 pub(crate) async fn ensure_sqlite(pool: &sqlx::SqlitePool) -> Result<(), StoreError> {
-    dispatch!(db: &Db::sqlite(pool.clone()), ensure_identity())
+    ensure(&Db::sqlite(pool.clone())).await
+}
+
+/// Gives a ledger its identity when it has none.
+async fn ensure(db: &Db) -> Result<(), StoreError> {
+    if dispatch!(db: db, has_identity()).map_err(crate::sql("read the ledger identity"))? {
+        return Ok(());
+    }
+    dispatch!(db: db, ensure_identity())
 }
 
 impl LedgerIdentity {
