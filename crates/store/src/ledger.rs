@@ -18,6 +18,10 @@
 //! `done` (committed by a mapper) or `dead` (given up after failing on every
 //! attempt). A failed attempt puts it back to `pending` with `failures`
 //! counted.
+//!
+//! The statements are each dialect's (`pg::ledger`, `sqlite::ledger`, and
+//! `common` where they read alike); this file holds the records, how a run
+//! row becomes a [`RunRecord`] and how a stored result is folded.
 
 pub use backfill_job::fold::final_state;
 use backfill_job::fold::{fold_result, stored_tally, Fold, RunLedger};

@@ -10,7 +10,10 @@
 //!   a capability one dialect lacks is said there.
 //! - `pg`, `sqlite` (private): one module tree per dialect implementing
 //!   `Backend`, each holding its own SQL and control flow; `common`
-//!   (private): the statements both dialects read alike, written once.
+//!   (private): what both dialects would otherwise repeat, written once —
+//!   the statements they read alike, the methods that only hand an
+//!   operation to the dialect's module, and the code around a statement
+//!   each dialect writes its own way.
 //! - [`ledger`]: the ledger tables' run and shard records, the reducer's
 //!   dedup-and-fold step.
 //! - [`planning`]: runs the spec's groups and targets SQL with bound

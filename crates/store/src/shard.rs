@@ -14,7 +14,10 @@
 //!   whole shard at once (reads without locks, then one transaction).
 //!
 //! What a row becomes and what the shard counts are decided in
-//! `backfill_job::shard`; this file only reads and writes.
+//! `backfill_job::shard`. The statements and the transaction are each
+//! dialect's (`pg::shard`, `sqlite::shard`, behind
+//! `backend::ShardTransaction`); this file holds what a shard's steps are
+//! and the types they pass.
 
 use backfill_job::message::MESSAGE_VERSION;
 /// A shard's rows as read and as evaluated, defined with the evaluation.
