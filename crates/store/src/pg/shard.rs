@@ -100,18 +100,31 @@ pub(super) async fn open_shard(
     work: &ShardWork<'_>,
     types: BTreeMap<String, String>,
 ) -> Result<Opened, StoreError> {
+    Ok(match open(pool, work, types).await? {
+        Ok(tx) => Opened::Open(crate::backend::DbTx::Pg(tx)),
+        Err(done) => Opened::Done(done),
+    })
+}
+
+/// Starts a shard's transaction with its ledger row locked, or gives the
+/// stored result of a shard already done (or given up).
+async fn open(
+    pool: &PgPool,
+    work: &ShardWork<'_>,
+    types: BTreeMap<String, String>,
+) -> Result<Result<ShardTx, Tally>, StoreError> {
     let mut tx = pool.begin().await.map_err(sql("begin shard"))?;
     let (state, result) = lock_shard(&mut tx, work.run_id, work.shard_no).await?;
     if matches!(state.as_str(), "done" | "dead") {
         tx.rollback().await.map_err(sql("rollback shard"))?;
-        return Ok(Opened::Done(stored_result(result)?));
+        return Ok(Err(stored_result(result)?));
     }
-    Ok(Opened::Open(crate::backend::DbTx::Pg(ShardTx {
+    Ok(Ok(ShardTx {
         tx,
         types,
         items: None,
         oversize: false,
-    })))
+    }))
 }
 
 /// The whole shard as one batch.
@@ -128,14 +141,15 @@ pub(super) async fn commit_shard(
         worker: c.worker,
         retry: c.retry,
     };
-    match open_shard(pool, &work, types).await? {
-        Opened::Done(t) => Ok(Committed::AlreadyDone(t)),
-        Opened::Open(crate::backend::DbTx::Pg(mut tx)) => {
-            let tally = tx.write(&work, c.rows).await?.unwrap_or_default();
-            tx.finish(&work, tally).await
-        }
-        Opened::Open(crate::backend::DbTx::Lite(_)) => unreachable!("a PostgreSQL shard"),
+    let mut tx = match open(pool, &work, types).await? {
+        Ok(tx) => tx,
+        Err(done) => return Ok(Committed::AlreadyDone(done)),
+    };
+    let mut tally = Tally::default();
+    if let Some(t) = tx.write(&work, c.rows).await? {
+        tally.merge(&t);
     }
+    tx.finish(&work, tally).await
 }
 
 /// One shard's transaction on PostgreSQL.
