@@ -11,12 +11,19 @@
 //!
 //! Dispatch is static: `Db` is an enum of the two implementations, and
 //! `dispatch!(store, op(args))` calls the operation on whichever the store
-//! holds.
+//! holds. A mapper's shard transaction is likewise one enum, [`DbTx`], of
+//! each dialect's [`ShardTransaction`].
 
+use backfill_job::plan::NewRun;
 use backfill_job::spec::Dialect;
+use backfill_job::spec::TargetSpec;
+use backfill_job::{Plan, PlannedGroup, ShardResult, Tally};
+use std::collections::BTreeMap;
 
 use crate::identity::LedgerIdentity;
-use crate::ledger::JobLock;
+use crate::ledger::{JobLock, RawActiveRun, RawRun, RecentRun, Reduced, RunRecord, ShardRecord};
+use crate::planning::Derived;
+use crate::shard::{BatchLimits, Committed, EvaluatedRow, FetchedRow, ShardCommit, ShardWork};
 use crate::status::{RawShard, RawWorker};
 use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent, ThrottleChange};
 use crate::StoreError;
@@ -173,6 +180,30 @@ pub(crate) trait Backend {
 
     // ---- the ledger ----
 
+    /// A run's row (`None`: no such run).
+    async fn load_run(&self, run_id: &str) -> Result<Option<RawRun>, StoreError>;
+    /// The most recent runs, newest first.
+    async fn recent_runs(&self, limit: i64) -> sqlx::Result<Vec<RecentRun>>;
+    /// The shards of a run, in order.
+    async fn shards(&self, run_id: &str) -> sqlx::Result<Vec<ShardRecord>>;
+    /// Marks shards as published (their task was confirmed by the broker).
+    async fn mark_published(&self, run_id: &str, shard_nos: &[i32]) -> Result<(), StoreError>;
+    /// Folds one shard result into its run, once, in one transaction (see
+    /// [`crate::Store::reduce`]).
+    async fn reduce(&self, result: &ShardResult) -> Result<Reduced, StoreError>;
+    /// The job's runs that have not finished, newest first.
+    async fn active_runs(&self, job: &str) -> sqlx::Result<Vec<RawActiveRun>>;
+    /// The target a shard covers (`None`: no such shard).
+    async fn shard_target(&self, run_id: &str, shard_no: u32) -> sqlx::Result<Option<String>>;
+    /// The last error recorded for a shard (outer `None`: no such shard).
+    async fn shard_last_error(
+        &self,
+        run_id: &str,
+        shard_no: u32,
+    ) -> sqlx::Result<Option<Option<String>>>;
+    /// Dead shards with their errors: (shard, target, error).
+    async fn dead_shards(&self, run_id: &str) -> sqlx::Result<Vec<(i64, String, String)>>;
+
     /// Takes the job's lock on a connection of its own (`None`: another
     /// session holds it). Only a back end with session advisory locks has
     /// one; SQLite's own locking serializes writers of its one process.
@@ -180,8 +211,93 @@ pub(crate) trait Backend {
     /// Whether some session holds the job's lock.
     async fn job_lock_held(&self, job: &str) -> sqlx::Result<Capability<bool>>;
 
+    // ---- planning ----
+
+    /// The spec's groups query (`keys`: its `$1`, when it has one) as JSON
+    /// objects; `what` names the query in its error.
+    async fn group_rows(
+        &self,
+        user_sql: &str,
+        keys: Option<Option<String>>,
+        what: &str,
+    ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, StoreError>;
+    /// Records a new run's plan in one transaction (see
+    /// [`crate::Store::create_run`]).
+    async fn create_run(
+        &self,
+        new: NewRun<'_>,
+        groups: Vec<PlannedGroup>,
+    ) -> Result<Plan, StoreError>;
+    /// Records a run derived from a finished run in one transaction (see
+    /// [`crate::Store::create_derived_run`]).
+    async fn create_derived_run(
+        &self,
+        run_id: &str,
+        original: &RunRecord,
+        shard_size: u32,
+        derived: Derived,
+    ) -> Result<Plan, StoreError>;
+
+    // ---- a mapper's shard ----
+
+    /// A shard's stored result when it is done (or given up).
+    async fn shard_done(&self, run_id: &str, shard_no: u32) -> Result<Option<Tally>, StoreError>;
+    /// A shard's items and their target rows, read without locks (`digests`:
+    /// with the `md5` of each document, where the back end compares those).
+    async fn fetch_shard(
+        &self,
+        run_id: &str,
+        target: &TargetSpec,
+        shard_no: u32,
+        digests: bool,
+    ) -> Result<Vec<FetchedRow>, StoreError>;
+    /// How each column of `table` is typed, to cast written text back to
+    /// it. Only a back end whose columns have types of their own has them:
+    /// every SQLite column keeps the text it is given.
+    async fn column_types(&self, table: &str)
+        -> sqlx::Result<Capability<BTreeMap<String, String>>>;
+    /// The system column a row's version is read from and compared on: a
+    /// fetched row carries it, and a write whose row still has it skips
+    /// comparing the documents. A back end without row versions compares
+    /// the documents themselves.
+    fn row_versions(&self) -> Capability<&'static str>;
+    /// Starts a shard's transaction and locks its ledger row (`types`: the
+    /// target's column types, see [`Backend::column_types`]).
+    async fn open_shard(
+        &self,
+        work: &ShardWork<'_>,
+        types: BTreeMap<String, String>,
+    ) -> Result<Opened, StoreError>;
+    /// Commits a whole shard in one transaction.
+    async fn commit_shard(
+        &self,
+        c: ShardCommit<'_>,
+        types: BTreeMap<String, String>,
+    ) -> Result<Committed, StoreError>;
+    /// Records a failed attempt at a shard; how many attempts failed.
+    async fn shard_attempt_failed(
+        &self,
+        run_id: &str,
+        shard_no: u32,
+        error: &str,
+    ) -> Result<u32, StoreError>;
+    /// Records a shard given up, its rows quarantined (see
+    /// [`crate::Store::fail_shard`]).
+    async fn fail_shard(
+        &self,
+        run_id: &str,
+        shard_no: u32,
+        target: &str,
+        error: &str,
+    ) -> Result<Committed, StoreError>;
+
     // ---- identity ----
 
+    /// Whether the ledger has been given its identity.
+    async fn has_identity(&self) -> sqlx::Result<bool>;
+    /// Gives a ledger found without an identity one (unless a concurrent
+    /// start gave it one meanwhile).
+    async fn ensure_identity(&self) -> Result<(), StoreError>;
     /// The ledger's identity, with the database it is in now.
     async fn load_identity(&self) -> Result<LedgerIdentity, StoreError>;
     /// Replaces a copied ledger's identity with a new one of this database.
@@ -220,6 +336,53 @@ pub(crate) trait Backend {
     async fn set_table_rows(&self, run_id: &str, doc: serde_json::Value) -> sqlx::Result<()>;
 }
 
+impl Db {
+    /// A PostgreSQL ledger on `pool`.
+    pub(crate) fn postgres(pool: sqlx::PgPool) -> Db {
+        Db::Pg(crate::pg::Pg { pool })
+    }
+
+    /// An SQLite ledger on `pool`.
+    pub(crate) fn sqlite(pool: sqlx::SqlitePool) -> Db {
+        Db::Lite(crate::sqlite::Lite { pool })
+    }
+}
+
+/// A shard's transaction on one back end, as [`crate::ShardTx`] drives it.
+pub(crate) trait ShardTransaction {
+    /// The next batch of the shard's rows within `limits`, `None` when every
+    /// row was read.
+    async fn next_batch(
+        &mut self,
+        work: &ShardWork<'_>,
+        limits: BatchLimits,
+    ) -> Result<Option<Vec<FetchedRow>>, StoreError>;
+    /// Writes a batch's evaluated rows: the batch's result, or `None` when
+    /// the back end writes them all at [`ShardTransaction::finish`].
+    async fn write(
+        &mut self,
+        work: &ShardWork<'_>,
+        rows: Vec<EvaluatedRow>,
+    ) -> Result<Option<Tally>, StoreError>;
+    /// Records the shard done with `tally` (the batches' results) and
+    /// commits.
+    async fn finish(self, work: &ShardWork<'_>, tally: Tally) -> Result<Committed, StoreError>;
+}
+
+/// A shard's transaction, by dialect.
+pub(crate) enum DbTx {
+    Pg(crate::pg::ShardTx),
+    Lite(crate::sqlite::ShardTx),
+}
+
+/// What opening a shard found.
+pub(crate) enum Opened {
+    /// Already done (or given up): its stored result.
+    Done(Tally),
+    /// Locked: its transaction.
+    Open(DbTx),
+}
+
 /// The back end a store holds.
 #[derive(Clone, Debug)]
 pub(crate) enum Db {
@@ -230,7 +393,9 @@ pub(crate) enum Db {
 /// Calls a [`Backend`] operation on the back end a store holds:
 /// `dispatch!(self, op(args…))` is `self.db.op(args…).await`;
 /// `dispatch!(sync self, op(args…))` calls a method that is not `async`,
-/// and `dispatch!(db: &db, op(args…))` one of a `Db` outside a store.
+/// `dispatch!(db: &db, op(args…))` one of a `Db` outside a store, and
+/// `dispatch!(tx: tx, op(args…))` a [`ShardTransaction`] operation on a
+/// [`DbTx`].
 macro_rules! dispatch {
     ($store:expr, $op:ident ( $($arg:expr),* $(,)? )) => {
         $crate::backend::dispatch!(db: &$store.db, $op($($arg),*))
@@ -239,6 +404,12 @@ macro_rules! dispatch {
         match &$store.db {
             $crate::backend::Db::Pg(b) => $crate::backend::Backend::$op(b, $($arg),*),
             $crate::backend::Db::Lite(b) => $crate::backend::Backend::$op(b, $($arg),*),
+        }
+    };
+    (tx: $tx:expr, $op:ident ( $($arg:expr),* $(,)? )) => {
+        match $tx {
+            $crate::backend::DbTx::Pg(t) => $crate::backend::ShardTransaction::$op(t, $($arg),*).await,
+            $crate::backend::DbTx::Lite(t) => $crate::backend::ShardTransaction::$op(t, $($arg),*).await,
         }
     };
     (db: $db:expr, $op:ident ( $($arg:expr),* $(,)? )) => {

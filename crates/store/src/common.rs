@@ -1,8 +1,13 @@
 //! Statements both dialects read alike, written once: `common_ops!()`
 //! expands, inside each dialect's `impl Backend`, to the [`Backend`]
 //! methods whose SQL and control flow do not depend on the dialect (SQLite
-//! binds `$n` by number as PostgreSQL does). The dialect modules hold only
-//! what differs.
+//! binds `$n` by number as PostgreSQL does); `delegated_ops!()` to the
+//! methods that hand an operation to the dialect's module of the same name
+//! with the same arguments; `plan_derived_shards!` to the part of planning
+//! a derived run that reads and writes alike in either dialect's
+//! transaction; `statement_ops!()` to the methods whose code is the same
+//! but whose statement is each dialect's own constant. The dialect modules
+//! hold only what differs.
 //!
 //! [`Backend`]: crate::backend::Backend
 
@@ -192,9 +197,378 @@ macro_rules! common_ops {
             .await
         }
 
+        async fn shards(&self, run_id: &str) -> sqlx::Result<Vec<crate::ledger::ShardRecord>> {
+            use sqlx::Row;
+            let rows = sqlx::query(
+                "SELECT CAST(shard_no AS bigint) AS shard_no, target, first_key, last_key,
+                        CAST(rows AS bigint) AS rows, state,
+                        published_at IS NOT NULL AS published, reduced_at IS NOT NULL AS reduced
+                 FROM backfill_shard WHERE run_id = $1 ORDER BY shard_no",
+            )
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| crate::ledger::ShardRecord {
+                    shard_no: r.get::<i64, _>("shard_no") as u32,
+                    target: r.get("target"),
+                    first_key: r.get("first_key"),
+                    last_key: r.get("last_key"),
+                    rows: r.get::<i64, _>("rows") as u32,
+                    state: r.get("state"),
+                    published: r.get("published"),
+                    reduced: r.get("reduced"),
+                })
+                .collect())
+        }
+
+        async fn active_runs(&self, job: &str) -> sqlx::Result<Vec<crate::ledger::RawActiveRun>> {
+            sqlx::query_as(
+                "SELECT r.run_id, r.spec_hash, r.mode, CAST(r.scope AS text),
+                        CAST(r.shards_total AS bigint), CAST(r.shards_reduced AS bigint),
+                        (SELECT count(*) FROM backfill_shard s WHERE s.run_id = r.run_id AND s.published_at IS NOT NULL),
+                        r.kind, r.revert_of, r.retry_of, r.sample
+                 FROM backfill_run r WHERE r.job_name = $1 AND r.state = 'running' ORDER BY r.created_at DESC",
+            )
+            .bind(job)
+            .fetch_all(&self.pool)
+            .await
+        }
+
+        async fn shard_target(&self, run_id: &str, shard_no: u32) -> sqlx::Result<Option<String>> {
+            sqlx::query_scalar("SELECT target FROM backfill_shard WHERE run_id = $1 AND shard_no = $2")
+                .bind(run_id)
+                .bind(shard_no as i64)
+                .fetch_optional(&self.pool)
+                .await
+        }
+
+        async fn shard_last_error(
+            &self,
+            run_id: &str,
+            shard_no: u32,
+        ) -> sqlx::Result<Option<Option<String>>> {
+            sqlx::query_scalar(
+                "SELECT last_error FROM backfill_shard WHERE run_id = $1 AND shard_no = $2",
+            )
+            .bind(run_id)
+            .bind(shard_no as i64)
+            .fetch_optional(&self.pool)
+            .await
+        }
+
+        async fn dead_shards(&self, run_id: &str) -> sqlx::Result<Vec<(i64, String, String)>> {
+            sqlx::query_as(
+                "SELECT CAST(shard_no AS bigint), target, coalesce(last_error, '') FROM backfill_shard
+                 WHERE run_id = $1 AND state = 'dead' ORDER BY shard_no",
+            )
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await
+        }
+
+        async fn has_identity(&self) -> sqlx::Result<bool> {
+            sqlx::query_scalar(crate::identity::HAS_IDENTITY)
+                .fetch_one(&self.pool)
+                .await
+        }
+
         async fn close(&self) {
             self.pool.close().await
         }
     };
 }
 pub(crate) use common_ops;
+
+/// The [`crate::backend::Backend`] methods that hand an operation to the
+/// dialect's own module of the same name (`identity`, `status`, `audit`,
+/// `steer`, `ledger`, `planning`, `shard`) with the pool and the same
+/// arguments: each dialect declares only what its modules do differently.
+macro_rules! delegated_ops {
+    () => {
+        async fn ensure_identity(&self) -> Result<(), crate::StoreError> {
+            identity::ensure(&self.pool).await
+        }
+
+        async fn load_identity(
+            &self,
+        ) -> Result<crate::identity::LedgerIdentity, crate::StoreError> {
+            identity::load(&self.pool).await
+        }
+
+        async fn raw_shards(&self, run_id: &str) -> sqlx::Result<Vec<crate::status::RawShard>> {
+            status::raw_shards(&self.pool, run_id).await
+        }
+
+        async fn set_table_rows(&self, run_id: &str, doc: serde_json::Value) -> sqlx::Result<()> {
+            audit::set_table_rows(&self.pool, run_id, doc).await
+        }
+
+        async fn run_events(&self, run_id: &str) -> sqlx::Result<Vec<crate::steer::RawEvent>> {
+            steer::run_events(&self.pool, run_id).await
+        }
+
+        async fn prune_before_images(
+            &self,
+            secs: f64,
+            delete: bool,
+        ) -> Result<Vec<(String, i64, i64)>, crate::StoreError> {
+            steer::prune_before_images(&self.pool, secs, delete).await
+        }
+
+        async fn control(&self, run_id: &str) -> sqlx::Result<Option<crate::steer::RawControl>> {
+            steer::control(&self.pool, run_id).await
+        }
+
+        async fn claim_shard(
+            &self,
+            run_id: &str,
+            shard_no: u32,
+            worker: &str,
+            max_in_flight: Option<u32>,
+        ) -> Result<crate::steer::Claim, crate::StoreError> {
+            steer::claim_shard(&self.pool, run_id, shard_no, worker, max_in_flight).await
+        }
+
+        async fn reserve_rows(
+            &self,
+            run_id: &str,
+            rows: f64,
+            horizon: f64,
+        ) -> Result<Option<Option<f64>>, crate::StoreError> {
+            steer::reserve_rows(&self.pool, run_id, rows, horizon).await
+        }
+
+        async fn reserve_bytes(
+            &self,
+            run_id: &str,
+            rows: f64,
+            horizon: f64,
+        ) -> Result<Option<(Option<f64>, Option<f64>)>, crate::StoreError> {
+            steer::reserve_bytes(&self.pool, run_id, rows, horizon).await
+        }
+
+        async fn settle_bytes(
+            &self,
+            run_id: &str,
+            per_row: Option<f64>,
+            reserved: f64,
+            written: f64,
+            elapsed: f64,
+        ) -> sqlx::Result<()> {
+            steer::settle_bytes(&self.pool, run_id, per_row, reserved, written, elapsed).await
+        }
+
+        async fn measured_shard_cost(
+            &self,
+            job: &str,
+            mode: &str,
+        ) -> sqlx::Result<Option<crate::steer::RawCost>> {
+            steer::measured_shard_cost(&self.pool, job, mode).await
+        }
+
+        async fn recent_runs(&self, limit: i64) -> sqlx::Result<Vec<crate::ledger::RecentRun>> {
+            ledger::recent_runs(&self.pool, limit).await
+        }
+
+        async fn mark_published(
+            &self,
+            run_id: &str,
+            shard_nos: &[i32],
+        ) -> Result<(), crate::StoreError> {
+            ledger::mark_published(&self.pool, run_id, shard_nos).await
+        }
+
+        async fn reduce(
+            &self,
+            result: &backfill_job::ShardResult,
+        ) -> Result<crate::ledger::Reduced, crate::StoreError> {
+            ledger::reduce(&self.pool, result).await
+        }
+
+        async fn group_rows(
+            &self,
+            user_sql: &str,
+            keys: Option<Option<String>>,
+            what: &str,
+        ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, crate::StoreError> {
+            planning::group_rows(&self.pool, user_sql, keys, what).await
+        }
+
+        async fn create_run(
+            &self,
+            new: backfill_job::plan::NewRun<'_>,
+            groups: Vec<backfill_job::PlannedGroup>,
+        ) -> Result<backfill_job::Plan, crate::StoreError> {
+            planning::create_run(&self.pool, new, groups).await
+        }
+
+        async fn create_derived_run(
+            &self,
+            run_id: &str,
+            original: &crate::ledger::RunRecord,
+            shard_size: u32,
+            derived: crate::planning::Derived,
+        ) -> Result<backfill_job::Plan, crate::StoreError> {
+            planning::create_derived_run(&self.pool, run_id, original, shard_size, derived).await
+        }
+
+        async fn shard_done(
+            &self,
+            run_id: &str,
+            shard_no: u32,
+        ) -> Result<Option<backfill_job::Tally>, crate::StoreError> {
+            shard::shard_done(&self.pool, run_id, shard_no).await
+        }
+
+        async fn shard_attempt_failed(
+            &self,
+            run_id: &str,
+            shard_no: u32,
+            error: &str,
+        ) -> Result<u32, crate::StoreError> {
+            shard::shard_attempt_failed(&self.pool, run_id, shard_no, error).await
+        }
+
+        async fn fail_shard(
+            &self,
+            run_id: &str,
+            shard_no: u32,
+            target: &str,
+            error: &str,
+        ) -> Result<crate::shard::Committed, crate::StoreError> {
+            shard::fail_shard(&self.pool, run_id, shard_no, target, error).await
+        }
+    };
+}
+pub(crate) use delegated_ops;
+
+/// The shards of a derived run (see [`crate::planning::Derived`]), cut
+/// from the original run's ledger rows and written in the transaction
+/// `$tx` by the dialect's own `write_shard`; for a retry, the original's
+/// quarantined rows are marked retried by the new run. Evaluates to the
+/// planned targets, the next shard number and the tally.
+macro_rules! plan_derived_shards {
+    ($tx:ident, $run_id:expr, $original:expr, $shard_size:expr, $derived:expr) => {{
+        let mut tally = backfill_job::Tally::default();
+        let mut next_shard = 0u32;
+        let mut targets = Vec::new();
+        for target in &$original.spec.targets {
+            let rows: Vec<(String, String, i64)> = sqlx::query_as($derived.rows_sql())
+                .bind(&$original.run_id)
+                .bind(&target.name)
+                .fetch_all(&mut *$tx)
+                .await
+                .map_err(crate::sql("read the rows of the run"))?;
+            let refs = rows
+                .into_iter()
+                .map(|(key, group, refs)| crate::planning::quarantine_ref(key, group, refs));
+            let (cut, planned) = crate::planning::cut_target(
+                &target.name,
+                $shard_size,
+                &mut next_shard,
+                refs,
+                &mut tally,
+            );
+            for shard in &cut {
+                write_shard(&mut $tx, $run_id, &target.name, target.key_type, shard).await?;
+            }
+            targets.push(planned);
+        }
+        if $derived == crate::planning::Derived::Retry {
+            sqlx::query(
+                "UPDATE backfill_quarantine SET retried_by = $2 WHERE run_id = $1 AND retried_by IS NULL",
+            )
+            .bind(&$original.run_id)
+            .bind($run_id)
+            .execute(&mut *$tx)
+            .await
+            .map_err(crate::sql("mark quarantined rows retried"))?;
+        }
+        (targets, next_shard, tally)
+    }};
+}
+pub(crate) use plan_derived_shards;
+
+/// The [`crate::backend::Backend`] methods whose code is the same in both
+/// dialects but whose statement is the dialect's own constant of the same
+/// name in its module (`steer::HEARTBEAT`, `status::RUN_TIMES`, …).
+macro_rules! statement_ops {
+    () => {
+        async fn heartbeat(
+            &self,
+            worker: &str,
+            role: &str,
+            run_id: Option<&str>,
+            shards_done: i64,
+        ) -> sqlx::Result<()> {
+            sqlx::query(steer::HEARTBEAT)
+                .bind(worker)
+                .bind(role)
+                .bind(run_id)
+                .bind(shards_done)
+                .execute(&self.pool)
+                .await
+                .map(drop)
+        }
+
+        async fn finish_cancelled(&self, run_id: &str, summary: &str) -> sqlx::Result<u64> {
+            sqlx::query(steer::FINISH_CANCELLED)
+                .bind(run_id)
+                .bind(summary)
+                .execute(&self.pool)
+                .await
+                .map(|r| r.rows_affected())
+        }
+
+        async fn history(
+            &self,
+            job: Option<&str>,
+            limit: i64,
+        ) -> sqlx::Result<Vec<crate::steer::HistoryRow>> {
+            sqlx::query_as(steer::HISTORY)
+                .bind(job)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+        }
+
+        async fn run_times(&self, run_id: &str) -> sqlx::Result<(f64, Option<f64>, f64)> {
+            use sqlx::Row;
+            sqlx::query(status::RUN_TIMES)
+                .bind(run_id)
+                .fetch_one(&self.pool)
+                .await
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+        }
+
+        async fn run_workers(&self, run_id: &str) -> sqlx::Result<Vec<crate::status::RawWorker>> {
+            use sqlx::Row;
+            sqlx::query(status::RUN_WORKERS)
+                .bind(run_id)
+                .fetch_all(&self.pool)
+                .await
+                .map(|rows| {
+                    rows.into_iter()
+                        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                        .collect()
+                })
+        }
+
+        async fn recent_dry_runs(
+            &self,
+            job: &str,
+            spec_hash: &str,
+            secs: f64,
+        ) -> sqlx::Result<Vec<String>> {
+            sqlx::query_scalar(audit::RECENT_DRY_RUNS)
+                .bind(job)
+                .bind(spec_hash)
+                .bind(secs)
+                .fetch_all(&self.pool)
+                .await
+        }
+    };
+}
+pub(crate) use statement_ops;

@@ -14,7 +14,7 @@
 //! The `backfill_ledger` table is made by the ledger's migrations (see
 //! [`crate::migrate`]); its row is given here, once they have run.
 
-use crate::backend::{dispatch, Capability};
+use crate::backend::{dispatch, Capability, Db};
 use crate::{Store, StoreError};
 
 /// Who a ledger is, and whether the database it lives in is the one it was
@@ -60,12 +60,23 @@ pub(crate) fn new_id() -> String {
 /// Whether the ledger has been given its identity.
 pub(crate) const HAS_IDENTITY: &str = "SELECT EXISTS (SELECT 1 FROM backfill_ledger)";
 
-/// Gives a PostgreSQL ledger its identity when it has none (see
-/// [`crate::pg::identity::ensure`]).
-pub(crate) use crate::pg::identity::ensure as ensure_postgres;
-/// Gives an SQLite ledger its identity when it has none (see
-/// [`crate::sqlite::identity::ensure`]).
-pub(crate) use crate::sqlite::identity::ensure as ensure_sqlite;
+/// Gives a PostgreSQL ledger its identity when it has none.
+pub(crate) async fn ensure_postgres(pool: &sqlx::PgPool) -> Result<(), StoreError> {
+    ensure(&Db::postgres(pool.clone())).await
+}
+
+/// Gives an SQLite ledger its identity when it has none.
+pub(crate) async fn ensure_sqlite(pool: &sqlx::SqlitePool) -> Result<(), StoreError> {
+    ensure(&Db::sqlite(pool.clone())).await
+}
+
+/// Gives a ledger its identity when it has none.
+async fn ensure(db: &Db) -> Result<(), StoreError> {
+    if dispatch!(db: db, has_identity()).map_err(crate::sql("read the ledger identity"))? {
+        return Ok(());
+    }
+    dispatch!(db: db, ensure_identity())
+}
 
 impl LedgerIdentity {
     /// The identity read from the ledger: (id, recorded database, current

@@ -18,12 +18,15 @@
 //! `done` (committed by a mapper) or `dead` (given up after failing on every
 //! attempt). A failed attempt puts it back to `pending` with `failures`
 //! counted.
+//!
+//! The statements are each dialect's (`pg::ledger`, `sqlite::ledger`, and
+//! `common` where they read alike); this file holds the records, how a run
+//! row becomes a [`RunRecord`] and how a stored result is folded.
 
 pub use backfill_job::fold::final_state;
 use backfill_job::fold::{fold_result, stored_tally, Fold, RunLedger};
 use backfill_job::report::RunView;
 use backfill_job::{JobSpec, Mode, Plan, RunState, ShardResult, Tally};
-use sqlx::Row;
 
 use crate::backend::{dispatch, Capability};
 use crate::{sql, StoreError};
@@ -105,110 +108,24 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
 impl crate::Store {
     /// Reads a run; `None` when the ledger has no such run.
     pub async fn load_run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
-        let pool = match &self.backend {
-            crate::Backend::Pg(p) => p,
-            crate::Backend::Lite(l) => return crate::lite::load_run(l, run_id).await,
-        };
-        let row = sqlx::query(
-            "SELECT run_id, spec_text, mode, scope, state, plan, shards_total, shards_reduced, tally, summary,
-                    revert_of, sample, table_rows, kind, retry_of
-             FROM backfill_run WHERE run_id = $1",
-        )
-        .bind(run_id)
-        .fetch_optional(pool)
-        .await
-        .map_err(sql("read run"))?;
-        let Some(row) = row else { return Ok(None) };
-        run_record(RawRun {
-            run_id: row.get("run_id"),
-            spec_text: row.get("spec_text"),
-            mode: row.get("mode"),
-            scope: row.get("scope"),
-            state: row.get("state"),
-            plan: row.get("plan"),
-            shards_total: row.get::<i32, _>("shards_total") as i64,
-            shards_reduced: row.get::<i32, _>("shards_reduced") as i64,
-            tally: row.get("tally"),
-            summary: row.get("summary"),
-            revert_of: row.get("revert_of"),
-            sample: row.get("sample"),
-            table_rows: row.get("table_rows"),
-            kind: row.get("kind"),
-            retry_of: row.get("retry_of"),
-        })
-        .map(Some)
+        dispatch!(self, load_run(run_id))?
+            .map(run_record)
+            .transpose()
     }
 
     /// The most recent runs, newest first.
-    pub async fn recent_runs(
-        &self,
-        limit: i64,
-    ) -> Result<Vec<(String, String, String, String)>, StoreError> {
-        let pool = match &self.backend {
-            crate::Backend::Pg(p) => p,
-            crate::Backend::Lite(l) => return crate::lite::recent_runs(l, limit).await,
-        };
-        let rows = sqlx::query(
-            "SELECT run_id, job_name, mode, state FROM backfill_run ORDER BY created_at DESC LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(pool)
-        .await
-        .map_err(sql("list runs"))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-            .collect())
+    pub async fn recent_runs(&self, limit: i64) -> Result<Vec<RecentRun>, StoreError> {
+        dispatch!(self, recent_runs(limit)).map_err(sql("list runs"))
     }
 
     /// The shards of a run, in order.
     pub async fn shards(&self, run_id: &str) -> Result<Vec<ShardRecord>, StoreError> {
-        let pool = match &self.backend {
-            crate::Backend::Pg(p) => p,
-            crate::Backend::Lite(l) => return crate::lite::shards(l, run_id).await,
-        };
-        let rows = sqlx::query(
-            "SELECT shard_no, target, first_key, last_key, rows, state,
-                    published_at IS NOT NULL AS published, reduced_at IS NOT NULL AS reduced
-             FROM backfill_shard WHERE run_id = $1 ORDER BY shard_no",
-        )
-        .bind(run_id)
-        .fetch_all(pool)
-        .await
-        .map_err(sql("read shards"))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| ShardRecord {
-                shard_no: r.get::<i32, _>("shard_no") as u32,
-                target: r.get("target"),
-                first_key: r.get("first_key"),
-                last_key: r.get("last_key"),
-                rows: r.get::<i32, _>("rows") as u32,
-                state: r.get("state"),
-                published: r.get("published"),
-                reduced: r.get("reduced"),
-            })
-            .collect())
+        dispatch!(self, shards(run_id)).map_err(sql("read shards"))
     }
 
     /// Marks shards as published (their task was confirmed by the broker).
     pub async fn mark_published(&self, run_id: &str, shard_nos: &[i32]) -> Result<(), StoreError> {
-        let pool = match &self.backend {
-            crate::Backend::Pg(p) => p,
-            crate::Backend::Lite(l) => {
-                return crate::lite::mark_published(l, run_id, shard_nos).await
-            }
-        };
-        sqlx::query(
-            "UPDATE backfill_shard SET published_at = now()
-             WHERE run_id = $1 AND shard_no = ANY($2) AND published_at IS NULL",
-        )
-        .bind(run_id)
-        .bind(shard_nos)
-        .execute(pool)
-        .await
-        .map_err(sql("mark shards published"))?;
-        Ok(())
+        dispatch!(self, mark_published(run_id, shard_nos))
     }
 
     /// Folds one shard result into its run, once. Returns what happened.
@@ -217,89 +134,31 @@ impl crate::Store {
     /// only if it was unset and the shard is committed, and the run's tally is
     /// updated under a row lock. A duplicate result changes nothing.
     pub async fn reduce(&self, result: &ShardResult) -> Result<Reduced, StoreError> {
-        let pool = match &self.backend {
-            crate::Backend::Pg(p) => p,
-            crate::Backend::Lite(l) => return crate::lite::reduce(l, result).await,
-        };
-        let mut tx = pool.begin().await.map_err(sql("begin reduce"))?;
-        let claimed = sqlx::query(
-            "UPDATE backfill_shard SET reduced_at = now()
-             WHERE run_id = $1 AND shard_no = $2 AND reduced_at IS NULL AND state IN ('done', 'dead')
-             RETURNING result",
-        )
-        .bind(&result.run_id)
-        .bind(result.shard_no as i32)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(sql("claim shard result"))?;
-        let Some(claimed) = claimed else {
-            let known = sqlx::query("SELECT state, reduced_at IS NOT NULL FROM backfill_shard WHERE run_id = $1 AND shard_no = $2")
-                .bind(&result.run_id)
-                .bind(result.shard_no as i32)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(sql("read shard"))?;
-            tx.rollback().await.map_err(sql("rollback reduce"))?;
-            return Ok(match known {
-                None => Reduced::UnknownShard,
-                Some(r) if r.get::<bool, _>(1) => Reduced::Duplicate,
-                Some(_) => Reduced::NotCommitted,
-            });
-        };
-        // The ledger, not the message, is the truth of what the shard
-        // counted: fold the result the mapper committed with the shard.
-        let stored = stored_tally(claimed.get::<Option<serde_json::Value>, _>(0))?;
-        let row = sqlx::query(
-            "SELECT spec_text, mode, scope, plan, tally, shards_total, shards_reduced
-             FROM backfill_run WHERE run_id = $1 FOR UPDATE",
-        )
-        .bind(&result.run_id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(sql("lock run"))?;
-        let fold = fold_result(
-            RunLedger {
-                run_id: &result.run_id,
-                spec_text: &row.get::<String, _>("spec_text"),
-                mode: &row.get::<String, _>("mode"),
-                scope: row.get("scope"),
-                plan: row.get("plan"),
-                tally: row.get("tally"),
-                shards_total: row.get::<i32, _>("shards_total") as i64,
-                shards_reduced: row.get::<i32, _>("shards_reduced") as i64,
-            },
-            &stored,
-        )?;
-        match &fold.finished {
-            None => {
-                sqlx::query(
-                    "UPDATE backfill_run SET tally = $2, shards_reduced = $3 WHERE run_id = $1",
-                )
-                .bind(&result.run_id)
-                .bind(&fold.tally)
-                .bind(fold.reduced as i32)
-                .execute(&mut *tx)
-                .await
-                .map_err(sql("fold shard result"))?;
-            }
-            Some((state, summary)) => {
-                sqlx::query(
-                    "UPDATE backfill_run SET tally = $2, shards_reduced = $3, state = $4, summary = $5, finished_at = now()
-                     WHERE run_id = $1",
-                )
-                .bind(&result.run_id)
-                .bind(&fold.tally)
-                .bind(fold.reduced as i32)
-                .bind(state.as_str())
-                .bind(summary)
-                .execute(&mut *tx)
-                .await
-                .map_err(sql("finish run"))?;
-            }
-        }
-        tx.commit().await.map_err(sql("commit reduce"))?;
-        Ok(reduced(fold))
+        dispatch!(self, reduce(result))
     }
+}
+
+/// A run as [`crate::Store::recent_runs`] lists it: (run, job, mode, state).
+pub type RecentRun = (String, String, String, String);
+
+/// What a fold did not happen for: a shard whose result was not claimed,
+/// by whether it was already reduced (`None`: no such shard).
+pub(crate) fn not_reduced(already_reduced: Option<bool>) -> Reduced {
+    match already_reduced {
+        None => Reduced::UnknownShard,
+        Some(true) => Reduced::Duplicate,
+        Some(false) => Reduced::NotCommitted,
+    }
+}
+
+/// Folds a shard's stored result into the run as the ledger holds it: the
+/// ledger, not the message, is the truth of what the shard counted.
+pub(crate) fn fold_stored(
+    run: RunLedger<'_>,
+    stored: Option<serde_json::Value>,
+) -> Result<Fold, StoreError> {
+    let stored = stored_tally(stored)?;
+    Ok(fold_result(run, &stored)?)
 }
 
 /// A run row as either back end reads it.
@@ -368,6 +227,23 @@ pub enum Reduced {
     NotCommitted,
 }
 
+/// A not yet finished run's row as either back end reads it: run, spec
+/// hash, mode, scope (JSON text), shards total, reduced and published,
+/// kind, revert of, retry of, sample.
+pub(crate) type RawActiveRun = (
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<f64>,
+);
+
 /// A run of a job that has not finished.
 #[derive(Debug, Clone)]
 pub struct ActiveRun {
@@ -425,69 +301,7 @@ impl crate::Store {
 
     /// The job's runs that have not finished, newest first.
     pub async fn active_runs(&self, job: &str) -> Result<Vec<ActiveRun>, StoreError> {
-        let q = "SELECT r.run_id, r.spec_hash, r.mode, CAST(r.scope AS text), r.shards_total, r.shards_reduced,
-                        (SELECT count(*) FROM backfill_shard s WHERE s.run_id = r.run_id AND s.published_at IS NOT NULL),
-                        r.kind, r.revert_of, r.retry_of, r.sample
-                 FROM backfill_run r WHERE r.job_name = $1 AND r.state = 'running' ORDER BY r.created_at DESC";
-        type Raw = (
-            String,
-            String,
-            String,
-            String,
-            i64,
-            i64,
-            i64,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<f64>,
-        );
-        let rows: Vec<Raw> = match &self.backend {
-            crate::Backend::Pg(p) => sqlx::query(q)
-                .bind(job)
-                .fetch_all(p)
-                .await
-                .map_err(sql("list active runs"))?
-                .into_iter()
-                .map(|r| {
-                    (
-                        r.get(0),
-                        r.get(1),
-                        r.get(2),
-                        r.get(3),
-                        r.get::<i32, _>(4) as i64,
-                        r.get::<i32, _>(5) as i64,
-                        r.get::<i64, _>(6),
-                        r.get(7),
-                        r.get(8),
-                        r.get(9),
-                        r.get(10),
-                    )
-                })
-                .collect(),
-            crate::Backend::Lite(p) => sqlx::query(q)
-                .bind(job)
-                .fetch_all(p)
-                .await
-                .map_err(sql("list active runs"))?
-                .into_iter()
-                .map(|r| {
-                    (
-                        r.get(0),
-                        r.get(1),
-                        r.get(2),
-                        r.get(3),
-                        r.get::<i64, _>(4),
-                        r.get::<i64, _>(5),
-                        r.get::<i64, _>(6),
-                        r.get(7),
-                        r.get(8),
-                        r.get(9),
-                        r.get(10),
-                    )
-                })
-                .collect(),
-        };
+        let rows = dispatch!(self, active_runs(job)).map_err(sql("list active runs"))?;
         rows.into_iter()
             .map(
                 |(
@@ -536,24 +350,7 @@ impl crate::Store {
         run_id: &str,
         shard_no: u32,
     ) -> Result<Option<String>, StoreError> {
-        let q = "SELECT target FROM backfill_shard WHERE run_id = $1 AND shard_no = $2";
-        match &self.backend {
-            crate::Backend::Pg(p) => {
-                sqlx::query_scalar(q)
-                    .bind(run_id)
-                    .bind(shard_no as i32)
-                    .fetch_optional(p)
-                    .await
-            }
-            crate::Backend::Lite(p) => {
-                sqlx::query_scalar(q)
-                    .bind(run_id)
-                    .bind(shard_no as i64)
-                    .fetch_optional(p)
-                    .await
-            }
-        }
-        .map_err(sql("read the shard's target"))
+        dispatch!(self, shard_target(run_id, shard_no)).map_err(sql("read the shard's target"))
     }
 }
 
@@ -564,21 +361,8 @@ impl crate::Store {
         run_id: &str,
         shard_no: u32,
     ) -> Result<Option<String>, StoreError> {
-        let q = "SELECT last_error FROM backfill_shard WHERE run_id = $1 AND shard_no = $2";
-        let v: Option<Option<String>> = match &self.backend {
-            crate::Backend::Pg(p) => sqlx::query_scalar(q)
-                .bind(run_id)
-                .bind(shard_no as i32)
-                .fetch_optional(p)
-                .await
-                .map_err(sql("read shard error"))?,
-            crate::Backend::Lite(p) => sqlx::query_scalar(q)
-                .bind(run_id)
-                .bind(shard_no as i64)
-                .fetch_optional(p)
-                .await
-                .map_err(sql("read shard error"))?,
-        };
+        let v =
+            dispatch!(self, shard_last_error(run_id, shard_no)).map_err(sql("read shard error"))?;
         Ok(v.flatten())
     }
 
@@ -587,25 +371,11 @@ impl crate::Store {
         &self,
         run_id: &str,
     ) -> Result<Vec<(u32, String, String)>, StoreError> {
-        let q = "SELECT shard_no, target, coalesce(last_error, '') FROM backfill_shard WHERE run_id = $1 AND state = 'dead' ORDER BY shard_no";
-        Ok(match &self.backend {
-            crate::Backend::Pg(p) => sqlx::query(q)
-                .bind(run_id)
-                .fetch_all(p)
-                .await
-                .map_err(sql("read dead shards"))?
-                .into_iter()
-                .map(|r| (r.get::<i32, _>(0) as u32, r.get(1), r.get(2)))
-                .collect(),
-            crate::Backend::Lite(p) => sqlx::query(q)
-                .bind(run_id)
-                .fetch_all(p)
-                .await
-                .map_err(sql("read dead shards"))?
-                .into_iter()
-                .map(|r| (r.get::<i64, _>(0) as u32, r.get(1), r.get(2)))
-                .collect(),
-        })
+        Ok(dispatch!(self, dead_shards(run_id))
+            .map_err(sql("read dead shards"))?
+            .into_iter()
+            .map(|(n, target, error)| (n as u32, target, error))
+            .collect())
     }
 
     /// Quarantined rows of a run not yet retried: (target, key, error).

@@ -10,7 +10,10 @@
 //!   a capability one dialect lacks is said there.
 //! - `pg`, `sqlite` (private): one module tree per dialect implementing
 //!   `Backend`, each holding its own SQL and control flow; `common`
-//!   (private): the statements both dialects read alike, written once.
+//!   (private): what both dialects would otherwise repeat, written once —
+//!   the statements they read alike, the methods that only hand an
+//!   operation to the dialect's module, and the code around a statement
+//!   each dialect writes its own way.
 //! - [`ledger`]: the ledger tables' run and shard records, the reducer's
 //!   dedup-and-fold step.
 //! - [`planning`]: runs the spec's groups and targets SQL with bound
@@ -18,9 +21,15 @@
 //!   transaction.
 //! - [`shard`]: a mapper's two database steps — fetch a shard's rows, then
 //!   commit the compare-and-set writes, before-images and the shard's ledger
-//!   record in ONE transaction.
+//!   record in ONE transaction (each dialect's transaction behind
+//!   `backend::ShardTransaction`).
 //!
-//! PostgreSQL is the main back end; SQLite (`lite`, private) serves the
+//! The dialect-free modules ([`ledger`], [`planning`], [`shard`], [`steer`],
+//! [`status`], [`audit`], [`identity`]) reach a dialect only through the
+//! trait; `pg` and `sqlite` use their types and pure helpers, never the
+//! other way round.
+//!
+//! PostgreSQL is the main back end; SQLite (`sqlite`, private) serves the
 //! embedded mode with the same operations and the same guarantees, one
 //! writer at a time. Table and column names from a spec are validated by the
 //! job model and always quoted here; values are always bound. A statement
@@ -41,7 +50,6 @@ mod common;
 pub mod eta;
 pub mod identity;
 pub mod ledger;
-mod lite;
 mod migrate;
 mod pg;
 pub mod planning;
@@ -54,7 +62,7 @@ use backend::{dispatch, Db};
 use backfill_job::spec::Dialect;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, Connection, PgPool, SqlitePool};
+use sqlx::{ConnectOptions, Connection};
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -213,17 +221,9 @@ pub fn redact_url(url: &str) -> String {
     backfill_job::redact::redact_url(url)
 }
 
-/// The database behind a store.
-#[derive(Clone, Debug)]
-pub(crate) enum Backend {
-    Pg(PgPool),
-    Lite(SqlitePool),
-}
-
 /// A handle on the database: target tables and ledger.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pub(crate) backend: Backend,
     /// The back end, by dialect (see [`backend`]).
     pub(crate) db: Db,
     types: TypesCache,
@@ -276,7 +276,7 @@ impl Store {
             hint: pg_hint,
             source: backfill_job::redact::RedactedError::new(&source, url),
         };
-        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)
                 .map_err(connect_err)?
                 .application_name("backfill")
@@ -330,7 +330,7 @@ impl Store {
                 .map_err(sql("look for the ledger"))?;
                 no_ledger(present, url)?;
             }
-            Backend::Pg(pool)
+            Db::postgres(pool)
         } else if url.starts_with("sqlite:") {
             // WAL lets readers go on while one writer commits; the busy
             // timeout makes concurrent shard commits wait their turn.
@@ -365,17 +365,12 @@ impl Store {
                 .map_err(sql("look for the ledger"))?;
                 no_ledger(present, url)?;
             }
-            Backend::Lite(pool)
+            Db::sqlite(pool)
         } else {
             return Err(StoreError::Scheme(redact_url(url)));
         };
-        let db = match &backend {
-            Backend::Pg(pool) => Db::Pg(pg::Pg { pool: pool.clone() }),
-            Backend::Lite(pool) => Db::Lite(sqlite::Lite { pool: pool.clone() }),
-        };
         let ledger = Arc::new(dispatch!(db: &db, load_identity())?);
         Ok(Store {
-            backend,
             db,
             types: TypesCache::default(),
             ledger,

@@ -1,22 +1,22 @@
 //! Planning: the spec's SQL run with bound parameters, and the plan recorded
 //! in the ledger in one transaction (run row, items, shards), so that the
-//! ledger never holds half a plan.
+//! ledger never holds half a plan. The statements and the transaction are
+//! each dialect's (`pg::planning`, `sqlite::planning`); what the queries
+//! are bound to, how keys are ordered and checked, and how a derived run's
+//! plan is finished are decided here.
 
 use backfill_job::fold::final_state;
 use backfill_job::fold::finish_plan;
 /// What a run is, before it is planned (defined with the plan it becomes).
 pub use backfill_job::plan::NewRun;
-use backfill_job::plan::{parse_ref_row, CutShard, GroupRow, RefRow, ShardCutter};
+use backfill_job::plan::{parse_ref_row, CutShard, GroupRow, PlannedTarget, RefRow, ShardCutter};
 use backfill_job::spec::Dialect;
+use backfill_job::spec::TargetSpec;
 use backfill_job::{JobSpec, KeyType, Mode, Plan, PlannedGroup, Scope, Tally};
-use futures::TryStreamExt;
 use serde_json::{Map, Value};
-use sqlx::{Column, Executor, Postgres, Row, Statement, Transaction, TypeInfo};
 
-use crate::{sql, Store, StoreError};
-
-/// How many items one INSERT carries.
-const ITEM_BATCH: usize = 5_000;
+use crate::backend::dispatch;
+use crate::{Store, StoreError};
 
 /// Binds the parameter only when the SQL uses it (`$1` on PostgreSQL, `?1`
 /// on SQLite), so a spec query without parameters is accepted as written.
@@ -83,6 +83,50 @@ pub(crate) fn not_an_integer(spec: &JobSpec, target: &str, field: &str, key: &st
     ))
 }
 
+/// A target query's row as a reference row, its key in canonical form;
+/// `field` names the query in errors.
+pub(crate) fn ref_row(
+    spec: &JobSpec,
+    target: &TargetSpec,
+    field: &str,
+    row: Map<String, Value>,
+) -> Result<RefRow, StoreError> {
+    parse_ref_row(row, field, spec.groups.is_some())
+        .map_err(StoreError::Data)?
+        .with_canonical_key(target.key_type)
+        .map_err(|k| not_an_integer(spec, &target.name, field, &k))
+}
+
+/// Whether a reference row belongs to the run: every row, or in a sampled
+/// run those of its sample.
+pub(crate) fn in_run(new: &NewRun<'_>, r: &RefRow) -> bool {
+    new.sample.is_none_or(|f| r.in_sample(f))
+}
+
+/// Cuts one target's reference rows (in key order) into shards numbered
+/// from `*next_shard` on, which is moved past them; the shards and what
+/// the plan says of the target.
+pub(crate) fn cut_target(
+    target: &str,
+    shard_size: u32,
+    next_shard: &mut u32,
+    rows: impl IntoIterator<Item = RefRow>,
+    tally: &mut Tally,
+) -> (Vec<CutShard>, PlannedTarget) {
+    let mut cutter = ShardCutter::new(target, shard_size, *next_shard);
+    let mut cut = Vec::new();
+    for r in rows {
+        cut.extend(cutter.push(r, tally));
+    }
+    *next_shard = cutter.next_shard_no();
+    let (last, planned) = cutter.finish(tally);
+    if let Some(shard) = last {
+        *next_shard = shard.shard_no + 1;
+        cut.push(shard);
+    }
+    (cut, planned)
+}
+
 /// Integer keys as the ledger stores them beside their text.
 pub(crate) fn key_ints(
     target: &str,
@@ -114,29 +158,17 @@ impl Store {
         spec: &JobSpec,
         scope: &Scope,
     ) -> Result<Vec<GroupRow>, StoreError> {
-        let pool = match &self.backend {
-            crate::Backend::Pg(p) => p,
-            crate::Backend::Lite(l) => return crate::lite::group_rows(l, spec, scope).await,
-        };
         let Some(groups) = &spec.groups else {
             return Ok(Vec::new());
         };
-        let user_sql = groups
-            .query
-            .for_dialect("groups.query", Dialect::Postgres)?;
-        let wrapped = format!("SELECT row_to_json(q)::text FROM ({user_sql}) q");
-        let mut q = sqlx::query(&wrapped);
-        if uses_param(user_sql, Dialect::Postgres) {
-            q = q.bind(requested_keys(scope));
-        }
-        let rows = q
-            .fetch_all(pool)
-            .await
-            .map_err(sql(format!("job `{}`: groups.query failed", spec.name)))?;
-        rows.into_iter()
-            .map(|r| {
-                let text: String = r.get(0);
-                GroupRow::from_object(obj(&text, "groups.query")?)
+        let dialect = self.dialect();
+        let user_sql = groups.query.for_dialect("groups.query", dialect)?;
+        let keys = uses_param(user_sql, dialect).then(|| requested_keys(scope));
+        let what = format!("job `{}`: groups.query failed", spec.name);
+        dispatch!(self, group_rows(user_sql, keys, &what))?
+            .into_iter()
+            .map(|row| {
+                GroupRow::from_object(row)
                     .map_err(|m| StoreError::Data(format!("groups.query: {m}")))
             })
             .collect()
@@ -151,169 +183,8 @@ impl Store {
         new: NewRun<'_>,
         groups: Vec<PlannedGroup>,
     ) -> Result<Plan, StoreError> {
-        let pool = match &self.backend {
-            crate::Backend::Pg(p) => p,
-            crate::Backend::Lite(l) => return crate::lite::create_run(l, new, groups).await,
-        };
-        let spec = new.spec;
-        let eligible = eligible_keys(spec, &groups);
-        let mut tx = pool.begin().await.map_err(sql("begin plan"))?;
-        let empty = serde_json::json!({});
-        sqlx::query(
-            "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, sample, kind)
-             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, 0, $7, $8, $9)",
-        )
-        .bind(new.run_id)
-        .bind(&spec.name)
-        .bind(&spec.source)
-        .bind(&spec.hash)
-        .bind(new.mode.as_str())
-        .bind(serde_json::to_value(new.scope).unwrap_or(Value::Null))
-        .bind(&empty)
-        .bind(new.sample)
-        .bind(new.kind.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(sql("record run"))?;
-
-        let mut tally = Tally::default();
-        let mut next_shard = 0u32;
-        let mut targets = Vec::new();
-        for (ti, target) in spec.targets.iter().enumerate() {
-            let field = format!("targets[{ti}].query");
-            let user_sql = target.query.for_dialect(&field, Dialect::Postgres)?;
-            let typed = target.key_type == KeyType::Integer && key_is_integer(pool, user_sql).await;
-            let order = key_order(Dialect::Postgres, target.key_type, typed);
-            let wrapped = format!("SELECT row_to_json(q)::text FROM ({user_sql}) q {order}");
-            let mut q = sqlx::query(&wrapped);
-            if uses_param(user_sql, Dialect::Postgres) {
-                q = q.bind(eligible.clone());
-            }
-            // Streamed on a connection of its own while the plan is written
-            // in the transaction: memory stays bounded by one shard.
-            let mut stream = q.fetch(pool);
-            let mut cutter = ShardCutter::new(&target.name, new.shard_size, next_shard);
-            let what = format!("job `{}`: {field} failed", spec.name);
-            while let Some(row) = stream.try_next().await.map_err(sql(what.clone()))? {
-                let text: String = row.get(0);
-                let r = parse_ref_row(obj(&text, &field)?, &field, spec.groups.is_some())
-                    .map_err(StoreError::Data)?
-                    .with_canonical_key(target.key_type)
-                    .map_err(|k| not_an_integer(spec, &target.name, &field, &k))?;
-                if new.sample.is_some_and(|f| !r.in_sample(f)) {
-                    continue;
-                }
-                if let Some(shard) = cutter.push(r, &mut tally) {
-                    write_shard(&mut tx, new.run_id, &target.name, target.key_type, &shard).await?;
-                }
-            }
-            drop(stream);
-            next_shard = cutter.next_shard_no();
-            let (last, planned) = cutter.finish(&mut tally);
-            if let Some(shard) = last {
-                write_shard(&mut tx, new.run_id, &target.name, target.key_type, &shard).await?;
-                next_shard = shard.shard_no + 1;
-            }
-            targets.push(planned);
-        }
-
-        let (plan, summary) = finish_plan(&new, groups, targets, next_shard, tally);
-        let plan_json = serde_json::to_value(&plan).map_err(|e| StoreError::Data(e.to_string()))?;
-        let tally_json =
-            serde_json::to_value(&plan.tally).map_err(|e| StoreError::Data(e.to_string()))?;
-        match summary {
-            Some(summary) => {
-                sqlx::query(
-                    "UPDATE backfill_run SET plan = $2, tally = $3, shards_total = 0, state = $4, summary = $5, finished_at = now()
-                     WHERE run_id = $1",
-                )
-                .bind(new.run_id)
-                .bind(&plan_json)
-                .bind(&tally_json)
-                .bind(final_state(&plan.tally).as_str())
-                .bind(&summary)
-                .execute(&mut *tx)
-                .await
-                .map_err(sql("finish empty run"))?;
-            }
-            None => {
-                sqlx::query("UPDATE backfill_run SET plan = $2, tally = $3, shards_total = $4 WHERE run_id = $1")
-                    .bind(new.run_id)
-                    .bind(&plan_json)
-                    .bind(&tally_json)
-                    .bind(plan.shards_total as i32)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(sql("record plan"))?;
-            }
-        }
-        tx.commit().await.map_err(sql("commit plan"))?;
-        Ok(plan)
+        dispatch!(self, create_run(new, groups))
     }
-}
-
-/// Whether the query's `key` column is an integer type, from the prepared
-/// statement (nothing is run). `false` when that cannot be told: the
-/// ordering for text keys is right for every key, only slower.
-async fn key_is_integer(pool: &sqlx::PgPool, user_sql: &str) -> bool {
-    let probe = format!("SELECT q.key FROM ({user_sql}) q");
-    match pool.prepare(&probe).await {
-        Ok(st) => st
-            .columns()
-            .first()
-            .is_some_and(|c| matches!(c.type_info().name(), "INT2" | "INT4" | "INT8")),
-        Err(_) => false,
-    }
-}
-
-async fn write_shard(
-    tx: &mut Transaction<'_, Postgres>,
-    run_id: &str,
-    target: &str,
-    key_type: KeyType,
-    shard: &CutShard,
-) -> Result<(), StoreError> {
-    let items = &shard.items;
-    let (Some(first), Some(last)) = (items.first(), items.last()) else {
-        return Ok(());
-    };
-    sqlx::query(
-        "INSERT INTO backfill_shard (run_id, shard_no, target, first_key, last_key, rows)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(run_id)
-    .bind(shard.shard_no as i32)
-    .bind(target)
-    .bind(&first.key)
-    .bind(&last.key)
-    .bind(items.len() as i32)
-    .execute(&mut **tx)
-    .await
-    .map_err(sql("record shard"))?;
-    let all_ints = key_ints(target, key_type, shard)?;
-    for (batch_no, batch) in items.chunks(ITEM_BATCH).enumerate() {
-        let base = batch_no * ITEM_BATCH;
-        let item_nos: Vec<i32> = (0..batch.len()).map(|i| (base + i) as i32).collect();
-        let keys: Vec<&str> = batch.iter().map(|i| i.key.as_str()).collect();
-        let ints = &all_ints[base..base + batch.len()];
-        let groups: Vec<&str> = batch.iter().map(|i| i.group.as_str()).collect();
-        let refs: Vec<i64> = batch.iter().map(|i| i.refs as i64).collect();
-        sqlx::query(
-            "INSERT INTO backfill_item (run_id, shard_no, item_no, key, key_int, group_key, refs)
-             SELECT $1, $2, * FROM unnest($3::int[], $4::text[], $5::int8[], $6::text[], $7::int8[])",
-        )
-        .bind(run_id)
-        .bind(shard.shard_no as i32)
-        .bind(&item_nos)
-        .bind(&keys)
-        .bind(ints)
-        .bind(&groups)
-        .bind(&refs)
-        .execute(&mut **tx)
-        .await
-        .map_err(sql("record shard items"))?;
-    }
-    Ok(())
 }
 
 /// The quarantined rows of one target of a run, as reference rows.
@@ -391,107 +262,43 @@ impl Store {
         shard_size: u32,
         derived: Derived,
     ) -> Result<Plan, StoreError> {
-        let pool = match &self.backend {
-            crate::Backend::Pg(p) => p,
-            crate::Backend::Lite(l) => {
-                return crate::lite::create_derived_run(l, run_id, original, shard_size, derived)
-                    .await
-            }
-        };
-        let spec = &original.spec;
-        let mode = derived.mode(original);
-        let mut tx = pool.begin().await.map_err(sql("begin plan"))?;
-        let empty = serde_json::json!({});
-        sqlx::query(
-            "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, revert_of, kind, retry_of)
-             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, 0, $7, $8, $9, $10)",
+        dispatch!(
+            self,
+            create_derived_run(run_id, original, shard_size, derived)
         )
-        .bind(run_id)
-        .bind(&spec.name)
-        .bind(&spec.source)
-        .bind(&spec.hash)
-        .bind(mode.as_str())
-        .bind(serde_json::to_value(&original.scope_value).unwrap_or(Value::Null))
-        .bind(&empty)
-        .bind(derived.revert_of(original))
-        .bind(derived.kind().as_str())
-        .bind(derived.retry_of(original))
-        .execute(&mut *tx)
-        .await
-        .map_err(sql("record run"))?;
-        let mut tally = Tally::default();
-        let mut next_shard = 0u32;
-        let mut targets = Vec::new();
-        let rows_sql = derived.rows_sql();
-        for target in &spec.targets {
-            let rows = sqlx::query(rows_sql)
-                .bind(&original.run_id)
-                .bind(&target.name)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(sql("read the rows of the run"))?;
-            let mut cutter = ShardCutter::new(&target.name, shard_size, next_shard);
-            let mut cut = Vec::new();
-            for r in rows {
-                cut.extend(cutter.push(quarantine_ref(r.get(0), r.get(1), r.get(2)), &mut tally));
-            }
-            next_shard = cutter.next_shard_no();
-            let (last, planned) = cutter.finish(&mut tally);
-            if let Some(shard) = last {
-                next_shard = shard.shard_no + 1;
-                cut.push(shard);
-            }
-            for shard in &cut {
-                write_shard(&mut tx, run_id, &target.name, target.key_type, shard).await?;
-            }
-            targets.push(planned);
-        }
-        if derived == Derived::Retry {
-            sqlx::query("UPDATE backfill_quarantine SET retried_by = $2 WHERE run_id = $1 AND retried_by IS NULL")
-                .bind(&original.run_id)
-                .bind(run_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(sql("mark quarantined rows retried"))?;
-        }
-        let new = NewRun {
-            run_id,
-            spec,
-            mode,
-            scope: &original.scope_value,
-            shard_size,
-            sample: None,
-            kind: derived.kind(),
-        };
-        let (plan, summary) = finish_plan(
-            &new,
-            original.plan.groups.clone(),
-            targets,
-            next_shard,
-            tally,
-        );
-        let plan_json = serde_json::to_value(&plan).map_err(|e| StoreError::Data(e.to_string()))?;
-        let tally_json =
-            serde_json::to_value(&plan.tally).map_err(|e| StoreError::Data(e.to_string()))?;
-        let state = match &summary {
-            Some(_) => final_state(&plan.tally).as_str(),
-            None => "running",
-        };
-        sqlx::query(
-            "UPDATE backfill_run SET plan = $2, tally = $3, shards_total = $4, state = $5, summary = $6,
-                    finished_at = CASE WHEN $5 = 'running' THEN NULL ELSE now() END
-             WHERE run_id = $1",
-        )
-        .bind(run_id)
-        .bind(&plan_json)
-        .bind(&tally_json)
-        .bind(plan.shards_total as i32)
-        .bind(state)
-        .bind(&summary)
-        .execute(&mut *tx)
-        .await
-        .map_err(sql("record plan"))?;
-        tx.commit().await.map_err(sql("commit plan"))?;
-        Ok(plan)
     }
+}
+
+/// A derived run's plan once its shards are cut, with its summary when it
+/// has nothing to do and the state it is recorded in.
+pub(crate) fn finish_derived(
+    run_id: &str,
+    original: &crate::RunRecord,
+    shard_size: u32,
+    derived: Derived,
+    targets: Vec<PlannedTarget>,
+    next_shard: u32,
+    tally: Tally,
+) -> (Plan, Option<String>, &'static str) {
+    let new = NewRun {
+        run_id,
+        spec: &original.spec,
+        mode: derived.mode(original),
+        scope: &original.scope_value,
+        shard_size,
+        sample: None,
+        kind: derived.kind(),
+    };
+    let (plan, summary) = finish_plan(
+        &new,
+        original.plan.groups.clone(),
+        targets,
+        next_shard,
+        tally,
+    );
+    let state = match &summary {
+        Some(_) => final_state(&plan.tally).as_str(),
+        None => "running",
+    };
+    (plan, summary, state)
 }

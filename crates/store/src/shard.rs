@@ -14,17 +14,19 @@
 //!   whole shard at once (reads without locks, then one transaction).
 //!
 //! What a row becomes and what the shard counts are decided in
-//! `backfill_job::shard`; this file only reads and writes.
+//! `backfill_job::shard`. The statements and the transaction are each
+//! dialect's (`pg::shard`, `sqlite::shard`, behind
+//! `backend::ShardTransaction`); this file holds what a shard's steps are
+//! and the types they pass.
 
 use backfill_job::message::MESSAGE_VERSION;
-use backfill_job::shard::{failed_tally, shard_tally};
 /// A shard's rows as read and as evaluated, defined with the evaluation.
 pub use backfill_job::shard::{md5_hex, EvaluatedRow, FetchedRow, RELEASE_BYTES};
 use backfill_job::spec::quote_ident;
 use backfill_job::{KeyType, Mode, RowOutcome, ShardResult, ShardTask, Tally};
-use sqlx::Row;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::BTreeMap;
 
+use crate::backend::{dispatch, Capability, DbTx, Opened};
 use crate::{sql, Store, StoreError};
 
 /// The rows of a shard, or the shard's stored result if it is already done.
@@ -68,7 +70,9 @@ impl Committed {
     }
 }
 
-fn key_join(target: &backfill_job::spec::TargetSpec) -> String {
+/// How a shard's items join their target rows: on the integer key beside
+/// an item's text, or on the text.
+pub(crate) fn key_join(target: &backfill_job::spec::TargetSpec) -> String {
     let k = quote_ident(&target.key);
     match target.key_type {
         KeyType::Integer => format!("t.{k} = i.key_int"),
@@ -83,26 +87,7 @@ impl Store {
         run_id: &str,
         shard_no: u32,
     ) -> Result<Option<Tally>, StoreError> {
-        let pool = match &self.backend {
-            crate::Backend::Pg(p) => p,
-            crate::Backend::Lite(l) => return crate::lite::shard_done(l, run_id, shard_no).await,
-        };
-        let row = sqlx::query("SELECT result FROM backfill_shard WHERE run_id = $1 AND shard_no = $2 AND state IN ('done', 'dead')")
-            .bind(run_id)
-            .bind(shard_no as i32)
-            .fetch_optional(pool)
-            .await
-            .map_err(sql("read shard state"))?;
-        match row {
-            None => Ok(None),
-            Some(r) => {
-                let v: Option<serde_json::Value> = r.get(0);
-                let t = serde_json::from_value(v.unwrap_or_default()).map_err(|e| {
-                    StoreError::Data(format!("stored shard result is unreadable: {e}"))
-                })?;
-                Ok(Some(t))
-            }
-        }
+        dispatch!(self, shard_done(run_id, shard_no))
     }
 
     /// Reads a shard's items and their target rows.
@@ -113,45 +98,30 @@ impl Store {
         shard_no: u32,
         digests: bool,
     ) -> Result<ShardRows, StoreError> {
-        let pool = match &self.backend {
-            crate::Backend::Pg(p) => p,
-            crate::Backend::Lite(l) => {
-                return crate::lite::fetch_shard(l, run_id, target, shard_no).await
-            }
-        };
         if let Some(done) = self.shard_done(run_id, shard_no).await? {
             return Ok(ShardRows::Done(done));
         }
-        let q = fetch_sql(target, "");
-        let rows = sqlx::query(&q)
-            .bind(run_id)
-            .bind(shard_no as i32)
-            .fetch_all(pool)
-            .await
-            .map_err(sql(format!(
-                "read rows of shard {shard_no} from {}",
-                target.table
-            )))?;
-        Ok(ShardRows::Pending(fetched_rows(target, rows, digests)))
+        let mut rows = dispatch!(self, fetch_shard(run_id, target, shard_no, digests))?;
+        if let Capability::Lacks(_) = dispatch!(sync self, row_versions()) {
+            // A row carries a version only where the back end has them: a
+            // write compares the documents otherwise.
+            rows.iter_mut().for_each(|r| r.version = None);
+        }
+        Ok(ShardRows::Pending(rows))
     }
 
-    /// How a column is typed, to cast written text back to it.
+    /// How a column is typed, to cast written text back to it (looked up
+    /// once per process; none where columns keep the text they are given).
     async fn column_types(&self, table: &str) -> Result<BTreeMap<String, String>, StoreError> {
-        let crate::Backend::Pg(pool) = &self.backend else {
-            return Ok(BTreeMap::new());
-        };
         if let Some(t) = self.types_cache().get(table) {
             return Ok(t);
         }
-        let rows = sqlx::query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
-             FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped",
-        )
-        .bind(quote_ident(table))
-        .fetch_all(pool)
-        .await
-        .map_err(sql(format!("read the column types of {table}")))?;
-        let m: BTreeMap<String, String> = rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+        let m = match dispatch!(self, column_types(table))
+            .map_err(sql(format!("read the column types of {table}")))?
+        {
+            Capability::Has(m) => m,
+            Capability::Lacks(_) => return Ok(BTreeMap::new()),
+        };
         self.types_cache().put(table, m.clone());
         Ok(m)
     }
@@ -172,27 +142,24 @@ impl Store {
             .collect())
     }
 
+    /// The column types a shard's writes cast to: none in a dry run.
+    async fn write_types(
+        &self,
+        mode: Mode,
+        table: &str,
+    ) -> Result<BTreeMap<String, String>, StoreError> {
+        if mode.is_commit() {
+            self.column_types(table).await
+        } else {
+            Ok(BTreeMap::new())
+        }
+    }
+
     /// Commits a shard: compare-and-set writes, before-images and the shard's
     /// ledger record in one transaction, the whole shard as one batch.
     pub async fn commit_shard(&self, c: ShardCommit<'_>) -> Result<Committed, StoreError> {
-        if let crate::Backend::Lite(l) = &self.backend {
-            return crate::lite::commit_shard(l, c).await;
-        }
-        let work = ShardWork {
-            run_id: c.run_id,
-            shard_no: c.shard_no,
-            target: c.target,
-            mode: c.mode,
-            worker: c.worker,
-            retry: c.retry,
-        };
-        match self.open_shard(work).await? {
-            OpenShard::Done(t) => Ok(Committed::AlreadyDone(t)),
-            OpenShard::Open(mut tx) => {
-                tx.write(c.rows).await?;
-                tx.finish().await
-            }
-        }
+        let types = self.write_types(c.mode, &c.target.table).await?;
+        dispatch!(self, commit_shard(c, types))
     }
 
     /// Starts a shard's transaction and locks its ledger row, so no other
@@ -204,60 +171,15 @@ impl Store {
     /// commits it in one go at [`ShardTx::finish`], as one writer at a time
     /// always did: it has no statement timeout to keep statements under.
     pub async fn open_shard<'a>(&self, work: ShardWork<'a>) -> Result<OpenShard<'a>, StoreError> {
-        let pool = match &self.backend {
-            crate::Backend::Pg(p) => p,
-            crate::Backend::Lite(l) => {
-                let fetched =
-                    crate::lite::fetch_shard(l, work.run_id, work.target, work.shard_no).await?;
-                return Ok(match fetched {
-                    ShardRows::Done(t) => OpenShard::Done(t),
-                    ShardRows::Pending(rows) => OpenShard::Open(ShardTx {
-                        work,
-                        tally: Tally::default(),
-                        inner: TxInner::Lite {
-                            pool: l.clone(),
-                            rows: Some(rows),
-                            evaluated: Vec::new(),
-                        },
-                    }),
-                });
-            }
-        };
-        let types = if work.mode.is_commit() {
-            self.column_types(&work.target.table).await?
-        } else {
-            BTreeMap::new()
-        };
-        let mut tx = pool.begin().await.map_err(sql("begin shard"))?;
-        let row = sqlx::query("SELECT state, result FROM backfill_shard WHERE run_id = $1 AND shard_no = $2 FOR UPDATE")
-            .bind(work.run_id)
-            .bind(work.shard_no as i32)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(sql("lock shard"))?;
-        let Some(row) = row else {
-            return Err(StoreError::Data(format!(
-                "shard {} of run {} is not in the ledger",
-                work.shard_no, work.run_id
-            )));
-        };
-        if matches!(row.get::<String, _>(0).as_str(), "done" | "dead") {
-            let v: Option<serde_json::Value> = row.get(1);
-            tx.rollback().await.map_err(sql("rollback shard"))?;
-            let t = serde_json::from_value(v.unwrap_or_default())
-                .map_err(|e| StoreError::Data(format!("stored shard result is unreadable: {e}")))?;
-            return Ok(OpenShard::Done(t));
-        }
-        Ok(OpenShard::Open(ShardTx {
-            work,
-            tally: Tally::default(),
-            inner: TxInner::Pg {
-                tx,
-                types,
-                items: None,
-                oversize: false,
-            },
-        }))
+        let types = self.write_types(work.mode, &work.target.table).await?;
+        Ok(match dispatch!(self, open_shard(&work, types))? {
+            Opened::Done(t) => OpenShard::Done(t),
+            Opened::Open(inner) => OpenShard::Open(ShardTx {
+                work,
+                tally: Tally::default(),
+                inner,
+            }),
+        })
     }
 }
 
@@ -316,30 +238,7 @@ pub enum OpenShard<'a> {
 pub struct ShardTx<'a> {
     work: ShardWork<'a>,
     tally: Tally,
-    inner: TxInner,
-}
-
-enum TxInner {
-    Pg {
-        tx: sqlx::Transaction<'static, sqlx::Postgres>,
-        types: BTreeMap<String, String>,
-        /// The shard's items not yet read, in order; read at the first batch.
-        items: Option<VecDeque<Item>>,
-        /// The batch in hand is one row larger than the batch limit: the
-        /// connection's buffers are given back after reading and writing it.
-        oversize: bool,
-    },
-    Lite {
-        pool: sqlx::SqlitePool,
-        rows: Option<Vec<FetchedRow>>,
-        evaluated: Vec<EvaluatedRow>,
-    },
-}
-
-/// An item of a shard and, once asked, the size of its documents.
-struct Item {
-    no: i32,
-    bytes: Option<u64>,
+    inner: DbTx,
 }
 
 impl ShardTx<'_> {
@@ -351,479 +250,23 @@ impl ShardTx<'_> {
         &mut self,
         limits: BatchLimits,
     ) -> Result<Option<Vec<FetchedRow>>, StoreError> {
-        let w = &self.work;
-        let (tx, items, oversize) = match &mut self.inner {
-            TxInner::Lite { rows, .. } => return Ok(rows.take()),
-            TxInner::Pg {
-                tx,
-                items,
-                oversize,
-                ..
-            } => (tx, items, oversize),
-        };
-        let items = match items {
-            Some(i) => i,
-            None => items.insert(shard_items(tx, w.run_id, w.shard_no).await?),
-        };
-        if items.is_empty() {
-            return Ok(None);
-        }
-        let n = limits.rows.max(1).min(items.len());
-        let unmeasured: Vec<i32> = items
-            .iter()
-            .take(n)
-            .filter(|i| i.bytes.is_none())
-            .map(|i| i.no)
-            .collect();
-        if !unmeasured.is_empty() {
-            let sizes = item_sizes(tx, w.target, w.run_id, w.shard_no, &unmeasured).await?;
-            for it in items.iter_mut().take(n) {
-                if it.bytes.is_none() {
-                    it.bytes = Some(sizes.get(&it.no).copied().unwrap_or(0));
-                }
-            }
-        }
-        let (mut take, mut bytes) = (0usize, 0u64);
-        for it in items.iter().take(n) {
-            let b = it.bytes.unwrap_or(0);
-            // A row larger than the limit still goes, alone.
-            if take > 0 && bytes + b > limits.bytes {
-                break;
-            }
-            bytes += b;
-            take += 1;
-        }
-        let nos: Vec<i32> = items.drain(..take).map(|i| i.no).collect();
-        let rows = fetch_items(tx, w.target, w.run_id, w.shard_no, &nos).await?;
-        *oversize = bytes > limits.bytes;
-        if *oversize {
-            give_back_buffers(tx, true).await?;
-        }
-        Ok(Some(rows))
+        dispatch!(tx: &mut self.inner, next_batch(&self.work, limits))
     }
 
     /// Writes a batch's evaluated rows in the shard's transaction and adds
     /// their outcomes to the shard's result; the rows are dropped after.
     pub async fn write(&mut self, rows: Vec<EvaluatedRow>) -> Result<(), StoreError> {
-        match &mut self.inner {
-            TxInner::Lite { evaluated, .. } => {
-                evaluated.extend(rows);
-                Ok(())
-            }
-            TxInner::Pg {
-                tx,
-                types,
-                oversize,
-                ..
-            } => {
-                let t = apply_rows(tx, &self.work, types, rows).await?;
-                self.tally.merge(&t);
-                if *oversize {
-                    give_back_buffers(tx, false).await?;
-                }
-                Ok(())
-            }
+        if let Some(t) = dispatch!(tx: &mut self.inner, write(&self.work, rows))? {
+            self.tally.merge(&t);
         }
+        Ok(())
     }
 
     /// Records the shard done with the result of all its batches, and commits.
     pub async fn finish(self) -> Result<Committed, StoreError> {
         let ShardTx { work, tally, inner } = self;
-        let mut tx = match inner {
-            TxInner::Lite {
-                pool, evaluated, ..
-            } => {
-                return crate::lite::commit_shard(
-                    &pool,
-                    ShardCommit {
-                        run_id: work.run_id,
-                        shard_no: work.shard_no,
-                        target: work.target,
-                        mode: work.mode,
-                        worker: work.worker,
-                        rows: evaluated,
-                        retry: work.retry,
-                    },
-                )
-                .await
-            }
-            TxInner::Pg { tx, .. } => tx,
-        };
-        let result = serde_json::to_value(&tally).map_err(|e| StoreError::Data(e.to_string()))?;
-        sqlx::query(
-            "UPDATE backfill_shard SET state = 'done', result = $3, worker = $4, finished_at = clock_timestamp(),
-                    deliveries = deliveries + 1, lease_until = NULL,
-                    elapsed_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::int
-             WHERE run_id = $1 AND shard_no = $2",
-        )
-        .bind(work.run_id)
-        .bind(work.shard_no as i32)
-        .bind(&result)
-        .bind(work.worker)
-        .execute(&mut *tx)
-        .await
-        .map_err(sql("record shard done"))?;
-        tx.commit().await.map_err(sql("commit shard"))?;
-        Ok(Committed::Applied(tally))
+        dispatch!(tx: inner, finish(&work, tally))
     }
-}
-
-/// A shard's item numbers, in order.
-async fn shard_items(
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-    run_id: &str,
-    shard_no: u32,
-) -> Result<VecDeque<Item>, StoreError> {
-    let nos: Vec<i32> = sqlx::query_scalar(
-        "SELECT item_no FROM backfill_item WHERE run_id = $1 AND shard_no = $2 ORDER BY item_no",
-    )
-    .bind(run_id)
-    .bind(shard_no as i32)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(sql("read shard items"))?;
-    Ok(nos.into_iter().map(|no| Item { no, bytes: None }).collect())
-}
-
-/// The size in bytes of each item's documents as text. `octet_length` of
-/// the text is asked rather than `pg_column_size`, which gives the
-/// compressed size on disk: a document that compresses well would look
-/// many times smaller than it is once read.
-async fn item_sizes(
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-    target: &backfill_job::spec::TargetSpec,
-    run_id: &str,
-    shard_no: u32,
-    nos: &[i32],
-) -> Result<HashMap<i32, u64>, StoreError> {
-    let sum: Vec<String> = target
-        .all_columns()
-        .map(|c| format!("coalesce(octet_length(t.{}::text), 0)", quote_ident(c)))
-        .collect();
-    let q = format!(
-        "SELECT i.item_no, ({sum})::int8
-         FROM backfill_item i LEFT JOIN {table} t ON {join}
-         WHERE i.run_id = $1 AND i.shard_no = $2 AND i.item_no = ANY($3)",
-        sum = if sum.is_empty() {
-            "0".to_string()
-        } else {
-            sum.join(" + ")
-        },
-        table = quote_ident(&target.table),
-        join = key_join(target),
-    );
-    let rows: Vec<(i32, i64)> = sqlx::query_as(&q)
-        .bind(run_id)
-        .bind(shard_no as i32)
-        .bind(nos)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(sql(format!(
-            "size the rows of shard {shard_no} in {}",
-            target.table
-        )))?;
-    Ok(rows
-        .into_iter()
-        .map(|(no, b)| (no, b.max(0) as u64))
-        .collect())
-}
-
-/// Reads the given items of a shard and their target rows.
-async fn fetch_items(
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-    target: &backfill_job::spec::TargetSpec,
-    run_id: &str,
-    shard_no: u32,
-    nos: &[i32],
-) -> Result<Vec<FetchedRow>, StoreError> {
-    let rows = sqlx::query(&fetch_sql(target, "AND i.item_no = ANY($3)"))
-        .bind(run_id)
-        .bind(shard_no as i32)
-        .bind(nos)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(sql(format!(
-            "read rows of shard {shard_no} from {}",
-            target.table
-        )))?;
-    Ok(fetched_rows(target, rows, false))
-}
-
-/// Gives back the memory the connection kept from a statement that carried
-/// a document larger than a batch: sqlx keeps its read and write buffers at
-/// their largest, which would hold two more copies of that document through
-/// the rest of the shard. The read buffer lets go of its old allocation
-/// only when the next message arrives, hence, after a read, a trivial
-/// statement.
-async fn give_back_buffers(
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-    after_read: bool,
-) -> Result<(), StoreError> {
-    use sqlx::Connection;
-    tx.shrink_buffers();
-    if after_read {
-        sqlx::query("SELECT 1")
-            .execute(&mut **tx)
-            .await
-            .map_err(sql("give back the connection's read buffer"))?;
-    }
-    Ok(())
-}
-
-/// The query reading a shard's items with their target rows (`$1` run,
-/// `$2` shard, `filter` any further condition on the items).
-fn fetch_sql(target: &backfill_job::spec::TargetSpec, filter: &str) -> String {
-    let select_cols: String = target
-        .all_columns()
-        .map(|c| format!(", t.{}::text", quote_ident(c)))
-        .collect();
-    format!(
-        "SELECT i.key, i.group_key, i.refs, (t.{key} IS NOT NULL) AS found, t.xmin::text{select_cols}
-         FROM backfill_item i LEFT JOIN {table} t ON {join}
-         WHERE i.run_id = $1 AND i.shard_no = $2 {filter} ORDER BY i.item_no",
-        key = quote_ident(&target.key),
-        table = quote_ident(&target.table),
-        join = key_join(target),
-    )
-}
-
-/// The rows of [`fetch_sql`] as fetched rows; each database row is dropped
-/// as soon as it is converted.
-fn fetched_rows(
-    target: &backfill_job::spec::TargetSpec,
-    rows: Vec<sqlx::postgres::PgRow>,
-    digests: bool,
-) -> Vec<FetchedRow> {
-    let cols: Vec<&String> = target.all_columns().collect();
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let found: bool = r.get(3);
-        let mut sums = BTreeMap::new();
-        let columns = if found {
-            let mut m = BTreeMap::new();
-            for (i, c) in cols.iter().enumerate() {
-                let text = r.get::<Option<String>, _>(5 + i);
-                if digests {
-                    sums.insert((*c).clone(), text.as_deref().map(md5_hex));
-                }
-                m.insert((*c).clone(), text);
-            }
-            Some(m)
-        } else {
-            None
-        };
-        out.push(FetchedRow {
-            key: r.get(0),
-            group: r.get(1),
-            refs: r.get::<i64, _>(2).max(0) as u64,
-            columns,
-            digests: sums,
-            version: r.get(4),
-        });
-    }
-    out
-}
-
-/// Writes one batch of a shard's evaluated rows in its transaction: the
-/// compare-and-set writes (and, with `on_conflict = "retry"`, the conflicted
-/// rows again under a row lock), the before-images of what was written and
-/// the quarantine of rows in error. Returns the batch's result.
-async fn apply_rows(
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-    w: &ShardWork<'_>,
-    types: &BTreeMap<String, String>,
-    rows: Vec<EvaluatedRow>,
-) -> Result<Tally, StoreError> {
-    let target = w.target;
-    let mut rows = rows;
-    let mut written: HashSet<String> = HashSet::new();
-    // Written keys, each with the row version the write left.
-    let mut after_version: HashMap<String, Option<String>> = HashMap::new();
-    let mut retried = 0u64;
-    if w.mode.is_commit() {
-        let to_write: Vec<&EvaluatedRow> = rows.iter().filter(|r| is_change(r)).collect();
-        if !to_write.is_empty() {
-            after_version = write_cas(tx, target, types, &to_write).await?;
-            written = after_version.keys().cloned().collect();
-        }
-        if let Some(retry) = w.retry {
-            // Rows the application edited since they were read: read
-            // them again under a row lock and apply the rules to what
-            // the application wrote.
-            let conflicted: Vec<usize> = (0..rows.len())
-                .filter(|i| is_change(&rows[*i]) && !written.contains(&rows[*i].key))
-                .collect();
-            if !conflicted.is_empty() {
-                let keys: Vec<String> = conflicted.iter().map(|i| rows[*i].key.clone()).collect();
-                let fresh = read_for_update(tx, target, &keys).await?;
-                for i in &conflicted {
-                    let r = &mut rows[*i];
-                    match fresh.get(&r.key) {
-                        None => r.outcome = RowOutcome::Skipped("row no longer exists".into()),
-                        Some(cols) => {
-                            r.outcome = retry(&r.group, cols);
-                            r.digests = cols
-                                .iter()
-                                .map(|(c, t)| (c.clone(), t.as_deref().map(md5_hex)))
-                                .collect();
-                            r.read = cols.clone();
-                            r.released.clear();
-                            // The retried write keeps whole before-images
-                            // and compares the digests only.
-                            r.undo.clear();
-                            r.version = None;
-                        }
-                    }
-                }
-                let again: Vec<&EvaluatedRow> = conflicted
-                    .iter()
-                    .map(|i| &rows[*i])
-                    .filter(|r| is_change(r))
-                    .collect();
-                if !again.is_empty() {
-                    let more = write_cas(tx, target, types, &again).await?;
-                    written.extend(more.keys().cloned());
-                    after_version.extend(more);
-                }
-                retried = conflicted
-                    .iter()
-                    .filter(|i| !is_change(&rows[**i]) || written.contains(&rows[**i].key))
-                    .count() as u64;
-            }
-        }
-        // Before-images of what was actually written: for a jsonb
-        // column (which keeps no formatting), the inverse patch of what
-        // the rules changed, with the row version the write left;
-        // otherwise the whole value as read.
-        let mut keys = Vec::new();
-        let mut cols = Vec::new();
-        let mut befores: Vec<Option<&str>> = Vec::new();
-        let mut patches: Vec<Option<&str>> = Vec::new();
-        let mut versions: Vec<Option<&str>> = Vec::new();
-        for r in &rows {
-            let Some(version) = after_version.get(&r.key) else {
-                continue;
-            };
-            if let RowOutcome::Changed(new) = &r.outcome {
-                for col in new.keys() {
-                    let patch = r.undo.get(col).map(String::as_str);
-                    // A NULL column goes back to NULL: whole value.
-                    let jsonb = types.get(col).map(String::as_str) == Some("jsonb")
-                        && (matches!(r.read.get(col), Some(Some(_)))
-                            || r.released.contains_key(col));
-                    keys.push(r.key.as_str());
-                    cols.push(col.as_str());
-                    match (jsonb, patch, version.as_deref()) {
-                        (true, Some(p), Some(v)) => {
-                            befores.push(None);
-                            patches.push(Some(p));
-                            versions.push(Some(v));
-                        }
-                        _ => {
-                            befores.push(r.read.get(col).and_then(|v| v.as_deref()));
-                            patches.push(None);
-                            versions.push(None);
-                        }
-                    }
-                }
-            }
-        }
-        if !keys.is_empty() {
-            sqlx::query(
-                    "INSERT INTO backfill_before_image (run_id, shard_no, target, key, column_name, before, patch, after_version)
-                     SELECT $1, $2, $3, * FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[])",
-                )
-                .bind(w.run_id)
-                .bind(w.shard_no as i32)
-                .bind(&target.name)
-                .bind(&keys)
-                .bind(&cols)
-                .bind(&befores)
-                .bind(&patches)
-                .bind(&versions)
-                .execute(&mut **tx)
-                .await
-                .map_err(sql("record before-images"))?;
-        }
-    }
-
-    let mut tally = shard_tally(&target.name, w.mode, &rows, &written);
-    tally.conflicts_retried = retried;
-    let poisoned: Vec<(&str, &str, i64, &str)> = rows
-        .iter()
-        .filter_map(|r| match &r.outcome {
-            RowOutcome::Error(m) => {
-                Some((r.key.as_str(), r.group.as_str(), r.refs as i64, m.as_str()))
-            }
-            _ => None,
-        })
-        .collect();
-    if !poisoned.is_empty() {
-        sqlx::query(
-                "INSERT INTO backfill_quarantine (run_id, shard_no, target, key, group_key, refs, error)
-                 SELECT $1, $2, $3, * FROM unnest($4::text[], $5::text[], $6::int8[], $7::text[])",
-            )
-            .bind(w.run_id)
-            .bind(w.shard_no as i32)
-            .bind(&target.name)
-            .bind(poisoned.iter().map(|p| p.0).collect::<Vec<_>>())
-            .bind(poisoned.iter().map(|p| p.1).collect::<Vec<_>>())
-            .bind(poisoned.iter().map(|p| p.2).collect::<Vec<_>>())
-            .bind(poisoned.iter().map(|p| p.3).collect::<Vec<_>>())
-            .execute(&mut **tx)
-            .await
-            .map_err(sql("quarantine rows"))?;
-    }
-    Ok(tally)
-}
-
-fn is_change(r: &EvaluatedRow) -> bool {
-    matches!(r.outcome, RowOutcome::Changed(_))
-}
-
-/// Reads rows again, locking them for the rest of the transaction.
-async fn read_for_update(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    target: &backfill_job::spec::TargetSpec,
-    keys: &[String],
-) -> Result<std::collections::HashMap<String, BTreeMap<String, Option<String>>>, StoreError> {
-    let cols: Vec<&String> = target.all_columns().collect();
-    let select_cols: String = cols
-        .iter()
-        .map(|c| format!(", t.{}::text", quote_ident(c)))
-        .collect();
-    let key = quote_ident(&target.key);
-    let q = format!(
-        "SELECT t.{key}::text{select_cols} FROM {table} t WHERE t.{key} = ANY($1) FOR UPDATE",
-        table = quote_ident(&target.table),
-    );
-    let query = sqlx::query(&q);
-    let query = match target.key_type {
-        KeyType::Integer => query.bind(
-            keys.iter()
-                .map(|k| {
-                    k.parse::<i64>()
-                        .map_err(|_| StoreError::Data(format!("key `{k}` is not an integer")))
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
-        KeyType::Text => query.bind(keys.to_vec()),
-    };
-    let rows = query
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(sql(format!("read edited rows of {} again", target.table)))?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let m = cols
-                .iter()
-                .enumerate()
-                .map(|(i, c)| ((*c).clone(), r.get::<Option<String>, _>(1 + i)))
-                .collect();
-            (r.get::<String, _>(0), m)
-        })
-        .collect())
 }
 
 impl Store {
@@ -834,23 +277,7 @@ impl Store {
         shard_no: u32,
         error: &str,
     ) -> Result<u32, StoreError> {
-        let pool = match &self.backend {
-            crate::Backend::Pg(p) => p,
-            crate::Backend::Lite(l) => {
-                return crate::lite::shard_attempt_failed(l, run_id, shard_no, error).await
-            }
-        };
-        let n: Option<i32> = sqlx::query_scalar(
-            "UPDATE backfill_shard SET failures = failures + 1, last_error = $3, state = 'pending', lease_until = NULL
-             WHERE run_id = $1 AND shard_no = $2 AND state IN ('pending', 'running') RETURNING failures",
-        )
-        .bind(run_id)
-        .bind(shard_no as i32)
-        .bind(error)
-        .fetch_optional(pool)
-        .await
-        .map_err(sql("record a failed shard attempt"))?;
-        Ok(n.unwrap_or(0).max(0) as u32)
+        dispatch!(self, shard_attempt_failed(run_id, shard_no, error))
     }
 
     /// Records a shard given up (dead-lettered) in the ledger — state
@@ -906,202 +333,6 @@ impl Store {
         target: &str,
         error: &str,
     ) -> Result<Committed, StoreError> {
-        let pool = match &self.backend {
-            crate::Backend::Pg(p) => p,
-            crate::Backend::Lite(l) => {
-                return crate::lite::fail_shard(l, run_id, shard_no, target, error).await
-            }
-        };
-        let mut tx = pool.begin().await.map_err(sql("begin shard"))?;
-        let row = sqlx::query("SELECT state, result FROM backfill_shard WHERE run_id = $1 AND shard_no = $2 FOR UPDATE")
-            .bind(run_id)
-            .bind(shard_no as i32)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(sql("lock shard"))?
-            .ok_or_else(|| StoreError::Data(format!("shard {shard_no} of run {run_id} is not in the ledger")))?;
-        if matches!(row.get::<String, _>(0).as_str(), "done" | "dead") {
-            let v: Option<serde_json::Value> = row.get(1);
-            let t = serde_json::from_value(v.unwrap_or_default())
-                .map_err(|e| StoreError::Data(format!("stored shard result is unreadable: {e}")))?;
-            return Ok(Committed::AlreadyDone(t));
-        }
-        let items = sqlx::query("SELECT key, group_key FROM backfill_item WHERE run_id = $1 AND shard_no = $2 ORDER BY item_no")
-            .bind(run_id)
-            .bind(shard_no as i32)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(sql("read shard items"))?;
-        let items: Vec<(String, String)> =
-            items.into_iter().map(|r| (r.get(0), r.get(1))).collect();
-        let tally = failed_tally(target, shard_no, error, &items);
-        sqlx::query(
-            "INSERT INTO backfill_quarantine (run_id, shard_no, target, key, group_key, refs, error)
-             SELECT run_id, shard_no, $3, key, group_key, refs, $4 FROM backfill_item WHERE run_id = $1 AND shard_no = $2
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(run_id)
-        .bind(shard_no as i32)
-        .bind(target)
-        .bind(format!("shard {shard_no} failed on every attempt: {error}"))
-        .execute(&mut *tx)
-        .await
-        .map_err(sql("quarantine rows"))?;
-        let result = serde_json::to_value(&tally).map_err(|e| StoreError::Data(e.to_string()))?;
-        sqlx::query(
-            "UPDATE backfill_shard SET state = 'dead', result = $3, worker = 'failed', finished_at = now(), last_error = $4
-             WHERE run_id = $1 AND shard_no = $2",
-        )
-        .bind(run_id)
-        .bind(shard_no as i32)
-        .bind(&result)
-        .bind(error)
-        .execute(&mut *tx)
-        .await
-        .map_err(sql("record shard failed"))?;
-        tx.commit().await.map_err(sql("commit shard"))?;
-        Ok(Committed::Applied(tally))
+        dispatch!(self, fail_shard(run_id, shard_no, target, error))
     }
-}
-
-/// Writes changed rows with compare-and-set in up to two statements: first
-/// on the row version (`xmin` as read: unchanged means nobody wrote the row
-/// since, and nothing has to be compared or sent back), then, for the rows
-/// whose version moved (another column updated, say), on the `md5` of every
-/// JSON column's text. Returns the keys written, each with its new version.
-async fn write_cas(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    target: &backfill_job::spec::TargetSpec,
-    types: &BTreeMap<String, String>,
-    rows: &[&EvaluatedRow],
-) -> Result<HashMap<String, Option<String>>, StoreError> {
-    let versioned: Vec<&EvaluatedRow> = rows
-        .iter()
-        .copied()
-        .filter(|r| r.version.is_some())
-        .collect();
-    let mut written = if versioned.is_empty() {
-        HashMap::new()
-    } else {
-        write_rows(tx, target, types, &versioned, true).await?
-    };
-    let rest: Vec<&EvaluatedRow> = rows
-        .iter()
-        .copied()
-        .filter(|r| !written.contains_key(&r.key))
-        .collect();
-    if !rest.is_empty() {
-        written.extend(write_rows(tx, target, types, &rest, false).await?);
-    }
-    Ok(written)
-}
-
-/// One UPDATE for the shard's changed rows: every JSON column must still read
-/// as it did (compare-and-set on the `md5` of its text: the documents are
-/// not sent back); returns the keys actually written, each with the row
-/// version (`xmin`) the write left.
-async fn write_rows(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    target: &backfill_job::spec::TargetSpec,
-    types: &BTreeMap<String, String>,
-    rows: &[&EvaluatedRow],
-    by_version: bool,
-) -> Result<HashMap<String, Option<String>>, StoreError> {
-    let all_cols: Vec<&String> = target.all_columns().collect();
-    let n_written = target.columns.len();
-    // unnest columns: k, then per column its old text, then per written
-    // column whether to set it and its new text (NULL: SQL NULL, which
-    // only a revert writes back).
-    let mut defs = vec!["k".to_string(), "x".to_string()];
-    let mut casts = vec!["$1::text[]".to_string(), "$2::text[]".to_string()];
-    for i in 0..all_cols.len() {
-        defs.push(format!("o{i}"));
-        casts.push(format!("${}::text[]", casts.len() + 1));
-    }
-    for i in 0..n_written {
-        defs.push(format!("w{i}"));
-        casts.push(format!("${}::bool[]", casts.len() + 1));
-        defs.push(format!("n{i}"));
-        casts.push(format!("${}::text[]", casts.len() + 1));
-    }
-    let sets: Vec<String> = target
-        .columns
-        .iter()
-        .enumerate()
-        .map(|(i, col)| {
-            let ty = types.get(col).map(String::as_str).unwrap_or("jsonb");
-            let cast = match ty {
-                "jsonb" | "json" => format!("::{ty}"),
-                _ => String::new(),
-            };
-            let q = quote_ident(col);
-            format!("{q} = CASE WHEN v.w{i} THEN v.n{i}{cast} ELSE t.{q} END")
-        })
-        .collect();
-    let cas: Vec<String> = all_cols
-        .iter()
-        .enumerate()
-        .filter(|_| !by_version)
-        .map(|(i, col)| {
-            format!(
-                "md5(t.{}::text) IS NOT DISTINCT FROM v.o{i}",
-                quote_ident(col)
-            )
-        })
-        .collect();
-    let key = quote_ident(&target.key);
-    let key_cmp = match target.key_type {
-        KeyType::Integer => format!("t.{key} = v.k::bigint"),
-        KeyType::Text => format!("t.{key} = v.k"),
-    };
-    let q = format!(
-        "UPDATE {table} AS t SET {sets} FROM unnest({casts}) AS v({defs})
-         WHERE {key_cmp} AND {cas} RETURNING t.{key}::text, t.xmin::text",
-        table = quote_ident(&target.table),
-        sets = sets.join(", "),
-        casts = casts.join(", "),
-        defs = defs.join(", "),
-        cas = if by_version {
-            "t.xmin::text = v.x".to_string()
-        } else {
-            cas.join(" AND ")
-        },
-    );
-    let mut query = sqlx::query(&q);
-    let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
-    query = query.bind(keys);
-    let versions: Vec<Option<&str>> = rows.iter().map(|r| r.version.as_deref()).collect();
-    query = query.bind(versions);
-    for col in &all_cols {
-        let olds: Vec<Option<String>> = rows
-            .iter()
-            .map(|r| match (by_version, r.digests.get(*col)) {
-                (true, _) => None,
-                (false, Some(d)) => d.clone(),
-                // Not fetched with digests: digest the text as read.
-                (false, None) => r.read.get(*col).and_then(|v| v.as_deref()).map(md5_hex),
-            })
-            .collect();
-        query = query.bind(olds);
-    }
-    for col in &target.columns {
-        let news: Vec<Option<&Option<String>>> = rows
-            .iter()
-            .map(|r| match &r.outcome {
-                RowOutcome::Changed(m) => m.get(col),
-                _ => None,
-            })
-            .collect();
-        let set: Vec<bool> = news.iter().map(Option::is_some).collect();
-        let texts: Vec<Option<&str>> = news.iter().map(|n| n.and_then(|v| v.as_deref())).collect();
-        query = query.bind(set).bind(texts);
-    }
-    let written = query
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(sql(format!("write rows of {}", target.table)))?;
-    Ok(written
-        .into_iter()
-        .map(|r| (r.get::<String, _>(0), r.get::<Option<String>, _>(1)))
-        .collect())
 }

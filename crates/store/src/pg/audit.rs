@@ -8,7 +8,7 @@ use crate::audit::RawImage;
 
 /// Full forward dry runs of a job and spec that finished without errors
 /// less than `$3` seconds ago, newest first.
-const RECENT_DRY_RUNS: &str = "SELECT run_id FROM backfill_run
+pub(super) const RECENT_DRY_RUNS: &str = "SELECT run_id FROM backfill_run
      WHERE job_name = $1 AND spec_hash = $2 AND mode = 'dry-run'
        AND state = 'done' AND sample IS NULL AND revert_of IS NULL
        AND (kind IS NULL OR kind = 'forward')
@@ -19,20 +19,6 @@ const RECENT_DRY_RUNS: &str = "SELECT run_id FROM backfill_run
 const BEFORE_IMAGES: &str = "SELECT key, column_name, before, patch, after_version
      FROM backfill_before_image
      WHERE run_id = $1 AND target = $2 AND key = ANY($3)";
-
-pub(super) async fn recent_dry_runs(
-    pool: &PgPool,
-    job: &str,
-    spec_hash: &str,
-    secs: f64,
-) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar(RECENT_DRY_RUNS)
-        .bind(job)
-        .bind(spec_hash)
-        .bind(secs)
-        .fetch_all(pool)
-        .await
-}
 
 pub(super) async fn before_images(
     pool: &PgPool,

@@ -7,17 +7,11 @@ use sqlx::PgPool;
 use crate::identity::{new_id, LedgerIdentity, HAS_IDENTITY};
 use crate::{sql, StoreError};
 
-/// Gives a PostgreSQL ledger its identity when it has none. Under the lock
-/// the ledger's migrations of every release take, so that concurrent first
-/// starts (of this release or an earlier one) agree on one id.
-pub(crate) async fn ensure(pool: &PgPool) -> Result<(), StoreError> {
-    let has: bool = sqlx::query_scalar(HAS_IDENTITY)
-        .fetch_one(pool)
-        .await
-        .map_err(sql("read the ledger identity"))?;
-    if has {
-        return Ok(());
-    }
+/// Gives a PostgreSQL ledger that had no identity one, unless a concurrent
+/// start gave it one meanwhile. Under the lock the ledger's migrations of
+/// every release take, so that concurrent first starts (of this release or
+/// an earlier one) agree on one id.
+pub(super) async fn ensure(pool: &PgPool) -> Result<(), StoreError> {
     let mut tx = pool
         .begin()
         .await

@@ -1,10 +1,13 @@
-//! PostgreSQL's ledger records: the job's lock, a session advisory lock on
-//! a connection of its own (released when the connection closes, also
-//! when the process dies), and whether some session holds it.
+//! PostgreSQL's ledger records: runs (read, listed, folded into under a
+//! row lock), shards marked published, and the job's lock, a session
+//! advisory lock on a connection of its own (released when the connection
+//! closes, also when the process dies), and whether some session holds it.
 
-use sqlx::PgPool;
+use backfill_job::fold::RunLedger;
+use backfill_job::ShardResult;
+use sqlx::{PgPool, Row};
 
-use crate::ledger::JobLock;
+use crate::ledger::{fold_stored, not_reduced, reduced, JobLock, RawRun, RecentRun, Reduced};
 use crate::{sql, StoreError};
 
 pub(super) async fn try_lock_job(pool: &PgPool, job: &str) -> Result<Option<JobLock>, StoreError> {
@@ -34,4 +37,140 @@ pub(super) async fn job_lock_held(pool: &PgPool, job: &str) -> sqlx::Result<bool
     .bind(job)
     .fetch_one(pool)
     .await
+}
+
+/// A run row.
+pub(super) async fn load_run(pool: &PgPool, run_id: &str) -> sqlx::Result<Option<RawRun>> {
+    let row = sqlx::query(
+        "SELECT run_id, spec_text, mode, scope, state, plan, shards_total, shards_reduced, tally, summary,
+                revert_of, sample, table_rows, kind, retry_of
+         FROM backfill_run WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|row| RawRun {
+        run_id: row.get("run_id"),
+        spec_text: row.get("spec_text"),
+        mode: row.get("mode"),
+        scope: row.get("scope"),
+        state: row.get("state"),
+        plan: row.get("plan"),
+        shards_total: row.get::<i32, _>("shards_total") as i64,
+        shards_reduced: row.get::<i32, _>("shards_reduced") as i64,
+        tally: row.get("tally"),
+        summary: row.get("summary"),
+        revert_of: row.get("revert_of"),
+        sample: row.get("sample"),
+        table_rows: row.get("table_rows"),
+        kind: row.get("kind"),
+        retry_of: row.get("retry_of"),
+    }))
+}
+
+/// The most recent runs, newest first.
+pub(super) async fn recent_runs(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<RecentRun>> {
+    sqlx::query_as(
+        "SELECT run_id, job_name, mode, state FROM backfill_run ORDER BY created_at DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Marks shards as published, in one statement.
+pub(super) async fn mark_published(
+    pool: &PgPool,
+    run_id: &str,
+    shard_nos: &[i32],
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE backfill_shard SET published_at = now()
+         WHERE run_id = $1 AND shard_no = ANY($2) AND published_at IS NULL",
+    )
+    .bind(run_id)
+    .bind(shard_nos)
+    .execute(pool)
+    .await
+    .map_err(sql("mark shards published"))?;
+    Ok(())
+}
+
+/// Folds one shard result into its run, once: the shard's `reduced_at` is
+/// claimed and the run's row locked (`FOR UPDATE`) in one transaction.
+pub(super) async fn reduce(pool: &PgPool, result: &ShardResult) -> Result<Reduced, StoreError> {
+    let mut tx = pool.begin().await.map_err(sql("begin reduce"))?;
+    let claimed = sqlx::query(
+        "UPDATE backfill_shard SET reduced_at = now()
+         WHERE run_id = $1 AND shard_no = $2 AND reduced_at IS NULL AND state IN ('done', 'dead')
+         RETURNING result",
+    )
+    .bind(&result.run_id)
+    .bind(result.shard_no as i32)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(sql("claim shard result"))?;
+    let Some(claimed) = claimed else {
+        let known: Option<bool> = sqlx::query_scalar(
+            "SELECT reduced_at IS NOT NULL FROM backfill_shard WHERE run_id = $1 AND shard_no = $2",
+        )
+        .bind(&result.run_id)
+        .bind(result.shard_no as i32)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(sql("read shard"))?;
+        tx.rollback().await.map_err(sql("rollback reduce"))?;
+        return Ok(not_reduced(known));
+    };
+    let stored = claimed.get::<Option<serde_json::Value>, _>(0);
+    let row = sqlx::query(
+        "SELECT spec_text, mode, scope, plan, tally, shards_total, shards_reduced
+         FROM backfill_run WHERE run_id = $1 FOR UPDATE",
+    )
+    .bind(&result.run_id)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(sql("lock run"))?;
+    let fold = fold_stored(
+        RunLedger {
+            run_id: &result.run_id,
+            spec_text: &row.get::<String, _>("spec_text"),
+            mode: &row.get::<String, _>("mode"),
+            scope: row.get("scope"),
+            plan: row.get("plan"),
+            tally: row.get("tally"),
+            shards_total: row.get::<i32, _>("shards_total") as i64,
+            shards_reduced: row.get::<i32, _>("shards_reduced") as i64,
+        },
+        stored,
+    )?;
+    match &fold.finished {
+        None => {
+            sqlx::query(
+                "UPDATE backfill_run SET tally = $2, shards_reduced = $3 WHERE run_id = $1",
+            )
+            .bind(&result.run_id)
+            .bind(&fold.tally)
+            .bind(fold.reduced as i32)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("fold shard result"))?;
+        }
+        Some((state, summary)) => {
+            sqlx::query(
+                "UPDATE backfill_run SET tally = $2, shards_reduced = $3, state = $4, summary = $5, finished_at = now()
+                 WHERE run_id = $1",
+            )
+            .bind(&result.run_id)
+            .bind(&fold.tally)
+            .bind(fold.reduced as i32)
+            .bind(state.as_str())
+            .bind(summary)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("finish run"))?;
+        }
+    }
+    tx.commit().await.map_err(sql("commit reduce"))?;
+    Ok(reduced(fold))
 }

@@ -3,7 +3,7 @@
 
 use sqlx::{PgPool, Row};
 
-use crate::status::{RawShard, RawWorker};
+use crate::status::RawShard;
 
 /// A run's shards with their times (see [`RawShard`]).
 const RAW_SHARDS: &str = "SELECT shard_no, state, failures, rows, worker, elapsed_ms,
@@ -13,14 +13,14 @@ const RAW_SHARDS: &str = "SELECT shard_no, state, failures, rows, worker, elapse
      FROM backfill_shard WHERE run_id = $1 ORDER BY shard_no";
 
 /// A run's creation and finish, and the ledger's clock now.
-const RUN_TIMES: &str = "SELECT extract(epoch FROM created_at)::float8,
+pub(super) const RUN_TIMES: &str = "SELECT extract(epoch FROM created_at)::float8,
             extract(epoch FROM finished_at)::float8,
             extract(epoch FROM clock_timestamp())::float8
      FROM backfill_run WHERE run_id = $1";
 
 /// The workers that committed shards of a run: shards, last finish, last
 /// heartbeat.
-const RUN_WORKERS: &str = "SELECT s.worker, count(*),
+pub(super) const RUN_WORKERS: &str = "SELECT s.worker, count(*),
             max(extract(epoch FROM s.finished_at)::float8),
             max(extract(epoch FROM w.last_seen)::float8)
      FROM backfill_shard s LEFT JOIN backfill_worker w ON w.worker = s.worker
@@ -47,27 +47,4 @@ pub(super) async fn raw_shards(pool: &PgPool, run_id: &str) -> sqlx::Result<Vec<
             )
         })
         .collect())
-}
-
-pub(super) async fn run_times(
-    pool: &PgPool,
-    run_id: &str,
-) -> sqlx::Result<(f64, Option<f64>, f64)> {
-    sqlx::query(RUN_TIMES)
-        .bind(run_id)
-        .fetch_one(pool)
-        .await
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-}
-
-pub(super) async fn run_workers(pool: &PgPool, run_id: &str) -> sqlx::Result<Vec<RawWorker>> {
-    sqlx::query(RUN_WORKERS)
-        .bind(run_id)
-        .fetch_all(pool)
-        .await
-        .map(|rows| {
-            rows.into_iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-                .collect()
-        })
 }

@@ -7,22 +7,22 @@
 
 use sqlx::{PgPool, Row};
 
-use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent, LEASE};
+use crate::steer::{Claim, RawControl, RawCost, RawEvent, LEASE};
 use crate::{sql, StoreError};
 
 /// A worker's heartbeat.
-const HEARTBEAT: &str =
+pub(super) const HEARTBEAT: &str =
     "INSERT INTO backfill_worker (worker, role, run_id, shards_done) VALUES ($1, $2, $3, $4)
      ON CONFLICT (worker) DO UPDATE SET run_id = coalesce(excluded.run_id, backfill_worker.run_id),
         shards_done = excluded.shards_done, last_seen = now()";
 
 /// A running run ends as cancelled, with its summary.
-const FINISH_CANCELLED: &str =
+pub(super) const FINISH_CANCELLED: &str =
     "UPDATE backfill_run SET state = 'cancelled', summary = $2, finished_at = now()
      WHERE run_id = $1 AND state = 'running'";
 
 /// The most recent runs (of job `$1`, or all when NULL), newest first.
-const HISTORY: &str = "SELECT run_id, job_name, mode, state, spec_hash,
+pub(super) const HISTORY: &str = "SELECT run_id, job_name, mode, state, spec_hash,
             to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), spec_text
      FROM backfill_run
      WHERE ($1::text IS NULL OR job_name = $1) ORDER BY created_at DESC LIMIT $2";
@@ -58,36 +58,6 @@ const SETTLE_BYTES: &str = "UPDATE backfill_control
                               ELSE coalesce(0.5 * bytes_per_row + 0.5 * $2, $2) END
      WHERE run_id = $1 AND bytes_per_sec > 0";
 
-pub(super) async fn heartbeat(
-    pool: &PgPool,
-    worker: &str,
-    role: &str,
-    run_id: Option<&str>,
-    shards_done: i64,
-) -> sqlx::Result<()> {
-    sqlx::query(HEARTBEAT)
-        .bind(worker)
-        .bind(role)
-        .bind(run_id)
-        .bind(shards_done)
-        .execute(pool)
-        .await
-        .map(drop)
-}
-
-pub(super) async fn finish_cancelled(
-    pool: &PgPool,
-    run_id: &str,
-    summary: &str,
-) -> sqlx::Result<u64> {
-    sqlx::query(FINISH_CANCELLED)
-        .bind(run_id)
-        .bind(summary)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected())
-}
-
 pub(super) async fn run_events(pool: &PgPool, run_id: &str) -> sqlx::Result<Vec<RawEvent>> {
     sqlx::query_as(
         "SELECT run_id, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), action, operator, detail
@@ -96,18 +66,6 @@ pub(super) async fn run_events(pool: &PgPool, run_id: &str) -> sqlx::Result<Vec<
     .bind(run_id)
     .fetch_all(pool)
     .await
-}
-
-pub(super) async fn history(
-    pool: &PgPool,
-    job: Option<&str>,
-    limit: i64,
-) -> sqlx::Result<Vec<HistoryRow>> {
-    sqlx::query_as(HISTORY)
-        .bind(job)
-        .bind(limit)
-        .fetch_all(pool)
-        .await
 }
 
 pub(super) async fn prune_before_images(

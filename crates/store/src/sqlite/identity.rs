@@ -7,16 +7,10 @@ use sqlx::SqlitePool;
 use crate::identity::{new_id, LedgerIdentity, HAS_IDENTITY};
 use crate::{sql, StoreError};
 
-/// Gives an SQLite ledger its identity when it has none, in a write
-/// transaction (one writer at a time).
-pub(crate) async fn ensure(pool: &SqlitePool) -> Result<(), StoreError> {
-    let has: bool = sqlx::query_scalar(HAS_IDENTITY)
-        .fetch_one(pool)
-        .await
-        .map_err(sql("read the ledger identity"))?;
-    if has {
-        return Ok(());
-    }
+/// Gives an SQLite ledger that had no identity one, unless a concurrent
+/// start gave it one meanwhile, in a write transaction (one writer at a
+/// time).
+pub(super) async fn ensure(pool: &SqlitePool) -> Result<(), StoreError> {
     let mut tx = pool
         .begin_with("BEGIN IMMEDIATE")
         .await

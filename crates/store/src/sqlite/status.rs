@@ -4,7 +4,7 @@
 
 use sqlx::{Row, SqlitePool};
 
-use crate::status::{RawShard, RawWorker};
+use crate::status::RawShard;
 
 /// A run's shards with their times (see [`RawShard`]).
 const RAW_SHARDS: &str = "SELECT shard_no, state, failures, rows, worker, elapsed_ms,
@@ -14,14 +14,14 @@ const RAW_SHARDS: &str = "SELECT shard_no, state, failures, rows, worker, elapse
      FROM backfill_shard WHERE run_id = $1 ORDER BY shard_no";
 
 /// A run's creation and finish, and the ledger's clock now.
-const RUN_TIMES: &str = "SELECT ((julianday(created_at) - 2440587.5) * 86400.0),
+pub(super) const RUN_TIMES: &str = "SELECT ((julianday(created_at) - 2440587.5) * 86400.0),
             ((julianday(finished_at) - 2440587.5) * 86400.0),
             ((julianday('now') - 2440587.5) * 86400.0)
      FROM backfill_run WHERE run_id = $1";
 
 /// The workers that committed shards of a run: shards, last finish, last
 /// heartbeat.
-const RUN_WORKERS: &str = "SELECT s.worker, count(*),
+pub(super) const RUN_WORKERS: &str = "SELECT s.worker, count(*),
             max(((julianday(s.finished_at) - 2440587.5) * 86400.0)),
             max(((julianday(w.last_seen) - 2440587.5) * 86400.0))
      FROM backfill_shard s LEFT JOIN backfill_worker w ON w.worker = s.worker
@@ -48,27 +48,4 @@ pub(super) async fn raw_shards(pool: &SqlitePool, run_id: &str) -> sqlx::Result<
             )
         })
         .collect())
-}
-
-pub(super) async fn run_times(
-    pool: &SqlitePool,
-    run_id: &str,
-) -> sqlx::Result<(f64, Option<f64>, f64)> {
-    sqlx::query(RUN_TIMES)
-        .bind(run_id)
-        .fetch_one(pool)
-        .await
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-}
-
-pub(super) async fn run_workers(pool: &SqlitePool, run_id: &str) -> sqlx::Result<Vec<RawWorker>> {
-    sqlx::query(RUN_WORKERS)
-        .bind(run_id)
-        .fetch_all(pool)
-        .await
-        .map(|rows| {
-            rows.into_iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-                .collect()
-        })
 }

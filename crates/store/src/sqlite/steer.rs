@@ -7,22 +7,23 @@
 
 use sqlx::{Row, SqlitePool};
 
-use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent, LEASE};
+use crate::steer::{Claim, RawControl, RawCost, RawEvent, LEASE};
 use crate::{sql, StoreError};
 
 /// A worker's heartbeat.
-const HEARTBEAT: &str =
+pub(super) const HEARTBEAT: &str =
     "INSERT INTO backfill_worker (worker, role, run_id, shards_done) VALUES ($1, $2, $3, $4)
      ON CONFLICT (worker) DO UPDATE SET run_id = coalesce(excluded.run_id, backfill_worker.run_id),
         shards_done = excluded.shards_done, last_seen = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
 /// A running run ends as cancelled, with its summary.
-const FINISH_CANCELLED: &str = "UPDATE backfill_run SET state = 'cancelled', summary = $2,
+pub(super) const FINISH_CANCELLED: &str =
+    "UPDATE backfill_run SET state = 'cancelled', summary = $2,
             finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
      WHERE run_id = $1 AND state = 'running'";
 
 /// The most recent runs (of job `$1`, or all when NULL), newest first.
-const HISTORY: &str = "SELECT run_id, job_name, mode, state, spec_hash,
+pub(super) const HISTORY: &str = "SELECT run_id, job_name, mode, state, spec_hash,
             substr(created_at, 1, 19) || 'Z', spec_text
      FROM backfill_run
      WHERE ($1 IS NULL OR job_name = $1) ORDER BY created_at DESC LIMIT $2";
@@ -64,36 +65,6 @@ const SETTLE_BYTES: &str = "UPDATE backfill_control
                               ELSE coalesce(0.5 * bytes_per_row + 0.5 * $2, $2) END
      WHERE run_id = $1 AND bytes_per_sec > 0";
 
-pub(super) async fn heartbeat(
-    pool: &SqlitePool,
-    worker: &str,
-    role: &str,
-    run_id: Option<&str>,
-    shards_done: i64,
-) -> sqlx::Result<()> {
-    sqlx::query(HEARTBEAT)
-        .bind(worker)
-        .bind(role)
-        .bind(run_id)
-        .bind(shards_done)
-        .execute(pool)
-        .await
-        .map(drop)
-}
-
-pub(super) async fn finish_cancelled(
-    pool: &SqlitePool,
-    run_id: &str,
-    summary: &str,
-) -> sqlx::Result<u64> {
-    sqlx::query(FINISH_CANCELLED)
-        .bind(run_id)
-        .bind(summary)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected())
-}
-
 pub(super) async fn run_events(pool: &SqlitePool, run_id: &str) -> sqlx::Result<Vec<RawEvent>> {
     sqlx::query_as(
         "SELECT run_id, substr(at, 1, 19) || 'Z', action, operator, detail
@@ -102,18 +73,6 @@ pub(super) async fn run_events(pool: &SqlitePool, run_id: &str) -> sqlx::Result<
     .bind(run_id)
     .fetch_all(pool)
     .await
-}
-
-pub(super) async fn history(
-    pool: &SqlitePool,
-    job: Option<&str>,
-    limit: i64,
-) -> sqlx::Result<Vec<HistoryRow>> {
-    sqlx::query_as(HISTORY)
-        .bind(job)
-        .bind(limit)
-        .fetch_all(pool)
-        .await
 }
 
 pub(super) async fn prune_before_images(

@@ -1,0 +1,247 @@
+//! SQLite's planning: a spec query's rows read as JSON objects whatever
+//! their columns, a target's rows read in key order (`CAST` to integer)
+//! and the plan written in one `IMMEDIATE` transaction, items one
+//! statement each, and derived runs (retry, revert) planned from the
+//! ledger's own rows.
+
+use backfill_job::fold::final_state;
+use backfill_job::fold::finish_plan;
+use backfill_job::plan::{CutShard, NewRun};
+use backfill_job::spec::Dialect;
+use backfill_job::{KeyType, Plan, PlannedGroup, Tally};
+use serde_json::{Map, Value};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Column, Row, SqlitePool, TypeInfo, ValueRef};
+
+use super::{begin_write, json_text};
+use crate::ledger::RunRecord;
+use crate::planning::{
+    cut_target, eligible_keys, finish_derived, in_run, key_ints, key_order, ref_row, uses_param,
+    Derived,
+};
+use crate::{sql, StoreError};
+
+/// A row of a spec query as a JSON object, whatever its columns.
+fn row_object(row: &SqliteRow) -> Result<Map<String, Value>, StoreError> {
+    let mut m = Map::new();
+    for (i, col) in row.columns().iter().enumerate() {
+        let raw = row.try_get_raw(i).map_err(sql("read a column"))?;
+        let v = if raw.is_null() {
+            Value::Null
+        } else {
+            match raw.type_info().name() {
+                "INTEGER" | "BOOLEAN" | "INT8" => {
+                    Value::from(row.try_get::<i64, _>(i).map_err(sql("read an integer"))?)
+                }
+                "REAL" => serde_json::Number::from_f64(
+                    row.try_get::<f64, _>(i).map_err(sql("read a number"))?,
+                )
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
+                _ => Value::String(
+                    row.try_get::<String, _>(i)
+                        .map_err(sql("read a text column"))?,
+                ),
+            }
+        };
+        m.insert(col.name().to_string(), v);
+    }
+    Ok(m)
+}
+
+/// The groups query's rows as JSON objects.
+pub(super) async fn group_rows(
+    pool: &SqlitePool,
+    user_sql: &str,
+    keys: Option<Option<String>>,
+    what: &str,
+) -> Result<Vec<Map<String, Value>>, StoreError> {
+    let mut q = sqlx::query(user_sql);
+    if let Some(keys) = keys {
+        q = q.bind(keys);
+    }
+    let rows = q.fetch_all(pool).await.map_err(sql(what))?;
+    rows.iter().map(row_object).collect()
+}
+
+pub(super) async fn create_run(
+    pool: &SqlitePool,
+    new: NewRun<'_>,
+    groups: Vec<PlannedGroup>,
+) -> Result<Plan, StoreError> {
+    let spec = new.spec;
+    let eligible = eligible_keys(spec, &groups);
+    // Read the references first: SQLite serializes writers, and the plan is
+    // written in one transaction afterwards.
+    let mut tx = begin_write(pool, "plan").await?;
+    sqlx::query(
+        "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, sample, kind)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', '{}', 0, '{}', ?7, ?8)",
+    )
+    .bind(new.run_id)
+    .bind(&spec.name)
+    .bind(&spec.source)
+    .bind(&spec.hash)
+    .bind(new.mode.as_str())
+    .bind(json_text(new.scope)?)
+    .bind(new.sample)
+    .bind(new.kind.as_str())
+    .execute(&mut *tx)
+    .await
+    .map_err(sql("record run"))?;
+
+    let mut tally = Tally::default();
+    let mut next_shard = 0u32;
+    let mut targets = Vec::new();
+    for (ti, target) in spec.targets.iter().enumerate() {
+        let field = format!("targets[{ti}].query");
+        let user_sql = target.query.for_dialect(&field, Dialect::Sqlite)?;
+        // The CAST is exact for integers and cheap: no need to ask SQLite
+        // how the key column is typed.
+        let order = key_order(Dialect::Sqlite, target.key_type, false);
+        let wrapped = format!("SELECT * FROM ({user_sql}) q {order}");
+        let mut q = sqlx::query(&wrapped);
+        if uses_param(user_sql, Dialect::Sqlite) {
+            q = q.bind(eligible.clone());
+        }
+        let rows = q
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(sql(format!("job `{}`: {field} failed", spec.name)))?;
+        let refs = rows
+            .iter()
+            .map(|row| ref_row(spec, target, &field, row_object(row)?))
+            .filter(|r| r.as_ref().map_or(true, |r| in_run(&new, r)))
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(rows);
+        let (cut, planned) = cut_target(
+            &target.name,
+            new.shard_size,
+            &mut next_shard,
+            refs,
+            &mut tally,
+        );
+        for shard in &cut {
+            write_shard(&mut tx, new.run_id, &target.name, target.key_type, shard).await?;
+        }
+        targets.push(planned);
+    }
+    let (plan, summary) = finish_plan(&new, groups, targets, next_shard, tally);
+    let plan_text = json_text(&plan)?;
+    let tally_text = json_text(&plan.tally)?;
+    match summary {
+        Some(summary) => {
+            sqlx::query("UPDATE backfill_run SET plan = ?2, tally = ?3, shards_total = 0, state = ?4, summary = ?5, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                 WHERE run_id = ?1")
+            .bind(new.run_id)
+            .bind(&plan_text)
+            .bind(&tally_text)
+            .bind(final_state(&plan.tally).as_str())
+            .bind(&summary)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("finish empty run"))?;
+        }
+        None => {
+            sqlx::query("UPDATE backfill_run SET plan = ?2, tally = ?3, shards_total = ?4 WHERE run_id = ?1")
+                .bind(new.run_id)
+                .bind(&plan_text)
+                .bind(&tally_text)
+                .bind(plan.shards_total as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(sql("record plan"))?;
+        }
+    }
+    tx.commit().await.map_err(sql("commit plan"))?;
+    Ok(plan)
+}
+
+async fn write_shard(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    run_id: &str,
+    target: &str,
+    key_type: KeyType,
+    shard: &CutShard,
+) -> Result<(), StoreError> {
+    let (Some(first), Some(last)) = (shard.items.first(), shard.items.last()) else {
+        return Ok(());
+    };
+    sqlx::query(
+        "INSERT INTO backfill_shard (run_id, shard_no, target, first_key, last_key, rows) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .bind(run_id)
+    .bind(shard.shard_no as i64)
+    .bind(target)
+    .bind(&first.key)
+    .bind(&last.key)
+    .bind(shard.items.len() as i64)
+    .execute(&mut **tx)
+    .await
+    .map_err(sql("record shard"))?;
+    let ints = key_ints(target, key_type, shard)?;
+    for (n, (item, key_int)) in shard.items.iter().zip(ints).enumerate() {
+        sqlx::query(
+            "INSERT INTO backfill_item (run_id, shard_no, item_no, key, key_int, group_key, refs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .bind(run_id)
+        .bind(shard.shard_no as i64)
+        .bind(n as i64)
+        .bind(&item.key)
+        .bind(key_int)
+        .bind(&item.group)
+        .bind(item.refs as i64)
+        .execute(&mut **tx)
+        .await
+        .map_err(sql("record shard items"))?;
+    }
+    Ok(())
+}
+
+pub(super) async fn create_derived_run(
+    pool: &SqlitePool,
+    run_id: &str,
+    original: &RunRecord,
+    shard_size: u32,
+    derived: Derived,
+) -> Result<Plan, StoreError> {
+    let spec = &original.spec;
+    let mode = derived.mode(original);
+    let mut tx = begin_write(pool, "plan").await?;
+    sqlx::query(
+        "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, revert_of, kind, retry_of)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', '{}', 0, '{}', ?7, ?8, ?9)",
+    )
+    .bind(run_id)
+    .bind(&spec.name)
+    .bind(&spec.source)
+    .bind(&spec.hash)
+    .bind(mode.as_str())
+    .bind(json_text(&original.scope_value)?)
+    .bind(derived.revert_of(original))
+    .bind(derived.kind().as_str())
+    .bind(derived.retry_of(original))
+    .execute(&mut *tx)
+    .await
+    .map_err(sql("record run"))?;
+    let (targets, next_shard, tally) =
+        crate::common::plan_derived_shards!(tx, run_id, original, shard_size, derived);
+    let (plan, summary, state) = finish_derived(
+        run_id, original, shard_size, derived, targets, next_shard, tally,
+    );
+    sqlx::query("UPDATE backfill_run SET plan = ?2, tally = ?3, shards_total = ?4, state = ?5, summary = ?6,
+                finished_at = CASE WHEN ?5 = 'running' THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END
+         WHERE run_id = ?1")
+    .bind(run_id)
+    .bind(json_text(&plan)?)
+    .bind(json_text(&plan.tally)?)
+    .bind(plan.shards_total as i64)
+    .bind(state)
+    .bind(&summary)
+    .execute(&mut *tx)
+    .await
+    .map_err(sql("record plan"))?;
+    tx.commit().await.map_err(sql("commit plan"))?;
+    Ok(plan)
+}
