@@ -26,7 +26,7 @@ use crate::planning::Derived;
 use crate::shard::{BatchLimits, Committed, EvaluatedRow, FetchedRow, ShardCommit, ShardWork};
 use crate::status::{RawShard, RawWorker};
 use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent, ThrottleChange};
-use crate::StoreError;
+use crate::error::StoreError;
 
 /// Whether a back end has a capability the other lacks; `Lacks` says why
 /// the operation has no meaning there.

@@ -287,13 +287,13 @@ pub(crate) use common_ops;
 /// arguments: each dialect declares only what its modules do differently.
 macro_rules! delegated_ops {
     () => {
-        async fn ensure_identity(&self) -> Result<(), crate::StoreError> {
+        async fn ensure_identity(&self) -> Result<(), crate::error::StoreError> {
             identity::ensure(&self.pool).await
         }
 
         async fn load_identity(
             &self,
-        ) -> Result<crate::identity::LedgerIdentity, crate::StoreError> {
+        ) -> Result<crate::identity::LedgerIdentity, crate::error::StoreError> {
             identity::load(&self.pool).await
         }
 
@@ -313,7 +313,7 @@ macro_rules! delegated_ops {
             &self,
             secs: f64,
             delete: bool,
-        ) -> Result<Vec<(String, i64, i64)>, crate::StoreError> {
+        ) -> Result<Vec<(String, i64, i64)>, crate::error::StoreError> {
             steer::prune_before_images(&self.pool, secs, delete).await
         }
 
@@ -327,7 +327,7 @@ macro_rules! delegated_ops {
             shard_no: u32,
             worker: &str,
             max_in_flight: Option<u32>,
-        ) -> Result<crate::steer::Claim, crate::StoreError> {
+        ) -> Result<crate::steer::Claim, crate::error::StoreError> {
             steer::claim_shard(&self.pool, run_id, shard_no, worker, max_in_flight).await
         }
 
@@ -336,7 +336,7 @@ macro_rules! delegated_ops {
             run_id: &str,
             rows: f64,
             horizon: f64,
-        ) -> Result<Option<Option<f64>>, crate::StoreError> {
+        ) -> Result<Option<Option<f64>>, crate::error::StoreError> {
             steer::reserve_rows(&self.pool, run_id, rows, horizon).await
         }
 
@@ -345,7 +345,7 @@ macro_rules! delegated_ops {
             run_id: &str,
             rows: f64,
             horizon: f64,
-        ) -> Result<Option<(Option<f64>, Option<f64>)>, crate::StoreError> {
+        ) -> Result<Option<(Option<f64>, Option<f64>)>, crate::error::StoreError> {
             steer::reserve_bytes(&self.pool, run_id, rows, horizon).await
         }
 
@@ -376,14 +376,14 @@ macro_rules! delegated_ops {
             &self,
             run_id: &str,
             shard_nos: &[i32],
-        ) -> Result<(), crate::StoreError> {
+        ) -> Result<(), crate::error::StoreError> {
             ledger::mark_published(&self.pool, run_id, shard_nos).await
         }
 
         async fn reduce(
             &self,
             result: &backfill_job::ShardResult,
-        ) -> Result<crate::ledger::Reduced, crate::StoreError> {
+        ) -> Result<crate::ledger::Reduced, crate::error::StoreError> {
             ledger::reduce(&self.pool, result).await
         }
 
@@ -392,7 +392,7 @@ macro_rules! delegated_ops {
             user_sql: &str,
             keys: Option<Option<String>>,
             what: &str,
-        ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, crate::StoreError> {
+        ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, crate::error::StoreError> {
             planning::group_rows(&self.pool, user_sql, keys, what).await
         }
 
@@ -400,7 +400,7 @@ macro_rules! delegated_ops {
             &self,
             new: backfill_job::plan::NewRun<'_>,
             groups: Vec<backfill_job::PlannedGroup>,
-        ) -> Result<backfill_job::Plan, crate::StoreError> {
+        ) -> Result<backfill_job::Plan, crate::error::StoreError> {
             planning::create_run(&self.pool, new, groups).await
         }
 
@@ -410,7 +410,7 @@ macro_rules! delegated_ops {
             original: &crate::ledger::RunRecord,
             shard_size: u32,
             derived: crate::planning::Derived,
-        ) -> Result<backfill_job::Plan, crate::StoreError> {
+        ) -> Result<backfill_job::Plan, crate::error::StoreError> {
             planning::create_derived_run(&self.pool, run_id, original, shard_size, derived).await
         }
 
@@ -418,7 +418,7 @@ macro_rules! delegated_ops {
             &self,
             run_id: &str,
             shard_no: u32,
-        ) -> Result<Option<backfill_job::Tally>, crate::StoreError> {
+        ) -> Result<Option<backfill_job::Tally>, crate::error::StoreError> {
             shard::shard_done(&self.pool, run_id, shard_no).await
         }
 
@@ -427,7 +427,7 @@ macro_rules! delegated_ops {
             run_id: &str,
             shard_no: u32,
             error: &str,
-        ) -> Result<u32, crate::StoreError> {
+        ) -> Result<u32, crate::error::StoreError> {
             shard::shard_attempt_failed(&self.pool, run_id, shard_no, error).await
         }
 
@@ -437,7 +437,7 @@ macro_rules! delegated_ops {
             shard_no: u32,
             target: &str,
             error: &str,
-        ) -> Result<crate::shard::Committed, crate::StoreError> {
+        ) -> Result<crate::shard::Committed, crate::error::StoreError> {
             shard::fail_shard(&self.pool, run_id, shard_no, target, error).await
         }
     };
@@ -460,7 +460,7 @@ macro_rules! plan_derived_shards {
                 .bind(&target.name)
                 .fetch_all(&mut *$tx)
                 .await
-                .map_err(crate::sql("read the rows of the run"))?;
+                .map_err(crate::error::sql("read the rows of the run"))?;
             let refs = rows
                 .into_iter()
                 .map(|(key, group, refs)| crate::planning::quarantine_ref(key, group, refs));
@@ -484,7 +484,7 @@ macro_rules! plan_derived_shards {
             .bind($run_id)
             .execute(&mut *$tx)
             .await
-            .map_err(crate::sql("mark quarantined rows retried"))?;
+            .map_err(crate::error::sql("mark quarantined rows retried"))?;
         }
         (targets, next_shard, tally)
     }};

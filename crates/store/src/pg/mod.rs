@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use crate::backend::{Backend, Capability, Opened};
 use crate::ledger::{JobLock, RawRun};
 use crate::shard::{Committed, FetchedRow, ShardCommit, ShardWork};
-use crate::StoreError;
+use crate::error::StoreError;
 
 mod audit;
 mod identity;
@@ -52,7 +52,7 @@ impl Backend for Pg {
     ) -> Result<Vec<crate::audit::RawImage>, StoreError> {
         audit::before_images(&self.pool, run_id, target, keys)
             .await
-            .map_err(crate::sql("read before-images"))
+            .map_err(crate::error::sql("read before-images"))
     }
 
     async fn wal_sample(
@@ -97,7 +97,7 @@ impl Backend for Pg {
     async fn load_run(&self, run_id: &str) -> Result<Option<RawRun>, StoreError> {
         ledger::load_run(&self.pool, run_id)
             .await
-            .map_err(crate::sql("read run"))
+            .map_err(crate::error::sql("read run"))
     }
 
     async fn fetch_shard(

@@ -17,7 +17,7 @@ use crate::ledger::RunRecord;
 use crate::planning::{
     eligible_keys, finish_derived, in_run, key_ints, key_order, obj, ref_row, uses_param, Derived,
 };
-use crate::{sql, StoreError};
+use crate::error::{sql, StoreError};
 
 /// How many items one INSERT carries.
 const ITEM_BATCH: usize = 5_000;

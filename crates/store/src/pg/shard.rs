@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crate::backend::{Opened, ShardTransaction};
 use crate::shard::{key_join, BatchLimits, Committed, ShardCommit, ShardWork};
-use crate::{sql, StoreError};
+use crate::error::{sql, StoreError};
 
 /// The system column of a row's version.
 pub(super) const ROW_VERSION: &str = "xmin";

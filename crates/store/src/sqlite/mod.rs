@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use crate::backend::{Backend, Capability, Opened};
 use crate::ledger::{JobLock, RawRun};
 use crate::shard::{Committed, FetchedRow, ShardCommit, ShardWork};
-use crate::StoreError;
+use crate::error::StoreError;
 
 mod audit;
 mod identity;
@@ -57,7 +57,7 @@ impl Backend for Lite {
         let list = serde_json::to_string(keys).map_err(|e| StoreError::Data(e.to_string()))?;
         audit::before_images(&self.pool, run_id, target, list)
             .await
-            .map_err(crate::sql("read before-images"))
+            .map_err(crate::error::sql("read before-images"))
     }
 
     async fn wal_sample(
@@ -162,5 +162,5 @@ pub(crate) async fn begin_write(
 ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
     pool.begin_with("BEGIN IMMEDIATE")
         .await
-        .map_err(crate::sql(format!("begin {what}")))
+        .map_err(crate::error::sql(format!("begin {what}")))
 }

@@ -19,7 +19,7 @@ use crate::planning::{
     cut_target, eligible_keys, finish_derived, in_run, key_ints, key_order, ref_row, uses_param,
     Derived,
 };
-use crate::{sql, StoreError};
+use crate::error::{sql, StoreError};
 
 /// A row of a spec query as a JSON object, whatever its columns.
 fn row_object(row: &SqliteRow) -> Result<Map<String, Value>, StoreError> {

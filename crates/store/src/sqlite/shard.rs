@@ -18,7 +18,7 @@ use super::{begin_write, json_text, parse_json};
 use crate::backend::{DbTx, Opened, ShardTransaction};
 use crate::ledger::decode;
 use crate::shard::{key_join, BatchLimits, Committed, ShardCommit, ShardWork};
-use crate::{sql, StoreError};
+use crate::error::{sql, StoreError};
 
 pub(super) async fn shard_done(
     pool: &SqlitePool,
