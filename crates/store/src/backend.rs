@@ -20,13 +20,13 @@ use backfill_job::spec::TargetSpec;
 use backfill_job::{Plan, PlannedGroup, ShardResult, Tally};
 use std::collections::BTreeMap;
 
+use crate::error::StoreError;
 use crate::identity::LedgerIdentity;
 use crate::ledger::{JobLock, RawActiveRun, RawRun, RecentRun, Reduced, RunRecord, ShardRecord};
 use crate::planning::Derived;
 use crate::shard::{BatchLimits, Committed, EvaluatedRow, FetchedRow, ShardCommit, ShardWork};
 use crate::status::{RawShard, RawWorker};
 use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent, ThrottleChange};
-use crate::error::StoreError;
 
 /// Whether a back end has a capability the other lacks; `Lacks` says why
 /// the operation has no meaning there.

@@ -87,7 +87,6 @@ impl StoreError {
     }
 }
 
-
 /// Wraps a sqlx error with what was being done.
 pub(crate) fn sql(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
     let what = what.into();

@@ -14,6 +14,12 @@
 //!   the statements they read alike, the methods that only hand an
 //!   operation to the dialect's module, and the code around a statement
 //!   each dialect writes its own way.
+//! - `error` (private): [`StoreError`] and `sql()`, which wraps a driver
+//!   error with what was being done.
+//! - `model` (private): the records, row types, statements and pure helpers
+//!   that the dialects and the dialect-free modules share; it imports
+//!   nothing of the crate but `error`, and each dialect-free module
+//!   re-exports its part, so public paths stay.
 //! - [`ledger`]: the ledger tables' run and shard records, the reducer's
 //!   dedup-and-fold step.
 //! - [`planning`]: runs the spec's groups and targets SQL with bound
@@ -52,6 +58,7 @@ pub mod eta;
 pub mod identity;
 pub mod ledger;
 mod migrate;
+mod model;
 mod pg;
 pub mod planning;
 pub mod shard;

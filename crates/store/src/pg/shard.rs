@@ -13,8 +13,8 @@ use sqlx::{PgPool, Row};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crate::backend::{Opened, ShardTransaction};
-use crate::shard::{key_join, BatchLimits, Committed, ShardCommit, ShardWork};
 use crate::error::{sql, StoreError};
+use crate::shard::{key_join, BatchLimits, Committed, ShardCommit, ShardWork};
 
 /// The system column of a row's version.
 pub(super) const ROW_VERSION: &str = "xmin";

@@ -12,9 +12,9 @@ use sqlx::SqlitePool;
 use std::collections::BTreeMap;
 
 use crate::backend::{Backend, Capability, Opened};
+use crate::error::StoreError;
 use crate::ledger::{JobLock, RawRun};
 use crate::shard::{Committed, FetchedRow, ShardCommit, ShardWork};
-use crate::error::StoreError;
 
 mod audit;
 mod identity;

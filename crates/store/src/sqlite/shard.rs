@@ -16,9 +16,9 @@ use backfill_job::shard::{failed_tally, shard_tally, EvaluatedRow, FetchedRow};
 
 use super::{begin_write, json_text, parse_json};
 use crate::backend::{DbTx, Opened, ShardTransaction};
+use crate::error::{sql, StoreError};
 use crate::ledger::decode;
 use crate::shard::{key_join, BatchLimits, Committed, ShardCommit, ShardWork};
-use crate::error::{sql, StoreError};
 
 pub(super) async fn shard_done(
     pool: &SqlitePool,
