@@ -14,7 +14,7 @@ use backfill_job::JobSpec;
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::backend::dispatch;
+use crate::db::dispatch;
 
 use crate::{sql, Store, StoreError};
 

@@ -14,7 +14,8 @@
 //! The `backfill_ledger` table is made by the ledger's migrations (see
 //! [`crate::migrate`]); its row is given here, once they have run.
 
-use crate::backend::{dispatch, Capability, Db};
+use crate::backend::Capability;
+use crate::db::{dispatch, Db};
 
 use crate::{Store, StoreError};
 

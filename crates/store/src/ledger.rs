@@ -28,7 +28,8 @@ pub use backfill_job::fold::final_state;
 
 use backfill_job::ShardResult;
 
-use crate::backend::{dispatch, Capability};
+use crate::backend::Capability;
+use crate::db::dispatch;
 
 use crate::{sql, StoreError};
 

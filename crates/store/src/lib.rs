@@ -6,8 +6,10 @@
 //!   per dialect (`migrations/postgres`, `migrations/sqlite`) that a writer
 //!   applies on connect, and the adoption of ledgers made before them.
 //! - `backend` (private): the ledger operations as one trait, `Backend`,
-//!   and the one point where a store picks its dialect (`Db`, `dispatch!`);
-//!   a capability one dialect lacks is said there.
+//!   and a shard's transaction as another (`ShardTransaction`); a
+//!   capability one dialect lacks is said there.
+//! - `db` (private): the one point where a store picks its dialect (`Db`,
+//!   `DbTx`, `dispatch!`).
 //! - `pg`, `sqlite` (private): one module tree per dialect implementing
 //!   `Backend`, each holding its own SQL and control flow; `common`
 //!   (private): what both dialects would otherwise repeat, written once —
@@ -31,9 +33,10 @@
 //!   `backend::ShardTransaction`).
 //!
 //! The dialect-free modules ([`ledger`], [`planning`], [`shard`], [`steer`],
-//! [`status`], [`audit`], [`identity`]) reach a dialect only through the
-//! trait; `pg` and `sqlite` use their types and pure helpers, never the
-//! other way round.
+//! [`status`], [`audit`], [`identity`]) reach a dialect only through `db`
+//! and the trait; `pg`, `sqlite` and `common` use only `model`, `error` and
+//! `backend`, never a dialect-free module, so no file imports one that
+//! imports it back.
 //!
 //! PostgreSQL is the main back end; SQLite (`sqlite`, private) serves the
 //! embedded mode with the same operations and the same guarantees, one
@@ -53,6 +56,7 @@
 pub mod audit;
 mod backend;
 mod common;
+mod db;
 mod error;
 pub mod eta;
 pub mod identity;
@@ -66,8 +70,8 @@ mod sqlite;
 pub mod status;
 pub mod steer;
 
-use backend::{dispatch, Db};
 use backfill_job::spec::Dialect;
+use db::{dispatch, Db};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
@@ -128,7 +132,7 @@ pub fn redact_url(url: &str) -> String {
 /// A handle on the database: target tables and ledger.
 #[derive(Clone, Debug)]
 pub struct Store {
-    /// The back end, by dialect (see [`backend`]).
+    /// The back end, by dialect (see `db`).
     pub(crate) db: Db,
     types: TypesCache,
     pub(crate) ledger: Arc<LedgerIdentity>,

@@ -12,7 +12,7 @@ use backfill_job::plan::GroupRow;
 
 use backfill_job::{JobSpec, Plan, PlannedGroup, Scope};
 
-use crate::backend::dispatch;
+use crate::db::dispatch;
 
 use crate::{Store, StoreError};
 

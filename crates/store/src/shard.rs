@@ -28,7 +28,8 @@ use backfill_job::{Mode, ShardResult, ShardTask, Tally};
 
 use std::collections::BTreeMap;
 
-use crate::backend::{dispatch, Capability, DbTx, Opened};
+use crate::backend::{Capability, Opened};
+use crate::db::{dispatch, DbTx};
 
 use crate::{sql, Store, StoreError};
 
@@ -126,7 +127,7 @@ impl Store {
     /// always did: it has no statement timeout to keep statements under.
     pub async fn open_shard<'a>(&self, work: ShardWork<'a>) -> Result<OpenShard<'a>, StoreError> {
         let types = self.write_types(work.mode, &work.target.table).await?;
-        Ok(match dispatch!(self, open_shard(&work, types))? {
+        Ok(match self.db.open_shard(&work, types).await? {
             Opened::Done(t) => OpenShard::Done(t),
             Opened::Open(inner) => OpenShard::Open(ShardTx {
                 work,

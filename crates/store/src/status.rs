@@ -6,7 +6,7 @@
 //! The JSON shapes here are a documented, stable contract (README, "Watching
 //! and steering a production run"): fields are added, never renamed.
 
-use crate::backend::dispatch;
+use crate::db::dispatch;
 
 use crate::eta::{EtaBasis, EtaInput, EtaShard};
 

@@ -35,7 +35,8 @@ use backfill_job::RunState;
 
 use std::time::Duration;
 
-use crate::backend::{dispatch, Capability};
+use crate::backend::Capability;
+use crate::db::dispatch;
 
 use crate::{sql, Store, StoreError};
 

@@ -3,7 +3,7 @@
 //! columns are joined (see [`crate::shard`], which re-exports them).
 
 /// A shard's rows as read and as evaluated, defined with the evaluation.
-use backfill_job::shard::{EvaluatedRow, FetchedRow};
+pub(crate) use backfill_job::shard::{EvaluatedRow, FetchedRow};
 use backfill_job::spec::quote_ident;
 use backfill_job::{KeyType, Mode, RowOutcome, Tally};
 use std::collections::BTreeMap;

@@ -5,7 +5,7 @@
 use sqlx::PgPool;
 
 use crate::error::{sql, StoreError};
-use crate::identity::{new_id, LedgerIdentity, HAS_IDENTITY};
+use crate::model::identity::{new_id, LedgerIdentity, HAS_IDENTITY};
 
 /// Gives a PostgreSQL ledger that had no identity one, unless a concurrent
 /// start gave it one meanwhile. Under the lock the ledger's migrations of

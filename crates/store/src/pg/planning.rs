@@ -14,8 +14,8 @@ use serde_json::{Map, Value};
 use sqlx::{Column, Executor, PgPool, Postgres, Row, Statement, Transaction, TypeInfo};
 
 use crate::error::{sql, StoreError};
-use crate::ledger::RunRecord;
-use crate::planning::{
+use crate::model::ledger::RunRecord;
+use crate::model::planning::{
     eligible_keys, finish_derived, in_run, key_ints, key_order, obj, ref_row, uses_param, Derived,
 };
 

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 
 use crate::backend::{Backend, Capability, Opened};
 use crate::error::StoreError;
-use crate::ledger::{JobLock, RawRun};
-use crate::shard::{Committed, FetchedRow, ShardCommit, ShardWork};
+use crate::model::ledger::{JobLock, RawRun};
+use crate::model::shard::{Committed, FetchedRow, ShardCommit, ShardWork};
 
 mod audit;
 mod identity;
@@ -33,6 +33,8 @@ pub(crate) struct Lite {
 }
 
 impl Backend for Lite {
+    type Tx = ShardTx;
+
     crate::common::common_ops!();
     crate::common::delegated_ops!();
     crate::common::statement_ops!();
@@ -52,7 +54,7 @@ impl Backend for Lite {
         run_id: &str,
         target: &str,
         keys: &[String],
-    ) -> Result<Vec<crate::audit::RawImage>, StoreError> {
+    ) -> Result<Vec<crate::model::audit::RawImage>, StoreError> {
         // SQLite has no arrays: the keys go in as one JSON array.
         let list = serde_json::to_string(keys).map_err(|e| StoreError::Data(e.to_string()))?;
         audit::before_images(&self.pool, run_id, target, list)
@@ -123,7 +125,7 @@ impl Backend for Lite {
         &self,
         work: &ShardWork<'_>,
         _types: BTreeMap<String, String>,
-    ) -> Result<Opened, StoreError> {
+    ) -> Result<Opened<ShardTx>, StoreError> {
         shard::open_shard(&self.pool, work).await
     }
 

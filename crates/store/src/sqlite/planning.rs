@@ -15,8 +15,8 @@ use sqlx::{Column, Row, SqlitePool, TypeInfo, ValueRef};
 
 use super::{begin_write, json_text};
 use crate::error::{sql, StoreError};
-use crate::ledger::RunRecord;
-use crate::planning::{
+use crate::model::ledger::RunRecord;
+use crate::model::planning::{
     cut_target, eligible_keys, finish_derived, in_run, key_ints, key_order, ref_row, uses_param,
     Derived,
 };

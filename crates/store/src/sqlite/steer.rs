@@ -8,7 +8,7 @@
 use sqlx::{Row, SqlitePool};
 
 use crate::error::{sql, StoreError};
-use crate::steer::{Claim, RawControl, RawCost, RawEvent, LEASE};
+use crate::model::steer::{Claim, RawControl, RawCost, RawEvent, LEASE};
 
 /// A worker's heartbeat.
 pub(super) const HEARTBEAT: &str =
