@@ -7,12 +7,18 @@
 //! get from them.
 
 use backfill_job::rules::BeforeImage;
+
 use backfill_job::spec::quote_ident;
+
 use backfill_job::JobSpec;
+
 use std::collections::{BTreeMap, HashMap};
 
-use crate::backend::dispatch;
+use crate::db::dispatch;
+
 use crate::{sql, Store, StoreError};
+
+pub(crate) use crate::model::audit::*;
 
 /// A finished commit of a job and the verify that passed after it.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,15 +28,6 @@ pub struct Verified {
     /// A run of `backfill verify` that passed after it; `None` when none did.
     pub verify_run: Option<String>,
 }
-
-/// A before-image as stored: (key, column, before, patch, after version).
-pub(crate) type RawImage = (
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
 
 impl Store {
     /// Dry runs of a job with this spec that finished within `window`,

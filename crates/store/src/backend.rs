@@ -1,18 +1,16 @@
 //! The ledger operations as one trait, [`Backend`], that each dialect
-//! implements in its own module tree (`pg`, `sqlite`), and the one point
-//! where a [`crate::Store`] picks its dialect ([`Db`], [`dispatch!`]).
+//! implements in its own module tree (`pg`, `sqlite`), with what one back
+//! end lacks ([`Capability`]) and a shard's transaction
+//! ([`ShardTransaction`]). The one point where a [`crate::Store`] picks its
+//! dialect is [`crate::db`].
 //!
 //! A method is one database operation: its SQL and control flow live in the
 //! dialect's module; argument checking, turning rows into the job crate's
 //! types and pure logic stay in the dialect-free modules that call it.
 //! Statements both dialects read alike are written once, in
 //! [`crate::common`]. What one back end cannot do is said by the trait
-//! (see [`Capability`]), never left as a silent no-op.
-//!
-//! Dispatch is static: `Db` is an enum of the two implementations, and
-//! `dispatch!(store, op(args))` calls the operation on whichever the store
-//! holds. A mapper's shard transaction is likewise one enum, [`DbTx`], of
-//! each dialect's [`ShardTransaction`].
+//! (see [`Capability`]), never left as a silent no-op. This file imports
+//! only the records of `model` and `error`, never a dialect.
 
 use backfill_job::plan::NewRun;
 use backfill_job::spec::Dialect;
@@ -20,13 +18,17 @@ use backfill_job::spec::TargetSpec;
 use backfill_job::{Plan, PlannedGroup, ShardResult, Tally};
 use std::collections::BTreeMap;
 
-use crate::identity::LedgerIdentity;
-use crate::ledger::{JobLock, RawActiveRun, RawRun, RecentRun, Reduced, RunRecord, ShardRecord};
-use crate::planning::Derived;
-use crate::shard::{BatchLimits, Committed, EvaluatedRow, FetchedRow, ShardCommit, ShardWork};
-use crate::status::{RawShard, RawWorker};
-use crate::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent, ThrottleChange};
-use crate::StoreError;
+use crate::error::StoreError;
+use crate::model::identity::LedgerIdentity;
+use crate::model::ledger::{
+    JobLock, RawActiveRun, RawRun, RecentRun, Reduced, RunRecord, ShardRecord,
+};
+use crate::model::planning::Derived;
+use crate::model::shard::{
+    BatchLimits, Committed, EvaluatedRow, FetchedRow, ShardCommit, ShardWork,
+};
+use crate::model::status::{RawShard, RawWorker};
+use crate::model::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent, ThrottleChange};
 
 /// Whether a back end has a capability the other lacks; `Lacks` says why
 /// the operation has no meaning there.
@@ -38,6 +40,9 @@ pub(crate) enum Capability<T> {
 
 /// Every database operation the store performs, per dialect.
 pub(crate) trait Backend {
+    /// The back end's shard transaction (see [`Backend::open_shard`]).
+    type Tx: ShardTransaction;
+
     /// The SQL dialect spoken.
     fn dialect(&self) -> Dialect;
     /// Closes the pool.
@@ -267,7 +272,7 @@ pub(crate) trait Backend {
         &self,
         work: &ShardWork<'_>,
         types: BTreeMap<String, String>,
-    ) -> Result<Opened, StoreError>;
+    ) -> Result<Opened<Self::Tx>, StoreError>;
     /// Commits a whole shard in one transaction.
     async fn commit_shard(
         &self,
@@ -331,21 +336,9 @@ pub(crate) trait Backend {
         run_id: &str,
         target: &str,
         keys: &[String],
-    ) -> Result<Vec<crate::audit::RawImage>, StoreError>;
+    ) -> Result<Vec<crate::model::audit::RawImage>, StoreError>;
     /// Sets a run's `table_rows` document.
     async fn set_table_rows(&self, run_id: &str, doc: serde_json::Value) -> sqlx::Result<()>;
-}
-
-impl Db {
-    /// A PostgreSQL ledger on `pool`.
-    pub(crate) fn postgres(pool: sqlx::PgPool) -> Db {
-        Db::Pg(crate::pg::Pg { pool })
-    }
-
-    /// An SQLite ledger on `pool`.
-    pub(crate) fn sqlite(pool: sqlx::SqlitePool) -> Db {
-        Db::Lite(crate::sqlite::Lite { pool })
-    }
 }
 
 /// A shard's transaction on one back end, as [`crate::ShardTx`] drives it.
@@ -369,54 +362,13 @@ pub(crate) trait ShardTransaction {
     async fn finish(self, work: &ShardWork<'_>, tally: Tally) -> Result<Committed, StoreError>;
 }
 
-/// A shard's transaction, by dialect.
-pub(crate) enum DbTx {
-    Pg(crate::pg::ShardTx),
-    Lite(crate::sqlite::ShardTx),
-}
-
-/// What opening a shard found.
-pub(crate) enum Opened {
+/// What opening a shard found (`T`: the back end's transaction). A
+/// dialect's transaction may be much smaller than a stored result; the
+/// value lives only until [`crate::Store::open_shard`] unpacks it.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Opened<T> {
     /// Already done (or given up): its stored result.
     Done(Tally),
     /// Locked: its transaction.
-    Open(DbTx),
+    Open(T),
 }
-
-/// The back end a store holds.
-#[derive(Clone, Debug)]
-pub(crate) enum Db {
-    Pg(crate::pg::Pg),
-    Lite(crate::sqlite::Lite),
-}
-
-/// Calls a [`Backend`] operation on the back end a store holds:
-/// `dispatch!(self, op(args…))` is `self.db.op(args…).await`;
-/// `dispatch!(sync self, op(args…))` calls a method that is not `async`,
-/// `dispatch!(db: &db, op(args…))` one of a `Db` outside a store, and
-/// `dispatch!(tx: tx, op(args…))` a [`ShardTransaction`] operation on a
-/// [`DbTx`].
-macro_rules! dispatch {
-    ($store:expr, $op:ident ( $($arg:expr),* $(,)? )) => {
-        $crate::backend::dispatch!(db: &$store.db, $op($($arg),*))
-    };
-    (sync $store:expr, $op:ident ( $($arg:expr),* $(,)? )) => {
-        match &$store.db {
-            $crate::backend::Db::Pg(b) => $crate::backend::Backend::$op(b, $($arg),*),
-            $crate::backend::Db::Lite(b) => $crate::backend::Backend::$op(b, $($arg),*),
-        }
-    };
-    (tx: $tx:expr, $op:ident ( $($arg:expr),* $(,)? )) => {
-        match $tx {
-            $crate::backend::DbTx::Pg(t) => $crate::backend::ShardTransaction::$op(t, $($arg),*).await,
-            $crate::backend::DbTx::Lite(t) => $crate::backend::ShardTransaction::$op(t, $($arg),*).await,
-        }
-    };
-    (db: $db:expr, $op:ident ( $($arg:expr),* $(,)? )) => {
-        match $db {
-            $crate::backend::Db::Pg(b) => $crate::backend::Backend::$op(b, $($arg),*).await,
-            $crate::backend::Db::Lite(b) => $crate::backend::Backend::$op(b, $($arg),*).await,
-        }
-    };
-}
-pub(crate) use dispatch;

@@ -111,7 +111,7 @@ macro_rules! common_ops {
             &self,
             q: &str,
             run_id: &str,
-            change: &crate::steer::ThrottleChange,
+            change: &crate::model::steer::ThrottleChange,
             operator: &str,
         ) -> sqlx::Result<()> {
             sqlx::query(q)
@@ -197,7 +197,7 @@ macro_rules! common_ops {
             .await
         }
 
-        async fn shards(&self, run_id: &str) -> sqlx::Result<Vec<crate::ledger::ShardRecord>> {
+        async fn shards(&self, run_id: &str) -> sqlx::Result<Vec<crate::model::ledger::ShardRecord>> {
             use sqlx::Row;
             let rows = sqlx::query(
                 "SELECT CAST(shard_no AS bigint) AS shard_no, target, first_key, last_key,
@@ -210,7 +210,7 @@ macro_rules! common_ops {
             .await?;
             Ok(rows
                 .into_iter()
-                .map(|r| crate::ledger::ShardRecord {
+                .map(|r| crate::model::ledger::ShardRecord {
                     shard_no: r.get::<i64, _>("shard_no") as u32,
                     target: r.get("target"),
                     first_key: r.get("first_key"),
@@ -223,7 +223,7 @@ macro_rules! common_ops {
                 .collect())
         }
 
-        async fn active_runs(&self, job: &str) -> sqlx::Result<Vec<crate::ledger::RawActiveRun>> {
+        async fn active_runs(&self, job: &str) -> sqlx::Result<Vec<crate::model::ledger::RawActiveRun>> {
             sqlx::query_as(
                 "SELECT r.run_id, r.spec_hash, r.mode, CAST(r.scope AS text),
                         CAST(r.shards_total AS bigint), CAST(r.shards_reduced AS bigint),
@@ -269,7 +269,7 @@ macro_rules! common_ops {
         }
 
         async fn has_identity(&self) -> sqlx::Result<bool> {
-            sqlx::query_scalar(crate::identity::HAS_IDENTITY)
+            sqlx::query_scalar(crate::model::identity::HAS_IDENTITY)
                 .fetch_one(&self.pool)
                 .await
         }
@@ -287,17 +287,20 @@ pub(crate) use common_ops;
 /// arguments: each dialect declares only what its modules do differently.
 macro_rules! delegated_ops {
     () => {
-        async fn ensure_identity(&self) -> Result<(), crate::StoreError> {
+        async fn ensure_identity(&self) -> Result<(), crate::error::StoreError> {
             identity::ensure(&self.pool).await
         }
 
         async fn load_identity(
             &self,
-        ) -> Result<crate::identity::LedgerIdentity, crate::StoreError> {
+        ) -> Result<crate::model::identity::LedgerIdentity, crate::error::StoreError> {
             identity::load(&self.pool).await
         }
 
-        async fn raw_shards(&self, run_id: &str) -> sqlx::Result<Vec<crate::status::RawShard>> {
+        async fn raw_shards(
+            &self,
+            run_id: &str,
+        ) -> sqlx::Result<Vec<crate::model::status::RawShard>> {
             status::raw_shards(&self.pool, run_id).await
         }
 
@@ -305,7 +308,10 @@ macro_rules! delegated_ops {
             audit::set_table_rows(&self.pool, run_id, doc).await
         }
 
-        async fn run_events(&self, run_id: &str) -> sqlx::Result<Vec<crate::steer::RawEvent>> {
+        async fn run_events(
+            &self,
+            run_id: &str,
+        ) -> sqlx::Result<Vec<crate::model::steer::RawEvent>> {
             steer::run_events(&self.pool, run_id).await
         }
 
@@ -313,11 +319,14 @@ macro_rules! delegated_ops {
             &self,
             secs: f64,
             delete: bool,
-        ) -> Result<Vec<(String, i64, i64)>, crate::StoreError> {
+        ) -> Result<Vec<(String, i64, i64)>, crate::error::StoreError> {
             steer::prune_before_images(&self.pool, secs, delete).await
         }
 
-        async fn control(&self, run_id: &str) -> sqlx::Result<Option<crate::steer::RawControl>> {
+        async fn control(
+            &self,
+            run_id: &str,
+        ) -> sqlx::Result<Option<crate::model::steer::RawControl>> {
             steer::control(&self.pool, run_id).await
         }
 
@@ -327,7 +336,7 @@ macro_rules! delegated_ops {
             shard_no: u32,
             worker: &str,
             max_in_flight: Option<u32>,
-        ) -> Result<crate::steer::Claim, crate::StoreError> {
+        ) -> Result<crate::model::steer::Claim, crate::error::StoreError> {
             steer::claim_shard(&self.pool, run_id, shard_no, worker, max_in_flight).await
         }
 
@@ -336,7 +345,7 @@ macro_rules! delegated_ops {
             run_id: &str,
             rows: f64,
             horizon: f64,
-        ) -> Result<Option<Option<f64>>, crate::StoreError> {
+        ) -> Result<Option<Option<f64>>, crate::error::StoreError> {
             steer::reserve_rows(&self.pool, run_id, rows, horizon).await
         }
 
@@ -345,7 +354,7 @@ macro_rules! delegated_ops {
             run_id: &str,
             rows: f64,
             horizon: f64,
-        ) -> Result<Option<(Option<f64>, Option<f64>)>, crate::StoreError> {
+        ) -> Result<Option<(Option<f64>, Option<f64>)>, crate::error::StoreError> {
             steer::reserve_bytes(&self.pool, run_id, rows, horizon).await
         }
 
@@ -364,11 +373,14 @@ macro_rules! delegated_ops {
             &self,
             job: &str,
             mode: &str,
-        ) -> sqlx::Result<Option<crate::steer::RawCost>> {
+        ) -> sqlx::Result<Option<crate::model::steer::RawCost>> {
             steer::measured_shard_cost(&self.pool, job, mode).await
         }
 
-        async fn recent_runs(&self, limit: i64) -> sqlx::Result<Vec<crate::ledger::RecentRun>> {
+        async fn recent_runs(
+            &self,
+            limit: i64,
+        ) -> sqlx::Result<Vec<crate::model::ledger::RecentRun>> {
             ledger::recent_runs(&self.pool, limit).await
         }
 
@@ -376,14 +388,14 @@ macro_rules! delegated_ops {
             &self,
             run_id: &str,
             shard_nos: &[i32],
-        ) -> Result<(), crate::StoreError> {
+        ) -> Result<(), crate::error::StoreError> {
             ledger::mark_published(&self.pool, run_id, shard_nos).await
         }
 
         async fn reduce(
             &self,
             result: &backfill_job::ShardResult,
-        ) -> Result<crate::ledger::Reduced, crate::StoreError> {
+        ) -> Result<crate::model::ledger::Reduced, crate::error::StoreError> {
             ledger::reduce(&self.pool, result).await
         }
 
@@ -392,7 +404,7 @@ macro_rules! delegated_ops {
             user_sql: &str,
             keys: Option<Option<String>>,
             what: &str,
-        ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, crate::StoreError> {
+        ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, crate::error::StoreError> {
             planning::group_rows(&self.pool, user_sql, keys, what).await
         }
 
@@ -400,17 +412,17 @@ macro_rules! delegated_ops {
             &self,
             new: backfill_job::plan::NewRun<'_>,
             groups: Vec<backfill_job::PlannedGroup>,
-        ) -> Result<backfill_job::Plan, crate::StoreError> {
+        ) -> Result<backfill_job::Plan, crate::error::StoreError> {
             planning::create_run(&self.pool, new, groups).await
         }
 
         async fn create_derived_run(
             &self,
             run_id: &str,
-            original: &crate::ledger::RunRecord,
+            original: &crate::model::ledger::RunRecord,
             shard_size: u32,
-            derived: crate::planning::Derived,
-        ) -> Result<backfill_job::Plan, crate::StoreError> {
+            derived: crate::model::planning::Derived,
+        ) -> Result<backfill_job::Plan, crate::error::StoreError> {
             planning::create_derived_run(&self.pool, run_id, original, shard_size, derived).await
         }
 
@@ -418,7 +430,7 @@ macro_rules! delegated_ops {
             &self,
             run_id: &str,
             shard_no: u32,
-        ) -> Result<Option<backfill_job::Tally>, crate::StoreError> {
+        ) -> Result<Option<backfill_job::Tally>, crate::error::StoreError> {
             shard::shard_done(&self.pool, run_id, shard_no).await
         }
 
@@ -427,7 +439,7 @@ macro_rules! delegated_ops {
             run_id: &str,
             shard_no: u32,
             error: &str,
-        ) -> Result<u32, crate::StoreError> {
+        ) -> Result<u32, crate::error::StoreError> {
             shard::shard_attempt_failed(&self.pool, run_id, shard_no, error).await
         }
 
@@ -437,14 +449,14 @@ macro_rules! delegated_ops {
             shard_no: u32,
             target: &str,
             error: &str,
-        ) -> Result<crate::shard::Committed, crate::StoreError> {
+        ) -> Result<crate::model::shard::Committed, crate::error::StoreError> {
             shard::fail_shard(&self.pool, run_id, shard_no, target, error).await
         }
     };
 }
 pub(crate) use delegated_ops;
 
-/// The shards of a derived run (see [`crate::planning::Derived`]), cut
+/// The shards of a derived run (see [`crate::model::planning::Derived`]), cut
 /// from the original run's ledger rows and written in the transaction
 /// `$tx` by the dialect's own `write_shard`; for a retry, the original's
 /// quarantined rows are marked retried by the new run. Evaluates to the
@@ -460,11 +472,11 @@ macro_rules! plan_derived_shards {
                 .bind(&target.name)
                 .fetch_all(&mut *$tx)
                 .await
-                .map_err(crate::sql("read the rows of the run"))?;
+                .map_err(crate::error::sql("read the rows of the run"))?;
             let refs = rows
                 .into_iter()
-                .map(|(key, group, refs)| crate::planning::quarantine_ref(key, group, refs));
-            let (cut, planned) = crate::planning::cut_target(
+                .map(|(key, group, refs)| crate::model::planning::quarantine_ref(key, group, refs));
+            let (cut, planned) = crate::model::planning::cut_target(
                 &target.name,
                 $shard_size,
                 &mut next_shard,
@@ -476,7 +488,7 @@ macro_rules! plan_derived_shards {
             }
             targets.push(planned);
         }
-        if $derived == crate::planning::Derived::Retry {
+        if $derived == crate::model::planning::Derived::Retry {
             sqlx::query(
                 "UPDATE backfill_quarantine SET retried_by = $2 WHERE run_id = $1 AND retried_by IS NULL",
             )
@@ -484,7 +496,7 @@ macro_rules! plan_derived_shards {
             .bind($run_id)
             .execute(&mut *$tx)
             .await
-            .map_err(crate::sql("mark quarantined rows retried"))?;
+            .map_err(crate::error::sql("mark quarantined rows retried"))?;
         }
         (targets, next_shard, tally)
     }};
@@ -526,7 +538,7 @@ macro_rules! statement_ops {
             &self,
             job: Option<&str>,
             limit: i64,
-        ) -> sqlx::Result<Vec<crate::steer::HistoryRow>> {
+        ) -> sqlx::Result<Vec<crate::model::steer::HistoryRow>> {
             sqlx::query_as(steer::HISTORY)
                 .bind(job)
                 .bind(limit)
@@ -543,7 +555,10 @@ macro_rules! statement_ops {
                 .map(|r| (r.get(0), r.get(1), r.get(2)))
         }
 
-        async fn run_workers(&self, run_id: &str) -> sqlx::Result<Vec<crate::status::RawWorker>> {
+        async fn run_workers(
+            &self,
+            run_id: &str,
+        ) -> sqlx::Result<Vec<crate::model::status::RawWorker>> {
             use sqlx::Row;
             sqlx::query(status::RUN_WORKERS)
                 .bind(run_id)

@@ -6,14 +6,22 @@
 //!   per dialect (`migrations/postgres`, `migrations/sqlite`) that a writer
 //!   applies on connect, and the adoption of ledgers made before them.
 //! - `backend` (private): the ledger operations as one trait, `Backend`,
-//!   and the one point where a store picks its dialect (`Db`, `dispatch!`);
-//!   a capability one dialect lacks is said there.
+//!   and a shard's transaction as another (`ShardTransaction`); a
+//!   capability one dialect lacks is said there.
+//! - `db` (private): the one point where a store picks its dialect (`Db`,
+//!   `DbTx`, `dispatch!`).
 //! - `pg`, `sqlite` (private): one module tree per dialect implementing
 //!   `Backend`, each holding its own SQL and control flow; `common`
 //!   (private): what both dialects would otherwise repeat, written once —
 //!   the statements they read alike, the methods that only hand an
 //!   operation to the dialect's module, and the code around a statement
 //!   each dialect writes its own way.
+//! - `error` (private): [`StoreError`] and `sql()`, which wraps a driver
+//!   error with what was being done.
+//! - `model` (private): the records, row types, statements and pure helpers
+//!   that the dialects and the dialect-free modules share; it imports
+//!   nothing of the crate but `error`, and each dialect-free module
+//!   re-exports its part, so public paths stay.
 //! - [`ledger`]: the ledger tables' run and shard records, the reducer's
 //!   dedup-and-fold step.
 //! - [`planning`]: runs the spec's groups and targets SQL with bound
@@ -25,9 +33,10 @@
 //!   `backend::ShardTransaction`).
 //!
 //! The dialect-free modules ([`ledger`], [`planning`], [`shard`], [`steer`],
-//! [`status`], [`audit`], [`identity`]) reach a dialect only through the
-//! trait; `pg` and `sqlite` use their types and pure helpers, never the
-//! other way round.
+//! [`status`], [`audit`], [`identity`]) reach a dialect only through `db`
+//! and the trait; `pg`, `sqlite` and `common` use only `model`, `error` and
+//! `backend`, never a dialect-free module, so no file imports one that
+//! imports it back.
 //!
 //! PostgreSQL is the main back end; SQLite (`sqlite`, private) serves the
 //! embedded mode with the same operations and the same guarantees, one
@@ -47,10 +56,13 @@
 pub mod audit;
 mod backend;
 mod common;
+mod db;
+mod error;
 pub mod eta;
 pub mod identity;
 pub mod ledger;
 mod migrate;
+mod model;
 mod pg;
 pub mod planning;
 pub mod shard;
@@ -58,8 +70,8 @@ mod sqlite;
 pub mod status;
 pub mod steer;
 
-use backend::{dispatch, Db};
 use backfill_job::spec::Dialect;
+use db::{dispatch, Db};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
@@ -69,6 +81,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use audit::Verified;
+pub(crate) use error::sql;
+pub use error::StoreError;
 pub use identity::LedgerIdentity;
 pub use ledger::{ActiveRun, JobLock, Reduced};
 pub use ledger::{RunRecord, ShardRecord};
@@ -95,91 +109,6 @@ fn no_ledger((runs, identity): (bool, bool), url: &str) -> Result<(), StoreError
     }
 }
 
-/// Errors of the database edge.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot connect to the database at {url}: {source}. {hint}")]
-    Connect {
-        url: String,
-        hint: &'static str,
-        /// The driver's error with the URL's secrets hidden: sqlx's text
-        /// may quote what it was given.
-        #[source]
-        source: backfill_job::redact::RedactedError,
-    },
-    #[error("unsupported database URL {0}: use postgres://… or sqlite://…")]
-    Scheme(String),
-    #[error("{what}: {source}")]
-    Sql {
-        what: String,
-        #[source]
-        source: sqlx::Error,
-    },
-    #[error("{0}")]
-    Spec(#[from] backfill_job::SpecError),
-    #[error("{0}")]
-    Data(String),
-    /// A spec's query returned what the spec does not allow (a key that is
-    /// not an integer for `key_type = "integer"`): the job's input is wrong,
-    /// and nothing was recorded.
-    #[error("{0}")]
-    Input(String),
-    #[error("run {0} is not in the ledger")]
-    UnknownRun(String),
-    /// The database cancelled a statement that ran past its
-    /// `statement_timeout` (SQLSTATE 57014 with that cause). Counted as
-    /// transient, as it always was, so the reducer and coordinator retry it
-    /// (a fold or a publish may pass once the load is lower, and parking a
-    /// result would lose it); the mapper, whose statements grow with the
-    /// batch, matches it first and makes its statements smaller instead.
-    #[error("{what}: the statement ran past the database's statement_timeout ({source})")]
-    StatementTimeout {
-        what: String,
-        #[source]
-        source: sqlx::Error,
-    },
-    #[error("this database ({current}) holds a ledger copied from another database ({recorded}): its runs and ledger id {id} are the other database's, so its workers would take that database's work. Give it an identity of its own with `backfill ledger adopt` (its queue names change with it), then start its workers")]
-    CopiedLedger {
-        id: String,
-        recorded: String,
-        current: String,
-    },
-    /// A read-only command looked at a database without a (current) ledger;
-    /// nothing was created there.
-    #[error("no backfill ledger in the database at {url}: {why}. Nothing was created there; point DATABASE_URL (or --database-url) at the database your jobs run against")]
-    NoLedger { url: String, why: String },
-}
-
-impl From<backfill_job::fold::FoldError> for StoreError {
-    /// A run whose ledger record cannot be folded: its spec as a spec error,
-    /// anything else as unreadable ledger data.
-    fn from(e: backfill_job::fold::FoldError) -> Self {
-        match e {
-            backfill_job::fold::FoldError::Spec(e) => StoreError::Spec(e),
-            other => StoreError::Data(other.to_string()),
-        }
-    }
-}
-
-impl StoreError {
-    /// True when retrying later may succeed (connection lost, server restarting).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            StoreError::Connect { .. } | StoreError::StatementTimeout { .. } => true,
-            StoreError::Sql { source, .. } => {
-                matches!(
-                    source,
-                    sqlx::Error::Io(_)
-                        | sqlx::Error::PoolTimedOut
-                        | sqlx::Error::PoolClosed
-                        | sqlx::Error::WorkerCrashed
-                ) || matches!(source, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("57") || c.starts_with("08") || c == "40001" || c == "40P01"))
-            }
-            _ => false,
-        }
-    }
-}
-
 impl Store {
     /// A `count(*)` query whose one parameter is a run id (`$1`), written
     /// in SQL both dialects read alike.
@@ -194,27 +123,6 @@ impl Store {
     }
 }
 
-/// Wraps a sqlx error with what was being done.
-pub(crate) fn sql(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
-    let what = what.into();
-    move |source| {
-        if is_statement_timeout(&source) {
-            StoreError::StatementTimeout { what, source }
-        } else {
-            StoreError::Sql { what, source }
-        }
-    }
-}
-
-/// True for PostgreSQL's cancel of a statement by `statement_timeout`.
-/// SQLSTATE 57014 (`query_canceled`) also covers a cancel by an operator
-/// (`pg_cancel_backend`), which is a one-off worth retrying as it was: only
-/// the timeout's own message marks a statement that will always be too slow.
-fn is_statement_timeout(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d)
-        if d.code().as_deref() == Some("57014") && d.message().contains("statement timeout"))
-}
-
 /// Hides the credentials of a URL (userinfo password, secret query
 /// parameters), for every log line and error message.
 pub fn redact_url(url: &str) -> String {
@@ -224,7 +132,7 @@ pub fn redact_url(url: &str) -> String {
 /// A handle on the database: target tables and ledger.
 #[derive(Clone, Debug)]
 pub struct Store {
-    /// The back end, by dialect (see [`backend`]).
+    /// The back end, by dialect (see `db`).
     pub(crate) db: Db,
     types: TypesCache,
     pub(crate) ledger: Arc<LedgerIdentity>,

@@ -51,7 +51,7 @@
 use sqlx::migrate::{Migration, Migrator};
 use sqlx::{Connection, PgPool, SqlitePool};
 
-use crate::{sql, StoreError};
+use crate::error::{sql, StoreError};
 
 /// The PostgreSQL ledger's migrations.
 static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");

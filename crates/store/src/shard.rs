@@ -16,69 +16,24 @@
 //! What a row becomes and what the shard counts are decided in
 //! `backfill_job::shard`. The statements and the transaction are each
 //! dialect's (`pg::shard`, `sqlite::shard`, behind
-//! `backend::ShardTransaction`); this file holds what a shard's steps are
-//! and the types they pass.
+//! `backend::ShardTransaction`); this file holds what a shard's steps are,
+//! and the types they pass are in `model::shard` (re-exported here).
 
 use backfill_job::message::MESSAGE_VERSION;
+
 /// A shard's rows as read and as evaluated, defined with the evaluation.
 pub use backfill_job::shard::{md5_hex, EvaluatedRow, FetchedRow, RELEASE_BYTES};
-use backfill_job::spec::quote_ident;
-use backfill_job::{KeyType, Mode, RowOutcome, ShardResult, ShardTask, Tally};
+
+use backfill_job::{Mode, ShardResult, ShardTask, Tally};
+
 use std::collections::BTreeMap;
 
-use crate::backend::{dispatch, Capability, DbTx, Opened};
+use crate::backend::{Capability, Opened};
+use crate::db::{dispatch, DbTx};
+
 use crate::{sql, Store, StoreError};
 
-/// The rows of a shard, or the shard's stored result if it is already done.
-#[derive(Debug, Clone)]
-pub enum ShardRows {
-    Pending(Vec<FetchedRow>),
-    Done(Tally),
-}
-
-/// What to commit for a shard.
-pub struct ShardCommit<'a> {
-    pub run_id: &'a str,
-    pub shard_no: u32,
-    pub target: &'a backfill_job::spec::TargetSpec,
-    pub mode: Mode,
-    pub worker: &'a str,
-    pub rows: Vec<EvaluatedRow>,
-    /// With `on_conflict = "retry"`: evaluates a row again, given its group
-    /// and its documents as read under a row lock.
-    pub retry: Option<&'a Reevaluate<'a>>,
-}
-
-/// Evaluates a row again (group, documents) after a conflict.
-pub type Reevaluate<'a> =
-    dyn Fn(&str, &BTreeMap<String, Option<String>>) -> RowOutcome + Send + Sync + 'a;
-
-/// What committing did.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Committed {
-    /// Applied now; the shard's result.
-    Applied(Tally),
-    /// Another delivery already committed this shard; its stored result.
-    AlreadyDone(Tally),
-}
-
-impl Committed {
-    pub fn tally(&self) -> &Tally {
-        match self {
-            Committed::Applied(t) | Committed::AlreadyDone(t) => t,
-        }
-    }
-}
-
-/// How a shard's items join their target rows: on the integer key beside
-/// an item's text, or on the text.
-pub(crate) fn key_join(target: &backfill_job::spec::TargetSpec) -> String {
-    let k = quote_ident(&target.key);
-    match target.key_type {
-        KeyType::Integer => format!("t.{k} = i.key_int"),
-        KeyType::Text => format!("t.{k} = i.key"),
-    }
-}
+pub use crate::model::shard::*;
 
 impl Store {
     /// The state of a shard: `Some(result)` when it is done.
@@ -172,7 +127,7 @@ impl Store {
     /// always did: it has no statement timeout to keep statements under.
     pub async fn open_shard<'a>(&self, work: ShardWork<'a>) -> Result<OpenShard<'a>, StoreError> {
         let types = self.write_types(work.mode, &work.target.table).await?;
-        Ok(match dispatch!(self, open_shard(&work, types))? {
+        Ok(match self.db.open_shard(&work, types).await? {
             Opened::Done(t) => OpenShard::Done(t),
             Opened::Open(inner) => OpenShard::Open(ShardTx {
                 work,
@@ -181,44 +136,6 @@ impl Store {
             }),
         })
     }
-}
-
-/// How much of a shard one batch may hold: at most `rows` rows, and at most
-/// `bytes` bytes of documents (as text) unless a single row is larger. Each
-/// batch is read, written and dropped before the next, so statements stay
-/// short and memory stays near the batch's size whatever the shard's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchLimits {
-    pub rows: usize,
-    pub bytes: u64,
-}
-
-impl BatchLimits {
-    /// Rows per batch unless configured otherwise.
-    pub const DEFAULT_ROWS: usize = 500;
-    /// Bytes of documents per batch unless configured otherwise.
-    pub const DEFAULT_BYTES: u64 = 4 * 1024 * 1024;
-}
-
-impl Default for BatchLimits {
-    fn default() -> Self {
-        BatchLimits {
-            rows: Self::DEFAULT_ROWS,
-            bytes: Self::DEFAULT_BYTES,
-        }
-    }
-}
-
-/// What a shard's transaction works under.
-#[derive(Clone, Copy)]
-pub struct ShardWork<'a> {
-    pub run_id: &'a str,
-    pub shard_no: u32,
-    pub target: &'a backfill_job::spec::TargetSpec,
-    pub mode: Mode,
-    pub worker: &'a str,
-    /// With `on_conflict = "retry"`: evaluates a conflicted row again.
-    pub retry: Option<&'a Reevaluate<'a>>,
 }
 
 /// A shard opened with [`Store::open_shard`].

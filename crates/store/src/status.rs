@@ -6,11 +6,17 @@
 //! The JSON shapes here are a documented, stable contract (README, "Watching
 //! and steering a production run"): fields are added, never renamed.
 
-use crate::backend::dispatch;
+use crate::db::dispatch;
+
 use crate::eta::{EtaBasis, EtaInput, EtaShard};
+
 use crate::steer::Health;
+
 use crate::{sql, Store, StoreError};
+
 use serde::Serialize;
+
+pub(crate) use crate::model::status::*;
 
 /// A run's progress, as `status --json` prints it and `/api/runs/{id}` serves it.
 #[derive(Debug, Clone, Serialize)]
@@ -230,24 +236,6 @@ pub fn rfc3339(epoch_seconds: f64) -> String {
         rem % 60
     )
 }
-
-/// A worker of a run: (name, shards committed, last finish, last
-/// heartbeat), times in seconds since the epoch.
-pub(crate) type RawWorker = (String, i64, Option<f64>, Option<f64>);
-
-/// Shard rows: (no, state, failures, rows, worker, elapsed ms, started,
-/// finished, reduced), times in seconds since the epoch.
-pub(crate) type RawShard = (
-    u32,
-    String,
-    i64,
-    u32,
-    Option<String>,
-    Option<i64>,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-);
 
 impl Store {
     async fn raw_shards(&self, run_id: &str) -> Result<Vec<RawShard>, StoreError> {

@@ -4,8 +4,8 @@
 
 use sqlx::PgPool;
 
-use crate::identity::{new_id, LedgerIdentity, HAS_IDENTITY};
-use crate::{sql, StoreError};
+use crate::error::{sql, StoreError};
+use crate::model::identity::{new_id, LedgerIdentity, HAS_IDENTITY};
 
 /// Gives a PostgreSQL ledger that had no identity one, unless a concurrent
 /// start gave it one meanwhile. Under the lock the ledger's migrations of

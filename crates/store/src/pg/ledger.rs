@@ -7,8 +7,10 @@ use backfill_job::fold::RunLedger;
 use backfill_job::ShardResult;
 use sqlx::{PgPool, Row};
 
-use crate::ledger::{fold_stored, not_reduced, reduced, JobLock, RawRun, RecentRun, Reduced};
-use crate::{sql, StoreError};
+use crate::error::{sql, StoreError};
+use crate::model::ledger::{
+    fold_stored, not_reduced, reduced, JobLock, RawRun, RecentRun, Reduced,
+};
 
 pub(super) async fn try_lock_job(pool: &PgPool, job: &str) -> Result<Option<JobLock>, StoreError> {
     let mut conn = pool

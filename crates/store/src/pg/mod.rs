@@ -11,9 +11,9 @@ use sqlx::PgPool;
 use std::collections::BTreeMap;
 
 use crate::backend::{Backend, Capability, Opened};
-use crate::ledger::{JobLock, RawRun};
-use crate::shard::{Committed, FetchedRow, ShardCommit, ShardWork};
-use crate::StoreError;
+use crate::error::StoreError;
+use crate::model::ledger::{JobLock, RawRun};
+use crate::model::shard::{Committed, FetchedRow, ShardCommit, ShardWork};
 
 mod audit;
 mod identity;
@@ -32,6 +32,8 @@ pub(crate) struct Pg {
 }
 
 impl Backend for Pg {
+    type Tx = ShardTx;
+
     crate::common::common_ops!();
     crate::common::delegated_ops!();
     crate::common::statement_ops!();
@@ -49,10 +51,10 @@ impl Backend for Pg {
         run_id: &str,
         target: &str,
         keys: &[String],
-    ) -> Result<Vec<crate::audit::RawImage>, StoreError> {
+    ) -> Result<Vec<crate::model::audit::RawImage>, StoreError> {
         audit::before_images(&self.pool, run_id, target, keys)
             .await
-            .map_err(crate::sql("read before-images"))
+            .map_err(crate::error::sql("read before-images"))
     }
 
     async fn wal_sample(
@@ -97,7 +99,7 @@ impl Backend for Pg {
     async fn load_run(&self, run_id: &str) -> Result<Option<RawRun>, StoreError> {
         ledger::load_run(&self.pool, run_id)
             .await
-            .map_err(crate::sql("read run"))
+            .map_err(crate::error::sql("read run"))
     }
 
     async fn fetch_shard(
@@ -127,7 +129,7 @@ impl Backend for Pg {
         &self,
         work: &ShardWork<'_>,
         types: BTreeMap<String, String>,
-    ) -> Result<Opened, StoreError> {
+    ) -> Result<Opened<ShardTx>, StoreError> {
         shard::open_shard(&self.pool, work, types).await
     }
 

@@ -13,11 +13,11 @@ use futures::TryStreamExt;
 use serde_json::{Map, Value};
 use sqlx::{Column, Executor, PgPool, Postgres, Row, Statement, Transaction, TypeInfo};
 
-use crate::ledger::RunRecord;
-use crate::planning::{
+use crate::error::{sql, StoreError};
+use crate::model::ledger::RunRecord;
+use crate::model::planning::{
     eligible_keys, finish_derived, in_run, key_ints, key_order, obj, ref_row, uses_param, Derived,
 };
-use crate::{sql, StoreError};
 
 /// How many items one INSERT carries.
 const ITEM_BATCH: usize = 5_000;

@@ -13,8 +13,8 @@ use sqlx::{PgPool, Row};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crate::backend::{Opened, ShardTransaction};
-use crate::shard::{key_join, BatchLimits, Committed, ShardCommit, ShardWork};
-use crate::{sql, StoreError};
+use crate::error::{sql, StoreError};
+use crate::model::shard::{key_join, BatchLimits, Committed, ShardCommit, ShardWork};
 
 /// The system column of a row's version.
 pub(super) const ROW_VERSION: &str = "xmin";
@@ -99,9 +99,9 @@ pub(super) async fn open_shard(
     pool: &PgPool,
     work: &ShardWork<'_>,
     types: BTreeMap<String, String>,
-) -> Result<Opened, StoreError> {
+) -> Result<Opened<ShardTx>, StoreError> {
     Ok(match open(pool, work, types).await? {
-        Ok(tx) => Opened::Open(crate::backend::DbTx::Pg(tx)),
+        Ok(tx) => Opened::Open(tx),
         Err(done) => Opened::Done(done),
     })
 }

@@ -5,7 +5,7 @@
 
 use sqlx::SqlitePool;
 
-use crate::audit::RawImage;
+use crate::model::audit::RawImage;
 
 /// Full forward dry runs of a job and spec that finished without errors
 /// less than `$3` seconds ago, newest first.

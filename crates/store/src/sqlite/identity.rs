@@ -4,8 +4,8 @@
 
 use sqlx::SqlitePool;
 
-use crate::identity::{new_id, LedgerIdentity, HAS_IDENTITY};
-use crate::{sql, StoreError};
+use crate::error::{sql, StoreError};
+use crate::model::identity::{new_id, LedgerIdentity, HAS_IDENTITY};
 
 /// Gives an SQLite ledger that had no identity one, unless a concurrent
 /// start gave it one meanwhile, in a write transaction (one writer at a

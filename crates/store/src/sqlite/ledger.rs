@@ -7,8 +7,8 @@ use backfill_job::ShardResult;
 use sqlx::{Row, SqlitePool};
 
 use super::{begin_write, json_text, parse_json};
-use crate::ledger::{fold_stored, not_reduced, reduced, RawRun, RecentRun, Reduced};
-use crate::{sql, StoreError};
+use crate::error::{sql, StoreError};
+use crate::model::ledger::{fold_stored, not_reduced, reduced, RawRun, RecentRun, Reduced};
 
 /// A run row, its JSON columns parsed from their text.
 pub(super) async fn load_run(

@@ -12,9 +12,9 @@ use sqlx::SqlitePool;
 use std::collections::BTreeMap;
 
 use crate::backend::{Backend, Capability, Opened};
-use crate::ledger::{JobLock, RawRun};
-use crate::shard::{Committed, FetchedRow, ShardCommit, ShardWork};
-use crate::StoreError;
+use crate::error::StoreError;
+use crate::model::ledger::{JobLock, RawRun};
+use crate::model::shard::{Committed, FetchedRow, ShardCommit, ShardWork};
 
 mod audit;
 mod identity;
@@ -33,6 +33,8 @@ pub(crate) struct Lite {
 }
 
 impl Backend for Lite {
+    type Tx = ShardTx;
+
     crate::common::common_ops!();
     crate::common::delegated_ops!();
     crate::common::statement_ops!();
@@ -52,12 +54,12 @@ impl Backend for Lite {
         run_id: &str,
         target: &str,
         keys: &[String],
-    ) -> Result<Vec<crate::audit::RawImage>, StoreError> {
+    ) -> Result<Vec<crate::model::audit::RawImage>, StoreError> {
         // SQLite has no arrays: the keys go in as one JSON array.
         let list = serde_json::to_string(keys).map_err(|e| StoreError::Data(e.to_string()))?;
         audit::before_images(&self.pool, run_id, target, list)
             .await
-            .map_err(crate::sql("read before-images"))
+            .map_err(crate::error::sql("read before-images"))
     }
 
     async fn wal_sample(
@@ -123,7 +125,7 @@ impl Backend for Lite {
         &self,
         work: &ShardWork<'_>,
         _types: BTreeMap<String, String>,
-    ) -> Result<Opened, StoreError> {
+    ) -> Result<Opened<ShardTx>, StoreError> {
         shard::open_shard(&self.pool, work).await
     }
 
@@ -162,5 +164,5 @@ pub(crate) async fn begin_write(
 ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
     pool.begin_with("BEGIN IMMEDIATE")
         .await
-        .map_err(crate::sql(format!("begin {what}")))
+        .map_err(crate::error::sql(format!("begin {what}")))
 }

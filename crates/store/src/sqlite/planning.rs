@@ -14,12 +14,12 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Column, Row, SqlitePool, TypeInfo, ValueRef};
 
 use super::{begin_write, json_text};
-use crate::ledger::RunRecord;
-use crate::planning::{
+use crate::error::{sql, StoreError};
+use crate::model::ledger::RunRecord;
+use crate::model::planning::{
     cut_target, eligible_keys, finish_derived, in_run, key_ints, key_order, ref_row, uses_param,
     Derived,
 };
-use crate::{sql, StoreError};
 
 /// A row of a spec query as a JSON object, whatever its columns.
 fn row_object(row: &SqliteRow) -> Result<Map<String, Value>, StoreError> {

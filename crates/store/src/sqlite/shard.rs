@@ -15,10 +15,10 @@ use std::collections::{BTreeMap, HashSet};
 use backfill_job::shard::{failed_tally, shard_tally, EvaluatedRow, FetchedRow};
 
 use super::{begin_write, json_text, parse_json};
-use crate::backend::{DbTx, Opened, ShardTransaction};
-use crate::ledger::decode;
-use crate::shard::{key_join, BatchLimits, Committed, ShardCommit, ShardWork};
-use crate::{sql, StoreError};
+use crate::backend::{Opened, ShardTransaction};
+use crate::error::{sql, StoreError};
+use crate::model::ledger::decode;
+use crate::model::shard::{key_join, BatchLimits, Committed, ShardCommit, ShardWork};
 
 pub(super) async fn shard_done(
     pool: &SqlitePool,
@@ -104,16 +104,16 @@ pub(super) async fn fetch_shard(
 pub(super) async fn open_shard(
     pool: &SqlitePool,
     work: &ShardWork<'_>,
-) -> Result<Opened, StoreError> {
+) -> Result<Opened<ShardTx>, StoreError> {
     if let Some(done) = shard_done(pool, work.run_id, work.shard_no).await? {
         return Ok(Opened::Done(done));
     }
     let rows = fetch_shard(pool, work.run_id, work.target, work.shard_no).await?;
-    Ok(Opened::Open(DbTx::Lite(ShardTx {
+    Ok(Opened::Open(ShardTx {
         pool: pool.clone(),
         rows: Some(rows),
         evaluated: Vec::new(),
-    })))
+    }))
 }
 
 /// One shard on SQLite: its rows as read, and its evaluated rows kept

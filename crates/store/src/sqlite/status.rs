@@ -4,7 +4,7 @@
 
 use sqlx::{Row, SqlitePool};
 
-use crate::status::RawShard;
+use crate::model::status::RawShard;
 
 /// A run's shards with their times (see [`RawShard`]).
 const RAW_SHARDS: &str = "SELECT shard_no, state, failures, rows, worker, elapsed_ms,

@@ -7,8 +7,8 @@
 
 use sqlx::{Row, SqlitePool};
 
-use crate::steer::{Claim, RawControl, RawCost, RawEvent, LEASE};
-use crate::{sql, StoreError};
+use crate::error::{sql, StoreError};
+use crate::model::steer::{Claim, RawControl, RawCost, RawEvent, LEASE};
 
 /// A worker's heartbeat.
 pub(super) const HEARTBEAT: &str =

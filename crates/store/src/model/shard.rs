@@ -1,0 +1,98 @@
+//! The types a mapper's shard steps pass to a dialect and get back (work,
+//! commit, batch limits, the shard's result), and how a target's key
+//! columns are joined (see [`crate::shard`], which re-exports them).
+
+/// A shard's rows as read and as evaluated, defined with the evaluation.
+pub(crate) use backfill_job::shard::{EvaluatedRow, FetchedRow};
+use backfill_job::spec::quote_ident;
+use backfill_job::{KeyType, Mode, RowOutcome, Tally};
+use std::collections::BTreeMap;
+
+/// The rows of a shard, or the shard's stored result if it is already done.
+#[derive(Debug, Clone)]
+pub enum ShardRows {
+    Pending(Vec<FetchedRow>),
+    Done(Tally),
+}
+
+/// What to commit for a shard.
+pub struct ShardCommit<'a> {
+    pub run_id: &'a str,
+    pub shard_no: u32,
+    pub target: &'a backfill_job::spec::TargetSpec,
+    pub mode: Mode,
+    pub worker: &'a str,
+    pub rows: Vec<EvaluatedRow>,
+    /// With `on_conflict = "retry"`: evaluates a row again, given its group
+    /// and its documents as read under a row lock.
+    pub retry: Option<&'a Reevaluate<'a>>,
+}
+
+/// Evaluates a row again (group, documents) after a conflict.
+pub type Reevaluate<'a> =
+    dyn Fn(&str, &BTreeMap<String, Option<String>>) -> RowOutcome + Send + Sync + 'a;
+
+/// What committing did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Committed {
+    /// Applied now; the shard's result.
+    Applied(Tally),
+    /// Another delivery already committed this shard; its stored result.
+    AlreadyDone(Tally),
+}
+
+impl Committed {
+    pub fn tally(&self) -> &Tally {
+        match self {
+            Committed::Applied(t) | Committed::AlreadyDone(t) => t,
+        }
+    }
+}
+
+/// How a shard's items join their target rows: on the integer key beside
+/// an item's text, or on the text.
+pub(crate) fn key_join(target: &backfill_job::spec::TargetSpec) -> String {
+    let k = quote_ident(&target.key);
+    match target.key_type {
+        KeyType::Integer => format!("t.{k} = i.key_int"),
+        KeyType::Text => format!("t.{k} = i.key"),
+    }
+}
+
+/// How much of a shard one batch may hold: at most `rows` rows, and at most
+/// `bytes` bytes of documents (as text) unless a single row is larger. Each
+/// batch is read, written and dropped before the next, so statements stay
+/// short and memory stays near the batch's size whatever the shard's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub rows: usize,
+    pub bytes: u64,
+}
+
+impl BatchLimits {
+    /// Rows per batch unless configured otherwise.
+    pub const DEFAULT_ROWS: usize = 500;
+    /// Bytes of documents per batch unless configured otherwise.
+    pub const DEFAULT_BYTES: u64 = 4 * 1024 * 1024;
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            rows: Self::DEFAULT_ROWS,
+            bytes: Self::DEFAULT_BYTES,
+        }
+    }
+}
+
+/// What a shard's transaction works under.
+#[derive(Clone, Copy)]
+pub struct ShardWork<'a> {
+    pub run_id: &'a str,
+    pub shard_no: u32,
+    pub target: &'a backfill_job::spec::TargetSpec,
+    pub mode: Mode,
+    pub worker: &'a str,
+    /// With `on_conflict = "retry"`: evaluates a conflicted row again.
+    pub retry: Option<&'a Reevaluate<'a>>,
+}
