@@ -339,7 +339,7 @@ pub async fn start(
 /// a shard committed but never reduced is folded and the run can end).
 pub async fn resume_tasks(store: &Store, run_id: &str) -> Result<Vec<ShardTask>, CoordinatorError> {
     let rec = store
-        .load_run(run_id)
+        .load_run_totals(run_id)
         .await?
         .ok_or_else(|| CoordinatorError::UnknownRun(run_id.to_string()))?;
     if rec.state.is_finished() {
@@ -532,8 +532,14 @@ pub async fn wait(
 ) -> Result<RunRecord, CoordinatorError> {
     let mut interval = Duration::from_millis(50);
     loop {
-        match store.load_run(run_id).await {
-            Ok(Some(rec)) if rec.state.is_finished() => return Ok(rec),
+        // Polled with its totals only; read whole once, when it has ended.
+        match store.load_run_totals(run_id).await {
+            Ok(Some(rec)) if rec.state.is_finished() => {
+                return store
+                    .load_run(run_id)
+                    .await?
+                    .ok_or_else(|| CoordinatorError::UnknownRun(run_id.to_string()))
+            }
             Ok(Some(_)) => {}
             Ok(None) => return Err(CoordinatorError::UnknownRun(run_id.to_string())),
             // The database restarting is no reason to stop waiting.

@@ -8,10 +8,13 @@
 //! writes its `Summary:` line. Nothing here reads or writes the ledger; the
 //! store hands in what it read and writes back what comes out.
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 use crate::plan::{NewRun, PlannedGroup, PlannedTarget};
 use crate::report::{summary_line, RunView};
+use crate::tally::GroupTally;
 use crate::{JobSpec, Mode, Plan, RunKind, RunState, Scope, SpecError, Tally};
 
 /// Why a run's ledger record could not be folded.
@@ -77,6 +80,49 @@ pub fn decode<T: serde::de::DeserializeOwned>(
 /// what the reducer folds, rather than what the message says.
 pub fn stored_tally(v: Option<Value>) -> Result<Tally, FoldError> {
     decode("shard result", v.ok_or(FoldError::NoStoredResult)?)
+}
+
+/// A tally as the ledger keeps it: the run's totals in the run's record,
+/// with no groups, and each group's counts in a record of its own, so that
+/// folding a shard reads and writes only the groups the shard carries and
+/// its cost never grows with the number of groups in the run.
+pub fn split_groups(mut tally: Tally) -> (Tally, BTreeMap<String, GroupTally>) {
+    let groups = std::mem::take(&mut tally.groups);
+    (tally, groups)
+}
+
+/// Merges `incoming` groups into the records the ledger holds for the same
+/// keys (`stored`, as JSON; a key without a record starts from nothing),
+/// giving the records to write back, one per incoming group, in key order.
+pub fn merge_groups(
+    stored: Vec<(String, Value)>,
+    incoming: BTreeMap<String, GroupTally>,
+) -> Result<Vec<(String, Value)>, FoldError> {
+    let mut stored: BTreeMap<String, Value> = stored.into_iter().collect();
+    incoming
+        .into_iter()
+        .map(|(key, add)| {
+            let mut group: GroupTally = match stored.remove(&key) {
+                Some(v) => decode("group tally", v)?,
+                None => GroupTally::default(),
+            };
+            group.merge(&add);
+            let json =
+                serde_json::to_value(&group).map_err(|e| FoldError::Encode(e.to_string()))?;
+            Ok((key, json))
+        })
+        .collect()
+}
+
+/// Puts the groups' records back into a run's totals: the tally the report
+/// reads. A run folded by a release that kept its groups inside the run's
+/// record has them there already; the two are merged.
+pub fn join_groups(totals: &mut Tally, groups: Vec<(String, Value)>) -> Result<(), FoldError> {
+    for (key, v) in groups {
+        let group: GroupTally = decode("group tally", v)?;
+        totals.groups.entry(key).or_default().merge(&group);
+    }
+    Ok(())
 }
 
 /// Folds one shard's result into its run. The caller must have claimed the
@@ -393,5 +439,85 @@ mod tests {
         let mut planned = Tally::default();
         planned.record_planned_error("revisions", "G", "1", "referenced twice");
         assert_eq!(final_state(&planned), RunState::Failed);
+    }
+
+    fn two_group_shard(first_key: u32) -> Tally {
+        let mut t = Tally::default();
+        t.record_row(
+            "revisions",
+            "A",
+            &first_key.to_string(),
+            1,
+            Recorded::Changed,
+            Some("x"),
+        );
+        t.record_row(
+            "revisions",
+            "B",
+            &(first_key + 1).to_string(),
+            2,
+            Recorded::Skipped("blank"),
+            None,
+        );
+        t
+    }
+
+    #[test]
+    fn groups_kept_apart_fold_to_the_same_tally_as_one_record() {
+        // Folding totals and group records apart, shard by shard, gives the
+        // tally that merging whole shards into one record gives.
+        let shards = [
+            two_group_shard(1),
+            two_group_shard(10),
+            shard(20, &[Recorded::Changed]),
+        ];
+        let mut whole = Tally::default();
+        let mut totals = Tally::default();
+        let mut records: BTreeMap<String, Value> = BTreeMap::new();
+        for s in &shards {
+            whole.merge(s);
+            let (t, groups) = split_groups(s.clone());
+            assert!(t.groups.is_empty());
+            totals.merge(&t);
+            let stored = groups
+                .keys()
+                .filter_map(|k| records.get(k).map(|v| (k.clone(), v.clone())))
+                .collect();
+            let written = merge_groups(stored, groups).unwrap();
+            assert!(
+                written.len() <= 2,
+                "only the shard's own groups are written"
+            );
+            records.extend(written);
+        }
+        join_groups(&mut totals, records.into_iter().collect()).unwrap();
+        assert_eq!(totals, whole);
+        assert_eq!(totals.groups["A"].counts.changed, 2);
+        assert_eq!(totals.groups["B"].skipped_by_reason["blank"], 2);
+        assert_eq!(totals.groups["G"].counts.changed, 1);
+    }
+
+    #[test]
+    fn a_run_folded_with_its_groups_inside_its_record_keeps_them() {
+        // A run planned by a release that kept groups in the run's record.
+        let mut old = two_group_shard(1);
+        let (_, newer) = split_groups(two_group_shard(10));
+        let written = merge_groups(vec![], newer).unwrap();
+        join_groups(&mut old, written).unwrap();
+        let mut want = two_group_shard(1);
+        want.groups
+            .iter_mut()
+            .for_each(|(k, g)| g.merge(&two_group_shard(10).groups[k]));
+        assert_eq!(old.groups, want.groups);
+    }
+
+    #[test]
+    fn an_unreadable_group_record_is_named() {
+        let err = merge_groups(
+            vec![("A".into(), serde_json::json!("nope"))],
+            split_groups(two_group_shard(1)).1,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("group tally"), "{err}");
     }
 }

@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 /// tables when the run finished, beside those recorded when it was planned,
 /// so the ledger shows that no version was added or removed.
 async fn record_finished_rows(store: &Store, run_id: &str) -> Result<(), StoreError> {
-    let Some(rec) = store.load_run(run_id).await? else {
+    let Some(rec) = store.load_run_totals(run_id).await? else {
         return Ok(());
     };
     if !rec.spec.versioned {
@@ -126,7 +126,7 @@ async fn watch_stalls(store: Store, worker: String, shutdown: CancellationToken)
             }
         };
         for q in quiet.into_iter().filter(|q| !q.told) {
-            let Ok(Some(rec)) = store.load_run(&q.run_id).await else {
+            let Ok(Some(rec)) = store.load_run_totals(&q.run_id).await else {
                 continue;
             };
             if q.quiet_seconds < rec.spec.notify.stall_after_seconds {

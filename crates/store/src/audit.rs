@@ -124,7 +124,7 @@ impl Store {
         moment: &str,
         counts: &BTreeMap<String, i64>,
     ) -> Result<(), StoreError> {
-        let rec = self.load_run(run_id).await?;
+        let rec = self.load_run_totals(run_id).await?;
         let mut doc = rec
             .and_then(|r| r.table_rows)
             .and_then(|v| v.as_object().cloned())

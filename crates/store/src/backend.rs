@@ -187,6 +187,11 @@ pub(crate) trait Backend {
 
     /// A run's row (`None`: no such run).
     async fn load_run(&self, run_id: &str) -> Result<Option<RawRun>, StoreError>;
+    /// A run's per-group records (`backfill_group_tally`), as (group, tally).
+    async fn group_tallies(
+        &self,
+        run_id: &str,
+    ) -> Result<Vec<(String, serde_json::Value)>, StoreError>;
     /// The most recent runs, newest first.
     async fn recent_runs(&self, limit: i64) -> sqlx::Result<Vec<RecentRun>>;
     /// The shards of a run, in order.

@@ -36,10 +36,24 @@ use crate::{sql, StoreError};
 pub use crate::model::ledger::*;
 
 impl crate::Store {
-    /// Reads a run; `None` when the ledger has no such run.
+    /// Reads a run with its per-group counts, as a report shows it; `None`
+    /// when the ledger has no such run. Reading every group costs what the
+    /// run holds: what needs only the run's totals (the status, a worker's
+    /// plan) reads [`Self::load_run_totals`].
     pub async fn load_run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let Some(raw) = dispatch!(self, load_run(run_id))? else {
+            return Ok(None);
+        };
+        let groups = dispatch!(self, group_tallies(run_id))?;
+        run_record(raw, groups).map(Some)
+    }
+
+    /// Reads a run with its totals only: its tally's `groups` holds no
+    /// group (but those of a run folded before groups had records of their
+    /// own); `None` when the ledger has no such run.
+    pub async fn load_run_totals(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
         dispatch!(self, load_run(run_id))?
-            .map(run_record)
+            .map(|raw| run_record(raw, vec![]))
             .transpose()
     }
 

@@ -325,7 +325,7 @@ impl Store {
         run_id: &str,
         detail: bool,
     ) -> Result<Option<RunStatus>, StoreError> {
-        let Some(rec) = self.load_run(run_id).await? else {
+        let Some(rec) = self.load_run_totals(run_id).await? else {
             return Ok(None);
         };
         let (created, finished, now): (f64, Option<f64>, f64) =

@@ -710,6 +710,7 @@ const LEDGER_TABLES: &[&str] = &[
     "backfill_before_image",
     "backfill_control",
     "backfill_event",
+    "backfill_group_tally",
     "backfill_item",
     "backfill_ledger",
     "backfill_quarantine",
@@ -1815,6 +1816,100 @@ contract!(reduce_folds_each_shard_exactly_once, |h| async move {
         .i64("SELECT count(*) FROM backfill_run WHERE run_id = 'run-reduce' AND finished_at IS NOT NULL")
         .await;
     assert_eq!(finished, 1);
+});
+
+/// The groups of a run's tally as its record (not its group records) holds them.
+async fn groups_in_run_record(h: &Harness, run_id: &str) -> Map<String, Value> {
+    let text = h
+        .raw
+        .opt_text(&format!(
+            "SELECT CAST(tally AS text) FROM backfill_run WHERE run_id = '{run_id}'"
+        ))
+        .await
+        .unwrap();
+    let tally: Value = serde_json::from_str(&text).unwrap();
+    tally["groups"].as_object().cloned().unwrap_or_default()
+}
+
+contract!(groups_are_folded_in_records_of_their_own, |h| async move {
+    h.seed(REVISIONS).await;
+    h.seed_pages(&[("p1", "Title One"), ("p2", ""), ("p3", "Title Three")])
+        .await;
+    let spec = spec(TITLES);
+    plan(h, &spec, Mode::DryRun, "run-g").await;
+    assert!(groups_in_run_record(h, "run-g").await.is_empty());
+    let group_keys = |run: &'static str| async move {
+        h.raw
+            .texts(&format!(
+                "SELECT group_key FROM backfill_group_tally WHERE run_id = '{run}' ORDER BY group_key"
+            ))
+            .await
+    };
+    let planned = group_keys("run-g").await;
+    assert!(!planned.contains(&"p1".to_string()), "{planned:?}");
+
+    // Shard 0 holds revisions 1 and 2 of p1: only p1's record is written.
+    assert_eq!(
+        h.store.claim_shard("run-g", 0, "w1", None).await.unwrap(),
+        Claim::Claimed
+    );
+    let first = map_shard(h, "run-g", 0, "w1", 100).await;
+    assert_eq!(
+        h.store
+            .reduce(&result_of("run-g", 0, first.tally().clone()))
+            .await
+            .unwrap(),
+        Reduced::Counted
+    );
+    let mut want = planned.clone();
+    want.push("p1".into());
+    want.sort();
+    assert_eq!(group_keys("run-g").await, want);
+    assert!(groups_in_run_record(h, "run-g").await.is_empty());
+    let rec = h.store.load_run("run-g").await.unwrap().unwrap();
+    assert_eq!(rec.tally.groups["p1"].counts.processed, 2);
+    assert!(!rec.tally.groups.contains_key("p3"));
+
+    let done = run_to_end(h, "run-g").await;
+    assert!(matches!(done, Reduced::Finished(_)), "{done:?}");
+    let whole = h.store.load_run("run-g").await.unwrap().unwrap();
+    assert_eq!(whole.tally.groups["p1"].counts.processed, 2);
+    assert_eq!(whole.tally.groups["p3"].counts.processed, 3);
+    assert_eq!(whole.tally.groups["p3"].counts.changed, 3);
+    assert_eq!(counts(&whole.tally), (5, 5, 0, 0, 0, 0));
+    // The totals alone: the same counts, no groups.
+    let totals = h.store.load_run_totals("run-g").await.unwrap().unwrap();
+    assert_eq!(totals.tally.counts, whole.tally.counts);
+    assert!(totals.tally.groups.is_empty());
+    assert_eq!(totals.summary, whole.summary);
+
+    // A run folded in part by a release that kept its groups inside the
+    // run's record ends with the same tally.
+    plan(h, &spec, Mode::DryRun, "run-old").await;
+    assert_eq!(
+        h.store.claim_shard("run-old", 0, "w1", None).await.unwrap(),
+        Claim::Claimed
+    );
+    let first = map_shard(h, "run-old", 0, "w1", 100).await;
+    h.store
+        .reduce(&result_of("run-old", 0, first.tally().clone()))
+        .await
+        .unwrap();
+    let part = h.store.load_run("run-old").await.unwrap().unwrap().tally;
+    let text = serde_json::to_string(&part).unwrap().replace('\'', "''");
+    h.raw
+        .exec(&format!(
+            "UPDATE backfill_run SET tally = '{text}' WHERE run_id = 'run-old'"
+        ))
+        .await;
+    h.raw
+        .exec("DELETE FROM backfill_group_tally WHERE run_id = 'run-old'")
+        .await;
+    assert!(groups_in_run_record(h, "run-old").await.contains_key("p1"));
+    let done = run_to_end(h, "run-old").await;
+    assert!(matches!(done, Reduced::Finished(_)), "{done:?}");
+    let old = h.store.load_run("run-old").await.unwrap().unwrap();
+    assert_eq!(old.tally, whole.tally);
 });
 
 // ---- failures, dead shards, quarantine, retry and revert -------------------------------
@@ -2977,11 +3072,15 @@ async fn commit_and_revert(h: &Harness) {
     }
 }
 
-contract!(a_fresh_ledger_records_its_first_version, |h| async move {
+contract!(a_fresh_ledger_records_its_versions, |h| async move {
     let migrations = h.raw.migrations().await;
-    assert_eq!(migrations.len(), 1, "{migrations:?}");
-    assert_eq!((migrations[0].0, migrations[0].1), (1, true));
-    assert_eq!(migrations[0].2.len(), 48, "sqlx's SHA-384 of the file");
+    let versions: Vec<(i64, bool)> = migrations.iter().map(|m| (m.0, m.1)).collect();
+    assert_eq!(versions, vec![(1, true), (2, true)], "{migrations:?}");
+    assert!(
+        migrations.iter().all(|m| m.2.len() == 48),
+        "sqlx's SHA-384 of each file"
+    );
+    assert!(h.raw.ledger_tables().await.contains("backfill_group_tally"));
 });
 
 contract!(a_ledger_from_before_migrations_is_adopted, |h| async move {
@@ -2990,11 +3089,9 @@ contract!(a_ledger_from_before_migrations_is_adopted, |h| async move {
     assert_eq!(old.store.ledger().id, "feedfacefeedfacefeedfacefeedface");
     assert!(!old.store.ledger().is_copy());
     assert_eq!(old.raw.i64("SELECT count(*) FROM backfill_ledger").await, 1);
-    // It is now at version 1, with the schema of a fresh ledger exactly.
-    let migrations = old.raw.migrations().await;
-    assert_eq!(migrations.len(), 1);
-    assert_eq!((migrations[0].0, migrations[0].1), (1, true));
-    assert_eq!(migrations[0].2, h.raw.migrations().await[0].2);
+    // It is now at the latest version, with the schema of a fresh ledger
+    // exactly.
+    assert_eq!(old.raw.migrations().await, h.raw.migrations().await);
     assert_eq!(old.raw.ledger_schema().await, h.raw.ledger_schema().await);
     commit_and_revert(&old).await;
     // Read-only connections see it as before.
@@ -3021,7 +3118,7 @@ contract!(an_older_ledger_gains_what_it_lacks, |h| async move {
     let id = old.store.ledger().clone();
     assert!(is_hex_id(&id.id) && !id.is_copy(), "{id:?}");
     assert_eq!(old.raw.i64("SELECT count(*) FROM backfill_ledger").await, 1);
-    assert_eq!(old.raw.migrations().await.len(), 1);
+    assert_eq!(old.raw.migrations().await, h.raw.migrations().await);
     commit_and_revert(&old).await;
     // Connecting again keeps the identity it was given.
     let again = old.reconnect().await;
@@ -3051,7 +3148,7 @@ contract!(connecting_again_changes_nothing, |h| async move {
             .texts("SELECT CAST(installed_on AS text) FROM backfill_migrations")
             .await,
         installed,
-        "version 1 was not applied again"
+        "no version was applied again"
     );
     assert_eq!(h.raw.i64("SELECT count(*) FROM backfill_ledger").await, 1);
     assert_eq!(h.store.shards("run-kept").await.unwrap().len(), 3);
@@ -3060,7 +3157,7 @@ contract!(connecting_again_changes_nothing, |h| async move {
     let again = old.reconnect().await;
     assert_eq!(again.ledger().id, "feedfacefeedfacefeedfacefeedface");
     again.close().await;
-    assert_eq!(old.raw.migrations().await.len(), 1);
+    assert_eq!(old.raw.migrations().await, migrations);
     old.finish().await;
 });
 
@@ -3095,7 +3192,7 @@ contract!(
         assert!(stores.iter().all(|s| s.ledger() == &id), "one identity");
         let raw = Raw::open(&fresh.url).await;
         assert_eq!(raw.i64("SELECT count(*) FROM backfill_ledger").await, 1);
-        assert_eq!(raw.migrations().await.len(), 1);
+        assert_eq!(raw.migrations().await, h.raw.migrations().await);
         assert_eq!(raw.ledger_schema().await, h.raw.ledger_schema().await);
         for s in &stores {
             s.close().await;
@@ -3113,7 +3210,7 @@ contract!(
             .iter()
             .all(|s| s.ledger().id == "feedfacefeedfacefeedfacefeedface"));
         let raw = Raw::open(&old.url).await;
-        assert_eq!(raw.migrations().await.len(), 1);
+        assert_eq!(raw.migrations().await, h.raw.migrations().await);
         assert_eq!(raw.ledger_schema().await, h.raw.ledger_schema().await);
         for s in &stores {
             s.close().await;
@@ -3177,7 +3274,7 @@ contract!(
         if let Some(tx) = reader {
             tx.rollback().await.unwrap();
         }
-        assert_eq!(raw.migrations().await.len(), 1);
+        assert_eq!(raw.migrations().await, h.raw.migrations().await);
         store.close().await;
         raw.close().await;
     }

@@ -3,8 +3,11 @@
 //! [`crate::ledger`], which re-exports them).
 
 use crate::error::StoreError;
-use backfill_job::fold::{fold_result, stored_tally, Fold, RunLedger};
+use std::collections::BTreeMap;
+
+use backfill_job::fold::{fold_result, join_groups, split_groups, stored_tally, Fold, RunLedger};
 use backfill_job::report::RunView;
+use backfill_job::tally::GroupTally;
 use backfill_job::{JobSpec, Mode, Plan, RunState, Tally};
 
 /// A run as the ledger holds it.
@@ -94,14 +97,18 @@ pub(crate) fn not_reduced(already_reduced: Option<bool>) -> Reduced {
     }
 }
 
-/// Folds a shard's stored result into the run as the ledger holds it: the
-/// ledger, not the message, is the truth of what the shard counted.
-pub(crate) fn fold_stored(
-    run: RunLedger<'_>,
+/// A shard's stored result (the ledger, not the message, is the truth of
+/// what the shard counted), split as the ledger keeps it: totals for the
+/// run's record, and a record per group.
+pub(crate) fn stored_result(
     stored: Option<serde_json::Value>,
-) -> Result<Fold, StoreError> {
-    let stored = stored_tally(stored)?;
-    Ok(fold_result(run, &stored)?)
+) -> Result<(Tally, BTreeMap<String, GroupTally>), StoreError> {
+    Ok(split_groups(stored_tally(stored)?))
+}
+
+/// Folds a shard's totals into the run as the ledger holds it.
+pub(crate) fn fold_totals(run: RunLedger<'_>, totals: &Tally) -> Result<Fold, StoreError> {
+    Ok(fold_result(run, totals)?)
 }
 
 /// A run row as either back end reads it.
@@ -123,8 +130,15 @@ pub(crate) struct RawRun {
     pub retry_of: Option<String>,
 }
 
-pub(crate) fn run_record(raw: RawRun) -> Result<RunRecord, StoreError> {
+/// A run record from its row and its group records (see
+/// [`backfill_job::fold::split_groups`]).
+pub(crate) fn run_record(
+    raw: RawRun,
+    groups: Vec<(String, serde_json::Value)>,
+) -> Result<RunRecord, StoreError> {
     let spec = JobSpec::parse(&raw.spec_text)?;
+    let mut tally: Tally = decode("tally", raw.tally)?;
+    join_groups(&mut tally, groups)?;
     let scope: backfill_job::Scope = decode("scope", raw.scope)?;
     Ok(RunRecord {
         run_id: raw.run_id,
@@ -136,7 +150,7 @@ pub(crate) fn run_record(raw: RawRun) -> Result<RunRecord, StoreError> {
         plan: decode("plan", raw.plan)?,
         shards_total: raw.shards_total.max(0) as u32,
         shards_reduced: raw.shards_reduced.max(0) as u32,
-        tally: decode("tally", raw.tally)?,
+        tally,
         summary: raw.summary,
         kind: backfill_job::RunKind::from_ledger(raw.kind.as_deref(), raw.revert_of.as_deref())
             .map_err(StoreError::Data)?,

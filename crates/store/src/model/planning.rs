@@ -3,14 +3,18 @@
 //! target's keys into shards, and what a derived run (revert, retry) takes
 //! from the run it is derived from.
 
+use std::collections::BTreeMap;
+
 use crate::error::StoreError;
 use backfill_job::fold::final_state;
 use backfill_job::fold::finish_plan;
+use backfill_job::fold::split_groups;
 /// What a run is, before it is planned (defined with the plan it becomes).
 use backfill_job::plan::NewRun;
 use backfill_job::plan::{parse_ref_row, CutShard, PlannedTarget, RefRow, ShardCutter};
 use backfill_job::spec::Dialect;
 use backfill_job::spec::TargetSpec;
+use backfill_job::tally::GroupTally;
 use backfill_job::{JobSpec, KeyType, Mode, Plan, PlannedGroup, Scope, Tally};
 use serde_json::{Map, Value};
 
@@ -211,7 +215,7 @@ impl Derived {
 }
 
 /// A derived run's plan once its shards are cut, with its summary when it
-/// has nothing to do and the state it is recorded in.
+/// has nothing to do.
 pub(crate) fn finish_derived(
     run_id: &str,
     original: &crate::model::ledger::RunRecord,
@@ -220,7 +224,7 @@ pub(crate) fn finish_derived(
     targets: Vec<PlannedTarget>,
     next_shard: u32,
     tally: Tally,
-) -> (Plan, Option<String>, &'static str) {
+) -> (Plan, Option<String>) {
     let new = NewRun {
         run_id,
         spec: &original.spec,
@@ -230,16 +234,50 @@ pub(crate) fn finish_derived(
         sample: None,
         kind: derived.kind(),
     };
-    let (plan, summary) = finish_plan(
+    finish_plan(
         &new,
         original.plan.groups.clone(),
         targets,
         next_shard,
         tally,
-    );
+    )
+}
+
+/// A plan as the ledger records it (see [`backfill_job::fold::split_groups`]).
+pub(crate) struct RecordedPlan {
+    /// The plan, its own tally without groups.
+    pub plan: Value,
+    /// The run's first totals.
+    pub totals: Tally,
+    /// The groups' first records: what the plan itself counted of them.
+    pub groups: BTreeMap<String, GroupTally>,
+    /// `running`, or the final state of a run with nothing to send.
+    pub state: &'static str,
+    /// The summary line of a run with nothing to send.
+    pub summary: Option<String>,
+}
+
+/// How a plan, finished with [`finish_plan`] or [`finish_derived`], is
+/// recorded.
+pub(crate) fn recorded_plan(
+    plan: &Plan,
+    summary: Option<String>,
+) -> Result<RecordedPlan, StoreError> {
     let state = match &summary {
         Some(_) => final_state(&plan.tally).as_str(),
         None => "running",
     };
-    (plan, summary, state)
+    let mut json = serde_json::to_value(plan).map_err(|e| StoreError::Data(e.to_string()))?;
+    // The groups are kept once, in their records.
+    if let Some(t) = json.get_mut("tally").and_then(Value::as_object_mut) {
+        t.insert("groups".into(), Value::Object(Map::new()));
+    }
+    let (totals, groups) = split_groups(plan.tally.clone());
+    Ok(RecordedPlan {
+        plan: json,
+        totals,
+        groups,
+        state,
+        summary,
+    })
 }

@@ -3,13 +3,16 @@
 //! advisory lock on a connection of its own (released when the connection
 //! closes, also when the process dies), and whether some session holds it.
 
-use backfill_job::fold::RunLedger;
+use std::collections::BTreeMap;
+
+use backfill_job::fold::{merge_groups, RunLedger};
+use backfill_job::tally::GroupTally;
 use backfill_job::ShardResult;
 use sqlx::{PgPool, Row};
 
 use crate::error::{sql, StoreError};
 use crate::model::ledger::{
-    fold_stored, not_reduced, reduced, JobLock, RawRun, RecentRun, Reduced,
+    fold_totals, not_reduced, reduced, stored_result, JobLock, RawRun, RecentRun, Reduced,
 };
 
 pub(super) async fn try_lock_job(pool: &PgPool, job: &str) -> Result<Option<JobLock>, StoreError> {
@@ -99,7 +102,10 @@ pub(super) async fn mark_published(
 }
 
 /// Folds one shard result into its run, once: the shard's `reduced_at` is
-/// claimed and the run's row locked (`FOR UPDATE`) in one transaction.
+/// claimed and the run's row locked (`FOR UPDATE`) in one transaction. Only
+/// the shard's own groups are read and written (`backfill_group_tally`), and
+/// the plan only with the last shard, for the summary line: a fold costs
+/// what the shard carries, not what the run holds.
 pub(super) async fn reduce(pool: &PgPool, result: &ShardResult) -> Result<Reduced, StoreError> {
     let mut tx = pool.begin().await.map_err(sql("begin reduce"))?;
     let claimed = sqlx::query(
@@ -124,55 +130,95 @@ pub(super) async fn reduce(pool: &PgPool, result: &ShardResult) -> Result<Reduce
         tx.rollback().await.map_err(sql("rollback reduce"))?;
         return Ok(not_reduced(known));
     };
-    let stored = claimed.get::<Option<serde_json::Value>, _>(0);
+    let (totals, groups) = stored_result(claimed.get::<Option<serde_json::Value>, _>(0))?;
     let row = sqlx::query(
-        "SELECT spec_text, mode, scope, plan, tally, shards_total, shards_reduced
+        "SELECT spec_text, mode, scope, tally, shards_total, shards_reduced,
+                CASE WHEN shards_reduced + 1 >= shards_total THEN plan END AS plan
          FROM backfill_run WHERE run_id = $1 FOR UPDATE",
     )
     .bind(&result.run_id)
     .fetch_one(&mut *tx)
     .await
     .map_err(sql("lock run"))?;
-    let fold = fold_stored(
+    add_groups(&mut tx, &result.run_id, groups).await?;
+    let fold = fold_totals(
         RunLedger {
             run_id: &result.run_id,
             spec_text: &row.get::<String, _>("spec_text"),
             mode: &row.get::<String, _>("mode"),
             scope: row.get("scope"),
-            plan: row.get("plan"),
+            plan: row
+                .get::<Option<serde_json::Value>, _>("plan")
+                .unwrap_or_default(),
             tally: row.get("tally"),
             shards_total: row.get::<i32, _>("shards_total") as i64,
             shards_reduced: row.get::<i32, _>("shards_reduced") as i64,
         },
-        stored,
+        &totals,
     )?;
-    match &fold.finished {
-        None => {
-            sqlx::query(
-                "UPDATE backfill_run SET tally = $2, shards_reduced = $3 WHERE run_id = $1",
-            )
-            .bind(&result.run_id)
-            .bind(&fold.tally)
-            .bind(fold.reduced as i32)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("fold shard result"))?;
-        }
-        Some((state, summary)) => {
-            sqlx::query(
-                "UPDATE backfill_run SET tally = $2, shards_reduced = $3, state = $4, summary = $5, finished_at = now()
-                 WHERE run_id = $1",
-            )
-            .bind(&result.run_id)
-            .bind(&fold.tally)
-            .bind(fold.reduced as i32)
-            .bind(state.as_str())
-            .bind(summary)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("finish run"))?;
-        }
-    }
+    let (state, summary) = fold.finished.clone().unzip();
+    sqlx::query(
+        "UPDATE backfill_run SET tally = $2, shards_reduced = $3,
+                state = COALESCE($4, state), summary = COALESCE($5, summary),
+                finished_at = CASE WHEN $4 IS NULL THEN finished_at ELSE now() END
+         WHERE run_id = $1",
+    )
+    .bind(&result.run_id)
+    .bind(&fold.tally)
+    .bind(fold.reduced as i32)
+    .bind(state.map(|s| s.as_str()))
+    .bind(summary)
+    .execute(&mut *tx)
+    .await
+    .map_err(sql("fold shard result"))?;
     tx.commit().await.map_err(sql("commit reduce"))?;
     Ok(reduced(fold))
+}
+
+/// Merges `groups` into the run's group records, in the caller's
+/// transaction: one read and one upsert of the groups' rows, whatever the
+/// number of groups the run has.
+pub(super) async fn add_groups(
+    conn: &mut sqlx::PgConnection,
+    run_id: &str,
+    groups: BTreeMap<String, GroupTally>,
+) -> Result<(), StoreError> {
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&String> = groups.keys().collect();
+    let stored: Vec<(String, serde_json::Value)> = sqlx::query_as(
+        "SELECT group_key, tally FROM backfill_group_tally
+         WHERE run_id = $1 AND group_key = ANY($2) FOR UPDATE",
+    )
+    .bind(run_id)
+    .bind(&keys)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(sql("read group tallies"))?;
+    let (keys, tallies): (Vec<String>, Vec<serde_json::Value>) =
+        merge_groups(stored, groups)?.into_iter().unzip();
+    sqlx::query(
+        "INSERT INTO backfill_group_tally (run_id, group_key, tally)
+         SELECT $1, k, t FROM UNNEST($2::text[], $3::jsonb[]) AS g (k, t)
+         ON CONFLICT (run_id, group_key) DO UPDATE SET tally = EXCLUDED.tally",
+    )
+    .bind(run_id)
+    .bind(&keys)
+    .bind(&tallies)
+    .execute(&mut *conn)
+    .await
+    .map_err(sql("write group tallies"))?;
+    Ok(())
+}
+
+/// A run's group records, as (group, tally).
+pub(super) async fn group_tallies(
+    pool: &PgPool,
+    run_id: &str,
+) -> sqlx::Result<Vec<(String, serde_json::Value)>> {
+    sqlx::query_as("SELECT group_key, tally FROM backfill_group_tally WHERE run_id = $1")
+        .bind(run_id)
+        .fetch_all(pool)
+        .await
 }

@@ -4,7 +4,6 @@
 //! written in batches through `unnest`, and derived runs (retry, revert)
 //! planned from the ledger's own rows.
 
-use backfill_job::fold::final_state;
 use backfill_job::fold::finish_plan;
 use backfill_job::plan::{CutShard, NewRun, ShardCutter};
 use backfill_job::spec::Dialect;
@@ -16,7 +15,8 @@ use sqlx::{Column, Executor, PgPool, Postgres, Row, Statement, Transaction, Type
 use crate::error::{sql, StoreError};
 use crate::model::ledger::RunRecord;
 use crate::model::planning::{
-    eligible_keys, finish_derived, in_run, key_ints, key_order, obj, ref_row, uses_param, Derived,
+    eligible_keys, finish_derived, in_run, key_ints, key_order, obj, recorded_plan, ref_row,
+    uses_param, Derived,
 };
 
 /// How many items one INSERT carries.
@@ -107,37 +107,36 @@ pub(super) async fn create_run(
     }
 
     let (plan, summary) = finish_plan(&new, groups, targets, next_shard, tally);
-    let plan_json = serde_json::to_value(&plan).map_err(|e| StoreError::Data(e.to_string()))?;
-    let tally_json =
-        serde_json::to_value(&plan.tally).map_err(|e| StoreError::Data(e.to_string()))?;
-    match summary {
-        Some(summary) => {
-            sqlx::query(
-                "UPDATE backfill_run SET plan = $2, tally = $3, shards_total = 0, state = $4, summary = $5, finished_at = now()
-                 WHERE run_id = $1",
-            )
-            .bind(new.run_id)
-            .bind(&plan_json)
-            .bind(&tally_json)
-            .bind(final_state(&plan.tally).as_str())
-            .bind(&summary)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("finish empty run"))?;
-        }
-        None => {
-            sqlx::query("UPDATE backfill_run SET plan = $2, tally = $3, shards_total = $4 WHERE run_id = $1")
-                .bind(new.run_id)
-                .bind(&plan_json)
-                .bind(&tally_json)
-                .bind(plan.shards_total as i32)
-                .execute(&mut *tx)
-                .await
-                .map_err(sql("record plan"))?;
-        }
-    }
+    record_plan(&mut tx, new.run_id, &plan, summary).await?;
     tx.commit().await.map_err(sql("commit plan"))?;
     Ok(plan)
+}
+
+/// Records a run's plan, its first totals and group records, and the
+/// state it starts in (finished when there is nothing to send).
+async fn record_plan(
+    tx: &mut Transaction<'_, Postgres>,
+    run_id: &str,
+    plan: &Plan,
+    summary: Option<String>,
+) -> Result<(), StoreError> {
+    let r = recorded_plan(plan, summary)?;
+    let totals = serde_json::to_value(&r.totals).map_err(|e| StoreError::Data(e.to_string()))?;
+    sqlx::query(
+        "UPDATE backfill_run SET plan = $2, tally = $3, shards_total = $4, state = $5, summary = $6,
+                finished_at = CASE WHEN $5 = 'running' THEN NULL ELSE now() END
+         WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .bind(&r.plan)
+    .bind(&totals)
+    .bind(plan.shards_total as i32)
+    .bind(r.state)
+    .bind(&r.summary)
+    .execute(&mut **tx)
+    .await
+    .map_err(sql("record plan"))?;
+    super::ledger::add_groups(tx, run_id, r.groups).await
 }
 
 /// Plans a run derived from a finished run in one transaction.
@@ -171,26 +170,10 @@ pub(super) async fn create_derived_run(
     .map_err(sql("record run"))?;
     let (targets, next_shard, tally) =
         crate::common::plan_derived_shards!(tx, run_id, original, shard_size, derived);
-    let (plan, summary, state) = finish_derived(
+    let (plan, summary) = finish_derived(
         run_id, original, shard_size, derived, targets, next_shard, tally,
     );
-    let plan_json = serde_json::to_value(&plan).map_err(|e| StoreError::Data(e.to_string()))?;
-    let tally_json =
-        serde_json::to_value(&plan.tally).map_err(|e| StoreError::Data(e.to_string()))?;
-    sqlx::query(
-        "UPDATE backfill_run SET plan = $2, tally = $3, shards_total = $4, state = $5, summary = $6,
-                finished_at = CASE WHEN $5 = 'running' THEN NULL ELSE now() END
-         WHERE run_id = $1",
-    )
-    .bind(run_id)
-    .bind(&plan_json)
-    .bind(&tally_json)
-    .bind(plan.shards_total as i32)
-    .bind(state)
-    .bind(&summary)
-    .execute(&mut *tx)
-    .await
-    .map_err(sql("record plan"))?;
+    record_plan(&mut tx, run_id, &plan, summary).await?;
     tx.commit().await.map_err(sql("commit plan"))?;
     Ok(plan)
 }

@@ -2,13 +2,18 @@
 //! listed, folded into under SQLite's write lock) and shards marked
 //! published. SQLite has no advisory job lock (see `Backend::try_lock_job`).
 
-use backfill_job::fold::RunLedger;
+use std::collections::BTreeMap;
+
+use backfill_job::fold::{merge_groups, RunLedger};
+use backfill_job::tally::GroupTally;
 use backfill_job::ShardResult;
 use sqlx::{Row, SqlitePool};
 
 use super::{begin_write, json_text, parse_json};
 use crate::error::{sql, StoreError};
-use crate::model::ledger::{fold_stored, not_reduced, reduced, RawRun, RecentRun, Reduced};
+use crate::model::ledger::{
+    fold_totals, not_reduced, reduced, stored_result, RawRun, RecentRun, Reduced,
+};
 
 /// A run row, its JSON columns parsed from their text.
 pub(super) async fn load_run(
@@ -73,7 +78,9 @@ pub(super) async fn mark_published(
 }
 
 /// Folds one shard result into its run, once, in one `IMMEDIATE`
-/// transaction (which holds SQLite's write lock throughout).
+/// transaction (which holds SQLite's write lock throughout). Only the
+/// shard's own groups are read and written, and the plan only with the
+/// last shard.
 pub(super) async fn reduce(pool: &SqlitePool, result: &ShardResult) -> Result<Reduced, StoreError> {
     let mut tx = begin_write(pool, "reduce").await?;
     let claimed = sqlx::query("UPDATE backfill_shard SET reduced_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
@@ -99,52 +106,101 @@ pub(super) async fn reduce(pool: &SqlitePool, result: &ShardResult) -> Result<Re
     let stored = stored
         .map(|t| parse_json("shard result", Some(t)))
         .transpose()?;
+    let (totals, groups) = stored_result(stored)?;
     let row = sqlx::query(
-        "SELECT spec_text, mode, scope, plan, tally, shards_total, shards_reduced FROM backfill_run WHERE run_id = ?1",
+        "SELECT spec_text, mode, scope, tally, shards_total, shards_reduced,
+                CASE WHEN shards_reduced + 1 >= shards_total THEN plan END AS plan
+         FROM backfill_run WHERE run_id = ?1",
     )
     .bind(&result.run_id)
     .fetch_one(&mut *tx)
     .await
     .map_err(sql("read run"))?;
-    let fold = fold_stored(
+    add_groups(&mut tx, &result.run_id, groups).await?;
+    let plan: Option<String> = row.get("plan");
+    let fold = fold_totals(
         RunLedger {
             run_id: &result.run_id,
             spec_text: &row.get::<String, _>("spec_text"),
             mode: &row.get::<String, _>("mode"),
             scope: parse_json("scope", row.get("scope"))?,
-            plan: parse_json("plan", row.get("plan"))?,
+            plan: plan
+                .map(|p| parse_json("plan", Some(p)))
+                .transpose()?
+                .unwrap_or_default(),
             tally: parse_json("tally", row.get("tally"))?,
             shards_total: row.get("shards_total"),
             shards_reduced: row.get("shards_reduced"),
         },
-        stored,
+        &totals,
     )?;
-    let tally_text = json_text(&fold.tally)?;
-    match &fold.finished {
-        None => {
-            sqlx::query(
-                "UPDATE backfill_run SET tally = ?2, shards_reduced = ?3 WHERE run_id = ?1",
-            )
-            .bind(&result.run_id)
-            .bind(&tally_text)
-            .bind(fold.reduced)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("fold shard result"))?;
-        }
-        Some((state, summary)) => {
-            sqlx::query("UPDATE backfill_run SET tally = ?2, shards_reduced = ?3, state = ?4, summary = ?5, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-                 WHERE run_id = ?1")
-            .bind(&result.run_id)
-            .bind(&tally_text)
-            .bind(fold.reduced)
-            .bind(state.as_str())
-            .bind(summary)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("finish run"))?;
-        }
-    }
+    let (state, summary) = fold.finished.clone().unzip();
+    sqlx::query(
+        "UPDATE backfill_run SET tally = ?2, shards_reduced = ?3,
+                state = COALESCE(?4, state), summary = COALESCE(?5, summary),
+                finished_at = CASE WHEN ?4 IS NULL THEN finished_at ELSE strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END
+         WHERE run_id = ?1",
+    )
+    .bind(&result.run_id)
+    .bind(json_text(&fold.tally)?)
+    .bind(fold.reduced)
+    .bind(state.map(|s| s.as_str()))
+    .bind(summary)
+    .execute(&mut *tx)
+    .await
+    .map_err(sql("fold shard result"))?;
     tx.commit().await.map_err(sql("commit reduce"))?;
     Ok(reduced(fold))
+}
+
+/// Merges `groups` into the run's group records, in the caller's write
+/// transaction: a read and an upsert per group the caller carries.
+pub(super) async fn add_groups(
+    conn: &mut sqlx::SqliteConnection,
+    run_id: &str,
+    groups: BTreeMap<String, GroupTally>,
+) -> Result<(), StoreError> {
+    let mut stored = Vec::new();
+    for key in groups.keys() {
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT tally FROM backfill_group_tally WHERE run_id = ?1 AND group_key = ?2",
+        )
+        .bind(run_id)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(sql("read group tallies"))?;
+        if let Some(text) = text {
+            stored.push((key.clone(), parse_json("group tally", Some(text))?));
+        }
+    }
+    for (key, tally) in merge_groups(stored, groups)? {
+        sqlx::query(
+            "INSERT INTO backfill_group_tally (run_id, group_key, tally) VALUES (?1, ?2, ?3)
+             ON CONFLICT (run_id, group_key) DO UPDATE SET tally = excluded.tally",
+        )
+        .bind(run_id)
+        .bind(&key)
+        .bind(json_text(&tally)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(sql("write group tallies"))?;
+    }
+    Ok(())
+}
+
+/// A run's group records, as (group, tally).
+pub(super) async fn group_tallies(
+    pool: &SqlitePool,
+    run_id: &str,
+) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT group_key, tally FROM backfill_group_tally WHERE run_id = ?1")
+            .bind(run_id)
+            .fetch_all(pool)
+            .await
+            .map_err(sql("read group tallies"))?;
+    rows.into_iter()
+        .map(|(k, t)| Ok((k, parse_json("group tally", Some(t))?)))
+        .collect()
 }

@@ -97,6 +97,13 @@ impl Backend for Lite {
         ledger::load_run(&self.pool, run_id).await
     }
 
+    async fn group_tallies(
+        &self,
+        run_id: &str,
+    ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        ledger::group_tallies(&self.pool, run_id).await
+    }
+
     async fn fetch_shard(
         &self,
         run_id: &str,

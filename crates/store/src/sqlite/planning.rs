@@ -4,7 +4,6 @@
 //! statement each, and derived runs (retry, revert) planned from the
 //! ledger's own rows.
 
-use backfill_job::fold::final_state;
 use backfill_job::fold::finish_plan;
 use backfill_job::plan::{CutShard, NewRun};
 use backfill_job::spec::Dialect;
@@ -17,8 +16,8 @@ use super::{begin_write, json_text};
 use crate::error::{sql, StoreError};
 use crate::model::ledger::RunRecord;
 use crate::model::planning::{
-    cut_target, eligible_keys, finish_derived, in_run, key_ints, key_order, ref_row, uses_param,
-    Derived,
+    cut_target, eligible_keys, finish_derived, in_run, key_ints, key_order, recorded_plan, ref_row,
+    uses_param, Derived,
 };
 
 /// A row of a spec query as a JSON object, whatever its columns.
@@ -127,34 +126,33 @@ pub(super) async fn create_run(
         targets.push(planned);
     }
     let (plan, summary) = finish_plan(&new, groups, targets, next_shard, tally);
-    let plan_text = json_text(&plan)?;
-    let tally_text = json_text(&plan.tally)?;
-    match summary {
-        Some(summary) => {
-            sqlx::query("UPDATE backfill_run SET plan = ?2, tally = ?3, shards_total = 0, state = ?4, summary = ?5, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-                 WHERE run_id = ?1")
-            .bind(new.run_id)
-            .bind(&plan_text)
-            .bind(&tally_text)
-            .bind(final_state(&plan.tally).as_str())
-            .bind(&summary)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("finish empty run"))?;
-        }
-        None => {
-            sqlx::query("UPDATE backfill_run SET plan = ?2, tally = ?3, shards_total = ?4 WHERE run_id = ?1")
-                .bind(new.run_id)
-                .bind(&plan_text)
-                .bind(&tally_text)
-                .bind(plan.shards_total as i64)
-                .execute(&mut *tx)
-                .await
-                .map_err(sql("record plan"))?;
-        }
-    }
+    record_plan(&mut tx, new.run_id, &plan, summary).await?;
     tx.commit().await.map_err(sql("commit plan"))?;
     Ok(plan)
+}
+
+/// Records a run's plan, its first totals and group records, and the
+/// state it starts in (finished when there is nothing to send).
+async fn record_plan(
+    tx: &mut sqlx::SqliteConnection,
+    run_id: &str,
+    plan: &Plan,
+    summary: Option<String>,
+) -> Result<(), StoreError> {
+    let r = recorded_plan(plan, summary)?;
+    sqlx::query("UPDATE backfill_run SET plan = ?2, tally = ?3, shards_total = ?4, state = ?5, summary = ?6,
+                finished_at = CASE WHEN ?5 = 'running' THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END
+         WHERE run_id = ?1")
+    .bind(run_id)
+    .bind(json_text(&r.plan)?)
+    .bind(json_text(&r.totals)?)
+    .bind(plan.shards_total as i64)
+    .bind(r.state)
+    .bind(&r.summary)
+    .execute(&mut *tx)
+    .await
+    .map_err(sql("record plan"))?;
+    super::ledger::add_groups(tx, run_id, r.groups).await
 }
 
 async fn write_shard(
@@ -227,21 +225,10 @@ pub(super) async fn create_derived_run(
     .map_err(sql("record run"))?;
     let (targets, next_shard, tally) =
         crate::common::plan_derived_shards!(tx, run_id, original, shard_size, derived);
-    let (plan, summary, state) = finish_derived(
+    let (plan, summary) = finish_derived(
         run_id, original, shard_size, derived, targets, next_shard, tally,
     );
-    sqlx::query("UPDATE backfill_run SET plan = ?2, tally = ?3, shards_total = ?4, state = ?5, summary = ?6,
-                finished_at = CASE WHEN ?5 = 'running' THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END
-         WHERE run_id = ?1")
-    .bind(run_id)
-    .bind(json_text(&plan)?)
-    .bind(json_text(&plan.tally)?)
-    .bind(plan.shards_total as i64)
-    .bind(state)
-    .bind(&summary)
-    .execute(&mut *tx)
-    .await
-    .map_err(sql("record plan"))?;
+    record_plan(&mut tx, run_id, &plan, summary).await?;
     tx.commit().await.map_err(sql("commit plan"))?;
     Ok(plan)
 }
