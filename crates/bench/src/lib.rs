@@ -37,15 +37,20 @@
 //! - [`messaging`]: the messaging round trip per shard.
 //! - [`memory`]: a mapper's peak RSS on a shard of large rows, against the
 //!   bound 64 MiB + 3 × the largest row, batched and as one batch.
+//! - [`fold`]: the reducer's fold per shard against the number of groups.
+//! - [`monitor`]: `status` and the dashboard's run APIs on a run of 10,000
+//!   shards and 50,000 groups.
 //! - [`report`]: the table.
 //! - [`streamfield`]: backfill against Wagtail's `MigrateStreamData`.
 
 pub mod breakdown;
 pub mod conn;
 pub mod db;
+pub mod fold;
 pub mod ledger;
 pub mod memory;
 pub mod messaging;
+pub mod monitor;
 pub mod procs;
 pub mod report;
 pub mod sqlside;
@@ -101,7 +106,7 @@ pub struct Options {
     #[arg(long)]
     pub shard_size: Option<u32>,
     /// Contenders to run, of: limit, per-row, commit, dry-run, messaging, breakdown,
-    /// memory, streamfield [default: all but streamfield]. `commit` runs once per
+    /// memory, fold, monitor, streamfield [default: all but streamfield]. `commit` runs once per
     /// --mappers value; `streamfield` runs only when named.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub only: Vec<String>,
@@ -121,6 +126,15 @@ pub struct Options {
     /// Shards sampled by the in-process breakdown.
     #[arg(long, default_value_t = 20)]
     pub breakdown_shards: u32,
+    /// Numbers of groups in a run of the fold measurement.
+    #[arg(long, value_delimiter = ',', default_value = "100,5000,100000")]
+    pub fold_groups: Vec<u32>,
+    /// Shards folded per number of groups by the fold measurement.
+    #[arg(long, default_value_t = 40)]
+    pub fold_shards: u32,
+    /// Groups each shard's result carries in the fold measurement.
+    #[arg(long, default_value_t = 10)]
+    pub fold_groups_per_shard: u32,
     /// Rows of the mapper memory measurement (one shard).
     #[arg(long, default_value_t = 10)]
     pub memory_rows: u32,
@@ -198,6 +212,8 @@ const KNOWN: &[&str] = &[
     "messaging",
     "breakdown",
     "memory",
+    "fold",
+    "monitor",
     "streamfield",
 ];
 
@@ -243,6 +259,10 @@ impl Options {
         }
         if self.programs == 0 {
             bail!("--programs must be at least 1");
+        }
+        if self.fold_groups.contains(&0) || self.fold_shards == 0 || self.fold_groups_per_shard == 0
+        {
+            bail!("--fold-groups, --fold-shards and --fold-groups-per-shard must be at least 1");
         }
         if self.mappers.contains(&0)
             || self.dry_run_mappers == 0
@@ -292,6 +312,9 @@ pub struct Outcome {
     pub rss: Vec<(String, u64)>,
     /// Extra lines (ledger timings, summary).
     pub notes: Vec<String>,
+    /// A backfill run's (map time: first claim to last shard committed,
+    /// reduce lag: last shard committed to last fold), s.
+    pub phases: Option<(f64, f64)>,
 }
 
 /// Parses the command line, runs, and returns the exit code.
@@ -479,6 +502,8 @@ async fn run_contenders(
                     checksum: String::new(),
                     rss: r.rss,
                     notes: vec![r.summary],
+                    phases: (analysis.shards > 0)
+                        .then_some((analysis.mapping, analysis.reduce_tail)),
                 };
                 o.notes.extend(analysis.lines());
                 o
@@ -558,6 +583,34 @@ async fn run_contenders(
         None
     };
 
+    let fold = if opts.wants("fold") {
+        println!(
+            "\n== fold: the reducer's fold per shard, {} shards of {} groups each, by groups in the run",
+            opts.fold_shards, opts.fold_groups_per_shard
+        );
+        Some(
+            fold::measure(
+                server,
+                tag,
+                &opts.fold_groups,
+                opts.fold_shards,
+                opts.fold_groups_per_shard,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+
+    let monitor = if opts.wants("monitor") {
+        println!("\n== monitor: status and the dashboard's run APIs on a run of 10,000 shards and 50,000 groups, its ledger built directly");
+        let m = monitor::measure(server, bin, log_dir, tag, 10_000, 50_000).await?;
+        println!("   {}", m.line());
+        Some(m)
+    } else {
+        None
+    };
+
     let streamfield = if opts.named("streamfield") {
         println!("\n== streamfield: backfill against Wagtail's MigrateStreamData, each on a clone of the template");
         Some(streamfield::run(opts, server, &template, tag, bin, log_dir, cleanup).await?)
@@ -575,6 +628,20 @@ async fn run_contenders(
     }
     if let Some(m) = &memory {
         println!("{}", m.summary());
+    }
+    if let Some(m) = &monitor {
+        println!("{}", m.line());
+    }
+    if let Some(rows) = &fold {
+        for r in rows {
+            println!("fold: {}", r.line());
+        }
+        if let Some(ratio) = fold::flatness(rows) {
+            println!(
+                "fold per shard, slowest over fastest median across {:?} groups: {ratio:.2} × (target ≤ 2 ×)",
+                opts.fold_groups
+            );
+        }
     }
     if !outcomes.is_empty() || !opts.named("streamfield") {
         println!("{}", verdict.line);

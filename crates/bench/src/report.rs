@@ -71,11 +71,14 @@ pub fn table(outcomes: &[Outcome], b: &Baseline, opts: &Options) -> String {
         opts.shard_size.map(|n| n.to_string()).unwrap_or_else(|| "500 (spec)".into()),
         opts.concurrency,
     ));
-    s.push_str("| contender | wall s | rows | changed | rows/s | × limit | DB growth MiB | of which before-images MiB | peak RSS MiB |\n");
-    s.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n");
+    s.push_str("| contender | wall s | map s | reduce lag s | rows | changed | rows/s | × limit | DB growth MiB | of which before-images MiB | peak RSS MiB |\n");
+    s.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n");
     for o in outcomes {
+        let (map, lag) = o.phases.map_or(("-".into(), "-".into()), |(m, l)| {
+            (format!("{m:.2}"), format!("{l:.2}"))
+        });
         s.push_str(&format!(
-            "| {} | {:.2} | {} | {} | {:.0} | {} | {:.1} | {} | {} |\n",
+            "| {} | {:.2} | {map} | {lag} | {} | {} | {:.0} | {} | {:.1} | {} | {} |\n",
             o.contender.label(),
             o.wall.as_secs_f64(),
             o.rows,
@@ -126,6 +129,13 @@ pub fn targets(outcomes: &[Outcome]) -> Vec<String> {
                 ));
             }
         }
+        if let (true, Some((_, lag))) = (o.contender.is_backfill(), o.phases) {
+            out.push(format!(
+                "target: {} reduce lag ≤ 2 s: {lag:.2} s — {}",
+                o.contender.label(),
+                mark(lag <= 2.0)
+            ));
+        }
         if let Contender::DryRun(n) = o.contender {
             if let Some(c) = find(Contender::Commit(n)) {
                 let x = rate(o) / c.max(1e-9);
@@ -149,6 +159,13 @@ pub fn targets(outcomes: &[Outcome]) -> Vec<String> {
             "target: mapper peak RSS ≤ 64 MiB: {:.1} MiB — {}",
             m as f64 / 1024.0,
             mark(m <= 64 * 1024)
+        ));
+    }
+    if let Some(r) = peak("reducer") {
+        out.push(format!(
+            "target: reducer peak RSS ≤ 64 MiB: {:.1} MiB — {}",
+            r as f64 / 1024.0,
+            mark(r <= 64 * 1024)
         ));
     }
     if let Some(c) = peak("coordinator") {

@@ -388,6 +388,7 @@ pub async fn run_contender(
         checksum: String::new(),
         rss: Vec::new(),
         notes: Vec::new(),
+        phases: None,
     })
 }
 

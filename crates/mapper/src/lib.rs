@@ -106,7 +106,7 @@ impl RunCache {
             return Ok(r);
         }
         let rec = store
-            .load_run_totals(run_id)
+            .load_run_plan(run_id)
             .await?
             .ok_or_else(|| MapperError::UnknownRun(run_id.to_string()))?;
         let params = rec

@@ -229,7 +229,7 @@ pub async fn notify(
     detail: Option<&str>,
 ) {
     let n = notifier();
-    let rec = match store.load_run_totals(run_id).await {
+    let rec = match store.load_run_plan(run_id).await {
         Ok(Some(rec)) => rec,
         Ok(None) => return,
         Err(e) => {
@@ -245,7 +245,7 @@ pub async fn notify(
 /// Sends the end of a run: `finished`, `failed` or `cancelled` by the
 /// state the ledger holds.
 pub async fn notify_end(store: &Store, run_id: &str) {
-    let Ok(Some(rec)) = store.load_run_totals(run_id).await else {
+    let Ok(Some(rec)) = store.load_run_plan(run_id).await else {
         return;
     };
     let event = match rec.state {

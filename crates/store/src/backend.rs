@@ -185,8 +185,10 @@ pub(crate) trait Backend {
 
     // ---- the ledger ----
 
-    /// A run's row (`None`: no such run).
-    async fn load_run(&self, run_id: &str) -> Result<Option<RawRun>, StoreError>;
+    /// A run's row (`None`: no such run); without `plan_groups`, its plan's
+    /// list of groups is left out by the database (read as empty).
+    async fn load_run(&self, run_id: &str, plan_groups: bool)
+        -> Result<Option<RawRun>, StoreError>;
     /// A run's per-group records (`backfill_group_tally`), as (group, tally).
     async fn group_tallies(
         &self,

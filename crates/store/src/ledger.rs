@@ -41,18 +41,27 @@ impl crate::Store {
     /// run holds: what needs only the run's totals (the status, a worker's
     /// plan) reads [`Self::load_run_totals`].
     pub async fn load_run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
-        let Some(raw) = dispatch!(self, load_run(run_id))? else {
+        let Some(raw) = dispatch!(self, load_run(run_id, true))? else {
             return Ok(None);
         };
         let groups = dispatch!(self, group_tallies(run_id))?;
         run_record(raw, groups).map(Some)
     }
 
-    /// Reads a run with its totals only: its tally's `groups` holds no
-    /// group (but those of a run folded before groups had records of their
-    /// own); `None` when the ledger has no such run.
+    /// Reads a run with its plan's groups (their parameters) but without
+    /// their counts: what a worker needs to process the run's shards.
+    pub async fn load_run_plan(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        dispatch!(self, load_run(run_id, true))?
+            .map(|raw| run_record(raw, vec![]))
+            .transpose()
+    }
+
+    /// Reads a run with its totals only: neither its plan's groups nor
+    /// their counts (its tally's `groups` is empty, but for a run folded
+    /// before groups had records of their own); `None` when the ledger has
+    /// no such run. What the status and the steering read, at any size.
     pub async fn load_run_totals(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
-        dispatch!(self, load_run(run_id))?
+        dispatch!(self, load_run(run_id, false))?
             .map(|raw| run_record(raw, vec![]))
             .transpose()
     }

@@ -448,7 +448,7 @@ impl Store {
     /// folds them and [`Store::refresh_cancelled_summary`] keeps the summary true.
     /// Returns false when the run had already finished.
     pub async fn finish_cancelled(&self, run_id: &str) -> Result<bool, StoreError> {
-        let Some(rec) = self.load_run_totals(run_id).await? else {
+        let Some(rec) = self.load_run_plan(run_id).await? else {
             return Err(StoreError::UnknownRun(run_id.to_string()));
         };
         if rec.state.is_finished() {
@@ -470,7 +470,7 @@ impl Store {
         if state.as_deref() != Some("cancelled") {
             return Ok(());
         }
-        let Some(rec) = self.load_run_totals(run_id).await? else {
+        let Some(rec) = self.load_run_plan(run_id).await? else {
             return Ok(());
         };
         if rec.state != RunState::Cancelled {

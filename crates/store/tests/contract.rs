@@ -1882,6 +1882,15 @@ contract!(groups_are_folded_in_records_of_their_own, |h| async move {
     assert_eq!(totals.tally.counts, whole.tally.counts);
     assert!(totals.tally.groups.is_empty());
     assert_eq!(totals.summary, whole.summary);
+    assert!(
+        totals.plan.groups.is_empty(),
+        "the plan's groups are left out"
+    );
+    assert_eq!(totals.plan.shards_total, whole.plan.shards_total);
+    // The plan with its groups, without their counts: what a worker reads.
+    let planned = h.store.load_run_plan("run-g").await.unwrap().unwrap();
+    assert_eq!(planned.plan.groups, whole.plan.groups);
+    assert!(planned.tally.groups.is_empty());
 
     // A run folded in part by a release that kept its groups inside the
     // run's record ends with the same tally.

@@ -25,6 +25,7 @@ pub(crate) mod progress;
 pub(crate) mod quiet;
 pub(crate) mod report_safety;
 pub(crate) mod reports;
+pub(crate) mod scale;
 pub(crate) mod secrets;
 pub(crate) mod statement_timeout;
 pub(crate) mod steering;

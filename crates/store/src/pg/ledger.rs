@@ -45,13 +45,20 @@ pub(super) async fn job_lock_held(pool: &PgPool, job: &str) -> sqlx::Result<bool
 }
 
 /// A run row.
-pub(super) async fn load_run(pool: &PgPool, run_id: &str) -> sqlx::Result<Option<RawRun>> {
+pub(super) async fn load_run(
+    pool: &PgPool,
+    run_id: &str,
+    plan_groups: bool,
+) -> sqlx::Result<Option<RawRun>> {
     let row = sqlx::query(
-        "SELECT run_id, spec_text, mode, scope, state, plan, shards_total, shards_reduced, tally, summary,
+        "SELECT run_id, spec_text, mode, scope, state,
+                CASE WHEN $2 THEN plan ELSE jsonb_set(plan, '{groups}', '[]') END AS plan,
+                shards_total, shards_reduced, tally, summary,
                 revert_of, sample, table_rows, kind, retry_of
          FROM backfill_run WHERE run_id = $1",
     )
     .bind(run_id)
+    .bind(plan_groups)
     .fetch_optional(pool)
     .await?;
     Ok(row.map(|row| RawRun {

@@ -96,8 +96,12 @@ impl Backend for Pg {
             .map(Capability::Has)
     }
 
-    async fn load_run(&self, run_id: &str) -> Result<Option<RawRun>, StoreError> {
-        ledger::load_run(&self.pool, run_id)
+    async fn load_run(
+        &self,
+        run_id: &str,
+        plan_groups: bool,
+    ) -> Result<Option<RawRun>, StoreError> {
+        ledger::load_run(&self.pool, run_id, plan_groups)
             .await
             .map_err(crate::error::sql("read run"))
     }

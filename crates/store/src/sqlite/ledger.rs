@@ -19,13 +19,17 @@ use crate::model::ledger::{
 pub(super) async fn load_run(
     pool: &SqlitePool,
     run_id: &str,
+    plan_groups: bool,
 ) -> Result<Option<RawRun>, StoreError> {
     let row = sqlx::query(
-        "SELECT run_id, spec_text, mode, scope, state, plan, shards_total, shards_reduced, tally, summary,
+        "SELECT run_id, spec_text, mode, scope, state,
+                CASE WHEN ?2 THEN plan ELSE json_set(plan, '$.groups', json('[]')) END AS plan,
+                shards_total, shards_reduced, tally, summary,
                 revert_of, sample, table_rows, kind, retry_of
          FROM backfill_run WHERE run_id = ?1",
     )
     .bind(run_id)
+    .bind(plan_groups)
     .fetch_optional(pool)
     .await
     .map_err(sql("read run"))?;

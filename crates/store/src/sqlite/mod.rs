@@ -93,8 +93,12 @@ impl Backend for Lite {
         Ok(Capability::Lacks("SQLite has no session advisory locks"))
     }
 
-    async fn load_run(&self, run_id: &str) -> Result<Option<RawRun>, StoreError> {
-        ledger::load_run(&self.pool, run_id).await
+    async fn load_run(
+        &self,
+        run_id: &str,
+        plan_groups: bool,
+    ) -> Result<Option<RawRun>, StoreError> {
+        ledger::load_run(&self.pool, run_id, plan_groups).await
     }
 
     async fn group_tallies(
