@@ -396,7 +396,13 @@ pub fn render_markdown(doc: &ReportDoc) -> String {
         out,
         "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
+    let long = doc.groups.len() > crate::report::LISTED_GROUPS;
+    let mut quiet = 0u64;
     for g in &doc.groups {
+        if long && g.reason.is_none() && !crate::report::eventful(&GroupStatus::Eligible, &g.rows) {
+            quiet += 1;
+            continue;
+        }
         let change = match &g.reason {
             Some(r) => format!("{} ({})", g.change, r),
             None => g.change.clone(),
@@ -418,6 +424,10 @@ pub fn render_markdown(doc: &ReportDoc) -> String {
             g.refs_affected,
             g.refs
         );
+    }
+    if quiet > 0 {
+        let noun = md_cell(&doc.grouped_by);
+        let _ = writeln!(out, "\n{}", crate::report::unchanged_line(quiet, &noun));
     }
     if doc.groups.iter().any(|g| !g.samples.is_empty()) {
         let _ = writeln!(out, "\n## Sample changes\n");

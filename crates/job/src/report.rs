@@ -158,8 +158,34 @@ fn current_values(out: &mut String, g: &GroupTally, row_noun: &str) {
     }
 }
 
+/// Above this many groups, the text and Markdown reports give a block (a
+/// row) only to the groups that changed, were skipped, or had conflicts or
+/// errors, and count the other groups in one line: a run of 50,000 pages
+/// reads as what happened to it, not as a list of every page. The JSON and
+/// CSV reports list every group.
+pub const LISTED_GROUPS: usize = 50;
+
+/// Whether a group has something to tell beyond "nothing of it changes".
+pub fn eventful(status: &GroupStatus, counts: &crate::tally::Counts) -> bool {
+    *status != GroupStatus::Eligible
+        || counts.changed > 0
+        || counts.skipped > 0
+        || counts.conflicts > 0
+        || counts.errors > 0
+}
+
+/// The line that counts the groups a long report leaves out.
+pub fn unchanged_line(n: u64, noun: &str) -> String {
+    format!(
+        "Unchanged: {} with nothing to change, not listed (`--format json` lists every {noun})",
+        plural(n, noun)
+    )
+}
+
 /// The report: a header, a block per group (or per target for jobs without
-/// groups), conflicts and errors with their keys, and the `Summary:` line.
+/// groups; in a run of more than [`LISTED_GROUPS`] groups, only the groups
+/// with something to tell), conflicts and errors with their keys, and the
+/// `Summary:` line.
 pub fn render_report(v: &RunView<'_>) -> String {
     let spec = v.spec;
     let rn = &spec.report.row_noun;
@@ -195,8 +221,14 @@ pub fn render_report(v: &RunView<'_>) -> String {
     let empty = GroupTally::default();
     if spec.groups.is_some() {
         let noun = spec.group_noun();
+        let long = v.plan.groups.len() > LISTED_GROUPS;
+        let mut quiet = 0u64;
         for pg in &v.plan.groups {
             let g = v.tally.groups.get(&pg.key);
+            if long && !eventful(&pg.status, &g.unwrap_or(&empty).counts) {
+                quiet += 1;
+                continue;
+            }
             let _ = writeln!(out);
             let _ = writeln!(
                 out,
@@ -230,6 +262,10 @@ pub fn render_report(v: &RunView<'_>) -> String {
             for (reason, n) in &gt.skipped_by_reason {
                 let _ = writeln!(out, "  skipped: {} ({reason})", plural(*n, rn));
             }
+        }
+        if quiet > 0 {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "{}", unchanged_line(quiet, noun));
         }
     } else {
         for t in &spec.targets {
@@ -376,6 +412,93 @@ target_param = "title"
         assert_eq!(
             last,
             "Summary: mode=dry-run shards=2 processed=2 changed=1 unchanged=1 skipped=0 conflicts=0 errors=0 groups_processed=1 groups_skipped=1 refs_affected=3 refs_skipped=1 conflicts_retried=0 run=r1 state=done"
+        );
+    }
+
+    #[test]
+    fn a_long_report_lists_the_groups_with_something_to_tell_and_counts_the_rest() {
+        let spec = JobSpec::parse(SPEC).unwrap();
+        let group = |i: usize| PlannedGroup {
+            key: format!("P{i:02}"),
+            label: None,
+            params: Default::default(),
+            status: if i == 7 {
+                GroupStatus::Skipped("no title".into())
+            } else {
+                GroupStatus::Eligible
+            },
+        };
+        let mut tally = Tally::default();
+        for i in 0..(LISTED_GROUPS + 10) {
+            let outcome = match i {
+                3 => Recorded::Changed,
+                5 => Recorded::Error("bad json"),
+                _ => Recorded::Unchanged,
+            };
+            tally.record_row(
+                "revisions",
+                &format!("P{i:02}"),
+                &i.to_string(),
+                1,
+                outcome,
+                None,
+            );
+        }
+        let view = |plan| {
+            let v = RunView {
+                run_id: "r1",
+                spec: &spec,
+                mode: Mode::DryRun,
+                scope: "all",
+                plan,
+                tally: &tally,
+                cancelled: None,
+                state: RunState::Failed,
+                kind: RunKind::Forward,
+                of: None,
+                sample: None,
+            };
+            (
+                render_report(&v),
+                crate::formats::render_markdown(&crate::formats::report_doc(&v)),
+            )
+        };
+        let long = Plan {
+            groups: (0..LISTED_GROUPS + 10).map(group).collect(),
+            targets: vec![],
+            shards_total: 1,
+            tally: Tally::default(),
+        };
+        let (text, md) = view(&long);
+        let blocks: Vec<&str> = text.lines().filter(|l| l.starts_with("program ")).collect();
+        assert_eq!(
+            blocks,
+            vec![
+                "program P03 — (no title)",
+                "program P05 — (no title)",
+                "program P07 — (no title)"
+            ],
+            "{text}"
+        );
+        assert!(text.contains("Unchanged: 57 programs with nothing to change, not listed (`--format json` lists every program)"), "{text}");
+        assert!(text.starts_with("State: "), "the totals lead: {text}");
+        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| P")).collect();
+        assert_eq!(rows.len(), 3, "{md}");
+        assert!(md.contains("Unchanged: 57 groups with nothing to change, not listed (`--format json` lists every group)"), "{md}");
+        // Up to LISTED_GROUPS groups, every one has its block.
+        let short = Plan {
+            groups: (0..LISTED_GROUPS).map(group).collect(),
+            ..long.clone()
+        };
+        let (text, md) = view(&short);
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("program ")).count(),
+            LISTED_GROUPS
+        );
+        assert!(!text.contains("Unchanged:"), "{text}");
+        assert_eq!(
+            md.lines().filter(|l| l.starts_with("| P")).count(),
+            LISTED_GROUPS
         );
     }
 
