@@ -24,13 +24,16 @@ pub struct MonitorTimes {
     pub status_ms: f64,
     pub run_api_ms: f64,
     pub shards_api_ms: f64,
+    /// `backfill report RUN` (text), the whole process: ms, peak RSS MiB.
+    pub report_ms: f64,
+    pub report_mib: f64,
 }
 
 impl MonitorTimes {
     pub fn line(&self) -> String {
         let mark = |ms: f64| if ms < 200.0 { "met" } else { "NOT met" };
         format!(
-            "monitoring a run of {} shards and {} groups, best of 3: status --json {:.0} ms (whole process) — {}; /api/runs/RUN {:.0} ms — {}; /api/runs/RUN/shards {:.0} ms — {} (target < 200 ms each)",
+            "monitoring a run of {} shards and {} groups, best of 3: status --json {:.0} ms (whole process) — {}; /api/runs/RUN {:.0} ms — {}; /api/runs/RUN/shards {:.0} ms — {} (target < 200 ms each); report {:.0} ms, peak RSS {:.1} MiB",
             self.shards,
             self.groups,
             self.status_ms,
@@ -38,7 +41,9 @@ impl MonitorTimes {
             self.run_api_ms,
             mark(self.run_api_ms),
             self.shards_api_ms,
-            mark(self.shards_api_ms)
+            mark(self.shards_api_ms),
+            self.report_ms,
+            self.report_mib
         )
     }
 }
@@ -46,7 +51,8 @@ impl MonitorTimes {
 /// Records run `run_id` of the job `spec_text` in a ledger made already:
 /// a plan of `groups` groups (`g1` …), `shards` shards of 100 rows of
 /// which the first half are done and folded (0.3 s apart, an hour ago),
-/// and every group's record counted with 20 rows.
+/// and every group's record counted with 20 rows: changed in every
+/// thousandth group, unchanged in the others.
 pub async fn build_big_run(
     pool: &PgPool,
     run_id: &str,
@@ -57,14 +63,17 @@ pub async fn build_big_run(
     let spec = JobSpec::parse(spec_text)?;
     let done = shards / 2;
     let mut totals = Tally::default();
-    totals.counts.processed = u64::from(done) * 100;
-    totals.counts.changed = totals.counts.processed;
+    totals.counts.processed = u64::from(groups) * 20;
+    totals.counts.changed = u64::from(groups / 1000) * 20;
+    totals.counts.unchanged = totals.counts.processed - totals.counts.changed;
     let group = json!({"label": null, "params": {"title": "A title"}, "status": "eligible"});
-    let counted = json!({
-        "counts": {"processed": 20, "changed": 20, "unchanged": 0, "skipped": 0, "conflicts": 0, "errors": 0},
-        "refs": 20, "refs_affected": 20, "refs_skipped": {}, "skipped_by_reason": {},
-        "current": {"kept": {"Old title": 20}, "other": 0}
-    });
+    let counted = |changed: u64| {
+        json!({
+            "counts": {"processed": 20, "changed": changed, "unchanged": 20 - changed, "skipped": 0, "conflicts": 0, "errors": 0},
+            "refs": 20, "refs_affected": changed, "refs_skipped": {}, "skipped_by_reason": {},
+            "current": {"kept": {"Old title": 20}, "other": 0}
+        })
+    };
     sqlx::query(
         "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, shards_reduced, tally)
          SELECT $1, $2, $3, $4, 'commit', $5, 'running',
@@ -107,10 +116,11 @@ pub async fn build_big_run(
     .context("record the shards")?;
     sqlx::query(
         "INSERT INTO backfill_group_tally (run_id, group_key, tally)
-         SELECT $1, 'g' || n, $2 FROM generate_series(1, $3) n",
+         SELECT $1, 'g' || n, CASE WHEN n % 1000 = 0 THEN $2 ELSE $3 END FROM generate_series(1, $4) n",
     )
     .bind(run_id)
-    .bind(&counted)
+    .bind(counted(20))
+    .bind(counted(0))
     .bind(groups as i32)
     .execute(pool)
     .await
@@ -218,12 +228,29 @@ pub async fn measure(
         })
         .await?;
         dash.stop(Duration::from_secs(5)).await;
+        let t0 = Instant::now();
+        let report = Proc::spawn(
+            "report",
+            bin,
+            &["report".into(), "big-run".into()],
+            &[("DATABASE_URL", url.as_str())],
+            log_dir.join("monitor-report.log"),
+            true,
+        )?;
+        let (status, text, report_kib) = report.wait_output(Duration::from_secs(300)).await?;
+        let report_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        anyhow::ensure!(
+            status.success() && text.contains("Unchanged: "),
+            "report: {status}"
+        );
         Ok(MonitorTimes {
             shards,
             groups,
             status_ms,
             run_api_ms,
             shards_api_ms,
+            report_ms,
+            report_mib: report_kib as f64 / 1024.0,
         })
     }
     .await;

@@ -190,10 +190,7 @@ pub(crate) trait Backend {
     async fn load_run(&self, run_id: &str, plan_groups: bool)
         -> Result<Option<RawRun>, StoreError>;
     /// A run's per-group records (`backfill_group_tally`), as (group, tally).
-    async fn group_tallies(
-        &self,
-        run_id: &str,
-    ) -> Result<Vec<(String, serde_json::Value)>, StoreError>;
+    async fn group_tallies(&self, run_id: &str) -> Result<Vec<(String, String)>, StoreError>;
     /// The most recent runs, newest first.
     async fn recent_runs(&self, limit: i64) -> sqlx::Result<Vec<RecentRun>>;
     /// The shards of a run, in order.

@@ -118,7 +118,9 @@ pub(crate) struct RawRun {
     pub mode: String,
     pub scope: serde_json::Value,
     pub state: String,
-    pub plan: serde_json::Value,
+    /// JSON text, decoded straight into a [`Plan`] (no JSON tree in
+    /// between: the plan of a large run lists tens of thousands of groups).
+    pub plan: String,
     pub shards_total: i64,
     pub shards_reduced: i64,
     pub tally: serde_json::Value,
@@ -134,7 +136,7 @@ pub(crate) struct RawRun {
 /// [`backfill_job::fold::split_groups`]).
 pub(crate) fn run_record(
     raw: RawRun,
-    groups: Vec<(String, serde_json::Value)>,
+    groups: Vec<(String, String)>,
 ) -> Result<RunRecord, StoreError> {
     let spec = JobSpec::parse(&raw.spec_text)?;
     let mut tally: Tally = decode("tally", raw.tally)?;
@@ -147,7 +149,8 @@ pub(crate) fn run_record(
         scope: scope.describe(),
         scope_value: scope,
         state: raw.state.parse().map_err(StoreError::Data)?,
-        plan: decode("plan", raw.plan)?,
+        plan: serde_json::from_str(&raw.plan)
+            .map_err(|e| StoreError::Data(format!("ledger plan is unreadable: {e}")))?,
         shards_total: raw.shards_total.max(0) as u32,
         shards_reduced: raw.shards_reduced.max(0) as u32,
         tally,

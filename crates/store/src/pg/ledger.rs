@@ -52,7 +52,7 @@ pub(super) async fn load_run(
 ) -> sqlx::Result<Option<RawRun>> {
     let row = sqlx::query(
         "SELECT run_id, spec_text, mode, scope, state,
-                CASE WHEN $2 THEN plan ELSE jsonb_set(plan, '{groups}', '[]') END AS plan,
+                (CASE WHEN $2 THEN plan ELSE jsonb_set(plan, '{groups}', '[]') END)::text AS plan,
                 shards_total, shards_reduced, tally, summary,
                 revert_of, sample, table_rows, kind, retry_of
          FROM backfill_run WHERE run_id = $1",
@@ -194,8 +194,8 @@ pub(super) async fn add_groups(
         return Ok(());
     }
     let keys: Vec<&String> = groups.keys().collect();
-    let stored: Vec<(String, serde_json::Value)> = sqlx::query_as(
-        "SELECT group_key, tally FROM backfill_group_tally
+    let stored: Vec<(String, String)> = sqlx::query_as(
+        "SELECT group_key, tally::text FROM backfill_group_tally
          WHERE run_id = $1 AND group_key = ANY($2) FOR UPDATE",
     )
     .bind(run_id)
@@ -203,11 +203,11 @@ pub(super) async fn add_groups(
     .fetch_all(&mut *conn)
     .await
     .map_err(sql("read group tallies"))?;
-    let (keys, tallies): (Vec<String>, Vec<serde_json::Value>) =
+    let (keys, tallies): (Vec<String>, Vec<String>) =
         merge_groups(stored, groups)?.into_iter().unzip();
     sqlx::query(
         "INSERT INTO backfill_group_tally (run_id, group_key, tally)
-         SELECT $1, k, t FROM UNNEST($2::text[], $3::jsonb[]) AS g (k, t)
+         SELECT $1, k, t::jsonb FROM UNNEST($2::text[], $3::text[]) AS g (k, t)
          ON CONFLICT (run_id, group_key) DO UPDATE SET tally = EXCLUDED.tally",
     )
     .bind(run_id)
@@ -219,12 +219,12 @@ pub(super) async fn add_groups(
     Ok(())
 }
 
-/// A run's group records, as (group, tally).
+/// A run's group records, as (group, tally as JSON text).
 pub(super) async fn group_tallies(
     pool: &PgPool,
     run_id: &str,
-) -> sqlx::Result<Vec<(String, serde_json::Value)>> {
-    sqlx::query_as("SELECT group_key, tally FROM backfill_group_tally WHERE run_id = $1")
+) -> sqlx::Result<Vec<(String, String)>> {
+    sqlx::query_as("SELECT group_key, tally::text FROM backfill_group_tally WHERE run_id = $1")
         .bind(run_id)
         .fetch_all(pool)
         .await

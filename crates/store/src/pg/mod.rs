@@ -106,10 +106,7 @@ impl Backend for Pg {
             .map_err(crate::error::sql("read run"))
     }
 
-    async fn group_tallies(
-        &self,
-        run_id: &str,
-    ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+    async fn group_tallies(&self, run_id: &str) -> Result<Vec<(String, String)>, StoreError> {
         ledger::group_tallies(&self.pool, run_id)
             .await
             .map_err(crate::error::sql("read group tallies"))

@@ -40,7 +40,7 @@ pub(super) async fn load_run(
         mode: row.get("mode"),
         scope: parse_json("scope", row.get("scope"))?,
         state: row.get("state"),
-        plan: parse_json("plan", row.get("plan"))?,
+        plan: row.get("plan"),
         shards_total: row.get("shards_total"),
         shards_reduced: row.get("shards_reduced"),
         tally: parse_json("tally", row.get("tally"))?,
@@ -175,7 +175,7 @@ pub(super) async fn add_groups(
         .await
         .map_err(sql("read group tallies"))?;
         if let Some(text) = text {
-            stored.push((key.clone(), parse_json("group tally", Some(text))?));
+            stored.push((key.clone(), text));
         }
     }
     for (key, tally) in merge_groups(stored, groups)? {
@@ -185,7 +185,7 @@ pub(super) async fn add_groups(
         )
         .bind(run_id)
         .bind(&key)
-        .bind(json_text(&tally)?)
+        .bind(&tally)
         .execute(&mut *conn)
         .await
         .map_err(sql("write group tallies"))?;
@@ -193,18 +193,14 @@ pub(super) async fn add_groups(
     Ok(())
 }
 
-/// A run's group records, as (group, tally).
+/// A run's group records, as (group, tally as JSON text).
 pub(super) async fn group_tallies(
     pool: &SqlitePool,
     run_id: &str,
-) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT group_key, tally FROM backfill_group_tally WHERE run_id = ?1")
-            .bind(run_id)
-            .fetch_all(pool)
-            .await
-            .map_err(sql("read group tallies"))?;
-    rows.into_iter()
-        .map(|(k, t)| Ok((k, parse_json("group tally", Some(t))?)))
-        .collect()
+) -> Result<Vec<(String, String)>, StoreError> {
+    sqlx::query_as("SELECT group_key, tally FROM backfill_group_tally WHERE run_id = ?1")
+        .bind(run_id)
+        .fetch_all(pool)
+        .await
+        .map_err(sql("read group tallies"))
 }

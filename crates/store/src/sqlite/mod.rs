@@ -101,10 +101,7 @@ impl Backend for Lite {
         ledger::load_run(&self.pool, run_id, plan_groups).await
     }
 
-    async fn group_tallies(
-        &self,
-        run_id: &str,
-    ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+    async fn group_tallies(&self, run_id: &str) -> Result<Vec<(String, String)>, StoreError> {
         ledger::group_tallies(&self.pool, run_id).await
     }
 
