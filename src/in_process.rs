@@ -229,11 +229,7 @@ pub async fn begin_inner(
                     original.shards_reduced, original.shards_total
                 )));
             }
-            let Some(lock) = store.try_lock_job(&original.spec.name).await? else {
-                eprintln!(
-                    "another coordinator is working on job `{}`; try again when it is done",
-                    original.spec.name
-                );
+            let Some(lock) = lock_job(store, &original).await? else {
                 return Ok(None);
             };
             // An unfinished retry of the same run (its coordinator died) is
@@ -309,11 +305,7 @@ pub async fn begin_inner(
                     original.tally.counts.changed
                 )));
             }
-            let Some(lock) = store.try_lock_job(&original.spec.name).await? else {
-                eprintln!(
-                    "another coordinator is working on job `{}`; try again when it is done",
-                    original.spec.name
-                );
+            let Some(lock) = lock_job(store, &original).await? else {
                 return Ok(None);
             };
             let active = store.active_runs(&original.spec.name).await?;
@@ -332,6 +324,22 @@ pub async fn begin_inner(
             Ok(Some((new_id, Some(lock))))
         }
     }
+}
+
+/// The lock of the job of `original`, for a run made from it; none, once
+/// said so, while another coordinator works on the job.
+async fn lock_job(
+    store: &Store,
+    original: &RunRecord,
+) -> anyhow::Result<Option<backfill_store::JobLock>> {
+    let lock = store.try_lock_job(&original.spec.name).await?;
+    if lock.is_none() {
+        eprintln!(
+            "another coordinator is working on job `{}`; try again when it is done",
+            original.spec.name
+        );
+    }
+    Ok(lock)
 }
 
 /// Plans a run made from `original` (a retry or a revert), with the

@@ -205,13 +205,10 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_in_debug() {
-        let s = Settings::resolve(
-            Some("postgres://u:hunter2@db/x".into()),
-            Some("amqp://w:hunter3@mq/%2f".into()),
-            None,
-            None,
-        )
-        .unwrap();
+        let resolve = |database: &str, amqp: &str| {
+            Settings::resolve(Some(database.into()), Some(amqp.into()), None, None).unwrap()
+        };
+        let s = resolve("postgres://u:hunter2@db/x", "amqp://w:hunter3@mq/%2f");
         let shown = format!("{s:?}");
         assert!(
             !shown.contains("hunter2") && !shown.contains("hunter3"),
@@ -219,13 +216,10 @@ mod tests {
         );
         assert_eq!(s.database_url.expose(), "postgres://u:hunter2@db/x");
         assert_eq!(s.queue_prefix, "backfill");
-        let s = Settings::resolve(
-            Some("postgres://u@db/x?sslpassword=hunter4".into()),
-            Some("amqps://w@mq/%2f?password=hunter5".into()),
-            None,
-            None,
-        )
-        .unwrap();
+        let s = resolve(
+            "postgres://u@db/x?sslpassword=hunter4",
+            "amqps://w@mq/%2f?password=hunter5",
+        );
         let shown = format!("{s:?} {} {}", s.database_url, s.amqp_url);
         assert!(
             !shown.contains("hunter4") && !shown.contains("hunter5"),

@@ -4,11 +4,8 @@ use crate::connect::connect_store;
 use crate::exit::Exit;
 use crate::settings::Settings;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// The run id.
-    pub run: String,
-}
+/// The run, named as `pause` names it.
+pub use super::pause::Args;
 
 pub async fn run(a: Args, settings: &Settings) -> anyhow::Result<Exit> {
     let store = connect_store(settings, 2).await?;

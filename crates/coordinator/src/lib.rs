@@ -427,6 +427,11 @@ pub async fn plan(store: &Store, req: &RunRequest) -> Result<(String, Plan), Coo
     Ok((run_id, plan))
 }
 
+/// The tasks of every shard of the run, published or not.
+pub async fn all_tasks(store: &Store, run_id: &str) -> Result<Vec<ShardTask>, CoordinatorError> {
+    shard_tasks(store, run_id, |_| true).await
+}
+
 /// The tasks of every shard of the run not yet published.
 pub async fn pending_tasks(
     store: &Store,

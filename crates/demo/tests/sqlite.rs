@@ -15,6 +15,7 @@
 
 mod common;
 
+use common::{certificate_counts, collection_counts, CERTIFICATES, COLLECTIONS};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use backfill_demo::{
     create_certificate_schema, create_certificate_schema_sqlite, create_collection_schema,
     create_collection_schema_sqlite, generate_certificates, generate_certificates_sqlite,
-    generate_collections, generate_collections_sqlite, CertificateParams, CollectionParams,
+    generate_collections, generate_collections_sqlite,
 };
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
@@ -106,6 +107,13 @@ async fn sqlite_count(pool: &SqlitePool, sql: &str) -> u64 {
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     u64::try_from(n).expect("non-negative count")
+}
+
+/// Asserts what each query counts in SQLite: (count, query, what that shows).
+async fn assert_counts(pool: &SqlitePool, expected: &[(u64, &str, &str)]) {
+    for &(want, sql, what) in expected {
+        assert_eq!(sqlite_count(pool, sql).await, want, "{what}: {sql}");
+    }
 }
 
 /// How a PostgreSQL column's values are compared with their SQLite encoding.
@@ -512,11 +520,7 @@ mod tier2 {
         with_postgres(|pg| async move {
             let dir = TempDir::new();
             let sqlite = sqlite_pool(&dir.path().join("site.sqlite3")).await;
-            let params = CertificateParams {
-                programs: 25,
-                revisions: 400,
-                seed: 7,
-            };
+            let params = CERTIFICATES;
             create_certificate_schema_sqlite(&sqlite)
                 .await
                 .expect("SQLite schema");
@@ -527,55 +531,18 @@ mod tier2 {
 
             // Stats match the SQLite tables.
             assert_eq!(stats.programs, 25);
-            assert_eq!(
-                stats.programs,
-                sqlite_count(&sqlite, "SELECT count(*) FROM courses_program").await
-            );
-            assert_eq!(
-                stats.revisions_total,
-                sqlite_count(&sqlite, "SELECT count(*) FROM wagtailcore_revision").await
-            );
-            assert_eq!(
-                stats.certificates,
-                sqlite_count(&sqlite, "SELECT count(*) FROM courses_programcertificate").await
-            );
-            assert_eq!(
-                stats.revoked,
-                sqlite_count(
-                    &sqlite,
-                    "SELECT count(*) FROM courses_programcertificate WHERE is_revoked"
-                )
-                .await
-            );
-            assert_eq!(
-                stats.without_revision,
-                sqlite_count(
-                    &sqlite,
-                    "SELECT count(*) FROM courses_programcertificate \
-                     WHERE certificate_page_revision_id IS NULL"
-                )
-                .await
-            );
-            assert_eq!(
-                stats.referenced_revisions,
-                sqlite_count(
-                    &sqlite,
-                    "SELECT count(DISTINCT certificate_page_revision_id) \
-                     FROM courses_programcertificate WHERE NOT is_revoked"
-                )
-                .await
-            );
-            assert_eq!(
-                sqlite_count(
-                    &sqlite,
+            assert_counts(&sqlite, &certificate_counts(&stats)).await;
+            assert_counts(
+                &sqlite,
+                &[(
+                    400,
                     "SELECT count(*) FROM wagtailcore_revision r \
                      JOIN django_content_type ct ON ct.id = r.content_type_id \
-                     WHERE ct.app_label = 'cms' AND ct.model = 'certificatepage'"
-                )
-                .await,
-                400,
-                "certificate-page revisions"
-            );
+                     WHERE ct.app_label = 'cms' AND ct.model = 'certificatepage'",
+                    "certificate-page revisions",
+                )],
+            )
+            .await;
             assert!(stats.revoked > 0 && stats.without_revision > 0);
             sqlite_consistent(&sqlite).await;
 
@@ -635,11 +602,7 @@ mod tier2 {
         with_postgres(|pg| async move {
             let dir = TempDir::new();
             let sqlite = sqlite_pool(&dir.path().join("site.sqlite3")).await;
-            let params = CollectionParams {
-                collections: 10,
-                max_versions: 6,
-                seed: 11,
-            };
+            let params = COLLECTIONS;
             create_collection_schema_sqlite(&sqlite)
                 .await
                 .expect("SQLite schema");
@@ -648,32 +611,29 @@ mod tier2 {
                 .expect("generate collections into SQLite");
             println!("{stats:?}");
             assert_eq!(stats.collections, 10);
-            assert_eq!(
-                stats.collections,
-                sqlite_count(&sqlite, "SELECT count(*) FROM collection_models").await
-            );
-            assert_eq!(
-                stats.snapshots,
-                sqlite_count(&sqlite, "SELECT count(*) FROM collection_snapshot_contents").await
-            );
-            assert_eq!(
-                stats.snapshots,
-                sqlite_count(&sqlite, "SELECT sum(version) FROM collection_models").await
-            );
-            // The current row matches the latest snapshot (SQLite's JSON functions read the
-            // stored text as JSON).
-            assert_eq!(
-                sqlite_count(
-                    &sqlite,
-                    "SELECT count(*) FROM collection_models m \
-                     JOIN collection_snapshot_contents s ON s.id = m.id || '-' || m.version \
-                     WHERE json_extract(s.content, '$.nodes') <> json(m.nodes) \
-                        OR json_extract(s.content, '$.title') <> m.title \
-                        OR m.collection_dict IS NOT NULL"
-                )
-                .await,
-                0
-            );
+            assert_counts(&sqlite, &collection_counts(&stats)).await;
+            assert_counts(
+                &sqlite,
+                &[
+                    (
+                        stats.snapshots,
+                        "SELECT sum(version) FROM collection_models",
+                        "snapshots: the sum of the versions",
+                    ),
+                    // The current row matches the latest snapshot (SQLite's JSON functions read
+                    // the stored text as JSON).
+                    (
+                        0,
+                        "SELECT count(*) FROM collection_models m \
+                         JOIN collection_snapshot_contents s ON s.id = m.id || '-' || m.version \
+                         WHERE json_extract(s.content, '$.nodes') <> json(m.nodes) \
+                            OR json_extract(s.content, '$.title') <> m.title \
+                            OR m.collection_dict IS NOT NULL",
+                        "current row matches the latest snapshot",
+                    ),
+                ],
+            )
+            .await;
             sqlite_consistent(&sqlite).await;
 
             create_collection_schema(&pg)

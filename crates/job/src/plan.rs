@@ -559,7 +559,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const SPEC: &str = r#"
+    const SPEC: &str = concat!(
+        r#"
 name = "titles"
 [groups]
 noun = "program"
@@ -576,19 +577,14 @@ reason = "empty live title"
 param = "title"
 check = "not_prefix"
 prefix = "PLACEHOLDER - "
-reason = "placeholder live title"
-[[targets]]
-name = "revisions"
-table = "wagtailcore_revision"
-key = "id"
-key_type = "integer"
-columns = ["content"]
-query = "SELECT 1"
-[[targets.rules]]
+reason = "placeholder live title""#,
+        crate::testing::revisions_target!(),
+        r#"[[targets.rules]]
 op = "set"
 path = "/product_name"
 param = "title"
-"#;
+"#
+    );
 
     fn row(key: &str, params: Value) -> GroupRow {
         GroupRow {

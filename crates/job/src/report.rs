@@ -321,19 +321,14 @@ mod tests {
     use crate::tally::Recorded;
     use serde_json::json;
 
-    const SPEC: &str = r#"
+    const SPEC: &str = concat!(
+        r#"
 name = "titles"
 [groups]
 noun = "program"
-query = "SELECT 1"
-[[targets]]
-name = "revisions"
-table = "wagtailcore_revision"
-key = "id"
-key_type = "integer"
-columns = ["content"]
-query = "SELECT 1"
-[[targets.rules]]
+query = "SELECT 1""#,
+        crate::testing::revisions_target!(),
+        r#"[[targets.rules]]
 op = "set"
 path = "/product_name"
 param = "title"
@@ -341,7 +336,8 @@ param = "title"
 row_noun = "revision"
 ref_noun = "certificate"
 target_param = "title"
-"#;
+"#
+    );
 
     #[test]
     fn report_and_summary() {

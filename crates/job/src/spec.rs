@@ -1598,20 +1598,15 @@ pub fn adapt_shard_size(sizing: &SizingSpec, measured_size: u32, measured_ms_per
 mod tests {
     use super::*;
 
-    pub(crate) const MINIMAL: &str = r#"
-name = "demo"
-[[targets]]
-name = "revisions"
-table = "wagtailcore_revision"
-key = "id"
-key_type = "integer"
-columns = ["content"]
-query = "SELECT id AS key FROM wagtailcore_revision"
-[[targets.rules]]
+    pub(crate) const MINIMAL: &str = concat!(
+        "\nname = \"demo\"",
+        crate::testing::revisions_target!("SELECT id AS key FROM wagtailcore_revision"),
+        r#"[[targets.rules]]
 op = "set"
 path = "/product_name"
 value = "x"
-"#;
+"#
+    );
 
     fn err(text: &str) -> SpecError {
         JobSpec::parse(text).expect_err("spec should be refused")

@@ -7,22 +7,41 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::rules::{BeforeImage, RowInput};
 
-/// A job without groups whose one target, `revisions`, sets
-/// `/product_name` to `"x"`.
-pub(crate) const TITLES_SPEC: &str = r#"
-name = "titles"
+/// The TOML of a target `revisions` over `wagtailcore_revision` (integer
+/// key `id`, its `content` column) read by `$query` (`SELECT 1` if none),
+/// up to its rules: a literal, for `concat!`.
+macro_rules! revisions_target {
+    () => {
+        $crate::testing::revisions_target!("SELECT 1")
+    };
+    ($query:literal) => {
+        concat!(
+            r#"
 [[targets]]
 name = "revisions"
 table = "wagtailcore_revision"
 key = "id"
 key_type = "integer"
 columns = ["content"]
-query = "SELECT 1"
-[[targets.rules]]
+query = ""#,
+            $query,
+            "\"\n"
+        )
+    };
+}
+pub(crate) use revisions_target;
+
+/// A job without groups whose one target, `revisions`, sets
+/// `/product_name` to `"x"`.
+pub(crate) const TITLES_SPEC: &str = concat!(
+    "\nname = \"titles\"",
+    revisions_target!(),
+    r#"[[targets.rules]]
 op = "set"
 path = "/product_name"
 value = "x"
-"#;
+"#
+);
 
 /// The text of a job whose one target, `rows`, reads the text-keyed table
 /// `t` and writes its `doc` column: `columns` adds to the target (such as

@@ -4,16 +4,16 @@
 //! binds `$n` by number as PostgreSQL does); `delegated_ops!()` to the
 //! methods that hand an operation to the dialect's module of the same name
 //! with the same arguments; `plan_derived_shards!` to the part of planning
-//! a derived run that reads and writes alike in either dialect's
-//! transaction; `statement_ops!()` to the methods whose code is the same
-//! but whose statement is each dialect's own constant. The dialect modules
-//! hold only what differs.
+//! a derived run, and `fail_in!` to the part of giving up a shard, that
+//! read and write alike in either dialect's transaction; `statement_ops!()`
+//! to the methods whose code is the same but whose statement is each
+//! dialect's own constant. The dialect modules hold only what differs.
 //!
 //! [`Backend`]: crate::backend::Backend
 
 /// A run's control row, and a running run of higher priority that still
-/// has shards to do (one round trip); each dialect decodes its own integer
-/// types.
+/// has shards to do (one round trip); its integers are 32-bit in either
+/// dialect.
 pub(crate) const CONTROL: &str = "SELECT c.control, c.priority, c.rows_per_sec, c.max_in_flight, c.shard_sizing,
                    c.bytes_per_sec, c.max_wal_bytes_per_sec,
                    (SELECT o.run_id FROM backfill_control o JOIN backfill_run r ON r.run_id = o.run_id
@@ -24,8 +24,9 @@ pub(crate) const CONTROL: &str = "SELECT c.control, c.priority, c.rows_per_sec, 
                  FROM backfill_control c WHERE c.run_id = $1";
 
 /// The job's most recent finished run with timed shards (same mode
-/// first): its largest shard, milliseconds and rows of its done shards.
-pub(crate) const MEASURED_SHARD_COST: &str = "SELECT r.run_id, max(s.rows), sum(s.elapsed_ms), sum(s.rows)
+/// first): its largest shard, milliseconds and rows of its done shards,
+/// each a 64-bit integer in either dialect.
+pub(crate) const MEASURED_SHARD_COST: &str = "SELECT r.run_id, CAST(max(s.rows) AS bigint), CAST(sum(s.elapsed_ms) AS bigint), CAST(sum(s.rows) AS bigint)
                  FROM backfill_run r JOIN backfill_shard s ON s.run_id = r.run_id
                  WHERE r.job_name = $1 AND r.state IN ('done', 'failed') AND s.elapsed_ms IS NOT NULL AND s.state = 'done'
                  GROUP BY r.run_id, r.created_at, r.mode
@@ -35,6 +36,45 @@ pub(crate) const MEASURED_SHARD_COST: &str = "SELECT r.run_id, max(s.rows), sum(
 /// implementation whose pool is `self.pool`.
 macro_rules! common_ops {
     () => {
+        async fn control(
+            &self,
+            run_id: &str,
+        ) -> sqlx::Result<Option<crate::model::steer::RawControl>> {
+            use sqlx::Row;
+            Ok(sqlx::query(crate::common::CONTROL)
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| {
+                    (
+                        r.get::<String, _>(0),
+                        r.get::<i32, _>(1),
+                        r.get::<Option<f64>, _>(2),
+                        r.get::<Option<i32>, _>(3),
+                        r.get::<Option<String>, _>(4),
+                        r.get::<Option<String>, _>(7),
+                        r.get::<Option<f64>, _>(5),
+                        r.get::<Option<f64>, _>(6),
+                    )
+                }))
+        }
+
+        async fn measured_shard_cost(
+            &self,
+            job: &str,
+            mode: &str,
+        ) -> sqlx::Result<Option<crate::model::steer::RawCost>> {
+            let row: Option<(String, Option<i64>, Option<i64>, Option<i64>)> =
+                sqlx::query_as(crate::common::MEASURED_SHARD_COST)
+                    .bind(job)
+                    .bind(mode)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            Ok(row.map(|(run, size, ms, rows)| {
+                (run, size.unwrap_or(0), ms.unwrap_or(0), rows.unwrap_or(0))
+            }))
+        }
+
         async fn count_of_run(&self, q: &str, run_id: &str) -> sqlx::Result<i64> {
             sqlx::query_scalar(q).bind(run_id).fetch_one(&self.pool).await
         }
@@ -297,13 +337,6 @@ macro_rules! delegated_ops {
             identity::load(&self.pool).await
         }
 
-        async fn raw_shards(
-            &self,
-            run_id: &str,
-        ) -> sqlx::Result<Vec<crate::model::status::RawShard>> {
-            status::raw_shards(&self.pool, run_id).await
-        }
-
         async fn set_table_rows(&self, run_id: &str, doc: serde_json::Value) -> sqlx::Result<()> {
             audit::set_table_rows(&self.pool, run_id, doc).await
         }
@@ -323,23 +356,6 @@ macro_rules! delegated_ops {
             steer::prune_before_images(&self.pool, secs, delete).await
         }
 
-        async fn control(
-            &self,
-            run_id: &str,
-        ) -> sqlx::Result<Option<crate::model::steer::RawControl>> {
-            steer::control(&self.pool, run_id).await
-        }
-
-        async fn claim_shard(
-            &self,
-            run_id: &str,
-            shard_no: u32,
-            worker: &str,
-            max_in_flight: Option<u32>,
-        ) -> Result<crate::model::steer::Claim, crate::error::StoreError> {
-            steer::claim_shard(&self.pool, run_id, shard_no, worker, max_in_flight).await
-        }
-
         async fn reserve_rows(
             &self,
             run_id: &str,
@@ -356,25 +372,6 @@ macro_rules! delegated_ops {
             horizon: f64,
         ) -> Result<Option<(Option<f64>, Option<f64>)>, crate::error::StoreError> {
             steer::reserve_bytes(&self.pool, run_id, rows, horizon).await
-        }
-
-        async fn settle_bytes(
-            &self,
-            run_id: &str,
-            per_row: Option<f64>,
-            reserved: f64,
-            written: f64,
-            elapsed: f64,
-        ) -> sqlx::Result<()> {
-            steer::settle_bytes(&self.pool, run_id, per_row, reserved, written, elapsed).await
-        }
-
-        async fn measured_shard_cost(
-            &self,
-            job: &str,
-            mode: &str,
-        ) -> sqlx::Result<Option<crate::model::steer::RawCost>> {
-            steer::measured_shard_cost(&self.pool, job, mode).await
         }
 
         async fn recent_runs(
@@ -455,6 +452,51 @@ macro_rules! delegated_ops {
     };
 }
 pub(crate) use delegated_ops;
+
+/// The part of giving up a shard that reads and writes alike in the
+/// dialect's transaction `$tx`, which holds the shard's row lock: its rows
+/// are quarantined (the dialect's `QUARANTINE_FAILED`, in scope where it
+/// expands) and the shard recorded dead with `error` and its tally (`FAIL`,
+/// the tally as `$encode` makes it the dialect's JSON). Commits; evaluates
+/// to the tally applied.
+macro_rules! fail_in {
+    ($tx:ident, $run_id:expr, $shard_no:expr, $target:expr, $error:expr, $encode:expr) => {{
+        use sqlx::Row;
+        let items: Vec<(String, String)> = sqlx::query(
+            "SELECT key, group_key FROM backfill_item WHERE run_id = $1 AND shard_no = $2 ORDER BY item_no",
+        )
+        .bind($run_id)
+        .bind($shard_no as i32)
+        .fetch_all(&mut *$tx)
+        .await
+        .map_err(crate::error::sql("read shard items"))?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+        let tally = backfill_job::shard::failed_tally($target, $shard_no, $error, &items);
+        sqlx::query(QUARANTINE_FAILED)
+            .bind($run_id)
+            .bind($shard_no as i32)
+            .bind($target)
+            .bind(format!("shard {} failed on every attempt: {}", $shard_no, $error))
+            .execute(&mut *$tx)
+            .await
+            .map_err(crate::error::sql("quarantine rows"))?;
+        sqlx::query(FAIL)
+            .bind($run_id)
+            .bind($shard_no as i32)
+            .bind($encode(&tally)?)
+            .bind($error)
+            .execute(&mut *$tx)
+            .await
+            .map_err(crate::error::sql("record shard failed"))?;
+        $tx.commit()
+            .await
+            .map_err(crate::error::sql("commit shard"))?;
+        Ok(crate::model::shard::Committed::Applied(tally))
+    }};
+}
+pub(crate) use fail_in;
 
 /// The shards of a derived run (see [`crate::model::planning::Derived`]), cut
 /// from the original run's ledger rows and written in the transaction
@@ -569,6 +611,106 @@ macro_rules! statement_ops {
                         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
                         .collect()
                 })
+        }
+
+        /// Claims are serialized per run by the transaction the dialect
+        /// begins (`steer::begin_claims`); with `max_in_flight`, busy while
+        /// that many other shards hold a lease (`steer::IN_FLIGHT`); then the
+        /// claim (`steer::CLAIM`), or else whether the shard exists at all.
+        async fn claim_shard(
+            &self,
+            run_id: &str,
+            shard_no: u32,
+            worker: &str,
+            max_in_flight: Option<u32>,
+        ) -> Result<crate::model::steer::Claim, crate::error::StoreError> {
+            use crate::error::sql;
+            use crate::model::steer::{Claim, LEASE};
+            let mut tx = steer::begin_claims(&self.pool, run_id, max_in_flight.is_some()).await?;
+            if let Some(max) = max_in_flight {
+                let n: i64 = sqlx::query_scalar(steer::IN_FLIGHT)
+                    .bind(run_id)
+                    .bind(shard_no as i32)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(sql("count shards in flight"))?;
+                if n >= max as i64 {
+                    tx.rollback().await.map_err(sql("end shard claim"))?;
+                    return Ok(Claim::Busy);
+                }
+            }
+            let claimed = sqlx::query(steer::CLAIM)
+                .bind(run_id)
+                .bind(shard_no as i32)
+                .bind(worker)
+                .bind(LEASE.as_secs_f64())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(sql("claim shard"))?;
+            let outcome = if claimed.is_some() {
+                Claim::Claimed
+            } else {
+                let exists: Option<String> = sqlx::query_scalar(
+                    "SELECT state FROM backfill_shard WHERE run_id = $1 AND shard_no = $2",
+                )
+                .bind(run_id)
+                .bind(shard_no as i32)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(sql("read shard"))?;
+                if exists.is_some() {
+                    Claim::Finished
+                } else {
+                    Claim::Unknown
+                }
+            };
+            tx.commit().await.map_err(sql("commit shard claim"))?;
+            Ok(outcome)
+        }
+
+        async fn settle_bytes(
+            &self,
+            run_id: &str,
+            per_row: Option<f64>,
+            reserved: f64,
+            written: f64,
+            elapsed: f64,
+        ) -> sqlx::Result<()> {
+            sqlx::query(steer::SETTLE_BYTES)
+                .bind(run_id)
+                .bind(per_row)
+                .bind(reserved)
+                .bind(written)
+                .bind(elapsed)
+                .execute(&self.pool)
+                .await
+                .map(drop)
+        }
+
+        async fn raw_shards(
+            &self,
+            run_id: &str,
+        ) -> sqlx::Result<Vec<crate::model::status::RawShard>> {
+            use sqlx::Row;
+            Ok(sqlx::query(status::RAW_SHARDS)
+                .bind(run_id)
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.get::<i32, _>(0) as u32,
+                        r.get::<String, _>(1),
+                        r.get::<i32, _>(2) as i64,
+                        r.get::<i32, _>(3) as u32,
+                        r.get::<Option<String>, _>(4),
+                        r.get::<Option<i32>, _>(5).map(i64::from),
+                        r.get::<Option<f64>, _>(6),
+                        r.get::<Option<f64>, _>(7),
+                        r.get::<Option<f64>, _>(8),
+                    )
+                })
+                .collect())
         }
 
         async fn recent_dry_runs(

@@ -106,6 +106,45 @@ fn changed(m: &Migration) -> StoreError {
     ))
 }
 
+/// Whether migration `$m` is recorded on `$conn` with this release's text;
+/// one recorded with another text returns the error [`changed`].
+macro_rules! recorded {
+    ($conn:expr, $m:expr) => {{
+        let sum: Option<Vec<u8>> = sqlx::query_scalar(RECORDED)
+            .bind($m.version)
+            .fetch_optional($conn)
+            .await
+            .map_err(sql("read the ledger's migrations"))?;
+        match sum {
+            Some(sum) if sum == *$m.checksum => true,
+            Some(_) => return Err(changed($m)),
+            None => false,
+        }
+    }};
+}
+
+/// Runs migration `$m` in the transaction `$tx`, records it with how long
+/// it took, and commits.
+macro_rules! apply {
+    ($tx:ident, $m:expr) => {{
+        let started = std::time::Instant::now();
+        sqlx::Executor::execute(&mut *$tx, $m.sql.as_ref())
+            .await
+            .map_err(sql(format!("migrate the ledger to version {}", $m.version)))?;
+        sqlx::query(RECORD)
+            .bind($m.version)
+            .bind($m.description.to_string())
+            .bind($m.checksum.to_vec())
+            .bind(started.elapsed().as_nanos() as i64)
+            .execute(&mut *$tx)
+            .await
+            .map_err(sql("record a ledger migration"))?;
+        $tx.commit()
+            .await
+            .map_err(sql("commit a ledger migration"))?;
+    }};
+}
+
 /// Brings a PostgreSQL ledger to the current version (creating it on a
 /// fresh database) and gives it its identity.
 pub(crate) async fn postgres(pool: &PgPool) -> Result<(), StoreError> {
@@ -132,35 +171,14 @@ async fn postgres_on(conn: &mut sqlx::PgConnection) -> Result<(), StoreError> {
         .await
         .map_err(sql("create the ledger's migration records"))?;
     for m in ups(&POSTGRES) {
-        let recorded: Option<Vec<u8>> = sqlx::query_scalar(RECORDED)
-            .bind(m.version)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(sql("read the ledger's migrations"))?;
-        match recorded {
-            Some(sum) if sum == *m.checksum => continue,
-            Some(_) => return Err(changed(m)),
-            None => {}
+        if recorded!(&mut *conn, m) {
+            continue;
         }
-        let started = std::time::Instant::now();
         let mut tx = conn
             .begin()
             .await
             .map_err(sql("begin a ledger migration"))?;
-        sqlx::Executor::execute(&mut *tx, m.sql.as_ref())
-            .await
-            .map_err(sql(format!("migrate the ledger to version {}", m.version)))?;
-        sqlx::query(RECORD)
-            .bind(m.version)
-            .bind(m.description.to_string())
-            .bind(m.checksum.to_vec())
-            .bind(started.elapsed().as_nanos() as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("record a ledger migration"))?;
-        tx.commit()
-            .await
-            .map_err(sql("commit a ledger migration"))?;
+        apply!(tx, m);
     }
     sqlx::query(PG_UNLOCK)
         .execute(&mut *conn)
@@ -264,33 +282,25 @@ pub(crate) async fn sqlite(pool: &SqlitePool) -> Result<(), StoreError> {
             .execute(&mut *tx)
             .await
             .map_err(sql("create the ledger's migration records"))?;
-        let recorded: Option<Vec<u8>> = sqlx::query_scalar(RECORDED)
-            .bind(m.version)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(sql("read the ledger's migrations"))?;
-        match recorded {
-            Some(sum) if sum == *m.checksum => continue,
-            Some(_) => return Err(changed(m)),
-            None => {}
+        if recorded!(&mut *tx, m) {
+            continue;
         }
-        let started = std::time::Instant::now();
-        sqlx::Executor::execute(&mut *tx, m.sql.as_ref())
-            .await
-            .map_err(sql(format!("migrate the ledger to version {}", m.version)))?;
-        sqlx::query(RECORD)
-            .bind(m.version)
-            .bind(m.description.to_string())
-            .bind(m.checksum.to_vec())
-            .bind(started.elapsed().as_nanos() as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("record a ledger migration"))?;
-        tx.commit()
-            .await
-            .map_err(sql("commit a ledger migration"))?;
+        apply!(tx, m);
     }
     crate::identity::ensure_sqlite(pool).await
+}
+
+/// Whether the SQLite query `query` (an `EXISTS`) holds; `what` names it in
+/// an error.
+async fn holds(
+    conn: &mut sqlx::SqliteConnection,
+    query: &str,
+    what: &str,
+) -> Result<bool, StoreError> {
+    sqlx::query_scalar(query)
+        .fetch_one(conn)
+        .await
+        .map_err(sql(what.to_string()))
 }
 
 /// Adds to a ledger made before versioned migrations the columns it lacks
@@ -300,22 +310,21 @@ async fn adopt_sqlite(pool: &SqlitePool) -> Result<(), StoreError> {
         .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(sql("begin adopting the ledger"))?;
-    let recorded: bool = sqlx::query_scalar(
+    // The records are read only where their table exists.
+    let baseline = holds(
+        &mut tx,
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'backfill_migrations')",
+        "look for the ledger's migrations",
     )
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(sql("look for the ledger's migrations"))?;
-    if recorded {
-        let baseline: bool = sqlx::query_scalar(
+    .await?
+        && holds(
+            &mut tx,
             "SELECT EXISTS (SELECT 1 FROM backfill_migrations WHERE version = 1)",
+            "read the ledger's migrations",
         )
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(sql("read the ledger's migrations"))?;
-        if baseline {
-            return Ok(());
-        }
+        .await?;
+    if baseline {
+        return Ok(());
     }
     for (table, column, ddl) in SQLITE_ADDED_COLUMNS {
         let (has_table, has_column): (bool, bool) = sqlx::query_as(

@@ -28,8 +28,7 @@ struct Sample {
 /// A seeded database and the rows the job will plan (every row of both
 /// targets).
 async fn seeded() -> (TestEnv, i64) {
-    let env = TestEnv::new().await;
-    env.seed_collections(1_500, 8).await;
+    let env = TestEnv::with_collections(1_500, 8).await;
     let planned = env
         .scalar_i64(
             "SELECT (SELECT count(*) FROM collection_models) + (SELECT count(*) FROM collection_snapshot_contents)",
@@ -39,19 +38,10 @@ async fn seeded() -> (TestEnv, i64) {
 }
 
 fn start(env: &TestEnv, rows_per_sec: f64) -> Child {
-    spawn_coordinator_with(
+    spawn_job(
         env,
-        &[
-            "--job",
-            &job(JOB),
-            "--all",
-            "--commit",
-            "--wait",
-            "--shard-size",
-            "50",
-            "--rows-per-sec",
-            &format!("{rows_per_sec:.0}"),
-        ],
+        &job(JOB),
+        &format!("--all --commit --wait --shard-size 50 --rows-per-sec {rows_per_sec:.0}"),
     )
 }
 
@@ -143,8 +133,7 @@ async fn the_eta_of_a_throttled_run_is_within_twenty_percent_of_the_time_left() 
     let (env, planned) = seeded().await;
     let rate = planned as f64 / 25.0; // about 25 s
     eprintln!("{planned} rows in shards of 50 at {rate:.0} rows/s");
-    let mut fleet = Fleet::new(&env);
-    fleet.start(2);
+    let _fleet = Fleet::started(&env, 2);
     let coord = start(&env, rate);
     let run = run_of(&env, JOB).await;
     let mut samples = Vec::new();
@@ -162,8 +151,7 @@ async fn after_the_throttle_is_lowered_the_eta_follows_the_new_rate() {
     let fast = planned as f64 / 10.0;
     let slow = fast / 4.0;
     eprintln!("{planned} rows in shards of 50 at {fast:.0}, then {slow:.0} rows/s");
-    let mut fleet = Fleet::new(&env);
-    fleet.start(2);
+    let _fleet = Fleet::started(&env, 2);
     let coord = start(&env, fast);
     let run = run_of(&env, JOB).await;
     sample_at(&env, &run, 0.2).await;

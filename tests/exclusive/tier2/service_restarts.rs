@@ -41,10 +41,8 @@ async fn until_reduced(env: &TestEnv, n: i64) {
 
 async fn run_through(restart: &str, shard_size: &str) {
     let reference = reference("collection-dict-migrate", shard_size).await;
-    let env = TestEnv::new().await;
-    env.seed_collections(COLLECTIONS, VERSIONS).await;
-    let mut fleet = Fleet::new(&env);
-    fleet.start(2);
+    let env = TestEnv::with_collections(COLLECTIONS, VERSIONS).await;
+    let _fleet = Fleet::started(&env, 2);
     let coord = spawn_coordinator(&env, &job("collection-dict-migrate"), shard_size);
     until_reduced(&env, 10).await;
     let before = env

@@ -82,8 +82,7 @@ async fn a_wal_capped_run_keeps_the_servers_wal_rate_at_the_cap() {
     let (t1, l1): (f64, f64) = sqlx::query_as(WAL_NOW).fetch_one(&env.pool).await.unwrap();
     let background = (l1 - l0) / (t1 - t0);
     env.seed_collections(6_000, 8).await;
-    let mut fleet = Fleet::new(&env);
-    fleet.start(2);
+    let _fleet = Fleet::started(&env, 2);
     let cap = std::env::var("BF_TEST_WAL_CAP")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -95,17 +94,10 @@ async fn a_wal_capped_run_keeps_the_servers_wal_rate_at_the_cap() {
     );
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = tokio::spawn(sample_wal(env.pool.clone(), stop.clone()));
-    let coord = spawn_coordinator_with(
+    let coord = spawn_job(
         &env,
-        &[
-            "--job",
-            spec.to_str().unwrap(),
-            "--all",
-            "--commit",
-            "--wait",
-            "--shard-size",
-            "100",
-        ],
+        spec.to_str().unwrap(),
+        "--all --commit --wait --shard-size 100",
     );
     let run = run_of(&env, JOB).await;
     // The cap is the run's, as the spec says.
@@ -168,31 +160,20 @@ async fn shard_bytes(env: &TestEnv, run: &str) -> Vec<Started> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bytes_capped_run_takes_its_bytes_over_the_cap_and_the_cap_changes_while_it_runs() {
-    let env = TestEnv::new().await;
-    env.seed_collections(1_500, 8).await;
-    let mut fleet = Fleet::new(&env);
-    fleet.start(2);
+    let env = TestEnv::with_collections(1_500, 8).await;
+    let _fleet = Fleet::started(&env, 2);
     let first = std::env::var("BF_TEST_BYTES_CAP")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(BYTES_CAP);
     let second = first * 2.0;
     // A commit: the bytes each shard wrote settle its reservation.
-    let coord = spawn_coordinator_with(
+    let (coord, run) = start_job(
         &env,
-        &[
-            "--job",
-            &job(JOB),
-            "--all",
-            "--commit",
-            "--wait",
-            "--shard-size",
-            "50",
-            "--bytes-per-sec",
-            &first.to_string(),
-        ],
-    );
-    let run = run_of(&env, JOB).await;
+        JOB,
+        &format!("--all --commit --wait --shard-size 50 --bytes-per-sec {first}"),
+    )
+    .await;
     let st = status_json(&env, &run);
     assert_eq!(
         st["throttle"]["bytes_per_sec"].as_f64(),
@@ -298,14 +279,11 @@ async fn on_sqlite_the_wal_settings_do_not_apply_and_bytes_per_second_does() {
         "lite",
     );
     let started = std::time::Instant::now();
-    let out = db.run(&[
+    let out = db.run(&job_args(
         "run",
-        "--job",
         spec.to_str().unwrap(),
-        "--all",
-        "--shard-size",
-        "25",
-    ]);
+        "--all --shard-size 25",
+    ));
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let s = summary(&out);

@@ -152,6 +152,20 @@ impl Db {
         out
     }
 
+    /// A fresh database of kind `b` holding the certificate data set.
+    pub async fn with_certificates(b: Backend, programs: u32, revisions: u64) -> Db {
+        let db = Db::new(b).await;
+        db.seed_certificates(programs, revisions).await;
+        db
+    }
+
+    /// A fresh database of kind `b` holding the collection data set.
+    pub async fn with_collections(b: Backend, collections: u64, max_versions: u32) -> Db {
+        let db = Db::new(b).await;
+        db.seed_collections(collections, max_versions).await;
+        db
+    }
+
     pub async fn seed_certificates(&self, programs: u32, revisions: u64) {
         let p = backfill_demo::CertificateParams {
             programs,

@@ -34,6 +34,13 @@ impl<'a> Fleet<'a> {
         }
     }
 
+    /// A fleet of `mappers` mappers and a reducer, started.
+    pub fn started(env: &'a TestEnv, mappers: usize) -> Fleet<'a> {
+        let mut fleet = Fleet::new(env);
+        fleet.start(mappers);
+        fleet
+    }
+
     pub fn spawn(&mut self, args: &[&str]) -> Child {
         self.spawned += 1;
         let log =
@@ -111,8 +118,7 @@ pub async fn reference(
     job_name: &str,
     shard_size: &str,
 ) -> (BTreeMap<String, String>, String, String) {
-    let env = TestEnv::new().await;
-    env.seed_collections(COLLECTIONS, VERSIONS).await;
+    let env = TestEnv::with_collections(COLLECTIONS, VERSIONS).await;
     let out = env.run(&[
         "run",
         "--local",
@@ -198,10 +204,9 @@ pub fn coordinator_output(c: Child) -> std::process::Output {
     out
 }
 
-/// Starts `backfill coordinator --job SPEC --all --commit --wait --shard-size N`
-/// with its output captured (read it with [`coordinator_output`]).
-pub fn spawn_coordinator(env: &TestEnv, spec: &str, shard_size: &str) -> Child {
-    env.cmd(&[
+/// `coordinator --job SPEC --all --commit --wait --shard-size N`.
+pub fn coordinator_args<'a>(spec: &'a str, shard_size: &'a str) -> [&'a str; 8] {
+    [
         "coordinator",
         "--job",
         spec,
@@ -210,10 +215,16 @@ pub fn spawn_coordinator(env: &TestEnv, spec: &str, shard_size: &str) -> Child {
         "--wait",
         "--shard-size",
         shard_size,
-    ])
-    .env("RUST_LOG", "warn")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap()
+    ]
+}
+
+/// Starts `backfill coordinator --job SPEC --all --commit --wait --shard-size N`
+/// with its output captured (read it with [`coordinator_output`]).
+pub fn spawn_coordinator(env: &TestEnv, spec: &str, shard_size: &str) -> Child {
+    env.cmd(&coordinator_args(spec, shard_size))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }

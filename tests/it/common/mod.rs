@@ -101,6 +101,20 @@ impl TestEnv {
         out
     }
 
+    /// A fresh database holding the certificate data set.
+    pub async fn with_certificates(programs: u32, revisions: u64) -> TestEnv {
+        let env = TestEnv::new().await;
+        env.seed_certificates(programs, revisions).await;
+        env
+    }
+
+    /// A fresh database holding the collection data set.
+    pub async fn with_collections(collections: u64, max_versions: u32) -> TestEnv {
+        let env = TestEnv::new().await;
+        env.seed_collections(collections, max_versions).await;
+        env
+    }
+
     pub async fn seed_certificates(
         &self,
         programs: u32,
@@ -141,6 +155,11 @@ impl TestEnv {
         .expect("generate collections")
     }
 
+    /// A broker connection on this test's queues.
+    pub async fn broker(&self) -> Broker {
+        Broker::connect(&amqp_url(), self.queues()).await.unwrap()
+    }
+
     pub async fn store(&self) -> backfill_store::Store {
         backfill_store::Store::connect(&self.db_url, 6)
             .await
@@ -161,6 +180,23 @@ impl TestEnv {
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// Runs SQL of one or more statements.
+    pub async fn exec(&self, sql: &str) {
+        sqlx::raw_sql(sql)
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Runs one statement with `$1` bound to `arg`.
+    pub async fn exec_with(&self, sql: &str, arg: &str) {
+        sqlx::query(sql)
+            .bind(arg)
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
     /// A checksum of a whole table's rows, in key order.
     pub async fn table_md5(&self, table: &str, key: &str) -> String {
         self.scalar_text(&format!(
@@ -177,33 +213,38 @@ impl Drop for TestEnv {
         let prefix = self.prefix.clone();
         let pool = self.pool.clone();
         // Clean up on a thread of its own: Drop may run inside a runtime.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                // A connection dropped last on a current-thread test runtime
-                // is returned by a task of that runtime, which is blocked in
-                // this drop: closing would wait for it forever. Bound the
-                // wait; DROP … WITH (FORCE) ends what is left.
-                let _ = tokio::time::timeout(Duration::from_secs(2), pool.close()).await;
-                if let Ok(mut conn) = admin.connect().await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-                        .execute(&mut conn)
-                        .await;
-                }
-                if let Ok(b) = Broker::connect(&amqp_url(), QueueNames::with_prefix(&prefix)).await
-                {
-                    let _ = b.delete_queues().await;
-                    b.close().await;
-                }
-            });
-        })
-        .join();
+        on_own_thread(async move {
+            // A connection dropped last on a current-thread test runtime
+            // is returned by a task of that runtime, which is blocked in
+            // this drop: closing would wait for it forever. Bound the
+            // wait; DROP … WITH (FORCE) ends what is left.
+            let _ = tokio::time::timeout(Duration::from_secs(2), pool.close()).await;
+            if let Ok(mut conn) = admin.connect().await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await;
+            }
+            if let Ok(b) = Broker::connect(&amqp_url(), QueueNames::with_prefix(&prefix)).await {
+                let _ = b.delete_queues().await;
+                b.close().await;
+            }
+        });
     }
+}
+
+/// Runs `work` to its end on a runtime of its own, on a thread of its own,
+/// and waits for it: for clean-ups in Drop, which may run inside a runtime.
+pub fn on_own_thread(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(work);
+    })
+    .join();
 }
 
 /// Runs a command to completion within `limit`, or kills it and panics.
@@ -245,8 +286,22 @@ pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
+/// Asserts that a command's stderr holds `needle`, showing all of it if not.
+pub fn assert_said(o: &Output, needle: &str) {
+    assert!(stderr(o).contains(needle), "{}", stderr(o));
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// The first `Summary:` line of a command's output.
+pub fn summary_line(o: &Output) -> String {
+    let text = stdout(o);
+    text.lines()
+        .find(|l| l.starts_with("Summary: "))
+        .unwrap_or_else(|| panic!("no Summary: line in\n{text}"))
+        .to_string()
 }
 
 /// The `Summary:` line's key=value pairs.
@@ -271,6 +326,15 @@ pub fn num(s: &std::collections::BTreeMap<String, String>, k: &str) -> i64 {
         .unwrap()
 }
 
+/// The words of `backfill SUB --job SPEC FLAGS`, `sub` and `flags` split at
+/// white space.
+pub fn job_args<'a>(sub: &'a str, spec: &'a str, flags: &'a str) -> Vec<&'a str> {
+    let mut args: Vec<&str> = sub.split_whitespace().collect();
+    args.extend(["--job", spec]);
+    args.extend(flags.split_whitespace());
+    args
+}
+
 pub fn job(name: &str) -> String {
     format!("{}/jobs/{name}.toml", env!("CARGO_MANIFEST_DIR"))
 }
@@ -278,6 +342,80 @@ pub fn job(name: &str) -> String {
 pub mod both;
 pub mod fleet;
 pub mod steer;
+
+/// A job spec over the table `docs (id integer, doc jsonb)`: `head` (its
+/// name and settings), the target, then `rules` (TOML of its rules).
+pub fn docs_spec(head: &str, rules: &str) -> String {
+    format!(
+        r#"
+{head}
+[[targets]]
+name = "docs"
+table = "docs"
+key = "id"
+key_type = "integer"
+columns = ["doc"]
+query = "SELECT id AS key FROM docs"
+{rules}"#
+    )
+}
+
+/// Plans a forward commit of `spec` over `scope`, 10,000 rows a shard, with
+/// no throttle, sample or windows and a gate that lets it through; its run id.
+pub async fn plan_commit(
+    store: &backfill_store::Store,
+    spec: backfill_job::JobSpec,
+    scope: backfill_job::Scope,
+) -> String {
+    let (run_id, _plan) = backfill_coordinator::plan(
+        store,
+        &backfill_coordinator::RunRequest {
+            spec,
+            scope,
+            mode: backfill_job::Mode::Commit,
+            shard_size: Some(10_000),
+            throttle: None,
+            sample: None,
+            gate: backfill_coordinator::Gate::skip("test", "test"),
+            kind: backfill_job::RunKind::Forward,
+            windows: None,
+        },
+    )
+    .await
+    .unwrap();
+    run_id
+}
+
+/// Evaluates a row again (group, documents) after a conflict.
+pub type Reevaluate<'a> = dyn Fn(&str, &std::collections::BTreeMap<String, Option<String>>) -> backfill_job::RowOutcome
+    + Send
+    + Sync
+    + 'a;
+
+/// A mapper's last step by hand: commits evaluated rows of a shard as
+/// `worker`, re-evaluating conflicting rows with `retry` when given.
+pub async fn commit_rows(
+    store: &backfill_store::Store,
+    run_id: &str,
+    target: &backfill_job::spec::TargetSpec,
+    shard_no: u32,
+    worker: &str,
+    rows: Vec<backfill_store::EvaluatedRow>,
+    retry: Option<&Reevaluate<'_>>,
+) -> backfill_store::Committed {
+    store
+        .commit_shard(backfill_store::ShardCommit {
+            run_id,
+            shard_no,
+            target,
+            mode: backfill_job::Mode::Commit,
+            worker,
+            rows,
+            retry,
+        })
+        .await
+        .unwrap()
+}
 
 /// A mapper's first step by hand: a fresh shard's rows, evaluated with the
 /// given group parameters.
@@ -315,9 +453,46 @@ pub async fn read_and_evaluate(
         .collect()
 }
 
-/// Kills a coordinator (SIGKILL) once it has published some of its shards;
-/// returns (published, total) as the ledger then shows them.
-pub async fn kill_mid_publish(env: &TestEnv, mut coordinator: std::process::Child) -> (i64, i64) {
+/// The first group (by key) a run planned with a certificate page and a
+/// target title: (that page's id, the group's key).
+pub async fn first_titled_group(env: &TestEnv, run: &str) -> (String, String) {
+    sqlx::query_as(
+        "SELECT g->'params'->>'certificate_page_id', g->>'key'
+         FROM backfill_run, jsonb_array_elements(plan->'groups') g
+         WHERE run_id = $1 AND g->'params'->>'certificate_page_id' IS NOT NULL
+           AND g->'params'->>'target_title' IS NOT NULL
+         ORDER BY g->>'key' LIMIT 1",
+    )
+    .bind(run)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap()
+}
+
+/// The keys of the evaluated rows the job would change, in shard order.
+pub fn changing(evaluated: &[backfill_store::EvaluatedRow]) -> Vec<&str> {
+    evaluated
+        .iter()
+        .filter(|r| matches!(r.outcome, backfill_job::RowOutcome::Changed(_)))
+        .map(|r| r.key.as_str())
+        .collect()
+}
+
+/// The SQL with which the application edits revision `$1`'s title on
+/// PostgreSQL (`jsonb`).
+pub const EDIT_TITLE: &str = "UPDATE wagtailcore_revision SET content = jsonb_set(content, '{product_name}', '\"Edited by an admin\"') WHERE id = $1::int";
+
+/// Starts `backfill ARGS` (a coordinator, its output dropped) and kills it
+/// (SIGKILL) once it has published some of its shards; asserts that it had
+/// not published them all, and returns (published, total) as the ledger
+/// then shows them.
+pub async fn kill_mid_publish(env: &TestEnv, args: &[&str]) -> (i64, i64) {
+    let mut coordinator = env
+        .cmd(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         assert!(
@@ -337,12 +512,17 @@ pub async fn kill_mid_publish(env: &TestEnv, mut coordinator: std::process::Chil
     }
     coordinator.kill().unwrap();
     coordinator.wait().unwrap();
-    (
-        env.scalar_i64("SELECT count(*) FROM backfill_shard WHERE published_at IS NOT NULL")
-            .await,
-        env.scalar_i64("SELECT shards_total::bigint FROM backfill_run")
-            .await,
-    )
+    let published = env
+        .scalar_i64("SELECT count(*) FROM backfill_shard WHERE published_at IS NOT NULL")
+        .await;
+    let total = env
+        .scalar_i64("SELECT shards_total::bigint FROM backfill_run")
+        .await;
+    assert!(
+        published < total,
+        "killed mid-publish ({published} of {total})"
+    );
+    (published, total)
 }
 
 /// A spec file in a directory of its own, removed on drop.

@@ -20,6 +20,22 @@ pub fn spawn_coordinator_with(env: &TestEnv, args: &[&str]) -> Child {
         .unwrap()
 }
 
+/// Starts `backfill coordinator --job JOB FLAGS` (FLAGS split at white
+/// space) with its output captured.
+pub fn spawn_job(env: &TestEnv, job: &str, flags: &str) -> Child {
+    let mut args = vec!["--job", job];
+    args.extend(flags.split_whitespace());
+    spawn_coordinator_with(env, &args)
+}
+
+/// Starts `backfill coordinator --job JOB FLAGS` for the shipped job
+/// `name` and waits until it has planned its run: the coordinator, and the
+/// run's id.
+pub async fn start_job(env: &TestEnv, name: &str, flags: &str) -> (Child, String) {
+    let coord = spawn_job(env, &job(name), flags);
+    (coord, run_of(env, name).await)
+}
+
 /// The newest run of `job`, once the coordinator has planned it.
 pub async fn run_of(env: &TestEnv, job: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -4,12 +4,11 @@
 //! the shard's rows as errors and nothing of it written.
 
 use crate::common::both::{Backend, Db};
-use crate::common::{job, num, stdout, summary};
+use crate::common::{job, job_args, num, stdout, summary};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_shard_failing_every_attempt_is_given_up_recorded_and_the_run_ends() {
-    let db = Db::new(Backend::Sqlite).await;
-    db.seed_collections(40, 5).await;
+    let db = Db::with_collections(Backend::Sqlite, 40, 5).await;
     let poison = db
         .rows("SELECT id FROM collection_snapshot_contents ORDER BY id LIMIT 1 OFFSET 30")
         .await;
@@ -22,15 +21,11 @@ async fn a_shard_failing_every_attempt_is_given_up_recorded_and_the_run_ends() {
          BEGIN SELECT RAISE(ABORT, 'version {poison} is locked by the application'); END"
     ))
     .await;
-    let out = db.run(&[
+    let out = db.run(&job_args(
         "run",
-        "--job",
         &job("collection-dict-migrate"),
-        "--all",
-        "--commit",
-        "--shard-size",
-        "20",
-    ]);
+        "--all --commit --shard-size 20",
+    ));
     assert_eq!(out.status.code(), Some(1), "the run ends, as failed");
     let s = summary(&out);
     let run_id = s["run"].clone();

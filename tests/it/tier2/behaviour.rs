@@ -5,16 +5,27 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::common::both::{Backend, CertOracle, Db, BOTH};
-use crate::common::{job, num, read_and_evaluate, stderr, stdout, summary};
+use crate::common::{
+    assert_said, changing, commit_rows, job, job_args, num, plan_commit, read_and_evaluate, stderr,
+    stdout, summary,
+};
 use backfill_demo::program_readable_id;
-use backfill_job::{JobSpec, Mode, RowInput, Scope};
+use backfill_job::{JobSpec, RowInput, Scope};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn certificate_titles_dry_run_commit_rerun_on_both_back_ends() {
+    // What a run of the job processed, changed and affected.
+    let affected = |s: &std::collections::BTreeMap<String, String>| {
+        (
+            num(s, "processed"),
+            num(s, "changed"),
+            num(s, "refs_affected"),
+        )
+    };
+    let spec = job("program-certificate-titles");
     let mut summaries = Vec::new();
     for b in BOTH {
-        let db = Db::new(b).await;
-        db.seed_certificates(25, 500).await;
+        let db = Db::with_certificates(b, 25, 500).await;
         let oracle = CertOracle::read(&db).await;
         let (rows, changing, refs) = oracle.expected();
         assert!(
@@ -23,19 +34,11 @@ async fn certificate_titles_dry_run_commit_rerun_on_both_back_ends() {
         );
 
         // Dry run: reports, writes nothing.
-        let out = db.run(&["run", "--job", &job("program-certificate-titles"), "--all"]);
+        let out = db.run(&job_args("run", &spec, "--all"));
         assert_eq!(out.status.code(), Some(0), "{b:?}");
         let s = summary(&out);
         assert_eq!(s["mode"], "dry-run");
-        assert_eq!(
-            (
-                num(&s, "processed"),
-                num(&s, "changed"),
-                num(&s, "refs_affected")
-            ),
-            (rows, changing, refs),
-            "{b:?}"
-        );
+        assert_eq!(affected(&s), (rows, changing, refs), "{b:?}");
         assert_eq!(
             db.docs("wagtailcore_revision", "id", "content").await,
             oracle.before,
@@ -43,24 +46,10 @@ async fn certificate_titles_dry_run_commit_rerun_on_both_back_ends() {
         );
 
         // Commit: exactly the targets change, only product_name, once.
-        let out = db.run(&[
-            "run",
-            "--job",
-            &job("program-certificate-titles"),
-            "--all",
-            "--commit",
-        ]);
+        let out = db.run(&job_args("run", &spec, "--all --commit"));
         assert_eq!(out.status.code(), Some(0), "{b:?}");
         let s = summary(&out);
-        assert_eq!(
-            (
-                num(&s, "processed"),
-                num(&s, "changed"),
-                num(&s, "refs_affected")
-            ),
-            (rows, changing, refs),
-            "{b:?}"
-        );
+        assert_eq!(affected(&s), (rows, changing, refs), "{b:?}");
         assert_eq!(num(&s, "conflicts") + num(&s, "errors"), 0);
         let after = db.docs("wagtailcore_revision", "id", "content").await;
         oracle.check_after(&after);
@@ -79,13 +68,7 @@ async fn certificate_titles_dry_run_commit_rerun_on_both_back_ends() {
         );
 
         // A second commit changes nothing.
-        let out = db.run(&[
-            "run",
-            "--job",
-            &job("program-certificate-titles"),
-            "--all",
-            "--commit",
-        ]);
+        let out = db.run(&job_args("run", &spec, "--all --commit"));
         assert_eq!(out.status.code(), Some(0));
         let s = summary(&out);
         assert_eq!(
@@ -107,8 +90,7 @@ async fn certificate_titles_dry_run_commit_rerun_on_both_back_ends() {
 backends!(scope_flags_and_skips_on_both_back_ends);
 
 pub(crate) async fn scope_flags_and_skips_on_both_back_ends(b: Backend) {
-    let db = Db::new(b).await;
-    db.seed_certificates(20, 200).await;
+    let db = Db::with_certificates(b, 20, 200).await;
     let before = db.docs("wagtailcore_revision", "id", "content").await;
     for args in [vec![], vec!["--all", "--group", "x"]] {
         let spec = job("program-certificate-titles");
@@ -166,8 +148,7 @@ pub(crate) async fn scope_flags_and_skips_on_both_back_ends(b: Backend) {
 backends!(row_errors_exit_non_zero_and_the_rest_commits_on_both_back_ends);
 
 pub(crate) async fn row_errors_exit_non_zero_and_the_rest_commits_on_both_back_ends(b: Backend) {
-    let db = Db::new(b).await;
-    db.seed_certificates(12, 150).await;
+    let db = Db::with_certificates(b, 12, 150).await;
     let oracle = CertOracle::read(&db).await;
     let (rows, _, _) = oracle.expected();
     let bad = oracle.targets.keys().next().unwrap().clone();
@@ -175,13 +156,11 @@ pub(crate) async fn row_errors_exit_non_zero_and_the_rest_commits_on_both_back_e
         "UPDATE wagtailcore_revision SET content = '[\"not\", \"an\", \"object\"]' WHERE id = {bad}"
     ))
     .await;
-    let out = db.run(&[
+    let out = db.run(&job_args(
         "run",
-        "--job",
         &job("program-certificate-titles"),
-        "--all",
-        "--commit",
-    ]);
+        "--all --commit",
+    ));
     assert_eq!(out.status.code(), Some(1), "{b:?}");
     let s = summary(&out);
     assert_eq!(num(&s, "errors"), 1);
@@ -206,28 +185,12 @@ pub(crate) async fn row_errors_exit_non_zero_and_the_rest_commits_on_both_back_e
 backends!(conflicts_and_redelivery_on_both_back_ends);
 
 pub(crate) async fn conflicts_and_redelivery_on_both_back_ends(b: Backend) {
-    let db = Db::new(b).await;
-    db.seed_certificates(4, 100).await;
+    let db = Db::with_certificates(b, 4, 100).await;
     let store = db.store().await;
     let spec = JobSpec::parse(&std::fs::read_to_string(job("program-certificate-titles")).unwrap())
         .unwrap();
     let program = program_readable_id(0);
-    let (run_id, _) = backfill_coordinator::plan(
-        &store,
-        &backfill_coordinator::RunRequest {
-            spec,
-            scope: Scope::Groups(vec![program.clone()]),
-            mode: Mode::Commit,
-            shard_size: Some(10_000),
-            throttle: None,
-            sample: None,
-            gate: backfill_coordinator::Gate::skip("test", "test"),
-            kind: backfill_job::RunKind::Forward,
-            windows: None,
-        },
-    )
-    .await
-    .unwrap();
+    let run_id = plan_commit(&store, spec, Scope::Groups(vec![program.clone()])).await;
     let tasks = backfill_coordinator::pending_tasks(&store, &run_id)
         .await
         .unwrap();
@@ -238,12 +201,7 @@ pub(crate) async fn conflicts_and_redelivery_on_both_back_ends(b: Backend) {
     let params = rec.plan.group(&program).unwrap().params.clone();
 
     let evaluated = read_and_evaluate(&store, &run_id, target, 0, &params).await;
-    let victim = evaluated
-        .iter()
-        .find(|r| matches!(r.outcome, backfill_job::RowOutcome::Changed(_)))
-        .unwrap()
-        .key
-        .clone();
+    let victim = changing(&evaluated)[0].to_string();
     let edited = r#"{"product_name": "Edited by an admin"}"#;
     db.execute(&format!(
         "UPDATE wagtailcore_revision SET content = '{edited}' WHERE id = {victim}"
@@ -252,30 +210,13 @@ pub(crate) async fn conflicts_and_redelivery_on_both_back_ends(b: Backend) {
     // Another row gets an edit of a column the job does not read: its
     // row version moves but its JSON does not, so it is still written
     // (the compare-and-set falls back from the version to the content).
-    let bystander = evaluated
-        .iter()
-        .filter(|r| matches!(r.outcome, backfill_job::RowOutcome::Changed(_)))
-        .nth(1)
-        .unwrap()
-        .key
-        .clone();
+    let bystander = changing(&evaluated)[1].to_string();
     db.execute(&format!(
         "UPDATE wagtailcore_revision SET approved_go_live_at = NULL WHERE id = {bystander}"
     ))
     .await;
 
-    let committed = store
-        .commit_shard(backfill_store::ShardCommit {
-            run_id: &run_id,
-            shard_no: 0,
-            target,
-            mode: Mode::Commit,
-            worker: "test",
-            rows: evaluated.clone(),
-            retry: None,
-        })
-        .await
-        .unwrap();
+    let committed = commit_rows(&store, &run_id, target, 0, "test", evaluated.clone(), None).await;
     assert_eq!(committed.tally().counts.conflicts, 1, "{b:?}");
     let docs = db.docs("wagtailcore_revision", "id", "content").await;
     assert_eq!(
@@ -317,8 +258,7 @@ pub(crate) async fn conflicts_and_redelivery_on_both_back_ends(b: Backend) {
 backends!(collection_migrate_then_cleanup_on_both_back_ends);
 
 pub(crate) async fn collection_migrate_then_cleanup_on_both_back_ends(b: Backend) {
-    let db = Db::new(b).await;
-    db.seed_collections(12, 5).await;
+    let db = Db::with_collections(b, 12, 5).await;
     let (models, snaps) = (
         db.count("collection_models").await,
         db.count("collection_snapshot_contents").await,
@@ -330,19 +270,13 @@ pub(crate) async fn collection_migrate_then_cleanup_on_both_back_ends(b: Backend
 
     // Cleanup first: its commit is refused (it requires the migrate job
     // committed and verified), and its dry run skips every row.
-    let out = db.run(&[
+    let out = db.run(&job_args(
         "run",
-        "--job",
         &job("collection-nodes-cleanup"),
-        "--all",
-        "--commit",
-    ]);
+        "--all --commit",
+    ));
     assert_eq!(out.status.code(), Some(2), "{b:?}");
-    assert!(
-        stderr(&out).contains("requires job `collection-dict-migrate`"),
-        "{}",
-        stderr(&out)
-    );
+    assert_said(&out, "requires job `collection-dict-migrate`");
     let out = db.run(&["run", "--job", &job("collection-nodes-cleanup"), "--all"]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(num(&summary(&out), "skipped"), models + snaps, "{b:?}");
@@ -352,13 +286,11 @@ pub(crate) async fn collection_migrate_then_cleanup_on_both_back_ends(b: Backend
         snaps_before
     );
 
-    let out = db.run(&[
+    let out = db.run(&job_args(
         "run",
-        "--job",
         &job("collection-dict-migrate"),
-        "--all",
-        "--commit",
-    ]);
+        "--all --commit",
+    ));
     assert_eq!(out.status.code(), Some(0), "{b:?}");
     assert_eq!(num(&summary(&out), "changed"), models + snaps);
     let dicts = db.docs("collection_models", "id", "collection_dict").await;
@@ -389,13 +321,11 @@ pub(crate) async fn collection_migrate_then_cleanup_on_both_back_ends(b: Backend
     );
 
     // Not verified yet: still refused. Verify, and it starts.
-    let out = db.run(&[
+    let out = db.run(&job_args(
         "run",
-        "--job",
         &job("collection-nodes-cleanup"),
-        "--all",
-        "--commit",
-    ]);
+        "--all --commit",
+    ));
     assert_eq!(out.status.code(), Some(2), "{b:?}");
     assert!(stderr(&out).contains("no verify of `collection-dict-migrate` passed"));
     let out = db.run(&["verify", "--job", &job("collection-dict-migrate"), "--all"]);
@@ -413,13 +343,11 @@ pub(crate) async fn collection_migrate_then_cleanup_on_both_back_ends(b: Backend
         "{}",
         stdout(&out)
     );
-    let out = db.run(&[
+    let out = db.run(&job_args(
         "run",
-        "--job",
         &job("collection-nodes-cleanup"),
-        "--all",
-        "--commit",
-    ]);
+        "--all --commit",
+    ));
     assert_eq!(num(&summary(&out), "changed"), models + snaps, "{b:?}");
     for (_, nodes) in db.docs("collection_models", "id", "nodes").await {
         assert_eq!(nodes, serde_json::json!({}));
@@ -431,13 +359,11 @@ pub(crate) async fn collection_migrate_then_cleanup_on_both_back_ends(b: Backend
         assert_eq!(doc["nodes"], serde_json::json!({}), "{b:?}: {id}");
         assert_eq!(doc["collection_dict"]["nodes"], snaps_before[&id]["nodes"]);
     }
-    let out = db.run(&[
+    let out = db.run(&job_args(
         "run",
-        "--job",
         &job("collection-nodes-cleanup"),
-        "--all",
-        "--commit",
-    ]);
+        "--all --commit",
+    ));
     assert_eq!(num(&summary(&out), "changed"), 0);
     assert_eq!(
         (
@@ -454,20 +380,11 @@ async fn sqlite_refuses_distributed_roles() {
     for role in [
         vec!["mapper"],
         vec!["reducer"],
-        vec![
-            "coordinator",
-            "--job",
-            &job("collection-dict-migrate"),
-            "--all",
-        ],
+        job_args("coordinator", &job("collection-dict-migrate"), "--all"),
     ] {
         let out = db.run(&role);
         assert_eq!(out.status.code(), Some(2), "{role:?}");
-        assert!(
-            stderr(&out).contains("use `backfill run --local`"),
-            "{}",
-            stderr(&out)
-        );
+        assert_said(&out, "use `backfill run --local`");
     }
 }
 
@@ -540,7 +457,7 @@ fn the_demo_shows_the_streamfield_migration() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
-    assert!(stderr(&bad).contains("--job `nope`"), "{}", stderr(&bad));
+    assert_said(&bad, "--job `nope`");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -549,43 +466,19 @@ backends!(on_conflict_retry_applies_the_rules_to_the_applications_edit_on_both_b
 pub(crate) async fn on_conflict_retry_applies_the_rules_to_the_applications_edit_on_both_back_ends(
     b: Backend,
 ) {
-    let db = Db::new(b).await;
-    db.seed_certificates(4, 100).await;
+    let db = Db::with_certificates(b, 4, 100).await;
     let store = db.store().await;
     let text = std::fs::read_to_string(job("program-certificate-titles")).unwrap();
     let spec = JobSpec::parse(&format!("on_conflict = \"retry\"\n{text}")).unwrap();
     let program = program_readable_id(0);
-    let (run_id, _) = backfill_coordinator::plan(
-        &store,
-        &backfill_coordinator::RunRequest {
-            spec,
-            scope: Scope::Groups(vec![program.clone()]),
-            mode: Mode::Commit,
-            shard_size: Some(10_000),
-            throttle: None,
-            sample: None,
-            gate: backfill_coordinator::Gate::skip("test", "test"),
-            kind: backfill_job::RunKind::Forward,
-            windows: None,
-        },
-    )
-    .await
-    .unwrap();
+    let run_id = plan_commit(&store, spec, Scope::Groups(vec![program.clone()])).await;
     let rec = store.load_run(&run_id).await.unwrap().unwrap();
     let target = rec.spec.target("revisions").unwrap();
     let params = rec.plan.group(&program).unwrap().params.clone();
     let title = params["target_title"].clone();
     let evaluated = read_and_evaluate(&store, &run_id, target, 0, &params).await;
-    let changing = evaluated
-        .iter()
-        .filter(|r| matches!(r.outcome, backfill_job::RowOutcome::Changed(_)))
-        .count() as u64;
-    let victim = evaluated
-        .iter()
-        .find(|r| matches!(r.outcome, backfill_job::RowOutcome::Changed(_)))
-        .unwrap()
-        .key
-        .clone();
+    let changing_rows = changing(&evaluated).len() as u64;
+    let victim = changing(&evaluated)[0].to_string();
     // The application edits the row between our read and our write.
     db.execute(&format!(
         "UPDATE wagtailcore_revision SET content = '{{\"product_name\": \"Edited by an admin\", \"admin_note\": \"keep me\"}}' WHERE id = {victim}"
@@ -605,22 +498,20 @@ pub(crate) async fn on_conflict_retry_applies_the_rules_to_the_applications_edit
         )
         .outcome
     };
-    let committed = store
-        .commit_shard(backfill_store::ShardCommit {
-            run_id: &run_id,
-            shard_no: 0,
-            target,
-            mode: Mode::Commit,
-            worker: "test",
-            rows: evaluated,
-            retry: Some(&reevaluate),
-        })
-        .await
-        .unwrap();
+    let committed = commit_rows(
+        &store,
+        &run_id,
+        target,
+        0,
+        "test",
+        evaluated,
+        Some(&reevaluate),
+    )
+    .await;
     let t = committed.tally();
     assert_eq!(
         (t.counts.conflicts, t.conflicts_retried, t.counts.changed),
-        (0, 1, changing),
+        (0, 1, changing_rows),
         "{b:?}"
     );
     let docs = db.docs("wagtailcore_revision", "id", "content").await;
@@ -742,8 +633,7 @@ value = true
 backends!(revert_restores_every_document_on_both_back_ends);
 
 pub(crate) async fn revert_restores_every_document_on_both_back_ends(b: Backend) {
-    let db = Db::new(b).await;
-    db.seed_collections(10, 4).await;
+    let db = Db::with_collections(b, 10, 4).await;
     let spec = job("collection-dict-migrate");
     let before = (
         db.docs("collection_models", "id", "collection_dict").await,

@@ -6,7 +6,7 @@
 
 use crate::common::*;
 use backfill_demo::{program_kind, program_readable_id, ProgramKind};
-use backfill_job::{JobSpec, Mode, Scope};
+use backfill_job::{JobSpec, Scope};
 use std::time::Duration;
 
 const PROGRAMS: u32 = 25;
@@ -56,8 +56,7 @@ async fn oracle(env: &TestEnv, programs: &[String]) -> (i64, i64, i64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dry_run_is_the_default_and_writes_nothing() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(PROGRAMS, 600).await;
+    let env = TestEnv::with_certificates(PROGRAMS, 600).await;
     let before = env.table_md5("wagtailcore_revision", "id").await;
     let normal = normal_programs(PROGRAMS);
     let (rows, changing, refs) = oracle(&env, &normal).await;
@@ -143,40 +142,18 @@ async fn dry_run_is_the_default_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn scope_needs_exactly_one_of_group_or_all() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(12, 100).await;
+    let env = TestEnv::with_certificates(12, 100).await;
     let before = env.table_md5("wagtailcore_revision", "id").await;
+    let spec = job("program-certificate-titles");
     for args in [
-        vec!["run", "--job", &job("program-certificate-titles")],
-        vec![
-            "run",
-            "--job",
-            &job("program-certificate-titles"),
-            "--commit",
-        ],
-        vec![
-            "run",
-            "--job",
-            &job("program-certificate-titles"),
-            "--all",
-            "--group",
-            "X",
-            "--commit",
-        ],
-        vec![
-            "coordinator",
-            "--job",
-            &job("program-certificate-titles"),
-            "--commit",
-        ],
+        job_args("run", &spec, ""),
+        job_args("run", &spec, "--commit"),
+        job_args("run", &spec, "--all --group X --commit"),
+        job_args("coordinator", &spec, "--commit"),
     ] {
         let out = env.run(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(
-            stderr(&out).contains("exactly one of --group KEY (repeatable) or --all"),
-            "{}",
-            stderr(&out)
-        );
+        assert_said(&out, "exactly one of --group KEY (repeatable) or --all");
     }
     assert_eq!(env.table_md5("wagtailcore_revision", "id").await, before);
     let ledger = env
@@ -190,29 +167,22 @@ async fn scope_needs_exactly_one_of_group_or_all() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn commit_rewrites_only_product_name_once_and_a_second_run_changes_nothing() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(PROGRAMS, 800).await;
+    let env = TestEnv::with_certificates(PROGRAMS, 800).await;
     let normal = normal_programs(PROGRAMS);
     let (rows, changing, refs) = oracle(&env, &normal).await;
-    sqlx::query("CREATE TABLE rev_before AS SELECT * FROM wagtailcore_revision")
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    env.exec("CREATE TABLE rev_before AS SELECT * FROM wagtailcore_revision")
+        .await;
     let revisions = env
         .scalar_i64("SELECT count(*) FROM wagtailcore_revision")
         .await;
     let certs_md5 = env.table_md5("courses_programcertificate", "id").await;
     let pages_md5 = env.table_md5("cms_certificatepage", "page_ptr_id").await;
 
-    let out = env.run(&[
+    let out = env.run(&job_args(
         "run",
-        "--job",
         &job("program-certificate-titles"),
-        "--all",
-        "--commit",
-        "--mappers",
-        "2",
-    ]);
+        "--all --commit --mappers 2",
+    ));
     assert_eq!(out.status.code(), Some(0));
     let s = summary(&out);
     assert_eq!(s["mode"], "commit");
@@ -339,13 +309,11 @@ async fn commit_rewrites_only_product_name_once_and_a_second_run_changes_nothing
 
     // A second run changes nothing.
     let after_first = env.table_md5("wagtailcore_revision", "id").await;
-    let again = env.run(&[
+    let again = env.run(&job_args(
         "run",
-        "--job",
         &job("program-certificate-titles"),
-        "--all",
-        "--commit",
-    ]);
+        "--all --commit",
+    ));
     assert_eq!(again.status.code(), Some(0));
     let s2 = summary(&again);
     assert_eq!(num(&s2, "changed"), 0);
@@ -364,8 +332,7 @@ async fn commit_rewrites_only_product_name_once_and_a_second_run_changes_nothing
 
 #[tokio::test(flavor = "multi_thread")]
 async fn named_groups_unknown_keys_and_skipped_groups_are_reported_not_fatal() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(PROGRAMS, 500).await;
+    let env = TestEnv::with_certificates(PROGRAMS, 500).await;
     let keep = program_readable_id(1);
     let before_other = env
         .scalar_text(&format!(
@@ -415,8 +382,7 @@ async fn named_groups_unknown_keys_and_skipped_groups_are_reported_not_fatal() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_that_cannot_be_rewritten_are_errors_and_the_rest_commits() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(12, 200).await;
+    let env = TestEnv::with_certificates(12, 200).await;
     let (rows, changing, _) = oracle(&env, &normal_programs(12)).await;
     // A revision whose content is not an object: the rule meets the wrong type.
     let bad: i32 = sqlx::query_scalar(
@@ -432,13 +398,11 @@ async fn rows_that_cannot_be_rewritten_are_errors_and_the_rest_commits() {
     .fetch_one(&env.pool)
     .await
     .unwrap();
-    let out = env.run(&[
+    let out = env.run(&job_args(
         "run",
-        "--job",
         &job("program-certificate-titles"),
-        "--all",
-        "--commit",
-    ]);
+        "--all --commit",
+    ));
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -484,11 +448,7 @@ async fn a_bad_spec_is_refused_naming_the_field() {
     std::fs::write(&bad, text).unwrap();
     let out = env.run(&["run", "--job", bad.to_str().unwrap(), "--all"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("field `targets[0].table`"),
-        "{}",
-        stderr(&out)
-    );
+    assert_said(&out, "field `targets[0].table`");
     let out = env.run(&["run", "--job", "/nonexistent/job.toml", "--all"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("cannot read job spec /nonexistent/job.toml"));
@@ -504,46 +464,17 @@ async fn plan_one_program(
 ) -> (String, Vec<backfill_job::ShardTask>) {
     let spec = JobSpec::parse(&std::fs::read_to_string(job("program-certificate-titles")).unwrap())
         .unwrap();
-    let (run_id, _plan) = backfill_coordinator::plan(
-        store,
-        &backfill_coordinator::RunRequest {
-            spec,
-            scope: Scope::Groups(vec![program.to_string()]),
-            mode: Mode::Commit,
-            shard_size: Some(10_000),
-            throttle: None,
-            sample: None,
-            gate: backfill_coordinator::Gate::skip("test", "test"),
-            kind: backfill_job::RunKind::Forward,
-            windows: None,
-        },
-    )
-    .await
-    .unwrap();
-    let tasks = store
-        .shards(&run_id)
+    let run_id = plan_commit(store, spec, Scope::Groups(vec![program.to_string()])).await;
+    let tasks = backfill_coordinator::all_tasks(store, &run_id)
         .await
-        .unwrap()
-        .into_iter()
-        .map(|s| backfill_job::ShardTask {
-            v: 1,
-            ledger: store.ledger().id.clone(),
-            run_id: run_id.clone(),
-            shard_no: s.shard_no,
-            target: s.target,
-            first_key: s.first_key,
-            last_key: s.last_key,
-            rows: s.rows,
-        })
-        .collect();
+        .unwrap();
     let _ = env;
     (run_id, tasks)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_row_edited_after_it_was_read_is_a_conflict_and_not_overwritten() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(4, 120).await;
+    let env = TestEnv::with_certificates(4, 120).await;
     let store = env.store().await;
     let program = program_readable_id(0);
     let (run_id, tasks) = plan_one_program(&env, &store, &program).await;
@@ -555,34 +486,24 @@ async fn a_row_edited_after_it_was_read_is_a_conflict_and_not_overwritten() {
 
     // Step 1 of the mapper: read the shard.
     let evaluated = read_and_evaluate(&store, &run_id, target, task.shard_no, &params).await;
-    let to_change: Vec<&str> = evaluated
-        .iter()
-        .filter(|r| matches!(r.outcome, backfill_job::RowOutcome::Changed(_)))
-        .map(|r| r.key.as_str())
-        .collect();
+    let to_change = changing(&evaluated);
     assert!(to_change.len() >= 2);
     let victim = to_change[0].to_string();
 
     // The application edits the row between our read and our write.
-    sqlx::query("UPDATE wagtailcore_revision SET content = jsonb_set(content, '{product_name}', '\"Edited by an admin\"') WHERE id = $1::int")
-        .bind(&victim)
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    env.exec_with(EDIT_TITLE, &victim).await;
 
     // Step 2: commit with compare-and-set.
-    let committed = store
-        .commit_shard(backfill_store::ShardCommit {
-            run_id: &run_id,
-            shard_no: task.shard_no,
-            target,
-            mode: Mode::Commit,
-            worker: "test",
-            rows: evaluated.clone(),
-            retry: None,
-        })
-        .await
-        .unwrap();
+    let committed = commit_rows(
+        &store,
+        &run_id,
+        target,
+        task.shard_no,
+        "test",
+        evaluated.clone(),
+        None,
+    )
+    .await;
     let tally = committed.tally();
     assert_eq!(tally.counts.conflicts, 1);
     assert_eq!(tally.counts.changed as usize, to_change.len() - 1);
@@ -608,8 +529,7 @@ async fn a_row_edited_after_it_was_read_is_a_conflict_and_not_overwritten() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redelivered_shard_is_not_applied_twice_and_its_result_counts_once() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(4, 120).await;
+    let env = TestEnv::with_certificates(4, 120).await;
     let store = env.store().await;
     let (run_id, tasks) = plan_one_program(&env, &store, &program_readable_id(0)).await;
     let runs = backfill_mapper::RunCache::default();
@@ -672,8 +592,7 @@ async fn a_redelivered_shard_is_not_applied_twice_and_its_result_counts_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_mapper_processes_share_one_run() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(40, 3_000).await;
+    let env = TestEnv::with_certificates(40, 3_000).await;
     let normal = normal_programs(40);
     let (rows, changing, refs) = oracle(&env, &normal).await;
 
@@ -682,16 +601,11 @@ async fn three_mapper_processes_share_one_run() {
         .collect();
     workers.push(env.cmd(&["reducer"]).spawn().unwrap());
 
-    let out = env.run(&[
+    let out = env.run(&job_args(
         "coordinator",
-        "--job",
         &job("program-certificate-titles"),
-        "--all",
-        "--commit",
-        "--wait",
-        "--shard-size",
-        "25",
-    ]);
+        "--all --commit --wait --shard-size 25",
+    ));
     // Stop the workers the way an orchestrator does: SIGTERM, then wait.
     for w in &workers {
         let _ = std::process::Command::new("kill")

@@ -23,14 +23,10 @@ async fn migrate_then_cleanup_rewrites_every_version_in_place() {
         (models as u64, snaps as u64),
         (stats.collections, stats.snapshots)
     );
-    sqlx::query("CREATE TABLE models_before AS SELECT * FROM collection_models")
-        .execute(&env.pool)
-        .await
-        .unwrap();
-    sqlx::query("CREATE TABLE snaps_before AS SELECT * FROM collection_snapshot_contents")
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    env.exec("CREATE TABLE models_before AS SELECT * FROM collection_models")
+        .await;
+    env.exec("CREATE TABLE snaps_before AS SELECT * FROM collection_snapshot_contents")
+        .await;
 
     // Dry run first: nothing written.
     let md5 = env.table_md5("collection_snapshot_contents", "id").await;
@@ -42,13 +38,11 @@ async fn migrate_then_cleanup_rewrites_every_version_in_place() {
         md5
     );
 
-    let out = env.run(&[
+    let out = env.run(&job_args(
         "run",
-        "--job",
         &job("collection-dict-migrate"),
-        "--all",
-        "--commit",
-    ]);
+        "--all --commit",
+    ));
     assert_eq!(out.status.code(), Some(0));
     let s = summary(&out);
     assert_eq!(num(&s, "processed"), models + snaps);
@@ -95,25 +89,21 @@ async fn migrate_then_cleanup_rewrites_every_version_in_place() {
         0,
         "the latest snapshot matches the current row"
     );
-    let again = env.run(&[
+    let again = env.run(&job_args(
         "run",
-        "--job",
         &job("collection-dict-migrate"),
-        "--all",
-        "--commit",
-    ]);
+        "--all --commit",
+    ));
     assert_eq!(num(&summary(&again), "changed"), 0);
     let verify = env.run(&["verify", "--job", &job("collection-dict-migrate"), "--all"]);
     assert_eq!(verify.status.code(), Some(0), "nothing left to migrate");
 
     // Cleanup: clear the old property everywhere, keeping collection_dict.
-    let out = env.run(&[
+    let out = env.run(&job_args(
         "run",
-        "--job",
         &job("collection-nodes-cleanup"),
-        "--all",
-        "--commit",
-    ]);
+        "--all --commit",
+    ));
     assert_eq!(out.status.code(), Some(0));
     let s = summary(&out);
     assert_eq!(num(&s, "changed"), models + snaps);
@@ -144,32 +134,27 @@ async fn migrate_then_cleanup_rewrites_every_version_in_place() {
         .await,
         0
     );
-    let again = env.run(&[
+    let again = env.run(&job_args(
         "run",
-        "--job",
         &job("collection-nodes-cleanup"),
-        "--all",
-        "--commit",
-    ]);
+        "--all --commit",
+    ));
     assert_eq!(num(&summary(&again), "changed"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cleanup_before_migrate_is_refused_and_its_rows_are_skipped() {
-    let env = TestEnv::new().await;
-    env.seed_collections(10, 4).await;
+    let env = TestEnv::with_collections(10, 4).await;
     let (models, snaps) = counts(&env).await;
     let before = env.table_md5("collection_snapshot_contents", "id").await;
     let before_models = env.table_md5("collection_models", "id").await;
     // The commit is refused before anything is planned: the job requires
     // collection-dict-migrate committed and verified.
-    let out = env.run(&[
+    let out = env.run(&job_args(
         "run",
-        "--job",
         &job("collection-nodes-cleanup"),
-        "--all",
-        "--commit",
-    ]);
+        "--all --commit",
+    ));
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains(
@@ -203,19 +188,12 @@ async fn cleanup_before_migrate_is_refused_and_its_rows_are_skipped() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_without_groups_refuses_group_flags() {
-    let env = TestEnv::new().await;
-    env.seed_collections(2, 2).await;
-    let out = env.run(&[
+    let env = TestEnv::with_collections(2, 2).await;
+    let out = env.run(&job_args(
         "run",
-        "--job",
         &job("collection-dict-migrate"),
-        "--group",
-        "col0",
-    ]);
+        "--group col0",
+    ));
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("has no groups; run it with --all"),
-        "{}",
-        stderr(&out)
-    );
+    assert_said(&out, "has no groups; run it with --all");
 }

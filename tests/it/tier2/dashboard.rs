@@ -136,27 +136,13 @@ fn done_count(cells: &BTreeMap<u32, String>) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_shows_the_ledger_live_in_a_real_browser() {
     let bin = chromium();
-    let env = TestEnv::new().await;
-    env.seed_collections(1_500, 8).await;
-    let mut fleet = Fleet::new(&env);
-    fleet.start(2);
+    let env = TestEnv::with_collections(1_500, 8).await;
+    let mut fleet = Fleet::started(&env, 2);
     let port = free_port();
     let dash = fleet.spawn(&["dashboard", "--listen", &format!("127.0.0.1:{port}")]);
     fleet.mappers.push(dash); // killed with the fleet
-    let coord = spawn_coordinator_with(
-        &env,
-        &[
-            "--job",
-            &job(JOB),
-            "--all",
-            "--wait",
-            "--shard-size",
-            "50",
-            "--rows-per-sec",
-            "500",
-        ],
-    );
-    let run = run_of(&env, JOB).await;
+    let (coord, run) =
+        start_job(&env, JOB, "--all --wait --shard-size 50 --rows-per-sec 500").await;
     wait_done(&env, &run, 3).await;
     let url = format!("http://127.0.0.1:{port}/?run={run}");
     let (code, _) = http_get(port, "/");
@@ -622,22 +608,9 @@ async fn shard_count(env: &TestEnv, run: &str, what: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_run_shows_paused_its_killed_mapper_stale_and_the_reducer_lag() {
     let bin = chromium();
-    let env = TestEnv::new().await;
-    env.seed_collections(1_500, 8).await;
-    let mut fleet = Fleet::new(&env);
-    fleet.start(2);
-    let coord = spawn_coordinator_with(
-        &env,
-        &[
-            "--job",
-            &job(JOB),
-            "--all",
-            "--shard-size",
-            "50",
-            "--rows-per-sec",
-            "300",
-        ],
-    );
+    let env = TestEnv::with_collections(1_500, 8).await;
+    let mut fleet = Fleet::started(&env, 2);
+    let coord = spawn_job(&env, &job(JOB), "--all --shard-size 50 --rows-per-sec 300");
     fleet.mappers.push(coord); // killed with the fleet
     let run = run_of(&env, JOB).await;
     wait_done(&env, &run, 2).await;
@@ -793,8 +766,7 @@ async fn a_paused_run_shows_paused_its_killed_mapper_stale_and_the_reducer_lag()
 #[tokio::test(flavor = "multi_thread")]
 async fn finished_and_cancelled_runs_show_their_own_state_and_no_failing_health() {
     let bin = chromium();
-    let env = TestEnv::new().await;
-    env.seed_certificates(4, 100).await;
+    let env = TestEnv::with_certificates(4, 100).await;
     // A run that finished: a dry run in one process.
     let out = env.run(&["run", "--local", "--job", &job(CERTS), "--all"]);
     assert_eq!(out.status.code(), Some(0));
@@ -868,7 +840,7 @@ async fn finished_and_cancelled_runs_show_their_own_state_and_no_failing_health(
 /// committed and folded as the mapper and reducer do. Returns the run, the
 /// conflict's key and the error's key.
 async fn run_with_conflicts(env: &TestEnv) -> (String, String, String) {
-    use backfill_job::{evaluate_row, JobSpec, Mode, RowInput, Scope};
+    use backfill_job::{evaluate_row, JobSpec, RowInput, Scope};
     let bad: i32 = sqlx::query_scalar(
         "UPDATE wagtailcore_revision SET content = '\"not an object\"'::jsonb
          WHERE id = (SELECT c.certificate_page_revision_id FROM courses_programcertificate c
@@ -883,22 +855,7 @@ async fn run_with_conflicts(env: &TestEnv) -> (String, String, String) {
     .unwrap();
     let store = env.store().await;
     let spec = JobSpec::parse(&std::fs::read_to_string(job(CERTS)).unwrap()).unwrap();
-    let (run_id, _) = backfill_coordinator::plan(
-        &store,
-        &backfill_coordinator::RunRequest {
-            spec,
-            scope: Scope::All,
-            mode: Mode::Commit,
-            shard_size: Some(10_000),
-            throttle: None,
-            sample: None,
-            gate: backfill_coordinator::Gate::skip("test", "test"),
-            kind: backfill_job::RunKind::Forward,
-            windows: None,
-        },
-    )
-    .await
-    .unwrap();
+    let run_id = plan_commit(&store, spec, Scope::All).await;
     let tasks = backfill_coordinator::pending_tasks(&store, &run_id)
         .await
         .unwrap();
@@ -936,29 +893,18 @@ async fn run_with_conflicts(env: &TestEnv) -> (String, String, String) {
             })
         })
         .collect();
-    let victim = evaluated
-        .iter()
-        .find(|r| matches!(r.outcome, backfill_job::RowOutcome::Changed(_)))
-        .unwrap()
-        .key
-        .clone();
-    sqlx::query("UPDATE wagtailcore_revision SET content = jsonb_set(content, '{product_name}', '\"Edited by an admin\"') WHERE id = $1::int")
-        .bind(&victim)
-        .execute(&env.pool)
-        .await
-        .unwrap();
-    let committed = store
-        .commit_shard(backfill_store::ShardCommit {
-            run_id: &run_id,
-            shard_no: task.shard_no,
-            target,
-            mode: Mode::Commit,
-            worker: "mapper@test:1",
-            rows: evaluated,
-            retry: None,
-        })
-        .await
-        .unwrap();
+    let victim = changing(&evaluated)[0].to_string();
+    env.exec_with(EDIT_TITLE, &victim).await;
+    let committed = commit_rows(
+        &store,
+        &run_id,
+        target,
+        task.shard_no,
+        "mapper@test:1",
+        evaluated,
+        None,
+    )
+    .await;
     assert_eq!(committed.tally().counts.conflicts, 1);
     let runs = backfill_mapper::RunCache::default();
     for t in &tasks {
@@ -980,8 +926,7 @@ async fn run_with_conflicts(env: &TestEnv) -> (String, String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn conflicts_errors_and_groups_are_tables_and_a_header_click_sorts() {
     let bin = chromium();
-    let env = TestEnv::new().await;
-    env.seed_certificates(8, 400).await;
+    let env = TestEnv::with_certificates(8, 400).await;
     let (run, conflict, error) = run_with_conflicts(&env).await;
     let store = env.store().await;
     let rec = store.load_run(&run).await.unwrap().unwrap();

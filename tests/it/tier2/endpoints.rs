@@ -234,6 +234,26 @@ async fn a_one_shot_command_fails_fast_with_the_real_cause() {
     assert!(!err.contains("pg_ctlcluster"), "{err}");
 }
 
+/// Runs `backfill mapper` on the database at `url` for `run` (its log in the
+/// temp file `log`), then kills it: whether it was still running, and its log.
+fn mapper_for(env: &TestEnv, url: &str, log: &str, run: std::time::Duration) -> (bool, String) {
+    let log = std::env::temp_dir().join(log);
+    let mut child = env
+        .cmd(&["mapper"])
+        .env("DATABASE_URL", url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(run);
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let err = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    (still_running, err)
+}
+
 /// A mapper started while the database is down keeps retrying and logs the
 /// real cause each time, instead of exiting.
 #[tokio::test(flavor = "multi_thread")]
@@ -241,21 +261,12 @@ async fn a_mapper_waits_for_the_database_and_logs_the_cause() {
     use std::time::Duration;
     let env = TestEnv::new().await;
     let closed = free_port();
-    let log = std::env::temp_dir().join(format!("bf-endpoints-{closed}.log"));
-    let mut c = env.cmd(&["mapper"]);
-    c.env(
-        "DATABASE_URL",
-        format!("postgres://postgres@127.0.0.1:{closed}/postgres"),
-    )
-    .stdout(std::process::Stdio::null())
-    .stderr(std::fs::File::create(&log).unwrap());
-    let mut child = c.spawn().unwrap();
-    std::thread::sleep(Duration::from_secs(5));
-    let still_running = child.try_wait().unwrap().is_none();
-    let _ = child.kill();
-    let _ = child.wait();
-    let err = std::fs::read_to_string(&log).unwrap();
-    let _ = std::fs::remove_file(&log);
+    let (still_running, err) = mapper_for(
+        &env,
+        &format!("postgres://postgres@127.0.0.1:{closed}/postgres"),
+        &format!("bf-endpoints-{closed}.log"),
+        Duration::from_secs(5),
+    );
     assert!(still_running, "the mapper exited: {err}");
     assert!(err.to_lowercase().contains("refused"), "{err}");
 }
@@ -298,34 +309,22 @@ impl LateDatabase {
     }
 
     async fn create(&self, env: &TestEnv) {
-        sqlx::query(&format!("CREATE DATABASE \"{}\"", self.name))
-            .execute(&env.pool)
-            .await
-            .unwrap();
+        env.exec(&format!("CREATE DATABASE \"{}\"", self.name))
+            .await;
     }
 }
 
 impl Drop for LateDatabase {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                use sqlx::Connection;
-                if let Ok(mut c) = sqlx::PgConnection::connect(&base_db_url()).await {
-                    let _ =
-                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                            .execute(&mut c)
-                            .await;
-                }
-            });
-        })
-        .join();
+        on_own_thread(async move {
+            use sqlx::Connection;
+            if let Ok(mut c) = sqlx::PgConnection::connect(&base_db_url()).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut c)
+                    .await;
+            }
+        });
     }
 }
 
@@ -406,18 +405,12 @@ async fn a_missing_role_is_named_without_the_start_postgresql_hint() {
     assert!(err.contains("pg_ctlcluster"), "{err}");
     // A mapper waiting for each logs the same distinction.
     for (url, hinted) in [(no_role, false), (refused.as_str(), true)] {
-        let log = std::env::temp_dir().join(format!("bf-endpoints-role-{}.log", free_port()));
-        let mut c = env.cmd(&["mapper"]);
-        c.env("DATABASE_URL", url)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        let mut child = c.spawn().unwrap();
-        std::thread::sleep(Duration::from_secs(3));
-        let still_running = child.try_wait().unwrap().is_none();
-        let _ = child.kill();
-        let _ = child.wait();
-        let err = std::fs::read_to_string(&log).unwrap();
-        let _ = std::fs::remove_file(&log);
+        let (still_running, err) = mapper_for(
+            &env,
+            url,
+            &format!("bf-endpoints-role-{}.log", free_port()),
+            Duration::from_secs(3),
+        );
         assert!(still_running, "the mapper exited: {err}");
         assert!(err.contains("retrying"), "{err}");
         assert_eq!(err.contains("pg_ctlcluster"), hinted, "{url}: {err}");

@@ -17,11 +17,9 @@ use crate::common::fleet::*;
 #[tokio::test(flavor = "multi_thread")]
 async fn mappers_killed_mid_shard_lose_nothing_and_write_nothing_twice() {
     let reference = reference("collection-dict-migrate", "100").await;
-    let env = TestEnv::new().await;
-    env.seed_collections(COLLECTIONS, VERSIONS).await;
+    let env = TestEnv::with_collections(COLLECTIONS, VERSIONS).await;
     assert!(num(&reference.0, "processed") >= 20_000);
-    let mut fleet = Fleet::new(&env);
-    fleet.start(3);
+    let mut fleet = Fleet::started(&env, 3);
     let mut coord = spawn_coordinator(&env, &job("collection-dict-migrate"), "100");
     let mut kills = 0;
     let mut rng = rand::thread_rng();
@@ -44,10 +42,8 @@ async fn mappers_killed_mid_shard_lose_nothing_and_write_nothing_twice() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reducer_killed_and_restarted_counts_every_shard_once() {
     let reference = reference("collection-dict-migrate", "50").await;
-    let env = TestEnv::new().await;
-    env.seed_collections(COLLECTIONS, VERSIONS).await;
-    let mut fleet = Fleet::new(&env);
-    fleet.start(2);
+    let env = TestEnv::with_collections(COLLECTIONS, VERSIONS).await;
+    let mut fleet = Fleet::started(&env, 2);
     let mut coord = spawn_coordinator(&env, &job("collection-dict-migrate"), "50");
     let mut kills = 0;
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -68,82 +64,43 @@ async fn a_reducer_killed_and_restarted_counts_every_shard_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_coordinator_killed_while_publishing_is_resumed_by_the_same_command() {
     let reference = reference("collection-dict-migrate", "5").await;
-    let env = TestEnv::new().await;
-    env.seed_collections(COLLECTIONS, VERSIONS).await;
-    let args = [
-        "coordinator",
-        "--job",
-        &job("collection-dict-migrate"),
-        "--all",
-        "--commit",
-        "--wait",
-        "--shard-size",
-        "5",
-    ];
-    let first = env
-        .cmd(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let env = TestEnv::with_collections(COLLECTIONS, VERSIONS).await;
+    let spec = job("collection-dict-migrate");
+    let args = coordinator_args(&spec, "5");
     // Kill it once it has published some, but not all, of its shards.
-    let (published, total) = kill_mid_publish(&env, first).await;
-    assert!(
-        published < total,
-        "killed mid-publish ({published} of {total})"
-    );
+    kill_mid_publish(&env, &args).await;
 
-    let mut fleet = Fleet::new(&env);
-    fleet.start(2);
+    let _fleet = Fleet::started(&env, 2);
     let out = env.run(&args);
     assert_eq!(out.status.code(), Some(0));
-    assert!(
-        stderr(&out).contains("was unfinished: resuming it"),
-        "{}",
-        stderr(&out)
-    );
+    assert_said(&out, "was unfinished: resuming it");
     assert_matches_reference(&env, &summary(&out), &reference).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn duplicate_tasks_and_results_are_counted_once() {
     let reference = reference("collection-dict-migrate", "200").await;
-    let env = TestEnv::new().await;
-    env.seed_collections(COLLECTIONS, VERSIONS).await;
-    let mut fleet = Fleet::new(&env);
-    fleet.start(2);
-    let out = env.run(&[
+    let env = TestEnv::with_collections(COLLECTIONS, VERSIONS).await;
+    let _fleet = Fleet::started(&env, 2);
+    let out = env.run(&job_args(
         "coordinator",
-        "--job",
         &job("collection-dict-migrate"),
-        "--all",
-        "--commit",
-        "--shard-size",
-        "200",
-    ]);
+        "--all --commit --shard-size 200",
+    ));
     assert_eq!(out.status.code(), Some(0));
     let run_id = stdout(&out).trim().to_string();
     // Every task a second time, while the run is going on.
     let store = env.store().await;
-    let broker = backfill_queue::Broker::connect(&amqp_url(), env.queues())
-        .await
-        .unwrap();
+    let broker = env.broker().await;
     let publisher = broker.publisher().await.unwrap();
     let tasks = backfill_coordinator::pending_tasks(&store, &run_id)
         .await
         .unwrap();
     assert!(tasks.is_empty(), "all published by the coordinator");
-    for s in store.shards(&run_id).await.unwrap() {
-        let t = backfill_job::ShardTask {
-            v: 1,
-            ledger: store.ledger().id.clone(),
-            run_id: run_id.clone(),
-            shard_no: s.shard_no,
-            target: s.target,
-            first_key: s.first_key,
-            last_key: s.last_key,
-            rows: s.rows,
-        };
+    for t in backfill_coordinator::all_tasks(&store, &run_id)
+        .await
+        .unwrap()
+    {
         publisher.publish_task(&t).await.unwrap();
     }
     let rec =
@@ -196,20 +153,10 @@ async fn duplicate_tasks_and_results_are_counted_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_coordinator_for_the_same_job_backs_off_naming_the_active_run() {
-    let env = TestEnv::new().await;
-    env.seed_collections(COLLECTIONS, VERSIONS).await;
-    let mut fleet = Fleet::new(&env);
-    fleet.start(1);
-    let args = [
-        "coordinator",
-        "--job",
-        &job("collection-dict-migrate"),
-        "--all",
-        "--commit",
-        "--wait",
-        "--shard-size",
-        "50",
-    ];
+    let env = TestEnv::with_collections(COLLECTIONS, VERSIONS).await;
+    let _fleet = Fleet::started(&env, 1);
+    let spec = job("collection-dict-migrate");
+    let args = coordinator_args(&spec, "50");
     let first = env
         .cmd(&args)
         .stdout(Stdio::piped())
@@ -265,45 +212,33 @@ async fn a_second_coordinator_for_the_same_job_backs_off_naming_the_active_run()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_poison_shard_is_dead_lettered_and_poison_rows_quarantined_then_retry_finishes_the_job() {
     let reference = reference("collection-dict-migrate", "100").await;
-    let env = TestEnv::new().await;
-    env.seed_collections(COLLECTIONS, VERSIONS).await;
+    let env = TestEnv::with_collections(COLLECTIONS, VERSIONS).await;
     // The application refuses to update one snapshot: its shard fails on
     // every attempt.
     let poison_version = env
         .scalar_text("SELECT id FROM collection_snapshot_contents ORDER BY id OFFSET 700 LIMIT 1")
         .await;
-    sqlx::raw_sql(&format!(
+    env.exec(&format!(
         "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN IF NEW.id = '{poison_version}' THEN RAISE EXCEPTION 'version {poison_version} is locked by the application'; END IF; RETURN NEW; END $$;
          CREATE TRIGGER poison BEFORE UPDATE ON collection_snapshot_contents FOR EACH ROW EXECUTE FUNCTION refuse_poison();"
-    ))
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    )).await;
     // One current row whose document a rule cannot apply to.
     let poison_model = env
         .scalar_text("SELECT id FROM collection_models ORDER BY id OFFSET 10 LIMIT 1")
         .await;
-    sqlx::query(
+    env.exec_with(
         "UPDATE collection_models SET collection_dict = '\"not an object\"'::jsonb WHERE id = $1",
+        &poison_model,
     )
-    .bind(&poison_model)
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    .await;
 
-    let mut fleet = Fleet::new(&env);
-    fleet.start(2);
-    let out = env.run(&[
+    let _fleet = Fleet::started(&env, 2);
+    let out = env.run(&job_args(
         "coordinator",
-        "--job",
         &job("collection-dict-migrate"),
-        "--all",
-        "--commit",
-        "--wait",
-        "--shard-size",
-        "100",
-    ]);
+        "--all --commit --wait --shard-size 100",
+    ));
     assert_eq!(out.status.code(), Some(1), "the run ends, as failed");
     let run_id = stdout(&out).lines().next().unwrap().to_string();
     let s = summary(&out);
@@ -351,15 +286,13 @@ async fn a_poison_shard_is_dead_lettered_and_poison_rows_quarantined_then_retry_
     );
 
     // Fix the causes, then retry exactly the quarantined rows.
-    sqlx::raw_sql("DROP TRIGGER poison ON collection_snapshot_contents")
-        .execute(&env.pool)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE collection_models SET collection_dict = NULL WHERE id = $1")
-        .bind(&poison_model)
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    env.exec("DROP TRIGGER poison ON collection_snapshot_contents")
+        .await;
+    env.exec_with(
+        "UPDATE collection_models SET collection_dict = NULL WHERE id = $1",
+        &poison_model,
+    )
+    .await;
     let retry = env.run(&["retry", &run_id]);
     assert_eq!(retry.status.code(), Some(0));
     let rs = summary(&retry);
@@ -432,8 +365,7 @@ async fn run_with_concurrent_edits(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_edits_are_reported_as_conflicts_and_never_overwritten() {
-    let env = TestEnv::new().await;
-    env.seed_collections(COLLECTIONS, VERSIONS).await;
+    let env = TestEnv::with_collections(COLLECTIONS, VERSIONS).await;
     let (out, edited) = run_with_concurrent_edits(&env, &job("collection-dict-migrate")).await;
     assert_eq!(out.status.code(), Some(3), "conflicts exit 3");
     let s = summary(&out);
@@ -461,8 +393,7 @@ async fn concurrent_edits_are_reported_as_conflicts_and_never_overwritten() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_on_conflict_retry_concurrent_edits_are_kept_and_the_rule_applied_on_top() {
-    let env = TestEnv::new().await;
-    env.seed_collections(COLLECTIONS, VERSIONS).await;
+    let env = TestEnv::with_collections(COLLECTIONS, VERSIONS).await;
     let dir = std::env::temp_dir().join(format!("bf-retry-spec-{}", env.prefix));
     std::fs::create_dir_all(&dir).unwrap();
     let spec = dir.join("migrate-retry.toml");
@@ -502,30 +433,18 @@ async fn with_on_conflict_retry_concurrent_edits_are_kept_and_the_rule_applied_o
 #[tokio::test(flavor = "multi_thread")]
 async fn a_coordinator_killed_while_publishing_is_resumed_with_resume_run() {
     let reference = reference("collection-dict-migrate", "10").await;
-    let env = TestEnv::new().await;
-    env.seed_collections(COLLECTIONS, VERSIONS).await;
-    let first = env
-        .cmd(&[
+    let env = TestEnv::with_collections(COLLECTIONS, VERSIONS).await;
+    kill_mid_publish(
+        &env,
+        &job_args(
             "coordinator",
-            "--job",
             &job("collection-dict-migrate"),
-            "--all",
-            "--commit",
-            "--shard-size",
-            "10",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (published, total) = kill_mid_publish(&env, first).await;
+            "--all --commit --shard-size 10",
+        ),
+    )
+    .await;
     let run_id = env.scalar_text("SELECT run_id FROM backfill_run").await;
-    assert!(
-        published < total,
-        "killed mid-publish ({published} of {total})"
-    );
-    let mut fleet = Fleet::new(&env);
-    fleet.start(2);
+    let _fleet = Fleet::started(&env, 2);
     let out = env.run(&["coordinator", "--resume", &run_id, "--wait"]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(stdout(&out).lines().next(), Some(run_id.as_str()));

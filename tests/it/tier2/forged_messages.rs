@@ -12,23 +12,16 @@ use std::time::{Duration, Instant};
 #[tokio::test(flavor = "multi_thread")]
 async fn forged_tasks_and_results_change_nothing_the_ledger_did_not_plan_and_count() {
     let reference = reference("collection-dict-migrate", "200").await;
-    let env = TestEnv::new().await;
-    env.seed_collections(COLLECTIONS, VERSIONS).await;
-    let out = env.run(&[
+    let env = TestEnv::with_collections(COLLECTIONS, VERSIONS).await;
+    let out = env.run(&job_args(
         "coordinator",
-        "--job",
         &job("collection-dict-migrate"),
-        "--all",
-        "--commit",
-        "--shard-size",
-        "200",
-    ]);
+        "--all --commit --shard-size 200",
+    ));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let run_id = stdout(&out).trim().to_string();
     let store = env.store().await;
-    let broker = backfill_queue::Broker::connect(&amqp_url(), env.queues())
-        .await
-        .unwrap();
+    let broker = env.broker().await;
     let publisher = broker.publisher().await.unwrap();
     let shards = store.shards(&run_id).await.unwrap();
     let targets: Vec<String> = {

@@ -126,8 +126,7 @@ backends!(renaming_a_field_in_every_revision_of_a_page_type_verifies_and_reverts
 pub(crate) async fn renaming_a_field_in_every_revision_of_a_page_type_verifies_and_reverts(
     b: Backend,
 ) {
-    let db = Db::new(b).await;
-    db.seed_certificates(12, 400).await;
+    let db = Db::with_certificates(b, 12, 400).await;
     let before = texts(&db, "wagtailcore_revision", "content").await;
     let of_type: Vec<String> = db
         .rows(
@@ -207,8 +206,7 @@ fn node_rules(doc: &Value) -> Value {
 backends!(selector_condition_and_jq_rules_over_every_collection_node);
 
 pub(crate) async fn selector_condition_and_jq_rules_over_every_collection_node(b: Backend) {
-    let db = Db::new(b).await;
-    db.seed_collections(15, 4).await;
+    let db = Db::with_collections(b, 15, 4).await;
     let table = "collection_snapshot_contents";
     let before = texts(&db, table, "content").await;
     let expected: BTreeMap<String, Value> = before
@@ -232,8 +230,7 @@ pub(crate) async fn selector_condition_and_jq_rules_over_every_collection_node(b
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_selector_or_filter_that_does_not_parse_is_refused_at_load_naming_the_field() {
-    let db = Db::new(Backend::Sqlite).await;
-    db.seed_collections(2, 1).await;
+    let db = Db::with_collections(Backend::Sqlite, 2, 1).await;
     let base = std::fs::read_to_string(fixture("collection-node-rules")).unwrap();
     for (bad, field) in [
         (

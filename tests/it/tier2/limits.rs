@@ -8,33 +8,25 @@
 
 #![allow(clippy::unwrap_used)]
 
-use crate::common::{num, stderr, summary, SpecFile, TestEnv};
+use crate::common::{docs_spec, num, stderr, summary, SpecFile, TestEnv};
 
 /// A job over `docs` whose rule sets `path` (plus `extra` rules).
 fn spec(path: &str, extra: &str) -> String {
-    format!(
-        r#"
-name = "limits"
-[[targets]]
-name = "docs"
-table = "docs"
-key = "id"
-key_type = "integer"
-columns = ["doc"]
-query = "SELECT id AS key FROM docs"
-[[targets.rules]]
+    docs_spec(
+        r#"name = "limits""#,
+        &format!(
+            r#"[[targets.rules]]
 op = "set"
 path = "{path}"
 value = "New"
 {extra}"#
+        ),
     )
 }
 
 async fn docs_table(env: &TestEnv) {
-    sqlx::query("CREATE TABLE docs (id integer PRIMARY KEY, doc jsonb)")
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    env.exec("CREATE TABLE docs (id integer PRIMARY KEY, doc jsonb)")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -77,13 +69,11 @@ async fn a_document_deeper_than_serde_json_reads_is_a_named_row_error_and_left_u
         "[".repeat(199),
         "]".repeat(199)
     );
-    sqlx::query(
+    env.exec_with(
         "INSERT INTO docs (id, doc) VALUES (1, '{\"title\": \"Old\"}'), (2, $1::jsonb), (3, '{}')",
+        &deep,
     )
-    .bind(&deep)
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    .await;
     let before = env
         .scalar_text("SELECT md5(doc::text) FROM docs WHERE id = 2")
         .await;

@@ -51,8 +51,7 @@ fn value(scrape: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_pass_promtool_and_a_finished_run_leaves_its_true_final_values() {
-    let env = TestEnv::new().await;
-    env.seed_collections(300, 4).await;
+    let env = TestEnv::with_collections(300, 4).await;
     let mut fleet = Fleet::new(&env);
     let (mport, rport) = (free_port(), free_port());
     let mapper = fleet.spawn(&[
@@ -74,16 +73,11 @@ async fn metrics_pass_promtool_and_a_finished_run_leaves_its_true_final_values()
         "{before}"
     );
 
-    let out = env.run(&[
+    let out = env.run(&job_args(
         "coordinator",
-        "--job",
         &job("collection-dict-migrate"),
-        "--all",
-        "--commit",
-        "--wait",
-        "--shard-size",
-        "50",
-    ]);
+        "--all --commit --wait --shard-size 50",
+    ));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let run = stdout(&out).lines().next().unwrap().trim().to_string();
     let shards = num(&summary(&out), "shards");

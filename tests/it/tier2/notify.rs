@@ -134,8 +134,7 @@ async fn notify_events(env: &TestEnv, run: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_tells_its_start_and_end_and_a_failing_or_hanging_webhook_never_holds_it_up() {
-    let env = TestEnv::new().await;
-    env.seed_collections(300, 4).await;
+    let env = TestEnv::with_collections(300, 4).await;
     let (ok, fail, hang) = (
         Receiver::start(Answer::Ok),
         Receiver::start(Answer::Fail),
@@ -177,11 +176,7 @@ async fn a_run_tells_its_start_and_end_and_a_failing_or_hanging_webhook_never_ho
     );
     let took = started.elapsed();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let line = stdout(&out)
-        .lines()
-        .find(|l| l.starts_with("Summary:"))
-        .unwrap()
-        .to_string();
+    let line = summary_line(&out);
     let s = summary(&out);
     let run = s["run"].clone();
     // The coordinator waited for its own delivery to the hanging receiver
@@ -281,13 +276,10 @@ async fn a_run_tells_its_start_and_end_and_a_failing_or_hanging_webhook_never_ho
 /// `BACKFILL_NOTIFY_URL` (a comma-separated list, no `--notify` given).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_run_tells_failed_to_the_webhooks_of_backfill_notify_url() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(20, 800).await;
+    let env = TestEnv::with_certificates(20, 800).await;
     // Revisions that are not objects: row errors, so the run fails.
-    sqlx::query("UPDATE wagtailcore_revision SET content = '[1]'::jsonb WHERE id % 3 = 0")
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    env.exec("UPDATE wagtailcore_revision SET content = '[1]'::jsonb WHERE id % 3 = 0")
+        .await;
     let (a, b) = (Receiver::start(Answer::Ok), Receiver::start(Answer::Ok));
     let spec = job("program-certificate-titles");
     let mut cmd = env.cmd(&["run", "--job", &spec, "--all", "--commit"]);
@@ -296,11 +288,7 @@ async fn a_failed_run_tells_failed_to_the_webhooks_of_backfill_notify_url() {
     let out = output_within(cmd, Duration::from_secs(120));
     eprintln!("{}\n{}", stdout(&out), stderr(&out));
     assert_eq!(out.status.code(), Some(1), "a failed run: {}", stderr(&out));
-    let line = stdout(&out)
-        .lines()
-        .find(|l| l.starts_with("Summary:"))
-        .unwrap()
-        .to_string();
+    let line = summary_line(&out);
     let s = summary(&out);
     assert_eq!(s["state"], "failed");
     let errors = num(&s, "errors");
@@ -334,8 +322,7 @@ async fn a_failed_run_tells_failed_to_the_webhooks_of_backfill_notify_url() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_spec_s_slack_webhook_hears_of_a_stall_a_dead_shard_and_a_cancel() {
-    let env = TestEnv::new().await;
-    env.seed_collections(300, 4).await;
+    let env = TestEnv::with_collections(300, 4).await;
     let hook = Receiver::start(Answer::Ok);
     let spec = spec_with(
         JOB,
@@ -348,16 +335,10 @@ async fn the_spec_s_slack_webhook_hears_of_a_stall_a_dead_shard_and_a_cancel() {
     // A reducer and no mapper: nothing finishes, so the run stalls.
     let mut fleet = Fleet::new(&env);
     let mut reducer = fleet.spawn(&["reducer"]);
-    let coord = spawn_coordinator_with(
+    let coord = spawn_job(
         &env,
-        &[
-            "--job",
-            spec.to_str().unwrap(),
-            "--all",
-            "--commit",
-            "--shard-size",
-            "50",
-        ],
+        spec.to_str().unwrap(),
+        "--all --commit --shard-size 50",
     );
     let out = child_output_within(coord, Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -404,9 +385,7 @@ async fn the_spec_s_slack_webhook_hears_of_a_stall_a_dead_shard_and_a_cancel() {
         last_key: shard.last_key.clone(),
         rows: shard.rows,
     };
-    let broker = backfill_queue::Broker::connect(&amqp_url(), env.queues())
-        .await
-        .unwrap();
+    let broker = env.broker().await;
     broker
         .publisher()
         .await

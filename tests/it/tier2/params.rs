@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::common::both::{Backend, Db};
-use crate::common::{num, stderr, stdout, summary, SpecFile};
+use crate::common::{job_args, num, stderr, stdout, summary, SpecFile};
 
 /// A generic job: set KEY to VALUE in every document of TABLE.
 const GENERIC: &str = r#"
@@ -176,17 +176,11 @@ pub(crate) async fn parameters_are_typed_recorded_shown_and_part_of_the_review(b
     assert_eq!(r["params"]["key"], "title", "{backend:?}: {r}");
 
     // Verify with the same values passes; a rerun changes nothing.
-    let verify = db.run(&[
-        "verify",
-        "--local",
-        "--job",
+    let verify = db.run(&job_args(
+        "verify --local",
         job,
-        "--all",
-        "--param",
-        "key=title",
-        "--param",
-        "value=Hello",
-    ]);
+        "--all --param key=title --param value=Hello",
+    ));
     assert_eq!(
         verify.status.code(),
         Some(0),

@@ -33,8 +33,7 @@ async fn publish_raw(queue: &str, payload: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn messages_the_database_refuses_are_parked_once_and_cost_the_run_nothing() {
-    let env = TestEnv::new().await;
-    env.seed_collections(300, 4).await;
+    let env = TestEnv::with_collections(300, 4).await;
     let q = env.queues();
     let task = br#"{"v":1,"run_id":"bad\u0000run","shard_no":0,"target":"models","first_key":"1","last_key":"2","rows":1}"#;
     let tally = serde_json::to_value(backfill_job::Tally::default()).unwrap();
@@ -47,8 +46,7 @@ async fn messages_the_database_refuses_are_parked_once_and_cost_the_run_nothing(
     publish_raw(&q.dead, task).await;
     publish_raw(&q.results, result.as_bytes()).await;
 
-    let mut fleet = Fleet::new(&env);
-    fleet.start(2);
+    let _fleet = Fleet::started(&env, 2);
     let started = Instant::now();
     let mut coord = spawn_coordinator(&env, &job("collection-dict-migrate"), "10");
     wait_child(&mut coord, Duration::from_secs(120));

@@ -422,16 +422,11 @@ async fn retry_draws_a_moving_bar_and_plain_lines_with_the_same_stdout() {
         .await
         .expect("break every revision");
     let failed_dry_run = || {
-        let out = env.run(&[
+        let out = env.run(&common::job_args(
             "run",
-            "--job",
             spec,
-            "--all",
-            "--shard-size",
-            "20",
-            "--rows-per-sec",
-            "100000",
-        ]);
+            "--all --shard-size 20 --rows-per-sec 100000",
+        ));
         let s = common::summary(&out);
         assert!(
             common::num(&s, "errors") >= 600,
@@ -605,16 +600,11 @@ async fn status_watch_redraws_in_place_on_an_80_column_terminal() {
     let mut fleet = common::fleet::Fleet::new(&env);
     fleet.start(1);
     let job = common::job("program-certificate-titles");
-    let out = env.run(&[
+    let out = env.run(&common::job_args(
         "coordinator",
-        "--job",
         &job,
-        "--all",
-        "--shard-size",
-        "20",
-        "--rows-per-sec",
-        "100",
-    ]);
+        "--all --shard-size 20 --rows-per-sec 100",
+    ));
     assert_eq!(out.status.code(), Some(0));
     let run = common::stdout(&out)
         .lines()

@@ -36,7 +36,7 @@ fn assert_no_noise(what: &str, out: &std::process::Output) {
 #[tokio::test(flavor = "multi_thread")]
 async fn seed_on_postgresql_prints_no_slow_statement_warning_and_no_sql() {
     let env = TestEnv::new().await;
-    sqlx::raw_sql(
+    env.exec(
         "CREATE SCHEMA slow;
          CREATE FUNCTION slow.ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$
          BEGIN
@@ -48,9 +48,7 @@ async fn seed_on_postgresql_prints_no_slow_statement_warning_and_no_sql() {
          CREATE EVENT TRIGGER slow_ddl ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
            EXECUTE FUNCTION slow.ddl();",
     )
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    .await;
     let args = [
         "seed",
         "--dataset",
@@ -69,10 +67,8 @@ async fn seed_on_postgresql_prints_no_slow_statement_warning_and_no_sql() {
         "the schema statement was not slow, so this test shows nothing:\n{}",
         stderr(&out)
     );
-    sqlx::raw_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    env.exec("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        .await;
 
     let out = env.run(&args);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -122,19 +118,14 @@ fn the_demo_prints_what_it_generated_without_a_debug_dump() {
 /// throttle, and the run's throttle in the ledger is unchanged.
 #[tokio::test(flavor = "multi_thread")]
 async fn flags_given_to_a_resumed_run_are_named_as_not_applied() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(20, 800).await;
+    let env = TestEnv::with_certificates(20, 800).await;
     let spec = job("program-certificate-titles");
     // Planned and published; no worker takes it, so it stays running.
-    let planned = env.run(&[
+    let planned = env.run(&job_args(
         "coordinator",
-        "--job",
         &spec,
-        "--all",
-        "--commit",
-        "--shard-size",
-        "50",
-    ]);
+        "--all --commit --shard-size 50",
+    ));
     assert_eq!(planned.status.code(), Some(0), "{}", stderr(&planned));
     let run = stdout(&planned).lines().next().unwrap().trim().to_string();
     let control_sql = format!(
@@ -193,19 +184,11 @@ async fn flags_given_to_a_resumed_run_are_named_as_not_applied() {
         "--rows-per-sec, --bytes-per-sec, --max-wal-bytes-per-sec, --max-in-flight, --priority, --window",
     );
     // A coordinator of the same command adopts the run, and says the same.
-    let out = env.run(&[
+    let out = env.run(&job_args(
         "coordinator",
-        "--job",
         &spec,
-        "--all",
-        "--commit",
-        "--shard-size",
-        "50",
-        "--rows-per-sec",
-        "5",
-        "--priority",
-        "3",
-    ]);
+        "--all --commit --shard-size 50 --rows-per-sec 5 --priority 3",
+    ));
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(

@@ -14,8 +14,7 @@ const FROZEN: &str = "@SUM(1+1) <script>alert(2)</script>";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn csv_and_markdown_reports_neutralise_hostile_labels() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(12, 600).await;
+    let env = TestEnv::with_certificates(12, 600).await;
     // Hostile live titles (the report's labels), live certificate titles
     // (targets) and frozen titles (current values).
     for (sql, value) in [
@@ -36,15 +35,13 @@ async fn csv_and_markdown_reports_neutralise_hostile_labels() {
             FROZEN,
         ),
     ] {
-        sqlx::query(sql).bind(value).execute(&env.pool).await.unwrap();
+        env.exec_with(sql, value).await;
     }
-    let out = env.run(&[
-        "run",
-        "--local",
-        "--job",
+    let out = env.run(&job_args(
+        "run --local",
         &job("program-certificate-titles"),
         "--all",
-    ]);
+    ));
     assert_eq!(out.status.code(), Some(0));
     let run = summary(&out)["run"].clone();
 

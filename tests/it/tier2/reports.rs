@@ -8,21 +8,14 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn report_formats_parse_back_and_agree_with_the_summary() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(30, 1_500).await;
-    let out = env.run(&[
-        "run",
-        "--local",
-        "--job",
+    let env = TestEnv::with_certificates(30, 1_500).await;
+    let out = env.run(&job_args(
+        "run --local",
         &job("program-certificate-titles"),
         "--all",
-    ]);
+    ));
     assert_eq!(out.status.code(), Some(0));
-    let summary_line = stdout(&out)
-        .lines()
-        .find(|l| l.starts_with("Summary: "))
-        .unwrap()
-        .to_string();
+    let summary_line = summary_line(&out);
     let s = summary(&out);
     let run = s["run"].clone();
 
@@ -95,28 +88,18 @@ async fn report_formats_parse_back_and_agree_with_the_summary() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_passes_only_when_nothing_is_left_to_do() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(30, 1_500).await;
+    let env = TestEnv::with_certificates(30, 1_500).await;
     let spec = job("program-certificate-titles");
     let before = env.run(&["verify", "--local", "--job", &spec, "--all"]);
     assert_eq!(before.status.code(), Some(1), "rows are left to change");
     assert!(num(&summary(&before), "changed") > 0);
-    assert!(
-        stderr(&before).contains("would still change"),
-        "{}",
-        stderr(&before)
-    );
+    assert_said(&before, "would still change");
     let checksum = env.table_md5("wagtailcore_revision", "id").await;
-    let commit = env.run(&[
-        "run",
-        "--local",
-        "--job",
+    let commit = env.run(&job_args(
+        "run --local",
         &spec,
-        "--all",
-        "--commit",
-        "--operator",
-        "ops-carol",
-    ]);
+        "--all --commit --operator ops-carol",
+    ));
     assert_eq!(commit.status.code(), Some(0));
     assert_ne!(env.table_md5("wagtailcore_revision", "id").await, checksum);
     let after_commit = env.table_md5("wagtailcore_revision", "id").await;
@@ -172,8 +155,7 @@ async fn verify_passes_only_when_nothing_is_left_to_do() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn report_diff_names_a_group_whose_live_title_was_edited_after_the_review() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(30, 1_500).await;
+    let env = TestEnv::with_certificates(30, 1_500).await;
     let spec = job("program-certificate-titles");
     let first = env.run(&["run", "--local", "--job", &spec, "--all"]);
     let run1 = summary(&first)["run"].clone();
@@ -181,22 +163,8 @@ async fn report_diff_names_a_group_whose_live_title_was_edited_after_the_review(
     assert_eq!(same.status.code(), Some(0));
     assert!(stdout(&same).contains("the same"));
 
-    let (page, key): (String, String) = sqlx::query_as(
-        "SELECT g->'params'->>'certificate_page_id', g->>'key'
-         FROM backfill_run, jsonb_array_elements(plan->'groups') g
-         WHERE run_id = $1 AND g->'params'->>'certificate_page_id' IS NOT NULL
-           AND g->'params'->>'target_title' IS NOT NULL
-         ORDER BY g->>'key' LIMIT 1",
-    )
-    .bind(&run1)
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
-    sqlx::query("UPDATE cms_certificatepage SET product_name = 'Edited after review' WHERE page_ptr_id = $1::int")
-        .bind(&page)
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    let (page, key) = first_titled_group(&env, &run1).await;
+    env.exec_with("UPDATE cms_certificatepage SET product_name = 'Edited after review' WHERE page_ptr_id = $1::int", &page).await;
     let second = env.run(&["run", "--local", "--job", &spec, "--all"]);
     let run2 = summary(&second)["run"].clone();
     assert_ne!(run1, run2);
@@ -217,8 +185,7 @@ async fn report_diff_names_a_group_whose_live_title_was_edited_after_the_review(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prune_lists_then_deletes_the_before_images_of_old_runs() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(30, 1_500).await;
+    let env = TestEnv::with_certificates(30, 1_500).await;
     let spec = job("program-certificate-titles");
     let commit = env.run(&["run", "--local", "--job", &spec, "--all", "--commit"]);
     let changed = num(&summary(&commit), "changed");
@@ -357,8 +324,7 @@ impl Reports {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reports_lead_with_the_outcome_of_done_failed_revert_and_sampled_runs() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(30, 1_500).await;
+    let env = TestEnv::with_certificates(30, 1_500).await;
     let spec = job("program-certificate-titles");
     // One program's revisions each hold a title of their own.
     let program: String = sqlx::query_scalar(
@@ -370,15 +336,9 @@ async fn reports_lead_with_the_outcome_of_done_failed_revert_and_sampled_runs() 
     .fetch_one(&env.pool)
     .await
     .unwrap();
-    sqlx::query(
-        "UPDATE wagtailcore_revision r SET content = jsonb_set(r.content, '{product_name}', to_jsonb('Old title ' || r.id))
+    env.exec_with("UPDATE wagtailcore_revision r SET content = jsonb_set(r.content, '{product_name}', to_jsonb('Old title ' || r.id))
          WHERE r.id IN (SELECT c.certificate_page_revision_id FROM courses_programcertificate c
-                        JOIN courses_program p ON p.id = c.program_id WHERE p.readable_id = $1)",
-    )
-    .bind(&program)
-    .execute(&env.pool)
-    .await
-    .unwrap();
+                        JOIN courses_program p ON p.id = c.program_id WHERE p.readable_id = $1)", &program).await;
 
     // A dry run over RabbitMQ: done, forward.
     let dry = env.run(&["run", "--job", &spec, "--all"]);
@@ -414,16 +374,14 @@ async fn reports_lead_with_the_outcome_of_done_failed_revert_and_sampled_runs() 
     assert_eq!(row.matches("Old title ").count(), 3, "{row}");
 
     // A commit with a row that cannot be rewritten: failed.
-    sqlx::query(
+    env.exec_with(
         "UPDATE wagtailcore_revision SET content = '\"not an object\"'::jsonb
          WHERE id = (SELECT min(c.certificate_page_revision_id) FROM courses_programcertificate c
                      JOIN courses_program p ON p.id = c.program_id
                      WHERE p.readable_id = $1 AND NOT c.is_revoked)",
+        &program,
     )
-    .bind(&program)
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    .await;
     let commit = env.run(&["run", "--job", &spec, "--all", "--commit"]);
     assert_eq!(commit.status.code(), Some(1), "a run with errors fails");
     let c = summary(&commit);

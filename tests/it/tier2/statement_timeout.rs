@@ -14,21 +14,13 @@ use crate::common::fleet::{coordinator_output, spawn_coordinator, wait_child, Fl
 use crate::common::*;
 use std::time::Duration;
 
-const SPEC: &str = r#"
-name = "slow-docs"
-shard_size = 40
-[[targets]]
-name = "docs"
-table = "docs"
-key = "id"
-key_type = "integer"
-columns = ["doc"]
-query = "SELECT id AS key FROM docs"
-[[targets.rules]]
-op = "set"
-path = "/seen"
-value = true
-"#;
+/// The job: sets `/seen` in every document of `docs`, 40 rows a shard.
+fn spec() -> String {
+    docs_spec(
+        "name = \"slow-docs\"\nshard_size = 40",
+        "[[targets.rules]]\nop = \"set\"\npath = \"/seen\"\nvalue = true\n",
+    )
+}
 
 /// The spec in a file of its own, removed with the value.
 struct SpecFile(std::path::PathBuf);
@@ -36,7 +28,7 @@ struct SpecFile(std::path::PathBuf);
 impl SpecFile {
     fn new(env: &TestEnv) -> SpecFile {
         let path = std::env::temp_dir().join(format!("{}-slow-docs.toml", env.prefix));
-        std::fs::write(&path, SPEC).unwrap();
+        std::fs::write(&path, spec()).unwrap();
         SpecFile(path)
     }
     fn path(&self) -> &str {
@@ -70,7 +62,7 @@ async fn slow_table(env: &TestEnv, rows: i64, sleep_per_row: f64, timeout: &str)
             env.db_name
         ),
     ] {
-        sqlx::query(&q).execute(&env.pool).await.unwrap();
+        env.exec(&q).await;
     }
 }
 
@@ -97,8 +89,7 @@ async fn a_shard_too_slow_for_the_statement_timeout_is_written_in_halved_batches
     // cancelled at 1 s, 10 rows (0.8 s) pass.
     slow_table(&env, 80, 0.08, "1s").await;
     let spec = SpecFile::new(&env);
-    let mut fleet = Fleet::new(&env);
-    fleet.start(2);
+    let _fleet = Fleet::started(&env, 2);
     let mut coord = spawn_coordinator(&env, spec.path(), "40");
     wait_child(&mut coord, Duration::from_secs(180));
     let out = coordinator_output(coord);
@@ -146,8 +137,7 @@ async fn a_row_too_slow_for_the_statement_timeout_is_given_up_naming_the_timeout
     // Every single row's UPDATE takes 1.5 s against a 1 s timeout.
     slow_table(&env, 4, 1.5, "1s").await;
     let spec = SpecFile::new(&env);
-    let mut fleet = Fleet::new(&env);
-    fleet.start(1);
+    let _fleet = Fleet::started(&env, 1);
     let mut coord = spawn_coordinator(&env, spec.path(), "4");
     wait_child(&mut coord, Duration::from_secs(180));
     let out = coordinator_output(coord);

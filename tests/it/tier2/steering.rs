@@ -14,35 +14,23 @@ use std::time::Duration;
 const JOB: &str = "collection-dict-migrate";
 
 async fn seeded() -> TestEnv {
-    let env = TestEnv::new().await;
-    env.seed_collections(1_500, 8).await;
-    env
+    TestEnv::with_collections(1_500, 8).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_stops_new_shards_within_two_seconds_and_resume_finishes_the_run() {
     let env = seeded().await;
-    let mut fleet = Fleet::new(&env);
-    fleet.start(1);
+    let mut fleet = Fleet::started(&env, 1);
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let m = fleet.spawn(&["mapper", "--concurrency", "2", "--metrics-addr", &addr]);
     fleet.mappers.push(m);
-    let coord = spawn_coordinator_with(
+    let (coord, run) = start_job(
         &env,
-        &[
-            "--job",
-            &job(JOB),
-            "--all",
-            "--commit",
-            "--wait",
-            "--shard-size",
-            "50",
-            "--rows-per-sec",
-            "1000",
-        ],
-    );
-    let run = run_of(&env, JOB).await;
+        JOB,
+        "--all --commit --wait --shard-size 50 --rows-per-sec 1000",
+    )
+    .await;
     wait_done(&env, &run, 20).await;
 
     let out = env
@@ -166,23 +154,13 @@ async fn pause_stops_new_shards_within_two_seconds_and_resume_finishes_the_run()
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_stops_the_run_and_writes_the_summary_of_what_was_done() {
     let env = seeded().await;
-    let mut fleet = Fleet::new(&env);
-    fleet.start(2);
-    let coord = spawn_coordinator_with(
+    let _fleet = Fleet::started(&env, 2);
+    let (coord, run) = start_job(
         &env,
-        &[
-            "--job",
-            &job(JOB),
-            "--all",
-            "--commit",
-            "--wait",
-            "--shard-size",
-            "50",
-            "--rows-per-sec",
-            "800",
-        ],
-    );
-    let run = run_of(&env, JOB).await;
+        JOB,
+        "--all --commit --wait --shard-size 50 --rows-per-sec 800",
+    )
+    .await;
     wait_done(&env, &run, 10).await;
     let asked = db_now(&env).await;
     let out = env.run(&["cancel", &run]);
@@ -276,22 +254,9 @@ async fn cancel_stops_the_run_and_writes_the_summary_of_what_was_done() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_throttled_run_keeps_to_its_rate_and_the_rate_changes_while_it_runs() {
     let env = seeded().await;
-    let mut fleet = Fleet::new(&env);
-    fleet.start(2);
-    let coord = spawn_coordinator_with(
-        &env,
-        &[
-            "--job",
-            &job(JOB),
-            "--all",
-            "--wait",
-            "--shard-size",
-            "50",
-            "--rows-per-sec",
-            "400",
-        ],
-    );
-    let run = run_of(&env, JOB).await;
+    let _fleet = Fleet::started(&env, 2);
+    let (coord, run) =
+        start_job(&env, JOB, "--all --wait --shard-size 50 --rows-per-sec 400").await;
     wait_done(&env, &run, 30).await; // 1,500 rows: about 4 s at 400 rows/s
     let out = env.run(&["throttle", &run, "--rows-per-sec", "1000"]);
     assert_eq!(out.status.code(), Some(0));
@@ -320,29 +285,18 @@ async fn a_throttled_run_keeps_to_its_rate_and_the_rate_changes_while_it_runs() 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_health_check_holds_the_run_until_it_passes_with_one_shard_in_flight() {
     let env = seeded().await;
-    sqlx::raw_sql(
-        "CREATE TABLE ops_hold (reason text); INSERT INTO ops_hold VALUES ('vacuum window')",
-    )
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    env.exec("CREATE TABLE ops_hold (reason text); INSERT INTO ops_hold VALUES ('vacuum window')")
+        .await;
     let spec = spec_with(
         JOB,
         "[health]\nsql = \"SELECT NOT EXISTS (SELECT 1 FROM ops_hold)\"\ncheck_every_seconds = 0.5\n\n[throttle]\nmax_in_flight = 1\n",
         "health",
     );
-    let mut fleet = Fleet::new(&env);
-    fleet.start(2);
-    let coord = spawn_coordinator_with(
+    let _fleet = Fleet::started(&env, 2);
+    let coord = spawn_job(
         &env,
-        &[
-            "--job",
-            spec.to_str().unwrap(),
-            "--all",
-            "--wait",
-            "--shard-size",
-            "200",
-        ],
+        spec.to_str().unwrap(),
+        "--all --wait --shard-size 200",
     );
     let run = run_of(&env, JOB).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -362,10 +316,7 @@ async fn a_failing_health_check_holds_the_run_until_it_passes_with_one_shard_in_
     );
     assert_eq!(st["throttle"]["max_in_flight"], 1);
 
-    sqlx::query("DELETE FROM ops_hold")
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    env.exec("DELETE FROM ops_hold").await;
     let out = coordinator_output(coord);
     assert_eq!(out.status.code(), Some(0));
     let planned = env
@@ -391,39 +342,16 @@ async fn a_failing_health_check_holds_the_run_until_it_passes_with_one_shard_in_
 async fn two_runs_at_once_keep_their_tasks_apart_and_the_higher_priority_goes_first() {
     let env = seeded().await;
     env.seed_certificates(30, 6_000).await;
-    let mut fleet = Fleet::new(&env);
-    fleet.start(2);
-    let low = spawn_coordinator_with(
-        &env,
-        &[
-            "--job",
-            &job(JOB),
-            "--all",
-            "--wait",
-            "--shard-size",
-            "50",
-            "--rows-per-sec",
-            "800",
-        ],
-    );
-    let low_run = run_of(&env, JOB).await;
+    let _fleet = Fleet::started(&env, 2);
+    let (low, low_run) =
+        start_job(&env, JOB, "--all --wait --shard-size 50 --rows-per-sec 800").await;
     wait_done(&env, &low_run, 5).await;
-    let high = spawn_coordinator_with(
+    let (high, high_run) = start_job(
         &env,
-        &[
-            "--job",
-            &job("program-certificate-titles"),
-            "--all",
-            "--wait",
-            "--shard-size",
-            "50",
-            "--rows-per-sec",
-            "400",
-            "--priority",
-            "5",
-        ],
-    );
-    let high_run = run_of(&env, "program-certificate-titles").await;
+        "program-certificate-titles",
+        "--all --wait --shard-size 50 --rows-per-sec 400 --priority 5",
+    )
+    .await;
     let high_out = coordinator_output(high);
     assert_eq!(high_out.status.code(), Some(0));
     let low_out = coordinator_output(low);
@@ -514,7 +442,7 @@ async fn readiness_reports_an_unreachable_broker() {
         Some(1),
         "the health probe fails while not ready"
     );
-    assert!(stderr(&probe).contains("503"), "{}", stderr(&probe));
+    assert_said(&probe, "503");
     let (code, body) = http_get(port, "/api/runs/nope");
     assert_eq!(code, 404, "{body}");
     let _ = dash.kill();

@@ -27,11 +27,11 @@ fn text_of(db: &Db, column: &str) -> String {
     }
 }
 
-/// The certificate pages' `signatories` column, as stored, by page id.
-async fn pages(db: &Db) -> BTreeMap<String, String> {
-    let col = text_of(db, "signatories");
+/// A column of every row of `table`, as stored, by the row's `key`.
+async fn column(db: &Db, table: &str, key: &str, column: &str) -> BTreeMap<String, String> {
+    let col = text_of(db, column);
     db.rows(&format!(
-        "SELECT CAST(page_ptr_id AS text) AS c0, {col} AS c1 FROM cms_certificatepage"
+        "SELECT CAST({key} AS text) AS c0, {col} AS c1 FROM {table}"
     ))
     .await
     .into_iter()
@@ -39,16 +39,14 @@ async fn pages(db: &Db) -> BTreeMap<String, String> {
     .collect()
 }
 
+/// The certificate pages' `signatories` column, as stored, by page id.
+async fn pages(db: &Db) -> BTreeMap<String, String> {
+    column(db, "cms_certificatepage", "page_ptr_id", "signatories").await
+}
+
 /// Every revision's `content`, as stored, by id.
 async fn revisions(db: &Db) -> BTreeMap<String, String> {
-    let col = text_of(db, "content");
-    db.rows(&format!(
-        "SELECT CAST(id AS text) AS c0, {col} AS c1 FROM wagtailcore_revision"
-    ))
-    .await
-    .into_iter()
-    .map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap()))
-    .collect()
+    column(db, "wagtailcore_revision", "id", "content").await
 }
 
 /// The ids of the certificate pages' revisions.
@@ -110,8 +108,7 @@ backends!(a_struct_child_is_renamed_on_pages_and_inside_revisions_and_reverted);
 pub(crate) async fn a_struct_child_is_renamed_on_pages_and_inside_revisions_and_reverted(
     backend: Backend,
 ) {
-    let db = Db::new(backend).await;
-    db.seed_certificates(6, 60).await;
+    let db = Db::with_certificates(backend, 6, 60).await;
     let revs = certificate_revisions(&db).await;
     assert!(revs.len() > 6, "{backend:?}: several revisions per page");
     // One revision with non-ASCII text, escaped as json.dumps does.
@@ -246,8 +243,7 @@ backends!(a_revision_whose_streamfield_is_not_json_is_a_row_error_and_the_rest_c
 pub(crate) async fn a_revision_whose_streamfield_is_not_json_is_a_row_error_and_the_rest_commits(
     backend: Backend,
 ) {
-    let db = Db::new(backend).await;
-    db.seed_certificates(3, 20).await;
+    let db = Db::with_certificates(backend, 3, 20).await;
     let revs = certificate_revisions(&db).await;
     let bad = revs[revs.len() / 2].clone();
     set_signatories(&db, &bad, "[{\"type\": \"signatory\", \"value\": ").await;
@@ -323,8 +319,7 @@ backends!(created_blocks_get_uuid4_ids_and_a_revert_restores_the_stream);
 pub(crate) async fn created_blocks_get_uuid4_ids_and_a_revert_restores_the_stream(
     backend: Backend,
 ) {
-    let db = Db::new(backend).await;
-    db.seed_certificates(4, 10).await;
+    let db = Db::with_certificates(backend, 4, 10).await;
     let before = pages(&db).await;
     let spec = common::SpecFile::new("signatories-to-list", TO_LIST);
     let commit = db.run(&["run", "--job", spec.path(), "--all", "--commit"]);

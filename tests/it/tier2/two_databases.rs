@@ -67,18 +67,12 @@ fn ledger_show(env: &TestEnv, url: &str) -> (i32, String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_databases_sharing_one_queue_prefix_each_finish_their_own_run_exactly() {
     // The summary of the same run alone, embedded.
-    let alone = TestEnv::new().await;
-    alone.seed_collections(300, 4).await;
-    let out = alone.run(&[
-        "run",
-        "--local",
-        "--job",
+    let alone = TestEnv::with_collections(300, 4).await;
+    let out = alone.run(&job_args(
+        "run --local",
         &job(JOB),
-        "--all",
-        "--commit",
-        "--shard-size",
-        "20",
-    ]);
+        "--all --commit --shard-size 20",
+    ));
     assert_eq!(out.status.code(), Some(0));
     let reference = comparable(&summary(&out));
     drop(alone);
@@ -207,18 +201,13 @@ async fn without_a_prefix_two_databases_get_queues_of_their_own() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_database_cloned_from_another_is_refused_until_it_adopts_its_ledger() {
-    let original = TestEnv::new().await;
-    original.seed_collections(40, 2).await;
+    let original = TestEnv::with_collections(40, 2).await;
     // Plan and publish a run in the original; no worker of it is running.
-    let out = original.run(&[
+    let out = original.run(&job_args(
         "coordinator",
-        "--job",
         &job(JOB),
-        "--all",
-        "--commit",
-        "--shard-size",
-        "20",
-    ]);
+        "--all --commit --shard-size 20",
+    ));
     assert_eq!(out.status.code(), Some(0));
     let shards = original
         .scalar_i64("SELECT count(*) FROM backfill_shard")

@@ -16,16 +16,8 @@ use crate::common::*;
 /// Puts a finished run back where a killed coordinator leaves it: running,
 /// its last shard committed but never folded.
 async fn as_if_killed(env: &TestEnv, run: &str) {
-    sqlx::query("UPDATE backfill_run SET state = 'running', summary = NULL, finished_at = NULL, shards_reduced = shards_reduced - 1 WHERE run_id = $1")
-        .bind(run)
-        .execute(&env.pool)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE backfill_shard SET reduced_at = NULL WHERE run_id = $1 AND shard_no = (SELECT max(shard_no) FROM backfill_shard WHERE run_id = $1)")
-        .bind(run)
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    env.exec_with("UPDATE backfill_run SET state = 'running', summary = NULL, finished_at = NULL, shards_reduced = shards_reduced - 1 WHERE run_id = $1", run).await;
+    env.exec_with("UPDATE backfill_shard SET reduced_at = NULL WHERE run_id = $1 AND shard_no = (SELECT max(shard_no) FROM backfill_shard WHERE run_id = $1)", run).await;
 }
 
 fn run_id_of(o: &std::process::Output) -> String {
@@ -34,8 +26,7 @@ fn run_id_of(o: &std::process::Output) -> String {
 
 #[tokio::test]
 async fn a_forward_run_never_adopts_a_killed_revert_and_says_another_run_is_in_progress() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(20, 800).await;
+    let env = TestEnv::with_certificates(20, 800).await;
     let spec = job("program-certificate-titles");
     let commit = env.run(&["run", "--local", "--job", &spec, "--all", "--commit"]);
     assert_eq!(commit.status.code(), Some(0));
@@ -85,8 +76,7 @@ async fn a_forward_run_never_adopts_a_killed_revert_and_says_another_run_is_in_p
 /// saying so in one line that names its kind, and finishes it exactly.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_retry_is_adopted_only_by_a_retry_of_the_same_run() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(20, 800).await;
+    let env = TestEnv::with_certificates(20, 800).await;
     // Throttled, so that the retry can be killed part-way.
     let text = std::fs::read_to_string(job("program-certificate-titles")).unwrap();
     let spec = common::SpecFile::new(
@@ -95,23 +85,16 @@ async fn a_killed_retry_is_adopted_only_by_a_retry_of_the_same_run() {
     );
     let spec = spec.path();
     // Every third revision is not an object: a row error, quarantined.
-    sqlx::raw_sql(
+    env.exec(
         "CREATE TABLE saved AS SELECT id, content FROM wagtailcore_revision WHERE id % 3 = 0;
          UPDATE wagtailcore_revision SET content = '[1]'::jsonb WHERE id % 3 = 0",
     )
-    .execute(&env.pool)
-    .await
-    .unwrap();
-    let commit = env.run(&[
-        "run",
-        "--local",
-        "--job",
+    .await;
+    let commit = env.run(&job_args(
+        "run --local",
         spec,
-        "--all",
-        "--commit",
-        "--rows-per-sec",
-        "100000",
-    ]);
+        "--all --commit --rows-per-sec 100000",
+    ));
     assert_eq!(
         commit.status.code(),
         Some(1),
@@ -123,12 +106,10 @@ async fn a_killed_retry_is_adopted_only_by_a_retry_of_the_same_run() {
     assert!(errors > 20, "{errors}");
     // The cause fixed, the quarantined rows are retried; the retry is
     // killed (SIGKILL) part-way.
-    sqlx::query(
+    env.exec(
         "UPDATE wagtailcore_revision r SET content = s.content FROM saved s WHERE r.id = s.id",
     )
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    .await;
     let mut first = env
         .cmd(&["retry", &c, "--local", "--shard-size", "5"])
         .stdout(std::process::Stdio::null())
@@ -242,8 +223,7 @@ async fn a_killed_retry_is_adopted_only_by_a_retry_of_the_same_run() {
 
 #[tokio::test]
 async fn verify_never_adopts_a_killed_sampled_dry_run() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(20, 800).await;
+    let env = TestEnv::with_certificates(20, 800).await;
     let spec = job("program-certificate-titles");
     let sample = env.run(&["run", "--local", "--job", &spec, "--all", "--sample", "50%"]);
     assert_eq!(sample.status.code(), Some(0), "{}", stderr(&sample));
@@ -265,8 +245,7 @@ async fn verify_never_adopts_a_killed_sampled_dry_run() {
 
 #[tokio::test]
 async fn a_failed_verify_is_no_review_for_a_commit() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(20, 800).await;
+    let env = TestEnv::with_certificates(20, 800).await;
     let spec = job("program-certificate-titles");
     let verify = env.run(&["verify", "--local", "--job", &spec, "--all"]);
     assert_eq!(verify.status.code(), Some(1), "rows are left to change");
@@ -290,8 +269,7 @@ async fn a_failed_verify_is_no_review_for_a_commit() {
 
 #[tokio::test]
 async fn resume_folds_shards_that_were_done_but_never_reduced() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(20, 800).await;
+    let env = TestEnv::with_certificates(20, 800).await;
     let spec = job("program-certificate-titles");
     // Mappers but no reducer: every shard is committed, none folded.
     let mut mappers = common::fleet::Fleet::new(&env);
@@ -443,28 +421,13 @@ async fn the_no_ledger_error_names_the_url_with_its_password_hidden() {
 /// taken for dead.
 #[tokio::test(flavor = "multi_thread")]
 async fn status_shows_a_run_whose_coordinator_died_mid_publish_as_orphaned_and_resumable() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(20, 4000).await;
+    let env = TestEnv::with_certificates(20, 4000).await;
     let spec = job("program-certificate-titles");
-    let first = env
-        .cmd(&[
-            "coordinator",
-            "--job",
-            &spec,
-            "--all",
-            "--commit",
-            "--shard-size",
-            "2",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let (published, total) = kill_mid_publish(&env, first).await;
-    assert!(
-        published < total,
-        "killed mid-publish ({published} of {total})"
-    );
+    let (published, total) = kill_mid_publish(
+        &env,
+        &job_args("coordinator", &spec, "--all --commit --shard-size 2"),
+    )
+    .await;
     let run = env.scalar_text("SELECT run_id FROM backfill_run").await;
 
     let json = env.run(&["status", "--json", &run]);
@@ -511,8 +474,7 @@ async fn status_shows_a_run_whose_coordinator_died_mid_publish_as_orphaned_and_r
 /// naming the database, and serves once a job has made the ledger.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_creates_no_ledger_and_waits_for_one() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(5, 50).await;
+    let env = TestEnv::with_certificates(5, 50).await;
     let port = common::steer::free_port();
     let log = std::env::temp_dir().join(format!("bf-dash-{}.log", env.prefix));
     let mut dash = env
@@ -554,8 +516,7 @@ async fn the_dashboard_creates_no_ledger_and_waits_for_one() {
 /// no run behind to block the next scheduled start.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_coordinator_without_a_broker_records_nothing_and_blocks_nothing() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(5, 50).await;
+    let env = TestEnv::with_certificates(5, 50).await;
     let spec = job("program-certificate-titles");
     let args = ["coordinator", "--job", &spec, "--all", "--commit"];
     let mut cut_off = env.cmd(&args);

@@ -152,8 +152,7 @@ async fn round_trip(env: &TestEnv, spec: &str, tables: &[(&str, &str)]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn certificate_titles_round_trip_restores_every_row() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(40, 2_000).await;
+    let env = TestEnv::with_certificates(40, 2_000).await;
     round_trip(
         &env,
         &job("program-certificate-titles"),
@@ -164,8 +163,7 @@ async fn certificate_titles_round_trip_restores_every_row() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn collection_migrate_round_trip_restores_every_version() {
-    let env = TestEnv::new().await;
-    env.seed_collections(30, 6).await;
+    let env = TestEnv::with_collections(30, 6).await;
     let count = |t: &'static str| {
         let env = &env;
         async move { env.scalar_i64(&format!("SELECT count(*) FROM {t}")).await }
@@ -197,8 +195,7 @@ async fn collection_migrate_round_trip_restores_every_version() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revert_leaves_a_row_the_application_edited_since() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(30, 1_500).await;
+    let env = TestEnv::with_certificates(30, 1_500).await;
     let spec = job("program-certificate-titles");
     let original = rows(&env, "wagtailcore_revision", "id").await;
     let commit = env.run(&["run", "--job", &spec, "--all", "--commit"]);
@@ -253,8 +250,7 @@ async fn a_revert_leaves_a_row_the_application_edited_since() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_needs_a_reviewed_dry_run_whose_plan_still_matches() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(30, 1_500).await;
+    let env = TestEnv::with_certificates(30, 1_500).await;
     let spec = job("program-certificate-titles");
     let checksum = env.table_md5("wagtailcore_revision", "id").await;
 
@@ -285,22 +281,8 @@ async fn a_commit_needs_a_reviewed_dry_run_whose_plan_still_matches() {
     // longer matches and the commit names the group that changed.
     let dry = gated(&env, &["run", "--job", &spec, "--all"]);
     let dry_run = summary(&dry)["run"].clone();
-    let (page, key): (String, String) = sqlx::query_as(
-        "SELECT g->'params'->>'certificate_page_id', g->>'key'
-         FROM backfill_run, jsonb_array_elements(plan->'groups') g
-         WHERE run_id = $1 AND g->'params'->>'target_title' IS NOT NULL
-           AND g->'params'->>'certificate_page_id' IS NOT NULL
-         ORDER BY g->>'key' LIMIT 1",
-    )
-    .bind(&dry_run)
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
-    sqlx::query("UPDATE cms_certificatepage SET product_name = 'Renamed after review' WHERE page_ptr_id = $1::int")
-        .bind(&page)
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    let (page, key) = first_titled_group(&env, &dry_run).await;
+    env.exec_with("UPDATE cms_certificatepage SET product_name = 'Renamed after review' WHERE page_ptr_id = $1::int", &page).await;
     let out = gated(&env, &["run", "--job", &spec, "--all", "--commit"]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
@@ -340,13 +322,11 @@ async fn a_commit_needs_a_reviewed_dry_run_whose_plan_still_matches() {
     );
 
     // --skip-review, and BACKFILL_SKIP_REVIEW=1 for automation: recorded.
-    sqlx::query(
+    env.exec_with(
         "UPDATE cms_certificatepage SET product_name = 'Renamed again' WHERE page_ptr_id = $1::int",
+        &page,
     )
-    .bind(&page)
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    .await;
     let out = gated(
         &env,
         &["run", "--job", &spec, "--all", "--commit", "--skip-review"],
@@ -374,8 +354,7 @@ async fn a_commit_needs_a_reviewed_dry_run_whose_plan_still_matches() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sampled_dry_run_reads_a_share_and_estimates_the_whole() {
-    let env = TestEnv::new().await;
-    env.seed_certificates(30, 4_000).await;
+    let env = TestEnv::with_certificates(30, 4_000).await;
     let spec = job("program-certificate-titles");
     let checksum = env.table_md5("wagtailcore_revision", "id").await;
     let full = env.run(&["run", "--job", &spec, "--all"]);

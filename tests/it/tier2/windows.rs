@@ -39,10 +39,8 @@ fn clock(epoch: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_starts_shards_only_inside_its_windows_and_carries_on_in_the_next() {
-    let env = TestEnv::new().await;
-    env.seed_collections(1_500, 8).await;
-    let mut fleet = Fleet::new(&env);
-    fleet.start(1);
+    let env = TestEnv::with_collections(1_500, 8).await;
+    let mut fleet = Fleet::started(&env, 1);
     let port = free_port();
     let dash = fleet.spawn(&["dashboard", "--listen", &format!("127.0.0.1:{port}")]);
     fleet.mappers.push(dash); // stopped with the fleet
@@ -55,27 +53,7 @@ async fn a_run_starts_shards_only_inside_its_windows_and_carries_on_in_the_next(
     let (o1, c1, o2, c2) = (now + 6, now + 12, now + 24, now + 64);
     let w1 = format!("{}-{}", clock(o1), clock(c1));
     let w2 = format!("{}-{}", clock(o2), clock(c2));
-    let coord = spawn_coordinator_with(
-        &env,
-        &[
-            "--job",
-            &job(JOB),
-            "--all",
-            "--commit",
-            "--wait",
-            "--shard-size",
-            "50",
-            "--rows-per-sec",
-            "400",
-            "--window",
-            &w1,
-            "--window",
-            &w2,
-            "--time-zone",
-            "UTC",
-        ],
-    );
-    let run = run_of(&env, JOB).await;
+    let (coord, run) = start_job(&env, JOB, &format!("--all --commit --wait --shard-size 50 --rows-per-sec 400 --window {w1} --window {w2} --time-zone UTC")).await;
 
     // Before the first window: waiting, and it says when it opens.
     let st = status_json(&env, &run);

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
 
+use backfill_demo::{CertificateParams, CertificateStats, CollectionParams, CollectionStats};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -53,4 +54,74 @@ where
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }
+}
+
+/// The certificate data set the tests generate: 25 programs, about 400 revisions.
+pub const CERTIFICATES: CertificateParams = CertificateParams {
+    programs: 25,
+    revisions: 400,
+    seed: 7,
+};
+
+/// The collection data set the tests generate: 10 collections of up to 6 versions.
+pub const COLLECTIONS: CollectionParams = CollectionParams {
+    collections: 10,
+    max_versions: 6,
+    seed: 11,
+};
+
+/// What a certificate data set's stats say its tables hold, on either back end:
+/// (count, query, what it is).
+pub fn certificate_counts(stats: &CertificateStats) -> [(u64, &'static str, &'static str); 6] {
+    [
+        (
+            stats.programs,
+            "SELECT count(*) FROM courses_program",
+            "programs",
+        ),
+        (
+            stats.revisions_total,
+            "SELECT count(*) FROM wagtailcore_revision",
+            "revisions",
+        ),
+        (
+            stats.certificates,
+            "SELECT count(*) FROM courses_programcertificate",
+            "certificates",
+        ),
+        (
+            stats.revoked,
+            "SELECT count(*) FROM courses_programcertificate WHERE is_revoked",
+            "revoked certificates",
+        ),
+        (
+            stats.without_revision,
+            "SELECT count(*) FROM courses_programcertificate \
+             WHERE certificate_page_revision_id IS NULL",
+            "certificates without a revision",
+        ),
+        (
+            stats.referenced_revisions,
+            "SELECT count(DISTINCT certificate_page_revision_id) \
+             FROM courses_programcertificate WHERE NOT is_revoked",
+            "referenced revisions",
+        ),
+    ]
+}
+
+/// What a collection data set's stats say its tables hold, on either back end:
+/// (count, query, what it is).
+pub fn collection_counts(stats: &CollectionStats) -> [(u64, &'static str, &'static str); 2] {
+    [
+        (
+            stats.collections,
+            "SELECT count(*) FROM collection_models",
+            "collections",
+        ),
+        (
+            stats.snapshots,
+            "SELECT count(*) FROM collection_snapshot_contents",
+            "snapshots",
+        ),
+    ]
 }

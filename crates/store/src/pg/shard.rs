@@ -6,7 +6,7 @@
 //! `md5` of every JSON column; before-images, quarantine and the failed
 //! and dead shards' records.
 
-use backfill_job::shard::{failed_tally, md5_hex, shard_tally, EvaluatedRow, FetchedRow};
+use backfill_job::shard::{md5_hex, shard_tally, EvaluatedRow, FetchedRow};
 use backfill_job::spec::quote_ident;
 use backfill_job::{KeyType, RowOutcome, Tally};
 use sqlx::{PgPool, Row};
@@ -627,6 +627,18 @@ pub(super) async fn shard_attempt_failed(
     Ok(n.unwrap_or(0).max(0) as u32)
 }
 
+/// Quarantines the rows of shard `$2` of run `$1` (target `$3`) with the
+/// error `$4`.
+pub(super) const QUARANTINE_FAILED: &str =
+    "INSERT INTO backfill_quarantine (run_id, shard_no, target, key, group_key, refs, error)
+         SELECT run_id, shard_no, $3, key, group_key, refs, $4 FROM backfill_item WHERE run_id = $1 AND shard_no = $2
+         ON CONFLICT DO NOTHING";
+
+/// Records shard `$2` of run `$1` given up, with its result `$3` and last
+/// error `$4`.
+pub(super) const FAIL: &str = "UPDATE backfill_shard SET state = 'dead', result = $3, worker = 'failed', finished_at = now(), last_error = $4
+         WHERE run_id = $1 AND shard_no = $2";
+
 pub(super) async fn fail_shard(
     pool: &PgPool,
     run_id: &str,
@@ -639,40 +651,9 @@ pub(super) async fn fail_shard(
     if matches!(state.as_str(), "done" | "dead") {
         return Ok(Committed::AlreadyDone(stored_result(result)?));
     }
-    let items = sqlx::query("SELECT key, group_key FROM backfill_item WHERE run_id = $1 AND shard_no = $2 ORDER BY item_no")
-        .bind(run_id)
-        .bind(shard_no as i32)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(sql("read shard items"))?;
-    let items: Vec<(String, String)> = items.into_iter().map(|r| (r.get(0), r.get(1))).collect();
-    let tally = failed_tally(target, shard_no, error, &items);
-    sqlx::query(
-        "INSERT INTO backfill_quarantine (run_id, shard_no, target, key, group_key, refs, error)
-         SELECT run_id, shard_no, $3, key, group_key, refs, $4 FROM backfill_item WHERE run_id = $1 AND shard_no = $2
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(run_id)
-    .bind(shard_no as i32)
-    .bind(target)
-    .bind(format!("shard {shard_no} failed on every attempt: {error}"))
-    .execute(&mut *tx)
-    .await
-    .map_err(sql("quarantine rows"))?;
-    let result = serde_json::to_value(&tally).map_err(|e| StoreError::Data(e.to_string()))?;
-    sqlx::query(
-        "UPDATE backfill_shard SET state = 'dead', result = $3, worker = 'failed', finished_at = now(), last_error = $4
-         WHERE run_id = $1 AND shard_no = $2",
-    )
-    .bind(run_id)
-    .bind(shard_no as i32)
-    .bind(&result)
-    .bind(error)
-    .execute(&mut *tx)
-    .await
-    .map_err(sql("record shard failed"))?;
-    tx.commit().await.map_err(sql("commit shard"))?;
-    Ok(Committed::Applied(tally))
+    crate::common::fail_in!(tx, run_id, shard_no, target, error, |t: &Tally| {
+        serde_json::to_value(t).map_err(|e| StoreError::Data(e.to_string()))
+    })
 }
 
 /// Writes changed rows with compare-and-set in up to two statements: first

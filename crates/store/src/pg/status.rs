@@ -1,12 +1,8 @@
 //! PostgreSQL's reads for a run's progress document: its shards, times and
 //! workers, with times as seconds since the epoch (`extract(epoch FROM t)`).
 
-use sqlx::{PgPool, Row};
-
-use crate::model::status::RawShard;
-
-/// A run's shards with their times (see [`RawShard`]).
-const RAW_SHARDS: &str = "SELECT shard_no, state, failures, rows, worker, elapsed_ms,
+/// A run's shards with their times (see [`crate::model::status::RawShard`]).
+pub(super) const RAW_SHARDS: &str = "SELECT shard_no, state, failures, rows, worker, elapsed_ms,
             extract(epoch FROM started_at)::float8,
             extract(epoch FROM finished_at)::float8,
             extract(epoch FROM reduced_at)::float8
@@ -26,25 +22,3 @@ pub(super) const RUN_WORKERS: &str = "SELECT s.worker, count(*),
      FROM backfill_shard s LEFT JOIN backfill_worker w ON w.worker = s.worker
      WHERE s.run_id = $1 AND s.worker IS NOT NULL AND s.worker <> 'failed'
      GROUP BY s.worker ORDER BY s.worker";
-
-pub(super) async fn raw_shards(pool: &PgPool, run_id: &str) -> sqlx::Result<Vec<RawShard>> {
-    Ok(sqlx::query(RAW_SHARDS)
-        .bind(run_id)
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(|r| {
-            (
-                r.get::<i32, _>(0) as u32,
-                r.get::<String, _>(1),
-                r.get::<i32, _>(2) as i64,
-                r.get::<i32, _>(3) as u32,
-                r.get::<Option<String>, _>(4),
-                r.get::<Option<i32>, _>(5).map(i64::from),
-                r.get::<Option<f64>, _>(6),
-                r.get::<Option<f64>, _>(7),
-                r.get::<Option<f64>, _>(8),
-            )
-        })
-        .collect())
-}

@@ -12,7 +12,7 @@ use backfill_job::{KeyType, RowOutcome, Tally};
 use sqlx::{Row, SqlitePool};
 use std::collections::{BTreeMap, HashSet};
 
-use backfill_job::shard::{failed_tally, shard_tally, EvaluatedRow, FetchedRow};
+use backfill_job::shard::{shard_tally, EvaluatedRow, FetchedRow};
 
 use super::{begin_write, json_text, parse_json};
 use crate::backend::{Opened, ShardTransaction};
@@ -281,6 +281,17 @@ pub(super) async fn shard_attempt_failed(
     Ok(n.unwrap_or(0).max(0) as u32)
 }
 
+/// Quarantines the rows of shard `$2` of run `$1` (target `$3`) with the
+/// error `$4`.
+pub(super) const QUARANTINE_FAILED: &str =
+    "INSERT OR IGNORE INTO backfill_quarantine (run_id, shard_no, target, key, group_key, refs, error)
+         SELECT run_id, shard_no, ?3, key, group_key, refs, ?4 FROM backfill_item WHERE run_id = ?1 AND shard_no = ?2";
+
+/// Records shard `$2` of run `$1` given up, with its result `$3` and last
+/// error `$4`.
+pub(super) const FAIL: &str = "UPDATE backfill_shard SET state = 'dead', result = ?3, worker = 'failed', finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), last_error = ?4
+         WHERE run_id = ?1 AND shard_no = ?2";
+
 pub(super) async fn fail_shard(
     pool: &SqlitePool,
     run_id: &str,
@@ -301,38 +312,7 @@ pub(super) async fn fail_shard(
             parse_json("shard result", result)?,
         )?));
     }
-    let items: Vec<(String, String)> = sqlx::query("SELECT key, group_key FROM backfill_item WHERE run_id = ?1 AND shard_no = ?2 ORDER BY item_no")
-        .bind(run_id)
-        .bind(shard_no as i64)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(sql("read shard items"))?
-        .into_iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let tally = failed_tally(target, shard_no, error, &items);
-    sqlx::query(
-        "INSERT OR IGNORE INTO backfill_quarantine (run_id, shard_no, target, key, group_key, refs, error)
-         SELECT run_id, shard_no, ?3, key, group_key, refs, ?4 FROM backfill_item WHERE run_id = ?1 AND shard_no = ?2",
-    )
-    .bind(run_id)
-    .bind(shard_no as i64)
-    .bind(target)
-    .bind(format!("shard {shard_no} failed on every attempt: {error}"))
-    .execute(&mut *tx)
-    .await
-    .map_err(sql("quarantine rows"))?;
-    sqlx::query("UPDATE backfill_shard SET state = 'dead', result = ?3, worker = 'failed', finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), last_error = ?4
-         WHERE run_id = ?1 AND shard_no = ?2")
-    .bind(run_id)
-    .bind(shard_no as i64)
-    .bind(json_text(&tally)?)
-    .bind(error)
-    .execute(&mut *tx)
-    .await
-    .map_err(sql("record shard failed"))?;
-    tx.commit().await.map_err(sql("commit shard"))?;
-    Ok(Committed::Applied(tally))
+    crate::common::fail_in!(tx, run_id, shard_no, target, error, json_text)
 }
 
 /// One compare-and-set UPDATE: every JSON column must still hold the text

@@ -2,12 +2,8 @@
 //! workers, with times as seconds since the epoch from the Julian day of
 //! the ISO-8601 text.
 
-use sqlx::{Row, SqlitePool};
-
-use crate::model::status::RawShard;
-
-/// A run's shards with their times (see [`RawShard`]).
-const RAW_SHARDS: &str = "SELECT shard_no, state, failures, rows, worker, elapsed_ms,
+/// A run's shards with their times (see [`crate::model::status::RawShard`]).
+pub(super) const RAW_SHARDS: &str = "SELECT shard_no, state, failures, rows, worker, elapsed_ms,
             ((julianday(started_at) - 2440587.5) * 86400.0),
             ((julianday(finished_at) - 2440587.5) * 86400.0),
             ((julianday(reduced_at) - 2440587.5) * 86400.0)
@@ -27,25 +23,3 @@ pub(super) const RUN_WORKERS: &str = "SELECT s.worker, count(*),
      FROM backfill_shard s LEFT JOIN backfill_worker w ON w.worker = s.worker
      WHERE s.run_id = $1 AND s.worker IS NOT NULL AND s.worker <> 'failed'
      GROUP BY s.worker ORDER BY s.worker";
-
-pub(super) async fn raw_shards(pool: &SqlitePool, run_id: &str) -> sqlx::Result<Vec<RawShard>> {
-    Ok(sqlx::query(RAW_SHARDS)
-        .bind(run_id)
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(|r| {
-            (
-                r.get::<i64, _>(0) as u32,
-                r.get::<String, _>(1),
-                r.get::<i64, _>(2),
-                r.get::<i64, _>(3) as u32,
-                r.get::<Option<String>, _>(4),
-                r.get::<Option<i64>, _>(5),
-                r.get::<Option<f64>, _>(6),
-                r.get::<Option<f64>, _>(7),
-                r.get::<Option<f64>, _>(8),
-            )
-        })
-        .collect())
-}

@@ -5,10 +5,10 @@
 //! schedules as seconds since the epoch on SQLite's own clock,
 //! `((julianday('now') - 2440587.5) * 86400.0)`.
 
-use sqlx::{Row, SqlitePool};
+use sqlx::SqlitePool;
 
 use crate::error::{sql, StoreError};
-use crate::model::steer::{Claim, RawControl, RawCost, RawEvent, LEASE};
+use crate::model::steer::RawEvent;
 
 /// A worker's heartbeat.
 pub(super) const HEARTBEAT: &str =
@@ -57,13 +57,26 @@ const RESERVE_BYTES: &str = "UPDATE backfill_control
 /// Replaces a shard's reserved bytes (`$3`) with those it wrote (`$4`),
 /// from its start (`$5` seconds ago) on at the earliest, and learns the
 /// bytes per row (`$2`).
-const SETTLE_BYTES: &str = "UPDATE backfill_control
+pub(super) const SETTLE_BYTES: &str = "UPDATE backfill_control
      SET bytes_next = max(coalesce(bytes_next, ((julianday('now') - 2440587.5) * 86400.0) - $5),
                           ((julianday('now') - 2440587.5) * 86400.0) - $5)
                       + ($4 - $3) / bytes_per_sec,
          bytes_per_row = CASE WHEN $2 IS NULL THEN bytes_per_row
                               ELSE coalesce(0.5 * bytes_per_row + 0.5 * $2, $2) END
      WHERE run_id = $1 AND bytes_per_sec > 0";
+
+/// The shards of run `$1` other than shard `$2` that hold a lease.
+pub(super) const IN_FLIGHT: &str = "SELECT count(*) FROM backfill_shard WHERE run_id = ?1 AND shard_no <> ?2
+                           AND state = 'running' AND lease_until > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+/// Claims shard `$2` of run `$1` for worker `$3`, with a lease of `$4`
+/// seconds (whole seconds, as SQLite's date modifier reads them), unless it
+/// is done; returns its number if claimed.
+pub(super) const CLAIM: &str = "UPDATE backfill_shard SET state = 'running', worker = ?3,
+                            started_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                            lease_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+' || CAST(?4 AS integer) || ' seconds')
+                     WHERE run_id = ?1 AND shard_no = ?2 AND state IN ('pending', 'running')
+                     RETURNING shard_no";
 
 pub(super) async fn run_events(pool: &SqlitePool, run_id: &str) -> sqlx::Result<Vec<RawEvent>> {
     sqlx::query_as(
@@ -108,85 +121,17 @@ pub(super) async fn prune_before_images(
     Ok(rows)
 }
 
-pub(super) async fn control(pool: &SqlitePool, run_id: &str) -> sqlx::Result<Option<RawControl>> {
-    Ok(sqlx::query(crate::common::CONTROL)
-        .bind(run_id)
-        .fetch_optional(pool)
-        .await?
-        .map(|r| {
-            (
-                r.get::<String, _>(0),
-                r.get::<i64, _>(1) as i32,
-                r.get::<Option<f64>, _>(2),
-                r.get::<Option<i64>, _>(3).map(|v| v as i32),
-                r.get::<Option<String>, _>(4),
-                r.get::<Option<String>, _>(7),
-                r.get::<Option<f64>, _>(5),
-                r.get::<Option<f64>, _>(6),
-            )
-        }))
-}
-
-pub(super) async fn claim_shard(
+/// Begins a shard claim's transaction. One writer at a time: BEGIN
+/// IMMEDIATE serializes claims, whether or not the run limits its shards
+/// in flight.
+pub(super) async fn begin_claims(
     pool: &SqlitePool,
-    run_id: &str,
-    shard_no: u32,
-    worker: &str,
-    max_in_flight: Option<u32>,
-) -> Result<Claim, StoreError> {
-    // One writer at a time: BEGIN IMMEDIATE serializes claims.
-    let mut tx = pool
-        .begin_with("BEGIN IMMEDIATE")
+    _run_id: &str,
+    _limited: bool,
+) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+    pool.begin_with("BEGIN IMMEDIATE")
         .await
-        .map_err(sql("begin shard claim"))?;
-    if let Some(max) = max_in_flight {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM backfill_shard WHERE run_id = ?1 AND shard_no <> ?2
-                           AND state = 'running' AND lease_until > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-        )
-        .bind(run_id)
-        .bind(shard_no as i64)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(sql("count shards in flight"))?;
-        if n >= max as i64 {
-            tx.rollback().await.map_err(sql("end shard claim"))?;
-            return Ok(Claim::Busy);
-        }
-    }
-    let claimed = sqlx::query(
-        "UPDATE backfill_shard SET state = 'running', worker = ?3,
-                            started_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
-                            lease_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+' || ?4 || ' seconds')
-                     WHERE run_id = ?1 AND shard_no = ?2 AND state IN ('pending', 'running')
-                     RETURNING shard_no",
-    )
-    .bind(run_id)
-    .bind(shard_no as i64)
-    .bind(worker)
-    .bind(LEASE.as_secs() as i64)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(sql("claim shard"))?;
-    let outcome = if claimed.is_some() {
-        Claim::Claimed
-    } else {
-        let exists: Option<String> = sqlx::query_scalar(
-            "SELECT state FROM backfill_shard WHERE run_id = ?1 AND shard_no = ?2",
-        )
-        .bind(run_id)
-        .bind(shard_no as i64)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(sql("read shard"))?;
-        if exists.is_some() {
-            Claim::Finished
-        } else {
-            Claim::Unknown
-        }
-    };
-    tx.commit().await.map_err(sql("commit shard claim"))?;
-    Ok(outcome)
+        .map_err(sql("begin shard claim"))
 }
 
 pub(super) async fn reserve_rows(
@@ -229,43 +174,4 @@ pub(super) async fn reserve_bytes(
         .map_err(sql("reserve bytes"))?;
     tx.commit().await.map_err(sql("commit bytes reservation"))?;
     Ok(w)
-}
-
-pub(super) async fn settle_bytes(
-    pool: &SqlitePool,
-    run_id: &str,
-    per_row: Option<f64>,
-    reserved: f64,
-    written: f64,
-    elapsed: f64,
-) -> sqlx::Result<()> {
-    sqlx::query(SETTLE_BYTES)
-        .bind(run_id)
-        .bind(per_row)
-        .bind(reserved)
-        .bind(written)
-        .bind(elapsed)
-        .execute(pool)
-        .await
-        .map(drop)
-}
-
-pub(super) async fn measured_shard_cost(
-    pool: &SqlitePool,
-    job: &str,
-    mode: &str,
-) -> sqlx::Result<Option<RawCost>> {
-    Ok(sqlx::query(crate::common::MEASURED_SHARD_COST)
-        .bind(job)
-        .bind(mode)
-        .fetch_optional(pool)
-        .await?
-        .map(|r| {
-            (
-                r.get::<String, _>(0),
-                r.get::<Option<i64>, _>(1).unwrap_or(0),
-                r.get::<Option<i64>, _>(2).unwrap_or(0),
-                r.get::<Option<i64>, _>(3).unwrap_or(0),
-            )
-        }))
 }
