@@ -77,6 +77,63 @@ async fn a_coordinator_killed_while_publishing_is_resumed_by_the_same_command() 
     assert_matches_reference(&env, &summary(&out), &reference).await;
 }
 
+/// Each group's counts, as the JSON report of `run` gives them.
+fn group_counts(env: &TestEnv, run: &str) -> BTreeMap<String, serde_json::Value> {
+    let out = env.run(&["report", run, "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    doc["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let counts =
+                serde_json::json!([g["rows"], g["refs"], g["refs_affected"], g["current"]]);
+            (g["key"].as_str().unwrap().to_string(), counts)
+        })
+        .collect()
+}
+
+/// Each group's counts have a record of their own, upserted by the fold of
+/// every shard that carries the group: with the reducer killed again and
+/// again, every group still counts each of its rows once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reducer_killed_and_restarted_counts_every_groups_rows_once() {
+    let job_path = job("program-certificate-titles");
+    let calm = TestEnv::with_certificates(30, 1_500).await;
+    let out = calm.run(&[
+        "run",
+        "--local",
+        "--job",
+        &job_path,
+        "--all",
+        "--commit",
+        "--shard-size",
+        "20",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let want = group_counts(&calm, &summary(&out)["run"]);
+    assert!(want.len() >= 20, "{want:?}");
+
+    let env = TestEnv::with_certificates(30, 1_500).await;
+    let mut fleet = Fleet::started(&env, 2);
+    let mut coord = spawn_coordinator(&env, &job_path, "20");
+    let mut kills = 0;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while coord.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the run did not finish");
+        std::thread::sleep(Duration::from_millis(300));
+        if kills < 4 && coord.try_wait().unwrap().is_none() {
+            fleet.kill_reducer();
+            kills += 1;
+        }
+    }
+    let out = coordinator_output(coord);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(kills >= 2, "the reducer was killed mid-run ({kills} kills)");
+    assert_eq!(group_counts(&env, &summary(&out)["run"]), want);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn duplicate_tasks_and_results_are_counted_once() {
     let reference = reference("collection-dict-migrate", "200").await;
