@@ -80,7 +80,8 @@ async fn status_and_the_dashboards_run_apis_answer_about_10000_shards_and_50000_
 
     let port = free_port();
     let mut fleet = Fleet::new(&env);
-    fleet.spawn(&["dashboard", "--listen", &format!("127.0.0.1:{port}")]);
+    let dash = fleet.spawn(&["dashboard", "--listen", &format!("127.0.0.1:{port}")]);
+    fleet.mappers.push(dash); // killed with the fleet
     let (code, _) = http_get(port, "/healthz");
     assert_eq!(code, 200);
     let run = best_of_three(|| {
