@@ -145,7 +145,8 @@ pub async fn check_gate(
         .recent_dry_runs(&spec.name, &spec.hash, window)
         .await?
     {
-        let Some(rec) = store.load_run(&id).await? else {
+        // Its plan, not its groups' counts: the gate compares plans.
+        let Some(rec) = store.load_run_plan(&id).await? else {
             continue;
         };
         if rec.scope_value != req.scope {

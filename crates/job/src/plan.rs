@@ -84,15 +84,20 @@ pub fn evaluate_groups(spec: &JobSpec, scope: &Scope, rows: Vec<GroupRow>) -> Ve
         .map(|g| g.guards.as_slice())
         .unwrap_or(&[]);
     let mut out: Vec<PlannedGroup> = Vec::new();
+    // Sets, not scans of `out`: a run may have tens of thousands of groups.
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let asked: Option<std::collections::HashSet<&String>> = match scope {
+        Scope::Groups(keys) => Some(keys.iter().collect()),
+        Scope::All => None,
+    };
     for row in rows {
-        if out.iter().any(|g| g.key == row.key) {
+        if seen.contains(&row.key) {
             continue; // the query returned a key twice; the first wins
         }
-        if let Scope::Groups(keys) = scope {
-            if !keys.contains(&row.key) {
-                continue;
-            }
+        if asked.as_ref().is_some_and(|a| !a.contains(&row.key)) {
+            continue;
         }
+        seen.insert(row.key.clone());
         let failed = guards
             .iter()
             .find(|g| !g.check.passes(row.params.get(&g.param)));
@@ -108,7 +113,7 @@ pub fn evaluate_groups(spec: &JobSpec, scope: &Scope, rows: Vec<GroupRow>) -> Ve
     }
     if let Scope::Groups(keys) = scope {
         for k in keys {
-            if !out.iter().any(|g| &g.key == k) {
+            if seen.insert(k.clone()) {
                 out.push(PlannedGroup {
                     key: k.clone(),
                     label: None,
