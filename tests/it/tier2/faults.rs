@@ -9,7 +9,7 @@
 use crate::common::*;
 use rand::Rng;
 use std::collections::BTreeMap;
-use std::process::Stdio;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::fleet::*;
@@ -39,17 +39,22 @@ async fn mappers_killed_mid_shard_lose_nothing_and_write_nothing_twice() {
     assert_matches_reference(&env, &summary(&out), &reference).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_reducer_killed_and_restarted_counts_every_shard_once() {
-    let reference = reference("collection-dict-migrate", "50").await;
-    let env = TestEnv::with_collections(COLLECTIONS, VERSIONS).await;
-    let mut fleet = Fleet::started(&env, 2);
-    let mut coord = spawn_coordinator(&env, &job("collection-dict-migrate"), "50");
+/// Runs the job with 2 mappers and a reducer killed every `every_ms` (four
+/// times at most) while the coordinator waits; its output, once it has
+/// exited 0 after at least two kills.
+fn run_killing_the_reducer(
+    env: &TestEnv,
+    job_path: &str,
+    shard_size: &str,
+    every_ms: u64,
+) -> Output {
+    let mut fleet = Fleet::started(env, 2);
+    let mut coord = spawn_coordinator(env, job_path, shard_size);
     let mut kills = 0;
     let deadline = Instant::now() + Duration::from_secs(240);
     while coord.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "the run did not finish");
-        std::thread::sleep(Duration::from_millis(400));
+        std::thread::sleep(Duration::from_millis(every_ms));
         if kills < 4 && coord.try_wait().unwrap().is_none() {
             fleet.kill_reducer();
             kills += 1;
@@ -58,6 +63,14 @@ async fn a_reducer_killed_and_restarted_counts_every_shard_once() {
     let out = coordinator_output(coord);
     assert_eq!(out.status.code(), Some(0));
     assert!(kills >= 2, "the reducer was killed mid-run ({kills} kills)");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reducer_killed_and_restarted_counts_every_shard_once() {
+    let reference = reference("collection-dict-migrate", "50").await;
+    let env = TestEnv::with_collections(COLLECTIONS, VERSIONS).await;
+    let out = run_killing_the_reducer(&env, &job("collection-dict-migrate"), "50", 400);
     assert_matches_reference(&env, &summary(&out), &reference).await;
 }
 
@@ -116,21 +129,7 @@ async fn a_reducer_killed_and_restarted_counts_every_groups_rows_once() {
     assert!(want.len() >= 20, "{want:?}");
 
     let env = TestEnv::with_certificates(30, 1_500).await;
-    let mut fleet = Fleet::started(&env, 2);
-    let mut coord = spawn_coordinator(&env, &job_path, "20");
-    let mut kills = 0;
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while coord.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the run did not finish");
-        std::thread::sleep(Duration::from_millis(300));
-        if kills < 4 && coord.try_wait().unwrap().is_none() {
-            fleet.kill_reducer();
-            kills += 1;
-        }
-    }
-    let out = coordinator_output(coord);
-    assert_eq!(out.status.code(), Some(0));
-    assert!(kills >= 2, "the reducer was killed mid-run ({kills} kills)");
+    let out = run_killing_the_reducer(&env, &job_path, "20", 300);
     assert_eq!(group_counts(&env, &summary(&out)["run"]), want);
 }
 

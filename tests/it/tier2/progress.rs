@@ -538,8 +538,30 @@ async fn ctrl_c_stops_after_the_shards_in_hand_and_twice_at_once() {
         .execute(&mut *hold)
         .await
         .expect("hold the revisions");
+    let before: f64 = sqlx::query_scalar("SELECT extract(epoch FROM clock_timestamp())::float8")
+        .fetch_one(&env.pool)
+        .await
+        .expect("the server's clock");
     let code = start("twice");
     wait_pane(session, 60, "no bar was drawn", moving);
+    // A shard in hand: claimed by this command (the throttle may hold the
+    // first claim back a moment after the bar is drawn).
+    let claimed = Instant::now();
+    while env
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM backfill_shard WHERE run_id = '{run}' AND state = 'running'
+               AND started_at > to_timestamp({before})"
+        ))
+        .await
+        == 0
+    {
+        assert!(
+            claimed.elapsed() < Duration::from_secs(30),
+            "no shard was claimed after the restart:\n{}",
+            capture(session)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     ctrl_c(session);
     wait_pane(session, 10, "the first Ctrl-C said nothing", |p| {
         p.matches("Stopping after the shards in hand").count() >= 1
