@@ -141,8 +141,10 @@ async fn the_dashboard_shows_the_ledger_live_in_a_real_browser() {
     let port = free_port();
     let dash = fleet.spawn(&["dashboard", "--listen", &format!("127.0.0.1:{port}")]);
     fleet.mappers.push(dash); // killed with the fleet
+    // Slow enough that the run outlasts three headless renders of the page
+    // on a busy machine (at 500 rows/s it once ended after two).
     let (coord, run) =
-        start_job(&env, JOB, "--all --wait --shard-size 50 --rows-per-sec 500").await;
+        start_job(&env, JOB, "--all --wait --shard-size 50 --rows-per-sec 250").await;
     wait_done(&env, &run, 3).await;
     let url = format!("http://127.0.0.1:{port}/?run={run}");
     let (code, _) = http_get(port, "/");
