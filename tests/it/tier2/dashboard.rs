@@ -141,6 +141,7 @@ async fn the_dashboard_shows_the_ledger_live_in_a_real_browser() {
     let port = free_port();
     let dash = fleet.spawn(&["dashboard", "--listen", &format!("127.0.0.1:{port}")]);
     fleet.mappers.push(dash); // killed with the fleet
+
     // Slow enough that the run outlasts three headless renders of the page
     // on a busy machine (at 500 rows/s it once ended after two).
     let (coord, run) =
