@@ -135,6 +135,12 @@ pub struct Options {
     /// Groups each shard's result carries in the fold measurement.
     #[arg(long, default_value_t = 10)]
     pub fold_groups_per_shard: u32,
+    /// Shards of the run the monitor measurement builds.
+    #[arg(long, default_value_t = 10_000)]
+    pub monitor_shards: u32,
+    /// Groups of the run the monitor measurement builds.
+    #[arg(long, default_value_t = 50_000)]
+    pub monitor_groups: u32,
     /// Rows of the mapper memory measurement (one shard).
     #[arg(long, default_value_t = 10)]
     pub memory_rows: u32,
@@ -263,6 +269,9 @@ impl Options {
         if self.fold_groups.contains(&0) || self.fold_shards == 0 || self.fold_groups_per_shard == 0
         {
             bail!("--fold-groups, --fold-shards and --fold-groups-per-shard must be at least 1");
+        }
+        if self.monitor_shards == 0 || self.monitor_groups == 0 {
+            bail!("--monitor-shards and --monitor-groups must be at least 1");
         }
         if self.mappers.contains(&0)
             || self.dry_run_mappers == 0
@@ -603,8 +612,19 @@ async fn run_contenders(
     };
 
     let monitor = if opts.wants("monitor") {
-        println!("\n== monitor: status and the dashboard's run APIs on a run of 10,000 shards and 50,000 groups, its ledger built directly");
-        let m = monitor::measure(server, bin, log_dir, tag, 10_000, 50_000).await?;
+        println!(
+            "\n== monitor: status and the dashboard's run APIs on a run of {} shards and {} groups, its ledger built directly",
+            opts.monitor_shards, opts.monitor_groups
+        );
+        let m = monitor::measure(
+            server,
+            bin,
+            log_dir,
+            tag,
+            opts.monitor_shards,
+            opts.monitor_groups,
+        )
+        .await?;
         println!("   {}", m.line());
         Some(m)
     } else {

@@ -1,9 +1,10 @@
 //! The benchmark harness of BENCHMARKS.md stays runnable: `backfill-bench`
 //! at 20,000 revisions with every contender (limit, per-row, backfill commit
-//! with 1 and 2 mapper processes, dry run, messaging, breakdown, memory) must exit 0
-//! and report that every contender produced the same database, and its
-//! mapper-memory figure must show a batched shard of large rows costing a
-//! fraction of the same shard read as one batch. This checks correctness,
+//! with 1 and 2 mapper processes, dry run, messaging, breakdown, memory, and
+//! the fold and monitor measurements at small sizes) must exit 0 and report
+//! that every contender produced the same database, and its mapper-memory
+//! figure must show a batched shard of large rows costing a fraction of the
+//! same shard read as one batch. This checks correctness,
 //! not speed. Needs PostgreSQL and RabbitMQ (DATABASE_URL,
 //! AMQP_URL, or the local defaults); the bench creates and drops its own
 //! `bench_*` databases and `bench-*` queues.
@@ -48,6 +49,17 @@ mod tier2 {
                 "10",
                 "--memory-row-mib",
                 "8",
+                // The fold and monitor measurements at their full sizes
+                // (100,000 groups, a 10,000-shard run) take minutes in a
+                // debug build; small sizes keep them runnable here.
+                "--fold-groups",
+                "10,300",
+                "--fold-shards",
+                "5",
+                "--monitor-shards",
+                "200",
+                "--monitor-groups",
+                "500",
                 "--timeout-secs",
                 "240",
                 "--backfill-bin",
@@ -122,6 +134,14 @@ mod tier2 {
             "no messaging measurement:\n{stdout}"
         );
         assert!(stdout.contains("breakdown"), "no breakdown:\n{stdout}");
+        assert!(
+            stdout.contains("fold per shard, slowest over fastest median"),
+            "no fold measurement:\n{stdout}"
+        );
+        assert!(
+            stdout.contains("monitoring a run of 200 shards and 500 groups"),
+            "no monitor measurement:\n{stdout}"
+        );
         // A mapper's memory follows the batch, not the shard: batched, the
         // shard of large rows costs a fraction of what it costs as one batch.
         let memory = stdout
