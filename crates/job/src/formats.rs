@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::plan::GroupStatus;
+use crate::plan::{GroupStatus, PlannedGroup};
 use crate::report::{summary_line, totals_phrase, RunView};
 use crate::run::{Mode, RunKind};
+use crate::spec::JobSpec;
 use crate::tally::{Counts, GroupTally, Issues};
 
 /// A report format of `backfill report --format`.
@@ -177,6 +178,28 @@ fn group_report(
     }
 }
 
+/// One planned group of a job with groups, as the report gives it; `g`:
+/// its counts, `None` when nothing of it was counted.
+pub fn group_entry(spec: &JobSpec, pg: &PlannedGroup, g: Option<&GroupTally>) -> GroupReport {
+    let empty = GroupTally::default();
+    let g = g.unwrap_or(&empty);
+    let target = spec
+        .report
+        .target_param
+        .as_ref()
+        .and_then(|p| pg.params.get(p))
+        .filter(|t| !t.is_null())
+        .map(|t| crate::rules::display_value(Some(t)));
+    group_report(
+        &pg.key,
+        pg.label.clone(),
+        change_of(&pg.status, g),
+        target,
+        g,
+        g.counts,
+    )
+}
+
 /// The report of a run as data.
 pub fn report_doc(v: &RunView<'_>) -> ReportDoc {
     let spec = v.spec;
@@ -184,22 +207,7 @@ pub fn report_doc(v: &RunView<'_>) -> ReportDoc {
     let mut groups = Vec::new();
     if spec.groups.is_some() {
         for pg in &v.plan.groups {
-            let g = v.tally.groups.get(&pg.key).unwrap_or(&empty);
-            let target = spec
-                .report
-                .target_param
-                .as_ref()
-                .and_then(|p| pg.params.get(p))
-                .filter(|t| !t.is_null())
-                .map(|t| crate::rules::display_value(Some(t)));
-            groups.push(group_report(
-                &pg.key,
-                pg.label.clone(),
-                change_of(&pg.status, g),
-                target,
-                g,
-                g.counts,
-            ));
+            groups.push(group_entry(spec, pg, v.tally.groups.get(&pg.key)));
         }
     } else {
         for t in &spec.targets {
@@ -308,12 +316,33 @@ pub fn csv_text(s: &str) -> String {
 /// One row per group, with a header, RFC 4180 quoting; text cells are
 /// neutralised by [`csv_text`].
 pub fn render_csv(doc: &ReportDoc) -> String {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let _ = w.write_record(CSV_HEADER);
+    let mut out = csv_header();
     for g in &doc.groups {
+        out.push_str(&csv_row(g));
+    }
+    out
+}
+
+/// The CSV report's header line.
+pub fn csv_header() -> String {
+    csv_line(|w| w.write_record(CSV_HEADER))
+}
+
+/// One CSV record written by `f`, as text.
+fn csv_line(f: impl FnOnce(&mut csv::Writer<Vec<u8>>) -> csv::Result<()>) -> String {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let _ = f(&mut w);
+    w.into_inner()
+        .map(|b| String::from_utf8_lossy(&b).to_string())
+        .unwrap_or_default()
+}
+
+/// One group's CSV record (a line).
+pub fn csv_row(g: &GroupReport) -> String {
+    csv_line(|w| {
         let r = &g.rows;
         let skipped_refs: u64 = g.refs_skipped.values().sum();
-        let _ = w.write_record([
+        w.write_record([
             csv_text(&g.key),
             csv_text(g.label.as_deref().unwrap_or_default()),
             csv_text(&g.change),
@@ -329,11 +358,8 @@ pub fn render_csv(doc: &ReportDoc) -> String {
             g.refs.to_string(),
             g.refs_affected.to_string(),
             skipped_refs.to_string(),
-        ]);
-    }
-    w.into_inner()
-        .map(|b| String::from_utf8_lossy(&b).to_string())
-        .unwrap_or_default()
+        ])
+    })
 }
 
 /// Text for a Markdown table cell or list item, shown as written: Markdown
@@ -364,52 +390,91 @@ fn md_cell(s: &str) -> String {
 /// Markdown for sharing with admins: a table of groups, then conflicts and
 /// errors with their keys, then the summary.
 pub fn render_markdown(doc: &ReportDoc) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "# Run {}\n", md_cell(&doc.run_id));
-    // The outcome first: state, kind, mode and totals.
-    let mode = doc.mode.parse::<Mode>().unwrap_or_default();
-    let _ = writeln!(out, "- **State:** {}", md_cell(&doc.state));
-    let _ = writeln!(out, "- **Kind:** {}", md_cell(&doc.kind));
-    let _ = writeln!(out, "- **Mode:** {}", md_cell(&doc.mode));
-    let _ = writeln!(out, "- **Totals:** {}\n", totals_phrase(&doc.counts, mode));
-    if !doc.params.is_empty() {
-        let pairs = crate::params::describe_values(&doc.params);
-        let _ = writeln!(out, "Parameters: {}\n", md_cell(&pairs));
-    }
-    let _ = writeln!(
-        out,
-        "Job {}, scope {}.{}\n",
-        md_cell(&doc.job),
-        md_cell(&doc.scope),
-        if doc.mode == "dry-run" {
-            " Dry run: nothing was written."
-        } else {
-            ""
-        }
-    );
-    let _ = writeln!(
-        out,
-        "| {} | label | change | target | current values (rows) | rows | changed | unchanged | skipped | conflicts | errors | refs affected |",
-        doc.grouped_by
-    );
-    let _ = writeln!(
-        out,
-        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    );
-    let long = doc.groups.len() > crate::report::LISTED_GROUPS;
-    let mut quiet = 0u64;
+    let mut r = MarkdownReport::new(doc.groups.len());
+    let mut out = r.head(doc);
     for g in &doc.groups {
-        if long && g.reason.is_none() && !crate::report::eventful(&GroupStatus::Eligible, &g.rows) {
-            quiet += 1;
-            continue;
+        out.push_str(&r.group(g));
+    }
+    out.push_str(&r.tail(doc));
+    out
+}
+
+/// The Markdown report, written a part at a time: its head, each group's
+/// row as it is read, then its tail ([`render_markdown`] made whole). It
+/// keeps only the groups with sample changes, for the section after the
+/// table.
+pub struct MarkdownReport {
+    long: bool,
+    quiet: u64,
+    sampled: Vec<GroupReport>,
+}
+
+impl MarkdownReport {
+    /// A report of `groups` groups.
+    pub fn new(groups: usize) -> Self {
+        MarkdownReport {
+            long: groups > crate::report::LISTED_GROUPS,
+            quiet: 0,
+            sampled: Vec::new(),
+        }
+    }
+
+    /// The outcome, the run and the table's header; `doc.groups` is not read.
+    pub fn head(&self, doc: &ReportDoc) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# Run {}\n", md_cell(&doc.run_id));
+        // The outcome first: state, kind, mode and totals.
+        let mode = doc.mode.parse::<Mode>().unwrap_or_default();
+        let _ = writeln!(out, "- **State:** {}", md_cell(&doc.state));
+        let _ = writeln!(out, "- **Kind:** {}", md_cell(&doc.kind));
+        let _ = writeln!(out, "- **Mode:** {}", md_cell(&doc.mode));
+        let _ = writeln!(out, "- **Totals:** {}\n", totals_phrase(&doc.counts, mode));
+        if !doc.params.is_empty() {
+            let pairs = crate::params::describe_values(&doc.params);
+            let _ = writeln!(out, "Parameters: {}\n", md_cell(&pairs));
+        }
+        let _ = writeln!(
+            out,
+            "Job {}, scope {}.{}\n",
+            md_cell(&doc.job),
+            md_cell(&doc.scope),
+            if doc.mode == "dry-run" {
+                " Dry run: nothing was written."
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            out,
+            "| {} | label | change | target | current values (rows) | rows | changed | unchanged | skipped | conflicts | errors | refs affected |",
+            doc.grouped_by
+        );
+        let _ = writeln!(
+            out,
+            "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        out
+    }
+
+    /// One group's row of the table (empty for an uneventful group of a
+    /// long report).
+    pub fn group(&mut self, g: &GroupReport) -> String {
+        if !g.samples.is_empty() {
+            self.sampled.push(g.clone());
+        }
+        if self.long
+            && g.reason.is_none()
+            && !crate::report::eventful(&GroupStatus::Eligible, &g.rows)
+        {
+            self.quiet += 1;
+            return String::new();
         }
         let change = match &g.reason {
             Some(r) => format!("{} ({})", g.change, r),
             None => g.change.clone(),
         };
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} of {} |",
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} of {} |\n",
             md_cell(&g.key),
             md_cell(g.label.as_deref().unwrap_or("")),
             md_cell(&change),
@@ -423,58 +488,111 @@ pub fn render_markdown(doc: &ReportDoc) -> String {
             g.rows.errors,
             g.refs_affected,
             g.refs
-        );
+        )
     }
-    if quiet > 0 {
-        let noun = md_cell(&doc.grouped_by);
-        let _ = writeln!(out, "\n{}", crate::report::unchanged_line(quiet, &noun));
-    }
-    if doc.groups.iter().any(|g| !g.samples.is_empty()) {
-        let _ = writeln!(out, "\n## Sample changes\n");
-        for g in doc.groups.iter().filter(|g| !g.samples.is_empty()) {
-            let _ = writeln!(out, "{} {}:\n", doc.grouped_by, md_cell(&g.key));
-            for sd in &g.samples {
-                for c in &sd.changes {
-                    let show = |v: &Option<serde_json::Value>| match v {
-                        Some(v) => md_cell(&v.to_string()),
-                        None => "(absent)".to_string(),
-                    };
-                    let _ = writeln!(
-                        out,
-                        "- row {}, {} at {}: {} → {}",
-                        md_cell(&sd.key),
-                        md_cell(&sd.column),
-                        md_cell(if c.path.is_empty() { "/" } else { &c.path }),
-                        show(&c.before),
-                        show(&c.after)
-                    );
-                }
-            }
-            let _ = writeln!(out);
-        }
-    }
-    for (title, list, more) in [
-        ("Conflicts", &doc.conflicts, doc.conflicts_more),
-        ("Errors", &doc.errors, doc.errors_more),
-    ] {
-        if list.is_empty() && more == 0 {
-            continue;
-        }
-        let _ = writeln!(out, "\n## {title}\n");
-        for i in list {
+
+    /// The groups left out, sample changes, conflicts, errors and the
+    /// summary; `doc.groups` is not read.
+    pub fn tail(&self, doc: &ReportDoc) -> String {
+        let mut out = String::new();
+        if self.quiet > 0 {
+            let noun = md_cell(&doc.grouped_by);
             let _ = writeln!(
                 out,
-                "- {}: {}",
-                md_cell(&format!("{}/{}", i.target, i.key)),
-                md_cell(&i.message)
+                "\n{}",
+                crate::report::unchanged_line(self.quiet, &noun)
             );
         }
-        if more > 0 {
-            let _ = writeln!(out, "- … and {more} more");
+        if !self.sampled.is_empty() {
+            let _ = writeln!(out, "\n## Sample changes\n");
+            for g in &self.sampled {
+                let _ = writeln!(out, "{} {}:\n", doc.grouped_by, md_cell(&g.key));
+                for sd in &g.samples {
+                    for c in &sd.changes {
+                        let show = |v: &Option<serde_json::Value>| match v {
+                            Some(v) => md_cell(&v.to_string()),
+                            None => "(absent)".to_string(),
+                        };
+                        let _ = writeln!(
+                            out,
+                            "- row {}, {} at {}: {} → {}",
+                            md_cell(&sd.key),
+                            md_cell(&sd.column),
+                            md_cell(if c.path.is_empty() { "/" } else { &c.path }),
+                            show(&c.before),
+                            show(&c.after)
+                        );
+                    }
+                }
+                let _ = writeln!(out);
+            }
         }
+        for (title, list, more) in [
+            ("Conflicts", &doc.conflicts, doc.conflicts_more),
+            ("Errors", &doc.errors, doc.errors_more),
+        ] {
+            if list.is_empty() && more == 0 {
+                continue;
+            }
+            let _ = writeln!(out, "\n## {title}\n");
+            for i in list {
+                let _ = writeln!(
+                    out,
+                    "- {}: {}",
+                    md_cell(&format!("{}/{}", i.target, i.key)),
+                    md_cell(&i.message)
+                );
+            }
+            if more > 0 {
+                let _ = writeln!(out, "- … and {more} more");
+            }
+        }
+        let _ = writeln!(out, "\n```\n{}\n```", doc.summary);
+        out
     }
-    let _ = writeln!(out, "\n```\n{}\n```", doc.summary);
-    out
+}
+
+/// The pretty JSON report around its list of groups: the text before the
+/// first group and the text after the last, for a report written a group
+/// at a time ([`json_group`] each, joined by [`JSON_GROUP_SEPARATOR`]).
+/// With `groups` false (a report of no groups) the list is `[]`. The
+/// parts and groups together are `serde_json::to_string_pretty` of the
+/// whole document, byte for byte; `doc.groups` is not read.
+pub fn json_parts(doc: &ReportDoc, groups: bool) -> Result<(String, String), serde_json::Error> {
+    let shell = ReportDoc {
+        groups: vec![],
+        ..doc.clone()
+    };
+    let text = serde_json::to_string_pretty(&shell)?;
+    const EMPTY: &str = "\n  \"groups\": [],\n";
+    let at = text.find(EMPTY).ok_or_else(|| {
+        <serde_json::Error as serde::de::Error>::custom("the report has no list of groups")
+    })?;
+    // `before` ends with `"groups": `, `after` starts with the `,` after `[]`.
+    let (before, after) = text.split_at(at + EMPTY.len() - 4);
+    let after = &after[2..];
+    Ok(if groups {
+        (format!("{before}[\n"), format!("\n  ]{after}"))
+    } else {
+        (format!("{before}[]"), after.to_string())
+    })
+}
+
+/// What goes between two groups of the JSON report.
+pub const JSON_GROUP_SEPARATOR: &str = ",\n";
+
+/// One group of the pretty JSON report, indented for its place in the list.
+pub fn json_group(g: &GroupReport) -> Result<String, serde_json::Error> {
+    let text = serde_json::to_string_pretty(g)?;
+    let mut out = String::with_capacity(text.len() + 64);
+    for (i, line) in text.lines().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str("    ");
+        out.push_str(line);
+    }
+    Ok(out)
 }
 
 /// The group part of [`plan_diff`]: status, label and target value per
@@ -874,6 +992,67 @@ value = "x"
         assert!(!md.contains("at /n:"), "{md}");
         assert_eq!("md".parse::<Format>(), Ok(Format::Markdown));
         assert!("xml".parse::<Format>().is_err());
+    }
+
+    /// The JSON report written a group at a time is the whole document's
+    /// pretty JSON, byte for byte, with no group, one, or several.
+    #[test]
+    fn json_written_a_group_at_a_time_is_the_whole_document() {
+        for n in [0usize, 1, 3] {
+            let mut d = doc();
+            let one = d.groups[0].clone();
+            d.groups = (0..n)
+                .map(|i| GroupReport {
+                    key: format!("P{i}"),
+                    ..one.clone()
+                })
+                .collect();
+            let (head, tail) = json_parts(&d, n > 0).unwrap();
+            let groups: Vec<String> = d.groups.iter().map(|g| json_group(g).unwrap()).collect();
+            let streamed = format!("{head}{}{tail}", groups.join(JSON_GROUP_SEPARATOR));
+            assert_eq!(
+                streamed,
+                serde_json::to_string_pretty(&d).unwrap(),
+                "{n} groups"
+            );
+        }
+    }
+
+    /// CSV and Markdown written a group at a time are the whole reports.
+    #[test]
+    fn csv_and_markdown_written_a_group_at_a_time_are_the_whole_reports() {
+        let mut d = doc();
+        let one = d.groups[0].clone();
+        // Past the listed-groups limit: uneventful groups leave the table.
+        d.groups = (0..crate::report::LISTED_GROUPS + 5)
+            .map(|i| GroupReport {
+                key: format!("P{i}"),
+                rows: if i % 10 == 0 {
+                    one.rows
+                } else {
+                    Counts {
+                        processed: 1,
+                        unchanged: 1,
+                        ..Counts::default()
+                    }
+                },
+                ..one.clone()
+            })
+            .collect();
+        let mut csv = csv_header();
+        let mut md = MarkdownReport::new(d.groups.len());
+        let mut md_text = md.head(&d);
+        for g in &d.groups {
+            csv.push_str(&csv_row(g));
+            md_text.push_str(&md.group(g));
+        }
+        md_text.push_str(&md.tail(&d));
+        assert_eq!(csv, render_csv(&d));
+        assert_eq!(md_text, render_markdown(&d));
+        assert!(
+            md_text.contains("Unchanged: 49 groups with nothing to change"),
+            "{md_text}"
+        );
     }
 
     /// A doc whose texts are hostile: formulas for spreadsheets, HTML and

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::plan::{GroupStatus, Plan};
+use crate::plan::{GroupStatus, Plan, PlannedGroup};
 use crate::run::{Mode, RunKind, RunState};
 use crate::spec::JobSpec;
 use crate::tally::{Counts, GroupTally, Tally};
@@ -62,6 +62,10 @@ pub fn totals_phrase(c: &Counts, mode: Mode) -> String {
 /// The one-line summary ops scripts parse. The keys are a contract: none
 /// moves or goes, new ones are added at the end (`state=` last).
 pub fn summary_line(v: &RunView<'_>) -> String {
+    summary_line_seen(v, None)
+}
+
+fn summary_with(v: &RunView<'_>, groups: GroupsSeen) -> String {
     let c = &v.tally.counts;
     let mut line = format!(
         "Summary: mode={} shards={} processed={} changed={} unchanged={} skipped={} conflicts={} errors={} groups_processed={} groups_skipped={} refs_affected={} refs_skipped={} conflicts_retried={} run={}",
@@ -73,8 +77,8 @@ pub fn summary_line(v: &RunView<'_>) -> String {
         c.skipped,
         c.conflicts,
         c.errors,
-        v.plan.groups_processed(),
-        v.plan.groups_skipped(),
+        groups.processed,
+        groups.skipped,
         v.tally.refs_affected,
         v.tally.refs_skipped,
         v.tally.conflicts_retried,
@@ -187,131 +191,219 @@ pub fn unchanged_line(n: u64, noun: &str) -> String {
 /// with something to tell), conflicts and errors with their keys, and the
 /// `Summary:` line.
 pub fn render_report(v: &RunView<'_>) -> String {
-    let spec = v.spec;
-    let rn = &spec.report.row_noun;
-    let refn = &spec.report.ref_noun;
-    let mut out = String::new();
-    // The outcome first: state, kind, mode and totals.
-    let _ = writeln!(
-        out,
-        "State: {} — kind: {} — mode: {}",
-        state_phrase(v.state),
-        v.kind_label(),
-        v.mode
-    );
-    let _ = writeln!(out, "Totals: {}", totals_phrase(&v.tally.counts, v.mode));
-    let _ = writeln!(
-        out,
-        "Run {} — job {} — mode {} — scope {}",
-        v.run_id, spec.name, v.mode, v.scope
-    );
-    if !spec.params.is_empty() {
-        let _ = writeln!(out, "Parameters: {}", crate::params::describe(&spec.params));
+    let mut r = TextReport::new(v, v.plan.groups.len());
+    let mut out = r.head();
+    if v.spec.groups.is_some() {
+        for pg in &v.plan.groups {
+            out.push_str(&r.group(pg, v.tally.groups.get(&pg.key)));
+        }
     }
-    if let Some(counted) = v.cancelled {
+    out.push_str(&r.tail());
+    out
+}
+
+/// The groups a report has passed through, counted for its `Summary:`
+/// line: a streamed report holds no plan of groups to count afterwards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupsSeen {
+    pub processed: u64,
+    pub skipped: u64,
+}
+
+impl GroupsSeen {
+    pub fn see(&mut self, status: &GroupStatus) {
+        if *status == GroupStatus::Eligible {
+            self.processed += 1;
+        } else {
+            self.skipped += 1;
+        }
+    }
+}
+
+/// The `Summary:` line of a run whose groups were counted as they were
+/// read (`seen`), or from the plan (`None`).
+pub fn summary_line_seen(v: &RunView<'_>, seen: Option<GroupsSeen>) -> String {
+    let seen = seen.unwrap_or(GroupsSeen {
+        processed: v.plan.groups_processed(),
+        skipped: v.plan.groups_skipped(),
+    });
+    summary_with(v, seen)
+}
+
+/// The text report, written a part at a time: its head, then each group
+/// as it is read (in the plan's order), then its tail. A report of any
+/// number of groups is written as it is read, holding one group at a time;
+/// [`render_report`] is the same report made whole.
+pub struct TextReport<'a, 'v> {
+    v: &'a RunView<'v>,
+    /// More than [`LISTED_GROUPS`] groups: only the eventful ones get a block.
+    long: bool,
+    quiet: u64,
+    seen: GroupsSeen,
+}
+
+impl<'a, 'v> TextReport<'a, 'v> {
+    /// The report of `v`, whose plan lists `groups` groups (`v.plan` need
+    /// not hold them: they come to [`Self::group`]).
+    pub fn new(v: &'a RunView<'v>, groups: usize) -> Self {
+        TextReport {
+            v,
+            long: groups > LISTED_GROUPS,
+            quiet: 0,
+            seen: GroupsSeen::default(),
+        }
+    }
+
+    /// The outcome first: state, kind, mode and totals; then the run.
+    pub fn head(&self) -> String {
+        let v = self.v;
+        let spec = v.spec;
+        let mut out = String::new();
         let _ = writeln!(
             out,
-            "Cancelled: the run was stopped before it finished; the counts below are of the {counted} of {} shards that finished before the cancel.",
-            v.plan.shards_total
+            "State: {} — kind: {} — mode: {}",
+            state_phrase(v.state),
+            v.kind_label(),
+            v.mode
         );
+        let _ = writeln!(out, "Totals: {}", totals_phrase(&v.tally.counts, v.mode));
+        let _ = writeln!(
+            out,
+            "Run {} — job {} — mode {} — scope {}",
+            v.run_id, spec.name, v.mode, v.scope
+        );
+        if !spec.params.is_empty() {
+            let _ = writeln!(out, "Parameters: {}", crate::params::describe(&spec.params));
+        }
+        if let Some(counted) = v.cancelled {
+            let _ = writeln!(
+                out,
+                "Cancelled: the run was stopped before it finished; the counts below are of the {counted} of {} shards that finished before the cancel.",
+                v.plan.shards_total
+            );
+        }
+        if !v.mode.is_commit() {
+            let _ = writeln!(out, "Dry run: nothing was written. Add --commit to write.");
+        }
+        out
     }
-    if !v.mode.is_commit() {
-        let _ = writeln!(out, "Dry run: nothing was written. Add --commit to write.");
+
+    /// One group's block (empty for an uneventful group of a long report);
+    /// `g`: its counts, `None` when nothing of it was counted.
+    pub fn group(&mut self, pg: &PlannedGroup, g: Option<&GroupTally>) -> String {
+        let v = self.v;
+        let spec = v.spec;
+        let rn = &spec.report.row_noun;
+        let refn = &spec.report.ref_noun;
+        let empty = GroupTally::default();
+        let mut out = String::new();
+        self.seen.see(&pg.status);
+        if self.long && !eventful(&pg.status, &g.unwrap_or(&empty).counts) {
+            self.quiet += 1;
+            return out;
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{} {} — {}",
+            spec.group_noun(),
+            pg.key,
+            pg.label.as_deref().unwrap_or("(no title)")
+        );
+        let gt = g.unwrap_or(&empty);
+        if pg.status == GroupStatus::Eligible || gt.counts.processed > 0 {
+            current_values(&mut out, gt, rn);
+        }
+        if let Some(p) = &spec.report.target_param {
+            if let Some(t) = pg.params.get(p).filter(|t| !t.is_null()) {
+                let shown = crate::rules::display_value(Some(t));
+                let _ = writeln!(out, "  target:  {shown:?}");
+            }
+        }
+        let _ = writeln!(out, "  change:  {}", change_flag(&pg.status, g));
+        if gt.counts.processed > 0 || gt.counts.skipped > 0 {
+            let _ = writeln!(
+                out,
+                "  rows:    {}; {} affected of {}",
+                counts_line(&gt.counts, v.mode, rn),
+                plural(gt.refs_affected, refn),
+                gt.refs
+            );
+        }
+        for (reason, n) in &gt.refs_skipped {
+            let _ = writeln!(out, "  skipped: {} ({reason})", plural(*n, refn));
+        }
+        for (reason, n) in &gt.skipped_by_reason {
+            let _ = writeln!(out, "  skipped: {} ({reason})", plural(*n, rn));
+        }
+        out
     }
-    let empty = GroupTally::default();
-    if spec.groups.is_some() {
-        let noun = spec.group_noun();
-        let long = v.plan.groups.len() > LISTED_GROUPS;
-        let mut quiet = 0u64;
-        for pg in &v.plan.groups {
-            let g = v.tally.groups.get(&pg.key);
-            if long && !eventful(&pg.status, &g.unwrap_or(&empty).counts) {
-                quiet += 1;
+
+    /// The groups left out, the targets (a job without groups), conflicts
+    /// and errors, and the `Summary:` line.
+    pub fn tail(&self) -> String {
+        let v = self.v;
+        let spec = v.spec;
+        let rn = &spec.report.row_noun;
+        let refn = &spec.report.ref_noun;
+        let empty = GroupTally::default();
+        let mut out = String::new();
+        if spec.groups.is_some() {
+            if self.quiet > 0 {
+                let _ = writeln!(out);
+                let _ = writeln!(out, "{}", unchanged_line(self.quiet, spec.group_noun()));
+            }
+        } else {
+            for t in &spec.targets {
+                let c = v.tally.targets.get(&t.name).copied().unwrap_or_default();
+                let g = v.tally.groups.get(&t.name).unwrap_or(&empty);
+                let _ = writeln!(out);
+                let _ = writeln!(out, "target {} — table {}", t.name, t.table);
+                let flag = if c.changed > 0 { "YES" } else { "NO" };
+                let _ = writeln!(out, "  change:  {flag}");
+                let _ = writeln!(out, "  rows:    {}", counts_line(&c, v.mode, rn));
+                for (reason, n) in &g.skipped_by_reason {
+                    let _ = writeln!(out, "  skipped: {} ({reason})", plural(*n, rn));
+                }
+                for (reason, n) in &g.refs_skipped {
+                    let _ = writeln!(out, "  skipped: {} ({reason})", plural(*n, refn));
+                }
+            }
+        }
+        for (title, issues) in [
+            ("Conflicts", &v.tally.conflicts),
+            ("Errors", &v.tally.errors),
+        ] {
+            if issues.total() == 0 {
                 continue;
             }
             let _ = writeln!(out);
+            let _ = writeln!(out, "{title} ({}):", issues.total());
+            for (k, m) in &issues.kept {
+                let _ = writeln!(out, "  {k}: {m}");
+            }
+            if issues.other > 0 {
+                let _ = writeln!(out, "  … and {} more", issues.other);
+            }
+        }
+        if v.tally.conflicts_retried > 0 {
+            let _ = writeln!(out);
             let _ = writeln!(
                 out,
-                "{noun} {} — {}",
-                pg.key,
-                pg.label.as_deref().unwrap_or("(no title)")
+                "Conflicts retried: {} rows edited by the application while the run read them were read again and rewritten, keeping the application's edits",
+                v.tally.conflicts_retried
             );
-            let gt = g.unwrap_or(&empty);
-            if pg.status == GroupStatus::Eligible || gt.counts.processed > 0 {
-                current_values(&mut out, gt, rn);
-            }
-            if let Some(p) = &spec.report.target_param {
-                if let Some(t) = pg.params.get(p).filter(|t| !t.is_null()) {
-                    let shown = crate::rules::display_value(Some(t));
-                    let _ = writeln!(out, "  target:  {shown:?}");
-                }
-            }
-            let _ = writeln!(out, "  change:  {}", change_flag(&pg.status, g));
-            if gt.counts.processed > 0 || gt.counts.skipped > 0 {
-                let _ = writeln!(
-                    out,
-                    "  rows:    {}; {} affected of {}",
-                    counts_line(&gt.counts, v.mode, rn),
-                    plural(gt.refs_affected, refn),
-                    gt.refs
-                );
-            }
-            for (reason, n) in &gt.refs_skipped {
-                let _ = writeln!(out, "  skipped: {} ({reason})", plural(*n, refn));
-            }
-            for (reason, n) in &gt.skipped_by_reason {
-                let _ = writeln!(out, "  skipped: {} ({reason})", plural(*n, rn));
-            }
-        }
-        if quiet > 0 {
-            let _ = writeln!(out);
-            let _ = writeln!(out, "{}", unchanged_line(quiet, noun));
-        }
-    } else {
-        for t in &spec.targets {
-            let c = v.tally.targets.get(&t.name).copied().unwrap_or_default();
-            let g = v.tally.groups.get(&t.name).unwrap_or(&empty);
-            let _ = writeln!(out);
-            let _ = writeln!(out, "target {} — table {}", t.name, t.table);
-            let flag = if c.changed > 0 { "YES" } else { "NO" };
-            let _ = writeln!(out, "  change:  {flag}");
-            let _ = writeln!(out, "  rows:    {}", counts_line(&c, v.mode, rn));
-            for (reason, n) in &g.skipped_by_reason {
-                let _ = writeln!(out, "  skipped: {} ({reason})", plural(*n, rn));
-            }
-            for (reason, n) in &g.refs_skipped {
-                let _ = writeln!(out, "  skipped: {} ({reason})", plural(*n, refn));
-            }
-        }
-    }
-    for (title, issues) in [
-        ("Conflicts", &v.tally.conflicts),
-        ("Errors", &v.tally.errors),
-    ] {
-        if issues.total() == 0 {
-            continue;
         }
         let _ = writeln!(out);
-        let _ = writeln!(out, "{title} ({}):", issues.total());
-        for (k, m) in &issues.kept {
-            let _ = writeln!(out, "  {k}: {m}");
-        }
-        if issues.other > 0 {
-            let _ = writeln!(out, "  … and {} more", issues.other);
-        }
+        out.push_str(&summary_line_seen(v, self.seen_groups()));
+        out.push('\n');
+        out
     }
-    if v.tally.conflicts_retried > 0 {
-        let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "Conflicts retried: {} rows edited by the application while the run read them were read again and rewritten, keeping the application's edits",
-            v.tally.conflicts_retried
-        );
+
+    /// The groups counted as they passed, for a job with groups.
+    fn seen_groups(&self) -> Option<GroupsSeen> {
+        self.v.spec.groups.as_ref().map(|_| self.seen)
     }
-    let _ = writeln!(out);
-    out.push_str(&summary_line(v));
-    out.push('\n');
-    out
 }
 
 #[cfg(test)]

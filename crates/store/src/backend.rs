@@ -191,6 +191,15 @@ pub(crate) trait Backend {
         -> Result<Option<RawRun>, StoreError>;
     /// A run's per-group records (`backfill_group_tally`), as (group, tally).
     async fn group_tallies(&self, run_id: &str) -> Result<Vec<(String, String)>, StoreError>;
+    /// How many groups a run's plan lists (`None`: no such run).
+    async fn plan_group_count(&self, run_id: &str) -> sqlx::Result<Option<i64>>;
+    /// A run's plan groups in the plan's order, each with its record's
+    /// counts when it has one, as JSON texts, streamed from the database
+    /// row by row: a report of any size is written as it is read.
+    fn report_groups<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> futures::stream::BoxStream<'a, sqlx::Result<(String, Option<String>)>>;
     /// The most recent runs, newest first.
     async fn recent_runs(&self, limit: i64) -> sqlx::Result<Vec<RecentRun>>;
     /// The shards of a run, in order.

@@ -26,7 +26,8 @@
 
 pub use backfill_job::fold::final_state;
 
-use backfill_job::ShardResult;
+use backfill_job::tally::GroupTally;
+use backfill_job::{PlannedGroup, ShardResult};
 
 use crate::backend::Capability;
 use crate::db::dispatch;
@@ -64,6 +65,46 @@ impl crate::Store {
         dispatch!(self, load_run(run_id, false))?
             .map(|raw| run_record(raw, vec![]))
             .transpose()
+    }
+
+    /// Whether [`Self::report_groups`] can give run `rec`'s groups with all
+    /// their counts: a run whose groups are counted in records of their own
+    /// (a run begun by an earlier release holds them in its own record,
+    /// which [`Self::load_run`] reads whole).
+    pub fn groups_stream(rec: &RunRecord) -> bool {
+        rec.tally.groups.is_empty() && rec.plan.tally.groups.is_empty()
+    }
+
+    /// How many groups run `run_id`'s plan lists; `None` when the ledger
+    /// has no such run.
+    pub async fn plan_group_count(&self, run_id: &str) -> Result<Option<u64>, StoreError> {
+        Ok(dispatch!(self, plan_group_count(run_id))
+            .map_err(sql("count the plan's groups"))?
+            .map(|n| n.max(0) as u64))
+    }
+
+    /// Run `run_id`'s plan groups in the plan's order, each with its counts
+    /// (`None`: nothing of it counted yet), read one at a time from the
+    /// database: a report streams at any number of groups. Complete for a
+    /// run of which [`Self::groups_stream`] holds.
+    pub fn report_groups<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> impl futures::Stream<Item = Result<(PlannedGroup, Option<GroupTally>), StoreError>> + 'a
+    {
+        use futures::StreamExt;
+        dispatch!(sync self, report_groups(run_id)).map(|row| {
+            let (group, tally) = row.map_err(sql("read the report's groups"))?;
+            let group: PlannedGroup = serde_json::from_str(&group)
+                .map_err(|e| StoreError::Data(format!("a plan group is unreadable: {e}")))?;
+            let tally = tally
+                .map(|t| serde_json::from_str::<GroupTally>(&t))
+                .transpose()
+                .map_err(|e| {
+                    StoreError::Data(format!("group {}'s counts are unreadable: {e}", group.key))
+                })?;
+            Ok((group, tally))
+        })
     }
 
     /// The most recent runs, newest first.

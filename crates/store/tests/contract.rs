@@ -1891,6 +1891,24 @@ contract!(groups_are_folded_in_records_of_their_own, |h| async move {
     let planned = h.store.load_run_plan("run-g").await.unwrap().unwrap();
     assert_eq!(planned.plan.groups, whole.plan.groups);
     assert!(planned.tally.groups.is_empty());
+    // The groups one at a time, as a report streams them: the plan's
+    // groups in order, each with the counts the whole read gives it.
+    assert!(backfill_store::Store::groups_stream(&totals));
+    assert_eq!(
+        h.store.plan_group_count("run-g").await.unwrap(),
+        Some(whole.plan.groups.len() as u64)
+    );
+    assert_eq!(h.store.plan_group_count("no-such-run").await.unwrap(), None);
+    let streamed: Vec<_> = {
+        use futures::TryStreamExt;
+        h.store.report_groups("run-g").try_collect().await.unwrap()
+    };
+    assert_eq!(streamed.len(), whole.plan.groups.len());
+    for ((pg, g), want) in streamed.iter().zip(&whole.plan.groups) {
+        assert_eq!(pg, want);
+        assert_eq!(g.as_ref(), whole.tally.groups.get(&pg.key), "{}", pg.key);
+    }
+    assert!(streamed.iter().any(|(pg, g)| pg.key == "p3" && g.is_some()));
 
     // A run folded in part by a release that kept its groups inside the
     // run's record ends with the same tally.

@@ -219,6 +219,35 @@ pub(super) async fn add_groups(
     Ok(())
 }
 
+/// How many groups a run's plan lists.
+pub(super) async fn plan_group_count(pool: &PgPool, run_id: &str) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(jsonb_array_length(plan->'groups'), 0)::int8 FROM backfill_run WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// A run's plan groups in order, each with its record (JSON texts),
+/// streamed: the server unnests the plan's list, the client holds a row at
+/// a time.
+pub(super) fn report_groups<'a>(
+    pool: &'a PgPool,
+    run_id: &'a str,
+) -> futures::stream::BoxStream<'a, sqlx::Result<(String, Option<String>)>> {
+    sqlx::query_as(
+        "SELECT g.elem::text, t.tally::text
+         FROM backfill_run r
+         CROSS JOIN LATERAL jsonb_array_elements(r.plan->'groups') WITH ORDINALITY AS g(elem, n)
+         LEFT JOIN backfill_group_tally t ON t.run_id = r.run_id AND t.group_key = g.elem->>'key'
+         WHERE r.run_id = $1
+         ORDER BY g.n",
+    )
+    .bind(run_id)
+    .fetch(pool)
+}
+
 /// A run's group records, as (group, tally as JSON text).
 pub(super) async fn group_tallies(
     pool: &PgPool,

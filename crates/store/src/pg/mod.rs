@@ -112,6 +112,17 @@ impl Backend for Pg {
             .map_err(crate::error::sql("read group tallies"))
     }
 
+    async fn plan_group_count(&self, run_id: &str) -> sqlx::Result<Option<i64>> {
+        ledger::plan_group_count(&self.pool, run_id).await
+    }
+
+    fn report_groups<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> futures::stream::BoxStream<'a, sqlx::Result<(String, Option<String>)>> {
+        ledger::report_groups(&self.pool, run_id)
+    }
+
     async fn fetch_shard(
         &self,
         run_id: &str,

@@ -193,6 +193,35 @@ pub(super) async fn add_groups(
     Ok(())
 }
 
+/// How many groups a run's plan lists.
+pub(super) async fn plan_group_count(pool: &SqlitePool, run_id: &str) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(json_array_length(plan, '$.groups'), 0) FROM backfill_run WHERE run_id = ?1",
+    )
+    .bind(run_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// A run's plan groups in order, each with its record (JSON texts),
+/// streamed row by row.
+pub(super) fn report_groups<'a>(
+    pool: &'a SqlitePool,
+    run_id: &'a str,
+) -> futures::stream::BoxStream<'a, sqlx::Result<(String, Option<String>)>> {
+    sqlx::query_as(
+        "SELECT g.value, t.tally
+         FROM backfill_run r
+         CROSS JOIN json_each(r.plan, '$.groups') g
+         LEFT JOIN backfill_group_tally t
+                ON t.run_id = r.run_id AND t.group_key = json_extract(g.value, '$.key')
+         WHERE r.run_id = ?1
+         ORDER BY g.key",
+    )
+    .bind(run_id)
+    .fetch(pool)
+}
+
 /// A run's group records, as (group, tally as JSON text).
 pub(super) async fn group_tallies(
     pool: &SqlitePool,
