@@ -1064,3 +1064,109 @@ async fn conflicts_errors_and_groups_are_tables_and_a_header_click_sorts() {
     drop(browser);
     screenshot_for_docs(&bin, &url, "dashboard-conflicts.png", 1300);
 }
+
+/// A run of 10,000 shards: the grid draws 2,000 cells of 5 shards each,
+/// each cell showing the worst that happened to its shards, else work in
+/// hand, else how far it is done, with its shards' states in its title.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grid_of_10000_shards_draws_a_cell_per_5_shards() {
+    const RUN: &str = "grid-run";
+    let bin = chromium();
+    let env = TestEnv::new().await;
+    env.store().await.close().await;
+    let spec = std::fs::read_to_string(job("program-certificate-titles")).unwrap();
+    // Shards 0–4999 done, the rest pending.
+    backfill_bench::monitor::build_big_run(&env.pool, RUN, &spec, 10_000, 200)
+        .await
+        .unwrap();
+    for (shards, state) in [
+        ("5000, 5001", "done"),
+        ("6003", "running"),
+        ("7000", "dead"),
+    ] {
+        sqlx::query(&format!(
+            "UPDATE backfill_shard SET state = '{state}' WHERE run_id = $1 AND shard_no IN ({shards})"
+        ))
+        .bind(RUN)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    }
+    let dash = Dashboard::start(&env);
+    let mut browser = Browser::open(&bin, &dash.url(RUN));
+    browser.rendered(RUN, 1);
+    let cells = browser.eval(
+        "[...document.querySelectorAll('#grid .cell')].map((c) => [c.dataset.shard, c.dataset.state, c.title])",
+    );
+    let cells = cells.as_array().unwrap();
+    assert_eq!(cells.len(), 2000);
+    assert_eq!(
+        browser.eval("document.getElementById('grid').dataset.perCell"),
+        "5"
+    );
+    assert_eq!(browser.text("#grid-note"), "each cell is 5 shards");
+    let cell = |i: usize| {
+        let c = cells[i].as_array().unwrap();
+        (
+            c[0].as_str().unwrap().to_string(),
+            c[1].as_str().unwrap().to_string(),
+            c[2].as_str().unwrap().to_string(),
+        )
+    };
+    let want = |i: usize, key: &str, state: &str, title: &str| {
+        assert_eq!(
+            cell(i),
+            (key.to_string(), state.to_string(), title.to_string()),
+            "cell {i}"
+        );
+    };
+    want(0, "0-4", "done", "shards 0–4: 5 done");
+    want(999, "4995-4999", "done", "shards 4995–4999: 5 done");
+    want(
+        1000,
+        "5000-5004",
+        "partial",
+        "shards 5000–5004: 3 pending, 2 done",
+    );
+    want(1001, "5005-5009", "pending", "shards 5005–5009: 5 pending");
+    want(
+        1200,
+        "6000-6004",
+        "running",
+        "shards 6000–6004: 4 pending, 1 running",
+    );
+    want(
+        1400,
+        "7000-7004",
+        "dead",
+        "shards 7000–7004: 4 pending, 1 dead",
+    );
+    want(1999, "9995-9999", "pending", "shards 9995–9999: 5 pending");
+    let counts = cells
+        .iter()
+        .fold(BTreeMap::<String, u32>::new(), |mut m, c| {
+            *m.entry(c[1].as_str().unwrap().to_string()).or_default() += 1;
+            m
+        });
+    assert_eq!(
+        counts,
+        BTreeMap::from([
+            ("dead".to_string(), 1),
+            ("done".to_string(), 1000),
+            ("partial".to_string(), 1),
+            ("pending".to_string(), 997),
+            ("running".to_string(), 1),
+        ])
+    );
+    // The partly done cell is filled to its share done.
+    assert_eq!(
+        browser.eval(
+            "document.querySelector('#grid .cell[data-shard=\"5000-5004\"]').style.getPropertyValue('--p')"
+        ),
+        "40%"
+    );
+    assert!(!browser
+        .eval("document.getElementById('legend-partial').hidden")
+        .as_bool()
+        .unwrap());
+}
