@@ -10,10 +10,11 @@
 
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::plan::{NewRun, PlannedGroup, PlannedTarget};
-use crate::report::{summary_line, RunView};
+use crate::report::{summary_line_seen, GroupsSeen, RunView};
 use crate::tally::GroupTally;
 use crate::{JobSpec, Mode, Plan, RunKind, RunState, Scope, SpecError, Tally};
 
@@ -47,10 +48,57 @@ pub struct RunLedger<'a> {
     pub spec_text: &'a str,
     pub mode: &'a str,
     pub scope: Value,
-    pub plan: Value,
+    /// The plan's JSON text, read for the last shard only (`None` before):
+    /// of its groups only their statuses are decoded, for the summary line,
+    /// so finishing a run of 50,000 groups does not hold their parameters.
+    pub plan: Option<String>,
     pub tally: Value,
     pub shards_total: i64,
     pub shards_reduced: i64,
+}
+
+/// What the summary line needs of a plan: its shards and its groups'
+/// statuses (the rest of each group is skipped, never held).
+#[derive(Debug, Deserialize)]
+struct PlanOutline {
+    #[serde(default)]
+    groups: Vec<GroupOutline>,
+    #[serde(default)]
+    shards_total: u32,
+}
+
+#[derive(Debug, Deserialize)]
+struct GroupOutline {
+    /// `eligible`, `skipped` or `unknown` ([`crate::plan::GroupStatus`]).
+    status: String,
+}
+
+impl PlanOutline {
+    fn read(text: Option<&str>) -> Result<(Plan, GroupsSeen), FoldError> {
+        let unreadable = |message: String| FoldError::Unreadable {
+            what: "plan",
+            message,
+        };
+        let text = text.ok_or_else(|| unreadable("not read with the last shard".into()))?;
+        let outline: PlanOutline =
+            serde_json::from_str(text).map_err(|e| unreadable(e.to_string()))?;
+        let processed = outline
+            .groups
+            .iter()
+            .filter(|g| g.status == "eligible")
+            .count() as u64;
+        let seen = GroupsSeen {
+            processed,
+            skipped: outline.groups.len() as u64 - processed,
+        };
+        let plan = Plan {
+            groups: vec![],
+            targets: vec![],
+            shards_total: outline.shards_total,
+            tally: Tally::default(),
+        };
+        Ok((plan, seen))
+    }
 }
 
 /// A run's tally with one more shard folded in, and, when it was the last
@@ -159,11 +207,19 @@ pub fn fold_result(run: RunLedger<'_>, shard: &Tally) -> Result<Fold, FoldError>
     let spec = JobSpec::parse(run.spec_text)?;
     let mode: Mode = run.mode.parse().map_err(FoldError::Mode)?;
     let scope: Scope = decode("scope", run.scope)?;
-    let plan: Plan = decode("plan", run.plan)?;
+    let (plan, seen) = PlanOutline::read(run.plan.as_deref())?;
     Ok(Fold {
         tally: tally_json,
         reduced,
-        finished: Some(finished(run.run_id, &spec, mode, &scope, &plan, &tally)),
+        finished: Some(finished_seen(
+            run.run_id,
+            &spec,
+            mode,
+            &scope,
+            &plan,
+            Some(seen),
+            &tally,
+        )),
     })
 }
 
@@ -177,21 +233,38 @@ pub fn finished(
     plan: &Plan,
     tally: &Tally,
 ) -> (RunState, String) {
+    finished_seen(run_id, spec, mode, scope, plan, None, tally)
+}
+
+/// [`finished`] of a plan whose groups were counted (`seen`) rather than
+/// held (`None`: counted from `plan`).
+fn finished_seen(
+    run_id: &str,
+    spec: &JobSpec,
+    mode: Mode,
+    scope: &Scope,
+    plan: &Plan,
+    seen: Option<GroupsSeen>,
+    tally: &Tally,
+) -> (RunState, String) {
     let state = final_state(tally);
-    let summary = summary_line(&RunView {
-        run_id,
-        spec,
-        mode,
-        scope: &scope.describe(),
-        plan,
-        tally,
-        cancelled: None,
-        state,
-        // The summary line shows neither the kind nor the sample.
-        kind: RunKind::default(),
-        of: None,
-        sample: None,
-    });
+    let summary = summary_line_seen(
+        &RunView {
+            run_id,
+            spec,
+            mode,
+            scope: &scope.describe(),
+            plan,
+            tally,
+            cancelled: None,
+            state,
+            // The summary line shows neither the kind nor the sample.
+            kind: RunKind::default(),
+            of: None,
+            sample: None,
+        },
+        seen,
+    );
     (state, summary)
 }
 
@@ -238,6 +311,7 @@ pub fn final_state(tally: &Tally) -> RunState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::GroupStatus;
     use crate::tally::{Recorded, CONFLICT_EDITED};
     use crate::testing::TITLES_SPEC as SPEC;
 
@@ -256,7 +330,7 @@ mod tests {
             spec_text: SPEC,
             mode: "commit",
             scope: serde_json::to_value(Scope::All).unwrap(),
-            plan: serde_json::to_value(plan(shards_total as u32)).unwrap(),
+            plan: Some(serde_json::to_string(&plan(shards_total as u32)).unwrap()),
             tally: serde_json::to_value(tally).unwrap(),
             shards_total,
             shards_reduced,
@@ -384,11 +458,55 @@ mod tests {
         assert_eq!(state, RunState::Failed);
     }
 
+    /// The last fold counts the plan's groups by status for the summary
+    /// line, reading nothing else of them.
+    #[test]
+    fn the_last_fold_counts_the_plans_groups_by_status() {
+        let group = |key: &str, status: GroupStatus| PlannedGroup {
+            key: key.into(),
+            label: Some("A title".into()),
+            params: serde_json::json!({"title": "T", "n": [1, 2]})
+                .as_object()
+                .cloned()
+                .unwrap(),
+            status,
+        };
+        let mut p = plan(1);
+        p.groups = vec![
+            group("a", GroupStatus::Eligible),
+            group("b", GroupStatus::Skipped("no page".into())),
+            group("c", GroupStatus::Eligible),
+            group("d", GroupStatus::Unknown),
+            group("e", GroupStatus::Eligible),
+        ];
+        let mut last = ledger(&Tally::default(), 1, 0);
+        last.plan = Some(serde_json::to_string(&p).unwrap());
+        let (_, summary) = fold_result(last, &Tally::default())
+            .unwrap()
+            .finished
+            .unwrap();
+        assert!(
+            summary.contains(" shards=1 ")
+                && summary.contains(" groups_processed=3 groups_skipped=2 "),
+            "{summary}"
+        );
+        // The same line as the whole plan gives.
+        let (_, whole) = finished(
+            "r1",
+            &JobSpec::parse(SPEC).unwrap(),
+            Mode::Commit,
+            &Scope::All,
+            &p,
+            &Tally::default(),
+        );
+        assert_eq!(summary, whole);
+    }
+
     #[test]
     fn the_spec_is_read_only_when_the_run_finishes() {
         let mut run = ledger(&Tally::default(), 3, 0);
         run.spec_text = "not a spec";
-        run.plan = Value::Null;
+        run.plan = None;
         assert!(fold_result(run, &Tally::default()).is_ok());
         let mut last = ledger(&Tally::default(), 1, 0);
         last.spec_text = "not a spec";
@@ -414,7 +532,14 @@ mod tests {
             Err(FoldError::Mode(_))
         ));
         let mut last = ledger(&Tally::default(), 1, 0);
-        last.plan = Value::Null;
+        last.plan = Some("null".into());
+        let e = fold_result(last, &Tally::default()).unwrap_err();
+        assert!(
+            e.to_string().starts_with("ledger plan is unreadable: "),
+            "{e}"
+        );
+        let mut last = ledger(&Tally::default(), 1, 0);
+        last.plan = None;
         let e = fold_result(last, &Tally::default()).unwrap_err();
         assert!(
             e.to_string().starts_with("ledger plan is unreadable: "),

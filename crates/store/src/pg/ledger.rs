@@ -140,7 +140,7 @@ pub(super) async fn reduce(pool: &PgPool, result: &ShardResult) -> Result<Reduce
     let (totals, groups) = stored_result(claimed.get::<Option<serde_json::Value>, _>(0))?;
     let row = sqlx::query(
         "SELECT spec_text, mode, scope, tally, shards_total, shards_reduced,
-                CASE WHEN shards_reduced + 1 >= shards_total THEN plan END AS plan
+                CASE WHEN shards_reduced + 1 >= shards_total THEN plan::text END AS plan
          FROM backfill_run WHERE run_id = $1 FOR UPDATE",
     )
     .bind(&result.run_id)
@@ -154,9 +154,7 @@ pub(super) async fn reduce(pool: &PgPool, result: &ShardResult) -> Result<Reduce
             spec_text: &row.get::<String, _>("spec_text"),
             mode: &row.get::<String, _>("mode"),
             scope: row.get("scope"),
-            plan: row
-                .get::<Option<serde_json::Value>, _>("plan")
-                .unwrap_or_default(),
+            plan: row.get::<Option<String>, _>("plan"),
             tally: row.get("tally"),
             shards_total: row.get::<i32, _>("shards_total") as i64,
             shards_reduced: row.get::<i32, _>("shards_reduced") as i64,

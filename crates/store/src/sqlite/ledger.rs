@@ -128,10 +128,7 @@ pub(super) async fn reduce(pool: &SqlitePool, result: &ShardResult) -> Result<Re
             spec_text: &row.get::<String, _>("spec_text"),
             mode: &row.get::<String, _>("mode"),
             scope: parse_json("scope", row.get("scope"))?,
-            plan: plan
-                .map(|p| parse_json("plan", Some(p)))
-                .transpose()?
-                .unwrap_or_default(),
+            plan,
             tally: parse_json("tally", row.get("tally"))?,
             shards_total: row.get("shards_total"),
             shards_reduced: row.get("shards_reduced"),
