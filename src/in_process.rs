@@ -86,7 +86,8 @@ pub async fn run_in_process(
                 &shutdown,
             )
             .await?;
-            Ok::<_, anyhow::Error>(backfill_coordinator::wait(&store, &run_id, &shutdown).await?)
+            backfill_coordinator::wait(&store, &run_id, &shutdown).await?;
+            Ok::<_, anyhow::Error>(read_whole(&store, &run_id).await?)
         }
         .await;
         // The bar goes before anything else is printed: the report follows.
@@ -166,7 +167,10 @@ pub async fn run_local(
         // In-process queue: the same command run again resumes the run.
         let follower =
             crate::progress::follow(store, &run_id, "the same command again".to_string());
-        let rec = backfill_coordinator::wait(store, &run_id, &shutdown).await;
+        let rec = match backfill_coordinator::wait(store, &run_id, &shutdown).await {
+            Ok(_) => read_whole(store, &run_id).await,
+            Err(e) => Err(e.into()),
+        };
         follower.finish().await;
         Ok::<_, anyhow::Error>(Some(rec?))
     }
@@ -453,4 +457,12 @@ pub async fn start_or_resume(
             Ok(Some((run_id, lock)))
         }
     }
+}
+
+/// A finished run read whole, with every group's counts, for its report.
+async fn read_whole(store: &Store, run_id: &str) -> anyhow::Result<RunRecord> {
+    store
+        .load_run(run_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("run {run_id} is not in the ledger"))
 }

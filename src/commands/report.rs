@@ -122,6 +122,20 @@ async fn report(store: &Store, a: Args) -> anyhow::Result<Exit> {
     Ok(Exit::of_run(&totals))
 }
 
+/// Prints the text report of run `totals` (read with its totals only) to
+/// standard output, streamed when its groups have records of their own.
+pub async fn print_text(store: &Store, totals: &backfill_store::RunRecord) -> anyhow::Result<()> {
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    if totals.spec.groups.is_some() && Store::groups_stream(totals) {
+        write_streamed(store, totals, Format::Text, &mut out).await?;
+    } else {
+        let rec = load(store, &totals.run_id).await?;
+        write_whole(&rec, Format::Text, &mut out)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 /// The report made whole from a run read whole: a job without groups, or
 /// a run begun by an earlier release (its groups' counts are in its record).
 fn write_whole(

@@ -530,7 +530,8 @@ pub async fn publish_until_done(
     }
 }
 
-/// Waits until the run is finished (every shard folded), polling the ledger.
+/// Waits until the run is finished (every shard folded), polling the
+/// ledger; returns the run with its totals (see `Store::load_run_totals`).
 pub async fn wait(
     store: &Store,
     run_id: &str,
@@ -538,14 +539,10 @@ pub async fn wait(
 ) -> Result<RunRecord, CoordinatorError> {
     let mut interval = Duration::from_millis(50);
     loop {
-        // Polled with its totals only; read whole once, when it has ended.
+        // Polled with its totals only, and returned so: whoever wants its
+        // groups reads them (a report streams them).
         match store.load_run_totals(run_id).await {
-            Ok(Some(rec)) if rec.state.is_finished() => {
-                return store
-                    .load_run(run_id)
-                    .await?
-                    .ok_or_else(|| CoordinatorError::UnknownRun(run_id.to_string()))
-            }
+            Ok(Some(rec)) if rec.state.is_finished() => return Ok(rec),
             Ok(Some(_)) => {}
             Ok(None) => return Err(CoordinatorError::UnknownRun(run_id.to_string())),
             // The database restarting is no reason to stop waiting.
