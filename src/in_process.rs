@@ -87,7 +87,7 @@ pub async fn run_in_process(
             )
             .await?;
             backfill_coordinator::wait(&store, &run_id, &shutdown).await?;
-            Ok::<_, anyhow::Error>(read_whole(&store, &run_id).await?)
+            read_whole(&store, &run_id).await
         }
         .await;
         // The bar goes before anything else is printed: the report follows.
