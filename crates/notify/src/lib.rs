@@ -229,7 +229,7 @@ pub async fn notify(
     detail: Option<&str>,
 ) {
     let n = notifier();
-    let rec = match store.load_run_plan(run_id).await {
+    let rec = match read_if_wanted(store, run_id).await {
         Ok(Some(rec)) => rec,
         Ok(None) => return,
         Err(e) => {
@@ -245,7 +245,7 @@ pub async fn notify(
 /// Sends the end of a run: `finished`, `failed` or `cancelled` by the
 /// state the ledger holds.
 pub async fn notify_end(store: &Store, run_id: &str) {
-    let Ok(Some(rec)) = store.load_run_plan(run_id).await else {
+    let Ok(Some(rec)) = read_if_wanted(store, run_id).await else {
         return;
     };
     let event = match rec.state {
@@ -254,6 +254,24 @@ pub async fn notify_end(store: &Store, run_id: &str) {
         _ => Event::Finished,
     };
     send(store, &rec, event, None, None);
+}
+
+/// The run with its plan, for a notice; `None` when the ledger has no such
+/// run, or when nobody is to be told of it (no webhook in the spec or the
+/// settings): then only its totals are read, not its plan of groups, which
+/// a run of 50,000 groups makes large.
+async fn read_if_wanted(
+    store: &Store,
+    run_id: &str,
+) -> Result<Option<RunRecord>, backfill_store::StoreError> {
+    let n = notifier();
+    let Some(totals) = store.load_run_totals(run_id).await? else {
+        return Ok(None);
+    };
+    if n.client.is_none() || targets(&totals.spec.notify, &n.settings.urls).is_empty() {
+        return Ok(None);
+    }
+    store.load_run_plan(run_id).await
 }
 
 /// Sends `event` of a run already read, in the background.
