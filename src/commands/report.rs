@@ -87,7 +87,6 @@ async fn report(store: &Store, a: Args) -> anyhow::Result<Exit> {
             totals.shards_reduced, totals.shards_total
         );
     }
-    let streamed = totals.spec.groups.is_some() && Store::groups_stream(&totals);
     // Write to a file beside the target, then rename: a reader never sees
     // half a report.
     let tmp = a.output.as_ref().map(|p| p.with_extension("partial"));
@@ -99,13 +98,9 @@ async fn report(store: &Store, a: Args) -> anyhow::Result<Exit> {
             })?))
         }
     };
-    let written = if streamed {
-        write_streamed(store, &totals, format, &mut out).await
-    } else {
-        let rec = load(store, run).await?;
-        write_whole(&rec, format, &mut out)
-    };
-    let written = written.and_then(|()| out.flush().map_err(anyhow::Error::from));
+    let written = write_report(store, &totals, format, &mut out)
+        .await
+        .and_then(|()| out.flush().map_err(anyhow::Error::from));
     drop(out);
     match (&a.output, &tmp) {
         (Some(path), Some(tmp)) => {
@@ -126,14 +121,25 @@ async fn report(store: &Store, a: Args) -> anyhow::Result<Exit> {
 /// standard output, streamed when its groups have records of their own.
 pub async fn print_text(store: &Store, totals: &backfill_store::RunRecord) -> anyhow::Result<()> {
     let mut out = BufWriter::new(std::io::stdout().lock());
-    if totals.spec.groups.is_some() && Store::groups_stream(totals) {
-        write_streamed(store, totals, Format::Text, &mut out).await?;
-    } else {
-        let rec = load(store, &totals.run_id).await?;
-        write_whole(&rec, Format::Text, &mut out)?;
-    }
+    write_report(store, totals, Format::Text, &mut out).await?;
     out.flush()?;
     Ok(())
+}
+
+/// Writes run `totals`'s report (the run read with its totals only):
+/// streamed when its groups have records of their own, else read whole.
+async fn write_report(
+    store: &Store,
+    totals: &backfill_store::RunRecord,
+    format: Format,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    if totals.spec.groups.is_some() && Store::groups_stream(totals) {
+        write_streamed(store, totals, format, out).await
+    } else {
+        let rec = load(store, &totals.run_id).await?;
+        write_whole(&rec, format, out)
+    }
 }
 
 /// The report made whole from a run read whole: a job without groups, or
