@@ -89,7 +89,10 @@ impl MapperError {
 pub struct CachedRun {
     spec: JobSpec,
     mode: Mode,
-    params: HashMap<String, Map<String, Value>>,
+    /// Every group's parameters, for a run planned by an earlier release
+    /// (its plan alone holds them); `None`: each shard reads those of its
+    /// own groups ([`Store::shard_group_params`]).
+    params: Option<HashMap<String, Map<String, Value>>>,
     /// For a revert: the run whose before-images it restores.
     revert_of: Option<String>,
     /// The windows the run keeps to (`[schedule]` or `--window`).
@@ -105,16 +108,23 @@ impl RunCache {
         if let Some(r) = self.0.lock().ok().and_then(|m| m.get(run_id).cloned()) {
             return Ok(r);
         }
-        let rec = store
-            .load_run_plan(run_id)
-            .await?
-            .ok_or_else(|| MapperError::UnknownRun(run_id.to_string()))?;
-        let params = rec
-            .plan
-            .groups
-            .iter()
-            .map(|g| (g.key.clone(), g.params.clone()))
-            .collect();
+        // The run without its plan's groups: their parameters are read per
+        // shard, so a run of any number of groups costs the same memory.
+        let (rec, params) = if store.has_group_params(run_id).await? {
+            let rec = store.load_run_totals(run_id).await?;
+            (rec, None)
+        } else {
+            let rec = store.load_run_plan(run_id).await?;
+            let params = rec.as_ref().map(|rec| {
+                rec.plan
+                    .groups
+                    .iter()
+                    .map(|g| (g.key.clone(), g.params.clone()))
+                    .collect()
+            });
+            (rec, params)
+        };
+        let rec = rec.ok_or_else(|| MapperError::UnknownRun(run_id.to_string()))?;
         let schedule = store.run_schedule(&rec).await?;
         let cached = Arc::new(CachedRun {
             schedule,
@@ -258,11 +268,26 @@ async fn map_shard(
         .filter(|c| c.target == target.name)
         .map(|c| (c.column.as_str(), c.path.as_str()));
     let empty = Map::new();
+    let shard_params = match &run.params {
+        Some(_) => None,
+        None => Some(
+            store
+                .shard_group_params(&task.run_id, task.shard_no)
+                .await?,
+        ),
+    };
+    let params_of = |group: &str| {
+        shard_params
+            .as_ref()
+            .or(run.params.as_ref())
+            .and_then(|p| p.get(group))
+            .unwrap_or(&empty)
+    };
     // jsonb columns are written compactly; the others keep the bytes of
     // what no rule touched.
     let normalised = store.normalised_columns(&target.table).await?;
     let reevaluate = |group: &str, cols: &std::collections::BTreeMap<String, Option<String>>| {
-        let params = run.params.get(group).unwrap_or(&empty);
+        let params = params_of(group);
         evaluate_row(
             target,
             &RowInput {
@@ -318,7 +343,7 @@ async fn map_shard(
         let evaluated: Vec<EvaluatedRow> = rows
             .into_iter()
             .map(|row| {
-                let params = run.params.get(&row.group).unwrap_or(&empty);
+                let params = params_of(&row.group);
                 EvaluatedRow::evaluate(row, |key, columns, version| {
                     let input = RowInput {
                         key,

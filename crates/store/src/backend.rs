@@ -191,6 +191,16 @@ pub(crate) trait Backend {
         -> Result<Option<RawRun>, StoreError>;
     /// A run's per-group records (`backfill_group_tally`), as (group, tally).
     async fn group_tallies(&self, run_id: &str) -> Result<Vec<(String, String)>, StoreError>;
+    /// Whether a run's groups have their parameters in rows of their own
+    /// (`backfill_group_params`; a run planned by an earlier release has
+    /// them in its plan only).
+    async fn has_group_params(&self, run_id: &str) -> sqlx::Result<bool>;
+    /// The parameters of the groups a shard holds, as (group, JSON text).
+    async fn shard_group_params(
+        &self,
+        run_id: &str,
+        shard_no: u32,
+    ) -> sqlx::Result<Vec<(String, String)>>;
     /// How many groups a run's plan lists (`None`: no such run).
     async fn plan_group_count(&self, run_id: &str) -> sqlx::Result<Option<i64>>;
     /// A run's plan groups in the plan's order, each with its record's

@@ -26,6 +26,10 @@
 
 pub use backfill_job::fold::final_state;
 
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
 use backfill_job::tally::GroupTally;
 use backfill_job::{PlannedGroup, ShardResult};
 
@@ -73,6 +77,34 @@ impl crate::Store {
     /// which [`Self::load_run`] reads whole).
     pub fn groups_stream(rec: &RunRecord) -> bool {
         rec.tally.groups.is_empty() && rec.plan.tally.groups.is_empty()
+    }
+
+    /// Whether run `run_id`'s groups have their parameters in rows of their
+    /// own, for [`Self::shard_group_params`]; not for a run planned by an
+    /// earlier release, whose groups' parameters are in its plan only
+    /// ([`Self::load_run_plan`]), nor for a run without groups.
+    pub async fn has_group_params(&self, run_id: &str) -> Result<bool, StoreError> {
+        dispatch!(self, has_group_params(run_id)).map_err(sql("read group parameters"))
+    }
+
+    /// The parameters of the groups shard `shard_no` of run `run_id` holds,
+    /// by group: what a mapper reads per shard, so that its memory does not
+    /// grow with the number of groups in the run.
+    pub async fn shard_group_params(
+        &self,
+        run_id: &str,
+        shard_no: u32,
+    ) -> Result<HashMap<String, Map<String, Value>>, StoreError> {
+        dispatch!(self, shard_group_params(run_id, shard_no))
+            .map_err(sql("read group parameters"))?
+            .into_iter()
+            .map(|(key, text)| {
+                let params = serde_json::from_str(&text).map_err(|e| {
+                    StoreError::Data(format!("group {key}'s parameters are unreadable: {e}"))
+                })?;
+                Ok((key, params))
+            })
+            .collect()
     }
 
     /// How many groups run `run_id`'s plan lists; `None` when the ledger

@@ -710,6 +710,7 @@ const LEDGER_TABLES: &[&str] = &[
     "backfill_before_image",
     "backfill_control",
     "backfill_event",
+    "backfill_group_params",
     "backfill_group_tally",
     "backfill_item",
     "backfill_ledger",
@@ -1830,6 +1831,50 @@ async fn groups_in_run_record(h: &Harness, run_id: &str) -> Map<String, Value> {
     let tally: Value = serde_json::from_str(&text).unwrap();
     tally["groups"].as_object().cloned().unwrap_or_default()
 }
+
+contract!(
+    a_shard_reads_the_parameters_of_its_own_groups_only,
+    |h| async move {
+        h.seed(REVISIONS).await;
+        h.seed_pages(&[("p1", "Title One"), ("p2", ""), ("p3", "Title Three")])
+            .await;
+        let spec = spec(TITLES);
+        plan(h, &spec, Mode::DryRun, "run-params").await;
+        assert!(h.store.has_group_params("run-params").await.unwrap());
+        let rec = h.store.load_run_plan("run-params").await.unwrap().unwrap();
+        let shards = h.store.shards("run-params").await.unwrap();
+        assert!(shards.len() > 1, "{shards:?}");
+        for shard in &shards {
+            let held = h
+            .raw
+            .texts(&format!(
+                "SELECT DISTINCT group_key FROM backfill_item WHERE run_id = 'run-params' AND shard_no = {} ORDER BY group_key",
+                shard.shard_no
+            ))
+            .await;
+            let params = h
+                .store
+                .shard_group_params("run-params", shard.shard_no)
+                .await
+                .unwrap();
+            let mut read: Vec<String> = params.keys().cloned().collect();
+            read.sort();
+            assert_eq!(read, held, "shard {}", shard.shard_no);
+            for (key, p) in &params {
+                let planned = rec.plan.groups.iter().find(|g| &g.key == key).unwrap();
+                assert_eq!(p, &planned.params, "group {key}");
+            }
+        }
+        let p1 = h.store.shard_group_params("run-params", 0).await.unwrap();
+        assert_eq!(p1["p1"]["title"], "Title One");
+        // A run planned by an earlier release has its groups' parameters in its
+        // plan only: its workers read the plan.
+        h.raw
+            .exec("DELETE FROM backfill_group_params WHERE run_id = 'run-params'")
+            .await;
+        assert!(!h.store.has_group_params("run-params").await.unwrap());
+    }
+);
 
 contract!(groups_are_folded_in_records_of_their_own, |h| async move {
     h.seed(REVISIONS).await;
@@ -3138,12 +3183,21 @@ async fn commit_and_revert(h: &Harness) {
 contract!(a_fresh_ledger_records_its_versions, |h| async move {
     let migrations = h.raw.migrations().await;
     let versions: Vec<(i64, bool)> = migrations.iter().map(|m| (m.0, m.1)).collect();
-    assert_eq!(versions, vec![(1, true), (2, true)], "{migrations:?}");
+    assert_eq!(
+        versions,
+        vec![(1, true), (2, true), (3, true)],
+        "{migrations:?}"
+    );
     assert!(
         migrations.iter().all(|m| m.2.len() == 48),
         "sqlx's SHA-384 of each file"
     );
     assert!(h.raw.ledger_tables().await.contains("backfill_group_tally"));
+    assert!(h
+        .raw
+        .ledger_tables()
+        .await
+        .contains("backfill_group_params"));
 });
 
 contract!(a_ledger_from_before_migrations_is_adopted, |h| async move {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use backfill_job::fold::{merge_groups, RunLedger};
 use backfill_job::tally::GroupTally;
-use backfill_job::ShardResult;
+use backfill_job::{PlannedGroup, ShardResult};
 use sqlx::{PgPool, Row};
 
 use crate::error::{sql, StoreError};
@@ -244,6 +244,61 @@ pub(super) fn report_groups<'a>(
     )
     .bind(run_id)
     .fetch(pool)
+}
+
+/// Records each planned group's parameters in a row of its own, so that a
+/// mapper reads those of its shard's groups only.
+pub(super) async fn add_group_params(
+    conn: &mut sqlx::PgConnection,
+    run_id: &str,
+    groups: &[PlannedGroup],
+) -> Result<(), StoreError> {
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&str> = groups.iter().map(|g| g.key.as_str()).collect();
+    let params = groups
+        .iter()
+        .map(|g| serde_json::to_string(&g.params))
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(|e| StoreError::Data(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO backfill_group_params (run_id, group_key, params)
+         SELECT $1, k, p::jsonb FROM UNNEST($2::text[], $3::text[]) AS g (k, p)
+         ON CONFLICT (run_id, group_key) DO NOTHING",
+    )
+    .bind(run_id)
+    .bind(&keys)
+    .bind(&params)
+    .execute(&mut *conn)
+    .await
+    .map_err(sql("record group parameters"))?;
+    Ok(())
+}
+
+/// Whether run `run_id`'s groups have their parameters in rows of their own.
+pub(super) async fn has_group_params(pool: &PgPool, run_id: &str) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM backfill_group_params WHERE run_id = $1)")
+        .bind(run_id)
+        .fetch_one(pool)
+        .await
+}
+
+/// The parameters of the groups shard `shard_no` holds, as (group, JSON text).
+pub(super) async fn shard_group_params(
+    pool: &PgPool,
+    run_id: &str,
+    shard_no: u32,
+) -> sqlx::Result<Vec<(String, String)>> {
+    sqlx::query_as(
+        "SELECT p.group_key, p.params::text FROM backfill_group_params p
+         WHERE p.run_id = $1 AND p.group_key IN (
+             SELECT DISTINCT i.group_key FROM backfill_item i WHERE i.run_id = $1 AND i.shard_no = $2)",
+    )
+    .bind(run_id)
+    .bind(shard_no as i32)
+    .fetch_all(pool)
+    .await
 }
 
 /// A run's group records, as (group, tally as JSON text).

@@ -136,7 +136,8 @@ async fn record_plan(
     .execute(&mut **tx)
     .await
     .map_err(sql("record plan"))?;
-    super::ledger::add_groups(tx, run_id, r.groups).await
+    super::ledger::add_groups(tx, run_id, r.groups).await?;
+    super::ledger::add_group_params(tx, run_id, &plan.groups).await
 }
 
 /// Plans a run derived from a finished run in one transaction.

@@ -152,7 +152,8 @@ async fn record_plan(
     .execute(&mut *tx)
     .await
     .map_err(sql("record plan"))?;
-    super::ledger::add_groups(tx, run_id, r.groups).await
+    super::ledger::add_groups(tx, run_id, r.groups).await?;
+    super::ledger::add_group_params(tx, run_id, &plan.groups).await
 }
 
 async fn write_shard(
