@@ -111,8 +111,9 @@ pub(super) async fn mark_published(
 /// Folds one shard result into its run, once: the shard's `reduced_at` is
 /// claimed and the run's row locked (`FOR UPDATE`) in one transaction. Only
 /// the shard's own groups are read and written (`backfill_group_tally`), and
-/// the plan only with the last shard, for the summary line: a fold costs
-/// what the shard carries, not what the run holds.
+/// the plan only with the last shard, for the summary line, and of its
+/// groups only their statuses: a fold costs what the shard carries, not
+/// what the run holds.
 pub(super) async fn reduce(pool: &PgPool, result: &ShardResult) -> Result<Reduced, StoreError> {
     let mut tx = pool.begin().await.map_err(sql("begin reduce"))?;
     let claimed = sqlx::query(
@@ -140,7 +141,10 @@ pub(super) async fn reduce(pool: &PgPool, result: &ShardResult) -> Result<Reduce
     let (totals, groups) = stored_result(claimed.get::<Option<serde_json::Value>, _>(0))?;
     let row = sqlx::query(
         "SELECT spec_text, mode, scope, tally, shards_total, shards_reduced,
-                CASE WHEN shards_reduced + 1 >= shards_total THEN plan::text END AS plan
+                CASE WHEN shards_reduced + 1 >= shards_total THEN jsonb_set(plan, '{groups}', COALESCE(
+                    (SELECT jsonb_agg(jsonb_build_object('status', g.value->'status'))
+                     FROM jsonb_array_elements(plan->'groups') AS g),
+                    '[]'))::text END AS plan
          FROM backfill_run WHERE run_id = $1 FOR UPDATE",
     )
     .bind(&result.run_id)

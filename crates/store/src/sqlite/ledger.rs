@@ -113,7 +113,9 @@ pub(super) async fn reduce(pool: &SqlitePool, result: &ShardResult) -> Result<Re
     let (totals, groups) = stored_result(stored)?;
     let row = sqlx::query(
         "SELECT spec_text, mode, scope, tally, shards_total, shards_reduced,
-                CASE WHEN shards_reduced + 1 >= shards_total THEN plan END AS plan
+                CASE WHEN shards_reduced + 1 >= shards_total THEN json_set(plan, '$.groups', json(
+                    (SELECT json_group_array(json_object('status', json_extract(g.value, '$.status')))
+                     FROM json_each(plan, '$.groups') g))) END AS plan
          FROM backfill_run WHERE run_id = ?1",
     )
     .bind(&result.run_id)
