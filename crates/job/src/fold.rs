@@ -145,20 +145,20 @@ pub fn split_groups(mut tally: Tally) -> (Tally, BTreeMap<String, GroupTally>) {
 /// key order.
 pub fn merge_groups(
     stored: Vec<(String, String)>,
-    incoming: BTreeMap<String, GroupTally>,
+    incoming: &BTreeMap<String, GroupTally>,
 ) -> Result<Vec<(String, String)>, FoldError> {
     let mut stored: BTreeMap<String, String> = stored.into_iter().collect();
     incoming
-        .into_iter()
+        .iter()
         .map(|(key, add)| {
-            let mut group = match stored.remove(&key) {
+            let mut group = match stored.remove(key) {
                 Some(text) => group_record(&text)?,
                 None => GroupTally::default(),
             };
-            group.merge(&add);
+            group.merge(add);
             let json =
                 serde_json::to_string(&group).map_err(|e| FoldError::Encode(e.to_string()))?;
-            Ok((key, json))
+            Ok((key.clone(), json))
         })
         .collect()
 }
@@ -624,7 +624,7 @@ mod tests {
                 .keys()
                 .filter_map(|k| records.get(k).map(|v| (k.clone(), v.clone())))
                 .collect();
-            let written = merge_groups(stored, groups).unwrap();
+            let written = merge_groups(stored, &groups).unwrap();
             assert!(
                 written.len() <= 2,
                 "only the shard's own groups are written"
@@ -643,7 +643,7 @@ mod tests {
         // A run planned by a release that kept groups in the run's record.
         let mut old = two_group_shard(1);
         let (_, newer) = split_groups(two_group_shard(10));
-        let written = merge_groups(vec![], newer).unwrap();
+        let written = merge_groups(vec![], &newer).unwrap();
         join_groups(&mut old, written).unwrap();
         let mut want = two_group_shard(1);
         want.groups
@@ -656,7 +656,7 @@ mod tests {
     fn an_unreadable_group_record_is_named() {
         let err = merge_groups(
             vec![("A".into(), "\"nope\"".to_string())],
-            split_groups(two_group_shard(1)).1,
+            &split_groups(two_group_shard(1)).1,
         )
         .unwrap_err();
         assert!(err.to_string().contains("group tally"), "{err}");

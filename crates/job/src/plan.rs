@@ -138,6 +138,27 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The plan as its run's record keeps it, as JSON text: its tally
+    /// without the groups' counts (each group's are a record of their own).
+    /// Written from the plan in place, never copied: a plan may hold
+    /// 50,000 groups.
+    pub fn record_text(&self) -> Result<String, serde_json::Error> {
+        /// [`Plan`]'s fields, borrowed.
+        #[derive(Serialize)]
+        struct Recorded<'a> {
+            groups: &'a [PlannedGroup],
+            targets: &'a [PlannedTarget],
+            shards_total: u32,
+            tally: &'a Tally,
+        }
+        serde_json::to_string(&Recorded {
+            groups: &self.groups,
+            targets: &self.targets,
+            shards_total: self.shards_total,
+            tally: &self.tally.without_groups(),
+        })
+    }
+
     pub fn group(&self, key: &str) -> Option<&PlannedGroup> {
         self.groups.iter().find(|g| g.key == key)
     }
@@ -815,6 +836,34 @@ mod finish_tests {
         assert_eq!(plan.shards_total, 2);
         assert_eq!(plan.targets, vec![target(10, 2)]);
         assert_eq!(plan.tally, tally);
+    }
+
+    #[test]
+    fn a_plan_is_recorded_with_its_totals_and_without_its_groups_counts() {
+        let spec = JobSpec::parse(SPEC).unwrap();
+        let new = new_run(&spec, &Scope::All, RunKind::Forward);
+        let mut tally = Tally::default();
+        tally.record_skipped_refs("G", "revoked", 2);
+        tally.record_planned_error("revisions", "G", "1", "referenced by two groups");
+        let mut params = serde_json::Map::new();
+        params.insert("title".into(), "T".into());
+        let groups = vec![PlannedGroup {
+            key: "G".into(),
+            label: Some("Group".into()),
+            params,
+            status: GroupStatus::Eligible,
+        }];
+        let (plan, _) = finish_plan(&new, groups, vec![target(10, 2)], 2, tally);
+        assert!(!plan.tally.groups.is_empty());
+        let read: Plan = serde_json::from_str(&plan.record_text().unwrap()).unwrap();
+        let mut want = plan.clone();
+        want.tally.groups.clear();
+        assert_eq!(read, want);
+        assert_eq!(plan.tally.without_groups(), want.tally);
+        // The same text as the whole plan's, its tally's groups emptied.
+        let mut whole = serde_json::to_value(&plan).unwrap();
+        whole["tally"]["groups"] = serde_json::json!({});
+        assert_eq!(serde_json::to_value(&read).unwrap(), whole);
     }
 
     #[test]

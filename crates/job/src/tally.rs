@@ -331,6 +331,40 @@ pub struct Tally {
     pub bytes_before: u64,
 }
 
+impl Tally {
+    /// The totals alone: every count but the groups' (each group's are a
+    /// record of their own), without copying the groups.
+    pub fn without_groups(&self) -> Tally {
+        // Every field named, so that a new one is not forgotten here.
+        let Tally {
+            counts,
+            skipped_by_reason,
+            refs_affected,
+            refs_skipped,
+            groups: _,
+            targets,
+            errors,
+            conflicts,
+            conflicts_retried,
+            bytes_written,
+            bytes_before,
+        } = self;
+        Tally {
+            counts: counts.clone(),
+            skipped_by_reason: skipped_by_reason.clone(),
+            refs_affected: *refs_affected,
+            refs_skipped: *refs_skipped,
+            groups: BTreeMap::new(),
+            targets: targets.clone(),
+            errors: errors.clone(),
+            conflicts: conflicts.clone(),
+            conflicts_retried: *conflicts_retried,
+            bytes_written: *bytes_written,
+            bytes_before: *bytes_before,
+        }
+    }
+}
+
 /// A row's outcome as the tally records it; conflicts are only known after
 /// the compare-and-set write.
 #[derive(Debug, Clone, PartialEq)]

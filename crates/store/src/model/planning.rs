@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use crate::error::StoreError;
 use backfill_job::fold::final_state;
 use backfill_job::fold::finish_plan;
-use backfill_job::fold::split_groups;
 /// What a run is, before it is planned (defined with the plan it becomes).
 use backfill_job::plan::NewRun;
 use backfill_job::plan::{parse_ref_row, CutShard, PlannedTarget, RefRow, ShardCutter};
@@ -243,14 +242,15 @@ pub(crate) fn finish_derived(
     )
 }
 
-/// A plan as the ledger records it (see [`backfill_job::fold::split_groups`]).
-pub(crate) struct RecordedPlan {
-    /// The plan, its own tally without groups.
-    pub plan: Value,
+/// A plan as the ledger records it: the run's record holds the plan and
+/// the totals, each group's counts are a record of their own.
+pub(crate) struct RecordedPlan<'a> {
+    /// The plan, its own tally without groups, as JSON text.
+    pub plan: String,
     /// The run's first totals.
     pub totals: Tally,
     /// The groups' first records: what the plan itself counted of them.
-    pub groups: BTreeMap<String, GroupTally>,
+    pub groups: &'a BTreeMap<String, GroupTally>,
     /// `running`, or the final state of a run with nothing to send.
     pub state: &'static str,
     /// The summary line of a run with nothing to send.
@@ -258,25 +258,23 @@ pub(crate) struct RecordedPlan {
 }
 
 /// How a plan, finished with [`finish_plan`] or [`finish_derived`], is
-/// recorded.
+/// recorded. Nothing of the plan is copied but its totals: a plan may hold
+/// tens of thousands of groups.
 pub(crate) fn recorded_plan(
     plan: &Plan,
     summary: Option<String>,
-) -> Result<RecordedPlan, StoreError> {
+) -> Result<RecordedPlan<'_>, StoreError> {
     let state = match &summary {
         Some(_) => final_state(&plan.tally).as_str(),
         None => "running",
     };
-    let mut json = serde_json::to_value(plan).map_err(|e| StoreError::Data(e.to_string()))?;
-    // The groups are kept once, in their records.
-    if let Some(t) = json.get_mut("tally").and_then(Value::as_object_mut) {
-        t.insert("groups".into(), Value::Object(Map::new()));
-    }
-    let (totals, groups) = split_groups(plan.tally.clone());
+    let text = plan
+        .record_text()
+        .map_err(|e| StoreError::Data(e.to_string()))?;
     Ok(RecordedPlan {
-        plan: json,
-        totals,
-        groups,
+        plan: text,
+        totals: plan.tally.without_groups(),
+        groups: &plan.tally.groups,
         state,
         summary,
     })

@@ -151,7 +151,7 @@ pub(super) async fn reduce(pool: &PgPool, result: &ShardResult) -> Result<Reduce
     .fetch_one(&mut *tx)
     .await
     .map_err(sql("lock run"))?;
-    add_groups(&mut tx, &result.run_id, groups).await?;
+    add_groups(&mut tx, &result.run_id, &groups).await?;
     let fold = fold_totals(
         RunLedger {
             run_id: &result.run_id,
@@ -190,7 +190,7 @@ pub(super) async fn reduce(pool: &PgPool, result: &ShardResult) -> Result<Reduce
 pub(super) async fn add_groups(
     conn: &mut sqlx::PgConnection,
     run_id: &str,
-    groups: BTreeMap<String, GroupTally>,
+    groups: &BTreeMap<String, GroupTally>,
 ) -> Result<(), StoreError> {
     if groups.is_empty() {
         return Ok(());

@@ -123,7 +123,7 @@ async fn record_plan(
     let r = recorded_plan(plan, summary)?;
     let totals = serde_json::to_value(&r.totals).map_err(|e| StoreError::Data(e.to_string()))?;
     sqlx::query(
-        "UPDATE backfill_run SET plan = $2, tally = $3, shards_total = $4, state = $5, summary = $6,
+        "UPDATE backfill_run SET plan = $2::jsonb, tally = $3, shards_total = $4, state = $5, summary = $6,
                 finished_at = CASE WHEN $5 = 'running' THEN NULL ELSE now() END
          WHERE run_id = $1",
     )

@@ -122,7 +122,7 @@ pub(super) async fn reduce(pool: &SqlitePool, result: &ShardResult) -> Result<Re
     .fetch_one(&mut *tx)
     .await
     .map_err(sql("read run"))?;
-    add_groups(&mut tx, &result.run_id, groups).await?;
+    add_groups(&mut tx, &result.run_id, &groups).await?;
     let plan: Option<String> = row.get("plan");
     let fold = fold_totals(
         RunLedger {
@@ -161,7 +161,7 @@ pub(super) async fn reduce(pool: &SqlitePool, result: &ShardResult) -> Result<Re
 pub(super) async fn add_groups(
     conn: &mut sqlx::SqliteConnection,
     run_id: &str,
-    groups: BTreeMap<String, GroupTally>,
+    groups: &BTreeMap<String, GroupTally>,
 ) -> Result<(), StoreError> {
     let mut stored = Vec::new();
     for key in groups.keys() {

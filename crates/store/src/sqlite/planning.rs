@@ -144,7 +144,7 @@ async fn record_plan(
                 finished_at = CASE WHEN ?5 = 'running' THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END
          WHERE run_id = ?1")
     .bind(run_id)
-    .bind(json_text(&r.plan)?)
+    .bind(&r.plan)
     .bind(json_text(&r.totals)?)
     .bind(plan.shards_total as i64)
     .bind(r.state)
