@@ -147,7 +147,7 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<Exit> {
     ] {
         println!();
         println!("== {title}");
-        let rec = crate::in_process::run_in_process(
+        let done = crate::in_process::run_in_process(
             &demo_settings,
             crate::in_process::Work::Job(Box::new(backfill_coordinator::RunRequest {
                 spec: spec.clone(),
@@ -171,8 +171,8 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<Exit> {
         .ok_or_else(|| {
             anyhow::anyhow!("another run of the demo job is in progress on this database")
         })?;
-        print!("{}", backfill_job::report::render_report(&rec.view()));
-        last = crate::exit::Exit::of_run(&rec);
+        done.print_report().await?;
+        last = crate::exit::Exit::of_run(&done.rec);
     }
     println!();
     println!("The demo database is the {where_text}.");

@@ -32,6 +32,22 @@ pub enum Work {
     },
 }
 
+/// A run finished in this process, read with its totals only (not its
+/// groups' counts), and the store it was read from: its report is
+/// streamed from the ledger ([`Finished::print_report`]), so that a run of
+/// any number of groups ends in the memory of a small one.
+pub struct Finished {
+    pub store: Store,
+    pub rec: RunRecord,
+}
+
+impl Finished {
+    /// Prints the run's text report, which ends with its `Summary:` line.
+    pub async fn print_report(&self) -> anyhow::Result<()> {
+        crate::render::print_text(&self.store, &self.rec).await
+    }
+}
+
 /// Coordinator, `mappers` mapper tasks and a reducer in this process, over
 /// RabbitMQ or (`local`) the in-process queue. Returns the finished run.
 pub async fn run_in_process(
@@ -39,10 +55,11 @@ pub async fn run_in_process(
     req: Work,
     mappers: u16,
     local: bool,
-) -> anyhow::Result<Option<RunRecord>> {
+) -> anyhow::Result<Option<Finished>> {
     let store = connect_store(settings, mappers as u32 + 4).await?;
     if local {
-        return run_local(&store, req, mappers, &settings.operator).await;
+        let rec = run_local(&store, req, mappers, &settings.operator).await?;
+        return Ok(rec.map(|rec| Finished { store, rec }));
     }
     refuse_copied_ledger(&store)?;
     let broker = connect_broker(settings).await?;
@@ -86,8 +103,7 @@ pub async fn run_in_process(
                 &shutdown,
             )
             .await?;
-            backfill_coordinator::wait(&store, &run_id, &shutdown).await?;
-            read_whole(&store, &run_id).await
+            Ok::<_, anyhow::Error>(backfill_coordinator::wait(&store, &run_id, &shutdown).await?)
         }
         .await;
         // The bar goes before anything else is printed: the report follows.
@@ -99,7 +115,7 @@ pub async fn run_in_process(
     broker.close().await;
     let Some(rec) = outcome? else { return Ok(None) };
     report_speed(&rec, started);
-    Ok(Some(rec))
+    Ok(Some(Finished { store, rec }))
 }
 
 /// Stops this process's mapper and reducer tasks, waiting for them at
@@ -167,10 +183,7 @@ pub async fn run_local(
         // In-process queue: the same command run again resumes the run.
         let follower =
             crate::progress::follow(store, &run_id, "the same command again".to_string());
-        let rec = match backfill_coordinator::wait(store, &run_id, &shutdown).await {
-            Ok(_) => read_whole(store, &run_id).await,
-            Err(e) => Err(e.into()),
-        };
+        let rec = backfill_coordinator::wait(store, &run_id, &shutdown).await;
         follower.finish().await;
         Ok::<_, anyhow::Error>(Some(rec?))
     }
@@ -392,11 +405,11 @@ impl RerunArgs {
     ) -> anyhow::Result<Option<RunRecord>> {
         check_workers(self.mappers, self.shard_size)?;
         let local = self.local || settings.is_sqlite();
-        let rec = run_in_process(settings, work(self.shard_size), self.mappers, local).await?;
-        if let Some(rec) = &rec {
-            print!("{}", backfill_job::report::render_report(&rec.view()));
+        let done = run_in_process(settings, work(self.shard_size), self.mappers, local).await?;
+        if let Some(done) = &done {
+            done.print_report().await?;
         }
-        Ok(rec)
+        Ok(done.map(|d| d.rec))
     }
 }
 
@@ -457,12 +470,4 @@ pub async fn start_or_resume(
             Ok(Some((run_id, lock)))
         }
     }
-}
-
-/// A finished run read whole, with every group's counts, for its report.
-async fn read_whole(store: &Store, run_id: &str) -> anyhow::Result<RunRecord> {
-    store
-        .load_run(run_id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("run {run_id} is not in the ledger"))
 }

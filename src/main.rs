@@ -8,6 +8,7 @@ mod demo;
 mod exit;
 mod in_process;
 mod progress;
+mod render;
 mod settings;
 mod steer;
 mod watch;

@@ -134,6 +134,6 @@ pub async fn run(a: Args, settings: &Settings) -> anyhow::Result<Exit> {
     let rec = backfill_coordinator::wait(&store, &run_id, &shutdown_on_signals()).await;
     follower.finish().await;
     let rec = rec?;
-    crate::commands::report::print_text(&store, &rec).await?;
+    crate::render::print_text(&store, &rec).await?;
     Ok(Exit::of_run(&rec))
 }

@@ -28,10 +28,11 @@ pub async fn run(a: Args, settings: &Settings) -> anyhow::Result<Exit> {
     }
     let local = a.local || settings.is_sqlite();
     let started = Instant::now();
-    let Some(rec) = run_in_process(settings, Work::Job(Box::new(req)), a.mappers, local).await?
+    let Some(done) = run_in_process(settings, Work::Job(Box::new(req)), a.mappers, local).await?
     else {
         return Ok(Exit::Busy);
     };
+    let rec = &done.rec;
     // Before the report, which ends with the `Summary:` line.
     if let Some(fraction) = rec.sample {
         print!(
@@ -43,6 +44,6 @@ pub async fn run(a: Args, settings: &Settings) -> anyhow::Result<Exit> {
             )
         );
     }
-    print!("{}", backfill_job::report::render_report(&rec.view()));
-    Ok(Exit::of_run(&rec))
+    done.print_report().await?;
+    Ok(Exit::of_run(rec))
 }

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 
 use crate::cli::args::{JobOptions, SteerArgs};
 use crate::cli::parse::job_request;
-use crate::connect::connect_store;
 use crate::exit::{usage, Exit};
 use crate::in_process::{run_in_process, Work};
 use crate::settings::Settings;
@@ -59,17 +58,17 @@ pub async fn run(a: Args, settings: &Settings) -> anyhow::Result<Exit> {
         ..req
     };
     let local = a.local || settings.is_sqlite();
-    let Some(rec) = run_in_process(settings, Work::Job(Box::new(req)), a.mappers, local).await?
+    let Some(done) = run_in_process(settings, Work::Job(Box::new(req)), a.mappers, local).await?
     else {
         return Ok(Exit::Busy);
     };
-    let store = connect_store(settings, 2).await?;
-    let versions = versions_unchanged(&store, &rec).await?;
+    let (rec, store) = (&done.rec, &done.store);
+    let versions = versions_unchanged(store, rec).await?;
     // Before the report, which ends with the `Summary:` line.
     if let Some(v) = &versions {
         println!("{}", v.line);
     }
-    print!("{}", backfill_job::report::render_report(&rec.view()));
+    done.print_report().await?;
     let verdict = backfill_job::verify::Verdict::of(
         &rec.tally.counts,
         rec.state,
