@@ -138,21 +138,22 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The plan as its run's record keeps it, as JSON text: its tally
-    /// without the groups' counts (each group's are a record of their own).
-    /// Written from the plan in place, never copied: a plan may hold
-    /// 50,000 groups.
-    pub fn record_text(&self) -> Result<String, serde_json::Error> {
+    /// The plan as its run's record is first written, as JSON text: its
+    /// list of groups empty (the ledger keeps each group in a row of its
+    /// own and makes the list from them) and its tally without the groups'
+    /// counts (each group's are a record of their own). Written from the
+    /// plan in place, never copied: a plan may hold 50,000 groups.
+    pub fn outline_text(&self) -> Result<String, serde_json::Error> {
         /// [`Plan`]'s fields, borrowed.
         #[derive(Serialize)]
-        struct Recorded<'a> {
-            groups: &'a [PlannedGroup],
+        struct Outline<'a> {
+            groups: [PlannedGroup; 0],
             targets: &'a [PlannedTarget],
             shards_total: u32,
             tally: &'a Tally,
         }
-        serde_json::to_string(&Recorded {
-            groups: &self.groups,
+        serde_json::to_string(&Outline {
+            groups: [],
             targets: &self.targets,
             shards_total: self.shards_total,
             tally: &self.tally.without_groups(),
@@ -839,7 +840,7 @@ mod finish_tests {
     }
 
     #[test]
-    fn a_plan_is_recorded_with_its_totals_and_without_its_groups_counts() {
+    fn a_plan_is_first_recorded_with_its_totals_and_without_its_groups() {
         let spec = JobSpec::parse(SPEC).unwrap();
         let new = new_run(&spec, &Scope::All, RunKind::Forward);
         let mut tally = Tally::default();
@@ -855,15 +856,22 @@ mod finish_tests {
         }];
         let (plan, _) = finish_plan(&new, groups, vec![target(10, 2)], 2, tally);
         assert!(!plan.tally.groups.is_empty());
-        let read: Plan = serde_json::from_str(&plan.record_text().unwrap()).unwrap();
+        let read: Plan = serde_json::from_str(&plan.outline_text().unwrap()).unwrap();
         let mut want = plan.clone();
+        want.groups.clear();
         want.tally.groups.clear();
         assert_eq!(read, want);
         assert_eq!(plan.tally.without_groups(), want.tally);
-        // The same text as the whole plan's, its tally's groups emptied.
+        // The same JSON as the whole plan's, with its groups and its
+        // tally's groups emptied.
         let mut whole = serde_json::to_value(&plan).unwrap();
+        whole["groups"] = serde_json::json!([]);
         whole["tally"]["groups"] = serde_json::json!({});
         assert_eq!(serde_json::to_value(&read).unwrap(), whole);
+        // Each group as the plan lists it, in a row of its own.
+        let entry: PlannedGroup =
+            serde_json::from_str(&serde_json::to_string(&plan.groups[0]).unwrap()).unwrap();
+        assert_eq!(entry, plan.groups[0]);
     }
 
     #[test]

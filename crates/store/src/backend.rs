@@ -191,9 +191,8 @@ pub(crate) trait Backend {
         -> Result<Option<RawRun>, StoreError>;
     /// A run's per-group records (`backfill_group_tally`), as (group, tally).
     async fn group_tallies(&self, run_id: &str) -> Result<Vec<(String, String)>, StoreError>;
-    /// Whether a run's groups have their parameters in rows of their own
-    /// (`backfill_group_params`; a run planned by an earlier release has
-    /// them in its plan only).
+    /// Whether a run's groups are in rows of their own (`backfill_group`;
+    /// a run planned by an earlier release has them in its plan only).
     async fn has_group_params(&self, run_id: &str) -> sqlx::Result<bool>;
     /// The parameters of the groups a shard holds, as (group, JSON text).
     async fn shard_group_params(

@@ -79,9 +79,9 @@ impl crate::Store {
         rec.tally.groups.is_empty() && rec.plan.tally.groups.is_empty()
     }
 
-    /// Whether run `run_id`'s groups have their parameters in rows of their
-    /// own, for [`Self::shard_group_params`]; not for a run planned by an
-    /// earlier release, whose groups' parameters are in its plan only
+    /// Whether run `run_id`'s groups are in rows of their own
+    /// (`backfill_group`), for [`Self::shard_group_params`]; not for a run
+    /// planned by an earlier release, whose plan alone lists its groups
     /// ([`Self::load_run_plan`]), nor for a run without groups.
     pub async fn has_group_params(&self, run_id: &str) -> Result<bool, StoreError> {
         dispatch!(self, has_group_params(run_id)).map_err(sql("read group parameters"))

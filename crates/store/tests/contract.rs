@@ -710,7 +710,7 @@ const LEDGER_TABLES: &[&str] = &[
     "backfill_before_image",
     "backfill_control",
     "backfill_event",
-    "backfill_group_params",
+    "backfill_group",
     "backfill_group_tally",
     "backfill_item",
     "backfill_ledger",
@@ -1870,7 +1870,7 @@ contract!(
         // A run planned by an earlier release has its groups' parameters in its
         // plan only: its workers read the plan.
         h.raw
-            .exec("DELETE FROM backfill_group_params WHERE run_id = 'run-params'")
+            .exec("DELETE FROM backfill_group WHERE run_id = 'run-params'")
             .await;
         assert!(!h.store.has_group_params("run-params").await.unwrap());
     }
@@ -3193,11 +3193,7 @@ contract!(a_fresh_ledger_records_its_versions, |h| async move {
         "sqlx's SHA-384 of each file"
     );
     assert!(h.raw.ledger_tables().await.contains("backfill_group_tally"));
-    assert!(h
-        .raw
-        .ledger_tables()
-        .await
-        .contains("backfill_group_params"));
+    assert!(h.raw.ledger_tables().await.contains("backfill_group"));
 });
 
 contract!(a_ledger_from_before_migrations_is_adopted, |h| async move {

@@ -1,6 +1,6 @@
-//! A run planned by an earlier release has its groups' parameters in its
-//! plan only, not in rows of their own (`backfill_group_params`): a mapper
-//! of this release reads them from the plan and rewrites every row as the
+//! A run planned by an earlier release has its groups in its plan only,
+//! not in rows of their own (`backfill_group`): a mapper of this release
+//! reads their parameters from the plan and rewrites every row as the
 //! earlier release would have.
 
 use crate::common::both::{Backend, CertOracle, Db};
@@ -12,12 +12,12 @@ async fn a_run_planned_without_group_parameter_rows_takes_them_from_its_plan() {
     let oracle = CertOracle::read(&db).await;
     let (rows, changing, refs) = oracle.expected();
     assert!(changing > 0, "some titles are stale");
-    // What an earlier release's planning leaves: no parameter rows (the
-    // ledger is made first, by connecting).
+    // What an earlier release's planning leaves: a plan that lists the
+    // groups, and no rows of them (the ledger is made first, by connecting).
     drop(db.store().await);
     db.execute(
-        "CREATE TRIGGER earlier_release AFTER INSERT ON backfill_group_params
-         BEGIN DELETE FROM backfill_group_params WHERE run_id = NEW.run_id; END",
+        "CREATE TRIGGER earlier_release AFTER UPDATE OF plan ON backfill_run
+         BEGIN DELETE FROM backfill_group WHERE run_id = NEW.run_id; END",
     )
     .await;
     let out = db.run(&job_args(
@@ -35,6 +35,6 @@ async fn a_run_planned_without_group_parameter_rows_takes_them_from_its_plan() {
         ),
         (rows, changing, refs)
     );
-    assert_eq!(db.count("backfill_group_params").await, 0);
+    assert_eq!(db.count("backfill_group").await, 0);
     oracle.check_after(&db.docs("wagtailcore_revision", "id", "content").await);
 }

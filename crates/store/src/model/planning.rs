@@ -245,7 +245,8 @@ pub(crate) fn finish_derived(
 /// A plan as the ledger records it: the run's record holds the plan and
 /// the totals, each group's counts are a record of their own.
 pub(crate) struct RecordedPlan<'a> {
-    /// The plan, its own tally without groups, as JSON text.
+    /// The plan, its list of groups empty (the database fills it from the
+    /// groups' rows) and its own tally without groups, as JSON text.
     pub plan: String,
     /// The run's first totals.
     pub totals: Tally,
@@ -269,7 +270,7 @@ pub(crate) fn recorded_plan(
         None => "running",
     };
     let text = plan
-        .record_text()
+        .outline_text()
         .map_err(|e| StoreError::Data(e.to_string()))?;
     Ok(RecordedPlan {
         plan: text,

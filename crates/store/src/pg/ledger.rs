@@ -250,39 +250,46 @@ pub(super) fn report_groups<'a>(
     .fetch(pool)
 }
 
-/// Records each planned group's parameters in a row of its own, so that a
-/// mapper reads those of its shard's groups only.
-pub(super) async fn add_group_params(
+/// How many groups one INSERT carries.
+const GROUP_BATCH: usize = 5_000;
+
+/// Records each planned group, as the plan lists it, in a row of its own
+/// (`backfill_group`), a batch at a time: the plan's list of groups is made
+/// from these rows by the database (`planning::record_plan`), and a mapper
+/// reads those of its shard's groups only.
+pub(super) async fn add_plan_groups(
     conn: &mut sqlx::PgConnection,
     run_id: &str,
     groups: &[PlannedGroup],
 ) -> Result<(), StoreError> {
-    if groups.is_empty() {
-        return Ok(());
+    for (b, batch) in groups.chunks(GROUP_BATCH).enumerate() {
+        let keys: Vec<&str> = batch.iter().map(|g| g.key.as_str()).collect();
+        let nos: Vec<i32> = (0..batch.len())
+            .map(|i| (b * GROUP_BATCH + i) as i32)
+            .collect();
+        let entries = batch
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|e| StoreError::Data(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO backfill_group (run_id, group_key, n, entry)
+             SELECT $1, k, n, e::jsonb FROM UNNEST($2::text[], $3::int[], $4::text[]) AS g (k, n, e)",
+        )
+        .bind(run_id)
+        .bind(&keys)
+        .bind(&nos)
+        .bind(&entries)
+        .execute(&mut *conn)
+        .await
+        .map_err(sql("record the plan's groups"))?;
     }
-    let keys: Vec<&str> = groups.iter().map(|g| g.key.as_str()).collect();
-    let params = groups
-        .iter()
-        .map(|g| serde_json::to_string(&g.params))
-        .collect::<Result<Vec<String>, _>>()
-        .map_err(|e| StoreError::Data(e.to_string()))?;
-    sqlx::query(
-        "INSERT INTO backfill_group_params (run_id, group_key, params)
-         SELECT $1, k, p::jsonb FROM UNNEST($2::text[], $3::text[]) AS g (k, p)
-         ON CONFLICT (run_id, group_key) DO NOTHING",
-    )
-    .bind(run_id)
-    .bind(&keys)
-    .bind(&params)
-    .execute(&mut *conn)
-    .await
-    .map_err(sql("record group parameters"))?;
     Ok(())
 }
 
-/// Whether run `run_id`'s groups have their parameters in rows of their own.
+/// Whether run `run_id`'s groups are in rows of their own.
 pub(super) async fn has_group_params(pool: &PgPool, run_id: &str) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM backfill_group_params WHERE run_id = $1)")
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM backfill_group WHERE run_id = $1)")
         .bind(run_id)
         .fetch_one(pool)
         .await
@@ -295,8 +302,8 @@ pub(super) async fn shard_group_params(
     shard_no: u32,
 ) -> sqlx::Result<Vec<(String, String)>> {
     sqlx::query_as(
-        "SELECT p.group_key, p.params::text FROM backfill_group_params p
-         WHERE p.run_id = $1 AND p.group_key IN (
+        "SELECT g.group_key, COALESCE(g.entry->'params', '{}'::jsonb)::text FROM backfill_group g
+         WHERE g.run_id = $1 AND g.group_key IN (
              SELECT DISTINCT i.group_key FROM backfill_item i WHERE i.run_id = $1 AND i.shard_no = $2)",
     )
     .bind(run_id)

@@ -122,8 +122,14 @@ async fn record_plan(
 ) -> Result<(), StoreError> {
     let r = recorded_plan(plan, summary)?;
     let totals = serde_json::to_value(&r.totals).map_err(|e| StoreError::Data(e.to_string()))?;
+    // The groups first: the plan's list of them is made from their rows.
+    super::ledger::add_plan_groups(tx, run_id, &plan.groups).await?;
     sqlx::query(
-        "UPDATE backfill_run SET plan = $2::jsonb, tally = $3, shards_total = $4, state = $5, summary = $6,
+        "UPDATE backfill_run SET
+                plan = jsonb_set($2::jsonb, '{groups}', COALESCE(
+                    (SELECT jsonb_agg(entry ORDER BY n) FROM backfill_group WHERE run_id = $1),
+                    '[]'::jsonb)),
+                tally = $3, shards_total = $4, state = $5, summary = $6,
                 finished_at = CASE WHEN $5 = 'running' THEN NULL ELSE now() END
          WHERE run_id = $1",
     )
@@ -136,8 +142,7 @@ async fn record_plan(
     .execute(&mut **tx)
     .await
     .map_err(sql("record plan"))?;
-    super::ledger::add_groups(tx, run_id, r.groups).await?;
-    super::ledger::add_group_params(tx, run_id, &plan.groups).await
+    super::ledger::add_groups(tx, run_id, r.groups).await
 }
 
 /// Plans a run derived from a finished run in one transaction.

@@ -221,33 +221,34 @@ pub(super) fn report_groups<'a>(
     .fetch(pool)
 }
 
-/// Records each planned group's parameters in a row of its own, so that a
-/// mapper reads those of its shard's groups only.
-pub(super) async fn add_group_params(
+/// Records each planned group, as the plan lists it, in a row of its own
+/// (`backfill_group`): the plan's list of groups is made from these rows by
+/// the database (`planning::record_plan`), and a mapper reads those of its
+/// shard's groups only.
+pub(super) async fn add_plan_groups(
     conn: &mut sqlx::SqliteConnection,
     run_id: &str,
     groups: &[PlannedGroup],
 ) -> Result<(), StoreError> {
-    for g in groups {
-        let params =
-            serde_json::to_string(&g.params).map_err(|e| StoreError::Data(e.to_string()))?;
+    for (n, g) in groups.iter().enumerate() {
+        let entry = serde_json::to_string(g).map_err(|e| StoreError::Data(e.to_string()))?;
         sqlx::query(
-            "INSERT INTO backfill_group_params (run_id, group_key, params) VALUES (?1, ?2, ?3)
-             ON CONFLICT (run_id, group_key) DO NOTHING",
+            "INSERT INTO backfill_group (run_id, group_key, n, entry) VALUES (?1, ?2, ?3, ?4)",
         )
         .bind(run_id)
         .bind(&g.key)
-        .bind(&params)
+        .bind(n as i64)
+        .bind(&entry)
         .execute(&mut *conn)
         .await
-        .map_err(sql("record group parameters"))?;
+        .map_err(sql("record the plan's groups"))?;
     }
     Ok(())
 }
 
-/// Whether run `run_id`'s groups have their parameters in rows of their own.
+/// Whether run `run_id`'s groups are in rows of their own.
 pub(super) async fn has_group_params(pool: &SqlitePool, run_id: &str) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM backfill_group_params WHERE run_id = ?1)")
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM backfill_group WHERE run_id = ?1)")
         .bind(run_id)
         .fetch_one(pool)
         .await
@@ -260,8 +261,8 @@ pub(super) async fn shard_group_params(
     shard_no: u32,
 ) -> sqlx::Result<Vec<(String, String)>> {
     sqlx::query_as(
-        "SELECT p.group_key, p.params FROM backfill_group_params p
-         WHERE p.run_id = ?1 AND p.group_key IN (
+        "SELECT g.group_key, COALESCE(json_extract(g.entry, '$.params'), '{}') FROM backfill_group g
+         WHERE g.run_id = ?1 AND g.group_key IN (
              SELECT DISTINCT i.group_key FROM backfill_item i WHERE i.run_id = ?1 AND i.shard_no = ?2)",
     )
     .bind(run_id)

@@ -140,7 +140,13 @@ async fn record_plan(
     summary: Option<String>,
 ) -> Result<(), StoreError> {
     let r = recorded_plan(plan, summary)?;
-    sqlx::query("UPDATE backfill_run SET plan = ?2, tally = ?3, shards_total = ?4, state = ?5, summary = ?6,
+    // The groups first: the plan's list of them is made from their rows.
+    super::ledger::add_plan_groups(tx, run_id, &plan.groups).await?;
+    sqlx::query("UPDATE backfill_run SET
+                plan = json_set(?2, '$.groups', json(COALESCE(
+                    (SELECT json_group_array(json(entry) ORDER BY n) FROM backfill_group WHERE run_id = ?1),
+                    '[]'))),
+                tally = ?3, shards_total = ?4, state = ?5, summary = ?6,
                 finished_at = CASE WHEN ?5 = 'running' THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END
          WHERE run_id = ?1")
     .bind(run_id)
@@ -152,8 +158,7 @@ async fn record_plan(
     .execute(&mut *tx)
     .await
     .map_err(sql("record plan"))?;
-    super::ledger::add_groups(tx, run_id, r.groups).await?;
-    super::ledger::add_group_params(tx, run_id, &plan.groups).await
+    super::ledger::add_groups(tx, run_id, r.groups).await
 }
 
 async fn write_shard(
