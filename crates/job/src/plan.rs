@@ -69,7 +69,10 @@ impl GroupRow {
         Ok(GroupRow {
             key,
             label,
-            params: obj,
+            // Made anew, to the size of what is left: a run may plan
+            // 50,000 groups, and the query's map keeps the room of the
+            // columns taken out of it.
+            params: obj.into_iter().collect(),
         })
     }
 }
@@ -83,7 +86,7 @@ pub fn evaluate_groups(spec: &JobSpec, scope: &Scope, rows: Vec<GroupRow>) -> Ve
         .as_ref()
         .map(|g| g.guards.as_slice())
         .unwrap_or(&[]);
-    let mut out: Vec<PlannedGroup> = Vec::new();
+    let mut out: Vec<PlannedGroup> = Vec::with_capacity(rows.len());
     // Sets, not scans of `out`: a run may have tens of thousands of groups.
     let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
     let asked: Option<std::collections::HashSet<&String>> = match scope {
