@@ -1169,4 +1169,23 @@ async fn a_grid_of_10000_shards_draws_a_cell_per_5_shards() {
         .eval("document.getElementById('legend-partial').hidden")
         .as_bool()
         .unwrap());
+
+    // The report (megabytes, for a run of 50,000 groups) is fetched again
+    // when a shard is folded, not every second with the status.
+    let report_fetches = |b: &mut Browser| {
+        b.eval("performance.getEntriesByType('resource').filter((e) => e.name.includes('/report')).length")
+            .as_u64()
+            .unwrap()
+    };
+    browser.rendered(RUN, 3);
+    assert_eq!(report_fetches(&mut browser), 1, "nothing was folded");
+    sqlx::query(
+        "UPDATE backfill_shard SET reduced_at = now() WHERE run_id = $1 AND shard_no = 5000",
+    )
+    .bind(RUN)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    browser.rendered(RUN, 2);
+    assert_eq!(report_fetches(&mut browser), 2, "a shard was folded");
 }
