@@ -143,13 +143,13 @@ pub fn split_groups(mut tally: Tally) -> (Tally, BTreeMap<String, GroupTally>) {
 /// keys (`stored`, as JSON text; a key without a record starts from
 /// nothing), giving the records to write back, one per incoming group, in
 /// key order.
-pub fn merge_groups(
+pub fn merge_groups<'a>(
     stored: Vec<(String, String)>,
-    incoming: &BTreeMap<String, GroupTally>,
+    incoming: impl IntoIterator<Item = (&'a String, &'a GroupTally)>,
 ) -> Result<Vec<(String, String)>, FoldError> {
     let mut stored: BTreeMap<String, String> = stored.into_iter().collect();
     incoming
-        .iter()
+        .into_iter()
         .map(|(key, add)| {
             let mut group = match stored.remove(key) {
                 Some(text) => group_record(&text)?,

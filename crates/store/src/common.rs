@@ -217,6 +217,13 @@ macro_rules! common_ops {
                 .map(drop)
         }
 
+        async fn has_group_params(&self, run_id: &str) -> sqlx::Result<bool> {
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM backfill_group WHERE run_id = $1)")
+                .bind(run_id)
+                .fetch_one(&self.pool)
+                .await
+        }
+
         async fn run_schedule(&self, run_id: &str) -> sqlx::Result<Option<Option<String>>> {
             sqlx::query_scalar("SELECT schedule FROM backfill_run WHERE run_id = $1")
                 .bind(run_id)
@@ -421,6 +428,14 @@ macro_rules! delegated_ops {
             derived: crate::model::planning::Derived,
         ) -> Result<backfill_job::Plan, crate::error::StoreError> {
             planning::create_derived_run(&self.pool, run_id, original, shard_size, derived).await
+        }
+
+        async fn shard_group_params(
+            &self,
+            run_id: &str,
+            shard_no: u32,
+        ) -> sqlx::Result<Vec<(String, String)>> {
+            ledger::shard_group_params(&self.pool, run_id, shard_no).await
         }
 
         async fn shard_done(

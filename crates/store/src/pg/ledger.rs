@@ -185,39 +185,43 @@ pub(super) async fn reduce(pool: &PgPool, result: &ShardResult) -> Result<Reduce
 }
 
 /// Merges `groups` into the run's group records, in the caller's
-/// transaction: one read and one upsert of the groups' rows, whatever the
-/// number of groups the run has.
+/// transaction: one read and one upsert of the groups' rows per batch,
+/// whatever the number of groups the run has.
 pub(super) async fn add_groups(
     conn: &mut sqlx::PgConnection,
     run_id: &str,
     groups: &BTreeMap<String, GroupTally>,
 ) -> Result<(), StoreError> {
-    if groups.is_empty() {
-        return Ok(());
+    // A batch at a time, in key order (so concurrent folds lock rows in
+    // one order): a shard's groups are one batch, a plan's 50,000 are ten.
+    let all: Vec<(&String, &GroupTally)> = groups.iter().collect();
+    for batch in all.chunks(GROUP_BATCH) {
+        let keys: Vec<&String> = batch.iter().map(|(k, _)| *k).collect();
+        let stored: Vec<(String, String)> = sqlx::query_as(
+            "SELECT group_key, tally::text FROM backfill_group_tally
+             WHERE run_id = $1 AND group_key = ANY($2) FOR UPDATE",
+        )
+        .bind(run_id)
+        .bind(&keys)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(sql("read group tallies"))?;
+        let (keys, tallies): (Vec<String>, Vec<String>) =
+            merge_groups(stored, batch.iter().copied())?
+                .into_iter()
+                .unzip();
+        sqlx::query(
+            "INSERT INTO backfill_group_tally (run_id, group_key, tally)
+             SELECT $1, k, t::jsonb FROM UNNEST($2::text[], $3::text[]) AS g (k, t)
+             ON CONFLICT (run_id, group_key) DO UPDATE SET tally = EXCLUDED.tally",
+        )
+        .bind(run_id)
+        .bind(&keys)
+        .bind(&tallies)
+        .execute(&mut *conn)
+        .await
+        .map_err(sql("write group tallies"))?;
     }
-    let keys: Vec<&String> = groups.keys().collect();
-    let stored: Vec<(String, String)> = sqlx::query_as(
-        "SELECT group_key, tally::text FROM backfill_group_tally
-         WHERE run_id = $1 AND group_key = ANY($2) FOR UPDATE",
-    )
-    .bind(run_id)
-    .bind(&keys)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(sql("read group tallies"))?;
-    let (keys, tallies): (Vec<String>, Vec<String>) =
-        merge_groups(stored, groups)?.into_iter().unzip();
-    sqlx::query(
-        "INSERT INTO backfill_group_tally (run_id, group_key, tally)
-         SELECT $1, k, t::jsonb FROM UNNEST($2::text[], $3::text[]) AS g (k, t)
-         ON CONFLICT (run_id, group_key) DO UPDATE SET tally = EXCLUDED.tally",
-    )
-    .bind(run_id)
-    .bind(&keys)
-    .bind(&tallies)
-    .execute(&mut *conn)
-    .await
-    .map_err(sql("write group tallies"))?;
     Ok(())
 }
 
@@ -285,14 +289,6 @@ pub(super) async fn add_plan_groups(
         .map_err(sql("record the plan's groups"))?;
     }
     Ok(())
-}
-
-/// Whether run `run_id`'s groups are in rows of their own.
-pub(super) async fn has_group_params(pool: &PgPool, run_id: &str) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM backfill_group WHERE run_id = $1)")
-        .bind(run_id)
-        .fetch_one(pool)
-        .await
 }
 
 /// The parameters of the groups shard `shard_no` holds, as (group, JSON text).

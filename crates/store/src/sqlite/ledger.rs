@@ -246,14 +246,6 @@ pub(super) async fn add_plan_groups(
     Ok(())
 }
 
-/// Whether run `run_id`'s groups are in rows of their own.
-pub(super) async fn has_group_params(pool: &SqlitePool, run_id: &str) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM backfill_group WHERE run_id = ?1)")
-        .bind(run_id)
-        .fetch_one(pool)
-        .await
-}
-
 /// The parameters of the groups shard `shard_no` holds, as (group, JSON text).
 pub(super) async fn shard_group_params(
     pool: &SqlitePool,

@@ -105,18 +105,6 @@ impl Backend for Lite {
         ledger::group_tallies(&self.pool, run_id).await
     }
 
-    async fn has_group_params(&self, run_id: &str) -> sqlx::Result<bool> {
-        ledger::has_group_params(&self.pool, run_id).await
-    }
-
-    async fn shard_group_params(
-        &self,
-        run_id: &str,
-        shard_no: u32,
-    ) -> sqlx::Result<Vec<(String, String)>> {
-        ledger::shard_group_params(&self.pool, run_id, shard_no).await
-    }
-
     async fn plan_group_count(&self, run_id: &str) -> sqlx::Result<Option<i64>> {
         ledger::plan_group_count(&self.pool, run_id).await
     }
