@@ -224,6 +224,25 @@ macro_rules! common_ops {
                 .await
         }
 
+        async fn shard_group_params(
+            &self,
+            run_id: &str,
+            shard_no: u32,
+        ) -> sqlx::Result<Vec<(String, String)>> {
+            // `->` with a plain key reads alike in both dialects.
+            sqlx::query_as(
+                "SELECT g.group_key, COALESCE(CAST(g.entry -> 'params' AS text), '{}')
+                 FROM backfill_group g
+                 WHERE g.run_id = $1 AND g.group_key IN (
+                     SELECT DISTINCT i.group_key FROM backfill_item i
+                     WHERE i.run_id = $1 AND i.shard_no = $2)",
+            )
+            .bind(run_id)
+            .bind(shard_no as i32)
+            .fetch_all(&self.pool)
+            .await
+        }
+
         async fn run_schedule(&self, run_id: &str) -> sqlx::Result<Option<Option<String>>> {
             sqlx::query_scalar("SELECT schedule FROM backfill_run WHERE run_id = $1")
                 .bind(run_id)
@@ -428,14 +447,6 @@ macro_rules! delegated_ops {
             derived: crate::model::planning::Derived,
         ) -> Result<backfill_job::Plan, crate::error::StoreError> {
             planning::create_derived_run(&self.pool, run_id, original, shard_size, derived).await
-        }
-
-        async fn shard_group_params(
-            &self,
-            run_id: &str,
-            shard_no: u32,
-        ) -> sqlx::Result<Vec<(String, String)>> {
-            ledger::shard_group_params(&self.pool, run_id, shard_no).await
         }
 
         async fn shard_done(

@@ -246,23 +246,6 @@ pub(super) async fn add_plan_groups(
     Ok(())
 }
 
-/// The parameters of the groups shard `shard_no` holds, as (group, JSON text).
-pub(super) async fn shard_group_params(
-    pool: &SqlitePool,
-    run_id: &str,
-    shard_no: u32,
-) -> sqlx::Result<Vec<(String, String)>> {
-    sqlx::query_as(
-        "SELECT g.group_key, COALESCE(json_extract(g.entry, '$.params'), '{}') FROM backfill_group g
-         WHERE g.run_id = ?1 AND g.group_key IN (
-             SELECT DISTINCT i.group_key FROM backfill_item i WHERE i.run_id = ?1 AND i.shard_no = ?2)",
-    )
-    .bind(run_id)
-    .bind(shard_no as i64)
-    .fetch_all(pool)
-    .await
-}
-
 /// A run's group records, as (group, tally as JSON text).
 pub(super) async fn group_tallies(
     pool: &SqlitePool,
