@@ -350,7 +350,7 @@ impl Tally {
             bytes_before,
         } = self;
         Tally {
-            counts: counts.clone(),
+            counts: *counts,
             skipped_by_reason: skipped_by_reason.clone(),
             refs_affected: *refs_affected,
             refs_skipped: *refs_skipped,
