@@ -49,8 +49,9 @@ pub struct RunLedger<'a> {
     pub mode: &'a str,
     pub scope: Value,
     /// The plan's JSON text, read for the last shard only (`None` before):
-    /// of its groups only their statuses are decoded, for the summary line,
-    /// so finishing a run of 50,000 groups does not hold their parameters.
+    /// of its groups only their statuses are needed, for the summary line
+    /// (the store reads no more of them), so finishing a run of 50,000
+    /// groups does not hold their parameters.
     pub plan: Option<String>,
     pub tally: Value,
     pub shards_total: i64,

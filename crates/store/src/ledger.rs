@@ -54,7 +54,9 @@ impl crate::Store {
     }
 
     /// Reads a run with its plan's groups (their parameters) but without
-    /// their counts: what a worker needs to process the run's shards.
+    /// their counts: what comparing two plans needs, and what a mapper
+    /// reads of a run planned before its groups had rows of their own
+    /// (otherwise it reads [`Self::shard_group_params`] per shard).
     pub async fn load_run_plan(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
         dispatch!(self, load_run(run_id, true))?
             .map(|raw| run_record(raw, vec![]))
