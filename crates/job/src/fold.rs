@@ -56,6 +56,11 @@ pub struct RunLedger<'a> {
     pub tally: Value,
     pub shards_total: i64,
     pub shards_reduced: i64,
+    /// The run is still being planned (it has a row in `backfill_planning`): its shards
+    /// are published as they are recorded, so `shards_total` counts only
+    /// those recorded so far and the run cannot end yet, however many of
+    /// them are folded.
+    pub planning: bool,
 }
 
 /// What the summary line needs of a plan: its shards and its groups'
@@ -198,7 +203,7 @@ pub fn fold_result(run: RunLedger<'_>, shard: &Tally) -> Result<Fold, FoldError>
     tally.merge(shard);
     let reduced = run.shards_reduced + 1;
     let tally_json = serde_json::to_value(&tally).map_err(|e| FoldError::Encode(e.to_string()))?;
-    if reduced < run.shards_total {
+    if reduced < run.shards_total || run.planning {
         return Ok(Fold {
             tally: tally_json,
             reduced,
@@ -335,6 +340,7 @@ mod tests {
             tally: serde_json::to_value(tally).unwrap(),
             shards_total,
             shards_reduced,
+            planning: false,
         }
     }
 
@@ -362,6 +368,21 @@ mod tests {
         assert_eq!(t.counts.changed, 1);
         assert_eq!(t.counts.unchanged, 1);
         assert_eq!(t.refs_affected, 2);
+    }
+
+    #[test]
+    fn a_run_still_being_planned_is_not_ended_by_its_last_folded_shard() {
+        // Published while planned: every shard recorded so far is folded,
+        // but more may come, so the run goes on; once the plan is whole
+        // the same fold ends it.
+        let s = shard(1, &[Recorded::Changed]);
+        let mut run = ledger(&Tally::default(), 1, 0);
+        run.planning = true;
+        let fold = fold_result(run, &s).unwrap();
+        assert_eq!(fold.reduced, 1);
+        assert_eq!(fold.finished, None);
+        let fold = fold_result(ledger(&Tally::default(), 1, 0), &s).unwrap();
+        assert!(fold.finished.is_some());
     }
 
     #[test]
