@@ -163,6 +163,7 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<Exit> {
                 ),
                 kind: backfill_job::RunKind::Forward,
                 windows: None,
+                publishing: None,
             })),
             args.mappers,
             !args.distributed,

@@ -83,6 +83,15 @@ pub async fn run_in_process(
     tracker.spawn(backfill_reducer::run(store.clone(), rcfg, workers.clone()));
     tracker.close();
 
+    // Each shard is published as soon as it is recorded, while the rest is
+    // planned.
+    let req = match req {
+        Work::Job(mut job) => {
+            job.publishing = Some(settings.publishing());
+            Work::Job(job)
+        }
+        other => other,
+    };
     let started = Instant::now();
     let outcome = async {
         let Some((run_id, _lock)) = begin(&store, &req, &settings.operator).await? else {

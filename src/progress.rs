@@ -261,6 +261,9 @@ fn figures(s: &RunStatus) -> String {
     if r.errors > 0 {
         t.push_str(&format!(", {} errors", r.errors));
     }
+    if s.planning {
+        t.push_str(" · still planning");
+    }
     if s.control == "pause" {
         t.push_str(" · paused");
     } else if s.control == "cancel" {

@@ -197,6 +197,14 @@ impl Settings {
     pub fn queues(&self) -> backfill_queue::QueueNames {
         backfill_queue::QueueNames::with_prefix(self.prefix())
     }
+
+    /// Where a coordinator publishes shards while it plans them.
+    pub fn publishing(&self) -> backfill_coordinator::Publishing {
+        backfill_coordinator::Publishing {
+            amqp_url: self.amqp_url.expose().to_string(),
+            queues: self.queues(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -116,7 +116,22 @@ pub fn render_run(r: &RunStatus, out: &mut String) {
             opt(r.throttle.max_wal_bytes_per_sec)
         );
     }
-    if r.orphaned {
+    if r.planning && !r.orphaned {
+        let _ = writeln!(
+            out,
+            "  planning its coordinator is still recording shards ({} so far), each published as it is recorded",
+            s.total
+        );
+    }
+    if r.orphaned && r.planning {
+        let _ = writeln!(
+            out,
+            "  ORPHANED its coordinator stopped while planning it ({} shards recorded, {} unpublished); nothing more happens until it is resumed, which plans the rest: {} (or run the same command again)",
+            s.total,
+            r.unpublished,
+            r.resume.as_deref().unwrap_or("backfill coordinator --resume RUN")
+        );
+    } else if r.orphaned {
         let _ = writeln!(
             out,
             "  ORPHANED its coordinator stopped before publishing {} of {} shards; nothing more happens until it is resumed: {} (or run the same command again)",

@@ -100,6 +100,8 @@ pub fn job_request(
         gate,
         kind: backfill_job::RunKind::Forward,
         windows: job.steer.schedule()?,
+        // Set by the commands that publish to RabbitMQ.
+        publishing: None,
     })
 }
 

@@ -72,6 +72,10 @@ pub async fn run(a: Args, settings: &Settings) -> anyhow::Result<Exit> {
                 );
                 return Ok(Exit::Busy);
             };
+            // A coordinator that died while planning the run: plan the rest.
+            backfill_coordinator::finish_planning(&store, run_id, Some(&settings.publishing()))
+                .await
+                .map_err(refusal)?;
             let n = backfill_coordinator::publish_until_done(
                 &store,
                 settings.amqp_url.expose(),
@@ -86,7 +90,10 @@ pub async fn run(a: Args, settings: &Settings) -> anyhow::Result<Exit> {
             (run_id.clone(), Some(lock))
         }
         None => {
-            let req = req.ok_or_else(|| usage("--job FILE is required"))?;
+            let mut req = req.ok_or_else(|| usage("--job FILE is required"))?;
+            // Each shard is published as soon as it is recorded, while the
+            // rest is planned.
+            req.publishing = Some(settings.publishing());
             // The broker first: a run recorded with nobody able to
             // publish it would be orphaned and block the job.
             connect_broker(settings).await?.close().await;

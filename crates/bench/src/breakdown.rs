@@ -83,6 +83,7 @@ pub async fn run(
             gate: backfill_coordinator::Gate::skip("backfill-bench", "benchmark"),
             kind: backfill_job::RunKind::Forward,
             windows: None,
+            publishing: None,
         },
     )
     .await

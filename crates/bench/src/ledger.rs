@@ -35,7 +35,8 @@ pub struct Analysis {
     pub gap: Option<Stats>,
     /// Coordinator spawned → run row written (start-up, ledger, groups query), s.
     pub to_run_row: f64,
-    /// Run row → first shard claimed (targets query, plan written, first publish), s.
+    /// Run row → first shard claimed (targets query, first shard recorded
+    /// and published: the plan's rest is recorded meanwhile), s.
     pub to_first_claim: f64,
     /// Coordinator spawned → last shard's publish recorded, s.
     pub to_last_publish: f64,
@@ -196,7 +197,7 @@ impl Analysis {
                 }
             ),
             format!(
-                "ledger: phases, s: start-up + groups query {:.2}; plan written + first task out {:.2}; last publish recorded at {:.2}; mapping {:.2} (workers busy {:.0}%); reducer tail {:.2}; coordinator exit tail {:.2}",
+                "ledger: phases, s: start-up + groups query {:.2}; run row to first claim {:.2}; last publish recorded at {:.2}; mapping {:.2} (workers busy {:.0}%); reducer tail {:.2}; coordinator exit tail {:.2}",
                 self.to_run_row,
                 self.to_first_claim,
                 self.to_last_publish,

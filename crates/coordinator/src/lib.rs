@@ -1,18 +1,21 @@
 //! The coordinator role: plan a run, record it, publish its shard tasks, and
 //! (optionally) wait for its summary.
 //!
-//! The plan is recorded in the ledger before anything is published, so every
-//! published task refers to a run the mappers can read. Publishing reads the
+//! Every published task refers to a shard the ledger holds: on PostgreSQL
+//! a shard is published as soon as it is committed, while the rest of the
+//! run is planned ([`Publishing`]), and the run is marked as being planned
+//! until its plan is whole, which the reducer respects. Publishing reads the
 //! unpublished shards back from the ledger and marks them as the broker
 //! confirms them, so publishing again after a crash sends only what is
-//! missing.
+//! missing; a run whose coordinator stopped while planning it is planned on
+//! by the next coordinator of the same command.
 
 use backfill_job::message::MESSAGE_VERSION;
 use backfill_job::plan::evaluate_groups;
 use backfill_job::spec::{adapt_shard_size, ThrottleSpec};
 use backfill_job::{JobSpec, Mode, Plan, Scope, ShardTask};
 use backfill_queue::{Broker, QueueError, QueueNames};
-use backfill_store::{JobLock, NewRun, RunRecord, ShardRecord, Store, StoreError};
+use backfill_store::{JobLock, NewRun, RunRecord, ShardRecord, ShardSink, Store, StoreError};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -195,6 +198,16 @@ pub struct RunRequest {
     /// Run windows from the command line (`--window`), replacing the
     /// spec's `[schedule]`.
     pub windows: Option<backfill_job::schedule::Schedule>,
+    /// Where to publish each shard as soon as it is recorded, while the run
+    /// is planned; `None`: the caller publishes once the plan is recorded.
+    pub publishing: Option<Publishing>,
+}
+
+/// The broker a coordinator publishes to while it plans.
+#[derive(Debug, Clone)]
+pub struct Publishing {
+    pub amqp_url: String,
+    pub queues: QueueNames,
 }
 
 /// The shard size of a new run, and how it was chosen when adaptive:
@@ -298,6 +311,7 @@ pub async fn start(
             && a.sample == req.sample
     }) {
         info!(run = %same.run_id, kind = %same.describe_kind(), published = same.shards_published, total = same.shards_total, "resuming an unfinished run of the same job, spec, scope and kind");
+        finish_planning(store, &same.run_id, req.publishing.as_ref()).await?;
         return Ok((
             Start::Resumed {
                 run_id: same.run_id.clone(),
@@ -389,28 +403,17 @@ pub async fn plan(store: &Store, req: &RunRequest) -> Result<(String, Plan), Coo
         true => Some(store.count_table_rows(&req.spec).await?),
         false => None,
     };
-    let plan = store
-        .create_run(
-            NewRun {
-                run_id: &run_id,
-                spec: &req.spec,
-                mode: req.mode,
-                scope: &req.scope,
-                shard_size,
-                sample: req.sample,
-                kind: req.kind,
-            },
-            groups,
-        )
-        .await?;
-    for (action, detail) in &events {
-        store
-            .record_event(&run_id, action, &req.gate.operator, Some(detail))
-            .await?;
-    }
-    if let Some(counts) = counts {
-        store.record_table_rows(&run_id, "planned", &counts).await?;
-    }
+    let new = NewRun {
+        run_id: &run_id,
+        spec: &req.spec,
+        mode: req.mode,
+        scope: &req.scope,
+        shard_size,
+        sample: req.sample,
+        kind: req.kind,
+    };
+    // The run's steering before any of its shards can be published: a
+    // mapper given one reads its throttle and priority at once.
     let throttle = req.throttle.unwrap_or(req.spec.throttle);
     if throttle.max_wal_bytes_per_sec.is_some()
         && store.dialect() == backfill_job::spec::Dialect::Sqlite
@@ -420,12 +423,195 @@ pub async fn plan(store: &Store, req: &RunRequest) -> Result<(String, Plan), Coo
     store
         .init_control(&run_id, &throttle, sizing_note.as_deref())
         .await?;
-    // Before any task is published: a mapper reads the windows once per run.
+    let early = EarlyPublisher::start(store, &run_id, req.publishing.as_ref(), req.windows.clone());
+    let planned = store.create_run(new.clone(), groups, early.sink()).await;
+    let planned = plan_on_after_outage(store, req, new, planned, &early).await;
+    early.finish(&run_id).await;
+    let plan = planned?;
+    for (action, detail) in &events {
+        store
+            .record_event(&run_id, action, &req.gate.operator, Some(detail))
+            .await?;
+    }
+    if let Some(counts) = counts {
+        store.record_table_rows(&run_id, "planned", &counts).await?;
+    }
+    // Before the rest is published (the shards published while planning had
+    // them set first): a mapper reads the windows once per run.
     if let Some(w) = &req.windows {
         store.set_run_schedule(&run_id, w).await?;
     }
     info!(run = %run_id, job = %req.spec.name, mode = %req.mode, shards = plan.shards_total, shard_size, "run planned");
     Ok((run_id, plan))
+}
+
+/// How long planning keeps trying while the database is unreachable.
+pub const PLAN_PATIENCE: Duration = Duration::from_secs(15 * 60);
+
+/// After the database went away while a run was planned (a restart, a
+/// lost connection): waits for it, then plans on from what the ledger
+/// holds — the rest of the run when its row is there, the whole run again
+/// when even its row was not committed, nothing when its plan was.
+async fn plan_on_after_outage(
+    store: &Store,
+    req: &RunRequest,
+    new: NewRun<'_>,
+    mut planned: Result<Plan, StoreError>,
+    early: &EarlyPublisher,
+) -> Result<Plan, StoreError> {
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let e = match planned {
+            Err(e) if e.is_transient() && started.elapsed() < PLAN_PATIENCE => e,
+            other => return other,
+        };
+        tracing::warn!(error = %e, run = %new.run_id, "the database went away while the run was planned; planning on in {:?}", backoff);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+        planned = async {
+            if store.interrupted_plan(new.run_id).await?.is_some() {
+                return store.continue_run(new.clone(), early.sink()).await;
+            }
+            if let Some(rec) = store.load_run_plan(new.run_id).await? {
+                return Ok(rec.plan);
+            }
+            let rows = store.group_rows(&req.spec, &req.scope).await?;
+            let groups = evaluate_groups(&req.spec, &req.scope, rows);
+            store.create_run(new.clone(), groups, early.sink()).await
+        }
+        .await;
+    }
+}
+
+/// Carries on planning a run whose coordinator stopped while planning it
+/// (see `Store::continue_run`), publishing its shards as they are recorded
+/// when `publishing` says where; a run not being planned is left as it is.
+/// The caller holds the job's lock.
+pub async fn finish_planning(
+    store: &Store,
+    run_id: &str,
+    publishing: Option<&Publishing>,
+) -> Result<(), CoordinatorError> {
+    let Some(shard_size) = store.interrupted_plan(run_id).await? else {
+        return Ok(());
+    };
+    let rec = store
+        .load_run_totals(run_id)
+        .await?
+        .ok_or_else(|| CoordinatorError::UnknownRun(run_id.to_string()))?;
+    tracing::warn!(run = %run_id, "the run's coordinator stopped while planning it: planning it on from the shards it recorded");
+    let new = NewRun {
+        run_id,
+        spec: &rec.spec,
+        mode: rec.mode,
+        scope: &rec.scope_value,
+        shard_size,
+        sample: rec.sample,
+        kind: rec.kind,
+    };
+    // Its steering and windows were set when it was begun.
+    let early = EarlyPublisher::start(store, run_id, publishing, None);
+    let plan = store.continue_run(new, early.sink()).await;
+    early.finish(run_id).await;
+    let plan = plan?;
+    info!(run = %run_id, shards = plan.shards_total, "run planned");
+    Ok(())
+}
+
+/// The shards of a run being planned, published as they are recorded (on
+/// PostgreSQL, when a broker is given) by a task of their own.
+struct EarlyPublisher {
+    sink: Option<ShardSink>,
+    task: Option<tokio::task::JoinHandle<usize>>,
+}
+
+impl EarlyPublisher {
+    /// `windows`: the run's windows from the command line, set before the
+    /// first shard is published (the run's row exists once one is sent).
+    fn start(
+        store: &Store,
+        run_id: &str,
+        publishing: Option<&Publishing>,
+        windows: Option<backfill_job::schedule::Schedule>,
+    ) -> EarlyPublisher {
+        let pg = store.dialect() == backfill_job::spec::Dialect::Postgres;
+        let Some(publishing) = publishing.filter(|_| pg) else {
+            return EarlyPublisher {
+                sink: None,
+                task: None,
+            };
+        };
+        let (sink, tasks) = ShardSink::new(&store.ledger().id);
+        let task = tokio::spawn(publish_as_recorded(
+            store.clone(),
+            publishing.clone(),
+            run_id.to_string(),
+            windows,
+            tasks,
+        ));
+        EarlyPublisher {
+            sink: Some(sink),
+            task: Some(task),
+        }
+    }
+
+    /// Where planning sends each shard it has committed.
+    fn sink(&self) -> Option<&ShardSink> {
+        self.sink.as_ref()
+    }
+
+    /// Once planning has ended: waits for the publisher; how many it published.
+    async fn finish(self, run_id: &str) -> usize {
+        // The sink's sender goes first: the publisher sees the end.
+        drop(self.sink);
+        let Some(task) = self.task else { return 0 };
+        let n = task.await.unwrap_or(0);
+        info!(run = %run_id, published = n, "shard tasks published while the run was planned");
+        n
+    }
+}
+
+/// Publishes each shard the planner sends, but always one behind: the
+/// newest shard recorded waits until the next one comes, and the last one
+/// of all until the plan is whole, when the caller publishes what is left.
+/// So a run being planned always has a shard that cannot have been folded,
+/// and the fold of its last shard, which ends the run, comes after the plan
+/// is recorded whole. A broker that fails here is left to the caller's
+/// publishing, which retries: the shards stay unpublished in the ledger.
+async fn publish_as_recorded(
+    store: Store,
+    publishing: Publishing,
+    run_id: String,
+    mut windows: Option<backfill_job::schedule::Schedule>,
+    mut tasks: tokio::sync::mpsc::UnboundedReceiver<ShardTask>,
+) -> usize {
+    let mut published = 0;
+    let outcome = async {
+        let broker = Broker::connect(&publishing.amqp_url, publishing.queues.clone()).await?;
+        let publisher = broker.publisher().await?;
+        let mut held: Option<ShardTask> = None;
+        while let Some(task) = tasks.recv().await {
+            if let Some(ready) = held.replace(task) {
+                // A mapper reads the windows once per run, with its first shard.
+                if let Some(w) = windows.take() {
+                    store.set_run_schedule(&run_id, &w).await?;
+                }
+                publisher.publish_task(&ready).await?;
+                store
+                    .mark_published(&run_id, &[ready.shard_no as i32])
+                    .await?;
+                published += 1;
+            }
+        }
+        broker.close().await;
+        Ok::<_, CoordinatorError>(())
+    }
+    .await;
+    if let Err(e) = outcome {
+        tracing::warn!(error = %e, run = %run_id, "publishing while planning stopped; the shards left are published once the run is planned");
+    }
+    published
 }
 
 /// The tasks of every shard of the run, published or not.

@@ -15,7 +15,7 @@
 use backfill_job::plan::NewRun;
 use backfill_job::spec::Dialect;
 use backfill_job::spec::TargetSpec;
-use backfill_job::{Plan, PlannedGroup, ShardResult, Tally};
+use backfill_job::{Plan, ShardResult, Tally};
 use std::collections::BTreeMap;
 
 use crate::error::StoreError;
@@ -23,7 +23,7 @@ use crate::model::identity::LedgerIdentity;
 use crate::model::ledger::{
     JobLock, RawActiveRun, RawRun, RecentRun, Reduced, RunRecord, ShardRecord,
 };
-use crate::model::planning::Derived;
+use crate::model::planning::{Derived, PlanFrom, ShardSink};
 use crate::model::shard::{
     BatchLimits, Committed, EvaluatedRow, FetchedRow, ShardCommit, ShardWork,
 };
@@ -194,6 +194,12 @@ pub(crate) trait Backend {
     /// Whether a run's groups are in rows of their own (`backfill_group`;
     /// a run planned by an earlier release has them in its plan only).
     async fn has_group_params(&self, run_id: &str) -> sqlx::Result<bool>;
+    /// The shard size a run being planned was begun with (its row in
+    /// `backfill_planning`); `None`: the run is not being planned.
+    async fn planning_of(&self, run_id: &str) -> sqlx::Result<Option<i64>>;
+    /// Deletes a run whose planning failed before any of its shards was
+    /// published, as if it had never begun; returns whether it did.
+    async fn discard_unpublished_run(&self, run_id: &str) -> sqlx::Result<bool>;
     /// The parameters of the groups a shard holds, as (group, JSON text).
     async fn shard_group_params(
         &self,
@@ -248,12 +254,14 @@ pub(crate) trait Backend {
         keys: Option<Option<String>>,
         what: &str,
     ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, StoreError>;
-    /// Records a new run's plan in one transaction (see
-    /// [`crate::Store::create_run`]).
+    /// Plans a run and records it (see [`crate::Store::create_run`]): on
+    /// PostgreSQL a shard at a time, each task sent to `sink` once its shard
+    /// is committed; on SQLite in one transaction, `sink` unused.
     async fn create_run(
         &self,
         new: NewRun<'_>,
-        groups: Vec<PlannedGroup>,
+        from: PlanFrom,
+        sink: Option<&ShardSink>,
     ) -> Result<Plan, StoreError>;
     /// Records a run derived from a finished run in one transaction (see
     /// [`crate::Store::create_derived_run`]).

@@ -224,6 +224,45 @@ macro_rules! common_ops {
                 .await
         }
 
+        async fn planning_of(&self, run_id: &str) -> sqlx::Result<Option<i64>> {
+            sqlx::query_scalar(
+                "SELECT CAST(shard_size AS bigint) FROM backfill_planning WHERE run_id = $1",
+            )
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await
+        }
+
+        async fn discard_unpublished_run(&self, run_id: &str) -> sqlx::Result<bool> {
+            let mut tx = self.pool.begin().await?;
+            let published: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM backfill_shard WHERE run_id = $1 AND published_at IS NOT NULL",
+            )
+            .bind(run_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if published > 0 {
+                return Ok(false);
+            }
+            // Items and the run's steering (recorded before it) have no
+            // reference to their run; the rest goes with it.
+            sqlx::query("DELETE FROM backfill_item WHERE run_id = $1")
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM backfill_control WHERE run_id = $1")
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+            let n = sqlx::query("DELETE FROM backfill_run WHERE run_id = $1")
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok(n > 0)
+        }
+
         async fn shard_group_params(
             &self,
             run_id: &str,
@@ -434,9 +473,10 @@ macro_rules! delegated_ops {
         async fn create_run(
             &self,
             new: backfill_job::plan::NewRun<'_>,
-            groups: Vec<backfill_job::PlannedGroup>,
+            from: crate::model::planning::PlanFrom,
+            sink: Option<&crate::model::planning::ShardSink>,
         ) -> Result<backfill_job::Plan, crate::error::StoreError> {
-            planning::create_run(&self.pool, new, groups).await
+            planning::create_run(&self.pool, new, from, sink).await
         }
 
         async fn create_derived_run(

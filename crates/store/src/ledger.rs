@@ -89,6 +89,17 @@ impl crate::Store {
         dispatch!(self, has_group_params(run_id)).map_err(sql("read group parameters"))
     }
 
+    /// The run as it was begun, when its coordinator stopped while planning
+    /// it (its row in `backfill_planning` still there), to carry on with
+    /// ([`Store::continue_run`]): its shard size, or `None` when the run is
+    /// not being planned. Only its job's lock holder may ask: a run that
+    /// another coordinator is planning looks the same.
+    pub async fn interrupted_plan(&self, run_id: &str) -> Result<Option<u32>, StoreError> {
+        Ok(dispatch!(self, planning_of(run_id))
+            .map_err(sql("read the run's planning"))?
+            .map(|size| size.clamp(1, u32::MAX as i64) as u32))
+    }
+
     /// The parameters of the groups shard `shard_no` of run `run_id` holds,
     /// by group: what a mapper reads per shard, so that its memory does not
     /// grow with the number of groups in the run.

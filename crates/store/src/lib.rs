@@ -86,7 +86,7 @@ pub use error::StoreError;
 pub use identity::LedgerIdentity;
 pub use ledger::{ActiveRun, JobLock, Reduced};
 pub use ledger::{RunRecord, ShardRecord};
-pub use planning::{Derived, NewRun};
+pub use planning::{Derived, NewRun, ShardSink};
 pub use shard::{
     BatchLimits, Committed, EvaluatedRow, FetchedRow, OpenShard, ShardCommit, ShardRows, ShardTx,
     ShardWork,

@@ -44,14 +44,47 @@ impl Store {
 
     /// Records the plan of a new run: finds the target rows of every target
     /// (streamed, in key order), folds shared rows into one item, cuts items
-    /// into shards, and writes run, items and shards in one transaction.
-    /// A run with nothing to do is finished on the spot.
+    /// into shards, and records run, items and shards. A run with nothing
+    /// to do is finished on the spot.
+    ///
+    /// On PostgreSQL the run is recorded as it is planned (with a row in
+    /// `backfill_planning` until the plan is whole): its row and groups first, then each shard
+    /// committed on its own and its task sent to `sink`, so that mappers
+    /// start while the rest is planned; the reducer does not end a run
+    /// being planned. SQLite records the plan in one transaction.
     pub async fn create_run(
         &self,
         new: NewRun<'_>,
         groups: Vec<PlannedGroup>,
+        sink: Option<&ShardSink>,
     ) -> Result<Plan, StoreError> {
-        dispatch!(self, create_run(new, groups))
+        let run_id = new.run_id;
+        let planned = dispatch!(self, create_run(new, PlanFrom::New(groups), sink));
+        if planned.as_ref().is_err_and(|e| !e.is_transient()) {
+            // Bad input found mid-way (a key that is not an integer, a query
+            // that fails): a run none of whose shards went out is taken
+            // back, as if never begun. One whose shards did stays being
+            // planned: the same command carries it on, `cancel` ends it. A
+            // database that went away is waited for by the caller, who
+            // plans on (`Store::continue_run`).
+            if let Err(e) = dispatch!(self, discard_unpublished_run(run_id)) {
+                tracing::warn!(run = %run_id, error = %e, "could not take back the run whose planning failed");
+            }
+        }
+        planned
+    }
+
+    /// Carries on planning a run whose coordinator stopped while planning
+    /// it (see [`Store::create_run`]): its target rows are read again and
+    /// cut into shards numbered on from its last, leaving out the items it
+    /// recorded; its groups are those it recorded. `new` is the run as it
+    /// was begun ([`Store::interrupted_plan`]).
+    pub async fn continue_run(
+        &self,
+        new: NewRun<'_>,
+        sink: Option<&ShardSink>,
+    ) -> Result<Plan, StoreError> {
+        dispatch!(self, create_run(new, PlanFrom::Interrupted, sink))
     }
 }
 

@@ -71,6 +71,11 @@ pub struct RunStatus {
     pub orphaned: bool,
     /// For an orphaned run: the command that carries it on.
     pub resume: Option<String>,
+    /// The run is still being planned: its shards are published as they
+    /// are recorded, `shards.total` counts those recorded so far, and there
+    /// is no ETA yet. Orphaned too when its coordinator stopped meanwhile
+    /// (the same command, or `resume`, plans the rest).
+    pub planning: bool,
     /// The run windows it keeps to, and where it stands against them now
     /// (while running); `null` for a run without windows.
     pub window: Option<WindowStatus>,
@@ -386,13 +391,22 @@ impl Store {
             .map(|s| WindowStatus::of(&s, running));
         // Waiting for its window, a run is held as a paused one is: no ETA.
         let waiting = window.as_ref().is_some_and(|w| w.waiting.is_some());
-        let eta = crate::eta::estimate(&EtaInput {
+        let planning = running
+            && dispatch!(self, planning_of(run_id))
+                .map_err(sql("read the run's planning"))?
+                .is_some();
+        let mut eta = crate::eta::estimate(&EtaInput {
             shards: &timeline,
             now,
             running,
             go: control.control == crate::ControlState::Run && !waiting,
             rows_per_sec_limit: control.rows_per_sec,
         });
+        if planning {
+            // Not all of its shards are known yet.
+            eta.seconds = None;
+            eta.basis = None;
+        }
         let c = &rec.tally.counts;
         let (workers, dead_shards, health) = if detail {
             let health = if running {
@@ -441,6 +455,7 @@ impl Store {
             window,
             unpublished,
             orphaned,
+            planning,
             resume: orphaned.then(|| format!("backfill coordinator --resume {run_id}")),
             revert_of: rec.revert_of.clone(),
             sample: rec.sample,

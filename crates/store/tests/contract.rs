@@ -561,6 +561,7 @@ async fn plan_scoped(
                 kind: RunKind::Forward,
             },
             groups,
+            None,
         )
         .await
         .unwrap()
@@ -714,6 +715,7 @@ const LEDGER_TABLES: &[&str] = &[
     "backfill_group_tally",
     "backfill_item",
     "backfill_ledger",
+    "backfill_planning",
     "backfill_quarantine",
     "backfill_run",
     "backfill_shard",
@@ -1082,6 +1084,7 @@ contract!(a_key_that_is_not_an_integer_is_bad_input, |h| async move {
                 kind: RunKind::Forward,
             },
             Vec::<PlannedGroup>::new(),
+            None,
         )
         .await
         .unwrap_err();
@@ -1873,6 +1876,204 @@ contract!(
             .exec("DELETE FROM backfill_group WHERE run_id = 'run-params'")
             .await;
         assert!(!h.store.has_group_params("run-params").await.unwrap());
+    }
+);
+
+/// A new run's groups and evaluated plan, for `create_run`.
+async fn planned_groups(h: &Harness, spec: &JobSpec) -> Vec<PlannedGroup> {
+    let rows = h.store.group_rows(spec, &Scope::All).await.unwrap();
+    backfill_job::plan::evaluate_groups(spec, &Scope::All, rows)
+}
+
+fn new_run<'a>(run_id: &'a str, spec: &'a JobSpec) -> NewRun<'a> {
+    NewRun {
+        run_id,
+        spec,
+        mode: Mode::DryRun,
+        scope: &Scope::All,
+        shard_size: spec.shard_size,
+        sample: None,
+        kind: RunKind::Forward,
+    }
+}
+
+/// A run's items as (shard, key, group), in shard and item order.
+async fn items_of(h: &Harness, run_id: &str) -> Vec<String> {
+    h.raw
+        .texts(&format!(
+            "SELECT CAST(shard_no AS text) || ' ' || key || ' ' || group_key FROM backfill_item
+             WHERE run_id = '{run_id}' ORDER BY shard_no, item_no"
+        ))
+        .await
+}
+
+contract!(
+    a_run_is_published_while_planned_and_an_interrupted_plan_goes_on,
+    |h| async move {
+        h.seed(REVISIONS).await;
+        h.seed_pages(&[("p1", "Title One"), ("p2", ""), ("p3", "Title Three")])
+            .await;
+        // Revisions 1, 2, 5, 6 and 7 are in eligible pages: three shards of two.
+        let spec = spec(TITLES);
+        plan(h, &spec, Mode::DryRun, "run-whole").await;
+        let whole = h.store.load_run("run-whole").await.unwrap().unwrap();
+        assert_eq!(h.store.interrupted_plan("run-whole").await.unwrap(), None);
+        let keys = |items: Vec<String>| -> Vec<String> {
+            items
+                .iter()
+                .map(|i| i.split_once(' ').unwrap().1.to_string())
+                .collect()
+        };
+        let whole_items = keys(items_of(h, "run-whole").await);
+        assert_eq!(whole_items.len(), 5, "{whole_items:?}");
+        assert_eq!(whole.shards_total, 3);
+
+        let (sink, mut tasks) = backfill_store::ShardSink::new(&h.store.ledger().id);
+        let groups = planned_groups(h, &spec).await;
+        if h.kind == Kind::Sqlite {
+            // One transaction, published afterwards: nothing is sent while
+            // planning, and a run is never left being planned.
+            h.store
+                .create_run(new_run("run-cut", &spec), groups, Some(&sink))
+                .await
+                .unwrap();
+            assert!(tasks.try_recv().is_err());
+            assert_eq!(h.store.interrupted_plan("run-cut").await.unwrap(), None);
+            assert!(h
+                .store
+                .continue_run(new_run("run-cut", &spec), None)
+                .await
+                .is_err());
+            return;
+        }
+        // The coordinator stops once a shard's task has come: as a process
+        // killed there, the planning is dropped mid-way.
+        let first = {
+            let planning = h
+                .store
+                .create_run(new_run("run-cut", &spec), groups, Some(&sink));
+            tokio::select! {
+                _ = planning => panic!("planned whole before a task was taken"),
+                t = tasks.recv() => t.unwrap(),
+            }
+        };
+        // The task came once its shard was committed, items and all.
+        assert_eq!(first.shard_no, 0);
+        assert_eq!(first.ledger, h.store.ledger().id);
+        let recorded = h
+            .raw
+            .i64("SELECT count(*) FROM backfill_item WHERE run_id = 'run-cut' AND shard_no = 0")
+            .await;
+        assert_eq!(recorded, first.rows as i64);
+        assert_eq!(
+            (first.first_key.as_str(), first.last_key.as_str()),
+            ("1", "2")
+        );
+        // Left being planned: its shard size kept, its groups recorded
+        // (mappers read them), its count of shards those recorded.
+        assert_eq!(h.store.interrupted_plan("run-cut").await.unwrap(), Some(2));
+        assert!(h.store.has_group_params("run-cut").await.unwrap());
+        let shards_then = h
+            .raw
+            .i64("SELECT count(*) FROM backfill_shard WHERE run_id = 'run-cut'")
+            .await;
+        assert!((1..3).contains(&shards_then), "{shards_then}");
+        assert_eq!(
+            h.raw
+                .i64("SELECT CAST(shards_total AS bigint) FROM backfill_run WHERE run_id = 'run-cut'")
+                .await,
+            shards_then
+        );
+        let status = h.store.run_status("run-cut").await.unwrap().unwrap();
+        assert!(status.planning);
+        assert_eq!(status.eta_seconds, None);
+        // Its shards mapped and folded meanwhile do not end it, however many.
+        let fold = |run: &'static str, shard: u32| async move {
+            let t = map_shard(h, run, shard, "w1", 10).await;
+            h.store
+                .reduce(&result_of(run, shard, t.tally().clone()))
+                .await
+                .unwrap()
+        };
+        for shard in 0..shards_then as u32 {
+            assert_eq!(
+                fold("run-cut", shard).await,
+                Reduced::Counted,
+                "shard {shard}"
+            );
+        }
+        let rec = h.store.load_run("run-cut").await.unwrap().unwrap();
+        assert_eq!(
+            (rec.shards_reduced as i64, rec.state),
+            (shards_then, RunState::Running)
+        );
+
+        // The next coordinator plans the rest: every item once, numbered on.
+        drop(sink);
+        let (sink, mut tasks) = backfill_store::ShardSink::new(&h.store.ledger().id);
+        h.store
+            .continue_run(new_run("run-cut", &spec), Some(&sink))
+            .await
+            .unwrap();
+        drop(sink);
+        let mut sent = Vec::new();
+        while let Some(t) = tasks.recv().await {
+            sent.push(t.shard_no);
+        }
+        let cut_items = items_of(h, "run-cut").await;
+        let mut sorted = keys(cut_items.clone());
+        sorted.sort_by_key(|k| k.split(' ').next().unwrap().parse::<i64>().unwrap());
+        assert_eq!(sorted, whole_items, "{cut_items:?}");
+        let shard_nos: Vec<i64> = cut_items
+            .iter()
+            .map(|i| i.split(' ').next().unwrap().parse().unwrap())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let n = shard_nos.len() as i64;
+        assert_eq!(shard_nos, (0..n).collect::<Vec<_>>());
+        assert_eq!(
+            sent,
+            (shards_then as u32..n as u32).collect::<Vec<_>>(),
+            "the shards planned on, and only they, are sent"
+        );
+        assert_eq!(h.store.interrupted_plan("run-cut").await.unwrap(), None);
+        assert!(
+            !h.store
+                .run_status("run-cut")
+                .await
+                .unwrap()
+                .unwrap()
+                .planning
+        );
+        // Folded to the end, it counts what the run planned whole counts.
+        for shard in 0..3 {
+            fold("run-whole", shard).await;
+        }
+        for shard in shards_then as u32..n as u32 {
+            let r = fold("run-cut", shard).await;
+            assert_eq!(
+                matches!(r, Reduced::Finished(_)),
+                shard + 1 == n as u32,
+                "{r:?}"
+            );
+        }
+        let whole = h.store.load_run("run-whole").await.unwrap().unwrap();
+        let cut = h.store.load_run("run-cut").await.unwrap().unwrap();
+        assert_eq!(cut.shards_total as i64, n);
+        assert_eq!(cut.state, whole.state);
+        assert!(cut.state.is_finished());
+        assert_eq!(counts(&cut.tally), counts(&whole.tally));
+        assert_eq!(cut.tally.skipped_by_reason, whole.tally.skipped_by_reason);
+        assert_eq!(
+            cut.summary.clone().unwrap().replace("run-cut", "R"),
+            whole.summary.clone().unwrap().replace("run-whole", "R")
+        );
+        let group_keys = |r: &backfill_store::RunRecord| -> Vec<String> {
+            r.plan.groups.iter().map(|g| g.key.clone()).collect()
+        };
+        assert_eq!(group_keys(&cut), group_keys(&whole));
+        assert_eq!(cut.tally.groups.len(), whole.tally.groups.len());
     }
 );
 
@@ -3185,7 +3386,7 @@ contract!(a_fresh_ledger_records_its_versions, |h| async move {
     let versions: Vec<(i64, bool)> = migrations.iter().map(|m| (m.0, m.1)).collect();
     assert_eq!(
         versions,
-        vec![(1, true), (2, true), (3, true)],
+        vec![(1, true), (2, true), (3, true), (4, true)],
         "{migrations:?}"
     );
     assert!(
@@ -3194,6 +3395,7 @@ contract!(a_fresh_ledger_records_its_versions, |h| async move {
     );
     assert!(h.raw.ledger_tables().await.contains("backfill_group_tally"));
     assert!(h.raw.ledger_tables().await.contains("backfill_group"));
+    assert!(h.raw.ledger_tables().await.contains("backfill_planning"));
 });
 
 contract!(a_ledger_from_before_migrations_is_adopted, |h| async move {

@@ -379,6 +379,7 @@ pub async fn plan_commit(
             gate: backfill_coordinator::Gate::skip("test", "test"),
             kind: backfill_job::RunKind::Forward,
             windows: None,
+            publishing: None,
         },
     )
     .await

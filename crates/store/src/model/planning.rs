@@ -280,3 +280,79 @@ pub(crate) fn recorded_plan(
         summary,
     })
 }
+
+/// Where a run's planning starts.
+pub enum PlanFrom {
+    /// A new run, with its evaluated groups.
+    New(Vec<PlannedGroup>),
+    /// A run whose coordinator stopped while planning it (its row in
+    /// `backfill_planning` still there): its groups and the shards it recorded are the ledger's, and
+    /// planning carries on from them (PostgreSQL only: SQLite plans in one
+    /// transaction, so none of its runs is ever left planning).
+    Interrupted,
+}
+
+/// Where each shard's task goes as soon as the shard is committed, while
+/// its run is planned, so that mappers start before planning ends.
+#[derive(Clone)]
+pub struct ShardSink {
+    ledger: String,
+    tx: tokio::sync::mpsc::UnboundedSender<backfill_job::ShardTask>,
+}
+
+impl ShardSink {
+    /// A sink for the tasks of ledger `ledger` (its id), and where they come out.
+    pub fn new(
+        ledger: &str,
+    ) -> (
+        ShardSink,
+        tokio::sync::mpsc::UnboundedReceiver<backfill_job::ShardTask>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (
+            ShardSink {
+                ledger: ledger.to_string(),
+                tx,
+            },
+            rx,
+        )
+    }
+
+    /// Sends the task of a shard just committed; a publisher that went away
+    /// loses nothing: the shard stays unpublished in the ledger.
+    pub(crate) fn send(&self, run_id: &str, target: &str, shard: &CutShard) {
+        let (Some(first), Some(last)) = (shard.items.first(), shard.items.last()) else {
+            return;
+        };
+        let _ = self.tx.send(backfill_job::ShardTask {
+            v: backfill_job::message::MESSAGE_VERSION,
+            ledger: self.ledger.clone(),
+            run_id: run_id.to_string(),
+            shard_no: shard.shard_no,
+            target: target.to_string(),
+            first_key: first.key.clone(),
+            last_key: last.key.clone(),
+            rows: shard.items.len() as u32,
+        });
+    }
+}
+
+/// What a run interrupted while being planned had recorded of a target:
+/// its rows and shards, and the keys of its items, which planning it again
+/// must not record twice.
+#[derive(Default)]
+pub(crate) struct RecordedTarget {
+    pub rows: u64,
+    pub shards: u32,
+    pub keys: std::collections::HashSet<String>,
+}
+
+impl RecordedTarget {
+    /// The shard without the items already recorded.
+    pub(crate) fn unrecorded(&self, mut shard: CutShard) -> CutShard {
+        if !self.keys.is_empty() {
+            shard.items.retain(|i| !self.keys.contains(&i.key));
+        }
+        shard
+    }
+}

@@ -141,6 +141,7 @@ pub(super) async fn reduce(pool: &PgPool, result: &ShardResult) -> Result<Reduce
     let (totals, groups) = stored_result(claimed.get::<Option<serde_json::Value>, _>(0))?;
     let row = sqlx::query(
         "SELECT spec_text, mode, scope, tally, shards_total, shards_reduced,
+                EXISTS (SELECT 1 FROM backfill_planning p WHERE p.run_id = $1) AS planning,
                 CASE WHEN shards_reduced + 1 >= shards_total THEN jsonb_set(plan, '{groups}', COALESCE(
                     (SELECT jsonb_agg(jsonb_build_object('status', g.value->'status'))
                      FROM jsonb_array_elements(plan->'groups') AS g),
@@ -162,6 +163,7 @@ pub(super) async fn reduce(pool: &PgPool, result: &ShardResult) -> Result<Reduce
             tally: row.get("tally"),
             shards_total: row.get::<i32, _>("shards_total") as i64,
             shards_reduced: row.get::<i32, _>("shards_reduced") as i64,
+            planning: row.get("planning"),
         },
         &totals,
     )?;

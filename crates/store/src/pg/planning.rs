@@ -1,22 +1,24 @@
 //! PostgreSQL's planning: the spec's groups query read as JSON
 //! (`row_to_json`), a target's rows streamed on a connection of their own
-//! in key order while the plan is written in one transaction, items
-//! written in batches through `unnest`, and derived runs (retry, revert)
-//! planned from the ledger's own rows.
+//! in key order while each shard is committed (and its task sent) as it is
+//! cut, items written in batches through `unnest`, a run interrupted while
+//! planned carried on, and derived runs (retry, revert) planned from the
+//! ledger's own rows in one transaction.
 
 use backfill_job::fold::finish_plan;
-use backfill_job::plan::{CutShard, NewRun, ShardCutter};
+use backfill_job::plan::{CutShard, NewRun, PlannedTarget, ShardCutter};
 use backfill_job::spec::Dialect;
 use backfill_job::{KeyType, Plan, PlannedGroup, Tally};
 use futures::TryStreamExt;
 use serde_json::{Map, Value};
 use sqlx::{Column, Executor, PgPool, Postgres, Row, Statement, Transaction, TypeInfo};
+use std::collections::HashMap;
 
 use crate::error::{sql, StoreError};
 use crate::model::ledger::RunRecord;
 use crate::model::planning::{
     eligible_keys, finish_derived, in_run, key_ints, key_order, obj, recorded_plan, ref_row,
-    uses_param, Derived,
+    uses_param, Derived, PlanFrom, RecordedTarget, ShardSink,
 };
 
 /// How many items one INSERT carries.
@@ -40,20 +42,61 @@ pub(super) async fn group_rows(
         .collect()
 }
 
-/// Records the plan of a new run in one transaction; the target rows are
-/// streamed, so memory stays bounded by one shard.
+/// Plans a run and records it as it goes: first the run's row and its
+/// groups, committed with a row in `backfill_planning` (a mapper given one of its shards
+/// reads them); then each shard in a transaction of its own, its task sent
+/// to `sink` once committed; last the plan and its totals, in one
+/// transaction that deletes the run's row in `backfill_planning`. The target rows are streamed, so memory stays
+/// bounded by one shard. A run interrupted while planned
+/// ([`PlanFrom::Interrupted`]) is planned again from its target rows, the
+/// items it recorded left out.
 pub(super) async fn create_run(
     pool: &PgPool,
     new: NewRun<'_>,
-    groups: Vec<PlannedGroup>,
+    from: PlanFrom,
+    sink: Option<&ShardSink>,
 ) -> Result<Plan, StoreError> {
-    let spec = new.spec;
-    let eligible = eligible_keys(spec, &groups);
+    let (groups, recorded) = match from {
+        PlanFrom::New(groups) => {
+            begin_run(pool, &new, &groups).await?;
+            (groups, Recorded::default())
+        }
+        PlanFrom::Interrupted => (
+            recorded_groups(pool, new.run_id).await?,
+            recorded_shards(pool, new.run_id).await?,
+        ),
+    };
+    let eligible = eligible_keys(new.spec, &groups);
+    let (targets, next_shard, tally) = plan_targets(pool, &new, eligible, recorded, sink).await?;
+    let (plan, summary) = finish_plan(&new, groups, targets, next_shard, tally);
     let mut tx = pool.begin().await.map_err(sql("begin plan"))?;
-    let empty = serde_json::json!({});
+    record_plan(&mut tx, new.run_id, &plan, summary).await?;
+    tx.commit().await.map_err(sql("commit plan"))?;
+    Ok(plan)
+}
+
+/// The run's row, its row in `backfill_planning`, and its groups, committed.
+async fn begin_run(
+    pool: &PgPool,
+    new: &NewRun<'_>,
+    groups: &[PlannedGroup],
+) -> Result<(), StoreError> {
+    let spec = new.spec;
+    let mut tx = pool.begin().await.map_err(sql("begin plan"))?;
+    // The tally the reducer folds into while the run is planned.
+    let empty =
+        serde_json::to_value(Tally::default()).map_err(|e| StoreError::Data(e.to_string()))?;
+    let outline = Plan {
+        groups: vec![],
+        targets: vec![],
+        shards_total: 0,
+        tally: Tally::default(),
+    }
+    .outline_text()
+    .map_err(|e| StoreError::Data(e.to_string()))?;
     sqlx::query(
         "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, sample, kind)
-         VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, 0, $7, $8, $9)",
+         VALUES ($1, $2, $3, $4, $5, $6, 'running', $7::jsonb, 0, $8, $9, $10)",
     )
     .bind(new.run_id)
     .bind(&spec.name)
@@ -61,15 +104,102 @@ pub(super) async fn create_run(
     .bind(&spec.hash)
     .bind(new.mode.as_str())
     .bind(serde_json::to_value(new.scope).unwrap_or(Value::Null))
+    .bind(&outline)
     .bind(&empty)
     .bind(new.sample)
     .bind(new.kind.as_str())
     .execute(&mut *tx)
     .await
     .map_err(sql("record run"))?;
+    sqlx::query("INSERT INTO backfill_planning (run_id, shard_size) VALUES ($1, $2)")
+        .bind(new.run_id)
+        .bind(new.shard_size as i32)
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("record run"))?;
+    super::ledger::add_plan_groups(&mut tx, new.run_id, groups).await?;
+    sqlx::query(&format!(
+        "UPDATE backfill_run SET plan = jsonb_set(plan, '{{groups}}', {GROUPS_LISTED}) WHERE run_id = $1"
+    ))
+    .bind(new.run_id)
+    .execute(&mut *tx)
+    .await
+    .map_err(sql("list the plan's groups"))?;
+    tx.commit().await.map_err(sql("commit run"))
+}
 
+/// The plan's list of groups, made from their rows in plan order.
+const GROUPS_LISTED: &str = "COALESCE(
+    (SELECT jsonb_agg(entry ORDER BY n) FROM backfill_group WHERE run_id = $1), '[]'::jsonb)";
+
+/// The groups an interrupted run recorded, in plan order.
+async fn recorded_groups(pool: &PgPool, run_id: &str) -> Result<Vec<PlannedGroup>, StoreError> {
+    let entries: Vec<String> =
+        sqlx::query_scalar("SELECT entry::text FROM backfill_group WHERE run_id = $1 ORDER BY n")
+            .bind(run_id)
+            .fetch_all(pool)
+            .await
+            .map_err(sql("read the run's groups"))?;
+    entries
+        .iter()
+        .map(|e| {
+            serde_json::from_str(e)
+                .map_err(|e| StoreError::Data(format!("a group of run {run_id}: {e}")))
+        })
+        .collect()
+}
+
+/// What an interrupted run recorded: each target's rows, shards and item
+/// keys, and the number its next shard takes.
+#[derive(Default)]
+struct Recorded {
+    targets: HashMap<String, RecordedTarget>,
+    next_shard: u32,
+}
+
+async fn recorded_shards(pool: &PgPool, run_id: &str) -> Result<Recorded, StoreError> {
+    let mut recorded = Recorded::default();
+    let shards: Vec<(String, i64, i64, i32)> = sqlx::query_as(
+        "SELECT target, count(*), COALESCE(sum(rows), 0)::int8, COALESCE(max(shard_no) + 1, 0)
+         FROM backfill_shard WHERE run_id = $1 GROUP BY target",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await
+    .map_err(sql("read the run's shards"))?;
+    for (target, shards, rows, next) in shards {
+        let t = recorded.targets.entry(target).or_default();
+        t.shards = shards as u32;
+        t.rows = rows as u64;
+        recorded.next_shard = recorded.next_shard.max(next as u32);
+    }
+    // The keys, to leave out of the shards planned again: only read when
+    // resuming a run whose coordinator died while planning it.
+    let mut keys = sqlx::query_as::<_, (String, String)>(
+        "SELECT s.target, i.key FROM backfill_item i
+         JOIN backfill_shard s ON s.run_id = i.run_id AND s.shard_no = i.shard_no
+         WHERE i.run_id = $1",
+    )
+    .bind(run_id)
+    .fetch(pool);
+    while let Some((target, key)) = keys.try_next().await.map_err(sql("read the run's items"))? {
+        recorded.targets.entry(target).or_default().keys.insert(key);
+    }
+    Ok(recorded)
+}
+
+/// Streams every target's rows in key order and records each shard as it
+/// is cut, in a transaction of its own.
+async fn plan_targets(
+    pool: &PgPool,
+    new: &NewRun<'_>,
+    eligible: Option<String>,
+    mut recorded: Recorded,
+    sink: Option<&ShardSink>,
+) -> Result<(Vec<PlannedTarget>, u32, Tally), StoreError> {
+    let spec = new.spec;
     let mut tally = Tally::default();
-    let mut next_shard = 0u32;
+    let mut next_shard = recorded.next_shard;
     let mut targets = Vec::new();
     for (ti, target) in spec.targets.iter().enumerate() {
         let field = format!("targets[{ti}].query");
@@ -81,39 +211,88 @@ pub(super) async fn create_run(
         if uses_param(user_sql, Dialect::Postgres) {
             q = q.bind(eligible.clone());
         }
-        // Streamed on a connection of its own while the plan is written
-        // in the transaction: memory stays bounded by one shard.
+        let before = recorded.targets.remove(&target.name).unwrap_or_default();
+        let mut out = TargetOut {
+            run_id: new.run_id,
+            target: &target.name,
+            key_type: target.key_type,
+            planned: PlannedTarget {
+                name: target.name.clone(),
+                rows: before.rows,
+                shards: before.shards,
+            },
+            before,
+            next_shard: &mut next_shard,
+            sink,
+        };
+        // Streamed on a connection of its own while each shard is written
+        // in a transaction: memory stays bounded by one shard.
         let mut stream = q.fetch(pool);
-        let mut cutter = ShardCutter::new(&target.name, new.shard_size, next_shard);
+        let mut cutter = ShardCutter::new(&target.name, new.shard_size, 0);
         let what = format!("job `{}`: {field} failed", spec.name);
         while let Some(row) = stream.try_next().await.map_err(sql(what.clone()))? {
             let text: String = row.get(0);
             let r = ref_row(spec, target, &field, obj(&text, &field)?)?;
-            if !in_run(&new, &r) {
+            if !in_run(new, &r) {
                 continue;
             }
             if let Some(shard) = cutter.push(r, &mut tally) {
-                write_shard(&mut tx, new.run_id, &target.name, target.key_type, &shard).await?;
+                out.record(pool, shard).await?;
             }
         }
         drop(stream);
-        next_shard = cutter.next_shard_no();
-        let (last, planned) = cutter.finish(&mut tally);
+        let (last, _) = cutter.finish(&mut tally);
         if let Some(shard) = last {
-            write_shard(&mut tx, new.run_id, &target.name, target.key_type, &shard).await?;
-            next_shard = shard.shard_no + 1;
+            out.record(pool, shard).await?;
         }
-        targets.push(planned);
+        targets.push(out.planned);
     }
-
-    let (plan, summary) = finish_plan(&new, groups, targets, next_shard, tally);
-    record_plan(&mut tx, new.run_id, &plan, summary).await?;
-    tx.commit().await.map_err(sql("commit plan"))?;
-    Ok(plan)
+    Ok((targets, next_shard, tally))
 }
 
-/// Records a run's plan, its first totals and group records, and the
-/// state it starts in (finished when there is nothing to send).
+/// Where one target's shards go while it is planned.
+struct TargetOut<'a> {
+    run_id: &'a str,
+    target: &'a str,
+    key_type: KeyType,
+    planned: PlannedTarget,
+    before: RecordedTarget,
+    next_shard: &'a mut u32,
+    sink: Option<&'a ShardSink>,
+}
+
+impl TargetOut<'_> {
+    /// Commits a shard (numbered on from the run's last) with its items,
+    /// and the run's count of shards; then sends its task.
+    async fn record(&mut self, pool: &PgPool, shard: CutShard) -> Result<(), StoreError> {
+        let mut shard = self.before.unrecorded(shard);
+        if shard.items.is_empty() {
+            return Ok(());
+        }
+        shard.shard_no = *self.next_shard;
+        let mut tx = pool.begin().await.map_err(sql("begin shard"))?;
+        write_shard(&mut tx, self.run_id, self.target, self.key_type, &shard).await?;
+        sqlx::query("UPDATE backfill_run SET shards_total = $2 WHERE run_id = $1")
+            .bind(self.run_id)
+            .bind(shard.shard_no as i32 + 1)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("count the run's shards"))?;
+        tx.commit().await.map_err(sql("commit shard"))?;
+        *self.next_shard += 1;
+        self.planned.rows += shard.items.len() as u64;
+        self.planned.shards += 1;
+        if let Some(sink) = self.sink {
+            sink.send(self.run_id, self.target, &shard);
+        }
+        Ok(())
+    }
+}
+
+/// Records a run's plan, its totals (what the plan counted, added to what
+/// was folded while it was planned) and group records, and the state it
+/// goes on in: finished when there is nothing to send, unless cancelled
+/// meanwhile, which it stays. Its groups' rows are written before.
 async fn record_plan(
     tx: &mut Transaction<'_, Postgres>,
     run_id: &str,
@@ -121,18 +300,26 @@ async fn record_plan(
     summary: Option<String>,
 ) -> Result<(), StoreError> {
     let r = recorded_plan(plan, summary)?;
-    let totals = serde_json::to_value(&r.totals).map_err(|e| StoreError::Data(e.to_string()))?;
-    // The groups first: the plan's list of them is made from their rows.
-    super::ledger::add_plan_groups(tx, run_id, &plan.groups).await?;
-    sqlx::query(
+    let folded: String =
+        sqlx::query_scalar("SELECT tally::text FROM backfill_run WHERE run_id = $1 FOR UPDATE")
+            .bind(run_id)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(sql("lock run"))?;
+    let mut totals: Tally = serde_json::from_str(&folded)
+        .map_err(|e| StoreError::Data(format!("run {run_id}'s tally: {e}")))?;
+    totals.merge(&r.totals);
+    let totals = serde_json::to_value(&totals).map_err(|e| StoreError::Data(e.to_string()))?;
+    sqlx::query(&format!(
         "UPDATE backfill_run SET
-                plan = jsonb_set($2::jsonb, '{groups}', COALESCE(
-                    (SELECT jsonb_agg(entry ORDER BY n) FROM backfill_group WHERE run_id = $1),
-                    '[]'::jsonb)),
-                tally = $3, shards_total = $4, state = $5, summary = $6,
-                finished_at = CASE WHEN $5 = 'running' THEN NULL ELSE now() END
-         WHERE run_id = $1",
-    )
+                plan = jsonb_set($2::jsonb, '{{groups}}', {GROUPS_LISTED}),
+                tally = $3, shards_total = $4,
+                state = CASE WHEN state = 'running' THEN $5 ELSE state END,
+                summary = CASE WHEN state = 'running' THEN $6 ELSE summary END,
+                finished_at = CASE WHEN state <> 'running' THEN finished_at
+                                   WHEN $5 = 'running' THEN NULL ELSE now() END
+         WHERE run_id = $1"
+    ))
     .bind(run_id)
     .bind(&r.plan)
     .bind(&totals)
@@ -142,6 +329,11 @@ async fn record_plan(
     .execute(&mut **tx)
     .await
     .map_err(sql("record plan"))?;
+    sqlx::query("DELETE FROM backfill_planning WHERE run_id = $1")
+        .bind(run_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(sql("record plan"))?;
     super::ledger::add_groups(tx, run_id, r.groups).await
 }
 
@@ -156,10 +348,11 @@ pub(super) async fn create_derived_run(
     let spec = &original.spec;
     let mode = derived.mode(original);
     let mut tx = pool.begin().await.map_err(sql("begin plan"))?;
-    let empty = serde_json::json!({});
+    let empty =
+        serde_json::to_value(Tally::default()).map_err(|e| StoreError::Data(e.to_string()))?;
     sqlx::query(
         "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, revert_of, kind, retry_of)
-         VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, 0, $7, $8, $9, $10)",
+         VALUES ($1, $2, $3, $4, $5, $6, 'running', '{}', 0, $7, $8, $9, $10)",
     )
     .bind(run_id)
     .bind(&spec.name)
@@ -179,6 +372,8 @@ pub(super) async fn create_derived_run(
     let (plan, summary) = finish_derived(
         run_id, original, shard_size, derived, targets, next_shard, tally,
     );
+    // The groups first: the plan's list of them is made from their rows.
+    super::ledger::add_plan_groups(&mut tx, run_id, &plan.groups).await?;
     record_plan(&mut tx, run_id, &plan, summary).await?;
     tx.commit().await.map_err(sql("commit plan"))?;
     Ok(plan)

@@ -113,6 +113,7 @@ pub(super) async fn reduce(pool: &SqlitePool, result: &ShardResult) -> Result<Re
     let (totals, groups) = stored_result(stored)?;
     let row = sqlx::query(
         "SELECT spec_text, mode, scope, tally, shards_total, shards_reduced,
+                EXISTS (SELECT 1 FROM backfill_planning p WHERE p.run_id = ?1) AS planning,
                 CASE WHEN shards_reduced + 1 >= shards_total THEN json_set(plan, '$.groups', json(
                     (SELECT json_group_array(json_object('status', json_extract(g.value, '$.status')))
                      FROM json_each(plan, '$.groups') g))) END AS plan
@@ -134,6 +135,7 @@ pub(super) async fn reduce(pool: &SqlitePool, result: &ShardResult) -> Result<Re
             tally: parse_json("tally", row.get("tally"))?,
             shards_total: row.get("shards_total"),
             shards_reduced: row.get("shards_reduced"),
+            planning: row.get::<i64, _>("planning") != 0,
         },
         &totals,
     )?;

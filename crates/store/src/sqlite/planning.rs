@@ -7,7 +7,7 @@
 use backfill_job::fold::finish_plan;
 use backfill_job::plan::{CutShard, NewRun};
 use backfill_job::spec::Dialect;
-use backfill_job::{KeyType, Plan, PlannedGroup, Tally};
+use backfill_job::{KeyType, Plan, Tally};
 use serde_json::{Map, Value};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Column, Row, SqlitePool, TypeInfo, ValueRef};
@@ -17,7 +17,7 @@ use crate::error::{sql, StoreError};
 use crate::model::ledger::RunRecord;
 use crate::model::planning::{
     cut_target, eligible_keys, finish_derived, in_run, key_ints, key_order, recorded_plan, ref_row,
-    uses_param, Derived,
+    uses_param, Derived, PlanFrom, ShardSink,
 };
 
 /// A row of a spec query as a JSON object, whatever its columns.
@@ -63,11 +63,21 @@ pub(super) async fn group_rows(
     rows.iter().map(row_object).collect()
 }
 
+/// Plans a run in one transaction: SQLite serves one process, whose
+/// in-process queue is sent the tasks once the plan is recorded, so a run
+/// is never left planning and there is no sink to feed.
 pub(super) async fn create_run(
     pool: &SqlitePool,
     new: NewRun<'_>,
-    groups: Vec<PlannedGroup>,
+    from: PlanFrom,
+    _sink: Option<&ShardSink>,
 ) -> Result<Plan, StoreError> {
+    let PlanFrom::New(groups) = from else {
+        return Err(StoreError::Data(format!(
+            "run {} is marked as being planned, which a SQLite ledger never leaves a run",
+            new.run_id
+        )));
+    };
     let spec = new.spec;
     let eligible = eligible_keys(spec, &groups);
     // Read the references first: SQLite serializes writers, and the plan is
