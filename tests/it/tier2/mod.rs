@@ -20,6 +20,7 @@ pub(crate) mod limits;
 pub(crate) mod metrics;
 pub(crate) mod notify;
 pub(crate) mod params;
+pub(crate) mod planning;
 pub(crate) mod poison_messages;
 pub(crate) mod progress;
 pub(crate) mod quiet;
