@@ -123,21 +123,31 @@ pub fn render_run(r: &RunStatus, out: &mut String) {
             s.total
         );
     }
-    if r.orphaned && r.planning {
+    if r.orphaned {
+        let resume = r
+            .resume
+            .as_deref()
+            .unwrap_or("backfill coordinator --resume RUN");
+        let (what, next) = if r.planning {
+            (
+                format!(
+                    "stopped while planning it ({} shards recorded, {} unpublished)",
+                    s.total, r.unpublished
+                ),
+                ", which plans the rest",
+            )
+        } else {
+            (
+                format!(
+                    "stopped before publishing {} of {} shards",
+                    r.unpublished, s.total
+                ),
+                "",
+            )
+        };
         let _ = writeln!(
             out,
-            "  ORPHANED its coordinator stopped while planning it ({} shards recorded, {} unpublished); nothing more happens until it is resumed, which plans the rest: {} (or run the same command again)",
-            s.total,
-            r.unpublished,
-            r.resume.as_deref().unwrap_or("backfill coordinator --resume RUN")
-        );
-    } else if r.orphaned {
-        let _ = writeln!(
-            out,
-            "  ORPHANED its coordinator stopped before publishing {} of {} shards; nothing more happens until it is resumed: {} (or run the same command again)",
-            r.unpublished,
-            s.total,
-            r.resume.as_deref().unwrap_or("backfill coordinator --resume RUN")
+            "  ORPHANED its coordinator {what}; nothing more happens until it is resumed{next}: {resume} (or run the same command again)"
         );
     }
     if let Some(other) = &r.waiting_for {

@@ -592,17 +592,27 @@ async fn publish_as_recorded(
         let publisher = broker.publisher().await?;
         let mut held: Option<ShardTask> = None;
         while let Some(task) = tasks.recv().await {
-            if let Some(ready) = held.replace(task) {
-                // A mapper reads the windows once per run, with its first shard.
-                if let Some(w) = windows.take() {
-                    store.set_run_schedule(&run_id, &w).await?;
-                }
-                publisher.publish_task(&ready).await?;
-                store
-                    .mark_published(&run_id, &[ready.shard_no as i32])
-                    .await?;
-                published += 1;
+            // What came meanwhile too, so that the ledger records a batch
+            // of publishes at once, not a commit per shard.
+            let mut ready: Vec<ShardTask> = held.take().into_iter().collect();
+            ready.push(task);
+            while let Ok(more) = tasks.try_recv() {
+                ready.push(more);
             }
+            held = ready.pop();
+            if ready.is_empty() {
+                continue;
+            }
+            // A mapper reads the windows once per run, with its first shard.
+            if let Some(w) = windows.take() {
+                store.set_run_schedule(&run_id, &w).await?;
+            }
+            for t in &ready {
+                publisher.publish_task(t).await?;
+            }
+            let nos: Vec<i32> = ready.iter().map(|t| t.shard_no as i32).collect();
+            store.mark_published(&run_id, &nos).await?;
+            published += ready.len();
         }
         broker.close().await;
         Ok::<_, CoordinatorError>(())
