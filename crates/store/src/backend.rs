@@ -246,14 +246,15 @@ pub(crate) trait Backend {
 
     // ---- planning ----
 
-    /// The spec's groups query (`keys`: its `$1`, when it has one) as JSON
-    /// objects; `what` names the query in its error.
+    /// The spec's groups query (`keys`: its `$1`, when it has one), each
+    /// row read as a group as it comes (a run may plan 50,000 groups: their
+    /// rows are not held twice); `what` names the query in its error.
     async fn group_rows(
         &self,
         user_sql: &str,
         keys: Option<Option<String>>,
         what: &str,
-    ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, StoreError>;
+    ) -> Result<Vec<backfill_job::plan::GroupRow>, StoreError>;
     /// Plans a run and records it (see [`crate::Store::create_run`]): on
     /// PostgreSQL a shard at a time, each task sent to `sink` once its shard
     /// is committed; on SQLite in one transaction, `sink` unused.

@@ -466,7 +466,7 @@ macro_rules! delegated_ops {
             user_sql: &str,
             keys: Option<Option<String>>,
             what: &str,
-        ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, crate::error::StoreError> {
+        ) -> Result<Vec<backfill_job::plan::GroupRow>, crate::error::StoreError> {
             planning::group_rows(&self.pool, user_sql, keys, what).await
         }
 

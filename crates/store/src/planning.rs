@@ -33,13 +33,7 @@ impl Store {
         let user_sql = groups.query.for_dialect("groups.query", dialect)?;
         let keys = uses_param(user_sql, dialect).then(|| requested_keys(scope));
         let what = format!("job `{}`: groups.query failed", spec.name);
-        dispatch!(self, group_rows(user_sql, keys, &what))?
-            .into_iter()
-            .map(|row| {
-                GroupRow::from_object(row)
-                    .map_err(|m| StoreError::Data(format!("groups.query: {m}")))
-            })
-            .collect()
+        dispatch!(self, group_rows(user_sql, keys, &what))
     }
 
     /// Records the plan of a new run: finds the target rows of every target

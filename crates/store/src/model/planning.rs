@@ -26,6 +26,14 @@ pub(crate) fn uses_param(sql: &str, dialect: Dialect) -> bool {
     }
 }
 
+/// A groups query's row as a group, `what` naming the query in errors.
+pub(crate) fn group_row(
+    row: Map<String, Value>,
+) -> Result<backfill_job::plan::GroupRow, StoreError> {
+    backfill_job::plan::GroupRow::from_object(row)
+        .map_err(|m| StoreError::Data(format!("groups.query: {m}")))
+}
+
 pub(crate) fn obj(text: &str, what: &str) -> Result<Map<String, Value>, StoreError> {
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(m)) => Ok(m),

@@ -6,40 +6,43 @@
 //! ledger's own rows in one transaction.
 
 use backfill_job::fold::finish_plan;
-use backfill_job::plan::{CutShard, NewRun, PlannedTarget, ShardCutter};
+use backfill_job::plan::{CutShard, GroupRow, NewRun, PlannedTarget, ShardCutter};
 use backfill_job::spec::Dialect;
 use backfill_job::{KeyType, Plan, PlannedGroup, Tally};
 use futures::TryStreamExt;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sqlx::{Column, Executor, PgPool, Postgres, Row, Statement, Transaction, TypeInfo};
 use std::collections::HashMap;
 
 use crate::error::{sql, StoreError};
 use crate::model::ledger::RunRecord;
 use crate::model::planning::{
-    eligible_keys, finish_derived, in_run, key_ints, key_order, obj, recorded_plan, ref_row,
-    uses_param, Derived, PlanFrom, RecordedTarget, ShardSink,
+    eligible_keys, finish_derived, group_row, in_run, key_ints, key_order, obj, recorded_plan,
+    ref_row, uses_param, Derived, PlanFrom, RecordedTarget, ShardSink,
 };
 
 /// How many items one INSERT carries.
 const ITEM_BATCH: usize = 5_000;
 
-/// The groups query's rows as JSON objects.
+/// The groups query's rows (as JSON objects), each read as a group as it
+/// comes.
 pub(super) async fn group_rows(
     pool: &PgPool,
     user_sql: &str,
     keys: Option<Option<String>>,
     what: &str,
-) -> Result<Vec<Map<String, Value>>, StoreError> {
+) -> Result<Vec<GroupRow>, StoreError> {
     let wrapped = format!("SELECT row_to_json(q)::text FROM ({user_sql}) q");
-    let mut q = sqlx::query(&wrapped);
+    let mut q = sqlx::query_scalar::<_, String>(&wrapped);
     if let Some(keys) = keys {
         q = q.bind(keys);
     }
-    let rows = q.fetch_all(pool).await.map_err(sql(what))?;
-    rows.into_iter()
-        .map(|r| obj(&r.get::<String, _>(0), "groups.query"))
-        .collect()
+    let mut rows = q.fetch(pool);
+    let mut groups = Vec::new();
+    while let Some(text) = rows.try_next().await.map_err(sql(what))? {
+        groups.push(group_row(obj(&text, "groups.query")?)?);
+    }
+    Ok(groups)
 }
 
 /// Plans a run and records it as it goes: first the run's row and its

@@ -5,9 +5,10 @@
 //! ledger's own rows.
 
 use backfill_job::fold::finish_plan;
-use backfill_job::plan::{CutShard, NewRun};
+use backfill_job::plan::{CutShard, GroupRow, NewRun};
 use backfill_job::spec::Dialect;
 use backfill_job::{KeyType, Plan, Tally};
+use futures::TryStreamExt;
 use serde_json::{Map, Value};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Column, Row, SqlitePool, TypeInfo, ValueRef};
@@ -16,8 +17,8 @@ use super::{begin_write, json_text};
 use crate::error::{sql, StoreError};
 use crate::model::ledger::RunRecord;
 use crate::model::planning::{
-    cut_target, eligible_keys, finish_derived, in_run, key_ints, key_order, recorded_plan, ref_row,
-    uses_param, Derived, PlanFrom, ShardSink,
+    cut_target, eligible_keys, finish_derived, group_row, in_run, key_ints, key_order,
+    recorded_plan, ref_row, uses_param, Derived, PlanFrom, ShardSink,
 };
 
 /// A row of a spec query as a JSON object, whatever its columns.
@@ -48,19 +49,23 @@ fn row_object(row: &SqliteRow) -> Result<Map<String, Value>, StoreError> {
     Ok(m)
 }
 
-/// The groups query's rows as JSON objects.
+/// The groups query's rows, each read as a group as it comes.
 pub(super) async fn group_rows(
     pool: &SqlitePool,
     user_sql: &str,
     keys: Option<Option<String>>,
     what: &str,
-) -> Result<Vec<Map<String, Value>>, StoreError> {
+) -> Result<Vec<GroupRow>, StoreError> {
     let mut q = sqlx::query(user_sql);
     if let Some(keys) = keys {
         q = q.bind(keys);
     }
-    let rows = q.fetch_all(pool).await.map_err(sql(what))?;
-    rows.iter().map(row_object).collect()
+    let mut rows = q.fetch(pool);
+    let mut groups = Vec::new();
+    while let Some(row) = rows.try_next().await.map_err(sql(what))? {
+        groups.push(group_row(row_object(&row)?)?);
+    }
+    Ok(groups)
 }
 
 /// Plans a run in one transaction: SQLite serves one process, whose
