@@ -1,7 +1,8 @@
 //! Publishing a run while it is planned, against real coordinator, mapper
 //! and reducer processes: shards are mapped before the plan is whole, the
-//! run ends only once it is, and a coordinator killed (SIGKILL) while
-//! planning leaves a run that the same command plans on, every row once.
+//! run ends only once it is, a coordinator killed (SIGKILL) while planning
+//! leaves a run that the same command plans on, every row once, and a run
+//! cancelled while planned stays cancelled once its plan is recorded.
 //!
 //! Planning is made slow by the database itself: a trigger sleeps for
 //! every INSERT of a shard's items into the ledger, so the timing is the
@@ -189,4 +190,53 @@ async fn a_coordinator_killed_while_planning_is_planned_on_by_the_same_command()
     assert_eq!(num(&s, "changed"), ROWS);
     every_row_once(&env, &s["run"]).await;
     assert_eq!(env.scalar_i64("SELECT count(*) FROM backfill_run").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_cancelled_while_planned_stays_cancelled_once_planned() {
+    let env = TestEnv::new().await;
+    slow_planning(&env).await;
+    let spec = SpecFile::new("planned-docs", &spec());
+    let _fleet = Fleet::started(&env, 2);
+    let coord = spawn_coordinator(&env, spec.path(), "10");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no shard was published while planning"
+        );
+        let published = env
+            .scalar_i64("SELECT count(*) FROM backfill_shard WHERE published_at IS NOT NULL")
+            .await;
+        if published >= 2 && planning(&env).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let run_id = env.scalar_text("SELECT run_id FROM backfill_run").await;
+    let out = env.run(&["cancel", &run_id, "--wait-secs", "10"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The coordinator records the rest of the plan, and the run stays
+    // cancelled: exit 4, as for any cancelled run.
+    let out = tokio::task::spawn_blocking(move || coordinator_output(coord))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(!planning(&env).await);
+    assert_eq!(
+        env.scalar_text("SELECT state FROM backfill_run").await,
+        "cancelled"
+    );
+    // What was written was written once, by the shards done before.
+    let done_rows = env
+        .scalar_i64(
+            "SELECT COALESCE(sum(rows), 0)::bigint FROM backfill_shard WHERE state = 'done'",
+        )
+        .await;
+    assert!(done_rows < ROWS, "{done_rows}");
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM docs WHERE doc->'seen' = 'true'")
+            .await,
+        done_rows
+    );
 }
