@@ -55,6 +55,25 @@ async fn planning(env: &TestEnv) -> bool {
         > 0
 }
 
+/// Waits until at least `n` shards are published while the run is still
+/// being planned.
+async fn published_while_planning(env: &TestEnv, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no shard was published while planning"
+        );
+        let published = env
+            .scalar_i64("SELECT count(*) FROM backfill_shard WHERE published_at IS NOT NULL")
+            .await;
+        if published >= n && planning(env).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Every document was set once, and the run's ledger holds each row once,
 /// in shards numbered from 0 without a gap.
 async fn every_row_once(env: &TestEnv, run_id: &str) {
@@ -140,20 +159,7 @@ async fn a_coordinator_killed_while_planning_is_planned_on_by_the_same_command()
     let mut fleet = Fleet::started(&env, 2);
     // Killed once some shards went out, the plan not yet whole.
     let mut coord = spawn_coordinator(&env, spec.path(), "10");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "no shard was published while planning"
-        );
-        let published = env
-            .scalar_i64("SELECT count(*) FROM backfill_shard WHERE published_at IS NOT NULL")
-            .await;
-        if published >= 3 && planning(&env).await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    published_while_planning(&env, 3).await;
     coord.kill().unwrap(); // SIGKILL
     coord.wait().unwrap();
     assert!(planning(&env).await, "killed while planning");
@@ -199,20 +205,7 @@ async fn a_run_cancelled_while_planned_stays_cancelled_once_planned() {
     let spec = SpecFile::new("planned-docs", &spec());
     let _fleet = Fleet::started(&env, 2);
     let coord = spawn_coordinator(&env, spec.path(), "10");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "no shard was published while planning"
-        );
-        let published = env
-            .scalar_i64("SELECT count(*) FROM backfill_shard WHERE published_at IS NOT NULL")
-            .await;
-        if published >= 2 && planning(&env).await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    published_while_planning(&env, 2).await;
     let run_id = env.scalar_text("SELECT run_id FROM backfill_run").await;
     let out = env.run(&["cancel", &run_id, "--wait-secs", "10"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
