@@ -26,7 +26,7 @@ pub(crate) fn uses_param(sql: &str, dialect: Dialect) -> bool {
     }
 }
 
-/// A groups query's row as a group, `what` naming the query in errors.
+/// A groups query's row (a JSON object) as a group; an error names the query.
 pub(crate) fn group_row(
     row: Map<String, Value>,
 ) -> Result<backfill_job::plan::GroupRow, StoreError> {
