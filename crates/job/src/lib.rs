@@ -47,6 +47,7 @@ pub mod jq;
 pub mod message;
 pub mod params;
 pub mod plan;
+pub mod pushdown;
 pub mod pyjson;
 pub mod redact;
 pub mod report;

@@ -159,6 +159,7 @@ struct RawSpec {
     description: String,
     shard_size: Option<u32>,
     on_conflict: Option<String>,
+    pushdown: Option<bool>,
     groups: Option<RawGroups>,
     #[serde(default)]
     targets: Vec<RawTarget>,
@@ -349,6 +350,11 @@ pub struct JobSpec {
     /// What a mapper does with a row the application edited between its read
     /// and its write.
     pub on_conflict: OnConflict,
+    /// Whether PostgreSQL may apply rules it can say in SQL itself, each
+    /// row as it is at the write (`backfill_job::pushdown`); `false` keeps
+    /// every row on the read-rewrite-write path, compare-and-set and its
+    /// conflicts included. `true` unless the spec says otherwise.
+    pub pushdown: bool,
     pub groups: Option<GroupsSpec>,
     pub targets: Vec<TargetSpec>,
     pub report: ReportSpec,
@@ -1151,6 +1157,7 @@ fn validate(raw: RawSpec, source: String, hash: String) -> Result<JobSpec, SpecE
         description: raw.description,
         shard_size,
         on_conflict,
+        pushdown: raw.pushdown.unwrap_or(true),
         groups,
         targets,
         report,
@@ -1764,6 +1771,12 @@ value = "x"
         );
         let s = JobSpec::parse(&format!("on_conflict = \"retry\"\n{MINIMAL}")).unwrap();
         assert_eq!(s.on_conflict, OnConflict::Retry);
+        assert!(
+            s.pushdown,
+            "the database applies what it can unless told not to"
+        );
+        let s = JobSpec::parse(&format!("pushdown = false\n{MINIMAL}")).unwrap();
+        assert!(!s.pushdown);
         assert_eq!(
             err(&format!("on_conflict = \"clobber\"\n{MINIMAL}")).field,
             "on_conflict"

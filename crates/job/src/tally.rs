@@ -329,6 +329,10 @@ pub struct Tally {
     pub bytes_written: u64,
     #[serde(default)]
     pub bytes_before: u64,
+    /// Rows per target whose rules the database applied itself (see
+    /// `pushdown`); the target's other rows were read and rewritten.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pushed_down: BTreeMap<String, u64>,
 }
 
 impl Tally {
@@ -348,6 +352,7 @@ impl Tally {
             conflicts_retried,
             bytes_written,
             bytes_before,
+            pushed_down,
         } = self;
         Tally {
             counts: *counts,
@@ -361,6 +366,7 @@ impl Tally {
             conflicts_retried: *conflicts_retried,
             bytes_written: *bytes_written,
             bytes_before: *bytes_before,
+            pushed_down: pushed_down.clone(),
         }
     }
 }
@@ -410,6 +416,7 @@ impl Tally {
         self.errors.merge(&o.errors);
         self.conflicts.merge(&o.conflicts);
         self.conflicts_retried += o.conflicts_retried;
+        merge_map(&mut self.pushed_down, &o.pushed_down);
     }
 
     /// Records one processed row.
@@ -520,6 +527,49 @@ impl Tally {
         if let (true, Some(undo)) = (fits, undo) {
             g.samples
                 .push(SampleDiff::from_inverse(key, col, undo, after_bytes));
+            keep_samples(&mut g.samples);
+        }
+    }
+
+    /// Records a changed column of a row whose rules the database applied
+    /// (see `pushdown`): its sizes as stored, and a sample diff of the
+    /// paths the edits changed.
+    pub fn record_pushed(
+        &mut self,
+        group: &str,
+        key: &str,
+        col: &str,
+        before_bytes: u64,
+        after_bytes: u64,
+        changes: Vec<PathChange>,
+    ) {
+        let g = self.groups.entry(group.to_string()).or_default();
+        self.bytes_written += after_bytes;
+        self.bytes_before += before_bytes;
+        let order = (key.len(), key, col);
+        let fits =
+            g.samples.len() < SAMPLE_CAP || g.samples.last().is_some_and(|l| order < l.order());
+        if fits {
+            let shown = |v: serde_json::Value| {
+                let n = v.to_string().len();
+                if n > SAMPLE_VALUE_BYTES {
+                    serde_json::Value::String(format!("({n} bytes of JSON, not shown)"))
+                } else {
+                    v
+                }
+            };
+            g.samples.push(SampleDiff {
+                key: key.to_string(),
+                column: col.to_string(),
+                changes: changes
+                    .into_iter()
+                    .map(|c| PathChange {
+                        path: c.path,
+                        before: c.before.map(shown),
+                        after: c.after.map(shown),
+                    })
+                    .collect(),
+            });
             keep_samples(&mut g.samples);
         }
     }
