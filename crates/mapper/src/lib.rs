@@ -33,7 +33,9 @@ use backfill_queue::{
     Route, Sink, Source,
 };
 use backfill_store::shard::EvaluatedRow;
-use backfill_store::{BatchLimits, Committed, OpenShard, ShardWork, Store, StoreError};
+use backfill_store::{
+    BatchLimits, Committed, OpenShard, PushedBatch, ShardWork, Store, StoreError,
+};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -246,6 +248,20 @@ pub fn batch_limits() -> BatchLimits {
     })
 }
 
+/// Whether the database may apply a target's rules itself: unless
+/// `BACKFILL_PUSHDOWN` is `off` (read once per process).
+pub fn pushdown_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        !std::env::var("BACKFILL_PUSHDOWN").is_ok_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "off" | "0" | "false" | "no"
+            )
+        })
+    })
+}
+
 /// One attempt at a shard: in its single transaction, read, evaluate and
 /// write it batch by batch within `limits` (each batch's documents are
 /// dropped before the next is read), then record it done. `in_flight` is
@@ -315,6 +331,17 @@ async fn map_shard(
         worker,
         retry,
     };
+    // The rules the database applies itself, when it can (see
+    // `backfill_job::pushdown`): never for a revert, which restores
+    // before-images.
+    let pushdown = match &run.revert_of {
+        None if run.spec.pushdown && pushdown_enabled() => {
+            backfill_job::pushdown::plan(target, current, |c| normalised.contains(c))
+                .map_err(|why| debug!(target = %target.name, reason = %why, "rules read and rewritten by the mapper"))
+                .ok()
+        }
+        _ => None,
+    };
     let mut tx = match store.open_shard(work).await? {
         OpenShard::Done(t) => {
             info!("shard already committed; re-sending its result");
@@ -322,10 +349,33 @@ async fn map_shard(
         }
         OpenShard::Open(tx) => tx,
     };
+    // The parameters of the shard's groups; for a run planned by an
+    // earlier release, every group's (its plan holds them).
+    let no_params = HashMap::new();
+    let push_params = shard_params
+        .as_ref()
+        .or(run.params.as_ref())
+        .unwrap_or(&no_params);
+    let mut pushing = pushdown.as_ref().map(|p| (p, push_params));
     loop {
         *in_flight = limits.rows;
-        let Some(rows) = tx.next_batch(limits).await? else {
-            break;
+        let rows = match pushing {
+            Some((plan, params)) => {
+                match tx.push_batch(plan, params, limits.rows, in_flight).await? {
+                    PushedBatch::Done => break,
+                    PushedBatch::Handed(rows) if rows.is_empty() => continue,
+                    PushedBatch::Handed(rows) => rows,
+                    PushedBatch::Unsupported(why) => {
+                        debug!(reason = why, "rules read and rewritten by the mapper");
+                        pushing = None;
+                        continue;
+                    }
+                }
+            }
+            None => match tx.next_batch(limits).await? {
+                Some(rows) => rows,
+                None => break,
+            },
         };
         *in_flight = rows.len();
         // A row larger than the batch limit leaves its parsed values'

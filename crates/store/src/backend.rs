@@ -29,6 +29,9 @@ use crate::model::shard::{
 };
 use crate::model::status::{RawShard, RawWorker};
 use crate::model::steer::{Claim, HistoryRow, RawControl, RawCost, RawEvent, ThrottleChange};
+use backfill_job::pushdown::Pushdown;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
 
 /// Whether a back end has a capability the other lacks; `Lacks` says why
 /// the operation has no meaning there.
@@ -391,6 +394,20 @@ pub(crate) trait ShardTransaction {
     /// Records the shard done with `tally` (the batches' results) and
     /// commits.
     async fn finish(self, work: &ShardWork<'_>, tally: Tally) -> Result<Committed, StoreError>;
+    /// Has the database apply a pushed-down target's edits to the shard's
+    /// next `rows` items itself (see `backfill_job::pushdown`): their
+    /// result, with the rows handed back to be read, evaluated and written
+    /// as usual; `None` once every item was taken. `in_flight` is set to
+    /// the batch's rows before its statement runs. `Lacks` where the
+    /// dialect cannot: the shard is then read batch by batch.
+    async fn push_batch(
+        &mut self,
+        work: &ShardWork<'_>,
+        plan: &Pushdown,
+        params: &HashMap<String, Map<String, Value>>,
+        rows: usize,
+        in_flight: &mut usize,
+    ) -> Result<Capability<Option<(Tally, Vec<FetchedRow>)>>, StoreError>;
 }
 
 /// What opening a shard found (`T`: the back end's transaction). A

@@ -88,8 +88,8 @@ pub use ledger::{ActiveRun, JobLock, Reduced};
 pub use ledger::{RunRecord, ShardRecord};
 pub use planning::{Derived, NewRun, ShardSink};
 pub use shard::{
-    BatchLimits, Committed, EvaluatedRow, FetchedRow, OpenShard, ShardCommit, ShardRows, ShardTx,
-    ShardWork,
+    BatchLimits, Committed, EvaluatedRow, FetchedRow, OpenShard, PushedBatch, ShardCommit,
+    ShardRows, ShardTx, ShardWork,
 };
 pub use steer::{Claim, Control, ControlState, Health, QuietRun, ThrottleChange};
 

@@ -179,6 +179,33 @@ impl ShardTx<'_> {
         Ok(())
     }
 
+    /// Has the database apply a pushed-down target's edits to the shard's
+    /// next `rows` items (see `backfill_job::pushdown`), adding their
+    /// outcomes to the shard's result; the rows not in a shape the edits
+    /// apply to are handed back to be evaluated and written with
+    /// [`ShardTx::write`]. `params` holds the parameters of the shard's
+    /// groups; `in_flight` is set to the rows of the batch before its
+    /// statement runs (what a statement timeout halves).
+    pub async fn push_batch(
+        &mut self,
+        plan: &backfill_job::pushdown::Pushdown,
+        params: &std::collections::HashMap<String, serde_json::Map<String, serde_json::Value>>,
+        rows: usize,
+        in_flight: &mut usize,
+    ) -> Result<PushedBatch, StoreError> {
+        Ok(
+            match dispatch!(tx: &mut self.inner, push_batch(&self.work, plan, params, rows, in_flight))?
+            {
+                Capability::Lacks(why) => PushedBatch::Unsupported(why),
+                Capability::Has(None) => PushedBatch::Done,
+                Capability::Has(Some((t, handed))) => {
+                    self.tally.merge(&t);
+                    PushedBatch::Handed(handed)
+                }
+            },
+        )
+    }
+
     /// Records the shard done with the result of all its batches, and commits.
     pub async fn finish(self) -> Result<Committed, StoreError> {
         let ShardTx { work, tally, inner } = self;

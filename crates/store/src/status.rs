@@ -76,6 +76,10 @@ pub struct RunStatus {
     /// is no ETA yet. Orphaned too when its coordinator stopped meanwhile
     /// (the same command, or `resume`, plans the rest).
     pub planning: bool,
+    /// Rows per target whose rules the database applied itself, of the
+    /// rows processed so far; a target not named here had every row read
+    /// and rewritten by the mappers.
+    pub pushed_down: std::collections::BTreeMap<String, u64>,
     /// The run windows it keeps to, and where it stands against them now
     /// (while running); `null` for a run without windows.
     pub window: Option<WindowStatus>,
@@ -456,6 +460,7 @@ impl Store {
             unpublished,
             orphaned,
             planning,
+            pushed_down: rec.tally.pushed_down.clone(),
             resume: orphaned.then(|| format!("backfill coordinator --resume {run_id}")),
             revert_of: rec.revert_of.clone(),
             sample: rec.sample,

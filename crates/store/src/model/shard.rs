@@ -9,7 +9,9 @@ use backfill_job::{KeyType, Mode, RowOutcome, Tally};
 use std::collections::BTreeMap;
 
 /// The rows of a shard, or the shard's stored result if it is already done.
+/// Short-lived (one per shard read), so the tally is not boxed.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum ShardRows {
     Pending(Vec<FetchedRow>),
     Done(Tally),
@@ -57,6 +59,20 @@ pub(crate) fn key_join(target: &backfill_job::spec::TargetSpec) -> String {
         KeyType::Integer => format!("t.{k} = i.key_int"),
         KeyType::Text => format!("t.{k} = i.key"),
     }
+}
+
+/// What a pushed-down batch leaves to the mapper (see
+/// [`crate::ShardTx::push_batch`]).
+#[derive(Debug)]
+pub enum PushedBatch {
+    /// The dialect cannot apply the rules itself (why): the shard is read
+    /// with [`crate::ShardTx::next_batch`].
+    Unsupported(&'static str),
+    /// Every item of the shard was taken.
+    Done,
+    /// The rows handed back to be read, evaluated and written as usual
+    /// (often none).
+    Handed(Vec<FetchedRow>),
 }
 
 /// How much of a shard one batch may hold: at most `rows` rows, and at most

@@ -19,6 +19,7 @@ mod audit;
 mod identity;
 mod ledger;
 mod planning;
+mod pushdown;
 mod shard;
 mod status;
 mod steer;

@@ -12,9 +12,11 @@ use backfill_job::{KeyType, RowOutcome, Tally};
 use sqlx::{PgPool, Row};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use crate::backend::{Opened, ShardTransaction};
+use crate::backend::{Capability, Opened, ShardTransaction};
 use crate::error::{sql, StoreError};
 use crate::model::shard::{key_join, BatchLimits, Committed, ShardCommit, ShardWork};
+use backfill_job::pushdown::{pushed_tally, Pushdown};
+use serde_json::{Map, Value};
 
 /// The system column of a row's version.
 pub(super) const ROW_VERSION: &str = "xmin";
@@ -227,6 +229,35 @@ impl ShardTransaction for ShardTx {
             give_back_buffers(&mut self.tx, false).await?;
         }
         Ok(Some(t))
+    }
+
+    async fn push_batch(
+        &mut self,
+        w: &ShardWork<'_>,
+        plan: &Pushdown,
+        params: &HashMap<String, Map<String, Value>>,
+        rows: usize,
+        in_flight: &mut usize,
+    ) -> Result<Capability<Option<(Tally, Vec<FetchedRow>)>>, StoreError> {
+        let (tx, items) = (&mut self.tx, &mut self.items);
+        let items = match items {
+            Some(i) => i,
+            None => items.insert(shard_items(tx, w.run_id, w.shard_no).await?),
+        };
+        if items.is_empty() {
+            return Ok(Capability::Has(None));
+        }
+        let n = rows.max(1).min(items.len());
+        let nos: Vec<i32> = items.drain(..n).map(|i| i.no).collect();
+        *in_flight = nos.len();
+        let (pushed, handed) = super::pushdown::push_batch(tx, w, plan, params, &nos).await?;
+        let tally = pushed_tally(&w.target.name, w.mode, &pushed, plan.current.is_some());
+        let handed = if handed.is_empty() {
+            Vec::new()
+        } else {
+            fetch_items(tx, w.target, w.run_id, w.shard_no, &handed).await?
+        };
+        Ok(Capability::Has(Some((tally, handed))))
     }
 
     async fn finish(self, work: &ShardWork<'_>, tally: Tally) -> Result<Committed, StoreError> {

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashSet};
 use backfill_job::shard::{shard_tally, EvaluatedRow, FetchedRow};
 
 use super::{begin_write, json_text, parse_json};
-use crate::backend::{Opened, ShardTransaction};
+use crate::backend::{Capability, Opened, ShardTransaction};
 use crate::error::{sql, StoreError};
 use crate::model::ledger::decode;
 use crate::model::shard::{key_join, BatchLimits, Committed, ShardCommit, ShardWork};
@@ -140,6 +140,19 @@ impl ShardTransaction for ShardTx {
     ) -> Result<Option<Tally>, StoreError> {
         self.evaluated.extend(rows);
         Ok(None)
+    }
+
+    async fn push_batch(
+        &mut self,
+        _work: &ShardWork<'_>,
+        _plan: &backfill_job::pushdown::Pushdown,
+        _params: &std::collections::HashMap<String, serde_json::Map<String, serde_json::Value>>,
+        _rows: usize,
+        _in_flight: &mut usize,
+    ) -> Result<Capability<Option<(Tally, Vec<FetchedRow>)>>, StoreError> {
+        Ok(Capability::Lacks(
+            "SQLite has no jsonb functions to apply the rules with: every row is read and rewritten",
+        ))
     }
 
     async fn finish(self, work: &ShardWork<'_>, _tally: Tally) -> Result<Committed, StoreError> {
