@@ -116,6 +116,12 @@ pub fn render_run(r: &RunStatus, out: &mut String) {
             opt(r.throttle.max_wal_bytes_per_sec)
         );
     }
+    for (target, n) in &r.pushed_down {
+        let _ = writeln!(
+            out,
+            "  path     {target}: rules applied by the database to {n} rows so far"
+        );
+    }
     if r.planning && !r.orphaned {
         let _ = writeln!(
             out,

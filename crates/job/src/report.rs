@@ -370,6 +370,24 @@ impl<'a, 'v> TextReport<'a, 'v> {
                 }
             }
         }
+        if !v.tally.pushed_down.is_empty() {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "Rules applied by the database:");
+            for t in &spec.targets {
+                let Some(n) = v.tally.pushed_down.get(&t.name) else {
+                    continue;
+                };
+                let all = v.tally.targets.get(&t.name).map_or(0, |c| c.processed);
+                let _ = writeln!(
+                    out,
+                    "  {}: {} of {} in SQL; {} read and rewritten",
+                    t.name,
+                    plural(*n, rn),
+                    all,
+                    all.saturating_sub(*n)
+                );
+            }
+        }
         for (title, issues) in [
             ("Conflicts", &v.tally.conflicts),
             ("Errors", &v.tally.errors),
