@@ -419,10 +419,23 @@ async fn run_with_concurrent_edits(
     (out, edited)
 }
 
+/// The migrate job with `head` put before it, in a file of the test's own.
+fn migrate_with(env: &TestEnv, name: &str, head: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("bf-{name}-spec-{}", env.prefix));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join(format!("{name}.toml"));
+    let text = std::fs::read_to_string(job("collection-dict-migrate")).unwrap();
+    std::fs::write(&spec, format!("{head}\n{text}")).unwrap();
+    spec
+}
+
+/// Read and rewritten by the mappers (`pushdown = false`): compare-and-set
+/// finds the application's edits and reports them.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_edits_are_reported_as_conflicts_and_never_overwritten() {
     let env = TestEnv::with_collections(COLLECTIONS, VERSIONS).await;
-    let (out, edited) = run_with_concurrent_edits(&env, &job("collection-dict-migrate")).await;
+    let spec = migrate_with(&env, "migrate-cas", "pushdown = false");
+    let (out, edited) = run_with_concurrent_edits(&env, spec.to_str().unwrap()).await;
     assert_eq!(out.status.code(), Some(3), "conflicts exit 3");
     let s = summary(&out);
     let conflicts = num(&s, "conflicts");
@@ -445,16 +458,19 @@ async fn concurrent_edits_are_reported_as_conflicts_and_never_overwritten() {
     assert!(reported.contains("Conflicts ("), "{reported}");
     // Every other row is migrated.
     assert_eq!(num(&s, "changed") + conflicts, num(&s, "processed"));
+    if let Some(dir) = spec.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_on_conflict_retry_concurrent_edits_are_kept_and_the_rule_applied_on_top() {
     let env = TestEnv::with_collections(COLLECTIONS, VERSIONS).await;
-    let dir = std::env::temp_dir().join(format!("bf-retry-spec-{}", env.prefix));
-    std::fs::create_dir_all(&dir).unwrap();
-    let spec = dir.join("migrate-retry.toml");
-    let text = std::fs::read_to_string(job("collection-dict-migrate")).unwrap();
-    std::fs::write(&spec, format!("on_conflict = \"retry\"\n{text}")).unwrap();
+    let spec = migrate_with(
+        &env,
+        "migrate-retry",
+        "on_conflict = \"retry\"\npushdown = false",
+    );
     let (out, edited) = run_with_concurrent_edits(&env, spec.to_str().unwrap()).await;
     assert_eq!(out.status.code(), Some(0));
     let s = summary(&out);
@@ -483,7 +499,48 @@ async fn with_on_conflict_retry_concurrent_edits_are_kept_and_the_rule_applied_o
             .await,
         num(&s, "changed")
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(dir) = spec.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Applied by the database, each row as it is at the write: the same race
+/// loses no edit of the application, migrates every version, and has
+/// nothing to report as a conflict.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_edits_racing_writes_in_the_database_are_kept_and_every_version_migrated() {
+    let env = TestEnv::with_collections(COLLECTIONS, VERSIONS).await;
+    let (out, edited) = run_with_concurrent_edits(&env, &job("collection-dict-migrate")).await;
+    assert_eq!(out.status.code(), Some(0));
+    let s = summary(&out);
+    assert_eq!((num(&s, "conflicts"), num(&s, "errors")), (0, 0));
+    assert!(!edited.is_empty(), "the application's edits raced the run");
+    let pushed = env
+        .scalar_i64(&format!(
+            "SELECT (tally->'pushed_down'->>'snapshots')::int8 FROM backfill_run WHERE run_id = '{}'",
+            s["run"]
+        ))
+        .await;
+    assert_eq!(
+        pushed,
+        env.scalar_i64("SELECT count(*) FROM collection_snapshot_contents")
+            .await,
+        "every version applied by the database"
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM collection_snapshot_contents WHERE NOT (content ? 'collection_dict')").await,
+        0,
+        "every version migrated"
+    );
+    assert_eq!(
+        env.scalar_i64(&format!(
+            "SELECT count(*) FROM collection_snapshot_contents WHERE id IN ({}) AND NOT (content ? 'edited_by_app')",
+            edited.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(",")
+        ))
+        .await,
+        0,
+        "no application edit was lost"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

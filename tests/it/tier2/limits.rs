@@ -4,7 +4,8 @@
 //! exit 2, naming the field and the limit, before anything is recorded. A
 //! `jsonb` row nesting deeper than serde_json's 128 levels is valid in the
 //! database but cannot be read by the job: it is a row error naming the
-//! depth, left unchanged, while the other rows are written.
+//! depth, left unchanged, while the other rows are written. Rules the
+//! database applies itself write it like any other row.
 
 #![allow(clippy::unwrap_used)]
 
@@ -77,9 +78,19 @@ async fn a_document_deeper_than_serde_json_reads_is_a_named_row_error_and_left_u
     let before = env
         .scalar_text("SELECT md5(doc::text) FROM docs WHERE id = 2")
         .await;
-    let spec = SpecFile::new("limits", &spec("/title", ""));
+    // Read and rewritten by the job (`pushdown = false`).
+    let text =
+        spec("/title", "").replace(r#"name = "limits""#, "name = \"limits\"\npushdown = false");
+    let job_path = SpecFile::new("limits", &text);
 
-    let out = env.run(&["run", "--local", "--job", spec.path(), "--all", "--commit"]);
+    let out = env.run(&[
+        "run",
+        "--local",
+        "--job",
+        job_path.path(),
+        "--all",
+        "--commit",
+    ]);
     // Row errors: the run finishes as failed.
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let s = summary(&out);
@@ -107,5 +118,25 @@ async fn a_document_deeper_than_serde_json_reads_is_a_named_row_error_and_left_u
         env.scalar_i64("SELECT count(*) FROM docs WHERE doc->>'title' = 'New'")
             .await,
         2
+    );
+
+    // Rules the database applies itself never parse the document: the
+    // deep row is written like any other.
+    let pushed = SpecFile::new("limits", &spec("/title", ""));
+    let out = env.run(&[
+        "run",
+        "--local",
+        "--job",
+        pushed.path(),
+        "--all",
+        "--commit",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let s = summary(&out);
+    assert_eq!((num(&s, "changed"), num(&s, "errors")), (1, 0));
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM docs WHERE doc->>'title' = 'New'")
+            .await,
+        3
     );
 }

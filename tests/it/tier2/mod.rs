@@ -23,6 +23,7 @@ pub(crate) mod params;
 pub(crate) mod planning;
 pub(crate) mod poison_messages;
 pub(crate) mod progress;
+pub(crate) mod pushdown;
 pub(crate) mod quiet;
 pub(crate) mod report_safety;
 pub(crate) mod reports;

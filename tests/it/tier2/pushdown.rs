@@ -1,0 +1,324 @@
+//! Rules the database applies itself (`backfill_job::pushdown`): a run
+//! whose rules PostgreSQL can say in SQL gives every row the outcome the
+//! read-rewrite-write path gives it (`BACKFILL_PUSHDOWN=off`), on the two
+//! shipped jobs it can apply and on documents of every shape; rows of
+//! another shape are handed to that path in the same transaction, a
+//! revert restores the pushed-down commit byte for byte, and an
+//! application's edit to another key that races the write is kept, with
+//! the rules applied on top of it, where the read-rewrite-write path
+//! reports a conflict.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Output;
+use std::time::Duration;
+
+use crate::common::{docs_spec, num, output_within, summary, SpecFile, TestEnv};
+
+/// Every shape the edits meet: rows they apply to in the database, and
+/// rows they hand back (a NULL document, an array, a parent a `set` would
+/// create, an absent source).
+const SHAPES: &str = r#"INSERT INTO docs (id, doc) VALUES
+    (1, '{"title": "Old", "meta": {"x": 1, "y": 2}, "src": "s1", "info": {}}'),
+    (2, '{"title": "New", "src": "s2", "copy": "s2", "info": {"label": "L"}}'),
+    (3, '{"src": 3, "info": {"label": 1.0}}'),
+    (4, NULL),
+    (5, '[1, 2]'),
+    (6, '{"title": "Old", "meta": "flat", "src": {"deep": [1, {"a": null}]}, "info": {}}'),
+    (7, '{"title": 5, "meta": {"x": [1]}, "src": null, "info": {"label": 1}}'),
+    (8, '{"title": "Old", "src": "s8"}'),
+    (9, '{"title": "Old", "meta": {"x": 1}, "info": {}}'),
+    (10, '{"title": "Old", "src": "s10", "info": []}')"#;
+
+/// Sets from a literal and from a pointer, a nested set under a parent,
+/// and a remove.
+fn shapes_spec() -> String {
+    docs_spec(
+        r#"name = "pushdown-shapes""#,
+        r#"[[targets.rules]]
+op = "set"
+path = "/title"
+value = "New"
+
+[[targets.rules]]
+op = "remove"
+path = "/meta/x"
+
+[[targets.rules]]
+op = "set"
+path = "/copy"
+from = "/src"
+
+[[targets.rules]]
+op = "set"
+path = "/info/label"
+value = 1
+"#,
+    )
+}
+
+async fn docs(env: &TestEnv) {
+    env.exec("CREATE TABLE docs (id integer PRIMARY KEY, doc jsonb, note text)")
+        .await;
+    env.exec(SHAPES).await;
+}
+
+/// `backfill ARGS` with the database applying the rules where it can
+/// (`pushdown`) or every row read and rewritten.
+fn run(env: &TestEnv, pushdown: bool, args: &[&str]) -> Output {
+    let mut c = env.cmd(args);
+    if !pushdown {
+        c.env("BACKFILL_PUSHDOWN", "off");
+    }
+    let out = output_within(c, Duration::from_secs(300));
+    eprintln!(
+        "$ backfill {} (pushdown {pushdown})\n--- exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn counts(out: &Output) -> [i64; 6] {
+    let s = summary(out);
+    [
+        "processed",
+        "changed",
+        "unchanged",
+        "skipped",
+        "conflicts",
+        "errors",
+    ]
+    .map(|k| num(&s, k))
+}
+
+async fn rows(env: &TestEnv) -> Vec<(i64, String)> {
+    let pool = sqlx::PgPool::connect(&env.db_url).await.unwrap();
+    let rows: Vec<(i64, Option<String>)> =
+        sqlx::query_as("SELECT id::int8, doc::text FROM docs ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    rows.into_iter()
+        .map(|(id, d)| (id, d.unwrap_or_else(|| "NULL".into())))
+        .collect()
+}
+
+/// Rows of the run's target the database applied the rules to.
+async fn pushed_down(env: &TestEnv, run: &str) -> i64 {
+    env.scalar_i64(&format!(
+        "SELECT coalesce((tally->'pushed_down'->>'docs')::int8, 0) FROM backfill_run WHERE run_id = '{run}'"
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_shape_gets_the_outcome_of_the_read_rewrite_write_path_and_a_revert_restores_it() {
+    let (classic, pushed) = (TestEnv::new().await, TestEnv::new().await);
+    docs(&classic).await;
+    docs(&pushed).await;
+    let before = rows(&pushed).await;
+    let spec = SpecFile::new("pushdown-shapes", &shapes_spec());
+    let args = ["run", "--local", "--job", spec.path(), "--all"];
+
+    // The dry runs agree, and write nothing.
+    let (dry_c, dry_p) = (run(&classic, false, &args), run(&pushed, true, &args));
+    assert_eq!(dry_c.status.code(), dry_p.status.code());
+    assert_eq!(counts(&dry_c), counts(&dry_p));
+    assert_eq!(rows(&pushed).await, before, "a dry run writes nothing");
+    let dry_run = summary(&dry_p)["run"].clone();
+    assert_eq!(
+        pushed_down(&pushed, &dry_run).await,
+        6,
+        "rows 4, 5, 9 and 10 are handed back"
+    );
+    assert_eq!(pushed_down(&classic, &summary(&dry_c)["run"]).await, 0);
+
+    // The commits agree row for row.
+    let commit: Vec<&str> = args.iter().copied().chain(["--commit"]).collect();
+    let (com_c, com_p) = (run(&classic, false, &commit), run(&pushed, true, &commit));
+    assert_eq!(com_c.status.code(), com_p.status.code());
+    let c = counts(&com_p);
+    assert_eq!(c, counts(&com_c));
+    assert_eq!(c[0], 10, "{c:?}");
+    assert_eq!(
+        (c[1], c[4], c[5]),
+        (6, 0, 4),
+        "rows 4, 5, 9 and 10 are errors"
+    );
+    assert_eq!(rows(&pushed).await, rows(&classic).await);
+    let after = rows(&pushed).await;
+    assert_ne!(after, before);
+    let commit_run = summary(&com_p)["run"].clone();
+    assert_eq!(pushed_down(&pushed, &commit_run).await, 6);
+    // A dry run afterwards finds nothing to change.
+    let again = run(&pushed, true, &args);
+    assert_eq!(num(&summary(&again), "changed"), 0);
+
+    // The revert puts every row back as it was, to the byte.
+    let revert = run(&pushed, true, &["revert", &commit_run, "--commit"]);
+    assert_eq!(revert.status.code(), Some(0));
+    assert_eq!(rows(&pushed).await, before);
+}
+
+/// The certificate job at its real shape: every revision is pushed down and
+/// the result is the read-rewrite-write path's, revision for revision.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_certificate_job_pushed_down_writes_what_the_job_path_writes() {
+    let (classic, pushed) = (
+        TestEnv::with_certificates(6, 300).await,
+        TestEnv::with_certificates(6, 300).await,
+    );
+    let job = crate::common::job("program-certificate-titles");
+    let args = ["run", "--local", "--job", &job, "--all", "--commit"];
+    let (c, p) = (run(&classic, false, &args), run(&pushed, true, &args));
+    assert_eq!(c.status.code(), p.status.code());
+    assert_eq!(counts(&c), counts(&p));
+    assert!(counts(&p)[1] > 0);
+    let md5 = "SELECT md5(string_agg(id || ':' || content::text, ',' ORDER BY id)) FROM wagtailcore_revision";
+    assert_eq!(
+        classic.scalar_text(md5).await,
+        pushed.scalar_text(md5).await
+    );
+    let run_id = summary(&p)["run"].clone();
+    let pushed_rows = pushed
+        .scalar_i64(&format!(
+            "SELECT (tally->'pushed_down'->>'revisions')::int8 FROM backfill_run WHERE run_id = '{run_id}'"
+        ))
+        .await;
+    assert_eq!(pushed_rows, counts(&p)[0]);
+    // The report's current values and samples are the same.
+    let report = |env: &TestEnv, run: &str| {
+        let out = env.run(&["report", run]);
+        String::from_utf8_lossy(&out.stdout).replace(run, "RUN")
+    };
+    let (rc, rp) = (
+        report(&classic, &summary(&c)["run"]),
+        report(&pushed, &run_id),
+    );
+    // The pushed-down run says which path its rows took; the rest of the
+    // report is the same, line for line.
+    assert!(
+        rp.contains("Rules applied by the database:\n  revisions: "),
+        "{rp}"
+    );
+    assert!(!rc.contains("Rules applied by the database"), "{rc}");
+    let start = rp.find("\nRules applied by the database:").unwrap();
+    let end = start + 2 + rp[start + 1..].find("\n\n").unwrap();
+    let without = format!("{}{}", &rp[..start], &rp[end..]);
+    assert_eq!(
+        rc.lines().collect::<Vec<_>>(),
+        without.lines().collect::<Vec<_>>()
+    );
+}
+
+/// The collection migration (Oppia's shape): a NULL column made an object
+/// (`collection_dict` of the models), a parent the rule creates
+/// (`/collection_dict` of every snapshot), a value taken from another
+/// column. Every row is applied by the database, the tables end as the
+/// read-rewrite-write path leaves them, and a revert restores them.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_collection_migration_pushed_down_writes_what_the_job_path_writes_and_reverts() {
+    let (classic, pushed) = (
+        TestEnv::with_collections(40, 6).await,
+        TestEnv::with_collections(40, 6).await,
+    );
+    let before = tables(&pushed).await;
+    assert_eq!(tables(&classic).await, before, "the same data on both");
+    let job = crate::common::job("collection-dict-migrate");
+    let args = ["run", "--local", "--job", &job, "--all", "--commit"];
+    let (c, p) = (run(&classic, false, &args), run(&pushed, true, &args));
+    assert_eq!((c.status.code(), p.status.code()), (Some(0), Some(0)));
+    assert_eq!(counts(&c), counts(&p));
+    assert_eq!(tables(&pushed).await, tables(&classic).await);
+    let run_id = summary(&p)["run"].clone();
+    for (target, table) in [
+        ("models", "collection_models"),
+        ("snapshots", "collection_snapshot_contents"),
+    ] {
+        let n = pushed
+            .scalar_i64(&format!(
+                "SELECT coalesce((tally->'pushed_down'->>'{target}')::int8, 0) FROM backfill_run WHERE run_id = '{run_id}'"
+            ))
+            .await;
+        let all = pushed
+            .scalar_i64(&format!("SELECT count(*) FROM {table}"))
+            .await;
+        assert_eq!(n, all, "every row of {target} applied by the database");
+    }
+    let revert = run(&pushed, true, &["revert", &run_id, "--commit"]);
+    assert_eq!(revert.status.code(), Some(0));
+    assert_eq!(tables(&pushed).await, before, "restored to the byte");
+}
+
+/// Both tables of the collection data set, as checksums.
+async fn tables(env: &TestEnv) -> (String, String) {
+    (
+        env.table_md5("collection_models", "id").await,
+        env.table_md5("collection_snapshot_contents", "id").await,
+    )
+}
+
+/// An application transaction that edits another key of a row holds the
+/// row while the run reaches it, then commits.
+async fn race(env: &TestEnv, pushdown: bool) -> Output {
+    let pool = sqlx::PgPool::connect(&env.db_url).await.unwrap();
+    let mut app = pool.begin().await.unwrap();
+    sqlx::query("UPDATE docs SET doc = doc || '{\"edited_by_app\": true}' WHERE id = 1")
+        .execute(&mut *app)
+        .await
+        .unwrap();
+    let spec = SpecFile::new("pushdown-shapes", &shapes_spec());
+    let mut cmd = env.cmd(&["run", "--local", "--job", spec.path(), "--all", "--commit"]);
+    if !pushdown {
+        cmd.env("BACKFILL_PUSHDOWN", "off");
+    }
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Long enough for the run to read the row, or to wait on its lock.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    app.commit().await.unwrap();
+    pool.close().await;
+    tokio::task::spawn_blocking(move || {
+        crate::common::child_output_within(child, Duration::from_secs(300))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edit_racing_a_pushed_down_write_is_kept_with_the_rules_applied_on_top() {
+    let env = TestEnv::new().await;
+    docs(&env).await;
+    let out = race(&env, true).await;
+    let s = summary(&out);
+    assert_eq!(num(&s, "conflicts"), 0, "{s:?}");
+    let doc = env
+        .scalar_text("SELECT doc::text FROM docs WHERE id = 1")
+        .await;
+    assert!(
+        doc.contains("\"edited_by_app\": true") && doc.contains("\"title\": \"New\""),
+        "both the application's edit and the rule: {doc}"
+    );
+
+    // The read-rewrite-write path read the row before the edit: its
+    // compare-and-set finds it changed, reports a conflict and keeps the edit.
+    let env = TestEnv::new().await;
+    docs(&env).await;
+    let out = race(&env, false).await;
+    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(num(&summary(&out), "conflicts"), 1);
+    let doc = env
+        .scalar_text("SELECT doc::text FROM docs WHERE id = 1")
+        .await;
+    assert!(
+        doc.contains("\"edited_by_app\": true") && doc.contains("\"title\": \"Old\""),
+        "{doc}"
+    );
+}
