@@ -13,6 +13,9 @@
 //! - `commit`: `backfill coordinator --commit --wait` with a `backfill
 //!   reducer` and 1, 2, 4… `backfill mapper` processes over RabbitMQ;
 //! - `dry-run`: the same without `--commit`;
+//! - `read-rewrite`: `commit` and `dry-run` again with every row read and
+//!   rewritten by the mappers (`BACKFILL_PUSHDOWN=off`), the path of the
+//!   rules the database cannot apply itself (see `backfill_job::pushdown`);
 //! - `streamfield` (only when named in `--only`): a StreamField migration by
 //!   backfill (`jobs/wagtail-streamfield.toml`) against Wagtail's own
 //!   `MigrateStreamData` (`tools/wagtail-bench`), see [`streamfield`].
@@ -105,7 +108,7 @@ pub struct Options {
     /// Rows per shard [default: the job spec's shard_size].
     #[arg(long)]
     pub shard_size: Option<u32>,
-    /// Contenders to run, of: limit, per-row, commit, dry-run, messaging, breakdown,
+    /// Contenders to run, of: limit, per-row, commit, dry-run, read-rewrite, messaging, breakdown,
     /// memory, fold, monitor, streamfield [default: all but streamfield]. `commit` runs once per
     /// --mappers value; `streamfield` runs only when named.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
@@ -174,6 +177,11 @@ pub enum Contender {
     PerRow,
     Commit(u16),
     DryRun(u16),
+    /// The same as `Commit`, with every row read and rewritten by the
+    /// mappers (`BACKFILL_PUSHDOWN=off`).
+    CommitRw(u16),
+    /// The same as `DryRun`, with every row read by the mappers.
+    DryRunRw(u16),
 }
 
 impl Contender {
@@ -184,6 +192,14 @@ impl Contender {
             Contender::PerRow => "per-row".into(),
             Contender::Commit(n) => format!("backfill commit, {n} mapper{}", plural(n)),
             Contender::DryRun(n) => format!("backfill dry-run, {n} mapper{}", plural(n)),
+            Contender::CommitRw(n) => format!(
+                "backfill commit, read-rewrite-write, {n} mapper{}",
+                plural(n)
+            ),
+            Contender::DryRunRw(n) => format!(
+                "backfill dry-run, read-rewrite-write, {n} mapper{}",
+                plural(n)
+            ),
         }
     }
 
@@ -194,11 +210,34 @@ impl Contender {
             Contender::PerRow => "perrow".into(),
             Contender::Commit(n) => format!("commit{n}"),
             Contender::DryRun(n) => format!("dryrun{n}"),
+            Contender::CommitRw(n) => format!("commitrw{n}"),
+            Contender::DryRunRw(n) => format!("dryrunrw{n}"),
         }
     }
 
     pub fn is_backfill(self) -> bool {
-        matches!(self, Contender::Commit(_) | Contender::DryRun(_))
+        self.mappers().is_some()
+    }
+
+    /// A backfill run's mapper processes.
+    pub fn mappers(self) -> Option<u16> {
+        match self {
+            Contender::Commit(n)
+            | Contender::DryRun(n)
+            | Contender::CommitRw(n)
+            | Contender::DryRunRw(n) => Some(n),
+            Contender::Limit | Contender::PerRow => None,
+        }
+    }
+
+    /// A backfill dry run, on either path.
+    pub fn is_dry_run(self) -> bool {
+        matches!(self, Contender::DryRun(_) | Contender::DryRunRw(_))
+    }
+
+    /// Every row read and rewritten by the mappers.
+    pub fn read_rewrite(self) -> bool {
+        matches!(self, Contender::CommitRw(_) | Contender::DryRunRw(_))
     }
 }
 
@@ -215,6 +254,7 @@ const KNOWN: &[&str] = &[
     "per-row",
     "commit",
     "dry-run",
+    "read-rewrite",
     "messaging",
     "breakdown",
     "memory",
@@ -247,6 +287,16 @@ impl Options {
         }
         if self.wants("dry-run") {
             v.push(Contender::DryRun(self.dry_run_mappers));
+        }
+        // The read-rewrite-write path side by side with `commit` and
+        // `dry-run`, unless `--only` leaves it out.
+        if self.wants("read-rewrite") {
+            if self.wants("commit") {
+                v.extend(self.mappers.iter().map(|&n| Contender::CommitRw(n)));
+            }
+            if self.wants("dry-run") {
+                v.push(Contender::DryRunRw(self.dry_run_mappers));
+            }
         }
         v
     }
@@ -474,7 +524,12 @@ async fn run_contenders(
             Contender::Limit | Contender::PerRow => {
                 sqlside::run_contender(c, &url, spec, baseline.target_rows, timeout).await?
             }
-            Contender::Commit(n) | Contender::DryRun(n) => {
+            Contender::Commit(_)
+            | Contender::DryRun(_)
+            | Contender::CommitRw(_)
+            | Contender::DryRunRw(_) => {
+                let n = c.mappers().unwrap_or(1);
+                let read_rewrite: &[(&str, &str)] = &[("BACKFILL_PUSHDOWN", "off")];
                 let prefix = format!("bench-{tag}-{}", c.slug());
                 let run = procs::BackfillRun {
                     bin,
@@ -484,11 +539,11 @@ async fn run_contenders(
                     queue_prefix: &prefix,
                     mappers: n,
                     concurrency: opts.concurrency,
-                    commit: matches!(c, Contender::Commit(_)),
+                    commit: !c.is_dry_run(),
                     shard_size: opts.shard_size,
                     log_dir,
                     timeout,
-                    extra_env: &[],
+                    extra_env: if c.read_rewrite() { read_rewrite } else { &[] },
                     params: &[],
                 };
                 let r = run.run(server).await;

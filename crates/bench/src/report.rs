@@ -136,6 +136,30 @@ pub fn targets(outcomes: &[Outcome]) -> Vec<String> {
                 mark(lag <= 2.0)
             ));
         }
+        if let (Contender::Commit(n), Some(l)) = (o.contender, limit) {
+            // Rules applied by the database, against the one statement.
+            let need = if n >= 2 { 1.2 } else { 0.9 };
+            let x = rate(o) / l.max(1e-9);
+            out.push(format!(
+                "target: commit with the rules in the database ({n} mapper{}) ≥ {need} × limit: {x:.2} × — {}",
+                if n == 1 { "" } else { "s" },
+                mark(x >= need)
+            ));
+            if let Some(rw) = find(Contender::CommitRw(n)) {
+                out.push(format!(
+                    "commit ({n} mapper{}): rules in the database {:.2} × the read-rewrite-write path",
+                    if n == 1 { "" } else { "s" },
+                    rate(o) / rw.max(1e-9)
+                ));
+            }
+        }
+        if let (Contender::DryRun(_), Some(l)) = (o.contender, limit) {
+            let x = rate(o) / l.max(1e-9);
+            out.push(format!(
+                "target: dry-run ≥ 2 × limit: {x:.2} × — {}",
+                mark(x >= 2.0)
+            ));
+        }
         if let Contender::DryRun(n) = o.contender {
             if let Some(c) = find(Contender::Commit(n)) {
                 let x = rate(o) / c.max(1e-9);
@@ -191,7 +215,7 @@ pub fn verdict(outcomes: &[Outcome], b: &Baseline) -> Verdict {
     let mut problems = Vec::new();
     let writers: Vec<&Outcome> = outcomes
         .iter()
-        .filter(|o| !matches!(o.contender, Contender::DryRun(_)))
+        .filter(|o| !o.contender.is_dry_run())
         .collect();
     if let Some(first) = writers.first() {
         for o in &writers {
@@ -229,7 +253,7 @@ pub fn verdict(outcomes: &[Outcome], b: &Baseline) -> Verdict {
                 b.target_rows
             ));
         }
-        if matches!(o.contender, Contender::DryRun(_)) && o.checksum != b.checksum {
+        if o.contender.is_dry_run() && o.checksum != b.checksum {
             problems.push(format!(
                 "{} changed the database ({} → {})",
                 o.contender.label(),

@@ -123,6 +123,9 @@ mod tier2 {
             "backfill commit, 1 mapper",
             "backfill commit, 2 mappers",
             "backfill dry-run, 2 mappers",
+            "backfill commit, read-rewrite-write, 1 mapper",
+            "backfill commit, read-rewrite-write, 2 mappers",
+            "backfill dry-run, read-rewrite-write, 2 mappers",
         ] {
             assert!(
                 stdout.contains(&format!("| {contender} |")),
