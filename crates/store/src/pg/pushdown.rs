@@ -58,8 +58,10 @@ impl Statement {
     }
 }
 
-/// The SQL names the statement gives what it reads.
+/// The SQL names the statement gives what it reads, on the rows of `row`.
+#[derive(Clone)]
 struct Names {
+    row: &'static str,
     /// Column → its alias in the `x` CTE.
     columns: BTreeMap<String, String>,
     /// Group parameter → its alias.
@@ -68,7 +70,19 @@ struct Names {
 
 impl Names {
     fn col(&self, c: &str) -> String {
-        format!("x.{}", self.columns.get(c).map_or("NULL", String::as_str))
+        format!(
+            "{}.{}",
+            self.row,
+            self.columns.get(c).map_or("NULL", String::as_str)
+        )
+    }
+
+    /// The same names on the rows of `row`.
+    fn on(&self, row: &'static str) -> Names {
+        Names {
+            row,
+            ..self.clone()
+        }
     }
 }
 
@@ -76,7 +90,11 @@ impl Names {
 fn value_sql(v: &PushedValue, n: &Names, st: &mut Statement) -> String {
     match v {
         PushedValue::Literal(v) => st.push(Bind::Json(v.to_string()), "jsonb"),
-        PushedValue::Param(p) => format!("x.{}", n.params.get(p).map_or("NULL", String::as_str)),
+        PushedValue::Param(p) => format!(
+            "{}.{}",
+            n.row,
+            n.params.get(p).map_or("NULL", String::as_str)
+        ),
         PushedValue::Pointer { column, path } => {
             format!("({} #> {})", n.col(column), st.path(&path.tokens))
         }
@@ -102,6 +120,8 @@ fn entry(fields: &[(&str, String)]) -> String {
 /// whether it changes the row, the step that applies it to `e` (the
 /// column after the edits before it), its inverse patch and its changes.
 struct EditSql {
+    /// Values read once per row (`x0`, into `x1`): `expr AS alias`.
+    defs: Vec<String>,
     plain: Vec<String>,
     changes_it: String,
     step: Box<dyn Fn(&str) -> String>,
@@ -109,13 +129,21 @@ struct EditSql {
     changes: String,
 }
 
-fn edit_sql(e: &Edit, doc: &str, n: &Names, st: &mut Statement) -> EditSql {
+/// `id` names the edit's values read once per row: the value at its path
+/// as read (`o…`) and, for a `set`, the value it writes (`v…`). Each read
+/// of a document decompresses it, so each is read once.
+fn edit_sql(e: &Edit, column: &str, id: &str, n: &Names, st: &mut Statement) -> EditSql {
     let at = st.path(&e.path().tokens);
     let pointer = st.text(&e.path().text);
-    let old = format!("({doc} #> {at})");
+    let doc = &n.col(column);
+    let doc0 = n.on("x0").col(column);
+    let mut defs = vec![format!("({doc0} #> {at}) AS o{id}")];
+    let old = format!("x.o{id}");
     match e {
         Edit::Set { path, value } => {
-            let v = value_sql(value, n, st);
+            let v0 = value_sql(value, &n.on("x0"), st);
+            defs.push(format!("{v0} AS v{id}"));
+            let v = format!("x.v{id}");
             let mut plain = vec![format!("{v} IS NOT NULL")];
             // Per parent, outermost first: its path, its pointer, and the
             // value written there when it is the first missing one.
@@ -197,6 +225,7 @@ fn edit_sql(e: &Edit, doc: &str, n: &Names, st: &mut Statement) -> EditSql {
                 ])
             );
             EditSql {
+                defs,
                 plain,
                 changes_it,
                 step,
@@ -209,6 +238,7 @@ fn edit_sql(e: &Edit, doc: &str, n: &Names, st: &mut Statement) -> EditSql {
             let changes_it = format!("({old} IS NOT NULL)");
             let (ch, at2) = (changes_it.clone(), at.clone());
             EditSql {
+                defs,
                 plain: vec![format!(
                     "({old} IS NULL OR jsonb_typeof({doc} #> {parent}) = 'object')"
                 )],
@@ -252,12 +282,15 @@ struct ColumnSql {
 /// edits apply to as the job means them, per written column what changes
 /// and how, and the report's current value.
 struct Parts {
+    /// Values read once per row: `expr AS alias`, over `x0`.
+    defs: Vec<String>,
     plain: String,
     columns: Vec<ColumnSql>,
     current: String,
 }
 
 fn parts(plan: &Pushdown, n: &Names, st: &mut Statement) -> Parts {
+    let mut defs = Vec::new();
     let mut plain = Vec::new();
     let mut columns = Vec::new();
     for (ci, c) in plan.columns.iter().enumerate() {
@@ -275,7 +308,8 @@ fn parts(plan: &Pushdown, n: &Names, st: &mut Statement) -> Parts {
         let mut changes = Vec::new();
         let mut prev = doc.clone();
         for (k, e) in c.edits.iter().enumerate() {
-            let sql = edit_sql(e, &doc, n, st);
+            let sql = edit_sql(e, &c.column, &format!("{ci}_{k}"), n, st);
+            defs.extend(sql.defs);
             plain.extend(sql.plain);
             let alias = format!("s{ci}_{k}");
             // Only a row in the shape the edits apply to is edited: on any
@@ -302,12 +336,23 @@ fn parts(plan: &Pushdown, n: &Names, st: &mut Statement) -> Parts {
         });
     }
     let current = match &plan.current {
-        Some((c, p)) if n.columns.contains_key(c) => {
-            format!("({} #> {})::text", n.col(c), st.path(&p.tokens))
-        }
+        // The value an edit reads already, when it is at the same place.
+        Some((c, p)) if n.columns.contains_key(c) => plan
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, pc)| &pc.column == c)
+            .find_map(|(ci, pc)| {
+                pc.edits
+                    .iter()
+                    .position(|e| e.path() == p)
+                    .map(|k| format!("x.o{ci}_{k}::text"))
+            })
+            .unwrap_or_else(|| format!("({} #> {})::text", n.col(c), st.path(&p.tokens))),
         _ => "NULL::text".into(),
     };
     Parts {
+        defs,
         plain: plain.join(" AND "),
         columns,
         current,
@@ -317,16 +362,23 @@ fn parts(plan: &Pushdown, n: &Names, st: &mut Statement) -> Parts {
 /// The statement for a batch: its SQL and the values of its placeholders
 /// from `$5` on.
 ///
-/// `x` holds each item with its row's columns and its group's parameters
-/// and whether the row is in the shape the edits apply to; `n` the new
-/// value of each written column of the rows that change, built edit by
-/// edit (`LATERAL`, each step naming the one before); a commit's `w`
-/// writes them and `b` records their before-images.
+/// `x0` holds each item with its row's columns and its group's
+/// parameters, `x1` the values the edits read (each once), `x2` whether
+/// the row is in the shape the edits apply to, and `x` works out
+/// everything else once per row: per written column
+/// whether it changes, its new value (built edit by edit, each `LATERAL`
+/// step naming the one before), its inverse patch, its changed paths and
+/// sizes. A commit's `w` writes the rows that change and returns what `b`
+/// records as their before-images. Every later step reads `x` alone, so
+/// no document is read twice and no step joins back to it: the rows are
+/// locked, so every row that changes is written, and the statement
+/// returns how many were (`w`'s count) for the caller to check.
 fn statement(target: &TargetSpec, plan: &Pushdown, commit: bool) -> (String, Vec<Bind>) {
     let mut st = Statement { binds: Vec::new() };
     let read: Vec<&str> = plan.read_columns().into_iter().collect();
     let params = plan.params();
     let names = Names {
+        row: "x",
         columns: read
             .iter()
             .enumerate()
@@ -369,11 +421,25 @@ fn statement(target: &TargetSpec, plan: &Pushdown, commit: bool) -> (String, Vec
         .map(|c| c.changed.as_str())
         .collect::<Vec<_>>()
         .join(" OR ");
-    let news: String = p
+    // Per written column: ch (changes), n (new value), u (inverse patch),
+    // d (changed paths), bs and as (sizes before and after).
+    let per_col: String = p
         .columns
         .iter()
         .enumerate()
-        .map(|(i, c)| format!(", {} AS n{i}", c.alias))
+        .map(|(i, c)| {
+            let doc = names.col(&c.column);
+            let ch = format!("(x.plain AND {})", c.changed);
+            format!(
+                ", {ch} AS ch{i}, {new} AS n{i},
+                   CASE WHEN {ch} THEN {undo} END AS u{i},
+                   CASE WHEN {ch} THEN ({changes})::text END AS d{i},
+                   pg_column_size({doc}) AS bs{i}, CASE WHEN {ch} THEN pg_column_size({new}) END AS as{i}",
+                new = c.alias,
+                undo = c.undo,
+                changes = c.changes,
+            )
+        })
         .collect();
     let steps: String = p
         .columns
@@ -388,79 +454,64 @@ fn statement(target: &TargetSpec, plan: &Pushdown, commit: bool) -> (String, Vec
          ), x0 AS (
             SELECT i.item_no, i.key, i.group_key, i.refs, t.{key} AS tk{cols}{param_cols}
             FROM i LEFT JOIN {table} t ON {join} {param_join}
+         ), x1 AS (
+            SELECT x0.*{defs} FROM x0
+         ), x2 AS (
+            SELECT x.*, (x.tk IS NOT NULL AND {plain}) AS plain FROM x1 AS x
          ), x AS (
-            SELECT x.*, (x.tk IS NOT NULL AND {plain}) AS plain FROM x0 AS x
-         ), n AS (
-            SELECT x.tk{news} FROM x{steps}
-            WHERE x.plain AND ({any_change})
+            SELECT x.*, (x.plain AND ({any_change})) AS chg, {current} AS cur{per_col}
+            FROM x2 AS x{steps}
          )",
+        defs = p.defs.iter().map(|d| format!(", {d}")).collect::<String>(),
         join = key_join(target),
         plain = p.plain,
+        current = p.current,
     );
-    if commit {
+    let written = if commit {
         let sets: Vec<String> = p
             .columns
             .iter()
             .enumerate()
-            .map(|(i, c)| format!("{} = n.n{i}", quote_ident(&c.column)))
+            .map(|(i, c)| {
+                let q = quote_ident(&c.column);
+                format!("{q} = CASE WHEN x.ch{i} THEN x.n{i} ELSE t.{q} END")
+            })
             .collect();
-        let sizes: String = p
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!(", pg_column_size(t.{}) AS s{i}", quote_ident(&c.column)))
+        let returned: String = (0..p.columns.len())
+            .map(|i| format!(", x.ch{i}, x.u{i}"))
             .collect();
         let images: Vec<String> = p
             .columns
             .iter()
-            .map(|c| format!("({}, {}, {})", st.text(&c.column), c.changed, c.undo))
+            .enumerate()
+            .map(|(i, c)| format!("({}, w.ch{i}, w.u{i})", st.text(&c.column)))
             .collect();
         let target_name = st.text(&target.name);
         sql.push_str(&format!(
             ", w AS (
-                UPDATE {table} t SET {sets} FROM n
-                WHERE t.{key} = n.tk
-                RETURNING t.{key} AS tk, t.xmin::text AS ver{sizes}
+                UPDATE {table} t SET {sets} FROM x
+                WHERE t.{key} = x.tk AND x.chg
+                RETURNING x.key, t.xmin::text AS ver{returned}
              ), b AS (
                 INSERT INTO backfill_before_image (run_id, shard_no, target, key, column_name, patch, after_version)
-                SELECT $1, $2, {target_name}, x.key, u.col, u.patch, CASE WHEN u.patch IS NULL THEN NULL ELSE w.ver END
-                FROM w JOIN x ON x.tk = w.tk
-                CROSS JOIN LATERAL (VALUES {images}) AS u(col, changed, patch)
+                SELECT $1, $2, {target_name}, w.key, u.col, u.patch, CASE WHEN u.patch IS NULL THEN NULL ELSE w.ver END
+                FROM w CROSS JOIN LATERAL (VALUES {images}) AS u(col, changed, patch)
                 WHERE u.changed
              )",
             sets = sets.join(", "),
             images = images.join(", "),
         ));
-    }
-    let per_col: String = p
-        .columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let after = if commit {
-                format!("w.s{i}")
-            } else {
-                format!("pg_column_size(n.n{i})")
-            };
-            format!(
-                ", CASE WHEN x.plain AND {changed} THEN ({changes})::text END, pg_column_size({}), {after}",
-                names.col(&c.column),
-                changed = c.changed,
-                changes = c.changes,
-            )
-        })
+        "(SELECT count(*) FROM w)"
+    } else {
+        "0::int8"
+    };
+    let out_cols: String = (0..p.columns.len())
+        .map(|i| format!(", x.d{i}, x.bs{i}, x.as{i}"))
         .collect();
     sql.push_str(&format!(
         " SELECT x.item_no, x.key, x.group_key, x.refs, x.tk IS NOT NULL, x.plain,
-                 n.tk IS NOT NULL, {written}, {current}{per_col}
-          FROM x LEFT JOIN n ON n.tk = x.tk {join_w} ORDER BY x.item_no",
-        written = if commit { "w.tk IS NOT NULL" } else { "false" },
-        current = p.current,
-        join_w = if commit {
-            "LEFT JOIN w ON w.tk = x.tk"
-        } else {
-            ""
-        },
+                 x.chg, {written}, x.cur{out_cols}
+          FROM x ORDER BY x.item_no"
     ));
     (sql, st.binds)
 }
@@ -547,7 +598,9 @@ pub(super) async fn push_batch(
         )))?;
     let mut out = Vec::with_capacity(rows.len());
     let mut handed = Vec::new();
+    let (mut changing, mut wrote) = (0i64, 0i64);
     for r in rows {
+        wrote = r.get::<Option<i64>, _>(7).unwrap_or(0);
         let found: bool = r.get(4);
         let plain: bool = r.get::<Option<bool>, _>(5).unwrap_or(false);
         let changed: bool = r.get::<Option<bool>, _>(6).unwrap_or(false);
@@ -573,8 +626,9 @@ pub(super) async fn push_batch(
                     after_bytes: size(at + 2),
                 });
             }
+            changing += 1;
             PushedState::Changed {
-                written: r.get(7),
+                written: commit,
                 columns,
             }
         };
@@ -585,6 +639,15 @@ pub(super) async fn push_batch(
             state,
             current: r.get(8),
         });
+    }
+    // The rows were locked before the statement read them: each row that
+    // changes is written. Anything else is a fault of this statement, and
+    // the shard is rolled back and tried again rather than miscounted.
+    if commit && wrote != changing {
+        return Err(StoreError::Data(format!(
+            "shard {} of {}: the rules applied by the database wrote {wrote} of the {changing} rows that change",
+            w.shard_no, target.table
+        )));
     }
     Ok((out, handed))
 }
@@ -618,11 +681,14 @@ param = "title"
         let t = &spec.targets[0];
         let p = plan(t, Some(("doc", "/a/b")), |_| true).unwrap();
         let (commit, binds) = statement(t, &p, true);
-        assert!(commit.contains("UPDATE \"docs\" t SET \"doc\" = n.n0"));
+        assert!(commit.contains("UPDATE \"docs\" t SET \"doc\" = CASE WHEN x.ch0 THEN x.n0"));
         assert!(commit.contains("jsonb_set(x.c0, $"), "{commit}");
         assert!(commit.contains("INSERT INTO backfill_before_image"));
         assert!(commit.contains("unnest($4::text[], $5::jsonb[])"));
         assert!(matches!(binds[0], Bind::JsonArray(_)));
+        if std::env::var_os("BACKFILL_PRINT_PUSHDOWN_SQL").is_some() {
+            eprintln!("{commit}");
+        }
         let (dry, _) = statement(t, &p, false);
         assert!(!dry.contains("UPDATE") && !dry.contains("INSERT"));
         // Every placeholder is bound.
