@@ -117,14 +117,17 @@ fn entry(fields: &[(&str, String)]) -> String {
 
 /// One edit as SQL, told from the row as read (`doc`, the column's alias):
 /// whether the row is in the shape it applies to as the job means it,
-/// whether it changes the row, the step that applies it to `e` (the
-/// column after the edits before it), its inverse patch and its changes.
+/// whether it changes the row, where it writes and what (`at`, `value`:
+/// the path `{}` where it changes nothing, for which `jsonb_set` and `#-`
+/// return the document as it is), its inverse patch and its changes.
 struct EditSql {
-    /// Values read once per row (`x0`, into `x1`): `expr AS alias`.
+    /// Values read once per row (over `x0`, into `x1`): `expr AS alias`.
     defs: Vec<String>,
     plain: Vec<String>,
     changes_it: String,
-    step: Box<dyn Fn(&str) -> String>,
+    /// `(path, value)` of a `set`; `(path, NULL)` of a `remove`.
+    at: String,
+    value: Option<String>,
     undo: String,
     changes: String,
 }
@@ -139,56 +142,36 @@ fn edit_sql(e: &Edit, column: &str, id: &str, n: &Names, st: &mut Statement) -> 
     let doc0 = n.on("x0").col(column);
     let mut defs = vec![format!("({doc0} #> {at}) AS o{id}")];
     let old = format!("x.o{id}");
+    let none = "'{}'::text[]";
     match e {
         Edit::Set { path, value } => {
             let v0 = value_sql(value, &n.on("x0"), st);
             defs.push(format!("{v0} AS v{id}"));
             let v = format!("x.v{id}");
             let mut plain = vec![format!("{v} IS NOT NULL")];
-            // Per parent, outermost first: its path, its pointer, and the
-            // value written there when it is the first missing one.
-            let mut levels = Vec::new();
+            let changes_it = format!("({old} IS DISTINCT FROM {v})");
+            // Per parent, outermost first: the test that it is the first
+            // one that is not an object (the job creates it, and all below
+            // it, as objects), its path and pointer, and what is written
+            // there then.
+            let mut at_arms = Vec::new();
+            let mut value_arms = Vec::new();
+            let mut undo_arms = Vec::new();
+            let mut change_arms = Vec::new();
             for depth in 1..path.tokens.len() {
                 let p = path.prefix(depth);
                 let at_p = st.path(&p.tokens);
+                let was = format!("({doc} #> {at_p})");
                 plain.push(format!(
-                    "coalesce(jsonb_typeof({doc} #> {at_p}), 'null') IN ('object', 'null')"
+                    "coalesce(jsonb_typeof({was}), 'null') IN ('object', 'null')"
                 ));
+                let first = format!("coalesce(jsonb_typeof({was}), 'null') <> 'object'");
                 let pointer_p = st.text(&p.text);
                 let nest = nested(&path.tokens[depth..], &v, st);
-                levels.push((at_p, pointer_p, nest));
-            }
-            let whole = nested(&path.tokens, &v, st);
-            let changes_it = format!("({old} IS DISTINCT FROM {v})");
-            let not_object = |e: &str, at_p: &str| {
-                format!("coalesce(jsonb_typeof({e} #> {at_p}), 'null') <> 'object'")
-            };
-            let (ch, lv, at2, v2) = (changes_it.clone(), levels.clone(), at.clone(), v.clone());
-            let step = Box::new(move |e: &str| {
-                let mut arms = vec![
-                    format!("WHEN NOT {ch} THEN {e}"),
-                    format!("WHEN {e} IS NULL THEN {whole}"),
-                ];
-                for (at_p, _, nest) in &lv {
-                    arms.push(format!(
-                        "WHEN {} THEN jsonb_set({e}, {at_p}, {nest}, true)",
-                        not_object(e, at_p)
-                    ));
-                }
-                format!(
-                    "CASE {} ELSE jsonb_set({e}, {at2}, {v2}, true) END",
-                    arms.join(" ")
-                )
-            });
-            // What was there before, at the first parent that was not an
-            // object (the job creates it whole), or at the path.
-            let mut undo_arms = Vec::new();
-            let mut change_arms = Vec::new();
-            for (at_p, pointer_p, nest) in &levels {
-                let was = format!("({doc} #> {at_p})");
-                let cond = not_object(doc, at_p);
+                at_arms.push(format!("WHEN {first} THEN {at_p}"));
+                value_arms.push(format!("WHEN {first} THEN {nest}"));
                 undo_arms.push(format!(
-                    "WHEN {cond} THEN CASE WHEN {was} IS NULL THEN {} ELSE {} END",
+                    "WHEN {first} THEN CASE WHEN {was} IS NULL THEN {} ELSE {} END",
                     entry(&[("op", "'remove'".into()), ("path", pointer_p.clone())]),
                     entry(&[
                         ("op", "'replace'".into()),
@@ -197,54 +180,55 @@ fn edit_sql(e: &Edit, column: &str, id: &str, n: &Names, st: &mut Statement) -> 
                     ])
                 ));
                 change_arms.push(format!(
-                    "WHEN {cond} THEN {}",
+                    "WHEN {first} THEN {}",
                     entry(&[
-                        ("path", pointer_p.clone()),
+                        ("path", pointer_p),
                         ("before", was.clone()),
-                        ("after", nest.clone())
+                        ("after", nest)
                     ])
                 ));
             }
-            let undo = format!(
-                "CASE WHEN NOT {changes_it} THEN '[]'::jsonb {} WHEN {old} IS NULL THEN {} ELSE {} END",
-                undo_arms.join(" "),
-                entry(&[("op", "'remove'".into()), ("path", pointer.clone())]),
-                entry(&[
-                    ("op", "'replace'".into()),
-                    ("path", pointer.clone()),
-                    ("value", old.clone())
-                ])
-            );
-            let changes = format!(
-                "CASE WHEN NOT {changes_it} THEN '[]'::jsonb {} ELSE {} END",
-                change_arms.join(" "),
-                entry(&[
-                    ("path", pointer.clone()),
-                    ("before", old.clone()),
-                    ("after", v.clone())
-                ])
-            );
             EditSql {
                 defs,
                 plain,
+                at: format!(
+                    "CASE WHEN NOT {changes_it} THEN {none} {} ELSE {at} END",
+                    at_arms.join(" ")
+                ),
+                value: Some(format!(
+                    // `jsonb_set` is strict: a NULL value would make the
+                    // document NULL, even at the path `{{}}`.
+                    "CASE WHEN NOT {changes_it} THEN 'null'::jsonb {} ELSE {v} END",
+                    value_arms.join(" ")
+                )),
+                undo: format!(
+                    "CASE WHEN NOT {changes_it} THEN '[]'::jsonb {} WHEN {old} IS NULL THEN {} ELSE {} END",
+                    undo_arms.join(" "),
+                    entry(&[("op", "'remove'".into()), ("path", pointer.clone())]),
+                    entry(&[
+                        ("op", "'replace'".into()),
+                        ("path", pointer.clone()),
+                        ("value", old.clone())
+                    ])
+                ),
+                changes: format!(
+                    "CASE WHEN NOT {changes_it} THEN '[]'::jsonb {} ELSE {} END",
+                    change_arms.join(" "),
+                    entry(&[("path", pointer), ("before", old), ("after", v)])
+                ),
                 changes_it,
-                step,
-                undo,
-                changes,
             }
         }
         Edit::Remove { path } => {
             let parent = st.path(&path.parent());
             let changes_it = format!("({old} IS NOT NULL)");
-            let (ch, at2) = (changes_it.clone(), at.clone());
             EditSql {
                 defs,
                 plain: vec![format!(
                     "({old} IS NULL OR jsonb_typeof({doc} #> {parent}) = 'object')"
                 )],
-                step: Box::new(move |e: &str| {
-                    format!("CASE WHEN {ch} THEN ({e} #- {at2}) ELSE {e} END")
-                }),
+                at: format!("CASE WHEN {changes_it} THEN {at} ELSE {none} END"),
+                value: None,
                 undo: format!(
                     "CASE WHEN {changes_it} THEN {} ELSE '[]'::jsonb END",
                     entry(&[
@@ -255,7 +239,7 @@ fn edit_sql(e: &Edit, column: &str, id: &str, n: &Names, st: &mut Statement) -> 
                 ),
                 changes: format!(
                     "CASE WHEN {changes_it} THEN {} ELSE '[]'::jsonb END",
-                    entry(&[("path", pointer.clone()), ("before", old.clone())])
+                    entry(&[("path", pointer), ("before", old)])
                 ),
                 changes_it,
             }
@@ -266,23 +250,26 @@ fn edit_sql(e: &Edit, column: &str, id: &str, n: &Names, st: &mut Statement) -> 
 /// A written column as SQL.
 struct ColumnSql {
     column: String,
-    /// The column's alias in `x`.
-    alias: String,
     /// Whether any edit changes the row's column.
     changed: String,
-    /// The `LATERAL` steps that build the new value, last one `e`.
-    steps: Vec<String>,
+    /// Per edit: where it writes and what (`x` columns `a…`, `w…`).
+    edits: Vec<(String, Option<String>)>,
+    /// The column's edits write a value (a NULL column becomes `{}`).
+    sets: bool,
     /// The inverse patch (`NULL` for a NULL column: its before-image is
     /// the whole value) and the changed paths.
     undo: String,
     changes: String,
+    /// The edits' values' sizes less the sizes of what they replace: the
+    /// column's size after, told without building it (a dry run's).
+    growth: String,
 }
 
-/// The SQL of what is in the statement: whether a row is in the shape the
-/// edits apply to as the job means them, per written column what changes
-/// and how, and the report's current value.
+/// The SQL of what is in the statement: the values read once per row,
+/// whether a row is in the shape the edits apply to as the job means them,
+/// per written column what changes and how, and the report's current
+/// value.
 struct Parts {
-    /// Values read once per row: `expr AS alias`, over `x0`.
     defs: Vec<String>,
     plain: String,
     columns: Vec<ColumnSql>,
@@ -295,7 +282,23 @@ fn parts(plan: &Pushdown, n: &Names, st: &mut Statement) -> Parts {
     let mut columns = Vec::new();
     for (ci, c) in plan.columns.iter().enumerate() {
         let doc = n.col(&c.column);
-        plain.push(format!("({doc} IS NULL OR jsonb_typeof({doc}) = 'object')"));
+        // A value found under a key that is not a number is inside an
+        // object: the document's type need not be read (which would
+        // decompress it again).
+        let found_in_object = c
+            .edits
+            .first()
+            .filter(|e| {
+                e.path()
+                    .tokens
+                    .first()
+                    .is_some_and(|t| t.parse::<i64>().is_err())
+            })
+            .map(|_| format!("x.o{ci}_0 IS NOT NULL OR "))
+            .unwrap_or_default();
+        plain.push(format!(
+            "({found_in_object}{doc} IS NULL OR jsonb_typeof({doc}) = 'object')"
+        ));
         for p in &c.shared {
             plain.push(format!(
                 "({doc} IS NULL OR jsonb_typeof({doc} #> {}) = 'object')",
@@ -303,36 +306,36 @@ fn parts(plan: &Pushdown, n: &Names, st: &mut Statement) -> Parts {
             ));
         }
         let mut changed = Vec::new();
-        let mut steps = Vec::new();
+        let mut edits = Vec::new();
         let mut undo = Vec::new();
         let mut changes = Vec::new();
-        let mut prev = doc.clone();
+        let mut growth = Vec::new();
         for (k, e) in c.edits.iter().enumerate() {
-            let sql = edit_sql(e, &c.column, &format!("{ci}_{k}"), n, st);
+            let id = format!("{ci}_{k}");
+            let sql = edit_sql(e, &c.column, &id, n, st);
             defs.extend(sql.defs);
             plain.extend(sql.plain);
-            let alias = format!("s{ci}_{k}");
-            // Only a row in the shape the edits apply to is edited: on any
-            // other, `jsonb_set` or `#-` could raise an error.
-            steps.push(format!(
-                "CROSS JOIN LATERAL (SELECT CASE WHEN x.plain THEN {} END AS e) {alias}",
-                (sql.step)(&prev)
+            growth.push(format!(
+                "CASE WHEN {ch} THEN coalesce(pg_column_size({v}), 0) - coalesce(pg_column_size(x.o{id}), 0) ELSE 0 END",
+                ch = sql.changes_it,
+                v = sql.value.as_deref().unwrap_or("NULL::jsonb"),
             ));
-            prev = format!("{alias}.e");
+            edits.push((sql.at, sql.value));
             changed.push(sql.changes_it);
             undo.push(sql.undo);
             changes.push(sql.changes);
         }
         columns.push(ColumnSql {
             column: c.column.clone(),
-            alias: prev,
             changed: format!("({})", changed.join(" OR ")),
-            steps,
+            sets: c.edits.iter().any(|e| matches!(e, Edit::Set { .. })),
+            edits,
             undo: format!(
                 "CASE WHEN {doc} IS NULL THEN NULL ELSE ({})::text END",
                 undo.join(" || ")
             ),
             changes: changes.join(" || "),
+            growth: growth.join(" + "),
         });
     }
     let current = match &plan.current {
@@ -363,16 +366,17 @@ fn parts(plan: &Pushdown, n: &Names, st: &mut Statement) -> Parts {
 /// from `$5` on.
 ///
 /// `x0` holds each item with its row's columns and its group's
-/// parameters, `x1` the values the edits read (each once), `x2` whether
-/// the row is in the shape the edits apply to, and `x` works out
-/// everything else once per row: per written column
-/// whether it changes, its new value (built edit by edit, each `LATERAL`
-/// step naming the one before), its inverse patch, its changed paths and
-/// sizes. A commit's `w` writes the rows that change and returns what `b`
-/// records as their before-images. Every later step reads `x` alone, so
-/// no document is read twice and no step joins back to it: the rows are
-/// locked, so every row that changes is written, and the statement
-/// returns how many were (`w`'s count) for the caller to check.
+/// parameters; `x1` (materialized: each document is decompressed as few
+/// times as can be) the values the edits read; `x2` whether the row is in
+/// the shape the edits apply to; `x` per written column whether it
+/// changes, per edit where it writes and what, the inverse patch, the
+/// changed paths and the size before. A commit's `w` writes the rows that
+/// change, building each new value from the row in the table, edit by edit
+/// (`jsonb_set` and `#-` at the paths `x` worked out), and returns what
+/// `b` records as their before-images. The rows are locked, so every row
+/// that changes is written: the statement returns how many were, and the
+/// sizes written, for the caller to check and count. Later steps read `x`
+/// alone; none joins back to it.
 fn statement(target: &TargetSpec, plan: &Pushdown, commit: bool) -> (String, Vec<Bind>) {
     let mut st = Statement { binds: Vec::new() };
     let read: Vec<&str> = plan.read_columns().into_iter().collect();
@@ -421,8 +425,9 @@ fn statement(target: &TargetSpec, plan: &Pushdown, commit: bool) -> (String, Vec
         .map(|c| c.changed.as_str())
         .collect::<Vec<_>>()
         .join(" OR ");
-    // Per written column: ch (changes), n (new value), u (inverse patch),
-    // d (changed paths), bs and as (sizes before and after).
+    // Per written column: ch (changes), u (inverse patch), d (changed
+    // paths), bs and g (size before, and what the edits add to it); per
+    // edit, a (where it writes) and w (what).
     let per_col: String = p
         .columns
         .iter()
@@ -430,23 +435,28 @@ fn statement(target: &TargetSpec, plan: &Pushdown, commit: bool) -> (String, Vec
         .map(|(i, c)| {
             let doc = names.col(&c.column);
             let ch = format!("(x.plain AND {})", c.changed);
+            let edits: String = c
+                .edits
+                .iter()
+                .enumerate()
+                .map(|(k, (at, value))| {
+                    let value = value.as_deref().unwrap_or("NULL::jsonb");
+                    format!(", {at} AS a{i}_{k}, {value} AS w{i}_{k}")
+                })
+                .collect();
             format!(
-                ", {ch} AS ch{i}, {new} AS n{i},
+                ", {ch} AS ch{i}{edits},
                    CASE WHEN {ch} THEN {undo} END AS u{i},
                    CASE WHEN {ch} THEN ({changes})::text END AS d{i},
-                   pg_column_size({doc}) AS bs{i}, CASE WHEN {ch} THEN pg_column_size({new}) END AS as{i}",
-                new = c.alias,
+                   pg_column_size({doc}) AS bs{i},
+                   CASE WHEN {ch} THEN pg_column_size({doc}) + {growth} END AS g{i}",
                 undo = c.undo,
                 changes = c.changes,
+                growth = c.growth,
             )
         })
         .collect();
-    let steps: String = p
-        .columns
-        .iter()
-        .flat_map(|c| c.steps.iter())
-        .map(|s| format!(" {s}"))
-        .collect();
+    let defs: String = p.defs.iter().map(|d| format!(", {d}")).collect();
     let mut sql = format!(
         "WITH i AS (
             SELECT item_no, key, key_int, group_key, refs FROM backfill_item
@@ -454,31 +464,50 @@ fn statement(target: &TargetSpec, plan: &Pushdown, commit: bool) -> (String, Vec
          ), x0 AS (
             SELECT i.item_no, i.key, i.group_key, i.refs, t.{key} AS tk{cols}{param_cols}
             FROM i LEFT JOIN {table} t ON {join} {param_join}
-         ), x1 AS (
+         ), x1 AS MATERIALIZED (
             SELECT x0.*{defs} FROM x0
          ), x2 AS (
             SELECT x.*, (x.tk IS NOT NULL AND {plain}) AS plain FROM x1 AS x
          ), x AS (
             SELECT x.*, (x.plain AND ({any_change})) AS chg, {current} AS cur{per_col}
-            FROM x2 AS x{steps}
+            FROM x2 AS x
          )",
-        defs = p.defs.iter().map(|d| format!(", {d}")).collect::<String>(),
         join = key_join(target),
         plain = p.plain,
         current = p.current,
     );
-    let written = if commit {
+    let sizes = if commit {
         let sets: Vec<String> = p
             .columns
             .iter()
             .enumerate()
             .map(|(i, c)| {
                 let q = quote_ident(&c.column);
-                format!("{q} = CASE WHEN x.ch{i} THEN x.n{i} ELSE t.{q} END")
+                let base = if c.sets {
+                    format!("coalesce(t.{q}, '{{}}'::jsonb)")
+                } else {
+                    format!("t.{q}")
+                };
+                let new = c.edits.iter().enumerate().fold(base, |e, (k, (_, value))| {
+                    if value.is_some() {
+                        format!("jsonb_set({e}, x.a{i}_{k}, x.w{i}_{k}, true)")
+                    } else {
+                        format!("({e} #- x.a{i}_{k})")
+                    }
+                });
+                format!("{q} = CASE WHEN x.ch{i} THEN {new} ELSE t.{q} END")
             })
             .collect();
-        let returned: String = (0..p.columns.len())
-            .map(|i| format!(", x.ch{i}, x.u{i}"))
+        let returned: String = p
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                format!(
+                    ", x.ch{i}, x.u{i}, CASE WHEN x.ch{i} THEN pg_column_size(t.{}) END AS s{i}",
+                    quote_ident(&c.column)
+                )
+            })
             .collect();
         let images: Vec<String> = p
             .columns
@@ -501,16 +530,22 @@ fn statement(target: &TargetSpec, plan: &Pushdown, commit: bool) -> (String, Vec
             sets = sets.join(", "),
             images = images.join(", "),
         ));
-        "(SELECT count(*) FROM w)"
+        let sums: Vec<String> = (0..p.columns.len())
+            .map(|i| format!("coalesce(sum(s{i}), 0)"))
+            .collect();
+        format!(
+            "(SELECT count(*) FROM w), (SELECT {} FROM w)",
+            sums.join(" + ")
+        )
     } else {
-        "0::int8"
+        "0::int8, NULL::int8".into()
     };
     let out_cols: String = (0..p.columns.len())
-        .map(|i| format!(", x.d{i}, x.bs{i}, x.as{i}"))
+        .map(|i| format!(", x.d{i}, x.bs{i}, x.g{i}"))
         .collect();
     sql.push_str(&format!(
         " SELECT x.item_no, x.key, x.group_key, x.refs, x.tk IS NOT NULL, x.plain,
-                 x.chg, {written}, x.cur{out_cols}
+                 x.chg, {sizes}, x.cur{out_cols}
           FROM x ORDER BY x.item_no"
     ));
     (sql, st.binds)
@@ -533,9 +568,15 @@ fn bind_all<'q>(
     q
 }
 
-/// The item numbers of the rows handed back, and the batch's rows as the
-/// statement returned them.
-pub(super) type Pushed = (Vec<PushedRow>, Vec<i32>);
+/// What a batch's statement returned.
+pub(super) struct Pushed {
+    /// The batch's rows.
+    pub rows: Vec<PushedRow>,
+    /// The item numbers of the rows handed back.
+    pub handed: Vec<i32>,
+    /// A commit's bytes written, as the database stores them.
+    pub written_bytes: Option<u64>,
+}
 
 /// Applies the edits of `plan` to the items `nos` of a shard in its
 /// transaction (a dry run only works them out): locks the rows first on a
@@ -598,9 +639,10 @@ pub(super) async fn push_batch(
         )))?;
     let mut out = Vec::with_capacity(rows.len());
     let mut handed = Vec::new();
-    let (mut changing, mut wrote) = (0i64, 0i64);
+    let (mut changing, mut wrote, mut written_bytes) = (0i64, 0i64, None);
     for r in rows {
         wrote = r.get::<Option<i64>, _>(7).unwrap_or(0);
+        written_bytes = r.get::<Option<i64>, _>(8).map(|b| b.max(0) as u64);
         let found: bool = r.get(4);
         let plain: bool = r.get::<Option<bool>, _>(5).unwrap_or(false);
         let changed: bool = r.get::<Option<bool>, _>(6).unwrap_or(false);
@@ -614,11 +656,13 @@ pub(super) async fn push_batch(
         } else {
             let mut columns = Vec::new();
             for (i, c) in plan.columns.iter().enumerate() {
-                let at = 9 + 3 * i;
+                let at = 10 + 3 * i;
                 let Some(changes) = r.get::<Option<String>, _>(at) else {
                     continue;
                 };
                 let size = |n: usize| r.get::<Option<i32>, _>(n).unwrap_or(0).max(0) as u64;
+                // The size after is told from the edits (`g`); a commit's
+                // sizes as written replace them in the batch's total.
                 columns.push(PushedChange {
                     column: c.column.clone(),
                     changes,
@@ -637,7 +681,7 @@ pub(super) async fn push_batch(
             group: r.get(2),
             refs: r.get::<i64, _>(3).max(0) as u64,
             state,
-            current: r.get(8),
+            current: r.get(9),
         });
     }
     // The rows were locked before the statement read them: each row that
@@ -649,7 +693,11 @@ pub(super) async fn push_batch(
             w.shard_no, target.table
         )));
     }
-    Ok((out, handed))
+    Ok(Pushed {
+        rows: out,
+        handed,
+        written_bytes: written_bytes.filter(|_| commit),
+    })
 }
 
 #[cfg(test)]
@@ -681,8 +729,10 @@ param = "title"
         let t = &spec.targets[0];
         let p = plan(t, Some(("doc", "/a/b")), |_| true).unwrap();
         let (commit, binds) = statement(t, &p, true);
-        assert!(commit.contains("UPDATE \"docs\" t SET \"doc\" = CASE WHEN x.ch0 THEN x.n0"));
-        assert!(commit.contains("jsonb_set(x.c0, $"), "{commit}");
+        assert!(
+            commit.contains("UPDATE \"docs\" t SET \"doc\" = CASE WHEN x.ch0 THEN jsonb_set(coalesce(t.\"doc\", '{}'::jsonb), x.a0_0, x.w0_0, true)"),
+            "{commit}"
+        );
         assert!(commit.contains("INSERT INTO backfill_before_image"));
         assert!(commit.contains("unnest($4::text[], $5::jsonb[])"));
         assert!(matches!(binds[0], Bind::JsonArray(_)));

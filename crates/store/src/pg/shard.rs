@@ -250,8 +250,12 @@ impl ShardTransaction for ShardTx {
         let n = rows.max(1).min(items.len());
         let nos: Vec<i32> = items.drain(..n).map(|i| i.no).collect();
         *in_flight = nos.len();
-        let (pushed, handed) = super::pushdown::push_batch(tx, w, plan, params, &nos).await?;
-        let tally = pushed_tally(&w.target.name, w.mode, &pushed, plan.current.is_some());
+        let pushed = super::pushdown::push_batch(tx, w, plan, params, &nos).await?;
+        let mut tally = pushed_tally(&w.target.name, w.mode, &pushed.rows, plan.current.is_some());
+        if let Some(bytes) = pushed.written_bytes {
+            tally.bytes_written = bytes;
+        }
+        let handed = pushed.handed;
         let handed = if handed.is_empty() {
             Vec::new()
         } else {
