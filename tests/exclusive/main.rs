@@ -8,6 +8,11 @@
 #[path = "../it/common/mod.rs"]
 mod common;
 
+/// Turns at the services: a test that restarts them holds it alone (write);
+/// the others share it (read), so none of them is running while PostgreSQL
+/// or RabbitMQ is down, and they still run beside each other.
+pub(crate) static SERVICES: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 mod tier2 {
     mod eta;
     mod service_restarts;

@@ -138,6 +138,7 @@ async fn check(env: &TestEnv, run: &str, coord: Child, samples: &[Sample]) -> f6
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_eta_of_a_throttled_run_is_within_twenty_percent_of_the_time_left() {
+    let _turn = crate::SERVICES.read().await;
     let (env, planned) = seeded().await;
     let rate = planned as f64 / 25.0; // about 25 s
     eprintln!("{planned} rows in shards of 50 at {rate:.0} rows/s");
@@ -153,6 +154,7 @@ async fn the_eta_of_a_throttled_run_is_within_twenty_percent_of_the_time_left() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn after_the_throttle_is_lowered_the_eta_follows_the_new_rate() {
+    let _turn = crate::SERVICES.read().await;
     let (env, planned) = seeded().await;
     // A quarter at a fast rate (about 2.5 s), the rest at a quarter of it
     // (about 30 s).

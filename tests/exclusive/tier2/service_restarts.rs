@@ -11,8 +11,6 @@ use std::process::Command;
 
 use std::time::{Duration, Instant};
 
-static SERVICES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn sh(cmd: &str) {
     let st = Command::new("sh").args(["-c", cmd]).status().unwrap();
     assert!(
@@ -63,7 +61,7 @@ async fn run_through(restart: &str, shard_size: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rabbitmq_restart_mid_run_loses_no_task_and_counts_no_result_twice() {
-    let _turn = SERVICES.lock().await;
+    let _turn = crate::SERVICES.write().await;
     run_through(
         "rabbitmqctl -q stop_app && sleep 2 && rabbitmqctl -q start_app && rabbitmqctl -q await_startup",
         // Small shards: the coordinator is usually still publishing when the
@@ -75,7 +73,7 @@ async fn a_rabbitmq_restart_mid_run_loses_no_task_and_counts_no_result_twice() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_postgresql_restart_mid_run_rolls_back_the_shard_in_flight_and_redoes_it() {
-    let _turn = SERVICES.lock().await;
+    let _turn = crate::SERVICES.write().await;
     run_through(
         "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | sort -V | tail -n 1) main restart && until pg_isready -q -h 127.0.0.1; do sleep 0.2; done",
         "50",

@@ -75,6 +75,7 @@ async fn run_span(env: &TestEnv, run: &str) -> (f64, f64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wal_capped_run_keeps_the_servers_wal_rate_at_the_cap() {
+    let _turn = crate::SERVICES.read().await;
     let env = TestEnv::new().await;
     // What the server writes without this test's run, for the record.
     let (t0, l0): (f64, f64) = sqlx::query_as(WAL_NOW).fetch_one(&env.pool).await.unwrap();
@@ -160,6 +161,7 @@ async fn shard_bytes(env: &TestEnv, run: &str) -> Vec<Started> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bytes_capped_run_takes_its_bytes_over_the_cap_and_the_cap_changes_while_it_runs() {
+    let _turn = crate::SERVICES.read().await;
     let env = TestEnv::with_collections(1_500, 8).await;
     let _fleet = Fleet::started(&env, 2);
     let first = std::env::var("BF_TEST_BYTES_CAP")
@@ -239,6 +241,7 @@ const BYTES_CAP: f64 = 400_000.0;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replica_lag_in_bytes_is_read_and_no_standby_is_healthy() {
+    let _turn = crate::SERVICES.read().await;
     let env = TestEnv::new().await;
     let text = std::fs::read_to_string(spec_with(
         JOB,
@@ -270,6 +273,7 @@ async fn replica_lag_in_bytes_is_read_and_no_standby_is_healthy() {
 /// finishes at once; the bytes-per-second limit applies.
 #[tokio::test(flavor = "multi_thread")]
 async fn on_sqlite_the_wal_settings_do_not_apply_and_bytes_per_second_does() {
+    let _turn = crate::SERVICES.read().await;
     use crate::common::both::{Backend, Db};
     let db = Db::new(Backend::Sqlite).await;
     db.seed_collections(200, 4).await;
