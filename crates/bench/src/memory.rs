@@ -3,9 +3,10 @@
 //! mapper` process, whose peak RSS (`VmHWM`) is compared with the bound the
 //! README promises: 64 MiB + 3 × the largest row, whatever the shard's size.
 //!
-//! It runs twice on clones of the same database: as configured (the mapper
-//! reads, evaluates and writes the shard in batches bounded in rows and
-//! bytes), and with one batch holding the whole shard
+//! It runs twice on clones of the same database, on the read-rewrite-write
+//! path (`BACKFILL_PUSHDOWN=off`: rules the database applies itself never
+//! bring a document into the mapper): as configured (the mapper reads,
+//! evaluates and writes the shard in batches bounded in rows and bytes), and with one batch holding the whole shard
 //! (`BACKFILL_BATCH_ROWS` and `BACKFILL_BATCH_BYTES` set beyond the shard),
 //! which is how the mapper worked before it batched: its memory then grows
 //! with the shard.
@@ -146,11 +147,15 @@ value = true
 
         let whole = u64::MAX / 4;
         let whole = whole.to_string();
+        // The path that reads the documents into the mapper: rules the
+        // database applies itself never bring a document into it.
+        let read_rewrite = ("BACKFILL_PUSHDOWN", "off");
         let modes: [(&str, Vec<(&str, &str)>); 2] = [
-            ("batched", vec![]),
+            ("batched", vec![read_rewrite]),
             (
                 "whole shard in one batch (as before batching)",
                 vec![
+                    read_rewrite,
                     ("BACKFILL_BATCH_ROWS", whole.as_str()),
                     ("BACKFILL_BATCH_BYTES", whole.as_str()),
                 ],

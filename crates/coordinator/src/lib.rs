@@ -751,6 +751,9 @@ pub async fn wait(
             _ = shutdown.cancelled() => return Err(CoordinatorError::Interrupted(run_id.to_string())),
             _ = tokio::time::sleep(interval) => {}
         }
-        interval = (interval * 2).min(Duration::from_millis(500));
+        // At most 100 ms: the end of a small run is noticed within a tenth
+        // of a second (at 500 ms it was a fifth of a 40,000-row run's wall
+        // time); a poll reads one row.
+        interval = (interval * 2).min(Duration::from_millis(100));
     }
 }

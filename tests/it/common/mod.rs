@@ -90,9 +90,19 @@ impl TestEnv {
     /// Runs `backfill ARGS` to completion (killed, and the test failed, after
     /// five minutes: a hung run must not hang the suite).
     pub fn run(&self, args: &[&str]) -> Output {
-        let out = output_within(self.cmd(args), Duration::from_secs(300));
+        self.run_with(args, &[])
+    }
+
+    /// [`TestEnv::run`] with more environment variables set.
+    pub fn run_with(&self, args: &[&str], vars: &[(&str, &str)]) -> Output {
+        let mut cmd = self.cmd(args);
+        cmd.envs(vars.iter().copied());
+        let out = output_within(cmd, Duration::from_secs(300));
         eprintln!(
-            "$ backfill {}\n--- exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            "$ {}backfill {}\n--- exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            vars.iter()
+                .map(|(k, v)| format!("{k}={v} "))
+                .collect::<String>(),
             args.join(" "),
             out.status.code(),
             String::from_utf8_lossy(&out.stdout),

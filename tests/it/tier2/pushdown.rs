@@ -13,7 +13,7 @@
 use std::process::Output;
 use std::time::Duration;
 
-use crate::common::{docs_spec, num, output_within, summary, SpecFile, TestEnv};
+use crate::common::{docs_spec, num, summary, SpecFile, TestEnv};
 
 /// Every shape the edits meet: rows they apply to in the database, and
 /// rows they hand back (a NULL document, an array, a parent a `set` would
@@ -66,19 +66,8 @@ async fn docs(env: &TestEnv) {
 /// `backfill ARGS` with the database applying the rules where it can
 /// (`pushdown`) or every row read and rewritten.
 fn run(env: &TestEnv, pushdown: bool, args: &[&str]) -> Output {
-    let mut c = env.cmd(args);
-    if !pushdown {
-        c.env("BACKFILL_PUSHDOWN", "off");
-    }
-    let out = output_within(c, Duration::from_secs(300));
-    eprintln!(
-        "$ backfill {} (pushdown {pushdown})\n--- exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    let off: &[(&str, &str)] = &[("BACKFILL_PUSHDOWN", "off")];
+    env.run_with(args, if pushdown { &[] } else { off })
 }
 
 fn counts(out: &Output) -> [i64; 6] {
