@@ -13,6 +13,12 @@
 //! ack the task. A crash anywhere before the ack means a redelivery; the
 //! ledger then shows the shard done and only the result is sent again.
 //!
+//! Where PostgreSQL can apply a target's rules itself
+//! (`backfill_job::pushdown`), each batch is one statement there instead of
+//! fetch → apply → write, and only the rows it hands back (a shape the
+//! edits do not apply to as the job means them) are read and evaluated
+//! here, in the same transaction.
+//!
 //! A statement the database cancels for its `statement_timeout` rolls the
 //! shard back and the shard is tried again at once with the batch halved,
 //! down to one row; when even one row is too slow the shard is given up
