@@ -179,6 +179,20 @@ async fn the_certificate_job_pushed_down_writes_what_the_job_path_writes() {
         ))
         .await;
     assert_eq!(pushed_rows, counts(&p)[0]);
+    // `status` says which path the rows took, as text and as JSON.
+    let status = pushed.run(&["status", &run_id, "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(json["pushed_down"]["revisions"].as_i64(), Some(pushed_rows));
+    let text = String::from_utf8_lossy(&pushed.run(&["status", &run_id]).stdout).into_owned();
+    assert!(
+        text.contains(&format!(
+            "path     revisions: rules applied by the database to {pushed_rows} rows"
+        )),
+        "{text}"
+    );
+    let classic_status = classic.run(&["status", &summary(&c)["run"], "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&classic_status.stdout).unwrap();
+    assert_eq!(json["pushed_down"], serde_json::json!({}));
     // The report's current values and samples are the same.
     let report = |env: &TestEnv, run: &str| {
         let out = env.run(&["report", run]);
