@@ -736,9 +736,6 @@ param = "title"
         assert!(commit.contains("INSERT INTO backfill_before_image"));
         assert!(commit.contains("unnest($4::text[], $5::jsonb[])"));
         assert!(matches!(binds[0], Bind::JsonArray(_)));
-        if std::env::var_os("BACKFILL_PRINT_PUSHDOWN_SQL").is_some() {
-            eprintln!("{commit}");
-        }
         let (dry, _) = statement(t, &p, false);
         assert!(!dry.contains("UPDATE") && !dry.contains("INSERT"));
         // Every placeholder is bound.
