@@ -5,20 +5,23 @@
 //! writes its own from the plan.
 //!
 //! A target is pushed down when every rule is a `set` (from a literal, a
-//! group parameter or a pointer into a row's document) or a `remove`, at a
-//! fixed non-empty path, with no selector or condition, on `jsonb` columns,
-//! the rules' paths do not overlap and no rule reads what another writes,
-//! and the target has no row guards. Everything else keeps the
-//! read-rewrite-write path.
+//! group parameter or a pointer into a row's document), a `copy`, a
+//! `remove` or a `rename`, at a fixed non-empty path, with no selector, on
+//! `jsonb` columns, the paths the rules write do not overlap, no rule (or
+//! `when` condition) reads what another writes, conditions do not test a
+//! string's blankness or prefix, and the target has no row guards.
+//! Everything else keeps the read-rewrite-write path.
 //!
 //! Row by row, the statement applies the edits only where they mean what
 //! the job's own evaluation means: the document is an object or NULL (a
 //! `set` makes it an object), each parent of a `set` is an object, JSON
 //! null or absent (the job creates the missing ones as objects), a
-//! `remove`'s parent is an object or the value is absent, the parents two
-//! edits share are objects, and every value to write is there. Any other
-//! row (a document that is an array, a parent that is a string, a missing
-//! parameter or source) is handed back and goes through the
+//! `remove`'s or `rename`'s parent is an object or the value is absent, a
+//! `rename` whose `on_both` is `error` does not find both keys, the parents
+//! two edits share are objects, and every value a `set` writes is there (a
+//! `copy` without its source changes nothing). Any other row (a document
+//! that is an array, a parent that is a string, a missing parameter or
+//! source, a rename the job reports as an error) is handed back and goes through the
 //! read-rewrite-write path in the same transaction, so both paths give
 //! each row the same outcome.
 
@@ -26,7 +29,9 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::rule::{Op, ValueSource};
+use crate::edit::unescape_token;
+use crate::guards::Check;
+use crate::rule::{OnBoth, Op, ValueSource};
 use crate::rules::display_value;
 use crate::shard::ROW_GONE;
 use crate::spec::TargetSpec;
@@ -46,10 +51,7 @@ impl Pointer {
         let tokens = if text.is_empty() {
             Vec::new()
         } else {
-            text[1..]
-                .split('/')
-                .map(|t| t.replace("~1", "/").replace("~0", "~"))
-                .collect()
+            text[1..].split('/').map(unescape_token).collect()
         };
         Pointer {
             text: text.to_string(),
@@ -71,7 +73,17 @@ impl Pointer {
 
     /// The pointer to the first `n` tokens.
     pub fn prefix(&self, n: usize) -> Pointer {
-        let tokens = self.tokens[..n.min(self.tokens.len())].to_vec();
+        Pointer::from_tokens(self.tokens[..n.min(self.tokens.len())].to_vec())
+    }
+
+    /// The pointer to the member `key` of this one's parent.
+    pub fn sibling(&self, key: &str) -> Pointer {
+        let mut tokens = self.parent();
+        tokens.push(key.to_string());
+        Pointer::from_tokens(tokens)
+    }
+
+    fn from_tokens(tokens: Vec<String>) -> Pointer {
         let text = tokens
             .iter()
             .map(|t| format!("/{}", t.replace('~', "~0").replace('/', "~1")))
@@ -102,15 +114,42 @@ pub enum PushedValue {
 /// One edit of a column.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Edit {
-    Set { path: Pointer, value: PushedValue },
-    Remove { path: Pointer },
+    /// `if_there`: a `copy`, which changes nothing where its source is
+    /// absent (a `set` hands such a row back: the job reports it).
+    Set {
+        path: Pointer,
+        value: PushedValue,
+        if_there: bool,
+    },
+    Remove {
+        path: Pointer,
+    },
+    /// The member at `path` moved to `to`, a member of the same object.
+    Rename {
+        path: Pointer,
+        to: Pointer,
+        on_both: OnBoth,
+    },
 }
 
 impl Edit {
+    /// The path the edit reads and writes first (a rename's old key).
     pub fn path(&self) -> &Pointer {
         match self {
-            Edit::Set { path, .. } | Edit::Remove { path } => path,
+            Edit::Set { path, .. } | Edit::Remove { path } | Edit::Rename { path, .. } => path,
         }
+    }
+
+    /// Every path the edit writes.
+    pub fn written(&self) -> Vec<&Pointer> {
+        match self {
+            Edit::Rename { path, to, .. } => vec![path, to],
+            e => vec![e.path()],
+        }
+    }
+
+    fn overlaps(&self, p: &Pointer) -> bool {
+        self.written().iter().any(|w| w.overlaps(p))
     }
 }
 
@@ -119,6 +158,9 @@ impl Edit {
 pub struct PushedColumn {
     pub column: String,
     pub edits: Vec<Edit>,
+    /// `when[k]`: the conditions under which `edits[k]` applies, checked
+    /// on the column as read (no rule writes what a condition reads).
+    pub when: Vec<Vec<(Pointer, Check)>>,
     /// The parents two edits share: a row is pushed down only where each
     /// is an object, so that each edit's effect, told from the row as
     /// read, is its own (a `set` creates only parents no other edit uses).
@@ -185,14 +227,26 @@ pub fn plan(
     let mut columns: Vec<PushedColumn> = Vec::new();
     let mut sources: Vec<(usize, String, Pointer)> = Vec::new();
     for (i, rule) in target.rules.iter().enumerate() {
-        if rule.select.is_some() || !rule.when.is_empty() {
-            return Err(format!(
-                "rule {i} applies at selected places or under conditions"
-            ));
+        if rule.select.is_some() {
+            return Err(format!("rule {i} applies at selected places"));
+        }
+        let mut when = Vec::new();
+        for c in &rule.when {
+            if matches!(c.check, Check::NotBlank | Check::NotPrefix(_)) {
+                // Which strings are blank is Unicode's whitespace to the
+                // job and not to SQL's `btrim`.
+                return Err(format!(
+                    "rule {i} has a condition on a string's blankness or prefix"
+                ));
+            }
+            let path = Pointer::parse(&c.path);
+            sources.push((i, rule.column.clone(), path.clone()));
+            when.push((path, c.check.clone()));
         }
         let edit = match &rule.op {
             Op::Set { path, value } if !path.is_empty() => Edit::Set {
                 path: Pointer::parse(path),
+                if_there: false,
                 value: match value {
                     ValueSource::Literal(v) => PushedValue::Literal(v.clone()),
                     ValueSource::Param(p) => PushedValue::Param(p.clone()),
@@ -206,27 +260,71 @@ pub fn plan(
                     }
                 },
             },
+            Op::Copy { path, column, from } if !path.is_empty() => {
+                let column = column.clone().unwrap_or_else(|| rule.column.clone());
+                let from = Pointer::parse(from);
+                sources.push((i, column.clone(), from.clone()));
+                Edit::Set {
+                    path: Pointer::parse(path),
+                    value: PushedValue::Pointer { column, path: from },
+                    if_there: true,
+                }
+            }
             Op::Remove { path } if !path.is_empty() => Edit::Remove {
                 path: Pointer::parse(path),
             },
-            _ => return Err(format!("rule {i} is not a `set` or `remove` at a path")),
+            Op::Rename { path, to, on_both } if !path.is_empty() => {
+                let path = Pointer::parse(path);
+                if path.tokens.last() == Some(to) {
+                    return Err(format!("rule {i} renames a key to itself"));
+                }
+                Edit::Rename {
+                    to: path.sibling(to),
+                    path,
+                    on_both: *on_both,
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "rule {i} is not a `set`, `copy`, `remove` or `rename` at a path"
+                ))
+            }
         };
         match columns.iter_mut().find(|c| c.column == rule.column) {
             Some(c) => {
-                if let Some(j) = c.edits.iter().position(|e| e.path().overlaps(edit.path())) {
+                let clash = c.edits.iter().flat_map(Edit::written).find_map(|a| {
+                    edit.written()
+                        .into_iter()
+                        .find(|b| a.overlaps(b))
+                        .map(|b| (a, b))
+                });
+                if let Some((a, b)) = clash {
                     return Err(format!(
                         "rules touch overlapping paths ({} and {})",
-                        c.edits[j].path().text,
-                        edit.path().text
+                        a.text, b.text
                     ));
                 }
                 c.edits.push(edit);
+                c.when.push(when);
             }
             None => columns.push(PushedColumn {
                 column: rule.column.clone(),
                 edits: vec![edit],
+                when: vec![when],
                 shared: Vec::new(),
             }),
+        }
+    }
+    let pointers = columns
+        .iter()
+        .flat_map(|c| c.edits.iter().flat_map(Edit::written))
+        .chain(sources.iter().map(|(_, _, p)| p));
+    for p in pointers {
+        if let Some(t) = p.tokens.iter().find(|t| !index_as_sql_reads_it(t)) {
+            return Err(format!(
+                "`{}` holds `{t}`, which SQL would read as another array index",
+                p.text
+            ));
         }
     }
     for c in &mut columns {
@@ -253,7 +351,7 @@ pub fn plan(
     }
     for (i, column, path) in &sources {
         if let Some(c) = columns.iter().find(|c| &c.column == column) {
-            if c.edits.iter().any(|e| e.path().overlaps(path)) {
+            if c.edits.iter().any(|e| e.overlaps(path)) {
                 return Err(format!("rule {i} reads a value the rules write"));
             }
         }
@@ -264,6 +362,16 @@ pub fn plan(
         return Err(format!("column `{c}` is not jsonb"));
     }
     Ok(pushdown)
+}
+
+/// Whether PostgreSQL reads `token` as the job does: a token PostgreSQL
+/// would take for an array index (`-1`, `01`, `+1`) that JSON Pointer
+/// does not (or reads as another one) keeps the target on the job's path.
+fn index_as_sql_reads_it(token: &str) -> bool {
+    match token.trim().trim_start_matches('+').parse::<i64>() {
+        Ok(n) => n >= 0 && n.to_string() == token,
+        Err(_) => token != "-",
+    }
 }
 
 /// What the database did with one row of a pushed-down batch.
@@ -417,7 +525,8 @@ path = "/old/x"
             vec![
                 Edit::Set {
                     path: Pointer::parse("/title"),
-                    value: PushedValue::Literal(json!("New"))
+                    value: PushedValue::Literal(json!("New")),
+                    if_there: false,
                 },
                 Edit::Remove {
                     path: Pointer::parse("/old/x")
@@ -442,9 +551,18 @@ path = "/old/x"
     fn what_sql_cannot_say_as_the_job_means_it_keeps_the_job_path() {
         let why = |rules: &str| plan(&target(rules), None, jsonb).unwrap_err();
         assert!(why(
-            "[[targets.rules]]\ncolumn = \"doc\"\nop = \"rename\"\npath = \"/a\"\nto = \"b\"\n"
+            "[[targets.rules]]\ncolumn = \"doc\"\nop = \"jq\"\npath = \"/a\"\nfilter = \"ascii_downcase\"\n"
         )
         .contains("rule 0"));
+        // A rename writes its new key too.
+        assert!(why(
+            "[[targets.rules]]\ncolumn = \"doc\"\nop = \"rename\"\npath = \"/a/old\"\nto = \"new\"\n\n[[targets.rules]]\ncolumn = \"doc\"\nop = \"set\"\npath = \"/a/new/x\"\nvalue = 2\n"
+        )
+        .contains("overlapping paths (/a/new and /a/new/x)"));
+        assert!(why(
+            "[[targets.rules]]\ncolumn = \"doc\"\nop = \"rename\"\npath = \"/a\"\nto = \"b\"\n\n[[targets.rules]]\ncolumn = \"doc\"\nop = \"copy\"\npath = \"/c\"\nfrom = \"/b\"\n"
+        )
+        .contains("reads a value the rules write"));
         assert!(why(
             "[[targets.rules]]\ncolumn = \"doc\"\nop = \"set\"\npath = \"/a\"\nvalue = 1\n\n[[targets.rules]]\ncolumn = \"doc\"\nop = \"set\"\npath = \"/a/b\"\nvalue = 2\n"
         )
@@ -459,6 +577,127 @@ path = "/old/x"
             plan(&t, None, |_| false).unwrap_err(),
             "column `doc` is not jsonb"
         );
+    }
+
+    #[test]
+    fn renames_and_copies_are_pushed_down_as_the_paths_they_write() {
+        let spec = rows_spec(
+            r#"read_columns = ["extra"]"#,
+            r#"[[targets.rules]]
+column = "doc"
+op = "rename"
+path = "/meta/a~1b"
+to = "c/d"
+on_both = "keep_new"
+
+[[targets.rules]]
+column = "doc"
+op = "copy"
+path = "/copy"
+from = "/src"
+
+[[targets.rules]]
+column = "doc"
+op = "copy"
+path = "/other"
+from_column = "extra"
+from = "/x"
+"#,
+        );
+        let t = JobSpec::parse(&spec).unwrap().targets[0].clone();
+        let p = plan(&t, None, jsonb).unwrap();
+        let edits = &p.columns[0].edits;
+        assert_eq!(
+            edits[0],
+            Edit::Rename {
+                path: Pointer::parse("/meta/a~1b"),
+                to: Pointer::parse("/meta/c~1d"),
+                on_both: OnBoth::KeepNew,
+            }
+        );
+        assert_eq!(
+            edits[0].written(),
+            [&Pointer::parse("/meta/a~1b"), &Pointer::parse("/meta/c~1d")]
+        );
+        assert_eq!(
+            edits[1],
+            Edit::Set {
+                path: Pointer::parse("/copy"),
+                value: PushedValue::Pointer {
+                    column: "doc".into(),
+                    path: Pointer::parse("/src")
+                },
+                if_there: true,
+            },
+            "a copy within the column reads it from its root"
+        );
+        assert!(matches!(
+            &edits[2],
+            Edit::Set { value: PushedValue::Pointer { column, .. }, if_there: true, .. } if column == "extra"
+        ));
+        assert_eq!(
+            p.read_columns().into_iter().collect::<Vec<_>>(),
+            ["doc", "extra"]
+        );
+    }
+
+    #[test]
+    fn conditions_go_with_their_rule_unless_a_rule_writes_what_they_read() {
+        let p = plan(
+            &target(
+                r#"[[targets.rules]]
+column = "doc"
+op = "set"
+path = "/a"
+value = 1
+when = [{ path = "/kind", check = "equals", value = "x" }, { path = "/b", check = "absent" }]
+
+[[targets.rules]]
+column = "doc"
+op = "remove"
+path = "/c"
+"#,
+            ),
+            None,
+            jsonb,
+        )
+        .unwrap();
+        assert_eq!(
+            p.columns[0].when,
+            vec![
+                vec![
+                    (Pointer::parse("/kind"), Check::Equals(json!("x"))),
+                    (Pointer::parse("/b"), Check::Absent)
+                ],
+                vec![]
+            ]
+        );
+        let why = |rules: &str| plan(&target(rules), None, jsonb).unwrap_err();
+        assert!(why(
+            "[[targets.rules]]\ncolumn = \"doc\"\nop = \"set\"\npath = \"/a\"\nvalue = 1\nwhen = [{ path = \"/a\", check = \"present\" }]\n"
+        )
+        .contains("reads a value the rules write"));
+        assert!(why(
+            "[[targets.rules]]\ncolumn = \"doc\"\nop = \"set\"\npath = \"/a\"\nvalue = 1\nwhen = [{ path = \"/t\", check = \"not_blank\" }]\n"
+        )
+        .contains("blankness"));
+    }
+
+    #[test]
+    fn a_token_sql_reads_as_another_index_keeps_the_job_path() {
+        for t in ["0", "12", "a", "", "1a", "99999999999999999999"] {
+            assert!(index_as_sql_reads_it(t), "{t}");
+        }
+        for t in ["-1", "01", "+1", " 1", "-", "-0"] {
+            assert!(!index_as_sql_reads_it(t), "{t}");
+        }
+        let why = plan(
+            &target("[[targets.rules]]\ncolumn = \"doc\"\nop = \"remove\"\npath = \"/list/-1\"\n"),
+            None,
+            jsonb,
+        )
+        .unwrap_err();
+        assert!(why.contains("`/list/-1` holds `-1`"), "{why}");
     }
 
     fn row(key: &str, state: PushedState, current: Option<&str>) -> PushedRow {

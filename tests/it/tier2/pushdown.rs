@@ -58,9 +58,13 @@ value = 1
 }
 
 async fn docs(env: &TestEnv) {
+    docs_of(env, SHAPES).await;
+}
+
+async fn docs_of(env: &TestEnv, insert: &str) {
     env.exec("CREATE TABLE docs (id integer PRIMARY KEY, doc jsonb, note text)")
         .await;
-    env.exec(SHAPES).await;
+    env.exec(insert).await;
 }
 
 /// `backfill ARGS` with the database applying the rules where it can
@@ -157,11 +161,25 @@ async fn every_shape_gets_the_outcome_of_the_read_rewrite_write_path_and_a_rever
 /// the result is the read-rewrite-write path's, revision for revision.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_certificate_job_pushed_down_writes_what_the_job_path_writes() {
+    a_wagtail_job_pushed_down_writes_what_the_job_path_writes("program-certificate-titles").await;
+}
+
+/// The Wagtail field rename (a `rename` of a key that may hold `null`),
+/// the same way.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_field_rename_pushed_down_writes_what_the_job_path_writes() {
+    a_wagtail_job_pushed_down_writes_what_the_job_path_writes("wagtail-rename-field").await;
+}
+
+/// `job` (a target `revisions` of Wagtail's revisions) committed on both
+/// paths over the same data: the same revisions, counts and report, every
+/// revision applied by the database, and `status` saying so.
+async fn a_wagtail_job_pushed_down_writes_what_the_job_path_writes(job: &str) {
     let (classic, pushed) = (
         TestEnv::with_certificates(6, 300).await,
         TestEnv::with_certificates(6, 300).await,
     );
-    let job = crate::common::job("program-certificate-titles");
+    let job = crate::common::job(job);
     let args = ["run", "--local", "--job", &job, "--all", "--commit"];
     let (c, p) = (run(&classic, false, &args), run(&pushed, true, &args));
     assert_eq!(c.status.code(), p.status.code());
@@ -194,28 +212,145 @@ async fn the_certificate_job_pushed_down_writes_what_the_job_path_writes() {
     let json: serde_json::Value = serde_json::from_slice(&classic_status.stdout).unwrap();
     assert_eq!(json["pushed_down"], serde_json::json!({}));
     // The report's current values and samples are the same.
+    same_reports(
+        (&classic, &summary(&c)["run"]),
+        (&pushed, &run_id),
+        "revisions",
+        true,
+    );
+}
+
+/// The reports of a run on each path are the same, line for line, but for
+/// the pushed-down run's `Rules applied by the database:` block, which
+/// names `target`. `in_order: false` compares the lines in any order: a
+/// sample that changes several paths lists them in the document's order on
+/// the read-rewrite-write path (its diff's) and in the rules' order when
+/// the database applies them.
+fn same_reports(
+    (classic, c_run): (&TestEnv, &str),
+    (pushed, p_run): (&TestEnv, &str),
+    target: &str,
+    in_order: bool,
+) {
     let report = |env: &TestEnv, run: &str| {
         let out = env.run(&["report", run]);
         String::from_utf8_lossy(&out.stdout).replace(run, "RUN")
     };
-    let (rc, rp) = (
-        report(&classic, &summary(&c)["run"]),
-        report(&pushed, &run_id),
-    );
-    // The pushed-down run says which path its rows took; the rest of the
-    // report is the same, line for line.
+    let (rc, rp) = (report(classic, c_run), report(pushed, p_run));
     assert!(
-        rp.contains("Rules applied by the database:\n  revisions: "),
+        rp.contains(&format!("Rules applied by the database:\n  {target}: ")),
         "{rp}"
     );
     assert!(!rc.contains("Rules applied by the database"), "{rc}");
     let start = rp.find("\nRules applied by the database:").unwrap();
     let end = start + 2 + rp[start + 1..].find("\n\n").unwrap();
     let without = format!("{}{}", &rp[..start], &rp[end..]);
-    assert_eq!(
-        rc.lines().collect::<Vec<_>>(),
-        without.lines().collect::<Vec<_>>()
+    let lines = |r: &str| {
+        let mut l: Vec<String> = r.lines().map(str::to_string).collect();
+        if !in_order {
+            l.sort();
+        }
+        l
+    };
+    assert_eq!(lines(&rc), lines(&without));
+}
+
+/// Renames (each `on_both`, an array's element, a JSON null moved), a
+/// copy, and rules under conditions (a number equal by value, a key that
+/// must be absent, a value that must differ), on documents of every shape.
+const RENAMES: &str = r#"INSERT INTO docs (id, doc) VALUES
+    (1, '{"a": 1, "p": {"c": 2}, "q": {"e": 3}, "src": "s", "kind": 1.0, "tmp": 1}'),
+    (2, '{"a": 1, "b": 2, "src": "s"}'),
+    (3, '{"p": {"c": 2, "d": 9}, "q": {"e": 3, "f": 8}, "kind": "1"}'),
+    (4, '{"p": [1, 2], "a": null, "src": {"deep": [1, {"x": null}]}, "kind": 1, "gone": null}'),
+    (5, '{"list": [1], "a": 2}'),
+    (6, NULL),
+    (7, '[1]'),
+    (8, '{"src": {"deep": [1]}, "dst": {"deep": [1]}, "kind": 1}'),
+    (9, '{"p": "text", "q": null, "list": {"0": "x"}, "tmp": 2, "keep": true}'),
+    (10, '{"a": 1, "p": {"c": null}, "dst": 1, "tmp": 3, "keep": false}')"#;
+
+const RENAME_RULES: &str = r#"[[targets.rules]]
+op = "rename"
+path = "/a"
+to = "b"
+
+[[targets.rules]]
+op = "rename"
+path = "/p/c"
+to = "d"
+on_both = "keep_new"
+
+[[targets.rules]]
+op = "rename"
+path = "/q/e"
+to = "f"
+on_both = "overwrite"
+
+[[targets.rules]]
+op = "rename"
+path = "/list/0"
+to = "first"
+
+[[targets.rules]]
+op = "copy"
+path = "/dst"
+from = "/src"
+
+[[targets.rules]]
+op = "set"
+path = "/flag"
+value = true
+when = [{ path = "/kind", check = "equals", value = 1 }, { path = "/gone", check = "absent" }]
+
+[[targets.rules]]
+op = "remove"
+path = "/tmp"
+when = [{ path = "/keep", check = "not_equals", value = true }]
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renames_copies_and_conditions_get_the_outcome_of_the_read_rewrite_write_path_and_revert() {
+    let (classic, pushed) = (TestEnv::new().await, TestEnv::new().await);
+    docs_of(&classic, RENAMES).await;
+    docs_of(&pushed, RENAMES).await;
+    let before = rows(&pushed).await;
+    let spec = SpecFile::new(
+        "pushdown-renames",
+        &docs_spec(r#"name = "pushdown-renames""#, RENAME_RULES),
     );
+    let args = ["run", "--local", "--job", spec.path(), "--all"];
+    let (dry_c, dry_p) = (run(&classic, false, &args), run(&pushed, true, &args));
+    assert_eq!(counts(&dry_c), counts(&dry_p));
+    assert_eq!(rows(&pushed).await, before, "a dry run writes nothing");
+
+    let commit: Vec<&str> = args.iter().copied().chain(["--commit"]).collect();
+    let (com_c, com_p) = (run(&classic, false, &commit), run(&pushed, true, &commit));
+    assert_eq!(com_c.status.code(), com_p.status.code());
+    let c = counts(&com_p);
+    assert_eq!(c, counts(&com_c));
+    assert_eq!(
+        (c[0], c[1], c[2], c[5]),
+        (10, 6, 2, 2),
+        "rows 2 (both keys) and 5 (an array's element) are errors: {c:?}"
+    );
+    assert_eq!(rows(&pushed).await, rows(&classic).await);
+    let (c_run, p_run) = (
+        summary(&com_c)["run"].clone(),
+        summary(&com_p)["run"].clone(),
+    );
+    assert_eq!(
+        pushed_down(&pushed, &p_run).await,
+        7,
+        "rows 2, 5 and 7 are handed back"
+    );
+    same_reports((&classic, &c_run), (&pushed, &p_run), "docs", false);
+    let again = run(&pushed, true, &args);
+    assert_eq!(num(&summary(&again), "changed"), 0);
+
+    let revert = run(&pushed, true, &["revert", &p_run, "--commit"]);
+    assert_eq!(revert.status.code(), Some(0));
+    assert_eq!(rows(&pushed).await, before, "restored to the byte");
 }
 
 /// The collection migration (Oppia's shape): a NULL column made an object

@@ -16,7 +16,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use backfill_job::pushdown::{Edit, Pushdown, PushedChange, PushedRow, PushedState, PushedValue};
+use backfill_job::guards::Check;
+use backfill_job::pushdown::{
+    Edit, Pointer, Pushdown, PushedChange, PushedRow, PushedState, PushedValue,
+};
+use backfill_job::rule::OnBoth;
 use backfill_job::spec::{quote_ident, TargetSpec};
 use backfill_job::KeyType;
 use serde_json::{Map, Value};
@@ -117,25 +121,34 @@ fn entry(fields: &[(&str, String)]) -> String {
 
 /// One edit as SQL, told from the row as read (`doc`, the column's alias):
 /// whether the row is in the shape it applies to as the job means it,
-/// whether it changes the row, where it writes and what (`at`, `value`:
-/// the path `{}` where it changes nothing, for which `jsonb_set` and `#-`
-/// return the document as it is), its inverse patch and its changes.
+/// whether it changes the row, where it writes and what (the path `{}`
+/// where it changes nothing, for which `jsonb_set` and `#-` return the
+/// document as it is), its inverse patch and its changes.
 struct EditSql {
     /// Values read once per row (over `x0`, into `x1`): `expr AS alias`.
     defs: Vec<String>,
     plain: Vec<String>,
     changes_it: String,
-    /// `(path, value)` of a `set`; `(path, NULL)` of a `remove`.
-    at: String,
-    value: Option<String>,
+    /// What it writes, in order: `(path, Some(value))` for a `jsonb_set`,
+    /// `(path, None)` for a `#-` (a rename does both).
+    writes: Vec<(String, Option<String>)>,
     undo: String,
     changes: String,
+    /// What it adds to the column's size (a dry run's size after).
+    growth: String,
 }
 
 /// `id` names the edit's values read once per row: the value at its path
 /// as read (`o…`) and, for a `set`, the value it writes (`v…`). Each read
 /// of a document decompresses it, so each is read once.
-fn edit_sql(e: &Edit, column: &str, id: &str, n: &Names, st: &mut Statement) -> EditSql {
+fn edit_sql(
+    e: &Edit,
+    when: &[(Pointer, Check)],
+    column: &str,
+    id: &str,
+    n: &Names,
+    st: &mut Statement,
+) -> EditSql {
     let at = st.path(&e.path().tokens);
     let pointer = st.text(&e.path().text);
     let doc = &n.col(column);
@@ -143,13 +156,65 @@ fn edit_sql(e: &Edit, column: &str, id: &str, n: &Names, st: &mut Statement) -> 
     let mut defs = vec![format!("({doc0} #> {at}) AS o{id}")];
     let old = format!("x.o{id}");
     let none = "'{}'::text[]";
-    match e {
-        Edit::Set { path, value } => {
+    // The edit applies where its conditions hold on the row as read.
+    let mut gate = Vec::new();
+    let mut ungated = Vec::new();
+    for (j, (path, check)) in when.iter().enumerate() {
+        let at = st.path(&path.tokens);
+        defs.push(format!("({doc0} #> {at}) AS k{id}_{j}"));
+        let v = format!("x.k{id}_{j}");
+        gate.push(match check {
+            Check::Present => format!("({v} IS NOT NULL AND {v} <> 'null'::jsonb)"),
+            Check::Exists => format!("({v} IS NOT NULL)"),
+            Check::Absent => format!("({v} IS NULL)"),
+            Check::Null => format!("coalesce({v} = 'null'::jsonb, false)"),
+            // jsonb compares numbers by value and objects by their keys,
+            // as the job does.
+            Check::Equals(x) => format!(
+                "coalesce({v} = {}, false)",
+                st.push(Bind::Json(x.to_string()), "jsonb")
+            ),
+            Check::NotEquals(x) => format!(
+                "NOT coalesce({v} = {}, false)",
+                st.push(Bind::Json(x.to_string()), "jsonb")
+            ),
+            // Not pushed down (`pushdown::plan`); were one here, every
+            // row would go back to the job.
+            Check::NotBlank | Check::NotPrefix(_) => {
+                ungated.push("false".to_string());
+                "false".to_string()
+            }
+        });
+    }
+    let gated = |changes: String| {
+        if gate.is_empty() {
+            changes
+        } else {
+            format!("({} AND {changes})", gate.join(" AND "))
+        }
+    };
+    let mut sql = match e {
+        Edit::Set {
+            path,
+            value,
+            if_there,
+        } => {
             let v0 = value_sql(value, &n.on("x0"), st);
             defs.push(format!("{v0} AS v{id}"));
             let v = format!("x.v{id}");
-            let mut plain = vec![format!("{v} IS NOT NULL")];
-            let changes_it = format!("({old} IS DISTINCT FROM {v})");
+            // A `set` without its value is the job's row error (handed
+            // back); a `copy` without its source changes nothing.
+            let (mut plain, changes_it) = if *if_there {
+                (
+                    Vec::new(),
+                    gated(format!("({v} IS NOT NULL AND {old} IS DISTINCT FROM {v})")),
+                )
+            } else {
+                (
+                    vec![format!("{v} IS NOT NULL")],
+                    gated(format!("({old} IS DISTINCT FROM {v})")),
+                )
+            };
             // Per parent, outermost first: the test that it is the first
             // one that is not an object (the job creates it, and all below
             // it, as objects), its path and pointer, and what is written
@@ -188,19 +253,25 @@ fn edit_sql(e: &Edit, column: &str, id: &str, n: &Names, st: &mut Statement) -> 
                     ])
                 ));
             }
+            let value = format!(
+                // `jsonb_set` is strict: a NULL value would make the
+                // document NULL, even at the path `{{}}`.
+                "CASE WHEN NOT {changes_it} THEN 'null'::jsonb {} ELSE {v} END",
+                value_arms.join(" ")
+            );
             EditSql {
                 defs,
                 plain,
-                at: format!(
-                    "CASE WHEN NOT {changes_it} THEN {none} {} ELSE {at} END",
-                    at_arms.join(" ")
+                growth: format!(
+                    "CASE WHEN {changes_it} THEN coalesce(pg_column_size({value}), 0) - coalesce(pg_column_size({old}), 0) ELSE 0 END"
                 ),
-                value: Some(format!(
-                    // `jsonb_set` is strict: a NULL value would make the
-                    // document NULL, even at the path `{{}}`.
-                    "CASE WHEN NOT {changes_it} THEN 'null'::jsonb {} ELSE {v} END",
-                    value_arms.join(" ")
-                )),
+                writes: vec![(
+                    format!(
+                        "CASE WHEN NOT {changes_it} THEN {none} {} ELSE {at} END",
+                        at_arms.join(" ")
+                    ),
+                    Some(value),
+                )],
                 undo: format!(
                     "CASE WHEN NOT {changes_it} THEN '[]'::jsonb {} WHEN {old} IS NULL THEN {} ELSE {} END",
                     undo_arms.join(" "),
@@ -221,14 +292,19 @@ fn edit_sql(e: &Edit, column: &str, id: &str, n: &Names, st: &mut Statement) -> 
         }
         Edit::Remove { path } => {
             let parent = st.path(&path.parent());
-            let changes_it = format!("({old} IS NOT NULL)");
+            let changes_it = gated(format!("({old} IS NOT NULL)"));
             EditSql {
                 defs,
                 plain: vec![format!(
                     "({old} IS NULL OR jsonb_typeof({doc} #> {parent}) = 'object')"
                 )],
-                at: format!("CASE WHEN {changes_it} THEN {at} ELSE {none} END"),
-                value: None,
+                writes: vec![(
+                    format!("CASE WHEN {changes_it} THEN {at} ELSE {none} END"),
+                    None,
+                )],
+                growth: format!(
+                    "CASE WHEN {changes_it} THEN -coalesce(pg_column_size({old}), 0) ELSE 0 END"
+                ),
                 undo: format!(
                     "CASE WHEN {changes_it} THEN {} ELSE '[]'::jsonb END",
                     entry(&[
@@ -244,7 +320,77 @@ fn edit_sql(e: &Edit, column: &str, id: &str, n: &Names, st: &mut Statement) -> 
                 changes_it,
             }
         }
-    }
+        Edit::Rename { path, to, on_both } => {
+            let parent = st.path(&path.parent());
+            let at_to = st.path(&to.tokens);
+            let pointer_to = st.text(&to.text);
+            defs.push(format!("({doc0} #> {at_to}) AS n{id}"));
+            let new = format!("x.n{id}");
+            // The old key is there (in an object: an array's element is
+            // the job's row error, handed back).
+            let changes_it = gated(format!("({old} IS NOT NULL)"));
+            let mut plain = vec![format!(
+                "({old} IS NULL OR jsonb_typeof({doc} #> {parent}) = 'object')"
+            )];
+            // Whether the old key's value goes to the new key: always but
+            // where both are there and the new key keeps its value.
+            let moves = match on_both {
+                OnBoth::Error => {
+                    plain.push(format!("({old} IS NULL OR {new} IS NULL)"));
+                    changes_it.clone()
+                }
+                OnBoth::Overwrite => changes_it.clone(),
+                OnBoth::KeepNew => format!("({changes_it} AND {new} IS NULL)"),
+            };
+            let renamed = entry(&[
+                ("path", pointer_to.clone()),
+                ("before", new.clone()),
+                ("after", old.clone()),
+            ]);
+            let removed = entry(&[("path", pointer.clone()), ("before", old.clone())]);
+            let key_growth = to.tokens.last().map_or(0, |k| k.len() as i64)
+                - path.tokens.last().map_or(0, |k| k.len() as i64);
+            EditSql {
+                defs,
+                plain,
+                writes: vec![
+                    (
+                        format!("CASE WHEN {moves} THEN {at_to} ELSE {none} END"),
+                        Some(format!("CASE WHEN {moves} THEN {old} ELSE 'null'::jsonb END")),
+                    ),
+                    (format!("CASE WHEN {changes_it} THEN {at} ELSE {none} END"), None),
+                ],
+                // Undone in order: the new key back as it was, then the
+                // old key added again.
+                undo: format!(
+                    "CASE WHEN NOT {changes_it} THEN '[]'::jsonb ELSE CASE WHEN NOT {moves} THEN '[]'::jsonb WHEN {new} IS NULL THEN {} ELSE {} END || {} END",
+                    entry(&[("op", "'remove'".into()), ("path", pointer_to.clone())]),
+                    entry(&[
+                        ("op", "'replace'".into()),
+                        ("path", pointer_to),
+                        ("value", new.clone())
+                    ]),
+                    entry(&[
+                        ("op", "'add'".into()),
+                        ("path", pointer),
+                        ("value", old.clone())
+                    ]),
+                ),
+                // As the job's diff tells them: the new key, then the old.
+                changes: format!(
+                    "CASE WHEN NOT {changes_it} THEN '[]'::jsonb WHEN {moves} THEN {renamed} || {removed} ELSE {removed} END"
+                ),
+                growth: format!(
+                    "CASE WHEN NOT {changes_it} THEN 0 WHEN NOT {moves} THEN -coalesce(pg_column_size({old}), 0) - {k} \
+                     WHEN {new} IS NULL THEN {key_growth} ELSE -coalesce(pg_column_size({new}), 0) - {k} END",
+                    k = path.tokens.last().map_or(0, String::len),
+                ),
+                changes_it,
+            }
+        }
+    };
+    sql.plain.extend(ungated);
+    sql
 }
 
 /// A written column as SQL.
@@ -252,7 +398,7 @@ struct ColumnSql {
     column: String,
     /// Whether any edit changes the row's column.
     changed: String,
-    /// Per edit: where it writes and what (`x` columns `a…`, `w…`).
+    /// Per write of its edits: where and what (`x` columns `a…`, `w…`).
     edits: Vec<(String, Option<String>)>,
     /// The column's edits write a value (a NULL column becomes `{}`).
     sets: bool,
@@ -312,15 +458,11 @@ fn parts(plan: &Pushdown, n: &Names, st: &mut Statement) -> Parts {
         let mut growth = Vec::new();
         for (k, e) in c.edits.iter().enumerate() {
             let id = format!("{ci}_{k}");
-            let sql = edit_sql(e, &c.column, &id, n, st);
+            let sql = edit_sql(e, &c.when[k], &c.column, &id, n, st);
             defs.extend(sql.defs);
             plain.extend(sql.plain);
-            growth.push(format!(
-                "CASE WHEN {ch} THEN coalesce(pg_column_size({v}), 0) - coalesce(pg_column_size(x.o{id}), 0) ELSE 0 END",
-                ch = sql.changes_it,
-                v = sql.value.as_deref().unwrap_or("NULL::jsonb"),
-            ));
-            edits.push((sql.at, sql.value));
+            growth.push(sql.growth);
+            edits.extend(sql.writes);
             changed.push(sql.changes_it);
             undo.push(sql.undo);
             changes.push(sql.changes);
@@ -739,6 +881,50 @@ param = "title"
         let (dry, _) = statement(t, &p, false);
         assert!(!dry.contains("UPDATE") && !dry.contains("INSERT"));
         // Every placeholder is bound.
+        let highest = (1..=Statement::FIXED + binds.len())
+            .rev()
+            .find(|n| commit.contains(&format!("${n}::")))
+            .unwrap();
+        assert_eq!(highest, Statement::FIXED + binds.len());
+    }
+
+    #[test]
+    fn a_rename_is_a_set_of_the_new_key_and_a_remove_of_the_old_in_one_write() {
+        let spec = JobSpec::parse(
+            r#"
+name = "t"
+[[targets]]
+name = "rows"
+table = "docs"
+key = "id"
+key_type = "integer"
+columns = ["doc"]
+query = "SELECT 1"
+[[targets.rules]]
+column = "doc"
+op = "rename"
+path = "/old"
+to = "new"
+[[targets.rules]]
+column = "doc"
+op = "copy"
+path = "/c"
+from = "/src"
+when = [{ path = "/kind", check = "not_equals", value = 2 }]
+"#,
+        )
+        .unwrap();
+        let t = &spec.targets[0];
+        let p = plan(t, None, |_| true).unwrap();
+        let (commit, binds) = statement(t, &p, true);
+        assert!(
+            commit.contains("THEN jsonb_set((jsonb_set(coalesce(t.\"doc\", '{}'::jsonb), x.a0_0, x.w0_0, true) #- x.a0_1), x.a0_2, x.w0_2, true)"),
+            "{commit}"
+        );
+        // Both keys of the rename are read once per row, and the copy's
+        // condition.
+        assert!(commit.contains(" AS o0_0") && commit.contains(" AS n0_0"));
+        assert!(commit.contains(" AS k0_1_0") && commit.contains("NOT coalesce(x.k0_1_0 = $"));
         let highest = (1..=Statement::FIXED + binds.len())
             .rev()
             .find(|n| commit.contains(&format!("${n}::")))
