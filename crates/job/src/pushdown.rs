@@ -7,23 +7,25 @@
 //! A target is pushed down when every rule is a `set` (from a literal, a
 //! group parameter or a pointer into a row's document), a `copy`, a
 //! `remove` or a `rename`, at a fixed non-empty path, with no selector, on
-//! `jsonb` columns, the paths the rules write do not overlap, no rule (or
-//! `when` condition) reads what another writes, conditions do not test a
-//! string's blankness or prefix, and the target has no row guards.
-//! Everything else keeps the read-rewrite-write path.
+//! `jsonb` columns, the paths the rules write do not overlap, no rule (nor
+//! a `when` condition) reads what another writes, and no condition tests a
+//! string's blankness or prefix. Everything else keeps the
+//! read-rewrite-write path.
 //!
 //! Row by row, the statement applies the edits only where they mean what
-//! the job's own evaluation means: the document is an object or NULL (a
-//! `set` makes it an object), each parent of a `set` is an object, JSON
-//! null or absent (the job creates the missing ones as objects), a
-//! `remove`'s or `rename`'s parent is an object or the value is absent, a
-//! `rename` whose `on_both` is `error` does not find both keys, the parents
-//! two edits share are objects, and every value a `set` writes is there (a
-//! `copy` without its source changes nothing). Any other row (a document
-//! that is an array, a parent that is a string, a missing parameter or
-//! source, a rename the job reports as an error) is handed back and goes through the
-//! read-rewrite-write path in the same transaction, so both paths give
-//! each row the same outcome.
+//! the job's own evaluation means: every row guard passes, the document is
+//! an object or NULL (a `set` makes it an object), each parent of a `set`
+//! is an object, JSON null or absent (the job creates the missing ones as
+//! objects), a `remove`'s or `rename`'s parent is an object or the value
+//! is absent, a `rename` whose `on_both` is `error` does not find both
+//! keys, the parents two edits share are objects, and every value a `set`
+//! writes is there (a `copy` without its source changes nothing). Any
+//! other row (one a guard skips, or whose string a `not_blank` or
+//! `not_prefix` guard reads, Unicode's whitespace being the job's to tell;
+//! a document that is an array, a parent that is a string, a missing
+//! parameter or source, a rename the job reports as an error) is handed
+//! back and goes through the read-rewrite-write path in the same
+//! transaction, so both paths give each row the same outcome.
 
 use std::collections::BTreeSet;
 
@@ -174,6 +176,9 @@ pub struct Pushdown {
     /// The report's current value: its column and path, read as the row
     /// stands before the edits.
     pub current: Option<(String, Pointer)>,
+    /// The target's row guards (column, path, check): a row is pushed
+    /// down only where every one passes.
+    pub guards: Vec<(String, Pointer, Check)>,
 }
 
 impl Pushdown {
@@ -210,6 +215,7 @@ impl Pushdown {
         if let Some((c, _)) = &self.current {
             out.insert(c);
         }
+        out.extend(self.guards.iter().map(|(c, _, _)| c.as_str()));
         out
     }
 }
@@ -221,9 +227,13 @@ pub fn plan(
     current: Option<(&str, &str)>,
     is_jsonb: impl Fn(&str) -> bool,
 ) -> Result<Pushdown, String> {
-    if !target.guards.is_empty() {
-        return Err("the target has row guards".into());
-    }
+    // A row a guard would skip is handed back, and skipped by the job
+    // with the guard's reason.
+    let guards: Vec<(String, Pointer, Check)> = target
+        .guards
+        .iter()
+        .map(|g| (g.column.clone(), Pointer::parse(&g.path), g.check.clone()))
+        .collect();
     let mut columns: Vec<PushedColumn> = Vec::new();
     let mut sources: Vec<(usize, String, Pointer)> = Vec::new();
     for (i, rule) in target.rules.iter().enumerate() {
@@ -318,7 +328,8 @@ pub fn plan(
     let pointers = columns
         .iter()
         .flat_map(|c| c.edits.iter().flat_map(Edit::written))
-        .chain(sources.iter().map(|(_, _, p)| p));
+        .chain(sources.iter().map(|(_, _, p)| p))
+        .chain(guards.iter().map(|(_, p, _)| p));
     for p in pointers {
         if let Some(t) = p.tokens.iter().find(|t| !index_as_sql_reads_it(t)) {
             return Err(format!(
@@ -357,7 +368,11 @@ pub fn plan(
         }
     }
     let current = current.map(|(c, p)| (c.to_string(), Pointer::parse(p)));
-    let pushdown = Pushdown { columns, current };
+    let pushdown = Pushdown {
+        columns,
+        current,
+        guards,
+    };
     if let Some(c) = pushdown.read_columns().into_iter().find(|c| !is_jsonb(c)) {
         return Err(format!("column `{c}` is not jsonb"));
     }
@@ -681,6 +696,46 @@ path = "/c"
             "[[targets.rules]]\ncolumn = \"doc\"\nop = \"set\"\npath = \"/a\"\nvalue = 1\nwhen = [{ path = \"/t\", check = \"not_blank\" }]\n"
         )
         .contains("blankness"));
+    }
+
+    #[test]
+    fn row_guards_go_with_the_plan_and_their_columns_are_read() {
+        let spec = rows_spec(
+            r#"read_columns = ["extra"]"#,
+            r#"[[targets.guards]]
+column = "extra"
+path = "/ready"
+check = "not_blank"
+reason = "not ready"
+
+[[targets.rules]]
+column = "doc"
+op = "set"
+path = "/ready"
+value = 1
+"#,
+        );
+        let t = JobSpec::parse(&spec).unwrap().targets[0].clone();
+        let p = plan(&t, None, jsonb).unwrap();
+        assert_eq!(
+            p.guards,
+            vec![(
+                "extra".to_string(),
+                Pointer::parse("/ready"),
+                Check::NotBlank
+            )]
+        );
+        assert_eq!(
+            p.read_columns().into_iter().collect::<Vec<_>>(),
+            ["doc", "extra"]
+        );
+        // A guard reads the row before the rules: it may read what they write.
+        let spec = rows_spec(
+            "",
+            "[[targets.guards]]\ncolumn = \"doc\"\npath = \"/a\"\ncheck = \"absent\"\nreason = \"done\"\n\n[[targets.rules]]\ncolumn = \"doc\"\nop = \"set\"\npath = \"/a\"\nvalue = 1\n",
+        );
+        let t = JobSpec::parse(&spec).unwrap().targets[0].clone();
+        assert!(plan(&t, None, jsonb).is_ok());
     }
 
     #[test]

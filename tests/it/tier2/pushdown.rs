@@ -256,8 +256,9 @@ fn same_reports(
 }
 
 /// Renames (each `on_both`, an array's element, a JSON null moved), a
-/// copy, and rules under conditions (a number equal by value, a key that
-/// must be absent, a value that must differ), on documents of every shape.
+/// copy, rules under conditions (a number equal by value, a key that must
+/// be absent, a value that must differ) and a row guard, on documents of
+/// every shape.
 const RENAMES: &str = r#"INSERT INTO docs (id, doc) VALUES
     (1, '{"a": 1, "p": {"c": 2}, "q": {"e": 3}, "src": "s", "kind": 1.0, "tmp": 1}'),
     (2, '{"a": 1, "b": 2, "src": "s"}'),
@@ -268,9 +269,18 @@ const RENAMES: &str = r#"INSERT INTO docs (id, doc) VALUES
     (7, '[1]'),
     (8, '{"src": {"deep": [1]}, "dst": {"deep": [1]}, "kind": 1}'),
     (9, '{"p": "text", "q": null, "list": {"0": "x"}, "tmp": 2, "keep": true}'),
-    (10, '{"a": 1, "p": {"c": null}, "dst": 1, "tmp": 3, "keep": false}')"#;
+    (10, '{"a": 1, "p": {"c": null}, "dst": 1, "tmp": 3, "keep": false}'),
+    (11, '{"a": 1, "hold": "yes"}'),
+    (12, '{"a": 1, "hold": null}')"#;
 
-const RENAME_RULES: &str = r#"[[targets.rules]]
+const RENAME_RULES: &str = r#"[[targets.guards]]
+column = "doc"
+path = "/hold"
+check = "not_equals"
+value = "yes"
+reason = "held"
+
+[[targets.rules]]
 op = "rename"
 path = "/a"
 to = "b"
@@ -330,9 +340,9 @@ async fn renames_copies_and_conditions_get_the_outcome_of_the_read_rewrite_write
     let c = counts(&com_p);
     assert_eq!(c, counts(&com_c));
     assert_eq!(
-        (c[0], c[1], c[2], c[5]),
-        (10, 6, 2, 2),
-        "rows 2 (both keys) and 5 (an array's element) are errors: {c:?}"
+        (c[0], c[1], c[2], c[3], c[5]),
+        (12, 7, 2, 1, 2),
+        "row 11 is skipped by the guard, rows 2 (both keys) and 5 (an array's element) are errors: {c:?}"
     );
     assert_eq!(rows(&pushed).await, rows(&classic).await);
     let (c_run, p_run) = (
@@ -341,8 +351,8 @@ async fn renames_copies_and_conditions_get_the_outcome_of_the_read_rewrite_write
     );
     assert_eq!(
         pushed_down(&pushed, &p_run).await,
-        7,
-        "rows 2, 5 and 7 are handed back"
+        8,
+        "rows 2, 5, 7 and 11 are handed back"
     );
     same_reports((&classic, &c_run), (&pushed, &p_run), "docs", false);
     let again = run(&pushed, true, &args);
@@ -390,6 +400,48 @@ async fn the_collection_migration_pushed_down_writes_what_the_job_path_writes_an
     let revert = run(&pushed, true, &["revert", &run_id, "--commit"]);
     assert_eq!(revert.status.code(), Some(0));
     assert_eq!(tables(&pushed).await, before, "restored to the byte");
+}
+
+/// The collection cleanup after the migration: its snapshots target (a
+/// `set` under a row guard) is applied by the database, its models target
+/// (a whole column set) read and rewritten; before the migration the
+/// guard skips every row on both paths.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_collection_cleanup_pushed_down_writes_what_the_job_path_writes() {
+    let (classic, pushed) = (
+        TestEnv::with_collections(30, 4).await,
+        TestEnv::with_collections(30, 4).await,
+    );
+    let cleanup = crate::common::job("collection-nodes-cleanup");
+    let dry = ["run", "--local", "--job", &cleanup, "--all"];
+    // Before the migration the guard skips every row, on both paths.
+    let (c, p) = (run(&classic, false, &dry), run(&pushed, true, &dry));
+    assert_eq!(counts(&c), counts(&p));
+    assert_eq!(counts(&p)[3], counts(&p)[0], "all skipped");
+    let migrate = crate::common::job("collection-dict-migrate");
+    for env in [&classic, &pushed] {
+        let migrated = env.run(&["run", "--local", "--job", &migrate, "--all", "--commit"]);
+        assert_eq!(migrated.status.code(), Some(0));
+        let verified = env.run(&["verify", "--job", &migrate, "--all"]);
+        assert_eq!(verified.status.code(), Some(0));
+    }
+    let args = ["run", "--local", "--job", &cleanup, "--all", "--commit"];
+    let (c, p) = (run(&classic, false, &args), run(&pushed, true, &args));
+    assert_eq!((c.status.code(), p.status.code()), (Some(0), Some(0)));
+    assert_eq!(counts(&c), counts(&p));
+    assert!(counts(&p)[1] > 0);
+    assert_eq!(tables(&pushed).await, tables(&classic).await);
+    let run_id = summary(&p)["run"].clone();
+    let tally = |target: &str| {
+        format!(
+            "SELECT coalesce((tally->'pushed_down'->>'{target}')::int8, 0) FROM backfill_run WHERE run_id = '{run_id}'"
+        )
+    };
+    let snapshots = pushed
+        .scalar_i64("SELECT count(*) FROM collection_snapshot_contents")
+        .await;
+    assert_eq!(pushed.scalar_i64(&tally("snapshots")).await, snapshots);
+    assert_eq!(pushed.scalar_i64(&tally("models")).await, 0);
 }
 
 /// Both tables of the collection data set, as checksums.

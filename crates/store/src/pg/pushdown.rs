@@ -163,28 +163,12 @@ fn edit_sql(
         let at = st.path(&path.tokens);
         defs.push(format!("({doc0} #> {at}) AS k{id}_{j}"));
         let v = format!("x.k{id}_{j}");
-        gate.push(match check {
-            Check::Present => format!("({v} IS NOT NULL AND {v} <> 'null'::jsonb)"),
-            Check::Exists => format!("({v} IS NOT NULL)"),
-            Check::Absent => format!("({v} IS NULL)"),
-            Check::Null => format!("coalesce({v} = 'null'::jsonb, false)"),
-            // jsonb compares numbers by value and objects by their keys,
-            // as the job does.
-            Check::Equals(x) => format!(
-                "coalesce({v} = {}, false)",
-                st.push(Bind::Json(x.to_string()), "jsonb")
-            ),
-            Check::NotEquals(x) => format!(
-                "NOT coalesce({v} = {}, false)",
-                st.push(Bind::Json(x.to_string()), "jsonb")
-            ),
+        gate.push(check_sql(&v, check, st).unwrap_or_else(|| {
             // Not pushed down (`pushdown::plan`); were one here, every
             // row would go back to the job.
-            Check::NotBlank | Check::NotPrefix(_) => {
-                ungated.push("false".to_string());
-                "false".to_string()
-            }
-        });
+            ungated.push("false".to_string());
+            "false".to_string()
+        }));
     }
     let gated = |changes: String| {
         if gate.is_empty() {
@@ -393,6 +377,38 @@ fn edit_sql(
     sql
 }
 
+/// `check` on the value read `v` (`jsonb`, NULL where absent) as SQL that
+/// holds exactly where the job's check passes; `None` for a string's
+/// blankness or prefix, which is Unicode's whitespace to the job.
+fn check_sql(v: &str, check: &Check, st: &mut Statement) -> Option<String> {
+    Some(match check {
+        Check::Present => format!("({v} IS NOT NULL AND {v} <> 'null'::jsonb)"),
+        Check::Exists => format!("({v} IS NOT NULL)"),
+        Check::Absent => format!("({v} IS NULL)"),
+        Check::Null => format!("coalesce({v} = 'null'::jsonb, false)"),
+        // jsonb compares numbers by value and objects by their keys, as
+        // the job does.
+        Check::Equals(x) => format!(
+            "coalesce({v} = {}, false)",
+            st.push(Bind::Json(x.to_string()), "jsonb")
+        ),
+        Check::NotEquals(x) => format!(
+            "NOT coalesce({v} = {}, false)",
+            st.push(Bind::Json(x.to_string()), "jsonb")
+        ),
+        Check::NotBlank | Check::NotPrefix(_) => return None,
+    })
+}
+
+/// A row guard as SQL that holds where the row surely passes it: a row
+/// that fails it, or whose string a `not_blank` or `not_prefix` guard
+/// reads, is handed back for the job to tell.
+fn guard_sql(v: &str, check: &Check, st: &mut Statement) -> String {
+    check_sql(v, check, st).unwrap_or_else(|| {
+        format!("({v} IS NOT NULL AND jsonb_typeof({v}) NOT IN ('string', 'null'))")
+    })
+}
+
 /// A written column as SQL.
 struct ColumnSql {
     column: String,
@@ -425,6 +441,11 @@ struct Parts {
 fn parts(plan: &Pushdown, n: &Names, st: &mut Statement) -> Parts {
     let mut defs = Vec::new();
     let mut plain = Vec::new();
+    for (j, (column, path, check)) in plan.guards.iter().enumerate() {
+        let at = st.path(&path.tokens);
+        defs.push(format!("({} #> {at}) AS r{j}", n.on("x0").col(column)));
+        plain.push(guard_sql(&format!("x.r{j}"), check, st));
+    }
     let mut columns = Vec::new();
     for (ci, c) in plan.columns.iter().enumerate() {
         let doc = n.col(&c.column);
@@ -900,6 +921,12 @@ key = "id"
 key_type = "integer"
 columns = ["doc"]
 query = "SELECT 1"
+[[targets.guards]]
+column = "doc"
+path = "/title"
+check = "not_prefix"
+prefix = "DRAFT"
+reason = "a draft"
 [[targets.rules]]
 column = "doc"
 op = "rename"
@@ -920,6 +947,10 @@ when = [{ path = "/kind", check = "not_equals", value = 2 }]
         assert!(
             commit.contains("THEN jsonb_set((jsonb_set(coalesce(t.\"doc\", '{}'::jsonb), x.a0_0, x.w0_0, true) #- x.a0_1), x.a0_2, x.w0_2, true)"),
             "{commit}"
+        );
+        // A row guard: a string it reads goes back to the job.
+        assert!(
+            commit.contains("(x.r0 IS NOT NULL AND jsonb_typeof(x.r0) NOT IN ('string', 'null'))")
         );
         // Both keys of the rename are read once per row, and the copy's
         // condition.
