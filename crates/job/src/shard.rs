@@ -31,6 +31,41 @@ pub struct FetchedRow {
     pub version: Option<String>,
 }
 
+impl FetchedRow {
+    /// A row as a store read it: `texts`, the texts of `columns` in that
+    /// order (`None` where the row no longer exists); with `digests`, each
+    /// text's `md5` is kept for the compare-and-set.
+    pub fn read(
+        (key, group, refs): (String, String, i64),
+        columns: &[&String],
+        texts: Option<Vec<Option<String>>>,
+        digests: bool,
+        version: Option<String>,
+    ) -> FetchedRow {
+        let mut sums = BTreeMap::new();
+        let columns = texts.map(|texts| {
+            columns
+                .iter()
+                .zip(texts)
+                .map(|(c, text)| {
+                    if digests {
+                        sums.insert((*c).clone(), text.as_deref().map(md5_hex));
+                    }
+                    ((*c).clone(), text)
+                })
+                .collect()
+        });
+        FetchedRow {
+            key,
+            group,
+            refs: refs.max(0) as u64,
+            columns,
+            digests: sums,
+            version,
+        }
+    }
+}
+
 /// The hex `md5` of a column's text, as PostgreSQL's `md5(text)` computes it.
 pub fn md5_hex(text: &str) -> String {
     use md5::Digest;
@@ -178,6 +213,37 @@ pub fn failed_tally(target: &str, shard_no: u32, error: &str, items: &[(String, 
 mod tests {
     use super::*;
     use std::cell::Cell;
+
+    #[test]
+    fn a_row_as_read_keeps_its_texts_by_column_and_their_digests_when_asked() {
+        let (doc, extra) = ("doc".to_string(), "extra".to_string());
+        let texts = Some(vec![Some("{}".to_string()), None]);
+        let r = FetchedRow::read(
+            ("7".into(), "G".into(), -1),
+            &[&doc, &extra],
+            texts.clone(),
+            true,
+            Some("42".into()),
+        );
+        assert_eq!(r.refs, 0, "a negative count reads as none");
+        assert_eq!(
+            r.columns,
+            Some(cols(&[("doc", Some("{}")), ("extra", None)]))
+        );
+        assert_eq!(r.digests["doc"].as_deref(), Some(md5_hex("{}").as_str()));
+        assert_eq!(r.digests["extra"], None);
+        assert_eq!(r.version.as_deref(), Some("42"));
+        let plain = FetchedRow::read(
+            ("7".into(), "G".into(), 2),
+            &[&doc, &extra],
+            texts,
+            false,
+            None,
+        );
+        assert!(plain.digests.is_empty());
+        let gone = FetchedRow::read(("7".into(), "G".into(), 2), &[&doc], None, true, None);
+        assert_eq!((gone.columns, gone.digests.len()), (None, 0));
+    }
 
     fn cols(pairs: &[(&str, Option<&str>)]) -> BTreeMap<String, Option<String>> {
         pairs

@@ -167,6 +167,16 @@ macro_rules! common_ops {
                 .map(drop)
         }
 
+        async fn set_table_rows(&self, run_id: &str, doc: serde_json::Value) -> sqlx::Result<()> {
+            // `Json`: `jsonb` on PostgreSQL, text on SQLite.
+            sqlx::query("UPDATE backfill_run SET table_rows = $2 WHERE run_id = $1")
+                .bind(run_id)
+                .bind(sqlx::types::Json(doc))
+                .execute(&self.pool)
+                .await
+                .map(drop)
+        }
+
         async fn ping(&self) -> sqlx::Result<()> {
             sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
         }
@@ -402,23 +412,11 @@ macro_rules! delegated_ops {
             identity::load(&self.pool).await
         }
 
-        async fn set_table_rows(&self, run_id: &str, doc: serde_json::Value) -> sqlx::Result<()> {
-            audit::set_table_rows(&self.pool, run_id, doc).await
-        }
-
         async fn run_events(
             &self,
             run_id: &str,
         ) -> sqlx::Result<Vec<crate::model::steer::RawEvent>> {
             steer::run_events(&self.pool, run_id).await
-        }
-
-        async fn prune_before_images(
-            &self,
-            secs: f64,
-            delete: bool,
-        ) -> Result<Vec<(String, i64, i64)>, crate::error::StoreError> {
-            steer::prune_before_images(&self.pool, secs, delete).await
         }
 
         async fn reserve_rows(
@@ -452,13 +450,6 @@ macro_rules! delegated_ops {
             shard_nos: &[i32],
         ) -> Result<(), crate::error::StoreError> {
             ledger::mark_published(&self.pool, run_id, shard_nos).await
-        }
-
-        async fn reduce(
-            &self,
-            result: &backfill_job::ShardResult,
-        ) -> Result<crate::model::ledger::Reduced, crate::error::StoreError> {
-            ledger::reduce(&self.pool, result).await
         }
 
         async fn group_rows(
@@ -613,9 +604,110 @@ pub(crate) use plan_derived_shards;
 
 /// The [`crate::backend::Backend`] methods whose code is the same in both
 /// dialects but whose statement is the dialect's own constant of the same
-/// name in its module (`steer::HEARTBEAT`, `status::RUN_TIMES`, …).
+/// name in its module (`steer::HEARTBEAT`, `status::RUN_TIMES`, …), and
+/// whose write transaction is the dialect's own `begin_write`. JSON goes
+/// in and out as `sqlx::types::Json`: `jsonb` on PostgreSQL, text on
+/// SQLite.
 macro_rules! statement_ops {
     () => {
+        /// Folds one shard result into its run, once: the shard's
+        /// `reduced_at` claimed and the run's row read in one write
+        /// transaction; only the shard's own groups are read and written.
+        async fn reduce(
+            &self,
+            result: &backfill_job::ShardResult,
+        ) -> Result<crate::model::ledger::Reduced, crate::error::StoreError> {
+            use crate::error::sql;
+            use crate::model::ledger as model;
+            use sqlx::types::Json;
+            let mut tx = begin_write(&self.pool, "reduce").await?;
+            let claimed: Option<Option<Json<serde_json::Value>>> =
+                sqlx::query_scalar(ledger::CLAIM_RESULT)
+                    .bind(&result.run_id)
+                    .bind(result.shard_no as i32)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(sql("claim shard result"))?;
+            let Some(claimed) = claimed else {
+                let known: Option<bool> = sqlx::query_scalar(
+                    "SELECT reduced_at IS NOT NULL FROM backfill_shard WHERE run_id = $1 AND shard_no = $2",
+                )
+                .bind(&result.run_id)
+                .bind(result.shard_no as i32)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(sql("read shard"))?;
+                tx.rollback().await.map_err(sql("rollback reduce"))?;
+                return Ok(model::not_reduced(known));
+            };
+            let (totals, groups) = model::stored_result(claimed.map(|j| j.0))?;
+            let row: model::FoldRow = sqlx::query_as(ledger::FOLD_ROW)
+                .bind(&result.run_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(sql("read run"))?;
+            ledger::add_groups(&mut tx, &result.run_id, &groups).await?;
+            let fold = row.fold(&result.run_id, &totals)?;
+            let (state, summary) = fold.finished.clone().unzip();
+            sqlx::query(ledger::FOLD)
+                .bind(&result.run_id)
+                .bind(Json(&fold.tally))
+                .bind(fold.reduced as i32)
+                .bind(state.map(|s| s.as_str()))
+                .bind(summary)
+                .execute(&mut *tx)
+                .await
+                .map_err(sql("fold shard result"))?;
+            tx.commit().await.map_err(sql("commit reduce"))?;
+            Ok(model::reduced(fold))
+        }
+
+        async fn before_images(
+            &self,
+            run_id: &str,
+            target: &str,
+            keys: &[String],
+        ) -> Result<Vec<crate::model::audit::RawImage>, crate::error::StoreError> {
+            // The keys go in as one JSON array: SQLite has no arrays.
+            let list = serde_json::to_string(keys)
+                .map_err(|e| crate::error::StoreError::Data(e.to_string()))?;
+            sqlx::query_as(audit::BEFORE_IMAGES)
+                .bind(run_id)
+                .bind(target)
+                .bind(list)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(crate::error::sql("read before-images"))
+        }
+
+        /// The before-images of runs that finished more than `secs` ago,
+        /// per run (rows, bytes), deleted too with `delete`, in one write
+        /// transaction.
+        async fn prune_before_images(
+            &self,
+            secs: f64,
+            delete: bool,
+        ) -> Result<Vec<(String, i64, i64)>, crate::error::StoreError> {
+            use crate::error::sql;
+            let mut tx = begin_write(&self.pool, "prune").await?;
+            let rows: Vec<(String, i64, i64)> = sqlx::query_as(steer::PRUNABLE)
+                .bind(secs)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(sql("find before-images to prune"))?;
+            if delete {
+                for (run_id, _, _) in &rows {
+                    sqlx::query("DELETE FROM backfill_before_image WHERE run_id = $1")
+                        .bind(run_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(sql("prune before-images"))?;
+                }
+            }
+            tx.commit().await.map_err(sql("commit prune"))?;
+            Ok(rows)
+        }
+
         async fn heartbeat(
             &self,
             worker: &str,

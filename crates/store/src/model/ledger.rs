@@ -106,9 +106,49 @@ pub(crate) fn stored_result(
     Ok(split_groups(stored_tally(stored)?))
 }
 
-/// Folds a shard's totals into the run as the ledger holds it.
-pub(crate) fn fold_totals(run: RunLedger<'_>, totals: &Tally) -> Result<Fold, StoreError> {
-    Ok(fold_result(run, totals)?)
+/// The run row a fold reads, as both dialects' SQL returns it: its JSON
+/// columns decoded by sqlx (`jsonb` on PostgreSQL, text on SQLite), its
+/// counts as 64-bit integers, the plan's text only with the last shard.
+#[derive(sqlx::FromRow)]
+pub(crate) struct FoldRow {
+    spec_text: String,
+    mode: String,
+    #[sqlx(json)]
+    scope: serde_json::Value,
+    plan: Option<String>,
+    #[sqlx(json)]
+    tally: serde_json::Value,
+    shards_total: i64,
+    shards_reduced: i64,
+    planning: bool,
+}
+
+impl FoldRow {
+    /// Folds a shard's totals into the run as this row holds it.
+    pub(crate) fn fold(self, run_id: &str, totals: &Tally) -> Result<Fold, StoreError> {
+        let FoldRow {
+            spec_text,
+            mode,
+            scope,
+            plan,
+            tally,
+            shards_total,
+            shards_reduced,
+            planning,
+        } = self;
+        let run = RunLedger {
+            run_id,
+            spec_text: &spec_text,
+            mode: &mode,
+            scope,
+            plan,
+            tally,
+            shards_total,
+            shards_reduced,
+            planning,
+        };
+        Ok(fold_result(run, totals)?)
+    }
 }
 
 /// A run row as either back end reads it.

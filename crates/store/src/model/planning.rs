@@ -34,6 +34,21 @@ pub(crate) fn group_row(
         .map_err(|m| StoreError::Data(format!("groups.query: {m}")))
 }
 
+/// A groups query's rows as groups, read as they come: `object` makes
+/// each row a JSON object (each dialect reads its rows its own way).
+pub(crate) async fn collect_groups<R>(
+    mut rows: impl futures::Stream<Item = sqlx::Result<R>> + Unpin,
+    what: &str,
+    object: impl Fn(R) -> Result<Map<String, Value>, StoreError>,
+) -> Result<Vec<backfill_job::plan::GroupRow>, StoreError> {
+    use futures::TryStreamExt;
+    let mut groups = Vec::new();
+    while let Some(row) = rows.try_next().await.map_err(crate::error::sql(what))? {
+        groups.push(group_row(object(row)?)?);
+    }
+    Ok(groups)
+}
+
 pub(crate) fn obj(text: &str, what: &str) -> Result<Map<String, Value>, StoreError> {
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(m)) => Ok(m),

@@ -5,15 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use backfill_job::fold::{merge_groups, RunLedger};
+use backfill_job::fold::merge_groups;
 use backfill_job::tally::GroupTally;
-use backfill_job::{PlannedGroup, ShardResult};
+use backfill_job::PlannedGroup;
 use sqlx::{PgPool, Row};
 
 use crate::error::{sql, StoreError};
-use crate::model::ledger::{
-    fold_totals, not_reduced, reduced, stored_result, JobLock, RawRun, RecentRun, Reduced,
-};
+use crate::model::ledger::{JobLock, RawRun, RecentRun};
 
 pub(super) async fn try_lock_job(pool: &PgPool, job: &str) -> Result<Option<JobLock>, StoreError> {
     let mut conn = pool
@@ -108,83 +106,31 @@ pub(super) async fn mark_published(
     Ok(())
 }
 
-/// Folds one shard result into its run, once: the shard's `reduced_at` is
-/// claimed and the run's row locked (`FOR UPDATE`) in one transaction. Only
-/// the shard's own groups are read and written (`backfill_group_tally`), and
-/// the plan only with the last shard, for the summary line, and of its
-/// groups only their statuses: a fold costs what the shard carries, not
-/// what the run holds.
-pub(super) async fn reduce(pool: &PgPool, result: &ShardResult) -> Result<Reduced, StoreError> {
-    let mut tx = pool.begin().await.map_err(sql("begin reduce"))?;
-    let claimed = sqlx::query(
-        "UPDATE backfill_shard SET reduced_at = now()
-         WHERE run_id = $1 AND shard_no = $2 AND reduced_at IS NULL AND state IN ('done', 'dead')
-         RETURNING result",
-    )
-    .bind(&result.run_id)
-    .bind(result.shard_no as i32)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(sql("claim shard result"))?;
-    let Some(claimed) = claimed else {
-        let known: Option<bool> = sqlx::query_scalar(
-            "SELECT reduced_at IS NOT NULL FROM backfill_shard WHERE run_id = $1 AND shard_no = $2",
-        )
-        .bind(&result.run_id)
-        .bind(result.shard_no as i32)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(sql("read shard"))?;
-        tx.rollback().await.map_err(sql("rollback reduce"))?;
-        return Ok(not_reduced(known));
-    };
-    let (totals, groups) = stored_result(claimed.get::<Option<serde_json::Value>, _>(0))?;
-    let row = sqlx::query(
-        "SELECT spec_text, mode, scope, tally, shards_total, shards_reduced,
-                EXISTS (SELECT 1 FROM backfill_planning p WHERE p.run_id = $1) AS planning,
-                CASE WHEN shards_reduced + 1 >= shards_total THEN jsonb_set(plan, '{groups}', COALESCE(
-                    (SELECT jsonb_agg(jsonb_build_object('status', g.value->'status'))
-                     FROM jsonb_array_elements(plan->'groups') AS g),
-                    '[]'))::text END AS plan
-         FROM backfill_run WHERE run_id = $1 FOR UPDATE",
-    )
-    .bind(&result.run_id)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(sql("lock run"))?;
-    add_groups(&mut tx, &result.run_id, &groups).await?;
-    let fold = fold_totals(
-        RunLedger {
-            run_id: &result.run_id,
-            spec_text: &row.get::<String, _>("spec_text"),
-            mode: &row.get::<String, _>("mode"),
-            scope: row.get("scope"),
-            plan: row.get::<Option<String>, _>("plan"),
-            tally: row.get("tally"),
-            shards_total: row.get::<i32, _>("shards_total") as i64,
-            shards_reduced: row.get::<i32, _>("shards_reduced") as i64,
-            planning: row.get("planning"),
-        },
-        &totals,
-    )?;
-    let (state, summary) = fold.finished.clone().unzip();
-    sqlx::query(
-        "UPDATE backfill_run SET tally = $2, shards_reduced = $3,
-                state = COALESCE($4, state), summary = COALESCE($5, summary),
-                finished_at = CASE WHEN $4 IS NULL THEN finished_at ELSE now() END
-         WHERE run_id = $1",
-    )
-    .bind(&result.run_id)
-    .bind(&fold.tally)
-    .bind(fold.reduced as i32)
-    .bind(state.map(|s| s.as_str()))
-    .bind(summary)
-    .execute(&mut *tx)
-    .await
-    .map_err(sql("fold shard result"))?;
-    tx.commit().await.map_err(sql("commit reduce"))?;
-    Ok(reduced(fold))
-}
+/// Claims a shard's result for the fold (`reduced_at`), once, and returns
+/// it (`$1` run, `$2` shard).
+pub(super) const CLAIM_RESULT: &str = "UPDATE backfill_shard SET reduced_at = now()
+     WHERE run_id = $1 AND shard_no = $2 AND reduced_at IS NULL AND state IN ('done', 'dead')
+     RETURNING result";
+
+/// The run row a fold reads ([`crate::model::ledger::FoldRow`]), locked
+/// (`FOR UPDATE`) so that folds of one run take turns; the plan only with
+/// the last shard, and of its groups only their statuses, for the summary
+/// line: a fold costs what the shard carries, not what the run holds.
+pub(super) const FOLD_ROW: &str =
+    "SELECT spec_text, mode, scope, tally, shards_total::int8, shards_reduced::int8,
+            EXISTS (SELECT 1 FROM backfill_planning p WHERE p.run_id = $1) AS planning,
+            CASE WHEN shards_reduced + 1 >= shards_total THEN jsonb_set(plan, '{groups}', COALESCE(
+                (SELECT jsonb_agg(jsonb_build_object('status', g.value->'status'))
+                 FROM jsonb_array_elements(plan->'groups') AS g),
+                '[]'))::text END AS plan
+     FROM backfill_run WHERE run_id = $1 FOR UPDATE";
+
+/// Writes a fold into the run row: its tally, shards folded and, when it
+/// ended the run, its state, summary and end time.
+pub(super) const FOLD: &str = "UPDATE backfill_run SET tally = $2, shards_reduced = $3,
+            state = COALESCE($4, state), summary = COALESCE($5, summary),
+            finished_at = CASE WHEN $4 IS NULL THEN finished_at ELSE now() END
+     WHERE run_id = $1";
 
 /// Merges `groups` into the run's group records, in the caller's
 /// transaction: one read and one upsert of the groups' rows per batch,

@@ -26,6 +26,18 @@ mod steer;
 
 pub(crate) use shard::ShardTx;
 
+/// Begins a write transaction: what SQLite's `begin_write` is to its
+/// write lock, for the statements both dialects share (PostgreSQL locks
+/// rows as they are written).
+pub(crate) async fn begin_write(
+    pool: &PgPool,
+    what: &str,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+    pool.begin()
+        .await
+        .map_err(crate::error::sql(format!("begin {what}")))
+}
+
 /// A PostgreSQL ledger.
 #[derive(Clone, Debug)]
 pub(crate) struct Pg {
@@ -45,17 +57,6 @@ impl Backend for Pg {
 
     async fn replace_identity(&self) -> Result<Capability<()>, StoreError> {
         identity::replace(&self.pool).await.map(Capability::Has)
-    }
-
-    async fn before_images(
-        &self,
-        run_id: &str,
-        target: &str,
-        keys: &[String],
-    ) -> Result<Vec<crate::model::audit::RawImage>, StoreError> {
-        audit::before_images(&self.pool, run_id, target, keys)
-            .await
-            .map_err(crate::error::sql("read before-images"))
     }
 
     async fn wal_sample(

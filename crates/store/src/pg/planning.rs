@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use crate::error::{sql, StoreError};
 use crate::model::ledger::RunRecord;
 use crate::model::planning::{
-    eligible_keys, finish_derived, group_row, in_run, key_ints, key_order, obj, recorded_plan,
+    collect_groups, eligible_keys, finish_derived, in_run, key_ints, key_order, obj, recorded_plan,
     ref_row, uses_param, Derived, PlanFrom, RecordedTarget, ShardSink,
 };
 
@@ -37,12 +37,7 @@ pub(super) async fn group_rows(
     if let Some(keys) = keys {
         q = q.bind(keys);
     }
-    let mut rows = q.fetch(pool);
-    let mut groups = Vec::new();
-    while let Some(text) = rows.try_next().await.map_err(sql(what))? {
-        groups.push(group_row(obj(&text, "groups.query")?)?);
-    }
-    Ok(groups)
+    collect_groups(q.fetch(pool), what, |text| obj(&text, "groups.query")).await
 }
 
 /// Plans a run and records it as it goes: first the run's row and its

@@ -869,9 +869,11 @@ mod tests {
     use backfill_job::pushdown::plan;
     use backfill_job::JobSpec;
 
-    #[test]
-    fn a_commit_writes_and_records_before_images_in_one_statement_and_a_dry_run_writes_nothing() {
-        let spec = JobSpec::parse(
+    /// The commit statement of a target of `docs` with `rules` (and guards),
+    /// its binds and the dry run's statement, after checking that every
+    /// placeholder is bound.
+    fn statements(rules: &str, current: Option<(&str, &str)>) -> (String, Vec<Bind>, String) {
+        let spec = JobSpec::parse(&format!(
             r#"
 name = "t"
 [[targets]]
@@ -881,17 +883,35 @@ key = "id"
 key_type = "integer"
 columns = ["doc"]
 query = "SELECT 1"
-[[targets.rules]]
+{rules}"#
+        ))
+        .unwrap();
+        let t = &spec.targets[0];
+        let p = plan(t, current, |_| true).unwrap();
+        let (commit, binds) = statement(t, &p, true);
+        let highest = (1..=Statement::FIXED + binds.len())
+            .rev()
+            .find(|n| commit.contains(&format!("${n}::")))
+            .unwrap();
+        assert_eq!(
+            highest,
+            Statement::FIXED + binds.len(),
+            "every placeholder is bound"
+        );
+        (commit, binds, statement(t, &p, false).0)
+    }
+
+    #[test]
+    fn a_commit_writes_and_records_before_images_in_one_statement_and_a_dry_run_writes_nothing() {
+        let (commit, binds, dry) = statements(
+            r#"[[targets.rules]]
 column = "doc"
 op = "set"
 path = "/a/b"
 param = "title"
 "#,
-        )
-        .unwrap();
-        let t = &spec.targets[0];
-        let p = plan(t, Some(("doc", "/a/b")), |_| true).unwrap();
-        let (commit, binds) = statement(t, &p, true);
+            Some(("doc", "/a/b")),
+        );
         assert!(
             commit.contains("UPDATE \"docs\" t SET \"doc\" = CASE WHEN x.ch0 THEN jsonb_set(coalesce(t.\"doc\", '{}'::jsonb), x.a0_0, x.w0_0, true)"),
             "{commit}"
@@ -899,29 +919,13 @@ param = "title"
         assert!(commit.contains("INSERT INTO backfill_before_image"));
         assert!(commit.contains("unnest($4::text[], $5::jsonb[])"));
         assert!(matches!(binds[0], Bind::JsonArray(_)));
-        let (dry, _) = statement(t, &p, false);
         assert!(!dry.contains("UPDATE") && !dry.contains("INSERT"));
-        // Every placeholder is bound.
-        let highest = (1..=Statement::FIXED + binds.len())
-            .rev()
-            .find(|n| commit.contains(&format!("${n}::")))
-            .unwrap();
-        assert_eq!(highest, Statement::FIXED + binds.len());
     }
 
     #[test]
     fn a_rename_is_a_set_of_the_new_key_and_a_remove_of_the_old_in_one_write() {
-        let spec = JobSpec::parse(
-            r#"
-name = "t"
-[[targets]]
-name = "rows"
-table = "docs"
-key = "id"
-key_type = "integer"
-columns = ["doc"]
-query = "SELECT 1"
-[[targets.guards]]
+        let (commit, _, _) = statements(
+            r#"[[targets.guards]]
 column = "doc"
 path = "/title"
 check = "not_prefix"
@@ -939,11 +943,8 @@ path = "/c"
 from = "/src"
 when = [{ path = "/kind", check = "not_equals", value = 2 }]
 "#,
-        )
-        .unwrap();
-        let t = &spec.targets[0];
-        let p = plan(t, None, |_| true).unwrap();
-        let (commit, binds) = statement(t, &p, true);
+            None,
+        );
         assert!(
             commit.contains("THEN jsonb_set((jsonb_set(coalesce(t.\"doc\", '{}'::jsonb), x.a0_0, x.w0_0, true) #- x.a0_1), x.a0_2, x.w0_2, true)"),
             "{commit}"
@@ -956,10 +957,5 @@ when = [{ path = "/kind", check = "not_equals", value = 2 }]
         // condition.
         assert!(commit.contains(" AS o0_0") && commit.contains(" AS n0_0"));
         assert!(commit.contains(" AS k0_1_0") && commit.contains("NOT coalesce(x.k0_1_0 = $"));
-        let highest = (1..=Statement::FIXED + binds.len())
-            .rev()
-            .find(|n| commit.contains(&format!("${n}::")))
-            .unwrap();
-        assert_eq!(highest, Statement::FIXED + binds.len());
     }
 }

@@ -412,33 +412,20 @@ fn fetched_rows(
     digests: bool,
 ) -> Vec<FetchedRow> {
     let cols: Vec<&String> = target.all_columns().collect();
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let found: bool = r.get(3);
-        let mut sums = BTreeMap::new();
-        let columns = if found {
-            let mut m = BTreeMap::new();
-            for (i, c) in cols.iter().enumerate() {
-                let text = r.get::<Option<String>, _>(5 + i);
-                if digests {
-                    sums.insert((*c).clone(), text.as_deref().map(md5_hex));
-                }
-                m.insert((*c).clone(), text);
-            }
-            Some(m)
-        } else {
-            None
-        };
-        out.push(FetchedRow {
-            key: r.get(0),
-            group: r.get(1),
-            refs: r.get::<i64, _>(2).max(0) as u64,
-            columns,
-            digests: sums,
-            version: r.get(4),
-        });
-    }
-    out
+    rows.into_iter()
+        .map(|r| {
+            let texts = r
+                .get::<bool, _>(3)
+                .then(|| (0..cols.len()).map(|i| r.get(5 + i)).collect());
+            FetchedRow::read(
+                (r.get(0), r.get(1), r.get(2)),
+                &cols,
+                texts,
+                digests,
+                r.get(4),
+            )
+        })
+        .collect()
 }
 
 /// Writes one batch of a shard's evaluated rows in its transaction: the

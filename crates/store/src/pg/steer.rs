@@ -81,33 +81,12 @@ pub(super) async fn run_events(pool: &PgPool, run_id: &str) -> sqlx::Result<Vec<
     .await
 }
 
-pub(super) async fn prune_before_images(
-    pool: &PgPool,
-    secs: f64,
-    delete: bool,
-) -> Result<Vec<(String, i64, i64)>, StoreError> {
-    let mut tx = pool.begin().await.map_err(sql("begin prune"))?;
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT b.run_id, count(*)::int8, coalesce(sum(coalesce(octet_length(b.before), 0) + coalesce(octet_length(b.patch), 0)), 0)::int8
-                     FROM backfill_before_image b JOIN backfill_run r ON r.run_id = b.run_id
-                     WHERE r.finished_at IS NOT NULL AND r.finished_at < now() - make_interval(secs => $1)
-                     GROUP BY b.run_id ORDER BY b.run_id",
-    )
-    .bind(secs)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(sql("find before-images to prune"))?;
-    if delete && !rows.is_empty() {
-        let ids: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
-        sqlx::query("DELETE FROM backfill_before_image WHERE run_id = ANY($1)")
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("prune before-images"))?;
-    }
-    tx.commit().await.map_err(sql("commit prune"))?;
-    Ok(rows)
-}
+/// The before-images of each run that finished more than `$1` seconds
+/// ago: the run, their rows and their bytes.
+pub(super) const PRUNABLE: &str = "SELECT b.run_id, count(*)::int8, coalesce(sum(coalesce(octet_length(b.before), 0) + coalesce(octet_length(b.patch), 0)), 0)::int8
+     FROM backfill_before_image b JOIN backfill_run r ON r.run_id = b.run_id
+     WHERE r.finished_at IS NOT NULL AND r.finished_at < now() - make_interval(secs => $1)
+     GROUP BY b.run_id ORDER BY b.run_id";
 
 /// Begins a shard claim's transaction; when the run limits its shards in
 /// flight (`limited`), claims of the run wait for each other on an advisory

@@ -4,16 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use backfill_job::fold::{merge_groups, RunLedger};
+use backfill_job::fold::merge_groups;
 use backfill_job::tally::GroupTally;
-use backfill_job::{PlannedGroup, ShardResult};
+use backfill_job::PlannedGroup;
 use sqlx::{Row, SqlitePool};
 
-use super::{begin_write, json_text, parse_json};
+use super::{begin_write, parse_json};
 use crate::error::{sql, StoreError};
-use crate::model::ledger::{
-    fold_totals, not_reduced, reduced, stored_result, RawRun, RecentRun, Reduced,
-};
+use crate::model::ledger::{RawRun, RecentRun};
 
 /// A run row, its JSON columns parsed from their text.
 pub(super) async fn load_run(
@@ -81,82 +79,31 @@ pub(super) async fn mark_published(
     Ok(())
 }
 
-/// Folds one shard result into its run, once, in one `IMMEDIATE`
-/// transaction (which holds SQLite's write lock throughout). Only the
-/// shard's own groups are read and written, and the plan only with the
-/// last shard.
-pub(super) async fn reduce(pool: &SqlitePool, result: &ShardResult) -> Result<Reduced, StoreError> {
-    let mut tx = begin_write(pool, "reduce").await?;
-    let claimed = sqlx::query("UPDATE backfill_shard SET reduced_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-         WHERE run_id = ?1 AND shard_no = ?2 AND reduced_at IS NULL AND state IN ('done', 'dead') RETURNING result")
-    .bind(&result.run_id)
-    .bind(result.shard_no as i64)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(sql("claim shard result"))?;
-    let Some(claimed) = claimed else {
-        let known: Option<bool> = sqlx::query_scalar(
-            "SELECT reduced_at IS NOT NULL FROM backfill_shard WHERE run_id = ?1 AND shard_no = ?2",
-        )
-        .bind(&result.run_id)
-        .bind(result.shard_no as i64)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(sql("read shard"))?;
-        tx.rollback().await.map_err(sql("rollback reduce"))?;
-        return Ok(not_reduced(known));
-    };
-    let stored = claimed.get::<Option<String>, _>(0);
-    let stored = stored
-        .map(|t| parse_json("shard result", Some(t)))
-        .transpose()?;
-    let (totals, groups) = stored_result(stored)?;
-    let row = sqlx::query(
-        "SELECT spec_text, mode, scope, tally, shards_total, shards_reduced,
-                EXISTS (SELECT 1 FROM backfill_planning p WHERE p.run_id = ?1) AS planning,
-                CASE WHEN shards_reduced + 1 >= shards_total THEN json_set(plan, '$.groups', json(
-                    (SELECT json_group_array(json_object('status', json_extract(g.value, '$.status')))
-                     FROM json_each(plan, '$.groups') g))) END AS plan
-         FROM backfill_run WHERE run_id = ?1",
-    )
-    .bind(&result.run_id)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(sql("read run"))?;
-    add_groups(&mut tx, &result.run_id, &groups).await?;
-    let plan: Option<String> = row.get("plan");
-    let fold = fold_totals(
-        RunLedger {
-            run_id: &result.run_id,
-            spec_text: &row.get::<String, _>("spec_text"),
-            mode: &row.get::<String, _>("mode"),
-            scope: parse_json("scope", row.get("scope"))?,
-            plan,
-            tally: parse_json("tally", row.get("tally"))?,
-            shards_total: row.get("shards_total"),
-            shards_reduced: row.get("shards_reduced"),
-            planning: row.get::<i64, _>("planning") != 0,
-        },
-        &totals,
-    )?;
-    let (state, summary) = fold.finished.clone().unzip();
-    sqlx::query(
-        "UPDATE backfill_run SET tally = ?2, shards_reduced = ?3,
-                state = COALESCE(?4, state), summary = COALESCE(?5, summary),
-                finished_at = CASE WHEN ?4 IS NULL THEN finished_at ELSE strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END
-         WHERE run_id = ?1",
-    )
-    .bind(&result.run_id)
-    .bind(json_text(&fold.tally)?)
-    .bind(fold.reduced)
-    .bind(state.map(|s| s.as_str()))
-    .bind(summary)
-    .execute(&mut *tx)
-    .await
-    .map_err(sql("fold shard result"))?;
-    tx.commit().await.map_err(sql("commit reduce"))?;
-    Ok(reduced(fold))
-}
+/// Claims a shard's result for the fold (`reduced_at`), once, and returns
+/// it (`$1` run, `$2` shard).
+pub(super) const CLAIM_RESULT: &str =
+    "UPDATE backfill_shard SET reduced_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+     WHERE run_id = $1 AND shard_no = $2 AND reduced_at IS NULL AND state IN ('done', 'dead')
+     RETURNING result";
+
+/// The run row a fold reads ([`crate::model::ledger::FoldRow`]), under
+/// SQLite's write lock, which the fold's `IMMEDIATE` transaction holds
+/// throughout; the plan only with the last shard, and of its groups only
+/// their statuses.
+pub(super) const FOLD_ROW: &str =
+    "SELECT spec_text, mode, scope, tally, shards_total, shards_reduced,
+            EXISTS (SELECT 1 FROM backfill_planning p WHERE p.run_id = $1) AS planning,
+            CASE WHEN shards_reduced + 1 >= shards_total THEN json_set(plan, '$.groups', json(
+                (SELECT json_group_array(json_object('status', json_extract(g.value, '$.status')))
+                 FROM json_each(plan, '$.groups') g))) END AS plan
+     FROM backfill_run WHERE run_id = $1";
+
+/// Writes a fold into the run row: its tally, shards folded and, when it
+/// ended the run, its state, summary and end time.
+pub(super) const FOLD: &str = "UPDATE backfill_run SET tally = $2, shards_reduced = $3,
+            state = COALESCE($4, state), summary = COALESCE($5, summary),
+            finished_at = CASE WHEN $4 IS NULL THEN finished_at ELSE strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END
+     WHERE run_id = $1";
 
 /// Merges `groups` into the run's group records, in the caller's write
 /// transaction: a read and an upsert per group the caller carries.

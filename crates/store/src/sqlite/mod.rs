@@ -49,19 +49,6 @@ impl Backend for Lite {
         ))
     }
 
-    async fn before_images(
-        &self,
-        run_id: &str,
-        target: &str,
-        keys: &[String],
-    ) -> Result<Vec<crate::model::audit::RawImage>, StoreError> {
-        // SQLite has no arrays: the keys go in as one JSON array.
-        let list = serde_json::to_string(keys).map_err(|e| StoreError::Data(e.to_string()))?;
-        audit::before_images(&self.pool, run_id, target, list)
-            .await
-            .map_err(crate::error::sql("read before-images"))
-    }
-
     async fn wal_sample(
         &self,
         _run_id: &str,

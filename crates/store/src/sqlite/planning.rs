@@ -8,7 +8,6 @@ use backfill_job::fold::finish_plan;
 use backfill_job::plan::{CutShard, GroupRow, NewRun};
 use backfill_job::spec::Dialect;
 use backfill_job::{KeyType, Plan, Tally};
-use futures::TryStreamExt;
 use serde_json::{Map, Value};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Column, Row, SqlitePool, TypeInfo, ValueRef};
@@ -17,7 +16,7 @@ use super::{begin_write, json_text};
 use crate::error::{sql, StoreError};
 use crate::model::ledger::RunRecord;
 use crate::model::planning::{
-    cut_target, eligible_keys, finish_derived, group_row, in_run, key_ints, key_order,
+    collect_groups, cut_target, eligible_keys, finish_derived, in_run, key_ints, key_order,
     recorded_plan, ref_row, uses_param, Derived, PlanFrom, ShardSink,
 };
 
@@ -60,12 +59,7 @@ pub(super) async fn group_rows(
     if let Some(keys) = keys {
         q = q.bind(keys);
     }
-    let mut rows = q.fetch(pool);
-    let mut groups = Vec::new();
-    while let Some(row) = rows.try_next().await.map_err(sql(what))? {
-        groups.push(group_row(row_object(&row)?)?);
-    }
-    Ok(groups)
+    collect_groups(q.fetch(pool), what, |row| row_object(&row)).await
 }
 
 /// Plans a run in one transaction: SQLite serves one process, whose

@@ -70,32 +70,28 @@ pub(super) async fn fetch_shard(
             "read rows of shard {shard_no} from {}",
             target.table
         )))?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let found: bool = r.get(3);
-        let columns = if found {
-            let mut m = BTreeMap::new();
-            for (i, c) in cols.iter().enumerate() {
-                let v: Option<String> = r
-                    .try_get(4 + i)
-                    .map_err(sql(format!("read column {c} as JSON text")))?;
-                m.insert((*c).clone(), v);
-            }
-            Some(m)
-        } else {
-            None
-        };
-        out.push(FetchedRow {
-            key: r.get(0),
-            group: r.get(1),
-            refs: r.get::<i64, _>(2).max(0) as u64,
-            columns,
-            // SQLite compares the documents themselves.
-            digests: BTreeMap::new(),
-            version: None,
-        });
-    }
-    Ok(out)
+    rows.into_iter()
+        .map(|r| {
+            let texts = if r.get::<bool, _>(3) {
+                let text = |i: usize| {
+                    r.try_get(4 + i)
+                        .map_err(sql(format!("read column {} as JSON text", cols[i])))
+                };
+                Some((0..cols.len()).map(text).collect::<Result<_, _>>()?)
+            } else {
+                None
+            };
+            // SQLite compares the documents themselves: no digests, no
+            // row version.
+            Ok(FetchedRow::read(
+                (r.get(0), r.get(1), r.get(2)),
+                &cols,
+                texts,
+                false,
+                None,
+            ))
+        })
+        .collect()
 }
 
 /// Reads the whole shard, outside any transaction: SQLite has no

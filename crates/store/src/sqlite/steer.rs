@@ -88,38 +88,13 @@ pub(super) async fn run_events(pool: &SqlitePool, run_id: &str) -> sqlx::Result<
     .await
 }
 
-pub(super) async fn prune_before_images(
-    pool: &SqlitePool,
-    secs: f64,
-    delete: bool,
-) -> Result<Vec<(String, i64, i64)>, StoreError> {
-    let mut tx = pool
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(sql("begin prune"))?;
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT b.run_id, count(*), coalesce(sum(coalesce(length(CAST(b.before AS BLOB)), 0) + coalesce(length(CAST(b.patch AS BLOB)), 0)), 0)
-                     FROM backfill_before_image b JOIN backfill_run r ON r.run_id = b.run_id
-                     WHERE r.finished_at IS NOT NULL
-                       AND julianday(r.finished_at) < julianday('now') - ?1 / 86400.0
-                     GROUP BY b.run_id ORDER BY b.run_id",
-    )
-    .bind(secs)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(sql("find before-images to prune"))?;
-    if delete {
-        for r in &rows {
-            sqlx::query("DELETE FROM backfill_before_image WHERE run_id = ?1")
-                .bind(&r.0)
-                .execute(&mut *tx)
-                .await
-                .map_err(sql("prune before-images"))?;
-        }
-    }
-    tx.commit().await.map_err(sql("commit prune"))?;
-    Ok(rows)
-}
+/// The before-images of each run that finished more than `$1` seconds
+/// ago: the run, their rows and their bytes.
+pub(super) const PRUNABLE: &str = "SELECT b.run_id, count(*), coalesce(sum(coalesce(length(CAST(b.before AS BLOB)), 0) + coalesce(length(CAST(b.patch AS BLOB)), 0)), 0)
+     FROM backfill_before_image b JOIN backfill_run r ON r.run_id = b.run_id
+     WHERE r.finished_at IS NOT NULL
+       AND julianday(r.finished_at) < julianday('now') - $1 / 86400.0
+     GROUP BY b.run_id ORDER BY b.run_id";
 
 /// Begins a shard claim's transaction. One writer at a time: BEGIN
 /// IMMEDIATE serializes claims, whether or not the run limits its shards
