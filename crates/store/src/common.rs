@@ -32,6 +32,11 @@ pub(crate) const MEASURED_SHARD_COST: &str = "SELECT r.run_id, CAST(max(s.rows) 
                  GROUP BY r.run_id, r.created_at, r.mode
                  ORDER BY (r.mode = $2) DESC, r.created_at DESC LIMIT 1";
 
+/// A derived run's row (a revert or a retry), its scope and empty tally as
+/// JSON, its plan to come.
+pub(crate) const INSERT_DERIVED_RUN: &str = "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, revert_of, kind, retry_of)
+     VALUES ($1, $2, $3, $4, $5, $6, 'running', '{}', 0, $7, $8, $9, $10)";
+
 /// The dialect-independent [`crate::backend::Backend`] methods, for an
 /// implementation whose pool is `self.pool`.
 macro_rules! common_ops {
@@ -437,6 +442,32 @@ macro_rules! delegated_ops {
             steer::reserve_bytes(&self.pool, run_id, rows, horizon).await
         }
 
+        async fn load_run(
+            &self,
+            run_id: &str,
+            plan_groups: bool,
+        ) -> Result<Option<crate::model::ledger::RawRun>, crate::error::StoreError> {
+            ledger::load_run(&self.pool, run_id, plan_groups).await
+        }
+
+        async fn group_tallies(
+            &self,
+            run_id: &str,
+        ) -> Result<Vec<(String, String)>, crate::error::StoreError> {
+            ledger::group_tallies(&self.pool, run_id).await
+        }
+
+        async fn plan_group_count(&self, run_id: &str) -> sqlx::Result<Option<i64>> {
+            ledger::plan_group_count(&self.pool, run_id).await
+        }
+
+        fn report_groups<'a>(
+            &'a self,
+            run_id: &'a str,
+        ) -> futures::stream::BoxStream<'a, sqlx::Result<(String, Option<String>)>> {
+            ledger::report_groups(&self.pool, run_id)
+        }
+
         async fn recent_runs(
             &self,
             limit: i64,
@@ -468,16 +499,6 @@ macro_rules! delegated_ops {
             sink: Option<&crate::model::planning::ShardSink>,
         ) -> Result<backfill_job::Plan, crate::error::StoreError> {
             planning::create_run(&self.pool, new, from, sink).await
-        }
-
-        async fn create_derived_run(
-            &self,
-            run_id: &str,
-            original: &crate::model::ledger::RunRecord,
-            shard_size: u32,
-            derived: crate::model::planning::Derived,
-        ) -> Result<backfill_job::Plan, crate::error::StoreError> {
-            planning::create_derived_run(&self.pool, run_id, original, shard_size, derived).await
         }
 
         async fn shard_done(
@@ -557,7 +578,7 @@ pub(crate) use fail_in;
 
 /// The shards of a derived run (see [`crate::model::planning::Derived`]), cut
 /// from the original run's ledger rows and written in the transaction
-/// `$tx` by the dialect's own `write_shard`; for a retry, the original's
+/// `$tx` by the dialect's own `planning::write_shard`; for a retry, the original's
 /// quarantined rows are marked retried by the new run. Evaluates to the
 /// planned targets, the next shard number and the tally.
 macro_rules! plan_derived_shards {
@@ -583,7 +604,8 @@ macro_rules! plan_derived_shards {
                 &mut tally,
             );
             for shard in &cut {
-                write_shard(&mut $tx, $run_id, &target.name, target.key_type, shard).await?;
+                planning::write_shard(&mut $tx, $run_id, &target.name, target.key_type, shard)
+                    .await?;
             }
             targets.push(planned);
         }
@@ -602,9 +624,45 @@ macro_rules! plan_derived_shards {
 }
 pub(crate) use plan_derived_shards;
 
+/// The rows `$rows` of [`crate::model::shard::fetch_sql`] for `$target` as
+/// fetched rows (with each column's digest when `$digests`), each database
+/// row dropped as soon as it is converted; a column that is not text is an
+/// error naming it.
+macro_rules! fetched_rows {
+    ($target:expr, $rows:expr, $digests:expr) => {{
+        use sqlx::Row;
+        let cols: Vec<&String> = $target.all_columns().collect();
+        $rows
+            .into_iter()
+            .map(|r| {
+                let texts = if r.get::<bool, _>(3) {
+                    let text = |i: usize| {
+                        r.try_get(5 + i).map_err(crate::error::sql(format!(
+                            "read column {} as JSON text",
+                            cols[i]
+                        )))
+                    };
+                    Some((0..cols.len()).map(text).collect::<Result<_, _>>()?)
+                } else {
+                    None
+                };
+                Ok(backfill_job::shard::FetchedRow::read(
+                    (r.get(0), r.get(1), r.get(2)),
+                    &cols,
+                    texts,
+                    $digests,
+                    r.get(4),
+                ))
+            })
+            .collect::<Result<Vec<_>, crate::error::StoreError>>()
+    }};
+}
+pub(crate) use fetched_rows;
+
 /// The [`crate::backend::Backend`] methods whose code is the same in both
 /// dialects but whose statement is the dialect's own constant of the same
-/// name in its module (`steer::HEARTBEAT`, `status::RUN_TIMES`, …), and
+/// name in its module (`steer::HEARTBEAT`, `status::RUN_TIMES`,
+/// `shard::VERSION`, …), and
 /// whose write transaction is the dialect's own `begin_write`. JSON goes
 /// in and out as `sqlx::types::Json`: `jsonb` on PostgreSQL, text on
 /// SQLite.
@@ -660,6 +718,64 @@ macro_rules! statement_ops {
                 .map_err(sql("fold shard result"))?;
             tx.commit().await.map_err(sql("commit reduce"))?;
             Ok(model::reduced(fold))
+        }
+
+        /// Plans a run derived from a finished run in one write
+        /// transaction: its row, its shards cut from the original's ledger
+        /// rows, then its plan (the dialect's `planning::record_derived_plan`).
+        async fn create_derived_run(
+            &self,
+            run_id: &str,
+            original: &crate::model::ledger::RunRecord,
+            shard_size: u32,
+            derived: crate::model::planning::Derived,
+        ) -> Result<backfill_job::Plan, crate::error::StoreError> {
+            use crate::error::sql;
+            use sqlx::types::Json;
+            let spec = &original.spec;
+            let mut tx = begin_write(&self.pool, "plan").await?;
+            sqlx::query(crate::common::INSERT_DERIVED_RUN)
+                .bind(run_id)
+                .bind(&spec.name)
+                .bind(&spec.source)
+                .bind(&spec.hash)
+                .bind(derived.mode(original).as_str())
+                .bind(Json(&original.scope_value))
+                .bind(Json(backfill_job::Tally::default()))
+                .bind(derived.revert_of(original))
+                .bind(derived.kind().as_str())
+                .bind(derived.retry_of(original))
+                .execute(&mut *tx)
+                .await
+                .map_err(sql("record run"))?;
+            let (targets, next_shard, tally) =
+                crate::common::plan_derived_shards!(tx, run_id, original, shard_size, derived);
+            let (plan, summary) = crate::model::planning::finish_derived(
+                run_id, original, shard_size, derived, targets, next_shard, tally,
+            );
+            planning::record_derived_plan(&mut tx, run_id, &plan, summary).await?;
+            tx.commit().await.map_err(sql("commit plan"))?;
+            Ok(plan)
+        }
+
+        async fn fetch_shard(
+            &self,
+            run_id: &str,
+            target: &backfill_job::spec::TargetSpec,
+            shard_no: u32,
+            digests: bool,
+        ) -> Result<Vec<backfill_job::shard::FetchedRow>, crate::error::StoreError> {
+            let q = crate::model::shard::fetch_sql(target, "", shard::AS_TEXT, shard::VERSION);
+            let rows = sqlx::query(&q)
+                .bind(run_id)
+                .bind(shard_no as i32)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(crate::error::sql(format!(
+                    "read rows of shard {shard_no} from {}",
+                    target.table
+                )))?;
+            crate::common::fetched_rows!(target, rows, digests && shard::DIGESTS)
         }
 
         async fn before_images(

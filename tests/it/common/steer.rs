@@ -63,13 +63,17 @@ pub async fn count(env: &TestEnv, run: &str, where_: &str) -> i64 {
     .await
 }
 
-/// Waits until `n` shards of the run are done.
+/// Waits until `n` shards of the run are done and its plan is whole: its
+/// shards are published as they are recorded, so on a slow disk the first
+/// ones can be done while the coordinator still records the rest, and a
+/// count of its shards taken then is not the run's.
 pub async fn wait_done(env: &TestEnv, run: &str, n: i64) {
     let deadline = Instant::now() + Duration::from_secs(120);
-    while count(env, run, "state = 'done'").await < n {
+    let planning = format!("SELECT count(*) FROM backfill_planning WHERE run_id = '{run}'");
+    while count(env, run, "state = 'done'").await < n || env.scalar_i64(&planning).await > 0 {
         assert!(
             Instant::now() < deadline,
-            "{n} shards of {run} were not done in time"
+            "{n} shards of {run} were not done, or its plan not whole, in time"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

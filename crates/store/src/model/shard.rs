@@ -53,6 +53,31 @@ impl Committed {
 
 /// How a shard's items join their target rows: on the integer key beside
 /// an item's text, or on the text.
+/// The query reading a shard's items with their target rows (`$1` run,
+/// `$2` shard, `filter` any further condition on the items): each item's
+/// key, group, references, whether its row was found, the row's version
+/// (the dialect's `version` expression) and its JSON columns as text
+/// (`as_text` the dialect's cast), in item order.
+pub(crate) fn fetch_sql(
+    target: &backfill_job::spec::TargetSpec,
+    filter: &str,
+    as_text: &str,
+    version: &str,
+) -> String {
+    let select_cols: String = target
+        .all_columns()
+        .map(|c| format!(", t.{}{as_text}", quote_ident(c)))
+        .collect();
+    format!(
+        "SELECT i.key, i.group_key, i.refs, (t.{key} IS NOT NULL) AS found, {version}{select_cols}
+         FROM backfill_item i LEFT JOIN {table} t ON {join}
+         WHERE i.run_id = $1 AND i.shard_no = $2 {filter} ORDER BY i.item_no",
+        key = quote_ident(&target.key),
+        table = quote_ident(&target.table),
+        join = key_join(target),
+    )
+}
+
 pub(crate) fn key_join(target: &backfill_job::spec::TargetSpec) -> String {
     let k = quote_ident(&target.key);
     match target.key_type {

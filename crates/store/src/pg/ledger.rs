@@ -47,7 +47,7 @@ pub(super) async fn load_run(
     pool: &PgPool,
     run_id: &str,
     plan_groups: bool,
-) -> sqlx::Result<Option<RawRun>> {
+) -> Result<Option<RawRun>, StoreError> {
     let row = sqlx::query(
         "SELECT run_id, spec_text, mode, scope, state,
                 (CASE WHEN $2 THEN plan ELSE jsonb_set(plan, '{groups}', '[]') END)::text AS plan,
@@ -58,7 +58,8 @@ pub(super) async fn load_run(
     .bind(run_id)
     .bind(plan_groups)
     .fetch_optional(pool)
-    .await?;
+    .await
+    .map_err(sql("read run"))?;
     Ok(row.map(|row| RawRun {
         run_id: row.get("run_id"),
         spec_text: row.get("spec_text"),
@@ -243,9 +244,10 @@ pub(super) async fn add_plan_groups(
 pub(super) async fn group_tallies(
     pool: &PgPool,
     run_id: &str,
-) -> sqlx::Result<Vec<(String, String)>> {
+) -> Result<Vec<(String, String)>, StoreError> {
     sqlx::query_as("SELECT group_key, tally::text FROM backfill_group_tally WHERE run_id = $1")
         .bind(run_id)
         .fetch_all(pool)
         .await
+        .map_err(sql("read group tallies"))
 }

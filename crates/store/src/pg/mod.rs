@@ -6,14 +6,13 @@
 //! PostgreSQL does differently.
 
 use backfill_job::spec::Dialect;
-use backfill_job::spec::TargetSpec;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 
 use crate::backend::{Backend, Capability, Opened};
 use crate::error::StoreError;
-use crate::model::ledger::{JobLock, RawRun};
-use crate::model::shard::{Committed, FetchedRow, ShardCommit, ShardWork};
+use crate::model::ledger::JobLock;
+use crate::model::shard::{Committed, ShardCommit, ShardWork};
 
 mod audit;
 mod identity;
@@ -96,43 +95,6 @@ impl Backend for Pg {
         ledger::job_lock_held(&self.pool, job)
             .await
             .map(Capability::Has)
-    }
-
-    async fn load_run(
-        &self,
-        run_id: &str,
-        plan_groups: bool,
-    ) -> Result<Option<RawRun>, StoreError> {
-        ledger::load_run(&self.pool, run_id, plan_groups)
-            .await
-            .map_err(crate::error::sql("read run"))
-    }
-
-    async fn group_tallies(&self, run_id: &str) -> Result<Vec<(String, String)>, StoreError> {
-        ledger::group_tallies(&self.pool, run_id)
-            .await
-            .map_err(crate::error::sql("read group tallies"))
-    }
-
-    async fn plan_group_count(&self, run_id: &str) -> sqlx::Result<Option<i64>> {
-        ledger::plan_group_count(&self.pool, run_id).await
-    }
-
-    fn report_groups<'a>(
-        &'a self,
-        run_id: &'a str,
-    ) -> futures::stream::BoxStream<'a, sqlx::Result<(String, Option<String>)>> {
-        ledger::report_groups(&self.pool, run_id)
-    }
-
-    async fn fetch_shard(
-        &self,
-        run_id: &str,
-        target: &TargetSpec,
-        shard_no: u32,
-        digests: bool,
-    ) -> Result<Vec<FetchedRow>, StoreError> {
-        shard::fetch_shard(&self.pool, run_id, target, shard_no, digests).await
     }
 
     async fn column_types(

@@ -15,10 +15,9 @@ use sqlx::{Column, Executor, PgPool, Postgres, Row, Statement, Transaction, Type
 use std::collections::HashMap;
 
 use crate::error::{sql, StoreError};
-use crate::model::ledger::RunRecord;
 use crate::model::planning::{
-    collect_groups, eligible_keys, finish_derived, in_run, key_ints, key_order, obj, recorded_plan,
-    ref_row, uses_param, Derived, PlanFrom, RecordedTarget, ShardSink,
+    collect_groups, eligible_keys, in_run, key_ints, key_order, obj, recorded_plan, ref_row,
+    uses_param, PlanFrom, RecordedTarget, ShardSink,
 };
 
 /// How many items one INSERT carries.
@@ -335,46 +334,16 @@ async fn record_plan(
     super::ledger::add_groups(tx, run_id, r.groups).await
 }
 
-/// Plans a run derived from a finished run in one transaction.
-pub(super) async fn create_derived_run(
-    pool: &PgPool,
+/// A derived run's plan: the groups first (the plan's list of them is
+/// made from their rows), then the plan.
+pub(super) async fn record_derived_plan(
+    tx: &mut Transaction<'_, Postgres>,
     run_id: &str,
-    original: &RunRecord,
-    shard_size: u32,
-    derived: Derived,
-) -> Result<Plan, StoreError> {
-    let spec = &original.spec;
-    let mode = derived.mode(original);
-    let mut tx = pool.begin().await.map_err(sql("begin plan"))?;
-    let empty =
-        serde_json::to_value(Tally::default()).map_err(|e| StoreError::Data(e.to_string()))?;
-    sqlx::query(
-        "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, revert_of, kind, retry_of)
-         VALUES ($1, $2, $3, $4, $5, $6, 'running', '{}', 0, $7, $8, $9, $10)",
-    )
-    .bind(run_id)
-    .bind(&spec.name)
-    .bind(&spec.source)
-    .bind(&spec.hash)
-    .bind(mode.as_str())
-    .bind(serde_json::to_value(&original.scope_value).unwrap_or(Value::Null))
-    .bind(&empty)
-    .bind(derived.revert_of(original))
-    .bind(derived.kind().as_str())
-    .bind(derived.retry_of(original))
-    .execute(&mut *tx)
-    .await
-    .map_err(sql("record run"))?;
-    let (targets, next_shard, tally) =
-        crate::common::plan_derived_shards!(tx, run_id, original, shard_size, derived);
-    let (plan, summary) = finish_derived(
-        run_id, original, shard_size, derived, targets, next_shard, tally,
-    );
-    // The groups first: the plan's list of them is made from their rows.
-    super::ledger::add_plan_groups(&mut tx, run_id, &plan.groups).await?;
-    record_plan(&mut tx, run_id, &plan, summary).await?;
-    tx.commit().await.map_err(sql("commit plan"))?;
-    Ok(plan)
+    plan: &Plan,
+    summary: Option<String>,
+) -> Result<(), StoreError> {
+    super::ledger::add_plan_groups(tx, run_id, &plan.groups).await?;
+    record_plan(tx, run_id, plan, summary).await
 }
 
 /// Whether the query's `key` column is an integer type, from the prepared
@@ -391,7 +360,7 @@ async fn key_is_integer(pool: &sqlx::PgPool, user_sql: &str) -> bool {
     }
 }
 
-async fn write_shard(
+pub(super) async fn write_shard(
     tx: &mut Transaction<'_, Postgres>,
     run_id: &str,
     target: &str,

@@ -21,6 +21,12 @@ use serde_json::{Map, Value};
 /// The system column of a row's version.
 pub(super) const ROW_VERSION: &str = "xmin";
 
+/// How a shard's read takes a JSON column as text, and the row's version;
+/// the compare-and-set compares digests of the columns when asked.
+pub(super) const AS_TEXT: &str = "::text";
+pub(super) const VERSION: &str = "t.xmin::text";
+pub(super) const DIGESTS: bool = true;
+
 /// A shard's stored result.
 fn stored_result(v: Option<serde_json::Value>) -> Result<Tally, StoreError> {
     serde_json::from_value(v.unwrap_or_default())
@@ -39,26 +45,6 @@ pub(super) async fn shard_done(
         .await
         .map_err(sql("read shard state"))?;
     row.map(stored_result).transpose()
-}
-
-pub(super) async fn fetch_shard(
-    pool: &PgPool,
-    run_id: &str,
-    target: &backfill_job::spec::TargetSpec,
-    shard_no: u32,
-    digests: bool,
-) -> Result<Vec<FetchedRow>, StoreError> {
-    let q = fetch_sql(target, "");
-    let rows = sqlx::query(&q)
-        .bind(run_id)
-        .bind(shard_no as i32)
-        .fetch_all(pool)
-        .await
-        .map_err(sql(format!(
-            "read rows of shard {shard_no} from {}",
-            target.table
-        )))?;
-    Ok(fetched_rows(target, rows, digests))
 }
 
 pub(super) async fn column_types(
@@ -353,7 +339,8 @@ async fn fetch_items(
     shard_no: u32,
     nos: &[i32],
 ) -> Result<Vec<FetchedRow>, StoreError> {
-    let rows = sqlx::query(&fetch_sql(target, "AND i.item_no = ANY($3)"))
+    let q = crate::model::shard::fetch_sql(target, "AND i.item_no = ANY($3)", AS_TEXT, VERSION);
+    let rows = sqlx::query(&q)
         .bind(run_id)
         .bind(shard_no as i32)
         .bind(nos)
@@ -363,7 +350,7 @@ async fn fetch_items(
             "read rows of shard {shard_no} from {}",
             target.table
         )))?;
-    Ok(fetched_rows(target, rows, false))
+    crate::common::fetched_rows!(target, rows, false)
 }
 
 /// Gives back the memory the connection kept from a statement that carried
@@ -385,47 +372,6 @@ async fn give_back_buffers(
             .map_err(sql("give back the connection's read buffer"))?;
     }
     Ok(())
-}
-
-/// The query reading a shard's items with their target rows (`$1` run,
-/// `$2` shard, `filter` any further condition on the items).
-fn fetch_sql(target: &backfill_job::spec::TargetSpec, filter: &str) -> String {
-    let select_cols: String = target
-        .all_columns()
-        .map(|c| format!(", t.{}::text", quote_ident(c)))
-        .collect();
-    format!(
-        "SELECT i.key, i.group_key, i.refs, (t.{key} IS NOT NULL) AS found, t.{ROW_VERSION}::text{select_cols}
-         FROM backfill_item i LEFT JOIN {table} t ON {join}
-         WHERE i.run_id = $1 AND i.shard_no = $2 {filter} ORDER BY i.item_no",
-        key = quote_ident(&target.key),
-        table = quote_ident(&target.table),
-        join = key_join(target),
-    )
-}
-
-/// The rows of [`fetch_sql`] as fetched rows; each database row is dropped
-/// as soon as it is converted.
-fn fetched_rows(
-    target: &backfill_job::spec::TargetSpec,
-    rows: Vec<sqlx::postgres::PgRow>,
-    digests: bool,
-) -> Vec<FetchedRow> {
-    let cols: Vec<&String> = target.all_columns().collect();
-    rows.into_iter()
-        .map(|r| {
-            let texts = r
-                .get::<bool, _>(3)
-                .then(|| (0..cols.len()).map(|i| r.get(5 + i)).collect());
-            FetchedRow::read(
-                (r.get(0), r.get(1), r.get(2)),
-                &cols,
-                texts,
-                digests,
-                r.get(4),
-            )
-        })
-        .collect()
 }
 
 /// Writes one batch of a shard's evaluated rows in its transaction: the

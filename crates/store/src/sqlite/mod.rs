@@ -7,14 +7,13 @@
 //! text ([`json_text`], [`parse_json`]).
 
 use backfill_job::spec::Dialect;
-use backfill_job::spec::TargetSpec;
 use sqlx::SqlitePool;
 use std::collections::BTreeMap;
 
 use crate::backend::{Backend, Capability, Opened};
 use crate::error::StoreError;
-use crate::model::ledger::{JobLock, RawRun};
-use crate::model::shard::{Committed, FetchedRow, ShardCommit, ShardWork};
+use crate::model::ledger::JobLock;
+use crate::model::shard::{Committed, ShardCommit, ShardWork};
 
 mod audit;
 mod identity;
@@ -78,40 +77,6 @@ impl Backend for Lite {
 
     async fn job_lock_held(&self, _job: &str) -> sqlx::Result<Capability<bool>> {
         Ok(Capability::Lacks("SQLite has no session advisory locks"))
-    }
-
-    async fn load_run(
-        &self,
-        run_id: &str,
-        plan_groups: bool,
-    ) -> Result<Option<RawRun>, StoreError> {
-        ledger::load_run(&self.pool, run_id, plan_groups).await
-    }
-
-    async fn group_tallies(&self, run_id: &str) -> Result<Vec<(String, String)>, StoreError> {
-        ledger::group_tallies(&self.pool, run_id).await
-    }
-
-    async fn plan_group_count(&self, run_id: &str) -> sqlx::Result<Option<i64>> {
-        ledger::plan_group_count(&self.pool, run_id).await
-    }
-
-    fn report_groups<'a>(
-        &'a self,
-        run_id: &'a str,
-    ) -> futures::stream::BoxStream<'a, sqlx::Result<(String, Option<String>)>> {
-        ledger::report_groups(&self.pool, run_id)
-    }
-
-    async fn fetch_shard(
-        &self,
-        run_id: &str,
-        target: &TargetSpec,
-        shard_no: u32,
-        _digests: bool,
-    ) -> Result<Vec<FetchedRow>, StoreError> {
-        // SQLite compares the documents themselves: no digests.
-        shard::fetch_shard(&self.pool, run_id, target, shard_no).await
     }
 
     async fn column_types(

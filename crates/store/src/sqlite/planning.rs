@@ -14,10 +14,9 @@ use sqlx::{Column, Row, SqlitePool, TypeInfo, ValueRef};
 
 use super::{begin_write, json_text};
 use crate::error::{sql, StoreError};
-use crate::model::ledger::RunRecord;
 use crate::model::planning::{
-    collect_groups, cut_target, eligible_keys, finish_derived, in_run, key_ints, key_order,
-    recorded_plan, ref_row, uses_param, Derived, PlanFrom, ShardSink,
+    collect_groups, cut_target, eligible_keys, in_run, key_ints, key_order, recorded_plan, ref_row,
+    uses_param, PlanFrom, ShardSink,
 };
 
 /// A row of a spec query as a JSON object, whatever its columns.
@@ -170,7 +169,7 @@ async fn record_plan(
     super::ledger::add_groups(tx, run_id, r.groups).await
 }
 
-async fn write_shard(
+pub(super) async fn write_shard(
     tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
     run_id: &str,
     target: &str,
@@ -212,38 +211,12 @@ async fn write_shard(
     Ok(())
 }
 
-pub(super) async fn create_derived_run(
-    pool: &SqlitePool,
+/// A derived run's plan.
+pub(super) async fn record_derived_plan(
+    tx: &mut sqlx::SqliteConnection,
     run_id: &str,
-    original: &RunRecord,
-    shard_size: u32,
-    derived: Derived,
-) -> Result<Plan, StoreError> {
-    let spec = &original.spec;
-    let mode = derived.mode(original);
-    let mut tx = begin_write(pool, "plan").await?;
-    sqlx::query(
-        "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, revert_of, kind, retry_of)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', '{}', 0, '{}', ?7, ?8, ?9)",
-    )
-    .bind(run_id)
-    .bind(&spec.name)
-    .bind(&spec.source)
-    .bind(&spec.hash)
-    .bind(mode.as_str())
-    .bind(json_text(&original.scope_value)?)
-    .bind(derived.revert_of(original))
-    .bind(derived.kind().as_str())
-    .bind(derived.retry_of(original))
-    .execute(&mut *tx)
-    .await
-    .map_err(sql("record run"))?;
-    let (targets, next_shard, tally) =
-        crate::common::plan_derived_shards!(tx, run_id, original, shard_size, derived);
-    let (plan, summary) = finish_derived(
-        run_id, original, shard_size, derived, targets, next_shard, tally,
-    );
-    record_plan(&mut tx, run_id, &plan, summary).await?;
-    tx.commit().await.map_err(sql("commit plan"))?;
-    Ok(plan)
+    plan: &Plan,
+    summary: Option<String>,
+) -> Result<(), StoreError> {
+    record_plan(tx, run_id, plan, summary).await
 }

@@ -18,7 +18,7 @@ use super::{begin_write, json_text, parse_json};
 use crate::backend::{Capability, Opened, ShardTransaction};
 use crate::error::{sql, StoreError};
 use crate::model::ledger::decode;
-use crate::model::shard::{key_join, BatchLimits, Committed, ShardCommit, ShardWork};
+use crate::model::shard::{BatchLimits, Committed, ShardCommit, ShardWork};
 
 pub(super) async fn shard_done(
     pool: &SqlitePool,
@@ -42,57 +42,12 @@ pub(super) async fn shard_done(
     }
 }
 
-pub(super) async fn fetch_shard(
-    pool: &SqlitePool,
-    run_id: &str,
-    target: &TargetSpec,
-    shard_no: u32,
-) -> Result<Vec<FetchedRow>, StoreError> {
-    let cols: Vec<&String> = target.all_columns().collect();
-    let select_cols: String = cols
-        .iter()
-        .map(|c| format!(", t.{}", quote_ident(c)))
-        .collect();
-    let q = format!(
-        "SELECT i.key, i.group_key, i.refs, (t.{key} IS NOT NULL) AS found{select_cols}
-         FROM backfill_item i LEFT JOIN {table} t ON {join}
-         WHERE i.run_id = ?1 AND i.shard_no = ?2 ORDER BY i.item_no",
-        key = quote_ident(&target.key),
-        table = quote_ident(&target.table),
-        join = key_join(target),
-    );
-    let rows = sqlx::query(&q)
-        .bind(run_id)
-        .bind(shard_no as i64)
-        .fetch_all(pool)
-        .await
-        .map_err(sql(format!(
-            "read rows of shard {shard_no} from {}",
-            target.table
-        )))?;
-    rows.into_iter()
-        .map(|r| {
-            let texts = if r.get::<bool, _>(3) {
-                let text = |i: usize| {
-                    r.try_get(4 + i)
-                        .map_err(sql(format!("read column {} as JSON text", cols[i])))
-                };
-                Some((0..cols.len()).map(text).collect::<Result<_, _>>()?)
-            } else {
-                None
-            };
-            // SQLite compares the documents themselves: no digests, no
-            // row version.
-            Ok(FetchedRow::read(
-                (r.get(0), r.get(1), r.get(2)),
-                &cols,
-                texts,
-                false,
-                None,
-            ))
-        })
-        .collect()
-}
+/// How a shard's read takes a JSON column (as it is: text), and the row's
+/// version and column digests: none, SQLite compares the documents
+/// themselves.
+pub(super) const AS_TEXT: &str = "";
+pub(super) const VERSION: &str = "NULL";
+pub(super) const DIGESTS: bool = false;
 
 /// Reads the whole shard, outside any transaction: SQLite has no
 /// statement timeout to keep statements under, and commits the shard in one
@@ -104,7 +59,10 @@ pub(super) async fn open_shard(
     if let Some(done) = shard_done(pool, work.run_id, work.shard_no).await? {
         return Ok(Opened::Done(done));
     }
-    let rows = fetch_shard(pool, work.run_id, work.target, work.shard_no).await?;
+    let lite = super::Lite { pool: pool.clone() };
+    let rows =
+        crate::backend::Backend::fetch_shard(&lite, work.run_id, work.target, work.shard_no, false)
+            .await?;
     Ok(Opened::Open(ShardTx {
         pool: pool.clone(),
         rows: Some(rows),
