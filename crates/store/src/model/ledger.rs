@@ -126,26 +126,16 @@ pub(crate) struct FoldRow {
 impl FoldRow {
     /// Folds a shard's totals into the run as this row holds it.
     pub(crate) fn fold(self, run_id: &str, totals: &Tally) -> Result<Fold, StoreError> {
-        let FoldRow {
-            spec_text,
-            mode,
-            scope,
-            plan,
-            tally,
-            shards_total,
-            shards_reduced,
-            planning,
-        } = self;
         let run = RunLedger {
             run_id,
-            spec_text: &spec_text,
-            mode: &mode,
-            scope,
-            plan,
-            tally,
-            shards_total,
-            shards_reduced,
-            planning,
+            spec_text: &self.spec_text,
+            mode: &self.mode,
+            scope: self.scope,
+            plan: self.plan,
+            tally: self.tally,
+            shards_total: self.shards_total,
+            shards_reduced: self.shards_reduced,
+            planning: self.planning,
         };
         Ok(fold_result(run, totals)?)
     }
