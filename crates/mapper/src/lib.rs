@@ -546,8 +546,11 @@ async fn serve<S: Source, K: Sink + 'static>(
         // Reap finished shards so the set does not grow.
         while tasks.try_join_next().is_some() {}
         // A slot first, so an in-process queue is not drained into tasks.
+        // The connection is watched here too: with every slot held by a
+        // shard that cannot settle, the loop would otherwise never see it go.
         let slot = tokio::select! {
             _ = ctx.shutdown.cancelled() => break Ok(()),
+            _ = &mut lost => break Err(backfill_queue::QueueError::Lost),
             s = slots.clone().acquire_owned() => match s {
                 Ok(s) => s,
                 Err(_) => break Ok(()),

@@ -61,6 +61,8 @@ pub enum QueueError {
     NoConfirm { queue: String, secs: u64 },
     #[error("the connection to the broker was lost")]
     Lost,
+    #[error("no answer from the broker within {secs} s to {what}")]
+    NoAnswer { what: String, secs: u64 },
 }
 
 fn amqp(what: impl Into<String>) -> impl FnOnce(lapin::Error) -> QueueError {
@@ -92,6 +94,32 @@ pub const CLOSE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5
 /// waited on forever stalls the run. A broker that blocks publishers (a
 /// memory or disk alarm) is the usual cause.
 pub const CONFIRM_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long connecting (the handshake and the queue declarations), opening a
+/// channel, or settling a delivery may take. lapin waits without limit for a
+/// connection the broker answers but does not open (a virtual host that does
+/// not exist, a broker still starting after a restart), and for a frame on a
+/// connection that failed under it: past this the attempt is an error, and a
+/// worker connects again. A settle that timed out is harmless: the broker
+/// delivers again whatever its channel left unacknowledged.
+pub const ANSWER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits at most [`ANSWER_PATIENCE`] for `fut`, a step named `what`.
+pub(crate) async fn patiently<T>(
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, QueueError>>,
+) -> Result<T, QueueError> {
+    tokio::time::timeout(ANSWER_PATIENCE, fut)
+        .await
+        .map_err(|_| QueueError::NoAnswer {
+            what: what.to_string(),
+            secs: ANSWER_PATIENCE.as_secs(),
+        })?
+}
+
+/// How often a consumer proves its connection still carries frames, by
+/// opening and closing a channel on it ([`Broker::lost`]).
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// How often a consumer checks that its connection is still up. lapin does
 /// not always end a consumer's stream when the connection under it fails,
@@ -165,7 +193,28 @@ pub struct Broker {
 
 impl Broker {
     /// Connects and declares the queues (idempotent).
+    /// Waits at most [`ANSWER_PATIENCE`] for the broker to open the
+    /// connection and declare the queues.
     pub async fn connect(url: &str, names: QueueNames) -> Result<Broker, QueueError> {
+        match tokio::time::timeout(ANSWER_PATIENCE, Broker::open(url, names)).await {
+            Ok(opened) => opened,
+            Err(_) => {
+                let why = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "the broker did not open the connection within {} s (does the URL's virtual host exist, and may its user use it?)",
+                        ANSWER_PATIENCE.as_secs()
+                    ),
+                );
+                Err(QueueError::Connect {
+                    url: redact_url(url),
+                    source: backfill_job::redact::RedactedError::new(&why, url),
+                })
+            }
+        }
+    }
+
+    async fn open(url: &str, names: QueueNames) -> Result<Broker, QueueError> {
         let props = ConnectionProperties::default().with_connection_name("backfill".into());
         let conn = Connection::connect(url, props)
             .await
@@ -218,19 +267,25 @@ impl Broker {
     }
 
     async fn channel(&self) -> Result<Channel, QueueError> {
-        self.conn
-            .create_channel()
-            .await
-            .map_err(amqp("open a channel"))
+        patiently("open a channel", async {
+            self.conn
+                .create_channel()
+                .await
+                .map_err(amqp("open a channel"))
+        })
+        .await
     }
 
     /// A channel in confirm mode for publishing.
     pub async fn publisher(&self) -> Result<Publisher, QueueError> {
         let channel = self.channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(amqp("enable publisher confirms"))?;
+        patiently("enable publisher confirms", async {
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(amqp("enable publisher confirms"))
+        })
+        .await?;
         Ok(Publisher {
             channel,
             names: self.names.clone(),
@@ -247,19 +302,22 @@ impl Broker {
     ) -> Result<AmqpSource, QueueError> {
         let queue = route.name(&self.names);
         let channel = self.channel().await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await
-            .map_err(amqp("set prefetch"))?;
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(amqp(format!("consume {queue}")))?;
+        let consumer = patiently(&format!("consume {queue}"), async {
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await
+                .map_err(amqp("set prefetch"))?;
+            channel
+                .basic_consume(
+                    queue.into(),
+                    tag.into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(amqp(format!("consume {queue}")))
+        })
+        .await?;
         let what = match route {
             Route::Tasks => "a task",
             Route::Results => "a result",
@@ -321,8 +379,28 @@ impl Broker {
     /// ending the consumer's stream still sends the worker back to
     /// reconnect instead of leaving it waiting for deliveries that will
     /// never come.
+    ///
+    /// Every [`PROBE_EVERY`] it also opens and closes a channel: a
+    /// connection the client still calls up but that no longer carries
+    /// anything (its peer gone without a word) fails that probe, or gives
+    /// no answer within [`ANSWER_PATIENCE`], and counts as lost.
     pub async fn lost(&self) {
+        let mut probed = std::time::Instant::now();
         while self.conn.status().connected() {
+            if probed.elapsed() >= PROBE_EVERY {
+                let probe = patiently("probe the connection", async {
+                    let ch = self.channel().await?;
+                    ch.close(200, "probe".into())
+                        .await
+                        .map_err(amqp("close a probe channel"))
+                })
+                .await;
+                if let Err(e) = probe {
+                    tracing::warn!(error = %e, "the connection to the broker no longer answers");
+                    return;
+                }
+                probed = std::time::Instant::now();
+            }
             tokio::time::sleep(WATCH_EVERY).await;
         }
     }

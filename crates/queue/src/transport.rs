@@ -16,7 +16,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::{Channel, Consumer};
 use tracing::warn;
 
-use crate::{close_channel, LocalQueue, Publisher, QueueError, QueueNames};
+use crate::{close_channel, patiently, LocalQueue, Publisher, QueueError, QueueNames};
 
 /// One of a deployment's queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,11 +76,15 @@ impl Delivery {
     /// Done with: the message is removed from its queue.
     pub async fn ack(self) -> Result<(), QueueError> {
         match self.settle {
-            Settle::Amqp(a) => a
-                .ack(BasicAckOptions::default())
+            Settle::Amqp(a) => {
+                patiently("ack a delivery", async {
+                    a.ack(BasicAckOptions::default())
+                        .await
+                        .map(drop)
+                        .map_err(crate::amqp("ack a delivery"))
+                })
                 .await
-                .map(drop)
-                .map_err(crate::amqp("ack a delivery")),
+            }
             Settle::Local { .. } => Ok(()),
         }
     }
@@ -88,14 +92,18 @@ impl Delivery {
     /// Back to its queue, to be delivered again.
     pub async fn requeue(self) -> Result<(), QueueError> {
         match self.settle {
-            Settle::Amqp(a) => a
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
+            Settle::Amqp(a) => {
+                patiently("requeue a delivery", async {
+                    a.nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop)
+                    .map_err(crate::amqp("requeue a delivery"))
                 })
                 .await
-                .map(drop)
-                .map_err(crate::amqp("requeue a delivery")),
+            }
             Settle::Local { queue, route } => {
                 queue.push(route, self.data);
                 Ok(())
@@ -107,11 +115,15 @@ impl Delivery {
     /// dropped.
     pub async fn dead_letter(self) -> Result<(), QueueError> {
         match self.settle {
-            Settle::Amqp(a) => a
-                .reject(BasicRejectOptions { requeue: false })
+            Settle::Amqp(a) => {
+                patiently("reject a delivery", async {
+                    a.reject(BasicRejectOptions { requeue: false })
+                        .await
+                        .map(drop)
+                        .map_err(crate::amqp("reject a delivery"))
+                })
                 .await
-                .map(drop)
-                .map_err(crate::amqp("reject a delivery")),
+            }
             Settle::Local { queue, route } => {
                 if route == Route::Tasks {
                     queue.push(Route::Dead, self.data);

@@ -80,3 +80,51 @@ async fn a_postgresql_restart_mid_run_rolls_back_the_shard_in_flight_and_redoes_
     )
     .await;
 }
+
+/// Connects again and again while RabbitMQ starts, as every worker does
+/// after a restart, until a connection opens: every attempt must end,
+/// opened or refused. One that waits on a broker still starting, for an
+/// answer that never comes, would stop a worker for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn connecting_while_rabbitmq_starts_ends_every_attempt() {
+    let _turn = crate::SERVICES.write().await;
+    let names =
+        backfill_queue::QueueNames::with_prefix(&format!("bftest-starting-{}", std::process::id()));
+    let (mut attempts, mut hung) = (0, 0);
+    for round in 0..4 {
+        sh("rabbitmqctl -q stop_app");
+        let starting = std::thread::spawn(|| sh("rabbitmqctl -q start_app"));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let opened = loop {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no connection opened in 120 s"
+            );
+            attempts += 1;
+            let tried = Instant::now();
+            match tokio::time::timeout(
+                backfill_queue::ANSWER_PATIENCE + Duration::from_secs(10),
+                backfill_queue::Broker::connect(&amqp_url(), names.clone()),
+            )
+            .await
+            {
+                Err(_) => hung += 1,
+                Ok(Ok(b)) => break b,
+                Ok(Err(e)) => {
+                    if !e.to_string().contains("Connection refused") {
+                        eprintln!("round {round}, after {:?}: {e}", tried.elapsed());
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        opened.delete_queues().await.unwrap();
+        opened.close().await;
+        starting.join().unwrap();
+        sh("rabbitmqctl -q await_startup");
+    }
+    assert_eq!(
+        hung, 0,
+        "{hung} of {attempts} attempts to connect never ended"
+    );
+}

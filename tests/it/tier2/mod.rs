@@ -6,6 +6,7 @@
 //! SQLite half, which needs no service, in [`crate::tier1`].
 
 pub(crate) mod behaviour;
+pub(crate) mod broker_refusals;
 pub(crate) mod bytes_kept;
 pub(crate) mod certificate_titles;
 pub(crate) mod collections;
