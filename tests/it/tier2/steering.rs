@@ -251,6 +251,62 @@ async fn cancel_stops_the_run_and_writes_the_summary_of_what_was_done() {
     assert!(!told.contains("the rest were never started"), "{told}");
 }
 
+/// A run cancelled while its coordinator still cuts and records its shards
+/// stops being planned: no shard is recorded after the cancel's, and the
+/// run ends cancelled with the shards recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_while_the_run_is_planned_stops_the_planning() {
+    let env = TestEnv::with_collections(COLLECTIONS, VERSIONS).await;
+    let rows = env
+        .scalar_i64(
+            "SELECT (SELECT count(*) FROM collection_models) + (SELECT count(*) FROM collection_snapshot_contents)",
+        )
+        .await;
+    let (coord, run) = start_job(&env, JOB, "--all --commit --wait --shard-size 5").await;
+    // No mappers: nothing runs, so every shard is a pending one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while count(&env, &run, "true").await < 20 {
+        assert!(std::time::Instant::now() < deadline, "no shards recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = env.run(&["cancel", &run, "--wait-secs", "1"]);
+    assert_eq!(out.status.code(), Some(0));
+    let at_cancel = count(&env, &run, "true").await;
+    let coord_out = coordinator_output(coord);
+    assert_eq!(coord_out.status.code(), Some(4), "a cancelled run exits 4");
+    let recorded = count(&env, &run, "true").await;
+    // At most this many: a target's last shard may be short.
+    let full = rows / 5 + 2;
+    assert!(
+        recorded < full,
+        "planning went on after the cancel: {recorded} of {full} shards recorded"
+    );
+    assert_eq!(recorded, at_cancel, "a shard was recorded after the cancel");
+    assert_eq!(
+        env.scalar_i64(&format!(
+            "SELECT count(*) FROM backfill_planning WHERE run_id = '{run}'"
+        ))
+        .await,
+        0,
+        "the run is no longer being planned"
+    );
+    assert_eq!(
+        env.scalar_text(&format!(
+            "SELECT state FROM backfill_run WHERE run_id = '{run}'"
+        ))
+        .await,
+        "cancelled"
+    );
+    assert_eq!(
+        env.scalar_i64(&format!(
+            "SELECT shards_total::int8 FROM backfill_run WHERE run_id = '{run}'"
+        ))
+        .await,
+        recorded,
+        "the plan holds the shards recorded"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_throttled_run_keeps_to_its_rate_and_the_rate_changes_while_it_runs() {
     let env = seeded().await;

@@ -46,7 +46,8 @@ pub(super) async fn group_rows(
 /// transaction that deletes the run's row in `backfill_planning`. The target rows are streamed, so memory stays
 /// bounded by one shard. A run interrupted while planned
 /// ([`PlanFrom::Interrupted`]) is planned again from its target rows, the
-/// items it recorded left out.
+/// items it recorded left out. A run cancelled while planned stops being
+/// planned at its next shard, and its plan holds the shards recorded.
 pub(super) async fn create_run(
     pool: &PgPool,
     new: NewRun<'_>,
@@ -198,6 +199,7 @@ async fn plan_targets(
     let mut tally = Tally::default();
     let mut next_shard = recorded.next_shard;
     let mut targets = Vec::new();
+    let mut cancelled = false;
     for (ti, target) in spec.targets.iter().enumerate() {
         let field = format!("targets[{ti}].query");
         let user_sql = target.query.for_dialect(&field, Dialect::Postgres)?;
@@ -222,6 +224,11 @@ async fn plan_targets(
             next_shard: &mut next_shard,
             sink,
         };
+        if cancelled {
+            // Listed with what an earlier attempt recorded, if anything.
+            targets.push(out.planned);
+            continue;
+        }
         // Streamed on a connection of its own while each shard is written
         // in a transaction: memory stays bounded by one shard.
         let mut stream = q.fetch(pool);
@@ -234,17 +241,34 @@ async fn plan_targets(
                 continue;
             }
             if let Some(shard) = cutter.push(r, &mut tally) {
-                out.record(pool, shard).await?;
+                if out.record(pool, shard).await? == Planning::Cancelled {
+                    cancelled = true;
+                    break;
+                }
             }
         }
         drop(stream);
-        let (last, _) = cutter.finish(&mut tally);
-        if let Some(shard) = last {
-            out.record(pool, shard).await?;
+        if !cancelled {
+            let (last, _) = cutter.finish(&mut tally);
+            if let Some(shard) = last {
+                cancelled = out.record(pool, shard).await? == Planning::Cancelled;
+            }
         }
         targets.push(out.planned);
     }
+    if cancelled {
+        tracing::info!(run = %new.run_id, shards = next_shard, "the run was cancelled while it was planned; planning stopped");
+    }
     Ok((targets, next_shard, tally))
+}
+
+/// Whether planning goes on after a shard was recorded.
+#[derive(Debug, PartialEq, Eq)]
+enum Planning {
+    GoesOn,
+    /// The operator cancelled the run (`backfill cancel`): no more shards
+    /// are cut; the plan is finished with those recorded.
+    Cancelled,
 }
 
 /// Where one target's shards go while it is planned.
@@ -260,21 +284,26 @@ struct TargetOut<'a> {
 
 impl TargetOut<'_> {
     /// Commits a shard (numbered on from the run's last) with its items,
-    /// and the run's count of shards; then sends its task.
-    async fn record(&mut self, pool: &PgPool, shard: CutShard) -> Result<(), StoreError> {
+    /// and the run's count of shards; then sends its task. Says whether the
+    /// run was cancelled meanwhile, read in the same statement.
+    async fn record(&mut self, pool: &PgPool, shard: CutShard) -> Result<Planning, StoreError> {
         let mut shard = self.before.unrecorded(shard);
         if shard.items.is_empty() {
-            return Ok(());
+            return Ok(Planning::GoesOn);
         }
         shard.shard_no = *self.next_shard;
         let mut tx = pool.begin().await.map_err(sql("begin shard"))?;
         write_shard(&mut tx, self.run_id, self.target, self.key_type, &shard).await?;
-        sqlx::query("UPDATE backfill_run SET shards_total = $2 WHERE run_id = $1")
-            .bind(self.run_id)
-            .bind(shard.shard_no as i32 + 1)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("count the run's shards"))?;
+        let cancelled: bool = sqlx::query_scalar(
+            "UPDATE backfill_run SET shards_total = $2 WHERE run_id = $1
+             RETURNING EXISTS (SELECT 1 FROM backfill_control c
+                               WHERE c.run_id = $1 AND c.control = 'cancel')",
+        )
+        .bind(self.run_id)
+        .bind(shard.shard_no as i32 + 1)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(sql("count the run's shards"))?;
         tx.commit().await.map_err(sql("commit shard"))?;
         *self.next_shard += 1;
         self.planned.rows += shard.items.len() as u64;
@@ -282,7 +311,11 @@ impl TargetOut<'_> {
         if let Some(sink) = self.sink {
             sink.send(self.run_id, self.target, &shard);
         }
-        Ok(())
+        Ok(if cancelled {
+            Planning::Cancelled
+        } else {
+            Planning::GoesOn
+        })
     }
 }
 
