@@ -424,41 +424,12 @@ macro_rules! delegated_ops {
             steer::run_events(&self.pool, run_id).await
         }
 
-        async fn reserve_rows(
-            &self,
-            run_id: &str,
-            rows: f64,
-            horizon: f64,
-        ) -> Result<Option<Option<f64>>, crate::error::StoreError> {
-            steer::reserve_rows(&self.pool, run_id, rows, horizon).await
-        }
-
-        async fn reserve_bytes(
-            &self,
-            run_id: &str,
-            rows: f64,
-            horizon: f64,
-        ) -> Result<Option<(Option<f64>, Option<f64>)>, crate::error::StoreError> {
-            steer::reserve_bytes(&self.pool, run_id, rows, horizon).await
-        }
-
         async fn load_run(
             &self,
             run_id: &str,
             plan_groups: bool,
         ) -> Result<Option<crate::model::ledger::RawRun>, crate::error::StoreError> {
             ledger::load_run(&self.pool, run_id, plan_groups).await
-        }
-
-        async fn group_tallies(
-            &self,
-            run_id: &str,
-        ) -> Result<Vec<(String, String)>, crate::error::StoreError> {
-            ledger::group_tallies(&self.pool, run_id).await
-        }
-
-        async fn plan_group_count(&self, run_id: &str) -> sqlx::Result<Option<i64>> {
-            ledger::plan_group_count(&self.pool, run_id).await
         }
 
         fn report_groups<'a>(
@@ -795,6 +766,68 @@ macro_rules! statement_ops {
                 .await
                 .map_err(crate::error::sql("read before-images"))
         }
+
+        /// Reserves a shard's rows at the run's rows per second (see the
+        /// dialect's `RESERVE_ROWS`) in a write transaction of its own.
+        async fn reserve_rows(
+            &self,
+            run_id: &str,
+            rows: f64,
+            horizon: f64,
+        ) -> Result<Option<Option<f64>>, crate::error::StoreError> {
+            use crate::error::sql;
+            let mut tx = begin_write(&self.pool, "rows reservation").await?;
+            let wait = sqlx::query_scalar(steer::RESERVE_ROWS)
+                .bind(run_id)
+                .bind(rows)
+                .bind(horizon)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(sql("reserve rows"))?;
+            tx.commit().await.map_err(sql("commit rows reservation"))?;
+            Ok(wait)
+        }
+
+        /// Reserves a shard's estimated bytes at the run's bytes per second
+        /// (see the dialect's `RESERVE_BYTES`) in a write transaction of
+        /// its own.
+        async fn reserve_bytes(
+            &self,
+            run_id: &str,
+            rows: f64,
+            horizon: f64,
+        ) -> Result<Option<(Option<f64>, Option<f64>)>, crate::error::StoreError> {
+            use crate::error::sql;
+            let mut tx = begin_write(&self.pool, "bytes reservation").await?;
+            let wait = sqlx::query_as(steer::RESERVE_BYTES)
+                .bind(run_id)
+                .bind(rows)
+                .bind(horizon)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(sql("reserve bytes"))?;
+            tx.commit().await.map_err(sql("commit bytes reservation"))?;
+            Ok(wait)
+        }
+
+        async fn group_tallies(
+            &self,
+            run_id: &str,
+        ) -> Result<Vec<(String, String)>, crate::error::StoreError> {
+            sqlx::query_as(ledger::GROUP_TALLIES)
+                .bind(run_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(crate::error::sql("read group tallies"))
+        }
+
+        async fn plan_group_count(&self, run_id: &str) -> sqlx::Result<Option<i64>> {
+            sqlx::query_scalar(ledger::PLAN_GROUP_COUNT)
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await
+        }
+
 
         /// The before-images of runs that finished more than `secs` ago,
         /// per run (rows, bytes), deleted too with `delete`, in one write

@@ -29,7 +29,7 @@ pub(super) const HISTORY: &str = "SELECT run_id, job_name, mode, state, spec_has
 
 /// Reserves `$2` rows at the run's rows per second, unless the start is
 /// more than `$3` seconds away; returns the wait in seconds.
-const RESERVE_ROWS: &str = "UPDATE backfill_control
+pub(super) const RESERVE_ROWS: &str = "UPDATE backfill_control
      SET rate_next = greatest(coalesce(rate_next, now()), now()) + make_interval(secs => $2 / rows_per_sec)
      WHERE run_id = $1 AND rows_per_sec > 0
        AND greatest(coalesce(rate_next, now()), now()) <= now() + make_interval(secs => $3)
@@ -38,7 +38,7 @@ const RESERVE_ROWS: &str = "UPDATE backfill_control
 /// Reserves the estimated bytes of `$2` rows at the run's bytes per
 /// second, unless the start is more than `$3` seconds away; returns the
 /// wait in seconds and the bytes reserved.
-const RESERVE_BYTES: &str = "UPDATE backfill_control
+pub(super) const RESERVE_BYTES: &str = "UPDATE backfill_control
      SET bytes_next = greatest(coalesce(bytes_next, now()), now())
                       + make_interval(secs => $2 * coalesce(bytes_per_row, 0) / bytes_per_sec)
      WHERE run_id = $1 AND bytes_per_sec > 0
@@ -105,36 +105,6 @@ pub(super) async fn begin_claims(
             .map_err(sql("lock the run's claims"))?;
     }
     Ok(tx)
-}
-
-pub(super) async fn reserve_rows(
-    pool: &PgPool,
-    run_id: &str,
-    rows: f64,
-    horizon: f64,
-) -> Result<Option<Option<f64>>, StoreError> {
-    sqlx::query_scalar(RESERVE_ROWS)
-        .bind(run_id)
-        .bind(rows)
-        .bind(horizon)
-        .fetch_optional(pool)
-        .await
-        .map_err(sql("reserve rows"))
-}
-
-pub(super) async fn reserve_bytes(
-    pool: &PgPool,
-    run_id: &str,
-    rows: f64,
-    horizon: f64,
-) -> Result<Option<(Option<f64>, Option<f64>)>, StoreError> {
-    sqlx::query_as(RESERVE_BYTES)
-        .bind(run_id)
-        .bind(rows)
-        .bind(horizon)
-        .fetch_optional(pool)
-        .await
-        .map_err(sql("reserve bytes"))
 }
 
 pub(super) async fn wal_sample(

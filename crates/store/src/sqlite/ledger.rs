@@ -141,15 +141,9 @@ pub(super) async fn add_groups(
     Ok(())
 }
 
-/// How many groups a run's plan lists.
-pub(super) async fn plan_group_count(pool: &SqlitePool, run_id: &str) -> sqlx::Result<Option<i64>> {
-    sqlx::query_scalar(
-        "SELECT COALESCE(json_array_length(plan, '$.groups'), 0) FROM backfill_run WHERE run_id = ?1",
-    )
-    .bind(run_id)
-    .fetch_optional(pool)
-    .await
-}
+/// How many groups the plan of run `$1` lists.
+pub(super) const PLAN_GROUP_COUNT: &str =
+    "SELECT COALESCE(json_array_length(plan, '$.groups'), 0) FROM backfill_run WHERE run_id = ?1";
 
 /// A run's plan groups in order, each with its record (JSON texts),
 /// streamed row by row.
@@ -195,14 +189,6 @@ pub(super) async fn add_plan_groups(
     Ok(())
 }
 
-/// A run's group records, as (group, tally as JSON text).
-pub(super) async fn group_tallies(
-    pool: &SqlitePool,
-    run_id: &str,
-) -> Result<Vec<(String, String)>, StoreError> {
-    sqlx::query_as("SELECT group_key, tally FROM backfill_group_tally WHERE run_id = ?1")
-        .bind(run_id)
-        .fetch_all(pool)
-        .await
-        .map_err(sql("read group tallies"))
-}
+/// The group records of run `$1`, as (group, tally as JSON text).
+pub(super) const GROUP_TALLIES: &str =
+    "SELECT group_key, tally FROM backfill_group_tally WHERE run_id = ?1";

@@ -30,7 +30,7 @@ pub(super) const HISTORY: &str = "SELECT run_id, job_name, mode, state, spec_has
 
 /// Reserves `$2` rows at the run's rows per second, unless the start is
 /// more than `$3` seconds away; returns the wait in seconds.
-const RESERVE_ROWS: &str = "UPDATE backfill_control
+pub(super) const RESERVE_ROWS: &str = "UPDATE backfill_control
      SET rate_next = max(coalesce(rate_next, ((julianday('now') - 2440587.5) * 86400.0)),
                          ((julianday('now') - 2440587.5) * 86400.0)) + $2 / rows_per_sec
      WHERE run_id = $1 AND rows_per_sec > 0
@@ -42,7 +42,7 @@ const RESERVE_ROWS: &str = "UPDATE backfill_control
 /// Reserves the estimated bytes of `$2` rows at the run's bytes per
 /// second, unless the start is more than `$3` seconds away; returns the
 /// wait in seconds and the bytes reserved.
-const RESERVE_BYTES: &str = "UPDATE backfill_control
+pub(super) const RESERVE_BYTES: &str = "UPDATE backfill_control
      SET bytes_next = max(coalesce(bytes_next, ((julianday('now') - 2440587.5) * 86400.0)),
                           ((julianday('now') - 2440587.5) * 86400.0))
                       + $2 * coalesce(bytes_per_row, 0) / bytes_per_sec
@@ -107,46 +107,4 @@ pub(super) async fn begin_claims(
     pool.begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(sql("begin shard claim"))
-}
-
-pub(super) async fn reserve_rows(
-    pool: &SqlitePool,
-    run_id: &str,
-    rows: f64,
-    horizon: f64,
-) -> Result<Option<Option<f64>>, StoreError> {
-    let mut tx = pool
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(sql("begin rows reservation"))?;
-    let w: Option<Option<f64>> = sqlx::query_scalar(RESERVE_ROWS)
-        .bind(run_id)
-        .bind(rows)
-        .bind(horizon)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(sql("reserve rows"))?;
-    tx.commit().await.map_err(sql("commit rows reservation"))?;
-    Ok(w)
-}
-
-pub(super) async fn reserve_bytes(
-    pool: &SqlitePool,
-    run_id: &str,
-    rows: f64,
-    horizon: f64,
-) -> Result<Option<(Option<f64>, Option<f64>)>, StoreError> {
-    let mut tx = pool
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(sql("begin bytes reservation"))?;
-    let w: Option<(Option<f64>, Option<f64>)> = sqlx::query_as(RESERVE_BYTES)
-        .bind(run_id)
-        .bind(rows)
-        .bind(horizon)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(sql("reserve bytes"))?;
-    tx.commit().await.map_err(sql("commit bytes reservation"))?;
-    Ok(w)
 }
