@@ -182,6 +182,17 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// The counts' names, in the order of the fields, the `Summary:` line
+    /// and the report.
+    pub const NAMES: [&'static str; 6] = [
+        "processed",
+        "changed",
+        "unchanged",
+        "skipped",
+        "conflicts",
+        "errors",
+    ];
+
     pub fn merge(&mut self, o: &Counts) {
         self.processed += o.processed;
         self.changed += o.changed;

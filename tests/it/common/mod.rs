@@ -322,7 +322,13 @@ pub fn summary(o: &Output) -> std::collections::BTreeMap<String, String> {
         .rev()
         .find(|l| l.starts_with("Summary: "))
         .unwrap_or_else(|| panic!("no Summary: line in\n{text}"));
-    line["Summary: ".len()..]
+    summary_fields(line)
+}
+
+/// A `Summary:` line's key=value pairs.
+pub fn summary_fields(line: &str) -> std::collections::BTreeMap<String, String> {
+    line.strip_prefix("Summary: ")
+        .unwrap_or_else(|| panic!("not a Summary: line: {line}"))
         .split(' ')
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))

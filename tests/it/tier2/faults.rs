@@ -197,11 +197,7 @@ async fn duplicate_tasks_and_results_are_counted_once() {
     let after = store.load_run(&run_id).await.unwrap().unwrap();
     assert_eq!(after.summary.as_deref(), Some(first_summary.as_str()));
     assert_eq!(after.shards_reduced, after.shards_total);
-    let s: BTreeMap<String, String> = first_summary["Summary: ".len()..]
-        .split(' ')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let s = summary_fields(&first_summary);
     assert_matches_reference(&env, &s, &reference).await;
     broker.close().await;
     store.close().await;

@@ -130,11 +130,7 @@ async fn forged_tasks_and_results_change_nothing_the_ledger_did_not_plan_and_cou
     .expect("the run finished")
     .unwrap();
     let summary_text = rec.summary.clone().unwrap();
-    let s: std::collections::BTreeMap<String, String> = summary_text["Summary: ".len()..]
-        .split(' ')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let s = summary_fields(&summary_text);
     assert_matches_reference(&env, &s, &reference).await;
     broker.close().await;
     store.close().await;

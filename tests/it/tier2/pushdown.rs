@@ -76,15 +76,7 @@ fn run(env: &TestEnv, pushdown: bool, args: &[&str]) -> Output {
 
 fn counts(out: &Output) -> [i64; 6] {
     let s = summary(out);
-    [
-        "processed",
-        "changed",
-        "unchanged",
-        "skipped",
-        "conflicts",
-        "errors",
-    ]
-    .map(|k| num(&s, k))
+    backfill_job::tally::Counts::NAMES.map(|k| num(&s, k))
 }
 
 async fn rows(env: &TestEnv) -> Vec<(i64, String)> {

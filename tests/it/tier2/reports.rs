@@ -301,14 +301,7 @@ impl Reports {
         assert_eq!(self.json["state"], state);
         assert_eq!(self.json["kind"], kind);
         assert_eq!(self.json["mode"], mode);
-        for k in [
-            "processed",
-            "changed",
-            "unchanged",
-            "skipped",
-            "conflicts",
-            "errors",
-        ] {
+        for k in backfill_job::tally::Counts::NAMES {
             assert_eq!(self.json["counts"][k].to_string(), s[k], "{k}");
         }
         // The `Summary:` line ends with the state, in the report and the JSON.

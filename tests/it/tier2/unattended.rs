@@ -332,11 +332,7 @@ async fn resume_folds_shards_that_were_done_but_never_reduced() {
     let _ = m.wait();
     let _ = reducer.wait();
     let reference = env.run(&["run", "--local", "--job", &spec, "--all"]);
-    let ours: std::collections::BTreeMap<String, String> = summary_line["Summary: ".len()..]
-        .split(' ')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let ours = summary_fields(&summary_line);
     for k in [
         "processed",
         "changed",
