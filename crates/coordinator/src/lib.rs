@@ -690,6 +690,14 @@ pub async fn publish_until_done(
     resume: bool,
     shutdown: &CancellationToken,
 ) -> Result<usize, CoordinatorError> {
+    // A run cancelled while it was planned has shards never published; they
+    // stay so. Published now, a mapper that has not yet seen the cancel
+    // could do them all, and the run would end done instead of cancelled.
+    let control = store.control(run_id, &ThrottleSpec::default()).await?;
+    if control.control == backfill_store::ControlState::Cancel {
+        info!(run = %run_id, "the run was cancelled; the shards not yet published stay so");
+        return Ok(0);
+    }
     let started = std::time::Instant::now();
     let mut backoff = Duration::from_millis(200);
 

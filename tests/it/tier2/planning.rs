@@ -209,8 +209,8 @@ async fn a_run_cancelled_while_planned_stays_cancelled_once_planned() {
     let run_id = env.scalar_text("SELECT run_id FROM backfill_run").await;
     let out = env.run(&["cancel", &run_id, "--wait-secs", "10"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    // The coordinator records the rest of the plan, and the run stays
-    // cancelled: exit 4, as for any cancelled run.
+    // The coordinator stops planning at its next shard and publishes no
+    // more, and the run stays cancelled: exit 4, as for any cancelled run.
     let out = tokio::task::spawn_blocking(move || coordinator_output(coord))
         .await
         .unwrap();
