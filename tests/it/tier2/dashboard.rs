@@ -433,6 +433,14 @@ impl Browser {
 
     /// Evaluates `js` in the page (awaiting a promise) and returns its value.
     fn eval(&mut self, js: &str) -> serde_json::Value {
+        self.try_eval(js)
+            .unwrap_or_else(|reply| panic!("{js}\nthrew: {reply}"))
+    }
+
+    /// Evaluates `js` in the page, or returns Chromium's reply when it threw
+    /// or could not run (as while the page navigates away: its execution
+    /// context is destroyed under the call).
+    fn try_eval(&mut self, js: &str) -> Result<serde_json::Value, serde_json::Value> {
         self.next_id += 1;
         let id = self.next_id;
         let ws = self.ws.as_mut().unwrap();
@@ -450,11 +458,10 @@ impl Browser {
                 continue; // an event
             }
             let result = &reply["result"];
-            assert!(
-                result.get("exceptionDetails").is_none() && reply.get("error").is_none(),
-                "{js}\nthrew: {reply}"
-            );
-            return result["result"]["value"].clone();
+            if result.get("exceptionDetails").is_some() || reply.get("error").is_some() {
+                return Err(reply);
+            }
+            return Ok(result["result"]["value"].clone());
         }
     }
 
@@ -463,9 +470,13 @@ impl Browser {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut first: Option<u64> = None;
         loop {
-            let v = self.eval(
-                "document.body ? [document.body.dataset.loadedRun || '', Number(document.body.dataset.renders || 0)] : ['', 0]",
-            );
+            // A page that is navigating may answer with its context gone:
+            // that is "not rendered yet", and the deadline still holds.
+            let v = self
+                .try_eval(
+                    "document.body ? [document.body.dataset.loadedRun || '', Number(document.body.dataset.renders || 0)] : ['', 0]",
+                )
+                .unwrap_or_default();
             let (loaded, renders) = (v[0].as_str().unwrap_or(""), v[1].as_u64().unwrap_or(0));
             if loaded == run {
                 let since = *first.get_or_insert(renders);
@@ -476,7 +487,8 @@ impl Browser {
             assert!(
                 Instant::now() < deadline,
                 "the page did not render run {run} (it shows {loaded:?}, {renders} renders; error: {})",
-                self.eval("document.getElementById('error').textContent")
+                self.try_eval("document.getElementById('error').textContent")
+                    .unwrap_or_else(|reply| reply)
             );
             std::thread::sleep(Duration::from_millis(100));
         }
