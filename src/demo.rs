@@ -302,7 +302,12 @@ async fn create_sqlite_demo(
         .create_if_missing(true);
     let pool = sqlx::SqlitePool::connect_with(opts)
         .await
-        .with_context(|| format!("create the demo database {}", path.display()))?;
+        .with_context(|| {
+            format!(
+                "create the demo database {} (its folder must exist and be writable; pass another --db PATH)",
+                path.display()
+            )
+        })?;
     backfill_demo::create_certificate_schema_sqlite(&pool).await?;
     let stats = backfill_demo::generate_certificates_sqlite(&pool, params).await?;
     pool.close().await;

@@ -3,6 +3,7 @@
 //! half). Each is an end-to-end run of the real `backfill` binary, in
 //! process, on an embedded database: no PostgreSQL, no RabbitMQ.
 
+mod demo_path;
 mod earlier_plans;
 mod given_up;
 
