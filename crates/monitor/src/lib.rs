@@ -336,7 +336,8 @@ async fn watch_broker(state: MonitorState, shutdown: CancellationToken) {
     let mut broker: Option<Broker> = None;
     loop {
         if broker.as_ref().is_none_or(|b| !b.is_connected()) {
-            broker = match Broker::connect(&url, names.clone()).await {
+            // Without declaring the queues: a watcher creates nothing.
+            broker = match Broker::connect_to_watch(&url, names.clone()).await {
                 Ok(b) => Some(b),
                 Err(e) => {
                     set_broker(&state, Err(e.to_string()));
@@ -347,9 +348,10 @@ async fn watch_broker(state: MonitorState, shutdown: CancellationToken) {
         if let Some(b) = &broker {
             let mut ok = true;
             for q in [&names.tasks, &names.results, &names.dead] {
-                match b.depth(q).await {
+                // A queue no worker has declared yet holds nothing.
+                match b.depth_if_declared(q).await {
                     Ok(n) => metrics::gauge!("backfill_queue_messages", "queue" => q.clone())
-                        .set(n as f64),
+                        .set(n.unwrap_or(0) as f64),
                     Err(e) => {
                         ok = false;
                         set_broker(&state, Err(e.to_string()));

@@ -73,6 +73,15 @@ fn amqp(what: impl Into<String>) -> impl FnOnce(lapin::Error) -> QueueError {
     }
 }
 
+/// Whether the broker refused an operation because the queue does not exist.
+fn is_not_found(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    e.downcast_ref::<lapin::Error>().is_some_and(|e| {
+        matches!(e.kind(), lapin::ErrorKind::ProtocolError(p)
+            if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
+    })
+}
+
 /// Hides the credentials of a URL (userinfo password, secret query
 /// parameters).
 pub fn redact_url(url: &str) -> String {
@@ -196,7 +205,23 @@ impl Broker {
     /// Waits at most [`ANSWER_PATIENCE`] for the broker to open the
     /// connection and declare the queues.
     pub async fn connect(url: &str, names: QueueNames) -> Result<Broker, QueueError> {
-        match tokio::time::timeout(ANSWER_PATIENCE, Broker::open(url, names)).await {
+        Broker::connect_patiently(url, names, true).await
+    }
+
+    /// Connects without declaring the queues, for watchers (the dashboard,
+    /// the workers' endpoints) that only read depths: a watcher creates no
+    /// queue, so one pointed at a ledger nobody runs leaves nothing behind
+    /// on the broker. Waits as [`Broker::connect`] does.
+    pub async fn connect_to_watch(url: &str, names: QueueNames) -> Result<Broker, QueueError> {
+        Broker::connect_patiently(url, names, false).await
+    }
+
+    async fn connect_patiently(
+        url: &str,
+        names: QueueNames,
+        declare: bool,
+    ) -> Result<Broker, QueueError> {
+        match tokio::time::timeout(ANSWER_PATIENCE, Broker::open(url, names, declare)).await {
             Ok(opened) => opened,
             Err(_) => {
                 let why = std::io::Error::new(
@@ -214,7 +239,7 @@ impl Broker {
         }
     }
 
-    async fn open(url: &str, names: QueueNames) -> Result<Broker, QueueError> {
+    async fn open(url: &str, names: QueueNames, declare: bool) -> Result<Broker, QueueError> {
         let props = ConnectionProperties::default().with_connection_name("backfill".into());
         let conn = Connection::connect(url, props)
             .await
@@ -223,6 +248,9 @@ impl Broker {
                 source: backfill_job::redact::RedactedError::new(&source, url),
             })?;
         let broker = Broker { conn, names };
+        if !declare {
+            return Ok(broker);
+        }
         let ch = broker.channel().await?;
         // The dead queue first: the tasks queue dead-letters into it.
         for q in [
@@ -347,6 +375,16 @@ impl Broker {
             .map_err(amqp(format!("inspect queue {queue}")))?;
         close_channel(&ch, "inspected").await;
         Ok(q.message_count())
+    }
+
+    /// Number of ready messages in a queue, or `None` while no worker has
+    /// declared it (the broker answers NOT_FOUND to a passive declare).
+    pub async fn depth_if_declared(&self, queue: &str) -> Result<Option<u32>, QueueError> {
+        match self.depth(queue).await {
+            Ok(n) => Ok(Some(n)),
+            Err(QueueError::Amqp { source, .. }) if is_not_found(source.as_ref()) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes this deployment's queues (tests and teardown).

@@ -419,3 +419,78 @@ async fn a_missing_role_is_named_without_the_start_postgresql_hint() {
         }
     }
 }
+
+/// The dashboard watches the queues without creating them: pointed at a
+/// ledger no worker serves, it leaves nothing on the broker and shows the
+/// queues as empty; once a worker has declared them, it shows their depth.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_creates_no_queue_and_shows_the_depth_of_those_declared() {
+    use std::time::{Duration, Instant};
+    let env = TestEnv::new().await;
+    let store = env.store().await;
+    let names = env.queues();
+    // The test's own check of the broker declared them: start without.
+    let b = env.broker().await;
+    b.delete_queues().await.unwrap();
+    b.close().await;
+    let mut fleet = Fleet::new(&env);
+    let port = free_port();
+    let dash = fleet.spawn(&["dashboard", "--listen", &format!("127.0.0.1:{port}")]);
+    fleet.mappers.push(dash); // killed with the fleet
+    let gauge = |queue: &str| format!("backfill_queue_messages{{queue=\"{queue}\"}} ");
+    // Wait until it has looked at the broker: the gauge is there.
+    let scrape_with = |line: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, body) = http_get(port, "/metrics");
+            if code == 200 && body.lines().any(|l| l.starts_with(line)) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `{line}` in /metrics:\n{body}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    scrape_with(&format!("{}0", gauge(&names.tasks)));
+    assert_eq!(http_get(port, "/readyz").0, 200, "the broker is reachable");
+    let watcher = backfill_queue::Broker::connect_to_watch(&amqp_url(), names.clone())
+        .await
+        .unwrap();
+    for q in [&names.tasks, &names.results, &names.dead, &names.parked] {
+        assert_eq!(
+            watcher.depth_if_declared(q).await.unwrap(),
+            None,
+            "the dashboard declared {q}"
+        );
+    }
+    // A worker declares the queues; a task waits in one of them.
+    let worker = backfill_queue::Broker::connect(&amqp_url(), names.clone())
+        .await
+        .unwrap();
+    let task = backfill_job::ShardTask {
+        v: 1,
+        ledger: store.ledger().id.clone(),
+        run_id: "no-such-run".into(),
+        shard_no: 0,
+        target: "t".into(),
+        first_key: "1".into(),
+        last_key: "1".into(),
+        rows: 1,
+    };
+    worker
+        .publisher()
+        .await
+        .unwrap()
+        .publish_task(&task)
+        .await
+        .unwrap();
+    scrape_with(&format!("{}1", gauge(&names.tasks)));
+    assert_eq!(
+        watcher.depth_if_declared(&names.tasks).await.unwrap(),
+        Some(1)
+    );
+    watcher.close().await;
+    worker.close().await;
+}
