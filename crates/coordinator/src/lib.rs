@@ -411,6 +411,7 @@ pub async fn plan(store: &Store, req: &RunRequest) -> Result<(String, Plan), Coo
         shard_size,
         sample: req.sample,
         kind: req.kind,
+        schedule: req.windows.as_ref(),
     };
     // The run's steering before any of its shards can be published: a
     // mapper given one reads its throttle and priority at once.
@@ -423,7 +424,7 @@ pub async fn plan(store: &Store, req: &RunRequest) -> Result<(String, Plan), Coo
     store
         .init_control(&run_id, &throttle, sizing_note.as_deref())
         .await?;
-    let early = EarlyPublisher::start(store, &run_id, req.publishing.as_ref(), req.windows.clone());
+    let early = EarlyPublisher::start(store, &run_id, req.publishing.as_ref());
     let planned = store.create_run(new.clone(), groups, early.sink()).await;
     let planned = plan_on_after_outage(store, req, new, planned, &early).await;
     early.finish(&run_id).await;
@@ -435,11 +436,6 @@ pub async fn plan(store: &Store, req: &RunRequest) -> Result<(String, Plan), Coo
     }
     if let Some(counts) = counts {
         store.record_table_rows(&run_id, "planned", &counts).await?;
-    }
-    // Before the rest is published (the shards published while planning had
-    // them set first): a mapper reads the windows once per run.
-    if let Some(w) = &req.windows {
-        store.set_run_schedule(&run_id, w).await?;
     }
     info!(run = %run_id, job = %req.spec.name, mode = %req.mode, shards = plan.shards_total, shard_size, "run planned");
     Ok((run_id, plan))
@@ -509,9 +505,10 @@ pub async fn finish_planning(
         shard_size,
         sample: rec.sample,
         kind: rec.kind,
+        schedule: None,
     };
     // Its steering and windows were set when it was begun.
-    let early = EarlyPublisher::start(store, run_id, publishing, None);
+    let early = EarlyPublisher::start(store, run_id, publishing);
     let plan = store.continue_run(new, early.sink()).await;
     early.finish(run_id).await;
     let plan = plan?;
@@ -527,14 +524,7 @@ struct EarlyPublisher {
 }
 
 impl EarlyPublisher {
-    /// `windows`: the run's windows from the command line, set before the
-    /// first shard is published (the run's row exists once one is sent).
-    fn start(
-        store: &Store,
-        run_id: &str,
-        publishing: Option<&Publishing>,
-        windows: Option<backfill_job::schedule::Schedule>,
-    ) -> EarlyPublisher {
+    fn start(store: &Store, run_id: &str, publishing: Option<&Publishing>) -> EarlyPublisher {
         let pg = store.dialect() == backfill_job::spec::Dialect::Postgres;
         let Some(publishing) = publishing.filter(|_| pg) else {
             return EarlyPublisher {
@@ -547,7 +537,6 @@ impl EarlyPublisher {
             store.clone(),
             publishing.clone(),
             run_id.to_string(),
-            windows,
             tasks,
         ));
         EarlyPublisher {
@@ -583,7 +572,6 @@ async fn publish_as_recorded(
     store: Store,
     publishing: Publishing,
     run_id: String,
-    mut windows: Option<backfill_job::schedule::Schedule>,
     mut tasks: tokio::sync::mpsc::UnboundedReceiver<ShardTask>,
 ) -> usize {
     let mut published = 0;
@@ -602,10 +590,6 @@ async fn publish_as_recorded(
             held = ready.pop();
             if ready.is_empty() {
                 continue;
-            }
-            // A mapper reads the windows once per run, with its first shard.
-            if let Some(w) = windows.take() {
-                store.set_run_schedule(&run_id, &w).await?;
             }
             for t in &ready {
                 publisher.publish_task(t).await?;

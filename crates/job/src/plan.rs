@@ -189,6 +189,10 @@ pub struct NewRun<'a> {
     pub sample: Option<f64>,
     /// What the run is for (recorded; runs adopt only their own kind).
     pub kind: RunKind,
+    /// The windows given on the command line, recorded with the run's row
+    /// so that `status` shows them from the start; `None` keeps the
+    /// spec's `[schedule]`.
+    pub schedule: Option<&'a crate::schedule::Schedule>,
 }
 
 /// Rows and shards planned for one target.
@@ -818,6 +822,7 @@ mod finish_tests {
             shard_size: 100,
             sample: None,
             kind,
+            schedule: None,
         }
     }
 

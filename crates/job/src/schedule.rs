@@ -203,6 +203,28 @@ impl Schedule {
         })
     }
 
+    /// How the ledger records a run's windows (its run row's `schedule`):
+    /// `{"windows": [...], "time_zone": "..."}`.
+    pub fn ledger_text(&self) -> String {
+        serde_json::json!({
+            "windows": self.windows.iter().map(Window::text).collect::<Vec<_>>(),
+            "time_zone": self.time_zone,
+        })
+        .to_string()
+    }
+
+    /// Reads what [`Schedule::ledger_text`] wrote. The error says what is wrong.
+    pub fn from_ledger_text(text: &str) -> Result<Schedule, String> {
+        #[derive(serde::Deserialize)]
+        struct Stored {
+            windows: Vec<String>,
+            time_zone: String,
+        }
+        let s: Stored =
+            serde_json::from_str(text).map_err(|e| format!("its windows cannot be read: {e}"))?;
+        Schedule::new(&s.windows, &s.time_zone).map_err(|(_, e)| format!("its windows: {e}"))
+    }
+
     /// The schedule as one line (`Mon-Fri 01:00-05:00; Sat 00:00-06:00 (Europe/Berlin)`).
     pub fn describe(&self) -> String {
         let w: Vec<&str> = self.windows.iter().map(Window::text).collect();
@@ -269,6 +291,28 @@ impl Schedule {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_ledger_text_reads_back_as_the_same_schedule() {
+        let s = Schedule::new(
+            &[
+                "Mon-Fri 01:00-05:00".to_string(),
+                "Sat 00:00-24:00".to_string(),
+            ],
+            "Europe/Berlin",
+        )
+        .unwrap();
+        let text = s.ledger_text();
+        assert_eq!(Schedule::from_ledger_text(&text).unwrap(), s);
+        assert!(Schedule::from_ledger_text("{}")
+            .unwrap_err()
+            .contains("cannot be read"));
+        assert!(
+            Schedule::from_ledger_text(r#"{"windows": ["Mon 01:00"], "time_zone": "UTC"}"#)
+                .unwrap_err()
+                .starts_with("its windows: ")
+        );
+    }
+
     use super::*;
 
     fn at(s: &str) -> Timestamp {

@@ -97,8 +97,6 @@ pub(crate) trait Backend {
     async fn run_state(&self, run_id: &str) -> sqlx::Result<Option<String>>;
     /// Replaces a cancelled run's summary.
     async fn set_cancelled_summary(&self, run_id: &str, summary: &str) -> sqlx::Result<()>;
-    /// Records a run's windows (JSON text).
-    async fn set_run_schedule(&self, run_id: &str, text: String) -> sqlx::Result<()>;
     /// A run's recorded windows: `None` without the run.
     async fn run_schedule(&self, run_id: &str) -> sqlx::Result<Option<Option<String>>>;
     /// The job's own health check, one boolean.

@@ -223,15 +223,6 @@ macro_rules! common_ops {
             .map(drop)
         }
 
-        async fn set_run_schedule(&self, run_id: &str, text: String) -> sqlx::Result<()> {
-            sqlx::query("UPDATE backfill_run SET schedule = $2 WHERE run_id = $1")
-                .bind(run_id)
-                .bind(text)
-                .execute(&self.pool)
-                .await
-                .map(drop)
-        }
-
         async fn has_group_params(&self, run_id: &str) -> sqlx::Result<bool> {
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM backfill_group WHERE run_id = $1)")
                 .bind(run_id)

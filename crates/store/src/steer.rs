@@ -481,21 +481,6 @@ impl Store {
             .map_err(sql("update the cancelled run's summary"))
     }
 
-    /// Records the run windows given on the command line for a run, which
-    /// replace its spec's `[schedule]`.
-    pub async fn set_run_schedule(
-        &self,
-        run_id: &str,
-        schedule: &backfill_job::schedule::Schedule,
-    ) -> Result<(), StoreError> {
-        let text = serde_json::json!({
-            "windows": schedule.windows.iter().map(|w| w.text()).collect::<Vec<_>>(),
-            "time_zone": schedule.time_zone,
-        })
-        .to_string();
-        dispatch!(self, set_run_schedule(run_id, text)).map_err(sql("record the run's windows"))
-    }
-
     /// The windows a run keeps to: those given on the command line when it
     /// was started, else its spec's `[schedule]`; `None` when it has none.
     pub async fn run_schedule(
@@ -507,20 +492,9 @@ impl Store {
         let Some(text) = stored.flatten() else {
             return Ok(rec.spec.schedule.clone());
         };
-        #[derive(serde::Deserialize)]
-        struct Stored {
-            windows: Vec<String>,
-            time_zone: String,
-        }
-        let s: Stored = serde_json::from_str(&text).map_err(|e| {
-            StoreError::Data(format!(
-                "run {}: its windows cannot be read: {e}",
-                rec.run_id
-            ))
-        })?;
-        backfill_job::schedule::Schedule::new(&s.windows, &s.time_zone)
+        backfill_job::schedule::Schedule::from_ledger_text(&text)
             .map(Some)
-            .map_err(|(_, e)| StoreError::Data(format!("run {}: its windows: {e}", rec.run_id)))
+            .map_err(|e| StoreError::Data(format!("run {}: {e}", rec.run_id)))
     }
 
     /// Running runs that are not paused, each with the seconds since its

@@ -559,6 +559,7 @@ async fn plan_scoped(
                 shard_size: spec.shard_size,
                 sample,
                 kind: RunKind::Forward,
+                schedule: None,
             },
             groups,
             None,
@@ -1082,6 +1083,7 @@ contract!(a_key_that_is_not_an_integer_is_bad_input, |h| async move {
                 shard_size: 2,
                 sample: None,
                 kind: RunKind::Forward,
+                schedule: None,
             },
             Vec::<PlannedGroup>::new(),
             None,
@@ -1894,6 +1896,7 @@ fn new_run<'a>(run_id: &'a str, spec: &'a JobSpec) -> NewRun<'a> {
         shard_size: spec.shard_size,
         sample: None,
         kind: RunKind::Forward,
+        schedule: None,
     }
 }
 
@@ -2845,18 +2848,31 @@ contract!(health_checks_run_the_jobs_sql, |h| async move {
 
 contract!(windows_given_on_the_command_line, |h| async move {
     h.seed(REVISIONS).await;
-    plan(h, &spec(RENAME), Mode::Commit, "run-win").await;
-    let rec = h.store.load_run("run-win").await.unwrap().unwrap();
+    let job = spec(RENAME);
+    plan(h, &job, Mode::Commit, "run-none").await;
+    let rec = h.store.load_run("run-none").await.unwrap().unwrap();
     assert_eq!(h.store.run_schedule(&rec).await.unwrap(), None);
+    // Windows given for a run are in its row from the moment it exists:
+    // before any shard is planned or published.
     let schedule =
         backfill_job::schedule::Schedule::new(&["01:00-02:00".into(), "22:00-23:30".into()], "UTC")
             .unwrap();
+    let groups = planned_groups(h, &job).await;
     h.store
-        .set_run_schedule("run-win", &schedule)
+        .create_run(
+            NewRun {
+                mode: Mode::Commit,
+                schedule: Some(&schedule),
+                ..new_run("run-win", &job)
+            },
+            groups,
+            None,
+        )
         .await
         .unwrap();
+    let rec = h.store.load_run("run-win").await.unwrap().unwrap();
     let got = h.store.run_schedule(&rec).await.unwrap().unwrap();
-    assert_eq!(got.describe(), schedule.describe());
+    assert_eq!(got, schedule);
     // A spec's [schedule] applies when none was given.
     let text = format!("{RENAME}\n[schedule]\nwindows = [\"03:00-04:00\"]\ntime_zone = \"UTC\"\n");
     let spec = spec(&text);

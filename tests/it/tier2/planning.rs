@@ -233,3 +233,65 @@ async fn a_run_cancelled_while_planned_stays_cancelled_once_planned() {
         done_rows
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn windows_given_on_the_command_line_show_in_status_while_the_run_is_planned() {
+    let env = TestEnv::new().await;
+    env.exec("CREATE TABLE docs (id integer PRIMARY KEY, doc jsonb NOT NULL)")
+        .await;
+    env.exec("INSERT INTO docs SELECT n, jsonb_build_object('n', n) FROM generate_series(1, 30) n")
+        .await;
+    env.store().await.close().await;
+    // A second of planning a shard: the first shard is published only
+    // once the second is recorded, two seconds after the run's row.
+    env.exec(
+        "CREATE FUNCTION slow_items() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$",
+    )
+    .await;
+    env.exec(
+        "CREATE TRIGGER slow_items AFTER INSERT ON backfill_item
+         FOR EACH STATEMENT EXECUTE FUNCTION slow_items()",
+    )
+    .await;
+    let spec = SpecFile::new("planned-docs", &spec());
+    let _fleet = Fleet::started(&env, 1);
+    let mut args = coordinator_args(spec.path(), "10").to_vec();
+    args.extend(["--window", "00:00-24:00", "--time-zone", "UTC"]);
+    let coord = env
+        .cmd(&args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let run_id = loop {
+        let id: Option<String> = sqlx::query_scalar("SELECT run_id FROM backfill_run")
+            .fetch_optional(&env.pool)
+            .await
+            .unwrap();
+        if let Some(id) = id {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "the run was never recorded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let status = env.run(&["status", &run_id, "--json"]);
+    let run: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
+    assert_eq!(run["planning"], true, "looked too late: {run}");
+    assert_eq!(
+        run["window"]["schedule"], "00:00-24:00 (UTC)",
+        "the run's windows are not shown while it is planned: {run}"
+    );
+    assert_eq!(run["window"]["open"], true, "{run}");
+    let out = tokio::task::spawn_blocking(move || coordinator_output(coord))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM docs WHERE doc->'seen' = 'true'")
+            .await,
+        30
+    );
+}

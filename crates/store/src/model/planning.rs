@@ -255,6 +255,7 @@ pub(crate) fn finish_derived(
         shard_size,
         sample: None,
         kind: derived.kind(),
+        schedule: None,
     };
     finish_plan(
         &new,

@@ -93,8 +93,8 @@ async fn begin_run(
     .outline_text()
     .map_err(|e| StoreError::Data(e.to_string()))?;
     sqlx::query(
-        "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, sample, kind)
-         VALUES ($1, $2, $3, $4, $5, $6, 'running', $7::jsonb, 0, $8, $9, $10)",
+        "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, sample, kind, schedule)
+         VALUES ($1, $2, $3, $4, $5, $6, 'running', $7::jsonb, 0, $8, $9, $10, $11)",
     )
     .bind(new.run_id)
     .bind(&spec.name)
@@ -106,6 +106,7 @@ async fn begin_run(
     .bind(&empty)
     .bind(new.sample)
     .bind(new.kind.as_str())
+    .bind(new.schedule.map(|w| w.ledger_text()))
     .execute(&mut *tx)
     .await
     .map_err(sql("record run"))?;

@@ -82,8 +82,8 @@ pub(super) async fn create_run(
     // written in one transaction afterwards.
     let mut tx = begin_write(pool, "plan").await?;
     sqlx::query(
-        "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, sample, kind)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', '{}', 0, '{}', ?7, ?8)",
+        "INSERT INTO backfill_run (run_id, job_name, spec_text, spec_hash, mode, scope, state, plan, shards_total, tally, sample, kind, schedule)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', '{}', 0, '{}', ?7, ?8, ?9)",
     )
     .bind(new.run_id)
     .bind(&spec.name)
@@ -93,6 +93,7 @@ pub(super) async fn create_run(
     .bind(json_text(new.scope)?)
     .bind(new.sample)
     .bind(new.kind.as_str())
+    .bind(new.schedule.map(|w| w.ledger_text()))
     .execute(&mut *tx)
     .await
     .map_err(sql("record run"))?;
