@@ -1,8 +1,9 @@
 //! Publishing a run while it is planned, against real coordinator, mapper
 //! and reducer processes: shards are mapped before the plan is whole, the
 //! run ends only once it is, a coordinator killed (SIGKILL) while planning
-//! leaves a run that the same command plans on, every row once, and a run
-//! cancelled while planned stays cancelled once its plan is recorded.
+//! leaves a run that the same command plans on, every row once, a run
+//! cancelled while planned stays cancelled once its plan is recorded, and
+//! windows given with `--window` show in `status` while the run is planned.
 //!
 //! Planning is made slow by the database itself: a trigger sleeps for
 //! every INSERT of a shard's items into the ledger, so the timing is the
@@ -29,17 +30,23 @@ fn spec() -> String {
 /// `ROWS` documents, a ledger, and 100 ms of sleep for every shard's items
 /// recorded: planning takes about 4 s.
 async fn slow_planning(env: &TestEnv) {
+    slow_planning_of(env, ROWS, "0.1").await;
+}
+
+/// `rows` documents in `docs`, a ledger, and `sleep` seconds of sleep for
+/// every shard's items recorded.
+async fn slow_planning_of(env: &TestEnv, rows: i64, sleep: &str) {
     env.exec("CREATE TABLE docs (id integer PRIMARY KEY, doc jsonb NOT NULL)")
         .await;
     env.exec(&format!(
-        "INSERT INTO docs SELECT n, jsonb_build_object('n', n) FROM generate_series(1, {ROWS}) n"
+        "INSERT INTO docs SELECT n, jsonb_build_object('n', n) FROM generate_series(1, {rows}) n"
     ))
     .await;
     env.store().await.close().await;
-    env.exec(
+    env.exec(&format!(
         "CREATE FUNCTION slow_items() RETURNS trigger LANGUAGE plpgsql AS
-         $$ BEGIN PERFORM pg_sleep(0.1); RETURN NULL; END $$",
-    )
+         $$ BEGIN PERFORM pg_sleep({sleep}); RETURN NULL; END $$"
+    ))
     .await;
     env.exec(
         "CREATE TRIGGER slow_items AFTER INSERT ON backfill_item
@@ -237,23 +244,9 @@ async fn a_run_cancelled_while_planned_stays_cancelled_once_planned() {
 #[tokio::test(flavor = "multi_thread")]
 async fn windows_given_on_the_command_line_show_in_status_while_the_run_is_planned() {
     let env = TestEnv::new().await;
-    env.exec("CREATE TABLE docs (id integer PRIMARY KEY, doc jsonb NOT NULL)")
-        .await;
-    env.exec("INSERT INTO docs SELECT n, jsonb_build_object('n', n) FROM generate_series(1, 30) n")
-        .await;
-    env.store().await.close().await;
     // A second of planning a shard: the first shard is published only
     // once the second is recorded, two seconds after the run's row.
-    env.exec(
-        "CREATE FUNCTION slow_items() RETURNS trigger LANGUAGE plpgsql AS
-         $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$",
-    )
-    .await;
-    env.exec(
-        "CREATE TRIGGER slow_items AFTER INSERT ON backfill_item
-         FOR EACH STATEMENT EXECUTE FUNCTION slow_items()",
-    )
-    .await;
+    slow_planning_of(&env, 30, "1").await;
     let spec = SpecFile::new("planned-docs", &spec());
     let _fleet = Fleet::started(&env, 1);
     let mut args = coordinator_args(spec.path(), "10").to_vec();
