@@ -291,6 +291,8 @@ impl Schedule {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_ledger_text_reads_back_as_the_same_schedule() {
         let s = Schedule::new(
@@ -312,8 +314,6 @@ mod tests {
                 .starts_with("its windows: ")
         );
     }
-
-    use super::*;
 
     fn at(s: &str) -> Timestamp {
         s.parse().unwrap()
